@@ -1,0 +1,2 @@
+//! `hedge`: the node and master binary.
+fn main() {}

@@ -1,0 +1,484 @@
+//! The message types exchanged between node, master and peers.
+//!
+//! Contract: every type here is plain data (serde + postcard). Strings that name
+//! things are [`Name`]s, bounded to [`NAME_MAX`] bytes of `[a-z0-9._-]` and checked
+//! when they are built *and* when they are decoded, so a peer cannot smuggle a path
+//! into a name. Other collections are bounded by [`crate::limits`] and checked by
+//! [`crate::validate`] after decoding; the frame size bounds what a decoder can
+//! allocate in the first place.
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use core::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Longest name in bytes (instances, nodes, promises).
+pub const NAME_MAX: usize = 64;
+
+/// Why a name was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameError {
+    /// Empty.
+    Empty,
+    /// Longer than [`NAME_MAX`] bytes.
+    TooLong,
+    /// A byte outside `[a-z0-9._-]`.
+    BadChar,
+    /// `.`, `..`, or containing `..`.
+    Dots,
+}
+
+impl fmt::Display for NameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NameError::Empty => "name is empty",
+            NameError::TooLong => "name is longer than 64 bytes",
+            NameError::BadChar => "name may hold only a-z, 0-9, '.', '_' and '-'",
+            NameError::Dots => "name may not be '.' or contain '..'",
+        })
+    }
+}
+
+/// A validated name: 1..=64 bytes of `[a-z0-9._-]`, never `.`, never containing `..`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Name(heapless::String<NAME_MAX>);
+
+impl Name {
+    /// Checks `s` and builds a name from it.
+    pub fn new(s: &str) -> Result<Self, NameError> {
+        if s.is_empty() {
+            return Err(NameError::Empty);
+        }
+        if s.len() > NAME_MAX {
+            return Err(NameError::TooLong);
+        }
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        {
+            return Err(NameError::BadChar);
+        }
+        if s == "." || s.contains("..") {
+            return Err(NameError::Dots);
+        }
+        let mut out = heapless::String::new();
+        // Cannot fail: the length was checked above.
+        out.push_str(s).map_err(|()| NameError::TooLong)?;
+        Ok(Name(out))
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Name {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Name::new(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = heapless::String::<NAME_MAX>::deserialize(d)?;
+        Name::new(s.as_str()).map_err(serde::de::Error::custom)
+    }
+}
+
+/// What an instance runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SoftwareRelease {
+    /// `exec:PROGRAM`: a program already on the node (absolute path or looked up in `PATH`).
+    Exec(String),
+    /// `sha256:HEX`: a content-addressed artifact, one variant per target triple (see #4).
+    Artifact([u8; 32]),
+}
+
+/// Why a software release spec did not parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SoftwareSpecError;
+
+impl fmt::Display for SoftwareSpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("software must be `exec:PROGRAM` or `sha256:<64 hex digits>`")
+    }
+}
+
+impl FromStr for SoftwareRelease {
+    type Err = SoftwareSpecError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(p) = s.strip_prefix("exec:") {
+            if p.is_empty() || p.contains('\0') {
+                return Err(SoftwareSpecError);
+            }
+            return Ok(SoftwareRelease::Exec(p.into()));
+        }
+        if let Some(h) = s.strip_prefix("sha256:") {
+            if h.len() != 64 {
+                return Err(SoftwareSpecError);
+            }
+            let mut out = [0u8; 32];
+            for (i, chunk) in h.as_bytes().chunks(2).enumerate() {
+                let hex = |c: u8| match c {
+                    b'0'..=b'9' => Ok(c - b'0'),
+                    b'a'..=b'f' => Ok(c - b'a' + 10),
+                    _ => Err(SoftwareSpecError),
+                };
+                out[i] = hex(chunk[0])? << 4 | hex(chunk[1])?;
+            }
+            return Ok(SoftwareRelease::Artifact(out));
+        }
+        Err(SoftwareSpecError)
+    }
+}
+
+impl fmt::Display for SoftwareRelease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SoftwareRelease::Exec(p) => write!(f, "exec:{p}"),
+            SoftwareRelease::Artifact(h) => {
+                f.write_str("sha256:")?;
+                h.iter().try_for_each(|b| write!(f, "{b:02x}"))
+            }
+        }
+    }
+}
+
+/// The state the requester wants an instance in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum RequestedState {
+    /// Running, restarted whenever it exits.
+    #[default]
+    Started,
+    /// Not running; partition kept.
+    Stopped,
+    /// Not running; partition removed.
+    Destroyed,
+}
+
+/// A config file rendered from parameters into the partition before start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigFile {
+    /// Path relative to the partition root (e.g. `etc/app.conf`); never absolute, never `..`.
+    pub path: String,
+    /// Template text; `{{key}}` is a parameter, `{{other.key}}` another instance's connection parameter.
+    pub template: String,
+}
+
+/// Resource limits of one instance. `None` means "no limit beyond the node's defaults".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Memory ceiling in bytes (cgroup `memory.max`, and `RLIMIT_AS` is *not* used for it).
+    pub memory_max: Option<u64>,
+    /// CPU ceiling in percent of one core (cgroup `cpu.max`).
+    pub cpu_max_percent: Option<u32>,
+    /// Open files (`RLIMIT_NOFILE`).
+    pub nofile: Option<u64>,
+    /// Processes of the partition's user (`RLIMIT_NPROC`).
+    pub nproc: Option<u64>,
+}
+
+/// How the supervisor restarts an instance that exits. `None` takes the node's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    /// Delay after the second quick crash in a row; doubles on each further one.
+    pub backoff_base_ms: Option<u32>,
+    /// Ceiling of the delay. The supervisor never gives up.
+    pub backoff_max_ms: Option<u32>,
+}
+
+/// What a promise checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PromiseCheck {
+    /// The instance's process is alive.
+    Process,
+    /// A TCP connect to `address` (`host:port`) succeeds.
+    Tcp {
+        /// `host:port`, parameters rendered.
+        address: String,
+    },
+    /// An HTTP GET of `url` answers `status` within `max_latency_ms`.
+    Http {
+        /// `http://host:port/path`, parameters rendered.
+        url: String,
+        /// Expected status code.
+        status: u16,
+        /// Slowest acceptable answer.
+        max_latency_ms: u32,
+    },
+    /// A command run in the partition exits 0 within the timeout.
+    Command {
+        /// Program and arguments.
+        argv: Vec<String>,
+    },
+    /// A file in the partition was modified within `max_age_s` seconds.
+    File {
+        /// Path relative to the partition.
+        path: String,
+        /// Oldest acceptable modification, seconds.
+        max_age_s: u32,
+    },
+}
+
+/// A periodic health check of an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromiseSpec {
+    /// Unique within the instance.
+    pub name: Name,
+    /// What is checked.
+    pub check: PromiseCheck,
+    /// Time between checks.
+    pub interval_ms: u32,
+    /// A check that takes longer fails.
+    pub timeout_ms: u32,
+    /// Failures in a row that make an anomaly.
+    pub threshold: u8,
+}
+
+/// One requested service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRequest {
+    /// Instance name, also its partition's directory name.
+    pub name: Name,
+    /// What it runs.
+    pub software: SoftwareRelease,
+    /// Arguments, parameters rendered.
+    pub args: Vec<String>,
+    /// Parameters: rendered into args, config files, promises; also the environment.
+    pub parameters: BTreeMap<String, String>,
+    /// Files rendered into the partition before start.
+    pub config_files: Vec<ConfigFile>,
+    /// Health checks.
+    pub promises: Vec<PromiseSpec>,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+    /// Started, stopped or destroyed.
+    pub state: RequestedState,
+}
+
+/// The master's signed description of everything one node should run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredState {
+    /// The node this is for.
+    pub node: Name,
+    /// Strictly increasing per node; a node applies only a newer one.
+    pub generation: u64,
+    /// The instances the master owns on this node.
+    pub instances: Vec<InstanceRequest>,
+    /// ed25519 signature by the master over [`DesiredState::signed_bytes`] (64 bytes).
+    pub signature: heapless::Vec<u8, 64>,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    /// Exited with this code.
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit {c}"),
+            ExitStatus::Signal(s) => write!(f, "signal {s}"),
+        }
+    }
+}
+
+/// The lifecycle state of an instance as the supervisor sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InstanceStatus {
+    /// Not running, not wanted.
+    Stopped,
+    /// Running.
+    Running,
+    /// Exited; waiting out the backoff delay before the next start.
+    Backoff,
+    /// Told to stop; waiting for it to exit.
+    Stopping,
+    /// Cannot start yet (e.g. a referenced connection parameter is missing); retried.
+    Waiting,
+    /// Stopped and partition removed.
+    Destroyed,
+}
+
+/// Severity of an incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Severity {
+    /// Noticed, repaired locally.
+    Minor,
+    /// Repairs are not helping.
+    Major,
+    /// Escalated to the master for re-allocation.
+    Critical,
+}
+
+/// Open or resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IncidentState {
+    /// Still a problem.
+    Open,
+    /// Escalated (severity raised, master asked to act).
+    Escalated,
+    /// The promise passes again.
+    Resolved,
+}
+
+/// What a record says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecordKind {
+    /// An instance changed lifecycle state.
+    InstanceState {
+        /// Which instance.
+        instance: Name,
+        /// Its new state.
+        status: InstanceStatus,
+        /// Its process id, when running.
+        pid: Option<u32>,
+        /// Restarts so far.
+        restarts: u32,
+        /// How the last run ended.
+        last_exit: Option<ExitStatus>,
+    },
+    /// A promise changed state, or a periodic summary of its checks.
+    PromiseResult {
+        /// Which instance.
+        instance: Name,
+        /// Which promise.
+        promise: Name,
+        /// Passing now.
+        ok: bool,
+        /// Checks and failures summarised by this record (1/0 or 1/1 for a change of state).
+        checks: u32,
+        /// Failed checks among them.
+        failures: u32,
+        /// Latency min/median/max in ms over the summarised checks.
+        latency_ms: Option<(u32, u32, u32)>,
+        /// Last failure's message, if any.
+        message: String,
+    },
+    /// Resources one instance used over `[from_ms, to_ms)`.
+    Usage {
+        /// Which instance.
+        instance: Name,
+        /// Interval start, ms since the Unix epoch.
+        from_ms: u64,
+        /// Interval end.
+        to_ms: u64,
+        /// CPU time (user+system) of the whole process tree, ms.
+        cpu_ms: u64,
+        /// Average resident memory, bytes.
+        mem_avg_bytes: u64,
+        /// Peak resident memory, bytes.
+        mem_peak_bytes: u64,
+        /// Disk bytes of the partition at the end of the interval.
+        disk_bytes: u64,
+        /// Network bytes received, where measurable.
+        net_rx_bytes: Option<u64>,
+        /// Network bytes sent, where measurable.
+        net_tx_bytes: Option<u64>,
+        /// Time running within the interval, ms.
+        uptime_ms: u64,
+    },
+    /// An incident opened, escalated or resolved.
+    Incident {
+        /// Node-local incident id.
+        id: u64,
+        /// Which instance.
+        instance: Name,
+        /// Which promise, if one.
+        promise: Option<Name>,
+        /// How bad.
+        severity: Severity,
+        /// Transition this record reports.
+        state: IncidentState,
+        /// First seen, ms since the epoch.
+        first_seen_ms: u64,
+        /// Last seen.
+        last_seen_ms: u64,
+        /// Human-readable description.
+        message: String,
+    },
+    /// The node's own health.
+    NodeHealth {
+        /// 1-minute load average × 1000.
+        load1_milli: u32,
+        /// Total memory, bytes.
+        mem_total: u64,
+        /// Available memory, bytes.
+        mem_available: u64,
+        /// Free bytes on the state directory's filesystem.
+        disk_free: u64,
+        /// Temperature in milli-°C, where a thermal zone exists.
+        temp_milli_c: Option<i32>,
+        /// Uplink connected.
+        uplink_up: bool,
+        /// Records waiting in the outbox.
+        outbox_depth: u64,
+    },
+    /// A request made on the node itself, reported so the master learns of it.
+    LocalRequest {
+        /// The request as stored.
+        request: InstanceRequest,
+    },
+    /// An instance published connection parameters (`etc/connection.json`).
+    ConnectionParameters {
+        /// Which instance.
+        instance: Name,
+        /// The published values.
+        parameters: BTreeMap<String, String>,
+    },
+}
+
+/// One entry of the node's outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Outbox sequence number: unique per node, never reused, no gaps.
+    pub seq: u64,
+    /// When it was made, ms since the Unix epoch.
+    pub time_ms: u64,
+    /// What it says.
+    pub kind: RecordKind,
+}
+
+/// A batch of records, node → master (`hedge/v1/<node>/up`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Up {
+    /// Sending node.
+    pub node: Name,
+    /// Records in increasing `seq` order.
+    pub records: Vec<Record>,
+}
+
+/// The master has stored every record of the node up to and including `upto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// Highest stored sequence number.
+    pub upto: u64,
+}
+
+/// Everything that travels in a frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Master → node desired state.
+    Desired(DesiredState),
+    /// Node → master records.
+    Up(Up),
+    /// Master → node acknowledgement.
+    Ack(Ack),
+}
