@@ -1,2 +1,79 @@
-//! `hedge`: the node and master binary.
-fn main() {}
+//! `hedge`: the node (and, later, master) binary. Thin: clap → config → run.
+//!
+//! Exit codes: 0 success; 1 failure; 64 bad configuration or usage; 65 bad request
+//! input; 69 the node daemon is not reachable.
+
+mod node;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// hedge: an embedded-first edge runtime.
+#[derive(Parser)]
+#[command(name = "hedge", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run and manage a node: the daemon that supervises instances offline.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
+}
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl Failure {
+    /// Bad configuration or usage (64).
+    pub fn usage(error: impl Into<anyhow::Error>) -> Self {
+        Failure {
+            code: 64,
+            error: error.into(),
+        }
+    }
+    /// Bad input data (65).
+    pub fn data(error: impl Into<anyhow::Error>) -> Self {
+        Failure {
+            code: 65,
+            error: error.into(),
+        }
+    }
+    /// The daemon cannot be reached (69).
+    pub fn unavailable(error: impl Into<anyhow::Error>) -> Self {
+        Failure {
+            code: 69,
+            error: error.into(),
+        }
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure {
+            code: 1,
+            error: e.into(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Node(cmd) => node::main(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("hedge: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}

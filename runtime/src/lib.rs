@@ -1,1 +1,11 @@
 //! The hedge node runtime.
+pub mod config;
+pub mod daemon;
+pub mod identity;
+pub mod logfile;
+pub mod partition;
+pub mod reconcile;
+pub mod render;
+pub mod request_file;
+pub mod store;
+pub mod supervisor;

@@ -1,12 +1,33 @@
 //! hedge's wire format: message types shared by node, master, mesh and firmware.
 //!
 //! `#![no_std]` with `alloc`; the `std` feature adds `std::error::Error` impls.
+//!
+//! - [`types`]: the messages ([`Message`] and everything in it).
+//! - [`limits`]: the bounds on decoded data.
+//! - [`validate`]: the [`Validate`] checks of those bounds and of structural rules.
+//! - [`codec`]: the versioned envelope, [`encode`] / [`decode`], and the bytes a
+//!   [`DesiredState`] signature covers.
+//! - [`frame`]: length-prefixed frames over `embedded-io` streams.
+//! - [`error`]: [`WireError`], the crate's error.
+//!
+//! Decoding never panics and allocates only for data present in its bounded input.
 #![no_std]
 
 extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+mod bounded;
+pub mod codec;
+pub mod error;
+pub mod frame;
+pub mod limits;
 pub mod types;
+pub mod validate;
 
+pub use codec::{decode, encode, WIRE_VERSION};
+pub use error::WireError;
+pub use frame::{read_frame, write_frame, FrameError};
+pub use limits::DEFAULT_MAX_FRAME;
 pub use types::*;
+pub use validate::Validate;

@@ -220,6 +220,7 @@ pub enum PromiseCheck {
     /// A command run in the partition exits 0 within the timeout.
     Command {
         /// Program and arguments.
+        #[serde(deserialize_with = "crate::bounded::args")]
         argv: Vec<String>,
     },
     /// A file in the partition was modified within `max_age_s` seconds.
@@ -254,12 +255,16 @@ pub struct InstanceRequest {
     /// What it runs.
     pub software: SoftwareRelease,
     /// Arguments, parameters rendered.
+    #[serde(deserialize_with = "crate::bounded::args")]
     pub args: Vec<String>,
     /// Parameters: rendered into args, config files, promises; also the environment.
+    #[serde(deserialize_with = "crate::bounded::parameters")]
     pub parameters: BTreeMap<String, String>,
     /// Files rendered into the partition before start.
+    #[serde(deserialize_with = "crate::bounded::config_files")]
     pub config_files: Vec<ConfigFile>,
     /// Health checks.
+    #[serde(deserialize_with = "crate::bounded::promises")]
     pub promises: Vec<PromiseSpec>,
     /// Resource limits.
     pub limits: Limits,
@@ -277,6 +282,7 @@ pub struct DesiredState {
     /// Strictly increasing per node; a node applies only a newer one.
     pub generation: u64,
     /// The instances the master owns on this node.
+    #[serde(deserialize_with = "crate::bounded::instances")]
     pub instances: Vec<InstanceRequest>,
     /// ed25519 signature by the master over [`DesiredState::signed_bytes`] (64 bytes).
     pub signature: heapless::Vec<u8, 64>,
@@ -441,6 +447,7 @@ pub enum RecordKind {
         /// Which instance.
         instance: Name,
         /// The published values.
+        #[serde(deserialize_with = "crate::bounded::parameters")]
         parameters: BTreeMap<String, String>,
     },
 }
@@ -462,6 +469,7 @@ pub struct Up {
     /// Sending node.
     pub node: Name,
     /// Records in increasing `seq` order.
+    #[serde(deserialize_with = "crate::bounded::records")]
     pub records: Vec<Record>,
 }
 

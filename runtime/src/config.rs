@@ -1,0 +1,318 @@
+//! `node.toml`: the node's configuration.
+//!
+//! Contract: TOML with `deny_unknown_fields` in every table; every field has a default
+//! except `node.id`. [`NodeConfig::load`] parses and validates before anything binds a
+//! socket or opens the store; a bad file is a [`ConfigError`] naming the problem (the
+//! binary exits 64). Relative paths are relative to the file's directory.
+//! [`default_file`] is the commented file `hedge node init` writes.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hedge_wire::Name;
+use serde::Deserialize;
+
+use crate::supervisor::lifecycle::Policy;
+
+/// Errors of loading a config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown keys.
+    #[error("{path}: {source}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// toml's message (names the key and line).
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("{path}: {what}")]
+    Invalid {
+        /// File.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// `[node]`.
+    pub node: NodeSection,
+    /// `[supervisor]`.
+    #[serde(default)]
+    pub supervisor: SupervisorSection,
+    /// `[logs]`.
+    #[serde(default)]
+    pub logs: LogsSection,
+    /// `[partitions]`.
+    #[serde(default)]
+    pub partitions: PartitionsSection,
+    /// `[store]`.
+    #[serde(default)]
+    pub store: StoreSection,
+    /// Directory of the file; relative paths are resolved against it.
+    #[serde(skip)]
+    pub base: PathBuf,
+}
+
+/// `[node]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// The node id (checked as a [`Name`] while parsing).
+    pub id: Name,
+    /// State directory (store, partitions, key, socket).
+    #[serde(default = "dot")]
+    pub state_dir: PathBuf,
+}
+
+fn dot() -> PathBuf {
+    PathBuf::from(".")
+}
+
+/// `[supervisor]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorSection {
+    /// SIGTERM → SIGKILL grace, ms.
+    pub grace_ms: u64,
+    /// Backoff after the second quick exit, ms.
+    pub backoff_base_ms: u64,
+    /// Backoff ceiling, ms.
+    pub backoff_max_ms: u64,
+    /// A run this long resets the backoff, ms.
+    pub stable_after_ms: u64,
+}
+
+impl Default for SupervisorSection {
+    fn default() -> Self {
+        SupervisorSection {
+            grace_ms: 5000,
+            backoff_base_ms: 100,
+            backoff_max_ms: 30_000,
+            stable_after_ms: 10_000,
+        }
+    }
+}
+
+/// `[logs]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsSection {
+    /// Rotate an instance log past this size.
+    pub max_bytes: u64,
+    /// Rotated files kept.
+    pub keep: usize,
+}
+
+impl Default for LogsSection {
+    fn default() -> Self {
+        LogsSection {
+            max_bytes: 1 << 20,
+            keep: 3,
+        }
+    }
+}
+
+/// `[partitions]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PartitionsSection {
+    /// First uid handed to a partition (root only).
+    pub uid_min: u32,
+    /// Last uid.
+    pub uid_max: u32,
+}
+
+impl Default for PartitionsSection {
+    fn default() -> Self {
+        PartitionsSection {
+            uid_min: 20_000,
+            uid_max: 20_999,
+        }
+    }
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// sled page cache, bytes.
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            cache_bytes: 4 << 20,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg: NodeConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        cfg.base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        cfg.validate().map_err(|what| ConfigError::Invalid {
+            path: path.to_owned(),
+            what,
+        })?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let s = &self.supervisor;
+        if s.backoff_base_ms == 0 || s.backoff_base_ms > s.backoff_max_ms {
+            return Err("supervisor: need 0 < backoff_base_ms <= backoff_max_ms".into());
+        }
+        if s.grace_ms == 0 || s.grace_ms > 600_000 {
+            return Err("supervisor.grace_ms must be in 1..=600000".into());
+        }
+        if self.logs.max_bytes < 4096 {
+            return Err("logs.max_bytes must be at least 4096".into());
+        }
+        if self.partitions.uid_min == 0 || self.partitions.uid_min > self.partitions.uid_max {
+            return Err("partitions: need 0 < uid_min <= uid_max".into());
+        }
+        Ok(())
+    }
+
+    /// The node id.
+    pub fn node_id(&self) -> &Name {
+        &self.node.id
+    }
+
+    /// The state directory, absolute or relative to the current directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.base.join(&self.node.state_dir)
+    }
+
+    /// The sled store directory.
+    pub fn store_dir(&self) -> PathBuf {
+        self.state_dir().join("store")
+    }
+
+    /// The local API socket.
+    pub fn socket_path(&self) -> PathBuf {
+        self.state_dir().join("hedge.sock")
+    }
+
+    /// The node's secret key file.
+    pub fn key_path(&self) -> PathBuf {
+        self.state_dir().join("node.key")
+    }
+
+    /// The supervisor's timing.
+    pub fn policy(&self) -> Policy {
+        let s = &self.supervisor;
+        Policy {
+            backoff_base: Duration::from_millis(s.backoff_base_ms),
+            backoff_max: Duration::from_millis(s.backoff_max_ms),
+            stable_after: Duration::from_millis(s.stable_after_ms),
+            grace: Duration::from_millis(s.grace_ms),
+        }
+    }
+}
+
+/// The commented default `node.toml` for node `id`.
+pub fn default_file(id: &str) -> String {
+    format!(
+        r#"# hedge node configuration. Unknown keys are an error.
+# Relative paths are relative to this file's directory.
+
+[node]
+# This node's id: 1-64 bytes of a-z 0-9 . _ -  (the master knows the node by it).
+id = "{id}"
+# Where the node keeps its store, partitions, identity key and API socket.
+state_dir = "."
+
+[supervisor]
+# Time between SIGTERM and SIGKILL when stopping an instance.
+grace_ms = 5000
+# Restart delays: the first exit after a stable run restarts at once; further quick
+# exits wait backoff_base_ms, doubling up to backoff_max_ms (±20 % jitter). Never gives up.
+backoff_base_ms = 100
+backoff_max_ms = 30000
+# A run at least this long counts as stable and resets the delay.
+stable_after_ms = 10000
+
+[logs]
+# Instance output goes to partitions/<name>/var/log/<name>.log, rotated past max_bytes.
+max_bytes = 1048576
+keep = 3
+
+[partitions]
+# When run as root, each partition gets its own uid (= gid) from this range.
+uid_min = 20000
+uid_max = 20999
+
+[store]
+# sled page cache. Small boards want it small.
+cache_bytes = 4194304
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn load(text: &str) -> Result<NodeConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.toml");
+        std::fs::write(&p, text).unwrap();
+        NodeConfig::load(&p)
+    }
+
+    #[test]
+    fn default_file_loads_with_defaults() {
+        let c = load(&default_file("n1")).unwrap();
+        assert_eq!(c.node_id().as_str(), "n1");
+        assert_eq!(c.policy(), Policy::default());
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let err = load("[node]\nid = \"a\"\ncolour = \"red\"\n").unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+        let err = load("[node]\nid = \"a\"\n[supervisr]\n").unwrap_err();
+        assert!(err.to_string().contains("supervisr"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        assert!(matches!(
+            load("[node]\nid = \"Bad Id\"\n"),
+            Err(ConfigError::Parse { .. })
+        ));
+        assert!(matches!(
+            load("[node]\nid = \"a\"\n[supervisor]\nbackoff_base_ms = 0\n"),
+            Err(ConfigError::Invalid { .. })
+        ));
+    }
+}

@@ -1,0 +1,346 @@
+//! Driving one instance: applies reconcile actions and the lifecycle's actions.
+//!
+//! Contract: every lifecycle input goes through [`Daemon::drive`], which feeds the
+//! pure machine and performs what it asks (spawn, signal, record) until it asks for
+//! nothing more. State changes are written to the store (observed state and an outbox
+//! record) as they happen.
+
+use std::time::Instant;
+
+use hedge_wire::{ExitStatus, InstanceRequest, InstanceStatus, Name, RecordKind, RequestedState};
+
+use super::{Daemon, Event};
+use crate::partition::limits::{rlimits, Cgroup};
+use crate::reconcile::Action as Plan;
+use crate::render::{self, RenderError};
+use crate::store::ObservedInstance;
+use crate::supervisor::lifecycle::{Action, Input, Lifecycle, Policy, Sig};
+use crate::supervisor::procfs;
+use crate::supervisor::spawn::{self, SpawnSpec};
+
+/// The daemon's hold on one instance.
+pub(crate) struct Slot {
+    /// The request it was set up from.
+    pub request: InstanceRequest,
+    /// Its lifecycle.
+    pub lc: Lifecycle,
+    /// Hash of the rendered configuration the current process runs with.
+    pub rendered_hash: Option<[u8; 32]>,
+    /// Start time of the current process (for leftover detection after a crash).
+    pub start_ticks: Option<u64>,
+    /// Its cgroup, when limits are enforced through one.
+    pub cgroup: Option<Cgroup>,
+    /// Destroy once idle.
+    pub destroying: bool,
+}
+
+/// The word `status` prints for a lifecycle state.
+pub(crate) fn status_word(s: InstanceStatus) -> &'static str {
+    match s {
+        InstanceStatus::Stopped => "stopped",
+        InstanceStatus::Running => "running",
+        InstanceStatus::Backoff => "backoff",
+        InstanceStatus::Stopping => "stopping",
+        InstanceStatus::Waiting => "waiting",
+        InstanceStatus::Destroyed => "destroyed",
+    }
+}
+
+/// The word for a requested state.
+pub(crate) fn requested_word(s: RequestedState) -> &'static str {
+    match s {
+        RequestedState::Started => "started",
+        RequestedState::Stopped => "stopped",
+        RequestedState::Destroyed => "destroyed",
+    }
+}
+
+fn policy_for(base: Policy, r: &InstanceRequest) -> Policy {
+    let ms = |v: Option<u32>, d: std::time::Duration| {
+        v.map(|v| std::time::Duration::from_millis(u64::from(v)))
+            .unwrap_or(d)
+    };
+    Policy {
+        backoff_base: ms(r.restart.backoff_base_ms, base.backoff_base),
+        backoff_max: ms(r.restart.backoff_max_ms, base.backoff_max),
+        ..base
+    }
+}
+
+impl Daemon {
+    /// Applies one reconcile action.
+    pub(super) fn apply(&mut self, plan: Plan) {
+        match plan {
+            Plan::Create(request) => {
+                let name = request.name.clone();
+                if let Err(e) = self.partitions.ensure(&name) {
+                    tracing::warn!(instance = %name, error = %e, "cannot create partition");
+                }
+                let restarts = self
+                    .store
+                    .observed()
+                    .ok()
+                    .and_then(|m| m.get(name.as_str()).map(|o| o.restarts))
+                    .unwrap_or(0);
+                let lc = Lifecycle::new(
+                    policy_for(self.cfg.policy(), &request),
+                    fastrand::u64(..),
+                    restarts,
+                );
+                self.slots.insert(
+                    name,
+                    Slot {
+                        request,
+                        lc,
+                        rendered_hash: None,
+                        start_ticks: None,
+                        cgroup: None,
+                        destroying: false,
+                    },
+                );
+            }
+            Plan::Update(request) => {
+                let name = request.name.clone();
+                let policy = policy_for(self.cfg.policy(), &request);
+                if let Some(slot) = self.slots.get_mut(&name) {
+                    slot.request = request;
+                    slot.lc.set_policy(policy);
+                }
+                self.restart_if_changed(&name);
+            }
+            Plan::Start(name) => self.drive(&name, Input::Start),
+            Plan::Stop(name) => self.drive(&name, Input::Stop),
+            Plan::Destroy(name) => {
+                if let Some(slot) = self.slots.get_mut(&name) {
+                    slot.destroying = true;
+                    self.drive(&name, Input::Stop);
+                } else {
+                    self.finish_destroy(&name);
+                }
+            }
+        }
+    }
+
+    /// Re-renders `name`; restarts it when it runs (or waits) with another result.
+    pub(super) fn restart_if_changed(&mut self, name: &Name) {
+        let Some(slot) = self.slots.get(name) else {
+            return;
+        };
+        if !slot.lc.wants_running() {
+            return;
+        }
+        let new_hash = render::render_instance(&slot.request, &|i, k| self.conn_lookup(i, k))
+            .ok()
+            .map(|r| r.hash);
+        let waiting = slot.lc.status() == InstanceStatus::Waiting;
+        if waiting || new_hash != slot.rendered_hash {
+            tracing::info!(instance = %name, "configuration changed; restarting");
+            self.drive(name, Input::Restart);
+        }
+    }
+
+    pub(super) fn conn_lookup(&self, instance: &str, key: &str) -> Option<String> {
+        self.conns.get(instance)?.get(key).cloned()
+    }
+
+    /// Feeds `input` to `name`'s lifecycle and performs the actions, to a fixed point.
+    pub(super) fn drive(&mut self, name: &Name, input: Input) {
+        let mut inputs = vec![input];
+        while let Some(input) = inputs.pop() {
+            let Some(slot) = self.slots.get_mut(name) else {
+                return;
+            };
+            let actions = slot.lc.handle(Instant::now(), input);
+            for a in actions {
+                match a {
+                    Action::Spawn => inputs.push(self.spawn(name)),
+                    Action::Signal { pgid, sig } => {
+                        let signal = match sig {
+                            Sig::Term => nix::sys::signal::Signal::SIGTERM,
+                            Sig::Kill => nix::sys::signal::Signal::SIGKILL,
+                        };
+                        let pg = nix::unistd::Pid::from_raw(pgid as i32);
+                        if let Err(e) = nix::sys::signal::killpg(pg, signal) {
+                            tracing::debug!(instance = %name, pgid, error = %e, "signal not delivered");
+                        }
+                    }
+                    Action::Status(status) => self.report(name, status),
+                }
+            }
+        }
+        let idle_destroying = self
+            .slots
+            .get(name)
+            .is_some_and(|s| s.destroying && s.lc.is_idle());
+        if idle_destroying {
+            self.finish_destroy(name);
+        }
+    }
+
+    /// Writes the new state to the store: observed state, then an outbox record.
+    fn report(&mut self, name: &Name, status: InstanceStatus) {
+        let Some(slot) = self.slots.get(name) else {
+            return;
+        };
+        let pid = slot.lc.pid();
+        let obs = ObservedInstance {
+            pgid: pid,
+            start_ticks: if pid.is_some() {
+                slot.start_ticks
+            } else {
+                None
+            },
+            restarts: slot.lc.restarts(),
+            last_exit: slot.lc.last_exit(),
+        };
+        let kind = RecordKind::InstanceState {
+            instance: name.clone(),
+            status,
+            pid,
+            restarts: slot.lc.restarts(),
+            last_exit: slot.lc.last_exit(),
+        };
+        tracing::info!(instance = %name, state = status_word(status), pid, restarts = obs.restarts, "instance state");
+        if let Err(e) = self.store.put_observed(name, &obs) {
+            self.store_failed(&e);
+        }
+        self.record(kind);
+    }
+
+    /// Renders and starts `name`'s process; returns the input to feed back.
+    fn spawn(&mut self, name: &Name) -> Input {
+        let Some(slot) = self.slots.get(name) else {
+            return Input::SpawnFailed { waiting: false };
+        };
+        let rendered = match render::render_instance(&slot.request, &|i, k| self.conn_lookup(i, k))
+        {
+            Ok(r) => r,
+            Err(RenderError::Missing(key)) => {
+                tracing::info!(instance = %name, key, "waiting for parameter");
+                return Input::SpawnFailed { waiting: true };
+            }
+            Err(e) => {
+                self.counters.spawn_failures += 1;
+                tracing::warn!(instance = %name, error = %e, "cannot render instance");
+                return Input::SpawnFailed { waiting: false };
+            }
+        };
+        let part = match self.partitions.ensure(name) {
+            Ok(p) => p,
+            Err(e) => {
+                self.counters.spawn_failures += 1;
+                tracing::warn!(instance = %name, error = %e, "cannot prepare partition");
+                return Input::SpawnFailed { waiting: false };
+            }
+        };
+        for (rel, contents) in &rendered.files {
+            if let Err(e) = self.partitions.write_file(&part, rel, contents.as_bytes()) {
+                self.counters.spawn_failures += 1;
+                tracing::warn!(instance = %name, file = rel, error = %e, "cannot write config file");
+                return Input::SpawnFailed { waiting: false };
+            }
+        }
+        let limits = slot.request.limits.clone();
+        let cgroup = match &slot.cgroup {
+            Some(_) => None,
+            None => Cgroup::setup(name, &limits).unwrap_or_else(|e| {
+                tracing::info!(instance = %name, error = %e, "cgroup limits not applied");
+                None
+            }),
+        };
+        let spec = SpawnSpec {
+            program: rendered.program.clone(),
+            args: rendered.args.clone(),
+            env: rendered.env.clone(),
+            dir: part.dir.clone(),
+            owner: part.owner,
+            rlimits: rlimits(&limits),
+            log: spawn::log_path(&part.dir, name.as_str()),
+            log_max_bytes: self.cfg.logs.max_bytes,
+            log_keep: self.cfg.logs.keep,
+        };
+        match spawn::spawn(&spec) {
+            Ok(spawned) => {
+                let pid = spawned.pid;
+                let Some(slot) = self.slots.get_mut(name) else {
+                    return Input::SpawnFailed { waiting: false };
+                };
+                if cgroup.is_some() {
+                    slot.cgroup = cgroup;
+                }
+                if let Some(cg) = &slot.cgroup {
+                    if let Err(e) = cg.add_pid(pid) {
+                        tracing::warn!(instance = %name, error = %e, "cannot move process into cgroup");
+                    }
+                }
+                slot.rendered_hash = Some(rendered.hash);
+                slot.start_ticks = procfs::start_ticks(pid);
+                let tx = self.events_tx.clone();
+                let name = name.clone();
+                let mut child = spawned.child;
+                tokio::spawn(async move {
+                    let status = match child.wait().await {
+                        Ok(s) => exit_status(s),
+                        Err(_) => ExitStatus::Code(-1),
+                    };
+                    let _ = tx.send(Event::Exited { name, pid, status });
+                });
+                Input::Spawned { pid }
+            }
+            Err(e) => {
+                self.counters.spawn_failures += 1;
+                tracing::warn!(instance = %name, error = %e, "cannot start instance");
+                Input::SpawnFailed { waiting: false }
+            }
+        }
+    }
+
+    /// Drops the slot, removes the partition and everything stored about it.
+    fn finish_destroy(&mut self, name: &Name) {
+        if let Some(slot) = self.slots.remove(name) {
+            if let Some(cg) = &slot.cgroup {
+                if let Err(e) = cg.remove() {
+                    tracing::warn!(instance = %name, error = %e, "cannot remove cgroup");
+                }
+            }
+        }
+        if let Err(e) = self.partitions.remove(name) {
+            tracing::warn!(instance = %name, error = %e, "cannot remove partition");
+            return;
+        }
+        for r in [
+            self.store.remove_observed(name),
+            self.store.remove_conn(name),
+        ] {
+            if let Err(e) = r {
+                self.store_failed(&e);
+            }
+        }
+        self.conns.remove(name.as_str());
+        // A destroyed local request is done: forget it (the outbox already holds it).
+        if let Ok(Some(r)) = self.store.local(name) {
+            if r.state == RequestedState::Destroyed {
+                if let Err(e) = self.store.remove_local(name) {
+                    self.store_failed(&e);
+                }
+            }
+        }
+        self.record(RecordKind::InstanceState {
+            instance: name.clone(),
+            status: InstanceStatus::Destroyed,
+            pid: None,
+            restarts: 0,
+            last_exit: None,
+        });
+        tracing::info!(instance = %name, "instance destroyed");
+    }
+}
+
+fn exit_status(s: std::process::ExitStatus) -> ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    match (s.code(), s.signal()) {
+        (Some(c), _) => ExitStatus::Code(c),
+        (None, Some(sig)) => ExitStatus::Signal(sig),
+        (None, None) => ExitStatus::Code(-1),
+    }
+}

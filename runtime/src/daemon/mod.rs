@@ -1,0 +1,452 @@
+//! The node daemon: one event loop that owns the store and every instance slot.
+//!
+//! Contract: [`Daemon::boot`] opens the store and kills leftovers of an earlier run
+//! (process groups recorded in the store); [`Daemon::run`] reconciles at once — before
+//! any network is tried, so a node that reboots offline starts every requested instance
+//! from its local store — then serves the local API and child exits until `shutdown`
+//! resolves, stops every instance (SIGTERM, SIGKILL after the grace period) and returns.
+//! Requested state in the store is untouched by a shutdown, so the next boot starts the
+//! same instances again.
+//!
+//! Single-threaded by design: run it on a current-thread tokio runtime. Children get
+//! `PR_SET_PDEATHSIG`, which fires when the forking thread exits; here that is the main
+//! thread, so children die with the daemon (see `supervisor::spawn`).
+//!
+//! Store failures (a full disk) never stop supervision: they are counted, logged at
+//! most every ten seconds, and the record is retried by nobody — the state it reported
+//! is visible in `status` and reported again on the next change.
+
+pub mod api;
+mod conn;
+mod instance;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hedge_wire::{ExitStatus, InstanceRequest, Name, RecordKind};
+use serde_json::{json, Value};
+use tokio::net::UnixListener;
+use tokio::sync::mpsc;
+
+use crate::config::NodeConfig;
+use crate::partition::Partitions;
+use crate::reconcile::{self, Held};
+use crate::store::{Store, StoreError};
+use crate::supervisor::procfs;
+use api::{ApiCall, ApiRequest};
+use instance::Slot;
+
+/// Errors that stop the daemon from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The state directory could not be prepared.
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        /// Path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Events reaching the loop from spawned tasks.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A child process ended.
+    Exited {
+        name: Name,
+        pid: u32,
+        status: ExitStatus,
+    },
+}
+
+/// At most one log line per period for a noisy condition.
+#[derive(Debug, Default)]
+pub(crate) struct RateLimit {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    const PERIOD: Duration = Duration::from_secs(10);
+
+    /// `Some(suppressed since last)` when a line may be logged now.
+    pub(crate) fn allow(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now.saturating_duration_since(t) < Self::PERIOD => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+/// Counters shown by `status`.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Counters {
+    /// Store writes that failed (records lost to a full disk, etc.).
+    pub store_errors: u64,
+    /// Processes that could not be started.
+    pub spawn_failures: u64,
+    /// Leftover process groups killed at boot.
+    pub leftovers_killed: u64,
+    /// Malformed `etc/connection.json` files seen.
+    pub bad_connection_files: u64,
+}
+
+/// The node daemon.
+pub struct Daemon {
+    cfg: NodeConfig,
+    store: Store,
+    partitions: Partitions,
+    slots: BTreeMap<Name, Slot>,
+    conns: BTreeMap<String, BTreeMap<String, String>>,
+    events_tx: mpsc::UnboundedSender<Event>,
+    events_rx: mpsc::UnboundedReceiver<Event>,
+    counters: Counters,
+    store_log: RateLimit,
+    conn_log: RateLimit,
+    shutting_down: bool,
+}
+
+/// As root, instances run as their partition's uid and must traverse the state
+/// directory to reach their partition; say so plainly if they cannot.
+fn warn_if_untraversable(state: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let mut dir = std::fs::canonicalize(state).unwrap_or_else(|_| state.to_path_buf());
+    loop {
+        if let Ok(m) = std::fs::metadata(&dir) {
+            if m.permissions().mode() & 0o001 == 0 {
+                tracing::warn!(dir = %dir.display(), "partition users cannot traverse this directory; instances will fail to start (chmod o+x it)");
+                return;
+            }
+        }
+        if !dir.pop() {
+            return;
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Daemon {
+    /// Opens the store and cleans up after an earlier run. Binds nothing.
+    pub fn boot(cfg: NodeConfig) -> Result<Daemon, DaemonError> {
+        let state = cfg.state_dir();
+        std::fs::create_dir_all(&state).map_err(|source| DaemonError::StateDir {
+            path: state.clone(),
+            source,
+        })?;
+        warn_if_untraversable(&state);
+        let store = Store::open(&cfg.store_dir(), cfg.store.cache_bytes)?;
+        let partitions = Partitions::new(&state, (cfg.partitions.uid_min, cfg.partitions.uid_max));
+        let conns = store.conns()?;
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let mut d = Daemon {
+            cfg,
+            store,
+            partitions,
+            slots: BTreeMap::new(),
+            conns,
+            events_tx,
+            events_rx,
+            counters: Counters::default(),
+            store_log: RateLimit::default(),
+            conn_log: RateLimit::default(),
+            shutting_down: false,
+        };
+        d.kill_leftovers()?;
+        Ok(d)
+    }
+
+    /// Kills process groups recorded by an earlier daemon that may still run.
+    fn kill_leftovers(&mut self) -> Result<(), DaemonError> {
+        for (name, mut obs) in self.store.observed()? {
+            let Some(pgid) = obs.pgid else { continue };
+            match procfs::judge(obs.start_ticks, procfs::start_ticks(pgid)) {
+                procfs::Leftover::Unrelated => {}
+                verdict => {
+                    let pg = nix::unistd::Pid::from_raw(pgid as i32);
+                    if nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL).is_ok() {
+                        self.counters.leftovers_killed += 1;
+                        tracing::info!(instance = %name, pgid, ?verdict, "killed leftover process group");
+                    }
+                }
+            }
+            obs.pgid = None;
+            obs.start_ticks = None;
+            if let Ok(n) = Name::new(&name) {
+                self.store.put_observed(&n, &obs)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends a record; a failure is counted and logged (rate-limited), never fatal.
+    pub(crate) fn record(&mut self, kind: RecordKind) {
+        if let Err(e) = self.store.append(now_ms(), kind) {
+            self.store_failed(&e);
+        }
+    }
+
+    pub(crate) fn store_failed(&mut self, e: &StoreError) {
+        self.counters.store_errors += 1;
+        if let Some(suppressed) = self.store_log.allow(Instant::now()) {
+            tracing::warn!(error = %e, no_space = e.is_no_space(), suppressed, "store write failed; supervision continues");
+        }
+    }
+
+    /// The desired instances: the master's desired state plus local requests.
+    fn desired(&mut self) -> BTreeMap<Name, InstanceRequest> {
+        let mut out = BTreeMap::new();
+        match self.store.desired() {
+            Ok(Some(d)) => out.extend(d.instances.into_iter().map(|r| (r.name.clone(), r))),
+            Ok(None) => {}
+            Err(e) => self.store_failed(&e),
+        }
+        match self.store.locals() {
+            Ok(locals) => {
+                for r in locals {
+                    // A name the master owns is the master's; local requests for it are refused
+                    // at the API, so this only skips a stale conflict.
+                    out.entry(r.name.clone()).or_insert(r);
+                }
+            }
+            Err(e) => self.store_failed(&e),
+        }
+        out
+    }
+
+    fn partitions_on_disk(&self) -> BTreeSet<Name> {
+        std::fs::read_dir(self.cfg.state_dir().join("partitions"))
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .filter_map(|e| Name::new(e.file_name().to_str()?).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Diffs desired against held and applies the actions.
+    fn reconcile(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        let desired = self.desired();
+        let held: BTreeMap<Name, Held> = self
+            .slots
+            .iter()
+            .map(|(n, s)| {
+                (
+                    n.clone(),
+                    Held {
+                        request: s.request.clone(),
+                        running: s.lc.wants_running(),
+                    },
+                )
+            })
+            .collect();
+        let actions = reconcile::diff(&desired, &held, &self.partitions_on_disk());
+        for a in actions {
+            tracing::debug!(action = ?a, "reconcile");
+            self.apply(a);
+        }
+    }
+
+    /// Runs until `shutdown` resolves, serving the local API on `listener`.
+    pub async fn run(
+        mut self,
+        listener: UnixListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), DaemonError> {
+        let (calls_tx, mut calls_rx) = mpsc::channel::<ApiCall>(16);
+        let server = tokio::spawn(api::serve(listener, calls_tx));
+        let wanted = self.desired().len();
+        tracing::info!(node = %self.cfg.node_id(), instances = wanted, "node up; reconciling offline");
+        self.reconcile();
+        tokio::pin!(shutdown);
+        let mut conn_poll = tokio::time::interval(conn::POLL);
+        conn_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stop_deadline: Option<Instant> = None;
+        loop {
+            if self.shutting_down && self.slots.values().all(|s| s.lc.is_idle()) {
+                break;
+            }
+            let wake = self
+                .slots
+                .values()
+                .filter_map(|s| s.lc.deadline())
+                .chain(stop_deadline)
+                .min()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                Some(ev) = self.events_rx.recv() => self.on_event(ev),
+                Some(call) = calls_rx.recv(), if !self.shutting_down => {
+                    let answer = self.on_call(call.request);
+                    let _ = call.reply.send(answer);
+                }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                    if stop_deadline.is_some_and(|t| Instant::now() >= t) {
+                        tracing::warn!("instances did not stop in time; leaving");
+                        break;
+                    }
+                    self.tick();
+                }
+                _ = conn_poll.tick(), if !self.shutting_down => self.poll_connections(),
+                () = &mut shutdown, if !self.shutting_down => {
+                    tracing::info!("shutting down: stopping instances");
+                    self.shutting_down = true;
+                    stop_deadline = Some(Instant::now() + self.cfg.policy().grace * 2 + Duration::from_secs(1));
+                    let names: Vec<Name> = self.slots.keys().cloned().collect();
+                    for n in names {
+                        self.drive(&n, crate::supervisor::lifecycle::Input::Stop);
+                    }
+                }
+            }
+        }
+        server.abort();
+        let _ = std::fs::remove_file(self.cfg.socket_path());
+        tracing::info!("node stopped");
+        Ok(())
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        let due: Vec<Name> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.lc.deadline().is_some_and(|d| d <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in due {
+            self.drive(&n, crate::supervisor::lifecycle::Input::Tick);
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Exited { name, pid, status } => {
+                tracing::info!(instance = %name, pid, %status, "instance exited");
+                self.drive(
+                    &name,
+                    crate::supervisor::lifecycle::Input::Exited { pid, status },
+                );
+            }
+        }
+    }
+
+    fn status(&self) -> Value {
+        let instances: Vec<Value> = self
+            .slots
+            .iter()
+            .map(|(n, s)| {
+                json!({
+                    "name": n.as_str(),
+                    "state": instance::status_word(s.lc.status()),
+                    "requested": instance::requested_word(s.request.state),
+                    "software": s.request.software.to_string(),
+                    "pid": s.lc.pid(),
+                    "restarts": s.lc.restarts(),
+                    "last_exit": s.lc.last_exit().map(|e| e.to_string()),
+                })
+            })
+            .collect();
+        json!({
+            "node": self.cfg.node_id().as_str(),
+            "instances": instances,
+            "outbox": {
+                "depth": self.store.outbox_depth(),
+                "next_seq": self.store.next_seq().unwrap_or(0),
+            },
+            "counters": self.counters,
+        })
+    }
+
+    fn on_call(&mut self, req: ApiRequest) -> Result<Value, String> {
+        match req {
+            ApiRequest::Status => Ok(self.status()),
+            ApiRequest::Request { request } => self.local_request(*request),
+            ApiRequest::Start { name } => {
+                self.set_local_state(&name, hedge_wire::RequestedState::Started)
+            }
+            ApiRequest::Stop { name } => {
+                self.set_local_state(&name, hedge_wire::RequestedState::Stopped)
+            }
+            ApiRequest::Destroy { name } => {
+                self.set_local_state(&name, hedge_wire::RequestedState::Destroyed)
+            }
+            ApiRequest::LogPath { name } => {
+                let n = Name::new(&name).map_err(|e| format!("{name:?}: {e}"))?;
+                if !self.slots.contains_key(&n) {
+                    return Err(format!("no instance named {name:?}"));
+                }
+                let path =
+                    crate::supervisor::spawn::log_path(&self.partitions.path(&n), n.as_str());
+                Ok(json!({ "path": path }))
+            }
+        }
+    }
+
+    fn master_owns(&mut self, name: &Name) -> bool {
+        match self.store.desired() {
+            Ok(Some(d)) => d.instances.iter().any(|r| &r.name == name),
+            _ => false,
+        }
+    }
+
+    /// Stores a local request durably, reports it, then applies it.
+    fn local_request(&mut self, request: InstanceRequest) -> Result<Value, String> {
+        crate::request_file::check_bounds(&request).map_err(|e| e.to_string())?;
+        if self.master_owns(&request.name) {
+            return Err(format!(
+                "instance {:?} is owned by the master; change it there",
+                request.name.as_str()
+            ));
+        }
+        self.store.put_local(&request).map_err(|e| e.to_string())?;
+        self.record(RecordKind::LocalRequest {
+            request: request.clone(),
+        });
+        tracing::info!(instance = %request.name, state = ?request.state, "local request stored");
+        self.reconcile();
+        Ok(json!({ "name": request.name.as_str() }))
+    }
+
+    fn set_local_state(
+        &mut self,
+        name: &str,
+        state: hedge_wire::RequestedState,
+    ) -> Result<Value, String> {
+        let n = Name::new(name).map_err(|e| format!("{name:?}: {e}"))?;
+        if self.master_owns(&n) {
+            return Err(format!(
+                "instance {name:?} is owned by the master; change it there"
+            ));
+        }
+        let mut request = self
+            .store
+            .local(&n)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no local instance named {name:?}"))?;
+        request.state = state;
+        self.local_request(request)
+    }
+}

@@ -1,0 +1,255 @@
+//! Reconcile: the pure diff between what is requested and what the supervisor holds.
+//!
+//! Contract: [`diff`] takes the desired instances (the master's desired state merged
+//! with local requests), the supervisor's view (which request each slot holds and
+//! whether it is meant to run), and the partitions on disk, and returns the actions
+//! that make the view match. Applying the actions and diffing again yields nothing
+//! (idempotent). An instance present on the node but absent from the desired set is
+//! destroyed, like one requested `destroyed`. A partition on disk that no request names
+//! is left alone: data is never removed without a request saying so.
+//!
+//! The daemon calls it at boot, before any network is tried, and after every change.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use hedge_wire::{InstanceRequest, Name, RequestedState};
+
+/// What the supervisor holds for one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// The request the slot was set up from.
+    pub request: InstanceRequest,
+    /// Whether the slot is meant to run.
+    pub running: bool,
+}
+
+/// One step towards the desired state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Create the slot and its partition from this request (not started yet).
+    Create(InstanceRequest),
+    /// Replace the slot's request (re-render; restart if running and the result changed).
+    Update(InstanceRequest),
+    /// Start the slot.
+    Start(Name),
+    /// Stop the slot.
+    Stop(Name),
+    /// Stop the slot if needed, drop it, remove its partition.
+    Destroy(Name),
+}
+
+/// The actions that bring `held` (and `partitions`) to `desired`.
+pub fn diff(
+    desired: &BTreeMap<Name, InstanceRequest>,
+    held: &BTreeMap<Name, Held>,
+    partitions: &BTreeSet<Name>,
+) -> Vec<Action> {
+    let mut out = Vec::new();
+    for (name, want) in desired {
+        let destroy = want.state == RequestedState::Destroyed;
+        match held.get(name) {
+            None if destroy => {
+                if partitions.contains(name) {
+                    out.push(Action::Destroy(name.clone()));
+                }
+            }
+            None => {
+                out.push(Action::Create(want.clone()));
+                if want.state == RequestedState::Started {
+                    out.push(Action::Start(name.clone()));
+                }
+            }
+            Some(_) if destroy => out.push(Action::Destroy(name.clone())),
+            Some(h) => {
+                if !same_except_state(&h.request, want) {
+                    out.push(Action::Update(want.clone()));
+                }
+                let run = want.state == RequestedState::Started;
+                if run && !h.running {
+                    out.push(Action::Start(name.clone()));
+                } else if !run && h.running {
+                    out.push(Action::Stop(name.clone()));
+                }
+            }
+        }
+    }
+    for name in held.keys() {
+        if !desired.contains_key(name) {
+            out.push(Action::Destroy(name.clone()));
+        }
+    }
+    out
+}
+
+/// True when two requests differ at most in their requested state.
+fn same_except_state(a: &InstanceRequest, b: &InstanceRequest) -> bool {
+    let mut b = b.clone();
+    b.state = a.state;
+    *a == b
+}
+
+/// Applies `actions` to a view, as the daemon would; used to prove idempotence and by
+/// the daemon's tests.
+pub fn apply(actions: &[Action], held: &mut BTreeMap<Name, Held>, partitions: &mut BTreeSet<Name>) {
+    for a in actions {
+        match a {
+            Action::Create(r) => {
+                partitions.insert(r.name.clone());
+                held.insert(
+                    r.name.clone(),
+                    Held {
+                        request: r.clone(),
+                        running: false,
+                    },
+                );
+            }
+            Action::Update(r) => {
+                if let Some(h) = held.get_mut(&r.name) {
+                    h.request = r.clone();
+                }
+            }
+            Action::Start(n) | Action::Stop(n) => {
+                if let Some(h) = held.get_mut(n) {
+                    h.running = matches!(a, Action::Start(_));
+                    h.request.state = if h.running {
+                        RequestedState::Started
+                    } else {
+                        RequestedState::Stopped
+                    };
+                }
+            }
+            Action::Destroy(n) => {
+                held.remove(n);
+                partitions.remove(n);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use hedge_wire::SoftwareRelease;
+
+    use super::*;
+
+    fn req(name: &str, state: RequestedState) -> InstanceRequest {
+        InstanceRequest {
+            name: Name::new(name).unwrap(),
+            software: SoftwareRelease::Exec("/bin/sleep".into()),
+            args: vec!["100".into()],
+            parameters: BTreeMap::new(),
+            config_files: vec![],
+            promises: vec![],
+            limits: Default::default(),
+            restart: Default::default(),
+            state,
+        }
+    }
+
+    fn desired(reqs: &[InstanceRequest]) -> BTreeMap<Name, InstanceRequest> {
+        reqs.iter().map(|r| (r.name.clone(), r.clone())).collect()
+    }
+
+    fn n(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    #[test]
+    fn boot_from_empty_creates_and_starts() {
+        let d = desired(&[
+            req("a", RequestedState::Started),
+            req("b", RequestedState::Stopped),
+            req("c", RequestedState::Destroyed),
+        ]);
+        let acts = diff(&d, &BTreeMap::new(), &BTreeSet::new());
+        assert_eq!(
+            acts,
+            vec![
+                Action::Create(req("a", RequestedState::Started)),
+                Action::Start(n("a")),
+                Action::Create(req("b", RequestedState::Stopped)),
+            ]
+        );
+    }
+
+    #[test]
+    fn diff_is_idempotent_across_transitions() {
+        let steps = [
+            vec![
+                req("a", RequestedState::Started),
+                req("b", RequestedState::Started),
+            ],
+            vec![
+                req("a", RequestedState::Stopped),
+                req("b", RequestedState::Started),
+            ],
+            vec![
+                {
+                    let mut r = req("a", RequestedState::Started);
+                    r.args = vec!["200".into()];
+                    r
+                },
+                req("b", RequestedState::Destroyed),
+            ],
+            vec![],
+        ];
+        let mut held = BTreeMap::new();
+        let mut parts = BTreeSet::new();
+        for step in steps {
+            let d = desired(&step);
+            let acts = diff(&d, &held, &parts);
+            apply(&acts, &mut held, &mut parts);
+            assert_eq!(
+                diff(&d, &held, &parts),
+                vec![],
+                "not idempotent after {acts:?}"
+            );
+        }
+        assert!(held.is_empty() && parts.is_empty());
+    }
+
+    #[test]
+    fn changed_request_updates_before_state_change() {
+        let mut held = BTreeMap::new();
+        held.insert(
+            n("a"),
+            Held {
+                request: req("a", RequestedState::Stopped),
+                running: false,
+            },
+        );
+        let mut r = req("a", RequestedState::Started);
+        r.parameters.insert("port".into(), "1".into());
+        let acts = diff(&desired(&[r.clone()]), &held, &BTreeSet::new());
+        assert_eq!(acts, vec![Action::Update(r), Action::Start(n("a"))]);
+    }
+
+    #[test]
+    fn destroyed_with_leftover_partition_removes_it_and_unknown_partitions_stay() {
+        let parts: BTreeSet<Name> = [n("gone"), n("stray")].into_iter().collect();
+        let acts = diff(
+            &desired(&[req("gone", RequestedState::Destroyed)]),
+            &BTreeMap::new(),
+            &parts,
+        );
+        assert_eq!(acts, vec![Action::Destroy(n("gone"))]);
+    }
+
+    #[test]
+    fn held_but_no_longer_desired_is_destroyed() {
+        let mut held = BTreeMap::new();
+        held.insert(
+            n("old"),
+            Held {
+                request: req("old", RequestedState::Started),
+                running: true,
+            },
+        );
+        assert_eq!(
+            diff(&BTreeMap::new(), &held, &BTreeSet::new()),
+            vec![Action::Destroy(n("old"))]
+        );
+    }
+}

@@ -1,0 +1,488 @@
+//! Request files (`hedge node request --file app.toml`) and the equivalent CLI flags.
+//!
+//! Contract: [`parse_toml`] and [`from_flags`] turn user input into an
+//! [`InstanceRequest`] or a [`RequestError`] that names the offending key or value.
+//! Everything is checked here, before the daemon sees it: unknown keys, names, the
+//! software spec, config-file paths (relative, no `..`), sizes, promise specs, and the
+//! wire bounds. Nothing touches the disk.
+//!
+//! ```toml
+//! name = "web"
+//! software = "exec:/usr/bin/python3"
+//! args = ["-m", "http.server", "{{port}}"]
+//! state = "started"          # started | stopped | destroyed
+//! [parameters]
+//! port = "18080"
+//! [[config_files]]
+//! path = "etc/app.conf"
+//! template = "listen={{port}}\n"
+//! [limits]
+//! memory_max = "64M"         # also cpu_max_percent, nofile, nproc
+//! [restart]
+//! backoff_base_ms = 100      # also backoff_max_ms
+//! [[promises]]
+//! name = "port"
+//! kind = "tcp"               # process | tcp | http | command | file
+//! address = "127.0.0.1:{{port}}"
+//! ```
+
+use std::collections::BTreeMap;
+
+use hedge_wire::{
+    ConfigFile, InstanceRequest, Limits, Name, PromiseCheck, PromiseSpec, RequestedState,
+    RestartPolicy, SoftwareRelease,
+};
+use serde::Deserialize;
+
+use crate::partition::{check_rel_path, parse_size};
+
+/// Why a request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Malformed TOML or an unknown key.
+    #[error("request file: {0}")]
+    Toml(#[from] toml::de::Error),
+    /// A name that is not a valid name.
+    #[error("{field} {value:?}: {reason}")]
+    Name {
+        /// Which field.
+        field: &'static str,
+        /// The value given.
+        value: String,
+        /// Why it is refused.
+        reason: hedge_wire::NameError,
+    },
+    /// Any other bad value.
+    #[error("{field}: {reason}")]
+    Value {
+        /// Which field.
+        field: String,
+        /// Why it is refused.
+        reason: String,
+    },
+}
+
+fn name(field: &'static str, value: &str) -> Result<Name, RequestError> {
+    Name::new(value).map_err(|reason| RequestError::Name {
+        field,
+        value: value.into(),
+        reason,
+    })
+}
+
+fn bad(field: impl Into<String>, reason: impl ToString) -> RequestError {
+    RequestError::Value {
+        field: field.into(),
+        reason: reason.to_string(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileToml {
+    name: String,
+    software: String,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    state: StateToml,
+    #[serde(default)]
+    parameters: BTreeMap<String, String>,
+    #[serde(default)]
+    config_files: Vec<ConfigFileToml>,
+    #[serde(default)]
+    promises: Vec<PromiseToml>,
+    #[serde(default)]
+    limits: LimitsToml,
+    #[serde(default)]
+    restart: RestartToml,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum StateToml {
+    #[default]
+    Started,
+    Stopped,
+    Destroyed,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFileToml {
+    path: String,
+    template: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LimitsToml {
+    memory_max: Option<String>,
+    cpu_max_percent: Option<u32>,
+    nofile: Option<u64>,
+    nproc: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RestartToml {
+    backoff_base_ms: Option<u32>,
+    backoff_max_ms: Option<u32>,
+}
+
+/// One `[[promises]]` table.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromiseToml {
+    name: String,
+    kind: String,
+    address: Option<String>,
+    url: Option<String>,
+    status: Option<u16>,
+    max_latency_ms: Option<u32>,
+    command: Option<Vec<String>>,
+    path: Option<String>,
+    max_age_s: Option<u32>,
+    interval_ms: Option<u32>,
+    timeout_ms: Option<u32>,
+    threshold: Option<u8>,
+}
+
+/// Default promise timing: every 10 s, 5 s timeout, anomaly after 3 failures.
+const PROMISE_INTERVAL_MS: u32 = 10_000;
+const PROMISE_TIMEOUT_MS: u32 = 5_000;
+const PROMISE_THRESHOLD: u8 = 3;
+
+fn promise(p: PromiseToml) -> Result<PromiseSpec, RequestError> {
+    let field = |f: &str| format!("promises.{}.{f}", p.name);
+    let need = |v: &Option<String>, f: &str| {
+        v.clone()
+            .ok_or_else(|| bad(field(f), format!("required for kind {:?}", p.kind)))
+    };
+    let check = match p.kind.as_str() {
+        "process" => PromiseCheck::Process,
+        "tcp" => PromiseCheck::Tcp {
+            address: need(&p.address, "address")?,
+        },
+        "http" => PromiseCheck::Http {
+            url: need(&p.url, "url")?,
+            status: p.status.unwrap_or(200),
+            max_latency_ms: p.max_latency_ms.unwrap_or(1000),
+        },
+        "command" => PromiseCheck::Command {
+            argv: p.command.clone().filter(|c| !c.is_empty()).ok_or_else(|| {
+                bad(
+                    field("command"),
+                    "required (a non-empty list) for kind \"command\"",
+                )
+            })?,
+        },
+        "file" => {
+            let path = need(&p.path, "path")?;
+            check_rel_path(&path).map_err(|e| bad(field("path"), e))?;
+            PromiseCheck::File {
+                path,
+                max_age_s: p.max_age_s.unwrap_or(60),
+            }
+        }
+        other => {
+            return Err(bad(
+                field("kind"),
+                format!("{other:?} is not one of process, tcp, http, command, file"),
+            ))
+        }
+    };
+    let interval_ms = p.interval_ms.unwrap_or(PROMISE_INTERVAL_MS);
+    let timeout_ms = p.timeout_ms.unwrap_or(PROMISE_TIMEOUT_MS.min(interval_ms));
+    if interval_ms < 100 || timeout_ms == 0 || timeout_ms > interval_ms {
+        return Err(bad(
+            field("interval_ms"),
+            "need interval_ms >= 100 and 0 < timeout_ms <= interval_ms",
+        ));
+    }
+    let threshold = p.threshold.unwrap_or(PROMISE_THRESHOLD);
+    if threshold == 0 {
+        return Err(bad(field("threshold"), "must be at least 1"));
+    }
+    Ok(PromiseSpec {
+        name: name("promise name", &p.name)?,
+        check,
+        interval_ms,
+        timeout_ms,
+        threshold,
+    })
+}
+
+fn build(f: FileToml) -> Result<InstanceRequest, RequestError> {
+    let software: SoftwareRelease = f.software.parse().map_err(|e| bad("software", e))?;
+    for k in f.parameters.keys() {
+        if k.is_empty()
+            || !k
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+        {
+            return Err(bad(
+                format!("parameters.{k}"),
+                "keys may hold only A-Z a-z 0-9 _ -",
+            ));
+        }
+    }
+    let mut config_files = Vec::new();
+    for c in f.config_files {
+        check_rel_path(&c.path).map_err(|e| bad(format!("config_files {:?}", c.path), e))?;
+        config_files.push(ConfigFile {
+            path: c.path,
+            template: c.template,
+        });
+    }
+    let mut promises = Vec::new();
+    for p in f.promises {
+        let p = promise(p)?;
+        if promises.iter().any(|q: &PromiseSpec| q.name == p.name) {
+            return Err(bad(
+                format!("promises.{}", p.name),
+                "duplicate promise name",
+            ));
+        }
+        promises.push(p);
+    }
+    let memory_max = f
+        .limits
+        .memory_max
+        .as_deref()
+        .map(parse_size)
+        .transpose()
+        .map_err(|e| bad("limits.memory_max", e))?;
+    if f.limits.cpu_max_percent == Some(0) {
+        return Err(bad("limits.cpu_max_percent", "must be at least 1"));
+    }
+    let req = InstanceRequest {
+        name: name("name", &f.name)?,
+        software,
+        args: f.args,
+        parameters: f.parameters,
+        config_files,
+        promises,
+        limits: Limits {
+            memory_max,
+            cpu_max_percent: f.limits.cpu_max_percent,
+            nofile: f.limits.nofile,
+            nproc: f.limits.nproc,
+        },
+        restart: RestartPolicy {
+            backoff_base_ms: f.restart.backoff_base_ms,
+            backoff_max_ms: f.restart.backoff_max_ms,
+        },
+        state: match f.state {
+            StateToml::Started => RequestedState::Started,
+            StateToml::Stopped => RequestedState::Stopped,
+            StateToml::Destroyed => RequestedState::Destroyed,
+        },
+    };
+    check_bounds(&req)?;
+    Ok(req)
+}
+
+/// Checks the wire bounds (sizes of lists and strings) so the request can be stored,
+/// reported and synced.
+pub fn check_bounds(req: &InstanceRequest) -> Result<(), RequestError> {
+    use hedge_wire::validate::Validate;
+    req.validate().map_err(|e| bad("request", e))
+}
+
+/// Parses a request file's text.
+pub fn parse_toml(text: &str) -> Result<InstanceRequest, RequestError> {
+    build(toml::from_str(text)?)
+}
+
+/// Flags of `hedge node request NAME --software S [--arg A]... [--param k=v]... [--promise SPEC]...`.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    /// Instance name.
+    pub name: String,
+    /// Software spec.
+    pub software: String,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// `k=v` parameters.
+    pub params: Vec<String>,
+    /// Promise specs: `[NAME=]KIND[:TARGET]`, e.g. `process`, `port=tcp:127.0.0.1:{{port}}`,
+    /// `http:http://127.0.0.1:8080/`, `beat=file:var/beat`, `ok=command:/bin/true`.
+    pub promises: Vec<String>,
+    /// `started` (default), `stopped`.
+    pub state: Option<String>,
+}
+
+fn promise_from_spec(spec: &str) -> Result<PromiseToml, RequestError> {
+    let (pname, rest) = match spec.split_once('=') {
+        Some((n, r)) if !n.contains(':') => (Some(n.to_string()), r),
+        _ => (None, spec),
+    };
+    let (kind, target) = match rest.split_once(':') {
+        Some((k, t)) => (k.to_string(), Some(t.to_string())),
+        None => (rest.to_string(), None),
+    };
+    let mut p = PromiseToml {
+        name: pname.unwrap_or_else(|| kind.clone()),
+        kind: kind.clone(),
+        address: None,
+        url: None,
+        status: None,
+        max_latency_ms: None,
+        command: None,
+        path: None,
+        max_age_s: None,
+        interval_ms: None,
+        timeout_ms: None,
+        threshold: None,
+    };
+    match kind.as_str() {
+        "tcp" => p.address = target,
+        "http" => p.url = target,
+        "file" => p.path = target,
+        "command" => p.command = target.map(|t| t.split_whitespace().map(String::from).collect()),
+        _ => {}
+    }
+    Ok(p)
+}
+
+/// Builds a request from CLI flags, with the same checks as a file.
+pub fn from_flags(flags: &Flags) -> Result<InstanceRequest, RequestError> {
+    let mut parameters = BTreeMap::new();
+    for kv in &flags.params {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| bad(format!("--param {kv:?}"), "expected key=value"))?;
+        parameters.insert(k.to_string(), v.to_string());
+    }
+    let state = match flags.state.as_deref() {
+        None | Some("started") => StateToml::Started,
+        Some("stopped") => StateToml::Stopped,
+        Some(other) => {
+            return Err(bad(
+                "--state",
+                format!("{other:?} is not started or stopped"),
+            ))
+        }
+    };
+    build(FileToml {
+        name: flags.name.clone(),
+        software: flags.software.clone(),
+        args: flags.args.clone(),
+        state,
+        parameters,
+        config_files: vec![],
+        promises: flags
+            .promises
+            .iter()
+            .map(|s| promise_from_spec(s))
+            .collect::<Result<_, _>>()?,
+        limits: LimitsToml::default(),
+        restart: RestartToml::default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+name = "web"
+software = "exec:/usr/bin/python3"
+args = ["-m", "http.server", "{{port}}"]
+state = "started"
+[parameters]
+port = "18080"
+[[config_files]]
+path = "etc/app.conf"
+template = "listen={{port}}\n"
+[limits]
+memory_max = "64M"
+[[promises]]
+name = "port"
+kind = "tcp"
+address = "127.0.0.1:{{port}}"
+"#;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let r = parse_toml(EXAMPLE).unwrap();
+        assert_eq!(r.name.as_str(), "web");
+        assert_eq!(r.limits.memory_max, Some(64 << 20));
+        assert_eq!(r.parameters["port"], "18080");
+        assert_eq!(r.promises[0].threshold, 3);
+    }
+
+    #[test]
+    fn bad_input_names_the_problem() {
+        let cases = [
+            (
+                EXAMPLE.replace("name = \"web\"", "name = \"../web\""),
+                "name",
+            ),
+            (
+                EXAMPLE.replace("path = \"etc/app.conf\"", "path = \"../../etc/passwd\""),
+                "config_files",
+            ),
+            (
+                EXAMPLE.replace("path = \"etc/app.conf\"", "path = \"/etc/passwd\""),
+                "config_files",
+            ),
+            (
+                EXAMPLE.replace("state = \"started\"", "state = \"running\""),
+                "state",
+            ),
+            (
+                EXAMPLE.replace("memory_max = \"64M\"", "memory_max = \"lots\""),
+                "memory_max",
+            ),
+            (
+                EXAMPLE.replace("[limits]", "colour = 1\n[limits]"),
+                "colour",
+            ),
+            (EXAMPLE.replace("kind = \"tcp\"", "kind = \"ping\""), "kind"),
+            (
+                EXAMPLE.replace(
+                    "software = \"exec:/usr/bin/python3\"",
+                    "software = \"docker:nginx\"",
+                ),
+                "software",
+            ),
+            ("name = ".to_string(), "TOML"),
+        ];
+        for (text, word) in cases {
+            let err = parse_toml(&text).unwrap_err().to_string();
+            assert!(
+                err.to_lowercase().contains(&word.to_lowercase()),
+                "{word}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn flags_build_the_same_request() {
+        let r = from_flags(&Flags {
+            name: "sleeper".into(),
+            software: "exec:/bin/sleep".into(),
+            args: vec!["100".into()],
+            params: vec!["port=80".into()],
+            promises: vec!["process".into(), "up=tcp:127.0.0.1:{{port}}".into()],
+            state: None,
+        })
+        .unwrap();
+        assert_eq!(r.promises.len(), 2);
+        assert_eq!(r.promises[1].name.as_str(), "up");
+        assert!(
+            matches!(&r.promises[1].check, PromiseCheck::Tcp { address } if address == "127.0.0.1:{{port}}")
+        );
+        assert!(from_flags(&Flags {
+            name: "x".into(),
+            software: "exec:/bin/true".into(),
+            params: vec!["novalue".into()],
+            ..Default::default()
+        })
+        .is_err());
+    }
+}

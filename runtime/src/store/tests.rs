@@ -1,0 +1,78 @@
+#![allow(clippy::unwrap_used)]
+
+use hedge_wire::{InstanceStatus, Name, RecordKind};
+
+use super::*;
+
+fn state(name: &str) -> RecordKind {
+    RecordKind::InstanceState {
+        instance: Name::new(name).unwrap(),
+        status: InstanceStatus::Running,
+        pid: Some(1),
+        restarts: 0,
+        last_exit: None,
+    }
+}
+
+#[test]
+fn sequence_continues_across_reopen_and_is_never_reused_after_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.append(1, state("a")).unwrap().seq, 1);
+        assert_eq!(s.append(2, state("a")).unwrap().seq, 2);
+        assert_eq!(s.ack(2).unwrap(), 2);
+        assert_eq!(s.outbox_depth(), 0);
+    }
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(s.next_seq().unwrap(), 3);
+    let r = s.append(3, state("b")).unwrap();
+    assert_eq!(r.seq, 3);
+    assert_eq!(s.outbox_from(0, 10).unwrap(), vec![r]);
+}
+
+#[test]
+fn outbox_range_and_partial_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    for i in 0..300u64 {
+        s.append(i, state("a")).unwrap();
+    }
+    // 256 = 0x100: big-endian keys keep numeric order across byte boundaries.
+    let got: Vec<u64> = s
+        .outbox_from(250, 10)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(got, (250..260).collect::<Vec<_>>());
+    s.ack(255).unwrap();
+    assert_eq!(s.outbox_depth(), 45);
+    assert_eq!(s.outbox_from(0, 1).unwrap()[0].seq, 256);
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        meta.insert(b"schema", &99u32.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    match Store::open(dir.path(), 1 << 20) {
+        Err(StoreError::TooNew { found: 99, .. }) => {}
+        other => panic!("expected TooNew, got {:?}", other.err()),
+    }
+}
+
+#[test]
+fn corrupt_value_is_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    s.local.insert("web", &b"\xff\xff\xff"[..]).unwrap();
+    assert!(matches!(
+        s.locals(),
+        Err(StoreError::Decode { tree: "local", .. })
+    ));
+}

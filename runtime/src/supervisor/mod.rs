@@ -1,0 +1,10 @@
+//! The supervisor: runs each instance's process and keeps it running.
+//!
+//! [`lifecycle`] is the pure per-instance state machine; [`spawn`] starts a process in
+//! its partition (own process group, dropped privileges, rlimits, parent-death
+//! signal, output into a rotating log); [`procfs`] reads process facts used to clean up
+//! leftovers of an earlier daemon.
+
+pub mod lifecycle;
+pub mod procfs;
+pub mod spawn;

@@ -1,0 +1,172 @@
+//! Starting one instance's process: the thin I/O side of the supervisor.
+//!
+//! Contract: [`spawn`] starts `program` in the partition directory with a clean
+//! environment (`PATH`, `HOME` = partition, `HEDGE_PARTITION`, and the rendered
+//! parameters), in a new process group (pgid = pid), as the partition's user when the
+//! daemon is root, with the requested rlimits, and with `PR_SET_PDEATHSIG = SIGKILL`.
+//! stdout and stderr go to the partition's rotating log (`var/log/<name>.log`) through
+//! two small pump tasks. The returned [`tokio::process::Child`] must be awaited by the
+//! caller to learn the exit.
+//!
+//! The parent-death signal fires when the *thread* that forked exits; the daemon runs a
+//! current-thread tokio runtime, so that thread is the main thread and the signal fires
+//! exactly when the daemon dies. Leftovers (e.g. grandchildren, which the signal does
+//! not reach) are killed through their process group at the next boot (see `procfs`).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use nix::sys::resource::{setrlimit, Resource};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::{Child, Command};
+
+use crate::logfile::{LogError, RotatingLog};
+
+/// Errors of spawning.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The process could not be started (program missing, not executable, …).
+    #[error("cannot start {program}: {source}")]
+    Exec {
+        /// The program.
+        program: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The log file could not be opened.
+    #[error("cannot open log {path}: {source}")]
+    Log {
+        /// The log path.
+        path: PathBuf,
+        /// Why.
+        source: LogError,
+    },
+}
+
+/// Everything needed to start one process.
+#[derive(Debug, Clone)]
+pub struct SpawnSpec {
+    /// Program (absolute, or looked up in the daemon's `PATH`).
+    pub program: String,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// Partition directory: working directory and `HOME`.
+    pub dir: PathBuf,
+    /// uid/gid to drop to (root only).
+    pub owner: Option<(u32, u32)>,
+    /// rlimits applied in the child before exec (soft = hard).
+    pub rlimits: Vec<(Resource, u64)>,
+    /// Log file path.
+    pub log: PathBuf,
+    /// Rotate when the log would exceed this many bytes.
+    pub log_max_bytes: u64,
+    /// Rotated files kept.
+    pub log_keep: usize,
+}
+
+/// A started process.
+#[derive(Debug)]
+pub struct Spawned {
+    /// Its pid, also its process group id.
+    pub pid: u32,
+    /// The child handle; await `wait()` for the exit.
+    pub child: Child,
+}
+
+/// Starts the process described by `spec`.
+pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
+    let log = RotatingLog::open(spec.log.clone(), spec.log_max_bytes, spec.log_keep).map_err(
+        |source| SpawnError::Log {
+            path: spec.log.clone(),
+            source,
+        },
+    )?;
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .current_dir(&spec.dir)
+        .env_clear()
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+        )
+        .env("HOME", &spec.dir)
+        .env("HEDGE_PARTITION", &spec.dir)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    if let Some((uid, gid)) = spec.owner {
+        cmd.uid(uid).gid(gid);
+    }
+    let rlimits = spec.rlimits.clone();
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe system calls (prctl, getppid, setrlimit) on data captured by
+    // move; it neither allocates nor takes locks.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            // The daemon may have died between fork and prctl: then we must not run.
+            if nix::unistd::getppid().as_raw() as u32 != parent {
+                return Err(std::io::Error::other("supervisor is gone"));
+            }
+            for (res, value) in &rlimits {
+                setrlimit(*res, *value, *value)?;
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
+        program: spec.program.clone(),
+        source,
+    })?;
+    let pid = child.id().unwrap_or(0);
+    let log = Arc::new(Mutex::new(log));
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(pump(out, log.clone(), spec.log.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(pump(err, log, spec.log.clone()));
+    }
+    Ok(Spawned { pid, child })
+}
+
+/// Copies a child's output into its log until EOF. A full disk drops output (with one
+/// warning per episode) rather than blocking or killing the child.
+async fn pump<R: AsyncRead + Unpin>(mut from: R, log: Arc<Mutex<RotatingLog>>, path: PathBuf) {
+    let mut buf = vec![0u8; 8192];
+    let mut failing = false;
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let result = match log.lock() {
+            Ok(mut l) => l.write_all(&buf[..n]),
+            Err(_) => return,
+        };
+        match result {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!(log = %path.display(), "instance log writable again");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(log = %path.display(), error = %e, "instance output dropped");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// The log file of instance `name` in partition `dir`.
+pub fn log_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join("var/log").join(format!("{name}.log"))
+}

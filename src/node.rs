@@ -1,0 +1,383 @@
+//! `hedge node ...`: init, run, and the client commands that talk to the local API.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use hedge_runtime::config::{self, NodeConfig};
+use hedge_runtime::daemon::api::{self, ApiError, ApiRequest};
+use hedge_runtime::daemon::Daemon;
+use hedge_runtime::request_file::{self, Flags};
+use hedge_runtime::store::Store;
+use serde_json::Value;
+
+use crate::Failure;
+
+/// Where client commands look for the config unless told.
+const DEFAULT_CONFIG: &str = "/var/lib/hedge/node.toml";
+
+#[derive(Args)]
+pub struct ConfigArg {
+    /// The node's config file.
+    #[arg(long, env = "HEDGE_NODE_CONFIG", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// Create a node: a commented DIR/node.toml, the store, and the identity key.
+    Init {
+        /// Directory to create the node in.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Node id (default: from the host name).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Run the node daemon in the foreground (logs on stderr).
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Request an instance: from a file (--file) or from flags.
+    Request {
+        /// A request file (TOML).
+        #[arg(long, conflicts_with_all = ["name", "software"])]
+        file: Option<PathBuf>,
+        /// Instance name.
+        #[arg(required_unless_present = "file")]
+        name: Option<String>,
+        /// What it runs: exec:PROGRAM.
+        #[arg(long, required_unless_present = "file")]
+        software: Option<String>,
+        /// An argument (repeatable).
+        #[arg(long = "arg", allow_hyphen_values = true)]
+        args: Vec<String>,
+        /// A parameter key=value (repeatable).
+        #[arg(long = "param")]
+        params: Vec<String>,
+        /// A promise [NAME=]KIND[:TARGET] (repeatable), e.g. port=tcp:127.0.0.1:{{port}}.
+        #[arg(long = "promise")]
+        promises: Vec<String>,
+        /// started (default) or stopped.
+        #[arg(long)]
+        state: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Start a local instance.
+    Start {
+        /// Instance name.
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Stop a local instance (its partition stays).
+    Stop {
+        /// Instance name.
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Destroy a local instance: stop it and remove its partition.
+    Destroy {
+        /// Instance name.
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Show instances and the outbox.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Print an instance's log.
+    Logs {
+        /// Instance name.
+        name: String,
+        /// Keep printing as it grows.
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+fn load(c: &ConfigArg) -> Result<NodeConfig, Failure> {
+    NodeConfig::load(&c.config).map_err(Failure::usage)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    // Current-thread on purpose: children's parent-death signal is tied to the forking
+    // thread, which must be the one that lives as long as the daemon.
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn call(cfg: &NodeConfig, req: &ApiRequest) -> Result<Value, Failure> {
+    runtime()?
+        .block_on(api::call(&cfg.socket_path(), req))
+        .map_err(|e| match e {
+            ApiError::Connect { .. } => Failure::unavailable(e),
+            ApiError::Refused(_) => Failure::data(e),
+            other => Failure::from(other),
+        })
+}
+
+pub fn main(cmd: NodeCommand) -> Result<(), Failure> {
+    match cmd {
+        NodeCommand::Init { dir, id } => init(&dir, id),
+        NodeCommand::Run { config } => run(load(&config)?),
+        NodeCommand::Request {
+            file,
+            name,
+            software,
+            args,
+            params,
+            promises,
+            state,
+            config,
+        } => {
+            let request = match file {
+                Some(f) => {
+                    let text = std::fs::read_to_string(&f)
+                        .with_context(|| format!("cannot read {}", f.display()))
+                        .map_err(Failure::data)?;
+                    request_file::parse_toml(&text)
+                        .with_context(|| format!("{}", f.display()))
+                        .map_err(Failure::data)?
+                }
+                None => request_file::from_flags(&Flags {
+                    name: name.unwrap_or_default(),
+                    software: software.unwrap_or_default(),
+                    args,
+                    params,
+                    promises,
+                    state,
+                })
+                .map_err(Failure::data)?,
+            };
+            let cfg = load(&config)?;
+            let name = request.name.to_string();
+            call(
+                &cfg,
+                &ApiRequest::Request {
+                    request: Box::new(request),
+                },
+            )?;
+            println!("requested {name}");
+            Ok(())
+        }
+        NodeCommand::Start { name, config } => {
+            simple(&config, ApiRequest::Start { name }, "started")
+        }
+        NodeCommand::Stop { name, config } => {
+            simple(&config, ApiRequest::Stop { name }, "stopping")
+        }
+        NodeCommand::Destroy { name, config } => {
+            simple(&config, ApiRequest::Destroy { name }, "destroying")
+        }
+        NodeCommand::Status { json, config } => {
+            let v = call(&load(&config)?, &ApiRequest::Status)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_status(&v);
+            }
+            Ok(())
+        }
+        NodeCommand::Logs {
+            name,
+            follow,
+            config,
+        } => {
+            let v = call(&load(&config)?, &ApiRequest::LogPath { name })?;
+            let path = v
+                .get("path")
+                .and_then(Value::as_str)
+                .context("daemon gave no log path")?;
+            logs(Path::new(path), follow)
+        }
+    }
+}
+
+fn simple(config: &ConfigArg, req: ApiRequest, done: &str) -> Result<(), Failure> {
+    let name = match &req {
+        ApiRequest::Start { name } | ApiRequest::Stop { name } | ApiRequest::Destroy { name } => {
+            name.clone()
+        }
+        _ => String::new(),
+    };
+    call(&load(config)?, &req)?;
+    println!("{done} {name}");
+    Ok(())
+}
+
+fn default_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let id: String = host
+        .trim()
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if hedge_wire::Name::new(&id).is_ok() {
+        id
+    } else {
+        "node".into()
+    }
+}
+
+fn init(dir: &Path, id: Option<String>) -> Result<(), Failure> {
+    let id = id.unwrap_or_else(default_id);
+    hedge_wire::Name::new(&id).map_err(|e| Failure::usage(anyhow::anyhow!("--id {id:?}: {e}")))?;
+    let file = dir.join("node.toml");
+    if file.exists() {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "{} exists; refusing to overwrite a node",
+            file.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // 0711: partition users must traverse it to reach their partitions; nothing in it
+    // is listable by them, and the store and key are private on their own.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
+    let cfg_text = config::default_file(&id);
+    std::fs::write(&file, &cfg_text).with_context(|| format!("cannot write {}", file.display()))?;
+    let cfg = NodeConfig::load(&file).map_err(Failure::usage)?;
+    Store::open(&cfg.store_dir(), cfg.store.cache_bytes)?;
+    hedge_runtime::identity::create(&cfg.key_path())?;
+    println!("node {id} created in {}", dir.display());
+    println!("  config   {}", file.display());
+    println!("  store    {}", cfg.store_dir().display());
+    println!("  key      {} (0600)", cfg.key_path().display());
+    println!("run it:    hedge node run --config {}", file.display());
+    Ok(())
+}
+
+fn bind(path: &Path) -> Result<tokio::net::UnixListener, Failure> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "a node daemon already listens on {}",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot bind {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}
+
+fn run(cfg: NodeConfig) -> Result<(), Failure> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HEDGE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    // Fail early on a bad or exposed key rather than later on first sync.
+    hedge_runtime::identity::load(&cfg.key_path()).map_err(Failure::usage)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let daemon = Daemon::boot(cfg.clone())?;
+        let listener = bind(&cfg.socket_path())?;
+        let shutdown = async {
+            use tokio::signal::unix::{signal, SignalKind};
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                }
+                _ => std::future::pending::<()>().await,
+            }
+        };
+        daemon.run(listener, shutdown).await?;
+        Ok::<(), Failure>(())
+    })
+}
+
+fn print_status(v: &Value) {
+    let s = |v: &Value| match v {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    println!("node {}", s(&v["node"]));
+    println!(
+        "{:<24} {:<9} {:<9} {:>8} {:>8}  LAST EXIT",
+        "INSTANCE", "STATE", "WANTED", "PID", "RESTARTS"
+    );
+    for i in v["instances"].as_array().into_iter().flatten() {
+        println!(
+            "{:<24} {:<9} {:<9} {:>8} {:>8}  {}",
+            s(&i["name"]),
+            s(&i["state"]),
+            s(&i["requested"]),
+            s(&i["pid"]),
+            s(&i["restarts"]),
+            s(&i["last_exit"])
+        );
+    }
+    println!(
+        "outbox: {} records waiting, next seq {}",
+        s(&v["outbox"]["depth"]),
+        s(&v["outbox"]["next_seq"])
+    );
+}
+
+fn logs(path: &Path, follow: bool) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    let mut pos = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match std::fs::File::open(path) {
+            Ok(mut f) => {
+                let len = f.metadata()?.len();
+                if len < pos {
+                    pos = 0; // rotated or truncated: start the new file from the top
+                }
+                f.seek(SeekFrom::Start(pos))?;
+                loop {
+                    let n = f.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    out.write_all(&buf[..n])?;
+                    pos += n as u64;
+                }
+                out.flush()?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        if !follow {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,127 @@
+//! Bounded sequence and map deserializers, used through `#[serde(deserialize_with)]`
+//! on the collection fields of [`crate::types`].
+//!
+//! Contract: a sequence or map longer than its [`crate::limits`] bound fails to decode
+//! as soon as the decoder sees its length (or its `max + 1`-th element), and the length
+//! a peer claims never drives an allocation beyond [`PREALLOC_BYTES`]: vectors grow
+//! only with the elements actually decoded. serde's own `Vec` impl would preallocate up
+//! to 1 MiB on a claimed length, which a 4 KiB frame can ask for.
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use core::marker::PhantomData;
+
+use serde::de::{Deserialize, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+
+use crate::limits::{
+    MAX_ARGS, MAX_CONFIG_FILES, MAX_INSTANCES, MAX_PARAMETERS, MAX_PROMISES, MAX_RECORDS,
+};
+use crate::types::{ConfigFile, InstanceRequest, PromiseSpec, Record};
+
+/// Most bytes a vector preallocates on the strength of a claimed length.
+pub(crate) const PREALLOC_BYTES: usize = 4 * 1024;
+
+struct SeqVisitor<T> {
+    max: usize,
+    what: &'static str,
+    _t: PhantomData<T>,
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for SeqVisitor<T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "at most {} {}", self.max, self.what)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        let hint = seq.size_hint().unwrap_or(0);
+        if hint > self.max {
+            return Err(A::Error::invalid_length(hint, &self));
+        }
+        let cap = hint.min(PREALLOC_BYTES / core::mem::size_of::<T>().max(1));
+        let mut out = Vec::with_capacity(cap);
+        while let Some(item) = seq.next_element()? {
+            if out.len() == self.max {
+                return Err(A::Error::invalid_length(self.max + 1, &self));
+            }
+            out.push(item);
+        }
+        Ok(out)
+    }
+}
+
+fn seq<'de, D, T>(d: D, max: usize, what: &'static str) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    d.deserialize_seq(SeqVisitor {
+        max,
+        what,
+        _t: PhantomData,
+    })
+}
+
+struct MapVisitor {
+    max: usize,
+}
+
+impl<'de> Visitor<'de> for MapVisitor {
+    type Value = BTreeMap<String, String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "at most {} parameters", self.max)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let hint = map.size_hint().unwrap_or(0);
+        if hint > self.max {
+            return Err(A::Error::invalid_length(hint, &self));
+        }
+        let mut out = BTreeMap::new();
+        // Count entries, not keys: duplicate keys must not let a peer run the decoder
+        // over an unbounded number of entries.
+        let mut entries = 0usize;
+        while let Some((k, v)) = map.next_entry::<String, String>()? {
+            entries += 1;
+            if entries > self.max {
+                return Err(A::Error::invalid_length(entries, &self));
+            }
+            if out.insert(k, v).is_some() {
+                return Err(A::Error::custom("duplicate parameter key"));
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub(crate) fn parameters<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    d.deserialize_map(MapVisitor {
+        max: MAX_PARAMETERS,
+    })
+}
+
+pub(crate) fn args<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    seq(d, MAX_ARGS, "arguments")
+}
+
+pub(crate) fn config_files<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ConfigFile>, D::Error> {
+    seq(d, MAX_CONFIG_FILES, "config files")
+}
+
+pub(crate) fn promises<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PromiseSpec>, D::Error> {
+    seq(d, MAX_PROMISES, "promises")
+}
+
+pub(crate) fn instances<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<InstanceRequest>, D::Error> {
+    seq(d, MAX_INSTANCES, "instances")
+}
+
+pub(crate) fn records<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Record>, D::Error> {
+    seq(d, MAX_RECORDS, "records")
+}
