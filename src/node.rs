@@ -97,6 +97,20 @@ pub enum NodeCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Print the records waiting in the outbox (not yet acknowledged by the master).
+    Outbox {
+        /// First sequence number.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// At most this many records (max 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Print an instance's log.
     Logs {
         /// Instance name.
@@ -190,6 +204,22 @@ pub fn main(cmd: NodeCommand) -> Result<(), Failure> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_status(&v);
+            }
+            Ok(())
+        }
+        NodeCommand::Outbox {
+            from,
+            limit,
+            json,
+            config,
+        } => {
+            let v = call(&load(&config)?, &ApiRequest::Outbox { from, limit })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v["records"])?);
+            } else {
+                for r in v["records"].as_array().into_iter().flatten() {
+                    println!("{:>8} {:>14} {}", r["seq"], r["time_ms"], r["kind"]);
+                }
             }
             Ok(())
         }

@@ -440,7 +440,7 @@ pub enum RecordKind {
     /// A request made on the node itself, reported so the master learns of it.
     LocalRequest {
         /// The request as stored.
-        request: InstanceRequest,
+        request: alloc::boxed::Box<InstanceRequest>,
     },
     /// An instance published connection parameters (`etc/connection.json`).
     ConnectionParameters {

@@ -646,7 +646,12 @@ fn validation_rules() {
     let mut bad = instance("a");
     bad.args = vec!["\0".into()];
     assert_invalid(
-        up(vec![record(1, RecordKind::LocalRequest { request: bad })]),
+        up(vec![record(
+            1,
+            RecordKind::LocalRequest {
+                request: Box::new(bad),
+            },
+        )]),
         "argument contains NUL",
     );
 

@@ -67,11 +67,24 @@ pub enum ApiRequest {
         /// Instance name.
         name: String,
     },
+    /// Records waiting in the outbox, oldest first.
+    Outbox {
+        /// First sequence number wanted.
+        #[serde(default)]
+        from: u64,
+        /// At most this many (capped at 1000).
+        #[serde(default = "default_limit")]
+        limit: usize,
+    },
     /// Where an instance's log file is.
     LogPath {
         /// Instance name.
         name: String,
     },
+}
+
+fn default_limit() -> usize {
+    100
 }
 
 /// A request travelling to the daemon loop, with the way back.

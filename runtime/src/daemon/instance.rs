@@ -76,16 +76,17 @@ impl Daemon {
                 if let Err(e) = self.partitions.ensure(&name) {
                     tracing::warn!(instance = %name, error = %e, "cannot create partition");
                 }
-                let restarts = self
+                let earlier = self
                     .store
                     .observed()
                     .ok()
-                    .and_then(|m| m.get(name.as_str()).map(|o| o.restarts))
-                    .unwrap_or(0);
+                    .and_then(|mut m| m.remove(name.as_str()))
+                    .unwrap_or_default();
                 let lc = Lifecycle::new(
                     policy_for(self.cfg.policy(), &request),
                     fastrand::u64(..),
-                    restarts,
+                    earlier.restarts,
+                    earlier.last_exit,
                 );
                 self.slots.insert(
                     name,

@@ -393,6 +393,13 @@ impl Daemon {
             ApiRequest::Destroy { name } => {
                 self.set_local_state(&name, hedge_wire::RequestedState::Destroyed)
             }
+            ApiRequest::Outbox { from, limit } => {
+                let records = self
+                    .store
+                    .outbox_from(from, limit.min(1000))
+                    .map_err(|e| e.to_string())?;
+                Ok(json!({ "records": records }))
+            }
             ApiRequest::LogPath { name } => {
                 let n = Name::new(&name).map_err(|e| format!("{name:?}: {e}"))?;
                 if !self.slots.contains_key(&n) {
@@ -423,7 +430,7 @@ impl Daemon {
         }
         self.store.put_local(&request).map_err(|e| e.to_string())?;
         self.record(RecordKind::LocalRequest {
-            request: request.clone(),
+            request: Box::new(request.clone()),
         });
         tracing::info!(instance = %request.name, state = ?request.state, "local request stored");
         self.reconcile();

@@ -133,8 +133,9 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
-    /// A stopped instance. `seed` drives the jitter; `restarts` continues an earlier count.
-    pub fn new(policy: Policy, seed: u64, restarts: u32) -> Self {
+    /// A stopped instance. `seed` drives the jitter; `restarts` and `last_exit` continue
+    /// what an earlier daemon observed.
+    pub fn new(policy: Policy, seed: u64, restarts: u32, last_exit: Option<ExitStatus>) -> Self {
         Lifecycle {
             policy,
             want_running: false,
@@ -142,7 +143,7 @@ impl Lifecycle {
             phase: Phase::Stopped,
             restarts,
             quick_exits: 0,
-            last_exit: None,
+            last_exit,
             rng: fastrand::Rng::with_seed(seed),
         }
     }

@@ -328,7 +328,9 @@ pub fn record_kind() -> impl Strategy<Value = RecordKind> {
                     outbox_depth,
                 }
             }),
-        instance().prop_map(|request| RecordKind::LocalRequest { request }),
+        instance().prop_map(|request| RecordKind::LocalRequest {
+            request: Box::new(request)
+        }),
         (name(), parameters()).prop_map(|(instance, parameters)| {
             RecordKind::ConnectionParameters {
                 instance,

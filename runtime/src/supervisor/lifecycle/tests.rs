@@ -27,7 +27,7 @@ fn run(lc: &mut Lifecycle, now: Instant, pid: u32) {
 #[test]
 fn first_crash_after_a_stable_run_restarts_at_once() {
     let t0 = Instant::now();
-    let mut lc = Lifecycle::new(policy(), 1, 0);
+    let mut lc = Lifecycle::new(policy(), 1, 0, None);
     run(&mut lc, t0, 10);
     let t1 = t0 + Duration::from_secs(60);
     let acts = lc.handle(
@@ -50,7 +50,7 @@ fn first_crash_after_a_stable_run_restarts_at_once() {
 #[test]
 fn quick_exits_back_off_with_growing_capped_delays_and_never_give_up() {
     let mut now = Instant::now();
-    let mut lc = Lifecycle::new(policy(), 7, 0);
+    let mut lc = Lifecycle::new(policy(), 7, 0, None);
     run(&mut lc, now, 1);
     let mut delays = Vec::new();
     for i in 0..200u32 {
@@ -94,7 +94,7 @@ fn quick_exits_back_off_with_growing_capped_delays_and_never_give_up() {
 #[test]
 fn a_stable_run_resets_the_backoff() {
     let mut now = Instant::now();
-    let mut lc = Lifecycle::new(policy(), 3, 0);
+    let mut lc = Lifecycle::new(policy(), 3, 0, None);
     run(&mut lc, now, 1);
     for pid in 1..5 {
         lc.handle(
@@ -124,7 +124,7 @@ fn a_stable_run_resets_the_backoff() {
 #[test]
 fn stop_sends_term_then_kill_after_grace() {
     let t0 = Instant::now();
-    let mut lc = Lifecycle::new(policy(), 1, 0);
+    let mut lc = Lifecycle::new(policy(), 1, 0, None);
     run(&mut lc, t0, 42);
     let acts = lc.handle(t0, Input::Stop);
     assert_eq!(
@@ -167,7 +167,7 @@ fn stop_sends_term_then_kill_after_grace() {
 #[test]
 fn restart_stops_then_starts_again() {
     let t0 = Instant::now();
-    let mut lc = Lifecycle::new(policy(), 1, 0);
+    let mut lc = Lifecycle::new(policy(), 1, 0, None);
     run(&mut lc, t0, 5);
     let acts = lc.handle(t0, Input::Restart);
     assert_eq!(
@@ -191,7 +191,7 @@ fn restart_stops_then_starts_again() {
 #[test]
 fn stale_exit_of_an_old_pid_is_ignored() {
     let t0 = Instant::now();
-    let mut lc = Lifecycle::new(policy(), 1, 0);
+    let mut lc = Lifecycle::new(policy(), 1, 0, None);
     run(&mut lc, t0, 5);
     assert!(lc
         .handle(
@@ -208,7 +208,7 @@ fn stale_exit_of_an_old_pid_is_ignored() {
 #[test]
 fn missing_dependency_waits_and_retries() {
     let t0 = Instant::now();
-    let mut lc = Lifecycle::new(policy(), 1, 0);
+    let mut lc = Lifecycle::new(policy(), 1, 0, None);
     assert_eq!(lc.handle(t0, Input::Start), vec![Action::Spawn]);
     let acts = lc.handle(t0, Input::SpawnFailed { waiting: true });
     assert_eq!(acts, vec![Action::Status(InstanceStatus::Waiting)]);
@@ -220,7 +220,7 @@ fn missing_dependency_waits_and_retries() {
 #[test]
 fn stop_during_backoff_cancels_the_restart() {
     let t0 = Instant::now();
-    let mut lc = Lifecycle::new(policy(), 1, 0);
+    let mut lc = Lifecycle::new(policy(), 1, 0, None);
     run(&mut lc, t0, 1);
     lc.handle(
         t0,

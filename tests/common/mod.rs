@@ -1,0 +1,251 @@
+//! Test harness: real `hedge` processes in temporary directories.
+//!
+//! No sleeps as synchronisation: [`wait_for`] polls a condition until a deadline.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The binary under test.
+pub fn hedge() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hedge"))
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// True while a process with this pid exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// A node in a temp dir, and its daemon when running.
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub daemon: Option<Child>,
+    /// Prefix for the daemon command (e.g. `unshare -n`), empty for none.
+    pub wrapper: Vec<String>,
+}
+
+impl Node {
+    /// `hedge node init` in a fresh temp dir, with fast restart timings for tests.
+    pub fn init() -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        // Partition users must traverse the temp dir when the tests run as root.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let out = hedge()
+            .args(["node", "init", "--id", "test-node", "--dir"])
+            .arg(dir.path().join("n"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let node = Node {
+            dir,
+            daemon: None,
+            wrapper: vec![],
+        };
+        node.edit_config(|c| {
+            c.replace("backoff_base_ms = 100", "backoff_base_ms = 50")
+                .replace("backoff_max_ms = 30000", "backoff_max_ms = 800")
+                .replace("grace_ms = 5000", "grace_ms = 1000")
+        });
+        node
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("n")
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.home().join("node.toml")
+    }
+
+    pub fn edit_config(&self, f: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(self.config()).unwrap();
+        std::fs::write(self.config(), f(text)).unwrap();
+    }
+
+    /// Starts the daemon and waits until its API answers.
+    pub fn start(&mut self) {
+        assert!(self.daemon.is_none());
+        let mut cmd = if self.wrapper.is_empty() {
+            hedge()
+        } else {
+            let mut c = Command::new(&self.wrapper[0]);
+            c.args(&self.wrapper[1..]).arg(env!("CARGO_BIN_EXE_hedge"));
+            c
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .unwrap();
+        let child = cmd
+            .args(["node", "run", "--config"])
+            .arg(self.config())
+            .env("HEDGE_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+        wait_for("the daemon's API", Duration::from_secs(10), || {
+            self.try_status()
+        });
+    }
+
+    /// SIGKILLs the daemon and reaps it.
+    pub fn kill9(&mut self) {
+        let mut child = self.daemon.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERMs the daemon and waits for it to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.daemon.take().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        child.wait().unwrap()
+    }
+
+    /// Runs `hedge node ARGS --config <this node>`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        hedge()
+            .args(["node"])
+            .args(args)
+            .arg("--config")
+            .arg(self.config())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a client command that must succeed.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "hedge node {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn try_status(&self) -> Option<Value> {
+        let out = self.cli(&["status", "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    pub fn status(&self) -> Value {
+        self.try_status().expect("status")
+    }
+
+    /// The status entry of instance `name`.
+    pub fn instance(&self, name: &str) -> Option<Value> {
+        self.status()["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == name)
+            .cloned()
+    }
+
+    /// Waits until `name` runs with a pid other than `not`; returns the pid.
+    pub fn running_pid(&self, name: &str, not: Option<u64>) -> u64 {
+        wait_for(&format!("{name} running"), Duration::from_secs(10), || {
+            let i = self.instance(name)?;
+            let pid = i["pid"].as_u64()?;
+            (i["state"] == "running" && Some(pid) != not && alive(pid as u32)).then_some(pid)
+        })
+    }
+
+    /// Every record in the outbox.
+    pub fn outbox(&self) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut from = 0;
+        loop {
+            let out = self.ok(&[
+                "outbox",
+                "--json",
+                "--from",
+                &from.to_string(),
+                "--limit",
+                "1000",
+            ]);
+            let batch: Vec<Value> = serde_json::from_str(&out).unwrap();
+            let Some(last) = batch.last() else { break };
+            from = last["seq"].as_u64().unwrap() + 1;
+            all.extend(batch);
+        }
+        all
+    }
+
+    pub fn partition(&self, name: &str) -> PathBuf {
+        self.home().join("partitions").join(name)
+    }
+
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Lists every path under `dir` with its size, for "nothing changed on disk" checks.
+pub fn tree(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+            out.push((e.path(), if m.is_dir() { 0 } else { m.len() }));
+        }
+    }
+    out.sort();
+    out
+}

@@ -1,0 +1,134 @@
+//! The daemon dies (SIGKILL) and comes back with no network: its children died with it,
+//! every started instance runs again, and the outbox sequence continues with no gap and
+//! no reuse.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{alive, wait_for, Node};
+use serde_json::Value;
+
+/// `unshare -n` gives the restarted daemon a network namespace with nothing in it
+/// (not even an up loopback) when we may create one (root); otherwise the daemon runs
+/// as is, and the test still proves it never needed the network to start.
+fn offline_wrapper() -> Vec<String> {
+    let ok = Command::new("unshare")
+        .args(["-n", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        vec!["unshare".into(), "-n".into()]
+    } else {
+        eprintln!("note: cannot create a network namespace; restarting without one");
+        vec![]
+    }
+}
+
+fn seqs(records: &[Value]) -> Vec<u64> {
+    records.iter().map(|r| r["seq"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn sigkilled_daemon_restarts_offline_with_every_instance_and_a_continuous_outbox() {
+    let mut node = Node::init();
+    node.start();
+    let names = ["a", "b", "c"];
+    for n in names {
+        node.ok(&[
+            "request",
+            n,
+            "--software",
+            "exec:/bin/sleep",
+            "--arg",
+            "1000",
+        ]);
+    }
+    node.ok(&[
+        "request",
+        "idle",
+        "--software",
+        "exec:/bin/sleep",
+        "--arg",
+        "1000",
+        "--state",
+        "stopped",
+    ]);
+    let pids: Vec<u64> = names.iter().map(|n| node.running_pid(n, None)).collect();
+    let before = node.outbox();
+    let before_seqs = seqs(&before);
+    assert_eq!(before_seqs, (1..=before.len() as u64).collect::<Vec<_>>());
+
+    node.kill9();
+    // Children die with the daemon: no orphans.
+    wait_for(
+        "children to die with the daemon",
+        Duration::from_secs(5),
+        || pids.iter().all(|p| !alive(*p as u32)).then_some(()),
+    );
+
+    node.wrapper = offline_wrapper();
+    node.start();
+    for n in names {
+        node.running_pid(n, None);
+    }
+    assert_eq!(node.instance("idle").unwrap()["state"], "stopped");
+
+    let after = node.outbox();
+    let all = seqs(&after);
+    // Nothing was acknowledged, so the outbox holds every record ever made: 1..=N, no gap.
+    assert_eq!(all, (1..=after.len() as u64).collect::<Vec<_>>());
+    // The records from before the crash are unchanged, and new ones come after them.
+    assert_eq!(&after[..before.len()], &before[..]);
+    assert!(after.len() > before.len(), "restart produced no records");
+    let status = node.status();
+    assert_eq!(
+        status["outbox"]["next_seq"].as_u64().unwrap(),
+        after.len() as u64 + 1
+    );
+
+    // A clean stop also stops the instances, and the next boot starts them again.
+    let pids: Vec<u64> = names.iter().map(|n| node.running_pid(n, None)).collect();
+    assert!(node.terminate().success());
+    assert!(pids.iter().all(|p| !alive(*p as u32)));
+    node.start();
+    for n in names {
+        node.running_pid(n, None);
+    }
+}
+
+#[test]
+fn leftover_process_group_of_a_dead_daemon_is_cleaned_at_boot() {
+    let mut node = Node::init();
+    node.start();
+    // The grandchild is not reached by the parent-death signal; its process group is.
+    node.ok(&[
+        "request",
+        "forker",
+        "--software",
+        "exec:/bin/sh",
+        "--arg",
+        "-c",
+        "--arg",
+        "sleep 1000 & echo $! > srv/grandchild; wait",
+    ]);
+    node.running_pid("forker", None);
+    let gc_file = node.partition("forker").join("srv/grandchild");
+    let gc: u32 = wait_for("grandchild pid", Duration::from_secs(5), || {
+        std::fs::read_to_string(&gc_file).ok()?.trim().parse().ok()
+    });
+    node.kill9();
+    node.start();
+    wait_for("grandchild killed at boot", Duration::from_secs(5), || {
+        (!alive(gc)).then_some(())
+    });
+    assert!(
+        node.status()["counters"]["leftovers_killed"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    node.running_pid("forker", None);
+}
