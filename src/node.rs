@@ -373,9 +373,39 @@ fn print_status(v: &Value) {
             s(&i["last_exit"])
         );
     }
+    for i in v["instances"].as_array().into_iter().flatten() {
+        for p in i["promises"].as_array().into_iter().flatten() {
+            let state = match p["ok"].as_bool() {
+                Some(true) => "ok",
+                Some(false) => "FAILING",
+                None => "not checked yet",
+            };
+            println!("  promise {}/{}: {state}", s(&i["name"]), s(&p["name"]));
+        }
+    }
+    let incidents = v["incidents"].as_array().cloned().unwrap_or_default();
+    if !incidents.is_empty() {
+        println!(
+            "{:>6} {:<24} {:<16} {:<9} {:<9} MESSAGE",
+            "ID", "INSTANCE", "PROMISE", "STATE", "SEVERITY"
+        );
+        for i in &incidents {
+            println!(
+                "{:>6} {:<24} {:<16} {:<9} {:<9} {}",
+                s(&i["id"]),
+                s(&i["instance"]),
+                s(&i["promise"]),
+                s(&i["state"]),
+                s(&i["severity"]),
+                s(&i["message"])
+            );
+        }
+    }
     println!(
-        "outbox: {} records waiting, next seq {}",
+        "outbox: {} records ({} of {} bytes) waiting, next seq {}",
         s(&v["outbox"]["depth"]),
+        s(&v["outbox"]["bytes"]),
+        s(&v["outbox"]["quota_bytes"]),
         s(&v["outbox"]["next_seq"])
     );
 }

@@ -61,6 +61,15 @@ pub struct NodeConfig {
     /// `[store]`.
     #[serde(default)]
     pub store: StoreSection,
+    /// `[monitor]`.
+    #[serde(default)]
+    pub monitor: MonitorSection,
+    /// `[outbox]`.
+    #[serde(default)]
+    pub outbox: OutboxSection,
+    /// `[metrics]`.
+    #[serde(default)]
+    pub metrics: MetricsSection,
     /// Directory of the file; relative paths are resolved against it.
     #[serde(skip)]
     pub base: PathBuf,
@@ -160,6 +169,58 @@ impl Default for StoreSection {
     }
 }
 
+/// `[monitor]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorSection {
+    /// How often each instance's process tree is sampled (CPU, memory), ms.
+    pub sample_interval_ms: u64,
+    /// Length of one usage record's interval, ms.
+    pub usage_interval_ms: u64,
+    /// How often a node-health record is made, ms.
+    pub health_interval_ms: u64,
+    /// How often each promise's checks are summarised into one record, ms.
+    pub summary_interval_ms: u64,
+    /// Repairs at one severity before an incident escalates.
+    pub escalate_after: u32,
+}
+
+impl Default for MonitorSection {
+    fn default() -> Self {
+        MonitorSection {
+            sample_interval_ms: 10_000,
+            usage_interval_ms: 60_000,
+            health_interval_ms: 60_000,
+            summary_interval_ms: 300_000,
+            escalate_after: 3,
+        }
+    }
+}
+
+/// `[outbox]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxSection {
+    /// Most bytes of records kept for the master; past it, records are shed by priority.
+    pub quota_bytes: u64,
+}
+
+impl Default for OutboxSection {
+    fn default() -> Self {
+        OutboxSection {
+            quota_bytes: 8 << 20,
+        }
+    }
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Address of the Prometheus text endpoint (`GET /metrics`); off when absent.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
 impl NodeConfig {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
@@ -193,6 +254,19 @@ impl NodeConfig {
         }
         if self.logs.max_bytes < 4096 {
             return Err("logs.max_bytes must be at least 4096".into());
+        }
+        let m = &self.monitor;
+        if m.sample_interval_ms < 100 || m.usage_interval_ms < m.sample_interval_ms {
+            return Err("monitor: need 100 <= sample_interval_ms <= usage_interval_ms".into());
+        }
+        if m.health_interval_ms < 100 || m.summary_interval_ms < 100 || m.escalate_after == 0 {
+            return Err("monitor: intervals must be >= 100 ms and escalate_after >= 1".into());
+        }
+        if self.outbox.quota_bytes < 4096 {
+            return Err("outbox.quota_bytes must be at least 4096".into());
+        }
+        if self.metrics.listen.is_some_and(|a| !a.ip().is_loopback()) {
+            return Err("metrics.listen must be a loopback address (127.0.0.1:PORT)".into());
         }
         if self.partitions.uid_min == 0 || self.partitions.uid_min > self.partitions.uid_max {
             return Err("partitions: need 0 < uid_min <= uid_max".into());
@@ -272,6 +346,29 @@ uid_max = 20999
 [store]
 # sled page cache. Small boards want it small.
 cache_bytes = 4194304
+
+[monitor]
+# Each instance's process tree is sampled this often (CPU time, memory).
+sample_interval_ms = 10000
+# One usage record per instance per interval.
+usage_interval_ms = 60000
+# One node-health record (load, memory, disk, temperature) per interval.
+health_interval_ms = 60000
+# Promise checks are summarised (count, failures, latency) once per interval;
+# a change of a promise's state is recorded at once.
+summary_interval_ms = 300000
+# Repairs (restarts) at one severity before an incident escalates to the master.
+escalate_after = 3
+
+[outbox]
+# Records kept for the master while offline. Past the quota, usage records are
+# merged into coarser intervals (totals kept), then promise summaries and health
+# records are dropped oldest first. Incidents are never dropped.
+quota_bytes = 8388608
+
+[metrics]
+# Prometheus text endpoint (GET /metrics) on a loopback address; off when absent.
+# listen = "127.0.0.1:9464"
 "#
     )
 }

@@ -3,6 +3,7 @@ pub mod config;
 pub mod daemon;
 pub mod identity;
 pub mod logfile;
+pub mod monitor;
 pub mod partition;
 pub mod reconcile;
 pub mod render;

@@ -442,6 +442,19 @@ pub enum RecordKind {
         /// The request as stored.
         request: alloc::boxed::Box<InstanceRequest>,
     },
+    /// The outbox reached its quota and records were shed to stay under it.
+    Shed {
+        /// Promise summaries dropped (oldest first).
+        dropped_promise: u32,
+        /// Node-health records dropped (oldest first).
+        dropped_health: u32,
+        /// Usage records merged into coarser intervals (totals preserved).
+        merged_usage: u32,
+        /// Outbox bytes before shedding.
+        bytes_before: u64,
+        /// Outbox bytes after shedding.
+        bytes_after: u64,
+    },
     /// An instance published connection parameters (`etc/connection.json`).
     ConnectionParameters {
         /// Which instance.

@@ -234,7 +234,8 @@ impl Validate for RecordKind {
             RecordKind::ConnectionParameters { parameters: p, .. } => parameters(p),
             RecordKind::InstanceState { .. }
             | RecordKind::Usage { .. }
-            | RecordKind::NodeHealth { .. } => Ok(()),
+            | RecordKind::NodeHealth { .. }
+            | RecordKind::Shed { .. } => Ok(()),
         }
     }
 }

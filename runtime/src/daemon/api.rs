@@ -47,6 +47,8 @@ pub enum ApiError {
 pub enum ApiRequest {
     /// Everything `hedge node status` shows.
     Status,
+    /// The Prometheus text exposition (used by the metrics endpoint).
+    Metrics,
     /// Store and apply a local request.
     Request {
         /// The request, already checked by the client (the daemon checks again).

@@ -32,6 +32,12 @@ pub(crate) struct Slot {
     pub cgroup: Option<Cgroup>,
     /// Destroy once idle.
     pub destroying: bool,
+    /// Its promises.
+    pub promises: Vec<super::monitor::PromiseSlot>,
+    /// Bumped when the promises are replaced, so late check results are ignored.
+    pub promises_gen: u64,
+    /// Its usage accounting.
+    pub accountant: Option<crate::monitor::usage::Accountant>,
 }
 
 /// The word `status` prints for a lifecycle state.
@@ -88,6 +94,8 @@ impl Daemon {
                     earlier.restarts,
                     earlier.last_exit,
                 );
+                let promises = Self::promise_slots(&request);
+                let accountant = self.accountant_for(&name);
                 self.slots.insert(
                     name,
                     Slot {
@@ -97,15 +105,34 @@ impl Daemon {
                         start_ticks: None,
                         cgroup: None,
                         destroying: false,
+                        promises,
+                        promises_gen: 0,
+                        accountant,
                     },
                 );
             }
             Plan::Update(request) => {
                 let name = request.name.clone();
                 let policy = policy_for(self.cfg.policy(), &request);
+                let mut removed = Vec::new();
                 if let Some(slot) = self.slots.get_mut(&name) {
+                    if slot.request.promises != request.promises {
+                        removed = slot
+                            .promises
+                            .iter()
+                            .map(|p| p.spec.name.clone())
+                            .filter(|n| !request.promises.iter().any(|q| &q.name == n))
+                            .collect();
+                        slot.promises = Self::promise_slots(&request);
+                        slot.promises_gen += 1;
+                    }
                     slot.request = request;
                     slot.lc.set_policy(policy);
+                }
+                let wall = super::now_ms();
+                for p in removed {
+                    let actions = self.incidents.on_promise_removed(wall, &name, &p);
+                    self.incident_actions(actions);
                 }
                 self.restart_if_changed(&name);
             }
@@ -298,6 +325,17 @@ impl Daemon {
 
     /// Drops the slot, removes the partition and everything stored about it.
     fn finish_destroy(&mut self, name: &Name) {
+        // Close its last usage interval while the slot still exists.
+        if let Some(kind) = self
+            .slots
+            .get_mut(name)
+            .and_then(|s| s.accountant.as_mut())
+            .and_then(|a| a.close_interval(super::now_ms(), 0))
+        {
+            self.record(kind);
+        }
+        let actions = self.incidents.on_instance_destroyed(super::now_ms(), name);
+        self.incident_actions(actions);
         if let Some(slot) = self.slots.remove(name) {
             if let Some(cg) = &slot.cgroup {
                 if let Err(e) = cg.remove() {
@@ -312,6 +350,7 @@ impl Daemon {
         for r in [
             self.store.remove_observed(name),
             self.store.remove_conn(name),
+            self.store.remove_usage(name),
         ] {
             if let Err(e) = r {
                 self.store_failed(&e);

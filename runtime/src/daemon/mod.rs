@@ -19,6 +19,8 @@
 pub mod api;
 mod conn;
 mod instance;
+mod metrics;
+mod monitor;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -63,6 +65,13 @@ pub(crate) enum Event {
         pid: u32,
         status: ExitStatus,
     },
+    /// A promise check finished.
+    Checked {
+        name: Name,
+        index: usize,
+        generation: u64,
+        result: crate::monitor::promise::CheckResult,
+    },
 }
 
 /// At most one log line per period for a noisy condition.
@@ -101,6 +110,14 @@ pub struct Counters {
     pub leftovers_killed: u64,
     /// Malformed `etc/connection.json` files seen.
     pub bad_connection_files: u64,
+    /// Restarts asked by self-repair.
+    pub repairs: u64,
+    /// Promise summaries dropped to keep the outbox under its quota.
+    pub shed_dropped_promise: u64,
+    /// Health records dropped to keep the outbox under its quota.
+    pub shed_dropped_health: u64,
+    /// Usage records merged to keep the outbox under its quota.
+    pub shed_merged_usage: u64,
 }
 
 /// The node daemon.
@@ -116,6 +133,17 @@ pub struct Daemon {
     store_log: RateLimit,
     conn_log: RateLimit,
     shutting_down: bool,
+    incidents: crate::monitor::incident::Incidents,
+    resolved: std::collections::VecDeque<crate::monitor::incident::Incident>,
+    timers: monitor::Timers,
+    clk_tck: u64,
+    page_size: u64,
+    usage_cpu_ms: BTreeMap<String, u64>,
+    thermal_zone: Option<PathBuf>,
+    last_health: Option<crate::monitor::health::Health>,
+    shedding: bool,
+    /// The store hit a full disk; reopen it once space returns.
+    store_full: bool,
 }
 
 /// As root, instances run as their partition's uid and must traverse the state
@@ -159,6 +187,19 @@ impl Daemon {
         let store = Store::open(&cfg.store_dir(), cfg.store.cache_bytes)?;
         let partitions = Partitions::new(&state, (cfg.partitions.uid_min, cfg.partitions.uid_max));
         let conns = store.conns()?;
+        let incidents = crate::monitor::incident::Incidents::restore(
+            store.next_incident_id()?,
+            cfg.monitor.escalate_after,
+            store.incidents()?,
+        )
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "stored incidents inconsistent; starting from the counter");
+            crate::monitor::incident::Incidents::new(
+                store.next_incident_id().unwrap_or(1),
+                cfg.monitor.escalate_after,
+            )
+        });
+        let (clk_tck, page_size) = crate::monitor::procstat::system_units();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let mut d = Daemon {
             cfg,
@@ -172,6 +213,16 @@ impl Daemon {
             store_log: RateLimit::default(),
             conn_log: RateLimit::default(),
             shutting_down: false,
+            incidents,
+            resolved: Default::default(),
+            timers: monitor::Timers::new(Instant::now()),
+            clk_tck,
+            page_size,
+            usage_cpu_ms: BTreeMap::new(),
+            thermal_zone: crate::monitor::health::thermal_zone(),
+            last_health: None,
+            shedding: false,
+            store_full: false,
         };
         d.kill_leftovers()?;
         Ok(d)
@@ -202,13 +253,17 @@ impl Daemon {
 
     /// Appends a record; a failure is counted and logged (rate-limited), never fatal.
     pub(crate) fn record(&mut self, kind: RecordKind) {
-        if let Err(e) = self.store.append(now_ms(), kind) {
-            self.store_failed(&e);
+        match self.store.append(now_ms(), kind) {
+            Ok(_) => self.shed_if_over_quota(),
+            Err(e) => self.store_failed(&e),
         }
     }
 
     pub(crate) fn store_failed(&mut self, e: &StoreError) {
         self.counters.store_errors += 1;
+        if e.is_no_space() {
+            self.store_full = true;
+        }
         if let Some(suppressed) = self.store_log.allow(Instant::now()) {
             tracing::warn!(error = %e, no_space = e.is_no_space(), suppressed, "store write failed; supervision continues");
         }
@@ -278,6 +333,19 @@ impl Daemon {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), DaemonError> {
         let (calls_tx, mut calls_rx) = mpsc::channel::<ApiCall>(16);
+        let metrics_server = match self.cfg.metrics.listen {
+            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    tracing::info!(%addr, "metrics endpoint listening");
+                    Some(tokio::spawn(metrics::serve(l, calls_tx.clone())))
+                }
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "cannot bind the metrics endpoint; running without it");
+                    None
+                }
+            },
+            None => None,
+        };
         let server = tokio::spawn(api::serve(listener, calls_tx));
         let wanted = self.desired().len();
         tracing::info!(node = %self.cfg.node_id(), instances = wanted, "node up; reconciling offline");
@@ -295,6 +363,11 @@ impl Daemon {
                 .values()
                 .filter_map(|s| s.lc.deadline())
                 .chain(stop_deadline)
+                .chain(if self.shutting_down {
+                    None
+                } else {
+                    self.monitor_deadline()
+                })
                 .min()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
@@ -309,10 +382,15 @@ impl Daemon {
                         break;
                     }
                     self.tick();
+                    if !self.shutting_down {
+                        self.monitor_tick();
+                    }
                 }
                 _ = conn_poll.tick(), if !self.shutting_down => self.poll_connections(),
                 () = &mut shutdown, if !self.shutting_down => {
                     tracing::info!("shutting down: stopping instances");
+                    // Account for what ran up to now before the processes go.
+                    self.sample_usage(true);
                     self.shutting_down = true;
                     stop_deadline = Some(Instant::now() + self.cfg.policy().grace * 2 + Duration::from_secs(1));
                     let names: Vec<Name> = self.slots.keys().cloned().collect();
@@ -323,9 +401,33 @@ impl Daemon {
             }
         }
         server.abort();
+        if let Some(m) = metrics_server {
+            m.abort();
+        }
         let _ = std::fs::remove_file(self.cfg.socket_path());
         tracing::info!("node stopped");
         Ok(())
+    }
+
+    /// After a full disk: once space is back, reopen the store so records resume.
+    pub(crate) fn recover_store(&mut self) {
+        /// Free bytes wanted before trying: sled grows in 512 KiB segments.
+        const ROOM: u64 = 2 << 20;
+        if !self.store_full
+            || crate::monitor::health::read(&self.cfg.state_dir(), None).disk_free < ROOM
+        {
+            return;
+        }
+        match self.store.reopen() {
+            Ok(()) => {
+                self.store_full = false;
+                tracing::info!(
+                    next_seq = self.store.next_seq().unwrap_or(0),
+                    "disk space is back: store reopened, records resume"
+                );
+            }
+            Err(e) => self.store_failed(&e),
+        }
     }
 
     fn tick(&mut self) {
@@ -350,6 +452,12 @@ impl Daemon {
                     crate::supervisor::lifecycle::Input::Exited { pid, status },
                 );
             }
+            Event::Checked {
+                name,
+                index,
+                generation,
+                result,
+            } => self.on_check(name, index, generation, result),
         }
     }
 
@@ -366,6 +474,8 @@ impl Daemon {
                     "pid": s.lc.pid(),
                     "restarts": s.lc.restarts(),
                     "last_exit": s.lc.last_exit().map(|e| e.to_string()),
+                    "promises": self.promise_status(n),
+                    "usage_cpu_ms": self.usage_totals().get(n.as_str()).copied().unwrap_or(0),
                 })
             })
             .collect();
@@ -375,7 +485,17 @@ impl Daemon {
             "outbox": {
                 "depth": self.store.outbox_depth(),
                 "next_seq": self.store.next_seq().unwrap_or(0),
+                "bytes": self.store.outbox_bytes(),
+                "quota_bytes": self.cfg.outbox.quota_bytes,
             },
+            "incidents": self.incident_status(),
+            "health": self.last_health.map(|h| json!({
+                "load1": f64::from(h.load1_milli) / 1000.0,
+                "mem_total": h.mem_total,
+                "mem_available": h.mem_available,
+                "disk_free": h.disk_free,
+                "temp_milli_c": h.temp_milli_c,
+            })),
             "counters": self.counters,
         })
     }
@@ -383,6 +503,7 @@ impl Daemon {
     fn on_call(&mut self, req: ApiRequest) -> Result<Value, String> {
         match req {
             ApiRequest::Status => Ok(self.status()),
+            ApiRequest::Metrics => Ok(json!({ "text": self.metrics_text() })),
             ApiRequest::Request { request } => self.local_request(*request),
             ApiRequest::Start { name } => {
                 self.set_local_state(&name, hedge_wire::RequestedState::Started)

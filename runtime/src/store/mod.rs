@@ -20,8 +20,14 @@ mod migrate;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use hedge_wire::{DesiredState, ExitStatus, InstanceRequest, Name, Record, RecordKind};
+
+use crate::monitor::incident::Incident;
+use crate::monitor::shed::{self, OutboxEntry, RecordClass, ShedPlan};
+use crate::monitor::usage::AccountantState;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -48,6 +54,9 @@ pub enum StoreError {
     /// A value did not encode (too large, etc.).
     #[error("store: cannot encode value: {0}")]
     Encode(postcard::Error),
+    /// The store is being reopened after an I/O error.
+    #[error("store: closed for reopening")]
+    Closed,
     /// The store was written by a newer hedge.
     #[error("store schema version {found} is newer than this hedge supports ({supported}); refusing to touch it")]
     TooNew {
@@ -61,7 +70,8 @@ pub enum StoreError {
 impl StoreError {
     /// True when the error is (or wraps) a full disk.
     pub fn is_no_space(&self) -> bool {
-        matches!(self, StoreError::Sled(sled::Error::Io(e)) if e.raw_os_error() == Some(28))
+        matches!(self, StoreError::Sled(sled::Error::Io(e))
+            if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28))
     }
 }
 
@@ -82,9 +92,18 @@ pub struct ObservedInstance {
 
 const META_NEXT_SEQ: &[u8] = b"next_seq";
 
-/// The node's store. Cloning shares the same database.
-#[derive(Clone)]
+/// The node's store.
 pub struct Store {
+    /// `None` only between the two halves of [`Store::reopen`].
+    trees: Option<Trees>,
+    dir: std::path::PathBuf,
+    cache_bytes: u64,
+    /// Sum of the outbox's value sizes, kept in step with every change.
+    outbox_bytes: Arc<AtomicU64>,
+}
+
+/// The open database and its trees.
+struct Trees {
     db: sled::Db,
     meta: sled::Tree,
     desired: sled::Tree,
@@ -92,6 +111,8 @@ pub struct Store {
     observed: sled::Tree,
     outbox: sled::Tree,
     conn: sled::Tree,
+    incidents: sled::Tree,
+    usage: sled::Tree,
 }
 
 fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
@@ -119,27 +140,59 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(sled::Error::Io)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(sled::Error::Io)?;
+        let mut store = Store {
+            trees: None,
+            dir: dir.to_path_buf(),
+            cache_bytes,
+            outbox_bytes: Arc::new(AtomicU64::new(0)),
+        };
+        store.open_trees()?;
+        Ok(store)
+    }
+
+    fn open_trees(&mut self) -> Result<(), StoreError> {
         let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
+            .path(&self.dir)
+            .cache_capacity(self.cache_bytes)
             .mode(sled::Mode::LowSpace)
             .open()?;
-        let store = Store {
+        let t = Trees {
             meta: db.open_tree("meta")?,
             desired: db.open_tree("desired")?,
             local: db.open_tree("local")?,
             observed: db.open_tree("observed")?,
             outbox: db.open_tree("outbox")?,
             conn: db.open_tree("conn")?,
+            incidents: db.open_tree("incidents")?,
+            usage: db.open_tree("usage")?,
             db,
         };
-        migrate::run(&store.meta)?;
-        store.db.flush()?;
-        Ok(store)
+        migrate::run(&t.meta)?;
+        t.db.flush()?;
+        let mut bytes = 0u64;
+        for kv in t.outbox.iter() {
+            bytes += kv?.1.len() as u64;
+        }
+        self.outbox_bytes.store(bytes, Ordering::Relaxed);
+        self.trees = Some(t);
+        Ok(())
+    }
+
+    /// Closes and reopens the database. sled refuses every write after an I/O error
+    /// such as a full disk, even once space returns; reopening recovers from its log
+    /// (everything acknowledged before the error is kept).
+    pub fn reopen(&mut self) -> Result<(), StoreError> {
+        // sled holds an exclusive lock per directory: the old handles must go first.
+        self.trees = None;
+        self.open_trees()
+    }
+
+    fn t(&self) -> Result<&Trees, StoreError> {
+        self.trees.as_ref().ok_or(StoreError::Closed)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        self.t()?.db.flush()?;
         Ok(())
     }
 
@@ -147,21 +200,51 @@ impl Store {
 
     /// Appends a record and returns it with its sequence number. Durable on return.
     pub fn append(&self, time_ms: u64, kind: RecordKind) -> Result<Record, StoreError> {
-        let result = (&self.meta, &self.outbox).transaction(|(meta, outbox)| {
-            let seq = meta.get(META_NEXT_SEQ)?.map(|v| be_u64(&v)).unwrap_or(1);
-            let record = Record {
-                seq,
-                time_ms,
-                kind: kind.clone(),
-            };
-            let bytes = postcard::to_stdvec(&record)
-                .map_err(|e| ConflictableTransactionError::Abort(StoreError::Encode(e)))?;
-            outbox.insert(&seq.to_be_bytes(), bytes)?;
-            meta.insert(META_NEXT_SEQ, &(seq + 1).to_be_bytes())?;
-            Ok(record)
-        });
+        self.append_with(time_ms, kind, None)
+    }
+
+    /// Appends a usage record and, in the same transaction, the accountant state that
+    /// follows it: a crash can neither report an interval twice nor lose one.
+    pub fn append_usage(
+        &self,
+        time_ms: u64,
+        kind: RecordKind,
+        name: &Name,
+        state: &AccountantState,
+    ) -> Result<Record, StoreError> {
+        self.append_with(time_ms, kind, Some((name, enc(state)?)))
+    }
+
+    fn append_with(
+        &self,
+        time_ms: u64,
+        kind: RecordKind,
+        usage: Option<(&Name, Vec<u8>)>,
+    ) -> Result<Record, StoreError> {
+        let result = (&self.t()?.meta, &self.t()?.outbox, &self.t()?.usage).transaction(
+            |(meta, outbox, us)| {
+                let seq = meta.get(META_NEXT_SEQ)?.map(|v| be_u64(&v)).unwrap_or(1);
+                let record = Record {
+                    seq,
+                    time_ms,
+                    kind: kind.clone(),
+                };
+                let bytes = postcard::to_stdvec(&record)
+                    .map_err(|e| ConflictableTransactionError::Abort(StoreError::Encode(e)))?;
+                let len = bytes.len() as u64;
+                outbox.insert(&seq.to_be_bytes(), bytes)?;
+                meta.insert(META_NEXT_SEQ, &(seq + 1).to_be_bytes())?;
+                if let Some((name, state)) = &usage {
+                    us.insert(name.as_str(), state.clone())?;
+                }
+                Ok((record, len))
+            },
+        );
         let record = match result {
-            Ok(record) => record,
+            Ok((record, len)) => {
+                self.outbox_bytes.fetch_add(len, Ordering::Relaxed);
+                record
+            }
             Err(TransactionError::Abort(e)) => return Err(e),
             Err(TransactionError::Storage(e)) => return Err(e.into()),
         };
@@ -172,6 +255,7 @@ impl Store {
     /// The sequence number the next record will get.
     pub fn next_seq(&self) -> Result<u64, StoreError> {
         Ok(self
+            .t()?
             .meta
             .get(META_NEXT_SEQ)?
             .map(|v| be_u64(&v))
@@ -180,12 +264,13 @@ impl Store {
 
     /// Records waiting for an acknowledgement.
     pub fn outbox_depth(&self) -> usize {
-        self.outbox.len()
+        self.trees.as_ref().map_or(0, |t| t.outbox.len())
     }
 
     /// Up to `limit` records with `seq >= from`, in order.
     pub fn outbox_from(&self, from: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
-        self.outbox
+        self.t()?
+            .outbox
             .range(from.to_be_bytes()..)
             .take(limit)
             .map(|kv| {
@@ -199,27 +284,158 @@ impl Store {
     pub fn ack(&self, upto: u64) -> Result<usize, StoreError> {
         let mut batch = sled::Batch::default();
         let mut n = 0;
-        for kv in self.outbox.range(..=upto.to_be_bytes()) {
-            let (k, _) = kv?;
+        let mut freed = 0u64;
+        for kv in self.t()?.outbox.range(..=upto.to_be_bytes()) {
+            let (k, v) = kv?;
             batch.remove(k);
+            freed += v.len() as u64;
             n += 1;
         }
-        self.outbox.apply_batch(batch)?;
+        self.t()?.outbox.apply_batch(batch)?;
+        self.outbox_bytes.fetch_sub(freed, Ordering::Relaxed);
         self.flush()?;
         Ok(n)
+    }
+
+    /// Bytes the outbox's records take (values only).
+    pub fn outbox_bytes(&self) -> u64 {
+        self.outbox_bytes.load(Ordering::Relaxed)
+    }
+
+    /// What the shedding policy needs to know of every outbox record.
+    pub fn outbox_entries(&self) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.t()?
+            .outbox
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let r: Record = dec("outbox", &k, &v)?;
+                Ok(OutboxEntry {
+                    seq: r.seq,
+                    class: RecordClass::of(&r.kind),
+                    bytes: v.len() as u64,
+                })
+            })
+            .collect()
+    }
+
+    /// Applies a shed plan in one batch: each merge group's usage records are folded
+    /// into one record kept at the group's `keep` seq, the rest of the group and every
+    /// `drop` seq are deleted. Returns the outbox bytes afterwards.
+    pub fn apply_shed(&self, plan: &ShedPlan) -> Result<u64, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut delta: i64 = 0;
+        for g in &plan.merge {
+            let mut merged: Option<Record> = None;
+            for seq in &g.seqs {
+                let Some(v) = self.t()?.outbox.get(seq.to_be_bytes())? else {
+                    continue;
+                };
+                delta -= v.len() as i64;
+                let r: Record = dec("outbox", &seq.to_be_bytes(), &v)?;
+                merged = Some(match merged {
+                    None => r,
+                    Some(m) => Record {
+                        kind: shed::merge_usage(&m.kind, &r.kind).unwrap_or(m.kind),
+                        ..m
+                    },
+                });
+                batch.remove(&seq.to_be_bytes());
+            }
+            if let Some(mut m) = merged {
+                m.seq = g.keep;
+                let bytes = enc(&m)?;
+                delta += bytes.len() as i64;
+                batch.insert(&g.keep.to_be_bytes(), bytes);
+            }
+        }
+        for seq in &plan.drop {
+            if let Some(v) = self.t()?.outbox.get(seq.to_be_bytes())? {
+                delta -= v.len() as i64;
+                batch.remove(&seq.to_be_bytes());
+            }
+        }
+        self.t()?.outbox.apply_batch(batch)?;
+        self.flush()?;
+        let now = (self.outbox_bytes() as i64 + delta).max(0) as u64;
+        self.outbox_bytes.store(now, Ordering::Relaxed);
+        Ok(now)
+    }
+
+    // ---- incidents and usage accounting -----------------------------------------------
+
+    /// Stores an open incident (replacing its earlier version).
+    pub fn put_incident(&self, i: &Incident) -> Result<(), StoreError> {
+        self.t()?.incidents.insert(i.id.to_be_bytes(), enc(i)?)?;
+        self.t()?.meta.insert(
+            b"next_incident",
+            &(i.id + 1).max(self.next_incident_id()?).to_be_bytes(),
+        )?;
+        self.flush()
+    }
+
+    /// Forgets a resolved incident.
+    pub fn remove_incident(&self, id: u64) -> Result<(), StoreError> {
+        self.t()?.incidents.remove(id.to_be_bytes())?;
+        self.flush()
+    }
+
+    /// Every open incident.
+    pub fn incidents(&self) -> Result<Vec<Incident>, StoreError> {
+        self.t()?
+            .incidents
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                dec("incidents", &k, &v)
+            })
+            .collect()
+    }
+
+    /// The next incident id (ids are never reused).
+    pub fn next_incident_id(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .t()?
+            .meta
+            .get(b"next_incident")?
+            .map(|v| be_u64(&v))
+            .unwrap_or(1))
+    }
+
+    /// Stores an instance's accounting state (not flushed: the next flush carries it; a
+    /// crash loses at most one sample interval).
+    pub fn put_usage(&self, name: &Name, s: &AccountantState) -> Result<(), StoreError> {
+        self.t()?.usage.insert(name.as_str(), enc(s)?)?;
+        Ok(())
+    }
+
+    /// An instance's accounting state.
+    pub fn usage_state(&self, name: &Name) -> Result<Option<AccountantState>, StoreError> {
+        self.t()?
+            .usage
+            .get(name.as_str())?
+            .map(|v| dec("usage", name.as_str().as_bytes(), &v))
+            .transpose()
+    }
+
+    /// Forgets an instance's accounting state.
+    pub fn remove_usage(&self, name: &Name) -> Result<(), StoreError> {
+        self.t()?.usage.remove(name.as_str())?;
+        Ok(())
     }
 
     // ---- desired state ---------------------------------------------------------------
 
     /// Stores the master's desired state (already verified by the caller).
     pub fn put_desired(&self, d: &DesiredState) -> Result<(), StoreError> {
-        self.desired.insert(b"current", enc(d)?)?;
+        self.t()?.desired.insert(b"current", enc(d)?)?;
         self.flush()
     }
 
     /// The master's last accepted desired state.
     pub fn desired(&self) -> Result<Option<DesiredState>, StoreError> {
-        self.desired
+        self.t()?
+            .desired
             .get(b"current")?
             .map(|v| dec("desired", b"current", &v))
             .transpose()
@@ -229,19 +445,20 @@ impl Store {
 
     /// Stores (or replaces) a request made on the node.
     pub fn put_local(&self, r: &InstanceRequest) -> Result<(), StoreError> {
-        self.local.insert(r.name.as_str(), enc(r)?)?;
+        self.t()?.local.insert(r.name.as_str(), enc(r)?)?;
         self.flush()
     }
 
     /// Forgets a local request.
     pub fn remove_local(&self, name: &Name) -> Result<(), StoreError> {
-        self.local.remove(name.as_str())?;
+        self.t()?.local.remove(name.as_str())?;
         self.flush()
     }
 
     /// One local request.
     pub fn local(&self, name: &Name) -> Result<Option<InstanceRequest>, StoreError> {
-        self.local
+        self.t()?
+            .local
             .get(name.as_str())?
             .map(|v| dec("local", name.as_str().as_bytes(), &v))
             .transpose()
@@ -249,7 +466,8 @@ impl Store {
 
     /// Every local request, by name.
     pub fn locals(&self) -> Result<Vec<InstanceRequest>, StoreError> {
-        self.local
+        self.t()?
+            .local
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
@@ -262,19 +480,20 @@ impl Store {
 
     /// Records what the supervisor runs for `name`.
     pub fn put_observed(&self, name: &Name, o: &ObservedInstance) -> Result<(), StoreError> {
-        self.observed.insert(name.as_str(), enc(o)?)?;
+        self.t()?.observed.insert(name.as_str(), enc(o)?)?;
         self.flush()
     }
 
     /// Forgets `name`'s observed state.
     pub fn remove_observed(&self, name: &Name) -> Result<(), StoreError> {
-        self.observed.remove(name.as_str())?;
+        self.t()?.observed.remove(name.as_str())?;
         self.flush()
     }
 
     /// Every observed instance.
     pub fn observed(&self) -> Result<BTreeMap<String, ObservedInstance>, StoreError> {
-        self.observed
+        self.t()?
+            .observed
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
@@ -290,19 +509,20 @@ impl Store {
 
     /// Stores the connection parameters `name` published.
     pub fn put_conn(&self, name: &Name, p: &BTreeMap<String, String>) -> Result<(), StoreError> {
-        self.conn.insert(name.as_str(), enc(p)?)?;
+        self.t()?.conn.insert(name.as_str(), enc(p)?)?;
         self.flush()
     }
 
     /// Forgets `name`'s connection parameters.
     pub fn remove_conn(&self, name: &Name) -> Result<(), StoreError> {
-        self.conn.remove(name.as_str())?;
+        self.t()?.conn.remove(name.as_str())?;
         self.flush()
     }
 
     /// Every instance's connection parameters.
     pub fn conns(&self) -> Result<BTreeMap<String, BTreeMap<String, String>>, StoreError> {
-        self.conn
+        self.t()?
+            .conn
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;

@@ -70,7 +70,11 @@ fn newer_schema_is_refused() {
 fn corrupt_value_is_a_typed_error() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path(), 1 << 20).unwrap();
-    s.local.insert("web", &b"\xff\xff\xff"[..]).unwrap();
+    s.t()
+        .unwrap()
+        .local
+        .insert("web", &b"\xff\xff\xff"[..])
+        .unwrap();
     assert!(matches!(
         s.locals(),
         Err(StoreError::Decode { tree: "local", .. })

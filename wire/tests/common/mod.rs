@@ -328,6 +328,13 @@ pub fn record_kind() -> impl Strategy<Value = RecordKind> {
                     outbox_depth,
                 }
             }),
+        (any::<[u32; 3]>(), any::<[u64; 2]>()).prop_map(|(d, b)| RecordKind::Shed {
+            dropped_promise: d[0],
+            dropped_health: d[1],
+            merged_usage: d[2],
+            bytes_before: b[0],
+            bytes_after: b[1],
+        }),
         instance().prop_map(|request| RecordKind::LocalRequest {
             request: Box::new(request)
         }),
