@@ -69,7 +69,7 @@ template = "x"
         (
             "malformed",
             "name = \"web\nsoftware =".into(),
-            "request file",
+            "TOML parse error",
         ),
         (
             "bad software",

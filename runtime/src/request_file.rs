@@ -39,8 +39,8 @@ use crate::partition::{check_rel_path, parse_size};
 /// Why a request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
-    /// Malformed TOML or an unknown key.
-    #[error("request file: {0}")]
+    /// Malformed TOML or an unknown key (toml's message names the key and line).
+    #[error(transparent)]
     Toml(#[from] toml::de::Error),
     /// A name that is not a valid name.
     #[error("{field} {value:?}: {reason}")]

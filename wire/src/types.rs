@@ -484,6 +484,12 @@ pub struct Up {
     /// Records in increasing `seq` order.
     #[serde(deserialize_with = "crate::bounded::records")]
     pub records: Vec<Record>,
+    /// `Some((from, to))`: these are *all* the records the node still holds with
+    /// `from <= seq <= to` (seqs in between that are missing were shed and will never
+    /// come), so the master may acknowledge up to `to` once it has stored everything
+    /// below `from`. `None`: an express batch of selected records (e.g. incidents sent
+    /// ahead on a slow link); the master stores them but they extend no range.
+    pub covers: Option<(u64, u64)>,
 }
 
 /// The master has stored every record of the node up to and including `upto`.

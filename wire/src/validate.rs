@@ -253,6 +253,13 @@ impl Validate for Up {
             self.records.windows(2).all(|w| w[0].seq < w[1].seq),
             "record seq not strictly increasing",
         )?;
+        if let Some((from, to)) = self.covers {
+            check(from <= to, "covered range is empty")?;
+            check(
+                self.records.iter().all(|r| from <= r.seq && r.seq <= to),
+                "record outside the covered range",
+            )?;
+        }
         self.records.iter().try_for_each(Validate::validate)
     }
 }

@@ -73,6 +73,7 @@ fn up(records: Vec<Record>) -> Message {
     Message::Up(Up {
         node: name("node-1"),
         records,
+        covers: None,
     })
 }
 
@@ -212,6 +213,7 @@ fn write_frame_refuses_oversized_and_reports_stream_errors() {
     let big = Message::Up(Up {
         node: name("n"),
         records: (1..=100).map(|s| record(s, health())).collect(),
+        covers: Some((1, 100)),
     });
     let mut sink = Sink::new(64);
     assert!(matches!(
@@ -266,10 +268,12 @@ fn write_frame_refuses_oversized_and_reports_stream_errors() {
 
 #[test]
 fn invalid_names_in_hand_built_frames_are_refused() {
-    // Up { node: "abcd", records: [] } by hand: version, tag 1 (Up), name, no records.
+    // Up { node: "abcd", records: [], covers: None } by hand: version, tag 1 (Up),
+    // name, no records, no range.
     let frame = |name: &[u8]| {
         let mut b = vec![WIRE_VERSION, 1, name.len() as u8];
         b.extend_from_slice(name);
+        b.push(0);
         b.push(0);
         b
     };
@@ -277,7 +281,8 @@ fn invalid_names_in_hand_built_frames_are_refused() {
         decode(&frame(b"abcd"), MAX),
         Ok(Message::Up(Up {
             node: name("abcd"),
-            records: vec![]
+            records: vec![],
+            covers: None,
         }))
     );
     for bad in [
@@ -661,6 +666,7 @@ fn validation_rules() {
         records: (1..=MAX_RECORDS as u64 + 1)
             .map(|s| record(s, health()))
             .collect(),
+        covers: None,
     };
     assert_eq!(many.validate(), Err(WireError::Invalid("too many records")));
     let many = DesiredState {

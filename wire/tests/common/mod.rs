@@ -356,14 +356,22 @@ pub fn up() -> impl Strategy<Value = Up> {
     )
         .prop_map(|(node, base, recs)| {
             let mut seq = base;
-            let records = recs
+            let records: Vec<Record> = recs
                 .into_iter()
                 .map(|(step, time_ms, kind)| {
                     seq += step;
                     Record { seq, time_ms, kind }
                 })
                 .collect();
-            Up { node, records }
+            let covers = match (records.first(), records.last()) {
+                (Some(a), Some(b)) => Some((a.seq, b.seq)),
+                _ => None,
+            };
+            Up {
+                node,
+                records,
+                covers,
+            }
         })
 }
 

@@ -1,0 +1,1 @@
+//! The hedge master.
