@@ -22,6 +22,15 @@ enum Command {
     /// Run and manage a node: the daemon that supervises instances offline.
     #[command(subcommand)]
     Node(node::NodeCommand),
+    /// Show the board profile detected on this machine (or every profile with --all).
+    Board {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// List every embedded profile.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 /// An error with the exit code it maps to.
@@ -64,10 +73,44 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
     }
 }
 
+fn board(json: bool, all: bool) -> Result<(), Failure> {
+    let list: Vec<&hedge_boards::BoardProfile> = if all {
+        hedge_boards::profiles().iter().collect()
+    } else {
+        vec![hedge_boards::detect()]
+    };
+    if json {
+        let v = if all {
+            serde_json::to_string_pretty(&list)?
+        } else {
+            serde_json::to_string_pretty(list[0])?
+        };
+        println!("{v}");
+        return Ok(());
+    }
+    for p in list {
+        let d = &p.defaults;
+        println!("{} ({})", p.name, p.id);
+        println!(
+            "  target {}  cores {}  ram {} MB  storage {:?}",
+            p.target.as_deref().unwrap_or("-"),
+            p.cores.map_or("-".into(), |c| c.to_string()),
+            p.ram_mb.map_or("-".into(), |c| c.to_string()),
+            p.storage
+        );
+        println!(
+            "  defaults: max_instances {}  outbox_quota_bytes {}  sled_cache_bytes {}  flush_interval_ms {}",
+            d.max_instances, d.outbox_quota_bytes, d.sled_cache_bytes, d.flush_interval_ms
+        );
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Node(cmd) => node::main(cmd),
+        Command::Board { json, all } => board(json, all),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

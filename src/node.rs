@@ -33,9 +33,12 @@ pub enum NodeCommand {
         /// Directory to create the node in.
         #[arg(long)]
         dir: PathBuf,
-        /// Node id (default: from the host name).
+        /// Node id (default: from the host name, or the enrollment bundle's).
         #[arg(long)]
         id: Option<String>,
+        /// An enrollment bundle from `hedge master enroll`: joins the node to the fleet.
+        #[arg(long)]
+        enroll: Option<PathBuf>,
     },
     /// Run the node daemon in the foreground (logs on stderr).
     Run {
@@ -147,7 +150,7 @@ fn call(cfg: &NodeConfig, req: &ApiRequest) -> Result<Value, Failure> {
 
 pub fn main(cmd: NodeCommand) -> Result<(), Failure> {
     match cmd {
-        NodeCommand::Init { dir, id } => init(&dir, id),
+        NodeCommand::Init { dir, id, enroll } => init(&dir, id, enroll.as_deref()),
         NodeCommand::Run { config } => run(load(&config)?),
         NodeCommand::Request {
             file,
@@ -272,8 +275,21 @@ fn default_id() -> String {
     }
 }
 
-fn init(dir: &Path, id: Option<String>) -> Result<(), Failure> {
-    let id = id.unwrap_or_else(default_id);
+fn init(dir: &Path, id: Option<String>, enroll: Option<&Path>) -> Result<(), Failure> {
+    let bundle = enroll
+        .map(hedge_uplink::bundle::Bundle::load)
+        .transpose()
+        .map_err(Failure::usage)?;
+    let id = match (&bundle, id) {
+        (Some(b), Some(id)) if id != b.node.as_str() => {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "--id {id:?} differs from the bundle's node {:?}",
+                b.node.as_str()
+            )))
+        }
+        (Some(b), _) => b.node.to_string(),
+        (None, id) => id.unwrap_or_else(default_id),
+    };
     hedge_wire::Name::new(&id).map_err(|e| Failure::usage(anyhow::anyhow!("--id {id:?}: {e}")))?;
     let file = dir.join("node.toml");
     if file.exists() {
@@ -286,16 +302,51 @@ fn init(dir: &Path, id: Option<String>) -> Result<(), Failure> {
     // 0711: partition users must traverse it to reach their partitions; nothing in it
     // is listable by them, and the store and key are private on their own.
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
-    let cfg_text = config::default_file(&id);
+    let enrollment = bundle.as_ref().map(|b| config::Enrollment {
+        host: b.broker_host.clone(),
+        port: b.broker_port,
+        master_key: b.master_public_key.trim().to_string(),
+    });
+    if let Some(b) = &bundle {
+        let up = dir.join("uplink");
+        std::fs::create_dir_all(&up)?;
+        std::fs::set_permissions(&up, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::write(up.join("ca.crt"), &b.ca_cert)?;
+        std::fs::write(up.join("node.crt"), &b.cert)?;
+        write_secret(&up.join("node.key"), b.key.as_bytes())?;
+    }
+    let cfg_text = config::file(&id, enrollment.as_ref());
     std::fs::write(&file, &cfg_text).with_context(|| format!("cannot write {}", file.display()))?;
     let cfg = NodeConfig::load(&file).map_err(Failure::usage)?;
-    Store::open(&cfg.store_dir(), cfg.store.cache_bytes)?;
+    Store::open(&cfg.store_dir(), cfg.cache_bytes())?;
     hedge_runtime::identity::create(&cfg.key_path())?;
     println!("node {id} created in {}", dir.display());
     println!("  config   {}", file.display());
     println!("  store    {}", cfg.store_dir().display());
     println!("  key      {} (0600)", cfg.key_path().display());
+    if let Some(b) = &bundle {
+        println!(
+            "  uplink   {}:{} (mutual TLS, master key {}…)",
+            b.broker_host,
+            b.broker_port,
+            &b.master_public_key[..8]
+        );
+    }
     println!("run it:    hedge node run --config {}", file.display());
+    Ok(())
+}
+
+/// Writes a secret file with mode 0600 from the start.
+fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
     Ok(())
 }
 

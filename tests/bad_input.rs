@@ -149,6 +149,10 @@ fn unknown_or_invalid_config_exits_64_before_touching_anything() {
             "backoff_base_ms",
         ),
         ("[node\n", "TOML"),
+        (
+            "[node]\nid = \"n\"\nstate_dir = \"s\"\nboard = \"pi9\"\n",
+            "node.board",
+        ),
     ] {
         let cfg = dir.path().join("node.toml");
         std::fs::write(&cfg, text).unwrap();

@@ -278,7 +278,7 @@ fn outbox_quota_sheds_by_priority_keeping_incidents_and_usage_totals() {
         c.replace("usage_interval_ms = 1000", "usage_interval_ms = 100")
             .replace("health_interval_ms = 1000", "health_interval_ms = 100")
             .replace("summary_interval_ms = 1000", "summary_interval_ms = 100")
-            .replace("quota_bytes = 8388608", "quota_bytes = 16384")
+            .replace("# quota_bytes = 8388608", "quota_bytes = 16384")
     });
     node.start();
     for n in ["a", "b"] {

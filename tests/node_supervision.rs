@@ -214,3 +214,56 @@ template = "db_port={{db.port}}\n"
         .collect();
     assert_eq!(published.len(), 2, "{published:?}");
 }
+
+#[test]
+fn board_profile_limits_instances_unless_the_config_says_otherwise() {
+    let mut node = Node::init();
+    // The Zero 2 W profile takes 4 instances.
+    node.edit_config(|c| c.replace("# board = \"rpi4b\"", "board = \"rpizero2w\""));
+    node.start();
+    assert_eq!(node.status()["board"], "rpizero2w");
+    for i in 0..4 {
+        node.ok(&[
+            "request",
+            &format!("s{i}"),
+            "--software",
+            "exec:/bin/sleep",
+            "--arg",
+            "1000",
+            "--state",
+            "stopped",
+        ]);
+    }
+    let out = node.cli(&[
+        "request",
+        "s4",
+        "--software",
+        "exec:/bin/sleep",
+        "--arg",
+        "1000",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("node is full"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Changing an existing instance is still allowed.
+    node.ok(&[
+        "request",
+        "s0",
+        "--software",
+        "exec:/bin/sleep",
+        "--arg",
+        "1000",
+    ]);
+    node.running_pid("s0", None);
+    // The node told the master what it is, first thing at boot.
+    let info = node
+        .outbox()
+        .into_iter()
+        .find(|r| r["kind"].get("NodeInfo").is_some())
+        .unwrap();
+    assert_eq!(info["kind"]["NodeInfo"]["board"], "rpizero2w");
+    assert_eq!(info["kind"]["NodeInfo"]["max_instances"], 4);
+}

@@ -1,1 +1,15 @@
-//! The hedge master.
+//! The hedge master: ingest, fleet registry, allocation, signing, usage, invoices,
+//! incidents.
+//!
+//! Pure cores ([`coverage`], [`alloc`], [`billing`]) beside the SQLite [`store`] and
+//! the desired-state signature ([`sign`]). The MQTT driver and the CLI call these.
+
+pub mod alloc;
+pub mod billing;
+pub mod coverage;
+pub mod sign;
+pub mod store;
+
+// The fleet PKI and the broker's config (`hedge master init`/`enroll`).
+pub mod mosquitto;
+pub mod pki;

@@ -70,6 +70,9 @@ pub struct NodeConfig {
     /// `[metrics]`.
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// `[uplink]`.
+    #[serde(default)]
+    pub uplink: UplinkSection,
     /// Directory of the file; relative paths are resolved against it.
     #[serde(skip)]
     pub base: PathBuf,
@@ -84,6 +87,18 @@ pub struct NodeSection {
     /// State directory (store, partitions, key, socket).
     #[serde(default = "dot")]
     pub state_dir: PathBuf,
+    /// Board profile id; detected when absent (see `hedge board`).
+    #[serde(default)]
+    pub board: Option<String>,
+    /// Most instances this node takes; the board profile's default when absent.
+    #[serde(default)]
+    pub max_instances: Option<u32>,
+    /// Labels the master's allocation matches (`--label k=v`).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Region, for technical or legal placement.
+    #[serde(default)]
+    pub region: String,
 }
 
 fn dot() -> PathBuf {
@@ -153,20 +168,15 @@ impl Default for PartitionsSection {
     }
 }
 
-/// `[store]`.
-#[derive(Debug, Clone, Deserialize)]
+/// `[store]`. Absent values come from the board profile.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
     /// sled page cache, bytes.
-    pub cache_bytes: u64,
-}
-
-impl Default for StoreSection {
-    fn default() -> Self {
-        StoreSection {
-            cache_bytes: 4 << 20,
-        }
-    }
+    pub cache_bytes: Option<u64>,
+    /// sled's background flush period, ms (explicit flushes make changes durable
+    /// before they are acted on; this paces the rest, sparing SD cards).
+    pub flush_interval_ms: Option<u64>,
 }
 
 /// `[monitor]`.
@@ -198,19 +208,12 @@ impl Default for MonitorSection {
 }
 
 /// `[outbox]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutboxSection {
-    /// Most bytes of records kept for the master; past it, records are shed by priority.
-    pub quota_bytes: u64,
-}
-
-impl Default for OutboxSection {
-    fn default() -> Self {
-        OutboxSection {
-            quota_bytes: 8 << 20,
-        }
-    }
+    /// Most bytes of records kept for the master; past it, records are shed by
+    /// priority. The board profile's default when absent.
+    pub quota_bytes: Option<u64>,
 }
 
 /// `[metrics]`.
@@ -219,6 +222,55 @@ impl Default for OutboxSection {
 pub struct MetricsSection {
     /// Address of the Prometheus text endpoint (`GET /metrics`); off when absent.
     pub listen: Option<std::net::SocketAddr>,
+}
+
+/// `[uplink]`: the MQTT link to the master. Filled in by `hedge node init --enroll`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UplinkSection {
+    /// Connect to the master at all.
+    pub enabled: bool,
+    /// Broker host.
+    pub host: String,
+    /// Broker TLS port.
+    pub port: u16,
+    /// Fleet CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This node's client certificate (PEM, CN = node id).
+    pub cert: PathBuf,
+    /// This node's client key (PEM, mode 0600).
+    pub key: PathBuf,
+    /// The master's ed25519 public key (hex): only desired states it signed are applied.
+    pub master_public_key: String,
+    /// Records per batch.
+    pub max_batch_records: usize,
+    /// Bytes per batch (encoded).
+    pub max_batch_bytes: usize,
+    /// Batches awaiting acknowledgement.
+    pub window: usize,
+    /// Resend what is unacknowledged after this long, ms.
+    pub ack_timeout_ms: u64,
+    /// Bytes per second allowed on a metered link; 0 = unlimited.
+    pub budget_bytes_per_sec: u32,
+}
+
+impl Default for UplinkSection {
+    fn default() -> Self {
+        UplinkSection {
+            enabled: false,
+            host: "127.0.0.1".into(),
+            port: 8883,
+            ca: "uplink/ca.crt".into(),
+            cert: "uplink/node.crt".into(),
+            key: "uplink/node.key".into(),
+            master_public_key: String::new(),
+            max_batch_records: 256,
+            max_batch_bytes: 32 * 1024,
+            window: 4,
+            ack_timeout_ms: 10_000,
+            budget_bytes_per_sec: 0,
+        }
+    }
 }
 
 impl NodeConfig {
@@ -262,11 +314,42 @@ impl NodeConfig {
         if m.health_interval_ms < 100 || m.summary_interval_ms < 100 || m.escalate_after == 0 {
             return Err("monitor: intervals must be >= 100 ms and escalate_after >= 1".into());
         }
-        if self.outbox.quota_bytes < 4096 {
+        if let Some(b) = &self.node.board {
+            if hedge_boards::by_id(b).is_none() {
+                let known: Vec<&str> = hedge_boards::profiles()
+                    .iter()
+                    .map(|p| p.id.as_str())
+                    .collect();
+                return Err(format!(
+                    "node.board {b:?} is not a known profile ({})",
+                    known.join(", ")
+                ));
+            }
+        }
+        if self.outbox.quota_bytes.is_some_and(|q| q < 4096) {
             return Err("outbox.quota_bytes must be at least 4096".into());
+        }
+        if self.node.max_instances == Some(0) {
+            return Err("node.max_instances must be at least 1".into());
         }
         if self.metrics.listen.is_some_and(|a| !a.ip().is_loopback()) {
             return Err("metrics.listen must be a loopback address (127.0.0.1:PORT)".into());
+        }
+        let u = &self.uplink;
+        if u.enabled {
+            crate::desired::parse_public_key(&u.master_public_key)
+                .map_err(|e| format!("uplink.master_public_key: {e}"))?;
+        }
+        if u.max_batch_records == 0
+            || u.max_batch_bytes < 1024
+            || u.max_batch_bytes > hedge_wire::limits::DEFAULT_MAX_FRAME
+            || u.window == 0
+            || u.ack_timeout_ms < 100
+        {
+            return Err(format!(
+                "uplink: need max_batch_records >= 1, 1024 <= max_batch_bytes <= {}, window >= 1, ack_timeout_ms >= 100",
+                hedge_wire::limits::DEFAULT_MAX_FRAME
+            ));
         }
         if self.partitions.uid_min == 0 || self.partitions.uid_min > self.partitions.uid_max {
             return Err("partitions: need 0 < uid_min <= uid_max".into());
@@ -299,6 +382,53 @@ impl NodeConfig {
         self.state_dir().join("node.key")
     }
 
+    /// The board profile: `node.board` when set, else detected.
+    pub fn profile(&self) -> &'static hedge_boards::BoardProfile {
+        self.node
+            .board
+            .as_deref()
+            .and_then(hedge_boards::by_id)
+            .unwrap_or_else(hedge_boards::detect)
+    }
+
+    /// sled page cache: config, else the board's default.
+    pub fn cache_bytes(&self) -> u64 {
+        self.store
+            .cache_bytes
+            .unwrap_or(self.profile().defaults.sled_cache_bytes)
+    }
+
+    /// sled background flush period: config, else the board's default.
+    pub fn flush_interval_ms(&self) -> u64 {
+        self.store
+            .flush_interval_ms
+            .unwrap_or(self.profile().defaults.flush_interval_ms)
+    }
+
+    /// Outbox quota: config, else the board's default.
+    pub fn outbox_quota(&self) -> u64 {
+        self.outbox
+            .quota_bytes
+            .unwrap_or(self.profile().defaults.outbox_quota_bytes)
+    }
+
+    /// Instance limit: config, else the board's default.
+    pub fn max_instances(&self) -> u32 {
+        self.node
+            .max_instances
+            .unwrap_or(self.profile().defaults.max_instances)
+    }
+
+    /// A path from the config, resolved against the state directory.
+    pub fn state_path(&self, p: &Path) -> PathBuf {
+        self.state_dir().join(p)
+    }
+
+    /// The master's public key, when configured.
+    pub fn master_key(&self) -> Option<ed25519_dalek::VerifyingKey> {
+        crate::desired::parse_public_key(&self.uplink.master_public_key).ok()
+    }
+
     /// The supervisor's timing.
     pub fn policy(&self) -> Policy {
         let s = &self.supervisor;
@@ -311,8 +441,28 @@ impl NodeConfig {
     }
 }
 
-/// The commented default `node.toml` for node `id`.
+/// What `hedge node init --enroll` knows about the master.
+#[derive(Debug, Clone, Default)]
+pub struct Enrollment {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// Master public key, hex.
+    pub master_key: String,
+}
+
+/// The commented default `node.toml` for node `id`, not enrolled.
 pub fn default_file(id: &str) -> String {
+    file(id, None)
+}
+
+/// The commented `node.toml` for node `id`, with its uplink when enrolled.
+pub fn file(id: &str, enrollment: Option<&Enrollment>) -> String {
+    let (enabled, host, port, master_key) = match enrollment {
+        Some(e) => (true, e.host.as_str(), e.port, e.master_key.as_str()),
+        None => (false, "127.0.0.1", 8883, ""),
+    };
     format!(
         r#"# hedge node configuration. Unknown keys are an error.
 # Relative paths are relative to this file's directory.
@@ -322,6 +472,13 @@ pub fn default_file(id: &str) -> String {
 id = "{id}"
 # Where the node keeps its store, partitions, identity key and API socket.
 state_dir = "."
+# Board profile (`hedge board` lists and detects them); detected when absent.
+# board = "rpi4b"
+# Most instances this node takes (default: from the board profile).
+# max_instances = 16
+# Labels and region for the master's allocation.
+labels = {{}}
+region = ""
 
 [supervisor]
 # Time between SIGTERM and SIGKILL when stopping an instance.
@@ -344,8 +501,10 @@ uid_min = 20000
 uid_max = 20999
 
 [store]
-# sled page cache. Small boards want it small.
-cache_bytes = 4194304
+# sled page cache and background flush period (defaults: from the board profile;
+# small boards want a small cache, SD cards fewer, larger writes).
+# cache_bytes = 4194304
+# flush_interval_ms = 2000
 
 [monitor]
 # Each instance's process tree is sampled this often (CPU time, memory).
@@ -364,11 +523,28 @@ escalate_after = 3
 # Records kept for the master while offline. Past the quota, usage records are
 # merged into coarser intervals (totals kept), then promise summaries and health
 # records are dropped oldest first. Incidents are never dropped.
-quota_bytes = 8388608
+# Default: from the board profile.
+# quota_bytes = 8388608
 
 [metrics]
 # Prometheus text endpoint (GET /metrics) on a loopback address; off when absent.
 # listen = "127.0.0.1:9464"
+
+[uplink]
+# The MQTT link to the master (mutual TLS). `hedge node init --enroll FILE` fills this
+# in; without it the node runs fully offline and keeps its records.
+enabled = {enabled}
+host = "{host}"
+port = {port}
+ca = "uplink/ca.crt"             # relative to state_dir
+cert = "uplink/node.crt"
+key = "uplink/node.key"
+master_public_key = "{master_key}"
+max_batch_records = 256
+max_batch_bytes = 32768
+window = 4                       # batches awaiting the master's ack
+ack_timeout_ms = 10000           # then resend from the last ack
+budget_bytes_per_sec = 0         # metered links: bytes/s; 0 = unlimited
 "#
     )
 }

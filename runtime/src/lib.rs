@@ -1,6 +1,7 @@
 //! The hedge node runtime.
 pub mod config;
 pub mod daemon;
+pub mod desired;
 pub mod identity;
 pub mod logfile;
 pub mod monitor;

@@ -222,8 +222,21 @@ impl Node {
 }
 
 impl Drop for Node {
+    /// Stops the daemon gracefully (it stops every instance's whole process group, so
+    /// no grandchild outlives the test), then kills it if it lingers.
     fn drop(&mut self) {
         if let Some(mut c) = self.daemon.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }

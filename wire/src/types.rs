@@ -442,6 +442,32 @@ pub enum RecordKind {
         /// The request as stored.
         request: alloc::boxed::Box<InstanceRequest>,
     },
+    /// What the node is, sent at every boot: the master's registry and allocation use it.
+    NodeInfo {
+        /// Board profile id (e.g. `rpi4b`, `generic`).
+        board: String,
+        /// Target triple the binary was built for.
+        arch: String,
+        /// CPU cores.
+        cores: u32,
+        /// Total memory, bytes.
+        mem_total: u64,
+        /// Most instances this node takes.
+        max_instances: u32,
+        /// Labels for allocation (`k=v`).
+        labels: BTreeMap<String, String>,
+        /// Region, for technical or legal placement.
+        region: String,
+    },
+    /// The node accepted or refused a desired state from the master.
+    Desired {
+        /// Its generation.
+        generation: u64,
+        /// Applied (true) or refused (false).
+        accepted: bool,
+        /// Why it was refused (empty when accepted).
+        reason: String,
+    },
     /// The outbox reached its quota and records were shed to stay under it.
     Shed {
         /// Promise summaries dropped (oldest first).

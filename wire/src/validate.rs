@@ -227,6 +227,22 @@ impl Validate for RecordKind {
                 message.len() <= MAX_MESSAGE,
                 "promise result message too long",
             ),
+            RecordKind::NodeInfo {
+                board,
+                arch,
+                labels,
+                region,
+                ..
+            } => {
+                check(
+                    board.len() <= NAME_MAX && arch.len() <= NAME_MAX && region.len() <= NAME_MAX,
+                    "node info field too long",
+                )?;
+                parameters(labels)
+            }
+            RecordKind::Desired { reason, .. } => {
+                check(reason.len() <= MAX_MESSAGE, "desired-state reason too long")
+            }
             RecordKind::Incident { message, .. } => {
                 check(message.len() <= MAX_MESSAGE, "incident message too long")
             }

@@ -18,7 +18,9 @@
 
 pub mod api;
 mod conn;
+mod desired;
 mod instance;
+mod link;
 mod metrics;
 mod monitor;
 
@@ -39,6 +41,9 @@ use crate::store::{Store, StoreError};
 use crate::supervisor::procfs;
 use api::{ApiCall, ApiRequest};
 use instance::Slot;
+
+/// The target this binary was built for (`arch-vendor-os-env`).
+pub const TARGET: &str = env!("HEDGE_TARGET");
 
 /// Errors that stop the daemon from starting.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +117,8 @@ pub struct Counters {
     pub bad_connection_files: u64,
     /// Restarts asked by self-repair.
     pub repairs: u64,
+    /// Desired states refused (forged, stale, for another node, malformed).
+    pub desired_rejected: u64,
     /// Promise summaries dropped to keep the outbox under its quota.
     pub shed_dropped_promise: u64,
     /// Health records dropped to keep the outbox under its quota.
@@ -144,6 +151,11 @@ pub struct Daemon {
     shedding: bool,
     /// The store hit a full disk; reopen it once space returns.
     store_full: bool,
+    desired_log: RateLimit,
+    /// The master's public key: only states it signed are applied.
+    master_key: Option<ed25519_dalek::VerifyingKey>,
+    /// The uplink task's side of the conversation, when enabled.
+    link: Option<link::LinkHandle>,
 }
 
 /// As root, instances run as their partition's uid and must traverse the state
@@ -184,7 +196,8 @@ impl Daemon {
             source,
         })?;
         warn_if_untraversable(&state);
-        let store = Store::open(&cfg.store_dir(), cfg.store.cache_bytes)?;
+        let store =
+            Store::open_tuned(&cfg.store_dir(), cfg.cache_bytes(), cfg.flush_interval_ms())?;
         let partitions = Partitions::new(&state, (cfg.partitions.uid_min, cfg.partitions.uid_max));
         let conns = store.conns()?;
         let incidents = crate::monitor::incident::Incidents::restore(
@@ -223,9 +236,30 @@ impl Daemon {
             last_health: None,
             shedding: false,
             store_full: false,
+            desired_log: RateLimit::default(),
+            master_key: None,
+            link: None,
         };
+        d.master_key = d.cfg.master_key();
         d.kill_leftovers()?;
         Ok(d)
+    }
+
+    /// Reports what this node is (board, arch, capacity, labels) at every boot.
+    fn record_node_info(&mut self) {
+        let profile = self.cfg.profile();
+        let mem_total = crate::monitor::health::read(&self.cfg.state_dir(), None).mem_total;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let kind = RecordKind::NodeInfo {
+            board: profile.id.clone(),
+            arch: TARGET.to_string(),
+            cores,
+            mem_total,
+            max_instances: self.cfg.max_instances(),
+            labels: self.cfg.node.labels.clone(),
+            region: self.cfg.node.region.clone(),
+        };
+        self.record(kind);
     }
 
     /// Kills process groups recorded by an earlier daemon that may still run.
@@ -254,7 +288,10 @@ impl Daemon {
     /// Appends a record; a failure is counted and logged (rate-limited), never fatal.
     pub(crate) fn record(&mut self, kind: RecordKind) {
         match self.store.append(now_ms(), kind) {
-            Ok(_) => self.shed_if_over_quota(),
+            Ok(_) => {
+                self.shed_if_over_quota();
+                self.outbox_changed();
+            }
             Err(e) => self.store_failed(&e),
         }
     }
@@ -347,6 +384,8 @@ impl Daemon {
             None => None,
         };
         let server = tokio::spawn(api::serve(listener, calls_tx));
+        let mut link_rx = self.start_link();
+        self.record_node_info();
         let wanted = self.desired().len();
         tracing::info!(node = %self.cfg.node_id(), instances = wanted, "node up; reconciling offline");
         self.reconcile();
@@ -372,6 +411,7 @@ impl Daemon {
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 Some(ev) = self.events_rx.recv() => self.on_event(ev),
+                Some(msg) = link::recv(&mut link_rx) => self.on_link(msg),
                 Some(call) = calls_rx.recv(), if !self.shutting_down => {
                     let answer = self.on_call(call.request);
                     let _ = call.reply.send(answer);
@@ -401,6 +441,7 @@ impl Daemon {
             }
         }
         server.abort();
+        self.stop_link();
         if let Some(m) = metrics_server {
             m.abort();
         }
@@ -481,14 +522,17 @@ impl Daemon {
             .collect();
         json!({
             "node": self.cfg.node_id().as_str(),
+            "board": self.cfg.profile().id,
+            "max_instances": self.cfg.max_instances(),
             "instances": instances,
             "outbox": {
                 "depth": self.store.outbox_depth(),
                 "next_seq": self.store.next_seq().unwrap_or(0),
                 "bytes": self.store.outbox_bytes(),
-                "quota_bytes": self.cfg.outbox.quota_bytes,
+                "quota_bytes": self.cfg.outbox_quota(),
             },
             "incidents": self.incident_status(),
+            "uplink": self.link_status(),
             "health": self.last_health.map(|h| json!({
                 "load1": f64::from(h.load1_milli) / 1000.0,
                 "mem_total": h.mem_total,
@@ -501,6 +545,10 @@ impl Daemon {
     }
 
     fn on_call(&mut self, req: ApiRequest) -> Result<Value, String> {
+        // Records are durable before anyone is shown them.
+        if let Err(e) = self.store.flush_records() {
+            self.store_failed(&e);
+        }
         match req {
             ApiRequest::Status => Ok(self.status()),
             ApiRequest::Metrics => Ok(json!({ "text": self.metrics_text() })),
@@ -547,6 +595,13 @@ impl Daemon {
             return Err(format!(
                 "instance {:?} is owned by the master; change it there",
                 request.name.as_str()
+            ));
+        }
+        let max = self.cfg.max_instances() as usize;
+        if !self.slots.contains_key(&request.name) && self.slots.len() >= max {
+            return Err(format!(
+                "node is full: {max} instances (node.max_instances, board {})",
+                self.cfg.profile().id
             ));
         }
         self.store.put_local(&request).map_err(|e| e.to_string())?;

@@ -438,7 +438,7 @@ impl Daemon {
             mem_available: h.mem_available,
             disk_free: h.disk_free,
             temp_milli_c: h.temp_milli_c,
-            uplink_up: false,
+            uplink_up: self.link.as_ref().is_some_and(|l| l.up),
             outbox_depth: self.store.outbox_depth() as u64,
         });
     }
@@ -459,14 +459,18 @@ impl Daemon {
 
     /// Sheds outbox records by priority when the outbox is over its quota; reports it.
     pub(super) fn shed_if_over_quota(&mut self) {
-        let quota = self.cfg.outbox.quota_bytes;
+        let quota = self.cfg.outbox_quota();
         if self.store.outbox_bytes() <= quota || self.shedding {
             return;
         }
         self.shedding = true;
         // Aim under the quota so that shedding is not redone on every record.
         let target = quota - quota / 10;
-        let result = self.store.outbox_entries().and_then(|entries| {
+        // Records already sent in a range batch may be stored at the master as they
+        // are: never rewrite or drop those here (the ack deletes them soon).
+        let sent = self.link.as_ref().map_or(0, |l| l.sent_upto);
+        let result = self.store.outbox_entries().and_then(|mut entries| {
+            entries.retain(|e| e.seq > sent);
             let plan = shed::plan(&entries, target);
             self.store.apply_shed(&plan).map(|after| (plan, after))
         });

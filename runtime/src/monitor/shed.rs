@@ -81,9 +81,10 @@ impl RecordClass {
         match kind {
             RecordKind::Incident { .. } => RecordClass::Incident,
             // A shed report is as precious as a state change: kept with them.
-            RecordKind::InstanceState { .. } | RecordKind::Shed { .. } => {
-                RecordClass::InstanceState
-            }
+            RecordKind::InstanceState { .. }
+            | RecordKind::Shed { .. }
+            | RecordKind::Desired { .. }
+            | RecordKind::NodeInfo { .. } => RecordClass::InstanceState,
             RecordKind::LocalRequest { .. } => RecordClass::LocalRequest,
             RecordKind::ConnectionParameters { .. } => RecordClass::ConnectionParameters,
             RecordKind::PromiseResult { .. } => RecordClass::PromiseResult,

@@ -6,8 +6,14 @@
 //!   (what the supervisor last ran per instance: process group, start time, restarts),
 //!   `outbox` (key = big-endian u64 sequence → postcard [`Record`]), `conn` (connection
 //!   parameters published per instance).
-//! - Every mutating call is flushed before it returns: a change is durable before the
-//!   caller acts on it or reports it.
+//! - A change is durable before it is acted on or reported. Requests, desired state,
+//!   observed state, incidents and acknowledgements are flushed before the call
+//!   returns. Outbox records are *reports*: [`Store::append`] does not flush (one flush
+//!   costs a 4 KiB page write, which per record would wear an SD card out); the owner
+//!   calls [`Store::flush_records`] before anything reads records out (the local API,
+//!   the uplink), and sled flushes in the background every `flush_every_ms`. A crash
+//!   can therefore lose only records nobody has seen, and their sequence numbers with
+//!   them: a number that was ever shown or sent is never reused.
 //! - Outbox sequence numbers start at 1, grow by one per record, and are never reused,
 //!   not even after every record was acknowledged and deleted, nor across restarts: the
 //!   next number is stored in `meta` in the same transaction as the record.
@@ -98,6 +104,7 @@ pub struct Store {
     trees: Option<Trees>,
     dir: std::path::PathBuf,
     cache_bytes: u64,
+    flush_every_ms: u64,
     /// Sum of the outbox's value sizes, kept in step with every change.
     outbox_bytes: Arc<AtomicU64>,
 }
@@ -137,6 +144,16 @@ fn be_u64(v: &[u8]) -> u64 {
 impl Store {
     /// Opens (or creates) the store in `dir`, migrating it to [`SCHEMA_VERSION`].
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        Store::open_tuned(dir, cache_bytes, 500)
+    }
+
+    /// Opens the store with sled's background flush every `flush_every_ms` (explicit
+    /// flushes still make every acted-on change durable first).
+    pub fn open_tuned(
+        dir: &Path,
+        cache_bytes: u64,
+        flush_every_ms: u64,
+    ) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(sled::Error::Io)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(sled::Error::Io)?;
@@ -144,6 +161,7 @@ impl Store {
             trees: None,
             dir: dir.to_path_buf(),
             cache_bytes,
+            flush_every_ms: flush_every_ms.max(1),
             outbox_bytes: Arc::new(AtomicU64::new(0)),
         };
         store.open_trees()?;
@@ -154,6 +172,7 @@ impl Store {
         let db = sled::Config::new()
             .path(&self.dir)
             .cache_capacity(self.cache_bytes)
+            .flush_every_ms(Some(self.flush_every_ms))
             .mode(sled::Mode::LowSpace)
             .open()?;
         let t = Trees {
@@ -189,6 +208,11 @@ impl Store {
 
     fn t(&self) -> Result<&Trees, StoreError> {
         self.trees.as_ref().ok_or(StoreError::Closed)
+    }
+
+    /// Makes every appended record durable: call before records are shown or sent.
+    pub fn flush_records(&self) -> Result<(), StoreError> {
+        self.flush()
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -248,7 +272,6 @@ impl Store {
             Err(TransactionError::Abort(e)) => return Err(e),
             Err(TransactionError::Storage(e)) => return Err(e.into()),
         };
-        self.flush()?;
         Ok(record)
     }
 

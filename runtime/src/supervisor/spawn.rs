@@ -117,7 +117,9 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
                 return Err(std::io::Error::other("supervisor is gone"));
             }
             for (res, value) in &rlimits {
-                setrlimit(*res, *value, *value)?;
+                // rlim_t is u32 on 32-bit ARM: a larger limit means no limit there.
+                let v = nix::libc::rlim_t::try_from(*value).unwrap_or(nix::libc::RLIM_INFINITY);
+                setrlimit(*res, v, v)?;
             }
             Ok(())
         });

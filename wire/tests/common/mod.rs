@@ -328,6 +328,24 @@ pub fn record_kind() -> impl Strategy<Value = RecordKind> {
                     outbox_depth,
                 }
             }),
+        ("[a-z0-9]{1,20}", any::<u32>(), any::<u64>(), parameters()).prop_map(
+            |(board, cores, mem_total, labels)| RecordKind::NodeInfo {
+                arch: "aarch64-unknown-linux-gnu".into(),
+                board,
+                cores,
+                mem_total,
+                max_instances: cores,
+                labels,
+                region: "eu".into(),
+            }
+        ),
+        (any::<u64>(), any::<bool>(), "[a-z ]{0,40}").prop_map(|(generation, accepted, reason)| {
+            RecordKind::Desired {
+                generation,
+                accepted,
+                reason,
+            }
+        }),
         (any::<[u32; 3]>(), any::<[u64; 2]>()).prop_map(|(d, b)| RecordKind::Shed {
             dropped_promise: d[0],
             dropped_health: d[1],

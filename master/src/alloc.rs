@@ -1,0 +1,360 @@
+//! Allocation: which node gets a new instance.
+//!
+//! Contract: [`pick`] is pure; the request path calls it with the fleet from
+//! [`crate::store::MasterStore::nodes`] and the clock, then adds the instance with
+//! [`crate::store::MasterStore::update_desired`]. Rules, in order:
+//!
+//! 1. An explicit [`Placement::node`] wins if the node is known, whatever its
+//!    capacity or criteria (the operator decided); unknown: [`AllocError::NoSuchNode`].
+//! 2. Otherwise a candidate must match `arch` (the node's target triple, e.g.
+//!    `aarch64-unknown-linux-gnu`, or its first part, `aarch64`) and `region` exactly
+//!    (when asked), carry
+//!    every requested label with the same value, and have free capacity
+//!    (`capacity_instances > allocated_instances`).
+//! 3. Among candidates, nodes seen within `stale_after_ms` of `now_ms` come first;
+//!    then the least loaded (`allocated / capacity`, compared exactly); then by name.
+//!
+//! When nothing fits, [`AllocError::NoCandidate`] lists why each node was passed over.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use hedge_wire::Name;
+use serde::{Deserialize, Serialize};
+
+use crate::store::NodeSummary;
+
+/// Where an instance may go.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    /// This node, and no other.
+    #[serde(default)]
+    pub node: Option<Name>,
+    /// Labels the node must carry, with these values.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Architecture the node must have (e.g. `aarch64`).
+    #[serde(default)]
+    pub arch: Option<String>,
+    /// Region the node must be in.
+    #[serde(default)]
+    pub region: Option<String>,
+}
+
+/// Why one node was passed over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mismatch {
+    /// Different or unknown architecture.
+    Arch {
+        /// Asked for.
+        want: String,
+        /// The node's.
+        have: Option<String>,
+    },
+    /// Different or unknown region.
+    Region {
+        /// Asked for.
+        want: String,
+        /// The node's.
+        have: Option<String>,
+    },
+    /// A label is missing or has another value.
+    Label {
+        /// Label key.
+        key: String,
+        /// Asked for.
+        want: String,
+        /// The node's.
+        have: Option<String>,
+    },
+    /// No free capacity.
+    Full {
+        /// Instances allocated.
+        allocated: u32,
+        /// Capacity.
+        capacity: u32,
+    },
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let have = |h: &Option<String>| h.clone().unwrap_or_else(|| "unset".into());
+        match self {
+            Mismatch::Arch { want, have: h } => write!(f, "arch is {}, want {want}", have(h)),
+            Mismatch::Region { want, have: h } => {
+                write!(f, "region is {}, want {want}", have(h))
+            }
+            Mismatch::Label { key, want, have: h } => {
+                write!(f, "label {key} is {}, want {want}", have(h))
+            }
+            Mismatch::Full {
+                allocated,
+                capacity,
+            } => write!(f, "full ({allocated}/{capacity} instances)"),
+        }
+    }
+}
+
+/// One node and why it was passed over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    /// The node.
+    pub node: Name,
+    /// Every criterion it failed.
+    pub mismatches: Vec<Mismatch>,
+}
+
+fn describe(reasons: &[Rejection]) -> String {
+    if reasons.is_empty() {
+        return "no node is registered".into();
+    }
+    reasons
+        .iter()
+        .map(|r| {
+            let why: Vec<String> = r.mismatches.iter().map(ToString::to_string).collect();
+            format!("{}: {}", r.node, why.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Errors of allocation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AllocError {
+    /// The requested node is not in the fleet.
+    #[error("no node named {0}")]
+    NoSuchNode(Name),
+    /// No node fits the placement.
+    #[error("no node fits: {}", describe(.reasons))]
+    NoCandidate {
+        /// Why each node was passed over (empty: the fleet is empty).
+        reasons: Vec<Rejection>,
+    },
+}
+
+fn mismatches(node: &NodeSummary, req: &Placement) -> Vec<Mismatch> {
+    let mut out = Vec::new();
+    if let Some(want) = &req.arch {
+        let fits = node
+            .arch
+            .as_deref()
+            .is_some_and(|have| have == want || have.split('-').next() == Some(want.as_str()));
+        if !fits {
+            out.push(Mismatch::Arch {
+                want: want.clone(),
+                have: node.arch.clone(),
+            });
+        }
+    }
+    if let Some(want) = &req.region {
+        if node.region.as_ref() != Some(want) {
+            out.push(Mismatch::Region {
+                want: want.clone(),
+                have: node.region.clone(),
+            });
+        }
+    }
+    for (key, want) in &req.labels {
+        let have = node.labels.get(key);
+        if have != Some(want) {
+            out.push(Mismatch::Label {
+                key: key.clone(),
+                want: want.clone(),
+                have: have.cloned(),
+            });
+        }
+    }
+    if node.allocated_instances >= node.capacity_instances {
+        out.push(Mismatch::Full {
+            allocated: node.allocated_instances,
+            capacity: node.capacity_instances,
+        });
+    }
+    out
+}
+
+fn fresh(node: &NodeSummary, now_ms: u64, stale_after_ms: u64) -> bool {
+    node.last_seen_ms
+        .is_some_and(|seen| now_ms.saturating_sub(seen) <= stale_after_ms)
+}
+
+/// `a` before `b` if less loaded: `a.alloc / a.cap < b.alloc / b.cap`, exactly.
+/// Capacity is never 0 here (such a node is full).
+fn by_load(a: &NodeSummary, b: &NodeSummary) -> Ordering {
+    let lhs = u64::from(a.allocated_instances) * u64::from(b.capacity_instances);
+    let rhs = u64::from(b.allocated_instances) * u64::from(a.capacity_instances);
+    lhs.cmp(&rhs)
+}
+
+/// Picks the node for a new instance. See the module doc.
+pub fn pick(
+    nodes: &[NodeSummary],
+    req: &Placement,
+    now_ms: u64,
+    stale_after_ms: u64,
+) -> Result<Name, AllocError> {
+    if let Some(want) = &req.node {
+        return nodes
+            .iter()
+            .find(|n| &n.node == want)
+            .map(|n| n.node.clone())
+            .ok_or_else(|| AllocError::NoSuchNode(want.clone()));
+    }
+    let mut reasons = Vec::new();
+    let mut candidates = Vec::new();
+    for node in nodes {
+        let m = mismatches(node, req);
+        if m.is_empty() {
+            candidates.push(node);
+        } else {
+            reasons.push(Rejection {
+                node: node.node.clone(),
+                mismatches: m,
+            });
+        }
+    }
+    candidates
+        .into_iter()
+        .min_by(|a, b| {
+            fresh(b, now_ms, stale_after_ms)
+                .cmp(&fresh(a, now_ms, stale_after_ms))
+                .then_with(|| by_load(a, b))
+                .then_with(|| a.node.cmp(&b.node))
+        })
+        .map(|n| n.node.clone())
+        .ok_or(AllocError::NoCandidate { reasons })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn node(name: &str, arch: &str, allocated: u32, capacity: u32, seen: u64) -> NodeSummary {
+        NodeSummary {
+            node: Name::new(name).unwrap(),
+            first_seen_ms: Some(0),
+            last_seen_ms: Some(seen),
+            records: 0,
+            last_seq: 0,
+            acked_upto: 0,
+            board: None,
+            arch: Some(arch.into()),
+            labels: BTreeMap::from([("site".into(), "lab".into())]),
+            region: Some("eu".into()),
+            cpus: None,
+            mem_bytes: None,
+            capacity_instances: capacity,
+            allocated_instances: allocated,
+            health: None,
+        }
+    }
+
+    const NOW: u64 = 1_000_000;
+    const STALE: u64 = 60_000;
+
+    #[test]
+    fn least_loaded_fresh_node_wins_ties_by_name() {
+        let fleet = vec![
+            node("c", "aarch64", 1, 4, NOW),
+            node("b", "aarch64", 2, 8, NOW),
+            node("a", "aarch64", 3, 4, NOW),
+        ];
+        // b and c are both at 1/4; b sorts first.
+        assert_eq!(
+            pick(&fleet, &Placement::default(), NOW, STALE)
+                .unwrap()
+                .as_str(),
+            "b"
+        );
+    }
+
+    #[test]
+    fn fresh_nodes_come_before_idle_stale_ones() {
+        let mut fleet = vec![
+            node("idle", "aarch64", 0, 4, 0),
+            node("busy", "aarch64", 3, 4, NOW - 10),
+        ];
+        assert_eq!(
+            pick(&fleet, &Placement::default(), NOW, STALE)
+                .unwrap()
+                .as_str(),
+            "busy"
+        );
+        fleet[1].allocated_instances = 4;
+        assert_eq!(
+            pick(&fleet, &Placement::default(), NOW, STALE)
+                .unwrap()
+                .as_str(),
+            "idle"
+        );
+        fleet[0].last_seen_ms = None;
+        assert_eq!(
+            pick(&fleet, &Placement::default(), NOW, STALE)
+                .unwrap()
+                .as_str(),
+            "idle"
+        );
+    }
+
+    #[test]
+    fn criteria_filter_and_explain() {
+        let fleet = vec![
+            node("arm7", "armv7-unknown-linux-gnueabihf", 0, 4, NOW),
+            node("full", "aarch64", 4, 4, NOW),
+            node("ok", "aarch64-unknown-linux-gnu", 0, 4, NOW),
+        ];
+        let mut req = Placement {
+            arch: Some("aarch64".into()),
+            region: Some("eu".into()),
+            labels: BTreeMap::from([("site".into(), "lab".into())]),
+            node: None,
+        };
+        assert_eq!(pick(&fleet, &req, NOW, STALE).unwrap().as_str(), "ok");
+        req.labels.insert("gpu".into(), "yes".into());
+        let err = pick(&fleet, &req, NOW, STALE).unwrap_err();
+        let AllocError::NoCandidate { reasons } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(reasons.len(), 3);
+        assert_eq!(reasons[0].mismatches.len(), 2, "arch and label");
+        assert_eq!(reasons[1].mismatches.len(), 2, "label and full");
+        let text = err.to_string();
+        assert!(
+            text.contains("arm7: arch is armv7-unknown-linux-gnueabihf, want aarch64"),
+            "{text}"
+        );
+        assert!(text.contains("full (4/4 instances)"), "{text}");
+        assert!(text.contains("label gpu is unset, want yes"), "{text}");
+    }
+
+    #[test]
+    fn explicit_node_wins_if_known() {
+        let fleet = vec![node("full", "armv7", 4, 4, 0)];
+        let mut req = Placement {
+            node: Some(Name::new("full").unwrap()),
+            arch: Some("aarch64".into()),
+            ..Placement::default()
+        };
+        assert_eq!(pick(&fleet, &req, NOW, STALE).unwrap().as_str(), "full");
+        req.node = Some(Name::new("ghost").unwrap());
+        assert_eq!(
+            pick(&fleet, &req, NOW, STALE),
+            Err(AllocError::NoSuchNode(Name::new("ghost").unwrap()))
+        );
+    }
+
+    #[test]
+    fn empty_fleet_and_zero_capacity() {
+        let err = pick(&[], &Placement::default(), NOW, STALE).unwrap_err();
+        assert_eq!(err.to_string(), "no node fits: no node is registered");
+        let fleet = vec![node("z", "aarch64", 0, 0, NOW)];
+        assert!(matches!(
+            pick(&fleet, &Placement::default(), NOW, STALE),
+            Err(AllocError::NoCandidate { .. })
+        ));
+    }
+}

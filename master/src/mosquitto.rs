@@ -1,0 +1,202 @@
+//! The mosquitto 2.0 configuration and ACL that `hedge master init` writes.
+//!
+//! Contract: [`config`] and [`acl`] are pure text generators; [`crate::pki::init`] writes
+//! their output to `DIR/mosquitto.conf` and `DIR/acl`, and an operator (or a test helper)
+//! runs `mosquitto -c DIR/mosquitto.conf`. One TLS listener, nothing else bound:
+//!
+//! - mutual TLS: clients must present a certificate signed by the fleet CA
+//!   (`require_certificate true`), and its CN becomes the MQTT username
+//!   (`use_identity_as_username true`): the node id for nodes, [`MASTER_USER`] for masters.
+//!   No anonymous access, no passwords.
+//! - [`acl`]: masters read/write `hedge/v1/#` (and so receive through the shared
+//!   subscription `$share/hedge/hedge/v1/+/up`); a node may only publish to
+//!   `hedge/v1/<its id>/up` and only read `hedge/v1/<its id>/{desired,ack}`.
+//!
+//! Behaviour of mosquitto 2.0.11 under this ACL (checked with the real broker by
+//! `master/tests/broker_tls.rs` and by hand with `mosquitto_pub`/`mosquitto_sub -d`):
+//!
+//! - The ACL file does not check SUBSCRIBE at all in 2.0.11: every subscription is
+//!   granted (SUBACK carries the requested QoS, never 0x80), `$share/...` ones included,
+//!   whatever the user. Access is enforced per message at delivery, against the message's
+//!   real topic (`hedge/v1/a/up`, never the `$share/hedge/` filter), retained messages
+//!   included. So the masters' shared subscription works because `topic readwrite
+//!   hedge/v1/#` grants read on every `hedge/v1/<node>/up`; and node A subscribing to
+//!   `hedge/v1/b/desired` or `hedge/v1/#` gets a successful SUBACK and then only its own
+//!   `desired`/`ack` messages. A test can only observe the absence of deliveries.
+//! - A forbidden publish is dropped silently and the client stays connected. QoS 1 still
+//!   gets a PUBACK: reason 0 (success) with MQTT 3.1.1, which has no refusal code; reason
+//!   0x87 "not authorized" with MQTT 5. No subscriber (the master) ever receives it.
+//! - A client without a certificate fails the TLS handshake (`peer did not return a
+//!   certificate`); it never reaches MQTT.
+//!
+//! Privileges: mosquitto started as root drops to user `mosquitto` unless the config says
+//! `user root` (2.0 ignores `user` when not started as root). The keys in DIR are 0600 and
+//! owned by whoever ran `hedge master init`, and `mosquitto-data/` must be writable, so
+//! the generated file is meant to be run **by the owner of DIR** (e.g. a systemd unit with
+//! `User=` that owner). When DIR is owned by root, [`crate::pki::init`] appends
+//! [`user_line`]`(0)` = `user root` so a root-started broker can read its key and write its
+//! persistence; the test helpers do the same when they run as root.
+//!
+//! Persistence is a snapshot (`autosave_interval`): after a `kill -9` mosquitto loses what
+//! changed since the last save (queued QoS 1 messages, retained messages). hedge does not
+//! rely on it for correctness: the node keeps its outbox until acknowledged and resends,
+//! and the master republishes desired state.
+
+use std::path::Path;
+
+/// The MQTT username (certificate CN) of every master.
+pub const MASTER_USER: &str = "hedge-master";
+
+/// The shared-subscription group masters join.
+pub const SHARE_GROUP: &str = "hedge";
+
+/// The filter masters subscribe to (shared: each record goes to one master).
+pub const MASTER_UP_FILTER: &str = "$share/hedge/hedge/v1/+/up";
+
+/// Directory (inside DIR) of mosquitto's persistence file.
+pub const DATA_DIR: &str = "mosquitto-data";
+
+/// `hedge/v1/<node>/up`: node → master records (QoS 1).
+pub fn up_topic(node: &str) -> String {
+    format!("hedge/v1/{node}/up")
+}
+
+/// `hedge/v1/<node>/ack`: master → node acknowledgements.
+pub fn ack_topic(node: &str) -> String {
+    format!("hedge/v1/{node}/ack")
+}
+
+/// `hedge/v1/<node>/desired`: master → node desired state (retained).
+pub fn desired_topic(node: &str) -> String {
+    format!("hedge/v1/{node}/desired")
+}
+
+/// A mosquitto 2.0 config for one mutual-TLS listener on `host:port`, with absolute paths
+/// into `dir` (`ca.crt`, `broker.crt`, `broker.key`, `acl`, `mosquitto-data/`).
+///
+/// `dir` should be absolute (a relative one is made absolute against the current
+/// directory). `host` must be a plain address or name (no spaces); [`crate::pki::init`]
+/// checks it.
+pub fn config(dir: &Path, host: &str, port: u16) -> String {
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let p = |name: &str| dir.join(name).display().to_string();
+    let data = format!("{}/", dir.join(DATA_DIR).display());
+    format!(
+        "\
+# mosquitto 2.0 configuration written by `hedge master init`.
+# Run it as the owner of this directory: mosquitto -c {conf}
+# (started as root, mosquitto drops to user `mosquitto`, which cannot read the 0600 keys,
+# unless a `user` line below says otherwise).
+
+# Settings below apply to every listener; there is exactly one.
+per_listener_settings false
+# Only clients with a certificate from the fleet CA; the CN is the username.
+allow_anonymous false
+acl_file {acl}
+
+# Queued QoS 1 messages for offline persistent sessions survive a clean restart.
+# A snapshot: a crash loses what changed since the last save (hedge resends).
+persistence true
+persistence_location {data}
+autosave_interval 60
+# Nodes may stay offline for long; keep their queues (0 bytes = no byte limit).
+max_queued_messages 100000
+max_queued_bytes 0
+
+log_dest stderr
+log_type error
+log_type warning
+log_type notice
+log_type information
+connection_messages true
+
+# The only listener: MQTT over mutual TLS.
+listener {port} {host}
+protocol mqtt
+cafile {ca}
+certfile {cert}
+keyfile {key}
+require_certificate true
+use_identity_as_username true
+",
+        conf = p("mosquitto.conf"),
+        acl = p("acl"),
+        data = data,
+        port = port,
+        host = host,
+        ca = p("ca.crt"),
+        cert = p("broker.crt"),
+        key = p("broker.key"),
+    )
+}
+
+/// The `user` line to append for a broker started by the user with this uid: `user root`
+/// for root (so it keeps the privileges needed to read root-owned 0600 keys), else `None`
+/// (mosquitto ignores `user` when not started as root).
+pub fn user_line(uid: u32) -> Option<&'static str> {
+    (uid == 0)
+        .then_some("# DIR is root's: keep root, or the key files are unreadable.\nuser root\n")
+}
+
+/// The ACL file: masters read/write `hedge/v1/#`; each node (`%u` = its certificate CN)
+/// writes only its `up` topic and reads only its `desired` and `ack` topics.
+pub fn acl() -> String {
+    format!(
+        "\
+# mosquitto ACL written by `hedge master init`. Usernames are certificate CNs.
+# Anything not granted here is denied.
+
+# Masters: everything under hedge/v1/. mosquitto 2.0 grants every SUBSCRIBE (the shared
+# {share} too) and checks `read` per delivered message, on its real topic.
+user {master}
+topic readwrite hedge/v1/#
+
+# Every client, by its own CN (%u): publish its records, read its desired state and acks.
+# A node id is a hedge Name ([a-z0-9._-]), so %u never holds a wildcard or a '/'.
+pattern write hedge/v1/%u/up
+pattern read hedge/v1/%u/desired
+pattern read hedge/v1/%u/ack
+",
+        share = MASTER_UP_FILTER,
+        master = MASTER_USER,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_has_one_tls_listener_with_absolute_paths() {
+        let c = config(Path::new("/srv/hedge"), "127.0.0.1", 18883);
+        let listeners: Vec<&str> = c.lines().filter(|l| l.starts_with("listener")).collect();
+        assert_eq!(listeners, ["listener 18883 127.0.0.1"]);
+        for line in [
+            "cafile /srv/hedge/ca.crt",
+            "certfile /srv/hedge/broker.crt",
+            "keyfile /srv/hedge/broker.key",
+            "acl_file /srv/hedge/acl",
+            "persistence_location /srv/hedge/mosquitto-data/",
+            "require_certificate true",
+            "use_identity_as_username true",
+            "allow_anonymous false",
+            "per_listener_settings false",
+        ] {
+            assert!(c.lines().any(|l| l == line), "missing {line:?} in\n{c}");
+        }
+        assert!(!c.contains("\nuser "));
+    }
+
+    #[test]
+    fn acl_scopes_nodes_to_their_own_topics() {
+        let a = acl();
+        assert!(a.contains("user hedge-master\ntopic readwrite hedge/v1/#\n"));
+        assert!(a.contains("pattern write hedge/v1/%u/up\n"));
+        assert!(a.contains("pattern read hedge/v1/%u/desired\n"));
+        assert!(a.contains("pattern read hedge/v1/%u/ack\n"));
+        assert!(!a.contains("pattern readwrite"));
+        assert_eq!(up_topic("a"), "hedge/v1/a/up");
+        assert_eq!(user_line(1000), None);
+        assert!(user_line(0).is_some_and(|l| l.ends_with("user root\n")));
+    }
+}

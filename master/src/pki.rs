@@ -1,0 +1,760 @@
+//! The fleet PKI: a master directory (`hedge master init`) and node enrollment bundles
+//! (`hedge master enroll`), plus `master.toml`, the master's config file.
+//!
+//! Contract:
+//! - [`init`] creates a master directory once (it refuses when `master.toml`, or any file
+//!   it would write, exists): the fleet CA (`ca.crt`, `ca.key`), the broker's server
+//!   certificate (`broker.crt`/`.key`, SANs 127.0.0.1, localhost, the broker host and any
+//!   extra), the masters' MQTT client certificate (`master.crt`/`.key`, CN
+//!   [`MASTER_USER`]), the ed25519 key that signs desired states (`signing.key`: the raw
+//!   32-byte seed; `signing.pub`: hex), `mosquitto.conf` + `acl` (see [`crate::mosquitto`])
+//!   and a commented `master.toml` ([`master_toml`]), written last. Secret files are 0600.
+//! - [`enroll`] issues one node's client certificate (CN = node id) from `ca.key` and
+//!   writes it, with its key, the CA certificate, the broker address and the master's
+//!   public signing key, into ONE TOML file (0600, never overwritten): a [`Bundle`], which
+//!   the node reads with [`Bundle::load`] (`hedge node init --enroll FILE`).
+//! - [`MasterConfig::load`] parses `master.toml` (`deny_unknown_fields`), resolves relative
+//!   paths against the file's directory and validates it before anything binds a socket.
+//!
+//! Keys are ECDSA P-256 (OpenSSL in mosquitto and rustls/webpki on nodes both accept it).
+//! Validity starts at the Unix epoch: boards without an RTC (Raspberry Pi) may boot with a
+//! clock in 1970 and must still be able to check the broker's certificate before NTP runs.
+//! The CA is valid for 30 years, issued certificates for 20; rotating a node means
+//! enrolling it again. There is no revocation list (yet): removing a node from the fleet
+//! is done in the master's registry, and its certificate only grants its own topics.
+//!
+//! Private keys are held in [`Zeroizing`] buffers and rcgen's `KeyPair` is zeroized on drop
+//! where the crates allow it (ring's internal key copy is not).
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::SigningKey;
+use hedge_wire::Name;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use serde::{Deserialize, Serialize};
+use time::{Duration, OffsetDateTime};
+use zeroize::Zeroizing;
+
+pub use crate::mosquitto::MASTER_USER;
+
+/// Errors of the PKI and of `master.toml`.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// I/O on a file or directory.
+    #[error("{path}: {source}")]
+    Io {
+        /// File or directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `init` found an existing master directory.
+    #[error("{0}: already initialised (master.toml exists); refusing to overwrite")]
+    AlreadyInitialized(PathBuf),
+    /// A file that would be written exists.
+    #[error("{0}: exists; refusing to overwrite it (remove it or choose another path)")]
+    Exists(PathBuf),
+    /// An option or argument is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// Certificate generation or parsing failed.
+    #[error("certificate: {0}")]
+    Cert(#[from] rcgen::Error),
+    /// A TOML file (`master.toml` or a bundle) is malformed or has unknown keys.
+    #[error("{path}: {source}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// toml's message (names the key and line).
+        source: toml::de::Error,
+    },
+    /// A value in a file is out of range or a referenced file is missing.
+    #[error("{path}: {what}")]
+    Config {
+        /// File.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Options of [`init`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitOptions {
+    /// The address nodes dial and the broker's listener binds (default `127.0.0.1`).
+    pub broker_host: String,
+    /// The broker's TLS port (default 8883).
+    pub broker_port: u16,
+    /// More names or addresses for the broker's certificate.
+    pub extra_sans: Vec<String>,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            broker_host: "127.0.0.1".into(),
+            broker_port: 8883,
+            extra_sans: Vec::new(),
+        }
+    }
+}
+
+/// What [`init`] wrote.
+#[derive(Debug, Clone)]
+pub struct InitReport {
+    /// The master directory (absolute).
+    pub dir: PathBuf,
+    /// Every file written, in order (`master.toml` last).
+    pub files: Vec<PathBuf>,
+    /// `DIR/master.toml`.
+    pub master_toml: PathBuf,
+    /// `DIR/mosquitto.conf`.
+    pub mosquitto_conf: PathBuf,
+    /// The master's public signing key, hex (also in `signing.pub`).
+    pub signing_public: String,
+}
+
+/// Files [`init`] writes, in order; `master.toml` last marks a complete directory.
+pub const INIT_FILES: [&str; 11] = [
+    "ca.crt",
+    "ca.key",
+    "broker.crt",
+    "broker.key",
+    "master.crt",
+    "master.key",
+    "signing.key",
+    "signing.pub",
+    "mosquitto.conf",
+    "acl",
+    "master.toml",
+];
+
+const CA_YEARS: i64 = 30;
+const LEAF_YEARS: i64 = 20;
+
+/// Creates a master directory in `dir` (created if missing). See the module doc.
+pub fn init(dir: &Path, opts: &InitOptions) -> Result<InitReport, PkiError> {
+    check_host(&opts.broker_host)?;
+    for san in &opts.extra_sans {
+        check_host(san)?;
+    }
+    if opts.broker_port == 0 {
+        return Err(PkiError::Invalid("broker port must not be 0".into()));
+    }
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let dir = std::path::absolute(dir).map_err(io(dir))?;
+    if dir.join("master.toml").exists() {
+        return Err(PkiError::AlreadyInitialized(dir.join("master.toml")));
+    }
+    for name in INIT_FILES {
+        let p = dir.join(name);
+        if p.exists() {
+            return Err(PkiError::Exists(p));
+        }
+    }
+
+    let now = OffsetDateTime::now_utc();
+    let mut files = Vec::new();
+    let mut put = |name: &str, data: &[u8], mode: u32| -> Result<(), PkiError> {
+        let p = dir.join(name);
+        write_new(&p, data, mode)?;
+        files.push(p);
+        Ok(())
+    };
+
+    // The fleet CA.
+    let ca_key = Zeroizing::new(KeyPair::generate()?);
+    let ca_params = ca_params(now);
+    let ca_cert = ca_params.self_signed(&*ca_key)?;
+    let issuer = Issuer::new(ca_params, &*ca_key);
+    put("ca.crt", ca_cert.pem().as_bytes(), 0o644)?;
+    put(
+        "ca.key",
+        Zeroizing::new(ca_key.serialize_pem()).as_bytes(),
+        0o600,
+    )?;
+
+    // The broker's server certificate.
+    let mut sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    for s in std::iter::once(&opts.broker_host).chain(&opts.extra_sans) {
+        if !sans.contains(s) {
+            sans.push(s.clone());
+        }
+    }
+    let broker_key = Zeroizing::new(KeyPair::generate()?);
+    let mut bp = leaf_params("hedge-broker", now);
+    bp.subject_alt_names = sans.iter().map(|s| san(s)).collect::<Result<_, _>>()?;
+    bp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let broker_cert = bp.signed_by(&*broker_key, &issuer)?;
+    put("broker.crt", broker_cert.pem().as_bytes(), 0o644)?;
+    put(
+        "broker.key",
+        Zeroizing::new(broker_key.serialize_pem()).as_bytes(),
+        0o600,
+    )?;
+
+    // The masters' MQTT client certificate.
+    let (master_cert, master_key) = client_cert(MASTER_USER, now, &issuer)?;
+    put("master.crt", master_cert.as_bytes(), 0o644)?;
+    put("master.key", master_key.as_bytes(), 0o600)?;
+
+    // The desired-state signing key.
+    let signing = SigningKey::generate(&mut rand_core::OsRng);
+    let seed = Zeroizing::new(signing.to_bytes());
+    let signing_public = hex(&signing.verifying_key().to_bytes());
+    put("signing.key", seed.as_ref(), 0o600)?;
+    put(
+        "signing.pub",
+        format!("{signing_public}\n").as_bytes(),
+        0o644,
+    )?;
+
+    // The broker's config and ACL.
+    let mut conf = crate::mosquitto::config(&dir, &opts.broker_host, opts.broker_port);
+    let owner = std::fs::metadata(&dir).map_err(io(&dir))?.uid();
+    if let Some(line) = crate::mosquitto::user_line(owner) {
+        conf.push('\n');
+        conf.push_str(line);
+    }
+    put("mosquitto.conf", conf.as_bytes(), 0o644)?;
+    put("acl", crate::mosquitto::acl().as_bytes(), 0o644)?;
+    let data = dir.join(crate::mosquitto::DATA_DIR);
+    match std::fs::create_dir(&data) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io(&data)(e)),
+    }
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).map_err(io(&data))?;
+
+    // Last: marks the directory complete.
+    put(
+        "master.toml",
+        master_toml(&opts.broker_host, opts.broker_port).as_bytes(),
+        0o644,
+    )?;
+
+    Ok(InitReport {
+        master_toml: dir.join("master.toml"),
+        mosquitto_conf: dir.join("mosquitto.conf"),
+        dir,
+        files,
+        signing_public,
+    })
+}
+
+/// Writes an enrollment [`Bundle`] for `node` to `out` (mode 0600; refuses to overwrite),
+/// signing its certificate with `dir/ca.key`. The broker address and the signing key come
+/// from `dir/master.toml`.
+pub fn enroll(dir: &Path, node: &Name, out: &Path) -> Result<(), PkiError> {
+    if node.as_str() == MASTER_USER {
+        return Err(PkiError::Invalid(format!(
+            "{MASTER_USER:?} is the masters' identity; a node cannot be named so"
+        )));
+    }
+    if out.exists() {
+        return Err(PkiError::Exists(out.to_owned()));
+    }
+    let cfg = MasterConfig::load(&dir.join("master.toml"))?;
+    let ca_path = dir.join("ca.crt");
+    let ca_key_path = dir.join("ca.key");
+    let ca_pem = std::fs::read_to_string(&ca_path).map_err(io(&ca_path))?;
+    let ca_key_pem =
+        Zeroizing::new(std::fs::read_to_string(&ca_key_path).map_err(io(&ca_key_path))?);
+    let ca_key = Zeroizing::new(KeyPair::from_pem(&ca_key_pem)?);
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, &*ca_key)?;
+    let signing = load_signing_key(&cfg.signing.key)?;
+
+    let (cert, key) = client_cert(node.as_str(), OffsetDateTime::now_utc(), &issuer)?;
+    let bundle = Bundle {
+        version: Bundle::VERSION,
+        node: node.clone(),
+        broker_host: cfg.broker.host.clone(),
+        broker_port: cfg.broker.port,
+        master_public_key: hex(&signing.verifying_key().to_bytes()),
+        ca_cert: ca_pem,
+        cert,
+        key: key.to_string(),
+    };
+    let body = Zeroizing::new(
+        toml::to_string(&bundle).map_err(|e| PkiError::Invalid(format!("bundle: {e}")))?,
+    );
+    let mut text = Zeroizing::new(format!(
+        "# hedge enrollment bundle for node \"{node}\". SECRET: it holds the node's private key.\n\
+         # On the node: hedge node init --enroll THIS_FILE, then delete this file.\n"
+    ));
+    text.push_str(&body);
+    write_new(out, text.as_bytes(), 0o600)
+}
+
+/// The enrollment bundle is the node's type (the node-only build reads it without
+/// the master): see [`hedge_uplink::bundle`].
+pub use hedge_uplink::bundle::Bundle;
+
+/// The commented `master.toml` [`init`] writes.
+pub fn master_toml(broker_host: &str, broker_port: u16) -> String {
+    format!(
+        "\
+# hedge master configuration, written by `hedge master init`.
+# Relative paths are relative to this file's directory. Unknown keys are errors.
+# Several masters may share one broker (and one store on one machine).
+
+[master]
+# The master's store: records keyed by (node, seq), fleet registry, invoices.
+store = \"master.db\"
+
+[broker]
+# Where the mosquitto of `mosquitto.conf` listens (MQTT over mutual TLS).
+host = \"{broker_host}\"
+port = {broker_port}
+# The fleet CA, and this master's client certificate (CN = hedge-master) and key.
+ca = \"ca.crt\"
+cert = \"master.crt\"
+key = \"master.key\"
+
+[signing]
+# ed25519 seed (32 raw bytes, mode 0600) that signs desired states; nodes get the
+# public half (signing.pub) in their enrollment bundle.
+key = \"signing.key\"
+
+[allocation]
+# A node not heard from for this long gets no new instances, in milliseconds.
+stale_after_ms = {stale}
+
+[billing]
+# A TOML price list turning usage records into invoices; no invoices without one.
+# price_list = \"prices.toml\"
+",
+        stale = AllocationSection::default().stale_after_ms,
+    )
+}
+
+/// `master.toml`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterConfig {
+    /// `[master]`.
+    #[serde(default)]
+    pub master: MasterSection,
+    /// `[broker]`.
+    pub broker: BrokerSection,
+    /// `[signing]`.
+    pub signing: SigningSection,
+    /// `[allocation]`.
+    #[serde(default)]
+    pub allocation: AllocationSection,
+    /// `[billing]`.
+    #[serde(default)]
+    pub billing: BillingSection,
+    /// Directory of the file; relative paths were resolved against it.
+    #[serde(skip)]
+    pub base: PathBuf,
+}
+
+/// `[master]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MasterSection {
+    /// The store file (created on first run).
+    pub store: PathBuf,
+}
+
+impl Default for MasterSection {
+    fn default() -> Self {
+        MasterSection {
+            store: PathBuf::from("master.db"),
+        }
+    }
+}
+
+/// `[broker]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSection {
+    /// Broker host.
+    pub host: String,
+    /// Broker TLS port.
+    pub port: u16,
+    /// Fleet CA certificate (PEM).
+    pub ca: PathBuf,
+    /// The master's client certificate (PEM, CN = hedge-master).
+    pub cert: PathBuf,
+    /// Its private key (PEM, mode 0600).
+    pub key: PathBuf,
+}
+
+/// `[signing]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningSection {
+    /// The ed25519 seed file (32 raw bytes, mode 0600).
+    pub key: PathBuf,
+}
+
+/// `[allocation]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AllocationSection {
+    /// A node silent for longer is not allocated new instances, ms.
+    pub stale_after_ms: u64,
+}
+
+impl Default for AllocationSection {
+    fn default() -> Self {
+        AllocationSection {
+            stale_after_ms: 300_000,
+        }
+    }
+}
+
+/// `[billing]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BillingSection {
+    /// Price list file; `None`: no invoices.
+    pub price_list: Option<PathBuf>,
+}
+
+impl MasterConfig {
+    /// Parses `path`, resolves relative paths against its directory, and validates.
+    pub fn load(path: &Path) -> Result<MasterConfig, PkiError> {
+        let text = std::fs::read_to_string(path).map_err(io(path))?;
+        let mut cfg: MasterConfig = toml::from_str(&text).map_err(|source| PkiError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let base = std::path::absolute(parent).map_err(io(parent))?;
+        cfg.resolve(&base);
+        cfg.validate().map_err(|what| PkiError::Config {
+            path: path.to_owned(),
+            what,
+        })?;
+        Ok(cfg)
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        let r = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        r(&mut self.master.store);
+        r(&mut self.broker.ca);
+        r(&mut self.broker.cert);
+        r(&mut self.broker.key);
+        r(&mut self.signing.key);
+        if let Some(p) = self.billing.price_list.as_mut() {
+            r(p);
+        }
+        self.base = base.to_owned();
+    }
+
+    /// Checks values and that the referenced files exist (keys: not readable by others).
+    pub fn validate(&self) -> Result<(), String> {
+        check_host(&self.broker.host).map_err(|e| format!("broker.host: {e}"))?;
+        if self.broker.port == 0 {
+            return Err("broker.port must not be 0".into());
+        }
+        if self.allocation.stale_after_ms == 0 {
+            return Err("allocation.stale_after_ms must be > 0".into());
+        }
+        let file = |what: &str, p: &Path| -> Result<std::fs::Metadata, String> {
+            match std::fs::metadata(p) {
+                Ok(m) if m.is_file() => Ok(m),
+                Ok(_) => Err(format!("{what} = {}: not a file", p.display())),
+                Err(e) => Err(format!("{what} = {}: {e}", p.display())),
+            }
+        };
+        let secret = |what: &str, p: &Path| -> Result<(), String> {
+            if file(what, p)?.permissions().mode() & 0o077 != 0 {
+                return Err(format!(
+                    "{what} = {}: mode allows group/other access; chmod 600 it",
+                    p.display()
+                ));
+            }
+            Ok(())
+        };
+        file("broker.ca", &self.broker.ca)?;
+        file("broker.cert", &self.broker.cert)?;
+        secret("broker.key", &self.broker.key)?;
+        secret("signing.key", &self.signing.key)?;
+        if let Some(p) = &self.billing.price_list {
+            file("billing.price_list", p)?;
+        }
+        if let Some(parent) = self.master.store.parent() {
+            if !parent.is_dir() {
+                return Err(format!(
+                    "master.store = {}: directory {} does not exist",
+                    self.master.store.display(),
+                    parent.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Loads the signing key (raw 32-byte seed), refusing a file readable by others.
+pub fn load_signing_key(path: &Path) -> Result<SigningKey, PkiError> {
+    let meta = std::fs::metadata(path).map_err(io(path))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(PkiError::Config {
+            path: path.to_owned(),
+            what: "mode allows group/other access; chmod 600 it".into(),
+        });
+    }
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(io(path))?);
+    let seed: Zeroizing<[u8; 32]> =
+        Zeroizing::new(bytes.as_slice().try_into().map_err(|_| PkiError::Config {
+            path: path.to_owned(),
+            what: "not an ed25519 seed (want 32 bytes)".into(),
+        })?);
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+fn ca_params(now: OffsetDateTime) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "hedge");
+    dn.push(DnType::CommonName, "hedge fleet CA");
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.not_before = OffsetDateTime::UNIX_EPOCH;
+    p.not_after = now + Duration::days(365 * CA_YEARS);
+    p
+}
+
+fn leaf_params(cn: &str, now: OffsetDateTime) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "hedge");
+    dn.push(DnType::CommonName, cn);
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.use_authority_key_identifier_extension = true;
+    p.not_before = OffsetDateTime::UNIX_EPOCH;
+    p.not_after = now + Duration::days(365 * LEAF_YEARS);
+    p
+}
+
+/// A client certificate with CN = `cn`: (certificate PEM, key PEM).
+fn client_cert(
+    cn: &str,
+    now: OffsetDateTime,
+    issuer: &Issuer<'_, impl rcgen::SigningKey>,
+) -> Result<(String, Zeroizing<String>), PkiError> {
+    let key = Zeroizing::new(KeyPair::generate()?);
+    let mut p = leaf_params(cn, now);
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = p.signed_by(&*key, issuer)?;
+    Ok((cert.pem(), Zeroizing::new(key.serialize_pem())))
+}
+
+fn san(s: &str) -> Result<SanType, PkiError> {
+    Ok(match s.parse::<IpAddr>() {
+        Ok(ip) => SanType::IpAddress(ip),
+        Err(_) => SanType::DnsName(s.try_into()?),
+    })
+}
+
+/// A host is an IP address or a DNS name: non-empty, printable ASCII without spaces.
+fn check_host(h: &str) -> Result<(), PkiError> {
+    let ok = !h.is_empty()
+        && h.len() <= 253
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(PkiError::Invalid(format!(
+            "{h:?} is not a host name or IP address"
+        )))
+    }
+}
+
+fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                PkiError::Exists(path.to_owned())
+            } else {
+                io(path)(e)
+            }
+        })?;
+    // The umask may have narrowed the mode; public files stay world-readable.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(io(path))?;
+    f.write_all(data).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn opts() -> InitOptions {
+        InitOptions {
+            extra_sans: vec!["broker.example".into()],
+            ..InitOptions::default()
+        }
+    }
+
+    #[test]
+    fn init_writes_everything_with_safe_modes_and_refuses_twice() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("m");
+        let r = init(&dir, &opts()).unwrap();
+        assert_eq!(r.files.last().unwrap(), &dir.join("master.toml"));
+        for name in ["ca.key", "broker.key", "master.key", "signing.key"] {
+            let mode = std::fs::metadata(dir.join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+        assert_eq!(std::fs::read(dir.join("signing.key")).unwrap().len(), 32);
+        let public = std::fs::read_to_string(dir.join("signing.pub")).unwrap();
+        assert_eq!(public.trim(), r.signing_public);
+        assert!(dir.join("mosquitto-data").is_dir());
+        let conf = std::fs::read_to_string(dir.join("mosquitto.conf")).unwrap();
+        assert!(conf.contains(&format!("cafile {}", dir.join("ca.crt").display())));
+
+        let cfg = MasterConfig::load(&dir.join("master.toml")).unwrap();
+        assert_eq!(cfg.broker.host, "127.0.0.1");
+        assert_eq!(cfg.broker.port, 8883);
+        assert_eq!(cfg.broker.key, dir.join("master.key"));
+        assert_eq!(cfg.master.store, dir.join("master.db"));
+        assert_eq!(cfg.allocation.stale_after_ms, 300_000);
+        assert!(cfg.billing.price_list.is_none());
+        let key = load_signing_key(&cfg.signing.key).unwrap();
+        assert_eq!(hex(&key.verifying_key().to_bytes()), r.signing_public);
+
+        match init(&dir, &opts()) {
+            Err(PkiError::AlreadyInitialized(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn init_refuses_a_leftover_ca_key_and_bad_hosts() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("ca.key"), "old").unwrap();
+        assert!(matches!(
+            init(tmp.path(), &opts()),
+            Err(PkiError::Exists(p)) if p.ends_with("ca.key")
+        ));
+        let bad = InitOptions {
+            broker_host: "a b\nlistener 1883".into(),
+            ..InitOptions::default()
+        };
+        assert!(matches!(init(tmp.path(), &bad), Err(PkiError::Invalid(_))));
+    }
+
+    #[test]
+    fn enroll_writes_one_private_bundle_that_loads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("m");
+        let r = init(&dir, &opts()).unwrap();
+        let out = tmp.path().join("a.toml");
+        let node = Name::new("node-a").unwrap();
+        enroll(&dir, &node, &out).unwrap();
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let b = Bundle::load(&out).unwrap();
+        assert_eq!(b.node, node);
+        assert_eq!((b.broker_host.as_str(), b.broker_port), ("127.0.0.1", 8883));
+        assert_eq!(b.master_public_key, r.signing_public);
+        assert_eq!(
+            b.ca_cert,
+            std::fs::read_to_string(dir.join("ca.crt")).unwrap()
+        );
+        assert!(!format!("{b:?}").contains("PRIVATE"));
+        // The key is usable and matches nothing of the master's.
+        KeyPair::from_pem(&b.key).unwrap();
+
+        assert!(matches!(
+            enroll(&dir, &node, &out),
+            Err(PkiError::Exists(_))
+        ));
+        let master = Name::new(MASTER_USER).unwrap();
+        assert!(matches!(
+            enroll(&dir, &master, &tmp.path().join("m.toml")),
+            Err(PkiError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn config_rejects_unknown_keys_and_exposed_keys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        init(dir, &opts()).unwrap();
+        let path = dir.join("master.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+
+        std::fs::write(&path, format!("{text}\n[extra]\nx = 1\n")).unwrap();
+        assert!(matches!(
+            MasterConfig::load(&path),
+            Err(PkiError::Parse { .. })
+        ));
+
+        std::fs::write(&path, &text).unwrap();
+        std::fs::set_permissions(
+            dir.join("signing.key"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let err = MasterConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("signing.key"), "{err}");
+    }
+
+    #[test]
+    fn bundle_rejects_garbage() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("b.toml");
+        std::fs::write(
+            &p,
+            "version = 1\nnode = \"a\"\nbroker_host = \"h\"\nbroker_port = 1\n\
+             master_public_key = \"00\"\nca_cert = \"x\"\ncert = \"x\"\nkey = \"x\"\n",
+        )
+        .unwrap();
+        let err = Bundle::load(&p).unwrap_err().to_string();
+        assert!(err.contains("master_public_key"), "{err}");
+        std::fs::write(&p, "version = 1\nnode = \"../x\"\n").unwrap();
+        assert!(matches!(
+            Bundle::load(&p),
+            Err(hedge_uplink::bundle::BundleError::Parse { .. })
+        ));
+    }
+}

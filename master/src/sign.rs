@@ -1,0 +1,247 @@
+//! The master's ed25519 key and the signature of desired states.
+//!
+//! Contract: [`MasterKey::create`] writes a new secret key (32 raw bytes, mode 0600,
+//! never overwriting) and its public key as hex beside it (`<path>.pub`, what nodes
+//! are configured with); [`MasterKey::load`] reads it back and refuses a file that
+//! group or others may access. [`sign`] signs [`DesiredState::signed_bytes`] and
+//! writes the 64-byte signature into the state; [`verify`] is the check a node runs
+//! and needs only the 32-byte public key (it uses `verify_strict`, which refuses
+//! weak keys and malleable signatures). The secret lives in a `SigningKey`, which
+//! zeroizes itself on drop; intermediate buffers are zeroized too.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use hedge_wire::DesiredState;
+use zeroize::Zeroizing;
+
+/// Errors of the master key and of signature checks.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    /// I/O on the key file.
+    #[error("{path}: {source}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a 32-byte key.
+    #[error("{0}: not an ed25519 secret key (want 32 bytes)")]
+    Malformed(PathBuf),
+    /// The file is readable by others.
+    #[error("{0}: mode allows group/other access; chmod 600 it")]
+    Exposed(PathBuf),
+    /// The public key is not a valid ed25519 point.
+    #[error("not a valid ed25519 public key")]
+    BadPublicKey,
+    /// The desired state carries no signature.
+    #[error("desired state is unsigned")]
+    Unsigned,
+    /// The signature is not 64 bytes.
+    #[error("signature is {0} bytes, want 64")]
+    BadLength(usize),
+    /// The signature does not match the state and key.
+    #[error("signature does not verify")]
+    Mismatch,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SignError + '_ {
+    move |source| SignError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The master's signing key.
+pub struct MasterKey {
+    key: SigningKey,
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterKey")
+            .field("public", &self.public_hex())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MasterKey {
+    /// A new random key, not saved anywhere (tests, sandboxes).
+    pub fn generate() -> Self {
+        MasterKey {
+            key: SigningKey::generate(&mut rand_core::OsRng),
+        }
+    }
+
+    /// Creates a new key at `path` and its public key at `path` with extension
+    /// `pub`; fails if `path` exists.
+    pub fn create(path: &Path) -> Result<Self, SignError> {
+        let key = Self::generate();
+        let secret = Zeroizing::new(key.key.to_bytes());
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io(path))?;
+        f.write_all(secret.as_ref()).map_err(io(path))?;
+        f.sync_all().map_err(io(path))?;
+        let pub_path = path.with_extension("pub");
+        std::fs::write(&pub_path, key.public_hex() + "\n").map_err(io(&pub_path))?;
+        Ok(key)
+    }
+
+    /// Loads the key at `path`.
+    pub fn load(path: &Path) -> Result<Self, SignError> {
+        let meta = std::fs::metadata(path).map_err(io(path))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(SignError::Exposed(path.to_owned()));
+        }
+        let bytes = Zeroizing::new(std::fs::read(path).map_err(io(path))?);
+        let secret: Zeroizing<[u8; 32]> = Zeroizing::new(
+            bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| SignError::Malformed(path.to_owned()))?,
+        );
+        Ok(MasterKey {
+            key: SigningKey::from_bytes(&secret),
+        })
+    }
+
+    /// Loads the key at `path`, creating it first if there is no file.
+    pub fn load_or_create(path: &Path) -> Result<Self, SignError> {
+        match Self::create(path) {
+            Err(SignError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists =>
+            {
+                Self::load(path)
+            }
+            other => other,
+        }
+    }
+
+    /// The public key nodes verify with.
+    pub fn public(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+
+    /// The public key as 64 lower-case hex digits.
+    pub fn public_hex(&self) -> String {
+        self.public().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Signs `state` with `key`: replaces its signature with one over
+/// [`DesiredState::signed_bytes`].
+pub fn sign(key: &MasterKey, state: &mut DesiredState) {
+    let sig = key.key.sign(&state.signed_bytes()).to_bytes();
+    // Exactly 64 bytes into a 64-byte `heapless::Vec`: collecting cannot overflow.
+    state.signature = sig.into_iter().collect();
+}
+
+/// Checks that `state` is signed by the holder of `public`.
+pub fn verify(public: &[u8; 32], state: &DesiredState) -> Result<(), SignError> {
+    let key = VerifyingKey::from_bytes(public).map_err(|_| SignError::BadPublicKey)?;
+    if state.signature.is_empty() {
+        return Err(SignError::Unsigned);
+    }
+    let bytes: [u8; 64] = state
+        .signature
+        .as_slice()
+        .try_into()
+        .map_err(|_| SignError::BadLength(state.signature.len()))?;
+    key.verify_strict(&state.signed_bytes(), &Signature::from_bytes(&bytes))
+        .map_err(|_| SignError::Mismatch)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use hedge_wire::Name;
+
+    use super::*;
+
+    fn state(generation: u64) -> DesiredState {
+        DesiredState {
+            node: Name::new("pi-1").unwrap(),
+            generation,
+            instances: Vec::new(),
+            signature: heapless::Vec::new(),
+        }
+    }
+
+    #[test]
+    fn sign_then_verify() {
+        let k = MasterKey::generate();
+        let mut d = state(3);
+        assert!(matches!(verify(&k.public(), &d), Err(SignError::Unsigned)));
+        sign(&k, &mut d);
+        assert_eq!(d.signature.len(), 64);
+        verify(&k.public(), &d).unwrap();
+        // Re-signing replaces, never appends.
+        sign(&k, &mut d);
+        verify(&k.public(), &d).unwrap();
+    }
+
+    #[test]
+    fn tampering_or_another_key_fails() {
+        let k = MasterKey::generate();
+        let mut d = state(3);
+        sign(&k, &mut d);
+        let mut bumped = d.clone();
+        bumped.generation = 4;
+        assert!(matches!(
+            verify(&k.public(), &bumped),
+            Err(SignError::Mismatch)
+        ));
+        let other = MasterKey::generate();
+        assert!(matches!(
+            verify(&other.public(), &d),
+            Err(SignError::Mismatch)
+        ));
+        let mut short = d.clone();
+        short.signature.truncate(10);
+        assert!(matches!(
+            verify(&k.public(), &short),
+            Err(SignError::BadLength(10))
+        ));
+    }
+
+    #[test]
+    fn create_then_load_round_trips_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("master.key");
+        let k = MasterKey::create(&p).unwrap();
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(MasterKey::load(&p).unwrap().public(), k.public());
+        assert_eq!(
+            std::fs::read_to_string(p.with_extension("pub")).unwrap(),
+            format!("{}\n", k.public_hex())
+        );
+        assert!(MasterKey::create(&p).is_err(), "must not overwrite a key");
+        assert_eq!(MasterKey::load_or_create(&p).unwrap().public(), k.public());
+        let q = dir.path().join("other.key");
+        let made = MasterKey::load_or_create(&q).unwrap();
+        assert_eq!(MasterKey::load(&q).unwrap().public(), made.public());
+    }
+
+    #[test]
+    fn exposed_or_malformed_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("master.key");
+        MasterKey::create(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(matches!(MasterKey::load(&p), Err(SignError::Exposed(_))));
+        std::fs::write(&p, b"short").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(MasterKey::load(&p), Err(SignError::Malformed(_))));
+    }
+}

@@ -1,0 +1,1138 @@
+//! The master's durable store: records, coverage, fleet registry and desired states,
+//! in one SQLite file.
+//!
+//! Contract: several master processes on one box may open the same file; every write
+//! runs in one `BEGIN IMMEDIATE` transaction (WAL journal, `synchronous = FULL`, a
+//! busy timeout), so concurrent writers serialize and each `(node, seq)` is stored
+//! exactly once. Driven by the master's ingest task ([`MasterStore::ingest`], after
+//! which the returned `ack_upto` is published), by the allocation and request paths
+//! ([`MasterStore::update_desired`]) and by the read-only views (fleet, usage,
+//! incidents, instances). A [`MasterStore`] is `Send + Sync`: one connection behind a
+//! mutex, cheap to share in one process.
+//!
+//! Guarantees:
+//! - [`MasterStore::ingest`] is idempotent: the same `Up` twice stores nothing new and
+//!   returns the same ack. The ack is the node's [`Coverage`] prefix, which only
+//!   `covers` ranges extend (express batches are stored but extend nothing).
+//! - A desired state is stored only with a generation above the stored one, and
+//!   generations handed out by [`MasterStore::next_generation`] or
+//!   [`MasterStore::update_desired`] are never handed out again, across processes.
+//! - The registry facts of a node (board, arch, labels, region, cores, memory,
+//!   capacity) come from its newest `NodeInfo` record (sent at every boot) or from
+//!   [`MasterStore::register_node`], whichever was written last; the newest
+//!   `NodeHealth` record is kept for the fleet view and updates the memory size.
+//! - Sequence numbers and covered ranges above `i64::MAX` (SQLite's integer range)
+//!   are refused with [`StoreError::SeqOutOfRange`]; other u64 fields travel exactly
+//!   in the postcard blobs (index columns are clamped).
+//!
+//! Tables: `records` (postcard `RecordKind` plus the denormalised index columns
+//! `kind_tag`, `instance`, `span_from`/`span_to` for usage intervals), `coverage`,
+//! `nodes`, `desired`, `generations` (high-water mark of handed-out generations).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use hedge_wire::{
+    DesiredState, ExitStatus, IncidentState, InstanceRequest, InstanceStatus, Name, Record,
+    RecordKind, RequestedState, Severity, Up, Validate, WireError,
+};
+use rusqlite::{
+    params, Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::coverage::Coverage;
+
+/// How long a writer waits for another process's transaction before giving up.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The schema version this code writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS records (
+    node      TEXT    NOT NULL,
+    seq       INTEGER NOT NULL,
+    time_ms   INTEGER NOT NULL,
+    kind_tag  TEXT    NOT NULL,
+    instance  TEXT,
+    span_from INTEGER,
+    span_to   INTEGER,
+    kind      BLOB    NOT NULL,
+    PRIMARY KEY (node, seq)
+);
+CREATE INDEX IF NOT EXISTS records_by_tag ON records (kind_tag, node, instance, seq);
+CREATE INDEX IF NOT EXISTS records_by_span ON records (kind_tag, span_from);
+CREATE TABLE IF NOT EXISTS coverage (
+    node    TEXT PRIMARY KEY,
+    acked   INTEGER NOT NULL,
+    pending BLOB    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS nodes (
+    node               TEXT PRIMARY KEY,
+    first_seen_ms      INTEGER,
+    last_seen_ms       INTEGER,
+    board              TEXT,
+    arch               TEXT,
+    labels             TEXT    NOT NULL DEFAULT '{}',
+    region             TEXT,
+    cpus               INTEGER,
+    mem_bytes          INTEGER,
+    capacity_instances INTEGER NOT NULL DEFAULT 0,
+    records            INTEGER NOT NULL DEFAULT 0,
+    last_seq           INTEGER NOT NULL DEFAULT 0,
+    health_seq         INTEGER,
+    health             BLOB,
+    info_seq           INTEGER
+);
+CREATE TABLE IF NOT EXISTS desired (
+    node       TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    allocated  INTEGER NOT NULL,
+    state      BLOB    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS generations (
+    node TEXT PRIMARY KEY,
+    last INTEGER NOT NULL
+);
+";
+
+/// Errors of the master store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database file could not be opened or set up.
+    #[error("{path}: cannot open the master store: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer master.
+    #[error("master store schema version {0} is newer than this master's {SCHEMA_VERSION}")]
+    SchemaTooNew(i64),
+    /// A SQLite operation failed.
+    #[error("master store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored blob does not decode.
+    #[error("master store: stored {what} of node {node} does not decode: {source}")]
+    Corrupt {
+        /// What it was (record, coverage, desired state, health).
+        what: &'static str,
+        /// Whose.
+        node: String,
+        /// Why.
+        source: postcard::Error,
+    },
+    /// A stored node name is not a valid name.
+    #[error("master store: stored node name {0:?} is invalid")]
+    BadName(String),
+    /// A value could not be encoded.
+    #[error("cannot encode {what}: {source}")]
+    Encode {
+        /// What it was.
+        what: &'static str,
+        /// Why.
+        source: postcard::Error,
+    },
+    /// Labels could not be encoded or decoded as JSON.
+    #[error("node labels: {0}")]
+    Labels(#[from] serde_json::Error),
+    /// A batch arrived for one node but names another.
+    #[error("batch names node {sent} but arrived for node {topic}")]
+    NodeMismatch {
+        /// The node the transport says it is from.
+        topic: String,
+        /// The node the batch names.
+        sent: String,
+    },
+    /// A message broke a wire rule.
+    #[error("refused: {0}")]
+    Invalid(#[from] WireError),
+    /// A sequence number is beyond what the store can index.
+    #[error("sequence number {0} is above 2^63-1")]
+    SeqOutOfRange(u64),
+    /// A desired state's generation is not above the stored one.
+    #[error("desired state for {node}: generation {given} is not above the stored {current}")]
+    StaleGeneration {
+        /// The node.
+        node: Name,
+        /// Stored generation.
+        current: u64,
+        /// Refused generation.
+        given: u64,
+    },
+    /// No generation is left for a node.
+    #[error("desired state for {0}: no generation left")]
+    GenerationExhausted(Name),
+    /// The signing step of [`MasterStore::update_desired`] changed the node or the
+    /// generation it was given.
+    #[error("desired state for {0}: signing changed the node or the generation")]
+    SignerChangedState(Name),
+}
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What one [`MasterStore::ingest`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ingested {
+    /// Records newly stored.
+    pub stored: usize,
+    /// Records already stored before (resent).
+    pub duplicates: usize,
+    /// The node's acknowledged prefix after this batch: publish `Ack { upto }`.
+    pub ack_upto: u64,
+}
+
+/// Registry facts about a node, given by an operator or enrolment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The node.
+    pub node: Name,
+    /// Board profile (e.g. `rpi4`).
+    pub board: Option<String>,
+    /// Architecture (target triple's first part, e.g. `aarch64`, `armv7`).
+    pub arch: Option<String>,
+    /// Free-form labels matched by allocation.
+    pub labels: BTreeMap<String, String>,
+    /// Region (technical or legal placement criterion).
+    pub region: Option<String>,
+    /// CPU count.
+    pub cpus: Option<u32>,
+    /// Memory, bytes. `None` keeps what node health reported.
+    pub mem_bytes: Option<u64>,
+    /// How many instances the master may allocate to it.
+    pub capacity_instances: u32,
+}
+
+/// The latest node health a node reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Its record's seq.
+    pub seq: u64,
+    /// When it was measured, ms since the epoch.
+    pub time_ms: u64,
+    /// 1-minute load average × 1000.
+    pub load1_milli: u32,
+    /// Total memory, bytes.
+    pub mem_total: u64,
+    /// Available memory, bytes.
+    pub mem_available: u64,
+    /// Free bytes of the state filesystem.
+    pub disk_free: u64,
+    /// Temperature, milli-°C.
+    pub temp_milli_c: Option<i32>,
+    /// Uplink connected.
+    pub uplink_up: bool,
+    /// Records waiting in the outbox.
+    pub outbox_depth: u64,
+}
+
+/// One node of the fleet as the master knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSummary {
+    /// The node.
+    pub node: Name,
+    /// First batch received, ms since the epoch.
+    pub first_seen_ms: Option<u64>,
+    /// Last batch received.
+    pub last_seen_ms: Option<u64>,
+    /// Records stored.
+    pub records: u64,
+    /// Highest stored seq.
+    pub last_seq: u64,
+    /// Acknowledged prefix.
+    pub acked_upto: u64,
+    /// Board profile.
+    pub board: Option<String>,
+    /// Architecture.
+    pub arch: Option<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Region.
+    pub region: Option<String>,
+    /// CPU count.
+    pub cpus: Option<u32>,
+    /// Memory, bytes (registered, or the latest health's total).
+    pub mem_bytes: Option<u64>,
+    /// Instances the master may allocate to it.
+    pub capacity_instances: u32,
+    /// Instances in its desired state that are not destroyed.
+    pub allocated_instances: u32,
+    /// Latest reported health.
+    pub health: Option<Health>,
+}
+
+/// One transition of an incident.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncidentTransition {
+    /// The record's seq.
+    pub seq: u64,
+    /// The record's time, ms since the epoch.
+    pub time_ms: u64,
+    /// State after the transition.
+    pub state: IncidentState,
+    /// Severity after the transition.
+    pub severity: Severity,
+    /// Message of the transition.
+    pub message: String,
+}
+
+/// An incident: its latest state and its timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncidentView {
+    /// The node.
+    pub node: Name,
+    /// The node-local incident id.
+    pub id: u64,
+    /// Which instance.
+    pub instance: Name,
+    /// Which promise, if one.
+    pub promise: Option<Name>,
+    /// Latest severity.
+    pub severity: Severity,
+    /// Latest state.
+    pub state: IncidentState,
+    /// First seen, ms since the epoch.
+    pub first_seen_ms: u64,
+    /// Last seen.
+    pub last_seen_ms: u64,
+    /// Latest message.
+    pub message: String,
+    /// Every transition stored, in seq order.
+    pub timeline: Vec<IncidentTransition>,
+}
+
+/// Who requested an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Owner {
+    /// In the node's desired state.
+    Master,
+    /// Requested on the node itself (a `LocalRequest` record).
+    Node,
+    /// Reported by the node but requested by nobody the master knows of.
+    Unknown,
+}
+
+/// One instance: what was requested and what the node last reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceView {
+    /// The node.
+    pub node: Name,
+    /// The instance.
+    pub name: Name,
+    /// Who requested it.
+    pub owner: Owner,
+    /// Requested state, if requested.
+    pub requested: Option<RequestedState>,
+    /// Last reported lifecycle state.
+    pub status: Option<InstanceStatus>,
+    /// Last reported pid.
+    pub pid: Option<u32>,
+    /// Last reported restart count.
+    pub restarts: u32,
+    /// How its last run ended.
+    pub last_exit: Option<ExitStatus>,
+    /// Time of the last state record, ms since the epoch.
+    pub last_seen_ms: Option<u64>,
+}
+
+/// The master's store. See the module doc.
+pub struct MasterStore {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for MasterStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks that `v` fits SQLite's signed 64-bit integers.
+fn seq_sql(v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| StoreError::SeqOutOfRange(v))
+}
+
+/// Clamps `v` into SQLite's range, for index columns whose exact value lives elsewhere.
+fn clamp_sql(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A stored non-negative integer back to u64 (negative values, never written, read as 0).
+fn from_sql(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn name(s: String) -> Result<Name> {
+    Name::new(&s).map_err(|_| StoreError::BadName(s))
+}
+
+fn encode<T: Serialize>(what: &'static str, v: &T) -> Result<Vec<u8>> {
+    postcard::to_allocvec(v).map_err(|source| StoreError::Encode { what, source })
+}
+
+fn decode<'a, T: Deserialize<'a>>(what: &'static str, node: &str, bytes: &'a [u8]) -> Result<T> {
+    postcard::from_bytes(bytes).map_err(|source| StoreError::Corrupt {
+        what,
+        node: node.to_owned(),
+        source,
+    })
+}
+
+/// The denormalised index columns of a record: tag, instance, usage interval.
+fn index_of(kind: &RecordKind) -> (&'static str, Option<&str>, Option<(u64, u64)>) {
+    match kind {
+        RecordKind::InstanceState { instance, .. } => {
+            ("instance_state", Some(instance.as_str()), None)
+        }
+        RecordKind::PromiseResult { instance, .. } => {
+            ("promise_result", Some(instance.as_str()), None)
+        }
+        RecordKind::Usage {
+            instance,
+            from_ms,
+            to_ms,
+            ..
+        } => ("usage", Some(instance.as_str()), Some((*from_ms, *to_ms))),
+        RecordKind::Incident { instance, .. } => ("incident", Some(instance.as_str()), None),
+        RecordKind::NodeHealth { .. } => ("node_health", None, None),
+        RecordKind::LocalRequest { request } => {
+            ("local_request", Some(request.name.as_str()), None)
+        }
+        RecordKind::NodeInfo { .. } => ("node_info", None, None),
+        RecordKind::Desired { .. } => ("desired", None, None),
+        RecordKind::Shed { .. } => ("shed", None, None),
+        RecordKind::ConnectionParameters { instance, .. } => {
+            ("connection_parameters", Some(instance.as_str()), None)
+        }
+    }
+}
+
+fn allocated(instances: &[InstanceRequest]) -> u32 {
+    let n = instances
+        .iter()
+        .filter(|i| i.state != RequestedState::Destroyed)
+        .count();
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Raw `(node, seq, time_ms, kind)` rows.
+type RawRecord = (String, i64, i64, Vec<u8>);
+
+fn raw_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+}
+
+fn decode_record(raw: RawRecord) -> Result<(Name, Record)> {
+    let (node, seq, time_ms, kind) = raw;
+    let kind = decode("record", &node, &kind)?;
+    Ok((
+        name(node)?,
+        Record {
+            seq: from_sql(seq),
+            // Stored bit-for-bit (see `ingest`), so it round-trips exactly.
+            time_ms: time_ms as u64,
+            kind,
+        },
+    ))
+}
+
+/// Highest generation handed out or stored for `node`.
+fn high_water(tx: &Transaction<'_>, node: &Name) -> Result<u64> {
+    let reserved: Option<i64> = tx
+        .query_row(
+            "SELECT last FROM generations WHERE node = ?1",
+            [node.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let stored: Option<i64> = tx
+        .query_row(
+            "SELECT generation FROM desired WHERE node = ?1",
+            [node.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(from_sql(reserved.unwrap_or(0).max(stored.unwrap_or(0))))
+}
+
+fn set_high_water(tx: &Transaction<'_>, node: &Name, generation: i64) -> Result<()> {
+    tx.execute(
+        "INSERT INTO generations (node, last) VALUES (?1, ?2)
+         ON CONFLICT (node) DO UPDATE SET last = MAX(last, excluded.last)",
+        params![node.as_str(), generation],
+    )?;
+    Ok(())
+}
+
+fn stored_desired(tx: &Connection, node: &Name) -> Result<Option<DesiredState>> {
+    let blob: Option<Vec<u8>> = tx
+        .query_row(
+            "SELECT state FROM desired WHERE node = ?1",
+            [node.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    blob.map(|b| decode("desired state", node.as_str(), &b))
+        .transpose()
+}
+
+/// Stores `d` if its generation is above the stored one; the caller holds an
+/// immediate transaction.
+fn store_desired(tx: &Transaction<'_>, d: &DesiredState) -> Result<()> {
+    d.validate()?;
+    let generation = seq_sql(d.generation)?;
+    let current = stored_desired(tx, &d.node)?.map_or(0, |s| s.generation);
+    if d.generation <= current {
+        return Err(StoreError::StaleGeneration {
+            node: d.node.clone(),
+            current,
+            given: d.generation,
+        });
+    }
+    tx.execute(
+        "INSERT INTO desired (node, generation, allocated, state) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (node) DO UPDATE SET generation = excluded.generation,
+             allocated = excluded.allocated, state = excluded.state",
+        params![
+            d.node.as_str(),
+            generation,
+            allocated(&d.instances),
+            encode("desired state", d)?
+        ],
+    )?;
+    set_high_water(tx, &d.node, generation)
+}
+
+impl MasterStore {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        // Switching a fresh file to WAL while another process does the same can fail
+        // with SQLITE_BUSY without waiting on the busy handler: retry until the timeout.
+        let deadline = Instant::now() + BUSY_TIMEOUT;
+        let mut pause = Duration::from_millis(1);
+        let version = loop {
+            match set_up(&mut conn) {
+                Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                other => break other.map_err(open_err)?,
+            }
+        };
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew(version));
+        }
+        Ok(MasterStore {
+            conn: Mutex::new(conn),
+            path: path.to_owned(),
+        })
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock dropped its transaction, which rolled back:
+        // the connection is still usable.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stores a batch from `node` and returns the ack to publish. See the module doc.
+    ///
+    /// `node` is who the transport says sent it (the MQTT topic); a batch naming
+    /// another node is refused. `now_ms` is the arrival time.
+    pub fn ingest(&self, node: &Name, up: &Up, now_ms: u64) -> Result<Ingested> {
+        if &up.node != node {
+            return Err(StoreError::NodeMismatch {
+                topic: node.to_string(),
+                sent: up.node.to_string(),
+            });
+        }
+        up.validate()?;
+        let covers = match up.covers {
+            Some((from, to)) => Some((seq_sql(from)?, seq_sql(to)?)),
+            None => None,
+        };
+        let mut rows = Vec::with_capacity(up.records.len());
+        for r in &up.records {
+            rows.push((seq_sql(r.seq)?, r, encode("record", &r.kind)?));
+        }
+
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO nodes (node) VALUES (?1)",
+            [node.as_str()],
+        )?;
+        let (mut stored, mut duplicates, mut last_seq) = (0usize, 0usize, 0i64);
+        let mut health: Option<(i64, &Record)> = None;
+        let mut info: Option<(i64, &Record)> = None;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO records
+                 (node, seq, time_ms, kind_tag, instance, span_from, span_to, kind)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for (seq, record, blob) in &rows {
+                let (tag, instance, span) = index_of(&record.kind);
+                let n = insert.execute(params![
+                    node.as_str(),
+                    seq,
+                    // Bit-for-bit, so it reads back exactly; never queried by range.
+                    record.time_ms as i64,
+                    tag,
+                    instance,
+                    span.map(|(f, _)| clamp_sql(f)),
+                    span.map(|(_, t)| clamp_sql(t)),
+                    blob,
+                ])?;
+                if n == 0 {
+                    duplicates += 1;
+                    continue;
+                }
+                stored += 1;
+                last_seq = last_seq.max(*seq);
+                let newest = match record.kind {
+                    RecordKind::NodeHealth { .. } => &mut health,
+                    RecordKind::NodeInfo { .. } => &mut info,
+                    _ => continue,
+                };
+                if newest.is_none_or(|(s, _)| s < *seq) {
+                    *newest = Some((*seq, record));
+                }
+            }
+        }
+
+        let mut coverage = load_coverage(&tx, node)?;
+        if let Some((from, to)) = covers {
+            coverage.add(from_sql(from), from_sql(to));
+            tx.execute(
+                "INSERT INTO coverage (node, acked, pending) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (node) DO UPDATE SET acked = excluded.acked,
+                     pending = excluded.pending",
+                params![
+                    node.as_str(),
+                    seq_sql(coverage.acked)?,
+                    encode("coverage", &coverage.pending)?
+                ],
+            )?;
+        }
+
+        tx.execute(
+            "UPDATE nodes SET first_seen_ms = COALESCE(first_seen_ms, ?2),
+                 last_seen_ms = MAX(COALESCE(last_seen_ms, ?2), ?2),
+                 records = records + ?3,
+                 last_seq = MAX(last_seq, ?4)
+             WHERE node = ?1",
+            params![
+                node.as_str(),
+                clamp_sql(now_ms),
+                i64::try_from(stored).unwrap_or(i64::MAX),
+                last_seq
+            ],
+        )?;
+        if let Some((seq, record)) = health {
+            if let RecordKind::NodeHealth { mem_total, .. } = record.kind {
+                tx.execute(
+                    "UPDATE nodes SET health_seq = ?2, health = ?3, mem_bytes = ?4
+                     WHERE node = ?1 AND (health_seq IS NULL OR health_seq < ?2)",
+                    params![
+                        node.as_str(),
+                        seq,
+                        encode("health", record)?,
+                        clamp_sql(mem_total)
+                    ],
+                )?;
+            }
+        }
+        if let Some((seq, record)) = info {
+            if let RecordKind::NodeInfo {
+                board,
+                arch,
+                cores,
+                mem_total,
+                max_instances,
+                labels,
+                region,
+            } = &record.kind
+            {
+                let region = (!region.is_empty()).then_some(region);
+                tx.execute(
+                    "UPDATE nodes SET info_seq = ?2, board = ?3, arch = ?4, cpus = ?5,
+                         mem_bytes = ?6, capacity_instances = ?7, labels = ?8, region = ?9
+                     WHERE node = ?1 AND (info_seq IS NULL OR info_seq < ?2)",
+                    params![
+                        node.as_str(),
+                        seq,
+                        board,
+                        arch,
+                        cores,
+                        clamp_sql(*mem_total),
+                        max_instances,
+                        serde_json::to_string(labels)?,
+                        region
+                    ],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(Ingested {
+            stored,
+            duplicates,
+            ack_upto: coverage.acked,
+        })
+    }
+
+    /// The acknowledged prefix and pending ranges of `node`.
+    pub fn coverage(&self, node: &Name) -> Result<Coverage> {
+        let conn = self.conn();
+        load_coverage(&conn, node)
+    }
+
+    /// Adds or updates a node's registry facts; its counters and health are kept, and
+    /// a `mem_bytes` of `None` keeps the reported one.
+    pub fn register_node(&self, info: &NodeInfo) -> Result<()> {
+        let labels = serde_json::to_string(&info.labels)?;
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO nodes (node, board, arch, labels, region, cpus, mem_bytes,
+                 capacity_instances)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (node) DO UPDATE SET board = excluded.board,
+                 arch = excluded.arch, labels = excluded.labels, region = excluded.region,
+                 cpus = excluded.cpus,
+                 mem_bytes = COALESCE(excluded.mem_bytes, nodes.mem_bytes),
+                 capacity_instances = excluded.capacity_instances",
+            params![
+                info.node.as_str(),
+                info.board,
+                info.arch,
+                labels,
+                info.region,
+                info.cpus,
+                info.mem_bytes.map(clamp_sql),
+                info.capacity_instances
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Every known node, by name.
+    pub fn nodes(&self) -> Result<Vec<NodeSummary>> {
+        type Row = (
+            String,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+            String,
+            Option<String>,
+            Option<u32>,
+            Option<i64>,
+            u32,
+            i64,
+            i64,
+            i64,
+            u32,
+            Option<Vec<u8>>,
+        );
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT n.node, n.first_seen_ms, n.last_seen_ms, n.board, n.arch, n.labels,
+                 n.region, n.cpus, n.mem_bytes, n.capacity_instances, n.records, n.last_seq,
+                 COALESCE(c.acked, 0), COALESCE(d.allocated, 0), n.health
+             FROM nodes n
+             LEFT JOIN coverage c ON c.node = n.node
+             LEFT JOIN desired d ON d.node = n.node
+             ORDER BY n.node",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                    r.get(10)?,
+                    r.get(11)?,
+                    r.get(12)?,
+                    r.get(13)?,
+                    r.get(14)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<Row>>>()?;
+        rows.into_iter()
+            .map(|row| {
+                let health = match &row.14 {
+                    Some(blob) => health_of(decode("health", &row.0, blob)?),
+                    None => None,
+                };
+                Ok(NodeSummary {
+                    labels: serde_json::from_str(&row.5)?,
+                    node: name(row.0)?,
+                    first_seen_ms: row.1.map(from_sql),
+                    last_seen_ms: row.2.map(from_sql),
+                    board: row.3,
+                    arch: row.4,
+                    region: row.6,
+                    cpus: row.7,
+                    mem_bytes: row.8.map(from_sql),
+                    capacity_instances: row.9,
+                    records: from_sql(row.10),
+                    last_seq: from_sql(row.11),
+                    acked_upto: from_sql(row.12),
+                    allocated_instances: row.13,
+                    health,
+                })
+            })
+            .collect()
+    }
+
+    /// Up to `limit` records of `node` with `seq >= from_seq`, in seq order.
+    pub fn records(&self, node: &Name, from_seq: u64, limit: u32) -> Result<Vec<Record>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT node, seq, time_ms, kind FROM records
+             WHERE node = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        let rows = stmt
+            .query_map(
+                params![node.as_str(), clamp_sql(from_seq), limit],
+                raw_record,
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|raw| decode_record(raw).map(|(_, r)| r))
+            .collect()
+    }
+
+    /// How many records of `node` are stored.
+    pub fn count(&self, node: &Name) -> Result<u64> {
+        let conn = self.conn();
+        let n: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM records WHERE node = ?1",
+            [node.as_str()],
+            |r| r.get(0),
+        )?;
+        Ok(from_sql(n))
+    }
+
+    /// Usage records whose interval `[from_ms, to_ms)` overlaps
+    /// `[period_start_ms, period_end_ms)` (an empty interval counts if it lies inside),
+    /// by node then seq.
+    pub fn usage(&self, period_start_ms: u64, period_end_ms: u64) -> Result<Vec<(Name, Record)>> {
+        if period_end_ms <= period_start_ms {
+            return Ok(Vec::new());
+        }
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT node, seq, time_ms, kind FROM records
+             WHERE kind_tag = 'usage' AND span_from < ?2
+               AND (span_to > ?1 OR (span_to = span_from AND span_from >= ?1))
+             ORDER BY node, seq",
+        )?;
+        let rows = stmt
+            .query_map(
+                params![clamp_sql(period_start_ms), clamp_sql(period_end_ms)],
+                raw_record,
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter().map(decode_record).collect()
+    }
+
+    /// Every incident, by node then id, with its latest state and timeline.
+    pub fn incidents(&self) -> Result<Vec<IncidentView>> {
+        let rows = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare_cached(
+                "SELECT node, seq, time_ms, kind FROM records
+                 WHERE kind_tag = 'incident' ORDER BY node, seq",
+            )?;
+            let rows = stmt
+                .query_map([], raw_record)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows
+        };
+        let mut out: BTreeMap<(Name, u64), IncidentView> = BTreeMap::new();
+        for raw in rows {
+            let (node, record) = decode_record(raw)?;
+            let RecordKind::Incident {
+                id,
+                instance,
+                promise,
+                severity,
+                state,
+                first_seen_ms,
+                last_seen_ms,
+                message,
+            } = record.kind
+            else {
+                continue;
+            };
+            let step = IncidentTransition {
+                seq: record.seq,
+                time_ms: record.time_ms,
+                state,
+                severity,
+                message: message.clone(),
+            };
+            // Rows come in seq order, so each one is the latest so far.
+            let view = out
+                .entry((node.clone(), id))
+                .or_insert_with(|| IncidentView {
+                    node,
+                    id,
+                    instance: instance.clone(),
+                    promise: promise.clone(),
+                    severity,
+                    state,
+                    first_seen_ms,
+                    last_seen_ms,
+                    message: String::new(),
+                    timeline: Vec::new(),
+                });
+            view.instance = instance;
+            view.promise = promise;
+            view.severity = severity;
+            view.state = state;
+            view.first_seen_ms = view.first_seen_ms.min(first_seen_ms);
+            view.last_seen_ms = view.last_seen_ms.max(last_seen_ms);
+            view.message = message;
+            view.timeline.push(step);
+        }
+        Ok(out.into_values().collect())
+    }
+
+    /// Every instance requested by the master, requested on a node, or reported by a
+    /// node, by node then name.
+    pub fn instances(&self) -> Result<Vec<InstanceView>> {
+        let (desired, states, locals) = {
+            let conn = self.conn();
+            let desired = conn
+                .prepare_cached("SELECT node, state FROM desired ORDER BY node")?
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            // SQLite returns the bare columns of the row holding MAX(seq).
+            let latest = |tag: &str| -> Result<Vec<RawRecord>> {
+                Ok(conn
+                    .prepare_cached(
+                        "SELECT node, MAX(seq), time_ms, kind FROM records
+                         WHERE kind_tag = ?1 GROUP BY node, instance",
+                    )?
+                    .query_map([tag], raw_record)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?)
+            };
+            let states = latest("instance_state")?;
+            let locals = latest("local_request")?;
+            (desired, states, locals)
+        };
+        let mut out: BTreeMap<(Name, Name), InstanceView> = BTreeMap::new();
+        let blank = |node: &Name, name: &Name, owner| InstanceView {
+            node: node.clone(),
+            name: name.clone(),
+            owner,
+            requested: None,
+            status: None,
+            pid: None,
+            restarts: 0,
+            last_exit: None,
+            last_seen_ms: None,
+        };
+        for (node, blob) in desired {
+            let d: DesiredState = decode("desired state", &node, &blob)?;
+            for i in d.instances {
+                let mut v = blank(&d.node, &i.name, Owner::Master);
+                v.requested = Some(i.state);
+                out.insert((d.node.clone(), i.name), v);
+            }
+        }
+        for raw in locals {
+            let (node, record) = decode_record(raw)?;
+            if let RecordKind::LocalRequest { request } = record.kind {
+                out.entry((node.clone(), request.name.clone()))
+                    .or_insert_with(|| {
+                        let mut v = blank(&node, &request.name, Owner::Node);
+                        v.requested = Some(request.state);
+                        v
+                    });
+            }
+        }
+        for raw in states {
+            let (node, record) = decode_record(raw)?;
+            if let RecordKind::InstanceState {
+                instance,
+                status,
+                pid,
+                restarts,
+                last_exit,
+            } = record.kind
+            {
+                let v = out
+                    .entry((node.clone(), instance.clone()))
+                    .or_insert_with(|| blank(&node, &instance, Owner::Unknown));
+                v.status = Some(status);
+                v.pid = pid;
+                v.restarts = restarts;
+                v.last_exit = last_exit;
+                v.last_seen_ms = Some(record.time_ms);
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+
+    /// The stored desired state of `node`.
+    pub fn desired(&self, node: &Name) -> Result<Option<DesiredState>> {
+        let conn = self.conn();
+        stored_desired(&conn, node)
+    }
+
+    /// Stores `d` if its generation is above the stored one, else
+    /// [`StoreError::StaleGeneration`]. `d` must pass the wire's validation.
+    pub fn put_desired(&self, d: &DesiredState) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        store_desired(&tx, d)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Reserves and returns a new generation for `node`: above every generation handed
+    /// out or stored before, by any process.
+    pub fn next_generation(&self, node: &Name) -> Result<u64> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let next = next_after(&tx, node)?;
+        set_high_water(&tx, node, seq_sql(next)?)?;
+        tx.commit()?;
+        Ok(next)
+    }
+
+    /// In one transaction: reads `node`'s instances (none if no desired state), maps
+    /// them with `f`, takes a new generation, lets `sign` sign the result, validates
+    /// and stores it, and returns it. Other writers wait meanwhile, so keep `f` and
+    /// `sign` quick; an error stores nothing.
+    pub fn update_desired<F, S>(&self, node: &Name, f: F, sign: S) -> Result<DesiredState>
+    where
+        F: FnOnce(Vec<InstanceRequest>) -> Vec<InstanceRequest>,
+        S: FnOnce(&mut DesiredState),
+    {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current = stored_desired(&tx, node)?.map(|d| d.instances);
+        let generation = next_after(&tx, node)?;
+        let mut d = DesiredState {
+            node: node.clone(),
+            generation,
+            instances: f(current.unwrap_or_default()),
+            signature: heapless::Vec::new(),
+        };
+        sign(&mut d);
+        if &d.node != node || d.generation != generation {
+            return Err(StoreError::SignerChangedState(node.clone()));
+        }
+        store_desired(&tx, &d)?;
+        tx.commit()?;
+        Ok(d)
+    }
+}
+
+/// Sets the connection's pragmas and creates the schema unless the file holds a newer
+/// one; returns the schema version found.
+fn set_up(conn: &mut Connection) -> rusqlite::Result<i64> {
+    // WAL lets readers proceed beside the one writer; FULL makes a commit (after which
+    // the ack is published) survive a power cut, not only a crash.
+    conn.pragma_update_and_check(None, "journal_mode", "wal", |r| r.get::<_, String>(0))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Ok(version);
+    }
+    tx.execute_batch(SCHEMA)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(version)
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+/// The generation after the high-water mark, within SQLite's range.
+fn next_after(tx: &Transaction<'_>, node: &Name) -> Result<u64> {
+    high_water(tx, node)?
+        .checked_add(1)
+        .filter(|g| i64::try_from(*g).is_ok())
+        .ok_or_else(|| StoreError::GenerationExhausted(node.clone()))
+}
+
+fn load_coverage(conn: &Connection, node: &Name) -> Result<Coverage> {
+    let row: Option<(i64, Vec<u8>)> = conn
+        .query_row(
+            "SELECT acked, pending FROM coverage WHERE node = ?1",
+            [node.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    match row {
+        None => Ok(Coverage::new()),
+        Some((acked, pending)) => Ok(Coverage {
+            acked: from_sql(acked),
+            pending: decode("coverage", node.as_str(), &pending)?,
+        }),
+    }
+}
+
+fn health_of(record: Record) -> Option<Health> {
+    match record.kind {
+        RecordKind::NodeHealth {
+            load1_milli,
+            mem_total,
+            mem_available,
+            disk_free,
+            temp_milli_c,
+            uplink_up,
+            outbox_depth,
+        } => Some(Health {
+            seq: record.seq,
+            time_ms: record.time_ms,
+            load1_milli,
+            mem_total,
+            mem_available,
+            disk_free,
+            temp_milli_c,
+            uplink_up,
+            outbox_depth,
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

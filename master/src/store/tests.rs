@@ -1,0 +1,538 @@
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+
+use hedge_wire::{Limits, RestartPolicy, SoftwareRelease};
+
+use super::*;
+use crate::sign::{sign, verify, MasterKey};
+
+fn n(s: &str) -> Name {
+    Name::new(s).unwrap()
+}
+
+fn open() -> (tempfile::TempDir, MasterStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MasterStore::open(&dir.path().join("master.db")).unwrap();
+    (dir, store)
+}
+
+fn state_rec(seq: u64, instance: &str, status: InstanceStatus, restarts: u32) -> Record {
+    Record {
+        seq,
+        time_ms: 1000 + seq,
+        kind: RecordKind::InstanceState {
+            instance: n(instance),
+            status,
+            pid: (status == InstanceStatus::Running).then_some(100 + seq as u32),
+            restarts,
+            last_exit: None,
+        },
+    }
+}
+
+fn usage_rec(seq: u64, instance: &str, from_ms: u64, to_ms: u64) -> Record {
+    Record {
+        seq,
+        time_ms: to_ms,
+        kind: RecordKind::Usage {
+            instance: n(instance),
+            from_ms,
+            to_ms,
+            cpu_ms: 1000,
+            mem_avg_bytes: 1_000_000,
+            mem_peak_bytes: 2_000_000,
+            disk_bytes: 5_000,
+            net_rx_bytes: None,
+            net_tx_bytes: None,
+            uptime_ms: to_ms - from_ms,
+        },
+    }
+}
+
+fn incident_rec(seq: u64, id: u64, state: IncidentState, severity: Severity) -> Record {
+    Record {
+        seq,
+        time_ms: 2000 + seq,
+        kind: RecordKind::Incident {
+            id,
+            instance: n("web"),
+            promise: Some(n("http")),
+            severity,
+            state,
+            first_seen_ms: 2000,
+            last_seen_ms: 2000 + seq,
+            message: format!("step {seq}"),
+        },
+    }
+}
+
+fn health_rec(seq: u64, mem_total: u64) -> Record {
+    Record {
+        seq,
+        time_ms: 3000 + seq,
+        kind: RecordKind::NodeHealth {
+            load1_milli: 250,
+            mem_total,
+            mem_available: mem_total / 2,
+            disk_free: 1 << 30,
+            temp_milli_c: Some(45_000),
+            uplink_up: true,
+            outbox_depth: 3,
+        },
+    }
+}
+
+fn request(name: &str, state: RequestedState) -> InstanceRequest {
+    InstanceRequest {
+        name: n(name),
+        software: SoftwareRelease::Exec("/bin/sleep".into()),
+        args: vec!["1000".into()],
+        parameters: BTreeMap::new(),
+        config_files: Vec::new(),
+        promises: Vec::new(),
+        limits: Limits::default(),
+        restart: RestartPolicy::default(),
+        state,
+    }
+}
+
+fn up(node: &str, records: Vec<Record>, covers: Option<(u64, u64)>) -> Up {
+    Up {
+        node: n(node),
+        records,
+        covers,
+    }
+}
+
+fn batch(node: &str, from: u64, to: u64) -> Up {
+    let records = (from..=to)
+        .map(|s| state_rec(s, "web", InstanceStatus::Running, 0))
+        .collect();
+    up(node, records, Some((from, to)))
+}
+
+#[test]
+fn ingest_is_idempotent_and_acks_the_covered_prefix() {
+    let (_d, s) = open();
+    let pi = n("pi-1");
+    let b = batch("pi-1", 1, 10);
+    let first = s.ingest(&pi, &b, 5).unwrap();
+    assert_eq!(
+        first,
+        Ingested {
+            stored: 10,
+            duplicates: 0,
+            ack_upto: 10
+        }
+    );
+    let again = s.ingest(&pi, &b, 6).unwrap();
+    assert_eq!(
+        again,
+        Ingested {
+            stored: 0,
+            duplicates: 10,
+            ack_upto: 10
+        }
+    );
+    assert_eq!(s.count(&pi).unwrap(), 10);
+    let got = s.records(&pi, 4, 3).unwrap();
+    assert_eq!(got, b.records[3..6].to_vec());
+    let node = &s.nodes().unwrap()[0];
+    assert_eq!((node.records, node.last_seq, node.acked_upto), (10, 10, 10));
+    assert_eq!((node.first_seen_ms, node.last_seen_ms), (Some(5), Some(6)));
+}
+
+#[test]
+fn gaps_wait_shed_seqs_count_and_express_batches_extend_nothing() {
+    let (_d, s) = open();
+    let pi = n("pi-1");
+    // Seqs 11..=20, of which 13 and 14 were shed.
+    let mut late = batch("pi-1", 11, 20);
+    late.records.retain(|r| r.seq != 13 && r.seq != 14);
+    assert_eq!(s.ingest(&pi, &late, 1).unwrap().ack_upto, 0);
+    // An express incident ahead of everything: stored, no ack change.
+    let express = up(
+        "pi-1",
+        vec![incident_rec(30, 1, IncidentState::Open, Severity::Minor)],
+        None,
+    );
+    let r = s.ingest(&pi, &express, 2).unwrap();
+    assert_eq!((r.stored, r.ack_upto), (1, 0));
+    assert_eq!(
+        s.ingest(&pi, &batch("pi-1", 1, 10), 3).unwrap().ack_upto,
+        20
+    );
+    // The express record resent inside a covered range is a duplicate.
+    let mut tail = batch("pi-1", 21, 29);
+    tail.records
+        .push(incident_rec(30, 1, IncidentState::Open, Severity::Minor));
+    tail.covers = Some((21, 30));
+    let r = s.ingest(&pi, &tail, 4).unwrap();
+    assert_eq!((r.stored, r.duplicates, r.ack_upto), (9, 1, 30));
+    assert_eq!(s.count(&pi).unwrap(), 28);
+    assert_eq!(
+        s.coverage(&pi).unwrap(),
+        Coverage {
+            acked: 30,
+            pending: BTreeMap::new()
+        }
+    );
+}
+
+#[test]
+fn bad_batches_are_refused_whole() {
+    let (_d, s) = open();
+    let pi = n("pi-1");
+    assert!(matches!(
+        s.ingest(&pi, &batch("pi-2", 1, 2), 0),
+        Err(StoreError::NodeMismatch { .. })
+    ));
+    let mut big = batch("pi-1", 1, 2);
+    big.records
+        .push(state_rec(1 << 63, "web", InstanceStatus::Stopped, 0));
+    big.covers = None;
+    assert!(matches!(
+        s.ingest(&pi, &big, 0),
+        Err(StoreError::SeqOutOfRange(_))
+    ));
+    let huge = up("pi-1", Vec::new(), Some((1, u64::MAX)));
+    assert!(matches!(
+        s.ingest(&pi, &huge, 0),
+        Err(StoreError::SeqOutOfRange(_))
+    ));
+    assert_eq!(s.count(&pi).unwrap(), 0);
+    assert!(s.nodes().unwrap().is_empty());
+}
+
+#[test]
+fn registry_health_and_allocation_counts() {
+    let (_d, s) = open();
+    let pi = n("pi-1");
+    let info = NodeInfo {
+        node: pi.clone(),
+        board: Some("rpi4".into()),
+        arch: Some("aarch64".into()),
+        labels: BTreeMap::from([("site".into(), "lab".into())]),
+        region: Some("eu".into()),
+        cpus: Some(4),
+        mem_bytes: None,
+        capacity_instances: 8,
+    };
+    s.register_node(&info).unwrap();
+    let r = up(
+        "pi-1",
+        vec![health_rec(1, 1), health_rec(2, 4_000_000_000)],
+        Some((1, 2)),
+    );
+    s.ingest(&pi, &r, 10).unwrap();
+    // An older health arriving later does not win.
+    s.ingest(&pi, &up("pi-1", vec![health_rec(0, 7)], None), 11)
+        .unwrap();
+    s.update_desired(
+        &pi,
+        |_| {
+            vec![
+                request("a", RequestedState::Started),
+                request("b", RequestedState::Stopped),
+                request("c", RequestedState::Destroyed),
+            ]
+        },
+        |_| {},
+    )
+    .unwrap();
+    // Re-registering keeps counters and the reported memory.
+    s.register_node(&info).unwrap();
+    let all = s.nodes().unwrap();
+    assert_eq!(all.len(), 1);
+    let node = &all[0];
+    assert_eq!(node.board.as_deref(), Some("rpi4"));
+    assert_eq!(node.labels.get("site").map(String::as_str), Some("lab"));
+    assert_eq!(node.mem_bytes, Some(4_000_000_000));
+    assert_eq!(node.health.as_ref().map(|h| h.seq), Some(2));
+    assert_eq!((node.capacity_instances, node.allocated_instances), (8, 2));
+    assert_eq!((node.records, node.acked_upto), (3, 2));
+}
+
+#[test]
+fn node_info_records_fill_the_registry() {
+    let (_d, s) = open();
+    let pi = n("pi-1");
+    let info = |seq: u64, board: &str, region: &str| Record {
+        seq,
+        time_ms: seq,
+        kind: RecordKind::NodeInfo {
+            board: board.into(),
+            arch: "aarch64-unknown-linux-gnu".into(),
+            cores: 4,
+            mem_total: 8_000_000_000,
+            max_instances: 16,
+            labels: BTreeMap::from([("camera".into(), "yes".into())]),
+            region: region.into(),
+        },
+    };
+    s.ingest(&pi, &up("pi-1", vec![info(5, "rpi5", "")], Some((1, 5))), 0)
+        .unwrap();
+    // An older boot's record arriving late changes nothing.
+    s.ingest(&pi, &up("pi-1", vec![info(2, "rpi4b", "eu")], None), 1)
+        .unwrap();
+    let node = &s.nodes().unwrap()[0];
+    assert_eq!(node.board.as_deref(), Some("rpi5"));
+    assert_eq!(node.arch.as_deref(), Some("aarch64-unknown-linux-gnu"));
+    assert_eq!((node.cpus, node.mem_bytes), (Some(4), Some(8_000_000_000)));
+    assert_eq!(
+        (node.capacity_instances, node.region.as_deref()),
+        (16, None)
+    );
+    assert_eq!(node.labels.get("camera").map(String::as_str), Some("yes"));
+}
+
+#[test]
+fn usage_selects_overlapping_intervals() {
+    let (_d, s) = open();
+    let pi = n("pi-1");
+    let recs = vec![
+        usage_rec(1, "web", 0, 100),   // before
+        usage_rec(2, "web", 50, 150),  // straddles the start
+        usage_rec(3, "web", 120, 180), // inside
+        usage_rec(4, "web", 190, 250), // straddles the end
+        usage_rec(5, "web", 200, 300), // at the end: excluded
+        usage_rec(6, "web", 150, 150), // empty, inside
+        state_rec(7, "web", InstanceStatus::Running, 0),
+    ];
+    s.ingest(&pi, &up("pi-1", recs, Some((1, 7))), 0).unwrap();
+    let seqs: Vec<u64> = s
+        .usage(100, 200)
+        .unwrap()
+        .iter()
+        .map(|(_, r)| r.seq)
+        .collect();
+    assert_eq!(seqs, vec![2, 3, 4, 6]);
+    assert!(s.usage(200, 100).unwrap().is_empty());
+}
+
+#[test]
+fn incidents_keep_latest_state_and_timeline() {
+    let (_d, s) = open();
+    let pi = n("pi-1");
+    // Arrives out of order: resolution first (express), then the rest.
+    s.ingest(
+        &pi,
+        &up(
+            "pi-1",
+            vec![incident_rec(3, 7, IncidentState::Resolved, Severity::Major)],
+            None,
+        ),
+        0,
+    )
+    .unwrap();
+    s.ingest(
+        &pi,
+        &up(
+            "pi-1",
+            vec![
+                incident_rec(1, 7, IncidentState::Open, Severity::Minor),
+                incident_rec(2, 7, IncidentState::Escalated, Severity::Major),
+                incident_rec(4, 8, IncidentState::Open, Severity::Minor),
+            ],
+            Some((1, 4)),
+        ),
+        1,
+    )
+    .unwrap();
+    let all = s.incidents().unwrap();
+    assert_eq!(all.len(), 2);
+    let i7 = &all[0];
+    assert_eq!(
+        (i7.id, i7.state, i7.severity),
+        (7, IncidentState::Resolved, Severity::Major)
+    );
+    assert_eq!(
+        i7.timeline.iter().map(|t| t.state).collect::<Vec<_>>(),
+        vec![
+            IncidentState::Open,
+            IncidentState::Escalated,
+            IncidentState::Resolved
+        ]
+    );
+    assert_eq!(i7.message, "step 3");
+    assert_eq!(all[1].state, IncidentState::Open);
+}
+
+#[test]
+fn instances_join_desired_local_requests_and_reports() {
+    let (_d, s) = open();
+    let pi = n("pi-1");
+    s.update_desired(
+        &pi,
+        |_| {
+            vec![
+                request("web", RequestedState::Started),
+                request("db", RequestedState::Stopped),
+            ]
+        },
+        |_| {},
+    )
+    .unwrap();
+    // The latest state arrives first (express); the latest by seq still wins.
+    let express = up(
+        "pi-1",
+        vec![state_rec(3, "web", InstanceStatus::Backoff, 2)],
+        None,
+    );
+    s.ingest(&pi, &express, 0).unwrap();
+    let recs = vec![
+        state_rec(1, "web", InstanceStatus::Running, 0),
+        state_rec(2, "web", InstanceStatus::Running, 1),
+        Record {
+            seq: 4,
+            time_ms: 4,
+            kind: RecordKind::LocalRequest {
+                request: Box::new(request("cam", RequestedState::Started)),
+            },
+        },
+        state_rec(5, "cam", InstanceStatus::Running, 0),
+        state_rec(6, "old", InstanceStatus::Stopped, 0),
+    ];
+    s.ingest(&pi, &up("pi-1", recs, Some((1, 6))), 0).unwrap();
+    let v = s.instances().unwrap();
+    let names: Vec<&str> = v.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, vec!["cam", "db", "old", "web"]);
+    assert_eq!(
+        (v[0].owner, v[0].status),
+        (Owner::Node, Some(InstanceStatus::Running))
+    );
+    assert_eq!(
+        (v[1].owner, v[1].requested, v[1].status),
+        (Owner::Master, Some(RequestedState::Stopped), None)
+    );
+    assert_eq!(v[2].owner, Owner::Unknown);
+    let web = &v[3];
+    assert_eq!(
+        (web.status, web.restarts, web.pid, web.last_seen_ms),
+        (Some(InstanceStatus::Backoff), 2, None, Some(1003))
+    );
+}
+
+#[test]
+fn desired_generations_only_grow() {
+    let (_d, s) = open();
+    let pi = n("pi-1");
+    let key = MasterKey::generate();
+    assert_eq!(s.desired(&pi).unwrap(), None);
+    let d1 = s
+        .update_desired(
+            &pi,
+            |mut v| {
+                v.push(request("web", RequestedState::Started));
+                v
+            },
+            |d| sign(&key, d),
+        )
+        .unwrap();
+    assert_eq!(d1.generation, 1);
+    verify(&key.public(), &d1).unwrap();
+    assert_eq!(s.desired(&pi).unwrap().as_ref(), Some(&d1));
+
+    let g = s.next_generation(&pi).unwrap();
+    assert_eq!(g, 2);
+    assert_eq!(s.next_generation(&pi).unwrap(), 3, "never handed out twice");
+    // A reserved generation may still be stored, if above the stored one.
+    let mut d2 = d1.clone();
+    d2.generation = g;
+    sign(&key, &mut d2);
+    s.put_desired(&d2).unwrap();
+    assert!(matches!(
+        s.put_desired(&d2),
+        Err(StoreError::StaleGeneration {
+            current: 2,
+            given: 2,
+            ..
+        })
+    ));
+    let d4 = s.update_desired(&pi, |v| v, |d| sign(&key, d)).unwrap();
+    assert_eq!((d4.generation, d4.instances.len()), (4, 1));
+    // An error inside the transaction stores nothing.
+    assert!(matches!(
+        s.update_desired(&pi, |v| v, |d| d.generation = 99),
+        Err(StoreError::SignerChangedState(_))
+    ));
+    assert_eq!(s.desired(&pi).unwrap().map(|d| d.generation), Some(4));
+    // A state the wire would refuse is refused here too.
+    let mut bad = d4.clone();
+    bad.generation = 10;
+    bad.signature = heapless::Vec::from_slice(&[1, 2, 3]).unwrap();
+    assert!(matches!(s.put_desired(&bad), Err(StoreError::Invalid(_))));
+}
+
+#[test]
+fn everything_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("master.db");
+    let pi = n("pi-1");
+    {
+        let s = MasterStore::open(&path).unwrap();
+        s.ingest(&pi, &batch("pi-1", 3, 5), 0).unwrap();
+        s.update_desired(&pi, |v| v, |_| {}).unwrap();
+    }
+    let s = MasterStore::open(&path).unwrap();
+    assert_eq!(s.count(&pi).unwrap(), 3);
+    assert_eq!(s.ingest(&pi, &batch("pi-1", 1, 2), 1).unwrap().ack_upto, 5);
+    assert_eq!(s.next_generation(&pi).unwrap(), 2);
+}
+
+#[test]
+fn concurrent_stores_on_one_file_store_each_record_once() {
+    // Each thread opens its own store, as separate master processes would.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("master.db");
+    let threads = 6;
+    let results: Vec<(usize, u64, Vec<u64>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let path = path.clone();
+                scope.spawn(move || {
+                    let s = MasterStore::open(&path).unwrap();
+                    let pi = n("pi-1");
+                    let mut stored = 0;
+                    let mut ack = 0;
+                    // Every thread sends the same batches, in a different order.
+                    for i in 0..20u64 {
+                        let k = (i + t as u64 * 7) % 20;
+                        let r = s
+                            .ingest(&pi, &batch("pi-1", k * 10 + 1, k * 10 + 10), i)
+                            .unwrap();
+                        stored += r.stored;
+                        ack = ack.max(r.ack_upto);
+                    }
+                    let gens = (0..10).map(|_| s.next_generation(&pi).unwrap()).collect();
+                    (stored, ack, gens)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let stored: usize = results.iter().map(|r| r.0).sum();
+    assert_eq!(stored, 200, "each (node, seq) stored exactly once");
+    assert!(results.iter().any(|r| r.1 == 200));
+    let gens: BTreeSet<u64> = results.iter().flat_map(|r| r.2.clone()).collect();
+    assert_eq!(gens.len(), threads * 10, "no generation handed out twice");
+    let s = MasterStore::open(&path).unwrap();
+    assert_eq!(s.count(&n("pi-1")).unwrap(), 200);
+    assert_eq!(s.nodes().unwrap()[0].records, 200);
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("master.db");
+    drop(MasterStore::open(&path).unwrap());
+    Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        .unwrap();
+    assert!(matches!(
+        MasterStore::open(&path),
+        Err(StoreError::SchemaTooNew(v)) if v == SCHEMA_VERSION + 1
+    ));
+}

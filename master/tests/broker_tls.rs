@@ -1,0 +1,419 @@
+//! A real mosquitto 2.0 with the files `pki::init` writes, and real rumqttc + rustls (ring)
+//! clients with enrolled bundles: mutual TLS works, the masters' shared subscription gets
+//! node records, and the ACL keeps each node to its own topics.
+//!
+//! mosquitto 2.0.11 grants every SUBSCRIBE and acknowledges a forbidden QoS 1 publish with
+//! a successful (MQTT 3.1.1) PUBACK, so "forbidden" is observed as "never delivered": a
+//! later marker message, which would have been delivered after the forbidden one, arrives
+//! while the forbidden one did not. No sleeps: every wait has a deadline.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::collections::VecDeque;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hedge_master::mosquitto::{self, MASTER_UP_FILTER};
+use hedge_master::pki::{self, Bundle, InitOptions};
+use hedge_wire::Name;
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, MqttOptions, Packet, Publish, QoS, TlsConfiguration,
+    Transport,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore};
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A free loopback TCP port (bound then released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn mosquitto_bin() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|d| d.join("mosquitto"))
+        .find(|p| p.is_file())
+        .expect("mosquitto not found: run scripts/setup (apt-get install mosquitto)")
+}
+
+/// mosquitto running `DIR/mosquitto.conf`; killed on drop.
+struct Broker {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Broker {
+    fn start(dir: &Path, port: u16) -> Broker {
+        let log = dir.join("mosquitto.log");
+        let mut child = Command::new(mosquitto_bin())
+            .arg("-c")
+            .arg(dir.join("mosquitto.conf"))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "mosquitto exited ({status}):\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Broker { child, log };
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto never listened on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- mosquitto log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// A master directory on a free port, enrolled nodes `a` and `b`, and its broker.
+struct Fleet {
+    dir: PathBuf,
+    port: u16,
+    _broker: Broker,
+    _tmp: tempfile::TempDir,
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("master");
+        let port = free_port();
+        let opts = InitOptions {
+            broker_port: port,
+            ..InitOptions::default()
+        };
+        pki::init(&dir, &opts).unwrap();
+        for node in ["a", "b"] {
+            pki::enroll(
+                &dir,
+                &Name::new(node).unwrap(),
+                &dir.join(format!("{node}.bundle")),
+            )
+            .unwrap();
+        }
+        let broker = Broker::start(&dir, port);
+        Fleet {
+            dir,
+            port,
+            _broker: broker,
+            _tmp: tmp,
+        }
+    }
+
+    fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap()
+    }
+
+    /// TLS for the master (`master.crt`).
+    fn master_tls(&self) -> ClientConfig {
+        tls(
+            &self.read("ca.crt"),
+            Some((&self.read("master.crt"), &self.read("master.key"))),
+        )
+    }
+
+    /// TLS for an enrolled node, from its bundle alone (as the node will do it).
+    fn node_tls(&self, node: &str) -> ClientConfig {
+        let b = Bundle::load(&self.dir.join(format!("{node}.bundle"))).unwrap();
+        assert_eq!(b.broker_port, self.port);
+        tls(&b.ca_cert, Some((&b.cert, &b.key)))
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls(ca: &str, client: Option<(&str, &str)>) -> ClientConfig {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let b = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    match client {
+        Some((cert, key)) => {
+            let certs = CertificateDer::pem_slice_iter(cert.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+            b.with_client_auth_cert(certs, key).unwrap()
+        }
+        None => b.with_no_client_auth(),
+    }
+}
+
+/// One MQTT 3.1.1 connection; its event loop runs in a task and reports incoming packets
+/// (or the first connection error, after which it stops).
+struct Client {
+    mqtt: AsyncClient,
+    rx: mpsc::UnboundedReceiver<Result<Packet, ConnectionError>>,
+    /// Publishes that arrived while waiting for an ack, in order.
+    pending: VecDeque<Publish>,
+}
+
+impl Client {
+    fn connect(id: &str, port: u16, tls: ClientConfig) -> Client {
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(tls),
+        )));
+        let (mqtt, mut el) = AsyncClient::new(opts, 16);
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(p)) => {
+                        if tx.send(Ok(p)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Event::Outgoing(_)) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+        });
+        Client {
+            mqtt,
+            rx,
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// The next incoming packet (panics on a connection error or after [`WAIT`]).
+    async fn next(&mut self, what: &str) -> Packet {
+        match tokio::time::timeout(WAIT, self.rx.recv()).await {
+            Ok(Some(Ok(p))) => p,
+            Ok(Some(Err(e))) => panic!("connection error while waiting for {what}: {e:?}"),
+            Ok(None) => panic!("event loop ended while waiting for {what}"),
+            Err(_) => panic!("timed out waiting for {what}"),
+        }
+    }
+
+    /// Waits for a packet `want` matches; publishes met on the way are kept for
+    /// [`Client::publishes_until`], other packets are skipped.
+    async fn until(&mut self, what: &str, mut want: impl FnMut(&Packet) -> bool) -> Packet {
+        loop {
+            let p = self.next(what).await;
+            if want(&p) {
+                return p;
+            }
+            if let Packet::Publish(p) = p {
+                self.pending.push_back(p);
+            }
+        }
+    }
+
+    async fn connected(mut self) -> Client {
+        self.until("CONNACK", |p| matches!(p, Packet::ConnAck(_)))
+            .await;
+        self
+    }
+
+    async fn subscribe(&mut self, filter: &str) {
+        self.mqtt.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+        self.until("SUBACK", |p| matches!(p, Packet::SubAck(_)))
+            .await;
+    }
+
+    async fn publish(&mut self, topic: &str, payload: &str, retain: bool) {
+        self.mqtt
+            .publish(topic, QoS::AtLeastOnce, retain, payload.as_bytes().to_vec())
+            .await
+            .unwrap();
+        self.until("PUBACK", |p| matches!(p, Packet::PubAck(_)))
+            .await;
+    }
+
+    /// Publishes received until (and including) the one whose payload is `last`.
+    async fn publishes_until(&mut self, last: &str) -> Vec<Publish> {
+        let mut got = Vec::new();
+        loop {
+            let next = match self.pending.pop_front() {
+                Some(p) => Packet::Publish(p),
+                None => self.next(&format!("publish {last:?}")).await,
+            };
+            if let Packet::Publish(p) = next {
+                let done = p.payload.as_ref() == last.as_bytes();
+                got.push(p);
+                if done {
+                    return got;
+                }
+            }
+        }
+    }
+}
+
+fn summary(ps: &[Publish]) -> Vec<(String, String)> {
+    ps.iter()
+        .map(|p| {
+            (
+                p.topic.clone(),
+                String::from_utf8_lossy(&p.payload).into_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn shared_subscription_gets_each_nodes_own_records_only() {
+    let fleet = Fleet::new();
+    let mut master = Client::connect("master-1", fleet.port, fleet.master_tls())
+        .connected()
+        .await;
+    master.subscribe(MASTER_UP_FILTER).await;
+
+    let mut a = Client::connect("node-a", fleet.port, fleet.node_tls("a"))
+        .connected()
+        .await;
+    a.publish(&mosquitto::up_topic("a"), "a-1", false).await;
+    let got = master.publishes_until("a-1").await;
+    assert_eq!(
+        summary(&got),
+        [("hedge/v1/a/up".to_string(), "a-1".to_string())]
+    );
+
+    // B impersonating A: mosquitto acks it (3.1.1 PUBACK, success) and drops it. B's own
+    // record, published after it on the same connection, is delivered; the forgery is not.
+    let mut b = Client::connect("node-b", fleet.port, fleet.node_tls("b"))
+        .connected()
+        .await;
+    b.publish(&mosquitto::up_topic("a"), "forged-by-b", false)
+        .await;
+    b.publish(&mosquitto::up_topic("b"), "b-1", false).await;
+    let got = master.publishes_until("b-1").await;
+    assert_eq!(
+        summary(&got),
+        [("hedge/v1/b/up".to_string(), "b-1".to_string())]
+    );
+    // B is still connected: forbidden publishes do not disconnect.
+    b.publish(&mosquitto::up_topic("b"), "b-2", false).await;
+    master.publishes_until("b-2").await;
+}
+
+#[tokio::test]
+async fn a_node_reads_only_its_own_desired_state_and_acks() {
+    let fleet = Fleet::new();
+    let mut master = Client::connect("master-1", fleet.port, fleet.master_tls())
+        .connected()
+        .await;
+    master
+        .publish(&mosquitto::desired_topic("b"), "desired-b", true)
+        .await;
+    master
+        .publish(&mosquitto::desired_topic("a"), "desired-a", true)
+        .await;
+    // B may not write anyone's desired state, its own included.
+    let mut b = Client::connect("node-b", fleet.port, fleet.node_tls("b"))
+        .connected()
+        .await;
+    b.publish(&mosquitto::desired_topic("a"), "forged-by-b", true)
+        .await;
+    b.publish(&mosquitto::desired_topic("b"), "forged-by-b", true)
+        .await;
+
+    // Retained: B's desired state would come with the first SUBACK, before A's.
+    let mut a = Client::connect("node-a", fleet.port, fleet.node_tls("a"))
+        .connected()
+        .await;
+    a.subscribe(&mosquitto::desired_topic("b")).await;
+    a.subscribe("hedge/v1/#").await;
+    a.subscribe(&mosquitto::ack_topic("a")).await;
+    let got = a.publishes_until("desired-a").await;
+    assert_eq!(
+        summary(&got),
+        [("hedge/v1/a/desired".to_string(), "desired-a".to_string())]
+    );
+
+    // Live: published for B first, then for A; A gets only its own.
+    master
+        .publish(&mosquitto::ack_topic("b"), "ack-b", false)
+        .await;
+    master
+        .publish(&mosquitto::desired_topic("b"), "desired-b-2", true)
+        .await;
+    master
+        .publish(&mosquitto::ack_topic("a"), "ack-a", false)
+        .await;
+    let got = a.publishes_until("ack-a").await;
+    assert!(
+        got.iter().all(|p| p.topic.starts_with("hedge/v1/a/")),
+        "{:?}",
+        summary(&got)
+    );
+}
+
+#[tokio::test]
+async fn clients_without_a_fleet_certificate_are_refused() {
+    let fleet = Fleet::new();
+    let ca = fleet.read("ca.crt");
+
+    // No client certificate at all.
+    let mut anon = Client::connect("anon", fleet.port, tls(&ca, None));
+    let first = tokio::time::timeout(WAIT, anon.rx.recv())
+        .await
+        .expect("no answer to a client without a certificate");
+    assert!(matches!(first, Some(Err(_))), "{first:?}");
+
+    // A certificate with CN = hedge-master, but from another CA.
+    let rogue_ca = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let rogue_issuer = rcgen::Issuer::new(p, &rogue_ca);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, pki::MASTER_USER);
+    let cert = p.signed_by(&key, &rogue_issuer).unwrap();
+    let mut rogue = Client::connect(
+        "rogue",
+        fleet.port,
+        tls(&ca, Some((&cert.pem(), &key.serialize_pem()))),
+    );
+    let first = tokio::time::timeout(WAIT, rogue.rx.recv())
+        .await
+        .expect("no answer to a client with a foreign certificate");
+    assert!(matches!(first, Some(Err(_))), "{first:?}");
+
+    // The broker is still fine for enrolled clients.
+    Client::connect("node-a", fleet.port, fleet.node_tls("a"))
+        .connected()
+        .await;
+}

@@ -1,0 +1,164 @@
+//! The daemon's side of the uplink: answers the link task's loads, deletes what the
+//! master acknowledged, applies desired states, tracks the link state.
+//!
+//! Contract: the link task (hedge_uplink::mqtt) runs beside the loop and talks only
+//! through channels; the daemon stays the single owner of the store. When the uplink is
+//! disabled or misconfigured the node runs offline and says why, once, in its log.
+
+use hedge_uplink::mqtt::{self, LinkSettings, ToLink, ToNode};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::Daemon;
+
+/// What the daemon keeps of a running link.
+pub(crate) struct LinkHandle {
+    tx: mpsc::UnboundedSender<ToLink>,
+    task: tokio::task::JoinHandle<()>,
+    /// Connected and subscribed.
+    pub up: bool,
+    /// Highest seq sent in a range batch (may not be acknowledged yet).
+    pub sent_upto: u64,
+    /// Highest seq the master acknowledged (and the node deleted).
+    pub acked_upto: u64,
+    /// Records deleted after acknowledgement, this run.
+    pub deleted: u64,
+}
+
+/// Receives from the link when there is one; never resolves otherwise.
+pub(crate) async fn recv(rx: &mut Option<mpsc::UnboundedReceiver<ToNode>>) -> Option<ToNode> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Daemon {
+    fn link_settings(&self) -> Result<LinkSettings, String> {
+        let u = &self.cfg.uplink;
+        let read = |p: &std::path::Path| {
+            let path = self.cfg.state_path(p);
+            std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
+        };
+        let tls = hedge_uplink::tls::client_config(&read(&u.ca)?, &read(&u.cert)?, &read(&u.key)?)
+            .map_err(|e| e.to_string())?;
+        Ok(LinkSettings {
+            node: self.cfg.node_id().clone(),
+            host: u.host.clone(),
+            port: u.port,
+            tls,
+            sync: hedge_uplink::Config {
+                max_batch_records: u.max_batch_records,
+                max_batch_bytes: u.max_batch_bytes,
+                window: u.window,
+                ack_timeout: std::time::Duration::from_millis(u.ack_timeout_ms),
+                budget_bytes_per_sec: (u.budget_bytes_per_sec > 0)
+                    .then_some(u.budget_bytes_per_sec),
+                ..hedge_uplink::Config::default()
+            },
+        })
+    }
+
+    /// Starts the link task when the uplink is enabled.
+    pub(super) fn start_link(&mut self) -> Option<mpsc::UnboundedReceiver<ToNode>> {
+        if !self.cfg.uplink.enabled {
+            tracing::info!(
+                "uplink disabled: running offline (enroll with `hedge node init --enroll`)"
+            );
+            return None;
+        }
+        let settings = match self.link_settings() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "uplink misconfigured: running offline");
+                return None;
+            }
+        };
+        let (to_node_tx, to_node_rx) = mpsc::unbounded_channel();
+        let (to_link_tx, to_link_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(mqtt::run(settings, to_node_tx, to_link_rx));
+        self.link = Some(LinkHandle {
+            tx: to_link_tx,
+            task,
+            up: false,
+            sent_upto: 0,
+            acked_upto: 0,
+            deleted: 0,
+        });
+        Some(to_node_rx)
+    }
+
+    pub(super) fn stop_link(&mut self) {
+        if let Some(l) = self.link.take() {
+            l.task.abort();
+        }
+    }
+
+    /// Tells the link that records were appended.
+    pub(super) fn outbox_changed(&self) {
+        if let Some(l) = &self.link {
+            let _ = l.tx.send(ToLink::OutboxChanged);
+        }
+    }
+
+    pub(super) fn on_link(&mut self, msg: ToNode) {
+        match msg {
+            ToNode::Load { from, limit } => {
+                // Records are durable before they leave the node.
+                if let Err(e) = self.store.flush_records() {
+                    self.store_failed(&e);
+                }
+                let (records, end) = match self.store.outbox_from(from, limit) {
+                    Ok(r) => {
+                        let end = r.len() < limit;
+                        (r, end)
+                    }
+                    Err(e) => {
+                        self.store_failed(&e);
+                        (Vec::new(), true)
+                    }
+                };
+                if let Some(l) = &self.link {
+                    let _ = l.tx.send(ToLink::Loaded { from, records, end });
+                }
+            }
+            ToNode::Delete { upto } => match self.store.ack(upto) {
+                Ok(n) => {
+                    if let Some(l) = &mut self.link {
+                        l.acked_upto = l.acked_upto.max(upto);
+                        l.deleted += n as u64;
+                    }
+                    tracing::debug!(upto, deleted = n, "master acknowledged records");
+                }
+                Err(e) => self.store_failed(&e),
+            },
+            ToNode::Sent { upto } => {
+                if let Some(l) = &mut self.link {
+                    l.sent_upto = l.sent_upto.max(upto);
+                }
+            }
+            ToNode::Desired(frame) => {
+                let _ = self.on_desired_frame(&frame);
+            }
+            ToNode::Link(up) => {
+                if let Some(l) = &mut self.link {
+                    l.up = up;
+                }
+            }
+        }
+    }
+
+    pub(super) fn link_status(&self) -> Value {
+        match &self.link {
+            None => json!({ "enabled": self.cfg.uplink.enabled, "connected": false }),
+            Some(l) => json!({
+                "enabled": true,
+                "connected": l.up,
+                "acked_upto": l.acked_upto,
+                "sent_upto": l.sent_upto,
+                "deleted": l.deleted,
+                "generation": self.applied_generation(),
+            }),
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The enrollment bundle: everything a node needs to join a fleet, in one TOML file.
+//!
+//! Contract: written by the master (`hedge master enroll NODE --out FILE`, mode 0600),
+//! read by the node (`hedge node init --dir DIR --enroll FILE`). [`Bundle::load`] refuses
+//! unknown keys, another format version, a bad host, key or PEM block, with a
+//! [`BundleError`] naming the field. The private key is zeroized when dropped.
+
+use std::path::{Path, PathBuf};
+
+use hedge_wire::Name;
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// Errors of reading a bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Malformed TOML or unknown keys.
+    #[error("{path}: {source}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// toml's message.
+        source: toml::de::Error,
+    },
+    /// A field is unusable.
+    #[error("{path}: {what}")]
+    Invalid {
+        /// File.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// One node's enrollment.
+#[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+#[serde(deny_unknown_fields)]
+pub struct Bundle {
+    /// Format version ([`Bundle::VERSION`]).
+    #[zeroize(skip)]
+    pub version: u32,
+    /// The node id (= the certificate CN = the MQTT username).
+    #[zeroize(skip)]
+    pub node: Name,
+    /// Broker host nodes dial.
+    pub broker_host: String,
+    /// Broker TLS port.
+    pub broker_port: u16,
+    /// The master's ed25519 public key (64 hex digits) that signs desired states.
+    pub master_public_key: String,
+    /// The fleet CA certificate (PEM): the only root the node trusts for the broker.
+    pub ca_cert: String,
+    /// The node's client certificate (PEM).
+    pub cert: String,
+    /// The node's private key (PKCS#8 PEM).
+    pub key: String,
+}
+
+impl std::fmt::Debug for Bundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bundle")
+            .field("node", &self.node)
+            .field("broker_host", &self.broker_host)
+            .field("broker_port", &self.broker_port)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Bundle {
+    /// The bundle format this code writes and reads.
+    pub const VERSION: u32 = 1;
+
+    /// Reads and validates a bundle file.
+    pub fn load(path: &Path) -> Result<Bundle, BundleError> {
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+            BundleError::Read {
+                path: path.to_owned(),
+                source,
+            }
+        })?);
+        let b: Bundle = toml::from_str(&text).map_err(|source| BundleError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        b.validate().map_err(|what| BundleError::Invalid {
+            path: path.to_owned(),
+            what,
+        })?;
+        Ok(b)
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.version != Self::VERSION {
+            return Err(format!(
+                "bundle version {} is not supported (want {})",
+                self.version,
+                Self::VERSION
+            ));
+        }
+        let h = &self.broker_host;
+        if h.is_empty()
+            || h.len() > 253
+            || !h
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        {
+            return Err(format!("broker_host {h:?} is not a host name or address"));
+        }
+        if self.broker_port == 0 {
+            return Err("broker_port must not be 0".into());
+        }
+        let k = self.master_public_key.trim();
+        if k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("master_public_key must be 64 hex digits".into());
+        }
+        let pem = |what: &str, s: &str, label: &str| {
+            let begin = format!("-----BEGIN {label}-----");
+            let end = format!("-----END {label}-----");
+            if s.trim_start().starts_with(&begin) && s.trim_end().ends_with(&end) {
+                Ok(())
+            } else {
+                Err(format!("{what} is not a PEM {label}"))
+            }
+        };
+        pem("ca_cert", &self.ca_cert, "CERTIFICATE")?;
+        pem("cert", &self.cert, "CERTIFICATE")?;
+        pem("key", &self.key, "PRIVATE KEY")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,238 @@
+//! The node's MQTT driver: moves bytes between the broker and the [`Sync`] core.
+//!
+//! Contract: [`run`] owns a rumqttc client (mutual TLS) and the sync core, and talks to
+//! the node daemon only through two channels: it asks for outbox records
+//! ([`ToNode::Load`]), tells what the master acknowledged ([`ToNode::Delete`]), how far
+//! range batches were sent ([`ToNode::Sent`], so the daemon never rewrites a record that
+//! is on its way), the link state, and hands over desired-state frames untouched (the
+//! daemon verifies them). It never blocks the daemon: the daemon answers loads when it
+//! can. Connecting, reconnecting with backoff and resending are the core's decisions.
+//!
+//! Topics: publishes `hedge/v1/<node>/up` (QoS 1); subscribes `hedge/v1/<node>/ack` and
+//! `hedge/v1/<node>/desired` (retained by the master).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hedge_wire::codec::decode;
+use hedge_wire::{Message, Name, Record};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeFilter, TlsConfiguration,
+    Transport,
+};
+use tokio::sync::mpsc;
+
+use crate::sync::{Config, Input, Output, Sync};
+
+/// Topic of a node's records.
+pub fn up_topic(node: &str) -> String {
+    format!("hedge/v1/{node}/up")
+}
+
+/// Topic of the master's acknowledgements to a node.
+pub fn ack_topic(node: &str) -> String {
+    format!("hedge/v1/{node}/ack")
+}
+
+/// Topic of a node's desired state (retained).
+pub fn desired_topic(node: &str) -> String {
+    format!("hedge/v1/{node}/desired")
+}
+
+/// Where and how to connect.
+#[derive(Clone)]
+pub struct LinkSettings {
+    /// This node.
+    pub node: Name,
+    /// Broker host.
+    pub host: String,
+    /// Broker TLS port.
+    pub port: u16,
+    /// TLS client configuration (see `crate::tls`).
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Batching and timing.
+    pub sync: Config,
+}
+
+/// From the link to the daemon.
+#[derive(Debug)]
+pub enum ToNode {
+    /// Read up to `limit` outbox records with `seq >= from`; answer with [`ToLink::Loaded`].
+    Load {
+        /// First seq.
+        from: u64,
+        /// Most records.
+        limit: usize,
+    },
+    /// The master holds everything up to `upto`: delete it.
+    Delete {
+        /// Highest acknowledged seq.
+        upto: u64,
+    },
+    /// Range batches up to `upto` have been sent (maybe not yet acknowledged).
+    Sent {
+        /// Highest seq sent in a range.
+        upto: u64,
+    },
+    /// A frame from the desired-state topic (unverified).
+    Desired(Vec<u8>),
+    /// The link went up or down.
+    Link(bool),
+}
+
+/// From the daemon to the link.
+#[derive(Debug)]
+pub enum ToLink {
+    /// The answer to [`ToNode::Load`].
+    Loaded {
+        /// The `from` asked.
+        from: u64,
+        /// Records, increasing.
+        records: Vec<Record>,
+        /// No records beyond these exist now.
+        end: bool,
+    },
+    /// Records were appended.
+    OutboxChanged,
+}
+
+enum State {
+    Idle,
+    Connecting(EventLoop, AsyncClient),
+    Up(EventLoop, AsyncClient),
+}
+
+fn options(s: &LinkSettings) -> MqttOptions {
+    let mut o = MqttOptions::new(s.node.as_str(), &s.host, s.port);
+    o.set_keep_alive(Duration::from_secs(20))
+        .set_clean_session(true)
+        .set_max_packet_size(256 * 1024, 256 * 1024)
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            s.tls.clone(),
+        )));
+    o
+}
+
+/// Runs the link until the daemon drops its end of the channels.
+pub async fn run(
+    settings: LinkSettings,
+    to_node: mpsc::UnboundedSender<ToNode>,
+    mut from_node: mpsc::UnboundedReceiver<ToLink>,
+) {
+    let node = settings.node.to_string();
+    let (up, ack, desired) = (up_topic(&node), ack_topic(&node), desired_topic(&node));
+    let mut sync = Sync::new(
+        settings.node.clone(),
+        settings.sync.clone(),
+        fastrand::u64(..),
+    );
+    let mut state = State::Idle;
+    let mut pending = sync.handle(Instant::now(), Input::Start);
+    let mut sent_upto = 0u64;
+    loop {
+        // Perform what the core asked.
+        for out in std::mem::take(&mut pending) {
+            match out {
+                Output::Connect => {
+                    let (client, eventloop) = AsyncClient::new(options(&settings), 64);
+                    state = State::Connecting(eventloop, client);
+                }
+                Output::Load { from, limit } => {
+                    if to_node.send(ToNode::Load { from, limit }).is_err() {
+                        return;
+                    }
+                }
+                Output::Delete { upto } => {
+                    if to_node.send(ToNode::Delete { upto }).is_err() {
+                        return;
+                    }
+                }
+                Output::Send { frame, range, .. } => {
+                    if let State::Up(_, client) = &state {
+                        if let Err(e) = client.try_publish(&up, QoS::AtLeastOnce, false, frame) {
+                            tracing::debug!(error = %e, "publish queue full; the ack timeout resends");
+                        } else if let Some((_, to)) = range {
+                            if to > sent_upto {
+                                sent_upto = to;
+                                let _ = to_node.send(ToNode::Sent { upto: to });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let deadline = sync
+            .deadline()
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        let polled = async {
+            match &mut state {
+                State::Connecting(el, _) | State::Up(el, _) => Some(el.poll().await),
+                State::Idle => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ev = polled => {
+                let now = Instant::now();
+                match ev {
+                    Some(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                        if let State::Connecting(_, client) = &state {
+                            let filters = vec![
+                                SubscribeFilter::new(ack.clone(), QoS::AtLeastOnce),
+                                SubscribeFilter::new(desired.clone(), QoS::AtLeastOnce),
+                            ];
+                            if let Err(e) = client.try_subscribe_many(filters) {
+                                tracing::warn!(error = %e, "cannot subscribe");
+                            }
+                        }
+                    }
+                    Some(Ok(Event::Incoming(Packet::SubAck(_)))) => {
+                        if let State::Connecting(el, client) = std::mem::replace(&mut state, State::Idle) {
+                            state = State::Up(el, client);
+                            tracing::info!(host = %settings.host, port = settings.port, "uplink connected");
+                            let _ = to_node.send(ToNode::Link(true));
+                            pending = sync.handle(now, Input::LinkUp);
+                        }
+                    }
+                    Some(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                        if p.topic == ack {
+                            match decode(&p.payload, settings.sync.max_frame) {
+                                Ok(Message::Ack(a)) => pending = sync.handle(now, Input::Acked { upto: a.upto }),
+                                _ => tracing::warn!("ignoring a malformed ack"),
+                            }
+                        } else if p.topic == desired && !p.payload.is_empty() {
+                            let _ = to_node.send(ToNode::Desired(p.payload.to_vec()));
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        let was_up = matches!(state, State::Up(..));
+                        state = State::Idle;
+                        if was_up {
+                            tracing::warn!(error = %e, "uplink lost");
+                            let _ = to_node.send(ToNode::Link(false));
+                            pending = sync.handle(now, Input::LinkDown);
+                        } else {
+                            tracing::debug!(error = %e, "uplink connect failed");
+                            pending = sync.handle(now, Input::ConnectFailed);
+                        }
+                    }
+                    None => {}
+                }
+            }
+            msg = from_node.recv() => {
+                let now = Instant::now();
+                match msg {
+                    None => return,
+                    Some(ToLink::Loaded { from, records, end }) => {
+                        pending = sync.handle(now, Input::Loaded { from, records, end });
+                    }
+                    Some(ToLink::OutboxChanged) => pending = sync.handle(now, Input::OutboxChanged),
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                pending = sync.handle(Instant::now(), Input::Tick);
+            }
+        }
+    }
+}

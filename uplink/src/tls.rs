@@ -1,0 +1,59 @@
+//! TLS client configuration for MQTT links: mutual TLS with the fleet CA.
+//!
+//! Contract: [`client_config`] builds a rustls client configuration (ring provider,
+//! TLS 1.2/1.3) that trusts only the given CA and presents the given client certificate
+//! (PEM). Bad PEM is a [`TlsError`] naming which part; nothing panics.
+
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore};
+
+/// Errors building a TLS configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The CA certificate is not usable PEM.
+    #[error("CA certificate: {0}")]
+    Ca(String),
+    /// The client certificate is not usable PEM.
+    #[error("client certificate: {0}")]
+    Cert(String),
+    /// The client key is not usable PEM.
+    #[error("client key: {0}")]
+    Key(String),
+    /// rustls refused the combination.
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// A client configuration trusting `ca_pem` and authenticating with `cert_pem`/`key_pem`.
+pub fn client_config(
+    ca_pem: &[u8],
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    let mut n = 0;
+    for c in CertificateDer::pem_slice_iter(ca_pem) {
+        let c = c.map_err(|e| TlsError::Ca(e.to_string()))?;
+        roots.add(c).map_err(|e| TlsError::Ca(e.to_string()))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err(TlsError::Ca("no certificate found".into()));
+    }
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Cert(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(TlsError::Cert("no certificate found".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::Key(e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)?;
+    Ok(Arc::new(cfg))
+}
