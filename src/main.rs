@@ -3,6 +3,8 @@
 //! Exit codes: 0 success; 1 failure; 64 bad configuration or usage; 65 bad request
 //! input; 69 the node daemon is not reachable.
 
+#[cfg(feature = "master")]
+mod master;
 mod node;
 
 use std::process::ExitCode;
@@ -22,6 +24,10 @@ enum Command {
     /// Run and manage a node: the daemon that supervises instances offline.
     #[command(subcommand)]
     Node(node::NodeCommand),
+    /// Run and manage the master: fleet records, allocation, desired state, billing.
+    #[cfg(feature = "master")]
+    #[command(subcommand)]
+    Master(master::MasterCommand),
     /// Show the board profile detected on this machine (or every profile with --all).
     Board {
         /// Print JSON.
@@ -110,12 +116,23 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Node(cmd) => node::main(cmd),
+        #[cfg(feature = "master")]
+        Command::Master(cmd) => master::main(cmd),
         Command::Board { json, all } => board(json, all),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("hedge: {:#}", f.error);
+            // Most messages already name their cause; print each cause only once.
+            let mut msg = f.error.to_string();
+            for cause in f.error.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(": ");
+                    msg.push_str(&c);
+                }
+            }
+            eprintln!("hedge: {msg}");
             ExitCode::from(f.code)
         }
     }

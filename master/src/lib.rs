@@ -13,3 +13,4 @@ pub mod store;
 // The fleet PKI and the broker's config (`hedge master init`/`enroll`).
 pub mod mosquitto;
 pub mod pki;
+pub mod run;

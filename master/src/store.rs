@@ -1002,6 +1002,22 @@ impl MasterStore {
         Ok(out.into_values().collect())
     }
 
+    /// Every node's stored desired generation (the run loop publishes what is newer
+    /// than what it published).
+    pub fn desired_generations(&self) -> Result<Vec<(Name, u64)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT node, generation FROM desired ORDER BY node")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (node, generation) = row?;
+            if let Ok(n) = Name::new(&node) {
+                out.push((n, u64::try_from(generation).unwrap_or(0)));
+            }
+        }
+        Ok(out)
+    }
+
     /// The stored desired state of `node`.
     pub fn desired(&self, node: &Name) -> Result<Option<DesiredState>> {
         let conn = self.conn();

@@ -252,6 +252,8 @@ pub struct UplinkSection {
     pub ack_timeout_ms: u64,
     /// Bytes per second allowed on a metered link; 0 = unlimited.
     pub budget_bytes_per_sec: u32,
+    /// MQTT keepalive, seconds: an idle link that died is noticed within about this.
+    pub keepalive_s: u16,
 }
 
 impl Default for UplinkSection {
@@ -269,6 +271,7 @@ impl Default for UplinkSection {
             window: 4,
             ack_timeout_ms: 10_000,
             budget_bytes_per_sec: 0,
+            keepalive_s: 20,
         }
     }
 }
@@ -345,6 +348,7 @@ impl NodeConfig {
             || u.max_batch_bytes > hedge_wire::limits::DEFAULT_MAX_FRAME
             || u.window == 0
             || u.ack_timeout_ms < 100
+            || u.keepalive_s == 0
         {
             return Err(format!(
                 "uplink: need max_batch_records >= 1, 1024 <= max_batch_bytes <= {}, window >= 1, ack_timeout_ms >= 100",
@@ -545,6 +549,7 @@ max_batch_bytes = 32768
 window = 4                       # batches awaiting the master's ack
 ack_timeout_ms = 10000           # then resend from the last ack
 budget_bytes_per_sec = 0         # metered links: bytes/s; 0 = unlimited
+keepalive_s = 20                 # an idle dead link is noticed within about this
 "#
     )
 }

@@ -63,6 +63,13 @@ impl Broker {
     /// Starts mosquitto for the master directory `dir` on `127.0.0.1:port` (`0`: a free
     /// port) and waits until it accepts connections.
     pub fn start(dir: &Path, port: u16) -> Broker {
+        Broker::start_with_node_port(dir, port, None)
+    }
+
+    /// Like [`Broker::start`], with a second TLS listener on `node_port` (same
+    /// certificates and ACL) so that a test can cut nodes' traffic without touching
+    /// the master's.
+    pub fn start_with_node_port(dir: &Path, port: u16, node_port: Option<u16>) -> Broker {
         let port = if port == 0 { free_port() } else { port };
         let dir = std::path::absolute(dir).unwrap();
         let generated = dir.join("mosquitto.conf");
@@ -73,7 +80,7 @@ impl Broker {
             )
         });
         let conf = dir.join("mosquitto.test.conf");
-        std::fs::write(&conf, test_config(&text, port)).unwrap();
+        std::fs::write(&conf, test_config(&text, port, node_port)).unwrap();
         std::fs::create_dir_all(dir.join("mosquitto-data")).unwrap();
         let mut broker = Broker {
             port,
@@ -188,17 +195,32 @@ impl Drop for Broker {
 
 /// The generated config with its listener on `127.0.0.1:port`, plus `user root` when
 /// running as root (mosquitto would otherwise drop to user `mosquitto`).
-fn test_config(generated: &str, port: u16) -> String {
+fn test_config(generated: &str, port: u16, node_port: Option<u16>) -> String {
     let mut out = String::new();
     let mut listeners = 0;
+    // The listener's own settings (TLS files, certificate checks) follow its line.
+    let mut block = String::new();
+    let mut in_block = false;
     for line in generated.lines() {
         if line.trim_start().starts_with("listener ") {
             listeners += 1;
+            in_block = true;
             out.push_str(&format!("listener {port} 127.0.0.1\n"));
         } else {
+            if in_block
+                && !line.trim().is_empty()
+                && !line.starts_with('#')
+                && line.trim() != "user root"
+            {
+                block.push_str(line);
+                block.push('\n');
+            }
             out.push_str(line);
             out.push('\n');
         }
+    }
+    if let Some(np) = node_port {
+        out.push_str(&format!("listener {np} 127.0.0.1\n{block}"));
     }
     assert_eq!(
         listeners, 1,

@@ -3,6 +3,8 @@
 //! No sleeps as synchronisation: [`wait_for`] polls a condition until a deadline.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod broker;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -52,12 +54,23 @@ pub struct Node {
 impl Node {
     /// `hedge node init` in a fresh temp dir, with fast restart timings for tests.
     pub fn init() -> Node {
+        Node::init_with(&["--id", "test-node"])
+    }
+
+    /// `hedge node init --enroll BUNDLE` in a fresh temp dir.
+    pub fn init_enrolled(bundle: &Path) -> Node {
+        Node::init_with(&["--enroll", bundle.to_str().unwrap()])
+    }
+
+    fn init_with(args: &[&str]) -> Node {
         let dir = tempfile::tempdir().unwrap();
         // Partition users must traverse the temp dir when the tests run as root.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
         let out = hedge()
-            .args(["node", "init", "--id", "test-node", "--dir"])
+            .args(["node", "init"])
+            .args(args)
+            .arg("--dir")
             .arg(dir.path().join("n"))
             .output()
             .unwrap();

@@ -52,6 +52,8 @@ pub struct LinkSettings {
     pub tls: Arc<rustls::ClientConfig>,
     /// Batching and timing.
     pub sync: Config,
+    /// MQTT keepalive.
+    pub keepalive: Duration,
 }
 
 /// From the link to the daemon.
@@ -104,7 +106,7 @@ enum State {
 
 fn options(s: &LinkSettings) -> MqttOptions {
     let mut o = MqttOptions::new(s.node.as_str(), &s.host, s.port);
-    o.set_keep_alive(Duration::from_secs(20))
+    o.set_keep_alive(s.keepalive.max(Duration::from_secs(1)))
         .set_clean_session(true)
         .set_max_packet_size(256 * 1024, 256 * 1024)
         .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(

@@ -26,6 +26,16 @@ impl Daemon {
 
     /// Handles one frame from the master's `desired` topic.
     pub(crate) fn on_desired_frame(&mut self, frame: &[u8]) -> Result<u64, DesiredError> {
+        // The master republishes its current state on every connect: the very state
+        // the node already applied is not news, and not an attack.
+        if let (Ok(Message::Desired(d)), Ok(Some(stored))) = (
+            decode(frame, hedge_wire::limits::DEFAULT_MAX_FRAME),
+            self.store.desired(),
+        ) {
+            if d == stored {
+                return Ok(d.generation);
+            }
+        }
         let result = match decode(frame, hedge_wire::limits::DEFAULT_MAX_FRAME) {
             Ok(Message::Desired(d)) => check(
                 &d,

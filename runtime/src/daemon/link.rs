@@ -46,6 +46,7 @@ impl Daemon {
             node: self.cfg.node_id().clone(),
             host: u.host.clone(),
             port: u.port,
+            keepalive: std::time::Duration::from_secs(u64::from(u.keepalive_s)),
             tls,
             sync: hedge_uplink::Config {
                 max_batch_records: u.max_batch_records,

@@ -1,0 +1,244 @@
+//! `hedge master run`: the master's MQTT driver.
+//!
+//! Contract: [`run`] connects to the broker with the master's client certificate,
+//! subscribes to `$share/hedge/hedge/v1/+/up` (several master processes split the
+//! load; the SQLite store makes each (node, seq) stored once across all of them),
+//! and for every Up batch: checks that the batch's node is the topic's node (the
+//! broker's ACL binds the topic to the certificate), stores it in one transaction,
+//! and only then publishes `Ack { upto }` on `hedge/v1/<node>/ack`. Malformed frames
+//! and node mismatches are counted and logged, never stored, never acked.
+//! It also publishes, retained, every desired state newer than what it published
+//! (checked at each connect and every second), so requests made with
+//! `hedge master request` reach nodes whenever they connect. Reconnects with backoff
+//! forever; returns when `shutdown` resolves.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hedge_uplink::mqtt::{ack_topic, desired_topic};
+use hedge_wire::codec::{decode, encode};
+use hedge_wire::limits::DEFAULT_MAX_FRAME;
+use hedge_wire::{Ack, Message, Name};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+
+use crate::store::{MasterStore, StoreError};
+
+/// The shared subscription every master process joins.
+pub const UP_FILTER: &str = "$share/hedge/hedge/v1/+/up";
+
+/// Errors that stop the master from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] hedge_uplink::tls::TlsError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Counters of one master process.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counters {
+    /// Up batches stored.
+    pub batches: u64,
+    /// Records newly stored.
+    pub stored: u64,
+    /// Records received again (already stored).
+    pub duplicates: u64,
+    /// Frames refused (malformed, or topic and payload disagree).
+    pub refused: u64,
+    /// Desired states published.
+    pub published: u64,
+}
+
+/// Connection settings of the master's MQTT client.
+#[derive(Clone)]
+pub struct Settings {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// TLS client configuration (CN = hedge-master).
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn options(s: &Settings) -> MqttOptions {
+    // Several master processes share the certificate; client ids must differ.
+    let id = format!("hedge-master-{}-{}", std::process::id(), fastrand::u32(..));
+    let mut o = MqttOptions::new(id, &s.host, s.port);
+    o.set_keep_alive(Duration::from_secs(20))
+        .set_clean_session(true)
+        .set_max_packet_size(256 * 1024, 256 * 1024)
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            s.tls.clone(),
+        )));
+    o
+}
+
+/// The node a `hedge/v1/<node>/up` topic names.
+pub fn node_of_up_topic(topic: &str) -> Option<Name> {
+    let rest = topic.strip_prefix("hedge/v1/")?.strip_suffix("/up")?;
+    Name::new(rest).ok()
+}
+
+/// Publishes desired states newer than `published`.
+fn publish_desired(
+    store: &MasterStore,
+    client: &AsyncClient,
+    published: &mut BTreeMap<Name, u64>,
+    counters: &mut Counters,
+) {
+    let Ok(gens) = store.desired_generations() else {
+        return;
+    };
+    for (node, generation) in gens {
+        if published.get(&node).is_some_and(|g| *g >= generation) {
+            continue;
+        }
+        let Ok(Some(d)) = store.desired(&node) else {
+            continue;
+        };
+        let Ok(frame) = encode(&Message::Desired(d), DEFAULT_MAX_FRAME) else {
+            tracing::warn!(node = %node, "desired state too large to publish");
+            continue;
+        };
+        match client.try_publish(desired_topic(node.as_str()), QoS::AtLeastOnce, true, frame) {
+            Ok(()) => {
+                tracing::info!(node = %node, generation, "desired state published");
+                counters.published += 1;
+                published.insert(node, generation);
+            }
+            Err(e) => tracing::debug!(error = %e, "publish queue full; retrying"),
+        }
+    }
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(
+    store: MasterStore,
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Counters, RunError> {
+    tokio::pin!(shutdown);
+    let mut counters = Counters::default();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let (client, mut eventloop) = AsyncClient::new(options(&settings), 256);
+        let mut published: BTreeMap<Name, u64> = BTreeMap::new();
+        let mut subscribed = false;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let lost = loop {
+            tokio::select! {
+                () = &mut shutdown => {
+                    let _ = client.try_disconnect();
+                    tracing::info!(?counters, "master stopped");
+                    return Ok(counters);
+                }
+                _ = tick.tick(), if subscribed => {
+                    publish_desired(&store, &client, &mut published, &mut counters);
+                }
+                ev = eventloop.poll() => match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        if let Err(e) = client.try_subscribe(UP_FILTER, QoS::AtLeastOnce) {
+                            tracing::warn!(error = %e, "cannot subscribe");
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        tracing::info!(host = %settings.host, port = settings.port, "master connected");
+                        subscribed = true;
+                        backoff = Duration::from_millis(200);
+                        // The broker may have lost retained messages (kill -9): republish.
+                        publish_desired(&store, &client, &mut published, &mut counters);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        handle_up(&store, &client, &p.topic, &p.payload, &mut counters);
+                    }
+                    Ok(_) => {}
+                    Err(e) => break e,
+                },
+            }
+        };
+        tracing::warn!(error = %lost, "broker connection lost; reconnecting");
+        let jitter = 0.8 + 0.4 * fastrand::f64();
+        tokio::select! {
+            () = &mut shutdown => return Ok(counters),
+            () = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+fn handle_up(
+    store: &MasterStore,
+    client: &AsyncClient,
+    topic: &str,
+    payload: &[u8],
+    c: &mut Counters,
+) {
+    let Some(node) = node_of_up_topic(topic) else {
+        c.refused += 1;
+        tracing::warn!(topic, "up frame on a malformed topic");
+        return;
+    };
+    let up = match decode(payload, DEFAULT_MAX_FRAME) {
+        Ok(Message::Up(up)) => up,
+        Ok(_) => {
+            c.refused += 1;
+            tracing::warn!(node = %node, "not an Up frame");
+            return;
+        }
+        Err(e) => {
+            c.refused += 1;
+            tracing::warn!(node = %node, error = %e, "malformed Up frame");
+            return;
+        }
+    };
+    match store.ingest(&node, &up, now_ms()) {
+        Ok(ing) => {
+            c.batches += 1;
+            c.stored += ing.stored as u64;
+            c.duplicates += ing.duplicates as u64;
+            let ack = Message::Ack(Ack { upto: ing.ack_upto });
+            if let Ok(frame) = encode(&ack, DEFAULT_MAX_FRAME) {
+                if let Err(e) =
+                    client.try_publish(ack_topic(node.as_str()), QoS::AtLeastOnce, false, frame)
+                {
+                    tracing::debug!(error = %e, "ack not queued; the node will resend");
+                }
+            }
+        }
+        Err(StoreError::NodeMismatch { .. }) => {
+            c.refused += 1;
+            tracing::warn!(node = %node, claimed = %up.node, "records claim another node than their topic: refused");
+        }
+        Err(e) => {
+            c.refused += 1;
+            tracing::warn!(node = %node, error = %e, "cannot store records; not acknowledged");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn up_topics_name_their_node() {
+        assert_eq!(
+            node_of_up_topic("hedge/v1/n-1/up").map(|n| n.to_string()),
+            Some("n-1".into())
+        );
+        assert_eq!(node_of_up_topic("hedge/v1/../up"), None);
+        assert_eq!(node_of_up_topic("hedge/v1/a/b/up"), None);
+        assert_eq!(node_of_up_topic("hedge/v1/a/ack"), None);
+    }
+}

@@ -1,0 +1,478 @@
+//! `hedge master ...`: init, enroll, run, request, and the fleet views.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use hedge_master::alloc::{self, Placement};
+use hedge_master::billing::{self, Period, PriceList};
+use hedge_master::pki::{self, InitOptions, MasterConfig};
+use hedge_master::sign::{self, MasterKey};
+use hedge_master::store::MasterStore;
+use hedge_runtime::request_file::{self, Flags};
+use hedge_wire::{InstanceRequest, Name, RecordKind};
+
+use crate::Failure;
+
+#[derive(Args)]
+pub struct ConfigArg {
+    /// The master's config file.
+    #[arg(long, env = "HEDGE_MASTER_CONFIG", default_value = "master.toml")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+// Parsed once per process; boxing the larger variants buys nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum MasterCommand {
+    /// Create a master: signing key, fleet CA, broker certificate, master.toml, and a
+    /// ready mosquitto configuration (`mosquitto -c DIR/mosquitto.conf`).
+    Init {
+        /// Directory to create the master in.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Host name or address nodes dial to reach the broker.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Broker TLS port.
+        #[arg(long, default_value_t = 8883)]
+        port: u16,
+        /// Extra names or addresses for the broker certificate (repeatable).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+    },
+    /// Write an enrollment bundle for a node (`hedge node init --enroll FILE` takes it).
+    Enroll {
+        /// The node id.
+        node: String,
+        /// Where to write the bundle (mode 0600; never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Run the master: store records once, acknowledge them, publish desired states.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Request an instance: allocate a node, sign a new desired state for it.
+    Request {
+        /// A request file (the node's format).
+        #[arg(long, conflicts_with_all = ["name", "software"])]
+        file: Option<PathBuf>,
+        /// Instance name.
+        #[arg(required_unless_present = "file")]
+        name: Option<String>,
+        /// What it runs: exec:PROGRAM.
+        #[arg(long, required_unless_present = "file")]
+        software: Option<String>,
+        /// An argument (repeatable).
+        #[arg(long = "arg", allow_hyphen_values = true)]
+        args: Vec<String>,
+        /// A parameter key=value (repeatable).
+        #[arg(long = "param")]
+        params: Vec<String>,
+        /// A promise [NAME=]KIND[:TARGET] (repeatable).
+        #[arg(long = "promise")]
+        promises: Vec<String>,
+        /// started (default), stopped or destroyed.
+        #[arg(long)]
+        state: Option<String>,
+        /// Place it on this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// The node must carry this label k=v (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// The node must have this architecture (e.g. aarch64).
+        #[arg(long)]
+        arch: Option<String>,
+        /// The node must be in this region.
+        #[arg(long)]
+        region: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// The fleet: nodes, when they were last seen, what the master holds of them.
+    Nodes(View),
+    /// Instances requested and reported across the fleet.
+    Instances(View),
+    /// Incidents reported by nodes, with their timelines.
+    Incidents(View),
+    /// Usage records (all, or one month with --period).
+    Usage {
+        /// YYYY-MM.
+        #[arg(long)]
+        period: Option<String>,
+        #[command(flatten)]
+        view: View,
+    },
+    /// An invoice for one month from usage records and a price list.
+    Invoice {
+        /// YYYY-MM.
+        #[arg(long)]
+        period: String,
+        /// Price list (TOML; default: [billing] price_list, else the built-in example).
+        #[arg(long)]
+        price_list: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// Print CSV.
+        #[arg(long)]
+        csv: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Args)]
+pub struct View {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+fn load(c: &ConfigArg) -> Result<MasterConfig, Failure> {
+    MasterConfig::load(&c.config).map_err(Failure::usage)
+}
+
+fn open_store(cfg: &MasterConfig) -> Result<MasterStore, Failure> {
+    Ok(MasterStore::open(&cfg.base.join(&cfg.master.store))?)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+pub fn main(cmd: MasterCommand) -> Result<(), Failure> {
+    match cmd {
+        MasterCommand::Init {
+            dir,
+            host,
+            port,
+            sans,
+        } => {
+            let report = pki::init(
+                &dir,
+                &InitOptions {
+                    broker_host: host,
+                    broker_port: port,
+                    extra_sans: sans,
+                },
+            )
+            .map_err(Failure::usage)?;
+            println!("master created in {}", dir.display());
+            println!("  config     {}", report.master_toml.display());
+            println!(
+                "  broker     mosquitto -c {}",
+                report.mosquitto_conf.display()
+            );
+            println!("  signing    {}", report.signing_public);
+            println!(
+                "enroll a node: hedge master enroll NODE --out NODE.bundle --config {}",
+                report.master_toml.display()
+            );
+            Ok(())
+        }
+        MasterCommand::Enroll { node, out, config } => {
+            let n =
+                Name::new(&node).map_err(|e| Failure::usage(anyhow::anyhow!("{node:?}: {e}")))?;
+            let dir = config
+                .config
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            let dir = if dir.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                dir
+            };
+            pki::enroll(&dir, &n, &out).map_err(Failure::usage)?;
+            println!(
+                "bundle for {node} written to {} (secret: move it to the node, then delete it)",
+                out.display()
+            );
+            Ok(())
+        }
+        MasterCommand::Run { config } => run(load(&config)?),
+        MasterCommand::Request {
+            file,
+            name,
+            software,
+            args,
+            params,
+            promises,
+            state,
+            node,
+            labels,
+            arch,
+            region,
+            config,
+        } => {
+            let request = match file {
+                Some(f) => {
+                    let text = std::fs::read_to_string(&f)
+                        .with_context(|| format!("cannot read {}", f.display()))
+                        .map_err(Failure::data)?;
+                    request_file::parse_toml(&text)
+                        .with_context(|| f.display().to_string())
+                        .map_err(Failure::data)?
+                }
+                None => {
+                    let destroy = state.as_deref() == Some("destroyed");
+                    let mut r = request_file::from_flags(&Flags {
+                        name: name.unwrap_or_default(),
+                        software: software.unwrap_or_default(),
+                        args,
+                        params,
+                        promises,
+                        state: state.filter(|_| !destroy),
+                    })
+                    .map_err(Failure::data)?;
+                    if destroy {
+                        r.state = hedge_wire::RequestedState::Destroyed;
+                    }
+                    r
+                }
+            };
+            let mut placement = Placement {
+                node: node
+                    .map(|n| {
+                        Name::new(&n)
+                            .map_err(|e| Failure::usage(anyhow::anyhow!("--node {n:?}: {e}")))
+                    })
+                    .transpose()?,
+                labels: BTreeMap::new(),
+                arch,
+                region,
+            };
+            for kv in labels {
+                let (k, v) = kv.split_once('=').ok_or_else(|| {
+                    Failure::usage(anyhow::anyhow!("--label {kv:?}: expected k=v"))
+                })?;
+                placement.labels.insert(k.into(), v.into());
+            }
+            request_on_master(&load(&config)?, request, placement)
+        }
+        MasterCommand::Nodes(v) => {
+            let cfg = load(&v.config)?;
+            let nodes = open_store(&cfg)?.nodes()?;
+            if v.json {
+                let out: Vec<serde_json::Value> = nodes
+                    .iter()
+                    .map(|n| {
+                        let mut j = serde_json::to_value(n).unwrap_or_default();
+                        j["last_seen"] = serde_json::json!(n.last_seen_ms);
+                        j
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!(
+                    "{:<24} {:<10} {:<28} {:>10} {:>10} {:>9}  LAST SEEN (ms ago)",
+                    "NODE", "BOARD", "ARCH", "RECORDS", "LAST SEQ", "INSTANCES"
+                );
+                let now = now_ms();
+                for n in nodes {
+                    println!(
+                        "{:<24} {:<10} {:<28} {:>10} {:>10} {:>4}/{:<4}  {}",
+                        n.node.as_str(),
+                        n.board.as_deref().unwrap_or("-"),
+                        n.arch.as_deref().unwrap_or("-"),
+                        n.records,
+                        n.last_seq,
+                        n.allocated_instances,
+                        n.capacity_instances,
+                        n.last_seen_ms
+                            .map_or("never".into(), |t| now.saturating_sub(t).to_string())
+                    );
+                }
+            }
+            Ok(())
+        }
+        MasterCommand::Instances(v) => {
+            let cfg = load(&v.config)?;
+            let list = open_store(&cfg)?.instances()?;
+            if v.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for i in list {
+                    println!("{}", serde_json::to_string(&i)?);
+                }
+            }
+            Ok(())
+        }
+        MasterCommand::Incidents(v) => {
+            let cfg = load(&v.config)?;
+            let list = open_store(&cfg)?.incidents()?;
+            if v.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for i in list {
+                    println!("{}", serde_json::to_string(&i)?);
+                }
+            }
+            Ok(())
+        }
+        MasterCommand::Usage { period, view } => {
+            let cfg = load(&view.config)?;
+            let (from, to) = match period {
+                Some(p) => {
+                    let p = Period::parse(&p).map_err(Failure::usage)?;
+                    (p.start_ms(), p.end_ms())
+                }
+                None => (0, u64::MAX / 2),
+            };
+            let list = open_store(&cfg)?.usage(from, to)?;
+            let rows: Vec<serde_json::Value> = list
+                .iter()
+                .filter_map(|(node, r)| match &r.kind {
+                    RecordKind::Usage { .. } => Some(serde_json::json!({
+                        "node": node.as_str(),
+                        "seq": r.seq,
+                        "usage": serde_json::to_value(&r.kind).ok()?["Usage"].clone(),
+                    })),
+                    _ => None,
+                })
+                .collect();
+            if view.json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                for r in rows {
+                    println!("{r}");
+                }
+            }
+            Ok(())
+        }
+        MasterCommand::Invoice {
+            period,
+            price_list,
+            json,
+            csv,
+            config,
+        } => {
+            let cfg = load(&config)?;
+            let period = Period::parse(&period).map_err(Failure::usage)?;
+            let prices = match price_list
+                .or_else(|| cfg.billing.price_list.as_ref().map(|p| cfg.base.join(p)))
+            {
+                Some(p) => PriceList::load(&p).map_err(Failure::usage)?,
+                None => PriceList::parse(billing::PRICE_LIST_EXAMPLE).map_err(Failure::usage)?,
+            };
+            let usage = open_store(&cfg)?.usage(period.start_ms(), period.end_ms())?;
+            let inv = billing::invoice(period, &usage, &prices);
+            if json {
+                println!("{}", inv.to_json()?);
+            } else if csv {
+                print!("{}", inv.to_csv());
+            } else {
+                print!("{}", inv.to_csv());
+                println!(
+                    "total {} {}",
+                    billing::format_micros(inv.total_micros),
+                    inv.currency
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Allocates (or finds) the node for `request`, stores a new signed desired state.
+fn request_on_master(
+    cfg: &MasterConfig,
+    request: InstanceRequest,
+    mut placement: Placement,
+) -> Result<(), Failure> {
+    let store = open_store(cfg)?;
+    let key = MasterKey::load(&cfg.base.join(&cfg.signing.key)).map_err(Failure::usage)?;
+    // An instance already placed stays where it is unless a node is named.
+    if placement.node.is_none() {
+        for (node, _) in store.desired_generations()? {
+            if let Some(d) = store.desired(&node)? {
+                if d.instances.iter().any(|r| r.name == request.name) {
+                    placement.node = Some(node);
+                    break;
+                }
+            }
+        }
+    }
+    let nodes = store.nodes()?;
+    let node = alloc::pick(&nodes, &placement, now_ms(), cfg.allocation.stale_after_ms)
+        .map_err(Failure::data)?;
+    let name = request.name.clone();
+    let d = store.update_desired(
+        &node,
+        |mut v| {
+            v.retain(|r| r.name != request.name);
+            v.push(request);
+            v
+        },
+        |d| sign::sign(&key, d),
+    )?;
+    println!(
+        "{name} requested on {node} (generation {}); `hedge master run` publishes it",
+        d.generation
+    );
+    Ok(())
+}
+
+fn run(cfg: MasterConfig) -> Result<(), Failure> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HEDGE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let store = open_store(&cfg)?;
+    let read = |p: &Path| {
+        let path = cfg.base.join(p);
+        std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let tls = hedge_uplink::tls::client_config(
+        &read(&cfg.broker.ca)?,
+        &read(&cfg.broker.cert)?,
+        &read(&cfg.broker.key)?,
+    )
+    .map_err(Failure::usage)?;
+    let settings = hedge_master::run::Settings {
+        host: cfg.broker.host.clone(),
+        port: cfg.broker.port,
+        tls,
+    };
+    runtime()?.block_on(async {
+        let shutdown = async {
+            use tokio::signal::unix::{signal, SignalKind};
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(mut t), Ok(mut i)) => {
+                    tokio::select! {
+                        _ = t.recv() => {}
+                        _ = i.recv() => {}
+                    }
+                }
+                _ => std::future::pending::<()>().await,
+            }
+        };
+        hedge_master::run::run(store, settings, shutdown).await?;
+        Ok::<(), Failure>(())
+    })
+}

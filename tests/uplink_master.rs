@@ -1,0 +1,615 @@
+//! Node ↔ master sync over a real mosquitto with mutual TLS and the generated ACL:
+//! exactly-once records through link cuts and SIGKILLs of node, master and broker;
+//! requests made while a node is offline; forged and replayed desired states; a node
+//! that tries to publish as another; two masters sharing the subscription.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::broker::{free_port, Broker};
+use common::{hedge, wait_for, Node};
+use serde_json::Value;
+
+/// A master directory, its broker (one listener for masters, one for nodes) and
+/// master processes.
+struct Fleet {
+    dir: tempfile::TempDir,
+    broker: Broker,
+    node_port: u16,
+    masters: Vec<Child>,
+    cut: Option<String>,
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let m = dir.path().join("m");
+        let master_port = free_port();
+        let out = hedge()
+            .args([
+                "master",
+                "init",
+                "--port",
+                &master_port.to_string(),
+                "--dir",
+            ])
+            .arg(&m)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let node_port = free_port();
+        let broker = Broker::start_with_node_port(&m, master_port, Some(node_port));
+        Fleet {
+            dir,
+            broker,
+            node_port,
+            masters: Vec::new(),
+            cut: None,
+        }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("m/master.toml")
+    }
+
+    fn master(&self, args: &[&str]) -> std::process::Output {
+        hedge()
+            .arg("master")
+            .args(args)
+            .arg("--config")
+            .arg(self.config())
+            .output()
+            .unwrap()
+    }
+
+    fn master_ok(&self, args: &[&str]) -> String {
+        let out = self.master(args);
+        assert!(
+            out.status.success(),
+            "hedge master {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn start_master(&mut self) {
+        let i = self.masters.len();
+        let log = std::fs::File::create(self.dir.path().join(format!("master{i}.log"))).unwrap();
+        let child = hedge()
+            .args(["master", "run", "--config"])
+            .arg(self.config())
+            .env("HEDGE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.masters.push(child);
+    }
+
+    fn kill_master(&mut self, i: usize) {
+        self.masters[i].kill().unwrap();
+        self.masters[i].wait().unwrap();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join(format!("master{i}.log")))
+            .unwrap();
+        self.masters[i] = hedge()
+            .args(["master", "run", "--config"])
+            .arg(self.config())
+            .env("HEDGE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+    }
+
+    /// An enrolled node whose uplink dials the nodes' listener, with fast intervals.
+    fn node(&self, id: &str) -> Node {
+        let bundle = self.dir.path().join(format!("{id}.bundle"));
+        self.master_ok(&["enroll", id, "--out", bundle.to_str().unwrap()]);
+        let node = Node::init_enrolled(&bundle);
+        let port = self.node_port;
+        node.edit_config(move |c| {
+            c.lines()
+                .map(|l| {
+                    if l.starts_with("port = ") {
+                        format!("port = {port}")
+                    } else if l.starts_with("ack_timeout_ms = ") {
+                        "ack_timeout_ms = 2000".into()
+                    } else if l.starts_with("keepalive_s = ") {
+                        "keepalive_s = 2".into()
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+                + "\n"
+        });
+        node
+    }
+
+    /// What the master holds of `node`: (records, last_seq).
+    fn held(&self, node: &str) -> (u64, u64) {
+        let v: Value = serde_json::from_str(&self.master_ok(&["nodes", "--json"])).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == node)
+            .map_or((0, 0), |n| {
+                (
+                    n["records"].as_u64().unwrap(),
+                    n["last_seq"].as_u64().unwrap(),
+                )
+            })
+    }
+
+    /// Cuts the nodes' link to the broker: TCP resets both ways on the nodes' port.
+    fn cut_link(&mut self) {
+        assert!(self.cut.is_none());
+        let table = format!("hedge_test_{}", self.node_port);
+        let port = self.node_port;
+        nft(&["add", "table", "inet", &table]);
+        nft(&[
+            "add",
+            "chain",
+            "inet",
+            &table,
+            "out",
+            "{ type filter hook output priority 0; }",
+        ]);
+        nft(&[
+            "add",
+            "rule",
+            "inet",
+            &table,
+            "out",
+            "tcp",
+            "dport",
+            &port.to_string(),
+            "reject",
+            "with",
+            "tcp",
+            "reset",
+        ]);
+        nft(&[
+            "add",
+            "rule",
+            "inet",
+            &table,
+            "out",
+            "tcp",
+            "sport",
+            &port.to_string(),
+            "reject",
+            "with",
+            "tcp",
+            "reset",
+        ]);
+        self.cut = Some(table);
+    }
+
+    fn restore_link(&mut self) {
+        if let Some(t) = self.cut.take() {
+            nft(&["delete", "table", "inet", &t]);
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.restore_link();
+        for m in &mut self.masters {
+            let _ = m.kill();
+            let _ = m.wait();
+        }
+    }
+}
+
+fn nft(args: &[&str]) {
+    let bin = if Path::new("/usr/sbin/nft").exists() {
+        "/usr/sbin/nft"
+    } else {
+        "nft"
+    };
+    let out = Command::new(bin)
+        .args(args)
+        .output()
+        .expect("nft (scripts/setup installs nftables)");
+    assert!(
+        out.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn can_cut() -> bool {
+    nix::unistd::geteuid().is_root()
+        && (Path::new("/usr/sbin/nft").exists()
+            || Command::new("nft").arg("--version").output().is_ok())
+}
+
+#[test]
+fn ten_thousand_records_reach_the_master_exactly_once_through_cuts_and_kills() {
+    if !can_cut() {
+        eprintln!("skipped: needs root and nft to cut links");
+        return;
+    }
+    let mut fleet = Fleet::new();
+    fleet.start_master();
+    let mut node = fleet.node("chaos");
+    node.edit_config(|c| {
+        c.replace("sample_interval_ms = 10000", "sample_interval_ms = 100")
+            .replace("usage_interval_ms = 60000", "usage_interval_ms = 100")
+    });
+    node.start();
+    // 20 idle instances: 200 usage records a second.
+    for i in 0..20 {
+        node.ok(&[
+            "request",
+            &format!("s{i}"),
+            "--software",
+            "exec:/bin/sleep",
+            "--arg",
+            "100000",
+        ]);
+    }
+    let mut kills = [0u32; 3];
+    let mut cuts = 0;
+    let mut round = 0usize;
+    while cuts < 20
+        || kills.iter().any(|k| *k < 3)
+        || node.status()["outbox"]["next_seq"].as_u64().unwrap() <= 10_000
+    {
+        round += 1;
+        fleet.cut_link();
+        cuts += 1;
+        std::thread::sleep(Duration::from_millis(400));
+        fleet.restore_link();
+        match round % 4 {
+            1 if kills[0] < 3 => {
+                node.kill9();
+                node.start();
+                kills[0] += 1;
+            }
+            2 if kills[1] < 3 => {
+                fleet.kill_master(0);
+                kills[1] += 1;
+            }
+            3 if kills[2] < 3 => {
+                fleet.broker.kill9();
+                fleet.broker.restart();
+                kills[2] += 1;
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(800));
+        assert!(round < 200, "not done after {round} rounds");
+    }
+    // Quiet the node, then let it drain.
+    for i in 0..20 {
+        node.ok(&["destroy", &format!("s{i}")]);
+    }
+    let (next, depth) = wait_for("node drained", Duration::from_secs(120), || {
+        let s = node.status();
+        let depth = s["outbox"]["depth"].as_u64()?;
+        (depth == 0).then(|| (s["outbox"]["next_seq"].as_u64().unwrap(), depth))
+    });
+    assert_eq!(depth, 0);
+    let produced = next - 1;
+    assert!(produced >= 10_000, "only {produced} records");
+    let (records, last_seq) = wait_for("master caught up", Duration::from_secs(30), || {
+        let h = fleet.held("chaos");
+        (h.1 >= produced).then_some(h)
+    });
+    // Every record the node made, exactly once: as many rows as sequence numbers.
+    assert_eq!(
+        records, last_seq,
+        "master holds {records} records for seqs 1..={last_seq}"
+    );
+    assert!(last_seq >= produced);
+    eprintln!("chaos: {produced} records, {cuts} cuts, kills node/master/broker {kills:?}, {round} rounds");
+}
+
+#[test]
+fn a_request_made_while_the_node_is_offline_reaches_it_and_survives_an_offline_reboot() {
+    if !can_cut() {
+        eprintln!("skipped: needs root and nft to cut links");
+        return;
+    }
+    let mut fleet = Fleet::new();
+    fleet.start_master();
+    let mut node = fleet.node("field-1");
+    node.start();
+    // The master knows the node once its first records arrive.
+    wait_for("node registered", Duration::from_secs(30), || {
+        (fleet.held("field-1").0 > 0).then_some(())
+    });
+    fleet.cut_link();
+    wait_for("node offline", Duration::from_secs(30), || {
+        (node.status()["uplink"]["connected"] == false).then_some(())
+    });
+    let out = fleet.master_ok(&[
+        "request",
+        "web",
+        "--software",
+        "exec:/bin/sleep",
+        "--arg",
+        "1000",
+    ]);
+    assert!(out.contains("field-1"), "{out}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        node.instance("web").is_none(),
+        "arrived through a cut link?"
+    );
+    fleet.restore_link();
+    node.running_pid("web", None);
+    assert_eq!(node.status()["uplink"]["generation"], 1);
+    // Reboot offline: still runs it, from its own store.
+    fleet.cut_link();
+    node.kill9();
+    node.start();
+    node.running_pid("web", None);
+    // The master records what the node reports once it is back.
+    fleet.restore_link();
+    wait_for("instance reported", Duration::from_secs(30), || {
+        let v: Value = serde_json::from_str(&fleet.master_ok(&["instances", "--json"])).ok()?;
+        v.as_array()?
+            .iter()
+            .any(|i| i["name"] == "web" && i["status"] == "Running")
+            .then_some(())
+    });
+}
+
+#[test]
+fn forged_and_replayed_desired_states_are_refused_and_a_node_cannot_publish_as_another() {
+    let mut fleet = Fleet::new();
+    fleet.start_master();
+    let mut node = fleet.node("alpha");
+    node.start();
+    wait_for("node registered", Duration::from_secs(30), || {
+        (fleet.held("alpha").0 > 0).then_some(())
+    });
+    fleet.master_ok(&[
+        "request",
+        "one",
+        "--software",
+        "exec:/bin/sleep",
+        "--arg",
+        "1000",
+    ]);
+    node.running_pid("one", None);
+    // Keep the store as it was at generation 1, for the replay below.
+    let m = fleet.dir.path().join("m");
+    let old = fleet.dir.path().join("old");
+    std::fs::create_dir(&old).unwrap();
+    // A consistent copy of the SQLite store (WAL included) while no one writes.
+    fleet.kill_master(0);
+    fleet.masters[0].kill().unwrap();
+    fleet.masters[0].wait().unwrap();
+    for f in ["master.db", "master.db-wal", "master.db-shm"] {
+        if m.join(f).exists() {
+            std::fs::copy(m.join(f), old.join(f)).unwrap();
+        }
+    }
+    fleet.masters.clear();
+    fleet.start_master();
+    fleet.master_ok(&[
+        "request",
+        "two",
+        "--software",
+        "exec:/bin/sleep",
+        "--arg",
+        "1000",
+    ]);
+    node.running_pid("two", None);
+    assert_eq!(node.status()["uplink"]["generation"], 2);
+    let rejected = |n: &Node| n.status()["counters"]["desired_rejected"].as_u64().unwrap();
+
+    // A rogue publisher with the broker credentials but not the signing key.
+    let rogue = fleet.dir.path().join("rogue");
+    std::fs::create_dir(&rogue).unwrap();
+    for f in ["ca.crt", "master.crt", "master.key"] {
+        std::fs::copy(m.join(f), rogue.join(f)).unwrap();
+    }
+    let key: [u8; 32] = std::array::from_fn(|i| i as u8 + 1);
+    std::fs::write(rogue.join("signing.key"), key).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        rogue.join("signing.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let toml = std::fs::read_to_string(m.join("master.toml")).unwrap();
+    std::fs::write(rogue.join("master.toml"), &toml).unwrap();
+    let rogue_cli = |args: &[&str]| {
+        hedge()
+            .arg("master")
+            .args(args)
+            .arg("--config")
+            .arg(rogue.join("master.toml"))
+            .output()
+            .unwrap()
+    };
+    // The rogue store knows the node (copied) and signs generation 3 with its own key.
+    for f in ["master.db", "master.db-wal", "master.db-shm"] {
+        if m.join(f).exists() {
+            std::fs::copy(m.join(f), rogue.join(f)).unwrap();
+        }
+    }
+    let out = rogue_cli(&[
+        "request",
+        "evil",
+        "--software",
+        "exec:/bin/sh",
+        "--arg",
+        "-c",
+        "--arg",
+        "touch /tmp/pwned",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fleet.masters[0].kill().unwrap();
+    fleet.masters[0].wait().unwrap();
+    let mut rogue_run = hedge()
+        .args(["master", "run", "--config"])
+        .arg(rogue.join("master.toml"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("forgery refused", Duration::from_secs(30), || {
+        (rejected(&node) >= 1).then_some(())
+    });
+    rogue_run.kill().unwrap();
+    rogue_run.wait().unwrap();
+    assert!(node.instance("evil").is_none());
+    assert_eq!(node.status()["uplink"]["generation"], 2);
+
+    // A replay: the genuine generation-1 state, published again.
+    let before = rejected(&node);
+    std::fs::copy(m.join("master.toml"), old.join("master.toml")).unwrap();
+    for f in ["ca.crt", "master.crt", "master.key", "signing.key"] {
+        std::fs::copy(m.join(f), old.join(f)).unwrap();
+    }
+    let mut replay = hedge()
+        .args(["master", "run", "--config"])
+        .arg(old.join("master.toml"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("replay refused", Duration::from_secs(30), || {
+        (rejected(&node) > before).then_some(())
+    });
+    replay.kill().unwrap();
+    replay.wait().unwrap();
+    node.running_pid("two", None);
+    assert_eq!(node.status()["uplink"]["generation"], 2);
+    let refusals: Vec<Value> = node
+        .outbox()
+        .into_iter()
+        .filter(|r| r["kind"]["Desired"]["accepted"] == false)
+        .collect();
+    // Refusals are reported (those still in the outbox; acked ones are at the master).
+    let reasons = format!("{refusals:?}");
+    assert!(
+        reasons.contains("signature") || rejected(&node) >= 2,
+        "{reasons}"
+    );
+
+    // Node "beta" configured to claim alpha's id: the broker's ACL drops what it
+    // publishes on alpha's topic, so the master stores nothing new for alpha from it.
+    fleet.start_master();
+    let beta_bundle = fleet.dir.path().join("beta.bundle");
+    fleet.master_ok(&["enroll", "beta", "--out", beta_bundle.to_str().unwrap()]);
+    let mut beta = Node::init_enrolled(&beta_bundle);
+    let port = fleet.node_port;
+    beta.edit_config(move |c| {
+        c.replace("id = \"beta\"", "id = \"alpha\"")
+            .lines()
+            .map(|l| {
+                if l.starts_with("port = ") {
+                    format!("port = {port}")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    node.kill9(); // the real alpha goes quiet
+    let (held_before, last_before) = fleet.held("alpha");
+    beta.start();
+    beta.ok(&[
+        "request",
+        "noise",
+        "--software",
+        "exec:/bin/sleep",
+        "--arg",
+        "1000",
+    ]);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        fleet.held("alpha"),
+        (held_before, last_before),
+        "beta's records reached alpha's account"
+    );
+    assert_eq!(
+        beta.status()["uplink"]["acked_upto"],
+        0,
+        "the master acked beta as alpha"
+    );
+}
+
+#[test]
+fn two_masters_share_the_subscription_and_store_each_record_once() {
+    let mut fleet = Fleet::new();
+    fleet.start_master();
+    fleet.start_master();
+    let mut node = fleet.node("shared");
+    node.edit_config(|c| {
+        c.replace("sample_interval_ms = 10000", "sample_interval_ms = 100")
+            .replace("usage_interval_ms = 60000", "usage_interval_ms = 100")
+            .replace("max_batch_records = 256", "max_batch_records = 16")
+    });
+    node.start();
+    for i in 0..10 {
+        node.ok(&[
+            "request",
+            &format!("s{i}"),
+            "--software",
+            "exec:/bin/sleep",
+            "--arg",
+            "100000",
+        ]);
+    }
+    wait_for("2000 records", Duration::from_secs(60), || {
+        (node.status()["outbox"]["next_seq"].as_u64()? > 2000).then_some(())
+    });
+    for i in 0..10 {
+        node.ok(&["destroy", &format!("s{i}")]);
+    }
+    let next = wait_for("drained", Duration::from_secs(60), || {
+        let s = node.status();
+        (s["outbox"]["depth"].as_u64()? == 0).then(|| s["outbox"]["next_seq"].as_u64().unwrap())
+    });
+    let (records, last_seq) = wait_for("master caught up", Duration::from_secs(30), || {
+        let h = fleet.held("shared");
+        (h.1 >= next - 1).then_some(h)
+    });
+    assert_eq!(records, last_seq);
+    // Both processes did part of the work.
+    for m in &mut fleet.masters {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(m.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        m.wait().unwrap();
+    }
+    for i in 0..2 {
+        let log = std::fs::read_to_string(fleet.dir.path().join(format!("master{i}.log"))).unwrap();
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("master stopped"))
+            .expect("stop line");
+        assert!(
+            !line.contains("batches: 0,"),
+            "master {i} stored nothing: {line}"
+        );
+    }
+}
