@@ -5,6 +5,8 @@
 
 #[cfg(feature = "master")]
 mod master;
+#[cfg(feature = "master")]
+mod sandbox;
 mod node;
 
 use std::process::ExitCode;
@@ -28,6 +30,22 @@ enum Command {
     #[cfg(feature = "master")]
     #[command(subcommand)]
     Master(master::MasterCommand),
+    /// A whole fleet on this machine: broker, master and nodes in one directory, no root.
+    #[cfg(feature = "master")]
+    #[command(args_conflicts_with_subcommands = true)]
+    Sandbox {
+        /// How many nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// The sandbox directory (recreated on each run).
+        #[arg(long, default_value = "hedge-sandbox")]
+        dir: std::path::PathBuf,
+        /// Run this many seconds, print a summary, exit 0 only if nothing was lost.
+        #[arg(long)]
+        duration: Option<u64>,
+        #[command(subcommand)]
+        command: Option<sandbox::SandboxCommand>,
+    },
     /// Show the board profile detected on this machine (or every profile with --all).
     Board {
         /// Print JSON.
@@ -119,6 +137,20 @@ fn main() -> ExitCode {
         #[cfg(feature = "master")]
         Command::Master(cmd) => master::main(cmd),
         Command::Board { json, all } => board(json, all),
+        #[cfg(feature = "master")]
+        Command::Sandbox {
+            nodes,
+            dir,
+            duration,
+            command,
+        } => match command {
+            Some(cmd) => sandbox::main(cmd),
+            None => sandbox::run(sandbox::Options {
+                nodes,
+                dir,
+                duration,
+            }),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
