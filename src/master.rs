@@ -66,9 +66,12 @@ pub enum MasterCommand {
         /// Instance name.
         #[arg(required_unless_present = "file")]
         name: Option<String>,
-        /// What it runs: exec:PROGRAM.
+        /// What it runs: exec:PROGRAM, sha256:HEX or release:NAME (artifacts need --entry).
         #[arg(long, required_unless_present = "file")]
         software: Option<String>,
+        /// The program inside an artifact, e.g. bin/app.
+        #[arg(long)]
+        entry: Option<String>,
         /// An argument (repeatable).
         #[arg(long = "arg", allow_hyphen_values = true)]
         args: Vec<String>,
@@ -96,6 +99,22 @@ pub enum MasterCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Supply a software artifact (a .tar.gz for one target): stored by sha256, served to
+    /// nodes by `hedge master run`; prints `sha256:HEX`.
+    Supply {
+        /// The .tar.gz archive.
+        file: PathBuf,
+        /// The target triple it was built for (e.g. aarch64-unknown-linux-gnu), or `*`.
+        #[arg(long)]
+        target: String,
+        /// Make it the variant for --target of this release (`--software release:NAME`).
+        #[arg(long)]
+        release: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Supplied artifacts and releases.
+    Artifacts(View),
     /// The fleet: nodes, when they were last seen, what the master holds of them.
     Nodes(View),
     /// Instances requested and reported across the fleet.
@@ -209,10 +228,61 @@ pub fn main(cmd: MasterCommand) -> Result<(), Failure> {
             Ok(())
         }
         MasterCommand::Run { config } => run(load(&config)?),
+        MasterCommand::Supply {
+            file,
+            target,
+            release,
+            config,
+        } => {
+            let cfg = load(&config)?;
+            if !hedge_wire::valid_target(&target) {
+                return Err(Failure::usage(anyhow::anyhow!(
+                    "--target {target:?}: a target triple (a-z 0-9 . _ -, at most 64 bytes) or *"
+                )));
+            }
+            let release = release
+                .map(|r| {
+                    Name::new(&r)
+                        .map_err(|e| Failure::usage(anyhow::anyhow!("--release {r:?}: {e}")))
+                })
+                .transpose()?;
+            let store = open_store(&cfg)?;
+            let (sha, size) = hedge_master::artifacts::supply(&cfg.artifacts.dir, &file)
+                .map_err(Failure::data)?;
+            store.supply_artifact(release.as_ref(), &target, &sha, size, now_ms())?;
+            let hex = hedge_master::artifacts::hex(&sha);
+            eprintln!(
+                "supplied {} ({size} bytes) for {target}{}",
+                file.display(),
+                release.map_or(String::new(), |r| format!(" as release {r}"))
+            );
+            println!("sha256:{hex}");
+            Ok(())
+        }
+        MasterCommand::Artifacts(v) => {
+            let cfg = load(&v.config)?;
+            let list = open_store(&cfg)?.artifacts()?;
+            if v.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{:<24} {:<32} {:>12}  SHA256", "RELEASE", "TARGET", "BYTES");
+                for a in list {
+                    println!(
+                        "{:<24} {:<32} {:>12}  {}",
+                        a.release.as_ref().map_or("-", Name::as_str),
+                        a.target,
+                        a.size,
+                        a.sha256
+                    );
+                }
+            }
+            Ok(())
+        }
         MasterCommand::Request {
             file,
             name,
             software,
+            entry,
             args,
             params,
             promises,
@@ -223,25 +293,41 @@ pub fn main(cmd: MasterCommand) -> Result<(), Failure> {
             region,
             config,
         } => {
+            let cfg = load(&config)?;
+            let store = open_store(&cfg)?;
+            // `release:NAME` becomes every variant supplied for NAME, now, when signed.
+            let releases = |n: &Name| -> Result<Vec<hedge_wire::ArtifactVariant>, String> {
+                match store.release_variants(n) {
+                    Ok(v) if v.is_empty() => Err(format!(
+                        "no release {n:?} was supplied (hedge master supply FILE --target T --release {n})"
+                    )),
+                    Ok(v) => Ok(v),
+                    Err(e) => Err(e.to_string()),
+                }
+            };
             let request = match file {
                 Some(f) => {
                     let text = std::fs::read_to_string(&f)
                         .with_context(|| format!("cannot read {}", f.display()))
                         .map_err(Failure::data)?;
-                    request_file::parse_toml(&text)
+                    request_file::parse_toml_with(&text, &releases)
                         .with_context(|| f.display().to_string())
                         .map_err(Failure::data)?
                 }
                 None => {
                     let destroy = state.as_deref() == Some("destroyed");
-                    let mut r = request_file::from_flags(&Flags {
-                        name: name.unwrap_or_default(),
-                        software: software.unwrap_or_default(),
-                        args,
-                        params,
-                        promises,
-                        state: state.filter(|_| !destroy),
-                    })
+                    let mut r = request_file::from_flags_with(
+                        &Flags {
+                            name: name.unwrap_or_default(),
+                            software: software.unwrap_or_default(),
+                            entry,
+                            args,
+                            params,
+                            promises,
+                            state: state.filter(|_| !destroy),
+                        },
+                        &releases,
+                    )
                     .map_err(Failure::data)?;
                     if destroy {
                         r.state = hedge_wire::RequestedState::Destroyed;
@@ -266,7 +352,8 @@ pub fn main(cmd: MasterCommand) -> Result<(), Failure> {
                 })?;
                 placement.labels.insert(k.into(), v.into());
             }
-            request_on_master(&load(&config)?, request, placement)
+            drop(store);
+            request_on_master(&cfg, request, placement)
         }
         MasterCommand::Nodes(v) => {
             let cfg = load(&v.config)?;
@@ -456,7 +543,39 @@ fn run(cfg: MasterConfig) -> Result<(), Failure> {
         port: cfg.broker.port,
         tls,
     };
+    let artifacts_tls = match cfg.artifacts.listen {
+        Some(_) => Some(
+            hedge_master::artifacts::server_config(
+                &read(&cfg.broker.ca)?,
+                &read(&cfg.artifacts.cert)?,
+                &read(&cfg.artifacts.key)?,
+            )
+            .map_err(Failure::usage)?,
+        ),
+        None => None,
+    };
     runtime()?.block_on(async {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        if let (Some(addr), Some(tls)) = (cfg.artifacts.listen, artifacts_tls) {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    tracing::info!(%addr, dir = %cfg.artifacts.dir.display(), "artifact endpoint listening (HTTPS, client certificates required)");
+                    let mut stop = stop_rx.clone();
+                    tokio::spawn(hedge_master::artifacts::serve(
+                        l,
+                        tls,
+                        cfg.artifacts.dir.clone(),
+                        async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        },
+                    ));
+                }
+                // Several masters may share a box: the first one serves.
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "cannot bind the artifact endpoint; running without it")
+                }
+            }
+        }
         let shutdown = async {
             use tokio::signal::unix::{signal, SignalKind};
             match (
@@ -472,7 +591,9 @@ fn run(cfg: MasterConfig) -> Result<(), Failure> {
                 _ => std::future::pending::<()>().await,
             }
         };
-        hedge_master::run::run(store, settings, shutdown).await?;
+        let result = hedge_master::run::run(store, settings, shutdown).await;
+        let _ = stop_tx.send(true);
+        result?;
         Ok::<(), Failure>(())
     })
 }

@@ -53,9 +53,12 @@ pub enum NodeCommand {
         /// Instance name.
         #[arg(required_unless_present = "file")]
         name: Option<String>,
-        /// What it runs: exec:PROGRAM.
+        /// What it runs: exec:PROGRAM, or sha256:HEX (an artifact; needs --entry).
         #[arg(long, required_unless_present = "file")]
         software: Option<String>,
+        /// The program inside an artifact, e.g. bin/app.
+        #[arg(long)]
+        entry: Option<String>,
         /// An argument (repeatable).
         #[arg(long = "arg", allow_hyphen_values = true)]
         args: Vec<String>,
@@ -156,6 +159,7 @@ pub fn main(cmd: NodeCommand) -> Result<(), Failure> {
             file,
             name,
             software,
+            entry,
             args,
             params,
             promises,
@@ -174,6 +178,7 @@ pub fn main(cmd: NodeCommand) -> Result<(), Failure> {
                 None => request_file::from_flags(&Flags {
                     name: name.unwrap_or_default(),
                     software: software.unwrap_or_default(),
+                    entry,
                     args,
                     params,
                     promises,
@@ -306,6 +311,7 @@ fn init(dir: &Path, id: Option<String>, enroll: Option<&Path>) -> Result<(), Fai
         host: b.broker_host.clone(),
         port: b.broker_port,
         master_key: b.master_public_key.trim().to_string(),
+        artifacts: b.artifacts_url.clone(),
     });
     if let Some(b) = &bundle {
         let up = dir.join("uplink");
@@ -331,6 +337,9 @@ fn init(dir: &Path, id: Option<String>, enroll: Option<&Path>) -> Result<(), Fai
             b.broker_port,
             &b.master_public_key[..8]
         );
+        if let Some(u) = &b.artifacts_url {
+            println!("  software {u} (artifacts, mutual TLS)");
+        }
     }
     println!("run it:    hedge node run --config {}", file.display());
     Ok(())

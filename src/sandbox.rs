@@ -140,7 +140,8 @@ fn serve(port: u16, flaky_after: Option<u64>) -> Result<(), Failure> {
                 let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
                 let mut buf = [0u8; 1024];
                 let _ = s.read(&mut buf);
-                let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 14\r\n\r\nhedge sandbox\n");
+                let _ =
+                    s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 14\r\n\r\nhedge sandbox\n");
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(20));
@@ -237,7 +238,10 @@ impl Drop for Fleet {
 }
 
 fn log_file(p: &Path) -> Result<std::fs::File, Failure> {
-    Ok(std::fs::OpenOptions::new().create(true).append(true).open(p)?)
+    Ok(std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p)?)
 }
 
 /// Runs the sandbox.
@@ -262,7 +266,10 @@ pub fn run(opts: Options) -> Result<(), Failure> {
     }
     std::fs::create_dir_all(dir.join("nodes"))?;
     std::fs::create_dir_all(dir.join("requests"))?;
-    std::fs::write(dir.join(MARKER), "a hedge sandbox; `hedge sandbox` wipes and recreates it\n")?;
+    std::fs::write(
+        dir.join(MARKER),
+        "a hedge sandbox; `hedge sandbox` wipes and recreates it\n",
+    )?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
 
@@ -297,8 +304,10 @@ pub fn run(opts: Options) -> Result<(), Failure> {
             .spawn()
             .context("cannot start mosquitto")?,
     );
-    wait_until(Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", broker_port)).is_ok())
-        .context("mosquitto did not start; see master/mosquitto.log")?;
+    wait_until(Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", broker_port)).is_ok()
+    })
+    .context("mosquitto did not start; see master/mosquitto.log")?;
     fleet.master = Some(
         Command::new(exe()?)
             .args(["master", "run", "--config", &m])
@@ -312,8 +321,23 @@ pub fn run(opts: Options) -> Result<(), Failure> {
         let name = format!("node-{i}");
         let ndir = dir.join("nodes").join(&name);
         let bundle = dir.join(format!("{name}.bundle"));
-        hedge(&["master", "enroll", &name, "--out", bundle.to_str().context("path")?, "--config", &m])?;
-        hedge(&["node", "init", "--dir", ndir.to_str().context("path")?, "--enroll", bundle.to_str().context("path")?])?;
+        hedge(&[
+            "master",
+            "enroll",
+            &name,
+            "--out",
+            bundle.to_str().context("path")?,
+            "--config",
+            &m,
+        ])?;
+        hedge(&[
+            "node",
+            "init",
+            "--dir",
+            ndir.to_str().context("path")?,
+            "--enroll",
+            bundle.to_str().context("path")?,
+        ])?;
         std::fs::remove_file(&bundle)?;
         let relay_listener = TcpListener::bind("127.0.0.1:0")?;
         let relay_port = relay_listener.local_addr()?.port();
@@ -324,10 +348,16 @@ pub fn run(opts: Options) -> Result<(), Failure> {
         let cfg = ndir.join("node.toml");
         let text = std::fs::read_to_string(&cfg)?
             .replace("# board = \"rpi4b\"", &format!("board = \"{board}\""))
-            .replace(&format!("port = {broker_port}"), &format!("port = {relay_port}"))
+            .replace(
+                &format!("port = {broker_port}"),
+                &format!("port = {relay_port}"),
+            )
             .replace("usage_interval_ms = 60000", "usage_interval_ms = 5000")
             .replace("health_interval_ms = 60000", "health_interval_ms = 5000")
-            .replace("summary_interval_ms = 300000", "summary_interval_ms = 10000")
+            .replace(
+                "summary_interval_ms = 300000",
+                "summary_interval_ms = 10000",
+            )
             .replace("sample_interval_ms = 10000", "sample_interval_ms = 1000")
             .replace("ack_timeout_ms = 10000", "ack_timeout_ms = 3000")
             .replace("keepalive_s = 20", "keepalive_s = 3");
@@ -347,7 +377,12 @@ pub fn run(opts: Options) -> Result<(), Failure> {
                 .and_then(|s| s.nodes())
                 .is_ok_and(|n| n.iter().any(|n| n.node.as_str() == name))
         })
-        .with_context(|| format!("{name} never reached the master; see {}", cfg.with_file_name("node.log").display()))?;
+        .with_context(|| {
+            format!(
+                "{name} never reached the master; see {}",
+                cfg.with_file_name("node.log").display()
+            )
+        })?;
         request_workload(&m, name, &exe()?, &dir.join("requests"))?;
     }
 
@@ -365,19 +400,28 @@ pub fn run(opts: Options) -> Result<(), Failure> {
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let mut last_print = Instant::now() - Duration::from_secs(10);
     loop {
-        let done = opts.duration.is_some_and(|d| started.elapsed() >= Duration::from_secs(d));
+        let done = opts
+            .duration
+            .is_some_and(|d| started.elapsed() >= Duration::from_secs(d));
         if done || interrupted.load(Ordering::Relaxed) {
             break;
         }
         // Every second on a terminal; every five seconds into a pipe or a log.
-        let every = if tty { Duration::from_secs(1) } else { Duration::from_secs(5) };
+        let every = if tty {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(5)
+        };
         if last_print.elapsed() >= every {
             last_print = Instant::now();
             let table = status_table(&fleet, &mdir)?;
             if tty {
                 print!("\x1b[2J\x1b[H");
             }
-            println!("hedge sandbox — {} s (Ctrl-C to stop)\n{table}", started.elapsed().as_secs());
+            println!(
+                "hedge sandbox — {} s (Ctrl-C to stop)\n{table}",
+                started.elapsed().as_secs()
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -388,11 +432,16 @@ pub fn run(opts: Options) -> Result<(), Failure> {
 /// terminal and stop themselves).
 fn ctrlc_flag(flag: Arc<AtomicBool>) -> std::io::Result<()> {
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
         if let Ok(rt) = rt {
             rt.block_on(async {
                 use tokio::signal::unix::{signal, SignalKind};
-                if let (Ok(mut t), Ok(mut i)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+                if let (Ok(mut t), Ok(mut i)) = (
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::interrupt()),
+                ) {
                     tokio::select! {
                         _ = t.recv() => {}
                         _ = i.recv() => {}
@@ -477,7 +526,16 @@ timeout_ms = 1000
     for (k, text) in files.iter().enumerate() {
         let f = dir.join(format!("{node}-{k}.toml"));
         std::fs::write(&f, text)?;
-        hedge(&["master", "request", "--file", f.to_str().context("path")?, "--node", node, "--config", master])?;
+        hedge(&[
+            "master",
+            "request",
+            "--file",
+            f.to_str().context("path")?,
+            "--node",
+            node,
+            "--config",
+            master,
+        ])?;
     }
     Ok(())
 }
@@ -523,7 +581,13 @@ fn status_table(fleet: &Fleet, mdir: &Path) -> Result<String, Failure> {
         let open = s["incidents"]
             .as_array()
             .map_or(0, |a| a.iter().filter(|i| i["state"] == "open").count());
-        let link = if fleet.dir.join("nodes").join(name).join("LINK_DOWN").exists() {
+        let link = if fleet
+            .dir
+            .join("nodes")
+            .join(name)
+            .join("LINK_DOWN")
+            .exists()
+        {
             "cut"
         } else if s["uplink"]["connected"] == true {
             "up"
@@ -581,7 +645,11 @@ fn summary(fleet: &mut Fleet, mdir: &Path) -> Result<(), Failure> {
         let (records, last_seq) = held(mdir).get(&name).copied().unwrap_or((0, 0));
         // Seqs below the last stored one that the master lacks are lost (nothing is
         // shed in a sandbox run this short); rows beyond the seq count are duplicates.
-        let lost = if caught_up { last_seq.saturating_sub(records) } else { produced.saturating_sub(records) };
+        let lost = if caught_up {
+            last_seq.saturating_sub(records)
+        } else {
+            produced.saturating_sub(records)
+        };
         let dup = records.saturating_sub(last_seq);
         lost_total += lost;
         dup_total += dup;

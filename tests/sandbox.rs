@@ -25,10 +25,22 @@ fn sandbox_runs_a_fleet_survives_a_cut_link_and_loses_nothing() {
         sbx.join("nodes/node-1/node.log").exists().then_some(())
     });
     std::thread::sleep(Duration::from_secs(5));
-    let out = hedge().args(["sandbox", "link", "node-1", "down", "--dir"]).arg(&sbx).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = hedge()
+        .args(["sandbox", "link", "node-1", "down", "--dir"])
+        .arg(&sbx)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::thread::sleep(Duration::from_secs(5));
-    let out = hedge().args(["sandbox", "link", "node-1", "up", "--dir"]).arg(&sbx).output().unwrap();
+    let out = hedge()
+        .args(["sandbox", "link", "node-1", "up", "--dir"])
+        .arg(&sbx)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -38,7 +50,10 @@ fn sandbox_runs_a_fleet_survives_a_cut_link_and_loses_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("records lost 0, duplicated 0"), "{stdout}");
-    assert!(stdout.contains("clean: every record reached the master exactly once"), "{stdout}");
+    assert!(
+        stdout.contains("clean: every record reached the master exactly once"),
+        "{stdout}"
+    );
     // The cut was seen, and self-repair happened (the flaky service hangs after 12 s).
     assert!(stdout.contains("cut"), "link cut not shown:\n{stdout}");
     let seen: u64 = stdout
@@ -49,8 +64,21 @@ fn sandbox_runs_a_fleet_survives_a_cut_link_and_loses_nothing() {
         .unwrap();
     assert!(seen >= 1, "no incident in the run:\n{stdout}");
     // Unknown nodes and non-sandbox directories are refused.
-    let out = hedge().args(["sandbox", "link", "node-9", "down", "--dir"]).arg(&sbx).output().unwrap();
+    let out = hedge()
+        .args(["sandbox", "link", "node-9", "down", "--dir"])
+        .arg(&sbx)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
-    let out = hedge().args(["sandbox", "--duration", "1", "--dir"]).arg(dir.path()).output().unwrap();
-    assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = hedge()
+        .args(["sandbox", "--duration", "1", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -2,9 +2,11 @@
 //! incidents.
 //!
 //! Pure cores ([`coverage`], [`alloc`], [`billing`]) beside the SQLite [`store`] and
-//! the desired-state signature ([`sign`]). The MQTT driver and the CLI call these.
+//! the desired-state signature ([`sign`]). The MQTT driver and the CLI call these;
+//! [`artifacts`] stores supplied software and serves it to nodes over HTTPS.
 
 pub mod alloc;
+pub mod artifacts;
 pub mod billing;
 pub mod coverage;
 pub mod sign;

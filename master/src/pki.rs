@@ -287,6 +287,7 @@ pub fn enroll(dir: &Path, node: &Name, out: &Path) -> Result<(), PkiError> {
         ca_cert: ca_pem,
         cert,
         key: key.to_string(),
+        artifacts_url: cfg.artifacts_url(),
     };
     let body = Zeroizing::new(
         toml::to_string(&bundle).map_err(|e| PkiError::Invalid(format!("bundle: {e}")))?,
@@ -336,6 +337,18 @@ stale_after_ms = {stale}
 [billing]
 # A TOML price list turning usage records into invoices; no invoices without one.
 # price_list = \"prices.toml\"
+
+[artifacts]
+# Software (`hedge master supply FILE --target TRIPLE [--release NAME]`), kept by sha256.
+dir = \"artifacts\"
+# `hedge master run` serves it to enrolled nodes over HTTPS with mutual TLS (this
+# certificate and key; client certificates of the fleet CA) when `listen` is set.
+# Enroll nodes after setting it: their bundle carries the URL.
+# listen = \"127.0.0.1:8443\"
+# The URL nodes dial; default https://<broker.host>:<listen port>.
+# url = \"https://{broker_host}:8443\"
+cert = \"broker.crt\"
+key = \"broker.key\"
 ",
         stale = AllocationSection::default().stale_after_ms,
     )
@@ -358,6 +371,9 @@ pub struct MasterConfig {
     /// `[billing]`.
     #[serde(default)]
     pub billing: BillingSection,
+    /// `[artifacts]`.
+    #[serde(default)]
+    pub artifacts: ArtifactsSection,
     /// Directory of the file; relative paths were resolved against it.
     #[serde(skip)]
     pub base: PathBuf,
@@ -427,7 +443,49 @@ pub struct BillingSection {
     pub price_list: Option<PathBuf>,
 }
 
+/// `[artifacts]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArtifactsSection {
+    /// Where supplied artifacts are kept (`DIR/<sha256 hex>`).
+    pub dir: PathBuf,
+    /// Address of the HTTPS endpoint; off when absent.
+    pub listen: Option<std::net::SocketAddr>,
+    /// The URL nodes dial (into enrollment bundles); default
+    /// `https://<broker.host>:<listen port>`.
+    pub url: Option<String>,
+    /// The endpoint's certificate (PEM; the broker's by default, whose names nodes check).
+    pub cert: PathBuf,
+    /// Its key (PEM, mode 0600).
+    pub key: PathBuf,
+}
+
+impl Default for ArtifactsSection {
+    fn default() -> Self {
+        ArtifactsSection {
+            dir: PathBuf::from("artifacts"),
+            listen: None,
+            url: None,
+            cert: PathBuf::from("broker.crt"),
+            key: PathBuf::from("broker.key"),
+        }
+    }
+}
+
 impl MasterConfig {
+    /// The artifact URL nodes are given, when the endpoint is on.
+    pub fn artifacts_url(&self) -> Option<String> {
+        let listen = self.artifacts.listen?;
+        Some(self.artifacts.url.clone().unwrap_or_else(|| {
+            let host = &self.broker.host;
+            if host.contains(':') {
+                format!("https://[{host}]:{}", listen.port())
+            } else {
+                format!("https://{host}:{}", listen.port())
+            }
+        }))
+    }
+
     /// Parses `path`, resolves relative paths against its directory, and validates.
     pub fn load(path: &Path) -> Result<MasterConfig, PkiError> {
         let text = std::fs::read_to_string(path).map_err(io(path))?;
@@ -462,6 +520,9 @@ impl MasterConfig {
         if let Some(p) = self.billing.price_list.as_mut() {
             r(p);
         }
+        r(&mut self.artifacts.dir);
+        r(&mut self.artifacts.cert);
+        r(&mut self.artifacts.key);
         self.base = base.to_owned();
     }
 
@@ -496,6 +557,19 @@ impl MasterConfig {
         secret("signing.key", &self.signing.key)?;
         if let Some(p) = &self.billing.price_list {
             file("billing.price_list", p)?;
+        }
+        if self.artifacts.listen.is_some() {
+            file("artifacts.cert", &self.artifacts.cert)?;
+            secret("artifacts.key", &self.artifacts.key)?;
+        }
+        if let Some(u) = &self.artifacts.url {
+            let ok = u.starts_with("https://")
+                && u.len() <= 512
+                && u.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+            if !ok {
+                return Err(format!("artifacts.url {u:?}: not an https:// URL"));
+            }
         }
         if let Some(parent) = self.master.store.parent() {
             if !parent.is_dir() {
@@ -713,6 +787,25 @@ mod tests {
             enroll(&dir, &master, &tmp.path().join("m.toml")),
             Err(PkiError::Invalid(_))
         ));
+        assert_eq!(b.artifacts_url, None, "no endpoint configured");
+
+        // With the artifact endpoint on, bundles carry its URL.
+        let toml = dir.join("master.toml");
+        let text = std::fs::read_to_string(&toml).unwrap();
+        std::fs::write(
+            &toml,
+            text.replace("# listen = \"127.0.0.1:8443\"", "listen = \"0.0.0.0:9443\""),
+        )
+        .unwrap();
+        let cfg = MasterConfig::load(&toml).unwrap();
+        assert_eq!(cfg.artifacts.dir, dir.join("artifacts"));
+        assert_eq!(cfg.artifacts.key, dir.join("broker.key"));
+        let out2 = tmp.path().join("b.toml");
+        enroll(&dir, &Name::new("node-b").unwrap(), &out2).unwrap();
+        assert_eq!(
+            Bundle::load(&out2).unwrap().artifacts_url.as_deref(),
+            Some("https://127.0.0.1:9443")
+        );
     }
 
     #[test]

@@ -27,7 +27,11 @@
 //!
 //! Tables: `records` (postcard `RecordKind` plus the denormalised index columns
 //! `kind_tag`, `instance`, `span_from`/`span_to` for usage intervals), `coverage`,
-//! `nodes`, `desired`, `generations` (high-water mark of handed-out generations).
+//! `nodes`, `desired`, `generations` (high-water mark of handed-out generations),
+//! `artifacts` (supplied software: release or NULL, target, sha256 hex, size; one row per
+//! (release, target) of a named release, one per (sha256, target) of an unnamed one).
+//! New tables are created by `CREATE ... IF NOT EXISTS` at every open, so adding one
+//! keeps [`SCHEMA_VERSION`] (an older master simply ignores it).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -97,6 +101,14 @@ CREATE TABLE IF NOT EXISTS generations (
     node TEXT PRIMARY KEY,
     last INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS artifacts (
+    release     TEXT,
+    target      TEXT    NOT NULL,
+    sha256      TEXT    NOT NULL,
+    size        INTEGER NOT NULL,
+    supplied_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS artifacts_by_release ON artifacts (release, target);
 ";
 
 /// Errors of the master store.
@@ -410,7 +422,23 @@ fn index_of(kind: &RecordKind) -> (&'static str, Option<&str>, Option<(u64, u64)
         RecordKind::ConnectionParameters { instance, .. } => {
             ("connection_parameters", Some(instance.as_str()), None)
         }
+        RecordKind::Artifact { .. } => ("artifact", None, None),
     }
+}
+
+/// One supplied artifact variant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuppliedArtifact {
+    /// The release it belongs to, if named.
+    pub release: Option<Name>,
+    /// Target triple, or `*`.
+    pub target: String,
+    /// sha256 of the archive, 64 hex digits.
+    pub sha256: String,
+    /// Size, bytes.
+    pub size: u64,
+    /// When it was supplied, ms since the epoch.
+    pub supplied_ms: u64,
 }
 
 fn allocated(instances: &[InstanceRequest]) -> u32 {
@@ -1071,6 +1099,99 @@ impl MasterStore {
         store_desired(&tx, &d)?;
         tx.commit()?;
         Ok(d)
+    }
+}
+
+impl MasterStore {
+    /// Records a supplied artifact: for a named release it replaces the release's
+    /// variant for `target`; an unnamed one is recorded once per (sha256, target).
+    pub fn supply_artifact(
+        &self,
+        release: Option<&Name>,
+        target: &str,
+        sha256: &[u8; 32],
+        size: u64,
+        now_ms: u64,
+    ) -> Result<()> {
+        let hex = hedge_wire::Sha256Hex(sha256).to_string();
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        match release {
+            Some(r) => tx.execute(
+                "DELETE FROM artifacts WHERE release = ?1 AND target = ?2",
+                params![r.as_str(), target],
+            )?,
+            None => tx.execute(
+                "DELETE FROM artifacts WHERE release IS NULL AND sha256 = ?1 AND target = ?2",
+                params![hex, target],
+            )?,
+        };
+        tx.execute(
+            "INSERT INTO artifacts (release, target, sha256, size, supplied_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                release.map(Name::as_str),
+                target,
+                hex,
+                clamp_sql(size),
+                clamp_sql(now_ms)
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every supplied artifact, by release (unnamed first), target, then sha256.
+    pub fn artifacts(&self) -> Result<Vec<SuppliedArtifact>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT release, target, sha256, size, supplied_ms FROM artifacts
+             ORDER BY release, target, sha256",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, Option<String>>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(release, target, sha256, size, at)| {
+                Ok(SuppliedArtifact {
+                    release: release.map(name).transpose()?,
+                    target,
+                    sha256,
+                    size: from_sql(size),
+                    supplied_ms: from_sql(at),
+                })
+            })
+            .collect()
+    }
+
+    /// The variants of release `release`, by target; empty when never supplied.
+    pub fn release_variants(&self, release: &Name) -> Result<Vec<hedge_wire::ArtifactVariant>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT target, sha256 FROM artifacts WHERE release = ?1 ORDER BY target",
+        )?;
+        let rows = stmt
+            .query_map([release.as_str()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(target, hex)| {
+                Some(hedge_wire::ArtifactVariant {
+                    target,
+                    sha256: hedge_wire::parse_sha256(&hex)?,
+                })
+            })
+            .collect())
     }
 }
 

@@ -254,6 +254,10 @@ pub struct UplinkSection {
     pub budget_bytes_per_sec: u32,
     /// MQTT keepalive, seconds: an idle link that died is noticed within about this.
     pub keepalive_s: u16,
+    /// The master's artifact endpoint (`https://HOST:PORT`): software artifacts the node
+    /// lacks are downloaded from it with the same mutual TLS. `None`: only artifacts
+    /// already in the cache can run.
+    pub artifacts: Option<String>,
 }
 
 impl Default for UplinkSection {
@@ -272,6 +276,7 @@ impl Default for UplinkSection {
             ack_timeout_ms: 10_000,
             budget_bytes_per_sec: 0,
             keepalive_s: 20,
+            artifacts: None,
         }
     }
 }
@@ -354,6 +359,9 @@ impl NodeConfig {
                 "uplink: need max_batch_records >= 1, 1024 <= max_batch_bytes <= {}, window >= 1, ack_timeout_ms >= 100",
                 hedge_wire::limits::DEFAULT_MAX_FRAME
             ));
+        }
+        if let Some(url) = &u.artifacts {
+            crate::artifact::fetch::parse_url(url).map_err(|e| format!("uplink.artifacts: {e}"))?;
         }
         if self.partitions.uid_min == 0 || self.partitions.uid_min > self.partitions.uid_max {
             return Err("partitions: need 0 < uid_min <= uid_max".into());
@@ -454,6 +462,8 @@ pub struct Enrollment {
     pub port: u16,
     /// Master public key, hex.
     pub master_key: String,
+    /// The master's artifact endpoint, when it serves one.
+    pub artifacts: Option<String>,
 }
 
 /// The commented default `node.toml` for node `id`, not enrolled.
@@ -466,6 +476,10 @@ pub fn file(id: &str, enrollment: Option<&Enrollment>) -> String {
     let (enabled, host, port, master_key) = match enrollment {
         Some(e) => (true, e.host.as_str(), e.port, e.master_key.as_str()),
         None => (false, "127.0.0.1", 8883, ""),
+    };
+    let artifacts = match enrollment.and_then(|e| e.artifacts.as_deref()) {
+        Some(url) => format!("artifacts = \"{url}\""),
+        None => "# artifacts = \"https://127.0.0.1:8443\"".to_owned(),
     };
     format!(
         r#"# hedge node configuration. Unknown keys are an error.
@@ -550,6 +564,10 @@ window = 4                       # batches awaiting the master's ack
 ack_timeout_ms = 10000           # then resend from the last ack
 budget_bytes_per_sec = 0         # metered links: bytes/s; 0 = unlimited
 keepalive_s = 20                 # an idle dead link is noticed within about this
+# The master's artifact endpoint: `sha256:` software the node lacks is downloaded from it
+# (same mutual TLS), checked and extracted into state_dir/software/, which is kept
+# across reboots. Absent: only software already there runs.
+{artifacts}
 "#
     )
 }
@@ -580,6 +598,29 @@ mod tests {
         assert!(err.to_string().contains("colour"), "{err}");
         let err = load("[node]\nid = \"a\"\n[supervisr]\n").unwrap_err();
         assert!(err.to_string().contains("supervisr"), "{err}");
+    }
+
+    #[test]
+    fn the_artifact_url_is_checked() {
+        let c =
+            load("[node]\nid = \"a\"\n[uplink]\nartifacts = \"https://10.0.0.1:8443\"\n").unwrap();
+        assert_eq!(c.uplink.artifacts.as_deref(), Some("https://10.0.0.1:8443"));
+        let err = load("[node]\nid = \"a\"\n[uplink]\nartifacts = \"http://h:1\"\n").unwrap_err();
+        assert!(err.to_string().contains("uplink.artifacts"), "{err}");
+        let enrolled = file(
+            "a",
+            Some(&Enrollment {
+                host: "h".into(),
+                port: 1,
+                master_key: "00".repeat(32),
+                artifacts: Some("https://h:8443".into()),
+            }),
+        );
+        assert!(
+            enrolled.contains("\nartifacts = \"https://h:8443\"\n"),
+            "{enrolled}"
+        );
+        assert!(default_file("a").contains("\n# artifacts = "));
     }
 
     #[test]

@@ -1,4 +1,5 @@
 //! The hedge node runtime.
+pub mod artifact;
 pub mod config;
 pub mod daemon;
 pub mod desired;

@@ -1,17 +1,20 @@
 //! Rendering an instance request into what the supervisor runs: program, arguments,
 //! environment and config files, with `{{ key }}` replaced by parameter values.
 //!
-//! Contract: everything here is pure. [`render`] replaces `{{ key }}` (spaces around the
+//! Contract: everything here is pure (the caller passes in what it looked up, such as
+//! where the node's cache holds an artifact). [`render`] replaces `{{ key }}` (spaces around the
 //! key allowed, key = `[A-Za-z0-9_.-]+`) with `lookup(key)`; substituted values are
 //! inserted verbatim and never rendered again. A single `{`, or a `}}` that closes
 //! nothing, is literal text. [`render_instance`] resolves a key from the request's own
 //! parameters first; a key it lacks that holds a `.` is `other.key`, another instance's
-//! connection parameter. [`Rendered::hash`] changes exactly when the rendered output
+//! connection parameter. An artifact's program is `<artifact dir>/<entry>` and the
+//! instance gets `HEDGE_SOFTWARE=<artifact dir>`. [`Rendered::hash`] changes exactly when the rendered output
 //! changes, so the supervisor restarts a running instance only when it must.
 //! [`references`] lists the instances whose connection parameters a request consumes,
 //! so the daemon knows which consumers to re-render when one publishes.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use hedge_wire::types::{InstanceRequest, Name, PromiseCheck, SoftwareRelease};
 use sha2::{Digest, Sha256};
@@ -35,11 +38,11 @@ pub enum RenderError {
         /// What is wrong.
         reason: &'static str,
     },
-    /// The request needs something this node cannot do yet.
-    #[error("unsupported: {0}")]
-    Unsupported(&'static str),
-    /// A config file path is not a plain relative path inside the partition.
-    #[error("config file {path:?}: {source}")]
+    /// The request runs an artifact this node has not installed (yet).
+    #[error("artifact not installed")]
+    ArtifactMissing,
+    /// A config file path (or an artifact's entry) is not a plain relative path.
+    #[error("path {path:?}: {source}")]
     Path {
         /// The path as requested (cut to 128 bytes).
         path: String,
@@ -89,9 +92,12 @@ pub fn render(
     Ok(out)
 }
 
-/// Renders `req`; `conn(other, key)` gives instance `other`'s connection parameter `key`.
+/// Renders `req`; `artifact` is the installed tree of the artifact variant it runs
+/// (ignored for `exec:`), `conn(other, key)` gives instance `other`'s connection
+/// parameter `key`.
 pub fn render_instance(
     req: &InstanceRequest,
+    artifact: Option<&Path>,
     conn: &dyn Fn(&str, &str) -> Option<String>,
 ) -> Result<Rendered, RenderError> {
     let lookup = |key: &str| -> Option<String> {
@@ -101,12 +107,20 @@ pub fn render_instance(
         let (other, k) = key.split_once('.')?;
         conn(other, k)
     };
+    let mut software_dir = None;
     let program = match &req.software {
         SoftwareRelease::Exec(p) => render(p, &lookup)?,
-        SoftwareRelease::Artifact(_) => {
-            return Err(RenderError::Unsupported(
-                "artifact software releases (sha256:…)",
-            ))
+        SoftwareRelease::Artifact { entry, .. } => {
+            let dir = artifact.ok_or(RenderError::ArtifactMissing)?;
+            check_rel_path(entry).map_err(|source| RenderError::Path {
+                path: entry.chars().take(128).collect(),
+                source,
+            })?;
+            let dir = dir
+                .to_str()
+                .ok_or_else(|| invalid("artifact directory", "not UTF-8"))?;
+            software_dir = Some(dir.to_owned());
+            format!("{}/{entry}", dir.trim_end_matches('/'))
         }
     };
     if program.is_empty() {
@@ -132,6 +146,9 @@ pub fn render_instance(
     }
     // Last, so a parameter named `hedge_instance` cannot hide it.
     env.insert("HEDGE_INSTANCE".to_owned(), req.name.as_str().to_owned());
+    if let Some(dir) = software_dir {
+        env.insert("HEDGE_SOFTWARE".to_owned(), dir);
+    }
 
     let mut files = Vec::with_capacity(req.config_files.len());
     let mut seen = BTreeSet::new();
@@ -369,6 +386,13 @@ mod tests {
         }
     }
 
+    fn render_instance_t(
+        r: &InstanceRequest,
+        conn: &dyn Fn(&str, &str) -> Option<String>,
+    ) -> Result<Rendered, RenderError> {
+        render_instance(r, None, conn)
+    }
+
     fn conn(other: &str, key: &str) -> Option<String> {
         match (other, key) {
             ("db", "address") => Some("10.0.0.2".into()),
@@ -426,7 +450,7 @@ mod tests {
 
     #[test]
     fn renders_instance_with_connection_parameters() {
-        let r = render_instance(
+        let r = render_instance_t(
             &req(&[("prog", "app"), ("port", "8080"), ("tls-mode", "on")]),
             &conn,
         )
@@ -453,7 +477,7 @@ mod tests {
 
     #[test]
     fn own_parameter_wins_over_connection_parameter() {
-        let r = render_instance(
+        let r = render_instance_t(
             &req(&[("prog", "app"), ("port", "1"), ("db.address", "local")]),
             &conn,
         )
@@ -472,15 +496,15 @@ mod tests {
     #[test]
     fn missing_connection_parameter_is_missing() {
         let none = |_: &str, _: &str| None;
-        let e = render_instance(&req(&[("prog", "app"), ("port", "1")]), &none).unwrap_err();
+        let e = render_instance_t(&req(&[("prog", "app"), ("port", "1")]), &none).unwrap_err();
         assert!(matches!(e, RenderError::Missing(k) if k == "db.address"));
     }
 
     #[test]
     fn hash_changes_iff_output_changes() {
         let base = &[("prog", "app"), ("port", "8080")];
-        let a = render_instance(&req(base), &conn).unwrap();
-        let b = render_instance(&req(base), &conn).unwrap();
+        let a = render_instance_t(&req(base), &conn).unwrap();
+        let b = render_instance_t(&req(base), &conn).unwrap();
         assert_eq!(a.hash, b.hash);
         // A connection parameter the request does not use changes nothing.
         let conn_extra = |o: &str, k: &str| {
@@ -491,7 +515,7 @@ mod tests {
             }
         };
         assert_eq!(
-            render_instance(&req(base), &conn_extra).unwrap().hash,
+            render_instance_t(&req(base), &conn_extra).unwrap().hash,
             a.hash
         );
         // A used connection parameter changes it.
@@ -503,12 +527,12 @@ mod tests {
             }
         };
         assert_ne!(
-            render_instance(&req(base), &conn_moved).unwrap().hash,
+            render_instance_t(&req(base), &conn_moved).unwrap().hash,
             a.hash
         );
         // Any parameter change does (parameters are in the environment).
         assert_ne!(
-            render_instance(&req(&[("prog", "app"), ("port", "8081")]), &conn)
+            render_instance_t(&req(&[("prog", "app"), ("port", "8081")]), &conn)
                 .unwrap()
                 .hash,
             a.hash
@@ -519,8 +543,8 @@ mod tests {
         let mut r2 = req(base);
         r2.args = vec!["a".into(), "b".into()];
         assert_ne!(
-            render_instance(&r1, &conn).unwrap().hash,
-            render_instance(&r2, &conn).unwrap().hash
+            render_instance_t(&r1, &conn).unwrap().hash,
+            render_instance_t(&r2, &conn).unwrap().hash
         );
     }
 
@@ -530,29 +554,50 @@ mod tests {
             let mut r = req(&[("prog", "app"), ("port", "1")]);
             r.config_files[0].path = bad.into();
             assert!(
-                matches!(render_instance(&r, &conn), Err(RenderError::Path { .. })),
+                matches!(render_instance_t(&r, &conn), Err(RenderError::Path { .. })),
                 "{bad:?}"
             );
         }
         let mut r = req(&[("prog", "app"), ("port", "1")]);
         r.config_files.push(r.config_files[0].clone());
         assert!(matches!(
-            render_instance(&r, &conn),
+            render_instance_t(&r, &conn),
             Err(RenderError::Invalid { .. })
         ));
     }
 
     #[test]
-    fn artifact_unsupported_and_nul_refused() {
+    fn artifacts_run_their_entry_from_the_cache_and_nul_is_refused() {
         let mut r = req(&[("prog", "app"), ("port", "1")]);
-        r.software = SoftwareRelease::Artifact([0; 32]);
+        r.software = SoftwareRelease::Artifact {
+            variants: vec![hedge_wire::ArtifactVariant {
+                target: "*".into(),
+                sha256: [0; 32],
+            }],
+            entry: "bin/app".into(),
+        };
         assert!(matches!(
-            render_instance(&r, &conn),
-            Err(RenderError::Unsupported(_))
+            render_instance(&r, None, &conn),
+            Err(RenderError::ArtifactMissing)
+        ));
+        let a = render_instance(&r, Some(Path::new("/var/lib/hedge/software/aa")), &conn).unwrap();
+        assert_eq!(a.program, "/var/lib/hedge/software/aa/bin/app");
+        assert!(a
+            .env
+            .contains(&("HEDGE_SOFTWARE".into(), "/var/lib/hedge/software/aa".into())));
+        // Another variant (another cache directory) is another rendering: a restart.
+        let b = render_instance(&r, Some(Path::new("/var/lib/hedge/software/bb")), &conn).unwrap();
+        assert_ne!(a.hash, b.hash);
+        if let SoftwareRelease::Artifact { entry, .. } = &mut r.software {
+            *entry = "../../bin/sh".into();
+        }
+        assert!(matches!(
+            render_instance(&r, Some(Path::new("/c")), &conn),
+            Err(RenderError::Path { .. })
         ));
         let r = req(&[("prog", "app"), ("port", "1\0")]);
         assert!(matches!(
-            render_instance(&r, &conn),
+            render_instance_t(&r, &conn),
             Err(RenderError::Invalid { .. })
         ));
     }

@@ -2,13 +2,17 @@
 //!
 //! Contract: [`parse_toml`] and [`from_flags`] turn user input into an
 //! [`InstanceRequest`] or a [`RequestError`] that names the offending key or value.
+//! `software` is `exec:PROGRAM`, `sha256:HEX` (an artifact for any target) or
+//! `release:NAME` (every variant the master was supplied for release NAME: only where a
+//! resolver is given, see [`parse_toml_with`]); an artifact needs `entry`, the program's
+//! path inside it.
 //! Everything is checked here, before the daemon sees it: unknown keys, names, the
 //! software spec, config-file paths (relative, no `..`), sizes, promise specs, and the
 //! wire bounds. Nothing touches the disk.
 //!
 //! ```toml
 //! name = "web"
-//! software = "exec:/usr/bin/python3"
+//! software = "exec:/usr/bin/python3"   # or "sha256:HEX" / "release:NAME" with entry = "bin/app"
 //! args = ["-m", "http.server", "{{port}}"]
 //! state = "started"          # started | stopped | destroyed
 //! [parameters]
@@ -29,8 +33,8 @@
 use std::collections::BTreeMap;
 
 use hedge_wire::{
-    ConfigFile, InstanceRequest, Limits, Name, PromiseCheck, PromiseSpec, RequestedState,
-    RestartPolicy, SoftwareRelease,
+    ArtifactVariant, ConfigFile, InstanceRequest, Limits, Name, PromiseCheck, PromiseSpec,
+    RequestedState, RestartPolicy, SoftwareRelease,
 };
 use serde::Deserialize;
 
@@ -82,6 +86,8 @@ fn bad(field: impl Into<String>, reason: impl ToString) -> RequestError {
 struct FileToml {
     name: String,
     software: String,
+    #[serde(default)]
+    entry: Option<String>,
     #[serde(default)]
     args: Vec<String>,
     #[serde(default)]
@@ -213,8 +219,55 @@ fn promise(p: PromiseToml) -> Result<PromiseSpec, RequestError> {
     })
 }
 
-fn build(f: FileToml) -> Result<InstanceRequest, RequestError> {
-    let software: SoftwareRelease = f.software.parse().map_err(|e| bad("software", e))?;
+/// Looks up the variants of a named release (`release:NAME`); `Err` says why not.
+pub type Releases<'a> = &'a dyn Fn(&Name) -> Result<Vec<ArtifactVariant>, String>;
+
+/// The resolver of the node: releases are the master's.
+pub fn no_releases(name: &Name) -> Result<Vec<ArtifactVariant>, String> {
+    Err(format!(
+        "release:{name} is resolved by the master only (`hedge master request`); use sha256:HEX here"
+    ))
+}
+
+fn software(
+    spec: &str,
+    entry: Option<String>,
+    releases: Releases<'_>,
+) -> Result<SoftwareRelease, RequestError> {
+    let software = match spec.strip_prefix("release:") {
+        Some(r) => {
+            let n = name("software release", r)?;
+            let variants = releases(&n).map_err(|e| bad("software", e))?;
+            if variants.is_empty() {
+                return Err(bad("software", format!("release {n:?} has no variant")));
+            }
+            SoftwareRelease::Artifact {
+                variants,
+                entry: String::new(),
+            }
+        }
+        None => spec.parse().map_err(|e| bad("software", e))?,
+    };
+    match (software, entry) {
+        (SoftwareRelease::Artifact { variants, .. }, Some(entry)) => {
+            check_rel_path(&entry).map_err(|e| bad("entry", e))?;
+            Ok(SoftwareRelease::Artifact { variants, entry })
+        }
+        (SoftwareRelease::Artifact { entry, .. }, None) if entry.is_empty() => Err(bad(
+            "entry",
+            "required for an artifact: the program's path inside it (e.g. bin/app)",
+        )),
+        (a @ SoftwareRelease::Artifact { .. }, None) => Ok(a),
+        (SoftwareRelease::Exec(_), Some(_)) => Err(bad(
+            "entry",
+            "only for artifacts (sha256:, release:); exec: names its program itself",
+        )),
+        (e @ SoftwareRelease::Exec(_), None) => Ok(e),
+    }
+}
+
+fn build(f: FileToml, releases: Releases<'_>) -> Result<InstanceRequest, RequestError> {
+    let software = software(&f.software, f.entry, releases)?;
     for k in f.parameters.keys() {
         if k.is_empty()
             || !k
@@ -290,9 +343,17 @@ pub fn check_bounds(req: &InstanceRequest) -> Result<(), RequestError> {
     req.validate().map_err(|e| bad("request", e))
 }
 
-/// Parses a request file's text.
+/// Parses a request file's text (`release:` is refused: see [`parse_toml_with`]).
 pub fn parse_toml(text: &str) -> Result<InstanceRequest, RequestError> {
-    build(toml::from_str(text)?)
+    parse_toml_with(text, &no_releases)
+}
+
+/// Parses a request file's text, resolving `release:NAME` with `releases`.
+pub fn parse_toml_with(
+    text: &str,
+    releases: Releases<'_>,
+) -> Result<InstanceRequest, RequestError> {
+    build(toml::from_str(text)?, releases)
 }
 
 /// Flags of `hedge node request NAME --software S [--arg A]... [--param k=v]... [--promise SPEC]...`.
@@ -302,6 +363,8 @@ pub struct Flags {
     pub name: String,
     /// Software spec.
     pub software: String,
+    /// The program inside an artifact (`--entry`).
+    pub entry: Option<String>,
     /// Arguments.
     pub args: Vec<String>,
     /// `k=v` parameters.
@@ -346,8 +409,16 @@ fn promise_from_spec(spec: &str) -> Result<PromiseToml, RequestError> {
     Ok(p)
 }
 
-/// Builds a request from CLI flags, with the same checks as a file.
+/// Builds a request from CLI flags, with the same checks as a file (`release:` refused).
 pub fn from_flags(flags: &Flags) -> Result<InstanceRequest, RequestError> {
+    from_flags_with(flags, &no_releases)
+}
+
+/// Builds a request from CLI flags, resolving `release:NAME` with `releases`.
+pub fn from_flags_with(
+    flags: &Flags,
+    releases: Releases<'_>,
+) -> Result<InstanceRequest, RequestError> {
     let mut parameters = BTreeMap::new();
     for kv in &flags.params {
         let (k, v) = kv
@@ -365,21 +436,25 @@ pub fn from_flags(flags: &Flags) -> Result<InstanceRequest, RequestError> {
             ))
         }
     };
-    build(FileToml {
-        name: flags.name.clone(),
-        software: flags.software.clone(),
-        args: flags.args.clone(),
-        state,
-        parameters,
-        config_files: vec![],
-        promises: flags
-            .promises
-            .iter()
-            .map(|s| promise_from_spec(s))
-            .collect::<Result<_, _>>()?,
-        limits: LimitsToml::default(),
-        restart: RestartToml::default(),
-    })
+    build(
+        FileToml {
+            name: flags.name.clone(),
+            software: flags.software.clone(),
+            entry: flags.entry.clone(),
+            args: flags.args.clone(),
+            state,
+            parameters,
+            config_files: vec![],
+            promises: flags
+                .promises
+                .iter()
+                .map(|s| promise_from_spec(s))
+                .collect::<Result<_, _>>()?,
+            limits: LimitsToml::default(),
+            restart: RestartToml::default(),
+        },
+        releases,
+    )
 }
 
 #[cfg(test)]
@@ -462,6 +537,70 @@ address = "127.0.0.1:{{port}}"
     }
 
     #[test]
+    fn artifacts_need_an_entry_and_releases_a_resolver() {
+        let h = "ab".repeat(32);
+        let file = |software: &str, entry: &str| {
+            format!("name = \"a\"\nsoftware = \"{software}\"\n{entry}")
+        };
+        let r = parse_toml(&file(&format!("sha256:{h}"), "entry = \"bin/app\"")).unwrap();
+        assert_eq!(r.software.artifact_for("any"), Some([0xab; 32]));
+        assert!(
+            matches!(&r.software, SoftwareRelease::Artifact { entry, .. } if entry == "bin/app")
+        );
+        for (software, entry, word) in [
+            (format!("sha256:{h}"), "", "entry"),
+            (format!("sha256:{h}"), "entry = \"../x\"", "entry"),
+            (format!("sha256:{h}"), "entry = \"/bin/sh\"", "entry"),
+            ("exec:/bin/true".to_string(), "entry = \"x\"", "entry"),
+            ("release:web".to_string(), "entry = \"x\"", "master"),
+            ("release:../x".to_string(), "entry = \"x\"", "release"),
+        ] {
+            let err = parse_toml(&file(&software, entry)).unwrap_err().to_string();
+            assert!(err.contains(word), "{software} {entry}: {err}");
+        }
+        let releases = |n: &Name| -> Result<Vec<ArtifactVariant>, String> {
+            match n.as_str() {
+                "web" => Ok(vec![
+                    ArtifactVariant {
+                        target: "aarch64-unknown-linux-gnu".into(),
+                        sha256: [1; 32],
+                    },
+                    ArtifactVariant {
+                        target: "x86_64-unknown-linux-gnu".into(),
+                        sha256: [2; 32],
+                    },
+                ]),
+                other => Err(format!("no release {other}")),
+            }
+        };
+        let r = parse_toml_with(&file("release:web", "entry = \"bin/app\""), &releases).unwrap();
+        assert_eq!(
+            r.software.artifact_for("x86_64-unknown-linux-gnu"),
+            Some([2; 32])
+        );
+        assert_eq!(
+            r.software.artifact_for("armv7-unknown-linux-gnueabihf"),
+            None
+        );
+        let err = parse_toml_with(&file("release:db", "entry = \"x\""), &releases).unwrap_err();
+        assert!(err.to_string().contains("no release db"), "{err}");
+        let r = from_flags_with(
+            &Flags {
+                name: "a".into(),
+                software: "release:web".into(),
+                entry: Some("bin/app".into()),
+                ..Default::default()
+            },
+            &releases,
+        )
+        .unwrap();
+        assert_eq!(
+            r.software.artifact_for("aarch64-unknown-linux-gnu"),
+            Some([1; 32])
+        );
+    }
+
+    #[test]
     fn flags_build_the_same_request() {
         let r = from_flags(&Flags {
             name: "sleeper".into(),
@@ -470,6 +609,7 @@ address = "127.0.0.1:{{port}}"
             params: vec!["port=80".into()],
             promises: vec!["process".into(), "up=tcp:127.0.0.1:{{port}}".into()],
             state: None,
+            entry: None,
         })
         .unwrap();
         assert_eq!(r.promises.len(), 2);

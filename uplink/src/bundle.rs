@@ -62,6 +62,10 @@ pub struct Bundle {
     pub cert: String,
     /// The node's private key (PKCS#8 PEM).
     pub key: String,
+    /// The master's artifact endpoint (`https://HOST:PORT`), when it serves one.
+    #[zeroize(skip)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts_url: Option<String>,
 }
 
 impl std::fmt::Debug for Bundle {
@@ -70,6 +74,7 @@ impl std::fmt::Debug for Bundle {
             .field("node", &self.node)
             .field("broker_host", &self.broker_host)
             .field("broker_port", &self.broker_port)
+            .field("artifacts_url", &self.artifacts_url)
             .field("key", &"<redacted>")
             .finish()
     }
@@ -132,6 +137,16 @@ impl Bundle {
                 Err(format!("{what} is not a PEM {label}"))
             }
         };
+        if let Some(u) = &self.artifacts_url {
+            if !u.starts_with("https://")
+                || u.len() > 512
+                || !u
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+            {
+                return Err(format!("artifacts_url {u:?} is not an https:// URL"));
+            }
+        }
         pem("ca_cert", &self.ca_cert, "CERTIFICATE")?;
         pem("cert", &self.cert, "CERTIFICATE")?;
         pem("key", &self.key, "PRIVATE KEY")?;

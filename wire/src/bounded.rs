@@ -17,8 +17,9 @@ use serde::de::{Deserialize, Deserializer, Error, MapAccess, SeqAccess, Visitor}
 
 use crate::limits::{
     MAX_ARGS, MAX_CONFIG_FILES, MAX_INSTANCES, MAX_PARAMETERS, MAX_PROMISES, MAX_RECORDS,
+    MAX_VARIANTS,
 };
-use crate::types::{ConfigFile, InstanceRequest, PromiseSpec, Record};
+use crate::types::{ArtifactVariant, ConfigFile, InstanceRequest, PromiseSpec, Record};
 
 /// Most bytes a vector preallocates on the strength of a claimed length.
 pub(crate) const PREALLOC_BYTES: usize = 4 * 1024;
@@ -124,4 +125,8 @@ pub(crate) fn instances<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<InstanceR
 
 pub(crate) fn records<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Record>, D::Error> {
     seq(d, MAX_RECORDS, "records")
+}
+
+pub(crate) fn variants<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ArtifactVariant>, D::Error> {
+    seq(d, MAX_VARIANTS, "artifact variants")
 }

@@ -44,6 +44,9 @@ pub const MAX_PATH: usize = 1024;
 /// Longest network target of a promise (a TCP `host:port` or an HTTP URL), 1 KiB.
 pub const MAX_TARGET: usize = 1024;
 
+/// Most variants (target triples) of one artifact software release.
+pub const MAX_VARIANTS: usize = 8;
+
 /// Most promises of an instance.
 pub const MAX_PROMISES: usize = 16;
 

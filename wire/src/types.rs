@@ -96,13 +96,58 @@ impl<'de> Deserialize<'de> for Name {
     }
 }
 
+/// Longest target triple of an artifact variant, bytes.
+pub const TARGET_MAX: usize = 64;
+
+/// One variant of an artifact: the archive built for one target triple.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactVariant {
+    /// Target triple (`aarch64-unknown-linux-gnu`), or `*` for any target: 1..=64 bytes of
+    /// `[a-z0-9._-]`, or exactly `*`.
+    pub target: String,
+    /// sha256 of the `.tar.gz` archive.
+    pub sha256: [u8; 32],
+}
+
+/// Whether `t` is a valid variant target: `*`, or 1..=[`TARGET_MAX`] bytes of `[a-z0-9._-]`.
+pub fn valid_target(t: &str) -> bool {
+    t == "*"
+        || (!t.is_empty()
+            && t.len() <= TARGET_MAX
+            && t.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)))
+}
+
 /// What an instance runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SoftwareRelease {
     /// `exec:PROGRAM`: a program already on the node (absolute path or looked up in `PATH`).
     Exec(String),
-    /// `sha256:HEX`: a content-addressed artifact, one variant per target triple (see #4).
-    Artifact([u8; 32]),
+    /// A content-addressed `.tar.gz` artifact with one variant per target triple; the node
+    /// runs `entry` (a path relative to the extracted tree) of the variant for its target
+    /// (else the `*` one).
+    Artifact {
+        /// The variants, targets unique (at most [`crate::limits::MAX_VARIANTS`]).
+        #[serde(deserialize_with = "crate::bounded::variants")]
+        variants: Vec<ArtifactVariant>,
+        /// The program to run, relative to the extracted tree (e.g. `bin/app`).
+        entry: String,
+    },
+}
+
+impl SoftwareRelease {
+    /// The sha256 of the variant a node built for `target` runs: the variant for exactly
+    /// `target`, else the `*` one. `None` for `exec:` or when no variant fits.
+    pub fn artifact_for(&self, target: &str) -> Option<[u8; 32]> {
+        let SoftwareRelease::Artifact { variants, .. } = self else {
+            return None;
+        };
+        variants
+            .iter()
+            .find(|v| v.target == target)
+            .or_else(|| variants.iter().find(|v| v.target == "*"))
+            .map(|v| v.sha256)
+    }
 }
 
 /// Why a software release spec did not parse.
@@ -111,12 +156,44 @@ pub struct SoftwareSpecError;
 
 impl fmt::Display for SoftwareSpecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("software must be `exec:PROGRAM` or `sha256:<64 hex digits>`")
+        f.write_str(
+            "software must be `exec:PROGRAM`, `sha256:<64 hex digits>` or \
+             `artifact:TARGET=sha256:<hex>[,TARGET=sha256:<hex>...]/ENTRY`",
+        )
+    }
+}
+
+/// 64 lowercase hex digits to 32 bytes.
+pub fn parse_sha256(h: &str) -> Option<[u8; 32]> {
+    if h.len() != 64 {
+        return None;
+    }
+    let hex = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 32];
+    for (i, chunk) in h.as_bytes().chunks(2).enumerate() {
+        out[i] = hex(chunk[0])? << 4 | hex(chunk[1])?;
+    }
+    Some(out)
+}
+
+/// 32 bytes as 64 lowercase hex digits.
+pub struct Sha256Hex<'a>(pub &'a [u8; 32]);
+
+impl fmt::Display for Sha256Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
     }
 }
 
 impl FromStr for SoftwareRelease {
     type Err = SoftwareSpecError;
+    /// `exec:PROGRAM`; `sha256:HEX` (one variant for target `*`, `entry` empty: the
+    /// caller sets it); or the full form [`fmt::Display`] writes,
+    /// `artifact:TARGET=sha256:HEX[,TARGET=sha256:HEX...]/ENTRY`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if let Some(p) = s.strip_prefix("exec:") {
             if p.is_empty() || p.contains('\0') {
@@ -125,19 +202,34 @@ impl FromStr for SoftwareRelease {
             return Ok(SoftwareRelease::Exec(p.into()));
         }
         if let Some(h) = s.strip_prefix("sha256:") {
-            if h.len() != 64 {
-                return Err(SoftwareSpecError);
+            let sha256 = parse_sha256(h).ok_or(SoftwareSpecError)?;
+            return Ok(SoftwareRelease::Artifact {
+                variants: alloc::vec![ArtifactVariant {
+                    target: "*".into(),
+                    sha256,
+                }],
+                entry: String::new(),
+            });
+        }
+        if let Some(rest) = s.strip_prefix("artifact:") {
+            // Targets and hashes hold no `/`: the first one starts the entry.
+            let (list, entry) = rest.split_once('/').ok_or(SoftwareSpecError)?;
+            let mut variants = Vec::new();
+            for v in list.split(',') {
+                let (target, h) = v.split_once("=sha256:").ok_or(SoftwareSpecError)?;
+                if !valid_target(target) || variants.len() >= crate::limits::MAX_VARIANTS {
+                    return Err(SoftwareSpecError);
+                }
+                let sha256 = parse_sha256(h).ok_or(SoftwareSpecError)?;
+                variants.push(ArtifactVariant {
+                    target: target.into(),
+                    sha256,
+                });
             }
-            let mut out = [0u8; 32];
-            for (i, chunk) in h.as_bytes().chunks(2).enumerate() {
-                let hex = |c: u8| match c {
-                    b'0'..=b'9' => Ok(c - b'0'),
-                    b'a'..=b'f' => Ok(c - b'a' + 10),
-                    _ => Err(SoftwareSpecError),
-                };
-                out[i] = hex(chunk[0])? << 4 | hex(chunk[1])?;
-            }
-            return Ok(SoftwareRelease::Artifact(out));
+            return Ok(SoftwareRelease::Artifact {
+                variants,
+                entry: entry.into(),
+            });
         }
         Err(SoftwareSpecError)
     }
@@ -147,9 +239,15 @@ impl fmt::Display for SoftwareRelease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SoftwareRelease::Exec(p) => write!(f, "exec:{p}"),
-            SoftwareRelease::Artifact(h) => {
-                f.write_str("sha256:")?;
-                h.iter().try_for_each(|b| write!(f, "{b:02x}"))
+            SoftwareRelease::Artifact { variants, entry } => {
+                f.write_str("artifact:")?;
+                for (i, v) in variants.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    write!(f, "{}=sha256:{}", v.target, Sha256Hex(&v.sha256))?;
+                }
+                write!(f, "/{entry}")
             }
         }
     }
@@ -489,6 +587,30 @@ pub enum RecordKind {
         #[serde(deserialize_with = "crate::bounded::parameters")]
         parameters: BTreeMap<String, String>,
     },
+    /// The node installed, or refused, a software artifact.
+    Artifact {
+        /// The archive's sha256 (as requested).
+        sha256: [u8; 32],
+        /// The variant's target (`*` or a triple).
+        target: String,
+        /// What happened.
+        outcome: ArtifactOutcome,
+        /// Details (the refusal's reason, the hash found).
+        message: String,
+    },
+}
+
+/// What became of an artifact the node needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ArtifactOutcome {
+    /// Downloaded, hash checked, extracted into the node's cache.
+    Installed,
+    /// The download's sha256 is not the one asked for; deleted, retried later.
+    HashMismatch,
+    /// The hash matched but the archive is unsafe or unreadable (an absolute path, `..`,
+    /// a link leaving the tree, a device file, over a bound): nothing kept. Permanent for
+    /// these bytes: the release itself must change.
+    Refused,
 }
 
 /// One entry of the node's outbox.

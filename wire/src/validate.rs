@@ -120,7 +120,16 @@ impl Validate for SoftwareRelease {
                     "exec program contains NUL",
                 )
             }
-            SoftwareRelease::Artifact(_) => Ok(()),
+            SoftwareRelease::Artifact { variants, entry } => {
+                check(!variants.is_empty(), "artifact without a variant")?;
+                check(variants.len() <= MAX_VARIANTS, "too many artifact variants")?;
+                check(
+                    variants.iter().all(|v| valid_target(&v.target)),
+                    "bad artifact variant target",
+                )?;
+                unique(variants, |v| v.target.as_str(), "duplicate artifact target")?;
+                relative_path(entry).map_err(|_| WireError::Invalid("bad artifact entry path"))
+            }
         }
     }
 }
@@ -247,6 +256,12 @@ impl Validate for RecordKind {
                 check(message.len() <= MAX_MESSAGE, "incident message too long")
             }
             RecordKind::LocalRequest { request } => request.validate(),
+            RecordKind::Artifact {
+                target, message, ..
+            } => {
+                check(valid_target(target), "bad artifact record target")?;
+                check(message.len() <= MAX_MESSAGE, "artifact message too long")
+            }
             RecordKind::ConnectionParameters { parameters: p, .. } => parameters(p),
             RecordKind::InstanceState { .. }
             | RecordKind::Usage { .. }

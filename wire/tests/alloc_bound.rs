@@ -54,12 +54,17 @@ fn desired_head(rest: &[u8]) -> Vec<u8> {
     h
 }
 
-/// One instance "a", `Artifact([0; 32])`, then `rest` (from `args` on).
+/// One instance "a", an artifact with no variant and an empty entry, then `rest`
+/// (from `args` on).
 fn instance_head(rest: &[u8]) -> Vec<u8> {
-    let mut h = vec![1, 1, b'a', 1];
-    h.extend_from_slice(&[0; 32]);
+    let mut h = vec![1, 1, b'a', 1, 0, 0];
     h.extend_from_slice(rest);
     desired_head(&h)
+}
+
+/// An artifact variant with an empty target and a zero hash: 33 bytes.
+fn variant(_: usize) -> Vec<u8> {
+    vec![0; 33]
 }
 
 /// `Message::Up` with node "n", then `rest`.
@@ -131,6 +136,11 @@ fn decoding_allocates_only_for_what_is_there() {
             frame(&instance_head(&[0, 0, 0, 1, 1, b'p', 3]), &zero),
         ),
         (
+            "artifact variants claim",
+            full(MAX_VARIANTS, size_of::<ArtifactVariant>()),
+            frame(&desired_head(&[1, 1, b'a', 1]), &variant),
+        ),
+        (
             "records claim",
             full(MAX_RECORDS, size_of::<Record>()),
             frame(&up_head(&[]), &health),
@@ -143,10 +153,7 @@ fn decoding_allocates_only_for_what_is_there() {
         (
             "local request args claim",
             full(MAX_ARGS, 24),
-            frame(
-                &up_head(&[&[1, 0, 0, 5, 1, b'a', 1][..], &[0; 32]].concat()),
-                &zero,
-            ),
+            frame(&up_head(&[1, 0, 0, 5, 1, b'a', 1, 0, 0]), &zero),
         ),
     ];
     eprintln!("size_of::<Record>() = {}", size_of::<Record>());

@@ -440,6 +440,48 @@ fn validation_rules() {
         with(&|i| i.software = SoftwareRelease::Exec("x".repeat(MAX_PATH + 1))),
         "exec program too long",
     );
+    let artifact = |targets: &[&str], entry: &str| SoftwareRelease::Artifact {
+        variants: targets
+            .iter()
+            .map(|t| ArtifactVariant {
+                target: (*t).into(),
+                sha256: [7; 32],
+            })
+            .collect(),
+        entry: entry.into(),
+    };
+    assert!(encode(
+        &with(&|i| i.software = artifact(&["*", "aarch64-unknown-linux-gnu"], "bin/app")),
+        MAX
+    )
+    .is_ok());
+    assert_invalid(
+        with(&|i| i.software = artifact(&[], "bin/app")),
+        "artifact without a variant",
+    );
+    // Over MAX_VARIANTS is refused by `encode`, and already while decoding.
+    let too_many = with(&|i| i.software = artifact(&["*"; MAX_VARIANTS + 1], "bin/app"));
+    assert_eq!(
+        encode(&too_many, MAX),
+        Err(WireError::Invalid("too many artifact variants"))
+    );
+    assert_decode_refused(&too_many);
+    assert_invalid(
+        with(&|i| i.software = artifact(&["*", "*"], "bin/app")),
+        "duplicate artifact target",
+    );
+    for bad in ["", "A-B", "x/y", "**"] {
+        assert_invalid(
+            with(&|i| i.software = artifact(&[bad], "bin/app")),
+            "bad artifact variant target",
+        );
+    }
+    for bad in ["", "/bin/sh", "../x", "bin/../../x", "a\0b"] {
+        assert_invalid(
+            with(&|i| i.software = artifact(&["*"], bad)),
+            "bad artifact entry path",
+        );
+    }
     assert_invalid(
         with(&|i| i.args = vec!["a\0".into()]),
         "argument contains NUL",

@@ -8,6 +8,60 @@ use common::{message_strategy, Chunked, Sink};
 use hedge_wire::*;
 use proptest::prelude::*;
 
+#[test]
+fn software_specs() {
+    let h = "ab".repeat(32);
+    let one: SoftwareRelease = format!("sha256:{h}").parse().unwrap();
+    assert_eq!(
+        one,
+        SoftwareRelease::Artifact {
+            variants: vec![ArtifactVariant {
+                target: "*".into(),
+                sha256: [0xab; 32]
+            }],
+            entry: String::new()
+        }
+    );
+    assert_eq!(
+        one.artifact_for("x86_64-unknown-linux-gnu"),
+        Some([0xab; 32])
+    );
+    let two: SoftwareRelease = format!(
+        "artifact:*=sha256:{h},aarch64-unknown-linux-gnu=sha256:{}/bin/app",
+        "cd".repeat(32)
+    )
+    .parse()
+    .unwrap();
+    assert_eq!(
+        two.artifact_for("aarch64-unknown-linux-gnu"),
+        Some([0xcd; 32])
+    );
+    assert_eq!(
+        two.artifact_for("armv7-unknown-linux-gnueabihf"),
+        Some([0xab; 32])
+    );
+    let only: SoftwareRelease = format!("artifact:aarch64-unknown-linux-gnu=sha256:{h}/a")
+        .parse()
+        .unwrap();
+    assert_eq!(only.artifact_for("x86_64-unknown-linux-gnu"), None);
+    assert_eq!(
+        SoftwareRelease::Exec("/bin/sh".into()).artifact_for("x"),
+        None
+    );
+    for bad in [
+        "sha256:".to_string(),
+        format!("sha256:{}", "AB".repeat(32)),
+        format!("sha256:{h}0"),
+        format!("artifact:*=sha256:{h}"),
+        format!("artifact:Bad=sha256:{h}/a"),
+        format!("artifact:*={h}/a"),
+        "docker:nginx".into(),
+        "exec:".into(),
+    ] {
+        assert!(bad.parse::<SoftwareRelease>().is_err(), "{bad}");
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -26,6 +80,12 @@ proptest! {
             decode(&bytes, bytes.len() - 1),
             Err(WireError::TooLarge { len: bytes.len(), max: bytes.len() - 1 })
         );
+    }
+
+    #[test]
+    fn software_spec_roundtrip(s in common::software()) {
+        let text = s.to_string();
+        prop_assert_eq!(text.parse::<SoftwareRelease>().unwrap(), s);
     }
 
     #[test]

@@ -536,3 +536,53 @@ fn a_newer_schema_is_refused() {
         Err(StoreError::SchemaTooNew(v)) if v == SCHEMA_VERSION + 1
     ));
 }
+
+#[test]
+fn supplied_artifacts_make_releases() {
+    let (_d, s) = open();
+    let web = n("web");
+    s.supply_artifact(Some(&web), "aarch64-unknown-linux-gnu", &[1; 32], 10, 1)
+        .unwrap();
+    s.supply_artifact(Some(&web), "x86_64-unknown-linux-gnu", &[2; 32], 20, 2)
+        .unwrap();
+    // A new build for one target replaces that variant only.
+    s.supply_artifact(Some(&web), "aarch64-unknown-linux-gnu", &[3; 32], 30, 3)
+        .unwrap();
+    // Unnamed supplies are kept once per (sha256, target).
+    s.supply_artifact(None, "*", &[4; 32], 40, 4).unwrap();
+    s.supply_artifact(None, "*", &[4; 32], 40, 5).unwrap();
+    let v = s.release_variants(&web).unwrap();
+    assert_eq!(
+        v,
+        vec![
+            hedge_wire::ArtifactVariant {
+                target: "aarch64-unknown-linux-gnu".into(),
+                sha256: [3; 32]
+            },
+            hedge_wire::ArtifactVariant {
+                target: "x86_64-unknown-linux-gnu".into(),
+                sha256: [2; 32]
+            },
+        ]
+    );
+    assert!(s.release_variants(&n("db")).unwrap().is_empty());
+    let all = s.artifacts().unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[0].release, None);
+    assert_eq!(all[0].sha256, "04".repeat(32));
+    assert_eq!(all[0].supplied_ms, 5);
+    // An Artifact record from a node is stored like any other.
+    let rec = Record {
+        seq: 1,
+        time_ms: 1,
+        kind: RecordKind::Artifact {
+            sha256: [3; 32],
+            target: "aarch64-unknown-linux-gnu".into(),
+            outcome: hedge_wire::ArtifactOutcome::Refused,
+            message: "path \"../x\" has a `..` component".into(),
+        },
+    };
+    s.ingest(&n("a"), &up("a", vec![rec], Some((1, 1))), 1)
+        .unwrap();
+    assert_eq!(s.count(&n("a")).unwrap(), 1);
+}

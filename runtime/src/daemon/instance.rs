@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use hedge_wire::{ExitStatus, InstanceRequest, InstanceStatus, Name, RecordKind, RequestedState};
 
+use super::software::Need;
 use super::{Daemon, Event};
 use crate::partition::limits::{rlimits, Cgroup};
 use crate::reconcile::Action as Plan;
@@ -38,6 +39,8 @@ pub(crate) struct Slot {
     pub promises_gen: u64,
     /// Its usage accounting.
     pub accountant: Option<crate::monitor::usage::Accountant>,
+    /// CPU milliticks and time of the last persisted accounting state.
+    pub persisted: Option<(u64, std::time::Instant)>,
 }
 
 /// The word `status` prints for a lifecycle state.
@@ -108,6 +111,7 @@ impl Daemon {
                         promises,
                         promises_gen: 0,
                         accountant,
+                        persisted: None,
                     },
                 );
             }
@@ -135,6 +139,7 @@ impl Daemon {
                     self.incident_actions(actions);
                 }
                 self.restart_if_changed(&name);
+                self.prune_downloads();
             }
             Plan::Start(name) => self.drive(&name, Input::Start),
             Plan::Stop(name) => self.drive(&name, Input::Stop),
@@ -157,10 +162,24 @@ impl Daemon {
         if !slot.lc.wants_running() {
             return;
         }
-        let new_hash = render::render_instance(&slot.request, &|i, k| self.conn_lookup(i, k))
-            .ok()
-            .map(|r| r.hash);
         let waiting = slot.lc.status() == InstanceStatus::Waiting;
+        let installed = self.installed_dir(&slot.request);
+        if installed.is_none() && !waiting && slot.lc.pid().is_some() {
+            // A new artifact: keep the old one running until the new one is installed
+            // (its install restarts the instance through here again).
+            let request = slot.request.clone();
+            if let Need::Pending = self.need(name, &request) {
+                return;
+            }
+        }
+        let Some(slot) = self.slots.get(name) else {
+            return;
+        };
+        let new_hash = render::render_instance(&slot.request, installed.as_deref(), &|i, k| {
+            self.conn_lookup(i, k)
+        })
+        .ok()
+        .map(|r| r.hash);
         if waiting || new_hash != slot.rendered_hash {
             tracing::info!(instance = %name, "configuration changed; restarting");
             self.drive(name, Input::Restart);
@@ -240,13 +259,29 @@ impl Daemon {
         let Some(slot) = self.slots.get(name) else {
             return Input::SpawnFailed { waiting: false };
         };
-        let rendered = match render::render_instance(&slot.request, &|i, k| self.conn_lookup(i, k))
-        {
+        let request = slot.request.clone();
+        let artifact = match self.need(name, &request) {
+            Need::Nothing => None,
+            Need::Ready(dir) => Some(dir),
+            Need::Pending => return Input::SpawnFailed { waiting: true },
+            Need::NoVariant => {
+                self.counters.spawn_failures += 1;
+                tracing::warn!(instance = %name, target = super::TARGET, software = %request.software, "no artifact variant for this node's target");
+                return Input::SpawnFailed { waiting: false };
+            }
+        };
+        let Some(slot) = self.slots.get(name) else {
+            return Input::SpawnFailed { waiting: false };
+        };
+        let rendered = match render::render_instance(&slot.request, artifact.as_deref(), &|i, k| {
+            self.conn_lookup(i, k)
+        }) {
             Ok(r) => r,
             Err(RenderError::Missing(key)) => {
                 tracing::info!(instance = %name, key, "waiting for parameter");
                 return Input::SpawnFailed { waiting: true };
             }
+            Err(RenderError::ArtifactMissing) => return Input::SpawnFailed { waiting: true },
             Err(e) => {
                 self.counters.spawn_failures += 1;
                 tracing::warn!(instance = %name, error = %e, "cannot render instance");
@@ -337,6 +372,7 @@ impl Daemon {
         let actions = self.incidents.on_instance_destroyed(super::now_ms(), name);
         self.incident_actions(actions);
         if let Some(slot) = self.slots.remove(name) {
+            self.prune_downloads();
             if let Some(cg) = &slot.cgroup {
                 if let Err(e) = cg.remove() {
                     tracing::warn!(instance = %name, error = %e, "cannot remove cgroup");

@@ -178,6 +178,29 @@ impl Daemon {
             "counter",
             vec![(String::new(), c.repairs.to_string())],
         );
+        metric(
+            "hedge_artifacts_total",
+            "Software artifact download outcomes.",
+            "counter",
+            vec![
+                (
+                    "{outcome=\"installed\"}".into(),
+                    c.artifact_installed.to_string(),
+                ),
+                (
+                    "{outcome=\"hash_mismatch\"}".into(),
+                    c.artifact_hash_mismatch.to_string(),
+                ),
+                (
+                    "{outcome=\"refused\"}".into(),
+                    c.artifact_refused.to_string(),
+                ),
+                (
+                    "{outcome=\"fetch_error\"}".into(),
+                    c.artifact_fetch_errors.to_string(),
+                ),
+            ],
+        );
         out
     }
 }

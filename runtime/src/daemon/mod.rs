@@ -23,6 +23,7 @@ mod instance;
 mod link;
 mod metrics;
 mod monitor;
+mod software;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -69,6 +70,11 @@ pub(crate) enum Event {
         name: Name,
         pid: u32,
         status: ExitStatus,
+    },
+    /// A download task finished one attempt at an artifact.
+    Artifact {
+        sha256: [u8; 32],
+        attempt: software::Attempt,
     },
     /// A promise check finished.
     Checked {
@@ -125,6 +131,14 @@ pub struct Counters {
     pub shed_dropped_health: u64,
     /// Usage records merged to keep the outbox under its quota.
     pub shed_merged_usage: u64,
+    /// Software artifacts downloaded, checked and extracted into the cache.
+    pub artifact_installed: u64,
+    /// Artifact downloads whose sha256 was not the one asked for (deleted, retried).
+    pub artifact_hash_mismatch: u64,
+    /// Artifacts refused as unsafe or malformed archives (nothing kept).
+    pub artifact_refused: u64,
+    /// Artifact download attempts that failed (network, TLS, HTTP, disk); retried.
+    pub artifact_fetch_errors: u64,
 }
 
 /// The node daemon.
@@ -156,6 +170,8 @@ pub struct Daemon {
     master_key: Option<ed25519_dalek::VerifyingKey>,
     /// The uplink task's side of the conversation, when enabled.
     link: Option<link::LinkHandle>,
+    /// The artifact cache and its downloads.
+    software: software::Software,
 }
 
 /// As root, instances run as their partition's uid and must traverse the state
@@ -239,6 +255,7 @@ impl Daemon {
             desired_log: RateLimit::default(),
             master_key: None,
             link: None,
+            software: software::Software::new(crate::artifact::Cache::new(&state)),
         };
         d.master_key = d.cfg.master_key();
         d.kill_leftovers()?;
@@ -442,6 +459,7 @@ impl Daemon {
         }
         server.abort();
         self.stop_link();
+        self.stop_downloads();
         if let Some(m) = metrics_server {
             m.abort();
         }
@@ -499,6 +517,7 @@ impl Daemon {
                 generation,
                 result,
             } => self.on_check(name, index, generation, result),
+            Event::Artifact { sha256, attempt } => self.on_artifact(sha256, attempt),
         }
     }
 
@@ -533,6 +552,7 @@ impl Daemon {
             },
             "incidents": self.incident_status(),
             "uplink": self.link_status(),
+            "software": self.software_status(),
             "health": self.last_health.map(|h| json!({
                 "load1": f64::from(h.load1_milli) / 1000.0,
                 "mem_total": h.mem_total,

@@ -32,6 +32,12 @@ pub(crate) struct PromiseSlot {
     pub in_flight: bool,
 }
 
+/// Accounting state is persisted between intervals after this much wall time…
+const PERSIST_EVERY: Duration = Duration::from_secs(60);
+/// …or once the instance used about 100 ms of CPU since the last persisted state
+/// (`milliticks ≥ 1000 × clk_tck / 10`).
+const PERSIST_CPU_MILLITICKS_PER_TICK: u64 = 1000;
+
 /// Resolved incidents kept for `status`.
 const RECENT_RESOLVED: usize = 32;
 
@@ -421,7 +427,26 @@ impl Daemon {
                     }
                     r
                 }
-                None => self.store.put_usage(&name, &state),
+                None => {
+                    // Persist between intervals only when it matters: SD cards wear,
+                    // and a sled write costs whole pages. A daemon crash then loses at
+                    // most PERSIST_CPU of CPU per instance (its processes die with the
+                    // daemon), or PERSIST_EVERY of memory and uptime samples.
+                    let slot = self.slots.get_mut(&name);
+                    let due = slot.as_ref().is_none_or(|s| {
+                        s.persisted.is_none_or(|(cpu, at)| {
+                            state.cpu_milliticks.saturating_sub(cpu)
+                                >= PERSIST_CPU_MILLITICKS_PER_TICK * self.clk_tck / 10
+                                || at.elapsed() >= PERSIST_EVERY
+                        })
+                    });
+                    if let (true, Some(s)) = (due, slot) {
+                        s.persisted = Some((state.cpu_milliticks, std::time::Instant::now()));
+                        self.store.put_usage(&name, &state)
+                    } else {
+                        Ok(())
+                    }
+                }
             };
             if let Err(e) = result {
                 self.store_failed(&e);

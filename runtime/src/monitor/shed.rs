@@ -84,6 +84,7 @@ impl RecordClass {
             RecordKind::InstanceState { .. }
             | RecordKind::Shed { .. }
             | RecordKind::Desired { .. }
+            | RecordKind::Artifact { .. }
             | RecordKind::NodeInfo { .. } => RecordClass::InstanceState,
             RecordKind::LocalRequest { .. } => RecordClass::LocalRequest,
             RecordKind::ConnectionParameters { .. } => RecordClass::ConnectionParameters,

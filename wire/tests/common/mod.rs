@@ -40,10 +40,25 @@ fn parameters() -> impl Strategy<Value = BTreeMap<String, String>> {
     btree_map("[A-Za-z_][A-Za-z0-9_.]{0,15}", text(), 0..4)
 }
 
-fn software() -> impl Strategy<Value = SoftwareRelease> {
+/// Every `SoftwareRelease` variant, valid.
+pub fn software() -> impl Strategy<Value = SoftwareRelease> {
     prop_oneof![
         "[^\\x00]{1,32}".prop_map(SoftwareRelease::Exec),
-        any::<[u8; 32]>().prop_map(SoftwareRelease::Artifact),
+        (
+            btree_map(
+                prop_oneof![Just("*".to_string()), "[a-z0-9._-]{1,64}"],
+                any::<[u8; 32]>(),
+                1..=hedge_wire::limits::MAX_VARIANTS
+            ),
+            rel_path()
+        )
+            .prop_map(|(m, entry)| SoftwareRelease::Artifact {
+                variants: m
+                    .into_iter()
+                    .map(|(target, sha256)| ArtifactVariant { target, sha256 })
+                    .collect(),
+                entry,
+            }),
     ]
 }
 
@@ -362,6 +377,22 @@ pub fn record_kind() -> impl Strategy<Value = RecordKind> {
                 parameters,
             }
         }),
+        (
+            any::<[u8; 32]>(),
+            prop_oneof![Just("*".to_string()), "[a-z0-9._-]{1,64}"],
+            prop_oneof![
+                Just(ArtifactOutcome::Installed),
+                Just(ArtifactOutcome::HashMismatch),
+                Just(ArtifactOutcome::Refused),
+            ],
+            message()
+        )
+            .prop_map(|(sha256, target, outcome, message)| RecordKind::Artifact {
+                sha256,
+                target,
+                outcome,
+                message
+            }),
     ]
 }
 

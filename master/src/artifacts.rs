@@ -1,0 +1,499 @@
+//! Software artifacts on the master: content-addressed storage (`hedge master supply`)
+//! and the HTTPS endpoint nodes download them from (`hedge master run`).
+//!
+//! Contract:
+//! - [`supply`] copies a file into `DIR/<sha256 hex>` (mode 0644): hashed while copied
+//!   into a temporary file in `DIR`, flushed, then renamed, so a reader never sees a
+//!   partial artifact and supplying the same bytes twice is harmless. The caller records
+//!   (release, target, sha256, size) in the store.
+//! - [`serve`] answers `GET /artifacts/<64 hex>` over TLS with client certificates
+//!   required ([`server_config`]: the broker's certificate, the fleet CA as the only
+//!   root, so only enrolled nodes and masters download). `Range: bytes=N-` gets a `206`
+//!   with the rest of the file (resumed downloads), a start at or past the end a `416`
+//!   with `Content-Range: bytes */LEN`; other range forms are ignored (a full `200`).
+//!   Anything but a GET of that path shape is a `404` (`405` for other methods, `400` for
+//!   a malformed head). One request per connection, the request head bounded to 8 KiB
+//!   and 10 s, at most 64 connections at once, every write bounded by an idle timeout.
+//!   [`parse_request`] and [`plan`] are the pure decisions.
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hedge_uplink::tls::TlsError;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+/// Longest request head, bytes.
+pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// Most connections served at once; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 64;
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Errors of [`supply`].
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    /// Reading the file or writing the store directory failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArtifactError + '_ {
+    move |source| ArtifactError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// 32 bytes as 64 lowercase hex digits.
+pub fn hex(sha256: &[u8; 32]) -> String {
+    hedge_wire::Sha256Hex(sha256).to_string()
+}
+
+/// Copies `file` into `dir/<sha256>` (see the module doc); returns its sha256 and size.
+pub fn supply(dir: &Path, file: &Path) -> Result<([u8; 32], u64), ArtifactError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut src = std::fs::File::open(file).map_err(io(file))?;
+    let tmp = dir.join(format!(
+        ".supply-{}-{:08x}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    let result = (|| {
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        let mut h = Sha256::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = src.read(&mut buf).map_err(io(file))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(io(&tmp))?;
+            size += n as u64;
+        }
+        out.set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(io(&tmp))?;
+        out.sync_all().map_err(io(&tmp))?;
+        let sha: [u8; 32] = h.finalize().into();
+        let dest = dir.join(hex(&sha));
+        std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+        Ok((sha, size))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// A TLS server configuration: `cert_pem`/`key_pem` (the broker's), client certificates
+/// required and checked against `ca_pem` (the fleet CA). ring provider.
+pub fn server_config(
+    ca_pem: &[u8],
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem) {
+        let c = c.map_err(|e| TlsError::Ca(e.to_string()))?;
+        roots.add(c).map_err(|e| TlsError::Ca(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Ca("no certificate found".into()));
+    }
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Cert(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(TlsError::Cert("no certificate found".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::Key(e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| TlsError::Ca(e.to_string()))?;
+    let cfg = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)?;
+    Ok(Arc::new(cfg))
+}
+
+/// A well-formed artifact request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Get {
+    /// The artifact, 64 lowercase hex digits.
+    pub sha256: String,
+    /// `Range: bytes=N-`.
+    pub from: Option<u64>,
+}
+
+/// Parses a request head (up to, without, the blank line); `Err(status)` to answer.
+pub fn parse_request(head: &[u8]) -> Result<Get, u16> {
+    let text = std::str::from_utf8(head).map_err(|_| 400u16)?;
+    let mut lines = text.split("\r\n");
+    let line = lines.next().unwrap_or_default();
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(400);
+    };
+    if version != "HTTP/1.1" && version != "HTTP/1.0" {
+        return Err(400);
+    }
+    let mut from = None;
+    for l in lines {
+        if l.is_empty() {
+            continue;
+        }
+        let (k, v) = l.split_once(':').ok_or(400u16)?;
+        if k.eq_ignore_ascii_case("range") {
+            // Only `bytes=N-` (what nodes send); other forms are ignored: a full answer.
+            from = v
+                .trim()
+                .strip_prefix("bytes=")
+                .and_then(|r| r.strip_suffix('-'))
+                .and_then(|n| n.parse::<u64>().ok());
+        }
+    }
+    if method != "GET" {
+        return Err(405);
+    }
+    let sha256 = target.strip_prefix("/artifacts/").ok_or(404u16)?;
+    if sha256.len() != 64
+        || !sha256
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(404);
+    }
+    Ok(Get {
+        sha256: sha256.to_owned(),
+        from,
+    })
+}
+
+/// How to answer a GET of a file of `len` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    /// 200, 206 or 416.
+    pub status: u16,
+    /// First byte sent.
+    pub start: u64,
+    /// Bytes sent.
+    pub length: u64,
+}
+
+/// Decides the answer to a request for `from` onwards of a `len`-byte file.
+pub fn plan(len: u64, from: Option<u64>) -> Answer {
+    match from {
+        None | Some(0) => Answer {
+            status: 200,
+            start: 0,
+            length: len,
+        },
+        Some(n) if n < len => Answer {
+            status: 206,
+            start: n,
+            length: len - n,
+        },
+        Some(_) => Answer {
+            status: 416,
+            start: 0,
+            length: 0,
+        },
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        206 => "Partial Content",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        416 => "Range Not Satisfiable",
+        _ => "Internal Server Error",
+    }
+}
+
+/// The response head for `answer` over a file of `len` bytes.
+pub fn response_head(answer: &Answer, len: u64) -> String {
+    let mut h = format!(
+        "HTTP/1.1 {} {}\r\nContent-Length: {}\r\nConnection: close\r\nContent-Type: application/octet-stream\r\nAccept-Ranges: bytes\r\n",
+        answer.status,
+        reason(answer.status),
+        answer.length
+    );
+    match answer.status {
+        206 => h.push_str(&format!(
+            "Content-Range: bytes {}-{}/{len}\r\n",
+            answer.start,
+            answer.start + answer.length - 1
+        )),
+        416 => h.push_str(&format!("Content-Range: bytes */{len}\r\n")),
+        _ => {}
+    }
+    h.push_str("\r\n");
+    h
+}
+
+fn error_head(status: u16) -> String {
+    format!(
+        "HTTP/1.1 {status} {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        reason(status)
+    )
+}
+
+/// Serves `dir` on `listener` until `shutdown` resolves. See the module doc.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Arc<ServerConfig>,
+    dir: PathBuf,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let dir = Arc::new(dir);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        tracing::debug!(%peer, "artifact endpoint busy; connection closed");
+                        continue;
+                    };
+                    let acceptor = acceptor.clone();
+                    let dir = dir.clone();
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        if let Err(e) = connection(acceptor, tcp, &dir).await {
+                            tracing::debug!(%peer, error = %e, "artifact connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "artifact endpoint: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
+async fn connection(
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    dir: &Path,
+) -> std::io::Result<()> {
+    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "request head timeout");
+    let (mut tls, head) = tokio::time::timeout(HEAD_TIMEOUT, async {
+        let mut tls = acceptor.accept(tcp).await?;
+        let mut buf = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 1024];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                buf.truncate(end);
+                return Ok::<_, std::io::Error>((tls, Some(buf)));
+            }
+            if buf.len() > MAX_REQUEST_HEAD {
+                return Ok((tls, None));
+            }
+            let n = tls.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .map_err(|_| timed_out())??;
+    let get = match head.as_deref().map(parse_request) {
+        None => Err(400),
+        Some(r) => r,
+    };
+    let get = match get {
+        Ok(g) => g,
+        Err(status) => return finish(&mut tls, error_head(status).as_bytes()).await,
+    };
+    let path = dir.join(&get.sha256);
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) => {
+            let status = if e.kind() == std::io::ErrorKind::NotFound {
+                404
+            } else {
+                500
+            };
+            return finish(&mut tls, error_head(status).as_bytes()).await;
+        }
+    };
+    let len = file.metadata().await?.len();
+    let answer = plan(len, get.from);
+    tracing::info!(sha256 = %get.sha256, status = answer.status, from = answer.start, bytes = answer.length, "artifact request");
+    write(&mut tls, response_head(&answer, len).as_bytes()).await?;
+    if answer.length > 0 {
+        file.seek(std::io::SeekFrom::Start(answer.start)).await?;
+        let mut left = answer.length;
+        let mut buf = vec![0u8; 64 * 1024];
+        while left > 0 {
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = file.read(&mut buf[..want]).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            write(&mut tls, &buf[..n]).await?;
+            left -= n as u64;
+        }
+    }
+    finish(&mut tls, b"").await
+}
+
+async fn write<W: AsyncWriteExt + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    tokio::time::timeout(WRITE_TIMEOUT, w.write_all(bytes))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write stalled"))?
+}
+
+async fn finish<W: AsyncWriteExt + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    write(w, bytes).await?;
+    tokio::time::timeout(WRITE_TIMEOUT, async {
+        w.flush().await?;
+        w.shutdown().await
+    })
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "close stalled"))?
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn hexs() -> String {
+        "0a".repeat(32)
+    }
+
+    #[test]
+    fn requests_parse() {
+        let h = hexs();
+        let ok = |s: String| parse_request(s.as_bytes());
+        assert_eq!(
+            ok(format!("GET /artifacts/{h} HTTP/1.1\r\nHost: x")).unwrap(),
+            Get {
+                sha256: h.clone(),
+                from: None
+            }
+        );
+        assert_eq!(
+            ok(format!(
+                "GET /artifacts/{h} HTTP/1.1\r\nrange: bytes=1234-\r\n"
+            ))
+            .unwrap()
+            .from,
+            Some(1234)
+        );
+        // Other range forms: a full answer.
+        for r in ["bytes=1-2", "bytes=-5", "bytes=1-,3-", "items=1-"] {
+            assert_eq!(
+                ok(format!("GET /artifacts/{h} HTTP/1.1\r\nRange: {r}"))
+                    .unwrap()
+                    .from,
+                None,
+                "{r}"
+            );
+        }
+        assert_eq!(ok(format!("POST /artifacts/{h} HTTP/1.1")), Err(405));
+        for (req, status) in [
+            ("GET /artifacts/../master.key HTTP/1.1".to_string(), 404),
+            (format!("GET /artifacts/{} HTTP/1.1", h.to_uppercase()), 404),
+            (format!("GET /artifacts/{h}/x HTTP/1.1"), 404),
+            (format!("GET /other/{h} HTTP/1.1"), 404),
+            (format!("GET /artifacts/{h} HTTP/2"), 400),
+            (format!("GET  /artifacts/{h} HTTP/1.1"), 400),
+            (format!("GET /artifacts/{h} HTTP/1.1\r\nbad header"), 400),
+            ("\u{ff}".to_string(), 400),
+        ] {
+            assert_eq!(ok(req.clone()), Err(status), "{req}");
+        }
+        assert_eq!(parse_request(b"\xff\xfe"), Err(400));
+    }
+
+    #[test]
+    fn ranges_resume_and_past_the_end_is_416() {
+        assert_eq!(
+            plan(10, None),
+            Answer {
+                status: 200,
+                start: 0,
+                length: 10
+            }
+        );
+        assert_eq!(plan(10, Some(0)).status, 200);
+        let a = plan(10, Some(4));
+        assert_eq!(
+            a,
+            Answer {
+                status: 206,
+                start: 4,
+                length: 6
+            }
+        );
+        assert!(response_head(&a, 10).contains("Content-Range: bytes 4-9/10\r\n"));
+        let end = plan(10, Some(10));
+        assert_eq!(end.status, 416);
+        assert!(response_head(&end, 10).contains("Content-Range: bytes */10\r\n"));
+        assert_eq!(plan(10, Some(11)).status, 416);
+        assert_eq!(plan(0, None).length, 0);
+    }
+
+    #[test]
+    fn supply_is_content_addressed_and_idempotent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("a.tar.gz");
+        std::fs::write(&f, b"hello").unwrap();
+        let dir = tmp.path().join("artifacts");
+        let (sha, size) = supply(&dir, &f).unwrap();
+        assert_eq!(size, 5);
+        assert_eq!(
+            hex(&sha),
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+        assert_eq!(std::fs::read(dir.join(hex(&sha))).unwrap(), b"hello");
+        assert_eq!(supply(&dir, &f).unwrap(), (sha, 5));
+        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary file left");
+        let mode = std::fs::metadata(dir.join(hex(&sha)))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
+        assert!(supply(&dir, &tmp.path().join("missing")).is_err());
+    }
+}

@@ -1,0 +1,269 @@
+//! A fleet for end-to-end tests: a master directory (`hedge master init`), its broker
+//! with one listener for masters and one for nodes (so a test can cut the nodes' link
+//! alone), master processes, and enrolled nodes.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+use super::broker::{free_port, Broker};
+use super::{hedge, Node};
+
+/// A master directory, its broker (one listener for masters, one for nodes) and
+/// master processes.
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+    pub broker: Broker,
+    pub node_port: u16,
+    pub masters: Vec<Child>,
+    cut: Option<String>,
+    /// The artifact endpoint's port, once enabled.
+    pub artifacts_port: Option<u16>,
+}
+
+impl Fleet {
+    pub fn new() -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let m = dir.path().join("m");
+        let master_port = free_port();
+        let out = hedge()
+            .args([
+                "master",
+                "init",
+                "--port",
+                &master_port.to_string(),
+                "--dir",
+            ])
+            .arg(&m)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let node_port = free_port();
+        let broker = Broker::start_with_node_port(&m, master_port, Some(node_port));
+        Fleet {
+            dir,
+            broker,
+            node_port,
+            masters: Vec::new(),
+            cut: None,
+            artifacts_port: None,
+        }
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("m/master.toml")
+    }
+
+    pub fn master(&self, args: &[&str]) -> std::process::Output {
+        hedge()
+            .arg("master")
+            .args(args)
+            .arg("--config")
+            .arg(self.config())
+            .output()
+            .unwrap()
+    }
+
+    pub fn master_ok(&self, args: &[&str]) -> String {
+        let out = self.master(args);
+        assert!(
+            out.status.success(),
+            "hedge master {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn start_master(&mut self) {
+        let i = self.masters.len();
+        let log = std::fs::File::create(self.dir.path().join(format!("master{i}.log"))).unwrap();
+        let child = hedge()
+            .args(["master", "run", "--config"])
+            .arg(self.config())
+            .env("HEDGE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.masters.push(child);
+    }
+
+    pub fn kill_master(&mut self, i: usize) {
+        self.masters[i].kill().unwrap();
+        self.masters[i].wait().unwrap();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join(format!("master{i}.log")))
+            .unwrap();
+        self.masters[i] = hedge()
+            .args(["master", "run", "--config"])
+            .arg(self.config())
+            .env("HEDGE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+    }
+
+    /// An enrolled node whose uplink dials the nodes' listener, with fast intervals.
+    pub fn node(&self, id: &str) -> Node {
+        let bundle = self.dir.path().join(format!("{id}.bundle"));
+        self.master_ok(&["enroll", id, "--out", bundle.to_str().unwrap()]);
+        let node = Node::init_enrolled(&bundle);
+        let port = self.node_port;
+        node.edit_config(move |c| {
+            c.lines()
+                .map(|l| {
+                    if l.starts_with("port = ") {
+                        format!("port = {port}")
+                    } else if l.starts_with("ack_timeout_ms = ") {
+                        "ack_timeout_ms = 2000".into()
+                    } else if l.starts_with("keepalive_s = ") {
+                        "keepalive_s = 2".into()
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+                + "\n"
+        });
+        node
+    }
+
+    /// What the master holds of `node`: (records, last_seq).
+    pub fn held(&self, node: &str) -> (u64, u64) {
+        let v: Value = serde_json::from_str(&self.master_ok(&["nodes", "--json"])).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == node)
+            .map_or((0, 0), |n| {
+                (
+                    n["records"].as_u64().unwrap(),
+                    n["last_seq"].as_u64().unwrap(),
+                )
+            })
+    }
+
+    /// Cuts the nodes' link to the broker: TCP resets both ways on the nodes' port.
+    pub fn cut_link(&mut self) {
+        assert!(self.cut.is_none());
+        let table = format!("hedge_test_{}", self.node_port);
+        let port = self.node_port;
+        nft(&["add", "table", "inet", &table]);
+        nft(&[
+            "add",
+            "chain",
+            "inet",
+            &table,
+            "out",
+            "{ type filter hook output priority 0; }",
+        ]);
+        nft(&[
+            "add",
+            "rule",
+            "inet",
+            &table,
+            "out",
+            "tcp",
+            "dport",
+            &port.to_string(),
+            "reject",
+            "with",
+            "tcp",
+            "reset",
+        ]);
+        nft(&[
+            "add",
+            "rule",
+            "inet",
+            &table,
+            "out",
+            "tcp",
+            "sport",
+            &port.to_string(),
+            "reject",
+            "with",
+            "tcp",
+            "reset",
+        ]);
+        self.cut = Some(table);
+    }
+
+    pub fn restore_link(&mut self) {
+        if let Some(t) = self.cut.take() {
+            nft(&["delete", "table", "inet", &t]);
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.restore_link();
+        for m in &mut self.masters {
+            let _ = m.kill();
+            let _ = m.wait();
+        }
+    }
+}
+
+pub fn nft(args: &[&str]) {
+    let bin = if Path::new("/usr/sbin/nft").exists() {
+        "/usr/sbin/nft"
+    } else {
+        "nft"
+    };
+    let out = Command::new(bin)
+        .args(args)
+        .output()
+        .expect("nft (scripts/setup installs nftables)");
+    assert!(
+        out.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn can_cut() -> bool {
+    nix::unistd::geteuid().is_root()
+        && (Path::new("/usr/sbin/nft").exists()
+            || Command::new("nft").arg("--version").output().is_ok())
+}
+
+impl Fleet {
+    /// Turns on the master's artifact endpoint (`[artifacts] listen`) on a free port;
+    /// call before enrolling nodes (their bundles carry the URL) and starting masters.
+    pub fn enable_artifacts(&mut self) -> u16 {
+        let port = free_port();
+        let path = self.config();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let line = "# listen = \"127.0.0.1:8443\"";
+        assert!(text.contains(line), "master.toml template changed");
+        std::fs::write(
+            &path,
+            text.replace(line, &format!("listen = \"127.0.0.1:{port}\"")),
+        )
+        .unwrap();
+        self.artifacts_port = Some(port);
+        port
+    }
+
+    /// The master directory.
+    pub fn master_dir(&self) -> PathBuf {
+        self.dir.path().join("m")
+    }
+
+    /// Everything master `i` logged so far.
+    pub fn master_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("master{i}.log"))).unwrap_or_default()
+    }
+}
