@@ -171,18 +171,24 @@ fn cpu_and_memory_of_a_process_are_accounted() {
             done.exists().then_some(())
         });
     }
-    // Two more closed intervals after the work is done.
-    let records = wait_for("usage records", Duration::from_secs(20), || {
+    // Wait until the burn is fully accounted: the burner's latest closed interval has
+    // (almost) no CPU in it, and the holder has two intervals at full size.
+    let records = wait_for("usage records", Duration::from_secs(30), || {
         let r = node.outbox();
-        let holder_after: Vec<Value> = kinds(&r, "Usage")
+        let burner: Vec<u64> = kinds(&r, "Usage")
+            .iter()
+            .filter(|u| u["kind"]["Usage"]["instance"] == "burner")
+            .map(|u| u["kind"]["Usage"]["cpu_ms"].as_u64().unwrap())
+            .collect();
+        let burned = burner.iter().sum::<u64>() >= 500 && burner.last().is_some_and(|c| *c < 50);
+        let holder_full = kinds(&r, "Usage")
             .into_iter()
             .filter(|u| {
                 u["kind"]["Usage"]["instance"] == "holder"
                     && u["kind"]["Usage"]["mem_peak_bytes"].as_u64().unwrap() > 50 << 20
             })
-            .cloned()
-            .collect();
-        (holder_after.len() >= 2).then_some(r)
+            .count();
+        (burned && holder_full >= 2).then_some(r)
     });
     let cpu = usage_cpu_by_instance(&records)["burner"];
     assert!(
