@@ -522,3 +522,58 @@ fn prometheus_endpoint_serves_instance_promise_and_outbox_metrics() {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }
 }
+
+#[test]
+fn a_stopped_instance_makes_no_usage_records() {
+    let mut node = fast_node("");
+    node.edit_config(|c| c.replace("usage_interval_ms = 1000", "usage_interval_ms = 200"));
+    node.start();
+    node.ok(&[
+        "request",
+        "quiet",
+        "--software",
+        "exec:/bin/sleep",
+        "--arg",
+        "1000",
+    ]);
+    node.running_pid("quiet", None);
+    let usage = |n: &Node| {
+        kinds(&n.outbox(), "Usage")
+            .iter()
+            .filter(|u| u["kind"]["Usage"]["instance"] == "quiet")
+            .map(|u| {
+                (
+                    u["kind"]["Usage"]["from_ms"].as_u64().unwrap(),
+                    u["kind"]["Usage"]["to_ms"].as_u64().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    wait_for("usage while running", Duration::from_secs(10), || {
+        (usage(&node).len() >= 2).then_some(())
+    });
+    node.ok(&["stop", "quiet"]);
+    wait_for("stopped", Duration::from_secs(10), || {
+        (node.instance("quiet")?["state"] == "stopped").then_some(())
+    });
+    // One more record may close the interval the stop fell in; then silence.
+    std::thread::sleep(Duration::from_millis(600));
+    let settled = usage(&node).len();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        usage(&node).len(),
+        settled,
+        "a stopped instance keeps reporting usage"
+    );
+    // Started again: records resume, contiguous with the last one (the quiet time is
+    // inside the next interval, with no uptime).
+    node.ok(&["start", "quiet"]);
+    wait_for("usage resumes", Duration::from_secs(10), || {
+        (usage(&node).len() > settled + 1).then_some(())
+    });
+    let spans = usage(&node);
+    assert!(
+        spans.windows(2).all(|w| w[0].1 == w[1].0),
+        "gap in {spans:?}"
+    );
+}

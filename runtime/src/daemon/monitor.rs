@@ -402,7 +402,11 @@ impl Daemon {
                 cpu_ticks_total: tree.map_or(0, |(_, t)| t.ticks),
                 rss_bytes: tree.map_or(0, |(_, t)| t.rss_bytes),
             });
-            let record = if closing || wall >= acc.due_ms() {
+            // An instance that did nothing in the interval (stopped, nothing ran) reports
+            // nothing: its interval stretches until there is something to say, so
+            // records stay contiguous and totals unchanged, and the outbox stays quiet.
+            let idle = acc.state().uptime_ms == 0 && acc.state().cpu_milliticks == 0;
+            let record = if (closing || wall >= acc.due_ms()) && !idle {
                 let disk = disk_bytes(&self.partitions.path(&name));
                 acc.close_interval(wall, disk)
             } else {
