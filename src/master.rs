@@ -11,7 +11,7 @@ use hedge_master::billing::{self, Period, PriceList};
 use hedge_master::pki::{self, InitOptions, MasterConfig};
 use hedge_master::sign::{self, MasterKey};
 use hedge_master::store::MasterStore;
-use hedge_runtime::request_file::{self, Flags};
+
 use hedge_wire::{InstanceRequest, Name, RecordKind};
 
 use crate::Failure;
@@ -60,30 +60,8 @@ pub enum MasterCommand {
     },
     /// Request an instance: allocate a node, sign a new desired state for it.
     Request {
-        /// A request file (the node's format).
-        #[arg(long, conflicts_with_all = ["name", "software"])]
-        file: Option<PathBuf>,
-        /// Instance name.
-        #[arg(required_unless_present = "file")]
-        name: Option<String>,
-        /// What it runs: exec:PROGRAM, sha256:HEX or release:NAME (artifacts need --entry).
-        #[arg(long, required_unless_present = "file")]
-        software: Option<String>,
-        /// The program inside an artifact, e.g. bin/app.
-        #[arg(long)]
-        entry: Option<String>,
-        /// An argument (repeatable).
-        #[arg(long = "arg", allow_hyphen_values = true)]
-        args: Vec<String>,
-        /// A parameter key=value (repeatable).
-        #[arg(long = "param")]
-        params: Vec<String>,
-        /// A promise [NAME=]KIND[:TARGET] (repeatable).
-        #[arg(long = "promise")]
-        promises: Vec<String>,
-        /// started (default), stopped or destroyed.
-        #[arg(long)]
-        state: Option<String>,
+        #[command(flatten)]
+        request: crate::request_args::RequestArgs,
         /// Place it on this node.
         #[arg(long)]
         node: Option<String>,
@@ -279,14 +257,7 @@ pub fn main(cmd: MasterCommand) -> Result<(), Failure> {
             Ok(())
         }
         MasterCommand::Request {
-            file,
-            name,
-            software,
-            entry,
-            args,
-            params,
-            promises,
-            state,
+            request,
             node,
             labels,
             arch,
@@ -305,36 +276,7 @@ pub fn main(cmd: MasterCommand) -> Result<(), Failure> {
                     Err(e) => Err(e.to_string()),
                 }
             };
-            let request = match file {
-                Some(f) => {
-                    let text = std::fs::read_to_string(&f)
-                        .with_context(|| format!("cannot read {}", f.display()))
-                        .map_err(Failure::data)?;
-                    request_file::parse_toml_with(&text, &releases)
-                        .with_context(|| f.display().to_string())
-                        .map_err(Failure::data)?
-                }
-                None => {
-                    let destroy = state.as_deref() == Some("destroyed");
-                    let mut r = request_file::from_flags_with(
-                        &Flags {
-                            name: name.unwrap_or_default(),
-                            software: software.unwrap_or_default(),
-                            entry,
-                            args,
-                            params,
-                            promises,
-                            state: state.filter(|_| !destroy),
-                        },
-                        &releases,
-                    )
-                    .map_err(Failure::data)?;
-                    if destroy {
-                        r.state = hedge_wire::RequestedState::Destroyed;
-                    }
-                    r
-                }
-            };
+            let request = request.build(&releases)?;
             let mut placement = Placement {
                 node: node
                     .map(|n| {
@@ -391,30 +333,8 @@ pub fn main(cmd: MasterCommand) -> Result<(), Failure> {
             }
             Ok(())
         }
-        MasterCommand::Instances(v) => {
-            let cfg = load(&v.config)?;
-            let list = open_store(&cfg)?.instances()?;
-            if v.json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
-            } else {
-                for i in list {
-                    println!("{}", serde_json::to_string(&i)?);
-                }
-            }
-            Ok(())
-        }
-        MasterCommand::Incidents(v) => {
-            let cfg = load(&v.config)?;
-            let list = open_store(&cfg)?.incidents()?;
-            if v.json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
-            } else {
-                for i in list {
-                    println!("{}", serde_json::to_string(&i)?);
-                }
-            }
-            Ok(())
-        }
+        MasterCommand::Instances(v) => print_list(&v, &open_store(&load(&v.config)?)?.instances()?),
+        MasterCommand::Incidents(v) => print_list(&v, &open_store(&load(&v.config)?)?.incidents()?),
         MasterCommand::Usage { period, view } => {
             let cfg = load(&view.config)?;
             let (from, to) = match period {
@@ -477,6 +397,18 @@ pub fn main(cmd: MasterCommand) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// Prints a list: pretty JSON with --json, else one JSON object a line.
+fn print_list<T: serde::Serialize>(v: &View, list: &[T]) -> Result<(), Failure> {
+    if v.json {
+        println!("{}", serde_json::to_string_pretty(list)?);
+    } else {
+        for i in list {
+            println!("{}", serde_json::to_string(i)?);
+        }
+    }
+    Ok(())
 }
 
 /// Allocates (or finds) the node for `request`, stores a new signed desired state.

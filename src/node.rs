@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use hedge_runtime::config::{self, NodeConfig};
 use hedge_runtime::daemon::api::{self, ApiError, ApiRequest};
 use hedge_runtime::daemon::Daemon;
-use hedge_runtime::request_file::{self, Flags};
+use hedge_runtime::request_file;
 use hedge_runtime::store::Store;
 use serde_json::Value;
 
@@ -47,30 +47,8 @@ pub enum NodeCommand {
     },
     /// Request an instance: from a file (--file) or from flags.
     Request {
-        /// A request file (TOML).
-        #[arg(long, conflicts_with_all = ["name", "software"])]
-        file: Option<PathBuf>,
-        /// Instance name.
-        #[arg(required_unless_present = "file")]
-        name: Option<String>,
-        /// What it runs: exec:PROGRAM, or sha256:HEX (an artifact; needs --entry).
-        #[arg(long, required_unless_present = "file")]
-        software: Option<String>,
-        /// The program inside an artifact, e.g. bin/app.
-        #[arg(long)]
-        entry: Option<String>,
-        /// An argument (repeatable).
-        #[arg(long = "arg", allow_hyphen_values = true)]
-        args: Vec<String>,
-        /// A parameter key=value (repeatable).
-        #[arg(long = "param")]
-        params: Vec<String>,
-        /// A promise [NAME=]KIND[:TARGET] (repeatable), e.g. port=tcp:127.0.0.1:{{port}}.
-        #[arg(long = "promise")]
-        promises: Vec<String>,
-        /// started (default) or stopped.
-        #[arg(long)]
-        state: Option<String>,
+        #[command(flatten)]
+        request: crate::request_args::RequestArgs,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -155,37 +133,8 @@ pub fn main(cmd: NodeCommand) -> Result<(), Failure> {
     match cmd {
         NodeCommand::Init { dir, id, enroll } => init(&dir, id, enroll.as_deref()),
         NodeCommand::Run { config } => run(load(&config)?),
-        NodeCommand::Request {
-            file,
-            name,
-            software,
-            entry,
-            args,
-            params,
-            promises,
-            state,
-            config,
-        } => {
-            let request = match file {
-                Some(f) => {
-                    let text = std::fs::read_to_string(&f)
-                        .with_context(|| format!("cannot read {}", f.display()))
-                        .map_err(Failure::data)?;
-                    request_file::parse_toml(&text)
-                        .with_context(|| format!("{}", f.display()))
-                        .map_err(Failure::data)?
-                }
-                None => request_file::from_flags(&Flags {
-                    name: name.unwrap_or_default(),
-                    software: software.unwrap_or_default(),
-                    entry,
-                    args,
-                    params,
-                    promises,
-                    state,
-                })
-                .map_err(Failure::data)?,
-            };
+        NodeCommand::Request { request, config } => {
+            let request = request.build(&request_file::no_releases)?;
             let cfg = load(&config)?;
             let name = request.name.to_string();
             call(
