@@ -6,6 +6,7 @@
 #[cfg(feature = "master")]
 mod master;
 mod node;
+mod process;
 mod request_args;
 #[cfg(feature = "master")]
 mod sandbox;

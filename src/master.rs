@@ -149,12 +149,6 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
-
 pub fn main(cmd: MasterCommand) -> Result<(), Failure> {
     match cmd {
         MasterCommand::Init {
@@ -451,14 +445,7 @@ fn request_on_master(
 }
 
 fn run(cfg: MasterConfig) -> Result<(), Failure> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HEDGE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    crate::process::init_logging();
     let store = open_store(&cfg)?;
     let read = |p: &Path| {
         let path = cfg.base.join(p);
@@ -486,7 +473,7 @@ fn run(cfg: MasterConfig) -> Result<(), Failure> {
         ),
         None => None,
     };
-    runtime()?.block_on(async {
+    crate::process::runtime()?.block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         if let (Some(addr), Some(tls)) = (cfg.artifacts.listen, artifacts_tls) {
             match tokio::net::TcpListener::bind(addr).await {
@@ -508,21 +495,7 @@ fn run(cfg: MasterConfig) -> Result<(), Failure> {
                 }
             }
         }
-        let shutdown = async {
-            use tokio::signal::unix::{signal, SignalKind};
-            match (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) {
-                (Ok(mut t), Ok(mut i)) => {
-                    tokio::select! {
-                        _ = t.recv() => {}
-                        _ = i.recv() => {}
-                    }
-                }
-                _ => std::future::pending::<()>().await,
-            }
-        };
+        let shutdown = crate::process::shutdown_signal();
         let result = hedge_master::run::run(store, settings, shutdown).await;
         let _ = stop_tx.send(true);
         result?;

@@ -111,16 +111,8 @@ fn load(c: &ConfigArg) -> Result<NodeConfig, Failure> {
     NodeConfig::load(&c.config).map_err(Failure::usage)
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    // Current-thread on purpose: children's parent-death signal is tied to the forking
-    // thread, which must be the one that lives as long as the daemon.
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
-
 fn call(cfg: &NodeConfig, req: &ApiRequest) -> Result<Value, Failure> {
-    runtime()?
+    crate::process::runtime()?
         .block_on(api::call(&cfg.socket_path(), req))
         .map_err(|e| match e {
             ApiError::Connect { .. } => Failure::unavailable(e),
@@ -326,35 +318,14 @@ fn bind(path: &Path) -> Result<tokio::net::UnixListener, Failure> {
 }
 
 fn run(cfg: NodeConfig) -> Result<(), Failure> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HEDGE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    crate::process::init_logging();
     // Fail early on a bad or exposed key rather than later on first sync.
     hedge_runtime::identity::load(&cfg.key_path()).map_err(Failure::usage)?;
-    let rt = runtime()?;
+    let rt = crate::process::runtime()?;
     rt.block_on(async {
         let daemon = Daemon::boot(cfg.clone())?;
         let listener = bind(&cfg.socket_path())?;
-        let shutdown = async {
-            use tokio::signal::unix::{signal, SignalKind};
-            match (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) {
-                (Ok(mut term), Ok(mut int)) => {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = int.recv() => {}
-                    }
-                }
-                _ => std::future::pending::<()>().await,
-            }
-        };
+        let shutdown = crate::process::shutdown_signal();
         daemon.run(listener, shutdown).await?;
         Ok::<(), Failure>(())
     })

@@ -432,23 +432,9 @@ pub fn run(opts: Options) -> Result<(), Failure> {
 /// terminal and stop themselves).
 fn ctrlc_flag(flag: Arc<AtomicBool>) -> std::io::Result<()> {
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build();
-        if let Ok(rt) = rt {
-            rt.block_on(async {
-                use tokio::signal::unix::{signal, SignalKind};
-                if let (Ok(mut t), Ok(mut i)) = (
-                    signal(SignalKind::terminate()),
-                    signal(SignalKind::interrupt()),
-                ) {
-                    tokio::select! {
-                        _ = t.recv() => {}
-                        _ = i.recv() => {}
-                    }
-                    flag.store(true, Ordering::Relaxed);
-                }
-            });
+        if let Ok(rt) = crate::process::runtime() {
+            rt.block_on(crate::process::shutdown_signal());
+            flag.store(true, Ordering::Relaxed);
         }
     });
     Ok(())
