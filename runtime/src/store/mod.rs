@@ -98,6 +98,9 @@ pub struct ObservedInstance {
 
 const META_NEXT_SEQ: &[u8] = b"next_seq";
 
+/// How long opening waits for a lock still held by a handle being dropped.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The node's store.
 pub struct Store {
     /// `None` only between the two halves of [`Store::reopen`].
@@ -172,12 +175,7 @@ impl Store {
     }
 
     fn open_trees(&mut self) -> Result<(), StoreError> {
-        let db = sled::Config::new()
-            .path(&self.dir)
-            .cache_capacity(self.cache_bytes)
-            .flush_every_ms(Some(self.flush_every_ms))
-            .mode(sled::Mode::LowSpace)
-            .open()?;
+        let db = self.open_db()?;
         let t = Trees {
             meta: db.open_tree("meta")?,
             desired: db.open_tree("desired")?,
@@ -202,6 +200,29 @@ impl Store {
             .store((last + 1).max(floor).max(1), Ordering::Relaxed);
         self.trees = Some(t);
         Ok(())
+    }
+
+    /// Opens sled, waiting up to [`LOCK_WAIT`] for its file lock: after a handle in this
+    /// process is dropped (a reopen), sled's flusher thread may hold it a moment longer.
+    fn open_db(&self) -> Result<sled::Db, StoreError> {
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            let opened = sled::Config::new()
+                .path(&self.dir)
+                .cache_capacity(self.cache_bytes)
+                .flush_every_ms(Some(self.flush_every_ms))
+                .mode(sled::Mode::LowSpace)
+                .open();
+            match opened {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return Ok(other?),
+            }
+        }
     }
 
     /// Closes and reopens the database. sled refuses every write after an I/O error
