@@ -27,20 +27,25 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
 }
 
-/// A client configuration trusting `ca_pem` and authenticating with `cert_pem`/`key_pem`.
-pub fn client_config(
-    ca_pem: &[u8],
-    cert_pem: &[u8],
-    key_pem: &[u8],
-) -> Result<Arc<ClientConfig>, TlsError> {
+/// The fleet CA, a certificate chain and its key, parsed from PEM (each refused with
+/// the part named when missing or malformed). Shared by client and server configs.
+pub struct Pems {
+    /// The trusted roots (the fleet CA).
+    pub roots: RootCertStore,
+    /// The certificate chain to present.
+    pub certs: Vec<CertificateDer<'static>>,
+    /// Its private key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// Parses the CA, certificate and key PEMs.
+pub fn parse_pems(ca_pem: &[u8], cert_pem: &[u8], key_pem: &[u8]) -> Result<Pems, TlsError> {
     let mut roots = RootCertStore::empty();
-    let mut n = 0;
     for c in CertificateDer::pem_slice_iter(ca_pem) {
         let c = c.map_err(|e| TlsError::Ca(e.to_string()))?;
         roots.add(c).map_err(|e| TlsError::Ca(e.to_string()))?;
-        n += 1;
     }
-    if n == 0 {
+    if roots.is_empty() {
         return Err(TlsError::Ca("no certificate found".into()));
     }
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
@@ -50,6 +55,16 @@ pub fn client_config(
         return Err(TlsError::Cert("no certificate found".into()));
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::Key(e.to_string()))?;
+    Ok(Pems { roots, certs, key })
+}
+
+/// A client configuration trusting `ca_pem` and authenticating with `cert_pem`/`key_pem`.
+pub fn client_config(
+    ca_pem: &[u8],
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let Pems { roots, certs, key } = parse_pems(ca_pem, cert_pem, key_pem)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

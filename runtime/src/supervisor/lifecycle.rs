@@ -253,6 +253,21 @@ impl Lifecycle {
         }
     }
 
+    /// SIGTERM to the process group, SIGKILL after the grace period.
+    fn terminate(&mut self, now: Instant, pid: u32, out: &mut Vec<Action>) {
+        out.push(Action::Signal {
+            pgid: pid,
+            sig: Sig::Term,
+        });
+        self.enter(
+            Phase::Stopping {
+                pid,
+                kill_at: Some(now + self.policy.grace),
+            },
+            out,
+        );
+    }
+
     /// Advances the machine.
     pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
         let mut out = Vec::new();
@@ -271,17 +286,7 @@ impl Lifecycle {
             (Input::Stop, Phase::Running { pid, .. }) => {
                 self.want_running = false;
                 self.restart_pending = false;
-                out.push(Action::Signal {
-                    pgid: pid,
-                    sig: Sig::Term,
-                });
-                self.enter(
-                    Phase::Stopping {
-                        pid,
-                        kill_at: Some(now + self.policy.grace),
-                    },
-                    &mut out,
-                );
+                self.terminate(now, pid, &mut out);
             }
             (Input::Stop, Phase::Backoff { .. }) => {
                 self.want_running = false;
@@ -294,17 +299,7 @@ impl Lifecycle {
 
             (Input::Restart, Phase::Running { pid, .. }) => {
                 self.restart_pending = true;
-                out.push(Action::Signal {
-                    pgid: pid,
-                    sig: Sig::Term,
-                });
-                self.enter(
-                    Phase::Stopping {
-                        pid,
-                        kill_at: Some(now + self.policy.grace),
-                    },
-                    &mut out,
-                );
+                self.terminate(now, pid, &mut out);
             }
             (Input::Restart, Phase::Backoff { .. }) if self.want_running => {
                 // New configuration: try it now rather than after the old delay.
