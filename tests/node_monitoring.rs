@@ -376,8 +376,7 @@ threshold = 1
 
 #[test]
 fn a_full_disk_never_stops_supervision_and_records_resume_when_space_returns() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root to mount a small tmpfs");
+    if !common::can_run_as_root("root to mount a small tmpfs") {
         return;
     }
     let mut node = fast_node("");

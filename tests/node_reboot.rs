@@ -19,10 +19,9 @@ fn offline_wrapper() -> Vec<String> {
         .args(["-n", "true"])
         .status()
         .is_ok_and(|s| s.success());
-    if ok {
+    if common::can_run(ok, "a network namespace (unshare -n, as root)") {
         vec!["unshare".into(), "-n".into()]
     } else {
-        eprintln!("note: cannot create a network namespace; restarting without one");
         vec![]
     }
 }

@@ -15,8 +15,7 @@ use serde_json::Value;
 
 #[test]
 fn ten_thousand_records_reach_the_master_exactly_once_through_cuts_and_kills() {
-    if !can_cut() {
-        eprintln!("skipped: needs root and nft to cut links");
+    if !common::can_run(can_cut(), "root and nft to cut links") {
         return;
     }
     let mut fleet = Fleet::new();
@@ -97,8 +96,7 @@ fn ten_thousand_records_reach_the_master_exactly_once_through_cuts_and_kills() {
 
 #[test]
 fn a_request_made_while_the_node_is_offline_reaches_it_and_survives_an_offline_reboot() {
-    if !can_cut() {
-        eprintln!("skipped: needs root and nft to cut links");
+    if !common::can_run(can_cut(), "root and nft to cut links") {
         return;
     }
     let mut fleet = Fleet::new();

@@ -31,6 +31,26 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// Whether a test that needs `what` (root, nft, a network namespace) can run here.
+/// `false` means the caller returns early; under `CI` a test that cannot run fails
+/// instead, so a green CI never hides a test that did not run.
+pub fn can_run(possible: bool, what: &str) -> bool {
+    if possible {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "this test needs {what} and CI is set: it must run here"
+    );
+    eprintln!("skipped: needs {what}");
+    false
+}
+
+/// [`can_run`] for tests that need to be root.
+pub fn can_run_as_root(what: &str) -> bool {
+    can_run(nix::unistd::geteuid().is_root(), what)
+}
+
 /// True while a process with this pid exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
