@@ -385,3 +385,39 @@ fn two_masters_share_the_subscription_and_store_each_record_once() {
         );
     }
 }
+
+#[test]
+fn usage_records_reach_the_master_without_waiting_for_another_record() {
+    let mut fleet = Fleet::new();
+    fleet.start_master();
+    let mut node = fleet.node("meter");
+    // Health every 60 s and promise summaries every 300 s (the defaults): after the
+    // start, usage records are the only ones the node appends.
+    node.edit_config(|c| {
+        c.replace("sample_interval_ms = 10000", "sample_interval_ms = 100")
+            .replace("usage_interval_ms = 60000", "usage_interval_ms = 500")
+    });
+    node.start();
+    node.ok(&[
+        "request",
+        "metered",
+        "--software",
+        "exec:/bin/sleep",
+        "--arg",
+        "100000",
+    ]);
+    // Several intervals, each sent as it is appended, well before the next health record.
+    wait_for(
+        "usage records at the master",
+        Duration::from_secs(20),
+        || {
+            let v: Value = serde_json::from_str(&fleet.master_ok(&["usage", "--json"])).ok()?;
+            let n = v
+                .as_array()?
+                .iter()
+                .filter(|r| r["node"] == "meter" && r["usage"]["instance"] == "metered")
+                .count();
+            (n >= 3).then_some(())
+        },
+    );
+}

@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use hedge_wire::{InstanceRequest, Name, RequestedState};
+use hedge_wire::{DesiredState, InstanceRequest, Name, RequestedState};
 
 /// What the supervisor holds for one instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +36,25 @@ pub enum Action {
     Stop(Name),
     /// Stop the slot if needed, drop it, remove its partition.
     Destroy(Name),
+}
+
+/// The desired set: the master's desired state plus local requests. A name the master
+/// owns is the master's; local requests for it are refused at the API, so this only
+/// skips a stale conflict. The caller passes what it could read: an unreadable store
+/// is never an empty desired set.
+pub fn desired_set(
+    master: Option<DesiredState>,
+    locals: Vec<InstanceRequest>,
+) -> BTreeMap<Name, InstanceRequest> {
+    let mut out: BTreeMap<Name, InstanceRequest> = master
+        .into_iter()
+        .flat_map(|d| d.instances)
+        .map(|r| (r.name.clone(), r))
+        .collect();
+    for r in locals {
+        out.entry(r.name.clone()).or_insert(r);
+    }
+    out
 }
 
 /// The actions that bring `held` (and `partitions`) to `desired`.

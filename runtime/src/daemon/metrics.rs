@@ -173,6 +173,12 @@ impl Daemon {
             vec![(String::new(), c.store_errors.to_string())],
         );
         metric(
+            "hedge_reconcile_skipped_total",
+            "Reconciliations skipped because the desired state could not be read.",
+            "counter",
+            vec![(String::new(), c.reconcile_skipped.to_string())],
+        );
+        metric(
             "hedge_repairs_total",
             "Restarts asked by self-repair.",
             "counter",

@@ -24,6 +24,8 @@ mod link;
 mod metrics;
 mod monitor;
 mod software;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -115,6 +117,8 @@ impl RateLimit {
 pub struct Counters {
     /// Store writes that failed (records lost to a full disk, etc.).
     pub store_errors: u64,
+    /// Reconciliations skipped because the desired state could not be read.
+    pub reconcile_skipped: u64,
     /// Processes that could not be started.
     pub spawn_failures: u64,
     /// Leftover process groups killed at boot.
@@ -323,25 +327,21 @@ impl Daemon {
         }
     }
 
-    /// The desired instances: the master's desired state plus local requests.
-    fn desired(&mut self) -> BTreeMap<Name, InstanceRequest> {
-        let mut out = BTreeMap::new();
-        match self.store.desired() {
-            Ok(Some(d)) => out.extend(d.instances.into_iter().map(|r| (r.name.clone(), r))),
-            Ok(None) => {}
-            Err(e) => self.store_failed(&e),
-        }
-        match self.store.locals() {
-            Ok(locals) => {
-                for r in locals {
-                    // A name the master owns is the master's; local requests for it are refused
-                    // at the API, so this only skips a stale conflict.
-                    out.entry(r.name.clone()).or_insert(r);
-                }
+    /// The desired instances: the master's desired state plus local requests, or `None`
+    /// when the store cannot say. An unreadable desired set is never an empty one:
+    /// reconciling against it would destroy every instance and its partition.
+    fn desired(&mut self) -> Option<BTreeMap<Name, InstanceRequest>> {
+        let read = self
+            .store
+            .desired()
+            .and_then(|master| Ok((master, self.store.locals()?)));
+        match read {
+            Ok((master, locals)) => Some(reconcile::desired_set(master, locals)),
+            Err(e) => {
+                self.store_failed(&e);
+                None
             }
-            Err(e) => self.store_failed(&e),
         }
-        out
     }
 
     fn partitions_on_disk(&self) -> BTreeSet<Name> {
@@ -359,7 +359,11 @@ impl Daemon {
         if self.shutting_down {
             return;
         }
-        let desired = self.desired();
+        let Some(desired) = self.desired() else {
+            self.counters.reconcile_skipped += 1;
+            tracing::warn!("desired state unreadable; reconciliation skipped, nothing destroyed");
+            return;
+        };
         let held: BTreeMap<Name, Held> = self
             .slots
             .iter()
@@ -403,7 +407,7 @@ impl Daemon {
         let server = tokio::spawn(api::serve(listener, calls_tx));
         let mut link_rx = self.start_link();
         self.record_node_info();
-        let wanted = self.desired().len();
+        let wanted = self.desired().map_or(0, |d| d.len());
         tracing::info!(node = %self.cfg.node_id(), instances = wanted, "node up; reconciling offline");
         self.reconcile();
         tokio::pin!(shutdown);
@@ -601,17 +605,22 @@ impl Daemon {
         }
     }
 
-    fn master_owns(&mut self, name: &Name) -> bool {
+    /// Whether the master owns `name`; an unreadable desired state is an error, so a
+    /// local request can never take over a name the master may own.
+    fn master_owns(&mut self, name: &Name) -> Result<bool, String> {
         match self.store.desired() {
-            Ok(Some(d)) => d.instances.iter().any(|r| &r.name == name),
-            _ => false,
+            Ok(d) => Ok(d.is_some_and(|d| d.instances.iter().any(|r| &r.name == name))),
+            Err(e) => {
+                self.store_failed(&e);
+                Err(format!("cannot read the desired state: {e}"))
+            }
         }
     }
 
     /// Stores a local request durably, reports it, then applies it.
     fn local_request(&mut self, request: InstanceRequest) -> Result<Value, String> {
         crate::request_file::check_bounds(&request).map_err(|e| e.to_string())?;
-        if self.master_owns(&request.name) {
+        if self.master_owns(&request.name)? {
             return Err(format!(
                 "instance {:?} is owned by the master; change it there",
                 request.name.as_str()
@@ -639,7 +648,7 @@ impl Daemon {
         state: hedge_wire::RequestedState,
     ) -> Result<Value, String> {
         let n = Name::new(name).map_err(|e| format!("{name:?}: {e}"))?;
-        if self.master_owns(&n) {
+        if self.master_owns(&n)? {
             return Err(format!(
                 "instance {name:?} is owned by the master; change it there"
             ));

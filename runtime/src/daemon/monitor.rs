@@ -428,6 +428,7 @@ impl Daemon {
                         .map(|_| ());
                     if r.is_ok() {
                         self.shed_if_over_quota();
+                        self.outbox_changed();
                     }
                     r
                 }

@@ -234,6 +234,13 @@ impl Store {
         self.open_trees()
     }
 
+    /// Leaves the store as a [`Store::reopen`] that failed leaves it: closed, every
+    /// call an error.
+    #[cfg(test)]
+    pub(crate) fn close(&mut self) {
+        self.trees = None;
+    }
+
     fn t(&self) -> Result<&Trees, StoreError> {
         self.trees.as_ref().ok_or(StoreError::Closed)
     }

@@ -1,0 +1,68 @@
+//! Daemon-level tests with a real store and real processes, no network.
+#![allow(clippy::unwrap_used)]
+
+use hedge_wire::{InstanceRequest, Name, RequestedState, SoftwareRelease};
+
+use super::Daemon;
+use crate::config::{self, NodeConfig};
+
+fn daemon(dir: &std::path::Path) -> Daemon {
+    let path = dir.join("node.toml");
+    std::fs::write(&path, config::default_file("unit")).unwrap();
+    Daemon::boot(NodeConfig::load(&path).unwrap()).unwrap()
+}
+
+fn sleeper(name: &str) -> InstanceRequest {
+    InstanceRequest {
+        name: Name::new(name).unwrap(),
+        software: SoftwareRelease::Exec("/bin/sleep".into()),
+        args: vec!["1000".into()],
+        parameters: Default::default(),
+        config_files: vec![],
+        promises: vec![],
+        limits: Default::default(),
+        restart: Default::default(),
+        state: RequestedState::Started,
+    }
+}
+
+/// A store that cannot be read (closed after a failed reopen) is not an empty desired
+/// set: reconciling must stop, never destroy the instances and their partitions.
+#[tokio::test]
+async fn an_unreadable_store_stops_reconciliation_and_destroys_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = daemon(dir.path());
+    d.local_request(sleeper("keep")).unwrap();
+    let name = Name::new("keep").unwrap();
+    assert!(d.slots[&name].lc.wants_running());
+    let partition = d.partitions.path(&name);
+    std::fs::write(partition.join("srv/data"), b"tenant data").unwrap();
+
+    d.store.close();
+    d.reconcile();
+
+    assert_eq!(d.counters.reconcile_skipped, 1);
+    assert!(d.counters.store_errors >= 1);
+    let slot = &d.slots[&name];
+    assert!(
+        !slot.destroying,
+        "an unreadable store destroyed the instance"
+    );
+    assert!(slot.lc.wants_running());
+    assert_eq!(
+        std::fs::read(partition.join("srv/data")).unwrap(),
+        b"tenant data"
+    );
+    // Nor can a local request take a name while the desired state is unreadable.
+    let err = d.local_request(sleeper("other")).unwrap_err();
+    assert!(err.contains("cannot read the desired state"), "{err}");
+    d.shutting_down = true;
+    for slot in d.slots.values_mut() {
+        if let Some(pid) = slot.lc.pid() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
