@@ -421,3 +421,41 @@ fn usage_records_reach_the_master_without_waiting_for_another_record() {
         },
     );
 }
+
+#[test]
+fn a_busy_node_connects_over_a_slow_link() {
+    let mut fleet = Fleet::new();
+    fleet.start_master();
+    // 250 ms each way: TCP, TLS and MQTT CONNECT take well over a second.
+    let slow = common::slow_link::SlowLink::start(fleet.node_port, Duration::from_millis(250));
+    let mut node = fleet.node("busy");
+    let (direct, via) = (
+        format!("port = {}", fleet.node_port),
+        format!("port = {}", slow.port),
+    );
+    node.edit_config(|c| {
+        assert!(c.contains(&direct));
+        c.replace(&direct, &via)
+            .replace("sample_interval_ms = 10000", "sample_interval_ms = 100")
+            .replace("usage_interval_ms = 60000", "usage_interval_ms = 100")
+    });
+    node.start();
+    // Twenty instances metered every 100 ms: an append every few milliseconds, each
+    // waking the link while it connects.
+    for i in 0..20 {
+        node.ok(&[
+            "request",
+            &format!("b{i}"),
+            "--software",
+            "exec:/bin/sleep",
+            "--arg",
+            "100000",
+        ]);
+    }
+    wait_for("busy node connected", Duration::from_secs(60), || {
+        (node.status()["uplink"]["connected"] == true).then_some(())
+    });
+    wait_for("records at the master", Duration::from_secs(60), || {
+        (fleet.held("busy").0 > 0).then_some(())
+    });
+}

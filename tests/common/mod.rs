@@ -5,6 +5,7 @@
 
 pub mod broker;
 pub mod fleet;
+pub mod slow_link;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

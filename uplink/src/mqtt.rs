@@ -8,6 +8,12 @@
 //! daemon verifies them). It never blocks the daemon: the daemon answers loads when it
 //! can. Connecting, reconnecting with backoff and resending are the core's decisions.
 //!
+//! rumqttc's `EventLoop::poll` does the whole TCP + TLS + CONNECT inside one future, so
+//! it is never raced against the daemon's channel: each connection's event loop runs in
+//! a task of its own and hands its events over a channel, tagged with the connection
+//! they belong to. A busy node (an append every few milliseconds) therefore cannot
+//! restart a slow connect over and over.
+//!
 //! Topics: publishes `hedge/v1/<node>/up` (QoS 1); subscribes `hedge/v1/<node>/ack` and
 //! `hedge/v1/<node>/desired` (retained by the master).
 
@@ -17,8 +23,8 @@ use std::time::{Duration, Instant};
 use hedge_wire::codec::decode;
 use hedge_wire::{Message, Name, Record};
 use rumqttc::{
-    AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeFilter, TlsConfiguration,
-    Transport,
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeFilter,
+    TlsConfiguration, Transport,
 };
 use tokio::sync::mpsc;
 
@@ -100,8 +106,36 @@ pub enum ToLink {
 
 enum State {
     Idle,
-    Connecting(EventLoop, AsyncClient),
-    Up(EventLoop, AsyncClient),
+    Connecting(Conn),
+    Up(Conn),
+}
+
+/// One connection attempt: its client, and the task polling its event loop (aborted
+/// when the connection is dropped).
+struct Conn {
+    id: u64,
+    client: AsyncClient,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An event of connection `.0`.
+type Polled = (u64, Result<Event, ConnectionError>);
+
+/// Polls one connection's event loop until it fails (or the receiver goes away).
+async fn drive(id: u64, mut el: EventLoop, tx: mpsc::Sender<Polled>) {
+    loop {
+        let ev = el.poll().await;
+        let failed = ev.is_err();
+        if tx.send((id, ev)).await.is_err() || failed {
+            return;
+        }
+    }
 }
 
 fn options(s: &LinkSettings) -> MqttOptions {
@@ -129,6 +163,8 @@ pub async fn run(
         fastrand::u64(..),
     );
     let mut state = State::Idle;
+    let (events_tx, mut events) = mpsc::channel::<Polled>(64);
+    let mut conn_id = 0u64;
     let mut pending = sync.handle(Instant::now(), Input::Start);
     let mut sent_upto = 0u64;
     loop {
@@ -137,7 +173,13 @@ pub async fn run(
             match out {
                 Output::Connect => {
                     let (client, eventloop) = AsyncClient::new(options(&settings), 64);
-                    state = State::Connecting(eventloop, client);
+                    conn_id += 1;
+                    let task = tokio::spawn(drive(conn_id, eventloop, events_tx.clone()));
+                    state = State::Connecting(Conn {
+                        id: conn_id,
+                        client,
+                        task,
+                    });
                 }
                 Output::Load { from, limit } => {
                     if to_node.send(ToNode::Load { from, limit }).is_err() {
@@ -150,8 +192,9 @@ pub async fn run(
                     }
                 }
                 Output::Send { frame, range, .. } => {
-                    if let State::Up(_, client) = &state {
-                        if let Err(e) = client.try_publish(&up, QoS::AtLeastOnce, false, frame) {
+                    if let State::Up(conn) = &state {
+                        if let Err(e) = conn.client.try_publish(&up, QoS::AtLeastOnce, false, frame)
+                        {
                             tracing::debug!(error = %e, "publish queue full; the ack timeout resends");
                         } else if let Some((_, to)) = range {
                             if to > sent_upto {
@@ -167,36 +210,38 @@ pub async fn run(
             .deadline()
             .map(tokio::time::Instant::from_std)
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
-        let polled = async {
-            match &mut state {
-                State::Connecting(el, _) | State::Up(el, _) => Some(el.poll().await),
-                State::Idle => std::future::pending().await,
-            }
+        let current = match &state {
+            State::Connecting(c) | State::Up(c) => Some(c.id),
+            State::Idle => None,
         };
         tokio::select! {
-            ev = polled => {
+            Some((id, ev)) = events.recv() => {
+                if Some(id) != current {
+                    // A late event of a connection already given up.
+                    continue;
+                }
                 let now = Instant::now();
                 match ev {
-                    Some(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
-                        if let State::Connecting(_, client) = &state {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        if let State::Connecting(conn) = &state {
                             let filters = vec![
                                 SubscribeFilter::new(ack.clone(), QoS::AtLeastOnce),
                                 SubscribeFilter::new(desired.clone(), QoS::AtLeastOnce),
                             ];
-                            if let Err(e) = client.try_subscribe_many(filters) {
+                            if let Err(e) = conn.client.try_subscribe_many(filters) {
                                 tracing::warn!(error = %e, "cannot subscribe");
                             }
                         }
                     }
-                    Some(Ok(Event::Incoming(Packet::SubAck(_)))) => {
-                        if let State::Connecting(el, client) = std::mem::replace(&mut state, State::Idle) {
-                            state = State::Up(el, client);
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let State::Connecting(conn) = std::mem::replace(&mut state, State::Idle) {
+                            state = State::Up(conn);
                             tracing::info!(host = %settings.host, port = settings.port, "uplink connected");
                             let _ = to_node.send(ToNode::Link(true));
                             pending = sync.handle(now, Input::LinkUp);
                         }
                     }
-                    Some(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
                         if p.topic == ack {
                             match decode(&p.payload, settings.sync.max_frame) {
                                 Ok(Message::Ack(a)) => pending = sync.handle(now, Input::Acked { upto: a.upto }),
@@ -206,8 +251,8 @@ pub async fn run(
                             let _ = to_node.send(ToNode::Desired(p.payload.to_vec()));
                         }
                     }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
+                    Ok(_) => {}
+                    Err(e) => {
                         let was_up = matches!(state, State::Up(..));
                         state = State::Idle;
                         if was_up {
@@ -219,7 +264,6 @@ pub async fn run(
                             pending = sync.handle(now, Input::ConnectFailed);
                         }
                     }
-                    None => {}
                 }
             }
             msg = from_node.recv() => {
