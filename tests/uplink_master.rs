@@ -459,3 +459,119 @@ fn a_busy_node_connects_over_a_slow_link() {
         (fleet.held("busy").0 > 0).then_some(())
     });
 }
+
+/// (from_ms, to_ms, cpu_ms) of usage records.
+type Spans = Vec<(u64, u64, u64)>;
+
+/// Usage intervals the master holds for `instance` of `node`, sorted.
+fn master_usage(fleet: &Fleet, node: &str, instance: &str) -> Spans {
+    let v: Value = serde_json::from_str(&fleet.master_ok(&["usage", "--json"])).unwrap();
+    let mut spans: Spans = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["node"] == node && r["usage"]["instance"] == instance)
+        .map(|r| {
+            let u = &r["usage"];
+            (
+                u["from_ms"].as_u64().unwrap(),
+                u["to_ms"].as_u64().unwrap(),
+                u["cpu_ms"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    spans.sort_unstable();
+    spans
+}
+
+#[test]
+fn shedding_never_touches_what_the_uplink_holds_when_the_link_dies_unnoticed() {
+    if !common::can_run(can_cut(), "root and nft to cut links") {
+        return;
+    }
+    let mut fleet = Fleet::new();
+    fleet.start_master();
+    let mut node = fleet.node("quota");
+    node.edit_config(|c| {
+        c.replace("sample_interval_ms = 10000", "sample_interval_ms = 100")
+            .replace("usage_interval_ms = 60000", "usage_interval_ms = 100")
+            .replace("health_interval_ms = 60000", "health_interval_ms = 100")
+            .replace("# quota_bytes = 8388608", "quota_bytes = 16384")
+    });
+    node.start();
+    let names = ["u1", "u2", "u3"];
+    for n in names {
+        node.ok(&[
+            "request",
+            n,
+            "--software",
+            "exec:/bin/sh",
+            "--arg",
+            "-c",
+            "--arg",
+            "while :; do i=0; while [ $i -lt 3000 ]; do i=$((i+1)); done; sleep 0.1; done",
+        ]);
+    }
+    wait_for("records acknowledged", Duration::from_secs(30), || {
+        (node.status()["uplink"]["acked_upto"].as_u64()? > 20).then_some(())
+    });
+    // Packets vanish: the uplink keeps its look-ahead and in-flight batches loaded
+    // while the outbox grows past its quota and is shed.
+    fleet.cut_link_silently();
+    wait_for(
+        "usage merged and health dropped",
+        Duration::from_secs(90),
+        || {
+            let c = &node.status()["counters"];
+            (c["shed_merged_usage"].as_u64()? > 50 && c["shed_dropped_health"].as_u64()? > 20)
+                .then_some(())
+        },
+    );
+    fleet.restore_link();
+    // Stop producing, then wait for everything to be acknowledged.
+    for n in names {
+        node.ok(&["stop", n]);
+    }
+    wait_for("instances stopped", Duration::from_secs(30), || {
+        names
+            .iter()
+            .all(|n| node.instance(n).is_some_and(|i| i["state"] == "stopped"))
+            .then_some(())
+    });
+    // Everything the node counted reaches the master: wait until a snapshot's records
+    // are all acknowledged and the master's totals match it.
+    let (status, held) = wait_for(
+        "usage totals at the master",
+        Duration::from_secs(90),
+        || {
+            let status = node.status();
+            let last = status["outbox"]["next_seq"].as_u64()? - 1;
+            if status["uplink"]["acked_upto"].as_u64()? < last {
+                return None;
+            }
+            let held: Vec<(String, Spans)> = names
+                .iter()
+                .map(|n| (n.to_string(), master_usage(&fleet, "quota", n)))
+                .collect();
+            let all = held.iter().all(|(n, spans)| {
+                let node_cpu = status["instances"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|i| i["name"] == n.as_str())
+                    .and_then(|i| i["usage_cpu_ms"].as_u64());
+                node_cpu == Some(spans.iter().map(|s| s.2).sum())
+            });
+            all.then_some((status, held))
+        },
+    );
+    assert!(status["counters"]["shed_merged_usage"].as_u64().unwrap() > 50);
+    for (name, spans) in held {
+        assert!(spans.len() > 3, "{name}: {spans:?}");
+        // Merged or not, the intervals the master holds join end to start: a usage
+        // record lost to a merge leaves a gap.
+        for w in spans.windows(2) {
+            assert_eq!(w[0].1, w[1].0, "{name}: usage lost between {w:?}");
+        }
+    }
+}

@@ -156,9 +156,19 @@ impl Fleet {
 
     /// Cuts the nodes' link to the broker: TCP resets both ways on the nodes' port.
     pub fn cut_link(&mut self) {
+        self.cut_with(&["reject", "with", "tcp", "reset"]);
+    }
+
+    /// Cuts the nodes' link silently: packets both ways on the nodes' port vanish, so
+    /// neither end notices until a keepalive or an acknowledgement times out.
+    pub fn cut_link_silently(&mut self) {
+        self.cut_with(&["drop"]);
+    }
+
+    fn cut_with(&mut self, verdict: &[&str]) {
         assert!(self.cut.is_none());
         let table = format!("hedge_test_{}", self.node_port);
-        let port = self.node_port;
+        let port = self.node_port.to_string();
         nft(&["add", "table", "inet", &table]);
         nft(&[
             "add",
@@ -168,34 +178,11 @@ impl Fleet {
             "out",
             "{ type filter hook output priority 0; }",
         ]);
-        nft(&[
-            "add",
-            "rule",
-            "inet",
-            &table,
-            "out",
-            "tcp",
-            "dport",
-            &port.to_string(),
-            "reject",
-            "with",
-            "tcp",
-            "reset",
-        ]);
-        nft(&[
-            "add",
-            "rule",
-            "inet",
-            &table,
-            "out",
-            "tcp",
-            "sport",
-            &port.to_string(),
-            "reject",
-            "with",
-            "tcp",
-            "reset",
-        ]);
+        for dir in ["dport", "sport"] {
+            let mut rule = vec!["add", "rule", "inet", &table, "out", "tcp", dir, &port];
+            rule.extend_from_slice(verdict);
+            nft(&rule);
+        }
         self.cut = Some(table);
     }
 

@@ -105,11 +105,16 @@ impl Daemon {
     pub(super) fn on_link(&mut self, msg: ToNode) {
         match msg {
             ToNode::Load { from, limit } => {
-                // Records are durable before they leave the node.
-                if let Err(e) = self.store.flush_records() {
-                    self.store_failed(&e);
-                }
-                let (records, end) = match self.store.outbox_from(from, limit) {
+                // Records are durable, and marked as handed over (so shedding keeps
+                // off them), before they leave the node. If either fails, none leave.
+                let read = self.store.outbox_from(from, limit).and_then(|r| {
+                    if let Some(last) = r.last() {
+                        self.store.hand_over(last.seq)?;
+                    }
+                    self.store.flush_records()?;
+                    Ok(r)
+                });
+                let (records, end) = match read {
                     Ok(r) => {
                         let end = r.len() < limit;
                         (r, end)

@@ -38,6 +38,7 @@ use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 
 use crate::config::NodeConfig;
+use crate::monitor::shed::RecordClass;
 use crate::partition::Partitions;
 use crate::reconcile::{self, Held};
 use crate::store::{Store, StoreError};
@@ -166,7 +167,9 @@ pub struct Daemon {
     usage_cpu_ms: BTreeMap<String, u64>,
     thermal_zone: Option<PathBuf>,
     last_health: Option<crate::monitor::health::Health>,
-    shedding: bool,
+    /// When the next shedding pass is due.
+    shed_gate: crate::monitor::shed::Gate,
+    shed_log: RateLimit,
     /// The store hit a full disk; reopen it once space returns.
     store_full: bool,
     desired_log: RateLimit,
@@ -254,7 +257,8 @@ impl Daemon {
             usage_cpu_ms: BTreeMap::new(),
             thermal_zone: crate::monitor::health::thermal_zone(),
             last_health: None,
-            shedding: false,
+            shed_gate: Default::default(),
+            shed_log: RateLimit::default(),
             store_full: false,
             desired_log: RateLimit::default(),
             master_key: None,
@@ -308,13 +312,21 @@ impl Daemon {
 
     /// Appends a record; a failure is counted and logged (rate-limited), never fatal.
     pub(crate) fn record(&mut self, kind: RecordKind) {
+        let class = RecordClass::of(&kind);
+        let before = self.store.outbox_bytes();
         match self.store.append(now_ms(), kind) {
-            Ok(_) => {
-                self.shed_if_over_quota();
-                self.outbox_changed();
-            }
+            Ok(_) => self.appended(&class, before),
             Err(e) => self.store_failed(&e),
         }
+    }
+
+    /// After a record of `class` was appended to an outbox of `before` bytes: shed if
+    /// a pass is due, and wake the link.
+    pub(crate) fn appended(&mut self, class: &RecordClass, before: u64) {
+        let bytes = self.store.outbox_bytes().saturating_sub(before);
+        self.shed_gate.appended(class, bytes);
+        self.shed_if_over_quota();
+        self.outbox_changed();
     }
 
     pub(crate) fn store_failed(&mut self, e: &StoreError) {

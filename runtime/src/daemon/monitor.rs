@@ -17,6 +17,7 @@ use super::{now_ms, Daemon, Event};
 use crate::monitor::checks::{self, Check};
 use crate::monitor::incident::{Incident, IncidentAction};
 use crate::monitor::promise::{CheckResult, PromiseEvent, PromiseState};
+use crate::monitor::shed::RecordClass;
 use crate::monitor::usage::{Accountant, ProcessIdentity, Sample};
 use crate::monitor::{health, procstat, shed};
 use crate::render;
@@ -422,13 +423,14 @@ impl Daemon {
                             .or_default() += cpu_ms;
                     }
                     // The record and the state after it, in one transaction.
+                    let class = RecordClass::of(&kind);
+                    let before = self.store.outbox_bytes();
                     let r = self
                         .store
                         .append_usage(now_ms(), kind, &name, &state)
                         .map(|_| ());
                     if r.is_ok() {
-                        self.shed_if_over_quota();
-                        self.outbox_changed();
+                        self.appended(&class, before);
                     }
                     r
                 }
@@ -490,46 +492,62 @@ impl Daemon {
     /// Sheds outbox records by priority when the outbox is over its quota; reports it.
     pub(super) fn shed_if_over_quota(&mut self) {
         let quota = self.cfg.outbox_quota();
-        if self.store.outbox_bytes() <= quota || self.shedding {
+        let listed = self.store.outbox_bytes();
+        if !self.shed_gate.due(listed, quota) {
             return;
         }
-        self.shedding = true;
+        self.shed_gate.ran(listed);
         // Aim under the quota so that shedding is not redone on every record.
         let target = quota - quota / 10;
-        // Records already sent in a range batch may be stored at the master as they
-        // are: never rewrite or drop those here (the ack deletes them soon).
-        let sent = self.link.as_ref().map_or(0, |l| l.sent_upto);
+        // Records handed to the link may be in its look-ahead or sent and stored at the
+        // master as they are: never rewrite or drop those here (the ack deletes them).
+        let held = self.store.handed_upto();
         let result = self.store.outbox_entries().and_then(|mut entries| {
-            entries.retain(|e| e.seq > sent);
+            entries.retain(|e| e.seq > held);
             let plan = shed::plan(&entries, target);
             self.store.apply_shed(&plan).map(|after| (plan, after))
         });
-        match result {
-            Ok((plan, after)) => {
-                let st = &plan.stats;
-                self.counters.shed_dropped_promise += st.dropped_promise;
-                self.counters.shed_dropped_health += st.dropped_health;
-                self.counters.shed_merged_usage += st.merged_usage;
-                tracing::warn!(
-                    before = st.bytes_before,
-                    after,
-                    dropped_promise = st.dropped_promise,
-                    dropped_health = st.dropped_health,
-                    merged_usage = st.merged_usage,
-                    over_quota = st.over_quota,
-                    "outbox over quota: shed records"
-                );
-                self.record(RecordKind::Shed {
-                    dropped_promise: st.dropped_promise as u32,
-                    dropped_health: st.dropped_health as u32,
-                    merged_usage: st.merged_usage as u32,
-                    bytes_before: st.bytes_before,
-                    bytes_after: after,
-                });
+        let (plan, after) = match result {
+            Ok(done) => done,
+            Err(e) => return self.store_failed(&e),
+        };
+        let st = &plan.stats;
+        self.counters.shed_dropped_promise += st.dropped_promise;
+        self.counters.shed_dropped_health += st.dropped_health;
+        self.counters.shed_merged_usage += st.merged_usage;
+        if let Some(suppressed) = self.shed_log.allow(Instant::now()) {
+            tracing::warn!(
+                before = st.bytes_before,
+                after,
+                dropped_promise = st.dropped_promise,
+                dropped_health = st.dropped_health,
+                merged_usage = st.merged_usage,
+                folded_reports = st.folded_reports,
+                over_quota = st.over_quota,
+                suppressed,
+                "outbox over quota: shed records"
+            );
+        }
+        if plan.is_empty() {
+            return;
+        }
+        // The report goes straight to the store, not through `record`: it cannot start
+        // another pass. Later passes fold it into the first unsent report.
+        let report = RecordKind::Shed {
+            dropped_promise: st.dropped_promise as u32,
+            dropped_health: st.dropped_health as u32,
+            merged_usage: st.merged_usage as u32,
+            bytes_before: st.bytes_before,
+            bytes_after: after,
+        };
+        let before = self.store.outbox_bytes();
+        match self.store.append(now_ms(), report) {
+            Ok(_) => {
+                let bytes = self.store.outbox_bytes().saturating_sub(before);
+                self.shed_gate.appended(&RecordClass::ShedReport, bytes);
             }
             Err(e) => self.store_failed(&e),
         }
-        self.shedding = false;
     }
 
     /// Promise states for `status`.

@@ -8,7 +8,14 @@
 //! `seqs` order with [`merge_usage`], writes the result at `keep` and deletes the other
 //! seqs; and reports [`ShedStats`]. Nothing else is touched.
 //!
-//! Rules, applied in this order and only until the total is ≤ the quota:
+//! Records the uplink holds (loaded into its look-ahead or sent, not yet acknowledged)
+//! are never listed: a record that changed or vanished after the uplink read it would
+//! reach the master in its old form, and whatever was merged into it would be lost.
+//!
+//! First, the daemon's own shed reports ([`RecordKind::Shed`]) are folded into one
+//! (counts summed, `bytes_before` of the first, `bytes_after` of the last), so shedding
+//! never fills the outbox with reports of shedding. Then these rules, in this order and
+//! only until the total is ≤ the quota:
 //! 1. usage records of one instance are merged pairwise with their adjacent successor
 //!    (`a.to_ms == b.from_ms`), oldest first, in rounds (each round roughly halves the
 //!    usage bytes), only among records that start on the same UTC day: a merged record
@@ -43,6 +50,9 @@ pub enum ShedError {
     /// Neither interval ends where the other starts.
     #[error("usage intervals [{0}, {1}) and [{2}, {3}) are not adjacent")]
     NotAdjacent(u64, u64, u64, u64),
+    /// One of them is not a shed report.
+    #[error("only shed reports can be folded together")]
+    NotShedReport,
 }
 
 /// The interval a usage record covers.
@@ -73,6 +83,21 @@ pub enum RecordClass {
     Usage(UsageSpan),
     /// Dropped oldest first.
     NodeHealth,
+    /// A report of an earlier shedding pass; folded together with the others.
+    ShedReport,
+}
+
+impl RecordClass {
+    /// Whether shedding may drop, merge or fold a record of this class.
+    pub fn sheddable(&self) -> bool {
+        matches!(
+            self,
+            RecordClass::PromiseResult
+                | RecordClass::Usage(_)
+                | RecordClass::NodeHealth
+                | RecordClass::ShedReport
+        )
+    }
 }
 
 impl RecordClass {
@@ -80,9 +105,8 @@ impl RecordClass {
     pub fn of(kind: &RecordKind) -> Self {
         match kind {
             RecordKind::Incident { .. } => RecordClass::Incident,
-            // A shed report is as precious as a state change: kept with them.
+            RecordKind::Shed { .. } => RecordClass::ShedReport,
             RecordKind::InstanceState { .. }
-            | RecordKind::Shed { .. }
             | RecordKind::Desired { .. }
             | RecordKind::Artifact { .. }
             | RecordKind::NodeInfo { .. } => RecordClass::InstanceState,
@@ -143,6 +167,8 @@ pub struct ShedStats {
     pub merged_usage: u64,
     /// Merge groups.
     pub merge_groups: u64,
+    /// Shed reports folded into an earlier one.
+    pub folded_reports: u64,
     /// Still over the quota: nothing more may be shed.
     pub over_quota: bool,
 }
@@ -154,6 +180,8 @@ pub struct ShedPlan {
     pub drop: Vec<u64>,
     /// Usage records to merge.
     pub merge: Vec<MergeGroup>,
+    /// Shed reports to fold into the first of them, ascending (empty, or two or more).
+    pub fold_reports: Vec<u64>,
     /// Counts.
     pub stats: ShedStats,
 }
@@ -161,7 +189,7 @@ pub struct ShedPlan {
 impl ShedPlan {
     /// Nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.drop.is_empty() && self.merge.is_empty()
+        self.drop.is_empty() && self.merge.is_empty() && self.fold_reports.is_empty()
     }
 }
 
@@ -185,6 +213,7 @@ pub fn plan(entries: &[OutboxEntry], quota_bytes: u64) -> ShedPlan {
 
     let mut usage: BTreeMap<&Name, Vec<Group>> = BTreeMap::new();
     let mut droppable: Vec<(u64, bool, u64)> = Vec::new(); // (seq, is_promise, bytes)
+    let mut reports: Vec<(u64, u64)> = Vec::new(); // (seq, bytes)
     for e in entries {
         match &e.class {
             RecordClass::Usage(span) => usage.entry(&span.instance).or_default().push(Group {
@@ -195,6 +224,7 @@ pub fn plan(entries: &[OutboxEntry], quota_bytes: u64) -> ShedPlan {
             }),
             RecordClass::PromiseResult => droppable.push((e.seq, true, e.bytes)),
             RecordClass::NodeHealth => droppable.push((e.seq, false, e.bytes)),
+            RecordClass::ShedReport => reports.push((e.seq, e.bytes)),
             RecordClass::Incident
             | RecordClass::InstanceState
             | RecordClass::LocalRequest
@@ -203,6 +233,17 @@ pub fn plan(entries: &[OutboxEntry], quota_bytes: u64) -> ShedPlan {
     }
     for groups in usage.values_mut() {
         groups.sort_by_key(|g| (g.from_ms, g.to_ms, g.seqs.first().copied()));
+    }
+
+    // 0. Fold shed reports into the first (assumed to take the largest one's size).
+    let mut fold_reports = Vec::new();
+    if reports.len() > 1 {
+        reports.sort_unstable();
+        let largest = reports.iter().map(|r| r.1).max().unwrap_or(0);
+        let all: u64 = reports.iter().map(|r| r.1).sum();
+        total = total.saturating_sub(all - largest);
+        stats.folded_reports = reports.len() as u64 - 1;
+        fold_reports = reports.into_iter().map(|r| r.0).collect();
     }
 
     // 1. Merge within UTC days.
@@ -249,7 +290,12 @@ pub fn plan(entries: &[OutboxEntry], quota_bytes: u64) -> ShedPlan {
     merge.sort_by_key(|m| m.keep);
     stats.bytes_after = total;
     stats.over_quota = total > quota_bytes;
-    ShedPlan { drop, merge, stats }
+    ShedPlan {
+        drop,
+        merge,
+        fold_reports,
+        stats,
+    }
 }
 
 /// Merges adjacent pairs allowed by `may` in rounds, oldest pair first, until `total`
@@ -298,6 +344,74 @@ fn merge_rounds(
         for groups in usage.values_mut() {
             groups.retain(|g| !g.seqs.is_empty());
         }
+    }
+}
+
+/// Folds shed report `later` into `earlier`: counts summed, the bytes before the first
+/// pass and after the last.
+pub fn fold_reports(earlier: &RecordKind, later: &RecordKind) -> Result<RecordKind, ShedError> {
+    let (
+        RecordKind::Shed {
+            dropped_promise: p1,
+            dropped_health: h1,
+            merged_usage: u1,
+            bytes_before,
+            ..
+        },
+        RecordKind::Shed {
+            dropped_promise: p2,
+            dropped_health: h2,
+            merged_usage: u2,
+            bytes_after,
+            ..
+        },
+    ) = (earlier, later)
+    else {
+        return Err(ShedError::NotShedReport);
+    };
+    Ok(RecordKind::Shed {
+        dropped_promise: p1.saturating_add(*p2),
+        dropped_health: h1.saturating_add(*h2),
+        merged_usage: u1.saturating_add(*u2),
+        bytes_before: *bytes_before,
+        bytes_after: *bytes_after,
+    })
+}
+
+/// When a shedding pass is worth its cost: a pass reads the whole unheld outbox, so
+/// after one it waits until sheddable records (usage, promise results, health, shed
+/// reports) worth 1/[`Gate::RATIO`] of the bytes it read have been appended. Reading is
+/// then at most `RATIO` bytes per sheddable byte appended (amortised O(1) per append),
+/// and an outbox of incidents and states alone, which nothing can shrink, is never
+/// rescanned. The outbox may exceed the quota by that 1/`RATIO` before the next pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gate {
+    /// Bytes the last pass listed.
+    scanned: u64,
+    /// Sheddable bytes appended since.
+    sheddable: u64,
+}
+
+impl Gate {
+    /// Bytes read per sheddable byte appended, at most.
+    pub const RATIO: u64 = 8;
+
+    /// A record of `class` taking `bytes` was appended.
+    pub fn appended(&mut self, class: &RecordClass, bytes: u64) {
+        if class.sheddable() {
+            self.sheddable = self.sheddable.saturating_add(bytes);
+        }
+    }
+
+    /// Whether a pass should run for an outbox of `outbox_bytes` and this quota.
+    pub fn due(&self, outbox_bytes: u64, quota_bytes: u64) -> bool {
+        outbox_bytes > quota_bytes && self.sheddable.saturating_mul(Self::RATIO) >= self.scanned
+    }
+
+    /// A pass listed `scanned` bytes.
+    pub fn ran(&mut self, scanned: u64) {
+        self.scanned = scanned;
+        self.sheddable = 0;
     }
 }
 

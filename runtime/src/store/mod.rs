@@ -19,6 +19,9 @@
 //!   records are deleted (acknowledged or shed), so a number that was ever shown, sent
 //!   or acknowledged is never issued again, not even after the outbox emptied, nor
 //!   across restarts.
+//! - `meta` also keeps the highest seq ever handed to a link ([`Store::hand_over`]),
+//!   raised before the records leave the node: shedding never touches a record at or
+//!   below it, in this run or after a restart (the link may have sent it, or hold it).
 //! - Values are postcard; a value that no longer decodes is a typed error, never a panic.
 //!
 //! Driven by the daemon (single owner); cheap to clone.
@@ -97,6 +100,7 @@ pub struct ObservedInstance {
 }
 
 const META_NEXT_SEQ: &[u8] = b"next_seq";
+const META_HANDED_UPTO: &[u8] = b"handed_upto";
 
 /// How long opening waits for a lock still held by a handle being dropped.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -112,6 +116,8 @@ pub struct Store {
     outbox_bytes: Arc<AtomicU64>,
     /// The next sequence number: max(last outbox key + 1, the persisted floor).
     next_seq: Arc<AtomicU64>,
+    /// The highest seq ever handed to a link (persisted in `meta`).
+    handed_upto: Arc<AtomicU64>,
 }
 
 /// The open database and its trees.
@@ -169,6 +175,7 @@ impl Store {
             flush_every_ms: flush_every_ms.max(1),
             outbox_bytes: Arc::new(AtomicU64::new(0)),
             next_seq: Arc::new(AtomicU64::new(1)),
+            handed_upto: Arc::new(AtomicU64::new(0)),
         };
         store.open_trees()?;
         Ok(store)
@@ -198,6 +205,8 @@ impl Store {
         let floor = t.meta.get(META_NEXT_SEQ)?.map(|v| be_u64(&v)).unwrap_or(1);
         self.next_seq
             .store((last + 1).max(floor).max(1), Ordering::Relaxed);
+        let handed = t.meta.get(META_HANDED_UPTO)?.map_or(0, |v| be_u64(&v));
+        self.handed_upto.store(handed, Ordering::Relaxed);
         self.trees = Some(t);
         Ok(())
     }
@@ -306,6 +315,24 @@ impl Store {
         self.flush()
     }
 
+    /// Records up to `upto` are being handed to a link: raise the persisted mark that
+    /// keeps shedding off them (durable with the caller's next flush, which must come
+    /// before the records leave the node).
+    pub fn hand_over(&self, upto: u64) -> Result<(), StoreError> {
+        if upto > self.handed_upto() {
+            self.t()?
+                .meta
+                .insert(META_HANDED_UPTO, &upto.to_be_bytes())?;
+            self.handed_upto.store(upto, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The highest seq ever handed to a link: shedding keeps off it and everything below.
+    pub fn handed_upto(&self) -> u64 {
+        self.handed_upto.load(Ordering::Relaxed)
+    }
+
     /// Records waiting for an acknowledgement.
     pub fn outbox_depth(&self) -> usize {
         self.trees.as_ref().map_or(0, |t| t.outbox.len())
@@ -395,6 +422,27 @@ impl Store {
                 delta += bytes.len() as i64;
                 batch.insert(&g.keep.to_be_bytes(), bytes);
             }
+        }
+        let mut folded: Option<Record> = None;
+        for seq in &plan.fold_reports {
+            let Some(v) = self.t()?.outbox.get(seq.to_be_bytes())? else {
+                continue;
+            };
+            delta -= v.len() as i64;
+            let r: Record = dec("outbox", &seq.to_be_bytes(), &v)?;
+            batch.remove(&seq.to_be_bytes());
+            folded = Some(match folded {
+                None => r,
+                Some(f) => Record {
+                    kind: shed::fold_reports(&f.kind, &r.kind).unwrap_or(f.kind),
+                    ..f
+                },
+            });
+        }
+        if let Some(f) = folded {
+            let bytes = enc(&f)?;
+            delta += bytes.len() as i64;
+            batch.insert(&f.seq.to_be_bytes(), bytes);
         }
         for seq in &plan.drop {
             if let Some(v) = self.t()?.outbox.get(seq.to_be_bytes())? {

@@ -80,3 +80,42 @@ fn corrupt_value_is_a_typed_error() {
         Err(StoreError::Decode { tree: "local", .. })
     ));
 }
+
+#[test]
+fn the_handed_over_mark_only_rises_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.handed_upto(), 0);
+        s.hand_over(7).unwrap();
+        s.hand_over(5).unwrap();
+        assert_eq!(s.handed_upto(), 7);
+        s.flush_records().unwrap();
+    }
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(s.handed_upto(), 7);
+}
+
+#[test]
+fn applying_a_plan_folds_shed_reports_into_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    let report = |n: u32, before: u64, after: u64| RecordKind::Shed {
+        dropped_promise: n,
+        dropped_health: n,
+        merged_usage: n,
+        bytes_before: before,
+        bytes_after: after,
+    };
+    s.append(1, report(1, 900, 800)).unwrap();
+    s.append(2, state("a")).unwrap();
+    s.append(3, report(2, 850, 700)).unwrap();
+    s.append(4, report(4, 820, 600)).unwrap();
+    let plan = shed::plan(&s.outbox_entries().unwrap(), 1 << 20);
+    assert_eq!(plan.fold_reports, vec![1, 3, 4]);
+    let after = s.apply_shed(&plan).unwrap();
+    assert_eq!(after, s.outbox_bytes());
+    let left = s.outbox_from(0, 10).unwrap();
+    let kinds: Vec<(u64, RecordKind)> = left.into_iter().map(|r| (r.seq, r.kind)).collect();
+    assert_eq!(kinds, vec![(1, report(7, 900, 600)), (2, state("a"))]);
+}

@@ -462,3 +462,72 @@ fn aligned_intervals_merge_into_records_that_never_cross_midnight() {
         assert_eq!(g.into.from_ms / DAY_MS, (g.into.to_ms - 1) / DAY_MS);
     }
 }
+
+fn report(p: u32, h: u32, u: u32, before: u64, after: u64) -> RecordKind {
+    RecordKind::Shed {
+        dropped_promise: p,
+        dropped_health: h,
+        merged_usage: u,
+        bytes_before: before,
+        bytes_after: after,
+    }
+}
+
+#[test]
+fn shed_reports_fold_into_the_first_with_counts_summed() {
+    let entries: Vec<OutboxEntry> = [3u64, 9, 20]
+        .iter()
+        .map(|&seq| OutboxEntry {
+            seq,
+            class: RecordClass::of(&report(1, 2, 3, 100, 90)),
+            bytes: 20,
+        })
+        .collect();
+    // Under the quota: reports fold all the same, and nothing else happens.
+    let p = plan(&entries, 1_000);
+    assert_eq!(p.fold_reports, vec![3, 9, 20]);
+    assert_eq!(p.stats.folded_reports, 2);
+    assert_eq!(p.stats.bytes_after, 20);
+    assert!(p.drop.is_empty() && p.merge.is_empty());
+    // One report alone is left as it is.
+    assert!(plan(&entries[..1], 1_000).is_empty());
+
+    let folded = fold_reports(&report(1, 2, 3, 500, 400), &report(10, 20, 30, 450, 300)).unwrap();
+    assert_eq!(folded, report(11, 22, 33, 500, 300));
+    assert_eq!(
+        fold_reports(&report(1, 2, 3, 5, 4), &health(1)),
+        Err(ShedError::NotShedReport)
+    );
+}
+
+#[test]
+fn the_gate_bounds_rescans_by_the_sheddable_bytes_appended() {
+    let quota = 10_000;
+    let incident = RecordClass::Incident;
+    let usage = RecordClass::of(&usage("a", 0, 1000, 1, 1));
+    let mut g = Gate::default();
+    assert!(!g.due(quota, quota), "at the quota is not over it");
+    assert!(
+        g.due(quota + 1, quota),
+        "the first pass over the quota runs"
+    );
+    // A pass that could not shrink an outbox of incidents: appending more incidents
+    // never makes another pass due, however large the outbox grows.
+    g.ran(80_000);
+    let mut outbox = 80_000;
+    for _ in 0..10_000 {
+        g.appended(&incident, 100);
+        outbox += 100;
+        assert!(!g.due(outbox, quota));
+    }
+    // Sheddable bytes worth 1/RATIO of what the last pass read make one due.
+    let mut appended = 0;
+    while !g.due(outbox, quota) {
+        g.appended(&usage, 50);
+        appended += 50;
+        outbox += 50;
+    }
+    assert_eq!(appended, 80_000 / Gate::RATIO);
+    // Under the quota nothing is due, whatever was appended.
+    assert!(!g.due(quota - 1, quota));
+}
