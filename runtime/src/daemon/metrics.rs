@@ -185,6 +185,12 @@ impl Daemon {
             vec![(String::new(), c.repairs.to_string())],
         );
         metric(
+            "hedge_command_checks_refused_total",
+            "Command checks refused, never run: no partition uid to run them as.",
+            "counter",
+            vec![(String::new(), c.command_checks_refused.to_string())],
+        );
+        metric(
             "hedge_artifacts_total",
             "Software artifact download outcomes.",
             "counter",

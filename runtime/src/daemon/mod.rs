@@ -128,6 +128,8 @@ pub struct Counters {
     pub bad_connection_files: u64,
     /// Restarts asked by self-repair.
     pub repairs: u64,
+    /// Command checks refused, never run: as root, no partition uid to run them as.
+    pub command_checks_refused: u64,
     /// Desired states refused (forged, stale, for another node, malformed).
     pub desired_rejected: u64,
     /// Promise summaries dropped to keep the outbox under its quota.
@@ -158,6 +160,7 @@ pub struct Daemon {
     counters: Counters,
     store_log: RateLimit,
     conn_log: RateLimit,
+    check_log: RateLimit,
     shutting_down: bool,
     incidents: crate::monitor::incident::Incidents,
     resolved: std::collections::VecDeque<crate::monitor::incident::Incident>,
@@ -248,6 +251,7 @@ impl Daemon {
             counters: Counters::default(),
             store_log: RateLimit::default(),
             conn_log: RateLimit::default(),
+            check_log: RateLimit::default(),
             shutting_down: false,
             incidents,
             resolved: Default::default(),

@@ -6,6 +6,9 @@
 //! records and persists what must survive a restart (open incidents, accounting state).
 //! Checks run only for instances wanted running; a new (or restarted-by-config)
 //! instance's first check comes one interval after its promises were set up.
+//! When the daemon is root, a `command` check whose partition has no uid (the instance
+//! broke its partition, or the uid range is exhausted) is refused, never run: counted
+//! (`command_checks_refused`), logged (rate-limited), and the promise fails.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,6 +25,23 @@ use crate::monitor::usage::{Accountant, ProcessIdentity, Sample};
 use crate::monitor::{health, procstat, shed};
 use crate::render;
 use crate::supervisor::lifecycle::Input;
+
+/// Why a check could not be started.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CheckStartError {
+    /// The check cannot be prepared (a template, a path); the promise fails.
+    #[error("{0}")]
+    Failed(String),
+    /// A command that would have run as root: refused; the promise fails.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl From<String> for CheckStartError {
+    fn from(s: String) -> Self {
+        CheckStartError::Failed(s)
+    }
+}
 
 /// One promise of one instance, as the daemon holds it.
 pub(crate) struct PromiseSlot {
@@ -145,8 +165,8 @@ impl Daemon {
         }
     }
 
-    fn render_check(&self, name: &Name, check: &PromiseCheck) -> Result<Check, String> {
-        let slot = self.slots.get(name).ok_or("instance gone")?;
+    fn render_check(&self, name: &Name, check: &PromiseCheck) -> Result<Check, CheckStartError> {
+        let slot = self.slots.get(name).ok_or("instance gone".to_string())?;
         let req = &slot.request;
         let lookup = |k: &str| -> Option<String> {
             req.parameters.get(k).cloned().or_else(|| {
@@ -157,7 +177,11 @@ impl Daemon {
         let r = |t: &str| render::render(t, &lookup).map_err(|e| e.to_string());
         let dir = self.partitions.path(name);
         Ok(match check {
-            PromiseCheck::Process => return Err("process checks are judged inline".into()),
+            PromiseCheck::Process => {
+                return Err(CheckStartError::Failed(
+                    "process checks are judged inline".into(),
+                ))
+            }
             PromiseCheck::Tcp { address } => Check::Tcp {
                 address: r(address)?,
             },
@@ -170,14 +194,27 @@ impl Daemon {
                 status: *status,
                 max_latency_ms: *max_latency_ms,
             },
-            PromiseCheck::Command { argv } => Check::Command {
-                argv: argv.iter().map(|a| r(a)).collect::<Result<_, _>>()?,
-                owner: self.partitions.ensure(name).ok().and_then(|p| p.owner),
-                dir,
-            },
+            PromiseCheck::Command { argv } => {
+                let argv = argv.iter().map(|a| r(a)).collect::<Result<_, _>>()?;
+                let as_root = nix::unistd::geteuid().is_root();
+                let owner = match self.partitions.ensure(name) {
+                    Ok(p) => p.owner,
+                    Err(e) if as_root => {
+                        return Err(CheckStartError::Refused(format!(
+                            "refused: partition unusable ({e}); the command never runs as root"
+                        )))
+                    }
+                    Err(_) => None,
+                };
+                if let Some(why) = checks::command_refusal(as_root, owner) {
+                    return Err(CheckStartError::Refused(why.into()));
+                }
+                Check::Command { argv, owner, dir }
+            }
             PromiseCheck::File { path, max_age_s } => {
                 let rel = r(path)?;
-                crate::partition::check_rel_path(&rel).map_err(|e| e.to_string())?;
+                crate::partition::check_rel_path(&rel)
+                    .map_err(|e| CheckStartError::Failed(e.to_string()))?;
                 Check::File {
                     path: dir.join(rel),
                     max_age_s: *max_age_s,
@@ -227,7 +264,14 @@ impl Daemon {
             }
             let rendered = self.render_check(&name, &check);
             match rendered {
-                Err(message) => {
+                Err(e) => {
+                    if let CheckStartError::Refused(why) = &e {
+                        self.counters.command_checks_refused += 1;
+                        if let Some(suppressed) = self.check_log.allow(Instant::now()) {
+                            tracing::warn!(instance = %name, error = %why, suppressed, "command check refused");
+                        }
+                    }
+                    let message = e.to_string();
                     let r = CheckResult {
                         ok: false,
                         latency_ms: 0,

@@ -6,6 +6,14 @@
 //! `process` is judged by the supervisor (it knows the pid) and is not run here.
 //! `http` is a minimal HTTP/1.0 GET over plain TCP for local health endpoints: status
 //! line only, no TLS, no redirects, no body parsing.
+//!
+//! `command` runs in the partition as the partition's uid. When the daemon is root, a
+//! command with no partition uid (or uid 0) is refused, never run (see
+//! [`command_refusal`]): the partition is the instance's, so whatever it names there may
+//! be the instance's program. The command gets a cleared environment (`PATH`, `HOME` and
+//! `HEDGE_PARTITION` only), its own process group (killed whole when the check ends or
+//! times out), `PR_SET_PDEATHSIG = SIGKILL` and `PR_SET_NO_NEW_PRIVS` (no setuid program
+//! it runs gains privileges).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
@@ -38,7 +46,7 @@ pub enum Check {
         argv: Vec<String>,
         /// Working directory (the partition).
         dir: PathBuf,
-        /// uid/gid to run as (root only).
+        /// uid/gid to run as: required (and not 0) when the daemon is root.
         owner: Option<(u32, u32)>,
     },
     /// A file's modification age.
@@ -55,6 +63,87 @@ fn result(started: Instant, ok: bool, message: impl Into<String>) -> CheckResult
         ok,
         latency_ms: u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX),
         message: message.into(),
+    }
+}
+
+/// Why a command check may not run as asked: `Some` when the daemon is root
+/// (`as_root`) and the command has no partition uid, or uid 0. Pure.
+pub fn command_refusal(as_root: bool, owner: Option<(u32, u32)>) -> Option<&'static str> {
+    match owner {
+        _ if !as_root => None,
+        None => Some("refused: no partition uid to run the command as, and it never runs as root"),
+        Some((0, _)) | Some((_, 0)) => Some("refused: the command never runs as root"),
+        Some(_) => None,
+    }
+}
+
+/// Kills a check command's whole process group when dropped (the check ended or timed
+/// out), so no helper it forked outlives it.
+struct GroupGuard(Option<i32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.filter(|p| *p > 1) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+async fn run_command(
+    argv: &[String],
+    dir: &std::path::Path,
+    owner: Option<(u32, u32)>,
+    started: Instant,
+) -> CheckResult {
+    let Some((program, args)) = argv.split_first() else {
+        return result(started, false, "empty command");
+    };
+    if let Some(why) = command_refusal(nix::unistd::geteuid().is_root(), owner) {
+        return result(started, false, why);
+    }
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", dir)
+        .env("HEDGE_PARTITION", dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some((uid, gid)) = owner {
+        cmd.uid(uid).gid(gid);
+    }
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe system calls (prctl, getppid) on a value captured by copy; it
+    // neither allocates nor takes locks.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            // The daemon may have died between fork and prctl: then we must not run.
+            if nix::unistd::getppid().as_raw() as u32 != parent {
+                return Err(std::io::Error::other("daemon is gone"));
+            }
+            nix::sys::prctl::set_no_new_privs()?;
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return result(started, false, format!("{program}: {e}")),
+    };
+    let _group = GroupGuard(child.id().and_then(|p| i32::try_from(p).ok()));
+    match child.wait().await {
+        Ok(s) if s.success() => result(started, true, ""),
+        Ok(s) => result(started, false, format!("{program}: {s}")),
+        Err(e) => result(started, false, format!("{program}: {e}")),
     }
 }
 
@@ -102,26 +191,7 @@ async fn run_inner(check: &Check, started: Instant) -> CheckResult {
             }
             Err(e) => result(started, false, format!("GET {url}: {e}")),
         },
-        Check::Command { argv, dir, owner } => {
-            let Some((program, args)) = argv.split_first() else {
-                return result(started, false, "empty command");
-            };
-            let mut cmd = tokio::process::Command::new(program);
-            cmd.args(args)
-                .current_dir(dir)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .kill_on_drop(true);
-            if let Some((uid, gid)) = owner {
-                cmd.uid(*uid).gid(*gid);
-            }
-            match cmd.status().await {
-                Ok(s) if s.success() => result(started, true, ""),
-                Ok(s) => result(started, false, format!("{program}: {s}")),
-                Err(e) => result(started, false, format!("{program}: {e}")),
-            }
-        }
+        Check::Command { argv, dir, owner } => run_command(argv, dir, *owner, started).await,
         Check::File { path, max_age_s } => {
             let age = std::fs::metadata(path).and_then(|m| m.modified()).map(|t| {
                 SystemTime::now()
@@ -298,14 +368,113 @@ mod tests {
             .await
             .ok
         );
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::Permissions::from_mode(0o755);
+            std::fs::set_permissions(dir.path(), mode).unwrap();
+        }
+        // As root a command runs only as a partition uid.
+        let owner = nix::unistd::geteuid().is_root().then_some((60124, 60124));
         let cmd = |argv: &[&str]| Check::Command {
             argv: argv.iter().map(|s| s.to_string()).collect(),
             dir: dir.path().to_path_buf(),
-            owner: None,
+            owner,
         };
         assert!(run(cmd(&["/bin/true"]), t).await.ok);
         assert!(!run(cmd(&["/bin/false"]), t).await.ok);
         let r = run(cmd(&["/bin/sleep", "5"]), Duration::from_millis(100)).await;
         assert!(!r.ok && r.message.contains("timed out"));
+    }
+
+    #[test]
+    fn as_root_a_command_needs_a_partition_uid() {
+        assert!(command_refusal(true, None).is_some());
+        assert!(command_refusal(true, Some((0, 0))).is_some());
+        assert!(command_refusal(true, Some((60000, 0))).is_some());
+        assert!(command_refusal(true, Some((60000, 60000))).is_none());
+        assert!(command_refusal(false, None).is_none());
+    }
+
+    #[tokio::test]
+    async fn as_root_a_command_without_uid_never_runs() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(std::env::var_os("CI").is_none(), "needs root under CI");
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let r = run(
+            Check::Command {
+                argv: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    format!("id -u > {}", marker.display()),
+                ],
+                dir: dir.path().to_path_buf(),
+                owner: None,
+            },
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(!r.ok && r.message.starts_with("refused"), "{}", r.message);
+        assert!(!marker.exists(), "the command ran");
+    }
+
+    #[tokio::test]
+    async fn command_checks_run_with_a_clean_environment_own_group_and_no_new_privs() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = nix::unistd::geteuid().is_root();
+        let owner = root.then_some((60123, 60123));
+        if root {
+            std::os::unix::fs::chown(dir.path(), Some(60123), Some(60123)).unwrap();
+        }
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        // The parent's environment has more than the three names a check gets.
+        assert!(std::env::vars_os()
+            .any(|(k, _)| !["PATH", "HOME", "HEDGE_PARTITION"].iter().any(|n| k == *n)));
+        let script = "env > env.txt; id -u > uid.txt; \
+                      grep NoNewPrivs /proc/self/status > nnp.txt; \
+                      cut -d' ' -f1,5 /proc/$$/stat > stat.txt";
+        let r = run(
+            Check::Command {
+                argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+                dir: dir.path().to_path_buf(),
+                owner,
+            },
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(r.ok, "{}", r.message);
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+        for line in read("env.txt").lines() {
+            let key = line.split('=').next().unwrap();
+            assert!(
+                [
+                    "PATH",
+                    "HOME",
+                    "HEDGE_PARTITION",
+                    "PWD",
+                    "SHLVL",
+                    "_",
+                    "OLDPWD"
+                ]
+                .contains(&key),
+                "inherited {line:?}"
+            );
+        }
+        assert!(read("env.txt").contains(&format!("HOME={}", dir.path().display())));
+        if root {
+            assert_eq!(read("uid.txt").trim(), "60123");
+        }
+        assert!(
+            read("nnp.txt").split_whitespace().any(|w| w == "1"),
+            "{}",
+            read("nnp.txt")
+        );
+        let stat = read("stat.txt");
+        let (pid, pgrp) = stat.trim().split_once(' ').unwrap();
+        assert_eq!(pid, pgrp, "not its own process group");
     }
 }
