@@ -8,14 +8,24 @@
 //! (`{{name.key}}`) is re-rendered and restarted if its result changed — all offline.
 //! A malformed file is counted and logged (rate-limited) and the last good values stay.
 //! Write the file atomically (write a temp file, then rename) to avoid torn reads.
+//!
+//! The partition belongs to the instance, which may race the daemon: the file is opened
+//! through the partition's directory handle, no component followed (`etc` must be a
+//! real directory, not a link to another tenant's), non-blocking (a FIFO never stalls
+//! the loop), its type judged on the opened descriptor, and at most `MAX_FILE + 1` bytes
+//! are read (a link to `/dev/zero` is not followed; a file that grows is cut off).
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::io;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hedge_wire::{Name, RecordKind};
 use serde_json::Value;
 
 use super::Daemon;
+use crate::partition::at;
 use crate::render;
 
 /// How often partitions are checked for a new `etc/connection.json`.
@@ -23,6 +33,66 @@ pub const POLL: Duration = Duration::from_secs(1);
 
 /// Largest `connection.json` read.
 pub const MAX_FILE: u64 = 64 * 1024;
+
+/// Why a partition's `etc/connection.json` was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnFileError {
+    /// `etc` or the file is a symlink, or `etc` is not a directory.
+    #[error("etc/ or etc/connection.json is a symlink or not a directory; not followed")]
+    Link,
+    /// The file is not a regular file (a FIFO, a socket, a device).
+    #[error("etc/connection.json is not a regular file")]
+    NotRegular,
+    /// The file holds more than [`MAX_FILE`] bytes.
+    #[error("etc/connection.json is over {MAX_FILE} bytes")]
+    TooLarge,
+    /// The file could not be read.
+    #[error("etc/connection.json: {0}")]
+    Io(#[source] io::Error),
+    /// The text is not a flat JSON object (see [`parse`]).
+    #[error("etc/connection.json: {0}")]
+    Malformed(String),
+}
+
+/// Reads and parses `etc/connection.json` of the partition at `partition`: `Ok(None)`
+/// when there is no such file (nothing published).
+pub fn read(partition: &Path) -> Result<Option<BTreeMap<String, String>>, ConnFileError> {
+    let not_found = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
+    let link = |e: &io::Error| {
+        at::is_errno(e, nix::errno::Errno::ELOOP) || at::is_errno(e, nix::errno::Errno::ENOTDIR)
+    };
+    let classify = |e: io::Error| {
+        if link(&e) {
+            ConnFileError::Link
+        } else if e.kind() == io::ErrorKind::InvalidData {
+            ConnFileError::NotRegular
+        } else {
+            ConnFileError::Io(e)
+        }
+    };
+    // The partition directory itself sits in the root-owned `partitions/`.
+    let dir = match at::open_dir(partition) {
+        Ok(d) => d,
+        Err(e) if not_found(&e) => return Ok(None),
+        Err(e) => return Err(classify(e)),
+    };
+    let etc = match at::open_dir_at(&dir, OsStr::new("etc")) {
+        Ok(d) => d,
+        Err(e) if not_found(&e) => return Ok(None),
+        Err(e) => return Err(classify(e)),
+    };
+    let file = match at::open_regular_at(&etc, OsStr::new("connection.json")) {
+        Ok(f) => f,
+        Err(e) if not_found(&e) => return Ok(None),
+        Err(e) => return Err(classify(e)),
+    };
+    let bytes = at::read_bounded(&file, MAX_FILE)
+        .map_err(ConnFileError::Io)?
+        .ok_or(ConnFileError::TooLarge)?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| ConnFileError::Malformed("not UTF-8 text".into()))?;
+    parse(&text).map(Some).map_err(ConnFileError::Malformed)
+}
 
 /// Parses a `connection.json` text into flat string parameters.
 pub fn parse(text: &str) -> Result<BTreeMap<String, String>, String> {
@@ -47,21 +117,11 @@ impl Daemon {
     pub(super) fn poll_connections(&mut self) {
         let names: Vec<Name> = self.slots.keys().cloned().collect();
         for name in names {
-            let path = self.partitions.path(&name).join("etc/connection.json");
-            let Ok(meta) = std::fs::symlink_metadata(&path) else {
-                continue;
-            };
-            if !meta.is_file() || meta.len() > MAX_FILE {
-                self.bad_connection_file(&name, "not a regular file of at most 64 KiB");
-                continue;
-            }
-            let Ok(text) = std::fs::read_to_string(&path) else {
-                continue;
-            };
-            let params = match parse(&text) {
-                Ok(p) => p,
+            let params = match read(&self.partitions.path(&name)) {
+                Ok(Some(p)) => p,
+                Ok(None) => continue,
                 Err(e) => {
-                    self.bad_connection_file(&name, &e);
+                    self.bad_connection_file(&name, &e.to_string());
                     continue;
                 }
             };
@@ -111,5 +171,48 @@ mod tests {
         assert!(parse(r#"{"a":{"b":1}}"#).is_err());
         assert!(parse("[1]").is_err());
         assert!(parse("{").is_err());
+    }
+
+    #[test]
+    fn read_takes_only_a_bounded_regular_file_through_real_directories() {
+        use std::os::unix::fs::symlink;
+        let tmp = tempfile::tempdir().unwrap();
+        let part = tmp.path().join("mine");
+        let other = tmp.path().join("other");
+        std::fs::create_dir_all(part.join("etc")).unwrap();
+        std::fs::create_dir_all(other.join("etc")).unwrap();
+        std::fs::write(
+            other.join("etc/connection.json"),
+            r#"{"password":"theirs"}"#,
+        )
+        .unwrap();
+        let conn = part.join("etc/connection.json");
+
+        assert!(read(&part).unwrap().is_none());
+        assert!(read(&tmp.path().join("absent")).unwrap().is_none());
+        std::fs::write(&conn, r#"{"port":1}"#).unwrap();
+        assert_eq!(read(&part).unwrap().unwrap()["port"], "1");
+
+        std::fs::remove_file(&conn).unwrap();
+        nix::unistd::mkfifo(&conn, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(matches!(read(&part), Err(ConnFileError::NotRegular)));
+
+        std::fs::remove_file(&conn).unwrap();
+        symlink("/dev/zero", &conn).unwrap();
+        assert!(matches!(read(&part), Err(ConnFileError::Link)));
+
+        std::fs::remove_file(&conn).unwrap();
+        std::fs::write(&conn, vec![b' '; MAX_FILE as usize + 1]).unwrap();
+        assert!(matches!(read(&part), Err(ConnFileError::TooLarge)));
+        std::fs::write(&conn, b"{\"a\":\"\xff\"}").unwrap();
+        assert!(matches!(read(&part), Err(ConnFileError::Malformed(_))));
+
+        // `etc -> ../other/etc`: another tenant's file is never read.
+        std::fs::remove_dir_all(part.join("etc")).unwrap();
+        symlink("../other/etc", part.join("etc")).unwrap();
+        assert!(matches!(read(&part), Err(ConnFileError::Link)));
+        std::fs::remove_file(part.join("etc")).unwrap();
+        std::fs::write(part.join("etc"), b"").unwrap();
+        assert!(matches!(read(&part), Err(ConnFileError::Link)));
     }
 }

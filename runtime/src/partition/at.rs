@@ -8,15 +8,20 @@
 //! `/proc/self/fd/<fd>/<name>` (the safe way to `openat(2)` into a `std::fs::File`
 //! without `unsafe`); a node always has `/proc` mounted.
 //!
-//! Used by [`crate::partition`] and [`crate::logfile`].
+//! [`open_dir_walk`] opens a whole path one component at a time and follows a symlink
+//! only where nobody but root (or the daemon's own user) could have planted it; and
+//! [`open_regular_at`] opens a file for reading only if it is a regular file, without
+//! blocking on a FIFO.
+//!
+//! Used by [`crate::partition`], [`crate::logfile`] and the daemon's connection files.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::{File, Metadata, OpenOptions};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
@@ -110,7 +115,212 @@ pub(crate) fn read_dir(dir: &File) -> io::Result<std::fs::ReadDir> {
     std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))
 }
 
+/// Opens `name` inside `dir` read-only, never following a symlink and never blocking
+/// (`O_NONBLOCK`: a FIFO opens at once), and returns it only if the opened file is a
+/// regular file (checked on the descriptor, so it cannot be swapped after the check).
+pub(crate) fn open_regular_at(dir: &File, name: &OsStr) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK).bits())
+        .open(proc_path(dir, name)?)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
+/// Reads at most `max` bytes of `file`; `Ok(None)` if it holds more (at most `max + 1`
+/// bytes are ever read, however the file grows meanwhile).
+pub(crate) fn read_bounded(file: &File, max: u64) -> io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    file.take(max.saturating_add(1)).read_to_end(&mut buf)?;
+    Ok((buf.len() as u64 <= max).then_some(buf))
+}
+
+/// Most symlinks [`open_dir_walk`] follows in one path (as the kernel's `MAXSYMLINKS`).
+const MAX_LINKS: usize = 40;
+
+/// Whether a symlink found in the directory `dir` may be followed: only if nobody but
+/// root or this process's user can have put it there (the directory is owned by one of
+/// them and not writable by its group or others).
+fn links_trusted_in(dir: &File) -> io::Result<bool> {
+    let m = dir.metadata()?;
+    let me = nix::unistd::geteuid().as_raw();
+    Ok((m.uid() == 0 || m.uid() == me) && m.mode() & 0o022 == 0)
+}
+
+/// Opens the directory at `path` one component at a time, each with `O_NOFOLLOW`. A
+/// symlink is followed only in a directory whose entries only root or this process's
+/// user can change (see [`links_trusted_in`]), so the state directory may sit behind a
+/// symlink the operator made, while a symlink planted anywhere inside a partition (owned
+/// by the partition's uid) fails with `ELOOP`. Relative paths start at the working
+/// directory.
+pub(crate) fn open_dir_walk(path: &Path) -> io::Result<File> {
+    let start = if path.is_absolute() { "/" } else { "." };
+    let mut dir = open_dir(Path::new(start))?;
+    // Components still to walk, the next one last.
+    let mut todo: Vec<OsString> = Vec::new();
+    push_components(&mut todo, path);
+    let mut links = 0;
+    while let Some(c) = todo.pop() {
+        if c == ".." {
+            // The physical parent, as `openat(fd, "..")`; `..` is never a symlink.
+            dir = open_dir(&PathBuf::from(format!(
+                "/proc/self/fd/{}/..",
+                dir.as_raw_fd()
+            )))?;
+            continue;
+        }
+        match open_dir_at(&dir, &c) {
+            Ok(d) => {
+                dir = d;
+                continue;
+            }
+            Err(e) if is_errno(&e, Errno::ELOOP) || is_errno(&e, Errno::ENOTDIR) => {
+                if !lstat_at(&dir, &c)?.file_type().is_symlink() {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        // A symlink: follow it only when it was planted by someone trusted.
+        links += 1;
+        if links > MAX_LINKS || !links_trusted_in(&dir)? {
+            return Err(io::Error::from_raw_os_error(Errno::ELOOP as i32));
+        }
+        let target = std::fs::read_link(proc_path(&dir, &c)?)?;
+        if target.is_absolute() {
+            dir = open_dir(Path::new("/"))?;
+        }
+        push_components(&mut todo, &target);
+    }
+    Ok(dir)
+}
+
+/// Pushes the normal and `..` components of `path` on `todo`, first component last.
+fn push_components(todo: &mut Vec<OsString>, path: &Path) {
+    let parts: Vec<OsString> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_owned()),
+            Component::ParentDir => Some(OsString::from("..")),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
+        })
+        .collect();
+    todo.extend(parts.into_iter().rev());
+}
+
 /// Whether `e` is this errno.
 pub(crate) fn is_errno(e: &io::Error, errno: Errno) -> bool {
     e.raw_os_error() == Some(errno as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    use super::*;
+
+    fn is_eloop(e: &io::Error) -> bool {
+        is_errno(e, Errno::ELOOP)
+    }
+
+    #[test]
+    fn open_regular_at_refuses_fifos_links_and_devices_without_blocking() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = open_dir(tmp.path()).unwrap();
+        std::fs::write(tmp.path().join("ok"), b"{}").unwrap();
+        let f = open_regular_at(&dir, OsStr::new("ok")).unwrap();
+        assert_eq!(read_bounded(&f, 2).unwrap().unwrap(), b"{}");
+
+        // A FIFO with no writer: a blocking open would hang this test forever.
+        nix::unistd::mkfifo(&tmp.path().join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
+        let e = open_regular_at(&dir, OsStr::new("fifo")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+
+        symlink("/dev/zero", tmp.path().join("zero")).unwrap();
+        assert!(is_eloop(
+            &open_regular_at(&dir, OsStr::new("zero")).unwrap_err()
+        ));
+        symlink(tmp.path().join("ok"), tmp.path().join("link")).unwrap();
+        assert!(is_eloop(
+            &open_regular_at(&dir, OsStr::new("link")).unwrap_err()
+        ));
+
+        let dev = open_dir(Path::new("/dev")).unwrap();
+        let e = open_regular_at(&dev, OsStr::new("zero")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        assert!(open_regular_at(&dir, OsStr::new("missing")).is_err());
+        assert!(open_regular_at(&dir, OsStr::new("../ok")).is_err());
+    }
+
+    #[test]
+    fn read_bounded_reads_at_most_one_byte_over_the_limit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("f");
+        std::fs::write(&p, vec![b'x'; 10]).unwrap();
+        let f = File::open(&p).unwrap();
+        assert_eq!(read_bounded(&f, 10).unwrap().unwrap().len(), 10);
+        let f = File::open(&p).unwrap();
+        assert!(read_bounded(&f, 9).unwrap().is_none());
+        // An endless file (as one that keeps growing) ends the read at the bound.
+        let zero = File::open("/dev/zero").unwrap();
+        assert!(read_bounded(&zero, 64 * 1024).unwrap().is_none());
+    }
+
+    #[test]
+    fn open_dir_walk_follows_only_links_nobody_else_could_plant() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path();
+        std::fs::create_dir_all(base.join("real/log")).unwrap();
+        std::fs::create_dir_all(base.join("outside/log")).unwrap();
+        std::fs::write(base.join("outside/log/marker"), b"").unwrap();
+        // A directory others may write: its links were possibly planted by them.
+        let part = base.join("part");
+        std::fs::create_dir(&part).unwrap();
+        std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o777)).unwrap();
+        symlink(base.join("outside"), part.join("var")).unwrap();
+        symlink("../outside", part.join("rel")).unwrap();
+        std::fs::create_dir(part.join("plain")).unwrap();
+
+        let walked = |p: &Path| open_dir_walk(p).map(|d| d.metadata().unwrap().ino());
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        assert!(is_eloop(&walked(&part.join("var/log")).unwrap_err()));
+        assert!(is_eloop(&walked(&part.join("rel/log")).unwrap_err()));
+        assert!(is_eloop(&walked(&part.join("var")).unwrap_err()));
+        assert_eq!(
+            walked(&part.join("plain")).unwrap(),
+            ino(&part.join("plain"))
+        );
+        assert_eq!(
+            walked(&part.join("plain/../plain")).unwrap(),
+            ino(&part.join("plain"))
+        );
+        // A link in a directory only we can write is the operator's: followed.
+        symlink(base.join("real"), base.join("state")).unwrap();
+        symlink("real", base.join("rstate")).unwrap();
+        assert_eq!(
+            walked(&base.join("state/log")).unwrap(),
+            ino(&base.join("real/log"))
+        );
+        assert_eq!(
+            walked(&base.join("rstate/log")).unwrap(),
+            ino(&base.join("real/log"))
+        );
+        // A file where a directory is expected.
+        std::fs::write(base.join("file"), b"").unwrap();
+        assert!(is_errno(
+            &walked(&base.join("file")).unwrap_err(),
+            Errno::ENOTDIR
+        ));
+        // A loop ends.
+        symlink("loop", base.join("loop")).unwrap();
+        assert!(is_eloop(&walked(&base.join("loop")).unwrap_err()));
+    }
 }
