@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 failure; 64 bad configuration or usage; 65 bad request
 //! input; 69 the node daemon is not reachable.
 
+mod escape;
 #[cfg(feature = "master")]
 mod master;
 mod node;

@@ -390,12 +390,16 @@ fn print_status(v: &Value) {
     );
 }
 
+/// Prints the log at `path` (never following a link an instance planted, never
+/// blocking on a FIFO), with terminal control bytes escaped.
 fn logs(path: &Path, follow: bool) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     let mut pos = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
+    let mut escaper = crate::escape::Escaper::default();
+    let mut printable = Vec::with_capacity(buf.len() * 4);
     loop {
-        match std::fs::File::open(path) {
+        match hedge_runtime::logfile::open_for_reading(path) {
             Ok(mut f) => {
                 let len = f.metadata()?.len();
                 if len < pos {
@@ -407,15 +411,20 @@ fn logs(path: &Path, follow: bool) -> Result<(), Failure> {
                     if n == 0 {
                         break;
                     }
-                    out.write_all(&buf[..n])?;
+                    printable.clear();
+                    escaper.feed(&buf[..n], &mut printable);
+                    out.write_all(&printable)?;
                     pos += n as u64;
                 }
                 out.flush()?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display()).into()),
         }
         if !follow {
+            printable.clear();
+            escaper.finish(&mut printable);
+            out.write_all(&printable)?;
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(200));

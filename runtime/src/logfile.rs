@@ -6,8 +6,11 @@
 //! (the oldest is dropped) and continues in a fresh `x.log`; a single write larger than
 //! `max_bytes` is split, so no file ever exceeds `max_bytes`. A full disk is the typed
 //! [`LogError::NoSpace`]: the caller drops the bytes and rate-limits its own logging;
-//! nothing here panics. The directory is held open and every name in it is opened
+//! nothing here panics. The directory is opened one component at a time (see
+//! [`at::open_dir_walk`]: no symlink the instance could have planted, in its partition
+//! or its `var/` or `var/log/`, is followed), held open, and every name in it is opened
 //! without following symlinks, because the instance owns `var/log/` and may plant them.
+//! [`open_for_reading`] opens a log the same way for `hedge node logs`.
 //!
 //! Driven by the supervisor's output-pumping task, one `RotatingLog` per instance.
 
@@ -15,6 +18,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -60,8 +64,9 @@ pub struct RotatingLog {
 
 impl RotatingLog {
     /// Opens (or creates, mode 0640) `path` for appending. `max_bytes` must be > 0 and
-    /// `keep` (rotated files kept, 0 = none) at most [`KEEP_MAX`]. The last component of
-    /// the parent directory and the file itself must not be symlinks.
+    /// `keep` (rotated files kept, 0 = none) at most [`KEEP_MAX`]. No component of the
+    /// path that someone other than root or this user could have planted may be a
+    /// symlink (see [`at::open_dir_walk`]), nor may the file itself.
     pub fn open(path: PathBuf, max_bytes: u64, keep: usize) -> Result<Self, LogError> {
         if max_bytes == 0 {
             return Err(LogError::BadConfig("max_bytes is 0"));
@@ -73,11 +78,8 @@ impl RotatingLog {
             .file_name()
             .ok_or(LogError::BadConfig("the path has no file name"))?
             .to_owned();
-        let parent = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let dir = at::open_dir(parent).map_err(|e| io_err("open", parent, e))?;
+        let parent = parent_of(&path);
+        let dir = at::open_dir_walk(parent).map_err(|e| io_err("open", parent, e))?;
         let mut log = RotatingLog {
             path,
             dir,
@@ -189,6 +191,28 @@ impl RotatingLog {
         self.file = Some(file);
         Ok(())
     }
+}
+
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Opens the log at `path` for reading, as [`RotatingLog::open`] walks it: no planted
+/// symlink is followed, and only a regular file is opened (never blocking on a FIFO).
+pub fn open_for_reading(path: &Path) -> io::Result<File> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name"))?;
+    let dir = at::open_dir_walk(parent_of(path))?;
+    let file = at::open_regular_at(&dir, name)?;
+    // Reads of a regular file do not block; keep the descriptor in blocking mode anyway.
+    let flags = nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) & !nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    Ok(file)
 }
 
 fn io_err(op: &'static str, path: &Path, source: io::Error) -> LogError {
@@ -324,5 +348,43 @@ mod tests {
         };
         assert!(matches!(log.write_all(b"x"), Err(LogError::NoSpace)));
         assert!(matches!(log.write_all(b"y"), Err(LogError::NoSpace)));
+    }
+
+    #[test]
+    fn no_planted_directory_link_is_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        // A partition its instance can write (here: anyone), with `var -> outside`.
+        let part = tmp.path().join("part");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(outside.join("log")).unwrap();
+        std::fs::create_dir(&part).unwrap();
+        std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o777)).unwrap();
+        symlink(&outside, part.join("var")).unwrap();
+        let log = part.join("var/log/x.log");
+        assert!(matches!(
+            RotatingLog::open(log.clone(), 10, 1),
+            Err(LogError::Io { .. })
+        ));
+        assert!(!outside.join("log/x.log").exists());
+        std::fs::write(outside.join("log/x.log"), b"secret").unwrap();
+        assert!(open_for_reading(&log).is_err());
+
+        // The same tree without the link works, for writing and for reading.
+        std::fs::remove_file(part.join("var")).unwrap();
+        std::fs::create_dir_all(part.join("var/log")).unwrap();
+        let mut w = RotatingLog::open(log.clone(), 100, 1).unwrap();
+        w.write_all(b"hello").unwrap();
+        let mut text = String::new();
+        io::Read::read_to_string(&mut open_for_reading(&log).unwrap(), &mut text).unwrap();
+        assert_eq!(text, "hello");
+
+        // The log file itself a link, or a FIFO: not opened for reading.
+        std::fs::remove_file(&log).unwrap();
+        symlink(outside.join("log/x.log"), &log).unwrap();
+        assert!(open_for_reading(&log).is_err());
+        std::fs::remove_file(&log).unwrap();
+        nix::unistd::mkfifo(&log, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(open_for_reading(&log).is_err());
     }
 }
