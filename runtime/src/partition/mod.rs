@@ -6,6 +6,8 @@
 //! range: an existing partition keeps the uid that owns its directory, a new one takes
 //! the lowest free uid; the whole tree is owned by it, directories are mode 0750
 //! (`tmp/` 0700). Without root the layout is the same, owned by the current user.
+//! `partitions/` itself is mode 0711: a partition's uid can pass through it to its own
+//! partition but cannot list the other tenants' names.
 //!
 //! The partition tree is writable by the instance, so it may hold symlinks planted to
 //! point anywhere (`etc -> /`). The node never follows one: directories are walked by
@@ -35,6 +37,8 @@ pub use limits::parse_size;
 
 /// Mode of the partition's directories.
 const DIR_MODE: u32 = 0o750;
+/// Mode of `partitions/`: traversable, not listable, by partition uids.
+const ROOT_MODE: u32 = 0o711;
 /// Mode of `tmp/`.
 const TMP_MODE: u32 = 0o700;
 /// Mode of the config files written by [`Partitions::write_file`].
@@ -142,6 +146,8 @@ impl Partitions {
         let _guard = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
         std::fs::create_dir_all(&self.root).map_err(io_err("create", &self.root))?;
         let root = at::open_dir(&self.root).map_err(|e| classify(e, "open", &self.root))?;
+        root.set_permissions(std::fs::Permissions::from_mode(ROOT_MODE))
+            .map_err(io_err("chmod", &self.root))?;
         let dir = self.path(name);
         let (pdir, _) = open_or_create_dir(&root, OsStr::new(name.as_str()), &dir)?;
 
@@ -498,6 +504,7 @@ mod tests {
         }
         assert_eq!(mode(&p.dir.join("tmp")), 0o700);
         assert_eq!(mode(&p.dir), 0o750);
+        assert_eq!(mode(&tmp.path().join("partitions")), 0o711);
         std::fs::write(p.dir.join("srv/data"), b"keep").unwrap();
         let again = parts.ensure(&n).unwrap();
         assert_eq!(again, p);
