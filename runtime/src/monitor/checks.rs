@@ -193,7 +193,7 @@ async fn run_inner(check: &Check, started: Instant) -> CheckResult {
         },
         Check::Command { argv, dir, owner } => run_command(argv, dir, *owner, started).await,
         Check::File { path, max_age_s } => {
-            let age = std::fs::metadata(path).and_then(|m| m.modified()).map(|t| {
+            let age = modified_no_follow(path).map(|t| {
                 SystemTime::now()
                     .duration_since(t)
                     .unwrap_or(Duration::ZERO)
@@ -215,6 +215,28 @@ async fn run_inner(check: &Check, started: Instant) -> CheckResult {
             }
         }
     }
+}
+
+/// The modification time of `path`, found without following a symlink the instance
+/// could have planted (see [`crate::partition::at::open_dir_walk`]); the file itself
+/// must not be a symlink either.
+fn modified_no_follow(path: &std::path::Path) -> std::io::Result<SystemTime> {
+    use crate::partition::at;
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"))?;
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let meta = at::lstat_at(&at::open_dir_walk(parent)?, name)?;
+    if meta.file_type().is_symlink() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "a symlink; not followed",
+        ));
+    }
+    meta.modified()
 }
 
 /// Splits `http://host:port/path` into (`host:port`, `host`, `/path`).
@@ -476,5 +498,43 @@ mod tests {
         let stat = read("stat.txt");
         let (pid, pgrp) = stat.trim().split_once(' ').unwrap();
         assert_eq!(pid, pgrp, "not its own process group");
+    }
+
+    #[tokio::test]
+    async fn file_checks_follow_no_planted_link() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("beat"), b"").unwrap();
+        // The instance's partition: writable by it (here, by anyone).
+        let part = tmp.path().join("part");
+        std::fs::create_dir(&part).unwrap();
+        std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o777)).unwrap();
+        symlink(&outside, part.join("var")).unwrap();
+        symlink(outside.join("beat"), part.join("beat")).unwrap();
+        let t = Duration::from_secs(2);
+        for rel in ["var/beat", "beat"] {
+            let r = run(
+                Check::File {
+                    path: part.join(rel),
+                    max_age_s: 60,
+                },
+                t,
+            )
+            .await;
+            assert!(!r.ok, "{rel} was followed");
+        }
+        std::fs::create_dir(part.join("srv")).unwrap();
+        std::fs::write(part.join("srv/beat"), b"").unwrap();
+        let r = run(
+            Check::File {
+                path: part.join("srv/beat"),
+                max_age_s: 60,
+            },
+            t,
+        )
+        .await;
+        assert!(r.ok, "{}", r.message);
     }
 }
