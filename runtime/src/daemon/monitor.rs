@@ -23,6 +23,7 @@ use crate::monitor::promise::{CheckResult, PromiseEvent, PromiseState};
 use crate::monitor::shed::RecordClass;
 use crate::monitor::usage::{Accountant, ProcessIdentity, Sample};
 use crate::monitor::{health, procstat, shed};
+use crate::partition::at;
 use crate::render;
 use crate::supervisor::lifecycle::Input;
 
@@ -79,24 +80,45 @@ impl Timers {
     }
 }
 
-/// Bytes of the files under `dir` (not following links), bounded in depth.
-fn disk_bytes(dir: &Path) -> u64 {
-    fn walk(dir: &Path, depth: u32) -> u64 {
+/// Most directory entries [`disk_bytes`] visits in one partition: the walk runs on the
+/// daemon's loop, and the instance decides how many files it has.
+const DISK_WALK_MAX_ENTRIES: usize = 100_000;
+
+/// Bytes of the files under `dir`, bounded in depth and in entries visited. The walk
+/// goes by descriptor and never follows a symlink, even one swapped in for a directory
+/// during the walk.
+fn disk_bytes(dir: &Path, max_entries: usize) -> u64 {
+    fn walk(dir: &std::fs::File, depth: u32, budget: &mut usize) -> u64 {
         if depth > 32 {
             return 0;
         }
-        let Ok(rd) = std::fs::read_dir(dir) else {
+        let Ok(rd) = at::read_dir(dir) else {
             return 0;
         };
-        rd.filter_map(Result::ok)
-            .map(|e| match e.file_type() {
-                Ok(t) if t.is_dir() => walk(&e.path(), depth + 1),
-                Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+        let mut sum = 0;
+        for e in rd.filter_map(Result::ok) {
+            if *budget == 0 {
+                break;
+            }
+            *budget -= 1;
+            let name = e.file_name();
+            sum += match e.file_type() {
+                Ok(t) if t.is_dir() => at::open_dir_at(dir, &name)
+                    .map(|sub| walk(&sub, depth + 1, budget))
+                    .unwrap_or(0),
+                Ok(t) if t.is_file() => at::lstat_at(dir, &name)
+                    .ok()
+                    .filter(std::fs::Metadata::is_file)
+                    .map_or(0, |m| m.len()),
                 _ => 0,
-            })
-            .sum()
+            };
+        }
+        sum
     }
-    walk(dir, 0)
+    let Ok(d) = at::open_dir(dir) else {
+        return 0;
+    };
+    walk(&d, 0, &mut { max_entries })
 }
 
 impl Daemon {
@@ -452,7 +474,7 @@ impl Daemon {
             // records stay contiguous and totals unchanged, and the outbox stays quiet.
             let idle = acc.state().uptime_ms == 0 && acc.state().cpu_milliticks == 0;
             let record = if (closing || wall >= acc.due_ms()) && !idle {
-                let disk = disk_bytes(&self.partitions.path(&name));
+                let disk = disk_bytes(&self.partitions.path(&name), DISK_WALK_MAX_ENTRIES);
                 acc.close_interval(wall, disk)
             } else {
                 None
@@ -643,5 +665,35 @@ impl Daemon {
     /// Per-instance CPU ms recorded in usage records by this daemon run.
     pub(super) fn usage_totals(&self) -> &BTreeMap<String, u64> {
         &self.usage_cpu_ms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    #[test]
+    fn disk_bytes_counts_files_follows_no_link_and_stops_at_the_budget() {
+        let tmp = tempfile::tempdir().unwrap();
+        let part = tmp.path().join("part");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(part.join("srv/deep")).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("big"), vec![0u8; 10_000]).unwrap();
+        std::fs::write(part.join("srv/a"), vec![0u8; 100]).unwrap();
+        std::fs::write(part.join("srv/deep/b"), vec![0u8; 20]).unwrap();
+        symlink(&outside, part.join("srv/link")).unwrap();
+        symlink(outside.join("big"), part.join("srv/flink")).unwrap();
+        assert_eq!(disk_bytes(&part, 1000), 120);
+        // One entry (srv) uses the whole budget: nothing below it is visited.
+        assert_eq!(disk_bytes(&part, 1), 0);
+        assert_eq!(disk_bytes(&tmp.path().join("absent"), 1000), 0);
+        // The partition itself a link: not walked.
+        symlink(&outside, tmp.path().join("plink")).unwrap();
+        assert_eq!(disk_bytes(&tmp.path().join("plink"), 1000), 0);
     }
 }
