@@ -15,19 +15,6 @@ use std::time::{Duration, Instant};
 use common::{wait_for, Node};
 use serde_json::Value;
 
-/// Whether the test may run: root, or (outside CI) skip with a message.
-fn require_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "this end-to-end test needs root, and CI is set"
-    );
-    eprintln!("skipped: needs root");
-    false
-}
-
 /// Requests the instance described by the TOML `text`.
 fn request(node: &Node, file: &str, text: &str) {
     let path = node.dir.path().join(file);
@@ -74,7 +61,7 @@ fn counter(status: &Value, name: &str) -> u64 {
 
 #[test]
 fn an_instance_that_breaks_its_partition_never_gets_its_program_run_as_root() {
-    if !require_root() {
+    if !common::can_run_as_root("root, to give the instance its own uid") {
         return;
     }
     let mut node = Node::init();
@@ -349,7 +336,7 @@ exec sleep 1000"#,
 
 #[test]
 fn partition_uids_cannot_list_the_other_tenants() {
-    if !require_root() {
+    if !common::can_run_as_root("root, to give each partition its own uid") {
         return;
     }
     let mut node = Node::init();
