@@ -562,10 +562,20 @@ fn a_stopped_instance_makes_no_usage_records() {
     wait_for("stopped", Duration::from_secs(10), || {
         (node.instance("quiet")?["state"] == "stopped").then_some(())
     });
-    // One more record may close the interval the stop fell in; then silence.
-    std::thread::sleep(Duration::from_millis(600));
+    // One more record may close the interval the stop fell in; then silence. Two node
+    // health records (every 1 s, like usage) prove the monitor ran past an interval.
+    let health = |node: &Node| kinds(&node.outbox(), "NodeHealth").len();
+    let h0 = health(&node);
+    wait_for(
+        "a usage interval after the stop",
+        Duration::from_secs(10),
+        || (health(&node) >= h0 + 2).then_some(()),
+    );
     let settled = usage(&node).len();
-    std::thread::sleep(Duration::from_secs(2));
+    let h1 = health(&node);
+    wait_for("two more health records", Duration::from_secs(10), || {
+        (health(&node) >= h1 + 2).then_some(())
+    });
     assert_eq!(
         usage(&node).len(),
         settled,

@@ -120,7 +120,15 @@ fn a_request_made_while_the_node_is_offline_reaches_it_and_survives_an_offline_r
         "1000",
     ]);
     assert!(out.contains("field-1"), "{out}");
-    std::thread::sleep(Duration::from_secs(2));
+    // The master has published it (retained) while the node is still cut off.
+    wait_for("desired state published", Duration::from_secs(30), || {
+        fleet
+            .master_log(0)
+            .lines()
+            .any(|l| l.contains("desired state published") && l.contains("field-1"))
+            .then_some(())
+    });
+    assert_eq!(node.status()["uplink"]["connected"], false);
     assert!(
         node.instance("web").is_none(),
         "arrived through a cut link?"
@@ -270,17 +278,15 @@ fn forged_and_replayed_desired_states_are_refused_and_a_node_cannot_publish_as_a
     replay.wait().unwrap();
     node.running_pid("two", None);
     assert_eq!(node.status()["uplink"]["generation"], 2);
-    let refusals: Vec<Value> = node
-        .outbox()
-        .into_iter()
-        .filter(|r| r["kind"]["Desired"]["accepted"] == false)
-        .collect();
-    // Refusals are reported (those still in the outbox; acked ones are at the master).
-    let reasons = format!("{refusals:?}");
-    assert!(
-        reasons.contains("signature") || rejected(&node) >= 2,
-        "{reasons}"
-    );
+    // Both refusals are reported as records: in the outbox, or at the master once
+    // acknowledged.
+    let reasons = wait_for("both refusals reported", Duration::from_secs(30), || {
+        let reasons = desired_refusals(&fleet, &node, "alpha");
+        (reasons.iter().any(|r| r.contains("signature"))
+            && reasons.iter().any(|r| r.contains("is not newer")))
+        .then_some(reasons)
+    });
+    assert!(reasons.len() >= 2, "{reasons:?}");
 
     // Node "beta" configured to claim alpha's id: the broker's ACL drops what it
     // publishes on alpha's topic, so the master stores nothing new for alpha from it.
@@ -313,7 +319,16 @@ fn forged_and_replayed_desired_states_are_refused_and_a_node_cannot_publish_as_a
         "--arg",
         "1000",
     ]);
-    std::thread::sleep(Duration::from_secs(4));
+    wait_for("beta published", Duration::from_secs(30), || {
+        (beta.status()["uplink"]["sent_upto"].as_u64()? > 0).then_some(())
+    });
+    // A node that connects after beta published gets its records stored: the broker
+    // and the master have moved past beta's publishes.
+    let mut gamma = fleet.node("gamma");
+    gamma.start();
+    wait_for("gamma's records stored", Duration::from_secs(30), || {
+        (fleet.held("gamma").0 > 0).then_some(())
+    });
     assert_eq!(
         fleet.held("alpha"),
         (held_before, last_before),
@@ -574,4 +589,29 @@ fn shedding_never_touches_what_the_uplink_holds_when_the_link_dies_unnoticed() {
             assert_eq!(w[0].1, w[1].0, "{name}: usage lost between {w:?}");
         }
     }
+}
+
+/// Reasons of the desired states `node` (id `id`) refused: from its outbox, and from
+/// the master's store for the ones already acknowledged.
+fn desired_refusals(fleet: &Fleet, node: &Node, id: &str) -> Vec<String> {
+    let mut out: Vec<String> = node
+        .outbox()
+        .into_iter()
+        .filter(|r| r["kind"]["Desired"]["accepted"] == false)
+        .filter_map(|r| Some(r["kind"]["Desired"]["reason"].as_str()?.to_string()))
+        .collect();
+    let store =
+        hedge_master::store::MasterStore::open(&fleet.master_dir().join("master.db")).unwrap();
+    let id = hedge_wire::Name::new(id).unwrap();
+    for r in store.records(&id, 0, u32::MAX).unwrap() {
+        if let hedge_wire::RecordKind::Desired {
+            accepted: false,
+            reason,
+            ..
+        } = r.kind
+        {
+            out.push(reason);
+        }
+    }
+    out
 }
