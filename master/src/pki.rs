@@ -155,6 +155,8 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<InitReport, PkiError> {
         return Err(PkiError::Invalid("broker port must not be 0".into()));
     }
     std::fs::create_dir_all(dir).map_err(io(dir))?;
+    // Keys, the store and the signing key live here: the owner's only.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
     let dir = std::path::absolute(dir).map_err(io(dir))?;
     if dir.join("master.toml").exists() {
         return Err(PkiError::AlreadyInitialized(dir.join("master.toml")));
@@ -722,6 +724,8 @@ mod tests {
         let public = std::fs::read_to_string(dir.join("signing.pub")).unwrap();
         assert_eq!(public.trim(), r.signing_public);
         assert!(dir.join("mosquitto-data").is_dir());
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "the master directory");
         let conf = std::fs::read_to_string(dir.join("mosquitto.conf")).unwrap();
         assert!(conf.contains(&format!("cafile {}", dir.join("ca.crt").display())));
 

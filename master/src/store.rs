@@ -11,6 +11,7 @@
 //! mutex, cheap to share in one process.
 //!
 //! Guarantees:
+//! - The file is created with mode 0600, and so are SQLite's `-wal`/`-shm` beside it.
 //! - [`MasterStore::ingest`] is idempotent: the same `Up` twice stores nothing new and
 //!   returns the same ack. The ack is the node's [`Coverage`] prefix, which only
 //!   `covers` ranges extend (express batches are stored but extend nothing).
@@ -121,6 +122,14 @@ pub enum StoreError {
         path: PathBuf,
         /// Why.
         source: rusqlite::Error,
+    },
+    /// The database file could not be created with mode 0600.
+    #[error("{path}: cannot create the master store: {source}")]
+    Create {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
     },
     /// The database was written by a newer master.
     #[error("master store schema version {0} is newer than this master's {SCHEMA_VERSION}")]
@@ -544,6 +553,10 @@ impl MasterStore {
             path: path.to_owned(),
             source,
         };
+        create_private(path).map_err(|e| StoreError::Create {
+            path: path.to_owned(),
+            source: e,
+        })?;
         let mut conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         // Switching a fresh file to WAL while another process does the same can fail
@@ -1192,6 +1205,22 @@ impl MasterStore {
                 })
             })
             .collect())
+    }
+}
+
+/// Creates `path` with mode 0600 unless it exists. SQLite gives the `-wal` and `-shm`
+/// files it creates beside it the database file's mode, so they are 0600 too.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

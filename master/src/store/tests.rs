@@ -586,3 +586,17 @@ fn supplied_artifacts_make_releases() {
         .unwrap();
     assert_eq!(s.count(&n("a")).unwrap(), 1);
 }
+
+#[test]
+fn the_store_and_its_journal_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, store) = open();
+    store.ingest(&n("a"), &batch("a", 1, 3), 1).unwrap();
+    for f in ["master.db", "master.db-wal", "master.db-shm"] {
+        let mode = std::fs::metadata(dir.path().join(f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+}
