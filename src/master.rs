@@ -461,6 +461,7 @@ fn run(cfg: MasterConfig) -> Result<(), Failure> {
         host: cfg.broker.host.clone(),
         port: cfg.broker.port,
         tls,
+        limits: hedge_master::run::IngestLimits::default(),
     };
     let artifacts_tls = match cfg.artifacts.listen {
         Some(_) => Some(

@@ -5,6 +5,7 @@
 //! the desired-state signature ([`sign`]). The MQTT driver and the CLI call these;
 //! [`artifacts`] stores supplied software and serves it to nodes over HTTPS.
 
+pub mod admission;
 pub mod alloc;
 pub mod artifacts;
 pub mod billing;

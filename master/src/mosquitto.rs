@@ -29,6 +29,9 @@
 //! - A client without a certificate fails the TLS handshake (`peer did not return a
 //!   certificate`); it never reaches MQTT.
 //!
+//! - `message_size_limit` ([`MESSAGE_SIZE_LIMIT`]): a larger PUBLISH is acknowledged and
+//!   dropped; the sender stays connected, no subscriber gets it.
+//!
 //! Privileges: mosquitto started as root drops to user `mosquitto` unless the config says
 //! `user root` (2.0 ignores `user` when not started as root). The keys in DIR are 0600 and
 //! owned by whoever ran `hedge master init`, and `mosquitto-data/` must be writable, so
@@ -52,6 +55,17 @@ pub const SHARE_GROUP: &str = "hedge";
 
 /// The filter masters subscribe to (shared: each record goes to one master).
 pub const MASTER_UP_FILTER: &str = "$share/hedge/hedge/v1/+/up";
+
+/// Largest message payload the broker accepts (`message_size_limit`); larger ones are
+/// dropped by the broker (QoS 1 still completes) and never reach a master. Above a node's
+/// largest frame ([`hedge_wire::limits::DEFAULT_MAX_FRAME`]) and below what the masters'
+/// MQTT client accepts ([`crate::run::MAX_PACKET`]), which would otherwise drop its whole
+/// connection on one oversized packet from one node.
+pub const MESSAGE_SIZE_LIMIT: usize = 128 * 1024;
+
+// Room for the fixed header, topic and packet id of a PUBLISH.
+const _: () = assert!(MESSAGE_SIZE_LIMIT + 1024 <= crate::run::MAX_PACKET);
+const _: () = assert!(MESSAGE_SIZE_LIMIT >= hedge_wire::limits::DEFAULT_MAX_FRAME);
 
 /// Directory (inside DIR) of mosquitto's persistence file.
 pub const DATA_DIR: &str = "mosquitto-data";
@@ -102,6 +116,9 @@ autosave_interval 60
 # Nodes may stay offline for long; keep their queues (0 bytes = no byte limit).
 max_queued_messages 100000
 max_queued_bytes 0
+# Larger messages are dropped by the broker: one node must not knock the masters (whose
+# client drops its connection on an oversized packet) off the broker.
+message_size_limit {limit}
 
 log_dest stderr
 log_type error
@@ -120,6 +137,7 @@ require_certificate true
 use_identity_as_username true
 ",
         conf = p("mosquitto.conf"),
+        limit = MESSAGE_SIZE_LIMIT,
         acl = p("acl"),
         data = data,
         port = port,
@@ -181,6 +199,7 @@ mod tests {
             "use_identity_as_username true",
             "allow_anonymous false",
             "per_listener_settings false",
+            "message_size_limit 131072",
         ] {
             assert!(c.lines().any(|l| l == line), "missing {line:?} in\n{c}");
         }

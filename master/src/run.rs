@@ -7,6 +7,12 @@
 //! broker's ACL binds the topic to the certificate), stores it in one transaction,
 //! and only then publishes `Ack { upto }` on `hedge/v1/<node>/ack`. Malformed frames
 //! and node mismatches are counted and logged, never stored, never acked.
+//! One node cannot crowd out the others: each node's frames pass [`Admission`] (a rate
+//! per node) before they are decoded, and the store refuses a node's batches once it
+//! holds [`IngestLimits::max_stored_bytes`] of its records; refusals are counted
+//! ([`Counters::rate_limited`], [`Counters::over_quota`]), logged once per 10 s per node,
+//! and not acked (the node resends later). The broker drops messages above
+//! [`crate::mosquitto::MESSAGE_SIZE_LIMIT`], below this client's [`MAX_PACKET`].
 //! It also publishes, retained, every desired state newer than what it published
 //! (checked at each connect and every second), so requests made with
 //! `hedge master request` reach nodes whenever they connect. Reconnects with backoff
@@ -23,10 +29,17 @@ use hedge_wire::limits::DEFAULT_MAX_FRAME;
 use hedge_wire::{Ack, Message, Name};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 
+pub use crate::admission::IngestLimits;
+use crate::admission::{Admission, Refusal};
 use crate::store::{MasterStore, StoreError};
 
 /// The shared subscription every master process joins.
 pub const UP_FILTER: &str = "$share/hedge/hedge/v1/+/up";
+
+/// Largest MQTT packet the master's client sends or accepts; a larger incoming packet
+/// makes rumqttc drop the connection, hence the broker's smaller
+/// [`crate::mosquitto::MESSAGE_SIZE_LIMIT`].
+pub const MAX_PACKET: usize = 256 * 1024;
 
 /// Errors that stop the master from starting.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +65,10 @@ pub struct Counters {
     pub refused: u64,
     /// Desired states published.
     pub published: u64,
+    /// Frames refused because their node sent too many too fast.
+    pub rate_limited: u64,
+    /// Batches refused because their node has its quota of bytes stored.
+    pub over_quota: u64,
 }
 
 /// Connection settings of the master's MQTT client.
@@ -63,6 +80,8 @@ pub struct Settings {
     pub port: u16,
     /// TLS client configuration (CN = hedge-master).
     pub tls: Arc<rustls::ClientConfig>,
+    /// What one node may make this master ingest.
+    pub limits: IngestLimits,
 }
 
 fn now_ms() -> u64 {
@@ -77,7 +96,7 @@ fn options(s: &Settings) -> MqttOptions {
     let mut o = MqttOptions::new(id, &s.host, s.port);
     o.set_keep_alive(Duration::from_secs(20))
         .set_clean_session(true)
-        .set_max_packet_size(256 * 1024, 256 * 1024)
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
         .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
             s.tls.clone(),
         )));
@@ -130,6 +149,7 @@ pub async fn run(
 ) -> Result<Counters, RunError> {
     tokio::pin!(shutdown);
     let mut counters = Counters::default();
+    let mut admission = Admission::new(settings.limits);
     let mut backoff = Duration::from_millis(200);
     loop {
         let (client, mut eventloop) = AsyncClient::new(options(&settings), 256);
@@ -160,7 +180,7 @@ pub async fn run(
                         publish_desired(&store, &client, &mut published, &mut counters);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        handle_up(&store, &client, &p.topic, &p.payload, &mut counters);
+                        handle_up(&store, &client, &mut admission, &p.topic, &p.payload, &mut counters);
                     }
                     Ok(_) => {}
                     Err(e) => break e,
@@ -177,9 +197,16 @@ pub async fn run(
     }
 }
 
+fn refuse(admission: &mut Admission, node: &Name, now: u64, why: Refusal) {
+    if let Some(suppressed) = admission.should_log(node, now) {
+        tracing::warn!(node = %node, error = %why, suppressed, "up frame refused; not acknowledged");
+    }
+}
+
 fn handle_up(
     store: &MasterStore,
     client: &AsyncClient,
+    admission: &mut Admission,
     topic: &str,
     payload: &[u8],
     c: &mut Counters,
@@ -189,6 +216,12 @@ fn handle_up(
         tracing::warn!(topic, "up frame on a malformed topic");
         return;
     };
+    let now = now_ms();
+    if let Err(why) = admission.admit(&node, now) {
+        c.rate_limited += 1;
+        refuse(admission, &node, now, why);
+        return;
+    }
     let up = match decode(payload, DEFAULT_MAX_FRAME) {
         Ok(Message::Up(up)) => up,
         Ok(_) => {
@@ -202,7 +235,8 @@ fn handle_up(
             return;
         }
     };
-    match store.ingest(&node, &up, now_ms()) {
+    let max_bytes = admission.limits().max_stored_bytes;
+    match store.ingest_within(&node, &up, now, max_bytes) {
         Ok(ing) => {
             c.batches += 1;
             c.stored += ing.stored as u64;
@@ -215,6 +249,10 @@ fn handle_up(
                     tracing::debug!(error = %e, "ack not queued; the node will resend");
                 }
             }
+        }
+        Err(StoreError::QuotaExceeded { stored, limit, .. }) => {
+            c.over_quota += 1;
+            refuse(admission, &node, now, Refusal::Quota { stored, limit });
         }
         Err(StoreError::NodeMismatch { .. }) => {
             c.refused += 1;

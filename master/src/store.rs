@@ -22,6 +22,9 @@
 //!   capacity) come from its newest `NodeInfo` record (sent at every boot) or from
 //!   [`MasterStore::register_node`], whichever was written last; the newest
 //!   `NodeHealth` record is kept for the fleet view and updates the memory size.
+//! - [`MasterStore::ingest_within`] refuses a batch of a node that already has the given
+//!   number of record bytes stored ([`StoreError::QuotaExceeded`]), in the same
+//!   transaction, so the bound holds across processes (overshot by at most one batch).
 //! - Sequence numbers and covered ranges above `i64::MAX` (SQLite's integer range)
 //!   are refused with [`StoreError::SeqOutOfRange`]; other u64 fields travel exactly
 //!   in the postcard blobs (index columns are clamped).
@@ -30,7 +33,9 @@
 //! `kind_tag`, `instance`, `span_from`/`span_to` for usage intervals), `coverage`,
 //! `nodes`, `desired`, `generations` (high-water mark of handed-out generations),
 //! `artifacts` (supplied software: release or NULL, target, sha256 hex, size; one row per
-//! (release, target) of a named release, one per (sha256, target) of an unnamed one).
+//! (release, target) of a named release, one per (sha256, target) of an unnamed one),
+//! `node_bytes` (bytes of encoded records stored per node, for the ingest quota; filled
+//! from `records` the first time a node without a row ingests).
 //! New tables are created by `CREATE ... IF NOT EXISTS` at every open, so adding one
 //! keeps [`SCHEMA_VERSION`] (an older master simply ignores it).
 
@@ -110,6 +115,10 @@ CREATE TABLE IF NOT EXISTS artifacts (
     supplied_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS artifacts_by_release ON artifacts (release, target);
+CREATE TABLE IF NOT EXISTS node_bytes (
+    node  TEXT PRIMARY KEY,
+    bytes INTEGER NOT NULL
+);
 ";
 
 /// Errors of the master store.
@@ -172,6 +181,16 @@ pub enum StoreError {
     /// A message broke a wire rule.
     #[error("refused: {0}")]
     Invalid(#[from] WireError),
+    /// The node already has its quota of record bytes stored.
+    #[error("node {node} has {stored} bytes of records stored, limit {limit}: refused")]
+    QuotaExceeded {
+        /// The node.
+        node: Name,
+        /// Bytes stored.
+        stored: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// A sequence number is beyond what the store can index.
     #[error("sequence number {0} is above 2^63-1")]
     SeqOutOfRange(u64),
@@ -597,6 +616,18 @@ impl MasterStore {
     /// `node` is who the transport says sent it (the MQTT topic); a batch naming
     /// another node is refused. `now_ms` is the arrival time.
     pub fn ingest(&self, node: &Name, up: &Up, now_ms: u64) -> Result<Ingested> {
+        self.ingest_within(node, up, now_ms, u64::MAX)
+    }
+
+    /// [`MasterStore::ingest`], refused with [`StoreError::QuotaExceeded`] when `node`
+    /// already has `max_bytes` or more of records stored.
+    pub fn ingest_within(
+        &self,
+        node: &Name,
+        up: &Up,
+        now_ms: u64,
+        max_bytes: u64,
+    ) -> Result<Ingested> {
         if &up.node != node {
             return Err(StoreError::NodeMismatch {
                 topic: node.to_string(),
@@ -615,11 +646,20 @@ impl MasterStore {
 
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let bytes_before = stored_bytes(&tx, node)?;
+        if bytes_before >= max_bytes {
+            return Err(StoreError::QuotaExceeded {
+                node: node.clone(),
+                stored: bytes_before,
+                limit: max_bytes,
+            });
+        }
         tx.execute(
             "INSERT OR IGNORE INTO nodes (node) VALUES (?1)",
             [node.as_str()],
         )?;
         let (mut stored, mut duplicates, mut last_seq) = (0usize, 0usize, 0i64);
+        let mut new_bytes = 0u64;
         let mut health: Option<(i64, &Record)> = None;
         let mut info: Option<(i64, &Record)> = None;
         {
@@ -646,6 +686,7 @@ impl MasterStore {
                     continue;
                 }
                 stored += 1;
+                new_bytes += blob.len() as u64;
                 last_seq = last_seq.max(*seq);
                 let newest = match record.kind {
                     RecordKind::NodeHealth { .. } => &mut health,
@@ -658,6 +699,15 @@ impl MasterStore {
             }
         }
 
+        if new_bytes > 0 {
+            tx.execute(
+                "UPDATE node_bytes SET bytes = ?2 WHERE node = ?1",
+                params![
+                    node.as_str(),
+                    clamp_sql(bytes_before.saturating_add(new_bytes))
+                ],
+            )?;
+        }
         let mut coverage = load_coverage(&tx, node)?;
         if let Some((from, to)) = covers {
             coverage.add(from_sql(from), from_sql(to));
@@ -736,6 +786,15 @@ impl MasterStore {
             duplicates,
             ack_upto: coverage.acked,
         })
+    }
+
+    /// Bytes of encoded records stored for `node` (what the ingest quota counts).
+    pub fn stored_bytes(&self, node: &Name) -> Result<u64> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = stored_bytes(&tx, node)?;
+        tx.commit()?;
+        Ok(n)
     }
 
     /// The acknowledged prefix and pending ranges of `node`.
@@ -1256,6 +1315,31 @@ fn next_after(tx: &Transaction<'_>, node: &Name) -> Result<u64> {
         .checked_add(1)
         .filter(|g| i64::try_from(*g).is_ok())
         .ok_or_else(|| StoreError::GenerationExhausted(node.clone()))
+}
+
+/// Bytes of records stored for `node`; creates its `node_bytes` row (from `records`,
+/// for stores written before the table existed) when missing.
+fn stored_bytes(tx: &Transaction<'_>, node: &Name) -> Result<u64> {
+    let row: Option<i64> = tx
+        .query_row(
+            "SELECT bytes FROM node_bytes WHERE node = ?1",
+            [node.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(b) = row {
+        return Ok(from_sql(b));
+    }
+    let sum: i64 = tx.query_row(
+        "SELECT COALESCE(SUM(length(kind)), 0) FROM records WHERE node = ?1",
+        [node.as_str()],
+        |r| r.get(0),
+    )?;
+    tx.execute(
+        "INSERT INTO node_bytes (node, bytes) VALUES (?1, ?2)",
+        params![node.as_str(), sum],
+    )?;
+    Ok(from_sql(sum))
 }
 
 fn load_coverage(conn: &Connection, node: &Name) -> Result<Coverage> {

@@ -17,7 +17,11 @@ use std::time::{Duration, Instant};
 
 use hedge_master::mosquitto::{self, MASTER_UP_FILTER};
 use hedge_master::pki::{self, Bundle, InitOptions};
-use hedge_wire::Name;
+use hedge_master::run::{IngestLimits, Settings};
+use hedge_master::store::MasterStore;
+use hedge_wire::codec::encode;
+use hedge_wire::limits::DEFAULT_MAX_FRAME;
+use hedge_wire::{InstanceStatus, Message, Name, Record, RecordKind, Up};
 use rumqttc::{
     AsyncClient, ConnectionError, Event, MqttOptions, Packet, Publish, QoS, TlsConfiguration,
     Transport,
@@ -262,6 +266,15 @@ impl Client {
             .await;
     }
 
+    async fn publish_bytes(&mut self, topic: &str, payload: Vec<u8>) {
+        self.mqtt
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+        self.until("PUBACK", |p| matches!(p, Packet::PubAck(_)))
+            .await;
+    }
+
     /// Publishes received until (and including) the one whose payload is `last`.
     async fn publishes_until(&mut self, last: &str) -> Vec<Publish> {
         let mut got = Vec::new();
@@ -416,4 +429,167 @@ async fn clients_without_a_fleet_certificate_are_refused() {
     Client::connect("node-a", fleet.port, fleet.node_tls("a"))
         .connected()
         .await;
+}
+
+/// An encoded Up frame of `node` with records `from..=to` covering themselves.
+fn up_frame(node: &str, from: u64, to: u64) -> Vec<u8> {
+    let records = (from..=to)
+        .map(|seq| Record {
+            seq,
+            time_ms: 1000 + seq,
+            kind: RecordKind::InstanceState {
+                instance: Name::new("web").unwrap(),
+                status: InstanceStatus::Running,
+                pid: Some(7),
+                restarts: 0,
+                last_exit: None,
+            },
+        })
+        .collect();
+    let up = Up {
+        node: Name::new(node).unwrap(),
+        records,
+        covers: Some((from, to)),
+    };
+    encode(&Message::Up(up), DEFAULT_MAX_FRAME).unwrap()
+}
+
+/// Waits (polling, with a deadline) until `f` holds.
+async fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Node B floods its own topic with 300 KiB frames (above what the master's client
+/// accepts: before the broker's `message_size_limit`, each one knocked the master off the
+/// broker) and with many small valid batches (rate and byte quota); node A's batches,
+/// each published once, are all stored meanwhile.
+#[tokio::test]
+async fn a_flooding_node_does_not_keep_another_nodes_records_out() {
+    let fleet = Fleet::new();
+    let db = fleet.dir.join("master.db");
+    let view = MasterStore::open(&db).unwrap();
+    let limits = IngestLimits {
+        frames_per_sec: 20,
+        // A's 51 batches fit in one burst; B's flood exhausts its own at once.
+        burst: 60,
+        max_stored_bytes: 4096,
+    };
+    let settings = Settings {
+        host: "127.0.0.1".into(),
+        port: fleet.port,
+        tls: Arc::new(fleet.master_tls()),
+        limits,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let master = tokio::spawn(hedge_master::run::run(
+        MasterStore::open(&db).unwrap(),
+        settings,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let a_name = Name::new("a").unwrap();
+    let b_name = Name::new("b").unwrap();
+
+    // A's first batch, resent (as a node does until acked) until the master holds it.
+    let mut a = Client::connect("node-a", fleet.port, fleet.node_tls("a"))
+        .connected()
+        .await;
+    let deadline = Instant::now() + WAIT;
+    while view.count(&a_name).unwrap() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the master never stored A's first batch"
+        );
+        a.mqtt
+            .publish(
+                mosquitto::up_topic("a"),
+                QoS::AtLeastOnce,
+                false,
+                up_frame("a", 1, 1),
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // B floods: 300 KiB frames and many small valid batches, as fast as it can.
+    let mut opts = MqttOptions::new("node-b", "127.0.0.1", fleet.port);
+    opts.set_max_packet_size(1 << 20, 1 << 20)
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(fleet.node_tls("b")),
+        )));
+    let (b, mut b_loop) = AsyncClient::new(opts, 64);
+    let b_events = tokio::spawn(async move {
+        let mut lost = 0u32;
+        loop {
+            if b_loop.poll().await.is_err() {
+                lost += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if lost > 1000 {
+                return;
+            }
+        }
+    });
+    let flood = tokio::spawn(async move {
+        let big = vec![0xa5u8; 300 * 1024];
+        let mut seq = 1u64;
+        loop {
+            b.publish(
+                mosquitto::up_topic("b"),
+                QoS::AtMostOnce,
+                false,
+                big.clone(),
+            )
+            .await
+            .unwrap();
+            for _ in 0..10 {
+                b.publish(
+                    mosquitto::up_topic("b"),
+                    QoS::AtLeastOnce,
+                    false,
+                    up_frame("b", seq, seq + 9),
+                )
+                .await
+                .unwrap();
+                seq += 10;
+            }
+        }
+    });
+    // Let the flood get going: B's small batches reach the master.
+    eventually("B's first batches stored", WAIT, || {
+        view.count(&b_name).unwrap() > 0
+    })
+    .await;
+
+    // A publishes 50 batches, once each, while B floods.
+    for seq in 2..=51 {
+        a.publish_bytes(&mosquitto::up_topic("a"), up_frame("a", seq, seq))
+            .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while view.count(&a_name).unwrap() < 51 {
+        assert!(
+            Instant::now() < deadline,
+            "A's batches stored: {} of 51",
+            view.count(&a_name).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    flood.abort();
+    b_events.abort();
+    let _ = stop.send(());
+    let counters = master.await.unwrap().unwrap();
+    eprintln!("{counters:?}");
+    // B was bounded: its stored bytes stop near the quota (one batch over at most), and
+    // its frames were refused for rate and quota.
+    let b_bytes = view.stored_bytes(&b_name).unwrap();
+    assert!(b_bytes < 4096 + 4096, "B stored {b_bytes} bytes");
+    assert!(counters.rate_limited > 0, "{counters:?}");
+    assert!(counters.over_quota > 0, "{counters:?}");
 }

@@ -600,3 +600,28 @@ fn the_store_and_its_journal_files_are_private() {
         assert_eq!(mode & 0o777, 0o600, "{f}");
     }
 }
+
+#[test]
+fn a_node_over_its_byte_quota_is_refused_and_others_are_not() {
+    let (_dir, store) = open();
+    let first = store
+        .ingest_within(&n("a"), &batch("a", 1, 10), 1, 100)
+        .unwrap();
+    assert_eq!(first.stored, 10);
+    let used = store.stored_bytes(&n("a")).unwrap();
+    assert!(used >= 100, "ten records take {used} bytes");
+    match store.ingest_within(&n("a"), &batch("a", 11, 12), 2, 100) {
+        Err(StoreError::QuotaExceeded { stored, limit, .. }) => {
+            assert_eq!((stored, limit), (used, 100));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.count(&n("a")).unwrap(), 10, "nothing stored");
+    assert_eq!(store.coverage(&n("a")).unwrap().acked, 10, "nothing acked");
+    // Another node has its own quota; duplicates add no bytes.
+    store
+        .ingest_within(&n("b"), &batch("b", 1, 2), 3, 100)
+        .unwrap();
+    store.ingest(&n("a"), &batch("a", 1, 10), 4).unwrap();
+    assert_eq!(store.stored_bytes(&n("a")).unwrap(), used);
+}
