@@ -444,6 +444,27 @@ fn request_on_master(
     Ok(())
 }
 
+/// A node may download an artifact its stored desired state names (in any variant).
+fn names_artifact(store: MasterStore) -> hedge_master::artifacts::Authorize {
+    std::sync::Arc::new(move |node: &Name, sha: &[u8; 32]| {
+        let desired = match store.desired(node) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(node = %node, error = %e, "cannot read the desired state; artifact refused");
+                return false;
+            }
+        };
+        desired.is_some_and(|d| {
+            d.instances.iter().any(|i| match &i.software {
+                hedge_wire::SoftwareRelease::Artifact { variants, .. } => {
+                    variants.iter().any(|v| &v.sha256 == sha)
+                }
+                hedge_wire::SoftwareRelease::Exec(_) => false,
+            })
+        })
+    })
+}
+
 fn run(cfg: MasterConfig) -> Result<(), Failure> {
     crate::process::init_logging();
     let store = open_store(&cfg)?;
@@ -485,6 +506,8 @@ fn run(cfg: MasterConfig) -> Result<(), Failure> {
                         l,
                         tls,
                         cfg.artifacts.dir.clone(),
+                        names_artifact(open_store(&cfg)?),
+                        Default::default(),
                         async move {
                             let _ = stop.wait_for(|s| *s).await;
                         },

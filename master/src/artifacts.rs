@@ -12,18 +12,30 @@
 //!   with the rest of the file (resumed downloads), a start at or past the end a `416`
 //!   with `Content-Range: bytes */LEN`; other range forms are ignored (a full `200`).
 //!   Anything but a GET of that path shape is a `404` (`405` for other methods, `400` for
-//!   a malformed head). One request per connection, the request head bounded to 8 KiB
-//!   and 10 s, at most 64 connections at once, every write bounded by an idle timeout.
-//!   [`parse_request`] and [`plan`] are the pure decisions.
+//!   a malformed head). A node (the CN of its certificate) gets only the artifacts its
+//!   desired state names ([`Authorize`]); anything else is a `403`, whether it exists or
+//!   not. One request per connection, the request head bounded to 8 KiB and 10 s, every
+//!   write bounded by an idle timeout.
+//! - Unauthenticated peers cannot starve downloads: the TLS handshake has
+//!   [`HANDSHAKE_TIMEOUT`], at most [`MAX_HANDSHAKES`] run at once and
+//!   [`MAX_HANDSHAKES_PER_ADDR`] per address (more are closed at once); a download slot
+//!   ([`MAX_CONNECTIONS`], [`MAX_PER_NODE`] per node) is taken only after the handshake
+//!   authenticated the node (else a `503`). Refusals are counted in [`Stats`] and logged
+//!   at most once per 10 s.
+//!   [`parse_request`], [`plan`] and [`PerPeer`] are the pure decisions.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io::{Read, Write};
+use std::net::IpAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use hedge_uplink::tls::{parse_pems, Pems, TlsError};
+use hedge_wire::Name;
 use rustls::server::WebPkiClientVerifier;
 use rustls::ServerConfig;
 use sha2::{Digest, Sha256};
@@ -31,9 +43,18 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 /// Longest request head, bytes.
 pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
-/// Most connections served at once; more are closed at once.
+/// Most authenticated connections served at once; more get a `503`.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Most connections of one node served at once; more get a `503`.
+pub const MAX_PER_NODE: usize = 4;
+/// Most TLS handshakes in progress at once; more connections are closed at once.
+pub const MAX_HANDSHAKES: usize = 256;
+/// Most TLS handshakes in progress from one address; more are closed at once.
+pub const MAX_HANDSHAKES_PER_ADDR: usize = 16;
+/// A handshake not done by then is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+const LOG_PERIOD: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Errors of [`supply`].
@@ -217,9 +238,11 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         206 => "Partial Content",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         416 => "Range Not Satisfiable",
+        503 => "Service Unavailable",
         _ => "Internal Server Error",
     }
 }
@@ -252,31 +275,159 @@ fn error_head(status: u16) -> String {
     )
 }
 
+/// Decides whether `node` may download the artifact with this sha256 (the master: its
+/// desired state names it). Called once per request, after the request head is read.
+pub type Authorize = Arc<dyn Fn(&Name, &[u8; 32]) -> bool + Send + Sync>;
+
+/// What the endpoint refused, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connections closed before the handshake: too many handshakes, overall or from
+    /// their address.
+    pub busy_handshakes: AtomicU64,
+    /// Handshakes that failed or timed out.
+    pub failed_handshakes: AtomicU64,
+    /// Authenticated connections turned away (503): too many downloads, overall or by
+    /// their node.
+    pub busy: AtomicU64,
+    /// Requests refused (403): the node's desired state does not name the artifact, or
+    /// the certificate names no valid node.
+    pub forbidden: AtomicU64,
+    /// Artifacts served (200/206).
+    pub served: AtomicU64,
+}
+
+/// How many connections each key (address, node) holds; a pure counter.
+#[derive(Debug)]
+pub struct PerPeer<K: std::hash::Hash + Eq + Clone> {
+    held: HashMap<K, usize>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Default for PerPeer<K> {
+    fn default() -> Self {
+        PerPeer {
+            held: HashMap::new(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> PerPeer<K> {
+    /// Takes one of `key`'s `max` places; false when it holds them all.
+    pub fn take(&mut self, key: &K, max: usize) -> bool {
+        let n = self.held.entry(key.clone()).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Gives one place of `key` back.
+    pub fn give(&mut self, key: &K) {
+        if let Some(n) = self.held.get_mut(key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.held.remove(key);
+            }
+        }
+    }
+}
+
+/// A place in a shared [`PerPeer`], given back on drop.
+struct Place<K: std::hash::Hash + Eq + Clone> {
+    map: Arc<Mutex<PerPeer<K>>>,
+    key: K,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Place<K> {
+    fn take(map: &Arc<Mutex<PerPeer<K>>>, key: K, max: usize) -> Option<Self> {
+        let ok = map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(&key, max);
+        ok.then(|| Place {
+            map: map.clone(),
+            key,
+        })
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Drop for Place<K> {
+    fn drop(&mut self) {
+        self.map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .give(&self.key);
+    }
+}
+
+/// At most one log line per period for the endpoint's noisy refusals.
+#[derive(Debug, Default)]
+struct LogLimit {
+    last: Mutex<Option<Instant>>,
+}
+
+impl LogLimit {
+    fn allow(&self) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < LOG_PERIOD) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+}
+
+struct Shared {
+    acceptor: tokio_rustls::TlsAcceptor,
+    dir: PathBuf,
+    authorize: Authorize,
+    stats: Arc<Stats>,
+    slots: Arc<tokio::sync::Semaphore>,
+    by_node: Arc<Mutex<PerPeer<Name>>>,
+    log: LogLimit,
+}
+
 /// Serves `dir` on `listener` until `shutdown` resolves. See the module doc.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Arc<ServerConfig>,
     dir: PathBuf,
+    authorize: Authorize,
+    stats: Arc<Stats>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let dir = Arc::new(dir);
+    let shared = Arc::new(Shared {
+        acceptor: tokio_rustls::TlsAcceptor::from(tls),
+        dir,
+        authorize,
+        stats,
+        slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+        by_node: Arc::new(Mutex::new(PerPeer::default())),
+        log: LogLimit::default(),
+    });
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let by_addr: Arc<Mutex<PerPeer<IpAddr>>> = Arc::new(Mutex::new(PerPeer::default()));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
-                    let Ok(permit) = slots.clone().try_acquire_owned() else {
-                        tracing::debug!(%peer, "artifact endpoint busy; connection closed");
+                    let pending = handshakes.clone().try_acquire_owned().ok().and_then(|p| {
+                        Place::take(&by_addr, peer.ip(), MAX_HANDSHAKES_PER_ADDR).map(|a| (p, a))
+                    });
+                    let Some(pending) = pending else {
+                        shared.stats.busy_handshakes.fetch_add(1, Ordering::Relaxed);
+                        if shared.log.allow() {
+                            tracing::warn!(%peer, "artifact endpoint: too many handshakes; connection closed");
+                        }
                         continue;
                     };
-                    let acceptor = acceptor.clone();
-                    let dir = dir.clone();
+                    let shared = shared.clone();
                     tokio::spawn(async move {
-                        let _permit = permit;
-                        if let Err(e) = connection(acceptor, tcp, &dir).await {
+                        if let Err(e) = connection(&shared, tcp, pending).await {
                             tracing::debug!(%peer, error = %e, "artifact connection ended");
                         }
                     });
@@ -290,23 +441,67 @@ pub async fn serve(
     }
 }
 
+/// The node id in the verified client certificate's CN.
+fn peer_node(tls: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Option<Name> {
+    let der = tls.get_ref().1.peer_certificates()?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
+    Name::new(cn).ok()
+}
+
 async fn connection(
-    acceptor: tokio_rustls::TlsAcceptor,
+    shared: &Shared,
     tcp: tokio::net::TcpStream,
-    dir: &Path,
+    pending: (tokio::sync::OwnedSemaphorePermit, Place<IpAddr>),
 ) -> std::io::Result<()> {
+    let stats = &shared.stats;
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, shared.acceptor.accept(tcp)).await;
+    drop(pending);
+    let mut tls = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            stats.failed_handshakes.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+        Err(_) => {
+            stats.failed_handshakes.fetch_add(1, Ordering::Relaxed);
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "handshake timeout",
+            ));
+        }
+    };
+    // Authenticated: now a download slot, overall and for this node.
+    let node = peer_node(&tls);
+    let slot = shared.slots.clone().try_acquire_owned().ok();
+    let place = node
+        .as_ref()
+        .and_then(|n| Place::take(&shared.by_node, n.clone(), MAX_PER_NODE));
+    let (Some(node), Some(_slot), Some(_place)) = (node.clone(), slot, place) else {
+        if node.is_none() {
+            stats.forbidden.fetch_add(1, Ordering::Relaxed);
+            if shared.log.allow() {
+                tracing::warn!("artifact endpoint: client certificate names no node; refused");
+            }
+            return finish(&mut tls, error_head(403).as_bytes()).await;
+        }
+        stats.busy.fetch_add(1, Ordering::Relaxed);
+        if shared.log.allow() {
+            tracing::warn!(node = ?node.map(|n| n.to_string()), "artifact endpoint: too many downloads; 503");
+        }
+        return finish(&mut tls, error_head(503).as_bytes()).await;
+    };
     let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "request head timeout");
-    let (mut tls, head) = tokio::time::timeout(HEAD_TIMEOUT, async {
-        let mut tls = acceptor.accept(tcp).await?;
+    let head = tokio::time::timeout(HEAD_TIMEOUT, async {
         let mut buf = Vec::with_capacity(1024);
         let mut chunk = [0u8; 1024];
         loop {
             if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 buf.truncate(end);
-                return Ok::<_, std::io::Error>((tls, Some(buf)));
+                return Ok::<_, std::io::Error>(Some(buf));
             }
             if buf.len() > MAX_REQUEST_HEAD {
-                return Ok((tls, None));
+                return Ok(None);
             }
             let n = tls.read(&mut chunk).await?;
             if n == 0 {
@@ -325,7 +520,16 @@ async fn connection(
         Ok(g) => g,
         Err(status) => return finish(&mut tls, error_head(status).as_bytes()).await,
     };
-    let path = dir.join(&get.sha256);
+    let allowed =
+        hedge_wire::parse_sha256(&get.sha256).is_some_and(|sha| (shared.authorize)(&node, &sha));
+    if !allowed {
+        stats.forbidden.fetch_add(1, Ordering::Relaxed);
+        if shared.log.allow() {
+            tracing::warn!(node = %node, sha256 = %get.sha256, "artifact not in the node's desired state; refused");
+        }
+        return finish(&mut tls, error_head(403).as_bytes()).await;
+    }
+    let path = shared.dir.join(&get.sha256);
     let mut file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(e) => {
@@ -339,7 +543,8 @@ async fn connection(
     };
     let len = file.metadata().await?.len();
     let answer = plan(len, get.from);
-    tracing::info!(sha256 = %get.sha256, status = answer.status, from = answer.start, bytes = answer.length, "artifact request");
+    tracing::info!(node = %node, sha256 = %get.sha256, status = answer.status, from = answer.start, bytes = answer.length, "artifact request");
+    stats.served.fetch_add(1, Ordering::Relaxed);
     write(&mut tls, response_head(&answer, len).as_bytes()).await?;
     if answer.length > 0 {
         file.seek(std::io::SeekFrom::Start(answer.start)).await?;
@@ -427,6 +632,21 @@ mod tests {
             assert_eq!(ok(req.clone()), Err(status), "{req}");
         }
         assert_eq!(parse_request(b"\xff\xfe"), Err(400));
+    }
+
+    #[test]
+    fn per_peer_places_are_bounded_and_given_back() {
+        let mut p = PerPeer::default();
+        assert!(p.take(&"a", 2));
+        assert!(p.take(&"a", 2));
+        assert!(!p.take(&"a", 2));
+        assert!(p.take(&"b", 2));
+        p.give(&"a");
+        assert!(p.take(&"a", 2));
+        p.give(&"a");
+        p.give(&"a");
+        p.give(&"a");
+        assert!(!p.held.contains_key("a"), "emptied keys are forgotten");
     }
 
     #[test]
