@@ -51,6 +51,24 @@ pub enum MasterCommand {
         #[arg(long)]
         out: PathBuf,
         #[command(flatten)]
+        assign: AssignArgs,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Assign labels, region or an instance cap to a node: the only ones allocation
+    /// matches (what a node reports about itself is shown, never trusted).
+    Label {
+        /// The node id.
+        node: String,
+        /// Labels k=v to set.
+        #[arg(value_name = "K=V")]
+        pairs: Vec<String>,
+        #[command(flatten)]
+        assign: AssignArgs,
+        /// Remove this label (repeatable).
+        #[arg(long = "unset")]
+        unset: Vec<String>,
+        #[command(flatten)]
         config: ConfigArg,
     },
     /// Run the master: store records once, acknowledge them, publish desired states.
@@ -126,6 +144,60 @@ pub enum MasterCommand {
     },
 }
 
+/// Placement facts the operator assigns to a node.
+#[derive(Args)]
+pub struct AssignArgs {
+    /// A label k=v allocation may match (repeatable).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// The node's region (a technical or legal placement criterion).
+    #[arg(long)]
+    region: Option<String>,
+    /// At most this many instances, whatever the node reports.
+    #[arg(long)]
+    max_instances: Option<u32>,
+}
+
+/// `k=v` pairs; the key non-empty.
+fn parse_labels(kvs: &[String], flag: &str) -> Result<BTreeMap<String, String>, Failure> {
+    let mut out = BTreeMap::new();
+    for kv in kvs {
+        match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                out.insert(k.to_owned(), v.to_owned());
+            }
+            _ => {
+                return Err(Failure::usage(anyhow::anyhow!(
+                    "{flag} {kv:?}: expected k=v"
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Applies `labels`, `unset` and `a` to `node`'s assignment in the store.
+fn assign(
+    store: &MasterStore,
+    node: &Name,
+    labels: BTreeMap<String, String>,
+    unset: &[String],
+    a: &AssignArgs,
+) -> Result<hedge_master::store::Assignment, Failure> {
+    Ok(store.update_assignment(node, |x| {
+        x.labels.extend(labels);
+        for k in unset {
+            x.labels.remove(k);
+        }
+        if let Some(r) = &a.region {
+            x.region = (!r.is_empty()).then(|| r.clone());
+        }
+        if let Some(m) = a.max_instances {
+            x.max_instances = Some(m);
+        }
+    })?)
+}
+
 #[derive(Args)]
 pub struct View {
     /// Print JSON.
@@ -179,9 +251,15 @@ pub fn main(cmd: MasterCommand) -> Result<(), Failure> {
             );
             Ok(())
         }
-        MasterCommand::Enroll { node, out, config } => {
+        MasterCommand::Enroll {
+            node,
+            out,
+            assign: assigned,
+            config,
+        } => {
             let n =
                 Name::new(&node).map_err(|e| Failure::usage(anyhow::anyhow!("{node:?}: {e}")))?;
+            let labels = parse_labels(&assigned.labels, "--label")?;
             let dir = config
                 .config
                 .parent()
@@ -193,6 +271,8 @@ pub fn main(cmd: MasterCommand) -> Result<(), Failure> {
                 dir
             };
             pki::enroll(&dir, &n, &out).map_err(Failure::usage)?;
+            let store = open_store(&load(&config)?)?;
+            assign(&store, &n, labels, &[], &assigned)?;
             println!(
                 "bundle for {node} written to {} (secret: move it to the node, then delete it)",
                 out.display()
@@ -200,6 +280,22 @@ pub fn main(cmd: MasterCommand) -> Result<(), Failure> {
             Ok(())
         }
         MasterCommand::Run { config } => run(load(&config)?),
+        MasterCommand::Label {
+            node,
+            pairs,
+            assign: assigned,
+            unset,
+            config,
+        } => {
+            let n =
+                Name::new(&node).map_err(|e| Failure::usage(anyhow::anyhow!("{node:?}: {e}")))?;
+            let mut all = parse_labels(&pairs, "label")?;
+            all.extend(parse_labels(&assigned.labels, "--label")?);
+            let store = open_store(&load(&config)?)?;
+            let a = assign(&store, &n, all, &unset, &assigned)?;
+            println!("{}", serde_json::to_string(&a)?);
+            Ok(())
+        }
         MasterCommand::Supply {
             file,
             target,
@@ -282,12 +378,7 @@ pub fn main(cmd: MasterCommand) -> Result<(), Failure> {
                 arch,
                 region,
             };
-            for kv in labels {
-                let (k, v) = kv.split_once('=').ok_or_else(|| {
-                    Failure::usage(anyhow::anyhow!("--label {kv:?}: expected k=v"))
-                })?;
-                placement.labels.insert(k.into(), v.into());
-            }
+            placement.labels = parse_labels(&labels, "--label")?;
             drop(store);
             request_on_master(&cfg, request, placement)
         }

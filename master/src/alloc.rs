@@ -8,9 +8,13 @@
 //!    capacity or criteria (the operator decided); unknown: [`AllocError::NoSuchNode`].
 //! 2. Otherwise a candidate must match `arch` (the node's target triple, e.g.
 //!    `aarch64-unknown-linux-gnu`, or its first part, `aarch64`) and `region` exactly
-//!    (when asked), carry
-//!    every requested label with the same value, and have free capacity
-//!    (`capacity_instances > allocated_instances`).
+//!    (when asked), carry every requested label with the same value, and have free
+//!    capacity (`capacity_instances > allocated_instances`). Region and labels are the
+//!    operator-assigned ones ([`NodeSummary::labels`], [`NodeSummary::region`]); what a
+//!    node reports about itself (`reported_*`) is never matched, since a stolen or
+//!    misconfigured node could claim a region (a legal criterion) to attract workloads.
+//!    Arch and capacity are the node's report (capacity capped by the operator's
+//!    `max_instances` when assigned): a lie there can only misplace work onto itself.
 //! 3. Among candidates, nodes seen within `stale_after_ms` of `now_ms` come first;
 //!    then the least loaded (`allocated / capacity`, compared exactly); then by name.
 //!
@@ -245,6 +249,8 @@ mod tests {
             arch: Some(arch.into()),
             labels: BTreeMap::from([("site".into(), "lab".into())]),
             region: Some("eu".into()),
+            reported_labels: BTreeMap::new(),
+            reported_region: None,
             cpus: None,
             mem_bytes: None,
             capacity_instances: capacity,

@@ -18,10 +18,16 @@
 //! - A desired state is stored only with a generation above the stored one, and
 //!   generations handed out by [`MasterStore::next_generation`] or
 //!   [`MasterStore::update_desired`] are never handed out again, across processes.
-//! - The registry facts of a node (board, arch, labels, region, cores, memory,
-//!   capacity) come from its newest `NodeInfo` record (sent at every boot) or from
-//!   [`MasterStore::register_node`], whichever was written last; the newest
+//! - The registry facts of a node (board, arch, cores, memory, capacity, and the labels
+//!   and region it reports) come from its newest `NodeInfo` record (sent at every boot)
+//!   or from [`MasterStore::register_node`], whichever was written last; the newest
 //!   `NodeHealth` record is kept for the fleet view and updates the memory size.
+//! - What a node says about itself is shown, never trusted for placement: the labels and
+//!   region in [`NodeSummary::labels`]/[`NodeSummary::region`] (what allocation matches)
+//!   are only those the operator assigned ([`MasterStore::update_assignment`], `hedge
+//!   master enroll --label/--region`, `hedge master label`); the node's own are in
+//!   `reported_labels`/`reported_region`. Its reported capacity counts, capped by an
+//!   operator's `max_instances` when one is assigned.
 //! - [`MasterStore::ingest_within`] refuses a batch of a node that already has the given
 //!   number of record bytes stored ([`StoreError::QuotaExceeded`]), in the same
 //!   transaction, so the bound holds across processes (overshot by at most one batch).
@@ -34,6 +40,7 @@
 //! `nodes`, `desired`, `generations` (high-water mark of handed-out generations),
 //! `artifacts` (supplied software: release or NULL, target, sha256 hex, size; one row per
 //! (release, target) of a named release, one per (sha256, target) of an unnamed one),
+//! `assigned` (operator-assigned labels, region and instance cap per node),
 //! `node_bytes` (bytes of encoded records stored per node, for the ingest quota; filled
 //! from `records` the first time a node without a row ingests).
 //! New tables are created by `CREATE ... IF NOT EXISTS` at every open, so adding one
@@ -115,6 +122,12 @@ CREATE TABLE IF NOT EXISTS artifacts (
     supplied_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS artifacts_by_release ON artifacts (release, target);
+CREATE TABLE IF NOT EXISTS assigned (
+    node          TEXT PRIMARY KEY,
+    labels        TEXT NOT NULL DEFAULT '{}',
+    region        TEXT,
+    max_instances INTEGER
+);
 CREATE TABLE IF NOT EXISTS node_bytes (
     node  TEXT PRIMARY KEY,
     bytes INTEGER NOT NULL
@@ -247,6 +260,17 @@ pub struct NodeInfo {
     pub capacity_instances: u32,
 }
 
+/// What the operator assigned to a node: the only labels and region allocation trusts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// Labels matched by allocation.
+    pub labels: BTreeMap<String, String>,
+    /// Region (technical or legal placement criterion).
+    pub region: Option<String>,
+    /// At most this many instances, whatever the node reports.
+    pub max_instances: Option<u32>,
+}
+
 /// The latest node health a node reported.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
@@ -289,15 +313,22 @@ pub struct NodeSummary {
     pub board: Option<String>,
     /// Architecture.
     pub arch: Option<String>,
-    /// Labels.
+    /// Labels the operator assigned (what allocation matches).
     pub labels: BTreeMap<String, String>,
-    /// Region.
+    /// Region the operator assigned (what allocation matches).
     pub region: Option<String>,
+    /// Labels the node reports about itself (shown only).
+    #[serde(default)]
+    pub reported_labels: BTreeMap<String, String>,
+    /// Region the node reports about itself (shown only).
+    #[serde(default)]
+    pub reported_region: Option<String>,
     /// CPU count.
     pub cpus: Option<u32>,
     /// Memory, bytes (registered, or the latest health's total).
     pub mem_bytes: Option<u64>,
-    /// Instances the master may allocate to it.
+    /// Instances the master may allocate to it: the reported capacity, capped by the
+    /// operator's `max_instances` if assigned.
     pub capacity_instances: u32,
     /// Instances in its desired state that are not destroyed.
     pub allocated_instances: u32,
@@ -803,32 +834,69 @@ impl MasterStore {
         load_coverage(&conn, node)
     }
 
-    /// Adds or updates a node's registry facts; its counters and health are kept, and
-    /// a `mem_bytes` of `None` keeps the reported one.
+    /// Adds or updates a node's registry facts (an operator's: its labels and region
+    /// become the node's [`Assignment`], keeping an assigned `max_instances`); its
+    /// counters and health are kept, and a `mem_bytes` of `None` keeps the reported one.
     pub fn register_node(&self, info: &NodeInfo) -> Result<()> {
-        let labels = serde_json::to_string(&info.labels)?;
+        self.update_assignment(&info.node, |a| {
+            a.labels = info.labels.clone();
+            a.region = info.region.clone();
+        })?;
         let conn = self.conn();
         conn.execute(
-            "INSERT INTO nodes (node, board, arch, labels, region, cpus, mem_bytes,
-                 capacity_instances)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+            "INSERT INTO nodes (node, board, arch, cpus, mem_bytes, capacity_instances)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (node) DO UPDATE SET board = excluded.board,
-                 arch = excluded.arch, labels = excluded.labels, region = excluded.region,
-                 cpus = excluded.cpus,
+                 arch = excluded.arch, cpus = excluded.cpus,
                  mem_bytes = COALESCE(excluded.mem_bytes, nodes.mem_bytes),
                  capacity_instances = excluded.capacity_instances",
             params![
                 info.node.as_str(),
                 info.board,
                 info.arch,
-                labels,
-                info.region,
                 info.cpus,
                 info.mem_bytes.map(clamp_sql),
                 info.capacity_instances
             ],
         )?;
         Ok(())
+    }
+
+    /// What the operator assigned to `node` (empty when nothing).
+    pub fn assignment(&self, node: &Name) -> Result<Assignment> {
+        let conn = self.conn();
+        load_assignment(&conn, node)
+    }
+
+    /// In one transaction: reads `node`'s [`Assignment`], lets `f` change it, stores it,
+    /// and makes the node known to the fleet (it shows in [`MasterStore::nodes`] before
+    /// its first batch, with no capacity until it reports some).
+    pub fn update_assignment(
+        &self,
+        node: &Name,
+        f: impl FnOnce(&mut Assignment),
+    ) -> Result<Assignment> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut a = load_assignment(&tx, node)?;
+        f(&mut a);
+        tx.execute(
+            "INSERT INTO assigned (node, labels, region, max_instances) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (node) DO UPDATE SET labels = excluded.labels,
+                 region = excluded.region, max_instances = excluded.max_instances",
+            params![
+                node.as_str(),
+                serde_json::to_string(&a.labels)?,
+                a.region,
+                a.max_instances
+            ],
+        )?;
+        tx.execute(
+            "INSERT OR IGNORE INTO nodes (node) VALUES (?1)",
+            [node.as_str()],
+        )?;
+        tx.commit()?;
+        Ok(a)
     }
 
     /// Every known node, by name.
@@ -849,15 +917,20 @@ impl MasterStore {
             i64,
             u32,
             Option<Vec<u8>>,
+            Option<String>,
+            Option<String>,
+            Option<u32>,
         );
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT n.node, n.first_seen_ms, n.last_seen_ms, n.board, n.arch, n.labels,
                  n.region, n.cpus, n.mem_bytes, n.capacity_instances, n.records, n.last_seq,
-                 COALESCE(c.acked, 0), COALESCE(d.allocated, 0), n.health
+                 COALESCE(c.acked, 0), COALESCE(d.allocated, 0), n.health,
+                 a.labels, a.region, a.max_instances
              FROM nodes n
              LEFT JOIN coverage c ON c.node = n.node
              LEFT JOIN desired d ON d.node = n.node
+             LEFT JOIN assigned a ON a.node = n.node
              ORDER BY n.node",
         )?;
         let rows = stmt
@@ -878,6 +951,9 @@ impl MasterStore {
                     r.get(12)?,
                     r.get(13)?,
                     r.get(14)?,
+                    r.get(15)?,
+                    r.get(16)?,
+                    r.get(17)?,
                 ))
             })?
             .collect::<rusqlite::Result<Vec<Row>>>()?;
@@ -887,17 +963,26 @@ impl MasterStore {
                     Some(blob) => health_of(decode("health", &row.0, blob)?),
                     None => None,
                 };
+                let capacity = match row.17 {
+                    Some(cap) => row.9.min(cap),
+                    None => row.9,
+                };
                 Ok(NodeSummary {
-                    labels: serde_json::from_str(&row.5)?,
+                    reported_labels: serde_json::from_str(&row.5)?,
+                    reported_region: row.6,
+                    labels: match &row.15 {
+                        Some(l) => serde_json::from_str(l)?,
+                        None => BTreeMap::new(),
+                    },
+                    region: row.16,
                     node: name(row.0)?,
                     first_seen_ms: row.1.map(from_sql),
                     last_seen_ms: row.2.map(from_sql),
                     board: row.3,
                     arch: row.4,
-                    region: row.6,
                     cpus: row.7,
                     mem_bytes: row.8.map(from_sql),
-                    capacity_instances: row.9,
+                    capacity_instances: capacity,
                     records: from_sql(row.10),
                     last_seq: from_sql(row.11),
                     acked_upto: from_sql(row.12),
@@ -1340,6 +1425,24 @@ fn stored_bytes(tx: &Transaction<'_>, node: &Name) -> Result<u64> {
         params![node.as_str(), sum],
     )?;
     Ok(from_sql(sum))
+}
+
+fn load_assignment(conn: &Connection, node: &Name) -> Result<Assignment> {
+    let row: Option<(String, Option<String>, Option<u32>)> = conn
+        .query_row(
+            "SELECT labels, region, max_instances FROM assigned WHERE node = ?1",
+            [node.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    Ok(match row {
+        None => Assignment::default(),
+        Some((labels, region, max_instances)) => Assignment {
+            labels: serde_json::from_str(&labels)?,
+            region,
+            max_instances,
+        },
+    })
 }
 
 fn load_coverage(conn: &Connection, node: &Name) -> Result<Coverage> {

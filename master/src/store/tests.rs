@@ -281,10 +281,76 @@ fn node_info_records_fill_the_registry() {
     assert_eq!(node.arch.as_deref(), Some("aarch64-unknown-linux-gnu"));
     assert_eq!((node.cpus, node.mem_bytes), (Some(4), Some(8_000_000_000)));
     assert_eq!(
-        (node.capacity_instances, node.region.as_deref()),
+        (node.capacity_instances, node.reported_region.as_deref()),
         (16, None)
     );
-    assert_eq!(node.labels.get("camera").map(String::as_str), Some("yes"));
+    assert_eq!(
+        node.reported_labels.get("camera").map(String::as_str),
+        Some("yes")
+    );
+    // Reported, not assigned: allocation sees none of it.
+    assert!(node.labels.is_empty());
+}
+
+#[test]
+fn allocation_trusts_assigned_labels_and_region_not_reported_ones() {
+    use crate::alloc::{pick, AllocError, Placement};
+    let (_d, s) = open();
+    let claims = |seq: u64| Record {
+        seq,
+        time_ms: seq,
+        kind: RecordKind::NodeInfo {
+            board: "rpi4".into(),
+            arch: "aarch64-unknown-linux-gnu".into(),
+            cores: 4,
+            mem_total: 1,
+            max_instances: 1000,
+            labels: BTreeMap::from([("gpu".into(), "yes".into())]),
+            region: "eu".into(),
+        },
+    };
+    // liar claims region eu and gpu=yes, and a huge capacity; honest was assigned them.
+    for node in ["liar", "honest"] {
+        s.ingest(&n(node), &up(node, vec![claims(1)], Some((1, 1))), 0)
+            .unwrap();
+    }
+    s.update_assignment(&n("honest"), |a| {
+        a.region = Some("eu".into());
+        a.labels.insert("gpu".into(), "yes".into());
+        a.max_instances = Some(2);
+    })
+    .unwrap();
+    let want = Placement {
+        region: Some("eu".into()),
+        labels: BTreeMap::from([("gpu".into(), "yes".into())]),
+        ..Placement::default()
+    };
+    let nodes = s.nodes().unwrap();
+    assert_eq!(pick(&nodes, &want, 0, 1).unwrap().as_str(), "honest");
+    let liar = nodes.iter().find(|x| x.node.as_str() == "liar").unwrap();
+    assert_eq!(liar.reported_region.as_deref(), Some("eu"), "shown");
+    let honest = nodes.iter().find(|x| x.node.as_str() == "honest").unwrap();
+    assert_eq!(honest.capacity_instances, 2, "capped by the operator");
+    // Without the honest node, nothing fits: the liar's claims count for nothing.
+    let only_liar: Vec<_> = nodes
+        .into_iter()
+        .filter(|x| x.node.as_str() == "liar")
+        .collect();
+    assert!(matches!(
+        pick(&only_liar, &want, 0, 1),
+        Err(AllocError::NoCandidate { .. })
+    ));
+    // A new NodeInfo does not overwrite the assignment.
+    s.ingest(
+        &n("honest"),
+        &up("honest", vec![claims(2)], Some((2, 2))),
+        1,
+    )
+    .unwrap();
+    assert_eq!(
+        s.assignment(&n("honest")).unwrap().region.as_deref(),
+        Some("eu")
+    );
 }
 
 #[test]
