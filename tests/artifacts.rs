@@ -315,11 +315,18 @@ fn wrong_hashes_and_unsafe_archives_are_refused_and_nothing_is_written_outside_t
         ));
     }
     node.start();
-    // Requested on the node itself: `sha256:` works without the master's allocation.
+    wait_for("node registered", Duration::from_secs(30), || {
+        let v: Value = serde_json::from_str(&fleet.master_ok(&["nodes", "--json"])).ok()?;
+        v.as_array()?.iter().any(|n| n["node"] == "soft-2").then_some(())
+    });
+    // Requested through the master: the artifact endpoint serves a node only what its
+    // desired state names.
     for (what, sha) in shas.iter().chain([&("wrong", wrong_sha.clone())]) {
-        node.ok(&[
+        fleet.master_ok(&[
             "request",
             what,
+            "--node",
+            "soft-2",
             "--software",
             &format!("sha256:{sha}"),
             "--entry",
