@@ -317,7 +317,10 @@ fn wrong_hashes_and_unsafe_archives_are_refused_and_nothing_is_written_outside_t
     node.start();
     wait_for("node registered", Duration::from_secs(30), || {
         let v: Value = serde_json::from_str(&fleet.master_ok(&["nodes", "--json"])).ok()?;
-        v.as_array()?.iter().any(|n| n["node"] == "soft-2").then_some(())
+        v.as_array()?
+            .iter()
+            .any(|n| n["node"] == "soft-2")
+            .then_some(())
     });
     // Requested through the master: the artifact endpoint serves a node only what its
     // desired state names.

@@ -29,8 +29,9 @@
 //! - A client without a certificate fails the TLS handshake (`peer did not return a
 //!   certificate`); it never reaches MQTT.
 //!
-//! - `message_size_limit` ([`MESSAGE_SIZE_LIMIT`]): a larger PUBLISH is acknowledged and
-//!   dropped; the sender stays connected, no subscriber gets it.
+//! - `message_size_limit` ([`MESSAGE_SIZE_LIMIT`]): a larger PUBLISH is dropped (its QoS
+//!   flow completes, per mosquitto.conf(5)); no subscriber gets it, so the masters stay
+//!   connected while a node floods 300 KiB frames (`broker_tls.rs`).
 //!
 //! Privileges: mosquitto started as root drops to user `mosquitto` unless the config says
 //! `user root` (2.0 ignores `user` when not started as root). The keys in DIR are 0600 and
