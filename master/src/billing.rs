@@ -14,15 +14,18 @@
 //!   whole if it lies in the period. Records that are not usage, or whose interval
 //!   ends before it starts, are ignored.
 //! - One [`Line`] per (node, instance), sorted; GB are 10^9 bytes.
-//! - Quantities are rounded to 6 decimals; a line's cost is computed from its rounded
-//!   quantities, so anyone can recompute it from the invoice.
+//! - Everything is integer arithmetic, no floating point: CPU time and uptime are
+//!   prorated to whole microseconds (each record rounded half up once), memory and disk
+//!   are exact byte-milliseconds, prices are exact nano-units (at most 9 decimals).
 //! - Money is integer **micro-units** of the currency (`cost_micros`,
-//!   `total_micros`; 1 EUR = 1 000 000). Each line is rounded to the nearest micro-unit
-//!   once; the total is the exact sum of the lines. The CSV writes amounts as decimals
-//!   with 6 places. Round to cents only when presenting a final amount due.
+//!   `total_micros`; 1 EUR = 1 000 000). A line's cost is computed exactly from its
+//!   integer quantities and rounded half up to the micro-unit once; the total is the
+//!   exact sum of the lines. The quantities shown (`cpu_seconds`, `mem_gb_hours`, …)
+//!   are those integers in display units, to 6 decimals. The CSV writes amounts as
+//!   decimals with 6 places. Round to cents only when presenting a final amount due.
 //!
 //! The price list format (`deny_unknown_fields`) is [`PRICE_LIST_EXAMPLE`]. Prices are
-//! non-negative decimals in the currency's unit.
+//! non-negative decimals in the currency's unit, with at most 9 decimals.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -46,9 +49,12 @@ disk_gb_hour = 0.0001
 instance_hour = 0.001
 "#;
 
-const MS_PER_HOUR: f64 = 3_600_000.0;
-const BYTES_PER_GB: f64 = 1e9;
-const MICROS: f64 = 1e6;
+/// Milliseconds in an hour.
+const MS_PER_HOUR: u128 = 3_600_000;
+/// Bytes in a GB.
+const BYTES_PER_GB: u128 = 1_000_000_000;
+/// Nano-units in a unit of the currency.
+const NANOS: u128 = 1_000_000_000;
 
 /// Errors of billing.
 #[derive(Debug, thiserror::Error)]
@@ -64,8 +70,8 @@ pub enum BillingError {
     /// The price list is not valid TOML of the documented format.
     #[error("price list: {0}")]
     Toml(#[from] toml::de::Error),
-    /// A price is negative or not a finite number.
-    #[error("price list: {field} = {value} must be a finite number >= 0")]
+    /// A price is negative, not a finite number, or has more than 9 decimals.
+    #[error("price list: {field} = {value} must be a finite number >= 0 with at most 9 decimals")]
     Price {
         /// Which field.
         field: &'static str,
@@ -126,12 +132,42 @@ impl PriceList {
             ("disk_gb_hour", self.disk_gb_hour),
             ("instance_hour", self.instance_hour),
         ] {
-            if !value.is_finite() || value < 0.0 {
+            if nanos(value).is_none() {
                 return Err(BillingError::Price { field, value });
             }
         }
         Ok(())
     }
+
+    /// The prices in nano-units: (cpu second, memory GB-hour, disk GB-hour, hour).
+    /// A price that does not validate counts as 0 (`parse` and `load` refuse it).
+    fn nanos(&self) -> [u128; 4] {
+        [
+            self.cpu_second,
+            self.mem_gb_hour,
+            self.disk_gb_hour,
+            self.instance_hour,
+        ]
+        .map(|v| nanos(v).map_or(0, u128::from))
+    }
+}
+
+/// `value` in exact nano-units, from its shortest decimal form (`0.00002` is 20 000):
+/// `None` when it is negative, not finite, too large or has more than 9 decimals.
+fn nanos(value: f64) -> Option<u64> {
+    if !value.is_finite() || value < 0.0 {
+        return None;
+    }
+    // Rust prints the shortest decimal that reads back as the same f64, never an
+    // exponent: the digits the price list was written with.
+    let text = format!("{value}");
+    let (int, frac) = text.split_once('.').unwrap_or((&text, ""));
+    if frac.len() > 9 {
+        return None;
+    }
+    let int: u64 = int.parse().ok()?;
+    let frac: u64 = format!("{frac:0<9}").parse().ok()?;
+    int.checked_mul(1_000_000_000)?.checked_add(frac)
 }
 
 /// One UTC calendar month. Serialized as `"YYYY-MM"`.
@@ -277,16 +313,46 @@ pub fn format_micros(micros: u64) -> String {
     format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
 }
 
-fn round6(x: f64) -> f64 {
-    (x * 1e6).round() / 1e6
+/// `num / den` rounded half up (`den > 0`).
+fn div_round(num: u128, den: u128) -> u128 {
+    num / den + u128::from(num % den >= den - num % den)
 }
 
+/// `num / den` in display units, to 6 decimals.
+fn display6(num: u128, den: u128) -> f64 {
+    let millionths = div_round(num.saturating_mul(1_000_000), den);
+    // Exact up to 2^53 millionths (9e9 units), and only for display.
+    millionths as f64 / 1e6
+}
+
+/// What one (node, instance) used in the period, in exact integers.
 #[derive(Default)]
 struct Totals {
-    cpu_seconds: f64,
-    mem_gb_hours: f64,
-    disk_gb_hours: f64,
-    uptime_hours: f64,
+    cpu_us: u128,
+    mem_byte_ms: u128,
+    disk_byte_ms: u128,
+    uptime_us: u128,
+}
+
+impl Totals {
+    /// The cost in micro-units: each term brought to the denominator
+    /// `MS_PER_HOUR × BYTES_PER_GB × NANOS / 1e6` (3.6e18), summed, rounded once.
+    fn cost_micros(&self, [cpu, mem, disk, hour]: [u128; 4]) -> u64 {
+        let den = MS_PER_HOUR * BYTES_PER_GB * NANOS / 1_000_000;
+        let terms = [
+            // µs × nano/s: 1e-15 units = 1e-9 micros; × den / 1e9.
+            self.cpu_us.saturating_mul(cpu).saturating_mul(den / NANOS),
+            // byte·ms × nano/(GB·h): 1/(3.6e15 × 1e9) units = 1/3.6e18 micros.
+            self.mem_byte_ms.saturating_mul(mem),
+            self.disk_byte_ms.saturating_mul(disk),
+            // µs × nano/h: 1/(3.6e9 × 1e9) units = 1e6/3.6e18 micros.
+            self.uptime_us
+                .saturating_mul(hour)
+                .saturating_mul(1_000_000),
+        ];
+        let num = terms.iter().fold(0u128, |a, t| a.saturating_add(*t));
+        u64::try_from(div_round(num, den)).unwrap_or(u64::MAX)
+    }
 }
 
 impl Invoice {
@@ -347,9 +413,11 @@ pub fn invoice(period: Period, usage: &[(Name, Record)], prices: &PriceList) -> 
         if to < from {
             continue;
         }
-        let (overlap_ms, fraction) = if from == to {
+        // The overlapping share of the interval: overlap / len (1 / 1 for an empty
+        // interval inside the period).
+        let (overlap_ms, len_ms) = if from == to {
             if (start..end).contains(&from) {
-                (0, 1.0)
+                (0u128, 0u128)
             } else {
                 continue;
             }
@@ -358,36 +426,38 @@ pub fn invoice(period: Period, usage: &[(Name, Record)], prices: &PriceList) -> 
             if overlap == 0 {
                 continue;
             }
-            (overlap, overlap as f64 / (to - from) as f64)
+            (u128::from(overlap), u128::from(to - from))
         };
-        let hours = overlap_ms as f64 / MS_PER_HOUR;
+        let prorate_us = |ms: u64| {
+            let us = u128::from(ms) * 1000;
+            if len_ms == 0 {
+                us
+            } else {
+                div_round(us * overlap_ms, len_ms)
+            }
+        };
         let t = per.entry((node, instance)).or_default();
-        t.cpu_seconds += *cpu_ms as f64 * fraction / 1000.0;
-        t.mem_gb_hours += *mem_avg_bytes as f64 / BYTES_PER_GB * hours;
-        t.disk_gb_hours += *disk_bytes as f64 / BYTES_PER_GB * hours;
-        t.uptime_hours += *uptime_ms as f64 * fraction / MS_PER_HOUR;
+        t.cpu_us = t.cpu_us.saturating_add(prorate_us(*cpu_ms));
+        t.uptime_us = t.uptime_us.saturating_add(prorate_us(*uptime_ms));
+        t.mem_byte_ms = t
+            .mem_byte_ms
+            .saturating_add(u128::from(*mem_avg_bytes) * overlap_ms);
+        t.disk_byte_ms = t
+            .disk_byte_ms
+            .saturating_add(u128::from(*disk_bytes) * overlap_ms);
     }
+    let price = prices.nanos();
+    let gb_hour = BYTES_PER_GB * MS_PER_HOUR;
     let lines: Vec<Line> = per
         .into_iter()
-        .map(|((node, instance), t)| {
-            let cpu_seconds = round6(t.cpu_seconds);
-            let mem_gb_hours = round6(t.mem_gb_hours);
-            let disk_gb_hours = round6(t.disk_gb_hours);
-            let uptime_hours = round6(t.uptime_hours);
-            let cost = cpu_seconds * prices.cpu_second
-                + mem_gb_hours * prices.mem_gb_hour
-                + disk_gb_hours * prices.disk_gb_hour
-                + uptime_hours * prices.instance_hour;
-            Line {
-                node: node.clone(),
-                instance: instance.clone(),
-                cpu_seconds,
-                mem_gb_hours,
-                disk_gb_hours,
-                uptime_hours,
-                // `as` saturates (and maps NaN to 0): no overflow on absurd input.
-                cost_micros: (cost * MICROS).round() as u64,
-            }
+        .map(|((node, instance), t)| Line {
+            node: node.clone(),
+            instance: instance.clone(),
+            cpu_seconds: display6(t.cpu_us, 1_000_000),
+            mem_gb_hours: display6(t.mem_byte_ms, gb_hour),
+            disk_gb_hours: display6(t.disk_byte_ms, gb_hour),
+            uptime_hours: display6(t.uptime_us, MS_PER_HOUR * 1000),
+            cost_micros: t.cost_micros(price),
         })
         .collect();
     let total_micros = lines
@@ -569,6 +639,40 @@ mod tests {
         assert!(csv.ends_with("2026-11,EUR,TOTAL,,,,,,42.015000\n"), "{csv}");
         let back: Invoice = serde_json::from_str(&inv.to_json().unwrap()).unwrap();
         assert_eq!(back, inv);
+    }
+
+    #[test]
+    fn money_is_exact_integer_arithmetic() {
+        assert_eq!(nanos(0.00002), Some(20_000));
+        assert_eq!(nanos(0.004), Some(4_000_000));
+        assert_eq!(nanos(12.5), Some(12_500_000_000));
+        assert_eq!(nanos(0.000000001), Some(1));
+        assert_eq!(nanos(0.0000000001), None, "10 decimals");
+        assert!(matches!(
+            PriceList::parse("currency = \"EUR\"\ncpu_second = 0.0000000001\nmem_gb_hour = 0\ndisk_gb_hour = 0\n"),
+            Err(BillingError::Price { field: "cpu_second", .. })
+        ));
+        let p = Period::parse("2026-11").unwrap();
+        let s = p.start_ms();
+        let prices = |cpu_second: f64| PriceList {
+            currency: "EUR".into(),
+            cpu_second,
+            mem_gb_hour: 0.0,
+            disk_gb_hour: 0.0,
+            instance_hour: 0.0,
+        };
+        // Seven CPU seconds at 0.0000065: exactly 45.5 micro-units, rounded half up to
+        // 46 (in f64, 7 × 0.0000065 × 1e6 is 45.49999999999999 and rounds to 45).
+        let seven = vec![usage("pi-1", "web", s, s + 7000, 7000)];
+        assert_eq!(invoice(p, &seven, &prices(0.0000065)).total_micros, 46);
+        // A million one-millisecond records at 0.1 per CPU second: exactly 100 000
+        // micro-units, however the records fall.
+        let many: Vec<(Name, Record)> = (0..1_000_000u64)
+            .map(|i| usage("pi-1", "web", s + i * 10, s + i * 10 + 10, 1))
+            .collect();
+        let inv = invoice(p, &many, &prices(0.1));
+        assert_eq!(inv.lines[0].cpu_seconds, 1000.0);
+        assert_eq!(inv.total_micros, 100_000_000);
     }
 
     #[test]
