@@ -157,6 +157,11 @@ pub struct PartitionsSection {
     pub uid_min: u32,
     /// Last uid.
     pub uid_max: u32,
+    /// Seconds a uid freed by a destroy waits before another partition gets it.
+    pub uid_quarantine_s: u64,
+    /// Run each instance in its own cgroup v2 group where the host has a writable
+    /// one (kill the whole group on stop/destroy); `false` tracks processes by uid only.
+    pub cgroups: bool,
 }
 
 impl Default for PartitionsSection {
@@ -164,6 +169,8 @@ impl Default for PartitionsSection {
         PartitionsSection {
             uid_min: 20_000,
             uid_max: 20_999,
+            uid_quarantine_s: crate::partition::quarantine::DEFAULT_HOLD.as_secs(),
+            cgroups: true,
         }
     }
 }
@@ -517,6 +524,11 @@ keep = 3
 # When run as root, each partition gets its own uid (= gid) from this range.
 uid_min = 20000
 uid_max = 20999
+# A destroyed instance's processes are killed (its cgroup, or every process of its uid)
+# and its uid then waits this long before another partition gets it.
+uid_quarantine_s = 600
+# Each instance runs in its own cgroup v2 group where the host has a writable one.
+cgroups = true
 
 [store]
 # sled page cache and background flush period (defaults: from the board profile;

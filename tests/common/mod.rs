@@ -106,8 +106,15 @@ impl Node {
             daemon: None,
             wrapper: vec![],
         };
+        // Each node of a test binary gets its own 50 partition uids, so one node's
+        // "kill every process of this uid" never reaches another node's instance.
+        static NODES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NODES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 600;
+        let lo = 30_000 + n * 50;
         node.edit_config(|c| {
-            c.replace("backoff_base_ms = 100", "backoff_base_ms = 50")
+            c.replace("uid_min = 20000", &format!("uid_min = {lo}"))
+                .replace("uid_max = 20999", &format!("uid_max = {}", lo + 49))
+                .replace("backoff_base_ms = 100", "backoff_base_ms = 50")
                 .replace("backoff_max_ms = 30000", "backoff_max_ms = 800")
                 .replace("grace_ms = 5000", "grace_ms = 1000")
         });

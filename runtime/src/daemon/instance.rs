@@ -4,20 +4,57 @@
 //! pure machine and performs what it asks (spawn, signal, record) until it asks for
 //! nothing more. State changes are written to the store (observed state and an outbox
 //! record) as they happen.
+//!
+//! Every process of an instance dies with it: signals go to its process group and to
+//! every member of its cgroup; once the instance is stopped (idle), whatever is left
+//! in its cgroup — or, without cgroups, anything running as its uid — is SIGKILLed and
+//! waited for (at most [`SWEEP_WAIT`]) before a destroy frees the uid.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hedge_wire::{ExitStatus, InstanceRequest, InstanceStatus, Name, RecordKind, RequestedState};
 
 use super::software::Need;
 use super::{Daemon, Event};
-use crate::partition::limits::{rlimits, Cgroup};
+use crate::partition::cgroup::Cgroup;
+use crate::partition::limits::rlimits;
+use crate::partition::PartitionError;
 use crate::reconcile::Action as Plan;
 use crate::render::{self, RenderError};
 use crate::store::ObservedInstance;
 use crate::supervisor::lifecycle::{Action, Input, Lifecycle, Policy, Sig};
-use crate::supervisor::procfs;
 use crate::supervisor::spawn::{self, SpawnSpec};
+use crate::supervisor::{procfs, reap};
+
+/// Longest wait for SIGKILLed processes of a stopped instance to be gone.
+pub(crate) const SWEEP_WAIT: Duration = Duration::from_secs(2);
+
+/// SIGKILLs every process in `group` and waits (at most [`SWEEP_WAIT`]) until it is
+/// empty. Returns how many processes were in it.
+pub(crate) fn kill_group(group: &Cgroup) -> Result<usize, PartitionError> {
+    let found = group.pids().len();
+    if found == 0 {
+        return Ok(0);
+    }
+    let deadline = Instant::now() + SWEEP_WAIT;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        group.kill()?;
+        if group.is_empty() {
+            return Ok(found);
+        }
+        if Instant::now() >= deadline {
+            return Err(PartitionError::Io {
+                op: "empty",
+                path: group.path().to_owned(),
+                source: std::io::Error::other("processes still alive after SIGKILL"),
+            });
+        }
+        // Killed processes take a moment to exit; poll with a growing pause.
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
 
 /// The daemon's hold on one instance.
 pub(crate) struct Slot {
@@ -29,7 +66,7 @@ pub(crate) struct Slot {
     pub rendered_hash: Option<[u8; 32]>,
     /// Start time of the current process (for leftover detection after a crash).
     pub start_ticks: Option<u64>,
-    /// Its cgroup, when limits are enforced through one.
+    /// Its cgroup, where the node has cgroup v2 (made at its first start).
     pub cgroup: Option<Cgroup>,
     /// Destroy once idle.
     pub destroying: bool,
@@ -210,17 +247,65 @@ impl Daemon {
                         if let Err(e) = nix::sys::signal::killpg(pg, signal) {
                             tracing::debug!(instance = %name, pgid, error = %e, "signal not delivered");
                         }
+                        // Members that left the process group (`setsid`) get it too.
+                        if let Some(cg) = self.slots.get(name).and_then(|s| s.cgroup.as_ref()) {
+                            match sig {
+                                Sig::Term => cg.signal(signal),
+                                Sig::Kill => {
+                                    if let Err(e) = cg.kill() {
+                                        tracing::warn!(instance = %name, error = %e, "cgroup kill failed");
+                                    }
+                                }
+                            }
+                        }
                     }
                     Action::Status(status) => self.report(name, status),
                 }
             }
         }
-        let idle_destroying = self
+        let (idle, destroying) = self
             .slots
             .get(name)
-            .is_some_and(|s| s.destroying && s.lc.is_idle());
-        if idle_destroying {
+            .map_or((false, false), |s| (s.lc.is_idle(), s.destroying));
+        if idle {
+            self.sweep(name);
+        }
+        if idle && destroying {
             self.finish_destroy(name);
+        }
+    }
+
+    /// Kills whatever of a stopped instance still runs (in its cgroup, or as its uid
+    /// where there is no cgroup) and waits for it to be gone. False if some survived.
+    fn sweep(&mut self, name: &Name) -> bool {
+        let group = self.slots.get(name).and_then(|s| s.cgroup.clone());
+        let result = match group {
+            Some(g) => kill_group(&g).map_err(|e| e.to_string()),
+            None => match self.partitions.uid_of(name) {
+                Some(uid) => {
+                    let found = procfs::pids_of_uid(uid).len();
+                    if found == 0 {
+                        Ok(0)
+                    } else {
+                        reap::kill_uid_and_wait(uid, SWEEP_WAIT)
+                            .map(|()| found)
+                            .map_err(|e| e.to_string())
+                    }
+                }
+                None => Ok(0),
+            },
+        };
+        match result {
+            Ok(0) => true,
+            Ok(n) => {
+                self.counters.stragglers_killed += n as u64;
+                tracing::info!(instance = %name, killed = n, "killed processes that outlived the instance");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(instance = %name, error = %e, "processes of a stopped instance survive");
+                false
+            }
         }
     }
 
@@ -304,12 +389,16 @@ impl Daemon {
             }
         }
         let limits = slot.request.limits.clone();
-        let cgroup = match &slot.cgroup {
-            Some(_) => None,
-            None => Cgroup::setup(name, &limits).unwrap_or_else(|e| {
-                tracing::info!(instance = %name, error = %e, "cgroup limits not applied");
-                None
-            }),
+        let cgroup = match &self.cgroups {
+            Some(cgs) => match cgs.setup(name, &limits) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    self.counters.spawn_failures += 1;
+                    tracing::warn!(instance = %name, error = %e, "cannot prepare the instance's cgroup");
+                    return Input::SpawnFailed { waiting: false };
+                }
+            },
+            None => None,
         };
         let spec = SpawnSpec {
             program: rendered.program.clone(),
@@ -317,6 +406,7 @@ impl Daemon {
             env: rendered.env.clone(),
             dir: part.dir.clone(),
             owner: part.owner,
+            cgroup_procs: cgroup.as_ref().map(Cgroup::procs_path),
             rlimits: rlimits(&limits),
             log: spawn::log_path(&part.dir, name.as_str()),
             log_max_bytes: self.cfg.logs.max_bytes,
@@ -328,14 +418,7 @@ impl Daemon {
                 let Some(slot) = self.slots.get_mut(name) else {
                     return Input::SpawnFailed { waiting: false };
                 };
-                if cgroup.is_some() {
-                    slot.cgroup = cgroup;
-                }
-                if let Some(cg) = &slot.cgroup {
-                    if let Err(e) = cg.add_pid(pid) {
-                        tracing::warn!(instance = %name, error = %e, "cannot move process into cgroup");
-                    }
-                }
+                slot.cgroup = cgroup;
                 slot.rendered_hash = Some(rendered.hash);
                 slot.start_ticks = procfs::start_ticks(pid);
                 let tx = self.events_tx.clone();
@@ -371,13 +454,28 @@ impl Daemon {
         }
         let actions = self.incidents.on_instance_destroyed(super::now_ms(), name);
         self.incident_actions(actions);
-        if let Some(slot) = self.slots.remove(name) {
-            self.prune_downloads();
-            if let Some(cg) = &slot.cgroup {
-                if let Err(e) = cg.remove() {
-                    tracing::warn!(instance = %name, error = %e, "cannot remove cgroup");
-                }
+        // Nothing of the instance may outlive it: its uid is freed below.
+        self.sweep(name);
+        let group = match (
+            self.slots.get(name).and_then(|s| s.cgroup.clone()),
+            &self.cgroups,
+        ) {
+            (Some(g), _) => Some(g),
+            // A group left by an earlier run of the daemon.
+            (None, Some(cgs)) => cgs
+                .existing()
+                .into_iter()
+                .find(|(n, _)| n == name.as_str())
+                .map(|(_, g)| g),
+            (None, None) => None,
+        };
+        if let Some(cg) = &group {
+            if let Err(e) = cg.remove() {
+                tracing::warn!(instance = %name, error = %e, "cannot remove cgroup");
             }
+        }
+        if self.slots.remove(name).is_some() {
+            self.prune_downloads();
         }
         if let Err(e) = self.partitions.remove(name) {
             tracing::warn!(instance = %name, error = %e, "cannot remove partition");

@@ -124,6 +124,10 @@ pub struct Counters {
     pub spawn_failures: u64,
     /// Leftover process groups killed at boot.
     pub leftovers_killed: u64,
+    /// Processes of a stopped or destroyed instance that outlived its main process
+    /// (e.g. `setsid` children) and were killed through its cgroup or uid.
+    pub stragglers_killed: u64,
+
     /// Malformed `etc/connection.json` files seen.
     pub bad_connection_files: u64,
     /// Restarts asked by self-repair.
@@ -182,6 +186,8 @@ pub struct Daemon {
     link: Option<link::LinkHandle>,
     /// The artifact cache and its downloads.
     software: software::Software,
+    /// The node's cgroup v2 home, when the host has a writable one.
+    cgroups: Option<crate::partition::cgroup::Cgroups>,
 }
 
 /// As root, instances run as their partition's uid and must traverse the state
@@ -224,7 +230,19 @@ impl Daemon {
         warn_if_untraversable(&state);
         let store =
             Store::open_tuned(&cfg.store_dir(), cfg.cache_bytes(), cfg.flush_interval_ms())?;
-        let partitions = Partitions::new(&state, (cfg.partitions.uid_min, cfg.partitions.uid_max));
+        let partitions = Partitions::new(&state, (cfg.partitions.uid_min, cfg.partitions.uid_max))
+            .with_quarantine(Duration::from_secs(cfg.partitions.uid_quarantine_s));
+        partitions.check_range();
+        let cgroups = if cfg.partitions.cgroups {
+            let home = std::fs::canonicalize(&state).unwrap_or_else(|_| state.clone());
+            crate::partition::cgroup::Cgroups::detect(&crate::partition::cgroup::node_tag(
+                cfg.node_id().as_str(),
+                &home,
+            ))
+        } else {
+            tracing::info!("cgroups disabled by [partitions] cgroups = false: instances are tracked and killed by uid");
+            None
+        };
         let conns = store.conns()?;
         let incidents = crate::monitor::incident::Incidents::restore(
             store.next_incident_id()?,
@@ -268,6 +286,7 @@ impl Daemon {
             master_key: None,
             link: None,
             software: software::Software::new(crate::artifact::Cache::new(&state)),
+            cgroups,
         };
         d.master_key = d.cfg.master_key();
         d.kill_leftovers()?;
@@ -291,8 +310,39 @@ impl Daemon {
         self.record(kind);
     }
 
-    /// Kills process groups recorded by an earlier daemon that may still run.
+    /// Kills process groups recorded by an earlier daemon that may still run, and
+    /// everything left in the node's instance cgroups or, without cgroups, running as
+    /// a partition's uid (nothing of this daemon runs yet).
     fn kill_leftovers(&mut self) -> Result<(), DaemonError> {
+        if let Some(cgs) = &self.cgroups {
+            for (name, group) in cgs.existing() {
+                if !group.is_empty() {
+                    self.counters.leftovers_killed += 1;
+                    tracing::info!(instance = %name, "killing leftover processes in the instance's cgroup");
+                }
+                if let Err(e) = instance::kill_group(&group) {
+                    tracing::warn!(instance = %name, error = %e, "leftover cgroup not emptied");
+                }
+                let _ = group.remove();
+            }
+        } else {
+            // No cgroups: whatever still runs as a partition's uid is a leftover.
+            for name in self.partitions_on_disk() {
+                let Some(uid) = self.partitions.uid_of(&name) else {
+                    continue;
+                };
+                if procfs::pids_of_uid(uid).is_empty() {
+                    continue;
+                }
+                self.counters.leftovers_killed += 1;
+                tracing::info!(instance = %name, uid, "killing leftover processes of the partition's uid");
+                if let Err(e) =
+                    crate::supervisor::reap::kill_uid_and_wait(uid, instance::SWEEP_WAIT)
+                {
+                    tracing::warn!(instance = %name, error = %e, "leftover processes not killed");
+                }
+            }
+        }
         for (name, mut obs) in self.store.observed()? {
             let Some(pgid) = obs.pgid else { continue };
             match procfs::judge(obs.start_ticks, procfs::start_ticks(pgid)) {
@@ -484,6 +534,9 @@ impl Daemon {
             m.abort();
         }
         let _ = std::fs::remove_file(self.cfg.socket_path());
+        if let Some(cgs) = &self.cgroups {
+            cgs.remove_empty();
+        }
         tracing::info!("node stopped");
         Ok(())
     }

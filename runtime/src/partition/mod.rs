@@ -9,6 +9,14 @@
 //! `partitions/` itself is mode 0711: a partition's uid can pass through it to its own
 //! partition but cannot list the other tenants' names.
 //!
+//! A uid is free when no other partition owns it, it is not in [`quarantine`] (a uid
+//! freed by [`Partitions::remove`] waits there, [`quarantine::DEFAULT_HOLD`] unless
+//! configured, across daemon restarts), no live process has it, and no user or group
+//! of the host has it as id (`getpwuid`/`getgrgid`): such ids are skipped, never
+//! handed out, and [`Partitions::check_range`] logs them once at start. The caller
+//! kills the instance's processes (its cgroup, or [`crate::supervisor::reap`]) before
+//! calling [`Partitions::remove`].
+//!
 //! The partition tree is writable by the instance, so it may hold symlinks planted to
 //! point anywhere (`etc -> /`). The node never follows one: directories are walked by
 //! descriptor with `O_NOFOLLOW` (see the private `at` module), [`Partitions::write_file`]
@@ -19,7 +27,9 @@
 //! remove on destroy). Resource limits live in [`limits`].
 
 pub(crate) mod at;
+pub mod cgroup;
 pub mod limits;
+pub mod quarantine;
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -29,6 +39,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use hedge_wire::types::Name;
 use nix::errno::Errno;
@@ -79,7 +90,7 @@ pub enum PartitionError {
     #[error("{} exists and is not a directory", .0.display())]
     NotDir(PathBuf),
     /// Every uid of the configured range owns a partition.
-    #[error("no free partition uid in {lo}..={hi}")]
+    #[error("no free partition uid in {lo}..={hi} (each is in use, quarantined after a destroy, held by a live process, or a host user's or group's id)")]
     UidsExhausted {
         /// First uid of the range (uid 0 is never handed out).
         lo: u32,
@@ -111,6 +122,10 @@ pub struct Partitions {
     root: PathBuf,
     uid_range: (u32, u32),
     as_root: bool,
+    /// `<state_dir>/uid-quarantine`.
+    quarantine_file: PathBuf,
+    /// How long a freed uid waits.
+    hold: Duration,
     /// Serialises uid allocation within this process.
     alloc: Mutex<()>,
 }
@@ -127,8 +142,35 @@ impl Partitions {
             root: state_dir.join("partitions"),
             uid_range,
             as_root,
+            quarantine_file: state_dir.join("uid-quarantine"),
+            hold: quarantine::DEFAULT_HOLD,
             alloc: Mutex::new(()),
         }
+    }
+
+    /// Sets how long a freed uid waits before reuse.
+    pub fn with_quarantine(mut self, hold: Duration) -> Self {
+        self.hold = hold;
+        self
+    }
+
+    /// Logs, once at start, the uids of the range that belong to host users or groups
+    /// (they are skipped); returns how many there are.
+    pub fn check_range(&self) -> usize {
+        if !self.as_root {
+            return 0;
+        }
+        let (lo, hi) = (self.uid_range.0.max(1), self.uid_range.1);
+        let taken: Vec<u32> = (lo..=hi).filter(|u| host_id(*u)).collect();
+        if let (Some(first), Some(last)) = (taken.first(), taken.last()) {
+            tracing::warn!(
+                count = taken.len(),
+                first,
+                last,
+                "partition uid range overlaps host users or groups; those ids are never handed out"
+            );
+        }
+        taken.len()
     }
 
     /// Where the partition of `name` lives (whether or not it exists).
@@ -154,7 +196,7 @@ impl Partitions {
         let owner = if self.as_root {
             let current = pdir.metadata().map_err(io_err("stat", &dir))?.uid();
             let used = self.uids_in_use(name)?;
-            let uid = if self.in_range(current) && !used.contains(&current) {
+            let uid = if self.in_range(current) && !used.contains(&current) && !host_id(current) {
                 current
             } else {
                 self.free_uid(&used)?
@@ -191,9 +233,32 @@ impl Partitions {
         })
     }
 
+    /// The uid owning the partition of `name` when the node runs as root and it is one
+    /// of the range's (what [`Partitions::remove`] frees).
+    pub fn uid_of(&self, name: &Name) -> Option<u32> {
+        let m = std::fs::symlink_metadata(self.path(name)).ok()?;
+        (self.as_root && m.is_dir() && self.in_range(m.uid())).then(|| m.uid())
+    }
+
     /// Removes the partition of `name`; no error if it does not exist. Symlinks inside
-    /// are removed, never followed.
+    /// are removed, never followed. Its uid goes into quarantine.
     pub fn remove(&self, name: &Name) -> Result<(), PartitionError> {
+        let _guard = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
+        let freed = self.uid_of(name);
+        let result = self.remove_dir(name);
+        if let Some(uid) = freed {
+            if let Some(clock) = quarantine::now() {
+                let mut q = quarantine::load(&self.quarantine_file, &clock, self.hold);
+                q.hold(uid, clock.secs);
+                quarantine::save(&self.quarantine_file, &q)
+                    .map_err(io_err("write", &self.quarantine_file))?;
+                tracing::info!(instance = %name, uid, hold_s = self.hold.as_secs(), "partition uid quarantined");
+            }
+        }
+        result
+    }
+
+    fn remove_dir(&self, name: &Name) -> Result<(), PartitionError> {
         let dir = self.path(name);
         match std::fs::symlink_metadata(&dir) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -280,14 +345,37 @@ impl Partitions {
         Ok(used)
     }
 
-    /// The lowest uid of the range not in `used`.
+    /// The lowest uid of the range not in `used`, not quarantined, not a host user's or
+    /// group's and not held by a live process.
     fn free_uid(&self, used: &BTreeSet<u32>) -> Result<u32, PartitionError> {
         let (lo, hi) = (self.uid_range.0.max(1), self.uid_range.1);
-        // At most `used.len() + 1` steps: `used` holds one uid per partition.
+        let held: BTreeSet<u32> = match quarantine::now() {
+            Some(clock) => {
+                let mut q = quarantine::load(&self.quarantine_file, &clock, self.hold);
+                if q.expire(clock.secs) {
+                    let _ = quarantine::save(&self.quarantine_file, &q);
+                }
+                q.uids().collect()
+            }
+            None => BTreeSet::new(),
+        };
+        let live = crate::supervisor::procfs::live_uids();
+        // Each step skips one taken id: at most the number of taken ids + 1 steps.
         (lo..=hi)
-            .find(|u| !used.contains(u))
+            .find(|u| !used.contains(u) && !held.contains(u) && !live.contains(u) && !host_id(*u))
             .ok_or(PartitionError::UidsExhausted { lo, hi })
     }
+}
+
+/// Whether `id` is the uid of a host user or the gid of a host group.
+fn host_id(id: u32) -> bool {
+    matches!(
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(id)),
+        Ok(Some(_))
+    ) || matches!(
+        nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(id)),
+        Ok(Some(_))
+    )
 }
 
 /// Checks that `rel` is a plain relative path: 1..=1024 bytes, no NUL, not absolute,
@@ -471,6 +559,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use std::os::unix::fs::symlink;
+    use std::os::unix::process::CommandExt;
 
     use super::*;
 
@@ -533,20 +622,64 @@ mod tests {
             parts2.ensure(&name("b")).unwrap().owner,
             Some((60001, 60001))
         );
-        // A freed uid is reused by the next new partition.
+        // A freed uid is quarantined: the next new partition gets another one…
         parts.remove(&name("a")).unwrap();
         assert_eq!(
             parts.ensure(&name("c")).unwrap().owner,
-            Some((60000, 60000))
+            Some((60002, 60002))
         );
-        parts.ensure(&name("d")).unwrap();
+        // …and, with the range used up, none, also after a daemon restart.
         assert!(matches!(
-            parts.ensure(&name("e")),
+            parts.ensure(&name("d")),
             Err(PartitionError::UidsExhausted {
                 lo: 60000,
                 hi: 60002
             })
         ));
+        let restarted = Partitions::new(tmp.path(), (60000, 60002));
+        assert!(matches!(
+            restarted.ensure(&name("d")),
+            Err(PartitionError::UidsExhausted { .. })
+        ));
+        // Once the quarantine is over, the uid is handed out again.
+        let short = Partitions::new(tmp.path(), (60000, 60002)).with_quarantine(Duration::ZERO);
+        assert_eq!(
+            short.ensure(&name("d")).unwrap().owner,
+            Some((60000, 60000))
+        );
+    }
+
+    #[test]
+    fn ids_of_host_users_groups_and_live_processes_are_never_allocated() {
+        if !is_root() {
+            return;
+        }
+        // uid 0 is excluded by the range check; the first host user or group id above
+        // it (e.g. `daemon`, 1) must be skipped.
+        let host = (1..1000).find(|u| host_id(*u)).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let parts = Partitions::new(tmp.path(), (host, host));
+        assert_eq!(parts.check_range(), 1);
+        assert!(matches!(
+            parts.ensure(&name("a")),
+            Err(PartitionError::UidsExhausted { .. })
+        ));
+        // A uid that a live process holds (here a child running as it).
+        let busy = 64_321;
+        assert!(!host_id(busy));
+        let mut child = std::process::Command::new("sleep")
+            .arg("1000")
+            .uid(busy)
+            .spawn()
+            .unwrap();
+        let parts = Partitions::new(tmp.path(), (busy, busy + 1));
+        assert_eq!(parts.check_range(), 0);
+        assert_eq!(
+            parts.ensure(&name("b")).unwrap().owner,
+            Some((busy + 1, busy + 1))
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! The supervisor: runs each instance's process and keeps it running.
 //!
 //! [`lifecycle`] is the pure per-instance state machine; [`spawn`] starts a process in
-//! its partition (own process group, dropped privileges, rlimits, parent-death
-//! signal, output into a rotating log); [`procfs`] reads process facts used to clean up
-//! leftovers of an earlier daemon.
+//! its partition (own process group and cgroup, dropped privileges, rlimits,
+//! parent-death signal, output into a rotating log); [`procfs`] reads process facts
+//! used to clean up leftovers of an earlier daemon and to find a uid's processes;
+//! [`reap`] kills every process of a uid where there is no cgroup to kill.
 
 pub mod lifecycle;
 pub mod procfs;
+pub mod reap;
 pub mod spawn;

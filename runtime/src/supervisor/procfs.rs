@@ -1,9 +1,11 @@
 //! Process facts from `/proc`, used to tell a leftover of an earlier daemon from an
-//! unrelated process that reused its pid.
+//! unrelated process that reused its pid, and to find every process of a uid.
 //!
-//! Contract: pure parsers over the file text, plus thin readers that return `None` when
-//! the process is gone or the file is unreadable.
+//! Contract: pure parsers over the file text, plus thin readers that return `None` (or
+//! skip the process) when it is gone or the file is unreadable. Zombies count as dead:
+//! they run nothing and hold nothing but their pid.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 /// Field 22 of `/proc/PID/stat` (start time in clock ticks since boot), parsed from the
@@ -20,6 +22,60 @@ pub fn start_ticks(pid: u32) -> Option<u64> {
     let text =
         std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")).ok()?;
     parse_start_ticks(&text)
+}
+
+/// From a `/proc/PID/status` text: the process's uids (real, effective, saved,
+/// filesystem) and whether it is a zombie. Pure.
+pub fn parse_status(status: &str) -> Option<([u32; 4], bool)> {
+    let mut uids = None;
+    let mut zombie = None;
+    for line in status.lines() {
+        if let Some(v) = line.strip_prefix("Uid:") {
+            let mut out = [0u32; 4];
+            let mut it = v.split_whitespace();
+            for slot in &mut out {
+                *slot = it.next()?.parse().ok()?;
+            }
+            uids = Some(out);
+        } else if let Some(v) = line.strip_prefix("State:") {
+            zombie = Some(matches!(v.trim_start().chars().next(), Some('Z' | 'X')));
+        }
+        if uids.is_some() && zombie.is_some() {
+            break;
+        }
+    }
+    Some((uids?, zombie?))
+}
+
+/// Every live process: `(pid, uids)`, from one scan of `/proc`.
+pub fn processes() -> Vec<(u32, [u32; 4])> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            match parse_status(&text)? {
+                (_, true) => None,
+                (uids, false) => Some((pid, uids)),
+            }
+        })
+        .collect()
+}
+
+/// Live processes having `uid` as any of their uids.
+pub fn pids_of_uid(uid: u32) -> Vec<u32> {
+    processes()
+        .into_iter()
+        .filter(|(_, u)| u.contains(&uid))
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// The uids (any of the four) of every live process.
+pub fn live_uids() -> BTreeSet<u32> {
+    processes().into_iter().flat_map(|(_, u)| u).collect()
 }
 
 /// What to do about a process group recorded by an earlier daemon.
@@ -45,6 +101,8 @@ pub fn judge(recorded: Option<u64>, now: Option<u64>) -> Leftover {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
@@ -58,6 +116,32 @@ mod tests {
     #[test]
     fn own_process_has_a_start_time() {
         assert!(start_ticks(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn status_uids_and_zombies() {
+        let text = "Name:\tsh\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t7\nUid:\t20000\t20001\t20002\t20003\nGid:\t0\t0\t0\t0\n";
+        assert_eq!(
+            parse_status(text),
+            Some(([20000, 20001, 20002, 20003], false))
+        );
+        let z = "State:\tZ (zombie)\nUid:\t5\t5\t5\t5\n";
+        assert_eq!(parse_status(z), Some(([5; 4], true)));
+        assert_eq!(parse_status("State:\tR\nUid:\t1\t2\n"), None);
+        assert_eq!(parse_status("garbage"), None);
+    }
+
+    #[test]
+    fn own_uid_is_found_by_the_scan() {
+        let me = nix::unistd::geteuid().as_raw();
+        let pid = std::process::id();
+        assert!(pids_of_uid(me).contains(&pid));
+        assert!(live_uids().contains(&me));
+        // A process that is gone is not listed.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        assert!(!processes().iter().any(|(p, _)| *p == gone));
     }
 
     #[test]

@@ -2,8 +2,12 @@
 //!
 //! Contract: [`spawn`] starts `program` in the partition directory with a clean
 //! environment (`PATH`, `HOME` = partition, `HEDGE_PARTITION`, and the rendered
-//! parameters), in a new process group (pgid = pid), as the partition's user when the
-//! daemon is root, with the requested rlimits, and with `PR_SET_PDEATHSIG = SIGKILL`.
+//! parameters), in a new process group (pgid = pid), in the instance's cgroup when it
+//! has one, as the partition's user when the daemon is root, with the requested
+//! rlimits, and with `PR_SET_PDEATHSIG = SIGKILL`. The cgroup's `cgroup.procs` is
+//! opened before `fork` and the child writes "0" to it, still as root, before it drops
+//! its privileges and calls `exec`: the program's first instruction already runs in its
+//! group, so nothing it forks can escape the group's limits or its `cgroup.kill`.
 //! stdout and stderr go to the partition's rotating log (`var/log/<name>.log`) through
 //! two small pump tasks. The returned [`tokio::process::Child`] must be awaited by the
 //! caller to learn the exit.
@@ -34,6 +38,14 @@ pub enum SpawnError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The instance's cgroup could not be opened.
+    #[error("cannot open {path}: {source}")]
+    Cgroup {
+        /// Its `cgroup.procs`.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The log file could not be opened.
     #[error("cannot open log {path}: {source}")]
     Log {
@@ -57,6 +69,8 @@ pub struct SpawnSpec {
     pub dir: PathBuf,
     /// uid/gid to drop to (root only).
     pub owner: Option<(u32, u32)>,
+    /// The `cgroup.procs` of the instance's cgroup, joined before exec.
+    pub cgroup_procs: Option<PathBuf>,
     /// rlimits applied in the child before exec (soft = hard).
     pub rlimits: Vec<(Resource, u64)>,
     /// Log file path.
@@ -100,26 +114,48 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
-    if let Some((uid, gid)) = spec.owner {
-        cmd.uid(uid).gid(gid);
-    }
+    let cgroup = match &spec.cgroup_procs {
+        Some(path) => Some(std::fs::OpenOptions::new().write(true).open(path).map_err(
+            |source| SpawnError::Cgroup {
+                path: path.clone(),
+                source,
+            },
+        )?),
+        None => None,
+    };
+    let owner = spec
+        .owner
+        .map(|(u, g)| (nix::unistd::Uid::from_raw(u), nix::unistd::Gid::from_raw(g)));
     let rlimits = spec.rlimits.clone();
     let parent = std::process::id();
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (prctl, getppid, setrlimit) on data captured by
-    // move; it neither allocates nor takes locks.
+    // async-signal-safe system calls (prctl, getppid, write, setrlimit, setgroups,
+    // setgid, setuid) on data captured by move; it neither allocates nor takes locks.
+    // Privileges are dropped here rather than through `Command::uid`, which would drop
+    // them before this closure runs, when the child could no longer join its cgroup;
+    // the parent-death signal is set after that, since a uid change clears it.
     #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
-            // The daemon may have died between fork and prctl: then we must not run.
-            if nix::unistd::getppid().as_raw() as u32 != parent {
-                return Err(std::io::Error::other("supervisor is gone"));
+            if let Some(procs) = &cgroup {
+                // "0" moves the writer itself into the group.
+                nix::unistd::write(procs, b"0")?;
             }
             for (res, value) in &rlimits {
                 // rlim_t is u32 on 32-bit ARM: a larger limit means no limit there.
                 let v = nix::libc::rlim_t::try_from(*value).unwrap_or(nix::libc::RLIM_INFINITY);
                 setrlimit(*res, v, v)?;
+            }
+            if let Some((uid, gid)) = owner {
+                nix::unistd::setgroups(&[])?;
+                nix::unistd::setgid(gid)?;
+                nix::unistd::setuid(uid)?;
+            }
+            // After the uid change, which clears the parent-death signal.
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            // The daemon may have died before prctl: then we must not run.
+            if nix::unistd::getppid().as_raw() as u32 != parent {
+                return Err(std::io::Error::other("supervisor is gone"));
             }
             Ok(())
         });
