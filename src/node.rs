@@ -300,21 +300,11 @@ fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
     Ok(())
 }
 
-fn bind(path: &Path) -> Result<tokio::net::UnixListener, Failure> {
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(Failure::usage(anyhow::anyhow!(
-                "a node daemon already listens on {}",
-                path.display()
-            )));
-        }
-        std::fs::remove_file(path)
-            .with_context(|| format!("cannot remove stale {}", path.display()))?;
-    }
-    let listener = tokio::net::UnixListener::bind(path)
-        .with_context(|| format!("cannot bind {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    Ok(listener)
+fn bind(cfg: &NodeConfig) -> Result<tokio::net::UnixListener, Failure> {
+    api::bind(&cfg.socket_path(), cfg.api_gid()).map_err(|e| match e {
+        ApiError::AlreadyRunning(_) => Failure::usage(e),
+        e => Failure::from(e),
+    })
 }
 
 fn run(cfg: NodeConfig) -> Result<(), Failure> {
@@ -324,7 +314,7 @@ fn run(cfg: NodeConfig) -> Result<(), Failure> {
     let rt = crate::process::runtime()?;
     rt.block_on(async {
         let daemon = Daemon::boot(cfg.clone())?;
-        let listener = bind(&cfg.socket_path())?;
+        let listener = bind(&cfg)?;
         let shutdown = crate::process::shutdown_signal();
         daemon.run(listener, shutdown).await?;
         Ok::<(), Failure>(())

@@ -1,6 +1,7 @@
-//! Tenants cannot outlive their instance: a `setsid` child of a destroyed instance is
-//! dead before its uid is handed out again, freed uids wait in a quarantine that
-//! survives a daemon restart, and processes join their cgroup before `exec`.
+//! Tenants cannot outlive their instance or reach the daemon: a `setsid` child of a
+//! destroyed instance is dead before its uid is handed out again, freed uids wait in a
+//! quarantine that survives a daemon restart, processes join their cgroup before
+//! `exec`, and partition uids cannot use the local API.
 //!
 //! These need root (partition uids, cgroups). Under `CI` they fail when not root;
 //! elsewhere they say so and pass.
@@ -8,6 +9,9 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::time::Duration;
 
 use common::{alive, wait_for, Node};
@@ -235,4 +239,65 @@ fn without_cgroups_stop_restart_and_destroy_kill_every_process_of_the_uid() {
     });
     assert!(!alive(child), "setsid child {child} survived the destroy");
     assert_eq!(processes_of(uid), Vec::<u32>::new());
+}
+
+/// A copy of the hedge binary that any uid can run (the build directory may not be
+/// traversable by other users).
+fn hedge_for_everyone(dir: &Path) -> std::path::PathBuf {
+    let bin = dir.join("hedge-client");
+    std::fs::copy(env!("CARGO_BIN_EXE_hedge"), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+fn status_as(bin: &Path, node: &Node, uid: u32) -> std::process::Output {
+    std::process::Command::new(bin)
+        .args(["node", "status", "--json", "--config"])
+        .arg(node.config())
+        .uid(uid)
+        .gid(uid)
+        .env_clear()
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn partition_uids_cannot_use_the_local_api() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut node = Node::init();
+    let uid = one_uid(&node);
+    node.start();
+    let sock = node.home().join("hedge.sock");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::symlink_metadata(&sock).unwrap().mode() & 0o777,
+        0o600
+    );
+    std::fs::set_permissions(node.config(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let bin = hedge_for_everyone(node.dir.path());
+
+    // The socket's mode keeps a partition uid out: connect fails with EACCES.
+    let out = status_as(&bin, &node, uid);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ermission denied"), "{err}");
+
+    // With a loose mode (a mistake, or a uid that got through) the daemon refuses the
+    // peer by its credentials, with a typed answer, and counts it.
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = status_as(&bin, &node, uid);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("partition uid"), "{err}");
+    // Any other user that is neither root nor in the API group: refused too.
+    let out = status_as(&bin, &node, 65_534);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("may not use the local API"), "{err}");
+
+    let st = node.status();
+    assert_eq!(st["counters"]["api_refused"], 2, "{st}");
+    assert!(node.daemon_log().contains("local API connection refused"));
 }

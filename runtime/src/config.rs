@@ -70,6 +70,9 @@ pub struct NodeConfig {
     /// `[metrics]`.
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// `[api]`.
+    #[serde(default)]
+    pub api: ApiSection,
     /// `[uplink]`.
     #[serde(default)]
     pub uplink: UplinkSection,
@@ -173,6 +176,15 @@ impl Default for PartitionsSection {
             cgroups: true,
         }
     }
+}
+
+/// `[api]`: the local API socket.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSection {
+    /// A host group whose members may use the local API besides root (socket mode 0660,
+    /// group-owned); root only when absent (mode 0600).
+    pub group: Option<String>,
 }
 
 /// `[store]`. Absent values come from the board profile.
@@ -373,6 +385,16 @@ impl NodeConfig {
         if self.partitions.uid_min == 0 || self.partitions.uid_min > self.partitions.uid_max {
             return Err("partitions: need 0 < uid_min <= uid_max".into());
         }
+        if let Some(g) = &self.api.group {
+            let gid = self.api_gid().ok_or_else(|| {
+                format!("api.group {g:?} is not a group of this host (see /etc/group)")
+            })?;
+            if gid >= self.partitions.uid_min && gid <= self.partitions.uid_max {
+                return Err(format!(
+                    "api.group {g:?} has gid {gid}, inside the partition uid range"
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -389,6 +411,15 @@ impl NodeConfig {
     /// The sled store directory.
     pub fn store_dir(&self) -> PathBuf {
         self.state_dir().join("store")
+    }
+
+    /// The gid of `api.group`, when set and known to the host.
+    pub fn api_gid(&self) -> Option<u32> {
+        let name = self.api.group.as_deref()?;
+        nix::unistd::Group::from_name(name)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw())
     }
 
     /// The local API socket.
@@ -560,6 +591,11 @@ escalate_after = 3
 # Prometheus text endpoint (GET /metrics) on a loopback address; off when absent.
 # listen = "127.0.0.1:9464"
 
+[api]
+# The local API socket (state_dir/hedge.sock) admits root; set a host group to also
+# admit its members (never a partition uid).
+# group = "hedge"
+
 [uplink]
 # The MQTT link to the master (mutual TLS). `hedge node init --enroll FILE` fills this
 # in; without it the node runs fully offline and keeps its records.
@@ -602,6 +638,30 @@ mod tests {
         let c = load(&default_file("n1")).unwrap();
         assert_eq!(c.node_id().as_str(), "n1");
         assert_eq!(c.policy(), Policy::default());
+    }
+
+    #[test]
+    fn the_api_group_must_exist_outside_the_partition_range() {
+        let c = load("[node]\nid = \"a\"\n[api]\ngroup = \"root\"\n").unwrap();
+        assert_eq!(c.api_gid(), Some(0));
+        assert_eq!(load("[node]\nid = \"a\"\n").unwrap().api_gid(), None);
+        let err = load("[node]\nid = \"a\"\n[api]\ngroup = \"no-such-group-x\"\n").unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { .. }), "{err}");
+        assert!(err.to_string().contains("api.group"), "{err}");
+        // A group whose gid a partition could get is refused.
+        let g = (1..1000)
+            .find_map(|g| nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(g)).ok()?)
+            .unwrap();
+        let gid = g.gid.as_raw();
+        let err = load(&format!(
+            "[node]\nid = \"a\"\n[api]\ngroup = \"{}\"\n[partitions]\nuid_min = {gid}\nuid_max = {gid}\n",
+            g.name
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("inside the partition uid range"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -3,53 +3,129 @@
 //! Contract: [`serve`] answers every HTTP request on the listener with the current
 //! exposition, fetched from the daemon loop over the same channel as the local API (it
 //! never touches daemon state itself). Requests are read up to 4 KiB and otherwise
-//! ignored; a slow or broken client cannot stall the loop.
+//! ignored; a slow or broken client cannot stall the loop: at most [`MAX_CONNECTIONS`]
+//! are served at once (more are closed at once) and each gets [`CONNECTION_TIME`].
+//! A failing `accept` (e.g. out of file descriptors) is retried after a pause that
+//! doubles from 50 ms to 2 s ([`AcceptBackoff`]), logged at most every ten seconds.
 
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::api::{ApiCall, ApiRequest};
 use super::instance::status_word;
 use super::Daemon;
 
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 8;
+/// Time one connection gets, request to answer.
+pub const CONNECTION_TIME: Duration = Duration::from_secs(5);
+
+/// The pause after a failed `accept`: doubles from 50 ms to 2 s, reset by a success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcceptBackoff {
+    next: Duration,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(2);
+
+    /// A fresh backoff.
+    pub fn new() -> Self {
+        AcceptBackoff { next: Self::FIRST }
+    }
+
+    /// The pause after one more failure.
+    pub fn failed(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        d
+    }
+
+    /// An accept succeeded.
+    pub fn succeeded(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+impl Default for AcceptBackoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Serves the endpoint until aborted.
 pub(super) async fn serve(listener: TcpListener, calls: mpsc::Sender<ApiCall>) {
+    serve_with(|| listener.accept(), calls).await;
+}
+
+async fn serve_with<F, Fut>(mut accept: F, calls: mpsc::Sender<ApiCall>)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::io::Result<(TcpStream, SocketAddr)>>,
+{
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = AcceptBackoff::new();
+    let mut log = super::RateLimit::default();
     loop {
-        let Ok((mut s, _)) = listener.accept().await else {
+        let mut s = match accept().await {
+            Ok((s, _)) => {
+                backoff.succeeded();
+                s
+            }
+            Err(e) => {
+                let pause = backoff.failed();
+                if let Some(suppressed) = log.allow(Instant::now()) {
+                    tracing::warn!(error = %e, pause_ms = pause.as_millis() as u64, suppressed, "metrics endpoint accept failed");
+                }
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // Busy: close at once rather than queue.
             continue;
         };
         let calls = calls.clone();
         tokio::spawn(async move {
-            let mut buf = [0u8; 4096];
-            let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
-            let (tx, rx) = oneshot::channel();
-            let body = match calls
-                .send(ApiCall {
-                    request: ApiRequest::Metrics,
-                    reply: tx,
-                })
-                .await
-            {
-                Ok(()) => rx
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .and_then(|v| v["text"].as_str().map(String::from))
-                    .unwrap_or_default(),
-                Err(_) => String::new(),
-            };
-            let head = format!(
-                "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            );
-            let _ = s.write_all(head.as_bytes()).await;
-            let _ = s.write_all(body.as_bytes()).await;
+            let _ = tokio::time::timeout(CONNECTION_TIME, answer(&mut s, calls)).await;
+            drop(permit);
         });
     }
+}
+
+async fn answer(s: &mut TcpStream, calls: mpsc::Sender<ApiCall>) {
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
+    let (tx, rx) = oneshot::channel();
+    let body = match calls
+        .send(ApiCall {
+            request: ApiRequest::Metrics,
+            reply: tx,
+        })
+        .await
+    {
+        Ok(()) => rx
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|v| v["text"].as_str().map(String::from))
+            .unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let head = format!(
+        "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let _ = s.write_all(head.as_bytes()).await;
+    let _ = s.write_all(body.as_bytes()).await;
 }
 
 fn label(v: &str) -> String {
@@ -179,6 +255,18 @@ impl Daemon {
             vec![(String::new(), c.reconcile_skipped.to_string())],
         );
         metric(
+            "hedge_api_refused_total",
+            "Local API connections refused (peer not admitted, or too many).",
+            "counter",
+            vec![(String::new(), self.api_stats.refused().to_string())],
+        );
+        metric(
+            "hedge_stragglers_killed_total",
+            "Processes that outlived their stopped instance and were killed.",
+            "counter",
+            vec![(String::new(), c.stragglers_killed.to_string())],
+        );
+        metric(
             "hedge_repairs_total",
             "Restarts asked by self-repair.",
             "counter",
@@ -214,5 +302,50 @@ impl Daemon {
             ],
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_cap_and_resets() {
+        let mut b = AcceptBackoff::new();
+        let got: Vec<u64> = (0..8).map(|_| b.failed().as_millis() as u64).collect();
+        assert_eq!(got, vec![50, 100, 200, 400, 800, 1600, 2000, 2000]);
+        b.succeeded();
+        assert_eq!(b.failed(), Duration::from_millis(50));
+    }
+
+    /// An accept that always fails is retried a handful of times per second, not in a
+    /// busy loop (the old loop retried at once, forever).
+    #[tokio::test(start_paused = true)]
+    async fn failing_accept_backs_off_instead_of_spinning() {
+        let calls_made = Arc::new(AtomicUsize::new(0));
+        let counter = calls_made.clone();
+        let (tx, _rx) = mpsc::channel(1);
+        let server = tokio::spawn(serve_with(
+            move || {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n >= 1000 {
+                        // Enough to tell a spin from a backoff; stop here.
+                        std::future::pending::<()>().await;
+                    }
+                    Err(std::io::Error::other("too many open files"))
+                }
+            },
+            tx,
+        ));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let n = calls_made.load(Ordering::SeqCst);
+        server.abort();
+        // 50+100+…+1600 ms then 2 s pauses: 7 attempts fit in 5 s.
+        assert!((3..=10).contains(&n), "{n} accept attempts in 5 s");
     }
 }

@@ -127,7 +127,8 @@ pub struct Counters {
     /// Processes of a stopped or destroyed instance that outlived its main process
     /// (e.g. `setsid` children) and were killed through its cgroup or uid.
     pub stragglers_killed: u64,
-
+    /// Local API connections refused (peer not root or the API group, or too many).
+    pub api_refused: u64,
     /// Malformed `etc/connection.json` files seen.
     pub bad_connection_files: u64,
     /// Restarts asked by self-repair.
@@ -188,6 +189,8 @@ pub struct Daemon {
     software: software::Software,
     /// The node's cgroup v2 home, when the host has a writable one.
     cgroups: Option<crate::partition::cgroup::Cgroups>,
+    /// Counters shared with the local API's connection tasks.
+    api_stats: std::sync::Arc<api::ApiStats>,
 }
 
 /// As root, instances run as their partition's uid and must traverse the state
@@ -287,6 +290,7 @@ impl Daemon {
             link: None,
             software: software::Software::new(crate::artifact::Cache::new(&state)),
             cgroups,
+            api_stats: Default::default(),
         };
         d.master_key = d.cfg.master_key();
         d.kill_leftovers()?;
@@ -470,7 +474,12 @@ impl Daemon {
             },
             None => None,
         };
-        let server = tokio::spawn(api::serve(listener, calls_tx));
+        let server = tokio::spawn(api::serve(
+            listener,
+            calls_tx,
+            api::Admission::from_config(&self.cfg),
+            self.api_stats.clone(),
+        ));
         let mut link_rx = self.start_link();
         self.record_node_info();
         let wanted = self.desired().map_or(0, |d| d.len());
@@ -500,6 +509,7 @@ impl Daemon {
                 Some(ev) = self.events_rx.recv() => self.on_event(ev),
                 Some(msg) = link::recv(&mut link_rx) => self.on_link(msg),
                 Some(call) = calls_rx.recv(), if !self.shutting_down => {
+                    self.counters.api_refused = self.api_stats.refused();
                     let answer = self.on_call(call.request);
                     let _ = call.reply.send(answer);
                 }
