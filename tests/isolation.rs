@@ -3,8 +3,7 @@
 //! quarantine that survives a daemon restart, processes join their cgroup before
 //! `exec`, and partition uids cannot use the local API.
 //!
-//! These need root (partition uids, cgroups). Under `CI` they fail when not root;
-//! elsewhere they say so and pass.
+//! These need root (partition uids, cgroups): see `common::can_run_as_root`.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -15,18 +14,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{alive, wait_for, Node};
-
-fn root_or_skip() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "this test needs root and CI is set: run the suite as root"
-    );
-    eprintln!("skipped: needs root");
-    false
-}
 
 /// Sets `[partitions]` keys (replacing the line that starts with `key =`).
 fn set(node: &Node, key: &str, value: &str) {
@@ -118,7 +105,7 @@ fn count(hay: &str, needle: &str) -> usize {
 
 #[test]
 fn setsid_child_of_a_destroyed_instance_dies_and_its_uid_is_quarantined() {
-    if !root_or_skip() {
+    if !common::can_run_as_root("partition uids and cgroups") {
         return;
     }
     let mut node = Node::init();
@@ -194,7 +181,7 @@ fn setsid_child_of_a_destroyed_instance_dies_and_its_uid_is_quarantined() {
 
 #[test]
 fn without_cgroups_stop_restart_and_destroy_kill_every_process_of_the_uid() {
-    if !root_or_skip() {
+    if !common::can_run_as_root("partition uids and cgroups") {
         return;
     }
     let mut node = Node::init();
@@ -263,7 +250,7 @@ fn status_as(bin: &Path, node: &Node, uid: u32) -> std::process::Output {
 
 #[test]
 fn partition_uids_cannot_use_the_local_api() {
-    if !root_or_skip() {
+    if !common::can_run_as_root("partition uids and cgroups") {
         return;
     }
     let mut node = Node::init();
