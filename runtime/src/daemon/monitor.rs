@@ -488,7 +488,7 @@ impl Daemon {
                             .entry(name.as_str().to_string())
                             .or_default() += cpu_ms;
                     }
-                    // The record and the state after it, in one transaction.
+                    // The record and the state after it, as one (Store::append_usage).
                     let class = RecordClass::of(&kind);
                     let before = self.store.outbox_bytes();
                     let r = self

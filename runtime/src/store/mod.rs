@@ -99,6 +99,36 @@ pub struct ObservedInstance {
     pub last_exit: Option<ExitStatus>,
 }
 
+/// A usage record staged in its accountant's state (see [`Store::append_usage`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Staged {
+    /// The seq it gets: the next one when it was staged.
+    seq: u64,
+    time_ms: u64,
+    kind: RecordKind,
+}
+
+/// What the `usage` tree holds per instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct StoredUsage {
+    state: AccountantState,
+    staged: Option<Staged>,
+}
+
+impl StoredUsage {
+    /// Decodes a value; one written before staging existed is a bare state.
+    fn decode(key: &[u8], v: &[u8]) -> Result<StoredUsage, StoreError> {
+        dec::<StoredUsage>("usage", key, v).or_else(|e| {
+            dec::<AccountantState>("usage", key, v)
+                .map(|state| StoredUsage {
+                    state,
+                    staged: None,
+                })
+                .map_err(|_| e)
+        })
+    }
+}
+
 const META_NEXT_SEQ: &[u8] = b"next_seq";
 const META_HANDED_UPTO: &[u8] = b"handed_upto";
 
@@ -208,6 +238,9 @@ impl Store {
         let handed = t.meta.get(META_HANDED_UPTO)?.map_or(0, |v| be_u64(&v));
         self.handed_upto.store(handed, Ordering::Relaxed);
         self.trees = Some(t);
+        if self.append_staged()? > 0 {
+            self.flush()?;
+        }
         Ok(())
     }
 
@@ -284,9 +317,11 @@ impl Store {
         Ok(record)
     }
 
-    /// Appends a usage record after storing the accountant state that follows it.
-    /// sled recovers a prefix of its log, so a crash keeps both, neither, or only the
-    /// state: an interval nobody was shown may be lost, none is ever counted twice.
+    /// Appends a usage record and the accountant state after it, as one: the state is
+    /// stored first with the record staged inside it (one insert), then the record is
+    /// appended. sled recovers a prefix of its log, so a crash keeps both, neither, or
+    /// the state with its staged record, which the next open appends ([`Store::open`]):
+    /// an interval is never lost and never counted twice.
     pub fn append_usage(
         &self,
         time_ms: u64,
@@ -294,8 +329,55 @@ impl Store {
         name: &Name,
         state: &AccountantState,
     ) -> Result<Record, StoreError> {
-        self.put_usage(name, state)?;
-        self.append(time_ms, kind)
+        self.stage_usage(time_ms, &kind, name, state)?;
+        let record = self.append(time_ms, kind)?;
+        Ok(record)
+    }
+
+    /// The first half of [`Store::append_usage`]: the state with the record staged.
+    fn stage_usage(
+        &self,
+        time_ms: u64,
+        kind: &RecordKind,
+        name: &Name,
+        state: &AccountantState,
+    ) -> Result<(), StoreError> {
+        let staged = StoredUsage {
+            state: state.clone(),
+            staged: Some(Staged {
+                seq: self.next_seq.load(Ordering::Relaxed),
+                time_ms,
+                kind: kind.clone(),
+            }),
+        };
+        self.t()?.usage.insert(name.as_str(), enc(&staged)?)?;
+        Ok(())
+    }
+
+    /// Appends every staged usage record that a crash kept from the outbox (its seq was
+    /// never issued), and clears the staging. Returns how many were appended.
+    fn append_staged(&self) -> Result<u64, StoreError> {
+        let mut appended = 0;
+        for kv in self.t()?.usage.iter() {
+            let (k, v) = kv?;
+            let stored = StoredUsage::decode(&k, &v)?;
+            let Some(staged) = stored.staged else {
+                continue;
+            };
+            if staged.seq >= self.next_seq.load(Ordering::Relaxed) {
+                self.append(staged.time_ms, staged.kind)?;
+                appended += 1;
+            }
+            let cleared = StoredUsage {
+                state: stored.state,
+                staged: None,
+            };
+            self.t()?.usage.insert(k, enc(&cleared)?)?;
+        }
+        if appended > 0 {
+            tracing::warn!(appended, "usage records staged before a crash appended");
+        }
+        Ok(appended)
     }
 
     /// The sequence number the next record will get.
@@ -500,7 +582,11 @@ impl Store {
     /// Stores an instance's accounting state (not flushed: the next flush carries it; a
     /// crash loses at most one sample interval).
     pub fn put_usage(&self, name: &Name, s: &AccountantState) -> Result<(), StoreError> {
-        self.t()?.usage.insert(name.as_str(), enc(s)?)?;
+        let stored = StoredUsage {
+            state: s.clone(),
+            staged: None,
+        };
+        self.t()?.usage.insert(name.as_str(), enc(&stored)?)?;
         Ok(())
     }
 
@@ -509,7 +595,7 @@ impl Store {
         self.t()?
             .usage
             .get(name.as_str())?
-            .map(|v| dec("usage", name.as_str().as_bytes(), &v))
+            .map(|v| StoredUsage::decode(name.as_str().as_bytes(), &v).map(|s| s.state))
             .transpose()
     }
 

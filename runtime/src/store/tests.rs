@@ -119,3 +119,81 @@ fn applying_a_plan_folds_shed_reports_into_the_first() {
     let kinds: Vec<(u64, RecordKind)> = left.into_iter().map(|r| (r.seq, r.kind)).collect();
     assert_eq!(kinds, vec![(1, report(7, 900, 600)), (2, state("a"))]);
 }
+
+fn usage_record(from_ms: u64, to_ms: u64, cpu_ms: u64) -> RecordKind {
+    RecordKind::Usage {
+        instance: Name::new("web").unwrap(),
+        from_ms,
+        to_ms,
+        cpu_ms,
+        mem_avg_bytes: 1,
+        mem_peak_bytes: 1,
+        disk_bytes: 0,
+        net_rx_bytes: None,
+        net_tx_bytes: None,
+        uptime_ms: to_ms - from_ms,
+    }
+}
+
+fn accountant_state(from_ms: u64) -> crate::monitor::usage::AccountantState {
+    let mut a =
+        crate::monitor::usage::Accountant::new(Name::new("web").unwrap(), 1000, 0, 100).unwrap();
+    a.close_interval(from_ms, 0);
+    a.state().clone()
+}
+
+/// A crash between the accountant state and its usage record: the record staged in the
+/// state is appended at the next open, once; with no crash, nothing is appended twice.
+#[test]
+fn a_crash_between_a_usage_state_and_its_record_loses_nothing_and_counts_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = Name::new("web").unwrap();
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        s.append(1, state("a")).unwrap();
+        s.append_usage(2, usage_record(0, 1000, 7), &web, &accountant_state(1000))
+            .unwrap();
+        // The crash: the state after [1000, 2000) is stored, its record is not.
+        s.stage_usage(
+            3,
+            &usage_record(1000, 2000, 5),
+            &web,
+            &accountant_state(2000),
+        )
+        .unwrap();
+        s.flush_records().unwrap();
+    }
+    let usage = |s: &Store| -> Vec<(u64, RecordKind)> {
+        s.outbox_from(0, 100)
+            .unwrap()
+            .into_iter()
+            .filter(|r| matches!(r.kind, RecordKind::Usage { .. }))
+            .map(|r| (r.seq, r.kind))
+            .collect()
+    };
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(
+        usage(&s),
+        vec![
+            (2, usage_record(0, 1000, 7)),
+            (3, usage_record(1000, 2000, 5))
+        ]
+    );
+    assert_eq!(s.usage_state(&web).unwrap(), Some(accountant_state(2000)));
+    drop(s);
+    // Opened again: the staging was cleared, nothing is appended twice.
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(usage(&s).len(), 2);
+    assert_eq!(s.next_seq().unwrap(), 4);
+}
+
+/// A state stored before staging existed (a bare `AccountantState`) still reads.
+#[test]
+fn a_bare_accountant_state_from_an_older_store_still_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = Name::new("web").unwrap();
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    let old = postcard::to_stdvec(&accountant_state(5000)).unwrap();
+    s.t().unwrap().usage.insert("web", old).unwrap();
+    assert_eq!(s.usage_state(&web).unwrap(), Some(accountant_state(5000)));
+}
