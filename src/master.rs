@@ -574,6 +574,7 @@ fn run(cfg: MasterConfig) -> Result<(), Failure> {
         port: cfg.broker.port,
         tls,
         limits: hedge_master::run::IngestLimits::default(),
+        keepalive: std::time::Duration::from_secs(20),
     };
     let artifacts_tls = match cfg.artifacts.listen {
         Some(_) => Some(

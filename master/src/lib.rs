@@ -12,6 +12,7 @@ pub mod billing;
 pub mod coverage;
 pub mod sign;
 pub mod store;
+pub mod worker;
 
 // The fleet PKI and the broker's config (`hedge master init`/`enroll`).
 pub mod mosquitto;

@@ -7,6 +7,10 @@
 //! broker's ACL binds the topic to the certificate), stores it in one transaction,
 //! and only then publishes `Ack { upto }` on `hedge/v1/<node>/ack`. Malformed frames
 //! and node mismatches are counted and logged, never stored, never acked.
+//! Store work runs on the [`Worker`] thread, never on the event loop: a slow disk or
+//! another master holding SQLite's write lock delays acknowledgements, never the MQTT
+//! keepalive (nor anything else on the loop). A full worker queue refuses the frame
+//! ([`Counters::store_busy`]; the node resends).
 //! One node cannot crowd out the others: each node's frames pass [`Admission`] (a rate
 //! per node) before they are decoded, and the store refuses a node's batches once it
 //! holds [`IngestLimits::max_stored_bytes`] of its records; refusals are counted
@@ -32,6 +36,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Tr
 pub use crate::admission::IngestLimits;
 use crate::admission::{Admission, Refusal};
 use crate::store::{MasterStore, StoreError};
+use crate::worker::{Done, Job, Worker};
 
 /// The shared subscription every master process joins.
 pub const UP_FILTER: &str = "$share/hedge/hedge/v1/+/up";
@@ -50,6 +55,9 @@ pub enum RunError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store worker thread could not start.
+    #[error("cannot start the store worker: {0}")]
+    Worker(std::io::Error),
 }
 
 /// Counters of one master process.
@@ -69,6 +77,10 @@ pub struct Counters {
     pub rate_limited: u64,
     /// Batches refused because their node has its quota of bytes stored.
     pub over_quota: u64,
+    /// Frames refused because the store worker's queue was full.
+    pub store_busy: u64,
+    /// Connections to the broker lost.
+    pub reconnects: u64,
 }
 
 /// Connection settings of the master's MQTT client.
@@ -82,6 +94,8 @@ pub struct Settings {
     pub tls: Arc<rustls::ClientConfig>,
     /// What one node may make this master ingest.
     pub limits: IngestLimits,
+    /// MQTT keepalive: the broker drops the master after 1.5 × this without a packet.
+    pub keepalive: Duration,
 }
 
 fn now_ms() -> u64 {
@@ -94,7 +108,7 @@ fn options(s: &Settings) -> MqttOptions {
     // Several master processes share the certificate; client ids must differ.
     let id = format!("hedge-master-{}-{}", std::process::id(), fastrand::u32(..));
     let mut o = MqttOptions::new(id, &s.host, s.port);
-    o.set_keep_alive(Duration::from_secs(20))
+    o.set_keep_alive(s.keepalive.max(Duration::from_secs(1)))
         .set_clean_session(true)
         .set_max_packet_size(MAX_PACKET, MAX_PACKET)
         .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
@@ -109,27 +123,17 @@ pub fn node_of_up_topic(topic: &str) -> Option<Name> {
     Name::new(rest).ok()
 }
 
-/// Publishes desired states newer than `published`.
+/// Publishes the desired-state frames the worker found newer than `published`.
 fn publish_desired(
-    store: &MasterStore,
     client: &AsyncClient,
+    frames: Vec<(Name, u64, Vec<u8>)>,
     published: &mut BTreeMap<Name, u64>,
     counters: &mut Counters,
 ) {
-    let Ok(gens) = store.desired_generations() else {
-        return;
-    };
-    for (node, generation) in gens {
+    for (node, generation, frame) in frames {
         if published.get(&node).is_some_and(|g| *g >= generation) {
             continue;
         }
-        let Ok(Some(d)) = store.desired(&node) else {
-            continue;
-        };
-        let Ok(frame) = encode(&Message::Desired(d), DEFAULT_MAX_FRAME) else {
-            tracing::warn!(node = %node, "desired state too large to publish");
-            continue;
-        };
         match client.try_publish(desired_topic(node.as_str()), QoS::AtLeastOnce, true, frame) {
             Ok(()) => {
                 tracing::info!(node = %node, generation, "desired state published");
@@ -151,6 +155,10 @@ pub async fn run(
     let mut counters = Counters::default();
     let mut admission = Admission::new(settings.limits);
     let mut backoff = Duration::from_millis(200);
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+    let worker = Worker::start(store, done_tx).map_err(RunError::Worker)?;
+    // One desired-state lookup at a time.
+    let mut looking_up = false;
     loop {
         let (client, mut eventloop) = AsyncClient::new(options(&settings), 256);
         let mut published: BTreeMap<Name, u64> = BTreeMap::new();
@@ -163,9 +171,18 @@ pub async fn run(
                     tracing::info!(?counters, "master stopped");
                     return Ok(counters);
                 }
-                _ = tick.tick(), if subscribed => {
-                    publish_desired(&store, &client, &mut published, &mut counters);
+                _ = tick.tick(), if subscribed && !looking_up => {
+                    looking_up = worker.submit(Job::Desired { published: published.clone() }).is_ok();
                 }
+                Some(d) = done.recv() => match d {
+                    Done::Desired(frames) => {
+                        looking_up = false;
+                        publish_desired(&client, frames, &mut published, &mut counters);
+                    }
+                    Done::Ingested { node, claimed, result } => {
+                        ingested(&client, &mut admission, &node, &claimed, result, &mut counters);
+                    }
+                },
                 ev = eventloop.poll() => match ev {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         if let Err(e) = client.try_subscribe(UP_FILTER, QoS::AtLeastOnce) {
@@ -177,16 +194,19 @@ pub async fn run(
                         subscribed = true;
                         backoff = Duration::from_millis(200);
                         // The broker may have lost retained messages (kill -9): republish.
-                        publish_desired(&store, &client, &mut published, &mut counters);
+                        if !looking_up {
+                            looking_up = worker.submit(Job::Desired { published: published.clone() }).is_ok();
+                        }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        handle_up(&store, &client, &mut admission, &p.topic, &p.payload, &mut counters);
+                        handle_up(&worker, &mut admission, &p.topic, &p.payload, &mut counters);
                     }
                     Ok(_) => {}
                     Err(e) => break e,
                 },
             }
         };
+        counters.reconnects += 1;
         tracing::warn!(error = %lost, "broker connection lost; reconnecting");
         let jitter = 0.8 + 0.4 * fastrand::f64();
         tokio::select! {
@@ -203,9 +223,9 @@ fn refuse(admission: &mut Admission, node: &Name, now: u64, why: Refusal) {
     }
 }
 
+/// Checks an Up frame and hands it to the worker; acknowledged later, by [`ingested`].
 fn handle_up(
-    store: &MasterStore,
-    client: &AsyncClient,
+    worker: &Worker,
     admission: &mut Admission,
     topic: &str,
     payload: &[u8],
@@ -236,7 +256,31 @@ fn handle_up(
         }
     };
     let max_bytes = admission.limits().max_stored_bytes;
-    match store.ingest_within(&node, &up, now, max_bytes) {
+    let job = Job::Ingest {
+        node: node.clone(),
+        up,
+        now_ms: now,
+        max_bytes,
+    };
+    if let Err(why) = worker.submit(job) {
+        c.store_busy += 1;
+        if let Some(suppressed) = admission.should_log(&node, now) {
+            tracing::warn!(node = %node, error = %why, suppressed, "up frame refused; not acknowledged");
+        }
+    }
+}
+
+/// Acknowledges a committed batch; counts and logs a refused one.
+fn ingested(
+    client: &AsyncClient,
+    admission: &mut Admission,
+    node: &Name,
+    claimed: &Name,
+    result: Result<crate::store::Ingested, StoreError>,
+    c: &mut Counters,
+) {
+    let now = now_ms();
+    match result {
         Ok(ing) => {
             c.batches += 1;
             c.stored += ing.stored as u64;
@@ -252,11 +296,11 @@ fn handle_up(
         }
         Err(StoreError::QuotaExceeded { stored, limit, .. }) => {
             c.over_quota += 1;
-            refuse(admission, &node, now, Refusal::Quota { stored, limit });
+            refuse(admission, node, now, Refusal::Quota { stored, limit });
         }
         Err(StoreError::NodeMismatch { .. }) => {
             c.refused += 1;
-            tracing::warn!(node = %node, claimed = %up.node, "records claim another node than their topic: refused");
+            tracing::warn!(node = %node, claimed = %claimed, "records claim another node than their topic: refused");
         }
         Err(e) => {
             c.refused += 1;

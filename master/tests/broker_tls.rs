@@ -483,6 +483,7 @@ async fn a_flooding_node_does_not_keep_another_nodes_records_out() {
         port: fleet.port,
         tls: Arc::new(fleet.master_tls()),
         limits,
+        keepalive: Duration::from_secs(20),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let master = tokio::spawn(hedge_master::run::run(
@@ -592,4 +593,67 @@ async fn a_flooding_node_does_not_keep_another_nodes_records_out() {
     assert!(b_bytes < 4096 + 4096, "B stored {b_bytes} bytes");
     assert!(counters.rate_limited > 0, "{counters:?}");
     assert!(counters.over_quota > 0, "{counters:?}");
+}
+
+/// Another process holds SQLite's write lock for 5 s while a node's batch arrives: the
+/// master's event loop keeps its 1 s MQTT keepalive (the broker drops a client silent
+/// for 1.5 keepalives), and the batch is stored and acknowledged once the lock goes.
+#[tokio::test]
+async fn a_locked_store_never_stalls_the_masters_event_loop() {
+    let fleet = Fleet::new();
+    let db = fleet.dir.join("master.db");
+    let view = MasterStore::open(&db).unwrap();
+    let settings = Settings {
+        host: "127.0.0.1".into(),
+        port: fleet.port,
+        tls: Arc::new(fleet.master_tls()),
+        limits: IngestLimits::default(),
+        keepalive: Duration::from_secs(1),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let master = tokio::spawn(hedge_master::run::run(
+        MasterStore::open(&db).unwrap(),
+        settings,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let a_name = Name::new("a").unwrap();
+    let mut a = Client::connect("node-a", fleet.port, fleet.node_tls("a"))
+        .connected()
+        .await;
+    a.subscribe(&mosquitto::ack_topic("a")).await;
+    // The master is up once a first batch is stored.
+    let deadline = Instant::now() + WAIT;
+    while view.count(&a_name).unwrap() == 0 {
+        assert!(Instant::now() < deadline, "the master never stored a batch");
+        a.publish_bytes(&mosquitto::up_topic("a"), up_frame("a", 1, 1))
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let lock = rusqlite::Connection::open(&db).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    a.publish_bytes(&mosquitto::up_topic("a"), up_frame("a", 2, 2))
+        .await;
+    // Holding the lock is the scenario (not a wait for something): 5 s, well past the
+    // 1.5 s after which the broker drops a master whose loop is stuck.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(view.count(&a_name).unwrap(), 1, "stored through the lock?");
+    lock.execute_batch("ROLLBACK").unwrap();
+    a.until("the ack of batch 2", |p| {
+        matches!(p, Packet::Publish(p) if matches!(
+            hedge_wire::codec::decode(&p.payload, DEFAULT_MAX_FRAME),
+            Ok(Message::Ack(hedge_wire::Ack { upto: 2 }))
+        ))
+    })
+    .await;
+    assert_eq!(view.count(&a_name).unwrap(), 2);
+    let _ = stop.send(());
+    let counters = master.await.unwrap().unwrap();
+    assert_eq!(
+        counters.reconnects, 0,
+        "the broker dropped the master: {counters:?}"
+    );
+    assert_eq!(counters.stored, 2, "{counters:?}");
 }

@@ -1,0 +1,134 @@
+//! The store worker: a thread that owns the master's store for the MQTT driver.
+//!
+//! Contract: the driver's event loop never waits on SQLite (`synchronous = FULL`, a
+//! busy timeout while another master holds the write lock). It hands each piece of
+//! store work to [`Worker::submit`] as a [`Job`], which returns at once: `Err(Busy)`
+//! when [`Worker::QUEUE`] jobs already wait (the driver then refuses the frame, not
+//! acknowledged, and the node resends later). The worker runs the jobs in order on
+//! its own thread and sends one [`Done`] per job back over a channel the loop selects
+//! on; an acknowledgement is published only from an [`Done::Ingested`] whose records
+//! are committed. Dropping the worker closes its queue; the thread ends after the job
+//! in hand.
+
+use std::collections::BTreeMap;
+
+use hedge_wire::codec::encode;
+use hedge_wire::limits::DEFAULT_MAX_FRAME;
+use hedge_wire::{Message, Name, Up};
+use tokio::sync::mpsc;
+
+use crate::store::{Ingested, MasterStore, StoreError};
+
+/// Store work for the worker.
+#[derive(Debug)]
+pub enum Job {
+    /// Store an Up batch that arrived on `node`'s topic.
+    Ingest {
+        /// The topic's node.
+        node: Name,
+        /// The decoded batch.
+        up: Up,
+        /// Arrival time, ms since the epoch.
+        now_ms: u64,
+        /// Refuse when the node already has this many bytes stored.
+        max_bytes: u64,
+    },
+    /// Find desired states newer than `published` (node → generation published).
+    Desired {
+        /// What the driver has published on this connection.
+        published: BTreeMap<Name, u64>,
+    },
+}
+
+/// The outcome of one [`Job`]. (`Desired` is small, `Ingested` carries a store error;
+/// one of these per job, never stored in bulk.)
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Done {
+    /// An [`Job::Ingest`]: committed (acknowledge it) or refused.
+    Ingested {
+        /// The topic's node.
+        node: Name,
+        /// The node the batch claimed.
+        claimed: Name,
+        /// What the store did.
+        result: Result<Ingested, StoreError>,
+    },
+    /// A [`Job::Desired`]: encoded frames to publish, retained, per node.
+    Desired(Vec<(Name, u64, Vec<u8>)>),
+}
+
+/// The worker is full: the job was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("store worker busy: {} jobs waiting", Worker::QUEUE)]
+pub struct Busy;
+
+/// The thread that owns the store.
+pub struct Worker {
+    jobs: std::sync::mpsc::SyncSender<Job>,
+}
+
+impl Worker {
+    /// Jobs that may wait for the worker.
+    pub const QUEUE: usize = 256;
+
+    /// Starts the worker thread; it sends each job's [`Done`] on `done`.
+    pub fn start(store: MasterStore, done: mpsc::UnboundedSender<Done>) -> std::io::Result<Self> {
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(Self::QUEUE);
+        std::thread::Builder::new()
+            .name("hedge-store".into())
+            .spawn(move || {
+                for job in queue {
+                    if done.send(work(&store, job)).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Worker { jobs })
+    }
+
+    /// Queues `job`; never blocks.
+    pub fn submit(&self, job: Job) -> Result<(), Busy> {
+        self.jobs.try_send(job).map_err(|_| Busy)
+    }
+}
+
+fn work(store: &MasterStore, job: Job) -> Done {
+    match job {
+        Job::Ingest {
+            node,
+            up,
+            now_ms,
+            max_bytes,
+        } => Done::Ingested {
+            result: store.ingest_within(&node, &up, now_ms, max_bytes),
+            claimed: up.node,
+            node,
+        },
+        Job::Desired { published } => Done::Desired(newer_desired(store, &published)),
+    }
+}
+
+/// Encoded desired states newer than `published`.
+fn newer_desired(
+    store: &MasterStore,
+    published: &BTreeMap<Name, u64>,
+) -> Vec<(Name, u64, Vec<u8>)> {
+    let Ok(gens) = store.desired_generations() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (node, generation) in gens {
+        if published.get(&node).is_some_and(|g| *g >= generation) {
+            continue;
+        }
+        let Ok(Some(d)) = store.desired(&node) else {
+            continue;
+        };
+        match encode(&Message::Desired(d), DEFAULT_MAX_FRAME) {
+            Ok(frame) => out.push((node, generation, frame)),
+            Err(_) => tracing::warn!(node = %node, "desired state too large to publish"),
+        }
+    }
+    out
+}
