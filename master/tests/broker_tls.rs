@@ -463,6 +463,35 @@ async fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) 
     }
 }
 
+/// A master process's driver on `db`, in a task: stop it with the sender, then await
+/// its counters.
+fn spawn_master(
+    fleet: &Fleet,
+    db: &Path,
+    limits: IngestLimits,
+    keepalive: Duration,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<hedge_master::run::Counters, hedge_master::run::RunError>>,
+) {
+    let settings = Settings {
+        host: "127.0.0.1".into(),
+        port: fleet.port,
+        tls: Arc::new(fleet.master_tls()),
+        limits,
+        keepalive,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let master = tokio::spawn(hedge_master::run::run(
+        MasterStore::open(db).unwrap(),
+        settings,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    (stop, master)
+}
+
 /// Node B floods its own topic with 300 KiB frames (above what the master's client
 /// accepts: before the broker's `message_size_limit`, each one knocked the master off the
 /// broker) and with many small valid batches (rate and byte quota); node A's batches,
@@ -478,21 +507,7 @@ async fn a_flooding_node_does_not_keep_another_nodes_records_out() {
         burst: 60,
         max_stored_bytes: 4096,
     };
-    let settings = Settings {
-        host: "127.0.0.1".into(),
-        port: fleet.port,
-        tls: Arc::new(fleet.master_tls()),
-        limits,
-        keepalive: Duration::from_secs(20),
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let master = tokio::spawn(hedge_master::run::run(
-        MasterStore::open(&db).unwrap(),
-        settings,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let (stop, master) = spawn_master(&fleet, &db, limits, Duration::from_secs(20));
     let a_name = Name::new("a").unwrap();
     let b_name = Name::new("b").unwrap();
 
@@ -603,21 +618,7 @@ async fn a_locked_store_never_stalls_the_masters_event_loop() {
     let fleet = Fleet::new();
     let db = fleet.dir.join("master.db");
     let view = MasterStore::open(&db).unwrap();
-    let settings = Settings {
-        host: "127.0.0.1".into(),
-        port: fleet.port,
-        tls: Arc::new(fleet.master_tls()),
-        limits: IngestLimits::default(),
-        keepalive: Duration::from_secs(1),
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let master = tokio::spawn(hedge_master::run::run(
-        MasterStore::open(&db).unwrap(),
-        settings,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let (stop, master) = spawn_master(&fleet, &db, IngestLimits::default(), Duration::from_secs(1));
     let a_name = Name::new("a").unwrap();
     let mut a = Client::connect("node-a", fleet.port, fleet.node_tls("a"))
         .connected()
