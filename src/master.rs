@@ -6,11 +6,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use hedge_master::alloc::{self, Placement};
+use hedge_master::alloc::Placement;
 use hedge_master::billing::{self, Period, PriceList};
 use hedge_master::pki::{self, InitOptions, MasterConfig};
 use hedge_master::sign::{self, MasterKey};
-use hedge_master::store::MasterStore;
+use hedge_master::store::{MasterStore, StoreError};
 
 use hedge_wire::{InstanceRequest, Name, RecordKind};
 
@@ -496,41 +496,41 @@ fn print_list<T: serde::Serialize>(v: &View, list: &[T]) -> Result<(), Failure> 
     Ok(())
 }
 
-/// Allocates (or finds) the node for `request`, stores a new signed desired state.
+/// Places `request` (see `hedge_master::store::place`): allocation, a move off another
+/// node, pruning and the size check all happen in the transaction that stores the
+/// signed state(s). Refusals exit 65.
 fn request_on_master(
     cfg: &MasterConfig,
     request: InstanceRequest,
-    mut placement: Placement,
+    placement: Placement,
 ) -> Result<(), Failure> {
     let store = open_store(cfg)?;
     let key = MasterKey::load(&cfg.base.join(&cfg.signing.key)).map_err(Failure::usage)?;
-    // An instance already placed stays where it is unless a node is named.
-    if placement.node.is_none() {
-        for (node, _) in store.desired_generations()? {
-            if let Some(d) = store.desired(&node)? {
-                if d.instances.iter().any(|r| r.name == request.name) {
-                    placement.node = Some(node);
-                    break;
-                }
-            }
-        }
-    }
-    let nodes = store.nodes()?;
-    let node = alloc::pick(&nodes, &placement, now_ms(), cfg.allocation.stale_after_ms)
-        .map_err(Failure::data)?;
     let name = request.name.clone();
-    let d = store.update_desired(
-        &node,
-        |mut v| {
-            v.retain(|r| r.name != request.name);
-            v.push(request);
-            v
-        },
-        |d| sign::sign(&key, d),
-    )?;
+    let placed = store
+        .place(
+            request,
+            &placement,
+            now_ms(),
+            cfg.allocation.stale_after_ms,
+            |d| sign::sign(&key, d),
+        )
+        .map_err(|e| match e {
+            StoreError::Alloc(_)
+            | StoreError::TooLarge { .. }
+            | StoreError::NotPlaced { .. }
+            | StoreError::Invalid(_) => Failure::data(e),
+            e => Failure::from(e),
+        })?;
+    for (node, generation) in &placed.destroyed_on {
+        println!("{name} destroyed on {node} (generation {generation}): moved");
+    }
+    for (node, pruned) in &placed.pruned {
+        eprintln!("{pruned} pruned from {node}'s desired state (destroyed, reported destroyed)");
+    }
     println!(
-        "{name} requested on {node} (generation {}); `hedge master run` publishes it",
-        d.generation
+        "{name} requested on {} (generation {}); `hedge master run` publishes it",
+        placed.state.node, placed.state.generation
     );
     Ok(())
 }

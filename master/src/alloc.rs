@@ -1,8 +1,8 @@
 //! Allocation: which node gets a new instance.
 //!
-//! Contract: [`pick`] is pure; the request path calls it with the fleet from
-//! [`crate::store::MasterStore::nodes`] and the clock, then adds the instance with
-//! [`crate::store::MasterStore::update_desired`]. Rules, in order:
+//! Contract: [`pick`] is pure; [`crate::store::MasterStore::place`] calls it with the
+//! fleet as its write transaction sees it and the clock, and stores the instance in that
+//! same transaction, so concurrent requests never over-fill a node. Rules, in order:
 //!
 //! 1. An explicit [`Placement::node`] wins if the node is known, whatever its
 //!    capacity or criteria (the operator decided); unknown: [`AllocError::NoSuchNode`].

@@ -18,6 +18,10 @@
 //! - A desired state is stored only with a generation above the stored one, and
 //!   generations handed out by [`MasterStore::next_generation`] or
 //!   [`MasterStore::update_desired`] are never handed out again, across processes.
+//! - A desired state is stored only if, signed and framed, it fits the frame limit a node
+//!   decodes with ([`StoreError::TooLarge`] otherwise): what is stored can be delivered.
+//! - [`MasterStore::place`] allocates, moves an instance between nodes and prunes
+//!   destroyed instances in the transaction that writes the state(s); see `store::place`.
 //! - The registry facts of a node (board, arch, cores, memory, capacity, and the labels
 //!   and region it reports) come from its newest `NodeInfo` record (sent at every boot)
 //!   or from [`MasterStore::register_node`], whichever was written last; the newest
@@ -42,7 +46,9 @@
 //! (release, target) of a named release, one per (sha256, target) of an unnamed one),
 //! `assigned` (operator-assigned labels, region and instance cap per node),
 //! `node_bytes` (bytes of encoded records stored per node, for the ingest quota; filled
-//! from `records` the first time a node without a row ingests).
+//! from `records` the first time a node without a row ingests), `destroyed` (per node and
+//! instance requested `destroyed`: the generation that destroyed it, and whether it was
+//! pruned from the state since).
 //! New tables are created by `CREATE ... IF NOT EXISTS` at every open, so adding one
 //! keeps [`SCHEMA_VERSION`] (an older master simply ignores it).
 
@@ -51,6 +57,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use hedge_wire::limits::DEFAULT_MAX_FRAME;
 use hedge_wire::{
     DesiredState, ExitStatus, IncidentState, InstanceRequest, InstanceStatus, Name, Record,
     RecordKind, RequestedState, Severity, Up, Validate, WireError,
@@ -61,6 +68,9 @@ use rusqlite::{
 use serde::{Deserialize, Serialize};
 
 use crate::coverage::Coverage;
+
+mod place;
+pub use place::Placed;
 
 /// How long a writer waits for another process's transaction before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -131,6 +141,13 @@ CREATE TABLE IF NOT EXISTS assigned (
 CREATE TABLE IF NOT EXISTS node_bytes (
     node  TEXT PRIMARY KEY,
     bytes INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS destroyed (
+    node       TEXT    NOT NULL,
+    instance   TEXT    NOT NULL,
+    generation INTEGER NOT NULL,
+    pruned     INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (node, instance)
 );
 ";
 
@@ -224,6 +241,31 @@ pub enum StoreError {
     /// generation it was given.
     #[error("desired state for {0}: signing changed the node or the generation")]
     SignerChangedState(Name),
+    /// The signed desired state, framed for the wire, is larger than a node accepts: it
+    /// could never be delivered, so it is not stored.
+    #[error(
+        "desired state for {node} would be {len} bytes signed and framed, more than the \
+         frame limit of {max} bytes: refused, nothing stored"
+    )]
+    TooLarge {
+        /// The node.
+        node: Name,
+        /// Encoded size of the whole signed state in its envelope.
+        len: usize,
+        /// The frame limit ([`hedge_wire::limits::DEFAULT_MAX_FRAME`]).
+        max: usize,
+    },
+    /// Allocation found no node for a request.
+    #[error(transparent)]
+    Alloc(#[from] crate::alloc::AllocError),
+    /// A request to destroy an instance that is not placed where it names.
+    #[error("{instance} is not placed on {}: nothing to destroy", .node.as_ref().map_or("any node".into(), |n| n.to_string()))]
+    NotPlaced {
+        /// The instance.
+        instance: Name,
+        /// The node the request named, if one (boxed: keeps the error small).
+        node: Option<Box<Name>>,
+    },
 }
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -573,6 +615,19 @@ fn stored_desired(tx: &Connection, node: &Name) -> Result<Option<DesiredState>> 
 /// immediate transaction.
 fn store_desired(tx: &Transaction<'_>, d: &DesiredState) -> Result<()> {
     d.validate()?;
+    // What the run loop publishes and a node decodes: refuse here what could never be
+    // delivered, while the caller can still be told.
+    match hedge_wire::codec::encode(&hedge_wire::Message::Desired(d.clone()), DEFAULT_MAX_FRAME) {
+        Ok(_) => {}
+        Err(WireError::TooLarge { len, max }) => {
+            return Err(StoreError::TooLarge {
+                node: d.node.clone(),
+                len,
+                max,
+            })
+        }
+        Err(e) => return Err(e.into()),
+    }
     let generation = seq_sql(d.generation)?;
     let current = stored_desired(tx, &d.node)?.map_or(0, |s| s.generation);
     if d.generation <= current {
@@ -901,29 +956,35 @@ impl MasterStore {
 
     /// Every known node, by name.
     pub fn nodes(&self) -> Result<Vec<NodeSummary>> {
-        type Row = (
-            String,
-            Option<i64>,
-            Option<i64>,
-            Option<String>,
-            Option<String>,
-            String,
-            Option<String>,
-            Option<u32>,
-            Option<i64>,
-            u32,
-            i64,
-            i64,
-            i64,
-            u32,
-            Option<Vec<u8>>,
-            Option<String>,
-            Option<String>,
-            Option<u32>,
-        );
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT n.node, n.first_seen_ms, n.last_seen_ms, n.board, n.arch, n.labels,
+        load_nodes(&conn)
+    }
+}
+
+/// Every known node, by name, as `conn` (or the transaction it derefs from) sees them.
+fn load_nodes(conn: &Connection) -> Result<Vec<NodeSummary>> {
+    type Row = (
+        String,
+        Option<i64>,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+        String,
+        Option<String>,
+        Option<u32>,
+        Option<i64>,
+        u32,
+        i64,
+        i64,
+        i64,
+        u32,
+        Option<Vec<u8>>,
+        Option<String>,
+        Option<String>,
+        Option<u32>,
+    );
+    let mut stmt = conn.prepare_cached(
+        "SELECT n.node, n.first_seen_ms, n.last_seen_ms, n.board, n.arch, n.labels,
                  n.region, n.cpus, n.mem_bytes, n.capacity_instances, n.records, n.last_seq,
                  COALESCE(c.acked, 0), COALESCE(d.allocated, 0), n.health,
                  a.labels, a.region, a.max_instances
@@ -932,67 +993,68 @@ impl MasterStore {
              LEFT JOIN desired d ON d.node = n.node
              LEFT JOIN assigned a ON a.node = n.node
              ORDER BY n.node",
-        )?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
-                    r.get(9)?,
-                    r.get(10)?,
-                    r.get(11)?,
-                    r.get(12)?,
-                    r.get(13)?,
-                    r.get(14)?,
-                    r.get(15)?,
-                    r.get(16)?,
-                    r.get(17)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<Row>>>()?;
-        rows.into_iter()
-            .map(|row| {
-                let health = match &row.14 {
-                    Some(blob) => health_of(decode("health", &row.0, blob)?),
-                    None => None,
-                };
-                let capacity = match row.17 {
-                    Some(cap) => row.9.min(cap),
-                    None => row.9,
-                };
-                Ok(NodeSummary {
-                    reported_labels: serde_json::from_str(&row.5)?,
-                    reported_region: row.6,
-                    labels: match &row.15 {
-                        Some(l) => serde_json::from_str(l)?,
-                        None => BTreeMap::new(),
-                    },
-                    region: row.16,
-                    node: name(row.0)?,
-                    first_seen_ms: row.1.map(from_sql),
-                    last_seen_ms: row.2.map(from_sql),
-                    board: row.3,
-                    arch: row.4,
-                    cpus: row.7,
-                    mem_bytes: row.8.map(from_sql),
-                    capacity_instances: capacity,
-                    records: from_sql(row.10),
-                    last_seq: from_sql(row.11),
-                    acked_upto: from_sql(row.12),
-                    allocated_instances: row.13,
-                    health,
-                })
+    )?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+                r.get(9)?,
+                r.get(10)?,
+                r.get(11)?,
+                r.get(12)?,
+                r.get(13)?,
+                r.get(14)?,
+                r.get(15)?,
+                r.get(16)?,
+                r.get(17)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<Row>>>()?;
+    rows.into_iter()
+        .map(|row| {
+            let health = match &row.14 {
+                Some(blob) => health_of(decode("health", &row.0, blob)?),
+                None => None,
+            };
+            let capacity = match row.17 {
+                Some(cap) => row.9.min(cap),
+                None => row.9,
+            };
+            Ok(NodeSummary {
+                reported_labels: serde_json::from_str(&row.5)?,
+                reported_region: row.6,
+                labels: match &row.15 {
+                    Some(l) => serde_json::from_str(l)?,
+                    None => BTreeMap::new(),
+                },
+                region: row.16,
+                node: name(row.0)?,
+                first_seen_ms: row.1.map(from_sql),
+                last_seen_ms: row.2.map(from_sql),
+                board: row.3,
+                arch: row.4,
+                cpus: row.7,
+                mem_bytes: row.8.map(from_sql),
+                capacity_instances: capacity,
+                records: from_sql(row.10),
+                last_seq: from_sql(row.11),
+                acked_upto: from_sql(row.12),
+                allocated_instances: row.13,
+                health,
             })
-            .collect()
-    }
+        })
+        .collect()
+}
 
+impl MasterStore {
     /// Up to `limit` records of `node` with `seq >= from_seq`, in seq order.
     pub fn records(&self, node: &Name, from_seq: u64, limit: u32) -> Result<Vec<Record>> {
         let conn = self.conn();
@@ -1133,6 +1195,7 @@ impl MasterStore {
             let locals = latest("local_request")?;
             (desired, states, locals)
         };
+        let pruned = self.pruned()?;
         let mut out: BTreeMap<(Name, Name), InstanceView> = BTreeMap::new();
         let blank = |node: &Name, name: &Name, owner| InstanceView {
             node: node.clone(),
@@ -1152,6 +1215,14 @@ impl MasterStore {
                 v.requested = Some(i.state);
                 out.insert((d.node.clone(), i.name), v);
             }
+        }
+        // Destroyed, reported destroyed, and pruned from the state: still the master's.
+        for (node, name) in pruned {
+            out.entry((node.clone(), name.clone())).or_insert_with(|| {
+                let mut v = blank(&node, &name, Owner::Master);
+                v.requested = Some(RequestedState::Destroyed);
+                v
+            });
         }
         for raw in locals {
             let (node, record) = decode_record(raw)?;
@@ -1210,7 +1281,8 @@ impl MasterStore {
     }
 
     /// Stores `d` if its generation is above the stored one, else
-    /// [`StoreError::StaleGeneration`]. `d` must pass the wire's validation.
+    /// [`StoreError::StaleGeneration`]. `d` must pass the wire's validation and fit the
+    /// frame limit signed and framed ([`StoreError::TooLarge`]).
     pub fn put_desired(&self, d: &DesiredState) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -1230,10 +1302,11 @@ impl MasterStore {
         Ok(next)
     }
 
-    /// In one transaction: reads `node`'s instances (none if no desired state), maps
-    /// them with `f`, takes a new generation, lets `sign` sign the result, validates
-    /// and stores it, and returns it. Other writers wait meanwhile, so keep `f` and
-    /// `sign` quick; an error stores nothing.
+    /// In one transaction: reads `node`'s instances (none if no desired state) less the
+    /// destroyed ones it reported destroyed (see [`MasterStore::place`]), maps them with `f`, takes a
+    /// new generation, lets `sign` sign the result, validates and stores it (refusing
+    /// one too large to deliver, [`StoreError::TooLarge`]), and returns it. Other
+    /// writers wait meanwhile, so keep `f` and `sign` quick; an error stores nothing.
     pub fn update_desired<F, S>(&self, node: &Name, f: F, sign: S) -> Result<DesiredState>
     where
         F: FnOnce(Vec<InstanceRequest>) -> Vec<InstanceRequest>,
@@ -1241,19 +1314,7 @@ impl MasterStore {
     {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let current = stored_desired(&tx, node)?.map(|d| d.instances);
-        let generation = next_after(&tx, node)?;
-        let mut d = DesiredState {
-            node: node.clone(),
-            generation,
-            instances: f(current.unwrap_or_default()),
-            signature: heapless::Vec::new(),
-        };
-        sign(&mut d);
-        if &d.node != node || d.generation != generation {
-            return Err(StoreError::SignerChangedState(node.clone()));
-        }
-        store_desired(&tx, &d)?;
+        let (d, _) = place::write_desired(&tx, node, f, sign)?;
         tx.commit()?;
         Ok(d)
     }

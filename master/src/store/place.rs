@@ -1,0 +1,339 @@
+//! Writing desired states: placement, moves and pruning, each inside the one `BEGIN
+//! IMMEDIATE` transaction that stores the new state(s).
+//!
+//! Contract (driven by `hedge master request` through [`MasterStore::place`], and by
+//! [`MasterStore::update_desired`]):
+//! - Placement reads the fleet and the desired states, picks the node
+//!   ([`crate::alloc::pick`]) and writes the state in one transaction, so concurrent
+//!   masters serialize and a node's capacity is never over-filled.
+//! - A name lives on one node. Requested on another node (`--node B` for an instance on
+//!   A), it is *moved*: in the same transaction A's state gets it `destroyed` and B's
+//!   gets the request. A destroys it as soon as it applies its new state, without
+//!   waiting for B to run it: an instance owns a partition and whatever it drives or
+//!   bills, and two live copies (or a copy left running on a node that holds the
+//!   old request) are worse than a gap; the master cannot tell whether B will ever run
+//!   it. Make-before-break is for the operator to do with a second name.
+//! - A state whose signed, framed encoding exceeds the frame limit is refused
+//!   ([`StoreError::TooLarge`]) and nothing of the transaction is stored.
+//! - Before each write, an instance requested `destroyed` is pruned from the node's state
+//!   once the node has reported it destroyed (an `InstanceState` record with status
+//!   `Destroyed`) *after* accepting a generation at or above the one that destroyed it
+//!   (its `Desired` record). An older report (a previous life of the name) never prunes.
+//!   A pruned instance stays in [`MasterStore::instances`] as the master's, destroyed
+//!   (table `destroyed`). An instance destroyed before its node ever held it is never
+//!   reported destroyed and so stays in the state, destroyed.
+
+use std::collections::BTreeSet;
+
+use hedge_wire::{DesiredState, InstanceRequest, InstanceStatus, Name, RecordKind, RequestedState};
+use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
+
+use super::{
+    decode, load_nodes, next_after, seq_sql, store_desired, stored_desired, MasterStore, Result,
+    StoreError,
+};
+use crate::alloc::{self, Placement};
+
+/// What [`MasterStore::place`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    /// The node the request went to, and its new signed state.
+    pub state: DesiredState,
+    /// Nodes that held the instance live and now have it `destroyed` (a move), with
+    /// their new generation.
+    pub destroyed_on: Vec<(Name, u64)>,
+    /// Destroyed instances pruned from the states written.
+    pub pruned: Vec<(Name, Name)>,
+}
+
+impl MasterStore {
+    /// In one transaction: finds where `request.name` lives, picks the node (the one it
+    /// lives on unless `placement.node` names another; else [`alloc::pick`] over the fleet
+    /// as this transaction sees it), writes that node's new state, destroys the instance
+    /// on every other node that holds it live, and signs each state with `sign`. See the
+    /// module doc. A `destroyed` request must name the node the instance is on (or none).
+    pub fn place<S>(
+        &self,
+        request: InstanceRequest,
+        placement: &Placement,
+        now_ms: u64,
+        stale_after_ms: u64,
+        sign: S,
+    ) -> Result<Placed>
+    where
+        S: Fn(&mut DesiredState),
+    {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let name = request.name.clone();
+        let holders = holders(&tx, &name)?;
+        let destroy = request.state == RequestedState::Destroyed;
+        let target = match &placement.node {
+            Some(n) if destroy && !holders.iter().any(|(h, _)| h == n) => {
+                return Err(StoreError::NotPlaced {
+                    instance: name,
+                    node: Some(Box::new(n.clone())),
+                })
+            }
+            Some(_) => alloc::pick(&load_nodes(&tx)?, placement, now_ms, stale_after_ms)?,
+            None => match holders.iter().find(|(_, live)| *live).or(holders.first()) {
+                Some((n, _)) => n.clone(),
+                None if destroy => {
+                    return Err(StoreError::NotPlaced {
+                        instance: name,
+                        node: None,
+                    })
+                }
+                None => alloc::pick(&load_nodes(&tx)?, placement, now_ms, stale_after_ms)?,
+            },
+        };
+        let mut pruned = Vec::new();
+        let (state, p) = write_desired(
+            &tx,
+            &target,
+            |mut v| {
+                v.retain(|r| r.name != name);
+                v.push(request);
+                v
+            },
+            &sign,
+        )?;
+        pruned.extend(p.into_iter().map(|i| (target.clone(), i)));
+        let mut destroyed_on = Vec::new();
+        for (node, live) in holders {
+            if !live || node == target {
+                continue;
+            }
+            let (d, p) = write_desired(
+                &tx,
+                &node,
+                |mut v| {
+                    for r in v.iter_mut().filter(|r| r.name == name) {
+                        r.state = RequestedState::Destroyed;
+                    }
+                    v
+                },
+                &sign,
+            )?;
+            pruned.extend(p.into_iter().map(|i| (node.clone(), i)));
+            destroyed_on.push((node, d.generation));
+        }
+        tx.commit()?;
+        Ok(Placed {
+            state,
+            destroyed_on,
+            pruned,
+        })
+    }
+
+    /// `(node, instance)` of every instance pruned from a desired state after its node
+    /// reported it destroyed (and not requested there again since).
+    pub fn pruned(&self) -> Result<Vec<(Name, Name)>> {
+        let conn = self.conn();
+        let rows = conn
+            .prepare_cached(
+                "SELECT node, instance FROM destroyed WHERE pruned = 1 ORDER BY node, instance",
+            )?
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(n, i)| Ok((super::name(n)?, super::name(i)?)))
+            .collect()
+    }
+}
+
+/// Nodes whose desired state holds `name`, and whether it is live there (not
+/// `destroyed`), by node.
+fn holders(tx: &Transaction<'_>, name: &Name) -> Result<Vec<(Name, bool)>> {
+    let rows = tx
+        .prepare_cached("SELECT node, state FROM desired ORDER BY node")?
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut out = Vec::new();
+    for (node, blob) in rows {
+        let d: DesiredState = decode("desired state", &node, &blob)?;
+        if let Some(r) = d.instances.iter().find(|r| &r.name == name) {
+            out.push((d.node.clone(), r.state != RequestedState::Destroyed));
+        }
+    }
+    Ok(out)
+}
+
+/// The shared write path: prunes what `node` reported destroyed, maps the instances
+/// with `f`, takes a new generation, signs, stores (refusing what cannot be delivered)
+/// and tracks destroyed instances. Returns the state and the names pruned.
+pub(super) fn write_desired<F, S>(
+    tx: &Transaction<'_>,
+    node: &Name,
+    f: F,
+    sign: S,
+) -> Result<(DesiredState, Vec<Name>)>
+where
+    F: FnOnce(Vec<InstanceRequest>) -> Vec<InstanceRequest>,
+    S: FnOnce(&mut DesiredState),
+{
+    let current = stored_desired(tx, node)?;
+    let prune = match &current {
+        Some(d) => prunable(tx, d)?,
+        None => BTreeSet::new(),
+    };
+    let kept: Vec<InstanceRequest> = current
+        .as_ref()
+        .map(|d| d.instances.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| !prune.contains(&r.name))
+        .collect();
+    let generation = next_after(tx, node)?;
+    let mut d = DesiredState {
+        node: node.clone(),
+        generation,
+        instances: f(kept),
+        signature: heapless::Vec::new(),
+    };
+    sign(&mut d);
+    if &d.node != node || d.generation != generation {
+        return Err(StoreError::SignerChangedState(node.clone()));
+    }
+    store_desired(tx, &d)?;
+    track_destroyed(tx, current.as_ref(), &d, &prune)?;
+    Ok((d, prune.into_iter().collect()))
+}
+
+/// The generation from which `instance` has been `destroyed` on `d.node`; recorded as
+/// `d.generation` when unknown (a state written by an older master or by
+/// [`MasterStore::put_desired`]), which can only delay pruning.
+fn destroyed_since(tx: &Transaction<'_>, d: &DesiredState, instance: &Name) -> Result<u64> {
+    let g: Option<i64> = tx
+        .query_row(
+            "SELECT generation FROM destroyed WHERE node = ?1 AND instance = ?2",
+            params![d.node.as_str(), instance.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(g) = g {
+        return Ok(super::from_sql(g));
+    }
+    tx.execute(
+        "INSERT INTO destroyed (node, instance, generation) VALUES (?1, ?2, ?3)",
+        params![d.node.as_str(), instance.as_str(), seq_sql(d.generation)?],
+    )?;
+    Ok(d.generation)
+}
+
+/// `Destroyed` instances of `d` that `d.node` reported destroyed after accepting a
+/// generation at or above the one that destroyed them.
+fn prunable(tx: &Transaction<'_>, d: &DesiredState) -> Result<BTreeSet<Name>> {
+    let mut out = BTreeSet::new();
+    let destroyed: Vec<&Name> = d
+        .instances
+        .iter()
+        .filter(|r| r.state == RequestedState::Destroyed)
+        .map(|r| &r.name)
+        .collect();
+    if destroyed.is_empty() {
+        return Ok(out);
+    }
+    let node = d.node.as_str();
+    // (seq, generation) of every generation the node accepted.
+    let accepted: Vec<(i64, u64)> = {
+        let rows = tx
+            .prepare_cached(
+                "SELECT seq, kind FROM records WHERE kind_tag = 'desired' AND node = ?1",
+            )?
+            .query_map([node], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut acc = Vec::new();
+        for (seq, blob) in rows {
+            if let RecordKind::Desired {
+                generation,
+                accepted: true,
+                ..
+            } = decode("record", node, &blob)?
+            {
+                acc.push((seq, generation));
+            }
+        }
+        acc
+    };
+    for instance in destroyed {
+        let since = destroyed_since(tx, d, instance)?;
+        let Some(applied_at) = accepted
+            .iter()
+            .filter(|(_, g)| *g >= since)
+            .map(|(seq, _)| *seq)
+            .min()
+        else {
+            continue;
+        };
+        let reports = tx
+            .prepare_cached(
+                "SELECT kind FROM records WHERE kind_tag = 'instance_state' AND node = ?1
+                 AND instance = ?2 AND seq > ?3",
+            )?
+            .query_map(params![node, instance.as_str(), applied_at], |r| {
+                r.get::<_, Vec<u8>>(0)
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for blob in reports {
+            if let RecordKind::InstanceState {
+                status: InstanceStatus::Destroyed,
+                ..
+            } = decode("record", node, &blob)?
+            {
+                out.insert(instance.clone());
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Keeps table `destroyed` in step with a write of `new` over `old`: an instance that
+/// becomes `destroyed` records the generation; one requested again is forgotten; a
+/// pruned one is marked.
+fn track_destroyed(
+    tx: &Transaction<'_>,
+    old: Option<&DesiredState>,
+    new: &DesiredState,
+    pruned: &BTreeSet<Name>,
+) -> Result<()> {
+    let node = new.node.as_str();
+    let generation = seq_sql(new.generation)?;
+    for r in &new.instances {
+        if r.state == RequestedState::Destroyed {
+            let was = old
+                .and_then(|o| o.instances.iter().find(|o| o.name == r.name))
+                .is_some_and(|o| o.state == RequestedState::Destroyed);
+            if !was {
+                tx.execute(
+                    "INSERT INTO destroyed (node, instance, generation) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (node, instance) DO UPDATE SET
+                         generation = excluded.generation, pruned = 0",
+                    params![node, r.name.as_str(), generation],
+                )?;
+            }
+        } else {
+            tx.execute(
+                "DELETE FROM destroyed WHERE node = ?1 AND instance = ?2",
+                params![node, r.name.as_str()],
+            )?;
+        }
+    }
+    for name in pruned {
+        if !new.instances.iter().any(|r| &r.name == name) {
+            tx.execute(
+                "UPDATE destroyed SET pruned = 1 WHERE node = ?1 AND instance = ?2",
+                params![node, name.as_str()],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

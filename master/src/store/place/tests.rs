@@ -1,0 +1,373 @@
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Barrier};
+
+use hedge_wire::limits::{DEFAULT_MAX_FRAME, MAX_INSTANCES};
+use hedge_wire::{ConfigFile, Limits, Record, RestartPolicy, SoftwareRelease, Up};
+
+use super::*;
+use crate::alloc::AllocError;
+use crate::sign::{sign, verify, MasterKey};
+use crate::store::{NodeInfo, Owner};
+
+fn n(s: &str) -> Name {
+    Name::new(s).unwrap()
+}
+
+fn open() -> (tempfile::TempDir, MasterStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MasterStore::open(&dir.path().join("master.db")).unwrap();
+    (dir, store)
+}
+
+fn register(s: &MasterStore, node: &str, capacity: u32) {
+    s.register_node(&NodeInfo {
+        node: n(node),
+        board: None,
+        arch: Some("aarch64".into()),
+        labels: BTreeMap::new(),
+        region: None,
+        cpus: Some(4),
+        mem_bytes: None,
+        capacity_instances: capacity,
+    })
+    .unwrap();
+}
+
+fn request(name: &str, state: RequestedState) -> InstanceRequest {
+    InstanceRequest {
+        name: n(name),
+        software: SoftwareRelease::Exec("/bin/sleep".into()),
+        args: vec!["1000".into()],
+        parameters: BTreeMap::new(),
+        config_files: Vec::new(),
+        promises: Vec::new(),
+        limits: Limits::default(),
+        restart: RestartPolicy::default(),
+        state,
+    }
+}
+
+fn on(node: &str) -> Placement {
+    Placement {
+        node: Some(n(node)),
+        ..Placement::default()
+    }
+}
+
+/// A node reporting records, one seq after the other.
+struct Reporter {
+    node: Name,
+    seq: u64,
+}
+
+impl Reporter {
+    fn new(node: &str) -> Self {
+        Reporter {
+            node: n(node),
+            seq: 0,
+        }
+    }
+
+    fn send(&mut self, s: &MasterStore, kind: RecordKind) {
+        self.seq += 1;
+        let up = Up {
+            node: self.node.clone(),
+            records: vec![Record {
+                seq: self.seq,
+                time_ms: 1000 + self.seq,
+                kind,
+            }],
+            covers: Some((self.seq, self.seq)),
+        };
+        s.ingest(&self.node, &up, 1000 + self.seq).unwrap();
+    }
+
+    fn accepted(&mut self, s: &MasterStore, generation: u64) {
+        self.send(
+            s,
+            RecordKind::Desired {
+                generation,
+                accepted: true,
+                reason: String::new(),
+            },
+        );
+    }
+
+    fn state(&mut self, s: &MasterStore, instance: &str, status: InstanceStatus) {
+        self.send(
+            s,
+            RecordKind::InstanceState {
+                instance: n(instance),
+                status,
+                pid: None,
+                restarts: 0,
+                last_exit: None,
+            },
+        );
+    }
+}
+
+fn names(s: &MasterStore, node: &str) -> Vec<(String, RequestedState)> {
+    s.desired(&n(node))
+        .unwrap()
+        .map(|d| {
+            d.instances
+                .into_iter()
+                .map(|r| (r.name.to_string(), r.state))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_state_too_large_to_deliver_is_refused_and_nothing_is_stored() {
+    let (_d, s) = open();
+    register(&s, "pi", 64);
+    let key = MasterKey::generate();
+    let big = |name: &str| {
+        let mut r = request(name, RequestedState::Started);
+        r.config_files = vec![ConfigFile {
+            path: "etc/big.conf".into(),
+            template: "x".repeat(15 * 1024),
+        }];
+        r
+    };
+    let mut accepted = 0;
+    let err = loop {
+        match s.place(big(&format!("big{accepted}")), &on("pi"), 0, 0, |d| {
+            sign(&key, d)
+        }) {
+            Ok(p) => {
+                accepted += 1;
+                assert_eq!(p.state.generation, accepted);
+            }
+            Err(e) => break e,
+        }
+        assert!(accepted < 10, "never refused");
+    };
+    assert_eq!(accepted, 4, "four 15 KiB files fit in 64 KiB, five do not");
+    let StoreError::TooLarge { node, len, max } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!((node.as_str(), *max), ("pi", DEFAULT_MAX_FRAME));
+    assert!(*len > DEFAULT_MAX_FRAME, "{len}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&len.to_string()) && text.contains("65536"),
+        "{text}"
+    );
+    // Nothing stored: the stored state is the last accepted one, and it encodes.
+    let d = s.desired(&n("pi")).unwrap().unwrap();
+    assert_eq!((d.generation, d.instances.len()), (4, 4));
+    verify(&key.public(), &d).unwrap();
+    hedge_wire::codec::encode(&hedge_wire::Message::Desired(d.clone()), DEFAULT_MAX_FRAME).unwrap();
+    // A small request still fits and gets the next generation.
+    let p = s
+        .place(
+            request("small", RequestedState::Started),
+            &on("pi"),
+            0,
+            0,
+            |d| sign(&key, d),
+        )
+        .unwrap();
+    assert_eq!(p.state.generation, 5);
+    // put_desired refuses the same way.
+    let mut too_big = p.state.clone();
+    too_big.generation = 6;
+    too_big.instances.push(big("big9"));
+    too_big.instances.push(big("big10"));
+    assert!(matches!(
+        s.put_desired(&too_big),
+        Err(StoreError::TooLarge { .. })
+    ));
+    assert_eq!(s.desired(&n("pi")).unwrap().unwrap().generation, 5);
+}
+
+#[test]
+fn destroyed_instances_are_pruned_only_once_reported_destroyed_after_that_generation() {
+    let (_d, s) = open();
+    register(&s, "pi", 8);
+    let mut node = Reporter::new("pi");
+    let put = |r: InstanceRequest| s.place(r, &on("pi"), 0, 0, |_| {}).unwrap();
+    use RequestedState::{Destroyed, Started};
+
+    // First life of x: started, applied, running, destroyed, applied, reported destroyed.
+    assert_eq!(put(request("x", Started)).state.generation, 1);
+    node.accepted(&s, 1);
+    node.state(&s, "x", InstanceStatus::Running);
+    put(request("x", Destroyed));
+    // Not reported yet: a later write keeps it.
+    put(request("y", Started));
+    assert_eq!(
+        names(&s, "pi"),
+        vec![("x".into(), Destroyed), ("y".into(), Started)]
+    );
+    // Applied (generation 3 >= 2) and reported destroyed: the next write prunes it.
+    node.accepted(&s, 3);
+    node.state(&s, "x", InstanceStatus::Destroyed);
+    let p = put(request("y", Started));
+    assert_eq!(p.pruned, vec![(n("pi"), n("x"))]);
+    assert_eq!(names(&s, "pi"), vec![("y".into(), Started)]);
+    let view = s.instances().unwrap();
+    let x = view.iter().find(|i| i.name == n("x")).unwrap();
+    assert_eq!(
+        (x.owner, x.requested, x.status),
+        (
+            Owner::Master,
+            Some(Destroyed),
+            Some(InstanceStatus::Destroyed)
+        )
+    );
+
+    // Second life: requested again (generation 5), destroyed before the node applied
+    // it. The first life's `Destroyed` report is the newest the master has; it must not
+    // prune the new destroy.
+    let g = put(request("x", Started)).state.generation;
+    assert_eq!(g, 5);
+    let g = put(request("x", Destroyed)).state.generation;
+    put(request("z", Started));
+    assert!(names(&s, "pi").contains(&("x".into(), Destroyed)));
+    // Applying an older generation and reporting is not enough either.
+    node.accepted(&s, g - 1);
+    node.state(&s, "x", InstanceStatus::Destroyed);
+    put(request("z", Started));
+    assert!(names(&s, "pi").contains(&("x".into(), Destroyed)));
+    // Applied at last, then reported destroyed: pruned.
+    node.accepted(&s, g + 2);
+    node.state(&s, "x", InstanceStatus::Destroyed);
+    put(request("z", Started));
+    assert!(!names(&s, "pi").iter().any(|(i, _)| i == "x"));
+}
+
+#[test]
+fn many_names_destroyed_in_turn_never_fill_the_desired_state() {
+    let (_d, s) = open();
+    register(&s, "pi", 8);
+    let mut node = Reporter::new("pi");
+    // More names than one state may hold.
+    for i in 0..MAX_INSTANCES + 20 {
+        let name = format!("job{i}");
+        let p = s
+            .place(
+                request(&name, RequestedState::Started),
+                &on("pi"),
+                0,
+                0,
+                |_| {},
+            )
+            .unwrap();
+        node.accepted(&s, p.state.generation);
+        node.state(&s, &name, InstanceStatus::Running);
+        let p = s
+            .place(
+                request(&name, RequestedState::Destroyed),
+                &on("pi"),
+                0,
+                0,
+                |_| {},
+            )
+            .unwrap();
+        node.accepted(&s, p.state.generation);
+        node.state(&s, &name, InstanceStatus::Destroyed);
+        assert!(p.state.instances.len() <= 2, "{:?}", names(&s, "pi"));
+    }
+}
+
+#[test]
+fn requesting_an_instance_on_another_node_moves_it() {
+    let (_d, s) = open();
+    register(&s, "a", 4);
+    register(&s, "b", 4);
+    register(&s, "c", 4);
+    let key = MasterKey::generate();
+    let put = |r: InstanceRequest, p: &Placement| s.place(r, p, 0, 0, |d| sign(&key, d));
+    put(request("x", RequestedState::Started), &on("a")).unwrap();
+    let p = put(request("x", RequestedState::Started), &on("b")).unwrap();
+    assert_eq!(p.state.node, n("b"));
+    assert_eq!(p.destroyed_on, vec![(n("a"), 2)]);
+    assert_eq!(
+        names(&s, "a"),
+        vec![("x".into(), RequestedState::Destroyed)]
+    );
+    assert_eq!(names(&s, "b"), vec![("x".into(), RequestedState::Started)]);
+    verify(&key.public(), &s.desired(&n("a")).unwrap().unwrap()).unwrap();
+    // Without --node it stays on b; a is not written again.
+    let p = put(request("x", RequestedState::Stopped), &Placement::default()).unwrap();
+    assert_eq!((p.state.node.as_str(), p.destroyed_on.len()), ("b", 0));
+    assert_eq!(s.desired(&n("a")).unwrap().unwrap().generation, 2);
+    // Destroying names where it is, or nothing.
+    assert!(matches!(
+        put(request("x", RequestedState::Destroyed), &on("c")),
+        Err(StoreError::NotPlaced { .. })
+    ));
+    assert!(matches!(
+        put(
+            request("ghost", RequestedState::Destroyed),
+            &Placement::default()
+        ),
+        Err(StoreError::NotPlaced { node: None, .. })
+    ));
+    assert!(names(&s, "c").is_empty());
+    let p = put(
+        request("x", RequestedState::Destroyed),
+        &Placement::default(),
+    )
+    .unwrap();
+    assert_eq!(p.state.node, n("b"));
+    assert_eq!(
+        names(&s, "b"),
+        vec![("x".into(), RequestedState::Destroyed)]
+    );
+    // An unknown node is refused, nothing written.
+    assert!(matches!(
+        put(request("w", RequestedState::Started), &on("nope")),
+        Err(StoreError::Alloc(AllocError::NoSuchNode(_)))
+    ));
+}
+
+#[test]
+fn concurrent_placements_never_overfill_a_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("master.db");
+    register(&MasterStore::open(&path).unwrap(), "solo", 1);
+    const WRITERS: usize = 8;
+    let barrier = Arc::new(Barrier::new(WRITERS));
+    let handles: Vec<_> = (0..WRITERS)
+        .map(|i| {
+            let (path, barrier) = (path.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let s = MasterStore::open(&path).unwrap();
+                barrier.wait();
+                s.place(
+                    request(&format!("w{i}"), RequestedState::Started),
+                    &Placement::default(),
+                    0,
+                    60_000,
+                    |_| {},
+                )
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let placed: Vec<String> = results
+        .iter()
+        .filter_map(|r| Some(r.as_ref().ok()?.state.instances.last()?.name.to_string()))
+        .collect();
+    assert_eq!(
+        placed.len(),
+        1,
+        "placed onto a node with room for one: {placed:?}"
+    );
+    for r in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(
+            matches!(r, StoreError::Alloc(AllocError::NoCandidate { .. })),
+            "{r:?}"
+        );
+    }
+    let s = MasterStore::open(&path).unwrap();
+    assert_eq!(s.nodes().unwrap()[0].allocated_instances, 1);
+    assert_eq!(s.desired(&n("solo")).unwrap().unwrap().instances.len(), 1);
+}
