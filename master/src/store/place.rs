@@ -145,17 +145,18 @@ impl MasterStore {
 /// Nodes whose desired state holds `name`, and whether it is live there (not
 /// `destroyed`), by node.
 fn holders(tx: &Transaction<'_>, name: &Name) -> Result<Vec<(Name, bool)>> {
-    let rows = tx
-        .prepare_cached("SELECT node, state FROM desired ORDER BY node")?
-        .query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
-        })?
+    let nodes = tx
+        .prepare_cached("SELECT node FROM desired ORDER BY node")?
+        .query_map([], |r| r.get::<_, String>(0))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut out = Vec::new();
-    for (node, blob) in rows {
-        let d: DesiredState = decode("desired state", &node, &blob)?;
+    for node in nodes {
+        let node = super::name(node)?;
+        let Some(d) = stored_desired(tx, &node)? else {
+            continue;
+        };
         if let Some(r) = d.instances.iter().find(|r| &r.name == name) {
-            out.push((d.node.clone(), r.state != RequestedState::Destroyed));
+            out.push((node, r.state != RequestedState::Destroyed));
         }
     }
     Ok(out)
