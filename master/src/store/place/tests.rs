@@ -329,6 +329,40 @@ fn requesting_an_instance_on_another_node_moves_it() {
 }
 
 #[test]
+fn copies_left_by_an_older_master_are_reduced_to_one() {
+    let (_d, s) = open();
+    register(&s, "a", 4);
+    register(&s, "b", 4);
+    // The old request path let `--node b` add a second live copy.
+    for node in ["a", "b"] {
+        s.update_desired(
+            &n(node),
+            |mut v| {
+                v.push(request("x", RequestedState::Started));
+                v
+            },
+            |_| {},
+        )
+        .unwrap();
+    }
+    let p = s
+        .place(
+            request("x", RequestedState::Started),
+            &Placement::default(),
+            0,
+            0,
+            |_| {},
+        )
+        .unwrap();
+    assert_eq!(p.state.node, n("a"));
+    assert_eq!(p.destroyed_on, vec![(n("b"), 2)]);
+    assert_eq!(
+        names(&s, "b"),
+        vec![("x".into(), RequestedState::Destroyed)]
+    );
+}
+
+#[test]
 fn concurrent_placements_never_overfill_a_node() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("master.db");
