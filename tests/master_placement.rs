@@ -337,8 +337,8 @@ fn two_masters_placing_at_once_never_overfill_a_node() {
         let v: Value = serde_json::from_str(&fleet.master_ok(&["nodes", "--json"])).ok()?;
         (v[0]["capacity_instances"] == 1).then_some(())
     });
-    // Eight request processes at once, none naming the node: one fits.
-    let children: Vec<_> = (0..8)
+    // Sixteen request processes at once, none naming the node: one fits.
+    let children: Vec<_> = (0..16)
         .map(|i| {
             hedge()
                 .args(["master", "request", &format!("w{i}")])
