@@ -5,6 +5,13 @@
 //! nothing more. State changes are written to the store (observed state and an outbox
 //! record) as they happen.
 //!
+//! A changed `[limits]` takes effect at once: `memory_max`/`cpu_max_percent` are
+//! rewritten in the instance's existing cgroup (live, no restart; where the node has no
+//! cgroup they are not enforced at all, so there is nothing to apply), and a changed
+//! rlimit (`nofile`, `nproc`), which can only be set before `exec`, restarts the
+//! instance. If the live rewrite fails the instance is restarted, so the new limit is
+//! applied at its start or the start fails visibly (`spawn_failures`).
+//!
 //! Every process of an instance dies with it: signals go to its process group and to
 //! every member of its cgroup; once the instance is stopped (idle), whatever is left
 //! in its cgroup — or, without cgroups, anything running as its uid — is SIGKILLed and
@@ -66,6 +73,9 @@ pub(crate) struct Slot {
     pub rendered_hash: Option<[u8; 32]>,
     /// Start time of the current process (for leftover detection after a crash).
     pub start_ticks: Option<u64>,
+    /// The rlimits the current process was started with (they cannot change after
+    /// `exec`: a request with others restarts it).
+    pub started_rlimits: Option<Vec<(nix::sys::resource::Resource, u64)>>,
     /// Its cgroup, where the node has cgroup v2 (made at its first start).
     pub cgroup: Option<Cgroup>,
     /// Destroy once idle.
@@ -143,6 +153,7 @@ impl Daemon {
                         lc,
                         rendered_hash: None,
                         start_ticks: None,
+                        started_rlimits: None,
                         cgroup: None,
                         destroying: false,
                         promises,
@@ -156,7 +167,9 @@ impl Daemon {
                 let name = request.name.clone();
                 let policy = policy_for(self.cfg.policy(), &request);
                 let mut removed = Vec::new();
+                let mut limits_changed = false;
                 if let Some(slot) = self.slots.get_mut(&name) {
+                    limits_changed = slot.request.limits != request.limits;
                     if slot.request.promises != request.promises {
                         removed = slot
                             .promises
@@ -175,6 +188,11 @@ impl Daemon {
                     let actions = self.incidents.on_promise_removed(wall, &name, &p);
                     self.incident_actions(actions);
                 }
+                let running = self.slots.get(&name).is_some_and(|s| s.lc.pid().is_some());
+                if limits_changed && !self.update_cgroup_limits(&name) && running {
+                    tracing::info!(instance = %name, "limits could not be changed live; restarting");
+                    self.drive(&name, Input::Restart);
+                }
                 self.restart_if_changed(&name);
                 self.prune_downloads();
             }
@@ -191,7 +209,30 @@ impl Daemon {
         }
     }
 
-    /// Re-renders `name`; restarts it when it runs (or waits) with another result.
+    /// Rewrites the memory and CPU limits in `name`'s existing cgroup (the running
+    /// process keeps running under the new limits). True when done or when there is no
+    /// group yet (its first start sets them up); false when the rewrite failed.
+    fn update_cgroup_limits(&mut self, name: &Name) -> bool {
+        let (Some(cgs), Some(slot)) = (&self.cgroups, self.slots.get(name)) else {
+            return true;
+        };
+        if slot.cgroup.is_none() {
+            return true;
+        }
+        match cgs.setup(name, &slot.request.limits) {
+            Ok(_) => {
+                tracing::info!(instance = %name, memory_max = ?slot.request.limits.memory_max, cpu_max_percent = ?slot.request.limits.cpu_max_percent, "cgroup limits updated");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(instance = %name, error = %e, "cannot update the instance's cgroup limits");
+                false
+            }
+        }
+    }
+
+    /// Re-renders `name`; restarts it when it runs (or waits) with another result, or
+    /// when it runs with rlimits other than those its request now asks for.
     pub(super) fn restart_if_changed(&mut self, name: &Name) {
         let Some(slot) = self.slots.get(name) else {
             return;
@@ -217,8 +258,16 @@ impl Daemon {
         })
         .ok()
         .map(|r| r.hash);
+        let rlimits_changed = slot.lc.pid().is_some()
+            && slot
+                .started_rlimits
+                .as_ref()
+                .is_some_and(|r| *r != rlimits(&slot.request.limits));
         if waiting || new_hash != slot.rendered_hash {
             tracing::info!(instance = %name, "configuration changed; restarting");
+            self.drive(name, Input::Restart);
+        } else if rlimits_changed {
+            tracing::info!(instance = %name, "rlimits changed; restarting");
             self.drive(name, Input::Restart);
         }
     }
@@ -421,6 +470,7 @@ impl Daemon {
                 slot.cgroup = cgroup;
                 slot.rendered_hash = Some(rendered.hash);
                 slot.start_ticks = procfs::start_ticks(pid);
+                slot.started_rlimits = Some(spec.rlimits.clone());
                 let tx = self.events_tx.clone();
                 let name = name.clone();
                 let mut child = spawned.child;

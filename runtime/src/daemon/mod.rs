@@ -26,6 +26,8 @@ mod monitor;
 mod software;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_limits;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;

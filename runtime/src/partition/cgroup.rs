@@ -10,6 +10,9 @@
 //! [`Cgroups::setup`] makes one group per instance, always (limits or not), and writes
 //! `memory.max`/`cpu.max` when asked and the controllers are available (otherwise a
 //! notice, at `info` once per process then at `debug`: the instance runs without them).
+//! It is also how a changed limit reaches a running instance: called again on an
+//! existing group it rewrites the limits in place, and a limit no longer asked for is
+//! reset to `max` (no limit) where its file exists.
 //! The supervisor opens [`Cgroup::procs_path`] before `fork` and the child writes "0"
 //! to it before `exec`, so no process of the instance ever runs outside its group.
 //! [`Cgroup::kill`] SIGKILLs every member (`cgroup.kill`, or each listed pid on kernels
@@ -152,9 +155,7 @@ impl Cgroups {
             Err(e) => return Err(io_err("create", &dir, e)),
         }
         let group = Cgroup { dir };
-        if enforce {
-            group.write_limits(l)?;
-        }
+        group.write_limits(l, enforce)?;
         Ok(group)
     }
 
@@ -209,16 +210,24 @@ impl Cgroups {
 }
 
 impl Cgroup {
-    fn write_limits(&self, l: &Limits) -> Result<(), PartitionError> {
-        if let Some(bytes) = l.memory_max {
-            write(&self.dir.join("memory.max"), &format!("{bytes}\n"))?;
+    /// Writes the limits `l` sets (when `enforce`: the controllers are enabled) and
+    /// resets to `max` those it does not set whose file exists (a limit removed from a
+    /// request of a running instance).
+    fn write_limits(&self, l: &Limits, enforce: bool) -> Result<(), PartitionError> {
+        let memory = self.dir.join("memory.max");
+        match l.memory_max {
+            Some(bytes) if enforce => write(&memory, &format!("{bytes}\n"))?,
+            None if memory.exists() => write(&memory, "max\n")?,
+            _ => {}
         }
-        if let Some(percent) = l.cpu_max_percent {
-            let quota = (u64::from(percent) * (CPU_PERIOD_US / 100)).max(CPU_QUOTA_MIN_US);
-            write(
-                &self.dir.join("cpu.max"),
-                &format!("{quota} {CPU_PERIOD_US}\n"),
-            )?;
+        let cpu = self.dir.join("cpu.max");
+        match l.cpu_max_percent {
+            Some(percent) if enforce => {
+                let quota = (u64::from(percent) * (CPU_PERIOD_US / 100)).max(CPU_QUOTA_MIN_US);
+                write(&cpu, &format!("{quota} {CPU_PERIOD_US}\n"))?;
+            }
+            None if cpu.exists() => write(&cpu, &format!("max {CPU_PERIOD_US}\n"))?,
+            _ => {}
         }
         Ok(())
     }
@@ -290,10 +299,12 @@ impl Cgroup {
     }
 }
 
-/// The pids of a `cgroup.procs` text. Pure.
+/// The pids of a `cgroup.procs` text. Pure. Never 0: a real group never lists it, and
+/// `kill(0, …)` would signal the daemon's own process group.
 pub fn parse_pids(text: &str) -> Vec<u32> {
     text.split_whitespace()
         .filter_map(|w| w.parse().ok())
+        .filter(|&p| p != 0)
         .collect()
 }
 
@@ -446,6 +457,16 @@ mod tests {
         };
         cg.setup(&name("web"), &l2).unwrap();
         assert_eq!(read("hedge/n/web/cpu.max"), "1000 100000\n");
+        // A limit no longer asked for is lifted, not left in place.
+        assert_eq!(read("hedge/n/web/memory.max"), "max\n");
+        // A changed limit is rewritten in the existing group.
+        let l3 = Limits {
+            memory_max: Some(32 << 20),
+            ..Limits::default()
+        };
+        cg.setup(&name("web"), &l3).unwrap();
+        assert_eq!(read("hedge/n/web/memory.max"), "33554432\n");
+        assert_eq!(read("hedge/n/web/cpu.max"), "max 100000\n");
 
         for f in ["memory.max", "cpu.max", "cgroup.procs"] {
             std::fs::remove_file(g.path().join(f)).unwrap();
@@ -477,5 +498,6 @@ mod tests {
         assert_eq!(parse_pids("12\n345\n"), vec![12, 345]);
         assert_eq!(parse_pids(""), Vec::<u32>::new());
         assert_eq!(parse_pids("x\n7"), vec![7]);
+        assert_eq!(parse_pids("0\n8\n"), vec![8]);
     }
 }

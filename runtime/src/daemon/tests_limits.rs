@@ -1,0 +1,125 @@
+//! Daemon-level tests of limit changes: a changed memory/CPU limit is rewritten in the
+//! running instance's cgroup (an imitation cgroupfs in a temp dir, so it runs anywhere),
+//! and a changed rlimit restarts the process with the new value.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use hedge_wire::{InstanceRequest, Limits, Name, RequestedState, SoftwareRelease};
+
+use super::Daemon;
+use crate::config::{self, NodeConfig};
+use crate::partition::cgroup::Cgroups;
+
+fn daemon(dir: &std::path::Path) -> Daemon {
+    let path = dir.join("node.toml");
+    std::fs::write(&path, config::default_file("unit")).unwrap();
+    Daemon::boot(NodeConfig::load(&path).unwrap()).unwrap()
+}
+
+fn sleeper(name: &str, limits: Limits) -> InstanceRequest {
+    InstanceRequest {
+        name: Name::new(name).unwrap(),
+        software: SoftwareRelease::Exec("/bin/sleep".into()),
+        args: vec!["1000".into()],
+        parameters: Default::default(),
+        config_files: vec![],
+        promises: vec![],
+        limits,
+        restart: Default::default(),
+        state: RequestedState::Started,
+    }
+}
+
+/// The soft `Max open files` of `pid`, from `/proc/PID/limits`.
+fn nofile_of(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Feeds the daemon's own events (process exits) until `done` holds.
+async fn pump_until(d: &mut Daemon, what: &str, mut done: impl FnMut(&Daemon) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !done(d) {
+        d.tick();
+        match tokio::time::timeout_at(deadline, d.events_rx.recv()).await {
+            Ok(Some(ev)) => d.on_event(ev),
+            Ok(None) => panic!("event channel closed waiting for {what}"),
+            Err(_) => panic!("timed out waiting for {what}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn changed_limits_apply_live_in_the_cgroup_and_a_changed_rlimit_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = tempfile::tempdir().unwrap();
+    std::fs::write(fs.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+    std::fs::write(fs.path().join("cgroup.subtree_control"), "").unwrap();
+    // The group's `cgroup.procs` exists in a real cgroupfs; the imitation needs it made.
+    std::fs::create_dir_all(fs.path().join("hedge/n/lim")).unwrap();
+    std::fs::write(fs.path().join("hedge/n/lim/cgroup.procs"), "").unwrap();
+    let mut d = daemon(dir.path());
+    d.cgroups = Some(Cgroups::at(fs.path(), "n").unwrap());
+    let name = Name::new("lim").unwrap();
+    let read = |f: &str| std::fs::read_to_string(fs.path().join("hedge/n/lim").join(f)).unwrap();
+
+    let mut limits = Limits {
+        memory_max: Some(64 << 20),
+        cpu_max_percent: Some(50),
+        nofile: Some(256),
+        nproc: None,
+    };
+    d.local_request(sleeper("lim", limits.clone())).unwrap();
+    let pid = d.slots[&name].lc.pid().unwrap();
+    assert_eq!(read("memory.max"), "67108864\n");
+    assert_eq!(read("cpu.max"), "50000 100000\n");
+    assert_eq!(nofile_of(pid), 256);
+
+    // Memory and CPU: rewritten live, the same process keeps running.
+    limits.memory_max = Some(128 << 20);
+    limits.cpu_max_percent = Some(20);
+    d.local_request(sleeper("lim", limits.clone())).unwrap();
+    assert_eq!(read("memory.max"), "134217728\n");
+    assert_eq!(read("cpu.max"), "20000 100000\n");
+    assert_eq!(
+        d.slots[&name].lc.pid(),
+        Some(pid),
+        "a cgroup limit restarted it"
+    );
+
+    // A limit taken out of the request is lifted.
+    limits.memory_max = None;
+    d.local_request(sleeper("lim", limits.clone())).unwrap();
+    assert_eq!(read("memory.max"), "max\n");
+    assert_eq!(d.slots[&name].lc.pid(), Some(pid));
+
+    // An rlimit can only be set at start: the instance restarts with the new one.
+    limits.nofile = Some(300);
+    d.local_request(sleeper("lim", limits.clone())).unwrap();
+    pump_until(&mut d, "a new process", |d| {
+        d.slots[&name].lc.pid().is_some_and(|p| p != pid)
+    })
+    .await;
+    let new_pid = d.slots[&name].lc.pid().unwrap();
+    assert_eq!(nofile_of(new_pid), 300);
+
+    d.shutting_down = true;
+    for slot in d.slots.values_mut() {
+        if let Some(pid) = slot.lc.pid() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
