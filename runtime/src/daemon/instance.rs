@@ -373,6 +373,7 @@ impl Daemon {
             },
             restarts: slot.lc.restarts(),
             last_exit: slot.lc.last_exit(),
+            boot_id: pid.and_then(|_| procfs::boot_id()),
         };
         let kind = RecordKind::InstanceState {
             instance: name.clone(),

@@ -316,7 +316,9 @@ impl Daemon {
         self.record(kind);
     }
 
-    /// Kills process groups recorded by an earlier daemon that may still run, and
+    /// Kills process groups recorded by an earlier daemon of this boot that may still
+    /// run (never one recorded in another or an unknown boot, see
+    /// [`procfs::judge`]), and
     /// everything left in the node's instance cgroups or, without cgroups, running as
     /// a partition's uid (nothing of this daemon runs yet).
     fn kill_leftovers(&mut self) -> Result<(), DaemonError> {
@@ -349,11 +351,22 @@ impl Daemon {
                 }
             }
         }
+        let this_boot = procfs::boot_id();
         for (name, mut obs) in self.store.observed()? {
             let Some(pgid) = obs.pgid else { continue };
-            match procfs::judge(obs.start_ticks, procfs::start_ticks(pgid)) {
-                procfs::Leftover::Unrelated => {}
-                verdict => {
+            let verdict = procfs::judge(
+                obs.boot_id.as_deref(),
+                this_boot.as_deref(),
+                obs.start_ticks,
+                procfs::start_ticks(pgid),
+            );
+            match verdict {
+                procfs::Leftover::Unrelated
+                | procfs::Leftover::OtherBoot
+                | procfs::Leftover::UnknownBoot => {
+                    tracing::info!(instance = %name, pgid, ?verdict, "recorded process group left alone");
+                }
+                procfs::Leftover::Kill | procfs::Leftover::KillOrphans => {
                     let pg = nix::unistd::Pid::from_raw(pgid as i32);
                     if nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL).is_ok() {
                         self.counters.leftovers_killed += 1;
@@ -363,6 +376,7 @@ impl Daemon {
             }
             obs.pgid = None;
             obs.start_ticks = None;
+            obs.boot_id = None;
             if let Ok(n) = Name::new(&name) {
                 self.store.put_observed(&n, &obs)?;
             }

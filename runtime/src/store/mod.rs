@@ -97,6 +97,40 @@ pub struct ObservedInstance {
     pub restarts: u32,
     /// How the last run ended.
     pub last_exit: Option<ExitStatus>,
+    /// The boot (`/proc/sys/kernel/random/boot_id`) `pgid` and `start_ticks` belong to:
+    /// after a reboot they name nothing of ours. Records written before this field
+    /// existed decode with `None` ("unknown boot"), which is never killed.
+    pub boot_id: Option<String>,
+}
+
+/// [`ObservedInstance`] as written before it had a boot id (postcard: the same fields,
+/// without the last one). Read-time migration: such a record decodes as this.
+#[derive(Deserialize)]
+struct ObservedV1 {
+    pgid: Option<u32>,
+    start_ticks: Option<u64>,
+    restarts: u32,
+    last_exit: Option<ExitStatus>,
+}
+
+impl From<ObservedV1> for ObservedInstance {
+    fn from(o: ObservedV1) -> Self {
+        ObservedInstance {
+            pgid: o.pgid,
+            start_ticks: o.start_ticks,
+            restarts: o.restarts,
+            last_exit: o.last_exit,
+            boot_id: None,
+        }
+    }
+}
+
+/// Decodes an observed record, current or older layout.
+fn dec_observed(key: &[u8], v: &[u8]) -> Result<ObservedInstance, StoreError> {
+    dec("observed", key, v).or_else(|e| match postcard::from_bytes::<ObservedV1>(v) {
+        Ok(old) => Ok(old.into()),
+        Err(_) => Err(e),
+    })
 }
 
 /// A usage record staged in its accountant's state (see [`Store::append_usage`]).
@@ -680,7 +714,7 @@ impl Store {
                 let (k, v) = kv?;
                 Ok((
                     String::from_utf8_lossy(&k).into_owned(),
-                    dec("observed", &k, &v)?,
+                    dec_observed(&k, &v)?,
                 ))
             })
             .collect()

@@ -197,3 +197,49 @@ fn a_bare_accountant_state_from_an_older_store_still_reads() {
     s.t().unwrap().usage.insert("web", old).unwrap();
     assert_eq!(s.usage_state(&web).unwrap(), Some(accountant_state(5000)));
 }
+
+/// An observed record written before records carried a boot id still reads, as
+/// "unknown boot"; a current one keeps its boot id.
+#[test]
+fn observed_records_without_a_boot_id_read_as_unknown_boot() {
+    #[derive(Serialize)]
+    struct Old {
+        pgid: Option<u32>,
+        start_ticks: Option<u64>,
+        restarts: u32,
+        last_exit: Option<ExitStatus>,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    let old = Old {
+        pgid: Some(4242),
+        start_ticks: Some(77),
+        restarts: 3,
+        last_exit: Some(ExitStatus::Code(1)),
+    };
+    s.t()
+        .unwrap()
+        .observed
+        .insert("old", postcard::to_stdvec(&old).unwrap())
+        .unwrap();
+    let new = ObservedInstance {
+        pgid: Some(5),
+        start_ticks: Some(6),
+        restarts: 0,
+        last_exit: None,
+        boot_id: Some("0b0b0b0b-0000-4000-8000-000000000000".into()),
+    };
+    s.put_observed(&Name::new("new").unwrap(), &new).unwrap();
+    let all = s.observed().unwrap();
+    assert_eq!(
+        all["old"],
+        ObservedInstance {
+            pgid: Some(4242),
+            start_ticks: Some(77),
+            restarts: 3,
+            last_exit: Some(ExitStatus::Code(1)),
+            boot_id: None,
+        }
+    );
+    assert_eq!(all["new"], new);
+}

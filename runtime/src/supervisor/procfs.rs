@@ -1,12 +1,44 @@
 //! Process facts from `/proc`, used to tell a leftover of an earlier daemon from an
 //! unrelated process that reused its pid, and to find every process of a uid.
 //!
+//! A recorded process group is only ever judged a leftover within the boot it was
+//! recorded in ([`boot_id`], `/proc/sys/kernel/random/boot_id`): after a reboot its pgid
+//! and start time can belong to anything. A record without a boot id (written by an
+//! older daemon) or a boot id that cannot be read is "unknown boot" and is never
+//! killed: leftovers of the same boot are still killed through the instance's cgroup or
+//! partition uid, which a reboot cannot hand to an unrelated process.
+//!
 //! Contract: pure parsers over the file text, plus thin readers that return `None` (or
 //! skip the process) when it is gone or the file is unreadable. Zombies count as dead:
 //! they run nothing and hold nothing but their pid.
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::OnceLock;
+
+/// Parses `/proc/sys/kernel/random/boot_id`'s text: a UUID (36 characters of hex digits
+/// and dashes), trimmed and lower-cased. Pure.
+pub fn parse_boot_id(text: &str) -> Option<String> {
+    let t = text.trim();
+    let ok = t.len() == 36
+        && t.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        });
+    ok.then(|| t.to_ascii_lowercase())
+}
+
+/// This boot's id, read once per process (it cannot change while we run); `None` when
+/// unreadable.
+pub fn boot_id() -> Option<String> {
+    static ID: OnceLock<Option<String>> = OnceLock::new();
+    ID.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .and_then(|t| parse_boot_id(&t))
+    })
+    .clone()
+}
 
 /// Field 22 of `/proc/PID/stat` (start time in clock ticks since boot), parsed from the
 /// file's text. The command name (field 2) may hold spaces and parentheses, so fields are
@@ -88,10 +120,26 @@ pub enum Leftover {
     KillOrphans,
     /// The pid now belongs to an unrelated process: leave it alone.
     Unrelated,
+    /// Recorded in another boot: the pgid names nothing of ours. Leave it alone.
+    OtherBoot,
+    /// The record has no boot id (older daemon) or this boot's id is unreadable: it
+    /// cannot be told from an unrelated group after a reboot. Leave it alone.
+    UnknownBoot,
 }
 
-/// Decides from the recorded and current start times.
-pub fn judge(recorded: Option<u64>, now: Option<u64>) -> Leftover {
+/// Decides from the recorded and current boot ids and start times. Only a record of
+/// this very boot is ever killed.
+pub fn judge(
+    recorded_boot: Option<&str>,
+    this_boot: Option<&str>,
+    recorded: Option<u64>,
+    now: Option<u64>,
+) -> Leftover {
+    match (recorded_boot, this_boot) {
+        (Some(a), Some(b)) if a == b => {}
+        (Some(_), Some(_)) => return Leftover::OtherBoot,
+        _ => return Leftover::UnknownBoot,
+    }
     match (recorded, now) {
         (_, None) => Leftover::KillOrphans,
         (Some(a), Some(b)) if a == b => Leftover::Kill,
@@ -145,10 +193,44 @@ mod tests {
     }
 
     #[test]
-    fn judging_leftovers() {
-        assert_eq!(judge(Some(5), Some(5)), Leftover::Kill);
-        assert_eq!(judge(Some(5), Some(6)), Leftover::Unrelated);
-        assert_eq!(judge(None, Some(6)), Leftover::Unrelated);
-        assert_eq!(judge(Some(5), None), Leftover::KillOrphans);
+    fn judging_leftovers_of_this_boot() {
+        let b = Some("b");
+        assert_eq!(judge(b, b, Some(5), Some(5)), Leftover::Kill);
+        assert_eq!(judge(b, b, Some(5), Some(6)), Leftover::Unrelated);
+        assert_eq!(judge(b, b, None, Some(6)), Leftover::Unrelated);
+        assert_eq!(judge(b, b, Some(5), None), Leftover::KillOrphans);
+    }
+
+    #[test]
+    fn nothing_is_killed_across_boots_or_when_the_boot_is_unknown() {
+        for (ticks, now) in [
+            (Some(5), Some(5)),
+            (Some(5), None),
+            (None, None),
+            (Some(5), Some(6)),
+        ] {
+            assert_eq!(judge(Some("a"), Some("b"), ticks, now), Leftover::OtherBoot);
+            assert_eq!(judge(None, Some("b"), ticks, now), Leftover::UnknownBoot);
+            assert_eq!(judge(Some("a"), None, ticks, now), Leftover::UnknownBoot);
+            assert_eq!(judge(None, None, ticks, now), Leftover::UnknownBoot);
+        }
+    }
+
+    #[test]
+    fn boot_ids_parse() {
+        assert_eq!(
+            parse_boot_id("3F0E8C1A-2B4D-4C6E-8A9B-0C1D2E3F4A5B\n").as_deref(),
+            Some("3f0e8c1a-2b4d-4c6e-8a9b-0c1d2e3f4a5b")
+        );
+        for bad in [
+            "",
+            "x",
+            "3f0e8c1a-2b4d-4c6e-8a9b-0c1d2e3f4a5",
+            "3f0e8c1a+2b4d-4c6e-8a9b-0c1d2e3f4a5b",
+            "zf0e8c1a-2b4d-4c6e-8a9b-0c1d2e3f4a5b",
+        ] {
+            assert_eq!(parse_boot_id(bad), None, "{bad}");
+        }
+        assert!(boot_id().is_some(), "this machine has a boot id");
     }
 }
