@@ -88,6 +88,8 @@ pub(crate) struct Slot {
     pub accountant: Option<crate::monitor::usage::Accountant>,
     /// CPU milliticks and time of the last persisted accounting state.
     pub persisted: Option<(u64, std::time::Instant)>,
+    /// The last measure of its partition's disk use (see `daemon::disk`).
+    pub disk: super::monitor::DiskMeasure,
 }
 
 /// The word `status` prints for a lifecycle state.
@@ -160,6 +162,7 @@ impl Daemon {
                         promises_gen: 0,
                         accountant,
                         persisted: None,
+                        disk: Default::default(),
                     },
                 );
             }

@@ -243,6 +243,12 @@ impl Daemon {
             ],
         );
         metric(
+            "hedge_disk_walks_incomplete_total",
+            "Partition disk walks that could not count everything (usage is a lower bound).",
+            "counter",
+            vec![(String::new(), c.disk_walks_incomplete.to_string())],
+        );
+        metric(
             "hedge_store_errors_total",
             "Store writes that failed.",
             "counter",

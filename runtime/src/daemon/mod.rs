@@ -19,6 +19,7 @@
 pub mod api;
 mod conn;
 mod desired;
+mod disk;
 mod instance;
 mod link;
 mod metrics;
@@ -26,6 +27,8 @@ mod monitor;
 mod software;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_disk;
 #[cfg(test)]
 mod tests_limits;
 
@@ -81,6 +84,8 @@ pub(crate) enum Event {
         sha256: [u8; 32],
         attempt: software::Attempt,
     },
+    /// A disk walk of an instance's partition finished (on a blocking thread).
+    DiskWalked { name: Name, usage: disk::DiskUsage },
     /// A promise check finished.
     Checked {
         name: Name,
@@ -153,6 +158,9 @@ pub struct Counters {
     pub artifact_refused: u64,
     /// Artifact download attempts that failed (network, TLS, HTTP, disk); retried.
     pub artifact_fetch_errors: u64,
+    /// Partition disk walks that could not count everything (a bound hit, an error):
+    /// the usage billed is then a lower bound.
+    pub disk_walks_incomplete: u64,
 }
 
 /// The node daemon.
@@ -180,6 +188,7 @@ pub struct Daemon {
     /// When the next shedding pass is due.
     shed_gate: crate::monitor::shed::Gate,
     shed_log: RateLimit,
+    disk_log: RateLimit,
     /// The store hit a full disk; reopen it once space returns.
     store_full: bool,
     desired_log: RateLimit,
@@ -286,6 +295,7 @@ impl Daemon {
             last_health: None,
             shed_gate: Default::default(),
             shed_log: RateLimit::default(),
+            disk_log: RateLimit::default(),
             store_full: false,
             desired_log: RateLimit::default(),
             master_key: None,
@@ -617,6 +627,7 @@ impl Daemon {
                 result,
             } => self.on_check(name, index, generation, result),
             Event::Artifact { sha256, attempt } => self.on_artifact(sha256, attempt),
+            Event::DiskWalked { name, usage } => self.on_disk_walked(name, usage),
         }
     }
 

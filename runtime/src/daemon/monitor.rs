@@ -11,11 +11,11 @@
 //! (`command_checks_refused`), logged (rate-limited), and the promise fails.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hedge_wire::{IncidentState, Name, PromiseCheck, RecordKind};
 
+use super::disk::{self, DiskUsage, WalkLimits};
 use super::{now_ms, Daemon, Event};
 use crate::monitor::checks::{self, Check};
 use crate::monitor::incident::{Incident, IncidentAction};
@@ -23,7 +23,6 @@ use crate::monitor::promise::{CheckResult, PromiseEvent, PromiseState};
 use crate::monitor::shed::RecordClass;
 use crate::monitor::usage::{Accountant, ProcessIdentity, Sample};
 use crate::monitor::{health, procstat, shed};
-use crate::partition::at;
 use crate::render;
 use crate::supervisor::lifecycle::Input;
 
@@ -80,45 +79,15 @@ impl Timers {
     }
 }
 
-/// Most directory entries [`disk_bytes`] visits in one partition: the walk runs on the
-/// daemon's loop, and the instance decides how many files it has.
-const DISK_WALK_MAX_ENTRIES: usize = 100_000;
-
-/// Bytes of the files under `dir`, bounded in depth and in entries visited. The walk
-/// goes by descriptor and never follows a symlink, even one swapped in for a directory
-/// during the walk.
-fn disk_bytes(dir: &Path, max_entries: usize) -> u64 {
-    fn walk(dir: &std::fs::File, depth: u32, budget: &mut usize) -> u64 {
-        if depth > 32 {
-            return 0;
-        }
-        let Ok(rd) = at::read_dir(dir) else {
-            return 0;
-        };
-        let mut sum = 0;
-        for e in rd.filter_map(Result::ok) {
-            if *budget == 0 {
-                break;
-            }
-            *budget -= 1;
-            let name = e.file_name();
-            sum += match e.file_type() {
-                Ok(t) if t.is_dir() => at::open_dir_at(dir, &name)
-                    .map(|sub| walk(&sub, depth + 1, budget))
-                    .unwrap_or(0),
-                Ok(t) if t.is_file() => at::lstat_at(dir, &name)
-                    .ok()
-                    .filter(std::fs::Metadata::is_file)
-                    .map_or(0, |m| m.len()),
-                _ => 0,
-            };
-        }
-        sum
-    }
-    let Ok(d) = at::open_dir(dir) else {
-        return 0;
-    };
-    walk(&d, 0, &mut { max_entries })
+/// The last measure of a partition's disk use, and whether a walk is under way.
+#[derive(Debug, Default)]
+pub(crate) struct DiskMeasure {
+    /// Allocated bytes at the last finished walk (a lower bound if it was incomplete).
+    pub bytes: u64,
+    /// A walk of this partition is running.
+    pub walking: bool,
+    /// When the last walk finished.
+    pub walked_at: Option<Instant>,
 }
 
 impl Daemon {
@@ -176,6 +145,7 @@ impl Daemon {
         if now >= self.timers.sample {
             self.timers.sample = now + Duration::from_millis(self.cfg.monitor.sample_interval_ms);
             self.sample_usage(false);
+            self.start_disk_walk();
         }
         if now >= self.timers.health {
             self.timers.health = now + Duration::from_millis(self.cfg.monitor.health_interval_ms);
@@ -442,6 +412,62 @@ impl Daemon {
         }
     }
 
+    /// Starts a walk of the partition most in need of one, unless a walk runs: one at a
+    /// time, on a blocking thread (never on the loop), each partition at most once per
+    /// half usage interval; the result comes back as [`Event::DiskWalked`].
+    pub(super) fn start_disk_walk(&mut self) {
+        if self.slots.values().any(|s| s.disk.walking) {
+            return;
+        }
+        let every = Duration::from_millis(self.cfg.monitor.usage_interval_ms / 2);
+        let due = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.accountant.is_some())
+            .filter(|(_, s)| s.disk.walked_at.is_none_or(|t| t.elapsed() >= every))
+            .min_by_key(|(_, s)| s.disk.walked_at)
+            .map(|(n, _)| n.clone());
+        let Some(name) = due else { return };
+        let Some(slot) = self.slots.get_mut(&name) else {
+            return;
+        };
+        slot.disk.walking = true;
+        let path = self.partitions.path(&name);
+        let tx = self.events_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let usage = std::panic::catch_unwind(|| disk::walk(&path, WalkLimits::default()))
+                .unwrap_or_else(|_| DiskUsage {
+                    bytes: 0,
+                    complete: false,
+                    reason: Some("the walk panicked".into()),
+                });
+            let _ = tx.send(Event::DiskWalked { name, usage });
+        });
+    }
+
+    /// A walk finished: keep its figure; an incomplete one is counted and logged.
+    pub(super) fn on_disk_walked(&mut self, name: Name, usage: DiskUsage) {
+        if !usage.complete {
+            self.counters.disk_walks_incomplete += 1;
+            if let Some(suppressed) = self.disk_log.allow(Instant::now()) {
+                tracing::warn!(
+                    instance = %name,
+                    counted = usage.bytes,
+                    reason = usage.reason.as_deref().unwrap_or(""),
+                    suppressed,
+                    "partition disk walk incomplete: its disk usage is a lower bound"
+                );
+            }
+        }
+        if let Some(slot) = self.slots.get_mut(&name) {
+            slot.disk.walking = false;
+            slot.disk.walked_at = Some(Instant::now());
+            slot.disk.bytes = usage.bytes;
+        }
+        // Next partition in line, if any is due.
+        self.start_disk_walk();
+    }
+
     /// Samples every instance's process tree; closes usage intervals that are due.
     /// `closing` also closes every interval now (used at shutdown and destroy).
     pub(super) fn sample_usage(&mut self, closing: bool) {
@@ -474,8 +500,8 @@ impl Daemon {
             // records stay contiguous and totals unchanged, and the outbox stays quiet.
             let idle = acc.state().uptime_ms == 0 && acc.state().cpu_milliticks == 0;
             let record = if (closing || wall >= acc.due_ms()) && !idle {
-                let disk = disk_bytes(&self.partitions.path(&name), DISK_WALK_MAX_ENTRIES);
-                acc.close_interval(wall, disk)
+                // The last walk's figure: walks run off the loop (see `start_disk_walk`).
+                acc.close_interval(wall, slot.disk.bytes)
             } else {
                 None
             };
@@ -665,35 +691,5 @@ impl Daemon {
     /// Per-instance CPU ms recorded in usage records by this daemon run.
     pub(super) fn usage_totals(&self) -> &BTreeMap<String, u64> {
         &self.usage_cpu_ms
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use std::os::unix::fs::symlink;
-
-    use super::*;
-
-    #[test]
-    fn disk_bytes_counts_files_follows_no_link_and_stops_at_the_budget() {
-        let tmp = tempfile::tempdir().unwrap();
-        let part = tmp.path().join("part");
-        let outside = tmp.path().join("outside");
-        std::fs::create_dir_all(part.join("srv/deep")).unwrap();
-        std::fs::create_dir(&outside).unwrap();
-        std::fs::write(outside.join("big"), vec![0u8; 10_000]).unwrap();
-        std::fs::write(part.join("srv/a"), vec![0u8; 100]).unwrap();
-        std::fs::write(part.join("srv/deep/b"), vec![0u8; 20]).unwrap();
-        symlink(&outside, part.join("srv/link")).unwrap();
-        symlink(outside.join("big"), part.join("srv/flink")).unwrap();
-        assert_eq!(disk_bytes(&part, 1000), 120);
-        // One entry (srv) uses the whole budget: nothing below it is visited.
-        assert_eq!(disk_bytes(&part, 1), 0);
-        assert_eq!(disk_bytes(&tmp.path().join("absent"), 1000), 0);
-        // The partition itself a link: not walked.
-        symlink(&outside, tmp.path().join("plink")).unwrap();
-        assert_eq!(disk_bytes(&tmp.path().join("plink"), 1000), 0);
     }
 }
