@@ -18,7 +18,8 @@
 //! lower bound. The daemon then logs (rate-limited) and counts it
 //! (`disk_walks_incomplete`); it never passes a silent 0 for a tree it could not finish.
 //! [`walk`] blocks: the daemon runs it on a blocking thread, one walk at a time, and
-//! gets the result back as an event.
+//! gets the result back as an event. `cancelled` is polled at every step: a daemon that
+//! exits stops its walk at once (incomplete) instead of waiting for it.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -76,8 +77,9 @@ struct Frame {
     pending: Vec<OsString>,
 }
 
-struct Walker {
+struct Walker<'a> {
     limits: WalkLimits,
+    cancelled: &'a dyn Fn() -> bool,
     bytes: u64,
     ops: u64,
     pending_bytes: usize,
@@ -87,12 +89,17 @@ struct Walker {
     stop: bool,
 }
 
-impl Walker {
+impl Walker<'_> {
     fn incomplete(&mut self, why: String) {
         self.reason.get_or_insert(why);
     }
 
     fn op(&mut self) -> bool {
+        if (self.cancelled)() {
+            self.incomplete("cancelled".to_string());
+            self.stop = true;
+            return false;
+        }
         if self.ops >= self.limits.max_ops {
             self.incomplete(format!("more than {} entries", self.limits.max_ops));
             self.stop = true;
@@ -193,9 +200,10 @@ impl Walker {
 }
 
 /// Counts the space used under `dir` (see the module doc). Blocks.
-pub(crate) fn walk(dir: &Path, limits: WalkLimits) -> DiskUsage {
+pub(crate) fn walk(dir: &Path, limits: WalkLimits, cancelled: &dyn Fn() -> bool) -> DiskUsage {
     let mut w = Walker {
         limits,
+        cancelled,
         bytes: 0,
         ops: 0,
         pending_bytes: 0,
@@ -293,7 +301,7 @@ pub(crate) fn walk(dir: &Path, limits: WalkLimits) -> DiskUsage {
 /// directory it was. Frames that cannot be reopened as themselves are dropped (with
 /// what they still had to visit): the walk is then incomplete. Returns whether the top
 /// frame is open.
-fn reopen(w: &mut Walker, stack: &mut Vec<Frame>, open: &mut usize, max_open: usize) -> bool {
+fn reopen(w: &mut Walker<'_>, stack: &mut Vec<Frame>, open: &mut usize, max_open: usize) -> bool {
     let Some(base) = stack.iter().rposition(|f| f.file.is_some()) else {
         return false;
     };
@@ -350,8 +358,12 @@ mod tests {
 
     use super::*;
 
+    fn never() -> bool {
+        false
+    }
+
     fn used(dir: &Path) -> u64 {
-        let u = walk(dir, WalkLimits::default());
+        let u = walk(dir, WalkLimits::default(), &never);
         assert!(u.complete, "{u:?}");
         u.bytes
     }
@@ -377,7 +389,7 @@ mod tests {
         assert!(used(&part) - with < 16_384, "hard link counted twice");
         // Absent: 0, complete. The partition itself a symlink: not walked, incomplete.
         assert_eq!(
-            walk(&tmp.path().join("absent"), WalkLimits::default()),
+            walk(&tmp.path().join("absent"), WalkLimits::default(), &never),
             DiskUsage {
                 bytes: 0,
                 complete: true,
@@ -385,7 +397,7 @@ mod tests {
             }
         );
         symlink(&outside, tmp.path().join("plink")).unwrap();
-        let l = walk(&tmp.path().join("plink"), WalkLimits::default());
+        let l = walk(&tmp.path().join("plink"), WalkLimits::default(), &never);
         assert_eq!(l.bytes, 0);
         assert!(!l.complete);
     }
@@ -436,6 +448,7 @@ mod tests {
                     max_open_dirs,
                     ..WalkLimits::default()
                 },
+                &never,
             );
             assert!(u.complete, "{max_open_dirs}: {u:?}");
             assert_eq!(u.bytes, after, "{max_open_dirs}");
@@ -456,6 +469,7 @@ mod tests {
                 max_ops: 10,
                 ..WalkLimits::default()
             },
+            &never,
         );
         assert!(!u.complete);
         assert!(u.reason.unwrap().contains("more than 10 entries"));
@@ -466,6 +480,7 @@ mod tests {
                 max_pending_bytes: 0,
                 ..WalkLimits::default()
             },
+            &never,
         );
         // No subdirectory here: the name budget is not touched.
         assert!(names.complete);
@@ -476,7 +491,12 @@ mod tests {
                 max_pending_bytes: 0,
                 ..WalkLimits::default()
             },
+            &never,
         );
         assert!(!names.complete);
+        // A cancelled walk stops at once and says so.
+        let c = walk(tmp.path(), WalkLimits::default(), &|| true);
+        assert!(!c.complete);
+        assert_eq!(c.reason.as_deref(), Some("cancelled"));
     }
 }

@@ -435,12 +435,15 @@ impl Daemon {
         let path = self.partitions.path(&name);
         let tx = self.events_tx.clone();
         tokio::task::spawn_blocking(move || {
-            let usage = std::panic::catch_unwind(|| disk::walk(&path, WalkLimits::default()))
-                .unwrap_or_else(|_| DiskUsage {
-                    bytes: 0,
-                    complete: false,
-                    reason: Some("the walk panicked".into()),
-                });
+            // The daemon gone (its receiver dropped): stop, do not hold up its exit.
+            let cancelled = || tx.is_closed();
+            let usage =
+                std::panic::catch_unwind(|| disk::walk(&path, WalkLimits::default(), &cancelled))
+                    .unwrap_or_else(|_| DiskUsage {
+                        bytes: 0,
+                        complete: false,
+                        reason: Some("the walk panicked".into()),
+                    });
             let _ = tx.send(Event::DiskWalked { name, usage });
         });
     }
