@@ -2,9 +2,10 @@
 //! only at start) restarts it with the new value; `memory_max` is rewritten live in its
 //! cgroup v2 group (same process).
 //!
-//! These need root (partition uids, cgroups): see `common::can_run_as_root`. The cgroup
-//! check also needs the memory controller in the host's cgroup v2 hierarchy (on a hybrid
-//! layout it may be bound to cgroup v1): see `common::can_run`.
+//! These need root (partition uids, cgroups): see `common::can_run_as_root`. Where the
+//! host's memory controller is not in its cgroup v2 hierarchy (a hybrid layout binds it
+//! to cgroup v1), the memory test checks instead that the node reports the limit as not
+//! enforced.
 
 #![allow(clippy::unwrap_used)]
 
@@ -80,10 +81,17 @@ fn a_changed_memory_limit_is_rewritten_live_in_the_cgroup() {
     let dir = cgroup_dir(pid);
     let memory_max = dir.as_ref().map(|d| d.join("memory.max"));
     let enforced = memory_max.as_ref().is_some_and(|f| f.exists());
-    if !common::can_run(
-        enforced,
-        "the memory controller in the host's cgroup v2 hierarchy",
-    ) {
+    if !enforced {
+        // A host whose memory controller is bound to cgroup v1 (hybrid layout, as on
+        // the CI machines): the node must say the limit is not enforced, and why,
+        // while the instance runs. The live rewrite itself is proven against a fake
+        // cgroupfs (daemon::tests_limits).
+        let log = node.daemon_log();
+        assert!(
+            log.contains("resource limits not enforced") && log.contains("controller"),
+            "an unenforceable memory limit went unreported:\n{log}"
+        );
+        assert!(common::alive(pid as u32));
         return;
     }
     let memory_max = memory_max.unwrap();
