@@ -397,17 +397,18 @@ pub fn main(cmd: MasterCommand) -> Result<(), Failure> {
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 println!(
-                    "{:<24} {:<10} {:<28} {:>10} {:>10} {:>9}  LAST SEEN (ms ago)",
-                    "NODE", "BOARD", "ARCH", "RECORDS", "LAST SEQ", "INSTANCES"
+                    "{:<24} {:<10} {:<28} {:>10} {:>5} {:>10} {:>9}  LAST SEEN (ms ago)",
+                    "NODE", "BOARD", "ARCH", "RECORDS", "LIVES", "LAST SEQ", "INSTANCES"
                 );
                 let now = now_ms();
                 for n in nodes {
                     println!(
-                        "{:<24} {:<10} {:<28} {:>10} {:>10} {:>4}/{:<4}  {}",
+                        "{:<24} {:<10} {:<28} {:>10} {:>5} {:>10} {:>4}/{:<4}  {}",
                         n.node.as_str(),
                         n.board.as_deref().unwrap_or("-"),
                         n.arch.as_deref().unwrap_or("-"),
                         n.records,
+                        n.lives,
                         n.last_seq,
                         n.allocated_instances,
                         n.capacity_instances,

@@ -315,7 +315,7 @@ pub fn master_toml(broker_host: &str, broker_port: u16) -> String {
 # Several masters may share one broker (and one store on one machine).
 
 [master]
-# The master's store: records keyed by (node, seq), fleet registry, invoices.
+# The master's store: records keyed by (node, epoch, seq), fleet registry, invoices.
 store = \"master.db\"
 
 [broker]

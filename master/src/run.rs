@@ -2,10 +2,10 @@
 //!
 //! Contract: [`run`] connects to the broker with the master's client certificate,
 //! subscribes to `$share/hedge/hedge/v1/+/up` (several master processes split the
-//! load; the SQLite store makes each (node, seq) stored once across all of them),
+//! load; the SQLite store makes each (node, epoch, seq) stored once across all of them),
 //! and for every Up batch: checks that the batch's node is the topic's node (the
 //! broker's ACL binds the topic to the certificate), stores it in one transaction,
-//! and only then publishes `Ack { upto }` on `hedge/v1/<node>/ack`. Malformed frames
+//! and only then publishes `Ack { upto, epoch }` on `hedge/v1/<node>/ack`. Malformed frames
 //! and node mismatches are counted and logged, never stored, never acked.
 //! Store work runs on the [`Worker`] thread, never on the event loop: a slow disk or
 //! another master holding SQLite's write lock delays acknowledgements, never the MQTT
@@ -285,7 +285,10 @@ fn ingested(
             c.batches += 1;
             c.stored += ing.stored as u64;
             c.duplicates += ing.duplicates as u64;
-            let ack = Message::Ack(Ack { upto: ing.ack_upto });
+            let ack = Message::Ack(Ack {
+                upto: ing.ack_upto,
+                epoch: ing.epoch,
+            });
             if let Ok(frame) = encode(&ack, DEFAULT_MAX_FRAME) {
                 if let Err(e) =
                     client.try_publish(ack_topic(node.as_str()), QoS::AtLeastOnce, false, frame)

@@ -3,8 +3,11 @@
 //!
 //! Contract: several master processes on one box may open the same file; every write
 //! runs in one `BEGIN IMMEDIATE` transaction (WAL journal, `synchronous = FULL`, a
-//! busy timeout), so concurrent writers serialize and each `(node, seq)` is stored
-//! exactly once. Driven by the master's ingest task ([`MasterStore::ingest`], after
+//! busy timeout), so concurrent writers serialize and each `(node, epoch, seq)` is stored
+//! exactly once. Records are keyed by `(node, epoch, seq)`: a node's epoch is one
+//! life of its store (a wiped or restored node starts a new one and counts its seqs
+//! from 1 again), so lives never collide; coverage and acks are per `(node, epoch)`.
+//! Driven by the master's ingest task ([`MasterStore::ingest`], after
 //! which the returned `ack_upto` is published), by the allocation and request paths
 //! ([`MasterStore::update_desired`]) and by the read-only views (fleet, usage,
 //! incidents, instances). A [`MasterStore`] is `Send + Sync`: one connection behind a
@@ -13,8 +16,18 @@
 //! Guarantees:
 //! - The file is created with mode 0600, and so are SQLite's `-wal`/`-shm` beside it.
 //! - [`MasterStore::ingest`] is idempotent: the same `Up` twice stores nothing new and
-//!   returns the same ack. The ack is the node's [`Coverage`] prefix, which only
-//!   `covers` ranges extend (express batches are stored but extend nothing).
+//!   returns the same ack. The ack is the [`Coverage`] prefix of the batch's
+//!   `(node, epoch)`, which only `covers` ranges extend (express batches are stored but
+//!   extend nothing), and names that epoch.
+//! - Every view (fleet, instances, incidents, usage and so invoices) holds every life
+//!   of a node. Lives are numbered per node in the order the master first saw them
+//!   (`epochs.life`, from 1; 0 is the life of records stored before epochs existed),
+//!   and "latest" means highest (life, seq).
+//! - Integrity counters per node: `repeats` counts records stored under a new key whose
+//!   event (time and content, hashed into `records.digest`) is already stored under
+//!   another seq or epoch (the same event twice: what a bill must never hold);
+//!   `conflicts` counts deliveries of a stored `(node, epoch, seq)` with other content
+//!   (two copies of one life, e.g. a cloned store; the first stored wins).
 //! - A desired state is stored only with a generation above the stored one, and
 //!   generations handed out by [`MasterStore::next_generation`] or
 //!   [`MasterStore::update_desired`] are never handed out again, across processes.
@@ -40,8 +53,8 @@
 //!   in the postcard blobs (index columns are clamped).
 //!
 //! Tables: `records` (postcard `RecordKind` plus the denormalised index columns
-//! `kind_tag`, `instance`, `span_from`/`span_to` for usage intervals), `coverage`,
-//! `nodes`, `desired`, `generations` (high-water mark of handed-out generations),
+//! `kind_tag`, `instance`, `span_from`/`span_to` for usage intervals, and `digest`),
+//! `coverage` (per node and epoch), `epochs` (each life of a node), `nodes`, `desired`, `generations` (high-water mark of handed-out generations),
 //! `artifacts` (supplied software: release or NULL, target, sha256 hex, size; one row per
 //! (release, target) of a named release, one per (sha256, target) of an unnamed one),
 //! `assigned` (operator-assigned labels, region and instance cap per node),
@@ -50,7 +63,9 @@
 //! instance requested `destroyed`: the generation that destroyed it, and whether it was
 //! pruned from the state since).
 //! New tables are created by `CREATE ... IF NOT EXISTS` at every open, so adding one
-//! keeps [`SCHEMA_VERSION`] (an older master simply ignores it).
+//! keeps [`SCHEMA_VERSION`] (an older master simply ignores it). Version 2 keyed
+//! records and coverage by epoch: a version 1 file is migrated in place at open (its
+//! rows become life 0, epoch 0), in the same transaction that sets the version.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -76,11 +91,13 @@ pub use place::Placed;
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The schema version this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
-const SCHEMA: &str = "
+/// The tables keyed by epoch (version 2), created fresh or by the migration.
+const EPOCH_TABLES: &str = "
 CREATE TABLE IF NOT EXISTS records (
     node      TEXT    NOT NULL,
+    epoch     INTEGER NOT NULL,
     seq       INTEGER NOT NULL,
     time_ms   INTEGER NOT NULL,
     kind_tag  TEXT    NOT NULL,
@@ -88,15 +105,55 @@ CREATE TABLE IF NOT EXISTS records (
     span_from INTEGER,
     span_to   INTEGER,
     kind      BLOB    NOT NULL,
-    PRIMARY KEY (node, seq)
+    digest    BLOB,
+    PRIMARY KEY (node, epoch, seq)
 );
+CREATE TABLE IF NOT EXISTS coverage (
+    node    TEXT    NOT NULL,
+    epoch   INTEGER NOT NULL,
+    acked   INTEGER NOT NULL,
+    pending BLOB    NOT NULL,
+    PRIMARY KEY (node, epoch)
+);
+CREATE TABLE IF NOT EXISTS epochs (
+    node          TEXT    NOT NULL,
+    epoch         INTEGER NOT NULL,
+    life          INTEGER NOT NULL,
+    first_seen_ms INTEGER,
+    PRIMARY KEY (node, epoch)
+);
+";
+
+/// Version 1 → 2: records and coverage keyed by epoch; old rows are epoch 0, life 0.
+const MIGRATE_V1: &str = "
+DROP INDEX IF EXISTS records_by_tag;
+DROP INDEX IF EXISTS records_by_span;
+ALTER TABLE records RENAME TO records_v1;
+ALTER TABLE coverage RENAME TO coverage_v1;
+ALTER TABLE nodes ADD COLUMN epoch INTEGER;
+ALTER TABLE nodes ADD COLUMN repeats INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE nodes ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE nodes ADD COLUMN health_life INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE nodes ADD COLUMN info_life INTEGER NOT NULL DEFAULT 0;
+";
+
+/// Version 1 → 2, after [`MIGRATE_V1`] and [`EPOCH_TABLES`]: copy the rows over.
+const MIGRATE_V1_ROWS: &str = "
+INSERT INTO records (node, epoch, seq, time_ms, kind_tag, instance, span_from, span_to, kind)
+    SELECT node, 0, seq, time_ms, kind_tag, instance, span_from, span_to, kind FROM records_v1;
+INSERT INTO coverage (node, epoch, acked, pending)
+    SELECT node, 0, acked, pending FROM coverage_v1;
+INSERT OR IGNORE INTO epochs (node, epoch, life, first_seen_ms)
+    SELECT node, 0, 0, first_seen_ms FROM nodes;
+UPDATE nodes SET epoch = 0;
+DROP TABLE records_v1;
+DROP TABLE coverage_v1;
+";
+
+const SCHEMA: &str = "
 CREATE INDEX IF NOT EXISTS records_by_tag ON records (kind_tag, node, instance, seq);
 CREATE INDEX IF NOT EXISTS records_by_span ON records (kind_tag, span_from);
-CREATE TABLE IF NOT EXISTS coverage (
-    node    TEXT PRIMARY KEY,
-    acked   INTEGER NOT NULL,
-    pending BLOB    NOT NULL
-);
+CREATE INDEX IF NOT EXISTS records_by_digest ON records (node, digest);
 CREATE TABLE IF NOT EXISTS nodes (
     node               TEXT PRIMARY KEY,
     first_seen_ms      INTEGER,
@@ -112,7 +169,12 @@ CREATE TABLE IF NOT EXISTS nodes (
     last_seq           INTEGER NOT NULL DEFAULT 0,
     health_seq         INTEGER,
     health             BLOB,
-    info_seq           INTEGER
+    info_seq           INTEGER,
+    epoch              INTEGER,
+    repeats            INTEGER NOT NULL DEFAULT 0,
+    conflicts          INTEGER NOT NULL DEFAULT 0,
+    health_life        INTEGER NOT NULL DEFAULT 0,
+    info_life          INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS desired (
     node       TEXT PRIMARY KEY,
@@ -277,8 +339,15 @@ pub struct Ingested {
     pub stored: usize,
     /// Records already stored before (resent).
     pub duplicates: usize,
-    /// The node's acknowledged prefix after this batch: publish `Ack { upto }`.
+    /// Records newly stored whose event was already stored under another seq or epoch.
+    pub repeats: usize,
+    /// Records whose `(node, epoch, seq)` was stored with other content (kept as stored).
+    pub conflicts: usize,
+    /// The acknowledged prefix of the batch's `(node, epoch)` after this batch: publish
+    /// `Ack { upto: ack_upto, epoch }`.
     pub ack_upto: u64,
+    /// The epoch the ack is for (the batch's).
+    pub epoch: u64,
 }
 
 /// Registry facts about a node, given by an operator or enrolment.
@@ -347,10 +416,16 @@ pub struct NodeSummary {
     pub last_seen_ms: Option<u64>,
     /// Records stored.
     pub records: u64,
-    /// Highest stored seq.
+    /// Highest stored seq of its latest life.
     pub last_seq: u64,
-    /// Acknowledged prefix.
+    /// Acknowledged prefix of its latest life.
     pub acked_upto: u64,
+    /// Lives (epochs) of the node the master holds records of.
+    pub lives: u32,
+    /// Records whose event was already stored under another seq or epoch.
+    pub repeats: u64,
+    /// Deliveries of a stored `(epoch, seq)` with other content.
+    pub conflicts: u64,
     /// Board profile.
     pub board: Option<String>,
     /// Architecture.
@@ -398,6 +473,8 @@ pub struct IncidentTransition {
 pub struct IncidentView {
     /// The node.
     pub node: Name,
+    /// The node's life the incident belongs to (incident ids are per life).
+    pub life: u32,
     /// The node-local incident id.
     pub id: u64,
     /// Which instance.
@@ -464,6 +541,21 @@ impl std::fmt::Debug for MasterStore {
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
+}
+
+/// An epoch as stored: its 64 bits as SQLite's signed integer (only compared for
+/// equality, never by order).
+fn epoch_sql(e: u64) -> i64 {
+    i64::from_ne_bytes(e.to_ne_bytes())
+}
+
+/// The event identity of a record: its time and content, hashed (16 bytes of sha256).
+fn digest(time_ms: u64, kind_blob: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(time_ms.to_be_bytes());
+    h.update(kind_blob);
+    h.finalize()[..16].to_vec()
 }
 
 /// Checks that `v` fits SQLite's signed 64-bit integers.
@@ -730,6 +822,7 @@ impl MasterStore {
             rows.push((seq_sql(r.seq)?, r, encode("record", &r.kind)?));
         }
 
+        let epoch = epoch_sql(up.epoch);
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let bytes_before = stored_bytes(&tx, node)?;
@@ -744,20 +837,42 @@ impl MasterStore {
             "INSERT OR IGNORE INTO nodes (node) VALUES (?1)",
             [node.as_str()],
         )?;
+        // A life not seen before gets the next number.
+        tx.execute(
+            "INSERT OR IGNORE INTO epochs (node, epoch, life, first_seen_ms)
+             VALUES (?1, ?2, (SELECT COALESCE(MAX(life), 0) + 1 FROM epochs WHERE node = ?1), ?3)",
+            params![node.as_str(), epoch, clamp_sql(now_ms)],
+        )?;
+        let (life, newest_life): (i64, i64) = tx.query_row(
+            "SELECT e.life, (SELECT MAX(life) FROM epochs WHERE node = ?1)
+             FROM epochs e WHERE e.node = ?1 AND e.epoch = ?2",
+            params![node.as_str(), epoch],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         let (mut stored, mut duplicates, mut last_seq) = (0usize, 0usize, 0i64);
         let mut new_bytes = 0u64;
+        let (mut repeats, mut conflicts) = (0usize, 0usize);
         let mut health: Option<(i64, &Record)> = None;
         let mut info: Option<(i64, &Record)> = None;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO records
-                 (node, seq, time_ms, kind_tag, instance, span_from, span_to, kind)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 (node, epoch, seq, time_ms, kind_tag, instance, span_from, span_to, kind, digest)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
+            let mut same_key = tx.prepare_cached(
+                "SELECT time_ms, kind FROM records WHERE node = ?1 AND epoch = ?2 AND seq = ?3",
+            )?;
+            let mut same_event = tx.prepare_cached(
+                "SELECT 1 FROM records WHERE node = ?1 AND digest = ?2
+                 AND NOT (epoch = ?3 AND seq = ?4) LIMIT 1",
             )?;
             for (seq, record, blob) in &rows {
                 let (tag, instance, span) = index_of(&record.kind);
+                let digest = digest(record.time_ms, blob);
                 let n = insert.execute(params![
                     node.as_str(),
+                    epoch,
                     seq,
                     // Bit-for-bit, so it reads back exactly; never queried by range.
                     record.time_ms as i64,
@@ -766,10 +881,21 @@ impl MasterStore {
                     span.map(|(f, _)| clamp_sql(f)),
                     span.map(|(_, t)| clamp_sql(t)),
                     blob,
+                    digest,
                 ])?;
                 if n == 0 {
                     duplicates += 1;
+                    let (time_ms, kind): (i64, Vec<u8>) = same_key
+                        .query_row(params![node.as_str(), epoch, seq], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })?;
+                    if time_ms != record.time_ms as i64 || &kind != blob {
+                        conflicts += 1;
+                    }
                     continue;
+                }
+                if same_event.exists(params![node.as_str(), digest, epoch, seq])? {
+                    repeats += 1;
                 }
                 stored += 1;
                 new_bytes += blob.len() as u64;
@@ -784,6 +910,10 @@ impl MasterStore {
                 }
             }
         }
+        if conflicts > 0 {
+            tracing::warn!(node = %node, epoch = up.epoch, conflicts,
+                "records delivered again with other content: two copies of one node life?");
+        }
 
         if new_bytes > 0 {
             tx.execute(
@@ -794,44 +924,56 @@ impl MasterStore {
                 ],
             )?;
         }
-        let mut coverage = load_coverage(&tx, node)?;
+        let mut coverage = load_coverage(&tx, node, up.epoch)?;
         if let Some((from, to)) = covers {
             coverage.add(from_sql(from), from_sql(to));
             tx.execute(
-                "INSERT INTO coverage (node, acked, pending) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (node) DO UPDATE SET acked = excluded.acked,
+                "INSERT INTO coverage (node, epoch, acked, pending) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (node, epoch) DO UPDATE SET acked = excluded.acked,
                      pending = excluded.pending",
                 params![
                     node.as_str(),
+                    epoch,
                     seq_sql(coverage.acked)?,
                     encode("coverage", &coverage.pending)?
                 ],
             )?;
         }
 
+        // `last_seq` and `epoch` follow the latest life; a new life starts them afresh.
         tx.execute(
             "UPDATE nodes SET first_seen_ms = COALESCE(first_seen_ms, ?2),
                  last_seen_ms = MAX(COALESCE(last_seen_ms, ?2), ?2),
                  records = records + ?3,
-                 last_seq = MAX(last_seq, ?4)
+                 last_seq = CASE WHEN ?6 < ?7 THEN last_seq
+                     WHEN epoch IS ?5 THEN MAX(last_seq, ?4) ELSE ?4 END,
+                 epoch = CASE WHEN ?6 < ?7 THEN epoch ELSE ?5 END,
+                 repeats = repeats + ?8,
+                 conflicts = conflicts + ?9
              WHERE node = ?1",
             params![
                 node.as_str(),
                 clamp_sql(now_ms),
                 i64::try_from(stored).unwrap_or(i64::MAX),
-                last_seq
+                last_seq,
+                epoch,
+                life,
+                newest_life,
+                i64::try_from(repeats).unwrap_or(i64::MAX),
+                i64::try_from(conflicts).unwrap_or(i64::MAX),
             ],
         )?;
         if let Some((seq, record)) = health {
             if let RecordKind::NodeHealth { mem_total, .. } = record.kind {
                 tx.execute(
-                    "UPDATE nodes SET health_seq = ?2, health = ?3, mem_bytes = ?4
-                     WHERE node = ?1 AND (health_seq IS NULL OR health_seq < ?2)",
+                    "UPDATE nodes SET health_life = ?5, health_seq = ?2, health = ?3, mem_bytes = ?4
+                     WHERE node = ?1 AND (health_seq IS NULL OR (health_life, health_seq) < (?5, ?2))",
                     params![
                         node.as_str(),
                         seq,
                         encode("health", record)?,
-                        clamp_sql(mem_total)
+                        clamp_sql(mem_total),
+                        life
                     ],
                 )?;
             }
@@ -849,9 +991,10 @@ impl MasterStore {
             {
                 let region = (!region.is_empty()).then_some(region);
                 tx.execute(
-                    "UPDATE nodes SET info_seq = ?2, board = ?3, arch = ?4, cpus = ?5,
-                         mem_bytes = ?6, capacity_instances = ?7, labels = ?8, region = ?9
-                     WHERE node = ?1 AND (info_seq IS NULL OR info_seq < ?2)",
+                    "UPDATE nodes SET info_life = ?10, info_seq = ?2, board = ?3, arch = ?4,
+                         cpus = ?5, mem_bytes = ?6, capacity_instances = ?7, labels = ?8,
+                         region = ?9
+                     WHERE node = ?1 AND (info_seq IS NULL OR (info_life, info_seq) < (?10, ?2))",
                     params![
                         node.as_str(),
                         seq,
@@ -861,7 +1004,8 @@ impl MasterStore {
                         clamp_sql(*mem_total),
                         max_instances,
                         serde_json::to_string(labels)?,
-                        region
+                        region,
+                        life
                     ],
                 )?;
             }
@@ -870,7 +1014,10 @@ impl MasterStore {
         Ok(Ingested {
             stored,
             duplicates,
+            repeats,
+            conflicts,
             ack_upto: coverage.acked,
+            epoch: up.epoch,
         })
     }
 
@@ -883,10 +1030,10 @@ impl MasterStore {
         Ok(n)
     }
 
-    /// The acknowledged prefix and pending ranges of `node`.
-    pub fn coverage(&self, node: &Name) -> Result<Coverage> {
+    /// The acknowledged prefix and pending ranges of `node`'s life `epoch`.
+    pub fn coverage(&self, node: &Name, epoch: u64) -> Result<Coverage> {
         let conn = self.conn();
-        load_coverage(&conn, node)
+        load_coverage(&conn, node, epoch)
     }
 
     /// Adds or updates a node's registry facts (an operator's: its labels and region
@@ -982,14 +1129,16 @@ fn load_nodes(conn: &Connection) -> Result<Vec<NodeSummary>> {
         Option<String>,
         Option<String>,
         Option<u32>,
+        (u32, i64, i64),
     );
     let mut stmt = conn.prepare_cached(
         "SELECT n.node, n.first_seen_ms, n.last_seen_ms, n.board, n.arch, n.labels,
                  n.region, n.cpus, n.mem_bytes, n.capacity_instances, n.records, n.last_seq,
                  COALESCE(c.acked, 0), COALESCE(d.allocated, 0), n.health,
-                 a.labels, a.region, a.max_instances
+                 a.labels, a.region, a.max_instances,
+                 (SELECT COUNT(*) FROM epochs e WHERE e.node = n.node), n.repeats, n.conflicts
              FROM nodes n
-             LEFT JOIN coverage c ON c.node = n.node
+             LEFT JOIN coverage c ON c.node = n.node AND c.epoch = n.epoch
              LEFT JOIN desired d ON d.node = n.node
              LEFT JOIN assigned a ON a.node = n.node
              ORDER BY n.node",
@@ -1015,6 +1164,7 @@ fn load_nodes(conn: &Connection) -> Result<Vec<NodeSummary>> {
                 r.get(15)?,
                 r.get(16)?,
                 r.get(17)?,
+                (r.get(18)?, r.get(19)?, r.get(20)?),
             ))
         })?
         .collect::<rusqlite::Result<Vec<Row>>>()?;
@@ -1047,6 +1197,9 @@ fn load_nodes(conn: &Connection) -> Result<Vec<NodeSummary>> {
                 records: from_sql(row.10),
                 last_seq: from_sql(row.11),
                 acked_upto: from_sql(row.12),
+                lives: row.18 .0,
+                repeats: from_sql(row.18 .1),
+                conflicts: from_sql(row.18 .2),
                 allocated_instances: row.13,
                 health,
             })
@@ -1055,12 +1208,14 @@ fn load_nodes(conn: &Connection) -> Result<Vec<NodeSummary>> {
 }
 
 impl MasterStore {
-    /// Up to `limit` records of `node` with `seq >= from_seq`, in seq order.
+    /// Up to `limit` records of `node` with `seq >= from_seq`, in (life, seq) order:
+    /// every life of the node.
     pub fn records(&self, node: &Name, from_seq: u64, limit: u32) -> Result<Vec<Record>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT node, seq, time_ms, kind FROM records
-             WHERE node = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3",
+            "SELECT r.node, r.seq, r.time_ms, r.kind FROM records r
+             JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
+             WHERE r.node = ?1 AND r.seq >= ?2 ORDER BY e.life, r.seq LIMIT ?3",
         )?;
         let rows = stmt
             .query_map(
@@ -1086,17 +1241,18 @@ impl MasterStore {
 
     /// Usage records whose interval `[from_ms, to_ms)` overlaps
     /// `[period_start_ms, period_end_ms)` (an empty interval counts if it lies inside),
-    /// by node then seq.
+    /// by node then life then seq (every life of a node).
     pub fn usage(&self, period_start_ms: u64, period_end_ms: u64) -> Result<Vec<(Name, Record)>> {
         if period_end_ms <= period_start_ms {
             return Ok(Vec::new());
         }
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT node, seq, time_ms, kind FROM records
-             WHERE kind_tag = 'usage' AND span_from < ?2
-               AND (span_to > ?1 OR (span_to = span_from AND span_from >= ?1))
-             ORDER BY node, seq",
+            "SELECT r.node, r.seq, r.time_ms, r.kind FROM records r
+             JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
+             WHERE r.kind_tag = 'usage' AND r.span_from < ?2
+               AND (r.span_to > ?1 OR (r.span_to = r.span_from AND r.span_from >= ?1))
+             ORDER BY r.node, e.life, r.seq",
         )?;
         let rows = stmt
             .query_map(
@@ -1107,21 +1263,22 @@ impl MasterStore {
         rows.into_iter().map(decode_record).collect()
     }
 
-    /// Every incident, by node then id, with its latest state and timeline.
+    /// Every incident, by node, life then id, with its latest state and timeline.
     pub fn incidents(&self) -> Result<Vec<IncidentView>> {
         let rows = {
             let conn = self.conn();
             let mut stmt = conn.prepare_cached(
-                "SELECT node, seq, time_ms, kind FROM records
-                 WHERE kind_tag = 'incident' ORDER BY node, seq",
+                "SELECT r.node, r.seq, r.time_ms, r.kind, e.life FROM records r
+                 JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
+                 WHERE r.kind_tag = 'incident' ORDER BY r.node, e.life, r.seq",
             )?;
             let rows = stmt
-                .query_map([], raw_record)?
+                .query_map([], |r| Ok((raw_record(r)?, r.get::<_, u32>(4)?)))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             rows
         };
-        let mut out: BTreeMap<(Name, u64), IncidentView> = BTreeMap::new();
-        for raw in rows {
+        let mut out: BTreeMap<(Name, u32, u64), IncidentView> = BTreeMap::new();
+        for (raw, life) in rows {
             let (node, record) = decode_record(raw)?;
             let RecordKind::Incident {
                 id,
@@ -1145,9 +1302,10 @@ impl MasterStore {
             };
             // Rows come in seq order, so each one is the latest so far.
             let view = out
-                .entry((node.clone(), id))
+                .entry((node.clone(), life, id))
                 .or_insert_with(|| IncidentView {
                     node,
+                    life,
                     id,
                     instance: instance.clone(),
                     promise: promise.clone(),
@@ -1181,12 +1339,18 @@ impl MasterStore {
                     Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            // SQLite returns the bare columns of the row holding MAX(seq).
+            // The latest record per (node, instance): highest (life, seq).
             let latest = |tag: &str| -> Result<Vec<RawRecord>> {
                 Ok(conn
                     .prepare_cached(
-                        "SELECT node, MAX(seq), time_ms, kind FROM records
-                         WHERE kind_tag = ?1 GROUP BY node, instance",
+                        "SELECT node, seq, time_ms, kind FROM (
+                             SELECT r.node, r.seq, r.time_ms, r.kind, ROW_NUMBER() OVER (
+                                 PARTITION BY r.node, r.instance
+                                 ORDER BY e.life DESC, r.seq DESC) AS nth
+                             FROM records r
+                             JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
+                             WHERE r.kind_tag = ?1)
+                         WHERE nth = 1",
                     )?
                     .query_map([tag], raw_record)?
                     .collect::<rusqlite::Result<Vec<_>>>()?)
@@ -1441,6 +1605,17 @@ fn set_up(conn: &mut Connection) -> rusqlite::Result<i64> {
     if version > SCHEMA_VERSION {
         return Ok(version);
     }
+    if version == 1 {
+        tx.execute_batch(MIGRATE_V1)?;
+        tx.execute_batch(EPOCH_TABLES)?;
+        tx.execute_batch(MIGRATE_V1_ROWS)?;
+        tracing::info!(
+            from = 1,
+            to = SCHEMA_VERSION,
+            "master store schema upgraded"
+        );
+    }
+    tx.execute_batch(EPOCH_TABLES)?;
     tx.execute_batch(SCHEMA)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
@@ -1506,11 +1681,11 @@ fn load_assignment(conn: &Connection, node: &Name) -> Result<Assignment> {
     })
 }
 
-fn load_coverage(conn: &Connection, node: &Name) -> Result<Coverage> {
+fn load_coverage(conn: &Connection, node: &Name, epoch: u64) -> Result<Coverage> {
     let row: Option<(i64, Vec<u8>)> = conn
         .query_row(
-            "SELECT acked, pending FROM coverage WHERE node = ?1",
-            [node.as_str()],
+            "SELECT acked, pending FROM coverage WHERE node = ?1 AND epoch = ?2",
+            params![node.as_str(), epoch_sql(epoch)],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;

@@ -450,6 +450,7 @@ fn up_frame(node: &str, from: u64, to: u64) -> Vec<u8> {
         node: Name::new(node).unwrap(),
         records,
         covers: Some((from, to)),
+        epoch: 1,
     };
     encode(&Message::Up(up), DEFAULT_MAX_FRAME).unwrap()
 }
@@ -645,7 +646,7 @@ async fn a_locked_store_never_stalls_the_masters_event_loop() {
     a.until("the ack of batch 2", |p| {
         matches!(p, Packet::Publish(p) if matches!(
             hedge_wire::codec::decode(&p.payload, DEFAULT_MAX_FRAME),
-            Ok(Message::Ack(hedge_wire::Ack { upto: 2 }))
+            Ok(Message::Ack(hedge_wire::Ack { upto: 2, epoch: 1 }))
         ))
     })
     .await;

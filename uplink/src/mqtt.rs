@@ -50,6 +50,8 @@ pub fn desired_topic(node: &str) -> String {
 pub struct LinkSettings {
     /// This node.
     pub node: Name,
+    /// Its store's epoch (the life its records belong to).
+    pub epoch: u64,
     /// Broker host.
     pub host: String,
     /// Broker TLS port.
@@ -159,6 +161,7 @@ pub async fn run(
     let (up, ack, desired) = (up_topic(&node), ack_topic(&node), desired_topic(&node));
     let mut sync = Sync::new(
         settings.node.clone(),
+        settings.epoch,
         settings.sync.clone(),
         fastrand::u64(..),
     );
@@ -244,7 +247,9 @@ pub async fn run(
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         if p.topic == ack {
                             match decode(&p.payload, settings.sync.max_frame) {
-                                Ok(Message::Ack(a)) => pending = sync.handle(now, Input::Acked { upto: a.upto }),
+                                Ok(Message::Ack(a)) => {
+                                    pending = sync.handle(now, Input::Acked { upto: a.upto, epoch: a.epoch });
+                                }
                                 _ => tracing::warn!("ignoring a malformed ack"),
                             }
                         } else if p.topic == desired && !p.payload.is_empty() {

@@ -30,6 +30,9 @@
 //!   batches are unacknowledged at once (go-back-N): on `LinkUp`, and when the oldest
 //!   is not acknowledged within [`Config::ack_timeout`], every unacknowledged batch is
 //!   sent again. Duplicates at the master are harmless (it stores by seq).
+//! - Every batch names the node's epoch (its life, given to [`Sync::new`]); an
+//!   `Acked` for another epoch is ignored and counted in [`Stats::foreign_acks`], so
+//!   an old life's ack never deletes a new life's records.
 //! - `Acked { upto }` is cumulative: it yields `Delete { upto }` only when `upto`
 //!   exceeds everything acknowledged before (so stale, duplicate and reordered acks
 //!   are ignored). A fresh machine (a node restart) starts at `acked_upto = 0`; the
@@ -211,6 +214,8 @@ pub enum Input {
     Acked {
         /// Everything `<= upto` is stored at the master.
         upto: u64,
+        /// The life it acknowledges; another than the machine's is ignored.
+        epoch: u64,
     },
     /// Time passed; sent at [`Sync::deadline`] (sending more often is harmless).
     Tick,
@@ -269,6 +274,8 @@ pub struct Stats {
     pub oversized: u64,
     /// Records skipped because the wire refuses them (covered, lost).
     pub invalid: u64,
+    /// Acks for another epoch than this machine's, ignored.
+    pub foreign_acks: u64,
 }
 
 /// State of the link as the machine sees it.
@@ -390,9 +397,10 @@ fn express_rank(kind: &RecordKind) -> Option<u8> {
     }
 }
 
-/// Encodes `Up { node, records, covers }` and gives the records back.
+/// Encodes `Up { node, records, covers, epoch }` and gives the records back.
 fn encode_up(
     node: &Name,
+    epoch: u64,
     records: Vec<Record>,
     covers: Option<(u64, u64)>,
     max: usize,
@@ -401,6 +409,7 @@ fn encode_up(
         node: node.clone(),
         records,
         covers,
+        epoch,
     });
     let res = encode(&msg, max);
     let records = match msg {
@@ -414,6 +423,8 @@ fn encode_up(
 #[derive(Debug)]
 pub struct Sync {
     node: Name,
+    /// The node's life its records belong to: sent in every batch, required of acks.
+    epoch: u64,
     cfg: Config,
     rng: fastrand::Rng,
     link: Link,
@@ -439,24 +450,25 @@ pub struct Sync {
     budget_wake: Option<Instant>,
     /// One-shot cap on the next range batch's entries after an encode failure.
     shrink: Option<usize>,
-    /// Length of `Up { node, records: [], covers: None }`.
+    /// Length of `Up { node, records: [], covers: None, epoch }`.
     empty_len: usize,
     stats: Stats,
 }
 
 impl Sync {
-    /// A machine for `node`; `seed` drives the backoff jitter. Out-of-range config
-    /// values are clamped (see [`Config::validate`]).
-    pub fn new(node: Name, cfg: Config, seed: u64) -> Self {
+    /// A machine for `node`'s life `epoch` (its store's epoch); `seed` drives the
+    /// backoff jitter. Out-of-range config values are clamped (see [`Config::validate`]).
+    pub fn new(node: Name, epoch: u64, cfg: Config, seed: u64) -> Self {
         let cfg = cfg.sanitized();
-        let (empty, _) = encode_up(&node, Vec::new(), None, usize::MAX);
+        let (empty, _) = encode_up(&node, epoch, Vec::new(), None, usize::MAX);
         // The empty Up cannot fail to encode; the fallback is a safe upper bound.
-        let empty_len = empty.map_or(8 + node.as_str().len(), |f| f.len());
+        let empty_len = empty.map_or(18 + node.as_str().len(), |f| f.len());
         let bucket = cfg
             .budget_bytes_per_sec
             .map(|rate| Bucket::new(rate, cfg.max_batch_bytes));
         Sync {
             node,
+            epoch,
             rng: fastrand::Rng::with_seed(seed),
             link: Link::Idle,
             attempt: 0,
@@ -510,7 +522,11 @@ impl Sync {
                 }
             }
             Input::Loaded { from, records, end } => self.on_loaded(from, records, end),
-            Input::Acked { upto } => self.on_acked(upto, &mut out),
+            Input::Acked { upto, epoch } if epoch == self.epoch => self.on_acked(upto, &mut out),
+            Input::Acked { upto, epoch } => {
+                self.stats.foreign_acks += 1;
+                tracing::debug!(node = %self.node, epoch, upto, mine = self.epoch, "ignoring an ack for another life");
+            }
             Input::Tick => {
                 if let Link::Backoff { until } = self.link {
                     if now >= until {
@@ -668,7 +684,7 @@ impl Sync {
     /// Measures `r` and appends it to the look-ahead (as a skipped entry if unsendable).
     fn push_entry(&mut self, r: Record) {
         let seq = r.seq;
-        let (res, mut back) = encode_up(&self.node, vec![r], None, self.cfg.max_frame);
+        let (res, mut back) = encode_up(&self.node, self.epoch, vec![r], None, self.cfg.max_frame);
         let rec = back.pop();
         let entry = match (res, rec) {
             (Ok(frame), Some(rec)) => {
@@ -905,7 +921,13 @@ impl Sync {
             return false;
         };
         let count = records.len();
-        let (res, back) = encode_up(&self.node, records, Some((from, to)), self.cfg.max_frame);
+        let (res, back) = encode_up(
+            &self.node,
+            self.epoch,
+            records,
+            Some((from, to)),
+            self.cfg.max_frame,
+        );
         match res {
             Ok(frame) => {
                 self.shrink = None;
@@ -1015,7 +1037,7 @@ impl Sync {
             }
         }
         let count = records.len();
-        let (res, _) = encode_up(&self.node, records, None, self.cfg.max_frame);
+        let (res, _) = encode_up(&self.node, self.epoch, records, None, self.cfg.max_frame);
         match res {
             Ok(frame) => {
                 self.stats.express_batches += 1;

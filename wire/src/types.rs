@@ -638,13 +638,23 @@ pub struct Up {
     /// below `from`. `None`: an express batch of selected records (e.g. incidents sent
     /// ahead on a slow link); the master stores them but they extend no range.
     pub covers: Option<(u64, u64)>,
+    /// The node's life (incarnation) these records belong to: a random id its store
+    /// made when it was created (or found itself restored). Sequence numbers are
+    /// unique only within one epoch; the master keys records by `(node, epoch, seq)`
+    /// and acknowledges per `(node, epoch)`. `0` is reserved for records stored before
+    /// epochs existed; a node never sends it.
+    pub epoch: u64,
 }
 
-/// The master has stored every record of the node up to and including `upto`.
+/// The master has stored every record of the node's life `epoch` up to and including
+/// `upto`. A node ignores an ack for another epoch than its own (an old life's ack
+/// never deletes a new life's records).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
     /// Highest stored sequence number.
     pub upto: u64,
+    /// The life acknowledged (the `epoch` of the batches it answers).
+    pub epoch: u64,
 }
 
 /// Everything that travels in a frame.

@@ -280,6 +280,7 @@ impl Validate for Record {
 impl Validate for Up {
     fn validate(&self) -> Result<(), WireError> {
         check(self.records.len() <= MAX_RECORDS, "too many records")?;
+        check(self.epoch != 0, "epoch 0 is reserved")?;
         check(
             self.records.windows(2).all(|w| w[0].seq < w[1].seq),
             "record seq not strictly increasing",

@@ -74,6 +74,7 @@ fn up(records: Vec<Record>) -> Message {
         node: name("node-1"),
         records,
         covers: None,
+        epoch: 7,
     })
 }
 
@@ -158,8 +159,13 @@ proptest! {
 
 #[test]
 fn empty_wrong_version_and_trailing_bytes() {
-    let ok = encode(&Message::Ack(Ack { upto: 3 }), MAX).unwrap();
-    assert_eq!(ok, [WIRE_VERSION, 2, 3]);
+    let ok = encode(&Message::Ack(Ack { upto: 3, epoch: 5 }), MAX).unwrap();
+    assert_eq!(ok, [WIRE_VERSION, 2, 3, 5]);
+    // An ack without its epoch (the pre-epoch layout) is refused, not read as epoch 0.
+    assert!(matches!(
+        decode(&[WIRE_VERSION, 2, 3], MAX),
+        Err(WireError::Decode(_))
+    ));
     assert_eq!(decode(&[], MAX), Err(WireError::Empty));
     for v in [0u8, 2, 255] {
         let mut bad = ok.clone();
@@ -197,10 +203,10 @@ fn oversized_length_prefix_is_refused_before_the_body() {
         assert_eq!(r.data.len(), 200);
     }
     // A frame that fits exactly is read.
-    let msg = Message::Ack(Ack { upto: 1 });
-    let mut sink = Sink::new(3);
+    let msg = Message::Ack(Ack { upto: 1, epoch: 1 });
+    let mut sink = Sink::new(4);
     write_frame(&mut sink, &msg, MAX).unwrap();
-    let mut small = [0u8; 3];
+    let mut small = [0u8; 4];
     let mut r = Chunked {
         data: &sink.out,
         chunk: 1,
@@ -214,6 +220,7 @@ fn write_frame_refuses_oversized_and_reports_stream_errors() {
         node: name("n"),
         records: (1..=100).map(|s| record(s, health())).collect(),
         covers: Some((1, 100)),
+        epoch: 1,
     });
     let mut sink = Sink::new(64);
     assert!(matches!(
@@ -235,7 +242,7 @@ fn write_frame_refuses_oversized_and_reports_stream_errors() {
         }
     }
     assert_eq!(
-        write_frame(&mut Zero, &Message::Ack(Ack { upto: 0 }), MAX),
+        write_frame(&mut Zero, &Message::Ack(Ack { upto: 0, epoch: 0 }), MAX),
         Err(FrameError::WriteZero)
     );
 
@@ -257,7 +264,7 @@ fn write_frame_refuses_oversized_and_reports_stream_errors() {
         }
     }
     assert_eq!(
-        write_frame(&mut Broken, &Message::Ack(Ack { upto: 0 }), MAX),
+        write_frame(&mut Broken, &Message::Ack(Ack { upto: 0, epoch: 0 }), MAX),
         Err(FrameError::Io(embedded_io::ErrorKind::BrokenPipe))
     );
     assert_eq!(
@@ -268,13 +275,14 @@ fn write_frame_refuses_oversized_and_reports_stream_errors() {
 
 #[test]
 fn invalid_names_in_hand_built_frames_are_refused() {
-    // Up { node: "abcd", records: [], covers: None } by hand: version, tag 1 (Up),
-    // name, no records, no range.
+    // Up { node: "abcd", records: [], covers: None, epoch: 9 } by hand: version, tag 1
+    // (Up), name, no records, no range, epoch.
     let frame = |name: &[u8]| {
         let mut b = vec![WIRE_VERSION, 1, name.len() as u8];
         b.extend_from_slice(name);
         b.push(0);
         b.push(0);
+        b.push(9);
         b
     };
     assert_eq!(
@@ -283,6 +291,7 @@ fn invalid_names_in_hand_built_frames_are_refused() {
             node: name("abcd"),
             records: vec![],
             covers: None,
+            epoch: 9,
         }))
     );
     for bad in [
@@ -333,6 +342,27 @@ fn up_seq_must_strictly_increase() {
         ]),
         "record seq not strictly increasing",
     );
+}
+
+#[test]
+fn up_epoch_zero_is_reserved_and_a_batch_without_epoch_is_refused() {
+    let Message::Up(mut u) = up(vec![record(1, health())]) else {
+        unreachable!()
+    };
+    u.epoch = 0;
+    assert_invalid(Message::Up(u.clone()), "epoch 0 is reserved");
+    // The pre-epoch layout (no trailing epoch) is short: a decode error, never epoch 0.
+    u.epoch = 1;
+    let mut bytes = raw(&Message::Up(u));
+    assert_eq!(bytes.pop(), Some(1));
+    assert!(matches!(decode(&bytes, MAX), Err(WireError::Decode(_))));
+    // The largest epoch round-trips.
+    let Message::Up(mut u) = up(vec![record(1, health())]) else {
+        unreachable!()
+    };
+    u.epoch = u64::MAX;
+    let m = Message::Up(u);
+    assert_eq!(decode(&encode(&m, MAX).unwrap(), MAX), Ok(m));
 }
 
 #[test]
@@ -709,6 +739,7 @@ fn validation_rules() {
             .map(|s| record(s, health()))
             .collect(),
         covers: None,
+        epoch: 1,
     };
     assert_eq!(many.validate(), Err(WireError::Invalid("too many records")));
     let many = DesiredState {

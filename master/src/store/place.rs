@@ -238,14 +238,20 @@ fn prunable(tx: &Transaction<'_>, d: &DesiredState) -> Result<BTreeSet<Name>> {
         return Ok(out);
     }
     let node = d.node.as_str();
-    // (seq, generation) of every generation the node accepted.
-    let accepted: Vec<(i64, u64)> = {
+    // ((life, seq), generation) of every generation the node accepted: records are
+    // ordered by the node's life, then by seq within it.
+    let accepted: Vec<((i64, i64), u64)> = {
         let rows = tx
             .prepare_cached(
-                "SELECT seq, kind FROM records WHERE kind_tag = 'desired' AND node = ?1",
+                "SELECT e.life, r.seq, r.kind FROM records r
+                 JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
+                 WHERE r.kind_tag = 'desired' AND r.node = ?1",
             )?
             .query_map([node], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                Ok((
+                    (r.get::<_, i64>(0)?, r.get::<_, i64>(1)?),
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut acc = Vec::new();
@@ -273,12 +279,15 @@ fn prunable(tx: &Transaction<'_>, d: &DesiredState) -> Result<BTreeSet<Name>> {
         };
         let reports = tx
             .prepare_cached(
-                "SELECT kind FROM records WHERE kind_tag = 'instance_state' AND node = ?1
-                 AND instance = ?2 AND seq > ?3",
+                "SELECT r.kind FROM records r
+                 JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
+                 WHERE r.kind_tag = 'instance_state' AND r.node = ?1
+                 AND r.instance = ?2 AND (e.life, r.seq) > (?3, ?4)",
             )?
-            .query_map(params![node, instance.as_str(), applied_at], |r| {
-                r.get::<_, Vec<u8>>(0)
-            })?
+            .query_map(
+                params![node, instance.as_str(), applied_at.0, applied_at.1],
+                |r| r.get::<_, Vec<u8>>(0),
+            )?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         for blob in reports {
             if let RecordKind::InstanceState {

@@ -97,11 +97,19 @@ fn request(name: &str, state: RequestedState) -> InstanceRequest {
     }
 }
 
+/// The epoch of the test batches that do not name one.
+const E1: u64 = 0xe1;
+
 fn up(node: &str, records: Vec<Record>, covers: Option<(u64, u64)>) -> Up {
+    up_in(node, E1, records, covers)
+}
+
+fn up_in(node: &str, epoch: u64, records: Vec<Record>, covers: Option<(u64, u64)>) -> Up {
     Up {
         node: n(node),
         records,
         covers,
+        epoch,
     }
 }
 
@@ -123,7 +131,10 @@ fn ingest_is_idempotent_and_acks_the_covered_prefix() {
         Ingested {
             stored: 10,
             duplicates: 0,
-            ack_upto: 10
+            repeats: 0,
+            conflicts: 0,
+            ack_upto: 10,
+            epoch: E1,
         }
     );
     let again = s.ingest(&pi, &b, 6).unwrap();
@@ -132,7 +143,10 @@ fn ingest_is_idempotent_and_acks_the_covered_prefix() {
         Ingested {
             stored: 0,
             duplicates: 10,
-            ack_upto: 10
+            repeats: 0,
+            conflicts: 0,
+            ack_upto: 10,
+            epoch: E1,
         }
     );
     assert_eq!(s.count(&pi).unwrap(), 10);
@@ -172,7 +186,7 @@ fn gaps_wait_shed_seqs_count_and_express_batches_extend_nothing() {
     assert_eq!((r.stored, r.duplicates, r.ack_upto), (9, 1, 30));
     assert_eq!(s.count(&pi).unwrap(), 28);
     assert_eq!(
-        s.coverage(&pi).unwrap(),
+        s.coverage(&pi, E1).unwrap(),
         Coverage {
             acked: 30,
             pending: BTreeMap::new()
@@ -683,11 +697,210 @@ fn a_node_over_its_byte_quota_is_refused_and_others_are_not() {
         other => panic!("{other:?}"),
     }
     assert_eq!(store.count(&n("a")).unwrap(), 10, "nothing stored");
-    assert_eq!(store.coverage(&n("a")).unwrap().acked, 10, "nothing acked");
+    assert_eq!(
+        store.coverage(&n("a"), E1).unwrap().acked,
+        10,
+        "nothing acked"
+    );
     // Another node has its own quota; duplicates add no bytes.
     store
         .ingest_within(&n("b"), &batch("b", 1, 2), 3, 100)
         .unwrap();
     store.ingest(&n("a"), &batch("a", 1, 10), 4).unwrap();
     assert_eq!(store.stored_bytes(&n("a")).unwrap(), used);
+}
+
+/// A node wiped and restarted with the same id: its seqs start at 1 again in a new epoch.
+#[test]
+fn a_new_life_is_stored_beside_the_old_one_and_acked_on_its_own() {
+    let (_d, s) = open();
+    let pi = n("pi-1");
+    const E2: u64 = u64::MAX - 3;
+    let old = s.ingest(&pi, &batch("pi-1", 1, 10), 5).unwrap();
+    assert_eq!((old.stored, old.ack_upto, old.epoch), (10, 10, E1));
+    // The new life's records 1..=4: other events under seqs the old life used.
+    let new_records: Vec<Record> = (1..=4)
+        .map(|q| state_rec(q, "db", InstanceStatus::Stopped, 0))
+        .collect();
+    let new = s
+        .ingest(
+            &pi,
+            &up_in("pi-1", E2, new_records.clone(), Some((1, 4))),
+            6,
+        )
+        .unwrap();
+    assert_eq!(
+        new,
+        Ingested {
+            stored: 4,
+            duplicates: 0,
+            repeats: 0,
+            conflicts: 0,
+            ack_upto: 4,
+            epoch: E2,
+        },
+        "a new life's seqs are not the old life's duplicates"
+    );
+    assert_eq!(s.count(&pi).unwrap(), 14);
+    assert_eq!(s.coverage(&pi, E1).unwrap().acked, 10);
+    assert_eq!(s.coverage(&pi, E2).unwrap().acked, 4);
+    let node = &s.nodes().unwrap()[0];
+    assert_eq!(
+        (node.records, node.lives, node.last_seq, node.acked_upto),
+        (14, 2, 4, 4),
+        "the fleet view follows the latest life"
+    );
+    assert_eq!((node.repeats, node.conflicts), (0, 0));
+    // Every life's records, oldest life first.
+    let all = s.records(&pi, 1, 100).unwrap();
+    assert_eq!(all.len(), 14);
+    assert_eq!(all[10..], new_records[..]);
+    // A late resend of the old life changes nothing of the new one.
+    let late = s.ingest(&pi, &batch("pi-1", 1, 10), 7).unwrap();
+    assert_eq!((late.stored, late.ack_upto, late.epoch), (0, 10, E1));
+    let node = &s.nodes().unwrap()[0];
+    assert_eq!((node.last_seq, node.acked_upto), (4, 4));
+}
+
+#[test]
+fn views_and_usage_hold_every_life() {
+    let (_d, s) = open();
+    let pi = n("pi-1");
+    const E2: u64 = 0xe2;
+    let life = |epoch, start: u64, seq_of_state: u64| {
+        up_in(
+            "pi-1",
+            epoch,
+            vec![
+                usage_rec(1, "web", start, start + 60_000),
+                incident_rec(2, 1, IncidentState::Open, Severity::Minor),
+                state_rec(
+                    seq_of_state,
+                    "web",
+                    if epoch == E1 {
+                        InstanceStatus::Running
+                    } else {
+                        InstanceStatus::Backoff
+                    },
+                    0,
+                ),
+            ],
+            Some((1, seq_of_state)),
+        )
+    };
+    // The old life got far (state at seq 50); the new one is at seq 3.
+    s.ingest(&pi, &life(E1, 0, 50), 1).unwrap();
+    s.ingest(&pi, &life(E2, 60_000, 3), 2).unwrap();
+    let usage = s.usage(0, 120_000).unwrap();
+    assert_eq!(usage.len(), 2, "both lives' usage is billed: {usage:?}");
+    let incidents = s.incidents().unwrap();
+    assert_eq!(
+        incidents.iter().map(|i| (i.life, i.id)).collect::<Vec<_>>(),
+        vec![(1, 1), (2, 1)],
+        "incident ids of two lives are two incidents"
+    );
+    let inst = s.instances().unwrap();
+    assert_eq!(inst.len(), 1);
+    assert_eq!(
+        inst[0].status,
+        Some(InstanceStatus::Backoff),
+        "the latest life's state wins, though its seq is lower"
+    );
+}
+
+#[test]
+fn repeated_events_and_conflicting_deliveries_are_counted() {
+    let (_d, s) = open();
+    let pi = n("pi-1");
+    const E2: u64 = 0xe2;
+    let first = batch("pi-1", 1, 5);
+    s.ingest(&pi, &first, 1).unwrap();
+    // A restored store resends seqs 4 and 5 under its new epoch: the same events.
+    let again = up_in("pi-1", E2, first.records[3..].to_vec(), Some((1, 5)));
+    let r = s.ingest(&pi, &again, 2).unwrap();
+    assert_eq!((r.stored, r.repeats, r.conflicts), (2, 2, 0));
+    // A clone of the old life delivers seq 3 with other content: kept as first stored.
+    let clone = up("pi-1", vec![usage_rec(3, "web", 0, 1000)], Some((3, 3)));
+    let r = s.ingest(&pi, &clone, 3).unwrap();
+    assert_eq!((r.stored, r.duplicates, r.conflicts), (0, 1, 1));
+    assert_eq!(s.records(&pi, 3, 1).unwrap()[0], first.records[2]);
+    // A plain resend is neither.
+    let r = s.ingest(&pi, &first, 4).unwrap();
+    assert_eq!(
+        (r.stored, r.duplicates, r.repeats, r.conflicts),
+        (0, 5, 0, 0)
+    );
+    let node = &s.nodes().unwrap()[0];
+    assert_eq!((node.repeats, node.conflicts), (2, 1));
+}
+
+/// The schema before epochs (version 1), as an older master wrote it.
+const SCHEMA_V1: &str = "
+CREATE TABLE records (node TEXT NOT NULL, seq INTEGER NOT NULL, time_ms INTEGER NOT NULL,
+    kind_tag TEXT NOT NULL, instance TEXT, span_from INTEGER, span_to INTEGER,
+    kind BLOB NOT NULL, PRIMARY KEY (node, seq));
+CREATE INDEX records_by_tag ON records (kind_tag, node, instance, seq);
+CREATE INDEX records_by_span ON records (kind_tag, span_from);
+CREATE TABLE coverage (node TEXT PRIMARY KEY, acked INTEGER NOT NULL, pending BLOB NOT NULL);
+CREATE TABLE nodes (node TEXT PRIMARY KEY, first_seen_ms INTEGER, last_seen_ms INTEGER,
+    board TEXT, arch TEXT, labels TEXT NOT NULL DEFAULT '{}', region TEXT, cpus INTEGER,
+    mem_bytes INTEGER, capacity_instances INTEGER NOT NULL DEFAULT 0,
+    records INTEGER NOT NULL DEFAULT 0, last_seq INTEGER NOT NULL DEFAULT 0,
+    health_seq INTEGER, health BLOB, info_seq INTEGER);
+PRAGMA user_version = 1;
+";
+
+#[test]
+fn a_version_1_store_is_migrated_and_keeps_its_records_as_life_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("master.db");
+    {
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(SCHEMA_V1).unwrap();
+        for q in 1..=3u64 {
+            let r = usage_rec(q, "web", q * 1000, q * 1000 + 1000);
+            c.execute(
+                "INSERT INTO records VALUES ('pi-1', ?1, ?2, 'usage', 'web', ?3, ?4, ?5)",
+                params![
+                    q as i64,
+                    r.time_ms as i64,
+                    (q * 1000) as i64,
+                    (q * 1000 + 1000) as i64,
+                    postcard::to_allocvec(&r.kind).unwrap()
+                ],
+            )
+            .unwrap();
+        }
+        c.execute(
+            "INSERT INTO coverage VALUES ('pi-1', 3, ?1)",
+            [postcard::to_allocvec(&BTreeMap::<u64, u64>::new()).unwrap()],
+        )
+        .unwrap();
+        c.execute(
+            "INSERT INTO nodes (node, first_seen_ms, records, last_seq) VALUES ('pi-1', 1, 3, 3)",
+            [],
+        )
+        .unwrap();
+    }
+    let s = MasterStore::open(&path).unwrap();
+    let pi = n("pi-1");
+    assert_eq!(s.count(&pi).unwrap(), 3);
+    assert_eq!(s.coverage(&pi, 0).unwrap().acked, 3);
+    assert_eq!(s.usage(0, 10_000).unwrap().len(), 3);
+    // The upgraded node's first life under an epoch counts from its own seq 1.
+    let r = s
+        .ingest(
+            &pi,
+            &up("pi-1", vec![usage_rec(1, "web", 4000, 5000)], Some((1, 1))),
+            2,
+        )
+        .unwrap();
+    assert_eq!((r.stored, r.ack_upto), (1, 1));
+    assert_eq!(s.usage(0, 10_000).unwrap().len(), 4);
+    let node = &s.nodes().unwrap()[0];
+    assert_eq!((node.records, node.lives), (4, 2));
+    drop(s);
+    // Reopening a migrated store is a no-op.
+    let s = MasterStore::open(&path).unwrap();
+    assert_eq!(s.count(&pi).unwrap(), 4);
 }

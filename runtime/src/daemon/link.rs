@@ -44,6 +44,7 @@ impl Daemon {
             .map_err(|e| e.to_string())?;
         Ok(LinkSettings {
             node: self.cfg.node_id().clone(),
+            epoch: self.store.epoch(),
             host: u.host.clone(),
             port: u.port,
             keepalive: std::time::Duration::from_secs(u64::from(u.keepalive_s)),
@@ -156,10 +157,15 @@ impl Daemon {
 
     pub(super) fn link_status(&self) -> Value {
         match &self.link {
-            None => json!({ "enabled": self.cfg.uplink.enabled, "connected": false }),
+            None => json!({
+                "enabled": self.cfg.uplink.enabled,
+                "connected": false,
+                "epoch": self.store.epoch(),
+            }),
             Some(l) => json!({
                 "enabled": true,
                 "connected": l.up,
+                "epoch": self.store.epoch(),
                 "acked_upto": l.acked_upto,
                 "sent_upto": l.sent_upto,
                 "deleted": l.deleted,

@@ -22,10 +22,14 @@
 //! - `meta` also keeps the highest seq ever handed to a link ([`Store::hand_over`]),
 //!   raised before the records leave the node: shedding never touches a record at or
 //!   below it, in this run or after a restart (the link may have sent it, or hold it).
+//! - `meta` keeps the store's epoch, the node's life its records belong to (see
+//!   `epoch.rs` for the rule: a new store, a pre-epoch store and a store restored from a
+//!   backup each start a new one). Sequence numbers are unique within an epoch.
 //! - Values are postcard; a value that no longer decodes is a typed error, never a panic.
 //!
 //! Driven by the daemon (single owner); cheap to clone.
 
+mod epoch;
 mod migrate;
 
 use std::collections::BTreeMap;
@@ -182,6 +186,8 @@ pub struct Store {
     next_seq: Arc<AtomicU64>,
     /// The highest seq ever handed to a link (persisted in `meta`).
     handed_upto: Arc<AtomicU64>,
+    /// The store's epoch (persisted in `meta`), settled at every open.
+    epoch: Arc<AtomicU64>,
 }
 
 /// The open database and its trees.
@@ -240,6 +246,7 @@ impl Store {
             outbox_bytes: Arc::new(AtomicU64::new(0)),
             next_seq: Arc::new(AtomicU64::new(1)),
             handed_upto: Arc::new(AtomicU64::new(0)),
+            epoch: Arc::new(AtomicU64::new(0)),
         };
         store.open_trees()?;
         Ok(store)
@@ -259,6 +266,8 @@ impl Store {
             db,
         };
         migrate::run(&t.meta)?;
+        let epoch = epoch::settle(&t.meta, &self.dir.join("db"))?;
+        self.epoch.store(epoch, Ordering::Relaxed);
         t.db.flush()?;
         let mut bytes = 0u64;
         for kv in t.outbox.iter() {
@@ -308,6 +317,11 @@ impl Store {
         // sled holds an exclusive lock per directory: the old handles must go first.
         self.trees = None;
         self.open_trees()
+    }
+
+    /// The store's epoch: the node life its records belong to (never 0).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
     }
 
     /// Leaves the store as a [`Store::reopen`] that failed leaves it: closed, every

@@ -243,3 +243,94 @@ fn observed_records_without_a_boot_id_read_as_unknown_boot() {
     );
     assert_eq!(all["new"], new);
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+#[test]
+fn epoch_is_kept_across_reopens_and_new_for_a_wiped_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        s.append(1, state("a")).unwrap();
+        assert_ne!(s.epoch(), 0);
+        s.epoch()
+    };
+    let mut s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(s.epoch(), first, "a reopened store keeps its life");
+    s.reopen().unwrap();
+    assert_eq!(s.epoch(), first);
+    drop(s);
+    // Wiped (new SD card, reflashed board): a new life, seqs from 1 again.
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert_ne!(s.epoch(), first);
+    assert_ne!(s.epoch(), 0);
+    assert_eq!(s.append(2, state("a")).unwrap().seq, 1);
+}
+
+#[test]
+fn a_store_without_an_epoch_gets_one_once() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        s.append(1, state("a")).unwrap();
+        // As a store written before epochs existed: no epoch, no home.
+        let meta = &s.t().unwrap().meta;
+        meta.remove(b"epoch").unwrap();
+        meta.remove(b"home").unwrap();
+        s.flush().unwrap();
+    }
+    let migrated = Store::open(dir.path(), 1 << 20).unwrap();
+    let epoch = migrated.epoch();
+    assert_ne!(epoch, 0);
+    assert_eq!(migrated.next_seq().unwrap(), 2, "records and seqs are kept");
+    drop(migrated);
+    assert_eq!(Store::open(dir.path(), 1 << 20).unwrap().epoch(), epoch);
+}
+
+#[test]
+fn a_store_restored_from_a_backup_starts_a_new_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("store");
+    let backup = dir.path().join("backup");
+    let s = Store::open(&live, 1 << 20).unwrap();
+    for t in 1..=3 {
+        s.append(t, state("a")).unwrap();
+    }
+    s.flush_records().unwrap();
+    let old = s.epoch();
+    drop(s);
+    copy_dir(&live, &backup);
+    // The original life goes on: its seqs 4.. may reach the master.
+    let s = Store::open(&live, 1 << 20).unwrap();
+    assert_eq!(s.epoch(), old);
+    assert_eq!(s.append(4, state("b")).unwrap().seq, 4);
+    drop(s);
+    // The card dies; the backup is copied back in its place.
+    std::fs::remove_dir_all(&live).unwrap();
+    copy_dir(&backup, &live);
+    let s = Store::open(&live, 1 << 20).unwrap();
+    assert_ne!(
+        s.epoch(),
+        old,
+        "a restored store cannot prove it is the latest"
+    );
+    assert_ne!(s.epoch(), 0);
+    // Its next record reuses seq 4, which only a new epoch keeps apart at the master.
+    assert_eq!(s.append(5, state("c")).unwrap().seq, 4);
+    assert_eq!(s.outbox_depth(), 4);
+    let restored = s.epoch();
+    drop(s);
+    assert_eq!(Store::open(&live, 1 << 20).unwrap().epoch(), restored);
+}

@@ -10,6 +10,9 @@ fn node() -> Name {
     Name::new("node-1").unwrap()
 }
 
+/// The epoch of the machines under test.
+const EPOCH: u64 = 0x5eed_0001;
+
 fn inst() -> Name {
     Name::new("web").unwrap()
 }
@@ -106,6 +109,7 @@ fn sends(out: &[Output]) -> Vec<Sent> {
             Output::Send { frame, range, .. } => {
                 let u = up(frame);
                 assert_eq!(u.covers, *range);
+                assert_eq!(u.epoch, EPOCH, "every batch names the machine's epoch");
                 Some((*range, u.records.iter().map(|r| r.seq).collect()))
             }
             _ => None,
@@ -117,10 +121,42 @@ fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
+#[test]
+fn acks_for_another_epoch_delete_nothing() {
+    let outbox: BTreeMap<u64, Record> = (1..=10).map(|q| (q, usage(q))).collect();
+    let (mut s, t0, out) = connected(Config::default());
+    let out = serve(&mut s, t0, &outbox, out);
+    assert_eq!(sends(&out)[0].0, Some((1, 10)));
+    // An old life's ack (a wiped node's previous store) covering these seqs.
+    let old = s.handle(
+        t0,
+        Input::Acked {
+            upto: 10,
+            epoch: EPOCH + 1,
+        },
+    );
+    assert!(
+        !old.iter().any(|o| matches!(o, Output::Delete { .. })),
+        "{old:?}"
+    );
+    assert_eq!(s.stats().foreign_acks, 1);
+    assert_eq!(s.stats().acked_upto, 0);
+    assert_eq!(s.stats().in_flight_batches, 1);
+    // Its own life's ack deletes.
+    let own = s.handle(
+        t0,
+        Input::Acked {
+            upto: 10,
+            epoch: EPOCH,
+        },
+    );
+    assert_eq!(own, vec![Output::Delete { upto: 10 }]);
+}
+
 /// A machine that has started and is connected, at `t0`.
 fn connected(cfg: Config) -> (Sync, Instant, Vec<Output>) {
     let t0 = Instant::now();
-    let mut s = Sync::new(node(), cfg, 7);
+    let mut s = Sync::new(node(), EPOCH, cfg, 7);
     assert_eq!(s.handle(t0, Input::Start), vec![Output::Connect]);
     let out = s.handle(t0, Input::LinkUp);
     assert!(s.is_connected());
@@ -170,7 +206,7 @@ fn outbox_of(records: impl IntoIterator<Item = Record>) -> BTreeMap<u64, Record>
 #[test]
 fn backoff_grows_with_jitter_is_capped_and_resets_after_link_up() {
     let cfg = Config::default();
-    let mut s = Sync::new(node(), cfg.clone(), 42);
+    let mut s = Sync::new(node(), EPOCH, cfg.clone(), 42);
     let mut now = Instant::now();
     assert_eq!(s.handle(now, Input::Start), vec![Output::Connect]);
     assert_eq!(s.deadline(), None);
@@ -226,7 +262,7 @@ fn backoff_grows_with_jitter_is_capped_and_resets_after_link_up() {
 #[test]
 fn stale_connect_results_are_ignored() {
     let t0 = Instant::now();
-    let mut s = Sync::new(node(), Config::default(), 1);
+    let mut s = Sync::new(node(), EPOCH, Config::default(), 1);
     // Before Start nothing happens.
     assert!(s.handle(t0, Input::Tick).is_empty());
     assert!(s.handle(t0, Input::ConnectFailed).is_empty());
@@ -255,7 +291,13 @@ fn no_send_while_down() {
     for i in 0..50u64 {
         now += Duration::from_millis(700);
         let mut outs = s.handle(now, Input::OutboxChanged);
-        outs.extend(s.handle(now, Input::Acked { upto: i }));
+        outs.extend(s.handle(
+            now,
+            Input::Acked {
+                upto: i,
+                epoch: EPOCH,
+            },
+        ));
         outs.extend(s.handle(now, Input::Tick));
         let outs = serve(&mut s, now, &outbox, outs);
         assert!(sends(&outs).is_empty(), "sent while down: {outs:?}");
@@ -288,15 +330,39 @@ fn batches_are_contiguous_and_the_window_is_bounded() {
     assert_eq!(s.stats().in_flight_batches, 3);
     assert!(s.lookahead.len() <= 30);
 
-    let out = drive(&mut s, t0, &outbox, Input::Acked { upto: 20 });
+    let out = drive(
+        &mut s,
+        t0,
+        &outbox,
+        Input::Acked {
+            upto: 20,
+            epoch: EPOCH,
+        },
+    );
     assert_eq!(out[0], Output::Delete { upto: 20 });
     assert_eq!(
         sends(&out).iter().map(|g| g.0).collect::<Vec<_>>(),
         vec![Some((31, 40)), Some((41, 50))]
     );
     // Reordered and duplicate acks are ignored.
-    assert!(s.handle(t0, Input::Acked { upto: 10 }).is_empty());
-    assert!(s.handle(t0, Input::Acked { upto: 20 }).is_empty());
+    assert!(s
+        .handle(
+            t0,
+            Input::Acked {
+                upto: 10,
+                epoch: EPOCH
+            }
+        )
+        .is_empty());
+    assert!(s
+        .handle(
+            t0,
+            Input::Acked {
+                upto: 20,
+                epoch: EPOCH
+            }
+        )
+        .is_empty());
     assert_eq!(s.stats().acked_upto, 20);
 }
 
@@ -307,7 +373,13 @@ fn first_range_vouches_for_shed_seqs() {
     let out = serve(&mut s, t0, &outbox, out);
     assert_eq!(sends(&out), vec![(Some((1, 7)), vec![5, 6, 7])]);
     assert_eq!(
-        s.handle(t0, Input::Acked { upto: 7 }),
+        s.handle(
+            t0,
+            Input::Acked {
+                upto: 7,
+                epoch: EPOCH
+            }
+        ),
         vec![Output::Delete { upto: 7 }]
     );
     outbox.clear();
@@ -329,7 +401,13 @@ fn outbox_changed_while_idle_loads() {
     let mut outbox = outbox_of((1..=3).map(usage));
     let (mut s, t0, out) = connected(Config::default());
     serve(&mut s, t0, &outbox, out);
-    s.handle(t0, Input::Acked { upto: 3 });
+    s.handle(
+        t0,
+        Input::Acked {
+            upto: 3,
+            epoch: EPOCH,
+        },
+    );
     outbox.clear();
     // Idle: nothing to do on a tick.
     assert!(s.handle(t0, Input::Tick).is_empty());
@@ -402,7 +480,13 @@ fn ack_timeout_resends_everything_in_flight() {
     assert_eq!(s.deadline(), Some(t1 + cfg.ack_timeout));
     // A partial ack drops what it covers; the rest times out again.
     assert_eq!(
-        s.handle(t1, Input::Acked { upto: 4 }),
+        s.handle(
+            t1,
+            Input::Acked {
+                upto: 4,
+                epoch: EPOCH
+            }
+        ),
         vec![Output::Delete { upto: 4 }]
     );
     let again = s.handle(t1 + cfg.ack_timeout, Input::Tick);
@@ -419,7 +503,13 @@ fn link_up_resends_unacknowledged_batches() {
     };
     let (mut s, t0, out) = connected(cfg);
     serve(&mut s, t0, &outbox, out);
-    s.handle(t0, Input::Acked { upto: 2 });
+    s.handle(
+        t0,
+        Input::Acked {
+            upto: 2,
+            epoch: EPOCH,
+        },
+    );
     s.handle(t0, Input::LinkDown);
     let d = s.deadline().unwrap();
     assert_eq!(s.handle(d, Input::Tick), vec![Output::Connect]);
@@ -445,7 +535,13 @@ fn acks_beyond_what_the_node_holds_and_below_what_it_deleted() {
     let out = serve(&mut s, t0, &outbox, out);
     assert_eq!(sends(&out), vec![(Some((1, 503)), vec![501, 502, 503])]);
     // The master was already further: fine.
-    let out = s.handle(t0, Input::Acked { upto: 900 });
+    let out = s.handle(
+        t0,
+        Input::Acked {
+            upto: 900,
+            epoch: EPOCH,
+        },
+    );
     // The outbox was exhausted at 503, so nothing is loaded until it changes.
     assert_eq!(out, vec![Output::Delete { upto: 900 }]);
     assert_eq!(
@@ -456,8 +552,24 @@ fn acks_beyond_what_the_node_holds_and_below_what_it_deleted() {
         }]
     );
     assert_eq!(s.stats().in_flight_batches, 0);
-    assert!(s.handle(t0, Input::Acked { upto: 600 }).is_empty());
-    assert!(s.handle(t0, Input::Acked { upto: 900 }).is_empty());
+    assert!(s
+        .handle(
+            t0,
+            Input::Acked {
+                upto: 600,
+                epoch: EPOCH
+            }
+        )
+        .is_empty());
+    assert!(s
+        .handle(
+            t0,
+            Input::Acked {
+                upto: 900,
+                epoch: EPOCH
+            }
+        )
+        .is_empty());
     // A fresh machine and a stale master ack while a Load is pending.
     let (mut s, t0, out) = connected(Config::default());
     assert_eq!(
@@ -467,7 +579,13 @@ fn acks_beyond_what_the_node_holds_and_below_what_it_deleted() {
             limit: 1024
         }]
     );
-    let out = s.handle(t0, Input::Acked { upto: 502 });
+    let out = s.handle(
+        t0,
+        Input::Acked {
+            upto: 502,
+            epoch: EPOCH,
+        },
+    );
     assert_eq!(out, vec![Output::Delete { upto: 502 }]);
     // The answer to the old Load is trimmed to what is not yet acknowledged.
     let out = s.handle(
@@ -528,7 +646,13 @@ fn stale_and_malformed_loads_are_harmless() {
         },
     );
     assert!(out.is_empty());
-    let out = s.handle(t0, Input::Acked { upto: 2 });
+    let out = s.handle(
+        t0,
+        Input::Acked {
+            upto: 2,
+            epoch: EPOCH,
+        },
+    );
     assert_eq!(out, vec![Output::Delete { upto: 2 }]);
     let out = s.handle(t0, Input::OutboxChanged);
     assert_eq!(out, vec![Output::Load { from: 3, limit: 2 }]);
@@ -550,7 +674,13 @@ fn unsendable_records_are_skipped_and_covered() {
     let st = s.stats();
     assert_eq!((st.oversized, st.invalid), (1, 1));
     // A lone unsendable record at the tail is still covered, so it gets deleted.
-    let out = s.handle(t0, Input::Acked { upto: 4 });
+    let out = s.handle(
+        t0,
+        Input::Acked {
+            upto: 4,
+            epoch: EPOCH,
+        },
+    );
     assert_eq!(out, vec![Output::Delete { upto: 4 }]);
     let outbox = outbox_of([incident(5, &big)]);
     let out = drive(&mut s, t0, &outbox, Input::OutboxChanged);
@@ -706,7 +836,7 @@ fn arbitrary_inputs_never_panic_and_stay_bounded() {
             ack_timeout: Duration::from_millis(rng.u64(0..2000)),
             ..Config::default()
         };
-        let mut s = Sync::new(node(), cfg.clone(), round);
+        let mut s = Sync::new(node(), EPOCH, cfg.clone(), round);
         let cap = cfg.window.max(1) * cfg.max_batch_records.clamp(1, MAX_RECORDS);
         for _ in 0..2000 {
             // Time may even go backwards.
@@ -724,6 +854,7 @@ fn arbitrary_inputs_never_panic_and_stay_bounded() {
                 4 => Input::OutboxChanged,
                 5 => Input::Acked {
                     upto: seq(&mut rng),
+                    epoch: if rng.bool() { EPOCH } else { rng.u64(..) },
                 },
                 6 => Input::Tick,
                 _ => {
@@ -842,7 +973,7 @@ impl Sim {
             max_frame: DEFAULT_MAX_FRAME,
         };
         Sim {
-            sync: Sync::new(node(), cfg.clone(), seed),
+            sync: Sync::new(node(), EPOCH, cfg.clone(), seed),
             cfg,
             rng,
             now: Instant::now(),
@@ -976,7 +1107,7 @@ impl Sim {
             self.connect_at = None;
             self.to_node.clear();
             self.deleted = 0;
-            self.sync = Sync::new(node(), self.cfg.clone(), self.rng.u64(..));
+            self.sync = Sync::new(node(), EPOCH, self.cfg.clone(), self.rng.u64(..));
             self.feed(Input::Start);
         }
         // The broker delivers to the master, possibly reordered.
@@ -1003,7 +1134,7 @@ impl Sim {
                 }
                 let i = self.rng.usize(..self.to_node.len());
                 let upto = self.to_node.swap_remove(i);
-                self.feed(Input::Acked { upto });
+                self.feed(Input::Acked { upto, epoch: EPOCH });
             }
         }
         if self.sync.deadline().is_some_and(|d| self.now >= d) {

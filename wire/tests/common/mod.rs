@@ -402,8 +402,9 @@ pub fn up() -> impl Strategy<Value = Up> {
         name(),
         0..u64::MAX / 2,
         vec((1..1000u64, any::<u64>(), record_kind()), 0..5),
+        1..=u64::MAX,
     )
-        .prop_map(|(node, base, recs)| {
+        .prop_map(|(node, base, recs, epoch)| {
             let mut seq = base;
             let records: Vec<Record> = recs
                 .into_iter()
@@ -420,6 +421,7 @@ pub fn up() -> impl Strategy<Value = Up> {
                 node,
                 records,
                 covers,
+                epoch,
             }
         })
 }
@@ -429,7 +431,7 @@ pub fn message_strategy() -> impl Strategy<Value = Message> {
     prop_oneof![
         desired().prop_map(Message::Desired),
         up().prop_map(Message::Up),
-        any::<u64>().prop_map(|upto| Message::Ack(Ack { upto })),
+        (any::<u64>(), any::<u64>()).prop_map(|(upto, epoch)| Message::Ack(Ack { upto, epoch })),
     ]
 }
 

@@ -60,6 +60,7 @@ fn on(node: &str) -> Placement {
 struct Reporter {
     node: Name,
     seq: u64,
+    epoch: u64,
 }
 
 impl Reporter {
@@ -67,7 +68,14 @@ impl Reporter {
         Reporter {
             node: n(node),
             seq: 0,
+            epoch: 1,
         }
+    }
+
+    /// The node's store was wiped: a new epoch, seqs from 1 again.
+    fn new_life(&mut self, epoch: u64) {
+        self.epoch = epoch;
+        self.seq = 0;
     }
 
     fn send(&mut self, s: &MasterStore, kind: RecordKind) {
@@ -80,6 +88,7 @@ impl Reporter {
                 kind,
             }],
             covers: Some((self.seq, self.seq)),
+            epoch: self.epoch,
         };
         s.ingest(&self.node, &up, 1000 + self.seq).unwrap();
     }
@@ -237,6 +246,39 @@ fn destroyed_instances_are_pruned_only_once_reported_destroyed_after_that_genera
     assert!(names(&s, "pi").contains(&("x".into(), Destroyed)));
     // Applied at last, then reported destroyed: pruned.
     node.accepted(&s, g + 2);
+    node.state(&s, "x", InstanceStatus::Destroyed);
+    put(request("z", Started));
+    assert!(!names(&s, "pi").iter().any(|(i, _)| i == "x"));
+}
+
+/// Seqs of a node's new life restart at 1: an old life's `Destroyed` report at a high
+/// seq is older than the new life's acceptance, and must not prune a new destroy.
+#[test]
+fn an_old_lifes_destroyed_report_does_not_prune_after_the_node_was_wiped() {
+    let (_d, s) = open();
+    register(&s, "pi", 8);
+    let mut node = Reporter::new("pi");
+    let put = |r: InstanceRequest| s.place(r, &on("pi"), 0, 0, |_| {}).unwrap();
+    use RequestedState::{Destroyed, Started};
+    put(request("x", Started));
+    node.accepted(&s, 1);
+    let g = put(request("x", Destroyed)).state.generation;
+    node.accepted(&s, g);
+    node.seq = 100;
+    node.state(&s, "x", InstanceStatus::Destroyed);
+    put(request("y", Started));
+    assert!(!names(&s, "pi").iter().any(|(i, _)| i == "x"), "pruned");
+    // x again, then destroyed; the node is wiped and applies it in its new life.
+    put(request("x", Started));
+    let g = put(request("x", Destroyed)).state.generation;
+    node.new_life(2);
+    node.accepted(&s, g);
+    put(request("z", Started));
+    assert!(
+        names(&s, "pi").contains(&("x".into(), Destroyed)),
+        "not reported destroyed in the new life yet: {:?}",
+        names(&s, "pi")
+    );
     node.state(&s, "x", InstanceStatus::Destroyed);
     put(request("z", Started));
     assert!(!names(&s, "pi").iter().any(|(i, _)| i == "x"));
