@@ -10,7 +10,11 @@
 //! with a file-freshness promise. A status table is printed every second. At the end
 //! (after `--duration`, or on Ctrl-C) every link is restored, the nodes drain, and a
 //! summary compares what each node produced with what the master stored; the exit
-//! status is 0 only if nothing was lost or stored twice.
+//! status is 0 only if nothing was lost or stored twice. "Duplicated" counts what can
+//! really be stored twice ([`integrity`]): the same event under two seqs or two epochs
+//! (the master's `repeats`), two contents for one `(node, epoch, seq)` (`conflicts`),
+//! and usage intervals of one instance that overlap (CPU accounted twice, e.g. across
+//! a daemon crash).
 //!
 //! The workloads are this binary itself (`hedge sandbox serve`), so nothing else is
 //! needed but mosquitto.
@@ -27,7 +31,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use clap::Subcommand;
 use hedge_master::pki::{self, InitOptions};
-use hedge_master::store::MasterStore;
+use hedge_master::store::{MasterStore, NodeSummary};
+use hedge_wire::{Name, Record, RecordKind};
 use serde_json::Value;
 
 use crate::Failure;
@@ -546,6 +551,78 @@ fn held(mdir: &Path) -> BTreeMap<String, (u64, u64)> {
         .unwrap_or_default()
 }
 
+/// What could be stored twice at the master, per node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Doubles {
+    /// Lives (epochs) of the node the master holds.
+    pub lives: u32,
+    /// Events stored under two seqs or two epochs.
+    pub repeats: u64,
+    /// `(epoch, seq)`s delivered with two contents.
+    pub conflicts: u64,
+    /// Usage records whose interval overlaps an earlier one of the same instance.
+    pub overlapping_usage: u64,
+}
+
+impl Doubles {
+    /// Everything stored twice.
+    pub fn total(&self) -> u64 {
+        self.repeats + self.conflicts + self.overlapping_usage
+    }
+}
+
+/// Usage records, per node, whose `[from, to)` overlaps another record of the same
+/// instance (sorted by start: one that starts before the latest end seen so far).
+pub fn overlapping_usage(usage: &[(Name, Record)]) -> BTreeMap<String, u64> {
+    let mut spans: BTreeMap<(&str, &str), Vec<(u64, u64)>> = BTreeMap::new();
+    for (node, r) in usage {
+        if let RecordKind::Usage {
+            instance,
+            from_ms,
+            to_ms,
+            ..
+        } = &r.kind
+        {
+            spans
+                .entry((node.as_str(), instance.as_str()))
+                .or_default()
+                .push((*from_ms, *to_ms));
+        }
+    }
+    let mut out = BTreeMap::new();
+    for ((node, _), mut v) in spans {
+        v.sort_unstable();
+        let mut end = 0u64;
+        let mut n = 0u64;
+        for (i, (from, to)) in v.into_iter().enumerate() {
+            if i > 0 && from < end {
+                n += 1;
+            }
+            end = end.max(to);
+        }
+        *out.entry(node.to_string()).or_insert(0) += n;
+    }
+    out
+}
+
+/// The master's integrity counters and the usage overlaps, per node.
+pub fn integrity(store: &MasterStore) -> anyhow::Result<BTreeMap<String, Doubles>> {
+    let overlaps = overlapping_usage(&store.usage(0, u64::MAX)?);
+    Ok(store
+        .nodes()?
+        .into_iter()
+        .map(|n: NodeSummary| {
+            let d = Doubles {
+                lives: n.lives,
+                repeats: n.repeats,
+                conflicts: n.conflicts,
+                overlapping_usage: overlaps.get(n.node.as_str()).copied().unwrap_or(0),
+            };
+            (n.node.to_string(), d)
+        })
+        .collect())
+}
+
 fn status_table(fleet: &Fleet, mdir: &Path) -> Result<String, Failure> {
     let held = held(mdir);
     let mut out = format!(
@@ -629,18 +706,25 @@ fn summary(fleet: &mut Fleet, mdir: &Path) -> Result<(), Failure> {
         })
         .is_ok();
         let (records, last_seq) = held(mdir).get(&name).copied().unwrap_or((0, 0));
-        // Seqs below the last stored one that the master lacks are lost (nothing is
-        // shed in a sandbox run this short); rows beyond the seq count are duplicates.
+        // A sandbox node has one life (its store is new), so its records at the master
+        // are unique by seq: seqs below the last stored one that the master lacks are
+        // lost (nothing is shed in a sandbox run this short).
         let lost = if caught_up {
             last_seq.saturating_sub(records)
         } else {
             produced.saturating_sub(records)
         };
-        let dup = records.saturating_sub(last_seq);
+        let doubles = MasterStore::open(&mdir.join("master.db"))
+            .map_err(anyhow::Error::from)
+            .and_then(|s| integrity(&s))
+            .map(|m| m.get(&name).copied().unwrap_or_default())
+            .with_context(|| format!("reading the master's integrity counters of {name}"))?;
+        let dup = doubles.total();
         lost_total += lost;
         dup_total += dup;
         lines.push(format!(
-            "{name:<8} produced {produced:>6} (seq 1..={produced})  stored at master {records:>6} (last seq {last_seq})  lost {lost}  duplicated {dup}"
+            "{name:<8} produced {produced:>6} (seq 1..={produced})  stored at master {records:>6} (last seq {last_seq}, lives {})  lost {lost}  duplicated {dup} (repeats {}, conflicts {}, overlapping usage {})",
+            doubles.lives, doubles.repeats, doubles.conflicts, doubles.overlapping_usage
         ));
     }
     fleet.stop_all();
@@ -658,5 +742,110 @@ fn summary(fleet: &mut Fleet, mdir: &Path) -> Result<(), Failure> {
         Ok(())
     } else {
         Err(anyhow!("records were lost or duplicated").into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use hedge_wire::{InstanceStatus, Up};
+
+    use super::*;
+
+    fn n(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    fn usage(seq: u64, from_ms: u64, to_ms: u64, cpu_ms: u64) -> Record {
+        Record {
+            seq,
+            time_ms: to_ms,
+            kind: RecordKind::Usage {
+                instance: n("web"),
+                from_ms,
+                to_ms,
+                cpu_ms,
+                mem_avg_bytes: 1,
+                mem_peak_bytes: 1,
+                disk_bytes: 0,
+                net_rx_bytes: None,
+                net_tx_bytes: None,
+                uptime_ms: to_ms - from_ms,
+            },
+        }
+    }
+
+    fn state(seq: u64) -> Record {
+        Record {
+            seq,
+            time_ms: 500 + seq,
+            kind: RecordKind::InstanceState {
+                instance: n("web"),
+                status: InstanceStatus::Running,
+                pid: Some(7),
+                restarts: 0,
+                last_exit: None,
+            },
+        }
+    }
+
+    fn up(epoch: u64, records: Vec<Record>) -> Up {
+        let covers = Some((1, records.last().map_or(1, |r| r.seq)));
+        Up {
+            node: n("node-1"),
+            records,
+            covers,
+            epoch,
+        }
+    }
+
+    #[test]
+    fn a_clean_run_counts_nothing_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = MasterStore::open(&dir.path().join("m.db")).unwrap();
+        let b = up(
+            1,
+            vec![state(1), usage(2, 0, 1000, 5), usage(3, 1000, 2000, 5)],
+        );
+        s.ingest(&n("node-1"), &b, 1).unwrap();
+        // A resend (the master's ack was lost) stores nothing twice.
+        s.ingest(&n("node-1"), &b, 2).unwrap();
+        let d = integrity(&s).unwrap()["node-1"];
+        assert_eq!(
+            d,
+            Doubles {
+                lives: 1,
+                ..Doubles::default()
+            }
+        );
+        assert_eq!(d.total(), 0);
+    }
+
+    #[test]
+    fn events_stored_twice_and_cpu_accounted_twice_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = MasterStore::open(&dir.path().join("m.db")).unwrap();
+        let node = n("node-1");
+        s.ingest(&node, &up(1, vec![state(1), usage(2, 0, 1000, 5)]), 1)
+            .unwrap();
+        // A restored store sends seq 1's event again under its new epoch (a repeat);
+        // a daemon that lost its accounting state bills [500, 1500) again (an overlap).
+        s.ingest(&node, &up(2, vec![state(1), usage(2, 500, 1500, 5)]), 2)
+            .unwrap();
+        // A clone of the first life delivers seq 1 with other content (a conflict).
+        s.ingest(&node, &up(1, vec![usage(1, 3000, 4000, 9)]), 3)
+            .unwrap();
+        let d = integrity(&s).unwrap()["node-1"];
+        assert_eq!(
+            d,
+            Doubles {
+                lives: 2,
+                repeats: 1,
+                conflicts: 1,
+                overlapping_usage: 1
+            }
+        );
+        assert_eq!(d.total(), 3);
     }
 }
