@@ -124,3 +124,100 @@ fn a_wiped_node_starts_a_new_life_and_the_master_keeps_both() {
     // The old life's request is still there.
     assert!(master_has_local(&fleet, "phoenix", "before"));
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// A node whose store is restored from an older backup: the restored store's seqs were
+/// already used (and acknowledged) by the life that went on after the backup, so it
+/// must start a new life, or its new records would be taken for those.
+#[test]
+fn a_node_restored_from_a_backup_starts_a_new_life_and_loses_nothing() {
+    let mut fleet = Fleet::new();
+    fleet.start_master();
+    let mut node = fleet.node("lazarus");
+    node.start();
+    let first_epoch = node.status()["uplink"]["epoch"].as_u64().unwrap();
+    drained(&node);
+    assert!(node.terminate().success());
+    let backup = node.dir.path().join("store.backup");
+    copy_dir(&node.home().join("store"), &backup);
+
+    // The life goes on after the backup: same store, same epoch, seqs past the backup's.
+    node.start();
+    assert_eq!(node.status()["uplink"]["epoch"].as_u64(), Some(first_epoch));
+    node.ok(&[
+        "request",
+        "mid",
+        "--software",
+        "exec:/bin/sleep",
+        "--arg",
+        "100000",
+    ]);
+    wait_for(
+        "the request made after the backup",
+        Duration::from_secs(30),
+        || master_has_local(&fleet, "lazarus", "mid").then_some(()),
+    );
+    node.ok(&["destroy", "mid"]);
+    drained(&node);
+    assert!(node.terminate().success());
+    let before_restore = wait_for("first life held", Duration::from_secs(30), || {
+        master_node(&fleet, "lazarus")["records"].as_u64()
+    });
+
+    // The card dies; the backup is copied back.
+    std::fs::remove_dir_all(node.home().join("store")).unwrap();
+    copy_dir(&backup, &node.home().join("store"));
+    node.start();
+    let restored_epoch = node.status()["uplink"]["epoch"].as_u64().unwrap();
+    assert_ne!(
+        restored_epoch, first_epoch,
+        "a restored store starts a new life"
+    );
+    node.ok(&[
+        "request",
+        "late",
+        "--software",
+        "exec:/bin/sleep",
+        "--arg",
+        "100000",
+    ]);
+    wait_for(
+        "the restored node's request at the master",
+        Duration::from_secs(30),
+        || master_has_local(&fleet, "lazarus", "late").then_some(()),
+    );
+    node.ok(&["destroy", "late"]);
+    // Everything the restored life sent was stored before it was acknowledged: the
+    // master holds the records of before plus every record the node deleted on an ack.
+    let (deleted, n) = wait_for("restored life held", Duration::from_secs(60), || {
+        let s = node.status();
+        if s["outbox"]["depth"].as_u64()? != 0 {
+            return None;
+        }
+        let deleted = s["uplink"]["deleted"].as_u64()?;
+        let n = master_node(&fleet, "lazarus");
+        (n["records"].as_u64()? == before_restore + deleted).then_some((deleted, n))
+    });
+    eprintln!(
+        "restored node: {before_restore} records at the master before the restore; the \
+         restored life sent {deleted} (all acknowledged, lost 0); master holds {} in {} \
+         lives; repeats {}, conflicts {}",
+        n["records"], n["lives"], n["repeats"], n["conflicts"]
+    );
+    assert!(deleted >= 2, "{n}");
+    assert_eq!(n["lives"], 2, "{n}");
+    assert_eq!(n["conflicts"].as_u64(), Some(0), "{n}");
+    assert!(master_has_local(&fleet, "lazarus", "mid"));
+}
