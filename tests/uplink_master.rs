@@ -91,7 +91,48 @@ fn ten_thousand_records_reach_the_master_exactly_once_through_cuts_and_kills() {
         "master holds {records} records for seqs 1..={last_seq}"
     );
     assert!(last_seq >= produced);
-    eprintln!("chaos: {produced} records, {cuts} cuts, kills node/master/broker {kills:?}, {round} rounds");
+    // Nothing stored twice where it could be: the same event under two seqs or lives
+    // (repeats), two contents for one seq (conflicts); SIGKILLs keep the node's life.
+    let v: Value = serde_json::from_str(&fleet.master_ok(&["nodes", "--json"])).unwrap();
+    let n = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == "chaos")
+        .unwrap();
+    let (lives, repeats, conflicts) = (
+        n["lives"].as_u64().unwrap(),
+        n["repeats"].as_u64().unwrap(),
+        n["conflicts"].as_u64().unwrap(),
+    );
+    // CPU accounted twice (across the node's SIGKILLs): usage intervals of one
+    // instance that overlap.
+    let overlapping: usize = (0..20)
+        .map(|i| {
+            let spans = master_usage(&fleet, "chaos", &format!("s{i}"));
+            let mut end = 0;
+            let mut n = 0;
+            for (k, (from, to, _)) in spans.into_iter().enumerate() {
+                if k > 0 && from < end {
+                    n += 1;
+                }
+                end = end.max(to);
+            }
+            n
+        })
+        .sum();
+    eprintln!(
+        "chaos: {produced} records, {cuts} cuts, kills node/master/broker {kills:?}, {round} rounds; \
+         lost {}, duplicated {} (repeats {repeats}, conflicts {conflicts}, overlapping usage \
+         {overlapping}), lives {lives}",
+        last_seq - records,
+        repeats + conflicts + overlapping as u64
+    );
+    assert_eq!(
+        (lives, repeats, conflicts, overlapping),
+        (1, 0, 0, 0),
+        "{n}"
+    );
 }
 
 #[test]
