@@ -71,6 +71,14 @@ pub enum MasterCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Revoke a node: its certificates go into the broker's CRL (the broker is made to
+    /// reload it), and the master refuses its records, downloads and renewals.
+    Revoke {
+        /// The node id.
+        node: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Run the master: store records once, acknowledge them, publish desired states.
     Run {
         #[command(flatten)]
@@ -277,6 +285,33 @@ pub fn main(cmd: MasterCommand) -> Result<(), Failure> {
                 "bundle for {node} written to {} (secret: move it to the node, then delete it)",
                 out.display()
             );
+            Ok(())
+        }
+        MasterCommand::Revoke { node, config } => {
+            let n =
+                Name::new(&node).map_err(|e| Failure::usage(anyhow::anyhow!("{node:?}: {e}")))?;
+            let cfg = load(&config)?;
+            let r = hedge_master::revocation::revoke(&cfg.base, &n).map_err(Failure::data)?;
+            println!(
+                "{node} {} ({} certificate(s) in {})",
+                if r.already {
+                    "was already revoked"
+                } else {
+                    "revoked"
+                },
+                r.certificates,
+                cfg.base.join(hedge_master::revocation::CRL).display()
+            );
+            match r.reloaded {
+                Some(pid) => println!("broker (pid {pid}) told to reload its CRL"),
+                None => println!(
+                    "no running broker found in {}: it reads the CRL when it starts \
+                     (or send it SIGHUP)",
+                    cfg.base
+                        .join(hedge_master::revocation::BROKER_PID)
+                        .display()
+                ),
+            }
             Ok(())
         }
         MasterCommand::Run { config } => run(load(&config)?),
@@ -570,12 +605,14 @@ fn run(cfg: MasterConfig) -> Result<(), Failure> {
         &read(&cfg.broker.key)?,
     )
     .map_err(Failure::usage)?;
+    let revoked = std::sync::Arc::new(hedge_master::revocation::Revoked::new(&cfg.base));
     let settings = hedge_master::run::Settings {
         host: cfg.broker.host.clone(),
         port: cfg.broker.port,
         tls,
         limits: hedge_master::run::IngestLimits::default(),
         keepalive: std::time::Duration::from_secs(20),
+        revoked: revoked.clone(),
     };
     let artifacts_tls = match cfg.artifacts.listen {
         Some(_) => Some(
@@ -599,7 +636,10 @@ fn run(cfg: MasterConfig) -> Result<(), Failure> {
                         l,
                         tls,
                         cfg.artifacts.dir.clone(),
-                        names_artifact(open_store(&cfg)?),
+                        hedge_master::revocation::guard(
+                            revoked.clone(),
+                            names_artifact(open_store(&cfg)?),
+                        ),
                         Default::default(),
                         async move {
                             let _ = stop.wait_for(|s| *s).await;

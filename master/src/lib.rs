@@ -17,4 +17,5 @@ pub mod worker;
 // The fleet PKI and the broker's config (`hedge master init`/`enroll`).
 pub mod mosquitto;
 pub mod pki;
+pub mod revocation;
 pub mod run;

@@ -26,6 +26,9 @@
 //! - A forbidden publish is dropped silently and the client stays connected. QoS 1 still
 //!   gets a PUBACK: reason 0 (success) with MQTT 3.1.1, which has no refusal code; reason
 //!   0x87 "not authorized" with MQTT 5. No subscriber (the master) ever receives it.
+//! - `crlfile DIR/crl.pem` ([`crate::revocation`]): a certificate it lists fails the TLS
+//!   handshake (alert "certificate revoked"). mosquitto re-reads it on SIGHUP, whose pid
+//!   is in `DIR/mosquitto.pid` (`pid_file`).
 //! - A client without a certificate fails the TLS handshake (`peer did not return a
 //!   certificate`); it never reaches MQTT.
 //!
@@ -121,6 +124,9 @@ max_queued_bytes 0
 # client drops its connection on an oversized packet) off the broker.
 message_size_limit {limit}
 
+# `hedge master revoke` sends SIGHUP to this pid to make mosquitto re-read crlfile.
+pid_file {pid}
+
 log_dest stderr
 log_type error
 log_type warning
@@ -136,6 +142,8 @@ certfile {cert}
 keyfile {key}
 require_certificate true
 use_identity_as_username true
+# Certificates of revoked nodes (`hedge master revoke`); re-read on SIGHUP.
+crlfile {crl}
 ",
         conf = p("mosquitto.conf"),
         limit = MESSAGE_SIZE_LIMIT,
@@ -146,6 +154,8 @@ use_identity_as_username true
         ca = p("ca.crt"),
         cert = p("broker.crt"),
         key = p("broker.key"),
+        crl = p(crate::revocation::CRL),
+        pid = p(crate::revocation::BROKER_PID),
     )
 }
 
@@ -201,6 +211,8 @@ mod tests {
             "allow_anonymous false",
             "per_listener_settings false",
             "message_size_limit 131072",
+            "crlfile /srv/hedge/crl.pem",
+            "pid_file /srv/hedge/mosquitto.pid",
         ] {
             assert!(c.lines().any(|l| l == line), "missing {line:?} in\n{c}");
         }

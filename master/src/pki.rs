@@ -74,6 +74,9 @@ pub enum PkiError {
         /// toml's message (names the key and line).
         source: toml::de::Error,
     },
+    /// The issuance log, the revoked list or the CRL.
+    #[error(transparent)]
+    Revocation(#[from] crate::revocation::RevocationError),
     /// A value in a file is out of range or a referenced file is missing.
     #[error("{path}: {what}")]
     Config {
@@ -128,7 +131,7 @@ pub struct InitReport {
 }
 
 /// Files [`init`] writes, in order; `master.toml` last marks a complete directory.
-pub const INIT_FILES: [&str; 11] = [
+pub const INIT_FILES: [&str; 12] = [
     "ca.crt",
     "ca.key",
     "broker.crt",
@@ -139,6 +142,7 @@ pub const INIT_FILES: [&str; 11] = [
     "signing.pub",
     "mosquitto.conf",
     "acl",
+    "crl.pem",
     "master.toml",
 ];
 
@@ -240,6 +244,8 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<InitReport, PkiError> {
         Err(e) => return Err(io(&data)(e)),
     }
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).map_err(io(&data))?;
+    // An empty CRL: mosquitto's `crlfile` must name a valid one from the start.
+    crate::revocation::write_crl(&dir, now)?;
 
     // Last: marks the directory complete.
     put(
@@ -247,6 +253,7 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<InitReport, PkiError> {
         master_toml(&opts.broker_host, opts.broker_port).as_bytes(),
         0o644,
     )?;
+    files.insert(files.len() - 1, dir.join(crate::revocation::CRL));
 
     Ok(InitReport {
         master_toml: dir.join("master.toml"),
@@ -269,17 +276,26 @@ pub fn enroll(dir: &Path, node: &Name, out: &Path) -> Result<(), PkiError> {
     if out.exists() {
         return Err(PkiError::Exists(out.to_owned()));
     }
+    if crate::revocation::revoked(dir)?.contains(node) {
+        return Err(PkiError::Invalid(format!(
+            "node {node} is revoked; enroll the machine under another id"
+        )));
+    }
     let cfg = MasterConfig::load(&dir.join("master.toml"))?;
-    let ca_path = dir.join("ca.crt");
-    let ca_key_path = dir.join("ca.key");
-    let ca_pem = std::fs::read_to_string(&ca_path).map_err(io(&ca_path))?;
-    let ca_key_pem =
-        Zeroizing::new(std::fs::read_to_string(&ca_key_path).map_err(io(&ca_key_path))?);
-    let ca_key = Zeroizing::new(KeyPair::from_pem(&ca_key_pem)?);
+    let (ca_pem, ca_key) = load_ca(dir)?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, &*ca_key)?;
     let signing = load_signing_key(&cfg.signing.key)?;
 
-    let (cert, key) = client_cert(node.as_str(), OffsetDateTime::now_utc(), &issuer)?;
+    let key = Zeroizing::new(KeyPair::generate()?);
+    let cert = issue_node_cert(
+        dir,
+        &issuer,
+        node,
+        &*key,
+        OffsetDateTime::now_utc(),
+        Duration::seconds(i64::try_from(cfg.enrollment.cert_lifetime_s).unwrap_or(i64::MAX)),
+    )?;
+    let key = Zeroizing::new(key.serialize_pem());
     let bundle = Bundle {
         version: Bundle::VERSION,
         node: node.clone(),
@@ -376,6 +392,9 @@ pub struct MasterConfig {
     /// `[artifacts]`.
     #[serde(default)]
     pub artifacts: ArtifactsSection,
+    /// `[enrollment]`.
+    #[serde(default)]
+    pub enrollment: EnrollmentSection,
     /// Directory of the file; relative paths were resolved against it.
     #[serde(skip)]
     pub base: PathBuf,
@@ -433,6 +452,29 @@ impl Default for AllocationSection {
     fn default() -> Self {
         AllocationSection {
             stale_after_ms: 300_000,
+        }
+    }
+}
+
+/// `[enrollment]`: node certificates and enrollment tokens.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrollmentSection {
+    /// Lifetime of a node certificate, seconds (default 30 days). Nodes renew at 2/3.
+    pub cert_lifetime_s: u64,
+    /// How long after its certificate expired a node may still renew with its key,
+    /// seconds (default 90 days).
+    pub renew_grace_s: u64,
+    /// How long an enrollment token stays usable, seconds (default 7 days).
+    pub token_ttl_s: u64,
+}
+
+impl Default for EnrollmentSection {
+    fn default() -> Self {
+        EnrollmentSection {
+            cert_lifetime_s: 30 * 86_400,
+            renew_grace_s: 90 * 86_400,
+            token_ttl_s: 7 * 86_400,
         }
     }
 }
@@ -534,6 +576,12 @@ impl MasterConfig {
         if self.broker.port == 0 {
             return Err("broker.port must not be 0".into());
         }
+        let e = &self.enrollment;
+        if e.cert_lifetime_s < 60 || e.cert_lifetime_s > 5 * 365 * 86_400 || e.token_ttl_s == 0 {
+            return Err(
+                "enrollment: need 60 <= cert_lifetime_s <= 5 years and token_ttl_s > 0".into(),
+            );
+        }
         if self.allocation.stale_after_ms == 0 {
             return Err("allocation.stale_after_ms must be > 0".into());
         }
@@ -633,6 +681,51 @@ fn leaf_params(cn: &str, now: OffsetDateTime) -> CertificateParams {
     p.not_before = OffsetDateTime::UNIX_EPOCH;
     p.not_after = now + Duration::days(365 * LEAF_YEARS);
     p
+}
+
+/// Signs a node certificate (CN = `node`, client auth) for `public`, valid from an hour
+/// before `now` until `now + lifetime`, with a random serial; records it in `DIR/issued`.
+/// Returns its PEM.
+pub fn issue_node_cert(
+    dir: &Path,
+    issuer: &Issuer<'_, impl rcgen::SigningKey>,
+    node: &Name,
+    public: &impl rcgen::PublicKeyData,
+    now: OffsetDateTime,
+    lifetime: Duration,
+) -> Result<String, PkiError> {
+    use sha2::Digest;
+    let mut p = leaf_params(node.as_str(), now);
+    // Only the broker and the master check a node certificate, with their real clocks;
+    // the hour absorbs their skew. (The node itself never checks its own certificate.)
+    p.not_before = now - Duration::hours(1);
+    p.not_after = now + lifetime;
+    let mut serial = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut serial);
+    serial[0] = (serial[0] & 0x7f) | 0x01;
+    p.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = p.signed_by(public, issuer)?;
+    crate::revocation::record_issued(
+        dir,
+        &crate::revocation::Issued {
+            serial: serial.to_vec(),
+            node: node.clone(),
+            not_after: p.not_after.unix_timestamp(),
+            spki_sha256: sha2::Sha256::digest(public.subject_public_key_info()).into(),
+        },
+    )?;
+    Ok(cert.pem())
+}
+
+/// The fleet CA as an issuer: (CA certificate PEM, its key).
+pub fn load_ca(dir: &Path) -> Result<(String, Zeroizing<KeyPair>), PkiError> {
+    let ca_path = dir.join("ca.crt");
+    let ca_key_path = dir.join("ca.key");
+    let ca_pem = std::fs::read_to_string(&ca_path).map_err(io(&ca_path))?;
+    let ca_key_pem =
+        Zeroizing::new(std::fs::read_to_string(&ca_key_path).map_err(io(&ca_key_path))?);
+    Ok((ca_pem, Zeroizing::new(KeyPair::from_pem(&ca_key_pem)?)))
 }
 
 /// A client certificate with CN = `cn`: (certificate PEM, key PEM).

@@ -6,7 +6,8 @@
 //! and for every Up batch: checks that the batch's node is the topic's node (the
 //! broker's ACL binds the topic to the certificate), stores it in one transaction,
 //! and only then publishes `Ack { upto, epoch }` on `hedge/v1/<node>/ack`. Malformed frames
-//! and node mismatches are counted and logged, never stored, never acked.
+//! and node mismatches are counted and logged, never stored, never acked; so are frames
+//! of a node revoked with `hedge master revoke` ([`crate::revocation`]).
 //! Store work runs on the [`Worker`] thread, never on the event loop: a slow disk or
 //! another master holding SQLite's write lock delays acknowledgements, never the MQTT
 //! keepalive (nor anything else on the loop). A full worker queue refuses the frame
@@ -81,6 +82,8 @@ pub struct Counters {
     pub store_busy: u64,
     /// Connections to the broker lost.
     pub reconnects: u64,
+    /// Up frames of revoked nodes refused.
+    pub revoked: u64,
 }
 
 /// Connection settings of the master's MQTT client.
@@ -96,6 +99,8 @@ pub struct Settings {
     pub limits: IngestLimits,
     /// MQTT keepalive: the broker drops the master after 1.5 × this without a packet.
     pub keepalive: Duration,
+    /// Revoked nodes: their records are refused, never stored nor acknowledged.
+    pub revoked: Arc<crate::revocation::Revoked>,
 }
 
 fn now_ms() -> u64 {
@@ -199,7 +204,11 @@ pub async fn run(
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        handle_up(&worker, &mut admission, &p.topic, &p.payload, &mut counters);
+                        if revoked_sender(&settings.revoked, &p.topic) {
+                            counters.revoked += 1;
+                        } else {
+                            handle_up(&worker, &mut admission, &p.topic, &p.payload, &mut counters);
+                        }
                     }
                     Ok(_) => {}
                     Err(e) => break e,
@@ -215,6 +224,16 @@ pub async fn run(
         }
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }
+}
+
+/// Whether `topic` is a revoked node's (counted and logged by `revoked`).
+fn revoked_sender(revoked: &crate::revocation::Revoked, topic: &str) -> bool {
+    let node = node_of_up_topic(topic);
+    let hit = node.as_ref().is_some_and(|n| revoked.contains(n.as_str()));
+    if let (true, Some(n)) = (hit, node) {
+        revoked.refused("records", n.as_str());
+    }
+    hit
 }
 
 fn refuse(admission: &mut Admission, node: &Name, now: u64, why: Refusal) {

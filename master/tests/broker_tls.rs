@@ -481,6 +481,7 @@ fn spawn_master(
         tls: Arc::new(fleet.master_tls()),
         limits,
         keepalive,
+        revoked: Arc::new(hedge_master::revocation::Revoked::new(&fleet.dir)),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let master = tokio::spawn(hedge_master::run::run(
