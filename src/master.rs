@@ -282,7 +282,8 @@ pub fn main(cmd: MasterCommand) -> Result<(), Failure> {
             let store = open_store(&load(&config)?)?;
             assign(&store, &n, labels, &[], &assigned)?;
             println!(
-                "bundle for {node} written to {} (secret: move it to the node, then delete it)",
+                "bundle for {node} written to {} (a one-time token, no key: move it to the node, \
+                 then delete it)",
                 out.display()
             );
             Ok(())
@@ -614,6 +615,18 @@ fn run(cfg: MasterConfig) -> Result<(), Failure> {
         keepalive: std::time::Duration::from_secs(20),
         revoked: revoked.clone(),
     };
+    let enroller = match cfg.artifacts.listen {
+        Some(_) => Some(std::sync::Arc::new(
+            hedge_master::enrollment::Enroller::load(
+                &cfg.base,
+                cfg.enrollment.cert_lifetime_s,
+                cfg.enrollment.renew_grace_s,
+                revoked.clone(),
+            )
+            .map_err(Failure::usage)?,
+        )),
+        None => None,
+    };
     let artifacts_tls = match cfg.artifacts.listen {
         Some(_) => Some(
             hedge_master::artifacts::server_config(
@@ -641,6 +654,7 @@ fn run(cfg: MasterConfig) -> Result<(), Failure> {
                             names_artifact(open_store(&cfg)?),
                         ),
                         Default::default(),
+                        enroller,
                         async move {
                             let _ = stop.wait_for(|s| *s).await;
                         },

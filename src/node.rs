@@ -252,15 +252,20 @@ fn init(dir: &Path, id: Option<String>, enroll: Option<&Path>) -> Result<(), Fai
         host: b.broker_host.clone(),
         port: b.broker_port,
         master_key: b.master_public_key.trim().to_string(),
-        artifacts: b.artifacts_url.clone(),
+        artifacts: Some(b.url.clone()),
     });
     if let Some(b) = &bundle {
         let up = dir.join("uplink");
         std::fs::create_dir_all(&up)?;
         std::fs::set_permissions(&up, std::fs::Permissions::from_mode(0o700))?;
         std::fs::write(up.join("ca.crt"), &b.ca_cert)?;
-        std::fs::write(up.join("node.crt"), &b.cert)?;
-        write_secret(&up.join("node.key"), b.key.as_bytes())?;
+        // The node's own key: it never leaves the node. The daemon sends a CSR with the
+        // one-time token and receives uplink/node.crt (hedge_runtime::credentials).
+        hedge_runtime::credentials::create_key(&up.join("node.key")).map_err(Failure::usage)?;
+        write_secret(
+            &up.join(hedge_runtime::credentials::TOKEN),
+            format!("{}\n", b.token).as_bytes(),
+        )?;
     }
     let cfg_text = config::file(&id, enrollment.as_ref());
     std::fs::write(&file, &cfg_text).with_context(|| format!("cannot write {}", file.display()))?;
@@ -278,9 +283,10 @@ fn init(dir: &Path, id: Option<String>, enroll: Option<&Path>) -> Result<(), Fai
             b.broker_port,
             &b.master_public_key[..8]
         );
-        if let Some(u) = &b.artifacts_url {
-            println!("  software {u} (artifacts, mutual TLS)");
-        }
+        println!(
+            "  enroll   {} (key made here; the certificate comes when the daemon runs)",
+            b.url
+        );
     }
     println!("run it:    hedge node run --config {}", file.display());
     Ok(())

@@ -291,6 +291,17 @@ pub fn run(opts: Options) -> Result<(), Failure> {
     )
     .map_err(Failure::usage)?;
     let master_toml = mdir.join("master.toml");
+    // Nodes enroll (their own key, a CSR and the bundle's one-time token) and renew at
+    // the master's HTTPS endpoint.
+    let https_port = free_port()?;
+    let text = std::fs::read_to_string(&master_toml)?;
+    std::fs::write(
+        &master_toml,
+        text.replace(
+            "# listen = \"127.0.0.1:8443\"",
+            &format!("listen = \"127.0.0.1:{https_port}\""),
+        ),
+    )?;
     let m = master_toml.to_str().context("non-UTF-8 path")?.to_string();
     let stop = Arc::new(AtomicBool::new(false));
     let mut fleet = Fleet {

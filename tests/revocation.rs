@@ -161,3 +161,64 @@ fn a_revoked_node_cannot_connect_download_or_store_records() {
     let out = fleet.master(&["enroll", "rev-a", "--out", bundle.to_str().unwrap()]);
     assert!(!out.status.success(), "a revoked id was enrolled again");
 }
+
+#[test]
+fn a_node_enrolls_with_its_own_key_and_a_token_that_works_once() {
+    let mut fleet = Fleet::new();
+    fleet.start_master();
+    let bundle = fleet.dir.path().join("e.bundle");
+    fleet.master_ok(&["enroll", "enr-1", "--out", bundle.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&bundle).unwrap();
+    assert!(
+        !text.contains("PRIVATE KEY"),
+        "the bundle holds a key:\n{text}"
+    );
+    assert!(text.contains("token = "), "{text}");
+
+    let mut node = Node::init_enrolled(&bundle);
+    let port = fleet.node_port;
+    node.edit_config(move |c| c.replace("port = ", &format!("port = {port}\n# was: port = ")));
+    let up = node.home().join("uplink");
+    use std::os::unix::fs::PermissionsExt;
+    let key_mode = std::fs::metadata(up.join("node.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600, "the node made its own key");
+    assert!(!up.join("node.crt").exists());
+    assert!(up.join("enroll.token").exists());
+    node.start();
+    wait_for("enrolled and syncing", Duration::from_secs(30), || {
+        (fleet.held("enr-1").1 > 0).then_some(())
+    });
+    assert!(up.join("node.crt").exists());
+    assert!(
+        !up.join("enroll.token").exists(),
+        "the used token is deleted"
+    );
+    let key = std::fs::read_to_string(up.join("node.key")).unwrap();
+    for f in std::fs::read_dir(fleet.master_dir()).unwrap() {
+        let p = f.unwrap().path();
+        if p.is_file() {
+            let t = std::fs::read(&p).unwrap();
+            assert!(
+                !String::from_utf8_lossy(&t).contains(key.trim()),
+                "the node's key is on the master: {}",
+                p.display()
+            );
+        }
+    }
+
+    // The same bundle again, on another machine: the token is spent.
+    let mut copy = Node::init_enrolled(&bundle);
+    copy.edit_config(move |c| c.replace("port = ", &format!("port = {port}\n# was: port = ")));
+    copy.start();
+    wait_for("the second use refused", Duration::from_secs(30), || {
+        fleet
+            .master_log(0)
+            .contains("unknown or already used enrollment token")
+            .then_some(())
+    });
+    assert!(!copy.home().join("uplink/node.crt").exists());
+    assert_eq!(copy.status()["uplink"]["connected"], false);
+}

@@ -252,7 +252,13 @@ fn forged_and_replayed_desired_states_are_refused_and_a_node_cannot_publish_as_a
         std::fs::Permissions::from_mode(0o600),
     )
     .unwrap();
-    let toml = std::fs::read_to_string(m.join("master.toml")).unwrap();
+    // Without the HTTPS endpoint (it needs the CA's key, which these copies lack).
+    let toml: String = std::fs::read_to_string(m.join("master.toml"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("listen = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
     std::fs::write(rogue.join("master.toml"), &toml).unwrap();
     let rogue_cli = |args: &[&str]| {
         hedge()
@@ -302,7 +308,7 @@ fn forged_and_replayed_desired_states_are_refused_and_a_node_cannot_publish_as_a
 
     // A replay: the genuine generation-1 state, published again.
     let before = rejected(&node);
-    std::fs::copy(m.join("master.toml"), old.join("master.toml")).unwrap();
+    std::fs::write(old.join("master.toml"), &toml).unwrap();
     for f in ["ca.crt", "master.crt", "master.key", "signing.key"] {
         std::fs::copy(m.join(f), old.join(f)).unwrap();
     }
@@ -337,8 +343,7 @@ fn forged_and_replayed_desired_states_are_refused_and_a_node_cannot_publish_as_a
     let mut beta = Node::init_enrolled(&beta_bundle);
     let port = fleet.node_port;
     beta.edit_config(move |c| {
-        c.replace("id = \"beta\"", "id = \"alpha\"")
-            .lines()
+        c.lines()
             .map(|l| {
                 if l.starts_with("port = ") {
                     format!("port = {port}")
@@ -349,6 +354,13 @@ fn forged_and_replayed_desired_states_are_refused_and_a_node_cannot_publish_as_a
             .collect::<Vec<_>>()
             .join("\n")
     });
+    // Beta gets its certificate (CN beta) as itself, then claims alpha's id.
+    beta.start();
+    wait_for("beta enrolled", Duration::from_secs(30), || {
+        (beta.status()["uplink"]["connected"] == true).then_some(())
+    });
+    beta.kill9();
+    beta.edit_config(|c| c.replace("id = \"beta\"", "id = \"alpha\""));
     node.kill9(); // the real alpha goes quiet
     let (held_before, last_before) = fleet.held("alpha");
     beta.start();

@@ -14,8 +14,10 @@
 //!   Anything but a GET of that path shape is a `404` (`405` for other methods, `400` for
 //!   a malformed head). A node (the CN of its certificate) gets only the artifacts its
 //!   desired state names ([`Authorize`]); anything else is a `403`, whether it exists or
-//!   not. One request per connection, the request head bounded to 8 KiB and 10 s, every
-//!   write bounded by an idle timeout.
+//!   not. A peer without a client certificate may only `POST /enroll` (a token and a CSR,
+//!   or a renewal CSR: [`crate::enrollment`]), answered `200` with the certificate PEM,
+//!   else `403`/`400`; anything else it asks is a `403`. One request per connection, the
+//!   request head bounded to 8 KiB and 10 s, every write bounded by an idle timeout.
 //! - Unauthenticated peers cannot starve downloads: the TLS handshake has
 //!   [`HANDSHAKE_TIMEOUT`], at most [`MAX_HANDSHAKES`] run at once and
 //!   [`MAX_HANDSHAKES_PER_ADDR`] per address (more are closed at once); a download slot
@@ -136,7 +138,10 @@ pub fn server_config(
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let Pems { roots, certs, key } = parse_pems(ca_pem, cert_pem, key_pem)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // Client certificates are checked when presented; a connection without one may only
+    // enroll (`POST /enroll`, with a token): `connection` refuses it anything else.
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
         .build()
         .map_err(|e| TlsError::Ca(e.to_string()))?;
     let cfg = ServerConfig::builder_with_provider(provider)
@@ -384,6 +389,7 @@ struct Shared {
     dir: PathBuf,
     authorize: Authorize,
     stats: Arc<Stats>,
+    enroller: Option<Arc<crate::enrollment::Enroller>>,
     slots: Arc<tokio::sync::Semaphore>,
     by_node: Arc<Mutex<PerPeer<Name>>>,
     log: LogLimit,
@@ -396,6 +402,7 @@ pub async fn serve(
     dir: PathBuf,
     authorize: Authorize,
     stats: Arc<Stats>,
+    enroller: Option<Arc<crate::enrollment::Enroller>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let shared = Arc::new(Shared {
@@ -403,6 +410,7 @@ pub async fn serve(
         dir,
         authorize,
         stats,
+        enroller,
         slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
         by_node: Arc::new(Mutex::new(PerPeer::default())),
         log: LogLimit::default(),
@@ -471,8 +479,22 @@ async fn connection(
             ));
         }
     };
-    // Authenticated: now a download slot, overall and for this node.
     let node = peer_node(&tls);
+    // No client certificate: only enrollment (token + CSR) or renewal (CSR), in a slot.
+    if let (None, Some(e)) = (&node, shared.enroller.as_deref()) {
+        let Ok(_slot) = shared.slots.clone().try_acquire_owned() else {
+            stats.busy.fetch_add(1, Ordering::Relaxed);
+            return finish(&mut tls, error_head(503).as_bytes()).await;
+        };
+        if let Some((head, rest)) = read_head(&mut tls).await? {
+            if head.starts_with(b"POST /enroll ") {
+                return enroll(&mut tls, &head, rest, e).await;
+            }
+        }
+        stats.forbidden.fetch_add(1, Ordering::Relaxed);
+        return finish(&mut tls, error_head(403).as_bytes()).await;
+    }
+    // Authenticated: now a download slot, overall and for this node.
     let slot = shared.slots.clone().try_acquire_owned().ok();
     let place = node
         .as_ref()
@@ -491,27 +513,7 @@ async fn connection(
         }
         return finish(&mut tls, error_head(503).as_bytes()).await;
     };
-    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "request head timeout");
-    let head = tokio::time::timeout(HEAD_TIMEOUT, async {
-        let mut buf = Vec::with_capacity(1024);
-        let mut chunk = [0u8; 1024];
-        loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                buf.truncate(end);
-                return Ok::<_, std::io::Error>(Some(buf));
-            }
-            if buf.len() > MAX_REQUEST_HEAD {
-                return Ok(None);
-            }
-            let n = tls.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    })
-    .await
-    .map_err(|_| timed_out())??;
+    let head = read_head(&mut tls).await?.map(|(h, _)| h);
     let get = match head.as_deref().map(parse_request) {
         None => Err(400),
         Some(r) => r,
@@ -561,6 +563,93 @@ async fn connection(
         }
     }
     finish(&mut tls, b"").await
+}
+
+/// Reads a request head (bounded by [`MAX_REQUEST_HEAD`] and [`HEAD_TIMEOUT`]): the head
+/// without its blank line and what followed it, or `None` when it is too long.
+async fn read_head<S: AsyncReadExt + Unpin>(
+    tls: &mut S,
+) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "request head timeout");
+    tokio::time::timeout(HEAD_TIMEOUT, async {
+        let mut buf = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 1024];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let rest = buf.split_off(end + 4);
+                buf.truncate(end);
+                return Ok::<_, std::io::Error>(Some((buf, rest)));
+            }
+            if buf.len() > MAX_REQUEST_HEAD {
+                return Ok(None);
+            }
+            let n = tls.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .map_err(|_| timed_out())?
+}
+
+/// `POST /enroll`: reads the body (`Content-Length`, at most
+/// [`crate::enrollment::MAX_BODY`]), answers 200 with the certificate PEM or 403/400.
+async fn enroll<S: AsyncReadExt + AsyncWriteExt + Unpin>(
+    tls: &mut S,
+    head: &[u8],
+    mut body: Vec<u8>,
+    enroller: &crate::enrollment::Enroller,
+) -> std::io::Result<()> {
+    let len = std::str::from_utf8(head).ok().and_then(|h| {
+        h.split("\r\n").find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+    });
+    let Some(len) = len.filter(|l| *l <= crate::enrollment::MAX_BODY && *l >= body.len()) else {
+        return finish(tls, error_head(400).as_bytes()).await;
+    };
+    let read = tokio::time::timeout(HEAD_TIMEOUT, async {
+        let mut chunk = [0u8; 1024];
+        while body.len() < len {
+            let n = tls.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+        Ok(())
+    })
+    .await;
+    match read {
+        Ok(Ok(())) if body.len() == len => {}
+        _ => return finish(tls, error_head(400).as_bytes()).await,
+    }
+    match enroller.answer(&body, time::OffsetDateTime::now_utc()) {
+        Ok(pem) => {
+            tracing::info!("node certificate issued");
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\nContent-Type: application/x-pem-file\r\n\r\n",
+                pem.len()
+            );
+            write(tls, head.as_bytes()).await?;
+            finish(tls, pem.as_bytes()).await
+        }
+        Err(e) => {
+            enroller.refused(&e);
+            let status = match e {
+                crate::enrollment::EnrollError::Malformed
+                | crate::enrollment::EnrollError::BadCsr => 400,
+                crate::enrollment::EnrollError::Internal(_) => 500,
+                _ => 403,
+            };
+            finish(tls, error_head(status).as_bytes()).await
+        }
+    }
 }
 
 async fn write<W: AsyncWriteExt + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {

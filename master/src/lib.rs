@@ -15,6 +15,7 @@ pub mod store;
 pub mod worker;
 
 // The fleet PKI and the broker's config (`hedge master init`/`enroll`).
+pub mod enrollment;
 pub mod mosquitto;
 pub mod pki;
 pub mod revocation;

@@ -9,19 +9,22 @@
 //!   [`MASTER_USER`]), the ed25519 key that signs desired states (`signing.key`: the raw
 //!   32-byte seed; `signing.pub`: hex), `mosquitto.conf` + `acl` (see [`crate::mosquitto`])
 //!   and a commented `master.toml` ([`master_toml`]), written last. Secret files are 0600.
-//! - [`enroll`] issues one node's client certificate (CN = node id) from `ca.key` and
-//!   writes it, with its key, the CA certificate, the broker address and the master's
-//!   public signing key, into ONE TOML file (0600, never overwritten): a [`Bundle`], which
-//!   the node reads with [`Bundle::load`] (`hedge node init --enroll FILE`).
+//! - [`enroll`] makes a one-time enrollment token for a node ([`crate::enrollment`]) and
+//!   writes it, with the CA certificate, the broker address, the master's HTTPS endpoint
+//!   and the master's public signing key, into ONE TOML file (0600, never overwritten): a
+//!   [`Bundle`], which the node reads with [`Bundle::load`] (`hedge node init --enroll
+//!   FILE`). It holds no private key: the node makes its key and sends a CSR with the
+//!   token; the master answers the certificate ([`issue_node_cert`]).
 //! - [`MasterConfig::load`] parses `master.toml` (`deny_unknown_fields`), resolves relative
 //!   paths against the file's directory and validates it before anything binds a socket.
 //!
 //! Keys are ECDSA P-256 (OpenSSL in mosquitto and rustls/webpki on nodes both accept it).
 //! Validity starts at the Unix epoch: boards without an RTC (Raspberry Pi) may boot with a
 //! clock in 1970 and must still be able to check the broker's certificate before NTP runs.
-//! The CA is valid for 30 years, issued certificates for 20; rotating a node means
-//! enrolling it again. There is no revocation list (yet): removing a node from the fleet
-//! is done in the master's registry, and its certificate only grants its own topics.
+//! The CA and the broker's and masters' certificates are valid for 30/20 years; node
+//! certificates for `[enrollment] cert_lifetime_s` (30 days), renewed by the node
+//! ([`crate::enrollment`]). Every node certificate is recorded in `DIR/issued`, and
+//! `hedge master revoke` puts them in the broker's CRL ([`crate::revocation`]).
 //!
 //! Private keys are held in [`Zeroizing`] buffers and rcgen's `KeyPair` is zeroized on drop
 //! where the crates allow it (ring's internal key copy is not).
@@ -282,20 +285,19 @@ pub fn enroll(dir: &Path, node: &Name, out: &Path) -> Result<(), PkiError> {
         )));
     }
     let cfg = MasterConfig::load(&dir.join("master.toml"))?;
-    let (ca_pem, ca_key) = load_ca(dir)?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, &*ca_key)?;
+    let url = cfg.artifacts_url().ok_or_else(|| {
+        PkiError::Invalid(
+            "enrollment goes through the master's HTTPS endpoint: set [artifacts] listen in \
+             master.toml (and run the master) first"
+                .into(),
+        )
+    })?;
+    let ca_path = dir.join("ca.crt");
+    let ca_pem = std::fs::read_to_string(&ca_path).map_err(io(&ca_path))?;
     let signing = load_signing_key(&cfg.signing.key)?;
-
-    let key = Zeroizing::new(KeyPair::generate()?);
-    let cert = issue_node_cert(
-        dir,
-        &issuer,
-        node,
-        &*key,
-        OffsetDateTime::now_utc(),
-        Duration::seconds(i64::try_from(cfg.enrollment.cert_lifetime_s).unwrap_or(i64::MAX)),
-    )?;
-    let key = Zeroizing::new(key.serialize_pem());
+    let ttl = Duration::seconds(i64::try_from(cfg.enrollment.token_ttl_s).unwrap_or(i64::MAX));
+    let token = crate::enrollment::create_token(dir, node, OffsetDateTime::now_utc(), ttl)
+        .map_err(io(&dir.join(crate::enrollment::TOKENS)))?;
     let bundle = Bundle {
         version: Bundle::VERSION,
         node: node.clone(),
@@ -303,16 +305,17 @@ pub fn enroll(dir: &Path, node: &Name, out: &Path) -> Result<(), PkiError> {
         broker_port: cfg.broker.port,
         master_public_key: hex(&signing.verifying_key().to_bytes()),
         ca_cert: ca_pem,
-        cert,
-        key: key.to_string(),
-        artifacts_url: cfg.artifacts_url(),
+        token: token.to_string(),
+        url,
     };
     let body = Zeroizing::new(
         toml::to_string(&bundle).map_err(|e| PkiError::Invalid(format!("bundle: {e}")))?,
     );
     let mut text = Zeroizing::new(format!(
-        "# hedge enrollment bundle for node \"{node}\". SECRET: it holds the node's private key.\n\
-         # On the node: hedge node init --enroll THIS_FILE, then delete this file.\n"
+        "# hedge enrollment bundle for node \"{node}\". SECRET until used: its one-time token\n\
+         # (valid {}s) gets a certificate for the key the node makes itself.\n\
+         # On the node: hedge node init --enroll THIS_FILE, then delete this file.\n",
+        cfg.enrollment.token_ttl_s
     ));
     text.push_str(&body);
     write_new(out, text.as_bytes(), 0o600)
@@ -363,10 +366,21 @@ dir = \"artifacts\"
 # certificate and key; client certificates of the fleet CA) when `listen` is set.
 # Enroll nodes after setting it: their bundle carries the URL.
 # listen = \"127.0.0.1:8443\"
+# Nodes enroll (one-time token + CSR) and renew their certificates here too, so set it
+# before `hedge master enroll`.
 # The URL nodes dial; default https://<broker.host>:<listen port>.
 # url = \"https://{broker_host}:8443\"
 cert = \"broker.crt\"
 key = \"broker.key\"
+
+[enrollment]
+# Node certificates live this long (seconds; 30 days); nodes renew them at 2/3 over
+# the HTTPS endpoint with their own key, which never leaves the node.
+cert_lifetime_s = 2592000
+# A node back after its certificate expired may still renew within this (90 days).
+renew_grace_s = 7776000
+# An enrollment token (in the bundle `hedge master enroll` writes) is usable once, this long.
+token_ttl_s = 604800
 ",
         stale = AllocationSection::default().stale_after_ms,
     )
@@ -683,9 +697,9 @@ fn leaf_params(cn: &str, now: OffsetDateTime) -> CertificateParams {
     p
 }
 
-/// Signs a node certificate (CN = `node`, client auth) for `public`, valid from an hour
-/// before `now` until `now + lifetime`, with a random serial; records it in `DIR/issued`.
-/// Returns its PEM.
+/// Signs a node certificate (CN = `node`, client auth) for `public`, valid from
+/// [`skew`]`(lifetime)` before `now` until `now + lifetime`, with a random serial; records
+/// it in `DIR/issued`. Returns its PEM.
 pub fn issue_node_cert(
     dir: &Path,
     issuer: &Issuer<'_, impl rcgen::SigningKey>,
@@ -697,8 +711,9 @@ pub fn issue_node_cert(
     use sha2::Digest;
     let mut p = leaf_params(node.as_str(), now);
     // Only the broker and the master check a node certificate, with their real clocks;
-    // the hour absorbs their skew. (The node itself never checks its own certificate.)
-    p.not_before = now - Duration::hours(1);
+    // the margin absorbs their skew. (The node itself never checks its own certificate;
+    // it reads notBefore as a floor of the time: see hedge_runtime::credentials.)
+    p.not_before = now - skew(lifetime);
     p.not_after = now + lifetime;
     let mut serial = [0u8; 16];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut serial);
@@ -716,6 +731,12 @@ pub fn issue_node_cert(
         },
     )?;
     Ok(cert.pem())
+}
+
+/// How long before its issue a node certificate starts: 1/30 of its lifetime, at most an
+/// hour (so `notBefore` + 2/3 of the validity is still about 2/3 of the lifetime).
+pub fn skew(lifetime: Duration) -> Duration {
+    std::cmp::min(lifetime / 30_i32, Duration::hours(1))
 }
 
 /// The fleet CA as an issuer: (CA certificate PEM, its key).
@@ -854,15 +875,29 @@ mod tests {
     }
 
     #[test]
-    fn enroll_writes_one_private_bundle_that_loads() {
+    fn enroll_writes_one_bundle_with_a_token_and_no_key() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("m");
         let r = init(&dir, &opts()).unwrap();
         let out = tmp.path().join("a.toml");
         let node = Name::new("node-a").unwrap();
+        // Enrollment goes through the HTTPS endpoint: refused while it is off.
+        assert!(matches!(
+            enroll(&dir, &node, &out),
+            Err(PkiError::Invalid(m)) if m.contains("[artifacts] listen")
+        ));
+        let toml = dir.join("master.toml");
+        let text = std::fs::read_to_string(&toml).unwrap();
+        std::fs::write(
+            &toml,
+            text.replace("# listen = \"127.0.0.1:8443\"", "listen = \"0.0.0.0:9443\""),
+        )
+        .unwrap();
         enroll(&dir, &node, &out).unwrap();
         let mode = std::fs::metadata(&out).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+        let raw = std::fs::read_to_string(&out).unwrap();
+        assert!(!raw.contains("PRIVATE KEY"), "{raw}");
         let b = Bundle::load(&out).unwrap();
         assert_eq!(b.node, node);
         assert_eq!((b.broker_host.as_str(), b.broker_port), ("127.0.0.1", 8883));
@@ -871,9 +906,9 @@ mod tests {
             b.ca_cert,
             std::fs::read_to_string(dir.join("ca.crt")).unwrap()
         );
-        assert!(!format!("{b:?}").contains("PRIVATE"));
-        // The key is usable and matches nothing of the master's.
-        KeyPair::from_pem(&b.key).unwrap();
+        assert_eq!(b.url, "https://127.0.0.1:9443");
+        assert_eq!(b.token.len(), 64);
+        assert!(!format!("{b:?}").contains(&b.token));
 
         assert!(matches!(
             enroll(&dir, &node, &out),
@@ -884,25 +919,6 @@ mod tests {
             enroll(&dir, &master, &tmp.path().join("m.toml")),
             Err(PkiError::Invalid(_))
         ));
-        assert_eq!(b.artifacts_url, None, "no endpoint configured");
-
-        // With the artifact endpoint on, bundles carry its URL.
-        let toml = dir.join("master.toml");
-        let text = std::fs::read_to_string(&toml).unwrap();
-        std::fs::write(
-            &toml,
-            text.replace("# listen = \"127.0.0.1:8443\"", "listen = \"0.0.0.0:9443\""),
-        )
-        .unwrap();
-        let cfg = MasterConfig::load(&toml).unwrap();
-        assert_eq!(cfg.artifacts.dir, dir.join("artifacts"));
-        assert_eq!(cfg.artifacts.key, dir.join("broker.key"));
-        let out2 = tmp.path().join("b.toml");
-        enroll(&dir, &Name::new("node-b").unwrap(), &out2).unwrap();
-        assert_eq!(
-            Bundle::load(&out2).unwrap().artifacts_url.as_deref(),
-            Some("https://127.0.0.1:9443")
-        );
     }
 
     #[test]
@@ -935,8 +951,8 @@ mod tests {
         let p = tmp.path().join("b.toml");
         std::fs::write(
             &p,
-            "version = 1\nnode = \"a\"\nbroker_host = \"h\"\nbroker_port = 1\n\
-             master_public_key = \"00\"\nca_cert = \"x\"\ncert = \"x\"\nkey = \"x\"\n",
+            "version = 2\nnode = \"a\"\nbroker_host = \"h\"\nbroker_port = 1\n\
+             master_public_key = \"00\"\nca_cert = \"x\"\ntoken = \"x\"\nurl = \"https://h:1\"\n",
         )
         .unwrap();
         let err = Bundle::load(&p).unwrap_err().to_string();

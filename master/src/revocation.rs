@@ -427,9 +427,20 @@ mod tests {
         assert!(crl_serials(dir).is_empty(), "init writes an empty CRL");
         let a = Name::new("a").unwrap();
         let b = Name::new("b").unwrap();
-        crate::pki::enroll(dir, &a, &dir.join("a1")).unwrap();
-        crate::pki::enroll(dir, &a, &dir.join("a2")).unwrap();
-        crate::pki::enroll(dir, &b, &dir.join("b1")).unwrap();
+        let (ca, ca_key) = crate::pki::load_ca(dir).unwrap();
+        let issuer = Issuer::from_ca_cert_pem(&ca, &*ca_key).unwrap();
+        for n in [&a, &a, &b] {
+            let key = KeyPair::generate().unwrap();
+            crate::pki::issue_node_cert(
+                dir,
+                &issuer,
+                n,
+                &key,
+                OffsetDateTime::now_utc(),
+                Duration::days(1),
+            )
+            .unwrap();
+        }
         let log = issued(dir).unwrap();
         assert_eq!(log.len(), 3);
         let r = revoke(dir, &a).unwrap();

@@ -3,10 +3,12 @@
 //! gets nothing.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::Arc;
 
 use hedge_master::artifacts;
-use hedge_master::pki::{self, Bundle, InitOptions};
+use hedge_master::pki::{self, InitOptions};
 use hedge_wire::Name;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -16,10 +18,8 @@ fn master(dir: &std::path::Path) {
     pki::init(dir, &InitOptions::default()).unwrap();
 }
 
-fn bundle(dir: &std::path::Path, node: &str) -> Bundle {
-    let out = dir.join(format!("{node}.bundle"));
-    pki::enroll(dir, &Name::new(node).unwrap(), &out).unwrap();
-    Bundle::load(&out).unwrap()
+fn bundle(dir: &std::path::Path, node: &str) -> common::Creds {
+    common::enroll(dir, node)
 }
 
 /// GET `path` with `range`; the whole answer (head and body), or the error.
@@ -79,6 +79,7 @@ async fn only_fleet_certificates_download_and_ranges_resume() {
         dir.join("artifacts"),
         only("node-a", sha),
         Default::default(),
+        None,
         async {
             let _ = stopped.await;
         },
@@ -130,7 +131,14 @@ async fn only_fleet_certificates_download_and_ranges_resume() {
     );
     match get(port, anonymous, &path, None).await {
         Err(_) => {}
-        Ok(answer) => assert!(answer.is_empty(), "served without a client certificate"),
+        Ok(answer) => {
+            let (head, body) = split(&answer);
+            assert!(
+                head.starts_with("HTTP/1.1 403 "),
+                "served without a client certificate: {head}"
+            );
+            assert!(body.is_empty());
+        }
     }
 
     // A certificate of another fleet (trusting this fleet's CA, to get that far).
@@ -188,6 +196,7 @@ impl Endpoint {
             dir.join("artifacts"),
             only("node-a", sha),
             stats.clone(),
+            None,
             async {
                 let _ = stopped.await;
             },
@@ -283,4 +292,143 @@ async fn a_node_gets_only_artifacts_its_desired_state_names() {
     let (head, body) = split(&get(e.port, e.a.clone(), &e.path, None).await.unwrap());
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
     assert_eq!(body, e.data);
+}
+
+async fn post(
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+    body: &str,
+) -> std::io::Result<(String, Vec<u8>)> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut s = tokio_rustls::TlsConnector::from(tls)
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await?;
+    s.write_all(
+        format!(
+            "POST /enroll HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    Ok(split(&out))
+}
+
+#[tokio::test]
+async fn enrollment_by_csr_is_single_use_and_renewal_needs_the_same_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    master(&dir);
+    common::enable_endpoint(&dir);
+    let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+    let server =
+        artifacts::server_config(&read("ca.crt"), &read("broker.crt"), &read("broker.key"))
+            .unwrap();
+    let revoked = Arc::new(hedge_master::revocation::Revoked::new(&dir));
+    let enroller = Arc::new(
+        hedge_master::enrollment::Enroller::load(&dir, 3600, 60, revoked.clone()).unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(artifacts::serve(
+        listener,
+        server,
+        dir.join("artifacts"),
+        hedge_master::revocation::guard(revoked, Arc::new(|_: &_, _: &_| true)),
+        Default::default(),
+        Some(enroller.clone()),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
+    // The bundle holds a token and no key.
+    let out = dir.join("n.bundle");
+    pki::enroll(&dir, &hedge_wire::Name::new("n-1").unwrap(), &out).unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
+    let b = hedge_master::pki::Bundle::load(&out).unwrap();
+    assert_eq!(b.url, "https://127.0.0.1:8443");
+    let tokens = std::fs::read_dir(dir.join("tokens")).unwrap().count();
+    assert_eq!(tokens, 1);
+    assert!(
+        !std::fs::read_to_string(
+            std::fs::read_dir(dir.join("tokens"))
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .path()
+        )
+        .unwrap()
+        .contains(&b.token),
+        "the master keeps only the token's hash"
+    );
+
+    // No client certificate yet: server-authenticated TLS only.
+    let anonymous = hedge_uplink::tls::server_only_config(b.ca_cert.as_bytes()).unwrap();
+    let (csr, key) = common::csr("n-1");
+    let body = format!("token {}\n{csr}", b.token);
+    let (head, cert) = post(port, anonymous.clone(), &body).await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    let cert = String::from_utf8(cert).unwrap();
+    assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"), "{cert}");
+    // It is a fleet certificate for the node's own key: it downloads.
+    let node =
+        hedge_uplink::tls::client_config(b.ca_cert.as_bytes(), cert.as_bytes(), key.as_bytes())
+            .unwrap();
+    let (head, _) = split(
+        &get(port, node, &format!("/artifacts/{}", "00".repeat(32)), None)
+            .await
+            .unwrap(),
+    );
+    assert!(head.starts_with("HTTP/1.1 404 "), "{head}");
+
+    // The token is spent: a second enrollment (even with another key) is refused.
+    let (csr2, _) = common::csr("n-1");
+    let (head, _) = post(
+        port,
+        anonymous.clone(),
+        &format!("token {}\n{csr2}", b.token),
+    )
+    .await
+    .unwrap();
+    assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
+    // A token for n-1 cannot enroll another node.
+    let out2 = dir.join("m.bundle");
+    pki::enroll(&dir, &hedge_wire::Name::new("n-1").unwrap(), &out2).unwrap();
+    let b2 = hedge_master::pki::Bundle::load(&out2).unwrap();
+    let (other, _) = common::csr("n-2");
+    let (head, _) = post(
+        port,
+        anonymous.clone(),
+        &format!("token {}\n{other}", b2.token),
+    )
+    .await
+    .unwrap();
+    assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
+
+    // Renewal: the same key renews without a token; another key does not.
+    let (head, renewed) = post(port, anonymous.clone(), &csr).await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert_ne!(String::from_utf8(renewed).unwrap(), cert);
+    let (head, _) = post(port, anonymous.clone(), &csr2).await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
+    // Garbage is a 400.
+    let (head, _) = post(port, anonymous.clone(), "token zz\nnot a csr")
+        .await
+        .unwrap();
+    assert!(head.starts_with("HTTP/1.1 400 "), "{head}");
+    assert_eq!(enroller.refused_total(), 4);
+
+    // A revoked node renews no more.
+    hedge_master::revocation::revoke(&dir, &hedge_wire::Name::new("n-1").unwrap()).unwrap();
+    let (head, _) = post(port, anonymous, &csr).await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
+
+    stop.send(()).unwrap();
+    task.await.unwrap();
 }

@@ -8,6 +8,8 @@
 //! while the forbidden one did not. No sleeps: every wait has a deadline.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use std::collections::VecDeque;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hedge_master::mosquitto::{self, MASTER_UP_FILTER};
-use hedge_master::pki::{self, Bundle, InitOptions};
+use hedge_master::pki::{self, InitOptions};
 use hedge_master::run::{IngestLimits, Settings};
 use hedge_master::store::MasterStore;
 use hedge_wire::codec::encode;
@@ -120,12 +122,9 @@ impl Fleet {
         };
         pki::init(&dir, &opts).unwrap();
         for node in ["a", "b"] {
-            pki::enroll(
-                &dir,
-                &Name::new(node).unwrap(),
-                &dir.join(format!("{node}.bundle")),
-            )
-            .unwrap();
+            let c = common::enroll(&dir, node);
+            std::fs::write(dir.join(format!("{node}.crt")), c.cert).unwrap();
+            std::fs::write(dir.join(format!("{node}.key")), c.key).unwrap();
         }
         let broker = Broker::start(&dir, port);
         Fleet {
@@ -148,11 +147,15 @@ impl Fleet {
         )
     }
 
-    /// TLS for an enrolled node, from its bundle alone (as the node will do it).
+    /// TLS for an enrolled node, with the certificate it got for its own key.
     fn node_tls(&self, node: &str) -> ClientConfig {
-        let b = Bundle::load(&self.dir.join(format!("{node}.bundle"))).unwrap();
-        assert_eq!(b.broker_port, self.port);
-        tls(&b.ca_cert, Some((&b.cert, &b.key)))
+        tls(
+            &self.read("ca.crt"),
+            Some((
+                &self.read(&format!("{node}.crt")),
+                &self.read(&format!("{node}.key")),
+            )),
+        )
     }
 }
 

@@ -277,6 +277,10 @@ pub struct UplinkSection {
     /// lacks are downloaded from it with the same mutual TLS. `None`: only artifacts
     /// already in the cache can run.
     pub artifacts: Option<String>,
+    /// Renew the uplink certificate when this percentage of its validity has passed.
+    pub renew_at_percent: u8,
+    /// How often the certificate is looked at (and a pending enrollment retried), s.
+    pub renew_check_s: u64,
 }
 
 impl Default for UplinkSection {
@@ -296,6 +300,8 @@ impl Default for UplinkSection {
             budget_bytes_per_sec: 0,
             keepalive_s: 20,
             artifacts: None,
+            renew_at_percent: 66,
+            renew_check_s: 60,
         }
     }
 }
@@ -381,6 +387,9 @@ impl NodeConfig {
         }
         if let Some(url) = &u.artifacts {
             crate::artifact::fetch::parse_url(url).map_err(|e| format!("uplink.artifacts: {e}"))?;
+        }
+        if u.renew_at_percent > 100 || u.renew_check_s == 0 {
+            return Err("uplink: need renew_at_percent <= 100 and renew_check_s >= 1".into());
         }
         if self.partitions.uid_min == 0 || self.partitions.uid_min > self.partitions.uid_max {
             return Err("partitions: need 0 < uid_min <= uid_max".into());
@@ -612,10 +621,13 @@ window = 4                       # batches awaiting the master's ack
 ack_timeout_ms = 10000           # then resend from the last ack
 budget_bytes_per_sec = 0         # metered links: bytes/s; 0 = unlimited
 keepalive_s = 20                 # an idle dead link is noticed within about this
-# The master's artifact endpoint: `sha256:` software the node lacks is downloaded from it
+# The master's HTTPS endpoint: `sha256:` software the node lacks is downloaded from it
 # (same mutual TLS), checked and extracted into state_dir/software/, which is kept
-# across reboots. Absent: only software already there runs.
+# across reboots. Absent: only software already there runs. The node also gets its
+# certificate there (its own key, a CSR and the bundle's one-time token) and renews it.
 {artifacts}
+renew_at_percent = 66            # renew the certificate when 66% of its validity passed
+renew_check_s = 60               # look at it (and retry a pending enrollment) this often
 "#
     )
 }

@@ -1,6 +1,7 @@
 //! The hedge node runtime.
 pub mod artifact;
 pub mod config;
+pub mod credentials;
 pub mod daemon;
 pub mod desired;
 pub mod identity;

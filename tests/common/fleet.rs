@@ -48,14 +48,17 @@ impl Fleet {
         );
         let node_port = free_port();
         let broker = Broker::start_with_node_port(&m, master_port, Some(node_port));
-        Fleet {
+        let mut fleet = Fleet {
             dir,
             broker,
             node_port,
             masters: Vec::new(),
             cut: None,
             artifacts_port: None,
-        }
+        };
+        // Nodes enroll (token + CSR) and renew through the master's HTTPS endpoint.
+        fleet.enable_artifacts();
+        fleet
     }
 
     pub fn config(&self) -> PathBuf {
@@ -227,9 +230,12 @@ pub fn can_cut() -> bool {
 }
 
 impl Fleet {
-    /// Turns on the master's artifact endpoint (`[artifacts] listen`) on a free port;
-    /// call before enrolling nodes (their bundles carry the URL) and starting masters.
+    /// Turns on the master's artifact endpoint (`[artifacts] listen`) on a free port
+    /// (done by [`Fleet::new`]: nodes enroll there); returns its port.
     pub fn enable_artifacts(&mut self) -> u16 {
+        if let Some(port) = self.artifacts_port {
+            return port;
+        }
         let port = free_port();
         let path = self.config();
         let text = std::fs::read_to_string(&path).unwrap();

@@ -1,9 +1,12 @@
 //! The enrollment bundle: everything a node needs to join a fleet, in one TOML file.
 //!
 //! Contract: written by the master (`hedge master enroll NODE --out FILE`, mode 0600),
-//! read by the node (`hedge node init --dir DIR --enroll FILE`). [`Bundle::load`] refuses
-//! unknown keys, another format version, a bad host, key or PEM block, with a
-//! [`BundleError`] naming the field. The private key is zeroized when dropped.
+//! read by the node (`hedge node init --dir DIR --enroll FILE`). It holds no private key:
+//! the node makes its own and sends a CSR with the bundle's one-time `token` to the
+//! master's HTTPS endpoint `url` (`POST /enroll`), which answers its certificate.
+//! [`Bundle::load`] refuses unknown keys, another format version (version 1 bundles
+//! carried a key made by the master: enroll again), a bad host, token, URL or PEM block,
+//! with a [`BundleError`] naming the field. The token is zeroized when dropped.
 
 use std::path::{Path, PathBuf};
 
@@ -58,14 +61,12 @@ pub struct Bundle {
     pub master_public_key: String,
     /// The fleet CA certificate (PEM): the only root the node trusts for the broker.
     pub ca_cert: String,
-    /// The node's client certificate (PEM).
-    pub cert: String,
-    /// The node's private key (PKCS#8 PEM).
-    pub key: String,
-    /// The master's artifact endpoint (`https://HOST:PORT`), when it serves one.
+    /// The one-time enrollment token (64 hex digits); expires (`[enrollment]
+    /// token_ttl_s` on the master).
+    pub token: String,
+    /// The master's HTTPS endpoint (`https://HOST:PORT`): enrollment, renewal, artifacts.
     #[zeroize(skip)]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub artifacts_url: Option<String>,
+    pub url: String,
 }
 
 impl std::fmt::Debug for Bundle {
@@ -74,15 +75,15 @@ impl std::fmt::Debug for Bundle {
             .field("node", &self.node)
             .field("broker_host", &self.broker_host)
             .field("broker_port", &self.broker_port)
-            .field("artifacts_url", &self.artifacts_url)
-            .field("key", &"<redacted>")
+            .field("url", &self.url)
+            .field("token", &"<redacted>")
             .finish()
     }
 }
 
 impl Bundle {
     /// The bundle format this code writes and reads.
-    pub const VERSION: u32 = 1;
+    pub const VERSION: u32 = 2;
 
     /// Reads and validates a bundle file.
     pub fn load(path: &Path) -> Result<Bundle, BundleError> {
@@ -107,7 +108,8 @@ impl Bundle {
     pub fn validate(&self) -> Result<(), String> {
         if self.version != Self::VERSION {
             return Err(format!(
-                "bundle version {} is not supported (want {})",
+                "bundle version {} is not supported (want {}; enroll the node again with this \
+                 hedge's master)",
                 self.version,
                 Self::VERSION
             ));
@@ -137,19 +139,20 @@ impl Bundle {
                 Err(format!("{what} is not a PEM {label}"))
             }
         };
-        if let Some(u) = &self.artifacts_url {
-            if !u.starts_with("https://")
-                || u.len() > 512
-                || !u
-                    .bytes()
-                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-            {
-                return Err(format!("artifacts_url {u:?} is not an https:// URL"));
-            }
+        let u = &self.url;
+        if !u.starts_with("https://")
+            || u.len() > 512
+            || !u
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        {
+            return Err(format!("url {u:?} is not an https:// URL"));
+        }
+        let t = &self.token;
+        if t.len() != 64 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("token must be 64 hex digits".into());
         }
         pem("ca_cert", &self.ca_cert, "CERTIFICATE")?;
-        pem("cert", &self.cert, "CERTIFICATE")?;
-        pem("key", &self.key, "PRIVATE KEY")?;
         Ok(())
     }
 }

@@ -2,13 +2,50 @@
 //!
 //! Contract: [`client_config`] builds a rustls client configuration (ring provider,
 //! TLS 1.2/1.3) that trusts only the given CA and presents the given client certificate
-//! (PEM). Bad PEM is a [`TlsError`] naming which part; nothing panics.
+//! (PEM); [`server_only_config`] the same without a client certificate (enrollment).
+//! [`read_key`] reads a private key file, refusing one readable by group or others, into
+//! a buffer wiped when dropped. Bad PEM is a [`TlsError`] naming which part; nothing
+//! panics.
 
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
+use zeroize::Zeroizing;
+
+/// Reads the private key at `path`: refused when its mode allows group or other access;
+/// the bytes are wiped when the buffer is dropped.
+pub fn read_key(path: &std::path::Path) -> Result<Zeroizing<Vec<u8>>, TlsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |e: std::io::Error| TlsError::KeyFile(format!("{}: {e}", path.display()));
+    let meta = std::fs::metadata(path).map_err(err)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(TlsError::KeyFile(format!(
+            "{}: mode allows group/other access; chmod 600 it",
+            path.display()
+        )));
+    }
+    Ok(Zeroizing::new(std::fs::read(path).map_err(err)?))
+}
+
+/// A client configuration trusting only `ca_pem`, without a client certificate.
+pub fn server_only_config(ca_pem: &[u8]) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem) {
+        let c = c.map_err(|e| TlsError::Ca(e.to_string()))?;
+        roots.add(c).map_err(|e| TlsError::Ca(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Ca("no certificate found".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
 
 /// Errors building a TLS configuration.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +59,9 @@ pub enum TlsError {
     /// The client key is not usable PEM.
     #[error("client key: {0}")]
     Key(String),
+    /// The key file is unreadable or readable by group/others.
+    #[error("{0}")]
+    KeyFile(String),
     /// rustls refused the combination.
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
@@ -71,4 +111,25 @@ pub fn client_config(
         .with_root_certificates(roots)
         .with_client_auth_cert(certs, key)?;
     Ok(Arc::new(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn exposed_key_files_are_refused() {
+        let tmp = std::env::temp_dir().join(format!("hedge-tls-{}", std::process::id()));
+        std::fs::write(&tmp, b"secret").unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = read_key(&tmp).unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_key(&tmp).unwrap().as_slice(), b"secret");
+        std::fs::remove_file(&tmp).unwrap();
+    }
 }

@@ -40,7 +40,10 @@ impl Daemon {
             let path = self.cfg.state_path(p);
             std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
         };
-        let tls = hedge_uplink::tls::client_config(&read(&u.ca)?, &read(&u.cert)?, &read(&u.key)?)
+        // The key is mode-checked and wiped after use (like the identity key).
+        let key =
+            hedge_uplink::tls::read_key(&self.cfg.state_path(&u.key)).map_err(|e| e.to_string())?;
+        let tls = hedge_uplink::tls::client_config(&read(&u.ca)?, &read(&u.cert)?, &key)
             .map_err(|e| e.to_string())?;
         Ok(LinkSettings {
             node: self.cfg.node_id().clone(),
@@ -88,6 +91,35 @@ impl Daemon {
             deleted: 0,
         });
         Some(to_node_rx)
+    }
+
+    /// Starts the credentials task (enrollment, renewal) when the uplink is enabled and
+    /// the master's HTTPS endpoint is known: see [`crate::credentials`].
+    pub(super) fn start_credentials(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let u = &self.cfg.uplink;
+        let url = u.artifacts.clone().filter(|_| u.enabled)?;
+        let paths = crate::credentials::Paths {
+            node: self.cfg.node_id().to_string(),
+            ca: self.cfg.state_path(&u.ca),
+            cert: self.cfg.state_path(&u.cert),
+            key: self.cfg.state_path(&u.key),
+            url,
+            renew_at_percent: u.renew_at_percent,
+            check: std::time::Duration::from_secs(u.renew_check_s),
+        };
+        let down = self.link_down_since.clone();
+        let events = self.events_tx.clone();
+        Some(tokio::spawn(crate::credentials::run(
+            paths,
+            move || {
+                down.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .map(|t| t.elapsed())
+            },
+            move || {
+                let _ = events.send(super::Event::Credentials);
+            },
+        )))
     }
 
     pub(super) fn stop_link(&mut self) {
@@ -150,6 +182,15 @@ impl Daemon {
             ToNode::Link(up) => {
                 if let Some(l) = &mut self.link {
                     l.up = up;
+                }
+                let mut down = self
+                    .link_down_since
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                match (up, *down) {
+                    (true, _) => *down = None,
+                    (false, None) => *down = Some(std::time::Instant::now()),
+                    (false, Some(_)) => {}
                 }
             }
         }

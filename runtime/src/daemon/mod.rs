@@ -93,6 +93,8 @@ pub(crate) enum Event {
         generation: u64,
         result: crate::monitor::promise::CheckResult,
     },
+    /// The credentials task wrote a new uplink certificate: restart the link with it.
+    Credentials,
 }
 
 /// At most one log line per period for a noisy condition.
@@ -202,6 +204,8 @@ pub struct Daemon {
     cgroups: Option<crate::partition::cgroup::Cgroups>,
     /// Counters shared with the local API's connection tasks.
     api_stats: std::sync::Arc<api::ApiStats>,
+    /// Since when the uplink is down (`None` while up); read by the credentials task.
+    link_down_since: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 /// As root, instances run as their partition's uid and must traverse the state
@@ -303,6 +307,7 @@ impl Daemon {
             software: software::Software::new(crate::artifact::Cache::new(&state)),
             cgroups,
             api_stats: Default::default(),
+            link_down_since: std::sync::Arc::new(std::sync::Mutex::new(Some(Instant::now()))),
         };
         d.master_key = d.cfg.master_key();
         d.kill_leftovers()?;
@@ -507,6 +512,7 @@ impl Daemon {
             self.api_stats.clone(),
         ));
         let mut link_rx = self.start_link();
+        let credentials = self.start_credentials();
         self.record_node_info();
         let wanted = self.desired().map_or(0, |d| d.len());
         tracing::info!(node = %self.cfg.node_id(), instances = wanted, "node up; reconciling offline");
@@ -532,7 +538,15 @@ impl Daemon {
                 .min()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
-                Some(ev) = self.events_rx.recv() => self.on_event(ev),
+                Some(ev) = self.events_rx.recv() => {
+                    if matches!(ev, Event::Credentials) {
+                        self.stop_link();
+                        link_rx = self.start_link();
+                        self.software.source = None;
+                    } else {
+                        self.on_event(ev);
+                    }
+                }
                 Some(msg) = link::recv(&mut link_rx) => self.on_link(msg),
                 Some(call) = calls_rx.recv(), if !self.shutting_down => {
                     self.counters.api_refused = self.api_stats.refused();
@@ -564,6 +578,9 @@ impl Daemon {
             }
         }
         server.abort();
+        if let Some(c) = credentials {
+            c.abort();
+        }
         self.stop_link();
         self.stop_downloads();
         if let Some(m) = metrics_server {
@@ -628,6 +645,7 @@ impl Daemon {
             } => self.on_check(name, index, generation, result),
             Event::Artifact { sha256, attempt } => self.on_artifact(sha256, attempt),
             Event::DiskWalked { name, usage } => self.on_disk_walked(name, usage),
+            Event::Credentials => {}
         }
     }
 

@@ -47,7 +47,7 @@ pub(crate) enum Attempt {
 /// The daemon's artifact state.
 pub(crate) struct Software {
     cache: Cache,
-    source: Option<Source>,
+    pub(super) source: Option<Source>,
     tasks: BTreeMap<[u8; 32], tokio::task::JoinHandle<()>>,
     refused: BTreeMap<[u8; 32], String>,
     log: RateLimit,
@@ -188,7 +188,10 @@ impl Daemon {
             let path = self.cfg.state_path(p);
             std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
         };
-        let tls = hedge_uplink::tls::client_config(&read(&u.ca)?, &read(&u.cert)?, &read(&u.key)?)
+        // The key is mode-checked and wiped after use (like the identity key).
+        let key =
+            hedge_uplink::tls::read_key(&self.cfg.state_path(&u.key)).map_err(|e| e.to_string())?;
+        let tls = hedge_uplink::tls::client_config(&read(&u.ca)?, &read(&u.cert)?, &key)
             .map_err(|e| e.to_string())?;
         let source = Source::parse(&url, tls).map_err(|e| e.to_string())?;
         self.software.source = Some(source.clone());
