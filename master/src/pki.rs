@@ -591,9 +591,9 @@ impl MasterConfig {
             return Err("broker.port must not be 0".into());
         }
         let e = &self.enrollment;
-        if e.cert_lifetime_s < 60 || e.cert_lifetime_s > 5 * 365 * 86_400 || e.token_ttl_s == 0 {
+        if e.cert_lifetime_s < 10 || e.cert_lifetime_s > 5 * 365 * 86_400 || e.token_ttl_s == 0 {
             return Err(
-                "enrollment: need 60 <= cert_lifetime_s <= 5 years and token_ttl_s > 0".into(),
+                "enrollment: need 10 <= cert_lifetime_s <= 5 years and token_ttl_s > 0".into(),
             );
         }
         if self.allocation.stale_after_ms == 0 {
