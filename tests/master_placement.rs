@@ -55,7 +55,10 @@ fn operator_labels_and_region_are_stored_at_enrollment_and_by_label() {
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(
         &config,
-        text.replace("# listen = \"127.0.0.1:8443\"", "listen = \"127.0.0.1:8443\""),
+        text.replace(
+            "# listen = \"127.0.0.1:8443\"",
+            "listen = \"127.0.0.1:8443\"",
+        ),
     )
     .unwrap();
     let bundle = tmp.path().join("a.bundle");

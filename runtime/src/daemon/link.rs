@@ -72,6 +72,11 @@ impl Daemon {
             );
             return None;
         }
+        let cert = self.cfg.state_path(&self.cfg.uplink.cert);
+        if !cert.exists() && self.cfg.uplink.artifacts.is_some() {
+            tracing::info!(cert = %cert.display(), "uplink: no certificate yet; enrolling at the master's endpoint first");
+            return None;
+        }
         let settings = match self.link_settings() {
             Ok(s) => s,
             Err(e) => {
