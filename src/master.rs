@@ -33,12 +33,19 @@ pub enum MasterCommand {
         /// Directory to create the master in.
         #[arg(long)]
         dir: PathBuf,
-        /// Host name or address nodes dial to reach the broker.
+        /// Host name or address nodes dial to reach the broker (its nodes' listener).
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
-        /// Broker TLS port.
+        /// The broker's TLS port for nodes (client id = certificate CN).
         #[arg(long, default_value_t = 8883)]
         port: u16,
+        /// Address of the broker's masters' listener; keep it on loopback (masters run
+        /// beside the broker).
+        #[arg(long, default_value = "127.0.0.1")]
+        master_host: String,
+        /// The broker's TLS port for masters (default: --port + 1).
+        #[arg(long)]
+        master_port: Option<u16>,
         /// Extra names or addresses for the broker certificate (repeatable).
         #[arg(long = "san")]
         sans: Vec<String>,
@@ -235,6 +242,8 @@ pub fn main(cmd: MasterCommand) -> Result<(), Failure> {
             dir,
             host,
             port,
+            master_host,
+            master_port,
             sans,
         } => {
             let report = pki::init(
@@ -242,6 +251,8 @@ pub fn main(cmd: MasterCommand) -> Result<(), Failure> {
                 &InitOptions {
                     broker_host: host,
                     broker_port: port,
+                    master_host,
+                    master_port,
                     extra_sans: sans,
                 },
             )

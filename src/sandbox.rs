@@ -279,13 +279,17 @@ pub fn run(opts: Options) -> Result<(), Failure> {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
 
     // The master and its broker.
+    // Nodes dial broker_port (through their relays); the master the masters' listener.
     let broker_port = free_port()?;
+    let master_port = free_port()?;
     let mdir = dir.join("master");
     pki::init(
         &mdir,
         &InitOptions {
             broker_host: "127.0.0.1".into(),
             broker_port,
+            master_host: "127.0.0.1".into(),
+            master_port: Some(master_port),
             extra_sans: vec![],
         },
     )
@@ -321,7 +325,9 @@ pub fn run(opts: Options) -> Result<(), Failure> {
             .context("cannot start mosquitto")?,
     );
     wait_until(Duration::from_secs(10), || {
-        TcpStream::connect(("127.0.0.1", broker_port)).is_ok()
+        [broker_port, master_port]
+            .iter()
+            .all(|&p| TcpStream::connect(("127.0.0.1", p)).is_ok())
     })
     .context("mosquitto did not start; see master/mosquitto.log")?;
     fleet.master = Some(

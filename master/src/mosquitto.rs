@@ -2,7 +2,23 @@
 //!
 //! Contract: [`config`] and [`acl`] are pure text generators; [`crate::pki::init`] writes
 //! their output to `DIR/mosquitto.conf` and `DIR/acl`, and an operator (or a test helper)
-//! runs `mosquitto -c DIR/mosquitto.conf`. One TLS listener, nothing else bound:
+//! runs `mosquitto -c DIR/mosquitto.conf`. Two TLS listeners with the same certificates,
+//! ACL and CRL, nothing else bound:
+//!
+//! - the nodes' listener (`hedge master init --host H --port P`, what enrollment bundles
+//!   give nodes) has `use_username_as_clientid true`: mosquitto replaces the client id a
+//!   node sends by its username (its certificate CN), so node B cannot connect with node
+//!   A's client id and kick A's session (`broker_tls.rs`
+//!   `a_node_cannot_take_over_another_nodes_client_id`). A node's session is therefore
+//!   keyed by its certificate CN whatever client id it sends.
+//! - the masters' listener (`--master-host`, default `127.0.0.1`; `--master-port`,
+//!   default P + 1; `[broker]` of `master.toml`) has no such option: every master shares
+//!   one certificate (CN [`MASTER_USER`]) and picks a random client id per process, so with
+//!   the option masters would kick each other off. It is bound to loopback by default
+//!   because masters run beside the broker: a node certificate is a valid client there
+//!   too (one ACL, `per_listener_settings false`), and from that listener a node could
+//!   choose any client id. Only bind it to a non-loopback address on a network nodes
+//!   cannot reach.
 //!
 //! - mutual TLS: clients must present a certificate signed by the fleet CA
 //!   (`require_certificate true`), and its CN becomes the MQTT username
@@ -89,16 +105,47 @@ pub fn desired_topic(node: &str) -> String {
     format!("hedge/v1/{node}/desired")
 }
 
-/// A mosquitto 2.0 config for one mutual-TLS listener on `host:port`, with absolute paths
-/// into `dir` (`ca.crt`, `broker.crt`, `broker.key`, `acl`, `mosquitto-data/`).
+/// Where the two listeners of [`config`] bind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listeners<'a> {
+    /// The nodes' listener (`use_username_as_clientid true`): host.
+    pub node_host: &'a str,
+    /// The nodes' listener: port.
+    pub node_port: u16,
+    /// The masters' listener (client ids kept): host, loopback by default.
+    pub master_host: &'a str,
+    /// The masters' listener: port.
+    pub master_port: u16,
+}
+
+/// A mosquitto 2.0 config for two mutual-TLS listeners ([`Listeners`]: the nodes' one
+/// first, then the masters' one), with absolute paths into `dir` (`ca.crt`, `broker.crt`,
+/// `broker.key`, `acl`, `mosquitto-data/`).
 ///
 /// `dir` should be absolute (a relative one is made absolute against the current
-/// directory). `host` must be a plain address or name (no spaces); [`crate::pki::init`]
-/// checks it.
-pub fn config(dir: &Path, host: &str, port: u16) -> String {
+/// directory). Hosts must be plain addresses or names (no spaces) and the ports distinct;
+/// [`crate::pki::init`] checks them.
+pub fn config(dir: &Path, l: Listeners<'_>) -> String {
     let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     let p = |name: &str| dir.join(name).display().to_string();
     let data = format!("{}/", dir.join(DATA_DIR).display());
+    // Certificate checks, identical on both listeners (TLS settings are per listener).
+    let tls = format!(
+        "\
+protocol mqtt
+cafile {ca}
+certfile {cert}
+keyfile {key}
+require_certificate true
+use_identity_as_username true
+# Certificates of revoked nodes (`hedge master revoke`); re-read on SIGHUP.
+crlfile {crl}
+",
+        ca = p("ca.crt"),
+        cert = p("broker.crt"),
+        key = p("broker.key"),
+        crl = p(crate::revocation::CRL),
+    );
     format!(
         "\
 # mosquitto 2.0 configuration written by `hedge master init`.
@@ -106,7 +153,7 @@ pub fn config(dir: &Path, host: &str, port: u16) -> String {
 # (started as root, mosquitto drops to user `mosquitto`, which cannot read the 0600 keys,
 # unless a `user` line below says otherwise).
 
-# Settings below apply to every listener; there is exactly one.
+# Settings below apply to both listeners (one ACL for nodes and masters).
 per_listener_settings false
 # Only clients with a certificate from the fleet CA; the CN is the username.
 allow_anonymous false
@@ -134,27 +181,27 @@ log_type notice
 log_type information
 connection_messages true
 
-# The only listener: MQTT over mutual TLS.
-listener {port} {host}
-protocol mqtt
-cafile {ca}
-certfile {cert}
-keyfile {key}
-require_certificate true
-use_identity_as_username true
-# Certificates of revoked nodes (`hedge master revoke`); re-read on SIGHUP.
-crlfile {crl}
-",
+# The nodes' listener (what enrollment bundles give nodes): MQTT over mutual TLS. The
+# client id a node sends is replaced by its username (certificate CN), so no node can
+# take over another's client id and kick it off.
+listener {node_port} {node_host}
+{tls}use_username_as_clientid true
+
+# The masters' listener: masters share one certificate (CN {master}) and each picks a
+# random client id, so client ids are kept here. Masters run beside the broker: keep it
+# on loopback (a node certificate is accepted here too, with any client id).
+listener {master_port} {master_host}
+{tls}",
         conf = p("mosquitto.conf"),
         limit = MESSAGE_SIZE_LIMIT,
         acl = p("acl"),
         data = data,
-        port = port,
-        host = host,
-        ca = p("ca.crt"),
-        cert = p("broker.crt"),
-        key = p("broker.key"),
-        crl = p(crate::revocation::CRL),
+        node_port = l.node_port,
+        node_host = l.node_host,
+        master_port = l.master_port,
+        master_host = l.master_host,
+        master = MASTER_USER,
+        tls = tls,
         pid = p(crate::revocation::BROKER_PID),
     )
 }
@@ -196,22 +243,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn config_has_one_tls_listener_with_absolute_paths() {
-        let c = config(Path::new("/srv/hedge"), "127.0.0.1", 18883);
-        let listeners: Vec<&str> = c.lines().filter(|l| l.starts_with("listener")).collect();
-        assert_eq!(listeners, ["listener 18883 127.0.0.1"]);
+    fn config_has_a_nodes_and_a_masters_tls_listener_with_absolute_paths() {
+        let c = config(
+            Path::new("/srv/hedge"),
+            Listeners {
+                node_host: "10.0.0.5",
+                node_port: 18883,
+                master_host: "127.0.0.1",
+                master_port: 18884,
+            },
+        );
+        // Each listener's block: its line up to the next listener line.
+        let mut blocks: Vec<Vec<&str>> = Vec::new();
+        for line in c.lines() {
+            if line.starts_with("listener") {
+                blocks.push(vec![line]);
+            } else if let Some(b) = blocks.last_mut() {
+                b.push(line);
+            }
+        }
+        let heads: Vec<&str> = blocks.iter().map(|b| b[0]).collect();
+        assert_eq!(
+            heads,
+            ["listener 18883 10.0.0.5", "listener 18884 127.0.0.1"]
+        );
+        for b in &blocks {
+            for line in [
+                "protocol mqtt",
+                "cafile /srv/hedge/ca.crt",
+                "certfile /srv/hedge/broker.crt",
+                "keyfile /srv/hedge/broker.key",
+                "require_certificate true",
+                "use_identity_as_username true",
+                "crlfile /srv/hedge/crl.pem",
+            ] {
+                assert!(b.contains(&line), "missing {line:?} in {b:?}");
+            }
+        }
+        // Client ids are the CN on the nodes' listener only (masters share one CN).
+        assert!(blocks[0].contains(&"use_username_as_clientid true"));
+        assert!(!blocks[1]
+            .iter()
+            .any(|l| l.contains("use_username_as_clientid")));
         for line in [
-            "cafile /srv/hedge/ca.crt",
-            "certfile /srv/hedge/broker.crt",
-            "keyfile /srv/hedge/broker.key",
             "acl_file /srv/hedge/acl",
             "persistence_location /srv/hedge/mosquitto-data/",
-            "require_certificate true",
-            "use_identity_as_username true",
             "allow_anonymous false",
             "per_listener_settings false",
             "message_size_limit 131072",
-            "crlfile /srv/hedge/crl.pem",
             "pid_file /srv/hedge/mosquitto.pid",
         ] {
             assert!(c.lines().any(|l| l == line), "missing {line:?} in\n{c}");

@@ -100,10 +100,15 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
 /// Options of [`init`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InitOptions {
-    /// The address nodes dial and the broker's listener binds (default `127.0.0.1`).
+    /// The address nodes dial and the broker's nodes' listener binds (default `127.0.0.1`).
     pub broker_host: String,
-    /// The broker's TLS port (default 8883).
+    /// The nodes' TLS port (default 8883), given to nodes in enrollment bundles.
     pub broker_port: u16,
+    /// Where the broker's masters' listener binds and masters dial (default `127.0.0.1`:
+    /// masters run beside the broker).
+    pub master_host: String,
+    /// The masters' TLS port; `None`: `broker_port + 1`.
+    pub master_port: Option<u16>,
     /// More names or addresses for the broker's certificate.
     pub extra_sans: Vec<String>,
 }
@@ -113,6 +118,8 @@ impl Default for InitOptions {
         InitOptions {
             broker_host: "127.0.0.1".into(),
             broker_port: 8883,
+            master_host: "127.0.0.1".into(),
+            master_port: None,
             extra_sans: Vec::new(),
         }
     }
@@ -155,11 +162,23 @@ const LEAF_YEARS: i64 = 20;
 /// Creates a master directory in `dir` (created if missing). See the module doc.
 pub fn init(dir: &Path, opts: &InitOptions) -> Result<InitReport, PkiError> {
     check_host(&opts.broker_host)?;
+    check_host(&opts.master_host)?;
     for san in &opts.extra_sans {
         check_host(san)?;
     }
     if opts.broker_port == 0 {
         return Err(PkiError::Invalid("broker port must not be 0".into()));
+    }
+    let master_port = match opts.master_port {
+        Some(p) => p,
+        None => opts.broker_port.checked_add(1).ok_or_else(|| {
+            PkiError::Invalid("broker port 65535 leaves no default masters' port".into())
+        })?,
+    };
+    if master_port == 0 || master_port == opts.broker_port {
+        return Err(PkiError::Invalid(format!(
+            "masters' port {master_port} must be non-zero and differ from the nodes' port"
+        )));
     }
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     // Keys, the store and the signing key live here: the owner's only.
@@ -198,7 +217,10 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<InitReport, PkiError> {
 
     // The broker's server certificate.
     let mut sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
-    for s in std::iter::once(&opts.broker_host).chain(&opts.extra_sans) {
+    for s in [&opts.broker_host, &opts.master_host]
+        .into_iter()
+        .chain(&opts.extra_sans)
+    {
         if !sans.contains(s) {
             sans.push(s.clone());
         }
@@ -232,7 +254,15 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<InitReport, PkiError> {
     )?;
 
     // The broker's config and ACL.
-    let mut conf = crate::mosquitto::config(&dir, &opts.broker_host, opts.broker_port);
+    let mut conf = crate::mosquitto::config(
+        &dir,
+        crate::mosquitto::Listeners {
+            node_host: &opts.broker_host,
+            node_port: opts.broker_port,
+            master_host: &opts.master_host,
+            master_port,
+        },
+    );
     let owner = std::fs::metadata(&dir).map_err(io(&dir))?.uid();
     if let Some(line) = crate::mosquitto::user_line(owner) {
         conf.push('\n');
@@ -253,7 +283,11 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<InitReport, PkiError> {
     // Last: marks the directory complete.
     put(
         "master.toml",
-        master_toml(&opts.broker_host, opts.broker_port).as_bytes(),
+        master_toml(
+            (&opts.master_host, master_port),
+            (&opts.broker_host, opts.broker_port),
+        )
+        .as_bytes(),
         0o644,
     )?;
     files.insert(files.len() - 1, dir.join(crate::revocation::CRL));
@@ -301,8 +335,8 @@ pub fn enroll(dir: &Path, node: &Name, out: &Path) -> Result<(), PkiError> {
     let bundle = Bundle {
         version: Bundle::VERSION,
         node: node.clone(),
-        broker_host: cfg.broker.host.clone(),
-        broker_port: cfg.broker.port,
+        broker_host: cfg.broker.node_host().to_string(),
+        broker_port: cfg.broker.node_port(),
         master_public_key: hex(&signing.verifying_key().to_bytes()),
         ca_cert: ca_pem,
         token: token.to_string(),
@@ -325,8 +359,11 @@ pub fn enroll(dir: &Path, node: &Name, out: &Path) -> Result<(), PkiError> {
 /// the master): see [`hedge_uplink::bundle`].
 pub use hedge_uplink::bundle::Bundle;
 
-/// The commented `master.toml` [`init`] writes.
-pub fn master_toml(broker_host: &str, broker_port: u16) -> String {
+/// The commented `master.toml` [`init`] writes: masters dial `master` (the broker's
+/// masters' listener), enrollment bundles give nodes `node` (its nodes' listener).
+pub fn master_toml(master: (&str, u16), node: (&str, u16)) -> String {
+    let (master_host, master_port) = master;
+    let (broker_host, broker_port) = node;
     format!(
         "\
 # hedge master configuration, written by `hedge master init`.
@@ -338,9 +375,14 @@ pub fn master_toml(broker_host: &str, broker_port: u16) -> String {
 store = \"master.db\"
 
 [broker]
-# Where the mosquitto of `mosquitto.conf` listens (MQTT over mutual TLS).
-host = \"{broker_host}\"
-port = {broker_port}
+# Where masters reach the mosquitto of `mosquitto.conf` (MQTT over mutual TLS): its
+# masters' listener, on loopback by default (masters run beside the broker).
+host = \"{master_host}\"
+port = {master_port}
+# What enrollment bundles give nodes: its nodes' listener, where each node's client id
+# is its certificate CN (`use_username_as_clientid`).
+node_host = \"{broker_host}\"
+node_port = {broker_port}
 # The fleet CA, and this master's client certificate (CN = hedge-master) and key.
 ca = \"ca.crt\"
 cert = \"master.crt\"
@@ -368,7 +410,7 @@ dir = \"artifacts\"
 # listen = \"127.0.0.1:8443\"
 # Nodes enroll (one-time token + CSR) and renew their certificates here too, so set it
 # before `hedge master enroll`.
-# The URL nodes dial; default https://<broker.host>:<listen port>.
+# The URL nodes dial; default https://<broker.node_host>:<listen port>.
 # url = \"https://{broker_host}:8443\"
 cert = \"broker.crt\"
 key = \"broker.key\"
@@ -434,16 +476,34 @@ impl Default for MasterSection {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerSection {
-    /// Broker host.
+    /// Broker host masters dial (its masters' listener).
     pub host: String,
-    /// Broker TLS port.
+    /// Broker TLS port masters dial.
     pub port: u16,
+    /// Broker host nodes dial (enrollment bundles, default artifact URL); default `host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_host: Option<String>,
+    /// Broker TLS port nodes dial (its nodes' listener); default `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<u16>,
     /// Fleet CA certificate (PEM).
     pub ca: PathBuf,
     /// The master's client certificate (PEM, CN = hedge-master).
     pub cert: PathBuf,
     /// Its private key (PEM, mode 0600).
     pub key: PathBuf,
+}
+
+impl BrokerSection {
+    /// The host nodes dial: `node_host`, else `host`.
+    pub fn node_host(&self) -> &str {
+        self.node_host.as_deref().unwrap_or(&self.host)
+    }
+
+    /// The port nodes dial: `node_port`, else `port`.
+    pub fn node_port(&self) -> u16 {
+        self.node_port.unwrap_or(self.port)
+    }
 }
 
 /// `[signing]`.
@@ -510,7 +570,7 @@ pub struct ArtifactsSection {
     /// Address of the HTTPS endpoint; off when absent.
     pub listen: Option<std::net::SocketAddr>,
     /// The URL nodes dial (into enrollment bundles); default
-    /// `https://<broker.host>:<listen port>`.
+    /// `https://<broker.node_host>:<listen port>`.
     pub url: Option<String>,
     /// The endpoint's certificate (PEM; the broker's by default, whose names nodes check).
     pub cert: PathBuf,
@@ -535,7 +595,7 @@ impl MasterConfig {
     pub fn artifacts_url(&self) -> Option<String> {
         let listen = self.artifacts.listen?;
         Some(self.artifacts.url.clone().unwrap_or_else(|| {
-            let host = &self.broker.host;
+            let host = self.broker.node_host();
             if host.contains(':') {
                 format!("https://[{host}]:{}", listen.port())
             } else {
@@ -587,8 +647,11 @@ impl MasterConfig {
     /// Checks values and that the referenced files exist (keys: not readable by others).
     pub fn validate(&self) -> Result<(), String> {
         check_host(&self.broker.host).map_err(|e| format!("broker.host: {e}"))?;
-        if self.broker.port == 0 {
-            return Err("broker.port must not be 0".into());
+        if self.broker.port == 0 || self.broker.node_port == Some(0) {
+            return Err("broker.port and broker.node_port must not be 0".into());
+        }
+        if let Some(h) = &self.broker.node_host {
+            check_host(h).map_err(|e| format!("broker.node_host: {e}"))?;
         }
         let e = &self.enrollment;
         if e.cert_lifetime_s < 10 || e.cert_lifetime_s > 5 * 365 * 86_400 || e.token_ttl_s == 0 {
@@ -844,8 +907,13 @@ mod tests {
         assert!(conf.contains(&format!("cafile {}", dir.join("ca.crt").display())));
 
         let cfg = MasterConfig::load(&dir.join("master.toml")).unwrap();
+        // Masters dial the masters' listener (default: the nodes' port + 1).
         assert_eq!(cfg.broker.host, "127.0.0.1");
-        assert_eq!(cfg.broker.port, 8883);
+        assert_eq!(cfg.broker.port, 8884);
+        assert_eq!(
+            (cfg.broker.node_host(), cfg.broker.node_port()),
+            ("127.0.0.1", 8883)
+        );
         assert_eq!(cfg.broker.key, dir.join("master.key"));
         assert_eq!(cfg.master.store, dir.join("master.db"));
         assert_eq!(cfg.allocation.stale_after_ms, 300_000);
@@ -872,13 +940,32 @@ mod tests {
             ..InitOptions::default()
         };
         assert!(matches!(init(tmp.path(), &bad), Err(PkiError::Invalid(_))));
+        for (broker_port, master_port) in [(1883, Some(1883)), (1883, Some(0)), (65535, None)] {
+            let bad = InitOptions {
+                broker_port,
+                master_port,
+                ..InitOptions::default()
+            };
+            assert!(matches!(init(tmp.path(), &bad), Err(PkiError::Invalid(_))));
+        }
     }
 
     #[test]
     fn enroll_writes_one_bundle_with_a_token_and_no_key() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("m");
-        let r = init(&dir, &opts()).unwrap();
+        let opts = InitOptions {
+            broker_host: "broker.example".into(),
+            broker_port: 18883,
+            master_port: Some(9000),
+            ..opts()
+        };
+        let r = init(&dir, &opts).unwrap();
+        let cfg = MasterConfig::load(&dir.join("master.toml")).unwrap();
+        assert_eq!(
+            (cfg.broker.host.as_str(), cfg.broker.port),
+            ("127.0.0.1", 9000)
+        );
         let out = tmp.path().join("a.toml");
         let node = Name::new("node-a").unwrap();
         // Enrollment goes through the HTTPS endpoint: refused while it is off.
@@ -900,13 +987,17 @@ mod tests {
         assert!(!raw.contains("PRIVATE KEY"), "{raw}");
         let b = Bundle::load(&out).unwrap();
         assert_eq!(b.node, node);
-        assert_eq!((b.broker_host.as_str(), b.broker_port), ("127.0.0.1", 8883));
+        // Nodes get the nodes' listener, never the masters' one.
+        assert_eq!(
+            (b.broker_host.as_str(), b.broker_port),
+            ("broker.example", 18883)
+        );
         assert_eq!(b.master_public_key, r.signing_public);
         assert_eq!(
             b.ca_cert,
             std::fs::read_to_string(dir.join("ca.crt")).unwrap()
         );
-        assert_eq!(b.url, "https://127.0.0.1:9443");
+        assert_eq!(b.url, "https://broker.example:9443");
         assert_eq!(b.token.len(), 64);
         assert!(!format!("{b:?}").contains(&b.token));
 

@@ -60,7 +60,8 @@ struct Broker {
 }
 
 impl Broker {
-    fn start(dir: &Path, port: u16) -> Broker {
+    /// Starts it and waits until every port in `ports` accepts connections.
+    fn start(dir: &Path, ports: &[u16]) -> Broker {
         let log = dir.join("mosquitto.log");
         let mut child = Command::new(mosquitto_bin())
             .arg("-c")
@@ -78,12 +79,15 @@ impl Broker {
                     std::fs::read_to_string(&log).unwrap_or_default()
                 );
             }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            if ports
+                .iter()
+                .all(|&p| TcpStream::connect(("127.0.0.1", p)).is_ok())
+            {
                 return Broker { child, log };
             }
             assert!(
                 Instant::now() < deadline,
-                "mosquitto never listened on {port}"
+                "mosquitto never listened on {ports:?}"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -103,10 +107,14 @@ impl Drop for Broker {
     }
 }
 
-/// A master directory on a free port, enrolled nodes `a` and `b`, and its broker.
+/// A master directory, enrolled nodes `a` and `b`, and its broker: the generated config
+/// as is, its masters' listener on `port` and its nodes' listener on `node_port`.
 struct Fleet {
     dir: PathBuf,
+    /// The masters' listener (client ids kept).
     port: u16,
+    /// The nodes' listener (client id = certificate CN).
+    node_port: u16,
     _broker: Broker,
     _tmp: tempfile::TempDir,
 }
@@ -115,9 +123,10 @@ impl Fleet {
     fn new() -> Fleet {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("master");
-        let port = free_port();
+        let (port, node_port) = (free_port(), free_port());
         let opts = InitOptions {
-            broker_port: port,
+            broker_port: node_port,
+            master_port: Some(port),
             ..InitOptions::default()
         };
         pki::init(&dir, &opts).unwrap();
@@ -126,10 +135,11 @@ impl Fleet {
             std::fs::write(dir.join(format!("{node}.crt")), c.cert).unwrap();
             std::fs::write(dir.join(format!("{node}.key")), c.key).unwrap();
         }
-        let broker = Broker::start(&dir, port);
+        let broker = Broker::start(&dir, &[port, node_port]);
         Fleet {
             dir,
             port,
+            node_port,
             _broker: broker,
             _tmp: tmp,
         }
@@ -316,7 +326,7 @@ async fn shared_subscription_gets_each_nodes_own_records_only() {
         .await;
     master.subscribe(MASTER_UP_FILTER).await;
 
-    let mut a = Client::connect("node-a", fleet.port, fleet.node_tls("a"))
+    let mut a = Client::connect("node-a", fleet.node_port, fleet.node_tls("a"))
         .connected()
         .await;
     a.publish(&mosquitto::up_topic("a"), "a-1", false).await;
@@ -328,7 +338,7 @@ async fn shared_subscription_gets_each_nodes_own_records_only() {
 
     // B impersonating A: mosquitto acks it (3.1.1 PUBACK, success) and drops it. B's own
     // record, published after it on the same connection, is delivered; the forgery is not.
-    let mut b = Client::connect("node-b", fleet.port, fleet.node_tls("b"))
+    let mut b = Client::connect("node-b", fleet.node_port, fleet.node_tls("b"))
         .connected()
         .await;
     b.publish(&mosquitto::up_topic("a"), "forged-by-b", false)
@@ -357,7 +367,7 @@ async fn a_node_reads_only_its_own_desired_state_and_acks() {
         .publish(&mosquitto::desired_topic("a"), "desired-a", true)
         .await;
     // B may not write anyone's desired state, its own included.
-    let mut b = Client::connect("node-b", fleet.port, fleet.node_tls("b"))
+    let mut b = Client::connect("node-b", fleet.node_port, fleet.node_tls("b"))
         .connected()
         .await;
     b.publish(&mosquitto::desired_topic("a"), "forged-by-b", true)
@@ -366,7 +376,7 @@ async fn a_node_reads_only_its_own_desired_state_and_acks() {
         .await;
 
     // Retained: B's desired state would come with the first SUBACK, before A's.
-    let mut a = Client::connect("node-a", fleet.port, fleet.node_tls("a"))
+    let mut a = Client::connect("node-a", fleet.node_port, fleet.node_tls("a"))
         .connected()
         .await;
     a.subscribe(&mosquitto::desired_topic("b")).await;
@@ -402,7 +412,7 @@ async fn clients_without_a_fleet_certificate_are_refused() {
     let ca = fleet.read("ca.crt");
 
     // No client certificate at all.
-    let mut anon = Client::connect("anon", fleet.port, tls(&ca, None));
+    let mut anon = Client::connect("anon", fleet.node_port, tls(&ca, None));
     let first = tokio::time::timeout(WAIT, anon.rx.recv())
         .await
         .expect("no answer to a client without a certificate");
@@ -420,7 +430,7 @@ async fn clients_without_a_fleet_certificate_are_refused() {
     let cert = p.signed_by(&key, &rogue_issuer).unwrap();
     let mut rogue = Client::connect(
         "rogue",
-        fleet.port,
+        fleet.node_port,
         tls(&ca, Some((&cert.pem(), &key.serialize_pem()))),
     );
     let first = tokio::time::timeout(WAIT, rogue.rx.recv())
@@ -429,9 +439,53 @@ async fn clients_without_a_fleet_certificate_are_refused() {
     assert!(matches!(first, Some(Err(_))), "{first:?}");
 
     // The broker is still fine for enrolled clients.
-    Client::connect("node-a", fleet.port, fleet.node_tls("a"))
+    Client::connect("node-a", fleet.node_port, fleet.node_tls("a"))
         .connected()
         .await;
+}
+
+/// Node B, with its own enrolled certificate, connects to the nodes' listener with node
+/// A's client id: without `use_username_as_clientid` mosquitto would end A's session
+/// (a client id takeover keeping A offline). A's connection stays up and still gets what
+/// is published to it afterwards; B is connected too, as itself.
+#[tokio::test]
+async fn a_node_cannot_take_over_another_nodes_client_id() {
+    let fleet = Fleet::new();
+    let mut master = Client::connect("master-1", fleet.port, fleet.master_tls())
+        .connected()
+        .await;
+    let mut a = Client::connect("a", fleet.node_port, fleet.node_tls("a"))
+        .connected()
+        .await;
+    a.subscribe(&mosquitto::desired_topic("a")).await;
+
+    let mut b = Client::connect("a", fleet.node_port, fleet.node_tls("b"))
+        .connected()
+        .await;
+    // B's session is B's own: its records still reach a master as B's.
+    master.subscribe(MASTER_UP_FILTER).await;
+    b.publish(&mosquitto::up_topic("b"), "b-1", false).await;
+    let got = master.publishes_until("b-1").await;
+    assert_eq!(
+        summary(&got),
+        [("hedge/v1/b/up".to_string(), "b-1".to_string())]
+    );
+
+    // A was not kicked: a message for it, published after B connected, reaches it on its
+    // first connection (`next` panics on a connection error: the event loop would have
+    // reported the broker closing it), and nothing else happened to it meanwhile.
+    master
+        .publish(&mosquitto::desired_topic("a"), "after-b", false)
+        .await;
+    let got = a.publishes_until("after-b").await;
+    assert_eq!(
+        summary(&got),
+        [("hedge/v1/a/desired".to_string(), "after-b".to_string())]
+    );
+    assert!(
+        matches!(a.rx.try_recv(), Err(mpsc::error::TryRecvError::Empty)),
+        "A's connection saw more than the message"
+    );
 }
 
 /// An encoded Up frame of `node` with records `from..=to` covering themselves.
@@ -517,7 +571,7 @@ async fn a_flooding_node_does_not_keep_another_nodes_records_out() {
     let b_name = Name::new("b").unwrap();
 
     // A's first batch, resent (as a node does until acked) until the master holds it.
-    let mut a = Client::connect("node-a", fleet.port, fleet.node_tls("a"))
+    let mut a = Client::connect("node-a", fleet.node_port, fleet.node_tls("a"))
         .connected()
         .await;
     let deadline = Instant::now() + WAIT;
@@ -539,7 +593,7 @@ async fn a_flooding_node_does_not_keep_another_nodes_records_out() {
     }
 
     // B floods: 300 KiB frames and many small valid batches, as fast as it can.
-    let mut opts = MqttOptions::new("node-b", "127.0.0.1", fleet.port);
+    let mut opts = MqttOptions::new("node-b", "127.0.0.1", fleet.node_port);
     opts.set_max_packet_size(1 << 20, 1 << 20)
         .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
             Arc::new(fleet.node_tls("b")),
@@ -625,7 +679,7 @@ async fn a_locked_store_never_stalls_the_masters_event_loop() {
     let view = MasterStore::open(&db).unwrap();
     let (stop, master) = spawn_master(&fleet, &db, IngestLimits::default(), Duration::from_secs(1));
     let a_name = Name::new("a").unwrap();
-    let mut a = Client::connect("node-a", fleet.port, fleet.node_tls("a"))
+    let mut a = Client::connect("node-a", fleet.node_port, fleet.node_tls("a"))
         .connected()
         .await;
     a.subscribe(&mosquitto::ack_topic("a")).await;

@@ -1,13 +1,14 @@
 //! A real mosquitto 2.0 for end-to-end tests, run from a master directory that
 //! `hedge master init` (`hedge_master::pki::init`) wrote.
 //!
-//! [`Broker::start`] copies `DIR/mosquitto.conf` to `DIR/mosquitto.test.conf` with its one
-//! `listener` line moved to `127.0.0.1:<port>` (and `user root` added when the tests run
-//! as root, so mosquitto keeps the privileges it needs to read the 0600 keys), starts
-//! `mosquitto -c` on it, and returns once it logged `mosquitto version ... running` (its
-//! listener bound and its signal handlers set; the generated config logs at level
-//! `information`) and the port accepts TCP connections: polled with a deadline, no sleep
-//! as synchronisation. The persistence directory stays
+//! [`Broker::start`] copies `DIR/mosquitto.conf` to `DIR/mosquitto.test.conf` with its two
+//! `listener` lines moved to loopback: the masters' one to `127.0.0.1:<port>`, the nodes'
+//! one (`use_username_as_clientid true`) to `127.0.0.1:<node_port>` (and `user root`
+//! added when the tests run as root, so mosquitto keeps the privileges it needs to read
+//! the 0600 keys), starts `mosquitto -c` on it, and returns once it logged `mosquitto
+//! version ... running` (its listeners bound and its signal handlers set; the generated
+//! config logs at level `information`) and both ports accept TCP connections: polled with
+//! a deadline, no sleep as synchronisation. The persistence directory stays
 //! `DIR/mosquitto-data/`, so [`Broker::restart`] and [`Broker::stop`] + [`Broker::restart`]
 //! reuse the same port and the same persistence. Note that mosquitto persistence is a
 //! snapshot: [`Broker::kill9`] loses what changed since the last save, [`Broker::stop`]
@@ -46,10 +47,13 @@ pub fn mosquitto_bin() -> PathBuf {
         .expect("mosquitto not found: run scripts/setup (apt-get install mosquitto)")
 }
 
-/// A running (or stopped) mosquitto on `127.0.0.1:port`.
+/// A running (or stopped) mosquitto on `127.0.0.1:port` (masters) and
+/// `127.0.0.1:node_port` (nodes).
 pub struct Broker {
-    /// Loopback port of its TLS listener.
+    /// Loopback port of its masters' TLS listener (`[broker] port` of master.toml).
     pub port: u16,
+    /// Loopback port of its nodes' TLS listener (client id = certificate CN).
+    pub node_port: u16,
     /// The master directory (certificates, ACL, `mosquitto-data/`).
     pub dir: PathBuf,
     /// The config it runs (`DIR/mosquitto.test.conf`).
@@ -60,17 +64,18 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts mosquitto for the master directory `dir` on `127.0.0.1:port` (`0`: a free
-    /// port) and waits until it accepts connections.
+    /// Starts mosquitto for the master directory `dir` with its masters' listener on
+    /// `127.0.0.1:port` (`0`: a free port) and its nodes' one on a free port, and waits
+    /// until it accepts connections.
     pub fn start(dir: &Path, port: u16) -> Broker {
         Broker::start_with_node_port(dir, port, None)
     }
 
-    /// Like [`Broker::start`], with a second TLS listener on `node_port` (same
-    /// certificates and ACL) so that a test can cut nodes' traffic without touching
-    /// the master's.
+    /// Like [`Broker::start`], with the nodes' listener on `node_port` (`None`: a free
+    /// port), so that a test can cut nodes' traffic without touching the masters'.
     pub fn start_with_node_port(dir: &Path, port: u16, node_port: Option<u16>) -> Broker {
         let port = if port == 0 { free_port() } else { port };
+        let node_port = node_port.unwrap_or_else(free_port);
         let dir = std::path::absolute(dir).unwrap();
         let generated = dir.join("mosquitto.conf");
         let text = std::fs::read_to_string(&generated).unwrap_or_else(|e| {
@@ -84,6 +89,7 @@ impl Broker {
         std::fs::create_dir_all(dir.join("mosquitto-data")).unwrap();
         let mut broker = Broker {
             port,
+            node_port,
             log: dir.join("mosquitto.log"),
             dir,
             conf,
@@ -162,7 +168,11 @@ impl Broker {
                     .lines()
                     .any(|l| l.contains("mosquitto version") && l.ends_with(" running"))
             });
-            if running && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if running
+                && [self.port, self.node_port]
+                    .iter()
+                    .all(|&p| TcpStream::connect(("127.0.0.1", p)).is_ok())
+            {
                 self.child = Some(child);
                 return;
             }
@@ -170,8 +180,9 @@ impl Broker {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "mosquitto did not listen on 127.0.0.1:{} within {DEADLINE:?}:\n{}",
+                    "mosquitto did not listen on 127.0.0.1:{} and :{} within {DEADLINE:?}:\n{}",
                     self.port,
+                    self.node_port,
                     self.log_text()
                 );
             }
@@ -193,39 +204,37 @@ impl Drop for Broker {
     }
 }
 
-/// The generated config with its listener on `127.0.0.1:port`, plus `user root` when
-/// running as root (mosquitto would otherwise drop to user `mosquitto`).
-fn test_config(generated: &str, port: u16, node_port: Option<u16>) -> String {
+/// The generated config with its listeners on loopback: the nodes' one (the block with
+/// `use_username_as_clientid true`) on `node_port`, the masters' one on `port`; plus
+/// `user root` when running as root (mosquitto would otherwise drop to user `mosquitto`).
+fn test_config(generated: &str, port: u16, node_port: u16) -> String {
+    let lines: Vec<&str> = generated.lines().collect();
+    let starts: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].trim_start().starts_with("listener "))
+        .collect();
+    assert_eq!(
+        starts.len(),
+        2,
+        "expected a nodes' and a masters' listener in the generated config"
+    );
     let mut out = String::new();
-    let mut listeners = 0;
-    // The listener's own settings (TLS files, certificate checks) follow its line.
-    let mut block = String::new();
-    let mut in_block = false;
-    for line in generated.lines() {
-        if line.trim_start().starts_with("listener ") {
-            listeners += 1;
-            in_block = true;
-            out.push_str(&format!("listener {port} 127.0.0.1\n"));
+    let mut nodes = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if let Some(k) = starts.iter().position(|&s| s == i) {
+            // A listener's own settings follow its line, up to the next listener.
+            let end = starts.get(k + 1).copied().unwrap_or(lines.len());
+            let is_nodes = lines[i..end]
+                .iter()
+                .any(|l| l.trim() == "use_username_as_clientid true");
+            nodes += usize::from(is_nodes);
+            let p = if is_nodes { node_port } else { port };
+            out.push_str(&format!("listener {p} 127.0.0.1\n"));
         } else {
-            if in_block
-                && !line.trim().is_empty()
-                && !line.starts_with('#')
-                && line.trim() != "user root"
-            {
-                block.push_str(line);
-                block.push('\n');
-            }
             out.push_str(line);
             out.push('\n');
         }
     }
-    if let Some(np) = node_port {
-        out.push_str(&format!("listener {np} 127.0.0.1\n{block}"));
-    }
-    assert_eq!(
-        listeners, 1,
-        "expected one listener line in the generated config"
-    );
+    assert_eq!(nodes, 1, "expected exactly one nodes' listener");
     let root = std::fs::metadata("/proc/self")
         .map(|m| m.uid() == 0)
         .unwrap_or(false);

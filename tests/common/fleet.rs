@@ -29,12 +29,14 @@ impl Fleet {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
         let m = dir.path().join("m");
-        let master_port = free_port();
+        let (master_port, node_port) = (free_port(), free_port());
         let out = hedge()
             .args([
                 "master",
                 "init",
                 "--port",
+                &node_port.to_string(),
+                "--master-port",
                 &master_port.to_string(),
                 "--dir",
             ])
@@ -46,7 +48,6 @@ impl Fleet {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let node_port = free_port();
         let broker = Broker::start_with_node_port(&m, master_port, Some(node_port));
         let mut fleet = Fleet {
             dir,
