@@ -561,7 +561,7 @@ fn request_on_master(
             &placement,
             now_ms(),
             cfg.allocation.stale_after_ms,
-            |d| sign::sign(&key, d),
+            |d| sign::sign(&key, d, now_ms()),
         )
         .map_err(|e| match e {
             StoreError::Alloc(_)
@@ -618,6 +618,7 @@ fn run(cfg: MasterConfig) -> Result<(), Failure> {
     )
     .map_err(Failure::usage)?;
     let revoked = std::sync::Arc::new(hedge_master::revocation::Revoked::new(&cfg.base));
+    let key = MasterKey::load(&cfg.base.join(&cfg.signing.key)).map_err(Failure::usage)?;
     let settings = hedge_master::run::Settings {
         host: cfg.broker.host.clone(),
         port: cfg.broker.port,
@@ -625,6 +626,7 @@ fn run(cfg: MasterConfig) -> Result<(), Failure> {
         limits: hedge_master::run::IngestLimits::default(),
         keepalive: std::time::Duration::from_secs(20),
         revoked: revoked.clone(),
+        renew: Some(std::sync::Arc::new(key)),
     };
     let enroller = match cfg.artifacts.listen {
         Some(_) => Some(std::sync::Arc::new(

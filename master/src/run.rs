@@ -20,7 +20,9 @@
 //! [`crate::mosquitto::MESSAGE_SIZE_LIMIT`], below this client's [`MAX_PACKET`].
 //! It also publishes, retained, every desired state newer than what it published
 //! (checked at each connect and every second), so requests made with
-//! `hedge master request` reach nodes whenever they connect. Reconnects with backoff
+//! `hedge master request` reach nodes whenever they connect. With the signing key it
+//! also re-signs states near their expiry (every [`RENEW_EVERY`]), so a node never
+//! runs an expired state while a master runs. Reconnects with backoff
 //! forever; returns when `shutdown` resolves.
 
 use std::collections::BTreeMap;
@@ -101,7 +103,13 @@ pub struct Settings {
     pub keepalive: Duration,
     /// Revoked nodes: their records are refused, never stored nor acknowledged.
     pub revoked: Arc<crate::revocation::Revoked>,
+    /// The signing key: desired states near their expiry are re-signed with it
+    /// ([`crate::sign::renew_expiring`], checked every [`RENEW_EVERY`]). `None`: never.
+    pub renew: Option<Arc<crate::sign::MasterKey>>,
 }
+
+/// How often `run` looks for desired states to re-sign.
+pub const RENEW_EVERY: Duration = Duration::from_secs(60);
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -169,6 +177,7 @@ pub async fn run(
         let mut published: BTreeMap<Name, u64> = BTreeMap::new();
         let mut subscribed = false;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut renew_tick = tokio::time::interval(RENEW_EVERY);
         let lost = loop {
             tokio::select! {
                 () = &mut shutdown => {
@@ -184,10 +193,24 @@ pub async fn run(
                         looking_up = false;
                         publish_desired(&client, frames, &mut published, &mut counters);
                     }
+                    Done::Renewed(Ok(renewed)) => {
+                        for (node, generation) in renewed {
+                            tracing::info!(node = %node, generation, "desired state re-signed before its expiry");
+                        }
+                    }
+                    Done::Renewed(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot look for desired states to renew");
+                    }
                     Done::Ingested { node, claimed, result } => {
                         ingested(&client, &mut admission, &node, &claimed, result, &mut counters);
                     }
                 },
+                _ = renew_tick.tick(), if settings.renew.is_some() => {
+                    if let Some(key) = &settings.renew {
+                        // A full queue skips this round; the next one comes in RENEW_EVERY.
+                        let _ = worker.submit(Job::Renew { key: key.clone(), now_ms: now_ms() });
+                    }
+                }
                 ev = eventloop.poll() => match ev {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         if let Err(e) = client.try_subscribe(UP_FILTER, QoS::AtLeastOnce) {

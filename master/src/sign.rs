@@ -3,8 +3,9 @@
 //! Contract: [`MasterKey::create`] writes a new secret key (32 raw bytes, mode 0600,
 //! never overwriting) and its public key as hex beside it (`<path>.pub`, what nodes
 //! are configured with); [`MasterKey::load`] reads it back and refuses a file that
-//! group or others may access. [`sign`] signs [`DesiredState::signed_bytes`] and
-//! writes the 64-byte signature into the state; [`verify`] is the check a node runs
+//! group or others may access. [`sign`] sets the state's expiry ([`DESIRED_TTL_MS`]
+//! after the master's `now`), signs [`DesiredState::signed_bytes`] (which cover the
+//! expiry) and writes the 64-byte signature into the state; [`verify`] is the check a node runs
 //! and needs only the 32-byte public key (it uses `verify_strict`, which refuses
 //! weak keys and malleable signatures). The secret lives in a `SigningKey`, which
 //! zeroizes itself on drop; intermediate buffers are zeroized too.
@@ -135,12 +136,57 @@ impl MasterKey {
     }
 }
 
-/// Signs `state` with `key`: replaces its signature with one over
-/// [`DesiredState::signed_bytes`].
-pub fn sign(key: &MasterKey, state: &mut DesiredState) {
+/// How long a desired state the master signs stays fresh: 30 days. A node runs a state
+/// past it but reports it; `hedge master run` re-signs a node's state (same instances,
+/// new generation) once less than half of this is left, so a reachable node never
+/// sees its state expire.
+pub const DESIRED_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
+
+/// Signs `state` with `key`: sets its expiry to `now_ms` + [`DESIRED_TTL_MS`] and
+/// replaces its signature with one over [`DesiredState::signed_bytes`].
+pub fn sign(key: &MasterKey, state: &mut DesiredState, now_ms: u64) {
+    state.expires_ms = now_ms.saturating_add(DESIRED_TTL_MS);
     let sig = key.key.sign(&state.signed_bytes()).to_bytes();
     // Exactly 64 bytes into a 64-byte `heapless::Vec`: collecting cannot overflow.
     state.signature = sig.into_iter().collect();
+}
+
+/// Whether a state expiring at `expires_ms` is due for re-signing at `now_ms`: less than
+/// half of [`DESIRED_TTL_MS`] left (or already expired, or never had an expiry).
+pub fn needs_renewal(expires_ms: u64, now_ms: u64) -> bool {
+    expires_ms.saturating_sub(now_ms) < DESIRED_TTL_MS / 2
+}
+
+/// Re-signs every stored desired state due for renewal at `now_ms` ([`needs_renewal`]):
+/// same instances, a new generation and expiry. Returns `(node, new generation)` for
+/// each; `hedge master run` publishes them like any newer state. A node whose state
+/// fails to re-sign is logged and skipped, the others still renew.
+pub fn renew_expiring(
+    store: &crate::store::MasterStore,
+    key: &MasterKey,
+    now_ms: u64,
+) -> Result<Vec<(hedge_wire::Name, u64)>, crate::store::StoreError> {
+    let mut renewed = Vec::new();
+    for (node, _) in store.desired_generations()? {
+        let due = match store.desired(&node) {
+            Ok(Some(d)) => needs_renewal(d.expires_ms, now_ms),
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(node = %node, error = %e, "cannot read a desired state to renew");
+                false
+            }
+        };
+        if !due {
+            continue;
+        }
+        // Two master processes may both renew the same state: each takes its own
+        // generation, both are validly signed, and the node keeps the newer.
+        match store.update_desired(&node, |v| v, |d| sign(key, d, now_ms)) {
+            Ok(d) => renewed.push((node, d.generation)),
+            Err(e) => tracing::warn!(node = %node, error = %e, "cannot renew a desired state"),
+        }
+    }
+    Ok(renewed)
 }
 
 /// Checks that `state` is signed by the holder of `public`.
@@ -172,6 +218,7 @@ mod tests {
             generation,
             instances: Vec::new(),
             signature: heapless::Vec::new(),
+            expires_ms: 0,
         }
     }
 
@@ -180,11 +227,11 @@ mod tests {
         let k = MasterKey::generate();
         let mut d = state(3);
         assert!(matches!(verify(&k.public(), &d), Err(SignError::Unsigned)));
-        sign(&k, &mut d);
+        sign(&k, &mut d, 1_000);
         assert_eq!(d.signature.len(), 64);
         verify(&k.public(), &d).unwrap();
         // Re-signing replaces, never appends.
-        sign(&k, &mut d);
+        sign(&k, &mut d, 1_000);
         verify(&k.public(), &d).unwrap();
     }
 
@@ -192,7 +239,7 @@ mod tests {
     fn tampering_or_another_key_fails() {
         let k = MasterKey::generate();
         let mut d = state(3);
-        sign(&k, &mut d);
+        sign(&k, &mut d, 1_000);
         let mut bumped = d.clone();
         bumped.generation = 4;
         assert!(matches!(
@@ -202,6 +249,14 @@ mod tests {
         let other = MasterKey::generate();
         assert!(matches!(
             verify(&other.public(), &d),
+            Err(SignError::Mismatch)
+        ));
+        // The expiry is signed: moving it breaks the signature.
+        assert_eq!(d.expires_ms, 1_000 + DESIRED_TTL_MS);
+        let mut later = d.clone();
+        later.expires_ms += 1;
+        assert!(matches!(
+            verify(&k.public(), &later),
             Err(SignError::Mismatch)
         ));
         let mut short = d.clone();

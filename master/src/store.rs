@@ -611,6 +611,7 @@ fn index_of(kind: &RecordKind) -> (&'static str, Option<&str>, Option<(u64, u64)
         }
         RecordKind::NodeInfo { .. } => ("node_info", None, None),
         RecordKind::Desired { .. } => ("desired", None, None),
+        RecordKind::DesiredExpired { .. } => ("desired_expired", None, None),
         RecordKind::Shed { .. } => ("shed", None, None),
         RecordKind::ConnectionParameters { instance, .. } => {
             ("connection_parameters", Some(instance.as_str()), None)
@@ -699,8 +700,17 @@ fn stored_desired(tx: &Connection, node: &Name) -> Result<Option<DesiredState>> 
             |r| r.get(0),
         )
         .optional()?;
-    blob.map(|b| decode("desired state", node.as_str(), &b))
-        .transpose()
+    blob.map(|b| decode_desired(node.as_str(), &b)).transpose()
+}
+
+/// A stored desired state; one stored before wire version 2 (no expiry) reads with
+/// expiry 0 (the next update re-signs it with one).
+fn decode_desired(node: &str, blob: &[u8]) -> Result<DesiredState> {
+    decode("desired state", node, blob).or_else(|e| {
+        postcard::from_bytes::<hedge_wire::DesiredStateV1>(blob)
+            .map(DesiredState::from)
+            .map_err(|_| e)
+    })
 }
 
 /// Stores `d` if its generation is above the stored one; the caller holds an
@@ -1373,7 +1383,7 @@ impl MasterStore {
             last_seen_ms: None,
         };
         for (node, blob) in desired {
-            let d: DesiredState = decode("desired state", &node, &blob)?;
+            let d = decode_desired(&node, &blob)?;
             for i in d.instances {
                 let mut v = blank(&d.node, &i.name, Owner::Master);
                 v.requested = Some(i.state);

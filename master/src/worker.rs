@@ -38,6 +38,13 @@ pub enum Job {
         /// What the driver has published on this connection.
         published: BTreeMap<Name, u64>,
     },
+    /// Re-sign the desired states near their expiry ([`crate::sign::renew_expiring`]).
+    Renew {
+        /// The signing key.
+        key: std::sync::Arc<crate::sign::MasterKey>,
+        /// Now, ms since the epoch.
+        now_ms: u64,
+    },
 }
 
 /// The outcome of one [`Job`]. (`Desired` is small, `Ingested` carries a store error;
@@ -56,6 +63,8 @@ pub enum Done {
     },
     /// A [`Job::Desired`]: encoded frames to publish, retained, per node.
     Desired(Vec<(Name, u64, Vec<u8>)>),
+    /// A [`Job::Renew`]: the nodes whose state was re-signed, with the new generation.
+    Renewed(Result<Vec<(Name, u64)>, StoreError>),
 }
 
 /// The worker is full: the job was not queued.
@@ -106,6 +115,9 @@ fn work(store: &MasterStore, job: Job) -> Done {
             node,
         },
         Job::Desired { published } => Done::Desired(newer_desired(store, &published)),
+        Job::Renew { key, now_ms } => {
+            Done::Renewed(crate::sign::renew_expiring(store, &key, now_ms))
+        }
     }
 }
 

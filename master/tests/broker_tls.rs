@@ -539,6 +539,7 @@ fn spawn_master(
         limits,
         keepalive,
         revoked: Arc::new(hedge_master::revocation::Revoked::new(&fleet.dir)),
+        renew: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let master = tokio::spawn(hedge_master::run::run(

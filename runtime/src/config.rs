@@ -313,7 +313,14 @@ impl NodeConfig {
             path: path.to_owned(),
             source,
         })?;
-        let mut cfg: NodeConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates the text of the file at `path` (which only names the file in
+    /// errors and sets the base directory: nothing is read). Pure; the fuzz target
+    /// `node_config` drives it.
+    pub fn parse(text: &str, path: &Path) -> Result<NodeConfig, ConfigError> {
+        let mut cfg: NodeConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
         })?;

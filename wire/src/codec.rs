@@ -19,11 +19,17 @@ use crate::error::WireError;
 use crate::types::{DesiredState, Message};
 use crate::validate::Validate;
 
-/// The envelope version this crate writes and the only one it reads.
-pub const WIRE_VERSION: u8 = 1;
+/// The envelope version this crate writes and the only one it reads. Any change to the
+/// encoding of [`Message`] bumps it; an older peer then refuses frames with
+/// [`WireError::BadVersion`] instead of misreading them.
+///
+/// History: 1, the first; 2, [`DesiredState::expires_ms`] (signed, see
+/// [`DESIRED_SIGNING_CONTEXT`]) and the [`crate::RecordKind::DesiredExpired`] record.
+pub const WIRE_VERSION: u8 = 2;
 
-/// Domain separation prefix of [`DesiredState::signed_bytes`].
-pub const DESIRED_SIGNING_CONTEXT: &[u8] = b"hedge-desired-v1";
+/// Domain separation prefix of [`DesiredState::signed_bytes`]; its version follows the
+/// signed fields, so a signature over a version-1 state never verifies as a version-2 one.
+pub const DESIRED_SIGNING_CONTEXT: &[u8] = b"hedge-desired-v2";
 
 /// A postcard output that keeps at most `max` bytes but counts them all, so an
 /// oversized message costs no more than `max` bytes of memory and still reports its
@@ -99,7 +105,7 @@ pub fn decode(bytes: &[u8], max: usize) -> Result<Message, WireError> {
 impl DesiredState {
     /// The canonical bytes the master signs and a node verifies:
     /// [`DESIRED_SIGNING_CONTEXT`] followed by the postcard encoding of the tuple
-    /// `(node, generation, instances)`. The signature itself is not included.
+    /// `(node, generation, expires_ms, instances)`. The signature itself is not included.
     ///
     /// postcard is deterministic for these types (maps are ordered `BTreeMap`s), so the
     /// bytes depend only on the value, not on how it was decoded.
@@ -108,7 +114,12 @@ impl DesiredState {
     ///
     /// Never in practice: postcard cannot fail on these types (see the body).
     pub fn signed_bytes(&self) -> Vec<u8> {
-        let fields = (&self.node, self.generation, &self.instances);
+        let fields = (
+            &self.node,
+            self.generation,
+            self.expires_ms,
+            &self.instances,
+        );
         // Appending to a `Vec` cannot fail and every type here serializes with a known
         // length, so postcard has no error to report. Were it to fail anyway, panicking
         // is the only safe answer: returning the bare context would make all states

@@ -384,6 +384,39 @@ pub struct DesiredState {
     pub instances: Vec<InstanceRequest>,
     /// ed25519 signature by the master over [`DesiredState::signed_bytes`] (64 bytes).
     pub signature: heapless::Vec<u8, 64>,
+    /// Milliseconds since the Unix epoch after which the state is stale: the master
+    /// sets it and signs it. A node still runs a state past it but reports it (see
+    /// `hedge_runtime::desired`). Last on the wire (added in wire version 2), so a
+    /// version-1 encoding, which lacks it, never decodes as this type.
+    pub expires_ms: u64,
+}
+
+/// A [`DesiredState`] as wire version 1 encoded it (no expiry). Only for reading states
+/// that a store kept from before version 2: the wire itself never decodes it. Its
+/// signature covers version-1 bytes, so it never verifies as a version-2 state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredStateV1 {
+    /// The node this is for.
+    pub node: Name,
+    /// Its generation.
+    pub generation: u64,
+    /// The instances.
+    pub instances: Vec<InstanceRequest>,
+    /// The version-1 signature.
+    pub signature: heapless::Vec<u8, 64>,
+}
+
+impl From<DesiredStateV1> for DesiredState {
+    /// Expiry 0: a state without an expiry is reported as expired.
+    fn from(v: DesiredStateV1) -> Self {
+        DesiredState {
+            node: v.node,
+            generation: v.generation,
+            instances: v.instances,
+            signature: v.signature,
+            expires_ms: 0,
+        }
+    }
 }
 
 /// How a process ended.
@@ -597,6 +630,16 @@ pub enum RecordKind {
         outcome: ArtifactOutcome,
         /// Details (the refusal's reason, the hash found).
         message: String,
+    },
+    /// The desired state the node runs is past its expiry (judged against the node's
+    /// trusted time floor); the node keeps running it. Sent once per generation.
+    DesiredExpired {
+        /// Its generation.
+        generation: u64,
+        /// Its expiry, ms since the epoch.
+        expires_ms: u64,
+        /// The node's trusted time when it judged so, ms since the epoch.
+        judged_at_ms: u64,
     },
 }
 

@@ -266,7 +266,8 @@ impl Validate for RecordKind {
             RecordKind::InstanceState { .. }
             | RecordKind::Usage { .. }
             | RecordKind::NodeHealth { .. }
-            | RecordKind::Shed { .. } => Ok(()),
+            | RecordKind::Shed { .. }
+            | RecordKind::DesiredExpired { .. } => Ok(()),
         }
     }
 }

@@ -46,6 +46,7 @@ fn desired(instances: Vec<InstanceRequest>) -> Message {
         generation: 7,
         instances,
         signature: (0..64u8).collect(),
+        expires_ms: 1_800_000_000_000,
     })
 }
 
@@ -167,7 +168,8 @@ fn empty_wrong_version_and_trailing_bytes() {
         Err(WireError::Decode(_))
     ));
     assert_eq!(decode(&[], MAX), Err(WireError::Empty));
-    for v in [0u8, 2, 255] {
+    // Version 1 (before the signed expiry) is refused as a version, not misread.
+    for v in [0u8, 1, 3, 255] {
         let mut bad = ok.clone();
         bad[0] = v;
         assert_eq!(decode(&bad, MAX), Err(WireError::BadVersion(v)));
@@ -180,6 +182,41 @@ fn empty_wrong_version_and_trailing_bytes() {
         decode(&[WIRE_VERSION, 3, 0], MAX),
         Err(WireError::Decode(_))
     ));
+}
+
+#[test]
+fn a_desired_state_without_its_expiry_is_refused() {
+    let Message::Desired(d) = desired(vec![]) else {
+        unreachable!()
+    };
+    // The same state as wire version 1 encoded it: no expiry at the end.
+    let v1 = DesiredStateV1 {
+        node: d.node.clone(),
+        generation: d.generation,
+        instances: d.instances.clone(),
+        signature: d.signature.clone(),
+    };
+    let mut body = vec![WIRE_VERSION, 0];
+    body.extend(postcard::to_allocvec(&v1).unwrap());
+    assert_eq!(
+        decode(&body, MAX),
+        Err(WireError::Decode(postcard::Error::DeserializeUnexpectedEnd))
+    );
+    // Under its own version byte it is refused before any decoding.
+    body[0] = 1;
+    assert_eq!(decode(&body, MAX), Err(WireError::BadVersion(1)));
+    // A version-1 state read from a store carries expiry 0 (reported as expired).
+    assert_eq!(
+        DesiredState::from(v1),
+        DesiredState {
+            expires_ms: 0,
+            ..d.clone()
+        }
+    );
+    // The expiry is signed: changing it changes what the signature covers.
+    let mut later = d.clone();
+    later.expires_ms += 1;
+    assert_ne!(later.signed_bytes(), d.signed_bytes());
 }
 
 #[test]
@@ -749,6 +786,7 @@ fn validation_rules() {
             .map(|n| instance(&format!("i{n}")))
             .collect(),
         signature: Default::default(),
+        expires_ms: 0,
     };
     assert_eq!(
         many.validate(),

@@ -108,7 +108,7 @@ proptest! {
     }
 
     #[test]
-    fn signed_bytes_cover_all_but_signature(d in common::desired(), g in any::<u64>()) {
+    fn signed_bytes_cover_all_but_signature(d in common::desired(), g in any::<u64>(), e in any::<u64>()) {
         let bytes = d.signed_bytes();
         prop_assert!(bytes.starts_with(codec::DESIRED_SIGNING_CONTEXT));
         let mut other = d.clone();
@@ -116,6 +116,9 @@ proptest! {
         prop_assert_eq!(other.signed_bytes(), bytes.clone());
         other.generation = g;
         prop_assert_eq!(other.signed_bytes() == bytes, g == d.generation);
+        let mut other = d.clone();
+        other.expires_ms = e;
+        prop_assert_eq!(other.signed_bytes() == bytes, e == d.expires_ms);
         // Deterministic through the wire.
         let again = decode(&encode(&Message::Desired(d), DEFAULT_MAX_FRAME).unwrap(), DEFAULT_MAX_FRAME).unwrap();
         match again {

@@ -193,6 +193,7 @@ where
         generation,
         instances: f(kept),
         signature: heapless::Vec::new(),
+        expires_ms: 0,
     };
     sign(&mut d);
     if &d.node != node || d.generation != generation {

@@ -507,7 +507,7 @@ fn desired_generations_only_grow() {
                 v.push(request("web", RequestedState::Started));
                 v
             },
-            |d| sign(&key, d),
+            |d| sign(&key, d, 0),
         )
         .unwrap();
     assert_eq!(d1.generation, 1);
@@ -520,7 +520,7 @@ fn desired_generations_only_grow() {
     // A reserved generation may still be stored, if above the stored one.
     let mut d2 = d1.clone();
     d2.generation = g;
-    sign(&key, &mut d2);
+    sign(&key, &mut d2, 0);
     s.put_desired(&d2).unwrap();
     assert!(matches!(
         s.put_desired(&d2),
@@ -530,7 +530,7 @@ fn desired_generations_only_grow() {
             ..
         })
     ));
-    let d4 = s.update_desired(&pi, |v| v, |d| sign(&key, d)).unwrap();
+    let d4 = s.update_desired(&pi, |v| v, |d| sign(&key, d, 0)).unwrap();
     assert_eq!((d4.generation, d4.instances.len()), (4, 1));
     // An error inside the transaction stores nothing.
     assert!(matches!(
@@ -903,4 +903,60 @@ fn a_version_1_store_is_migrated_and_keeps_its_records_as_life_0() {
     // Reopening a migrated store is a no-op.
     let s = MasterStore::open(&path).unwrap();
     assert_eq!(s.count(&pi).unwrap(), 4);
+}
+
+#[test]
+fn states_near_their_expiry_are_re_signed_with_the_same_instances() {
+    use crate::sign::{needs_renewal, renew_expiring, DESIRED_TTL_MS};
+    let (_d, s) = open();
+    let key = MasterKey::generate();
+    let (pi, pj) = (n("pi-1"), n("pi-2"));
+    let t0 = 1_000_000;
+    let with_web = |mut v: Vec<InstanceRequest>| {
+        v.push(request("web", RequestedState::Started));
+        v
+    };
+    let d1 = s
+        .update_desired(&pi, with_web, |d| sign(&key, d, t0))
+        .unwrap();
+    assert_eq!(d1.expires_ms, t0 + DESIRED_TTL_MS);
+    // Nothing is due while more than half the lifetime is left.
+    assert!(!needs_renewal(d1.expires_ms, t0 + DESIRED_TTL_MS / 2 - 1));
+    assert!(renew_expiring(&s, &key, t0 + DESIRED_TTL_MS / 2 - 1)
+        .unwrap()
+        .is_empty());
+    // pi-2 was signed later: only pi-1 is due.
+    let later = t0 + DESIRED_TTL_MS / 2 + 1;
+    s.update_desired(&pj, with_web, |d| sign(&key, d, later))
+        .unwrap();
+    let renewed = renew_expiring(&s, &key, later).unwrap();
+    assert_eq!(renewed, vec![(pi.clone(), 2)]);
+    let d2 = s.desired(&pi).unwrap().unwrap();
+    assert_eq!(d2.generation, 2);
+    assert_eq!(d2.instances, d1.instances);
+    assert_eq!(d2.expires_ms, later + DESIRED_TTL_MS);
+    verify(&key.public(), &d2).unwrap();
+    // A state without an expiry (stored before wire version 2) is due at once.
+    assert!(needs_renewal(0, 1));
+}
+
+#[test]
+fn a_desired_state_stored_before_wire_version_2_still_reads() {
+    let (_d, s) = open();
+    let pi = n("pi-1");
+    let v1 = hedge_wire::DesiredStateV1 {
+        node: pi.clone(),
+        generation: 3,
+        instances: vec![request("web", RequestedState::Started)],
+        signature: heapless::Vec::new(),
+    };
+    s.conn()
+        .execute(
+            "INSERT INTO desired (node, generation, allocated, state) VALUES (?1, 3, 0, ?2)",
+            rusqlite::params![pi.as_str(), postcard::to_allocvec(&v1).unwrap()],
+        )
+        .unwrap();
+    let d = s.desired(&pi).unwrap().unwrap();
+    assert_eq!((d.generation, d.expires_ms), (3, 0));
+    assert_eq!(d.instances, v1.instances);
 }

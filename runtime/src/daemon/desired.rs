@@ -5,23 +5,93 @@
 //! outcome is a `Desired` record; a refusal is also counted and logged (rate-limited),
 //! and changes nothing else. Local requests whose names the master now owns are
 //! superseded: the master's request wins, and the local one is removed and reported.
+//!
+//! Fails closed: when the store cannot say which generation is applied, every state is
+//! refused (`StoreUnreadable`). [`Daemon::check_expiry`] judges the applied state's
+//! expiry against the trusted time (clock or persisted floor, see `crate::desired`):
+//! past it, the node keeps running the state and reports it once per generation (a
+//! `DesiredExpired` record, the `desired_expired` counter, a rate-limited warning);
+//! `status` shows it under `desired`.
 
 use std::time::Instant;
 
 use hedge_wire::codec::decode;
 use hedge_wire::{Message, RecordKind};
+use serde_json::{json, Value};
 
-use super::Daemon;
-use crate::desired::{check, DesiredError};
+use super::{now_ms, Daemon};
+use crate::desired::{applied_generation, check, floor_to_persist, trusted_now_ms, DesiredError};
 
 impl Daemon {
-    /// The generation the node runs (0 before the first desired state).
-    pub(super) fn applied_generation(&self) -> u64 {
-        self.store
-            .desired()
-            .ok()
-            .flatten()
-            .map_or(0, |d| d.generation)
+    /// The generation the node runs (0 before the first desired state); an error when
+    /// the store cannot tell, never 0.
+    pub(super) fn applied_generation(&self) -> Result<u64, DesiredError> {
+        applied_generation(self.store.desired().as_ref().map(Option::as_ref))
+    }
+
+    /// The time the node trusts now: its clock, or the persisted floor when the clock
+    /// is behind it. Raises the persisted floor when the clock moved a step past it.
+    fn trusted_now(&mut self) -> u64 {
+        let clock = now_ms();
+        if let Some(floor) = floor_to_persist(clock, self.clock_floor_ms) {
+            match self.store.raise_clock_floor(floor) {
+                Ok(()) => self.clock_floor_ms = floor,
+                Err(e) => self.store_failed(&e),
+            }
+        }
+        trusted_now_ms(clock, self.clock_floor_ms)
+    }
+
+    /// Reads the applied state and the clock floor at boot, then judges the expiry.
+    pub(super) fn restore_expiry(&mut self) {
+        match self.store.clock_floor() {
+            Ok(f) => self.clock_floor_ms = f,
+            Err(e) => self.store_failed(&e),
+        }
+        match self.store.desired() {
+            Ok(Some(d)) => self.expiry.applied(&d),
+            Ok(None) => {}
+            Err(e) => self.store_failed(&e),
+        }
+        self.check_expiry();
+    }
+
+    /// Judges the applied state's expiry; reports it (record, counter, rate-limited
+    /// log) the first time it is found past it. The state keeps running.
+    pub(super) fn check_expiry(&mut self) {
+        let now = self.trusted_now();
+        let Some(x) = self.expiry.judge(now) else {
+            return;
+        };
+        self.counters.desired_expired += 1;
+        if let Some(suppressed) = self.expiry_log.allow(Instant::now()) {
+            tracing::warn!(
+                generation = x.generation,
+                expires_ms = x.expires_ms,
+                judged_at_ms = x.judged_at_ms,
+                suppressed,
+                "desired state expired; still running it until the master sends a newer one"
+            );
+        }
+        self.record(RecordKind::DesiredExpired {
+            generation: x.generation,
+            expires_ms: x.expires_ms,
+            judged_at_ms: x.judged_at_ms,
+        });
+    }
+
+    /// The `desired` part of `status`.
+    pub(super) fn desired_status(&self) -> Value {
+        let now = trusted_now_ms(now_ms(), self.clock_floor_ms);
+        match self.expiry.current() {
+            None => json!(null),
+            Some((generation, expires_ms)) => json!({
+                "generation": generation,
+                "expires_ms": expires_ms,
+                "expired": self.expiry.expired(now),
+                "trusted_now_ms": now,
+            }),
+        }
     }
 
     /// Handles one frame from the master's `desired` topic.
@@ -37,13 +107,9 @@ impl Daemon {
             }
         }
         let result = match decode(frame, hedge_wire::limits::DEFAULT_MAX_FRAME) {
-            Ok(Message::Desired(d)) => check(
-                &d,
-                self.cfg.node_id(),
-                self.applied_generation(),
-                self.master_key.as_ref(),
-            )
-            .map(|()| d),
+            Ok(Message::Desired(d)) => self.applied_generation().and_then(|applied| {
+                check(&d, self.cfg.node_id(), applied, self.master_key.as_ref()).map(|()| d)
+            }),
             Ok(_) => Err(DesiredError::Malformed("not a desired state".into())),
             Err(e) => Err(DesiredError::Malformed(e.to_string())),
         };
@@ -66,6 +132,7 @@ impl Daemon {
                 tracing::info!(
                     generation,
                     instances = d.instances.len(),
+                    expires_ms = d.expires_ms,
                     "desired state applied"
                 );
                 self.record(RecordKind::Desired {
@@ -73,6 +140,8 @@ impl Daemon {
                     accepted: true,
                     reason: String::new(),
                 });
+                self.expiry.applied(&d);
+                self.check_expiry();
                 self.reconcile();
                 Ok(generation)
             }
@@ -93,5 +162,150 @@ impl Daemon {
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::path::Path;
+
+    use ed25519_dalek::{Signer, SigningKey};
+    use hedge_wire::{codec::encode, DesiredState, Name};
+
+    use super::*;
+    use crate::config::NodeConfig;
+
+    const DAY_MS: u64 = 24 * 3600 * 1000;
+
+    fn master() -> SigningKey {
+        SigningKey::from_bytes(&[7; 32])
+    }
+
+    fn config(dir: &Path) -> NodeConfig {
+        let hex: String = master()
+            .verifying_key()
+            .to_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let text = crate::config::default_file("n1").replace(
+            "master_public_key = \"\"",
+            &format!("master_public_key = \"{hex}\""),
+        );
+        NodeConfig::parse(&text, &dir.join("node.toml")).unwrap()
+    }
+
+    fn frame(generation: u64, expires_ms: u64) -> Vec<u8> {
+        let mut d = DesiredState {
+            node: Name::new("n1").unwrap(),
+            generation,
+            instances: vec![],
+            signature: heapless::Vec::new(),
+            expires_ms,
+        };
+        d.signature =
+            heapless::Vec::from_slice(&master().sign(&d.signed_bytes()).to_bytes()).unwrap();
+        encode(&Message::Desired(d), hedge_wire::DEFAULT_MAX_FRAME).unwrap()
+    }
+
+    fn desired_records(d: &Daemon) -> Vec<RecordKind> {
+        d.store
+            .outbox_from(0, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.kind)
+            .filter(|k| {
+                matches!(
+                    k,
+                    RecordKind::Desired { .. } | RecordKind::DesiredExpired { .. }
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_store_read_error_never_lets_an_older_signed_state_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let fresh = now_ms() + DAY_MS;
+        {
+            let mut d = Daemon::boot(cfg.clone()).unwrap();
+            assert_eq!(d.on_desired_frame(&frame(5, fresh)), Ok(5));
+        }
+        // The stored state no longer reads (a corrupt value on disk).
+        crate::store::Store::open(&cfg.store_dir(), 1 << 20)
+            .unwrap()
+            .put_desired_raw(&[0xff, 0xff, 0xff])
+            .unwrap();
+        let mut d = Daemon::boot(cfg).unwrap();
+        assert!(d.store.desired().is_err());
+        // An older state the master once signed: refused, not taken for "generation 0".
+        assert!(matches!(
+            d.on_desired_frame(&frame(3, fresh)),
+            Err(DesiredError::StoreUnreadable(_))
+        ));
+        // Fail closed: nothing is accepted while the store cannot tell.
+        assert!(matches!(
+            d.on_desired_frame(&frame(6, fresh)),
+            Err(DesiredError::StoreUnreadable(_))
+        ));
+        assert_eq!(d.counters.desired_rejected, 2);
+        assert!(d.store.desired().is_err(), "nothing was stored over it");
+        assert!(d.applied_generation().is_err());
+        assert!(desired_records(&d).iter().any(|k| matches!(
+            k,
+            RecordKind::Desired { generation: 3, accepted: false, reason } if reason.contains("cannot read")
+        )));
+        assert!(d.status()["uplink"]["generation"].is_null());
+    }
+
+    #[test]
+    fn an_expired_state_is_reported_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = Daemon::boot(config(dir.path())).unwrap();
+        assert_eq!(d.on_desired_frame(&frame(5, 1_000)), Ok(5));
+        assert_eq!(d.counters.desired_expired, 1);
+        assert_eq!(d.status()["desired"]["expired"], true);
+        assert_eq!(d.status()["desired"]["generation"], 5);
+        d.check_expiry();
+        assert_eq!(d.counters.desired_expired, 1, "once per generation");
+        // Still the applied state.
+        assert_eq!(d.applied_generation(), Ok(5));
+        let expired: Vec<_> = desired_records(&d)
+            .into_iter()
+            .filter(|k| matches!(k, RecordKind::DesiredExpired { .. }))
+            .collect();
+        assert!(matches!(
+            expired.as_slice(),
+            [RecordKind::DesiredExpired {
+                generation: 5,
+                expires_ms: 1_000,
+                ..
+            }]
+        ));
+        // A fresh one is not expired.
+        assert_eq!(d.on_desired_frame(&frame(6, now_ms() + DAY_MS)), Ok(6));
+        assert_eq!(d.status()["desired"]["expired"], false);
+        assert_eq!(d.counters.desired_expired, 1);
+    }
+
+    #[test]
+    fn a_clock_behind_the_persisted_floor_does_not_make_a_state_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        // The node once knew a time far ahead of today's clock (as a board without
+        // RTC, rebooted into 1970, is behind the time it knew).
+        let known = now_ms() + 400 * DAY_MS;
+        {
+            let s = crate::store::Store::open(&cfg.store_dir(), 1 << 20).unwrap();
+            s.raise_clock_floor(known).unwrap();
+        }
+        let mut d = Daemon::boot(cfg).unwrap();
+        // Fresh by the clock, expired by the floor.
+        assert_eq!(d.on_desired_frame(&frame(5, now_ms() + DAY_MS)), Ok(5));
+        assert_eq!(d.counters.desired_expired, 1);
+        assert_eq!(d.status()["desired"]["trusted_now_ms"], known);
     }
 }

@@ -215,7 +215,7 @@ impl Daemon {
                 "acked_upto": l.acked_upto,
                 "sent_upto": l.sent_upto,
                 "deleted": l.deleted,
-                "generation": self.applied_generation(),
+                "generation": self.applied_generation().ok(),
             }),
         }
     }

@@ -144,8 +144,11 @@ pub struct Counters {
     pub repairs: u64,
     /// Command checks refused, never run: as root, no partition uid to run them as.
     pub command_checks_refused: u64,
-    /// Desired states refused (forged, stale, for another node, malformed).
+    /// Desired states refused (forged, stale, for another node, malformed, or the
+    /// applied generation unreadable).
     pub desired_rejected: u64,
+    /// Applied desired states found past their expiry (once per generation).
+    pub desired_expired: u64,
     /// Promise summaries dropped to keep the outbox under its quota.
     pub shed_dropped_promise: u64,
     /// Health records dropped to keep the outbox under its quota.
@@ -194,6 +197,11 @@ pub struct Daemon {
     /// The store hit a full disk; reopen it once space returns.
     store_full: bool,
     desired_log: RateLimit,
+    /// The applied state's expiry, reported once per generation.
+    expiry: crate::desired::ExpiryWatch,
+    expiry_log: RateLimit,
+    /// The persisted clock floor (ms since the epoch).
+    clock_floor_ms: u64,
     /// The master's public key: only states it signed are applied.
     master_key: Option<ed25519_dalek::VerifyingKey>,
     /// The uplink task's side of the conversation, when enabled.
@@ -302,6 +310,9 @@ impl Daemon {
             disk_log: RateLimit::default(),
             store_full: false,
             desired_log: RateLimit::default(),
+            expiry: Default::default(),
+            expiry_log: RateLimit::default(),
+            clock_floor_ms: 0,
             master_key: None,
             link: None,
             software: software::Software::new(crate::artifact::Cache::new(&state)),
@@ -311,6 +322,7 @@ impl Daemon {
         };
         d.master_key = d.cfg.master_key();
         d.kill_leftovers()?;
+        d.restore_expiry();
         Ok(d)
     }
 
@@ -680,6 +692,7 @@ impl Daemon {
             },
             "incidents": self.incident_status(),
             "uplink": self.link_status(),
+            "desired": self.desired_status(),
             "software": self.software_status(),
             "health": self.last_health.map(|h| json!({
                 "load1": f64::from(h.load1_milli) / 1000.0,

@@ -150,6 +150,7 @@ impl Daemon {
         if now >= self.timers.health {
             self.timers.health = now + Duration::from_millis(self.cfg.monitor.health_interval_ms);
             self.record_health();
+            self.check_expiry();
         }
         if now >= self.timers.summary {
             self.timers.summary = now + Duration::from_millis(self.cfg.monitor.summary_interval_ms);

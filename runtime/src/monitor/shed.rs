@@ -108,6 +108,7 @@ impl RecordClass {
             RecordKind::Shed { .. } => RecordClass::ShedReport,
             RecordKind::InstanceState { .. }
             | RecordKind::Desired { .. }
+            | RecordKind::DesiredExpired { .. }
             | RecordKind::Artifact { .. }
             | RecordKind::NodeInfo { .. } => RecordClass::InstanceState,
             RecordKind::LocalRequest { .. } => RecordClass::LocalRequest,

@@ -1,7 +1,8 @@
 //! The node's durable state in one sled database.
 //!
 //! Contract:
-//! - Trees: `meta` (schema version, the outbox sequence floor), `desired` (the master's last
+//! - Trees: `meta` (schema version, the outbox sequence floor, the clock floor: the
+//!   newest wall-clock time the node persisted, see `crate::desired`), `desired` (the master's last
 //!   accepted [`DesiredState`]), `local` (requests made on the node, by name), `observed`
 //!   (what the supervisor last ran per instance: process group, start time, restarts),
 //!   `outbox` (key = big-endian u64 sequence → postcard [`Record`]), `conn` (connection
@@ -655,19 +656,51 @@ impl Store {
 
     // ---- desired state ---------------------------------------------------------------
 
+    /// The clock floor: the newest wall-clock time (ms since the epoch) the node
+    /// persisted; 0 when it never did.
+    pub fn clock_floor(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .t()?
+            .meta
+            .get(b"clock_floor")?
+            .map(|v| be_u64(&v))
+            .unwrap_or(0))
+    }
+
+    /// Raises the clock floor to `ms` (never lowers it) and flushes.
+    pub fn raise_clock_floor(&self, ms: u64) -> Result<(), StoreError> {
+        if ms > self.clock_floor()? {
+            self.t()?.meta.insert(b"clock_floor", &ms.to_be_bytes())?;
+            self.flush()?;
+        }
+        Ok(())
+    }
+
     /// Stores the master's desired state (already verified by the caller).
     pub fn put_desired(&self, d: &DesiredState) -> Result<(), StoreError> {
         self.t()?.desired.insert(b"current", enc(d)?)?;
         self.flush()
     }
 
-    /// The master's last accepted desired state.
+    /// The master's last accepted desired state. One stored by a hedge of wire version 1
+    /// (no expiry) reads with expiry 0; any other value that does not decode is an error.
     pub fn desired(&self) -> Result<Option<DesiredState>, StoreError> {
-        self.t()?
-            .desired
-            .get(b"current")?
-            .map(|v| dec("desired", b"current", &v))
-            .transpose()
+        let Some(v) = self.t()?.desired.get(b"current")? else {
+            return Ok(None);
+        };
+        match dec("desired", b"current", &v) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) => postcard::from_bytes::<hedge_wire::DesiredStateV1>(&v)
+                .map(|old| Some(old.into()))
+                .map_err(|_| e),
+        }
+    }
+
+    /// Writes raw bytes as the stored desired state (tests of what a corrupt store does).
+    #[cfg(test)]
+    pub(crate) fn put_desired_raw(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.t()?.desired.insert(b"current", bytes)?;
+        self.flush()
     }
 
     // ---- local requests --------------------------------------------------------------

@@ -334,3 +334,60 @@ fn a_store_restored_from_a_backup_starts_a_new_epoch() {
     drop(s);
     assert_eq!(Store::open(&live, 1 << 20).unwrap().epoch(), restored);
 }
+
+fn desired_state(generation: u64, expires_ms: u64) -> DesiredState {
+    DesiredState {
+        node: Name::new("n1").unwrap(),
+        generation,
+        instances: vec![],
+        signature: heapless::Vec::new(),
+        expires_ms,
+    }
+}
+
+#[test]
+fn a_desired_state_that_does_not_decode_is_an_error_not_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert!(s.desired().unwrap().is_none());
+    s.put_desired(&desired_state(5, 9)).unwrap();
+    assert_eq!(s.desired().unwrap(), Some(desired_state(5, 9)));
+    s.t()
+        .unwrap()
+        .desired
+        .insert(b"current", &[0xff; 3])
+        .unwrap();
+    assert!(matches!(s.desired(), Err(StoreError::Decode { .. })));
+}
+
+#[test]
+fn a_desired_state_stored_by_wire_version_1_reads_with_expiry_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    let v1 = hedge_wire::DesiredStateV1 {
+        node: Name::new("n1").unwrap(),
+        generation: 4,
+        instances: vec![],
+        signature: heapless::Vec::new(),
+    };
+    s.t()
+        .unwrap()
+        .desired
+        .insert(b"current", postcard::to_stdvec(&v1).unwrap())
+        .unwrap();
+    assert_eq!(s.desired().unwrap(), Some(desired_state(4, 0)));
+}
+
+#[test]
+fn the_clock_floor_only_rises_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.clock_floor().unwrap(), 0);
+        s.raise_clock_floor(1_000).unwrap();
+        s.raise_clock_floor(10).unwrap();
+        assert_eq!(s.clock_floor().unwrap(), 1_000);
+    }
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(s.clock_floor().unwrap(), 1_000);
+}

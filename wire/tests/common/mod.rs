@@ -193,16 +193,20 @@ pub fn desired() -> impl Strategy<Value = DesiredState> {
         any::<u64>(),
         btree_map(name(), instance_body(), 0..3),
         prop_oneof![Just(Vec::new()), vec(any::<u8>(), 64)],
+        any::<u64>(),
     )
-        .prop_map(|(node, generation, instances, sig)| DesiredState {
-            node,
-            generation,
-            instances: instances
-                .into_iter()
-                .map(|(n, b)| make_instance(n, b))
-                .collect(),
-            signature: sig.into_iter().collect(),
-        })
+        .prop_map(
+            |(node, generation, instances, sig, expires_ms)| DesiredState {
+                node,
+                generation,
+                instances: instances
+                    .into_iter()
+                    .map(|(n, b)| make_instance(n, b))
+                    .collect(),
+                signature: sig.into_iter().collect(),
+                expires_ms,
+            },
+        )
 }
 
 fn instance_status() -> impl Strategy<Value = InstanceStatus> {
@@ -360,6 +364,11 @@ pub fn record_kind() -> impl Strategy<Value = RecordKind> {
                 accepted,
                 reason,
             }
+        }),
+        any::<[u64; 3]>().prop_map(|g| RecordKind::DesiredExpired {
+            generation: g[0],
+            expires_ms: g[1],
+            judged_at_ms: g[2],
         }),
         (any::<[u32; 3]>(), any::<[u64; 2]>()).prop_map(|(d, b)| RecordKind::Shed {
             dropped_promise: d[0],

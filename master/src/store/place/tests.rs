@@ -146,7 +146,7 @@ fn a_state_too_large_to_deliver_is_refused_and_nothing_is_stored() {
     let mut accepted = 0;
     let err = loop {
         match s.place(big(&format!("big{accepted}")), &on("pi"), 0, 0, |d| {
-            sign(&key, d)
+            sign(&key, d, 0)
         }) {
             Ok(p) => {
                 accepted += 1;
@@ -179,7 +179,7 @@ fn a_state_too_large_to_deliver_is_refused_and_nothing_is_stored() {
             &on("pi"),
             0,
             0,
-            |d| sign(&key, d),
+            |d| sign(&key, d, 0),
         )
         .unwrap();
     assert_eq!(p.state.generation, 5);
@@ -325,7 +325,7 @@ fn requesting_an_instance_on_another_node_moves_it() {
     register(&s, "b", 4);
     register(&s, "c", 4);
     let key = MasterKey::generate();
-    let put = |r: InstanceRequest, p: &Placement| s.place(r, p, 0, 0, |d| sign(&key, d));
+    let put = |r: InstanceRequest, p: &Placement| s.place(r, p, 0, 0, |d| sign(&key, d, 0));
     put(request("x", RequestedState::Started), &on("a")).unwrap();
     let p = put(request("x", RequestedState::Started), &on("b")).unwrap();
     assert_eq!(p.state.node, n("b"));
