@@ -238,17 +238,22 @@ fn cpu_totals_survive_a_daemon_crash_without_double_count_or_gap() {
             .ok()
             .filter(|s| !s.is_empty())
     });
-    // Let a sample see the finished burn, in the middle of a usage interval.
-    wait_for("burn sampled", Duration::from_secs(10), || {
-        (node.instance("burner")?["usage_cpu_ms"].as_u64()? > 0
-            || std::fs::metadata(&done)
-                .ok()?
-                .modified()
-                .ok()?
-                .elapsed()
-                .ok()?
-                > Duration::from_millis(300))
-        .then_some(())
+    // Let a sample see the finished burn, in the middle of a usage interval: samples
+    // (every 100 ms) and health records share the daemon's loop, so a health record
+    // stamped 300 ms after the burn ended proves samples ran after it (whatever the
+    // machine's load).
+    let burnt_ms = std::fs::metadata(&done)
+        .unwrap()
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    wait_for("burn sampled", Duration::from_secs(20), || {
+        kinds(&node.outbox(), "NodeHealth")
+            .iter()
+            .any(|r| r["time_ms"].as_u64().is_some_and(|t| t > burnt_ms + 300))
+            .then_some(())
     });
     node.kill9();
     node.start();
@@ -257,7 +262,7 @@ fn cpu_totals_survive_a_daemon_crash_without_double_count_or_gap() {
             .ok()
             .filter(|s| !s.is_empty() && *s != first)
     });
-    let total = wait_for("accounted", Duration::from_secs(20), || {
+    let total = wait_for("accounted", Duration::from_secs(30), || {
         let cpu = usage_cpu_by_instance(&node.outbox())
             .get("burner")
             .copied()
