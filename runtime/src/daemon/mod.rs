@@ -27,10 +27,6 @@ mod monitor;
 mod software;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod tests_disk;
-#[cfg(test)]
-mod tests_limits;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;

@@ -5,30 +5,14 @@
 
 use std::time::Duration;
 
-use hedge_wire::{InstanceRequest, Limits, Name, RequestedState, SoftwareRelease};
+use hedge_wire::{InstanceRequest, Limits, Name, RequestedState};
 
-use super::Daemon;
-use crate::config::{self, NodeConfig};
+use super::{daemon, sleep_request};
+use crate::daemon::Daemon;
 use crate::partition::cgroup::Cgroups;
 
-fn daemon(dir: &std::path::Path) -> Daemon {
-    let path = dir.join("node.toml");
-    std::fs::write(&path, config::default_file("unit")).unwrap();
-    Daemon::boot(NodeConfig::load(&path).unwrap()).unwrap()
-}
-
 fn sleeper(name: &str, limits: Limits) -> InstanceRequest {
-    InstanceRequest {
-        name: Name::new(name).unwrap(),
-        software: SoftwareRelease::Exec("/bin/sleep".into()),
-        args: vec!["1000".into()],
-        parameters: Default::default(),
-        config_files: vec![],
-        promises: vec![],
-        limits,
-        restart: Default::default(),
-        state: RequestedState::Started,
-    }
+    sleep_request(name, RequestedState::Started, limits)
 }
 
 /// The soft `Max open files` of `pid`, from `/proc/PID/limits`.

@@ -4,29 +4,13 @@
 
 use std::time::Duration;
 
-use hedge_wire::{InstanceRequest, Name, RequestedState, SoftwareRelease};
+use hedge_wire::{Limits, Name, RequestedState};
 
-use super::{Daemon, Event};
-use crate::config::{self, NodeConfig};
+use super::{daemon, sleep_request};
+use crate::daemon::Event;
 
-fn daemon(dir: &std::path::Path) -> Daemon {
-    let path = dir.join("node.toml");
-    std::fs::write(&path, config::default_file("unit")).unwrap();
-    Daemon::boot(NodeConfig::load(&path).unwrap()).unwrap()
-}
-
-fn stopped(name: &str) -> InstanceRequest {
-    InstanceRequest {
-        name: Name::new(name).unwrap(),
-        software: SoftwareRelease::Exec("/bin/sleep".into()),
-        args: vec!["1000".into()],
-        parameters: Default::default(),
-        config_files: vec![],
-        promises: vec![],
-        limits: Default::default(),
-        restart: Default::default(),
-        state: RequestedState::Stopped,
-    }
+fn stopped(name: &str) -> hedge_wire::InstanceRequest {
+    sleep_request(name, RequestedState::Stopped, Limits::default())
 }
 
 #[tokio::test]

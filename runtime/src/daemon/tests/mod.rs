@@ -1,18 +1,24 @@
-//! Daemon-level tests with a real store and real processes, no network.
+//! Daemon-level tests with a real store and real processes, no network: the daemon
+//! booted from a default config in a temp dir, driven through its own methods.
 #![allow(clippy::unwrap_used)]
 
-use hedge_wire::{InstanceRequest, Name, RequestedState, SoftwareRelease};
+mod disk;
+mod limits;
+
+use hedge_wire::{InstanceRequest, Limits, Name, RequestedState, SoftwareRelease};
 
 use super::Daemon;
 use crate::config::{self, NodeConfig};
 
+/// A daemon booted in `dir` (binds nothing).
 fn daemon(dir: &std::path::Path) -> Daemon {
     let path = dir.join("node.toml");
     std::fs::write(&path, config::default_file("unit")).unwrap();
     Daemon::boot(NodeConfig::load(&path).unwrap()).unwrap()
 }
 
-fn sleeper(name: &str) -> InstanceRequest {
+/// A request for `/bin/sleep 1000` in `state` with `limits`.
+fn sleep_request(name: &str, state: RequestedState, limits: Limits) -> InstanceRequest {
     InstanceRequest {
         name: Name::new(name).unwrap(),
         software: SoftwareRelease::Exec("/bin/sleep".into()),
@@ -20,10 +26,14 @@ fn sleeper(name: &str) -> InstanceRequest {
         parameters: Default::default(),
         config_files: vec![],
         promises: vec![],
-        limits: Default::default(),
+        limits,
         restart: Default::default(),
-        state: RequestedState::Started,
+        state,
     }
+}
+
+fn sleeper(name: &str) -> InstanceRequest {
+    sleep_request(name, RequestedState::Started, Limits::default())
 }
 
 /// A store that cannot be read (closed after a failed reopen) is not an empty desired
