@@ -7,7 +7,9 @@
 //! acknowledged, and the node resends later). The worker runs the jobs in order on
 //! its own thread and sends one [`Done`] per job back over a channel the loop selects
 //! on; an acknowledgement is published only from an [`Done::Ingested`] whose records
-//! are committed. Dropping the worker closes its queue; the thread ends after the job
+//! are committed. Ingest jobs waiting together (up to [`Worker::BATCH`]) share one
+//! transaction and one commit ([`MasterStore::ingest_many`]): under load, one `fsync`
+//! serves many batches. Dropping the worker closes its queue; the thread ends after the job
 //! in hand.
 
 use std::collections::BTreeMap;
@@ -80,6 +82,8 @@ pub struct Worker {
 impl Worker {
     /// Jobs that may wait for the worker.
     pub const QUEUE: usize = 256;
+    /// Ingest jobs committed together, at most.
+    pub const BATCH: usize = 64;
 
     /// Starts the worker thread; it sends each job's [`Done`] on `done`.
     pub fn start(store: MasterStore, done: mpsc::UnboundedSender<Done>) -> std::io::Result<Self> {
@@ -87,9 +91,33 @@ impl Worker {
         std::thread::Builder::new()
             .name("hedge-store".into())
             .spawn(move || {
-                for job in queue {
-                    if done.send(work(&store, job)).is_err() {
+                let mut next = None;
+                loop {
+                    let Some(job) = next.take().or_else(|| queue.recv().ok()) else {
                         return;
+                    };
+                    let outcomes = match job {
+                        Job::Ingest { .. } => {
+                            // Take the ingest jobs already waiting behind it, in order.
+                            let mut batch = vec![job];
+                            while batch.len() < Self::BATCH {
+                                match queue.try_recv() {
+                                    Ok(j @ Job::Ingest { .. }) => batch.push(j),
+                                    Ok(other) => {
+                                        next = Some(other);
+                                        break;
+                                    }
+                                    Err(_) => break,
+                                }
+                            }
+                            ingest(&store, batch)
+                        }
+                        other => vec![work(&store, other)],
+                    };
+                    for d in outcomes {
+                        if done.send(d).is_err() {
+                            return;
+                        }
                     }
                 }
             })?;
@@ -102,18 +130,36 @@ impl Worker {
     }
 }
 
+/// Stores `jobs` (all [`Job::Ingest`]) in one transaction; one [`Done`] per job.
+fn ingest(store: &MasterStore, jobs: Vec<Job>) -> Vec<Done> {
+    let batches: Vec<(Name, Up, u64, u64)> = jobs
+        .into_iter()
+        .filter_map(|j| match j {
+            Job::Ingest {
+                node,
+                up,
+                now_ms,
+                max_bytes,
+            } => Some((node, up, now_ms, max_bytes)),
+            Job::Desired { .. } | Job::Renew { .. } => None,
+        })
+        .collect();
+    let results = store.ingest_many(&batches);
+    batches
+        .into_iter()
+        .zip(results)
+        .map(|((node, up, _, _), result)| Done::Ingested {
+            node,
+            claimed: up.node,
+            result,
+        })
+        .collect()
+}
+
+/// Runs one job that is not an ingest.
 fn work(store: &MasterStore, job: Job) -> Done {
     match job {
-        Job::Ingest {
-            node,
-            up,
-            now_ms,
-            max_bytes,
-        } => Done::Ingested {
-            result: store.ingest_within(&node, &up, now_ms, max_bytes),
-            claimed: up.node,
-            node,
-        },
+        Job::Ingest { .. } => ingest(store, vec![job]).remove(0),
         Job::Desired { published } => Done::Desired(newer_desired(store, &published)),
         Job::Renew { key, now_ms } => {
             Done::Renewed(crate::sign::renew_expiring(store, &key, now_ms))

@@ -157,6 +157,34 @@ fn ingest_is_idempotent_and_acks_the_covered_prefix() {
     assert_eq!((node.first_seen_ms, node.last_seen_ms), (Some(5), Some(6)));
 }
 
+/// Several batches, one commit: each is judged on its own (a refused one leaves the
+/// others stored), the results come back in order, and what is stored is exactly what
+/// one `ingest` per batch would have stored.
+#[test]
+fn many_batches_share_one_commit_and_a_refused_one_leaves_the_others() {
+    let (_d, s) = open();
+    let (a, b) = (n("a"), n("b"));
+    let batches = vec![
+        (a.clone(), batch("a", 1, 5), 1, u64::MAX),
+        // Names another node than its topic: refused, alone.
+        (a.clone(), batch("b", 1, 5), 2, u64::MAX),
+        (b.clone(), batch("b", 1, 3), 3, u64::MAX),
+        (a.clone(), batch("a", 6, 8), 4, u64::MAX),
+        // Over a (tiny) quota once a's records are in: refused, alone.
+        (a.clone(), batch("a", 9, 9), 5, 1),
+    ];
+    let results = s.ingest_many(&batches);
+    assert_eq!(results.len(), 5);
+    assert_eq!(results[0].as_ref().unwrap().ack_upto, 5);
+    assert!(matches!(results[1], Err(StoreError::NodeMismatch { .. })));
+    assert_eq!(results[2].as_ref().unwrap().ack_upto, 3);
+    assert_eq!(results[3].as_ref().unwrap().ack_upto, 8);
+    assert!(matches!(results[4], Err(StoreError::QuotaExceeded { .. })));
+    assert_eq!((s.count(&a).unwrap(), s.count(&b).unwrap()), (8, 3));
+    // The refused batch can come again later, as a node resends it.
+    assert_eq!(s.ingest(&a, &batch("a", 9, 9), 6).unwrap().ack_upto, 9);
+}
+
 #[test]
 fn gaps_wait_shed_seqs_count_and_express_batches_extend_nothing() {
     let (_d, s) = open();
