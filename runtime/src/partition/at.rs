@@ -160,8 +160,11 @@ fn links_trusted_in(dir: &File) -> io::Result<bool> {
 /// by the partition's uid) fails with `ELOOP`. Relative paths start at the working
 /// directory.
 pub(crate) fn open_dir_walk(path: &Path) -> io::Result<File> {
-    let start = if path.is_absolute() { "/" } else { "." };
-    let mut dir = open_dir(Path::new(start))?;
+    let mut dir = if path.is_absolute() {
+        open_root()?
+    } else {
+        open_dir(Path::new("."))?
+    };
     // Components still to walk, the next one last.
     let mut todo: Vec<OsString> = Vec::new();
     push_components(&mut todo, path);
@@ -194,11 +197,23 @@ pub(crate) fn open_dir_walk(path: &Path) -> io::Result<File> {
         }
         let target = std::fs::read_link(proc_path(&dir, &c)?)?;
         if target.is_absolute() {
-            dir = open_dir(Path::new("/"))?;
+            dir = open_root()?;
         }
         push_components(&mut todo, &target);
     }
     Ok(dir)
+}
+
+/// The process's root directory, through `/proc/self/root` (the kernel's own link to
+/// it), else `/`. On a board both are the same directory; under qemu-user with a
+/// sysroot (`-L`, how the ARM tests run) a plain `/` is rewritten to the sysroot, and a
+/// walk from it would never find the real path.
+fn open_root() -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(OFlag::O_DIRECTORY.bits())
+        .open("/proc/self/root")
+        .or_else(|_| open_dir(Path::new("/")))
 }
 
 /// Pushes the normal and `..` components of `path` on `todo`, first component last.
