@@ -1214,7 +1214,12 @@ fn every_record_reaches_the_master_once_through_drops_losses_and_restarts() {
         let stored: BTreeSet<u64> = sim.master.stored.keys().copied().collect();
         assert_eq!(stored.len(), sim.inserted.len(), "seed {seed}");
         assert_eq!(stored, sim.inserted, "seed {seed}");
-        assert!(sim.inserted.len() > 7_000 && sim.inserted.len() < 10_000);
+        // About 5 % of seqs are never inserted; every other one is stored or was shed.
+        let inserted = sim.inserted.len() as u64 + sim.shed_merged + sim.shed_dropped;
+        assert!(
+            inserted > 9_000 && inserted < 10_000,
+            "seed {seed}: {inserted} inserted"
+        );
         shed_total += sim.shed_merged + sim.shed_dropped;
         // Merged usage reaches the master whole: nothing merged into a record the core
         // held (and then sent in its old form) is lost.
