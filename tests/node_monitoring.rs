@@ -350,7 +350,7 @@ threshold = 1
         .map(|r| r["kind"]["Incident"]["id"].as_u64().unwrap())
         .collect();
     // The promise keeps flapping: incidents opened after the status snapshot may be in
-    // the outbox too. Every id up to the snapshot's, and none skipped, must be there.
+    // the outbox too. Every id up to the snapshot's, and none missing, must be there.
     let last = opened.last().copied().unwrap_or(0);
     assert!(
         last >= max_id,

@@ -245,7 +245,7 @@ impl Client {
     }
 
     /// Waits for a packet `want` matches; publishes met on the way are kept for
-    /// [`Client::publishes_until`], other packets are skipped.
+    /// [`Client::publishes_until`]; other packets are passed over.
     async fn until(&mut self, what: &str, mut want: impl FnMut(&Packet) -> bool) -> Packet {
         loop {
             let p = self.next(what).await;

@@ -7,11 +7,12 @@ use hedge_wire::{Limits, RestartPolicy, SoftwareRelease};
 use super::*;
 use crate::sign::{sign, verify, MasterKey};
 
-fn n(s: &str) -> Name {
+pub(super) fn n(s: &str) -> Name {
     Name::new(s).unwrap()
 }
 
-fn open() -> (tempfile::TempDir, MasterStore) {
+/// A fresh store in a temp dir (keep the dir alive as long as the store).
+pub(super) fn open() -> (tempfile::TempDir, MasterStore) {
     let dir = tempfile::tempdir().unwrap();
     let store = MasterStore::open(&dir.path().join("master.db")).unwrap();
     (dir, store)

@@ -9,17 +9,8 @@ use hedge_wire::{ConfigFile, Limits, Record, RestartPolicy, SoftwareRelease, Up}
 use super::*;
 use crate::alloc::AllocError;
 use crate::sign::{sign, verify, MasterKey};
+use crate::store::tests::{n, open};
 use crate::store::{NodeInfo, Owner};
-
-fn n(s: &str) -> Name {
-    Name::new(s).unwrap()
-}
-
-fn open() -> (tempfile::TempDir, MasterStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = MasterStore::open(&dir.path().join("master.db")).unwrap();
-    (dir, store)
-}
 
 fn register(s: &MasterStore, node: &str, capacity: u32) {
     s.register_node(&NodeInfo {
