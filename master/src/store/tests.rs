@@ -84,7 +84,8 @@ fn health_rec(seq: u64, mem_total: u64) -> Record {
     }
 }
 
-fn request(name: &str, state: RequestedState) -> InstanceRequest {
+/// A master request for `/bin/sleep 1000` in `state`.
+pub(super) fn request(name: &str, state: RequestedState) -> InstanceRequest {
     InstanceRequest {
         name: n(name),
         software: SoftwareRelease::Exec("/bin/sleep".into()),

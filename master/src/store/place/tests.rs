@@ -4,12 +4,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier};
 
 use hedge_wire::limits::{DEFAULT_MAX_FRAME, MAX_INSTANCES};
-use hedge_wire::{ConfigFile, Limits, Record, RestartPolicy, SoftwareRelease, Up};
+use hedge_wire::{ConfigFile, Record, Up};
 
 use super::*;
 use crate::alloc::AllocError;
 use crate::sign::{sign, verify, MasterKey};
-use crate::store::tests::{n, open};
+use crate::store::tests::{n, open, request};
 use crate::store::{NodeInfo, Owner};
 
 fn register(s: &MasterStore, node: &str, capacity: u32) {
@@ -24,20 +24,6 @@ fn register(s: &MasterStore, node: &str, capacity: u32) {
         capacity_instances: capacity,
     })
     .unwrap();
-}
-
-fn request(name: &str, state: RequestedState) -> InstanceRequest {
-    InstanceRequest {
-        name: n(name),
-        software: SoftwareRelease::Exec("/bin/sleep".into()),
-        args: vec!["1000".into()],
-        parameters: BTreeMap::new(),
-        config_files: Vec::new(),
-        promises: Vec::new(),
-        limits: Limits::default(),
-        restart: RestartPolicy::default(),
-        state,
-    }
 }
 
 fn on(node: &str) -> Placement {
