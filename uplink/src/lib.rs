@@ -11,4 +11,4 @@ pub mod mqtt;
 pub mod sync;
 pub mod tls;
 
-pub use sync::{Config, ConfigError, Input, Output, Stats, Sync};
+pub use sync::{Config, ConfigError, Input, Output, Stats, SyncMachine};

@@ -1,4 +1,4 @@
-//! The node's MQTT driver: moves bytes between the broker and the [`Sync`] core.
+//! The node's MQTT driver: moves bytes between the broker and the [`SyncMachine`] core.
 //!
 //! Contract: [`run`] owns a rumqttc client (mutual TLS) and the sync core, and talks to
 //! the node daemon only through two channels: it asks for outbox records
@@ -28,7 +28,7 @@ use rumqttc::{
 };
 use tokio::sync::mpsc;
 
-use crate::sync::{Config, Input, Output, Sync};
+use crate::sync::{Config, Input, Output, SyncMachine};
 
 /// Topic of a node's records.
 pub fn up_topic(node: &str) -> String {
@@ -159,7 +159,7 @@ pub async fn run(
 ) {
     let node = settings.node.to_string();
     let (up, ack, desired) = (up_topic(&node), ack_topic(&node), desired_topic(&node));
-    let mut sync = Sync::new(
+    let mut sync = SyncMachine::new(
         settings.node.clone(),
         settings.epoch,
         settings.sync.clone(),

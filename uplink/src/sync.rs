@@ -1,9 +1,9 @@
 //! The sync state machine: moves a node's outbox to the master.
 //!
-//! Contract: [`Sync`] is pure. A driver (the MQTT driver today, a mesh link later)
-//! feeds it [`Input`]s with the current [`Instant`] through [`Sync::handle`] and carries
+//! Contract: [`SyncMachine`] is pure. A driver (the MQTT driver today, a mesh link later)
+//! feeds it [`Input`]s with the current [`Instant`] through [`SyncMachine::handle`] and carries
 //! out the [`Output`]s it returns, in order; it calls `handle(now, Input::Tick)` again
-//! at [`Sync::deadline`]. It does no I/O, reads no clock and never panics; every buffer
+//! at [`SyncMachine::deadline`]. It does no I/O, reads no clock and never panics; every buffer
 //! it keeps is bounded (at most [`Config::window`] frames in flight, a look-ahead of at
 //! most `window * max_batch_records` records, one pending `Load`).
 //!
@@ -30,7 +30,7 @@
 //!   batches are unacknowledged at once (go-back-N): on `LinkUp`, and when the oldest
 //!   is not acknowledged within [`Config::ack_timeout`], every unacknowledged batch is
 //!   sent again. Duplicates at the master are harmless (it stores by seq).
-//! - Every batch names the node's epoch (its life, given to [`Sync::new`]); an
+//! - Every batch names the node's epoch (its life, given to [`SyncMachine::new`]); an
 //!   `Acked` for another epoch is ignored and counted in [`Stats::foreign_acks`], so
 //!   an old life's ack never deletes a new life's records.
 //! - `Acked { upto }` is cumulative: it yields `Delete { upto }` only when `upto`
@@ -53,139 +53,30 @@
 //!   Without a budget only range batches are sent, in seq order.
 //!
 //! Sequence numbers start at 1 (the outbox's first); seq 0 is never sent.
+//!
+//! Files: the machine's state and its inputs and outputs here; [`Config`] in `config`;
+//! loading the look-ahead and handling acks in `outbox`; batching, resending, express
+//! batches and the byte budget in `send` and `bucket`.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use hedge_wire::codec::encode;
-use hedge_wire::limits::{DEFAULT_MAX_FRAME, MAX_RECORDS};
-use hedge_wire::{Message, Name, Record, RecordKind, Up, WireError};
+use hedge_wire::{Name, Record};
+
+mod bucket;
+mod config;
+mod outbox;
+mod send;
+
+use bucket::Bucket;
+pub use config::{Config, ConfigError, MIN_FRAME};
+use send::encode_up;
 
 /// Bytes a batch frame may need beyond its empty, range-less frame and the encoded
 /// sizes of its records: the record count's varint growing from one to at most three
 /// bytes, and `Some((from, to))` with two varints of at most ten bytes each instead of
 /// `None`'s one byte.
 const FRAME_SLACK: usize = 24;
-
-/// Smallest `max_frame` [`Config::validate`] accepts.
-pub const MIN_FRAME: usize = 256;
-
-/// Tuning of the sync machine. [`Sync::new`] clamps nonsense values into range;
-/// [`Config::validate`] reports them, for a driver that loads this from a file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
-    /// Most records in one batch (default 256; at most `MAX_RECORDS`).
-    pub max_batch_records: usize,
-    /// Largest encoded batch frame, envelope included (default 32 KiB). A single
-    /// record larger than this is still sent alone if it fits [`Config::max_frame`].
-    pub max_batch_bytes: usize,
-    /// Range batches in flight, unacknowledged (default 4).
-    pub window: usize,
-    /// How long the oldest batch in flight may wait for its ack before everything in
-    /// flight is sent again (default 10 s). On a budgeted link, keep it above the time
-    /// the budget needs to send a window.
-    pub ack_timeout: Duration,
-    /// First reconnect delay (default 1 s).
-    pub backoff_base: Duration,
-    /// Longest reconnect delay (default 15 s: a returning link is used within ~15 s;
-    /// measured 35 s with a 60 s cap in scripts/bench).
-    pub backoff_max: Duration,
-    /// Byte budget of a metered link, bytes per second (default none).
-    pub budget_bytes_per_sec: Option<u32>,
-    /// Largest frame the master accepts (default `DEFAULT_MAX_FRAME`).
-    pub max_frame: usize,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            max_batch_records: 256,
-            max_batch_bytes: 32 * 1024,
-            window: 4,
-            ack_timeout: Duration::from_secs(10),
-            backoff_base: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(15),
-            budget_bytes_per_sec: None,
-            max_frame: DEFAULT_MAX_FRAME,
-        }
-    }
-}
-
-/// Why a [`Config`] was refused by [`Config::validate`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    /// `max_batch_records` is 0 or above the wire's limit.
-    #[error("max_batch_records must be 1..={MAX_RECORDS}, not {0}")]
-    BatchRecords(usize),
-    /// `max_frame` is too small to carry useful batches.
-    #[error("max_frame must be at least {MIN_FRAME} bytes, not {0}")]
-    MaxFrame(usize),
-    /// `max_batch_bytes` is not within `MIN_FRAME..=max_frame`.
-    #[error("max_batch_bytes must be {MIN_FRAME}..=max_frame ({max_frame}), not {value}")]
-    BatchBytes {
-        /// The configured value.
-        value: usize,
-        /// The configured `max_frame`.
-        max_frame: usize,
-    },
-    /// `window` is 0.
-    #[error("window must be at least 1")]
-    Window,
-    /// `ack_timeout` is zero.
-    #[error("ack_timeout must be above zero")]
-    AckTimeout,
-    /// `backoff_base` is zero or above `backoff_max`.
-    #[error("backoff_base must be above zero and at most backoff_max")]
-    Backoff,
-    /// `budget_bytes_per_sec` is `Some(0)`.
-    #[error("budget_bytes_per_sec must be above zero (or absent)")]
-    Budget,
-}
-
-impl Config {
-    /// Checks every field; `Ok` means [`Sync::new`] uses the values unchanged.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.max_batch_records == 0 || self.max_batch_records > MAX_RECORDS {
-            return Err(ConfigError::BatchRecords(self.max_batch_records));
-        }
-        if self.max_frame < MIN_FRAME {
-            return Err(ConfigError::MaxFrame(self.max_frame));
-        }
-        if self.max_batch_bytes < MIN_FRAME || self.max_batch_bytes > self.max_frame {
-            return Err(ConfigError::BatchBytes {
-                value: self.max_batch_bytes,
-                max_frame: self.max_frame,
-            });
-        }
-        if self.window == 0 {
-            return Err(ConfigError::Window);
-        }
-        if self.ack_timeout.is_zero() {
-            return Err(ConfigError::AckTimeout);
-        }
-        if self.backoff_base.is_zero() || self.backoff_base > self.backoff_max {
-            return Err(ConfigError::Backoff);
-        }
-        if self.budget_bytes_per_sec == Some(0) {
-            return Err(ConfigError::Budget);
-        }
-        Ok(())
-    }
-
-    /// The same values clamped into range, so the machine cannot spin or stall.
-    fn sanitized(mut self) -> Self {
-        self.max_batch_records = self.max_batch_records.clamp(1, MAX_RECORDS);
-        self.max_frame = self.max_frame.max(MIN_FRAME);
-        self.max_batch_bytes = self.max_batch_bytes.clamp(MIN_FRAME, self.max_frame);
-        self.window = self.window.max(1);
-        let ms = Duration::from_millis(1);
-        self.ack_timeout = self.ack_timeout.max(ms);
-        self.backoff_base = self.backoff_base.max(ms);
-        self.backoff_max = self.backoff_max.max(self.backoff_base);
-        self.budget_bytes_per_sec = self.budget_bytes_per_sec.map(|b| b.max(1));
-        self
-    }
-}
 
 /// What the driver tells the machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,7 +96,7 @@ pub enum Input {
     Loaded {
         /// The `from` of the `Load` this answers.
         from: u64,
-        /// The records.
+        /// Outbox records with `seq >= from`, increasing, at most `limit`.
         records: Vec<Record>,
         /// The outbox holds nothing beyond the last record returned (as of now).
         end: bool,
@@ -217,7 +108,7 @@ pub enum Input {
         /// The life it acknowledges; another than the machine's is ignored.
         epoch: u64,
     },
-    /// Time passed; sent at [`Sync::deadline`] (sending more often is harmless).
+    /// Time passed; sent at [`SyncMachine::deadline`] (sending more often is harmless).
     Tick,
 }
 
@@ -249,7 +140,7 @@ pub enum Output {
     },
 }
 
-/// Counters since [`Sync::new`].
+/// Counters since [`SyncMachine::new`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Frames sent: range batches, their resends and express batches.
@@ -285,9 +176,10 @@ enum Link {
     Idle,
     /// `Connect` emitted, waiting for `LinkUp` or `ConnectFailed`.
     Connecting,
-    /// Waiting to reconnect.
-    Backoff { until: Instant },
-    /// Connected.
+    /// Waiting to reconnect at `until`.
+    Backoff {
+        until: Instant,
+    },
     Up,
 }
 
@@ -314,114 +206,9 @@ struct Flight {
     resend: bool,
 }
 
-/// A byte token bucket; tokens may go negative after a frame larger than the burst.
-#[derive(Debug)]
-struct Bucket {
-    rate: u64,
-    burst: i64,
-    tokens: i64,
-    /// Sub-byte remainder of the refill, in byte-nanoseconds.
-    carry: u128,
-    last: Option<Instant>,
-}
-
-const NANOS: u128 = 1_000_000_000;
-
-impl Bucket {
-    fn new(rate: u32, max_batch_bytes: usize) -> Self {
-        let burst = i64::try_from(u64::from(rate).max(max_batch_bytes as u64)).unwrap_or(i64::MAX);
-        Bucket {
-            rate: u64::from(rate).max(1),
-            burst,
-            tokens: burst,
-            carry: 0,
-            last: None,
-        }
-    }
-
-    fn refill(&mut self, now: Instant) {
-        let Some(last) = self.last else {
-            self.last = Some(now);
-            return;
-        };
-        if now <= last {
-            return;
-        }
-        let total = (now - last)
-            .as_nanos()
-            .saturating_mul(u128::from(self.rate))
-            .saturating_add(self.carry);
-        let add = i64::try_from(total / NANOS).unwrap_or(i64::MAX);
-        self.carry = total % NANOS;
-        self.tokens = self.tokens.saturating_add(add).min(self.burst);
-        if self.tokens == self.burst {
-            self.carry = 0;
-        }
-        self.last = Some(now);
-    }
-
-    /// Tokens a frame of `len` bytes needs before it may go.
-    fn need(&self, len: usize) -> i64 {
-        i64::try_from(len).unwrap_or(i64::MAX).min(self.burst)
-    }
-
-    fn allows(&self, len: usize) -> bool {
-        self.tokens >= self.need(len)
-    }
-
-    fn take(&mut self, len: usize) {
-        let len = i64::try_from(len).unwrap_or(i64::MAX);
-        self.tokens = self.tokens.saturating_sub(len);
-    }
-
-    /// When a frame of `len` bytes may go (`None` if now, or beyond `Instant`'s range).
-    fn wake(&self, len: usize) -> Option<Instant> {
-        let missing = self.need(len).saturating_sub(self.tokens);
-        let missing = u128::try_from(missing).ok().filter(|&m| m > 0)?;
-        let nanos = missing
-            .saturating_mul(NANOS)
-            .saturating_sub(self.carry)
-            .div_ceil(u128::from(self.rate));
-        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX);
-        self.last?.checked_add(Duration::from_nanos(nanos))
-    }
-}
-
-/// Express priority of a record kind: lower goes first, `None` never goes express.
-fn express_rank(kind: &RecordKind) -> Option<u8> {
-    match kind {
-        RecordKind::Incident { .. } => Some(0),
-        RecordKind::InstanceState { .. } => Some(1),
-        RecordKind::PromiseResult { .. } => Some(2),
-        _ => None,
-    }
-}
-
-/// Encodes `Up { node, records, covers, epoch }` and gives the records back.
-fn encode_up(
-    node: &Name,
-    epoch: u64,
-    records: Vec<Record>,
-    covers: Option<(u64, u64)>,
-    max: usize,
-) -> (Result<Vec<u8>, WireError>, Vec<Record>) {
-    let msg = Message::Up(Up {
-        node: node.clone(),
-        records,
-        covers,
-        epoch,
-    });
-    let res = encode(&msg, max);
-    let records = match msg {
-        Message::Up(up) => up.records,
-        _ => Vec::new(),
-    };
-    (res, records)
-}
-
 /// The sync state machine; see the [module docs](self).
 #[derive(Debug)]
-pub struct Sync {
+pub struct SyncMachine {
     node: Name,
     /// The node's life its records belong to: sent in every batch, required of acks.
     epoch: u64,
@@ -455,7 +242,7 @@ pub struct Sync {
     stats: Stats,
 }
 
-impl Sync {
+impl SyncMachine {
     /// A machine for `node`'s life `epoch` (its store's epoch); `seed` drives the
     /// backoff jitter. Out-of-range config values are clamped (see [`Config::validate`]).
     pub fn new(node: Name, epoch: u64, cfg: Config, seed: u64) -> Self {
@@ -466,7 +253,7 @@ impl Sync {
         let bucket = cfg
             .budget_bytes_per_sec
             .map(|rate| Bucket::new(rate, cfg.max_batch_bytes));
-        Sync {
+        SyncMachine {
             node,
             epoch,
             rng: fastrand::Rng::with_seed(seed),
@@ -569,7 +356,7 @@ impl Sync {
         self.link == Link::Up
     }
 
-    /// Counters.
+    /// Counters since [`SyncMachine::new`], with the current ack and batches in flight.
     pub fn stats(&self) -> Stats {
         Stats {
             acked_upto: self.acked_upto,
@@ -587,7 +374,7 @@ impl Sync {
 
     fn back_off(&mut self, now: Instant) {
         let delay = self.backoff_delay();
-        tracing::debug!(node = %self.node, delay_ms = delay.as_millis() as u64, "uplink reconnect backoff");
+        tracing::debug!(node = %self.node, delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "uplink reconnect backoff");
         // Past `Instant`'s range (absurd config): retry at the next tick.
         let until = now.checked_add(delay).unwrap_or(now);
         self.link = Link::Backoff { until };
@@ -624,434 +411,6 @@ impl Sync {
         self.exhausted = false;
         if self.load_pending.is_some() {
             self.dirty = true;
-        }
-    }
-
-    // ----- outbox -----
-
-    fn lookahead_cap(&self) -> usize {
-        self.cfg
-            .window
-            .saturating_mul(self.cfg.max_batch_records)
-            .max(self.cfg.max_batch_records)
-    }
-
-    fn maybe_load(&mut self, out: &mut Vec<Output>) {
-        if self.load_pending.is_some() || self.exhausted {
-            return;
-        }
-        let room = self.lookahead_cap().saturating_sub(self.lookahead.len());
-        // Past u64::MAX nothing more can exist.
-        let Ok(from) = u64::try_from(self.load_from) else {
-            return;
-        };
-        if room == 0 {
-            return;
-        }
-        self.load_pending = Some((from, room));
-        out.push(Output::Load { from, limit: room });
-    }
-
-    fn on_loaded(&mut self, from: u64, records: Vec<Record>, end: bool) {
-        let Some((want, limit)) = self.load_pending else {
-            return; // stale
-        };
-        if want != from {
-            return; // stale
-        }
-        self.load_pending = None;
-        let dirty = std::mem::take(&mut self.dirty);
-        let mut records = records;
-        if !records.windows(2).all(|w| w[0].seq < w[1].seq) {
-            // Out of order or repeated: a broken driver, but lose nothing.
-            records.sort_by_key(|r| r.seq);
-            records.dedup_by_key(|r| r.seq);
-        }
-        let returned = records.len();
-        // More than asked: keep the first `limit`, ask again for the rest.
-        let complete = returned <= limit;
-        for r in records.into_iter().take(limit) {
-            if u128::from(r.seq) < self.load_from {
-                continue; // already loaded, sent or acknowledged
-            }
-            self.load_from = u128::from(r.seq) + 1;
-            self.push_entry(r);
-        }
-        // An empty answer without `end` would make us spin: take it as the end.
-        self.exhausted = !dirty && complete && (end || returned == 0);
-    }
-
-    /// Measures `r` and appends it to the look-ahead (as a skipped entry if unsendable).
-    fn push_entry(&mut self, r: Record) {
-        let seq = r.seq;
-        let (res, mut back) = encode_up(&self.node, self.epoch, vec![r], None, self.cfg.max_frame);
-        let rec = back.pop();
-        let entry = match (res, rec) {
-            (Ok(frame), Some(rec)) => {
-                let cost = frame.len().saturating_sub(self.empty_len);
-                if self.empty_len + FRAME_SLACK + cost > self.cfg.max_frame {
-                    self.skip(seq, "record too large for a frame", true)
-                } else {
-                    Entry {
-                        seq,
-                        rec: Some(rec),
-                        cost,
-                        expressed: false,
-                    }
-                }
-            }
-            (Err(WireError::TooLarge { .. }), _) | (Ok(_), None) => {
-                self.skip(seq, "record too large for a frame", true)
-            }
-            (Err(e), _) => {
-                tracing::warn!(node = %self.node, seq, error = %e, "record refused by the wire");
-                self.skip(seq, "record refused by the wire", false)
-            }
-        };
-        self.lookahead_bytes += entry.cost;
-        self.lookahead.push_back(entry);
-    }
-
-    fn skip(&mut self, seq: u64, why: &'static str, oversized: bool) -> Entry {
-        if oversized {
-            self.stats.oversized += 1;
-        } else {
-            self.stats.invalid += 1;
-        }
-        tracing::warn!(node = %self.node, seq, why, "skipping unsendable record; its range still covers it");
-        Entry {
-            seq,
-            rec: None,
-            cost: 0,
-            expressed: false,
-        }
-    }
-
-    fn pop_entry(&mut self) -> Option<Entry> {
-        let e = self.lookahead.pop_front()?;
-        self.lookahead_bytes = self.lookahead_bytes.saturating_sub(e.cost);
-        Some(e)
-    }
-
-    // ----- acks -----
-
-    fn on_acked(&mut self, upto: u64, out: &mut Vec<Output>) {
-        if upto <= self.acked_upto || upto <= self.deleted_upto {
-            return; // duplicate, reordered, or below what is already deleted
-        }
-        self.acked_upto = upto;
-        self.deleted_upto = upto;
-        out.push(Output::Delete { upto });
-        while self.in_flight.front().is_some_and(|f| f.range.1 <= upto) {
-            self.in_flight.pop_front();
-        }
-        let next = u128::from(upto) + 1;
-        if next > self.next_from {
-            // The master is ahead of what this machine sent (a restart, or an old
-            // session's sends): skip to it.
-            self.in_flight.clear();
-            self.next_from = next;
-            while self
-                .lookahead
-                .front()
-                .is_some_and(|e| u128::from(e.seq) < next)
-            {
-                self.pop_entry();
-            }
-            self.load_from = self.load_from.max(next);
-        }
-    }
-
-    fn check_ack_timeout(&mut self, now: Instant) {
-        let oldest = self
-            .in_flight
-            .iter()
-            .filter(|f| !f.resend)
-            .map(|f| f.sent_at)
-            .min();
-        let Some(oldest) = oldest else {
-            return;
-        };
-        let expired = oldest
-            .checked_add(self.cfg.ack_timeout)
-            .is_some_and(|d| now >= d);
-        if expired {
-            tracing::debug!(node = %self.node, acked_upto = self.acked_upto, batches = self.in_flight.len(), "ack timeout; resending");
-            for f in &mut self.in_flight {
-                f.resend = true;
-            }
-        }
-    }
-
-    // ----- sending -----
-
-    /// Sends whatever the window, the look-ahead and the budget allow, then loads.
-    fn pump(&mut self, now: Instant, out: &mut Vec<Output>) {
-        self.budget_wake = None;
-        if let Some(b) = &mut self.bucket {
-            b.refill(now);
-        }
-        loop {
-            if self.budget_limited() {
-                if let Some((picked, bound)) = self.plan_express() {
-                    if !self.budget_allows(bound) {
-                        break;
-                    }
-                    self.send_express(picked, out);
-                    continue;
-                }
-            }
-            if let Some(i) = self.in_flight.iter().position(|f| f.resend) {
-                let len = self.in_flight.get(i).map_or(0, |f| f.frame.len());
-                if !self.budget_allows(len) {
-                    break;
-                }
-                self.resend(i, now, out);
-                continue;
-            }
-            if self.in_flight.len() < self.cfg.window {
-                if let Some((n, bound)) = self.plan_range() {
-                    if !self.budget_allows(bound) {
-                        break;
-                    }
-                    if self.send_range(n, now, out) {
-                        continue;
-                    }
-                    break;
-                }
-            }
-            break;
-        }
-        self.maybe_load(out);
-    }
-
-    /// Whether the budget lets a frame of `len` bytes go now; if not, sets the wake-up.
-    fn budget_allows(&mut self, len: usize) -> bool {
-        let Some(b) = &self.bucket else {
-            return true;
-        };
-        if b.allows(len) {
-            return true;
-        }
-        self.budget_wake = b.wake(len);
-        false
-    }
-
-    fn spend(&mut self, frame: &[u8], records: usize) {
-        if let Some(b) = &mut self.bucket {
-            b.take(frame.len());
-        }
-        self.stats.sent_batches += 1;
-        self.stats.sent_records += records as u64;
-        self.stats.bytes_sent += frame.len() as u64;
-    }
-
-    /// The pending work (look-ahead and resends) exceeds the tokens at hand.
-    fn budget_limited(&self) -> bool {
-        let Some(b) = &self.bucket else {
-            return false;
-        };
-        let resends: usize = self
-            .in_flight
-            .iter()
-            .filter(|f| f.resend)
-            .map(|f| f.frame.len())
-            .sum();
-        let work = self.lookahead_bytes + resends + self.empty_len + FRAME_SLACK;
-        i64::try_from(work).unwrap_or(i64::MAX) > b.tokens
-    }
-
-    /// Entries of the next range batch and its size bound; `None` if nothing should go
-    /// yet (empty look-ahead, or a partial batch while more may be loaded).
-    fn plan_range(&self) -> Option<(usize, usize)> {
-        if self.lookahead.is_empty() {
-            return None;
-        }
-        let max_entries = self
-            .shrink
-            .unwrap_or(self.cfg.max_batch_records)
-            .clamp(1, self.cfg.max_batch_records);
-        let mut n = 0usize;
-        let mut records = 0usize;
-        let mut bytes = self.empty_len + FRAME_SLACK;
-        let mut full = false;
-        for e in &self.lookahead {
-            if n == max_entries {
-                full = true;
-                break;
-            }
-            if e.rec.is_some() {
-                if records > 0 && bytes + e.cost > self.cfg.max_batch_bytes {
-                    full = true;
-                    break;
-                }
-                records += 1;
-                bytes += e.cost;
-            }
-            n += 1;
-        }
-        if n == max_entries {
-            full = true;
-        }
-        if !full && !self.exhausted {
-            return None; // wait for the pending Load to fill the batch
-        }
-        Some((n, bytes))
-    }
-
-    /// Sends the next `n` look-ahead entries as one range batch. Returns whether the
-    /// state moved on (so the caller's loop ends).
-    fn send_range(&mut self, n: usize, now: Instant, out: &mut Vec<Output>) -> bool {
-        let Ok(from) = u64::try_from(self.next_from) else {
-            return false;
-        };
-        let mut taken = Vec::with_capacity(n);
-        let mut had = Vec::with_capacity(n);
-        let mut records = Vec::with_capacity(n);
-        for _ in 0..n {
-            let Some(mut e) = self.pop_entry() else {
-                break;
-            };
-            let r = e.rec.take();
-            had.push(r.is_some());
-            records.extend(r);
-            taken.push(e);
-        }
-        let Some(to) = taken.last().map(|e| e.seq) else {
-            return false;
-        };
-        let count = records.len();
-        let (res, back) = encode_up(
-            &self.node,
-            self.epoch,
-            records,
-            Some((from, to)),
-            self.cfg.max_frame,
-        );
-        match res {
-            Ok(frame) => {
-                self.shrink = None;
-                self.next_from = u128::from(to) + 1;
-                self.spend(&frame, count);
-                out.push(Output::Send {
-                    frame: frame.clone(),
-                    range: Some((from, to)),
-                    records: count,
-                });
-                self.in_flight.push_back(Flight {
-                    range: (from, to),
-                    frame,
-                    records: count,
-                    sent_at: now,
-                    resend: false,
-                });
-                true
-            }
-            Err(e) => {
-                // Cannot happen: every record was encoded alone and the size bound
-                // holds. Still, lose nothing and never spin: put the entries back and
-                // halve the batch, down to skipping a lone record.
-                tracing::error!(node = %self.node, from, to, error = %e, "range batch failed to encode");
-                let mut back = back.into_iter();
-                for (t, had) in taken.iter_mut().zip(had) {
-                    if had {
-                        t.rec = back.next();
-                    }
-                }
-                for t in taken.into_iter().rev() {
-                    self.lookahead_bytes += t.cost;
-                    self.lookahead.push_front(t);
-                }
-                match count {
-                    0 => false,
-                    1 if n == 1 => {
-                        if let Some(front) = self.lookahead.pop_front() {
-                            let seq = front.seq;
-                            self.lookahead_bytes = self.lookahead_bytes.saturating_sub(front.cost);
-                            let skipped = self.skip(seq, "record refused in a batch", false);
-                            self.lookahead.push_front(skipped);
-                        }
-                        true
-                    }
-                    _ => {
-                        self.shrink = Some((n / 2).max(1));
-                        true
-                    }
-                }
-            }
-        }
-    }
-
-    fn resend(&mut self, i: usize, now: Instant, out: &mut Vec<Output>) {
-        let Some(f) = self.in_flight.get_mut(i) else {
-            return;
-        };
-        f.resend = false;
-        f.sent_at = now;
-        let frame = f.frame.clone();
-        let (range, records) = (f.range, f.records);
-        self.stats.resent_batches += 1;
-        self.spend(&frame, records);
-        out.push(Output::Send {
-            frame,
-            range: Some(range),
-            records,
-        });
-    }
-
-    /// Look-ahead indices (increasing) of the next express batch and its size bound.
-    fn plan_express(&self) -> Option<(Vec<usize>, usize)> {
-        let mut picked = Vec::new();
-        let mut bytes = self.empty_len + FRAME_SLACK;
-        'ranks: for rank in 0..3u8 {
-            for (i, e) in self.lookahead.iter().enumerate() {
-                let Some(r) = &e.rec else { continue };
-                if e.expressed || express_rank(&r.kind) != Some(rank) {
-                    continue;
-                }
-                if picked.len() == self.cfg.max_batch_records {
-                    break 'ranks;
-                }
-                if !picked.is_empty() && bytes + e.cost > self.cfg.max_batch_bytes {
-                    continue;
-                }
-                picked.push(i);
-                bytes += e.cost;
-            }
-        }
-        if picked.is_empty() {
-            return None;
-        }
-        picked.sort_unstable();
-        Some((picked, bytes))
-    }
-
-    fn send_express(&mut self, picked: Vec<usize>, out: &mut Vec<Output>) {
-        let mut records = Vec::with_capacity(picked.len());
-        for &i in &picked {
-            if let Some(e) = self.lookahead.get_mut(i) {
-                e.expressed = true;
-                if let Some(r) = &e.rec {
-                    records.push(r.clone());
-                }
-            }
-        }
-        let count = records.len();
-        let (res, _) = encode_up(&self.node, self.epoch, records, None, self.cfg.max_frame);
-        match res {
-            Ok(frame) => {
-                self.stats.express_batches += 1;
-                self.spend(&frame, count);
-                out.push(Output::Send {
-                    frame,
-                    range: None,
-                    records: count,
-                });
-            }
-            // Cannot happen; the records still go in their range batches.
-            Err(e) => {
-                tracing::error!(node = %self.node, error = %e, "express batch failed to encode")
-            }
         }
     }
 }

@@ -1,8 +1,11 @@
 #![allow(clippy::unwrap_used)]
+// Tests take `Instant::now()` as an arbitrary origin; the machine only compares instants.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use hedge_wire::{decode, IncidentState, InstanceStatus, Severity};
+use hedge_wire::limits::{DEFAULT_MAX_FRAME, MAX_RECORDS};
+use hedge_wire::{decode, IncidentState, InstanceStatus, Message, RecordKind, Severity, Up};
 
 use super::*;
 
@@ -154,9 +157,9 @@ fn acks_for_another_epoch_delete_nothing() {
 }
 
 /// A machine that has started and is connected, at `t0`.
-fn connected(cfg: Config) -> (Sync, Instant, Vec<Output>) {
+fn connected(cfg: Config) -> (SyncMachine, Instant, Vec<Output>) {
     let t0 = Instant::now();
-    let mut s = Sync::new(node(), EPOCH, cfg, 7);
+    let mut s = SyncMachine::new(node(), EPOCH, cfg, 7);
     assert_eq!(s.handle(t0, Input::Start), vec![Output::Connect]);
     let out = s.handle(t0, Input::LinkUp);
     assert!(s.is_connected());
@@ -165,7 +168,7 @@ fn connected(cfg: Config) -> (Sync, Instant, Vec<Output>) {
 
 /// Answers `Load`s from `outbox` until none is asked, feeding the answers back.
 fn serve(
-    s: &mut Sync,
+    s: &mut SyncMachine,
     now: Instant,
     outbox: &BTreeMap<u64, Record>,
     first: Vec<Output>,
@@ -192,7 +195,12 @@ fn serve(
 }
 
 /// Feeds `input`, then serves the `Load`s that follow.
-fn drive(s: &mut Sync, now: Instant, outbox: &BTreeMap<u64, Record>, input: Input) -> Vec<Output> {
+fn drive(
+    s: &mut SyncMachine,
+    now: Instant,
+    outbox: &BTreeMap<u64, Record>,
+    input: Input,
+) -> Vec<Output> {
     let first = s.handle(now, input);
     serve(s, now, outbox, first)
 }
@@ -206,7 +214,7 @@ fn outbox_of(records: impl IntoIterator<Item = Record>) -> BTreeMap<u64, Record>
 #[test]
 fn backoff_grows_with_jitter_is_capped_and_resets_after_link_up() {
     let cfg = Config::default();
-    let mut s = Sync::new(node(), EPOCH, cfg.clone(), 42);
+    let mut s = SyncMachine::new(node(), EPOCH, cfg.clone(), 42);
     let mut now = Instant::now();
     assert_eq!(s.handle(now, Input::Start), vec![Output::Connect]);
     assert_eq!(s.deadline(), None);
@@ -262,7 +270,7 @@ fn backoff_grows_with_jitter_is_capped_and_resets_after_link_up() {
 #[test]
 fn stale_connect_results_are_ignored() {
     let t0 = Instant::now();
-    let mut s = Sync::new(node(), EPOCH, Config::default(), 1);
+    let mut s = SyncMachine::new(node(), EPOCH, Config::default(), 1);
     // Before Start nothing happens.
     assert!(s.handle(t0, Input::Tick).is_empty());
     assert!(s.handle(t0, Input::ConnectFailed).is_empty());
@@ -777,7 +785,7 @@ fn budget_sends_incidents_express_first() {
 
 #[test]
 fn no_budget_means_no_express() {
-    let outbox = outbox_of((1..=40).map(|s| any_record(s, s as u32)));
+    let outbox = outbox_of((1..=40).map(|s| any_record(s, u32::try_from(s).unwrap())));
     let cfg = Config {
         max_batch_records: 4,
         ..Config::default()
@@ -836,7 +844,7 @@ fn arbitrary_inputs_never_panic_and_stay_bounded() {
             ack_timeout: Duration::from_millis(rng.u64(0..2000)),
             ..Config::default()
         };
-        let mut s = Sync::new(node(), EPOCH, cfg.clone(), round);
+        let mut s = SyncMachine::new(node(), EPOCH, cfg.clone(), round);
         let cap = cfg.window.max(1) * cfg.max_batch_records.clamp(1, MAX_RECORDS);
         for _ in 0..2000 {
             // Time may even go backwards.
@@ -936,7 +944,7 @@ struct Sim {
     rng: fastrand::Rng,
     now: Instant,
     cfg: Config,
-    sync: Sync,
+    sync: SyncMachine,
     outbox: BTreeMap<u64, Record>,
     inserted: BTreeSet<u64>,
     next_seq: u64,
@@ -973,7 +981,7 @@ impl Sim {
             max_frame: DEFAULT_MAX_FRAME,
         };
         Sim {
-            sync: Sync::new(node(), EPOCH, cfg.clone(), seed),
+            sync: SyncMachine::new(node(), EPOCH, cfg.clone(), seed),
             cfg,
             rng,
             now: Instant::now(),
@@ -1107,7 +1115,7 @@ impl Sim {
             self.connect_at = None;
             self.to_node.clear();
             self.deleted = 0;
-            self.sync = Sync::new(node(), EPOCH, self.cfg.clone(), self.rng.u64(..));
+            self.sync = SyncMachine::new(node(), EPOCH, self.cfg.clone(), self.rng.u64(..));
             self.feed(Input::Start);
         }
         // The broker delivers to the master, possibly reordered.
