@@ -67,14 +67,10 @@
 
 use std::path::Path;
 
+use hedge_uplink::topic::{ack_topic, desired_topic, up_topic, ALL_TOPICS, MASTER_UP_FILTER};
+
 /// The MQTT username (certificate CN) of every master.
 pub const MASTER_USER: &str = "hedge-master";
-
-/// The shared-subscription group masters join.
-pub const SHARE_GROUP: &str = "hedge";
-
-/// The filter masters subscribe to (shared: each record goes to one master).
-pub const MASTER_UP_FILTER: &str = "$share/hedge/hedge/v1/+/up";
 
 /// Largest message payload the broker accepts (`message_size_limit`); larger ones are
 /// dropped by the broker (QoS 1 still completes) and never reach a master. Above a node's
@@ -89,21 +85,6 @@ const _: () = assert!(MESSAGE_SIZE_LIMIT >= hedge_wire::limits::DEFAULT_MAX_FRAM
 
 /// Directory (inside DIR) of mosquitto's persistence file.
 pub const DATA_DIR: &str = "mosquitto-data";
-
-/// `hedge/v1/<node>/up`: node → master records (QoS 1).
-pub fn up_topic(node: &str) -> String {
-    format!("hedge/v1/{node}/up")
-}
-
-/// `hedge/v1/<node>/ack`: master → node acknowledgements.
-pub fn ack_topic(node: &str) -> String {
-    format!("hedge/v1/{node}/ack")
-}
-
-/// `hedge/v1/<node>/desired`: master → node desired state (retained).
-pub fn desired_topic(node: &str) -> String {
-    format!("hedge/v1/{node}/desired")
-}
 
 /// Where the two listeners of [`config`] bind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,16 +206,20 @@ pub fn acl() -> String {
 # Masters: everything under hedge/v1/. mosquitto 2.0 grants every SUBSCRIBE (the shared
 # {share} too) and checks `read` per delivered message, on its real topic.
 user {master}
-topic readwrite hedge/v1/#
+topic readwrite {all}
 
 # Every client, by its own CN (%u): publish its records, read its desired state and acks.
 # A node id is a hedge Name ([a-z0-9._-]), so %u never holds a wildcard or a '/'.
-pattern write hedge/v1/%u/up
-pattern read hedge/v1/%u/desired
-pattern read hedge/v1/%u/ack
+pattern write {up}
+pattern read {desired}
+pattern read {ack}
 ",
         share = MASTER_UP_FILTER,
         master = MASTER_USER,
+        all = ALL_TOPICS,
+        up = up_topic("%u"),
+        desired = desired_topic("%u"),
+        ack = ack_topic("%u"),
     )
 }
 

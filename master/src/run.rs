@@ -30,7 +30,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hedge_uplink::mqtt::{ack_topic, desired_topic};
+use hedge_uplink::topic::{ack_topic, desired_topic, node_of_up_topic, MASTER_UP_FILTER};
 use hedge_wire::codec::{decode, encode};
 use hedge_wire::limits::DEFAULT_MAX_FRAME;
 use hedge_wire::{Ack, Message, Name};
@@ -40,9 +40,6 @@ pub use crate::admission::IngestLimits;
 use crate::admission::{Admission, Refusal};
 use crate::store::{MasterStore, StoreError};
 use crate::worker::{Done, Job, Worker};
-
-/// The shared subscription every master process joins.
-pub const UP_FILTER: &str = "$share/hedge/hedge/v1/+/up";
 
 /// Largest MQTT packet the master's client sends or accepts; a larger incoming packet
 /// makes rumqttc drop the connection, hence the broker's smaller
@@ -130,12 +127,6 @@ fn options(s: &Settings) -> MqttOptions {
     o
 }
 
-/// The node a `hedge/v1/<node>/up` topic names.
-pub fn node_of_up_topic(topic: &str) -> Option<Name> {
-    let rest = topic.strip_prefix("hedge/v1/")?.strip_suffix("/up")?;
-    Name::new(rest).ok()
-}
-
 /// Publishes the desired-state frames the worker found newer than `published`.
 fn publish_desired(
     client: &AsyncClient,
@@ -213,7 +204,7 @@ pub async fn run(
                 }
                 ev = eventloop.poll() => match ev {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        if let Err(e) = client.try_subscribe(UP_FILTER, QoS::AtLeastOnce) {
+                        if let Err(e) = client.try_subscribe(MASTER_UP_FILTER, QoS::AtLeastOnce) {
                             tracing::warn!(error = %e, "cannot subscribe");
                         }
                     }
@@ -351,21 +342,5 @@ fn ingested(
             c.refused += 1;
             tracing::warn!(node = %node, error = %e, "cannot store records; not acknowledged");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn up_topics_name_their_node() {
-        assert_eq!(
-            node_of_up_topic("hedge/v1/n-1/up").map(|n| n.to_string()),
-            Some("n-1".into())
-        );
-        assert_eq!(node_of_up_topic("hedge/v1/../up"), None);
-        assert_eq!(node_of_up_topic("hedge/v1/a/b/up"), None);
-        assert_eq!(node_of_up_topic("hedge/v1/a/ack"), None);
     }
 }

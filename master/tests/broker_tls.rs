@@ -17,10 +17,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hedge_master::mosquitto::{self, MASTER_UP_FILTER};
 use hedge_master::pki::{self, InitOptions};
 use hedge_master::run::{IngestLimits, Settings};
 use hedge_master::store::MasterStore;
+use hedge_uplink::topic::{self, MASTER_UP_FILTER};
 use hedge_wire::codec::encode;
 use hedge_wire::limits::DEFAULT_MAX_FRAME;
 use hedge_wire::{InstanceStatus, Message, Name, Record, RecordKind, Up};
@@ -329,7 +329,7 @@ async fn shared_subscription_gets_each_nodes_own_records_only() {
     let mut a = Client::connect("node-a", fleet.node_port, fleet.node_tls("a"))
         .connected()
         .await;
-    a.publish(&mosquitto::up_topic("a"), "a-1", false).await;
+    a.publish(&topic::up_topic("a"), "a-1", false).await;
     let got = master.publishes_until("a-1").await;
     assert_eq!(
         summary(&got),
@@ -341,16 +341,15 @@ async fn shared_subscription_gets_each_nodes_own_records_only() {
     let mut b = Client::connect("node-b", fleet.node_port, fleet.node_tls("b"))
         .connected()
         .await;
-    b.publish(&mosquitto::up_topic("a"), "forged-by-b", false)
-        .await;
-    b.publish(&mosquitto::up_topic("b"), "b-1", false).await;
+    b.publish(&topic::up_topic("a"), "forged-by-b", false).await;
+    b.publish(&topic::up_topic("b"), "b-1", false).await;
     let got = master.publishes_until("b-1").await;
     assert_eq!(
         summary(&got),
         [("hedge/v1/b/up".to_string(), "b-1".to_string())]
     );
     // B is still connected: forbidden publishes do not disconnect.
-    b.publish(&mosquitto::up_topic("b"), "b-2", false).await;
+    b.publish(&topic::up_topic("b"), "b-2", false).await;
     master.publishes_until("b-2").await;
 }
 
@@ -361,27 +360,27 @@ async fn a_node_reads_only_its_own_desired_state_and_acks() {
         .connected()
         .await;
     master
-        .publish(&mosquitto::desired_topic("b"), "desired-b", true)
+        .publish(&topic::desired_topic("b"), "desired-b", true)
         .await;
     master
-        .publish(&mosquitto::desired_topic("a"), "desired-a", true)
+        .publish(&topic::desired_topic("a"), "desired-a", true)
         .await;
     // B may not write anyone's desired state, its own included.
     let mut b = Client::connect("node-b", fleet.node_port, fleet.node_tls("b"))
         .connected()
         .await;
-    b.publish(&mosquitto::desired_topic("a"), "forged-by-b", true)
+    b.publish(&topic::desired_topic("a"), "forged-by-b", true)
         .await;
-    b.publish(&mosquitto::desired_topic("b"), "forged-by-b", true)
+    b.publish(&topic::desired_topic("b"), "forged-by-b", true)
         .await;
 
     // Retained: B's desired state would come with the first SUBACK, before A's.
     let mut a = Client::connect("node-a", fleet.node_port, fleet.node_tls("a"))
         .connected()
         .await;
-    a.subscribe(&mosquitto::desired_topic("b")).await;
+    a.subscribe(&topic::desired_topic("b")).await;
     a.subscribe("hedge/v1/#").await;
-    a.subscribe(&mosquitto::ack_topic("a")).await;
+    a.subscribe(&topic::ack_topic("a")).await;
     let got = a.publishes_until("desired-a").await;
     assert_eq!(
         summary(&got),
@@ -389,15 +388,11 @@ async fn a_node_reads_only_its_own_desired_state_and_acks() {
     );
 
     // Live: published for B first, then for A; A gets only its own.
+    master.publish(&topic::ack_topic("b"), "ack-b", false).await;
     master
-        .publish(&mosquitto::ack_topic("b"), "ack-b", false)
+        .publish(&topic::desired_topic("b"), "desired-b-2", true)
         .await;
-    master
-        .publish(&mosquitto::desired_topic("b"), "desired-b-2", true)
-        .await;
-    master
-        .publish(&mosquitto::ack_topic("a"), "ack-a", false)
-        .await;
+    master.publish(&topic::ack_topic("a"), "ack-a", false).await;
     let got = a.publishes_until("ack-a").await;
     assert!(
         got.iter().all(|p| p.topic.starts_with("hedge/v1/a/")),
@@ -457,14 +452,14 @@ async fn a_node_cannot_take_over_another_nodes_client_id() {
     let mut a = Client::connect("a", fleet.node_port, fleet.node_tls("a"))
         .connected()
         .await;
-    a.subscribe(&mosquitto::desired_topic("a")).await;
+    a.subscribe(&topic::desired_topic("a")).await;
 
     let mut b = Client::connect("a", fleet.node_port, fleet.node_tls("b"))
         .connected()
         .await;
     // B's session is B's own: its records still reach a master as B's.
     master.subscribe(MASTER_UP_FILTER).await;
-    b.publish(&mosquitto::up_topic("b"), "b-1", false).await;
+    b.publish(&topic::up_topic("b"), "b-1", false).await;
     let got = master.publishes_until("b-1").await;
     assert_eq!(
         summary(&got),
@@ -475,7 +470,7 @@ async fn a_node_cannot_take_over_another_nodes_client_id() {
     // first connection (`next` panics on a connection error: the event loop would have
     // reported the broker closing it), and nothing else happened to it meanwhile.
     master
-        .publish(&mosquitto::desired_topic("a"), "after-b", false)
+        .publish(&topic::desired_topic("a"), "after-b", false)
         .await;
     let got = a.publishes_until("after-b").await;
     assert_eq!(
@@ -583,7 +578,7 @@ async fn a_flooding_node_does_not_keep_another_nodes_records_out() {
         );
         a.mqtt
             .publish(
-                mosquitto::up_topic("a"),
+                topic::up_topic("a"),
                 QoS::AtLeastOnce,
                 false,
                 up_frame("a", 1, 1),
@@ -616,17 +611,12 @@ async fn a_flooding_node_does_not_keep_another_nodes_records_out() {
         let big = vec![0xa5u8; 300 * 1024];
         let mut seq = 1u64;
         loop {
-            b.publish(
-                mosquitto::up_topic("b"),
-                QoS::AtMostOnce,
-                false,
-                big.clone(),
-            )
-            .await
-            .unwrap();
+            b.publish(topic::up_topic("b"), QoS::AtMostOnce, false, big.clone())
+                .await
+                .unwrap();
             for _ in 0..10 {
                 b.publish(
-                    mosquitto::up_topic("b"),
+                    topic::up_topic("b"),
                     QoS::AtLeastOnce,
                     false,
                     up_frame("b", seq, seq + 9),
@@ -645,7 +635,7 @@ async fn a_flooding_node_does_not_keep_another_nodes_records_out() {
 
     // A publishes 50 batches, once each, while B floods.
     for seq in 2..=51 {
-        a.publish_bytes(&mosquitto::up_topic("a"), up_frame("a", seq, seq))
+        a.publish_bytes(&topic::up_topic("a"), up_frame("a", seq, seq))
             .await;
     }
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -683,19 +673,19 @@ async fn a_locked_store_never_stalls_the_masters_event_loop() {
     let mut a = Client::connect("node-a", fleet.node_port, fleet.node_tls("a"))
         .connected()
         .await;
-    a.subscribe(&mosquitto::ack_topic("a")).await;
+    a.subscribe(&topic::ack_topic("a")).await;
     // The master is up once a first batch is stored.
     let deadline = Instant::now() + WAIT;
     while view.count(&a_name).unwrap() == 0 {
         assert!(Instant::now() < deadline, "the master never stored a batch");
-        a.publish_bytes(&mosquitto::up_topic("a"), up_frame("a", 1, 1))
+        a.publish_bytes(&topic::up_topic("a"), up_frame("a", 1, 1))
             .await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     let lock = rusqlite::Connection::open(&db).unwrap();
     lock.execute_batch("BEGIN IMMEDIATE").unwrap();
-    a.publish_bytes(&mosquitto::up_topic("a"), up_frame("a", 2, 2))
+    a.publish_bytes(&topic::up_topic("a"), up_frame("a", 2, 2))
         .await;
     // Holding the lock is the scenario (not a wait for something): 5 s, well past the
     // 1.5 s after which the broker drops a master whose loop is stuck.

@@ -14,8 +14,8 @@
 //! they belong to. A busy node (an append every few milliseconds) therefore cannot
 //! restart a slow connect over and over.
 //!
-//! Topics: publishes `hedge/v1/<node>/up` (QoS 1); subscribes `hedge/v1/<node>/ack` and
-//! `hedge/v1/<node>/desired` (retained by the master).
+//! Topics ([`crate::topic`]): publishes `hedge/v1/<node>/up` (QoS 1); subscribes
+//! `hedge/v1/<node>/ack` and `hedge/v1/<node>/desired` (retained by the master).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,21 +29,7 @@ use rumqttc::{
 use tokio::sync::mpsc;
 
 use crate::sync::{Config, Input, Output, SyncMachine};
-
-/// Topic of a node's records.
-pub fn up_topic(node: &str) -> String {
-    format!("hedge/v1/{node}/up")
-}
-
-/// Topic of the master's acknowledgements to a node.
-pub fn ack_topic(node: &str) -> String {
-    format!("hedge/v1/{node}/ack")
-}
-
-/// Topic of a node's desired state (retained).
-pub fn desired_topic(node: &str) -> String {
-    format!("hedge/v1/{node}/desired")
-}
+use crate::topic::{ack_topic, desired_topic, up_topic};
 
 /// Where and how to connect.
 #[derive(Clone)]
