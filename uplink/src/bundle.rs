@@ -20,23 +20,23 @@ pub enum BundleError {
     /// The file could not be read.
     #[error("{path}: {source}")]
     Read {
-        /// File.
+        /// The bundle file.
         path: PathBuf,
-        /// Why.
+        /// The I/O error.
         source: std::io::Error,
     },
     /// Malformed TOML or unknown keys.
     #[error("{path}: {source}")]
     Parse {
-        /// File.
+        /// The bundle file.
         path: PathBuf,
-        /// toml's message.
+        /// toml's error, with the line and column.
         source: toml::de::Error,
     },
     /// A field is unusable.
     #[error("{path}: {what}")]
     Invalid {
-        /// File.
+        /// The bundle file.
         path: PathBuf,
         /// What is wrong.
         what: String,
@@ -55,7 +55,7 @@ pub struct Bundle {
     pub node: Name,
     /// Broker host nodes dial.
     pub broker_host: String,
-    /// Broker TLS port.
+    /// Port of the broker's mutual-TLS listener.
     pub broker_port: u16,
     /// The master's ed25519 public key (64 hex digits) that signs desired states.
     pub master_public_key: String,

@@ -1,15 +1,25 @@
 //! Node <-> master sync.
 //!
+//! The link-agnostic core (always built; no rumqttc, rustls or tokio, so a second driver
+//! such as a mesh link can depend on it alone):
 //! - [`sync`]: the pure sync state machine that moves the node's outbox to the master
-//!   (no I/O, no clock); driven by the MQTT driver and, later, by a mesh link.
-//! - [`mqtt`]: the node's MQTT driver (rumqttc, mutual TLS) around that core.
-//! - [`bundle`]: the enrollment bundle a node joins a fleet with.
-//! - [`tls`]: rustls client configuration from the fleet CA and a client certificate.
+//!   (no I/O, no clock), driven by a link driver.
+//! - [`link`]: the messages between the node daemon and a link driver.
 //! - [`topic`]: the MQTT topic names, built and parsed here for both node and master.
+//! - [`bundle`]: the enrollment bundle a node joins a fleet with.
+//!
+//! Behind features (both on by default):
+//! - `tls` (feature `tls`): rustls client configuration from the fleet CA and a client
+//!   certificate.
+//! - `mqtt` (feature `mqtt`, implies `tls`): the node's MQTT driver (rumqttc, tokio,
+//!   mutual TLS) around the core.
 
 pub mod bundle;
+pub mod link;
+#[cfg(feature = "mqtt")]
 pub mod mqtt;
 pub mod sync;
+#[cfg(feature = "tls")]
 pub mod tls;
 pub mod topic;
 

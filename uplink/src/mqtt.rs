@@ -21,75 +21,34 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hedge_wire::codec::decode;
-use hedge_wire::{Message, Name, Record};
+use hedge_wire::{Message, Name};
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeFilter,
     TlsConfiguration, Transport,
 };
 use tokio::sync::mpsc;
 
+use crate::link::{ToLink, ToNode};
 use crate::sync::{Config, Input, Output, SyncMachine};
 use crate::topic::{ack_topic, desired_topic, up_topic};
 
 /// Where and how to connect.
 #[derive(Clone)]
 pub struct LinkSettings {
-    /// This node.
+    /// The node this link speaks for (also its MQTT client id).
     pub node: Name,
     /// Its store's epoch (the life its records belong to).
     pub epoch: u64,
-    /// Broker host.
+    /// Broker host name or address (also the name its TLS certificate must carry).
     pub host: String,
-    /// Broker TLS port.
+    /// Port of the broker's mutual-TLS listener.
     pub port: u16,
     /// TLS client configuration (see `crate::tls`).
     pub tls: Arc<rustls::ClientConfig>,
-    /// Batching and timing.
+    /// Tuning of the sync core: batches, window, timeouts, byte budget.
     pub sync: Config,
-    /// MQTT keepalive.
+    /// MQTT keep-alive interval (at least one second is used).
     pub keepalive: Duration,
-}
-
-/// From the link to the daemon.
-#[derive(Debug)]
-pub enum ToNode {
-    /// Read up to `limit` outbox records with `seq >= from`; answer with [`ToLink::Loaded`].
-    Load {
-        /// First seq.
-        from: u64,
-        /// Most records.
-        limit: usize,
-    },
-    /// The master holds everything up to `upto`: delete it.
-    Delete {
-        /// Highest acknowledged seq.
-        upto: u64,
-    },
-    /// Range batches up to `upto` have been sent (maybe not yet acknowledged).
-    Sent {
-        /// Highest seq sent in a range.
-        upto: u64,
-    },
-    /// A frame from the desired-state topic (unverified).
-    Desired(Vec<u8>),
-    /// The link went up or down.
-    Link(bool),
-}
-
-/// From the daemon to the link.
-#[derive(Debug)]
-pub enum ToLink {
-    /// The answer to [`ToNode::Load`].
-    Loaded {
-        /// The `from` asked.
-        from: u64,
-        /// Records, increasing.
-        records: Vec<Record>,
-        /// No records beyond these exist now.
-        end: bool,
-    },
-    /// Records were appended.
-    OutboxChanged,
 }
 
 enum State {
@@ -138,6 +97,8 @@ fn options(s: &LinkSettings) -> MqttOptions {
 }
 
 /// Runs the link until the daemon drops its end of the channels.
+// The I/O driver: it reads the clock the pure core is fed with.
+#[allow(clippy::disallowed_methods)]
 pub async fn run(
     settings: LinkSettings,
     to_node: mpsc::UnboundedSender<ToNode>,

@@ -74,7 +74,7 @@ pub struct Pems {
     pub roots: RootCertStore,
     /// The certificate chain to present.
     pub certs: Vec<CertificateDer<'static>>,
-    /// Its private key.
+    /// The private key of the chain's first (leaf) certificate.
     pub key: PrivateKeyDer<'static>,
 }
 

@@ -5,7 +5,8 @@
 //! through channels; the daemon stays the single owner of the store. When the uplink is
 //! disabled or misconfigured the node runs offline and says why, once, in its log.
 
-use hedge_uplink::mqtt::{self, LinkSettings, ToLink, ToNode};
+use hedge_uplink::link::{ToLink, ToNode};
+use hedge_uplink::mqtt::{self, LinkSettings};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 

@@ -1,0 +1,52 @@
+//! The messages between the node daemon and a link driver (the MQTT driver today, a
+//! mesh link later), independent of the transport.
+//!
+//! Contract: a driver sends [`ToNode`]s and receives [`ToLink`]s over two channels; the
+//! daemon stays the single owner of the outbox. Every [`ToNode::Load`] is answered by one
+//! [`ToLink::Loaded`] with the same `from` (the [`crate::sync::Input::Loaded`] rules);
+//! [`ToLink::OutboxChanged`] follows every append. The daemon answers loads when it can,
+//! so a driver never blocks it.
+
+use hedge_wire::Record;
+
+/// From the link to the daemon.
+#[derive(Debug)]
+pub enum ToNode {
+    /// Read up to `limit` outbox records with `seq >= from`; answer with [`ToLink::Loaded`].
+    Load {
+        /// First seq wanted.
+        from: u64,
+        /// Most records wanted.
+        limit: usize,
+    },
+    /// The master holds everything up to `upto`: delete it.
+    Delete {
+        /// Highest acknowledged seq.
+        upto: u64,
+    },
+    /// Range batches up to `upto` have been sent (maybe not yet acknowledged).
+    Sent {
+        /// Highest seq sent in a range.
+        upto: u64,
+    },
+    /// A frame from the desired-state topic (unverified).
+    Desired(Vec<u8>),
+    /// The link went up (`true`) or down (`false`).
+    Link(bool),
+}
+
+/// From the daemon to the link.
+#[derive(Debug)]
+pub enum ToLink {
+    /// The answer to [`ToNode::Load`].
+    Loaded {
+        /// The `from` of the `Load` this answers.
+        from: u64,
+        /// Outbox records with `seq >= from`, increasing, at most `limit`.
+        records: Vec<Record>,
+        /// No records beyond these exist now.
+        end: bool,
+    },
+    /// Records were appended.
+    OutboxChanged,
+}
