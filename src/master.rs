@@ -8,7 +8,8 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use hedge_master::alloc::Placement;
 use hedge_master::billing::{self, Period, PriceList};
-use hedge_master::pki::{self, InitOptions, MasterConfig};
+use hedge_master::config::MasterConfig;
+use hedge_master::pki::{self, InitOptions};
 use hedge_master::sign::{self, MasterKey};
 use hedge_master::store::{MasterStore, StoreError};
 

@@ -9,6 +9,7 @@ pub mod admission;
 pub mod alloc;
 pub mod artifacts;
 pub mod billing;
+pub mod config;
 pub mod coverage;
 pub mod sign;
 pub mod store;

@@ -1,5 +1,5 @@
 //! The fleet PKI: a master directory (`hedge master init`) and node enrollment bundles
-//! (`hedge master enroll`), plus `master.toml`, the master's config file.
+//! (`hedge master enroll`).
 //!
 //! Contract:
 //! - [`init`] creates a master directory once (it refuses when `master.toml`, or any file
@@ -15,8 +15,7 @@
 //!   [`Bundle`], which the node reads with [`Bundle::load`] (`hedge node init --enroll
 //!   FILE`). It holds no private key: the node makes its key and sends a CSR with the
 //!   token; the master answers the certificate ([`issue_node_cert`]).
-//! - [`MasterConfig::load`] parses `master.toml` (`deny_unknown_fields`), resolves relative
-//!   paths against the file's directory and validates it before anything binds a socket.
+//! - [`master_toml`] is the commented `master.toml` it writes ([`crate::config`] reads it).
 //!
 //! Keys are ECDSA P-256 (OpenSSL in mosquitto and rustls/webpki on nodes both accept it).
 //! Validity starts at the Unix epoch: boards without an RTC (Raspberry Pi) may boot with a
@@ -40,10 +39,10 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
-use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
 
+use crate::config::{AllocationSection, MasterConfig};
 pub use crate::mosquitto::MASTER_USER;
 
 /// Errors of the PKI and of `master.toml`.
@@ -69,14 +68,9 @@ pub enum PkiError {
     /// Certificate generation or parsing failed.
     #[error("certificate: {0}")]
     Cert(#[from] rcgen::Error),
-    /// A TOML file (`master.toml` or a bundle) is malformed or has unknown keys.
-    #[error("{path}: {source}")]
-    Parse {
-        /// File.
-        path: PathBuf,
-        /// toml's message (names the key and line).
-        source: toml::de::Error,
-    },
+    /// `master.toml` does not load.
+    #[error(transparent)]
+    MasterToml(#[from] crate::config::ConfigError),
     /// The issuance log, the revoked list or the CRL.
     #[error(transparent)]
     Revocation(#[from] crate::revocation::RevocationError),
@@ -428,289 +422,6 @@ token_ttl_s = 604800
     )
 }
 
-/// `master.toml`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct MasterConfig {
-    /// `[master]`.
-    #[serde(default)]
-    pub master: MasterSection,
-    /// `[broker]`.
-    pub broker: BrokerSection,
-    /// `[signing]`.
-    pub signing: SigningSection,
-    /// `[allocation]`.
-    #[serde(default)]
-    pub allocation: AllocationSection,
-    /// `[billing]`.
-    #[serde(default)]
-    pub billing: BillingSection,
-    /// `[artifacts]`.
-    #[serde(default)]
-    pub artifacts: ArtifactsSection,
-    /// `[enrollment]`.
-    #[serde(default)]
-    pub enrollment: EnrollmentSection,
-    /// Directory of the file; relative paths were resolved against it.
-    #[serde(skip)]
-    pub base: PathBuf,
-}
-
-/// `[master]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MasterSection {
-    /// The store file (created on first run).
-    pub store: PathBuf,
-}
-
-impl Default for MasterSection {
-    fn default() -> Self {
-        MasterSection {
-            store: PathBuf::from("master.db"),
-        }
-    }
-}
-
-/// `[broker]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct BrokerSection {
-    /// Broker host masters dial (its masters' listener).
-    pub host: String,
-    /// Broker TLS port masters dial.
-    pub port: u16,
-    /// Broker host nodes dial (enrollment bundles, default artifact URL); default `host`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_host: Option<String>,
-    /// Broker TLS port nodes dial (its nodes' listener); default `port`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_port: Option<u16>,
-    /// Fleet CA certificate (PEM).
-    pub ca: PathBuf,
-    /// The master's client certificate (PEM, CN = hedge-master).
-    pub cert: PathBuf,
-    /// Its private key (PEM, mode 0600).
-    pub key: PathBuf,
-}
-
-impl BrokerSection {
-    /// The host nodes dial: `node_host`, else `host`.
-    pub fn node_host(&self) -> &str {
-        self.node_host.as_deref().unwrap_or(&self.host)
-    }
-
-    /// The port nodes dial: `node_port`, else `port`.
-    pub fn node_port(&self) -> u16 {
-        self.node_port.unwrap_or(self.port)
-    }
-}
-
-/// `[signing]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SigningSection {
-    /// The ed25519 seed file (32 raw bytes, mode 0600).
-    pub key: PathBuf,
-}
-
-/// `[allocation]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AllocationSection {
-    /// A node silent for longer is not allocated new instances, ms.
-    pub stale_after_ms: u64,
-}
-
-impl Default for AllocationSection {
-    fn default() -> Self {
-        AllocationSection {
-            stale_after_ms: 300_000,
-        }
-    }
-}
-
-/// `[enrollment]`: node certificates and enrollment tokens.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EnrollmentSection {
-    /// Lifetime of a node certificate, seconds (default 30 days). Nodes renew at 2/3.
-    pub cert_lifetime_s: u64,
-    /// How long after its certificate expired a node may still renew with its key,
-    /// seconds (default 90 days).
-    pub renew_grace_s: u64,
-    /// How long an enrollment token stays usable, seconds (default 7 days).
-    pub token_ttl_s: u64,
-}
-
-impl Default for EnrollmentSection {
-    fn default() -> Self {
-        EnrollmentSection {
-            cert_lifetime_s: 30 * 86_400,
-            renew_grace_s: 90 * 86_400,
-            token_ttl_s: 7 * 86_400,
-        }
-    }
-}
-
-/// `[billing]`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BillingSection {
-    /// Price list file; `None`: no invoices.
-    pub price_list: Option<PathBuf>,
-}
-
-/// `[artifacts]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ArtifactsSection {
-    /// Where supplied artifacts are kept (`DIR/<sha256 hex>`).
-    pub dir: PathBuf,
-    /// Address of the HTTPS endpoint; off when absent.
-    pub listen: Option<std::net::SocketAddr>,
-    /// The URL nodes dial (into enrollment bundles); default
-    /// `https://<broker.node_host>:<listen port>`.
-    pub url: Option<String>,
-    /// The endpoint's certificate (PEM; the broker's by default, whose names nodes check).
-    pub cert: PathBuf,
-    /// Its key (PEM, mode 0600).
-    pub key: PathBuf,
-}
-
-impl Default for ArtifactsSection {
-    fn default() -> Self {
-        ArtifactsSection {
-            dir: PathBuf::from("artifacts"),
-            listen: None,
-            url: None,
-            cert: PathBuf::from("broker.crt"),
-            key: PathBuf::from("broker.key"),
-        }
-    }
-}
-
-impl MasterConfig {
-    /// The artifact URL nodes are given, when the endpoint is on.
-    pub fn artifacts_url(&self) -> Option<String> {
-        let listen = self.artifacts.listen?;
-        Some(self.artifacts.url.clone().unwrap_or_else(|| {
-            let host = self.broker.node_host();
-            if host.contains(':') {
-                format!("https://[{host}]:{}", listen.port())
-            } else {
-                format!("https://{host}:{}", listen.port())
-            }
-        }))
-    }
-
-    /// Parses `path`, resolves relative paths against its directory, and validates.
-    pub fn load(path: &Path) -> Result<MasterConfig, PkiError> {
-        let text = std::fs::read_to_string(path).map_err(io(path))?;
-        let mut cfg: MasterConfig = toml::from_str(&text).map_err(|source| PkiError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
-        let parent = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let base = std::path::absolute(parent).map_err(io(parent))?;
-        cfg.resolve(&base);
-        cfg.validate().map_err(|what| PkiError::Config {
-            path: path.to_owned(),
-            what,
-        })?;
-        Ok(cfg)
-    }
-
-    fn resolve(&mut self, base: &Path) {
-        let r = |p: &mut PathBuf| {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        };
-        r(&mut self.master.store);
-        r(&mut self.broker.ca);
-        r(&mut self.broker.cert);
-        r(&mut self.broker.key);
-        r(&mut self.signing.key);
-        if let Some(p) = self.billing.price_list.as_mut() {
-            r(p);
-        }
-        r(&mut self.artifacts.dir);
-        r(&mut self.artifacts.cert);
-        r(&mut self.artifacts.key);
-        self.base = base.to_owned();
-    }
-
-    /// Checks values and that the referenced files exist (keys: not readable by others).
-    pub fn validate(&self) -> Result<(), String> {
-        check_host(&self.broker.host).map_err(|e| format!("broker.host: {e}"))?;
-        if self.broker.port == 0 || self.broker.node_port == Some(0) {
-            return Err("broker.port and broker.node_port must not be 0".into());
-        }
-        if let Some(h) = &self.broker.node_host {
-            check_host(h).map_err(|e| format!("broker.node_host: {e}"))?;
-        }
-        let e = &self.enrollment;
-        if e.cert_lifetime_s < 10 || e.cert_lifetime_s > 5 * 365 * 86_400 || e.token_ttl_s == 0 {
-            return Err(
-                "enrollment: need 10 <= cert_lifetime_s <= 5 years and token_ttl_s > 0".into(),
-            );
-        }
-        if self.allocation.stale_after_ms == 0 {
-            return Err("allocation.stale_after_ms must be > 0".into());
-        }
-        let file = |what: &str, p: &Path| -> Result<std::fs::Metadata, String> {
-            match std::fs::metadata(p) {
-                Ok(m) if m.is_file() => Ok(m),
-                Ok(_) => Err(format!("{what} = {}: not a file", p.display())),
-                Err(e) => Err(format!("{what} = {}: {e}", p.display())),
-            }
-        };
-        let secret = |what: &str, p: &Path| -> Result<(), String> {
-            if file(what, p)?.permissions().mode() & 0o077 != 0 {
-                return Err(format!(
-                    "{what} = {}: mode allows group/other access; chmod 600 it",
-                    p.display()
-                ));
-            }
-            Ok(())
-        };
-        file("broker.ca", &self.broker.ca)?;
-        file("broker.cert", &self.broker.cert)?;
-        secret("broker.key", &self.broker.key)?;
-        secret("signing.key", &self.signing.key)?;
-        if let Some(p) = &self.billing.price_list {
-            file("billing.price_list", p)?;
-        }
-        if self.artifacts.listen.is_some() {
-            file("artifacts.cert", &self.artifacts.cert)?;
-            secret("artifacts.key", &self.artifacts.key)?;
-        }
-        if let Some(u) = &self.artifacts.url {
-            let ok = u.starts_with("https://")
-                && u.len() <= 512
-                && u.bytes()
-                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
-            if !ok {
-                return Err(format!("artifacts.url {u:?}: not an https:// URL"));
-            }
-        }
-        if let Some(parent) = self.master.store.parent() {
-            if !parent.is_dir() {
-                return Err(format!(
-                    "master.store = {}: directory {} does not exist",
-                    self.master.store.display(),
-                    parent.display()
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Loads the signing key (raw 32-byte seed), refusing a file readable by others.
 pub fn load_signing_key(path: &Path) -> Result<SigningKey, PkiError> {
     let meta = std::fs::metadata(path).map_err(io(path))?;
@@ -833,7 +544,7 @@ fn san(s: &str) -> Result<SanType, PkiError> {
 }
 
 /// A host is an IP address or a DNS name: non-empty, printable ASCII without spaces.
-fn check_host(h: &str) -> Result<(), PkiError> {
+pub(crate) fn check_host(h: &str) -> Result<(), PkiError> {
     let ok = !h.is_empty()
         && h.len() <= 253
         && h.bytes()
@@ -1010,30 +721,6 @@ mod tests {
             enroll(&dir, &master, &tmp.path().join("m.toml")),
             Err(PkiError::Invalid(_))
         ));
-    }
-
-    #[test]
-    fn config_rejects_unknown_keys_and_exposed_keys() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path();
-        init(dir, &opts()).unwrap();
-        let path = dir.join("master.toml");
-        let text = std::fs::read_to_string(&path).unwrap();
-
-        std::fs::write(&path, format!("{text}\n[extra]\nx = 1\n")).unwrap();
-        assert!(matches!(
-            MasterConfig::load(&path),
-            Err(PkiError::Parse { .. })
-        ));
-
-        std::fs::write(&path, &text).unwrap();
-        std::fs::set_permissions(
-            dir.join("signing.key"),
-            std::fs::Permissions::from_mode(0o644),
-        )
-        .unwrap();
-        let err = MasterConfig::load(&path).unwrap_err().to_string();
-        assert!(err.contains("signing.key"), "{err}");
     }
 
     #[test]

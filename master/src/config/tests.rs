@@ -1,0 +1,34 @@
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt;
+
+use super::*;
+use crate::pki::{init, InitOptions};
+
+#[test]
+fn config_rejects_unknown_keys_and_exposed_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let opts = InitOptions {
+        extra_sans: vec!["broker.example".into()],
+        ..InitOptions::default()
+    };
+    init(dir, &opts).unwrap();
+    let path = dir.join("master.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+
+    std::fs::write(&path, format!("{text}\n[extra]\nx = 1\n")).unwrap();
+    assert!(matches!(
+        MasterConfig::load(&path),
+        Err(ConfigError::Parse { .. })
+    ));
+
+    std::fs::write(&path, &text).unwrap();
+    std::fs::set_permissions(
+        dir.join("signing.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let err = MasterConfig::load(&path).unwrap_err().to_string();
+    assert!(err.contains("signing.key"), "{err}");
+}
