@@ -11,7 +11,7 @@ use hedge_master::billing::{self, Period, PriceList};
 use hedge_master::config::MasterConfig;
 use hedge_master::pki::{self, InitOptions};
 use hedge_master::sign::{self, MasterKey};
-use hedge_master::store::{MasterStore, StoreError};
+use hedge_master::store::{FleetStore, MasterStore, StoreError};
 
 use hedge_wire::{InstanceRequest, Name, RecordKind};
 
@@ -545,7 +545,7 @@ fn print_list<T: serde::Serialize>(v: &View, list: &[T]) -> Result<(), Failure> 
     Ok(())
 }
 
-/// Places `request` (see `hedge_master::store::place`): allocation, a move off another
+/// Places `request` (see `FleetStore::place`): allocation, a move off another
 /// node, pruning and the size check all happen in the transaction that stores the
 /// signed state(s). Refusals exit 65.
 fn request_on_master(

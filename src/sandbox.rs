@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use clap::Subcommand;
 use hedge_master::pki::{self, InitOptions};
-use hedge_master::store::{MasterStore, NodeSummary};
+use hedge_master::store::{FleetStore, MasterStore, NodeSummary};
 use hedge_wire::{Name, Record, RecordKind};
 use serde_json::Value;
 

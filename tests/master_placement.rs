@@ -122,6 +122,7 @@ fn request(fleet: &Fleet, args: &[&str]) -> (Option<i32>, String, String) {
 
 /// The instances of `node`'s stored desired state: (name, requested state).
 fn desired(fleet: &Fleet, node: &str) -> Vec<(String, hedge_wire::RequestedState)> {
+    use hedge_master::store::FleetStore;
     let store =
         hedge_master::store::MasterStore::open(&fleet.master_dir().join("master.db")).unwrap();
     store

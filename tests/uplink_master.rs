@@ -653,6 +653,7 @@ fn desired_refusals(fleet: &Fleet, node: &Node, id: &str) -> Vec<String> {
         .filter(|r| r["kind"]["Desired"]["accepted"] == false)
         .filter_map(|r| Some(r["kind"]["Desired"]["reason"].as_str()?.to_string()))
         .collect();
+    use hedge_master::store::FleetStore;
     let store =
         hedge_master::store::MasterStore::open(&fleet.master_dir().join("master.db")).unwrap();
     let id = hedge_wire::Name::new(id).unwrap();

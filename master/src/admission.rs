@@ -6,7 +6,7 @@
 //! decoding it; a refused frame is counted, logged at most once per
 //! [`LOG_PERIOD_MS`] per node ([`Admission::should_log`]), and never stored nor acked
 //! (the node keeps it and resends later). The stored-bytes bound is enforced by the store
-//! inside the ingest transaction ([`crate::store::MasterStore::ingest_within`]), exact
+//! inside the ingest transaction ([`crate::store::FleetStore::ingest_within`]), exact
 //! across master processes; the rate bound is per master process.
 //!
 //! The rate is a token bucket per node: [`IngestLimits::burst`] frames at once, refilled

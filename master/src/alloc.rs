@@ -1,6 +1,6 @@
 //! Allocation: which node gets a new instance.
 //!
-//! Contract: [`pick`] is pure; [`crate::store::MasterStore::place`] calls it with the
+//! Contract: [`pick`] is pure; [`crate::store::FleetStore::place`] calls it with the
 //! fleet as its write transaction sees it and the clock, and stores the instance in that
 //! same transaction, so concurrent requests never over-fill a node. Rules, in order:
 //!

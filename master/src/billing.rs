@@ -2,7 +2,7 @@
 //!
 //! Contract: pure. The invoicing command reads a [`PriceList`] (TOML), asks the store
 //! for the usage records overlapping a calendar month
-//! ([`crate::store::MasterStore::usage`] with [`Period::start_ms`] /
+//! ([`crate::store::FleetStore::usage`] with [`Period::start_ms`] /
 //! [`Period::end_ms`]) and calls [`invoice`], which never fails and never panics.
 //!
 //! Rules:

@@ -11,6 +11,7 @@ pub mod artifacts;
 pub mod billing;
 pub mod config;
 pub mod coverage;
+pub mod placement;
 pub mod sign;
 pub mod store;
 pub mod worker;

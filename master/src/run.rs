@@ -38,7 +38,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Tr
 
 pub use crate::admission::IngestLimits;
 use crate::admission::{Admission, Refusal};
-use crate::store::{MasterStore, StoreError};
+use crate::store::{FleetStore, StoreError};
 use crate::worker::{Done, Job, Worker};
 
 /// Largest MQTT packet the master's client sends or accepts; a larger incoming packet
@@ -150,8 +150,8 @@ fn publish_desired(
 }
 
 /// Runs until `shutdown` resolves.
-pub async fn run(
-    store: MasterStore,
+pub async fn run<S: FleetStore + 'static>(
+    store: S,
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Counters, RunError> {

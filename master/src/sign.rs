@@ -162,7 +162,7 @@ pub fn needs_renewal(expires_ms: u64, now_ms: u64) -> bool {
 /// each; `hedge master run` publishes them like any newer state. A node whose state
 /// fails to re-sign is logged and skipped, the others still renew.
 pub fn renew_expiring(
-    store: &crate::store::MasterStore,
+    store: &impl crate::store::FleetStore,
     key: &MasterKey,
     now_ms: u64,
 ) -> Result<Vec<(hedge_wire::Name, u64)>, crate::store::StoreError> {

@@ -8,8 +8,8 @@
 //! its own thread and sends one [`Done`] per job back over a channel the loop selects
 //! on; an acknowledgement is published only from an [`Done::Ingested`] whose records
 //! are committed. Ingest jobs waiting together (up to [`Worker::BATCH`]) share one
-//! transaction and one commit ([`MasterStore::ingest_many`]): under load, one `fsync`
-//! serves many batches. Dropping the worker closes its queue; the thread ends after the job
+//! transaction and one commit ([`FleetStore::ingest_many`]): under load, one `fsync`
+//! serves many batches. The worker runs over any [`FleetStore`] backend. Dropping the worker closes its queue; the thread ends after the job
 //! in hand.
 
 use std::collections::BTreeMap;
@@ -19,7 +19,7 @@ use hedge_wire::limits::DEFAULT_MAX_FRAME;
 use hedge_wire::{Message, Name, Up};
 use tokio::sync::mpsc;
 
-use crate::store::{Ingested, MasterStore, StoreError};
+use crate::store::{Batch, FleetStore, Ingested, StoreError};
 
 /// Store work for the worker.
 #[derive(Debug)]
@@ -86,7 +86,10 @@ impl Worker {
     pub const BATCH: usize = 64;
 
     /// Starts the worker thread; it sends each job's [`Done`] on `done`.
-    pub fn start(store: MasterStore, done: mpsc::UnboundedSender<Done>) -> std::io::Result<Self> {
+    pub fn start<S: FleetStore + 'static>(
+        store: S,
+        done: mpsc::UnboundedSender<Done>,
+    ) -> std::io::Result<Self> {
         let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(Self::QUEUE);
         std::thread::Builder::new()
             .name("hedge-store".into())
@@ -131,8 +134,8 @@ impl Worker {
 }
 
 /// Stores `jobs` (all [`Job::Ingest`]) in one transaction; one [`Done`] per job.
-fn ingest(store: &MasterStore, jobs: Vec<Job>) -> Vec<Done> {
-    let batches: Vec<(Name, Up, u64, u64)> = jobs
+fn ingest(store: &impl FleetStore, jobs: Vec<Job>) -> Vec<Done> {
+    let batches: Vec<Batch> = jobs
         .into_iter()
         .filter_map(|j| match j {
             Job::Ingest {
@@ -157,7 +160,7 @@ fn ingest(store: &MasterStore, jobs: Vec<Job>) -> Vec<Done> {
 }
 
 /// Runs one job that is not an ingest.
-fn work(store: &MasterStore, job: Job) -> Done {
+fn work(store: &impl FleetStore, job: Job) -> Done {
     match job {
         Job::Ingest { .. } => ingest(store, vec![job]).remove(0),
         Job::Desired { published } => Done::Desired(newer_desired(store, &published)),
@@ -169,7 +172,7 @@ fn work(store: &MasterStore, job: Job) -> Done {
 
 /// Encoded desired states newer than `published`.
 fn newer_desired(
-    store: &MasterStore,
+    store: &impl FleetStore,
     published: &BTreeMap<Name, u64>,
 ) -> Vec<(Name, u64, Vec<u8>)> {
     let Ok(gens) = store.desired_generations() else {

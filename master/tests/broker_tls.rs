@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use hedge_master::pki::{self, InitOptions};
 use hedge_master::run::{IngestLimits, Settings};
-use hedge_master::store::MasterStore;
+use hedge_master::store::{FleetStore, MasterStore};
 use hedge_uplink::topic::{self, MASTER_UP_FILTER};
 use hedge_wire::codec::encode;
 use hedge_wire::limits::DEFAULT_MAX_FRAME;

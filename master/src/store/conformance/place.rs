@@ -1,18 +1,18 @@
-#![allow(clippy::unwrap_used)]
+//! Placement: allocation, moves, pruning and the size limit of desired states.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Barrier};
 
 use hedge_wire::limits::{DEFAULT_MAX_FRAME, MAX_INSTANCES};
-use hedge_wire::{ConfigFile, Record, Up};
+use hedge_wire::{
+    ConfigFile, InstanceRequest, InstanceStatus, Name, Record, RecordKind, RequestedState, Up,
+};
 
-use super::*;
-use crate::alloc::AllocError;
+use super::{n, request};
+use crate::alloc::{AllocError, Placement};
 use crate::sign::{sign, verify, MasterKey};
-use crate::store::tests::{n, open, request};
-use crate::store::{NodeInfo, Owner};
+use crate::store::{FleetStore, NodeInfo, Owner, StoreError};
 
-fn register(s: &MasterStore, node: &str, capacity: u32) {
+pub(crate) fn register<S: FleetStore>(s: &S, node: &str, capacity: u32) {
     s.register_node(&NodeInfo {
         node: n(node),
         board: None,
@@ -26,7 +26,7 @@ fn register(s: &MasterStore, node: &str, capacity: u32) {
     .unwrap();
 }
 
-fn on(node: &str) -> Placement {
+pub(crate) fn on(node: &str) -> Placement {
     Placement {
         node: Some(n(node)),
         ..Placement::default()
@@ -55,7 +55,7 @@ impl Reporter {
         self.seq = 0;
     }
 
-    fn send(&mut self, s: &MasterStore, kind: RecordKind) {
+    fn send<S: FleetStore>(&mut self, s: &S, kind: RecordKind) {
         self.seq += 1;
         let up = Up {
             node: self.node.clone(),
@@ -70,7 +70,7 @@ impl Reporter {
         s.ingest(&self.node, &up, 1000 + self.seq).unwrap();
     }
 
-    fn accepted(&mut self, s: &MasterStore, generation: u64) {
+    fn accepted<S: FleetStore>(&mut self, s: &S, generation: u64) {
         self.send(
             s,
             RecordKind::Desired {
@@ -81,7 +81,7 @@ impl Reporter {
         );
     }
 
-    fn state(&mut self, s: &MasterStore, instance: &str, status: InstanceStatus) {
+    fn state<S: FleetStore>(&mut self, s: &S, instance: &str, status: InstanceStatus) {
         self.send(
             s,
             RecordKind::InstanceState {
@@ -95,7 +95,7 @@ impl Reporter {
     }
 }
 
-fn names(s: &MasterStore, node: &str) -> Vec<(String, RequestedState)> {
+fn names<S: FleetStore>(s: &S, node: &str) -> Vec<(String, RequestedState)> {
     s.desired(&n(node))
         .unwrap()
         .map(|d| {
@@ -107,10 +107,8 @@ fn names(s: &MasterStore, node: &str) -> Vec<(String, RequestedState)> {
         .unwrap_or_default()
 }
 
-#[test]
-fn a_state_too_large_to_deliver_is_refused_and_nothing_is_stored() {
-    let (_d, s) = open();
-    register(&s, "pi", 64);
+pub(crate) fn a_state_too_large_to_deliver_is_refused_and_nothing_is_stored<S: FleetStore>(s: &S) {
+    register(s, "pi", 64);
     let key = MasterKey::generate();
     let big = |name: &str| {
         let mut r = request(name, RequestedState::Started);
@@ -172,31 +170,33 @@ fn a_state_too_large_to_deliver_is_refused_and_nothing_is_stored() {
     assert_eq!(s.desired(&n("pi")).unwrap().unwrap().generation, 5);
 }
 
-#[test]
-fn destroyed_instances_are_pruned_only_once_reported_destroyed_after_that_generation() {
-    let (_d, s) = open();
-    register(&s, "pi", 8);
+pub(crate) fn destroyed_instances_are_pruned_only_once_reported_destroyed_after_that_generation<
+    S: FleetStore,
+>(
+    s: &S,
+) {
+    register(s, "pi", 8);
     let mut node = Reporter::new("pi");
     let put = |r: InstanceRequest| s.place(r, &on("pi"), 0, 0, |_| {}).unwrap();
     use RequestedState::{Destroyed, Started};
 
     // First life of x: started, applied, running, destroyed, applied, reported destroyed.
     assert_eq!(put(request("x", Started)).state.generation, 1);
-    node.accepted(&s, 1);
-    node.state(&s, "x", InstanceStatus::Running);
+    node.accepted(s, 1);
+    node.state(s, "x", InstanceStatus::Running);
     put(request("x", Destroyed));
     // Not reported yet: a later write keeps it.
     put(request("y", Started));
     assert_eq!(
-        names(&s, "pi"),
+        names(s, "pi"),
         vec![("x".into(), Destroyed), ("y".into(), Started)]
     );
     // Applied (generation 3 >= 2) and reported destroyed: the next write prunes it.
-    node.accepted(&s, 3);
-    node.state(&s, "x", InstanceStatus::Destroyed);
+    node.accepted(s, 3);
+    node.state(s, "x", InstanceStatus::Destroyed);
     let p = put(request("y", Started));
     assert_eq!(p.pruned, vec![(n("pi"), n("x"))]);
-    assert_eq!(names(&s, "pi"), vec![("y".into(), Started)]);
+    assert_eq!(names(s, "pi"), vec![("y".into(), Started)]);
     let view = s.instances().unwrap();
     let x = view.iter().find(|i| i.name == n("x")).unwrap();
     assert_eq!(
@@ -215,56 +215,56 @@ fn destroyed_instances_are_pruned_only_once_reported_destroyed_after_that_genera
     assert_eq!(g, 5);
     let g = put(request("x", Destroyed)).state.generation;
     put(request("z", Started));
-    assert!(names(&s, "pi").contains(&("x".into(), Destroyed)));
+    assert!(names(s, "pi").contains(&("x".into(), Destroyed)));
     // Applying an older generation and reporting is not enough either.
-    node.accepted(&s, g - 1);
-    node.state(&s, "x", InstanceStatus::Destroyed);
+    node.accepted(s, g - 1);
+    node.state(s, "x", InstanceStatus::Destroyed);
     put(request("z", Started));
-    assert!(names(&s, "pi").contains(&("x".into(), Destroyed)));
+    assert!(names(s, "pi").contains(&("x".into(), Destroyed)));
     // Applied at last, then reported destroyed: pruned.
-    node.accepted(&s, g + 2);
-    node.state(&s, "x", InstanceStatus::Destroyed);
+    node.accepted(s, g + 2);
+    node.state(s, "x", InstanceStatus::Destroyed);
     put(request("z", Started));
-    assert!(!names(&s, "pi").iter().any(|(i, _)| i == "x"));
+    assert!(!names(s, "pi").iter().any(|(i, _)| i == "x"));
 }
 
 /// Seqs of a node's new life restart at 1: an old life's `Destroyed` report at a high
 /// seq is older than the new life's acceptance, and must not prune a new destroy.
-#[test]
-fn an_old_lifes_destroyed_report_does_not_prune_after_the_node_was_wiped() {
-    let (_d, s) = open();
-    register(&s, "pi", 8);
+pub(crate) fn an_old_lifes_destroyed_report_does_not_prune_after_the_node_was_wiped<
+    S: FleetStore,
+>(
+    s: &S,
+) {
+    register(s, "pi", 8);
     let mut node = Reporter::new("pi");
     let put = |r: InstanceRequest| s.place(r, &on("pi"), 0, 0, |_| {}).unwrap();
     use RequestedState::{Destroyed, Started};
     put(request("x", Started));
-    node.accepted(&s, 1);
+    node.accepted(s, 1);
     let g = put(request("x", Destroyed)).state.generation;
-    node.accepted(&s, g);
+    node.accepted(s, g);
     node.seq = 100;
-    node.state(&s, "x", InstanceStatus::Destroyed);
+    node.state(s, "x", InstanceStatus::Destroyed);
     put(request("y", Started));
-    assert!(!names(&s, "pi").iter().any(|(i, _)| i == "x"), "pruned");
+    assert!(!names(s, "pi").iter().any(|(i, _)| i == "x"), "pruned");
     // x again, then destroyed; the node is wiped and applies it in its new life.
     put(request("x", Started));
     let g = put(request("x", Destroyed)).state.generation;
     node.new_life(2);
-    node.accepted(&s, g);
+    node.accepted(s, g);
     put(request("z", Started));
     assert!(
-        names(&s, "pi").contains(&("x".into(), Destroyed)),
+        names(s, "pi").contains(&("x".into(), Destroyed)),
         "not reported destroyed in the new life yet: {:?}",
-        names(&s, "pi")
+        names(s, "pi")
     );
-    node.state(&s, "x", InstanceStatus::Destroyed);
+    node.state(s, "x", InstanceStatus::Destroyed);
     put(request("z", Started));
-    assert!(!names(&s, "pi").iter().any(|(i, _)| i == "x"));
+    assert!(!names(s, "pi").iter().any(|(i, _)| i == "x"));
 }
 
-#[test]
-fn many_names_destroyed_in_turn_never_fill_the_desired_state() {
-    let (_d, s) = open();
-    register(&s, "pi", 8);
+pub(crate) fn many_names_destroyed_in_turn_never_fill_the_desired_state<S: FleetStore>(s: &S) {
+    register(s, "pi", 8);
     let mut node = Reporter::new("pi");
     // More names than one state may hold.
     for i in 0..MAX_INSTANCES + 20 {
@@ -278,8 +278,8 @@ fn many_names_destroyed_in_turn_never_fill_the_desired_state() {
                 |_| {},
             )
             .unwrap();
-        node.accepted(&s, p.state.generation);
-        node.state(&s, &name, InstanceStatus::Running);
+        node.accepted(s, p.state.generation);
+        node.state(s, &name, InstanceStatus::Running);
         let p = s
             .place(
                 request(&name, RequestedState::Destroyed),
@@ -289,29 +289,24 @@ fn many_names_destroyed_in_turn_never_fill_the_desired_state() {
                 |_| {},
             )
             .unwrap();
-        node.accepted(&s, p.state.generation);
-        node.state(&s, &name, InstanceStatus::Destroyed);
-        assert!(p.state.instances.len() <= 2, "{:?}", names(&s, "pi"));
+        node.accepted(s, p.state.generation);
+        node.state(s, &name, InstanceStatus::Destroyed);
+        assert!(p.state.instances.len() <= 2, "{:?}", names(s, "pi"));
     }
 }
 
-#[test]
-fn requesting_an_instance_on_another_node_moves_it() {
-    let (_d, s) = open();
-    register(&s, "a", 4);
-    register(&s, "b", 4);
-    register(&s, "c", 4);
+pub(crate) fn requesting_an_instance_on_another_node_moves_it<S: FleetStore>(s: &S) {
+    register(s, "a", 4);
+    register(s, "b", 4);
+    register(s, "c", 4);
     let key = MasterKey::generate();
     let put = |r: InstanceRequest, p: &Placement| s.place(r, p, 0, 0, |d| sign(&key, d, 0));
     put(request("x", RequestedState::Started), &on("a")).unwrap();
     let p = put(request("x", RequestedState::Started), &on("b")).unwrap();
     assert_eq!(p.state.node, n("b"));
     assert_eq!(p.destroyed_on, vec![(n("a"), 2)]);
-    assert_eq!(
-        names(&s, "a"),
-        vec![("x".into(), RequestedState::Destroyed)]
-    );
-    assert_eq!(names(&s, "b"), vec![("x".into(), RequestedState::Started)]);
+    assert_eq!(names(s, "a"), vec![("x".into(), RequestedState::Destroyed)]);
+    assert_eq!(names(s, "b"), vec![("x".into(), RequestedState::Started)]);
     verify(&key.public(), &s.desired(&n("a")).unwrap().unwrap()).unwrap();
     // Without --node it stays on b; a is not written again.
     let p = put(request("x", RequestedState::Stopped), &Placement::default()).unwrap();
@@ -329,17 +324,14 @@ fn requesting_an_instance_on_another_node_moves_it() {
         ),
         Err(StoreError::NotPlaced { node: None, .. })
     ));
-    assert!(names(&s, "c").is_empty());
+    assert!(names(s, "c").is_empty());
     let p = put(
         request("x", RequestedState::Destroyed),
         &Placement::default(),
     )
     .unwrap();
     assert_eq!(p.state.node, n("b"));
-    assert_eq!(
-        names(&s, "b"),
-        vec![("x".into(), RequestedState::Destroyed)]
-    );
+    assert_eq!(names(s, "b"), vec![("x".into(), RequestedState::Destroyed)]);
     // An unknown node is refused, nothing written.
     assert!(matches!(
         put(request("w", RequestedState::Started), &on("nope")),
@@ -347,11 +339,9 @@ fn requesting_an_instance_on_another_node_moves_it() {
     ));
 }
 
-#[test]
-fn copies_left_by_an_older_master_are_reduced_to_one() {
-    let (_d, s) = open();
-    register(&s, "a", 4);
-    register(&s, "b", 4);
+pub(crate) fn copies_left_by_an_older_master_are_reduced_to_one<S: FleetStore>(s: &S) {
+    register(s, "a", 4);
+    register(s, "b", 4);
     // The old request path let `--node b` add a second live copy.
     for node in ["a", "b"] {
         s.update_desired(
@@ -375,52 +365,5 @@ fn copies_left_by_an_older_master_are_reduced_to_one() {
         .unwrap();
     assert_eq!(p.state.node, n("a"));
     assert_eq!(p.destroyed_on, vec![(n("b"), 2)]);
-    assert_eq!(
-        names(&s, "b"),
-        vec![("x".into(), RequestedState::Destroyed)]
-    );
-}
-
-#[test]
-fn concurrent_placements_never_overfill_a_node() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("master.db");
-    register(&MasterStore::open(&path).unwrap(), "solo", 1);
-    const WRITERS: usize = 8;
-    let barrier = Arc::new(Barrier::new(WRITERS));
-    let handles: Vec<_> = (0..WRITERS)
-        .map(|i| {
-            let (path, barrier) = (path.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                let s = MasterStore::open(&path).unwrap();
-                barrier.wait();
-                s.place(
-                    request(&format!("w{i}"), RequestedState::Started),
-                    &Placement::default(),
-                    0,
-                    60_000,
-                    |_| {},
-                )
-            })
-        })
-        .collect();
-    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    let placed: Vec<String> = results
-        .iter()
-        .filter_map(|r| Some(r.as_ref().ok()?.state.instances.last()?.name.to_string()))
-        .collect();
-    assert_eq!(
-        placed.len(),
-        1,
-        "placed onto a node with room for one: {placed:?}"
-    );
-    for r in results.iter().filter_map(|r| r.as_ref().err()) {
-        assert!(
-            matches!(r, StoreError::Alloc(AllocError::NoCandidate { .. })),
-            "{r:?}"
-        );
-    }
-    let s = MasterStore::open(&path).unwrap();
-    assert_eq!(s.nodes().unwrap()[0].allocated_instances, 1);
-    assert_eq!(s.desired(&n("solo")).unwrap().unwrap().instances.len(), 1);
+    assert_eq!(names(s, "b"), vec![("x".into(), RequestedState::Destroyed)]);
 }

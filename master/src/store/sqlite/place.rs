@@ -1,145 +1,89 @@
-//! Writing desired states: placement, moves and pruning, each inside the one `BEGIN
-//! IMMEDIATE` transaction that stores the new state(s).
+//! Placement in SQLite: where an instance lives, moves and pruning, each inside the one
+//! `BEGIN IMMEDIATE` transaction that stores the new state(s).
 //!
-//! Contract (driven by `hedge master request` through [`MasterStore::place`], and by
-//! [`MasterStore::update_desired`]):
-//! - Placement reads the fleet and the desired states, picks the node
-//!   ([`crate::alloc::pick`]) and writes the state in one transaction, so concurrent
-//!   masters serialize and a node's capacity is never over-filled.
-//! - A name lives on one node. Requested on another node (`--node B` for an instance on
-//!   A), it is *moved*: in the same transaction A's state gets it `destroyed` and B's
-//!   gets the request. A destroys it as soon as it applies its new state, without
-//!   waiting for B to run it: an instance owns a partition and whatever it drives or
-//!   bills, and two live copies (or a copy left running on a node that holds the
-//!   old request) are worse than a gap; the master cannot tell whether B will ever run
-//!   it. Make-before-break is for the operator to do with a second name.
-//! - A state whose signed, framed encoding exceeds the frame limit is refused
-//!   ([`StoreError::TooLarge`]) and nothing of the transaction is stored.
-//! - Before each write, an instance requested `destroyed` is pruned from the node's state
-//!   once the node has reported it destroyed (an `InstanceState` record with status
-//!   `Destroyed`) *after* accepting a generation at or above the one that destroyed it
-//!   (its `Desired` record). An older report (a previous life of the name) never prunes.
-//!   A pruned instance stays in [`MasterStore::instances`] as the master's, destroyed
-//!   (table `destroyed`). An instance destroyed before its node ever held it is never
-//!   reported destroyed and so stays in the state, destroyed.
+//! Contract: keeps the rules of [`crate::placement`] (which picks the target and the
+//! nodes a move destroys the instance on, and says when a destroyed instance is
+//! pruned); this file reads what those rules need and writes their outcome. Table
+//! `destroyed` remembers, per node and instance, the generation that destroyed it and
+//! whether it was pruned since (so a pruned instance stays in the instances view as
+//! the master's, destroyed).
 
 use std::collections::BTreeSet;
 
 use hedge_wire::{DesiredState, InstanceRequest, InstanceStatus, Name, RecordKind, RequestedState};
-use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use super::{
-    decode, load_nodes, next_after, seq_sql, store_desired, stored_desired, MasterStore, Result,
-    StoreError,
-};
+use super::super::blob::{self, decode};
+use super::super::{Placed, Result, StoreError};
+use super::desired::{next_after, store_desired, stored_desired};
+use super::fleet::load_nodes;
+use super::sql::{from_sql, seq_sql};
 use crate::alloc::{self, Placement};
+use crate::placement::{self as rules, Target};
 
-/// What [`MasterStore::place`] wrote.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Placed {
-    /// The node the request went to, and its new signed state.
-    pub state: DesiredState,
-    /// Nodes that held the instance live and now have it `destroyed` (a move), with
-    /// their new generation.
-    pub destroyed_on: Vec<(Name, u64)>,
-    /// Destroyed instances pruned from the states written.
-    pub pruned: Vec<(Name, Name)>,
-}
-
-impl MasterStore {
-    /// In one transaction: finds where `request.name` lives, picks the node (the one it
-    /// lives on unless `placement.node` names another; else [`alloc::pick`] over the fleet
-    /// as this transaction sees it), writes that node's new state, destroys the instance
-    /// on every other node that holds it live, and signs each state with `sign`. See the
-    /// module doc. A `destroyed` request must name the node the instance is on (or none).
-    pub fn place<S>(
-        &self,
-        request: InstanceRequest,
-        placement: &Placement,
-        now_ms: u64,
-        stale_after_ms: u64,
-        sign: S,
-    ) -> Result<Placed>
-    where
-        S: Fn(&mut DesiredState),
-    {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let name = request.name.clone();
-        let holders = holders(&tx, &name)?;
-        let destroy = request.state == RequestedState::Destroyed;
-        let target = match &placement.node {
-            Some(n) if destroy && !holders.iter().any(|(h, _)| h == n) => {
-                return Err(StoreError::NotPlaced {
-                    instance: name,
-                    node: Some(Box::new(n.clone())),
-                })
-            }
-            Some(_) => alloc::pick(&load_nodes(&tx)?, placement, now_ms, stale_after_ms)?,
-            None => match holders.iter().find(|(_, live)| *live).or(holders.first()) {
-                Some((n, _)) => n.clone(),
-                None if destroy => {
-                    return Err(StoreError::NotPlaced {
-                        instance: name,
-                        node: None,
-                    })
-                }
-                None => alloc::pick(&load_nodes(&tx)?, placement, now_ms, stale_after_ms)?,
-            },
-        };
-        let mut pruned = Vec::new();
-        let (state, p) = write_desired(
-            &tx,
-            &target,
+/// The body of [`super::super::FleetStore::place`], inside the caller's transaction.
+pub(super) fn place(
+    tx: &Transaction<'_>,
+    request: InstanceRequest,
+    placement: &Placement,
+    now_ms: u64,
+    stale_after_ms: u64,
+    sign: &dyn Fn(&mut DesiredState),
+) -> Result<Placed> {
+    let name = request.name.clone();
+    let holders = holders(tx, &name)?;
+    let destroy = request.state == RequestedState::Destroyed;
+    let target = match rules::target(&name, &holders, placement, destroy)? {
+        Target::On(node) => node,
+        Target::Allocate => alloc::pick(&load_nodes(tx)?, placement, now_ms, stale_after_ms)?,
+    };
+    let mut pruned = Vec::new();
+    let (state, p) = write_desired(
+        tx,
+        &target,
+        |mut v| {
+            v.retain(|r| r.name != name);
+            v.push(request);
+            v
+        },
+        sign,
+    )?;
+    pruned.extend(p.into_iter().map(|i| (target.clone(), i)));
+    let mut destroyed_on = Vec::new();
+    for node in rules::moved_from(&holders, &target) {
+        let (d, p) = write_desired(
+            tx,
+            &node,
             |mut v| {
-                v.retain(|r| r.name != name);
-                v.push(request);
+                for r in v.iter_mut().filter(|r| r.name == name) {
+                    r.state = RequestedState::Destroyed;
+                }
                 v
             },
-            &sign,
+            sign,
         )?;
-        pruned.extend(p.into_iter().map(|i| (target.clone(), i)));
-        let mut destroyed_on = Vec::new();
-        for (node, live) in holders {
-            if !live || node == target {
-                continue;
-            }
-            let (d, p) = write_desired(
-                &tx,
-                &node,
-                |mut v| {
-                    for r in v.iter_mut().filter(|r| r.name == name) {
-                        r.state = RequestedState::Destroyed;
-                    }
-                    v
-                },
-                &sign,
-            )?;
-            pruned.extend(p.into_iter().map(|i| (node.clone(), i)));
-            destroyed_on.push((node, d.generation));
-        }
-        tx.commit()?;
-        Ok(Placed {
-            state,
-            destroyed_on,
-            pruned,
-        })
+        pruned.extend(p.into_iter().map(|i| (node.clone(), i)));
+        destroyed_on.push((node, d.generation));
     }
+    Ok(Placed {
+        state,
+        destroyed_on,
+        pruned,
+    })
+}
 
-    /// `(node, instance)` of every instance pruned from a desired state after its node
-    /// reported it destroyed (and not requested there again since).
-    pub fn pruned(&self) -> Result<Vec<(Name, Name)>> {
-        let conn = self.conn();
-        let rows = conn
-            .prepare_cached(
-                "SELECT node, instance FROM destroyed WHERE pruned = 1 ORDER BY node, instance",
-            )?
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        rows.into_iter()
-            .map(|(n, i)| Ok((super::name(n)?, super::name(i)?)))
-            .collect()
-    }
+/// `(node, instance)` of every instance pruned from a desired state after its node
+/// reported it destroyed (and not requested there again since).
+pub(super) fn pruned(conn: &Connection) -> Result<Vec<(Name, Name)>> {
+    let rows = conn
+        .prepare_cached(
+            "SELECT node, instance FROM destroyed WHERE pruned = 1 ORDER BY node, instance",
+        )?
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter()
+        .map(|(n, i)| Ok((blob::name(n)?, blob::name(i)?)))
+        .collect()
 }
 
 /// Nodes whose desired state holds `name`, and whether it is live there (not
@@ -151,7 +95,7 @@ fn holders(tx: &Transaction<'_>, name: &Name) -> Result<Vec<(Name, bool)>> {
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut out = Vec::new();
     for node in nodes {
-        let node = super::name(node)?;
+        let node = blob::name(node)?;
         let Some(d) = stored_desired(tx, &node)? else {
             continue;
         };
@@ -206,7 +150,7 @@ where
 
 /// The generation from which `instance` has been `destroyed` on `d.node`; recorded as
 /// `d.generation` when unknown (a state written by an older master or by
-/// [`MasterStore::put_desired`]), which can only delay pruning.
+/// [`super::super::FleetStore::put_desired`]), which can only delay pruning.
 fn destroyed_since(tx: &Transaction<'_>, d: &DesiredState, instance: &Name) -> Result<u64> {
     let g: Option<i64> = tx
         .query_row(
@@ -216,7 +160,7 @@ fn destroyed_since(tx: &Transaction<'_>, d: &DesiredState, instance: &Name) -> R
         )
         .optional()?;
     if let Some(g) = g {
-        return Ok(super::from_sql(g));
+        return Ok(from_sql(g));
     }
     tx.execute(
         "INSERT INTO destroyed (node, instance, generation) VALUES (?1, ?2, ?3)",
@@ -270,12 +214,7 @@ fn prunable(tx: &Transaction<'_>, d: &DesiredState) -> Result<BTreeSet<Name>> {
     };
     for instance in destroyed {
         let since = destroyed_since(tx, d, instance)?;
-        let Some(applied_at) = accepted
-            .iter()
-            .filter(|(_, g)| *g >= since)
-            .map(|(seq, _)| *seq)
-            .min()
-        else {
+        let Some(applied_at) = rules::applied_at(&accepted, since) else {
             continue;
         };
         let reports = tx
@@ -345,6 +284,3 @@ fn track_destroyed(
     }
     Ok(())
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,0 +1,92 @@
+//! Placing an instance request: where it goes, what a move destroys, when a destroyed
+//! instance leaves a desired state.
+//!
+//! Contract (the rules every [`FleetStore`] backend applies in the one transaction of
+//! [`FleetStore::place`], so concurrent masters serialize and a node's capacity is
+//! never over-filled):
+//! - Sticky: a name lives on one node. Without a node named, a request goes where the
+//!   name lives (where it is live, else the first node holding it destroyed); a new
+//!   name is allocated ([`crate::alloc::pick`]) ([`target`]).
+//! - Moves: requested on another node (`--node B` for an instance on A), the name is
+//!   *moved*: in the same transaction A's state gets it `destroyed` and B's gets the
+//!   request ([`moved_from`]). A destroys it as soon as it applies its new state, without
+//!   waiting for B to run it: an instance owns a partition and whatever it drives or
+//!   bills, and two live copies are worse than a gap; the master cannot tell whether B
+//!   will ever run it. Make-before-break is for the operator to do with a second name.
+//! - A `destroyed` request must name the node the instance is on, or none; else
+//!   [`StoreError::NotPlaced`].
+//! - Pruning: before each write, an instance requested `destroyed` is pruned from the
+//!   node's state once the node has reported it destroyed (an `InstanceState` record
+//!   with status `Destroyed`) *after* accepting a generation at or above the one that
+//!   destroyed it ([`applied_at`]). An older report (a previous life of the name, or of
+//!   the node) never prunes. An instance destroyed before its node ever held it is never
+//!   reported destroyed and so stays in the state, destroyed.
+//! - A state whose signed, framed encoding exceeds the frame limit is refused
+//!   ([`StoreError::TooLarge`]) and nothing of the transaction is stored.
+
+use hedge_wire::Name;
+
+use crate::alloc::Placement;
+#[cfg(doc)]
+use crate::store::FleetStore;
+use crate::store::StoreError;
+
+/// Where a request goes, before allocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The node the name lives on.
+    On(Name),
+    /// A node allocation picks (the one named, if the placement names one).
+    Allocate,
+}
+
+/// Where a request for `instance` goes, given the nodes whose desired state holds it
+/// (`holders`: node, and whether it is live there) and whether it is a `destroyed`
+/// request. See the module doc.
+pub fn target(
+    instance: &Name,
+    holders: &[(Name, bool)],
+    placement: &Placement,
+    destroy: bool,
+) -> Result<Target, StoreError> {
+    match &placement.node {
+        Some(n) if destroy && !holders.iter().any(|(h, _)| h == n) => Err(StoreError::NotPlaced {
+            instance: instance.clone(),
+            node: Some(Box::new(n.clone())),
+        }),
+        Some(_) => Ok(Target::Allocate),
+        None => match holders.iter().find(|(_, live)| *live).or(holders.first()) {
+            Some((n, _)) => Ok(Target::On(n.clone())),
+            None if destroy => Err(StoreError::NotPlaced {
+                instance: instance.clone(),
+                node: None,
+            }),
+            None => Ok(Target::Allocate),
+        },
+    }
+}
+
+/// The holders a request placed on `target` moves the instance off: those where it is
+/// live, other than `target`, in `holders`' order.
+pub fn moved_from(holders: &[(Name, bool)], target: &Name) -> Vec<Name> {
+    holders
+        .iter()
+        .filter(|(node, live)| *live && node != target)
+        .map(|(node, _)| node.clone())
+        .collect()
+}
+
+/// Where (a `(life, seq)` position in the node's records) the node first accepted a
+/// generation at or above `since`, the one that destroyed an instance; `accepted` holds
+/// the position and generation of every accepted `Desired` record. Only a `Destroyed`
+/// report after that position prunes the instance. `None`: not applied yet.
+pub fn applied_at(accepted: &[((i64, i64), u64)], since: u64) -> Option<(i64, i64)> {
+    accepted
+        .iter()
+        .filter(|(_, g)| *g >= since)
+        .map(|(pos, _)| *pos)
+        .min()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,78 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use crate::store::conformance::n;
+
+fn on(node: &str) -> Placement {
+    Placement {
+        node: Some(n(node)),
+        ..Placement::default()
+    }
+}
+
+#[test]
+fn a_name_stays_where_it_is_live_and_a_new_name_is_allocated() {
+    let x = n("x");
+    let holders = vec![(n("a"), false), (n("b"), true)];
+    let any = Placement::default();
+    assert_eq!(
+        target(&x, &holders, &any, false).unwrap(),
+        Target::On(n("b"))
+    );
+    assert_eq!(
+        target(&x, &holders, &any, true).unwrap(),
+        Target::On(n("b"))
+    );
+    // Held destroyed only: it goes back to the first holder.
+    let gone = vec![(n("a"), false), (n("c"), false)];
+    assert_eq!(target(&x, &gone, &any, false).unwrap(), Target::On(n("a")));
+    assert_eq!(target(&x, &[], &any, false).unwrap(), Target::Allocate);
+    // A named node is allocation's to check, wherever the name lives.
+    assert_eq!(
+        target(&x, &holders, &on("c"), false).unwrap(),
+        Target::Allocate
+    );
+    assert_eq!(
+        target(&x, &holders, &on("a"), true).unwrap(),
+        Target::Allocate
+    );
+}
+
+#[test]
+fn a_destroy_must_name_where_the_instance_is_or_nothing() {
+    let x = n("x");
+    let holders = vec![(n("a"), true)];
+    match target(&x, &holders, &on("b"), true) {
+        Err(StoreError::NotPlaced { instance, node }) => {
+            assert_eq!((instance, node.map(|b| *b)), (n("x"), Some(n("b"))));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        target(&x, &[], &Placement::default(), true),
+        Err(StoreError::NotPlaced { node: None, .. })
+    ));
+}
+
+#[test]
+fn a_move_destroys_the_instance_on_every_other_live_holder() {
+    let holders = vec![
+        (n("a"), true),
+        (n("b"), false),
+        (n("c"), true),
+        (n("d"), true),
+    ];
+    assert_eq!(moved_from(&holders, &n("c")), vec![n("a"), n("d")]);
+    assert_eq!(moved_from(&holders[..1], &n("a")), Vec::<Name>::new());
+}
+
+#[test]
+fn a_destroy_applies_at_the_first_acceptance_of_its_generation_or_a_later_one() {
+    // ((life, seq), generation) accepted: life 1 up to generation 4, life 2 from 5.
+    let accepted = vec![((1, 10), 2), ((1, 20), 4), ((2, 3), 5), ((2, 1), 4)];
+    assert_eq!(applied_at(&accepted, 3), Some((1, 20)));
+    assert_eq!(applied_at(&accepted, 5), Some((2, 3)));
+    assert_eq!(applied_at(&accepted, 1), Some((1, 10)));
+    assert_eq!(applied_at(&accepted, 6), None);
+    assert_eq!(applied_at(&[], 1), None);
+}

@@ -1,0 +1,270 @@
+//! The SQLite backend of the [`FleetStore`]: one file shared by the master processes of
+//! one box.
+//!
+//! Contract: keeps the [`FleetStore`] contract. Several master processes may open the
+//! same file; every write runs in one `BEGIN IMMEDIATE` transaction (WAL journal,
+//! `synchronous = FULL` so a commit survives a power cut, a [`BUSY_TIMEOUT`]), so
+//! concurrent writers serialize. A [`SqliteStore`] is one connection behind a mutex,
+//! cheap to share in one process. The file is created with mode 0600, and so are
+//! SQLite's `-wal`/`-shm` beside it. Sequence numbers and covered ranges travel as
+//! SQLite's signed integers (hence the `i64::MAX` bound); other u64 fields travel
+//! exactly in the postcard blobs (index columns are clamped). The tables and their
+//! migrations are in `schema`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use hedge_wire::{DesiredState, InstanceRequest, Name, Record, Up};
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::{
+    Assignment, Batch, FleetStore, Ingested, InstanceSources, NodeInfo, NodeSummary, Placed,
+    Result, StoreError, SuppliedArtifact,
+};
+use crate::alloc::Placement;
+use crate::coverage::Coverage;
+
+mod artifacts;
+mod desired;
+mod fleet;
+mod ingest;
+mod place;
+mod records;
+mod schema;
+mod sql;
+
+pub use schema::SCHEMA_VERSION;
+
+/// How long a writer waits for another process's transaction before giving up.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The SQLite store. See the module doc.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed, mode 0600) the store at `path`, migrating an older
+    /// schema; refuses a newer one ([`StoreError::SchemaTooNew`]).
+    pub fn open(path: &Path) -> Result<Self> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        schema::create_private(path).map_err(|e| StoreError::Create {
+            path: path.to_owned(),
+            source: e,
+        })?;
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        // Switching a fresh file to WAL while another process does the same can fail
+        // with SQLITE_BUSY without waiting on the busy handler: retry until the timeout.
+        // An I/O driver: the retry deadline is wall time by nature.
+        #[allow(clippy::disallowed_methods)]
+        let deadline = Instant::now() + BUSY_TIMEOUT;
+        let mut pause = Duration::from_millis(1);
+        let version = loop {
+            match schema::set_up(&mut conn) {
+                #[allow(clippy::disallowed_methods)]
+                Err(e) if schema::is_busy(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                other => break other.map_err(open_err)?,
+            }
+        };
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew(version));
+        }
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            path: path.to_owned(),
+        })
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock dropped its transaction, which rolled back:
+        // the connection is still usable.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction and commits what it returns `Ok`.
+    fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+impl FleetStore for SqliteStore {
+    fn ingest_within(&self, node: &Name, up: &Up, now_ms: u64, max_bytes: u64) -> Result<Ingested> {
+        self.write(|tx| ingest::ingest_in(tx, node, up, now_ms, max_bytes))
+    }
+
+    // Each batch in a savepoint of its own, all in one transaction and one commit (one
+    // `fsync` under `synchronous = FULL`).
+    fn ingest_many(&self, batches: &[Batch]) -> Vec<Result<Ingested>> {
+        let failed = |e: &rusqlite::Error| -> Vec<Result<Ingested>> {
+            batches
+                .iter()
+                .map(|_| Err(StoreError::Batch(e.to_string())))
+                .collect()
+        };
+        let mut conn = self.conn();
+        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => return failed(&e),
+        };
+        let mut results = Vec::with_capacity(batches.len());
+        for (node, up, now_ms, max_bytes) in batches {
+            let one = tx.savepoint().map_err(StoreError::from).and_then(|sp| {
+                let ingested = ingest::ingest_in(&sp, node, up, *now_ms, *max_bytes)?;
+                sp.commit()?;
+                Ok(ingested)
+            });
+            results.push(one);
+        }
+        match tx.commit() {
+            Ok(()) => results,
+            Err(e) => failed(&e),
+        }
+    }
+
+    fn stored_bytes(&self, node: &Name) -> Result<u64> {
+        self.write(|tx| ingest::stored_bytes(tx, node))
+    }
+
+    fn coverage(&self, node: &Name, epoch: u64) -> Result<Coverage> {
+        ingest::load_coverage(&self.conn(), node, epoch)
+    }
+
+    fn register_node(&self, info: &NodeInfo) -> Result<()> {
+        self.update_assignment(&info.node, |a| {
+            a.labels = info.labels.clone();
+            a.region = info.region.clone();
+        })?;
+        fleet::register(&self.conn(), info)
+    }
+
+    fn assignment(&self, node: &Name) -> Result<Assignment> {
+        fleet::load_assignment(&self.conn(), node)
+    }
+
+    fn update_assignment(
+        &self,
+        node: &Name,
+        f: impl FnOnce(&mut Assignment),
+    ) -> Result<Assignment> {
+        self.write(|tx| fleet::update_assignment(tx, node, f))
+    }
+
+    fn nodes(&self) -> Result<Vec<NodeSummary>> {
+        fleet::load_nodes(&self.conn())
+    }
+
+    fn records(&self, node: &Name, from_seq: u64, limit: u32) -> Result<Vec<Record>> {
+        records::records(&self.conn(), node, from_seq, limit)
+    }
+
+    fn count(&self, node: &Name) -> Result<u64> {
+        records::count(&self.conn(), node)
+    }
+
+    fn usage(&self, period_start_ms: u64, period_end_ms: u64) -> Result<Vec<(Name, Record)>> {
+        if period_end_ms <= period_start_ms {
+            return Ok(Vec::new());
+        }
+        records::usage(&self.conn(), period_start_ms, period_end_ms)
+    }
+
+    fn incident_records(&self) -> Result<Vec<(Name, u32, Record)>> {
+        records::incidents(&self.conn())
+    }
+
+    fn instance_sources(&self) -> Result<InstanceSources> {
+        let mut sources = records::instance_sources(&self.conn())?;
+        sources.pruned = self.pruned()?;
+        Ok(sources)
+    }
+
+    fn desired_generations(&self) -> Result<Vec<(Name, u64)>> {
+        desired::generations(&self.conn())
+    }
+
+    fn desired(&self, node: &Name) -> Result<Option<DesiredState>> {
+        desired::stored_desired(&self.conn(), node)
+    }
+
+    fn put_desired(&self, d: &DesiredState) -> Result<()> {
+        self.write(|tx| desired::store_desired(tx, d))
+    }
+
+    fn next_generation(&self, node: &Name) -> Result<u64> {
+        self.write(|tx| desired::reserve_generation(tx, node))
+    }
+
+    fn update_desired<F, S>(&self, node: &Name, f: F, sign: S) -> Result<DesiredState>
+    where
+        F: FnOnce(Vec<InstanceRequest>) -> Vec<InstanceRequest>,
+        S: FnOnce(&mut DesiredState),
+    {
+        self.write(|tx| Ok(place::write_desired(tx, node, f, sign)?.0))
+    }
+
+    fn place<S>(
+        &self,
+        request: InstanceRequest,
+        placement: &Placement,
+        now_ms: u64,
+        stale_after_ms: u64,
+        sign: S,
+    ) -> Result<Placed>
+    where
+        S: Fn(&mut DesiredState),
+    {
+        self.write(|tx| place::place(tx, request, placement, now_ms, stale_after_ms, &sign))
+    }
+
+    fn pruned(&self) -> Result<Vec<(Name, Name)>> {
+        place::pruned(&self.conn())
+    }
+
+    fn supply_artifact(
+        &self,
+        release: Option<&Name>,
+        target: &str,
+        sha256: &[u8; 32],
+        size: u64,
+        now_ms: u64,
+    ) -> Result<()> {
+        self.write(|tx| artifacts::supply(tx, release, target, sha256, size, now_ms))
+    }
+
+    fn artifacts(&self) -> Result<Vec<SuppliedArtifact>> {
+        artifacts::all(&self.conn())
+    }
+
+    fn release_variants(&self, release: &Name) -> Result<Vec<hedge_wire::ArtifactVariant>> {
+        artifacts::release_variants(&self.conn(), release)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,263 @@
+//! Ingest into SQLite: storing the rows of a checked batch, counting, and extending the
+//! coverage of its `(node, epoch)`.
+//!
+//! Contract: [`ingest_in`] runs inside the caller's transaction or savepoint, which
+//! commits; it keeps the ingest rules of [`super::FleetStore`] (idempotence, the quota,
+//! lives, the integrity counters, the newest `NodeInfo`/`NodeHealth` for the registry).
+
+use hedge_wire::{Name, Record, RecordKind, Up};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::super::blob::{decode, encode};
+use super::super::ingest::check;
+use super::super::{Ingested, Result, StoreError};
+use super::sql::{clamp_sql, epoch_sql, from_sql, seq_sql, time_sql};
+use crate::coverage::Coverage;
+
+/// The body of [`super::FleetStore::ingest_within`], inside the caller's transaction or
+/// savepoint, which commits.
+pub(super) fn ingest_in(
+    tx: &Connection,
+    node: &Name,
+    up: &Up,
+    now_ms: u64,
+    max_bytes: u64,
+) -> Result<Ingested> {
+    let checked = check(node, up)?;
+    let epoch = epoch_sql(up.epoch);
+    let bytes_before = stored_bytes(tx, node)?;
+    if bytes_before >= max_bytes {
+        return Err(StoreError::QuotaExceeded {
+            node: node.clone(),
+            stored: bytes_before,
+            limit: max_bytes,
+        });
+    }
+    tx.execute(
+        "INSERT OR IGNORE INTO nodes (node) VALUES (?1)",
+        [node.as_str()],
+    )?;
+    // A life not seen before gets the next number.
+    tx.execute(
+        "INSERT OR IGNORE INTO epochs (node, epoch, life, first_seen_ms)
+         VALUES (?1, ?2, (SELECT COALESCE(MAX(life), 0) + 1 FROM epochs WHERE node = ?1), ?3)",
+        params![node.as_str(), epoch, clamp_sql(now_ms)],
+    )?;
+    let (life, newest_life): (i64, i64) = tx.query_row(
+        "SELECT e.life, (SELECT MAX(life) FROM epochs WHERE node = ?1)
+         FROM epochs e WHERE e.node = ?1 AND e.epoch = ?2",
+        params![node.as_str(), epoch],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let (mut stored, mut duplicates, mut last_seq) = (0usize, 0usize, 0i64);
+    let mut new_bytes = 0u64;
+    let (mut repeats, mut conflicts) = (0usize, 0usize);
+    let mut health: Option<(i64, &Record)> = None;
+    let mut info: Option<(i64, &Record)> = None;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT OR IGNORE INTO records
+             (node, epoch, seq, time_ms, kind_tag, instance, span_from, span_to, kind, digest)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        let mut same_key = tx.prepare_cached(
+            "SELECT time_ms, kind FROM records WHERE node = ?1 AND epoch = ?2 AND seq = ?3",
+        )?;
+        let mut same_event = tx.prepare_cached(
+            "SELECT 1 FROM records WHERE node = ?1 AND digest = ?2
+             AND NOT (epoch = ?3 AND seq = ?4) LIMIT 1",
+        )?;
+        for row in &checked.rows {
+            let (seq, record, blob, digest) = (&row.seq, row.record, &row.blob, &row.digest);
+            let span = row.index.span;
+            let n = insert.execute(params![
+                node.as_str(),
+                epoch,
+                seq,
+                time_sql(record.time_ms),
+                row.index.tag,
+                row.index.instance,
+                span.map(|(f, _)| clamp_sql(f)),
+                span.map(|(_, t)| clamp_sql(t)),
+                blob,
+                digest,
+            ])?;
+            if n == 0 {
+                duplicates += 1;
+                let (time_ms, kind): (i64, Vec<u8>) = same_key
+                    .query_row(params![node.as_str(), epoch, seq], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?;
+                if time_ms != time_sql(record.time_ms) || &kind != blob {
+                    conflicts += 1;
+                }
+                continue;
+            }
+            if same_event.exists(params![node.as_str(), digest, epoch, seq])? {
+                repeats += 1;
+            }
+            stored += 1;
+            new_bytes += u64::try_from(blob.len()).unwrap_or(u64::MAX);
+            last_seq = last_seq.max(*seq);
+            let newest = match record.kind {
+                RecordKind::NodeHealth { .. } => &mut health,
+                RecordKind::NodeInfo { .. } => &mut info,
+                _ => continue,
+            };
+            if newest.is_none_or(|(s, _)| s < *seq) {
+                *newest = Some((*seq, record));
+            }
+        }
+    }
+    if conflicts > 0 {
+        tracing::warn!(node = %node, epoch = up.epoch, conflicts,
+            "records delivered again with other content: two copies of one node life?");
+    }
+
+    if new_bytes > 0 {
+        tx.execute(
+            "UPDATE node_bytes SET bytes = ?2 WHERE node = ?1",
+            params![
+                node.as_str(),
+                clamp_sql(bytes_before.saturating_add(new_bytes))
+            ],
+        )?;
+    }
+    let mut coverage = load_coverage(tx, node, up.epoch)?;
+    if let Some((from, to)) = checked.covers {
+        coverage.add(from_sql(from), from_sql(to));
+        tx.execute(
+            "INSERT INTO coverage (node, epoch, acked, pending) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (node, epoch) DO UPDATE SET acked = excluded.acked,
+                 pending = excluded.pending",
+            params![
+                node.as_str(),
+                epoch,
+                seq_sql(coverage.acked)?,
+                encode("coverage", &coverage.pending)?
+            ],
+        )?;
+    }
+
+    // `last_seq` and `epoch` follow the latest life; a new life starts them afresh.
+    tx.execute(
+        "UPDATE nodes SET first_seen_ms = COALESCE(first_seen_ms, ?2),
+             last_seen_ms = MAX(COALESCE(last_seen_ms, ?2), ?2),
+             records = records + ?3,
+             last_seq = CASE WHEN ?6 < ?7 THEN last_seq
+                 WHEN epoch IS ?5 THEN MAX(last_seq, ?4) ELSE ?4 END,
+             epoch = CASE WHEN ?6 < ?7 THEN epoch ELSE ?5 END,
+             repeats = repeats + ?8,
+             conflicts = conflicts + ?9
+         WHERE node = ?1",
+        params![
+            node.as_str(),
+            clamp_sql(now_ms),
+            i64::try_from(stored).unwrap_or(i64::MAX),
+            last_seq,
+            epoch,
+            life,
+            newest_life,
+            i64::try_from(repeats).unwrap_or(i64::MAX),
+            i64::try_from(conflicts).unwrap_or(i64::MAX),
+        ],
+    )?;
+    if let Some((seq, record)) = health {
+        if let RecordKind::NodeHealth { mem_total, .. } = record.kind {
+            tx.execute(
+                "UPDATE nodes SET health_life = ?5, health_seq = ?2, health = ?3, mem_bytes = ?4
+                 WHERE node = ?1 AND (health_seq IS NULL OR (health_life, health_seq) < (?5, ?2))",
+                params![
+                    node.as_str(),
+                    seq,
+                    encode("health", record)?,
+                    clamp_sql(mem_total),
+                    life
+                ],
+            )?;
+        }
+    }
+    if let Some((seq, record)) = info {
+        if let RecordKind::NodeInfo {
+            board,
+            arch,
+            cores,
+            mem_total,
+            max_instances,
+            labels,
+            region,
+        } = &record.kind
+        {
+            let region = (!region.is_empty()).then_some(region);
+            tx.execute(
+                "UPDATE nodes SET info_life = ?10, info_seq = ?2, board = ?3, arch = ?4,
+                     cpus = ?5, mem_bytes = ?6, capacity_instances = ?7, labels = ?8,
+                     region = ?9
+                 WHERE node = ?1 AND (info_seq IS NULL OR (info_life, info_seq) < (?10, ?2))",
+                params![
+                    node.as_str(),
+                    seq,
+                    board,
+                    arch,
+                    cores,
+                    clamp_sql(*mem_total),
+                    max_instances,
+                    serde_json::to_string(labels)?,
+                    region,
+                    life
+                ],
+            )?;
+        }
+    }
+    Ok(Ingested {
+        stored,
+        duplicates,
+        repeats,
+        conflicts,
+        ack_upto: coverage.acked,
+        epoch: up.epoch,
+    })
+}
+
+/// Bytes of records stored for `node`; creates its `node_bytes` row (from `records`,
+/// for stores written before the table existed) when missing.
+pub(super) fn stored_bytes(tx: &Connection, node: &Name) -> Result<u64> {
+    let row: Option<i64> = tx
+        .query_row(
+            "SELECT bytes FROM node_bytes WHERE node = ?1",
+            [node.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(b) = row {
+        return Ok(from_sql(b));
+    }
+    let sum: i64 = tx.query_row(
+        "SELECT COALESCE(SUM(length(kind)), 0) FROM records WHERE node = ?1",
+        [node.as_str()],
+        |r| r.get(0),
+    )?;
+    tx.execute(
+        "INSERT INTO node_bytes (node, bytes) VALUES (?1, ?2)",
+        params![node.as_str(), sum],
+    )?;
+    Ok(from_sql(sum))
+}
+
+/// The coverage of `node`'s life `epoch` (empty when none is stored).
+pub(super) fn load_coverage(conn: &Connection, node: &Name, epoch: u64) -> Result<Coverage> {
+    let row: Option<(i64, Vec<u8>)> = conn
+        .query_row(
+            "SELECT acked, pending FROM coverage WHERE node = ?1 AND epoch = ?2",
+            params![node.as_str(), epoch_sql(epoch)],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    match row {
+        None => Ok(Coverage::new()),
+        Some((acked, pending)) => Ok(Coverage {
+            acked: from_sql(acked),
+            pending: decode("coverage", node.as_str(), &pending)?,
+        }),
+    }
+}

@@ -1,0 +1,119 @@
+//! Reading stored records back from SQLite, for the views.
+//!
+//! Contract: read-only; every life of a node, in (life, seq) order where an order is
+//! promised ([`super::FleetStore`]); the folds into views are [`super::super::views`]'.
+
+use hedge_wire::{Name, Record};
+use rusqlite::{params, Connection};
+
+use super::super::blob::decode_desired;
+use super::super::{InstanceSources, Result};
+use super::sql::{clamp_sql, decode_record, from_sql, raw_record, RawRecord};
+
+/// Up to `limit` records of `node` with `seq >= from_seq`, in (life, seq) order.
+pub(super) fn records(
+    conn: &Connection,
+    node: &Name,
+    from_seq: u64,
+    limit: u32,
+) -> Result<Vec<Record>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT r.node, r.seq, r.time_ms, r.kind FROM records r
+         JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
+         WHERE r.node = ?1 AND r.seq >= ?2 ORDER BY e.life, r.seq LIMIT ?3",
+    )?;
+    let rows = stmt
+        .query_map(
+            params![node.as_str(), clamp_sql(from_seq), limit],
+            raw_record,
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter()
+        .map(|raw| decode_record(raw).map(|(_, r)| r))
+        .collect()
+}
+
+/// How many records of `node` are stored.
+pub(super) fn count(conn: &Connection, node: &Name) -> Result<u64> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM records WHERE node = ?1",
+        [node.as_str()],
+        |r| r.get(0),
+    )?;
+    Ok(from_sql(n))
+}
+
+/// Usage records overlapping `[start, end)` (`start < end`), by node, life then seq.
+pub(super) fn usage(conn: &Connection, start: u64, end: u64) -> Result<Vec<(Name, Record)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT r.node, r.seq, r.time_ms, r.kind FROM records r
+         JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
+         WHERE r.kind_tag = 'usage' AND r.span_from < ?2
+           AND (r.span_to > ?1 OR (r.span_to = r.span_from AND r.span_from >= ?1))
+         ORDER BY r.node, e.life, r.seq",
+    )?;
+    let rows = stmt
+        .query_map(params![clamp_sql(start), clamp_sql(end)], raw_record)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter().map(decode_record).collect()
+}
+
+/// Every incident record as `(node, life, record)`, by node, life then seq.
+pub(super) fn incidents(conn: &Connection) -> Result<Vec<(Name, u32, Record)>> {
+    let rows = {
+        let mut stmt = conn.prepare_cached(
+            "SELECT r.node, r.seq, r.time_ms, r.kind, e.life FROM records r
+             JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
+             WHERE r.kind_tag = 'incident' ORDER BY r.node, e.life, r.seq",
+        )?;
+        let rows = stmt
+            .query_map([], |r| Ok((raw_record(r)?, r.get::<_, u32>(4)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows
+    };
+    rows.into_iter()
+        .map(|(raw, life)| {
+            let (node, record) = decode_record(raw)?;
+            Ok((node, life, record))
+        })
+        .collect()
+}
+
+/// The desired states and the latest local request and state report per instance
+/// (`pruned` is left empty: the caller reads it).
+pub(super) fn instance_sources(conn: &Connection) -> Result<InstanceSources> {
+    let desired = conn
+        .prepare_cached("SELECT node, state FROM desired ORDER BY node")?
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    // The latest record per (node, instance): highest (life, seq).
+    let latest = |tag: &str| -> Result<Vec<(Name, Record)>> {
+        let rows: Vec<RawRecord> = conn
+            .prepare_cached(
+                "SELECT node, seq, time_ms, kind FROM (
+                     SELECT r.node, r.seq, r.time_ms, r.kind, ROW_NUMBER() OVER (
+                         PARTITION BY r.node, r.instance
+                         ORDER BY e.life DESC, r.seq DESC) AS nth
+                     FROM records r
+                     JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
+                     WHERE r.kind_tag = ?1)
+                 WHERE nth = 1",
+            )?
+            .query_map([tag], raw_record)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter().map(decode_record).collect()
+    };
+    let states = latest("instance_state")?;
+    let local_requests = latest("local_request")?;
+    Ok(InstanceSources {
+        desired: desired
+            .into_iter()
+            .map(|(node, blob)| decode_desired(&node, &blob))
+            .collect::<Result<_>>()?,
+        pruned: Vec::new(),
+        local_requests,
+        states,
+    })
+}
