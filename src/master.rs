@@ -10,8 +10,9 @@ use hedge_master::alloc::Placement;
 use hedge_master::billing::{self, Period, PriceList};
 use hedge_master::config::MasterConfig;
 use hedge_master::pki::{self, InitOptions};
-use hedge_master::sign::{self, MasterKey};
-use hedge_master::store::{FleetStore, MasterStore, StoreError};
+use hedge_master::placement::{self, Line, PlaceError};
+use hedge_master::sign::MasterKey;
+use hedge_master::store::{FleetStore, MasterStore};
 
 use hedge_wire::{InstanceRequest, Name, RecordKind};
 
@@ -545,9 +546,9 @@ fn print_list<T: serde::Serialize>(v: &View, list: &[T]) -> Result<(), Failure> 
     Ok(())
 }
 
-/// Places `request` (see `FleetStore::place`): allocation, a move off another
-/// node, pruning and the size check all happen in the transaction that stores the
-/// signed state(s). Refusals exit 65.
+/// Places `request` ([`placement::request`]): allocation, a move off another node,
+/// pruning and the size check all happen in the transaction that stores the signed
+/// state(s). Refusals exit 65.
 fn request_on_master(
     cfg: &MasterConfig,
     request: InstanceRequest,
@@ -556,31 +557,24 @@ fn request_on_master(
     let store = open_store(cfg)?;
     let key = MasterKey::load(&cfg.base.join(&cfg.signing.key)).map_err(Failure::usage)?;
     let name = request.name.clone();
-    let placed = store
-        .place(
-            request,
-            &placement,
-            now_ms(),
-            cfg.allocation.stale_after_ms,
-            |d| sign::sign(&key, d, now_ms()),
-        )
-        .map_err(|e| match e {
-            StoreError::Alloc(_)
-            | StoreError::TooLarge { .. }
-            | StoreError::NotPlaced { .. }
-            | StoreError::Invalid(_) => Failure::data(e),
-            e => Failure::from(e),
-        })?;
-    for (node, generation) in &placed.destroyed_on {
-        println!("{name} destroyed on {node} (generation {generation}): moved");
+    let placed = placement::request(
+        &store,
+        &key,
+        request,
+        &placement,
+        cfg.allocation.stale_after_ms,
+        now_ms,
+    )
+    .map_err(|e| match e {
+        PlaceError::Refused(e) => Failure::data(e),
+        PlaceError::Store(e) => Failure::from(e),
+    })?;
+    for line in placement::report(&name, &placed) {
+        match line {
+            Line::Out(l) => println!("{l}"),
+            Line::Err(l) => eprintln!("{l}"),
+        }
     }
-    for (node, pruned) in &placed.pruned {
-        eprintln!("{pruned} pruned from {node}'s desired state (destroyed, reported destroyed)");
-    }
-    println!(
-        "{name} requested on {} (generation {}); `hedge master run` publishes it",
-        placed.state.node, placed.state.generation
-    );
     Ok(())
 }
 

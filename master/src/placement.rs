@@ -1,5 +1,5 @@
 //! Placing an instance request: where it goes, what a move destroys, when a destroyed
-//! instance leaves a desired state.
+//! instance leaves a desired state, and the signed request `hedge master request` makes.
 //!
 //! Contract (the rules every [`FleetStore`] backend applies in the one transaction of
 //! [`FleetStore::place`], so concurrent masters serialize and a node's capacity is
@@ -23,13 +23,17 @@
 //!   reported destroyed and so stays in the state, destroyed.
 //! - A state whose signed, framed encoding exceeds the frame limit is refused
 //!   ([`StoreError::TooLarge`]) and nothing of the transaction is stored.
+//!
+//! [`request`] is what `hedge master request` does once its arguments are parsed: it
+//! places the request, signing each state written with the master's key at the time of
+//! signing, and tells refusals ([`PlaceError::Refused`]: the operator's request cannot
+//! be met, nothing stored) from failures of the store. [`report`] is what it prints.
 
-use hedge_wire::Name;
+use hedge_wire::{DesiredState, InstanceRequest, Name};
 
 use crate::alloc::Placement;
-#[cfg(doc)]
-use crate::store::FleetStore;
-use crate::store::StoreError;
+use crate::sign::{sign, MasterKey};
+use crate::store::{FleetStore, Placed, StoreError};
 
 /// Where a request goes, before allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +90,79 @@ pub fn applied_at(accepted: &[((i64, i64), u64)], since: u64) -> Option<(i64, i6
         .filter(|(_, g)| *g >= since)
         .map(|(pos, _)| *pos)
         .min()
+}
+
+/// Why [`request`] placed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    /// The request cannot be met as asked (no node fits, the state would be too large
+    /// to deliver, a destroy names a node the instance is not on, the request breaks a
+    /// wire rule); nothing was stored.
+    #[error(transparent)]
+    Refused(StoreError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for PlaceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Alloc(_)
+            | StoreError::TooLarge { .. }
+            | StoreError::NotPlaced { .. }
+            | StoreError::Invalid(_) => PlaceError::Refused(e),
+            e => PlaceError::Store(e),
+        }
+    }
+}
+
+/// Places `request` in `store` ([`FleetStore::place`]), signing every state written
+/// with `key` at `now_ms()` when it is signed.
+pub fn request<S: FleetStore>(
+    store: &S,
+    key: &MasterKey,
+    request: InstanceRequest,
+    placement: &Placement,
+    stale_after_ms: u64,
+    now_ms: impl Fn() -> u64,
+) -> Result<Placed, PlaceError> {
+    Ok(store.place(
+        request,
+        placement,
+        now_ms(),
+        stale_after_ms,
+        |d: &mut DesiredState| sign(key, d, now_ms()),
+    )?)
+}
+
+/// One line of what `hedge master request` prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    /// On standard output.
+    Out(String),
+    /// On standard error.
+    Err(String),
+}
+
+/// What `hedge master request` prints about `placed`, the placement of `name`, in order.
+pub fn report(name: &Name, placed: &Placed) -> Vec<Line> {
+    let mut out = Vec::new();
+    for (node, generation) in &placed.destroyed_on {
+        out.push(Line::Out(format!(
+            "{name} destroyed on {node} (generation {generation}): moved"
+        )));
+    }
+    for (node, pruned) in &placed.pruned {
+        out.push(Line::Err(format!(
+            "{pruned} pruned from {node}'s desired state (destroyed, reported destroyed)"
+        )));
+    }
+    out.push(Line::Out(format!(
+        "{name} requested on {} (generation {}); `hedge master run` publishes it",
+        placed.state.node, placed.state.generation
+    )));
+    out
 }
 
 #[cfg(test)]

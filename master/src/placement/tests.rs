@@ -1,7 +1,10 @@
 #![allow(clippy::unwrap_used)]
 
+use hedge_wire::RequestedState;
+
 use super::*;
-use crate::store::conformance::n;
+use crate::store::conformance::{n, open, request as req};
+use crate::store::NodeInfo;
 
 fn on(node: &str) -> Placement {
     Placement {
@@ -75,4 +78,103 @@ fn a_destroy_applies_at_the_first_acceptance_of_its_generation_or_a_later_one() 
     assert_eq!(applied_at(&accepted, 1), Some((1, 10)));
     assert_eq!(applied_at(&accepted, 6), None);
     assert_eq!(applied_at(&[], 1), None);
+}
+
+#[test]
+fn refusals_are_told_from_store_failures() {
+    let refused = [
+        StoreError::Alloc(crate::alloc::AllocError::NoSuchNode(n("a"))),
+        StoreError::NotPlaced {
+            instance: n("x"),
+            node: None,
+        },
+        StoreError::TooLarge {
+            node: n("a"),
+            len: 2,
+            max: 1,
+        },
+        StoreError::Invalid(hedge_wire::WireError::TooLarge { len: 2, max: 1 }),
+    ];
+    for e in refused {
+        assert!(matches!(PlaceError::from(e), PlaceError::Refused(_)));
+    }
+    assert!(matches!(
+        PlaceError::from(StoreError::BadName("?".into())),
+        PlaceError::Store(_)
+    ));
+    assert!(matches!(
+        PlaceError::from(StoreError::Batch("disk".into())),
+        PlaceError::Store(_)
+    ));
+}
+
+#[test]
+fn a_request_is_signed_at_signing_time_and_reported_line_by_line() {
+    let (_d, s) = open();
+    for node in ["a", "b"] {
+        s.register_node(&NodeInfo {
+            node: n(node),
+            board: None,
+            arch: None,
+            labels: Default::default(),
+            region: None,
+            cpus: None,
+            mem_bytes: None,
+            capacity_instances: 4,
+        })
+        .unwrap();
+    }
+    let key = MasterKey::generate();
+    let clock = std::cell::Cell::new(1_000);
+    let now = || {
+        clock.set(clock.get() + 1);
+        clock.get()
+    };
+    let placed = request(
+        &s,
+        &key,
+        req("x", RequestedState::Started),
+        &on("a"),
+        60_000,
+        now,
+    )
+    .unwrap();
+    // The placement read the clock once, the signature once after it.
+    assert_eq!(placed.state.expires_ms, 1_002 + crate::sign::DESIRED_TTL_MS);
+    crate::sign::verify(&key.public(), &placed.state).unwrap();
+    let moved = request(
+        &s,
+        &key,
+        req("x", RequestedState::Started),
+        &on("b"),
+        60_000,
+        now,
+    )
+    .unwrap();
+    assert_eq!(
+        report(&n("x"), &moved),
+        vec![
+            Line::Out("x destroyed on a (generation 2): moved".into()),
+            Line::Out("x requested on b (generation 1); `hedge master run` publishes it".into()),
+        ]
+    );
+    let pruned = Placed {
+        pruned: vec![(n("a"), n("y"))],
+        ..moved
+    };
+    assert_eq!(
+        report(&n("x"), &pruned)[1],
+        Line::Err("y pruned from a's desired state (destroyed, reported destroyed)".into())
+    );
+    assert!(matches!(
+        request(
+            &s,
+            &key,
+            req("w", RequestedState::Started),
+            &on("nope"),
+            1,
+            now
+        ),
+        Err(PlaceError::Refused(StoreError::Alloc(_)))
+    ));
 }
