@@ -1,12 +1,13 @@
 //! The conformance suite of [`FleetStore`]: the contract every backend keeps, as tests.
 //!
-//! Contract: each test is a function generic over `S: FleetStore` that takes a fresh,
-//! empty store and asserts one part of the trait's contract; [`fleet_store_suite!`]
-//! instantiates every one of them as a `#[test]` for one backend, given an expression
-//! that opens a fresh store (returning `(guard, store)`: the guard keeps the store's
-//! backing alive). SQLite runs it in `sqlite::tests`; a new backend adds one line.
-//! What only one backend can be asked (its files, its schema migrations, several
-//! handles on one file) is tested beside that backend.
+//! Contract: each test is a function generic over a [`Harness`], which opens handles on
+//! one fresh, empty store of the backend under test, and asserts one part of the
+//! trait's contract (with several handles where the contract is about several writers,
+//! as several master processes are). [`fleet_store_suite!`] instantiates every one of
+//! them as a `#[test]` for one backend, given an expression making a fresh harness.
+//! SQLite runs it in `sqlite::tests`; a new backend adds a harness and one line. What
+//! only one backend can be asked (its files, its schema migrations) is tested beside
+//! that backend.
 
 #![allow(clippy::unwrap_used)]
 
@@ -24,8 +25,9 @@ pub(crate) mod fleet;
 pub(crate) mod ingest;
 pub(crate) mod place;
 pub(crate) mod views;
+pub(crate) mod writers;
 
-/// Every conformance test as a `#[test]` for the backend `$open` opens.
+/// Every conformance test as a `#[test]`, each with the fresh [`Harness`] `$open` makes.
 macro_rules! fleet_store_suite {
     ($open:expr) => {
         $crate::store::conformance::fleet_store_suite!(@each $open;
@@ -52,19 +54,32 @@ macro_rules! fleet_store_suite {
             place::many_names_destroyed_in_turn_never_fill_the_desired_state,
             place::requesting_an_instance_on_another_node_moves_it,
             place::copies_left_by_an_older_master_are_reduced_to_one,
+            writers::everything_survives_reopening,
+            writers::concurrent_stores_on_one_file_store_each_record_once,
+            writers::concurrent_placements_never_overfill_a_node,
         );
     };
     (@each $open:expr; $($group:ident::$test:ident,)*) => {
         $(
             #[test]
             fn $test() {
-                let (_guard, store) = $open;
-                $crate::store::conformance::$group::$test(&store);
+                let harness = $open;
+                $crate::store::conformance::$group::$test(&harness);
             }
         )*
     };
 }
 pub(crate) use fleet_store_suite;
+
+/// One fresh, empty store of a backend under test.
+pub(crate) trait Harness: Sync {
+    /// The backend.
+    type Store: FleetStore;
+
+    /// A new handle on the store, as another master process would open it (a handle
+    /// dropped and opened again sees what was written).
+    fn open(&self) -> Self::Store;
+}
 
 /// A valid name.
 pub(crate) fn n(s: &str) -> Name {

@@ -4,7 +4,8 @@ use super::*;
 use crate::sign::{sign, verify, MasterKey};
 use crate::store::StoreError;
 
-pub(crate) fn desired_generations_only_grow<S: FleetStore>(s: &S) {
+pub(crate) fn desired_generations_only_grow<H: Harness>(h: &H) {
+    let s = &h.open();
     let pi = n("pi-1");
     let key = MasterKey::generate();
     assert_eq!(s.desired(&pi).unwrap(), None);
@@ -53,7 +54,8 @@ pub(crate) fn desired_generations_only_grow<S: FleetStore>(s: &S) {
     assert!(matches!(s.put_desired(&bad), Err(StoreError::Invalid(_))));
 }
 
-pub(crate) fn states_near_their_expiry_are_re_signed_with_the_same_instances<S: FleetStore>(s: &S) {
+pub(crate) fn states_near_their_expiry_are_re_signed_with_the_same_instances<H: Harness>(h: &H) {
+    let s = &h.open();
     use crate::sign::{needs_renewal, renew_expiring, DESIRED_TTL_MS};
     let key = MasterKey::generate();
     let (pi, pj) = (n("pi-1"), n("pi-2"));

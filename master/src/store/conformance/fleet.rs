@@ -3,7 +3,8 @@
 use super::*;
 use crate::store::NodeInfo;
 
-pub(crate) fn registry_health_and_allocation_counts<S: FleetStore>(s: &S) {
+pub(crate) fn registry_health_and_allocation_counts<H: Harness>(h: &H) {
+    let s = &h.open();
     let pi = n("pi-1");
     let info = NodeInfo {
         node: pi.clone(),
@@ -50,7 +51,8 @@ pub(crate) fn registry_health_and_allocation_counts<S: FleetStore>(s: &S) {
     assert_eq!((node.records, node.acked_upto), (3, 2));
 }
 
-pub(crate) fn node_info_records_fill_the_registry<S: FleetStore>(s: &S) {
+pub(crate) fn node_info_records_fill_the_registry<H: Harness>(h: &H) {
+    let s = &h.open();
     let pi = n("pi-1");
     let info = |seq: u64, board: &str, region: &str| Record {
         seq,
@@ -86,7 +88,8 @@ pub(crate) fn node_info_records_fill_the_registry<S: FleetStore>(s: &S) {
     assert!(node.labels.is_empty());
 }
 
-pub(crate) fn allocation_trusts_assigned_labels_and_region_not_reported_ones<S: FleetStore>(s: &S) {
+pub(crate) fn allocation_trusts_assigned_labels_and_region_not_reported_ones<H: Harness>(h: &H) {
+    let s = &h.open();
     use crate::alloc::{pick, AllocError, Placement};
     let claims = |seq: u64| Record {
         seq,
@@ -145,7 +148,8 @@ pub(crate) fn allocation_trusts_assigned_labels_and_region_not_reported_ones<S: 
     );
 }
 
-pub(crate) fn supplied_artifacts_make_releases<S: FleetStore>(s: &S) {
+pub(crate) fn supplied_artifacts_make_releases<H: Harness>(h: &H) {
+    let s = &h.open();
     let web = n("web");
     s.supply_artifact(Some(&web), "aarch64-unknown-linux-gnu", &[1; 32], 10, 1)
         .unwrap();

@@ -4,7 +4,8 @@ use super::*;
 use crate::coverage::Coverage;
 use crate::store::{Ingested, StoreError};
 
-pub(crate) fn ingest_is_idempotent_and_acks_the_covered_prefix<S: FleetStore>(s: &S) {
+pub(crate) fn ingest_is_idempotent_and_acks_the_covered_prefix<H: Harness>(h: &H) {
+    let s = &h.open();
     let pi = n("pi-1");
     let b = batch("pi-1", 1, 10);
     let first = s.ingest(&pi, &b, 5).unwrap();
@@ -42,9 +43,8 @@ pub(crate) fn ingest_is_idempotent_and_acks_the_covered_prefix<S: FleetStore>(s:
 /// Several batches, one commit: each is judged on its own (a refused one leaves the
 /// others stored), the results come back in order, and what is stored is exactly what
 /// one `ingest` per batch would have stored.
-pub(crate) fn many_batches_share_one_commit_and_a_refused_one_leaves_the_others<S: FleetStore>(
-    s: &S,
-) {
+pub(crate) fn many_batches_share_one_commit_and_a_refused_one_leaves_the_others<H: Harness>(h: &H) {
+    let s = &h.open();
     let (a, b) = (n("a"), n("b"));
     let batches = vec![
         (a.clone(), batch("a", 1, 5), 1, u64::MAX),
@@ -67,7 +67,8 @@ pub(crate) fn many_batches_share_one_commit_and_a_refused_one_leaves_the_others<
     assert_eq!(s.ingest(&a, &batch("a", 9, 9), 6).unwrap().ack_upto, 9);
 }
 
-pub(crate) fn gaps_wait_shed_seqs_count_and_express_batches_extend_nothing<S: FleetStore>(s: &S) {
+pub(crate) fn gaps_wait_shed_seqs_count_and_express_batches_extend_nothing<H: Harness>(h: &H) {
+    let s = &h.open();
     let pi = n("pi-1");
     // Seqs 11..=20, of which 13 and 14 were shed.
     let mut late = batch("pi-1", 11, 20);
@@ -102,7 +103,8 @@ pub(crate) fn gaps_wait_shed_seqs_count_and_express_batches_extend_nothing<S: Fl
     );
 }
 
-pub(crate) fn bad_batches_are_refused_whole<S: FleetStore>(s: &S) {
+pub(crate) fn bad_batches_are_refused_whole<H: Harness>(h: &H) {
+    let s = &h.open();
     let pi = n("pi-1");
     assert!(matches!(
         s.ingest(&pi, &batch("pi-2", 1, 2), 0),
@@ -125,7 +127,8 @@ pub(crate) fn bad_batches_are_refused_whole<S: FleetStore>(s: &S) {
     assert!(s.nodes().unwrap().is_empty());
 }
 
-pub(crate) fn a_node_over_its_byte_quota_is_refused_and_others_are_not<S: FleetStore>(store: &S) {
+pub(crate) fn a_node_over_its_byte_quota_is_refused_and_others_are_not<H: Harness>(h: &H) {
+    let store = &h.open();
     let first = store
         .ingest_within(&n("a"), &batch("a", 1, 10), 1, 100)
         .unwrap();
@@ -153,7 +156,8 @@ pub(crate) fn a_node_over_its_byte_quota_is_refused_and_others_are_not<S: FleetS
 }
 
 /// A node wiped and restarted with the same id: its seqs start at 1 again in a new epoch.
-pub(crate) fn a_new_life_is_stored_beside_the_old_one_and_acked_on_its_own<S: FleetStore>(s: &S) {
+pub(crate) fn a_new_life_is_stored_beside_the_old_one_and_acked_on_its_own<H: Harness>(h: &H) {
+    let s = &h.open();
     let pi = n("pi-1");
     const E2: u64 = u64::MAX - 3;
     let old = s.ingest(&pi, &batch("pi-1", 1, 10), 5).unwrap();
@@ -202,7 +206,8 @@ pub(crate) fn a_new_life_is_stored_beside_the_old_one_and_acked_on_its_own<S: Fl
     assert_eq!((node.last_seq, node.acked_upto), (4, 4));
 }
 
-pub(crate) fn repeated_events_and_conflicting_deliveries_are_counted<S: FleetStore>(s: &S) {
+pub(crate) fn repeated_events_and_conflicting_deliveries_are_counted<H: Harness>(h: &H) {
+    let s = &h.open();
     let pi = n("pi-1");
     const E2: u64 = 0xe2;
     let first = batch("pi-1", 1, 5);

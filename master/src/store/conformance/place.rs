@@ -7,7 +7,7 @@ use hedge_wire::{
     ConfigFile, InstanceRequest, InstanceStatus, Name, Record, RecordKind, RequestedState, Up,
 };
 
-use super::{n, request};
+use super::{n, request, Harness};
 use crate::alloc::{AllocError, Placement};
 use crate::sign::{sign, verify, MasterKey};
 use crate::store::{FleetStore, NodeInfo, Owner, StoreError};
@@ -107,7 +107,8 @@ fn names<S: FleetStore>(s: &S, node: &str) -> Vec<(String, RequestedState)> {
         .unwrap_or_default()
 }
 
-pub(crate) fn a_state_too_large_to_deliver_is_refused_and_nothing_is_stored<S: FleetStore>(s: &S) {
+pub(crate) fn a_state_too_large_to_deliver_is_refused_and_nothing_is_stored<H: Harness>(h: &H) {
+    let s = &h.open();
     register(s, "pi", 64);
     let key = MasterKey::generate();
     let big = |name: &str| {
@@ -171,10 +172,11 @@ pub(crate) fn a_state_too_large_to_deliver_is_refused_and_nothing_is_stored<S: F
 }
 
 pub(crate) fn destroyed_instances_are_pruned_only_once_reported_destroyed_after_that_generation<
-    S: FleetStore,
+    H: Harness,
 >(
-    s: &S,
+    h: &H,
 ) {
+    let s = &h.open();
     register(s, "pi", 8);
     let mut node = Reporter::new("pi");
     let put = |r: InstanceRequest| s.place(r, &on("pi"), 0, 0, |_| {}).unwrap();
@@ -230,11 +232,10 @@ pub(crate) fn destroyed_instances_are_pruned_only_once_reported_destroyed_after_
 
 /// Seqs of a node's new life restart at 1: an old life's `Destroyed` report at a high
 /// seq is older than the new life's acceptance, and must not prune a new destroy.
-pub(crate) fn an_old_lifes_destroyed_report_does_not_prune_after_the_node_was_wiped<
-    S: FleetStore,
->(
-    s: &S,
+pub(crate) fn an_old_lifes_destroyed_report_does_not_prune_after_the_node_was_wiped<H: Harness>(
+    h: &H,
 ) {
+    let s = &h.open();
     register(s, "pi", 8);
     let mut node = Reporter::new("pi");
     let put = |r: InstanceRequest| s.place(r, &on("pi"), 0, 0, |_| {}).unwrap();
@@ -263,7 +264,8 @@ pub(crate) fn an_old_lifes_destroyed_report_does_not_prune_after_the_node_was_wi
     assert!(!names(s, "pi").iter().any(|(i, _)| i == "x"));
 }
 
-pub(crate) fn many_names_destroyed_in_turn_never_fill_the_desired_state<S: FleetStore>(s: &S) {
+pub(crate) fn many_names_destroyed_in_turn_never_fill_the_desired_state<H: Harness>(h: &H) {
+    let s = &h.open();
     register(s, "pi", 8);
     let mut node = Reporter::new("pi");
     // More names than one state may hold.
@@ -295,7 +297,8 @@ pub(crate) fn many_names_destroyed_in_turn_never_fill_the_desired_state<S: Fleet
     }
 }
 
-pub(crate) fn requesting_an_instance_on_another_node_moves_it<S: FleetStore>(s: &S) {
+pub(crate) fn requesting_an_instance_on_another_node_moves_it<H: Harness>(h: &H) {
+    let s = &h.open();
     register(s, "a", 4);
     register(s, "b", 4);
     register(s, "c", 4);
@@ -339,7 +342,8 @@ pub(crate) fn requesting_an_instance_on_another_node_moves_it<S: FleetStore>(s: 
     ));
 }
 
-pub(crate) fn copies_left_by_an_older_master_are_reduced_to_one<S: FleetStore>(s: &S) {
+pub(crate) fn copies_left_by_an_older_master_are_reduced_to_one<H: Harness>(h: &H) {
+    let s = &h.open();
     register(s, "a", 4);
     register(s, "b", 4);
     // The old request path let `--node b` add a second live copy.

@@ -3,7 +3,8 @@
 use super::*;
 use crate::store::Owner;
 
-pub(crate) fn usage_selects_overlapping_intervals<S: FleetStore>(s: &S) {
+pub(crate) fn usage_selects_overlapping_intervals<H: Harness>(h: &H) {
+    let s = &h.open();
     let pi = n("pi-1");
     let recs = vec![
         usage_rec(1, "web", 0, 100),   // before
@@ -25,7 +26,8 @@ pub(crate) fn usage_selects_overlapping_intervals<S: FleetStore>(s: &S) {
     assert!(s.usage(200, 100).unwrap().is_empty());
 }
 
-pub(crate) fn incidents_keep_latest_state_and_timeline<S: FleetStore>(s: &S) {
+pub(crate) fn incidents_keep_latest_state_and_timeline<H: Harness>(h: &H) {
+    let s = &h.open();
     let pi = n("pi-1");
     // Arrives out of order: resolution first (express), then the rest.
     s.ingest(
@@ -71,7 +73,8 @@ pub(crate) fn incidents_keep_latest_state_and_timeline<S: FleetStore>(s: &S) {
     assert_eq!(all[1].state, IncidentState::Open);
 }
 
-pub(crate) fn instances_join_desired_local_requests_and_reports<S: FleetStore>(s: &S) {
+pub(crate) fn instances_join_desired_local_requests_and_reports<H: Harness>(h: &H) {
+    let s = &h.open();
     let pi = n("pi-1");
     s.update_desired(
         &pi,
@@ -124,7 +127,8 @@ pub(crate) fn instances_join_desired_local_requests_and_reports<S: FleetStore>(s
     );
 }
 
-pub(crate) fn views_and_usage_hold_every_life<S: FleetStore>(s: &S) {
+pub(crate) fn views_and_usage_hold_every_life<H: Harness>(h: &H) {
+    let s = &h.open();
     let pi = n("pi-1");
     const E2: u64 = 0xe2;
     let life = |epoch, start: u64, seq_of_state: u64| {

@@ -1,76 +1,27 @@
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Barrier};
+use std::collections::BTreeMap;
 
 use hedge_wire::RequestedState;
 use rusqlite::{params, Connection};
 
 use super::*;
-use crate::alloc::{AllocError, Placement};
-use crate::store::conformance::place::register;
-use crate::store::conformance::{batch, n, open, request, up, usage_rec};
+use crate::store::conformance::{batch, n, open, request, up, usage_rec, Harness};
+
+/// A fresh SQLite store in a temp dir; each handle opens the same file.
+struct Sqlite(tempfile::TempDir);
+
+impl Harness for Sqlite {
+    type Store = SqliteStore;
+
+    fn open(&self) -> SqliteStore {
+        SqliteStore::open(&self.0.path().join("master.db")).unwrap()
+    }
+}
 
 /// The conformance suite, against SQLite.
 mod conformance {
-    crate::store::conformance::fleet_store_suite!(super::open());
-}
-
-#[test]
-fn everything_survives_reopening() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("master.db");
-    let pi = n("pi-1");
-    {
-        let s = SqliteStore::open(&path).unwrap();
-        s.ingest(&pi, &batch("pi-1", 3, 5), 0).unwrap();
-        s.update_desired(&pi, |v| v, |_| {}).unwrap();
-    }
-    let s = SqliteStore::open(&path).unwrap();
-    assert_eq!(s.count(&pi).unwrap(), 3);
-    assert_eq!(s.ingest(&pi, &batch("pi-1", 1, 2), 1).unwrap().ack_upto, 5);
-    assert_eq!(s.next_generation(&pi).unwrap(), 2);
-}
-
-#[test]
-fn concurrent_stores_on_one_file_store_each_record_once() {
-    // Each thread opens its own store, as separate master processes would.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("master.db");
-    let threads = 6;
-    let results: Vec<(usize, u64, Vec<u64>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let path = path.clone();
-                scope.spawn(move || {
-                    let s = SqliteStore::open(&path).unwrap();
-                    let pi = n("pi-1");
-                    let mut stored = 0;
-                    let mut ack = 0;
-                    // Every thread sends the same batches, in a different order.
-                    for i in 0..20u64 {
-                        let k = (i + t as u64 * 7) % 20;
-                        let r = s
-                            .ingest(&pi, &batch("pi-1", k * 10 + 1, k * 10 + 10), i)
-                            .unwrap();
-                        stored += r.stored;
-                        ack = ack.max(r.ack_upto);
-                    }
-                    let gens = (0..10).map(|_| s.next_generation(&pi).unwrap()).collect();
-                    (stored, ack, gens)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    let stored: usize = results.iter().map(|r| r.0).sum();
-    assert_eq!(stored, 200, "each (node, seq) stored exactly once");
-    assert!(results.iter().any(|r| r.1 == 200));
-    let gens: BTreeSet<u64> = results.iter().flat_map(|r| r.2.clone()).collect();
-    assert_eq!(gens.len(), threads * 10, "no generation handed out twice");
-    let s = SqliteStore::open(&path).unwrap();
-    assert_eq!(s.count(&n("pi-1")).unwrap(), 200);
-    assert_eq!(s.nodes().unwrap()[0].records, 200);
+    crate::store::conformance::fleet_store_suite!(super::Sqlite(tempfile::tempdir().unwrap()));
 }
 
 #[test]
@@ -197,48 +148,4 @@ fn a_desired_state_stored_before_wire_version_2_still_reads() {
     let d = s.desired(&pi).unwrap().unwrap();
     assert_eq!((d.generation, d.expires_ms), (3, 0));
     assert_eq!(d.instances, v1.instances);
-}
-
-#[test]
-fn concurrent_placements_never_overfill_a_node() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("master.db");
-    register(&SqliteStore::open(&path).unwrap(), "solo", 1);
-    const WRITERS: usize = 8;
-    let barrier = Arc::new(Barrier::new(WRITERS));
-    let handles: Vec<_> = (0..WRITERS)
-        .map(|i| {
-            let (path, barrier) = (path.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                let s = SqliteStore::open(&path).unwrap();
-                barrier.wait();
-                s.place(
-                    request(&format!("w{i}"), RequestedState::Started),
-                    &Placement::default(),
-                    0,
-                    60_000,
-                    |_| {},
-                )
-            })
-        })
-        .collect();
-    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    let placed: Vec<String> = results
-        .iter()
-        .filter_map(|r| Some(r.as_ref().ok()?.state.instances.last()?.name.to_string()))
-        .collect();
-    assert_eq!(
-        placed.len(),
-        1,
-        "placed onto a node with room for one: {placed:?}"
-    );
-    for r in results.iter().filter_map(|r| r.as_ref().err()) {
-        assert!(
-            matches!(r, StoreError::Alloc(AllocError::NoCandidate { .. })),
-            "{r:?}"
-        );
-    }
-    let s = SqliteStore::open(&path).unwrap();
-    assert_eq!(s.nodes().unwrap()[0].allocated_instances, 1);
-    assert_eq!(s.desired(&n("solo")).unwrap().unwrap().instances.len(), 1);
 }
