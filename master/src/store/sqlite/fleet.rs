@@ -2,14 +2,15 @@
 //!
 //! Contract: keeps the registry rules of [`super::FleetStore`]: labels and region that
 //! allocation matches are the operator's only ([`load_assignment`]), reported ones are
-//! shown; the capacity is the reported one capped by an assigned `max_instances`.
+//! shown; the capacity is the reported one capped by an assigned `max_instances`; the
+//! newest `NodeInfo` and `NodeHealth` by (life, seq) win, whatever order they arrive in.
 
 use std::collections::BTreeMap;
 
-use hedge_wire::Name;
+use hedge_wire::{Name, Record, RecordKind};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use super::super::blob::{decode, name};
+use super::super::blob::{decode, encode, name};
 use super::super::views::health_of;
 use super::super::{Assignment, NodeInfo, NodeSummary, Result};
 use super::sql::{clamp_sql, from_sql};
@@ -178,4 +179,71 @@ pub(super) fn load_nodes(conn: &Connection) -> Result<Vec<NodeSummary>> {
             })
         })
         .collect()
+}
+
+/// Keeps `record`, a `NodeHealth` of `node` at `(life, seq)`, as its health (and its
+/// total memory as its memory size) unless a newer one is kept.
+pub(super) fn newest_health(
+    tx: &Connection,
+    node: &Name,
+    life: i64,
+    seq: i64,
+    record: &Record,
+) -> Result<()> {
+    if let RecordKind::NodeHealth { mem_total, .. } = record.kind {
+        tx.execute(
+            "UPDATE nodes SET health_life = ?5, health_seq = ?2, health = ?3, mem_bytes = ?4
+             WHERE node = ?1 AND (health_seq IS NULL OR (health_life, health_seq) < (?5, ?2))",
+            params![
+                node.as_str(),
+                seq,
+                encode("health", record)?,
+                clamp_sql(mem_total),
+                life
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Takes `node`'s reported registry facts from `record`, a `NodeInfo` at `(life, seq)`,
+/// unless newer ones were taken (an empty region reads as none).
+pub(super) fn newest_info(
+    tx: &Connection,
+    node: &Name,
+    life: i64,
+    seq: i64,
+    record: &Record,
+) -> Result<()> {
+    if let RecordKind::NodeInfo {
+        board,
+        arch,
+        cores,
+        mem_total,
+        max_instances,
+        labels,
+        region,
+    } = &record.kind
+    {
+        let region = (!region.is_empty()).then_some(region);
+        tx.execute(
+            "UPDATE nodes SET info_life = ?10, info_seq = ?2, board = ?3, arch = ?4,
+                 cpus = ?5, mem_bytes = ?6, capacity_instances = ?7, labels = ?8,
+                 region = ?9
+             WHERE node = ?1 AND (info_seq IS NULL OR (info_life, info_seq) < (?10, ?2))",
+            params![
+                node.as_str(),
+                seq,
+                board,
+                arch,
+                cores,
+                clamp_sql(*mem_total),
+                max_instances,
+                serde_json::to_string(labels)?,
+                region,
+                life
+            ],
+        )?;
+    }
+    Ok(())
 }

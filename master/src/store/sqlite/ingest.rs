@@ -11,6 +11,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::super::blob::{decode, encode};
 use super::super::ingest::check;
 use super::super::{Ingested, Result, StoreError};
+use super::fleet;
 use super::sql::{clamp_sql, epoch_sql, from_sql, seq_sql, time_sql};
 use crate::coverage::Coverage;
 
@@ -163,51 +164,10 @@ pub(super) fn ingest_in(
         ],
     )?;
     if let Some((seq, record)) = health {
-        if let RecordKind::NodeHealth { mem_total, .. } = record.kind {
-            tx.execute(
-                "UPDATE nodes SET health_life = ?5, health_seq = ?2, health = ?3, mem_bytes = ?4
-                 WHERE node = ?1 AND (health_seq IS NULL OR (health_life, health_seq) < (?5, ?2))",
-                params![
-                    node.as_str(),
-                    seq,
-                    encode("health", record)?,
-                    clamp_sql(mem_total),
-                    life
-                ],
-            )?;
-        }
+        fleet::newest_health(tx, node, life, seq, record)?;
     }
     if let Some((seq, record)) = info {
-        if let RecordKind::NodeInfo {
-            board,
-            arch,
-            cores,
-            mem_total,
-            max_instances,
-            labels,
-            region,
-        } = &record.kind
-        {
-            let region = (!region.is_empty()).then_some(region);
-            tx.execute(
-                "UPDATE nodes SET info_life = ?10, info_seq = ?2, board = ?3, arch = ?4,
-                     cpus = ?5, mem_bytes = ?6, capacity_instances = ?7, labels = ?8,
-                     region = ?9
-                 WHERE node = ?1 AND (info_seq IS NULL OR (info_life, info_seq) < (?10, ?2))",
-                params![
-                    node.as_str(),
-                    seq,
-                    board,
-                    arch,
-                    cores,
-                    clamp_sql(*mem_total),
-                    max_instances,
-                    serde_json::to_string(labels)?,
-                    region,
-                    life
-                ],
-            )?;
-        }
+        fleet::newest_info(tx, node, life, seq, record)?;
     }
     Ok(Ingested {
         stored,
