@@ -93,6 +93,10 @@ pub type Batch = (Name, Up, u64, u64);
 ///   ([`FleetStore::update_assignment`]); its reported capacity counts, capped by an
 ///   assigned `max_instances`.
 /// - A store is `Send + Sync`: one value is shared by the threads of one process.
+///
+/// The methods that take closures (the signing step, the edit of an assignment or of a
+/// state, run inside the write transaction) are generic, so the trait is used
+/// statically: callers are generic over `S: FleetStore` or name [`MasterStore`].
 pub trait FleetStore: Send + Sync {
     /// Stores a batch from `node` and returns the ack to publish. `node` is who the
     /// transport says sent it (the MQTT topic); `now_ms` is the arrival time.
