@@ -71,10 +71,11 @@ fn batches_of_another_node_or_out_of_range_seqs_are_refused() {
         check(&n("pi-1"), &batch("pi-2", 1, 2)),
         Err(StoreError::NodeMismatch { .. })
     ));
-    let mut big = batch("pi-1", 1, 2);
-    big.records
-        .push(state_rec(1 << 63, "web", InstanceStatus::Stopped, 0));
-    big.covers = None;
+    let big = up(
+        "pi-1",
+        vec![state_rec(1 << 63, "web", InstanceStatus::Stopped, 0)],
+        None,
+    );
     assert!(matches!(
         check(&n("pi-1"), &big),
         Err(StoreError::SeqOutOfRange(s)) if s == 1 << 63
