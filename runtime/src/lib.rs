@@ -5,6 +5,7 @@ pub mod credentials;
 pub mod daemon;
 pub mod desired;
 pub mod identity;
+pub mod local_api;
 pub mod logfile;
 pub mod monitor;
 pub mod partition;
