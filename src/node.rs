@@ -8,11 +8,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use hedge_runtime::config::{self, NodeConfig};
-use hedge_runtime::daemon::api::{self, ApiError, ApiRequest};
+use hedge_runtime::daemon::api::{self, ApiError};
 use hedge_runtime::daemon::Daemon;
+use hedge_runtime::local_api::{self, Accepted, ApiRequest, NodeStatus, OutboxPage, Requested};
 use hedge_runtime::request_file;
 use hedge_runtime::store::Store;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
 
 use crate::Failure;
 
@@ -111,7 +112,7 @@ fn load(c: &ConfigArg) -> Result<NodeConfig, Failure> {
     NodeConfig::load(&c.config).map_err(Failure::usage)
 }
 
-fn call(cfg: &NodeConfig, req: &ApiRequest) -> Result<Value, Failure> {
+fn call<T: DeserializeOwned>(cfg: &NodeConfig, req: &ApiRequest) -> Result<T, Failure> {
     crate::process::runtime()?
         .block_on(api::call(&cfg.socket_path(), req))
         .map_err(|e| match e {
@@ -129,7 +130,7 @@ pub fn main(cmd: NodeCommand) -> Result<(), Failure> {
             let request = request.build(&request_file::no_releases)?;
             let cfg = load(&config)?;
             let name = request.name.to_string();
-            call(
+            call::<Requested>(
                 &cfg,
                 &ApiRequest::Request {
                     request: Box::new(request),
@@ -148,11 +149,13 @@ pub fn main(cmd: NodeCommand) -> Result<(), Failure> {
             simple(&config, ApiRequest::Destroy { name }, "destroying")
         }
         NodeCommand::Status { json, config } => {
-            let v = call(&load(&config)?, &ApiRequest::Status)?;
+            let status: NodeStatus = call(&load(&config)?, &ApiRequest::Status)?;
             if json {
+                // As the daemon answered it: `ok` beside the status, keys sorted.
+                let v = Accepted::new(&status).to_value()?;
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                print_status(&v);
+                print_status(&status);
             }
             Ok(())
         }
@@ -162,12 +165,14 @@ pub fn main(cmd: NodeCommand) -> Result<(), Failure> {
             json,
             config,
         } => {
-            let v = call(&load(&config)?, &ApiRequest::Outbox { from, limit })?;
+            let page: OutboxPage = call(&load(&config)?, &ApiRequest::Outbox { from, limit })?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v["records"])?);
+                let records = serde_json::to_value(&page.records)?;
+                println!("{}", serde_json::to_string_pretty(&records)?);
             } else {
-                for r in v["records"].as_array().into_iter().flatten() {
-                    println!("{:>8} {:>14} {}", r["seq"], r["time_ms"], r["kind"]);
+                // Unpadded: the widths this once asked for were ignored (JSON values).
+                for r in &page.records {
+                    println!("{} {} {}", r.seq, r.time_ms, serde_json::to_value(&r.kind)?);
                 }
             }
             Ok(())
@@ -177,12 +182,8 @@ pub fn main(cmd: NodeCommand) -> Result<(), Failure> {
             follow,
             config,
         } => {
-            let v = call(&load(&config)?, &ApiRequest::LogPath { name })?;
-            let path = v
-                .get("path")
-                .and_then(Value::as_str)
-                .context("daemon gave no log path")?;
-            logs(Path::new(path), follow)
+            let log: local_api::LogPath = call(&load(&config)?, &ApiRequest::LogPath { name })?;
+            logs(&log.path, follow)
         }
     }
 }
@@ -194,7 +195,7 @@ fn simple(config: &ConfigArg, req: ApiRequest, done: &str) -> Result<(), Failure
         }
         _ => String::new(),
     };
-    call(&load(config)?, &req)?;
+    call::<Requested>(&load(config)?, &req)?;
     println!("{done} {name}");
     Ok(())
 }
@@ -327,62 +328,56 @@ fn run(cfg: NodeConfig) -> Result<(), Failure> {
     })
 }
 
-fn print_status(v: &Value) {
-    let s = |v: &Value| match v {
-        Value::Null => "-".to_string(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    println!("node {}", s(&v["node"]));
+fn print_status(v: &NodeStatus) {
+    fn or_dash<T: ToString>(v: Option<T>) -> String {
+        v.map_or_else(|| "-".to_string(), |v| v.to_string())
+    }
+    println!("node {}", v.node);
     println!(
         "{:<24} {:<9} {:<9} {:>8} {:>8}  LAST EXIT",
         "INSTANCE", "STATE", "WANTED", "PID", "RESTARTS"
     );
-    for i in v["instances"].as_array().into_iter().flatten() {
+    for i in &v.instances {
         println!(
             "{:<24} {:<9} {:<9} {:>8} {:>8}  {}",
-            s(&i["name"]),
-            s(&i["state"]),
-            s(&i["requested"]),
-            s(&i["pid"]),
-            s(&i["restarts"]),
-            s(&i["last_exit"])
+            i.name,
+            local_api::state_word(i.state),
+            local_api::requested_word(i.requested),
+            or_dash(i.pid),
+            i.restarts,
+            or_dash(i.last_exit.as_deref())
         );
     }
-    for i in v["instances"].as_array().into_iter().flatten() {
-        for p in i["promises"].as_array().into_iter().flatten() {
-            let state = match p["ok"].as_bool() {
+    for i in &v.instances {
+        for p in &i.promises {
+            let state = match p.ok {
                 Some(true) => "ok",
                 Some(false) => "FAILING",
                 None => "not checked yet",
             };
-            println!("  promise {}/{}: {state}", s(&i["name"]), s(&p["name"]));
+            println!("  promise {}/{}: {state}", i.name, p.name);
         }
     }
-    let incidents = v["incidents"].as_array().cloned().unwrap_or_default();
-    if !incidents.is_empty() {
+    if !v.incidents.is_empty() {
         println!(
             "{:>6} {:<24} {:<16} {:<9} {:<9} MESSAGE",
             "ID", "INSTANCE", "PROMISE", "STATE", "SEVERITY"
         );
-        for i in &incidents {
+        for i in &v.incidents {
             println!(
                 "{:>6} {:<24} {:<16} {:<9} {:<9} {}",
-                s(&i["id"]),
-                s(&i["instance"]),
-                s(&i["promise"]),
-                s(&i["state"]),
-                s(&i["severity"]),
-                s(&i["message"])
+                i.id,
+                i.instance,
+                i.promise,
+                local_api::word(&i.state),
+                local_api::severity_word(i.severity),
+                i.message
             );
         }
     }
     println!(
         "outbox: {} records ({} of {} bytes) waiting, next seq {}",
-        s(&v["outbox"]["depth"]),
-        s(&v["outbox"]["bytes"]),
-        s(&v["outbox"]["quota_bytes"]),
-        s(&v["outbox"]["next_seq"])
+        v.outbox.depth, v.outbox.bytes, v.outbox.quota_bytes, v.outbox.next_seq
     );
 }
 

@@ -32,8 +32,8 @@ use anyhow::{anyhow, bail, Context};
 use clap::Subcommand;
 use hedge_master::pki::{self, InitOptions};
 use hedge_master::store::{FleetStore, MasterStore, NodeSummary};
-use hedge_wire::{Name, Record, RecordKind};
-use serde_json::Value;
+use hedge_runtime::local_api::{IncidentStatus, NodeStatus, PromiseView};
+use hedge_wire::{InstanceStatus, Name, Record, RecordKind};
 
 use crate::Failure;
 
@@ -548,7 +548,7 @@ timeout_ms = 1000
     Ok(())
 }
 
-fn node_status(cfg: &Path) -> Option<Value> {
+fn node_status(cfg: &Path) -> Option<NodeStatus> {
     let out = Command::new(exe().ok()?)
         .args(["node", "status", "--json", "--config"])
         .arg(cfg)
@@ -651,16 +651,18 @@ fn status_table(fleet: &Fleet, mdir: &Path) -> Result<String, Failure> {
             out.push_str(&format!("{name:<8} (not answering)\n"));
             continue;
         };
-        let instances = s["instances"].as_array().cloned().unwrap_or_default();
-        let running = instances.iter().filter(|i| i["state"] == "running").count();
-        let promises: Vec<&Value> = instances
+        let instances = &s.instances;
+        let running = instances
             .iter()
-            .flat_map(|i| i["promises"].as_array().into_iter().flatten())
-            .collect();
-        let ok = promises.iter().filter(|p| p["ok"] == true).count();
-        let open = s["incidents"]
-            .as_array()
-            .map_or(0, |a| a.iter().filter(|i| i["state"] == "open").count());
+            .filter(|i| i.state == InstanceStatus::Running)
+            .count();
+        let promises: Vec<&PromiseView> = instances.iter().flat_map(|i| &i.promises).collect();
+        let ok = promises.iter().filter(|p| p.ok == Some(true)).count();
+        let open = s
+            .incidents
+            .iter()
+            .filter(|i| i.state == IncidentStatus::Open)
+            .count();
         let link = if fleet
             .dir
             .join("nodes")
@@ -669,22 +671,23 @@ fn status_table(fleet: &Fleet, mdir: &Path) -> Result<String, Failure> {
             .exists()
         {
             "cut"
-        } else if s["uplink"]["connected"] == true {
+        } else if s.uplink.connected {
             "up"
         } else {
             "down"
         };
         out.push_str(&format!(
-            "{:<8} {:<16} {:<5} {:>5}/{:<3} {:>5}/{:<3} {:>9} {:>7} {:>10}\n",
+            // The outbox depth unpadded, as it always printed (a JSON value ignored `{:>7}`).
+            "{:<8} {:<16} {:<5} {:>5}/{:<3} {:>5}/{:<3} {:>9} {} {:>10}\n",
             name,
-            s["board"].as_str().unwrap_or("-"),
+            s.board,
             link,
             running,
             instances.len(),
             ok,
             promises.len(),
             open,
-            s["outbox"]["depth"],
+            s.outbox.depth,
             held.get(name).map_or(0, |h| h.0)
         ));
     }
@@ -707,16 +710,16 @@ fn summary(fleet: &mut Fleet, mdir: &Path) -> Result<(), Failure> {
         let (name, cfg) = (fleet.nodes[i].0.clone(), fleet.nodes[i].1.clone());
         let status = node_status(&cfg);
         if let Some(s) = &status {
-            for inc in s["incidents"].as_array().into_iter().flatten() {
+            for inc in &s.incidents {
                 incidents.0 += 1;
-                if inc["state"] == "resolved" {
+                if inc.state == IncidentStatus::Resolved {
                     incidents.1 += 1;
                 }
             }
         }
         let produced = status
             .as_ref()
-            .and_then(|s| s["outbox"]["next_seq"].as_u64())
+            .map(|s| s.outbox.next_seq)
             .map_or(0, |n| n.saturating_sub(1));
         let caught_up = wait_until(Duration::from_secs(30), || {
             held(mdir).get(&name).is_some_and(|h| h.1 >= produced)

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use common::fleet::Fleet;
 use common::{wait_for, Node};
+use hedge_runtime::local_api::Counters;
+use hedge_wire::InstanceStatus;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -82,8 +84,8 @@ fn supply(fleet: &Fleet, name: &str, bytes: &[u8], args: &[&str]) -> String {
     printed
 }
 
-fn counter(node: &Node, name: &str) -> u64 {
-    node.status()["counters"][name].as_u64().unwrap()
+fn counter(node: &Node, pick: impl Fn(&Counters) -> u64) -> u64 {
+    pick(&node.status().counters)
 }
 
 fn software(node: &Node) -> PathBuf {
@@ -168,7 +170,7 @@ fn a_supplied_release_runs_on_the_node_and_again_after_an_offline_reboot() {
         "the partial download was resumed:\n{}",
         fleet.master_log(0)
     );
-    assert_eq!(counter(&node, "artifact_installed"), 1);
+    assert_eq!(counter(&node, |c| c.artifact_installed), 1);
     assert!(
         !cache.join(&other).exists(),
         "the `*` variant was not fetched"
@@ -210,12 +212,12 @@ fn a_supplied_release_runs_on_the_node_and_again_after_an_offline_reboot() {
         (s.lines().count() == 2).then_some(())
     });
     assert_eq!(
-        counter(&node, "artifact_installed"),
+        counter(&node, |c| c.artifact_installed),
         0,
         "no download after the reboot"
     );
     assert_eq!(
-        counter(&node, "artifact_fetch_errors"),
+        counter(&node, |c| c.artifact_fetch_errors),
         0,
         "no download tried"
     );
@@ -339,19 +341,19 @@ fn wrong_hashes_and_unsafe_archives_are_refused_and_nothing_is_written_outside_t
     wait_for(
         "every unsafe archive refused",
         Duration::from_secs(60),
-        || (counter(&node, "artifact_refused") == shas.len() as u64).then_some(()),
+        || (counter(&node, |c| c.artifact_refused) == shas.len() as u64).then_some(()),
     );
     wait_for(
         "the wrong hash refused, twice",
         Duration::from_secs(60),
-        || (counter(&node, "artifact_hash_mismatch") >= 2).then_some(()),
+        || (counter(&node, |c| c.artifact_hash_mismatch) >= 2).then_some(()),
     );
     let status = node.status();
-    let refused: Vec<&str> = status["software"]["refused"]
-        .as_array()
-        .unwrap()
+    let refused: Vec<&str> = status
+        .software
+        .refused
         .iter()
-        .map(|r| r["sha256"].as_str().unwrap())
+        .map(|r| r.sha256.as_str())
         .collect();
     let cache = software(&node);
     for (what, sha) in &shas {
@@ -368,14 +370,21 @@ fn wrong_hashes_and_unsafe_archives_are_refused_and_nothing_is_written_outside_t
             !cache.join(format!("{sha}.part")).exists(),
             "{what}: download kept"
         );
-        assert_eq!(node.instance(what).unwrap()["state"], "waiting", "{what}");
+        assert_eq!(
+            node.instance(what).unwrap().state,
+            InstanceStatus::Waiting,
+            "{what}"
+        );
     }
     assert!(
         !cache.join(&wrong_sha).exists(),
         "a wrong hash was extracted"
     );
-    assert_eq!(node.instance("wrong").unwrap()["state"], "waiting");
-    assert_eq!(counter(&node, "artifact_installed"), 0);
+    assert_eq!(
+        node.instance("wrong").unwrap().state,
+        InstanceStatus::Waiting
+    );
+    assert_eq!(counter(&node, |c| c.artifact_installed), 0);
     // The specific places the archives aimed at.
     for p in [
         targets.tmp("dotdot"),

@@ -9,6 +9,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 
 use common::{hedge, tree, Node};
+use hedge_runtime::local_api::Refused;
+use hedge_wire::InstanceStatus;
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -28,7 +30,7 @@ fn bad_requests_are_refused_with_a_clear_error_and_nothing_changes() {
     ]);
     node.running_pid("keep", None);
     let before_disk = tree(&node.home().join("partitions"));
-    let before_seq = node.status()["outbox"]["next_seq"].as_u64().unwrap();
+    let before_seq = node.status().outbox.next_seq;
     let dir = node.dir.path().to_path_buf();
 
     let good = r#"
@@ -119,16 +121,19 @@ template = "x"
         s.write_all(line.as_bytes()).unwrap();
         let mut answer = String::new();
         BufReader::new(&s).read_line(&mut answer).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
-        assert_eq!(v["ok"], false, "{line} -> {answer}");
-        assert!(!v["error"].as_str().unwrap().is_empty());
+        let v: Refused = serde_json::from_str(&answer).unwrap();
+        assert!(!v.ok, "{line} -> {answer}");
+        assert!(!v.error.is_empty());
     }
 
     // Nothing changed: same partitions, no record appended, the instance still runs.
     assert_eq!(tree(&node.home().join("partitions")), before_disk);
     let status = node.status();
-    assert_eq!(status["outbox"]["next_seq"].as_u64().unwrap(), before_seq);
-    assert_eq!(node.instance("keep").unwrap()["state"], "running");
+    assert_eq!(status.outbox.next_seq, before_seq);
+    assert_eq!(
+        node.instance("keep").unwrap().state,
+        InstanceStatus::Running
+    );
 }
 
 #[test]

@@ -69,7 +69,7 @@ fn a_node_enrolls_with_its_own_key_and_a_token_that_works_once() {
             .then_some(())
     });
     assert!(!copy.home().join("uplink/node.crt").exists());
-    assert_eq!(copy.status()["uplink"]["connected"], false);
+    assert!(!copy.status().uplink.connected);
 }
 
 #[test]
@@ -131,7 +131,7 @@ fn a_node_renews_its_certificate_and_keeps_syncing_without_a_gap() {
     );
     // A new connection (the broker restarts) needs a current certificate.
     fleet.broker.restart();
-    let after = node.status()["outbox"]["next_seq"].as_u64().unwrap();
+    let after = node.status().outbox.next_seq;
     let (records, last) = wait_for("syncing after the restart", Duration::from_secs(30), || {
         let (records, last) = fleet.held("renew-1");
         (last > after + 20).then_some((records, last))
@@ -140,5 +140,5 @@ fn a_node_renews_its_certificate_and_keeps_syncing_without_a_gap() {
         records, last,
         "every record from 1 to {last} is stored: no gap"
     );
-    assert_eq!(node.status()["uplink"]["connected"], true);
+    assert!(node.status().uplink.connected);
 }

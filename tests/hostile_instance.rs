@@ -13,6 +13,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{wait_for, Node};
+use hedge_runtime::local_api::NodeStatus;
 use serde_json::Value;
 
 /// Requests the instance described by the TOML `text`.
@@ -31,7 +32,7 @@ fn sh_instance(name: &str, script: &str, extra: &str) -> String {
 
 /// `hedge node status --json`, or `None` if it does not answer within `limit` (the
 /// daemon's loop is stuck).
-fn status_within(node: &Node, limit: Duration) -> Option<Value> {
+fn status_within(node: &Node, limit: Duration) -> Option<NodeStatus> {
     let mut child = common::hedge()
         .args(["node", "status", "--json", "--config"])
         .arg(node.config())
@@ -53,10 +54,6 @@ fn status_within(node: &Node, limit: Duration) -> Option<Value> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn counter(status: &Value, name: &str) -> u64 {
-    status["counters"][name].as_u64().unwrap_or(0)
 }
 
 #[test]
@@ -115,7 +112,7 @@ threshold = 1
     });
     // Then: refused (counted), or — the bug — run as root.
     wait_for("refused command checks", Duration::from_secs(20), || {
-        (counter(&node.status(), "command_checks_refused") >= 3 || uids().contains(&"0".into()))
+        (node.status().counters.command_checks_refused >= 3 || uids().contains(&"0".into()))
             .then_some(())
     });
     assert!(
@@ -123,11 +120,11 @@ threshold = 1
         "the planted program ran as root: {:?}",
         uids()
     );
-    assert!(counter(&node.status(), "command_checks_refused") >= 3);
+    assert!(node.status().counters.command_checks_refused >= 3);
     // The refusal failed the promise.
     let inst = node.instance("evil").unwrap();
-    let promise = &inst["promises"][0];
-    assert_eq!(promise["ok"], false, "{inst}");
+    let promise = &inst.promises[0];
+    assert_eq!(promise.ok, Some(false), "{inst}");
     assert!(node.daemon_log().contains("command check refused"));
 }
 
@@ -205,9 +202,9 @@ fn hostile_connection_files_neither_stall_the_daemon_nor_reach_another_tenant() 
             .exists()
             .then_some(())
     });
-    let refused_before = counter(&node.status(), "bad_connection_files");
+    let refused_before = node.status().counters.bad_connection_files;
     wait_for("the link refused", Duration::from_secs(20), || {
-        (counter(&node.status(), "bad_connection_files") >= refused_before + 2
+        (node.status().counters.bad_connection_files >= refused_before + 2
             || !published(&node, "linker").is_empty())
         .then_some(())
     });
@@ -234,7 +231,7 @@ fn hostile_connection_files_neither_stall_the_daemon_nor_reach_another_tenant() 
         "1000",
     ]);
     let mut canary = node.running_pid("canary", None);
-    let refused_before = counter(&node.status(), "bad_connection_files");
+    let refused_before = node.status().counters.bad_connection_files;
     // Each poll meets the racer's file in some state; many polls are refused. The
     // daemon answers every time, and a killed canary is restarted, all along.
     let mut answered = 0;
@@ -242,7 +239,7 @@ fn hostile_connection_files_neither_stall_the_daemon_nor_reach_another_tenant() 
         let s = status_within(&node, Duration::from_secs(10))
             .expect("the daemon stopped answering status");
         answered += 1;
-        (counter(&s, "bad_connection_files") >= refused_before + 5).then_some(())
+        (s.counters.bad_connection_files >= refused_before + 5).then_some(())
     });
     assert!(answered > 0);
     for _ in 0..2 {

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{alive, wait_for, Node};
+use hedge_wire::InstanceStatus;
 
 /// Sets `[partitions]` keys (replacing the line that starts with `key =`).
 fn set(node: &Node, key: &str, value: &str) {
@@ -160,7 +161,10 @@ fn setsid_child_of_a_destroyed_instance_dies_and_its_uid_is_quarantined() {
     wait_for("second refused a uid", Duration::from_secs(10), || {
         node.daemon_log().contains(refusal).then_some(())
     });
-    assert_ne!(node.instance("second").unwrap()["state"], "running");
+    assert_ne!(
+        node.instance("second").unwrap().state,
+        InstanceStatus::Running
+    );
     assert_eq!(processes_of(uid), Vec::<u32>::new());
 
     // Still so after a daemon restart: the quarantine is on disk.
@@ -170,7 +174,10 @@ fn setsid_child_of_a_destroyed_instance_dies_and_its_uid_is_quarantined() {
     wait_for("second refused again", Duration::from_secs(10), || {
         (count(&node.daemon_log(), refusal) > before).then_some(())
     });
-    assert_ne!(node.instance("second").unwrap()["state"], "running");
+    assert_ne!(
+        node.instance("second").unwrap().state,
+        InstanceStatus::Running
+    );
     assert_eq!(processes_of(uid), Vec::<u32>::new());
 
     // Once the quarantine is over the uid is reused, and the old child is long dead.
@@ -201,7 +208,7 @@ fn without_cgroups_stop_restart_and_destroy_kill_every_process_of_the_uid() {
 
     node.ok(&["stop", "solo"]);
     wait_for("solo stopped", Duration::from_secs(10), || {
-        (node.instance("solo")?["state"] == "stopped").then_some(())
+        (node.instance("solo")?.state == InstanceStatus::Stopped).then_some(())
     });
     assert!(!alive(child), "setsid child {child} survived the stop");
 
@@ -288,6 +295,6 @@ fn partition_uids_cannot_use_the_local_api() {
     assert!(err.contains("may not use the local API"), "{err}");
 
     let st = node.status();
-    assert_eq!(st["counters"]["api_refused"], 2, "{st}");
+    assert_eq!(st.counters.api_refused, 2, "{st}");
     assert!(node.daemon_log().contains("local API connection refused"));
 }

@@ -103,6 +103,6 @@ fn a_changed_memory_limit_is_rewritten_live_in_the_cgroup() {
         (read().trim() == (128u64 << 20).to_string()).then_some(())
     });
     // Live: the same process runs on.
-    assert_eq!(node.instance("mem").unwrap()["pid"].as_u64(), Some(pid));
+    assert_eq!(node.instance("mem").unwrap().pid.map(u64::from), Some(pid));
     assert!(common::alive(pid as u32));
 }

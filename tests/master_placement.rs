@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use common::fleet::Fleet;
 use common::{hedge, wait_for, Node};
+use hedge_wire::InstanceStatus;
 use serde_json::Value;
 
 fn master(config: &Path, args: &[&str]) -> String {
@@ -203,7 +204,10 @@ fn requests_that_could_not_be_delivered_are_refused_and_earlier_ones_still_run()
         node.running_pid(&format!("big{i}"), None);
     }
     assert_eq!(desired(&fleet, "big").len(), 4);
-    assert_eq!(node.status()["uplink"]["generation"], 4);
+    assert_eq!(
+        node.status().uplink.progress.and_then(|p| p.generation),
+        Some(4)
+    );
     // Later generations are delivered.
     let (code, _, err) = request(
         &fleet,
@@ -219,7 +223,10 @@ fn requests_that_could_not_be_delivered_are_refused_and_earlier_ones_still_run()
     );
     assert_eq!(code, Some(0), "{err}");
     node.running_pid("small", None);
-    assert_eq!(node.status()["uplink"]["generation"], 5);
+    assert_eq!(
+        node.status().uplink.progress.and_then(|p| p.generation),
+        Some(5)
+    );
     assert!(node.instance("big4").is_none() && node.instance("big5").is_none());
 }
 
@@ -271,7 +278,7 @@ fn destroyed_instances_leave_the_desired_state_once_the_node_reported_them() {
     wait_reported(&fleet, "churn", "keep", "Destroyed");
     assert!(node
         .instance("keep")
-        .is_none_or(|i| i["state"] == "destroyed"));
+        .is_none_or(|i| i.state == InstanceStatus::Destroyed));
     fleet.master_ok(&[&["request", "other"], &sleep[..]].concat());
     assert_eq!(
         desired(&fleet, "churn"),
@@ -319,7 +326,7 @@ fn requesting_an_instance_on_another_node_moves_it_there() {
     b.running_pid("mover", None);
     wait_for("mover gone from a", Duration::from_secs(30), || {
         a.instance("mover")
-            .is_none_or(|i| i["state"] == "destroyed")
+            .is_none_or(|i| i.state == InstanceStatus::Destroyed)
             .then_some(())
     });
     assert!(!common::alive(pid_a as u32), "a's copy still runs");

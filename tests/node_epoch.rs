@@ -36,8 +36,7 @@ fn master_has_local(fleet: &Fleet, node: &str, name: &str) -> bool {
 fn drained(node: &Node) -> u64 {
     wait_for("outbox drained", Duration::from_secs(60), || {
         let s = node.status();
-        (s["outbox"]["depth"].as_u64()? == 0 && s["uplink"]["connected"] == true)
-            .then(|| s["outbox"]["next_seq"].as_u64().unwrap() - 1)
+        (s.outbox.depth == 0 && s.uplink.connected).then(|| s.outbox.next_seq - 1)
     })
 }
 
@@ -47,7 +46,7 @@ fn a_wiped_node_starts_a_new_life_and_the_master_keeps_both() {
     fleet.start_master();
     let mut node = fleet.node("phoenix");
     node.start();
-    let old_epoch = node.status()["uplink"]["epoch"].as_u64().unwrap();
+    let old_epoch = node.status().uplink.epoch;
     node.ok(&[
         "request",
         "before",
@@ -75,7 +74,7 @@ fn a_wiped_node_starts_a_new_life_and_the_master_keeps_both() {
     // New SD card: the store is gone; same id, same enrollment.
     std::fs::remove_dir_all(node.home().join("store")).unwrap();
     node.start();
-    let new_epoch = node.status()["uplink"]["epoch"].as_u64().unwrap();
+    let new_epoch = node.status().uplink.epoch;
     assert_ne!(new_epoch, old_epoch, "a wiped store is a new life");
     node.ok(&[
         "request",
@@ -94,10 +93,10 @@ fn a_wiped_node_starts_a_new_life_and_the_master_keeps_both() {
     // Every record of the new life is acknowledged and held, beside the first life's.
     let (new_produced, n) = wait_for("both lives held", Duration::from_secs(60), || {
         let s = node.status();
-        if s["outbox"]["depth"].as_u64()? != 0 {
+        if s.outbox.depth != 0 {
             return None;
         }
-        let produced = s["outbox"]["next_seq"].as_u64()? - 1;
+        let produced = s.outbox.next_seq - 1;
         let n = master_node(&fleet, "phoenix");
         (n["records"].as_u64()? == old_held + produced).then_some((produced, n))
     });
@@ -147,7 +146,7 @@ fn a_node_restored_from_a_backup_starts_a_new_life_and_loses_nothing() {
     fleet.start_master();
     let mut node = fleet.node("lazarus");
     node.start();
-    let first_epoch = node.status()["uplink"]["epoch"].as_u64().unwrap();
+    let first_epoch = node.status().uplink.epoch;
     drained(&node);
     assert!(node.terminate().success());
     let backup = node.dir.path().join("store.backup");
@@ -155,7 +154,7 @@ fn a_node_restored_from_a_backup_starts_a_new_life_and_loses_nothing() {
 
     // The life goes on after the backup: same store, same epoch, seqs past the backup's.
     node.start();
-    assert_eq!(node.status()["uplink"]["epoch"].as_u64(), Some(first_epoch));
+    assert_eq!(Some(node.status().uplink.epoch), Some(first_epoch));
     node.ok(&[
         "request",
         "mid",
@@ -180,7 +179,7 @@ fn a_node_restored_from_a_backup_starts_a_new_life_and_loses_nothing() {
     std::fs::remove_dir_all(node.home().join("store")).unwrap();
     copy_dir(&backup, &node.home().join("store"));
     node.start();
-    let restored_epoch = node.status()["uplink"]["epoch"].as_u64().unwrap();
+    let restored_epoch = node.status().uplink.epoch;
     assert_ne!(
         restored_epoch, first_epoch,
         "a restored store starts a new life"
@@ -203,10 +202,10 @@ fn a_node_restored_from_a_backup_starts_a_new_life_and_loses_nothing() {
     // master holds the records of before plus every record the node deleted on an ack.
     let (deleted, n) = wait_for("restored life held", Duration::from_secs(60), || {
         let s = node.status();
-        if s["outbox"]["depth"].as_u64()? != 0 {
+        if s.outbox.depth != 0 {
             return None;
         }
-        let deleted = s["uplink"]["deleted"].as_u64()?;
+        let deleted = s.uplink.progress?.deleted;
         let n = master_node(&fleet, "lazarus");
         (n["records"].as_u64()? == before_restore + deleted).then_some((deleted, n))
     });

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{wait_for, Node};
+use hedge_runtime::local_api::IncidentStatus;
+use hedge_wire::InstanceStatus;
 use serde_json::Value;
 
 /// A node with fast monitoring intervals.
@@ -103,24 +105,24 @@ threshold = 3
     node.ok(&["request", "--file", dir.join("svc.toml").to_str().unwrap()]);
     let pid = node.running_pid("svc", None);
     wait_for("promise passing", Duration::from_secs(10), || {
-        (node.instance("svc")?["promises"][0]["ok"] == true).then_some(())
+        (node.instance("svc")?.promises.first()?.ok == Some(true)).then_some(())
     });
 
     // Break it: the process lives on but its port goes dark.
     std::fs::write(node.partition("svc").join("srv/hang"), "").unwrap();
     wait_for("incident opened", Duration::from_secs(10), || {
-        node.status()["incidents"].as_array()?.first().cloned()
+        node.status().incidents.first().cloned()
     });
     // Self-repair restarts it; the restarted service answers; the incident resolves.
     let new_pid = node.running_pid("svc", Some(pid));
     assert_ne!(new_pid, pid);
     let incident = wait_for("incident resolved", Duration::from_secs(10), || {
-        let i = node.status()["incidents"][0].clone();
-        (i["state"] == "resolved").then_some(i)
+        let i = node.status().incidents.first()?.clone();
+        (i.state == IncidentStatus::Resolved).then_some(i)
     });
-    assert_eq!(incident["instance"], "svc");
-    assert_eq!(incident["promise"], "port");
-    assert!(node.status()["counters"]["repairs"].as_u64().unwrap() >= 1);
+    assert_eq!(incident.instance, "svc");
+    assert_eq!(incident.promise, "port");
+    assert!(node.status().counters.repairs >= 1);
 
     // Every transition is in the outbox, in order.
     let records = node.outbox();
@@ -222,7 +224,7 @@ fn cpu_and_memory_of_a_process_are_accounted() {
     );
     // Health records are made, and status shows health.
     assert!(!kinds(&records, "NodeHealth").is_empty());
-    assert!(node.status()["health"]["mem_total"].as_u64().unwrap() > 0);
+    assert!(node.status().health.unwrap().mem_total > 0);
 }
 
 #[test]
@@ -328,20 +330,18 @@ threshold = 1
     ]);
     // A long outage, compressed: wait for shedding of every kind.
     wait_for("shedding", Duration::from_secs(60), || {
-        let c = &node.status()["counters"];
-        (c["shed_merged_usage"].as_u64()? > 0 && c["shed_dropped_health"].as_u64()? > 0)
-            .then_some(())
+        let c = node.status().counters;
+        (c.shed_merged_usage > 0 && c.shed_dropped_health > 0).then_some(())
     });
     let status = node.status();
     let records = node.outbox();
-    let bytes = status["outbox"]["bytes"].as_u64().unwrap();
+    let bytes = status.outbox.bytes;
     assert!(bytes <= 16384 + 4096, "outbox {bytes} bytes, quota 16384");
     // Every incident transition ever made is still there: ids 1..=max each opened.
-    let max_id = status["incidents"]
-        .as_array()
-        .unwrap()
+    let max_id = status
+        .incidents
         .iter()
-        .map(|i| i["id"].as_u64().unwrap())
+        .map(|i| i.id)
         .max()
         .expect("incidents opened");
     let opened: Vec<u64> = kinds(&records, "Incident")
@@ -363,11 +363,11 @@ threshold = 1
     );
     // Usage totals preserved exactly through merging.
     let in_outbox = usage_cpu_by_instance(&records);
-    for i in status["instances"].as_array().unwrap() {
-        let name = i["name"].as_str().unwrap();
+    for i in &status.instances {
+        let name = i.name.as_str();
         assert_eq!(
             in_outbox.get(name).copied().unwrap_or(0),
-            i["usage_cpu_ms"].as_u64().unwrap(),
+            i.usage_cpu_ms,
             "{name}"
         );
     }
@@ -455,7 +455,7 @@ fn a_full_disk_never_stops_supervision_and_records_resume_when_space_returns() {
         }
     }
     wait_for("store errors counted", Duration::from_secs(20), || {
-        (node.status()["counters"]["store_errors"].as_u64()? > 0).then_some(())
+        (node.status().counters.store_errors > 0).then_some(())
     });
     assert!(node.daemon_log().contains("store write failed"));
     // Supervision goes on: kills are repaired while records fail.
@@ -470,7 +470,7 @@ fn a_full_disk_never_stops_supervision_and_records_resume_when_space_returns() {
 
     // Space returns: records resume.
     std::fs::remove_file(&filler).unwrap();
-    let before = node.status()["outbox"]["next_seq"].as_u64().unwrap();
+    let before = node.status().outbox.next_seq;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -478,7 +478,7 @@ fn a_full_disk_never_stops_supervision_and_records_resume_when_space_returns() {
     .unwrap();
     node.running_pid("sleeper", Some(pid));
     wait_for("records resume", Duration::from_secs(20), || {
-        (node.status()["outbox"]["next_seq"].as_u64()? > before + 1).then_some(())
+        (node.status().outbox.next_seq > before + 1).then_some(())
     });
     // And the outbox still holds a gap-free sequence of what it stored.
     let seqs: Vec<u64> = node
@@ -565,7 +565,7 @@ fn a_stopped_instance_makes_no_usage_records() {
     });
     node.ok(&["stop", "quiet"]);
     wait_for("stopped", Duration::from_secs(10), || {
-        (node.instance("quiet")?["state"] == "stopped").then_some(())
+        (node.instance("quiet")?.state == InstanceStatus::Stopped).then_some(())
     });
     // One more record may close the interval the stop fell in; then silence. Two node
     // health records (every 1 s, like usage) prove the monitor ran past an interval.

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{alive, wait_for, Node};
+use hedge_wire::InstanceStatus;
 use serde_json::Value;
 
 /// `unshare -n` gives the restarted daemon a network namespace with nothing in it
@@ -73,7 +74,10 @@ fn sigkilled_daemon_restarts_offline_with_every_instance_and_a_continuous_outbox
     for n in names {
         node.running_pid(n, None);
     }
-    assert_eq!(node.instance("idle").unwrap()["state"], "stopped");
+    assert_eq!(
+        node.instance("idle").unwrap().state,
+        InstanceStatus::Stopped
+    );
 
     let after = node.outbox();
     let all = seqs(&after);
@@ -83,10 +87,7 @@ fn sigkilled_daemon_restarts_offline_with_every_instance_and_a_continuous_outbox
     assert_eq!(&after[..before.len()], &before[..]);
     assert!(after.len() > before.len(), "restart produced no records");
     let status = node.status();
-    assert_eq!(
-        status["outbox"]["next_seq"].as_u64().unwrap(),
-        after.len() as u64 + 1
-    );
+    assert_eq!(status.outbox.next_seq, after.len() as u64 + 1);
 
     // A clean stop also stops the instances, and the next boot starts them again.
     let pids: Vec<u64> = names.iter().map(|n| node.running_pid(n, None)).collect();
@@ -123,11 +124,6 @@ fn leftover_process_group_of_a_dead_daemon_is_cleaned_at_boot() {
     wait_for("grandchild killed at boot", Duration::from_secs(5), || {
         (!alive(gc)).then_some(())
     });
-    assert!(
-        node.status()["counters"]["leftovers_killed"]
-            .as_u64()
-            .unwrap()
-            >= 1
-    );
+    assert!(node.status().counters.leftovers_killed >= 1);
     node.running_pid("forker", None);
 }

@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::{alive, wait_for, Node};
+use hedge_wire::InstanceStatus;
 
 #[test]
 fn killed_instance_comes_back_and_is_counted() {
@@ -30,8 +31,8 @@ fn killed_instance_comes_back_and_is_counted() {
         .unwrap();
         pid = node.running_pid("sleeper", Some(pid));
         let i = node.instance("sleeper").unwrap();
-        assert_eq!(i["restarts"].as_u64(), Some(round));
-        assert_eq!(i["last_exit"], "signal 9");
+        assert_eq!(Some(u64::from(i.restarts)), Some(round));
+        assert_eq!(i.last_exit.as_deref(), Some("signal 9"));
     }
 }
 
@@ -78,8 +79,8 @@ fn crash_loop_backs_off_with_growing_delays_and_keeps_retrying() {
         "cap not reached: {gaps_ms:?}"
     );
     let i = node.instance("crashy").unwrap();
-    assert!(i["restarts"].as_u64().unwrap() >= 9);
-    assert_eq!(i["last_exit"], "exit 3");
+    assert!(i.restarts >= 9);
+    assert_eq!(i.last_exit.as_deref(), Some("exit 3"));
     // Output went to the partition's log.
     let log = std::fs::read_to_string(node.partition("crashy").join("var/log/crashy.log"));
     assert!(log.is_ok());
@@ -110,7 +111,7 @@ fn stop_start_destroy_and_output_logs() {
 
     node.ok(&["stop", "talker"]);
     wait_for("stopped", Duration::from_secs(5), || {
-        (node.instance("talker")?["state"] == "stopped").then_some(())
+        (node.instance("talker")?.state == InstanceStatus::Stopped).then_some(())
     });
     assert!(!alive(pid as u32));
     assert!(
@@ -151,9 +152,12 @@ fn stop_escalates_to_sigkill_after_the_grace_period() {
     let pid = node.running_pid("stubborn", None);
     node.ok(&["stop", "stubborn"]);
     wait_for("stopped after SIGKILL", Duration::from_secs(10), || {
-        (node.instance("stubborn")?["state"] == "stopped").then_some(())
+        (node.instance("stubborn")?.state == InstanceStatus::Stopped).then_some(())
     });
-    assert_eq!(node.instance("stubborn").unwrap()["last_exit"], "signal 9");
+    assert_eq!(
+        node.instance("stubborn").unwrap().last_exit.as_deref(),
+        Some("signal 9")
+    );
     assert!(!alive(pid as u32));
 }
 
@@ -190,7 +194,7 @@ template = "db_port={{db.port}}\n"
     node.ok(&["request", "--file", dir.join("app.toml").to_str().unwrap()]);
     // The consumer waits for the parameter it references.
     wait_for("app waiting", Duration::from_secs(5), || {
-        (node.instance("app")?["state"] == "waiting").then_some(())
+        (node.instance("app")?.state == InstanceStatus::Waiting).then_some(())
     });
     node.ok(&["request", "--file", dir.join("db.toml").to_str().unwrap()]);
     let app_pid = node.running_pid("app", None);
@@ -221,7 +225,7 @@ fn board_profile_limits_instances_unless_the_config_says_otherwise() {
     // The Zero 2 W profile takes 4 instances.
     node.edit_config(|c| c.replace("# board = \"rpi4b\"", "board = \"rpizero2w\""));
     node.start();
-    assert_eq!(node.status()["board"], "rpizero2w");
+    assert_eq!(node.status().board, "rpizero2w");
     for i in 0..4 {
         node.ok(&[
             "request",

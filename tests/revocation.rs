@@ -13,7 +13,7 @@ use common::{wait_for, Node};
 use hedge_runtime::artifact::fetch::{self, FetchError, Source};
 
 fn sent_upto(node: &Node) -> u64 {
-    node.status()["uplink"]["sent_upto"].as_u64().unwrap_or(0)
+    node.status().uplink.progress.map_or(0, |p| p.sent_upto)
 }
 
 /// A source of `url` with the node's own uplink files as TLS client.
@@ -153,7 +153,7 @@ fn a_revoked_node_cannot_connect_download_or_store_records() {
     wait_for("b keeps syncing", Duration::from_secs(30), || {
         (fleet.held("rev-b").1 > b_now + 20).then_some(())
     });
-    assert_eq!(a.status()["uplink"]["connected"], false);
+    assert!(!a.status().uplink.connected);
     assert_eq!(fleet.held("rev-a").1, held);
 
     // Enrolling the revoked id again is refused.

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{hedge, wait_for};
+use hedge_runtime::local_api::NodeStatus;
 use serde_json::Value;
 
 #[test]
@@ -46,10 +47,11 @@ fn sandbox_runs_a_fleet_survives_a_cut_link_and_loses_nothing() {
             .ok()?;
         serde_json::from_slice(&out.stdout).ok()
     };
-    let status = || node1(&["status", "--json"]);
+    let status =
+        || -> Option<NodeStatus> { serde_json::from_value(node1(&["status", "--json"])?).ok() };
     // Once node-1 is connected, cut its link.
     wait_for("node-1 connected", Duration::from_secs(60), || {
-        (status()?["uplink"]["connected"] == true).then_some(())
+        (status()?.uplink.connected).then_some(())
     });
     let out = hedge()
         .args(["sandbox", "link", "node-1", "down", "--dir"])
@@ -64,7 +66,7 @@ fn sandbox_runs_a_fleet_survives_a_cut_link_and_loses_nothing() {
     // The node sees its link down, and the sandbox's table shows it cut.
     let first_down = wait_for("node-1 sees its link down", Duration::from_secs(30), || {
         let s = status()?;
-        (s["uplink"]["connected"] == false).then(|| s["outbox"]["next_seq"].as_u64().unwrap())
+        (!s.uplink.connected).then_some(s.outbox.next_seq)
     });
     wait_for(
         "the table shows node-1 cut",
@@ -85,11 +87,8 @@ fn sandbox_runs_a_fleet_survives_a_cut_link_and_loses_nothing() {
     // Records made while the link is down wait in the outbox.
     let last_down = wait_for("records made while down", Duration::from_secs(30), || {
         let s = status()?;
-        let next = s["outbox"]["next_seq"].as_u64()?;
-        (s["uplink"]["connected"] == false
-            && next >= first_down + 3
-            && s["outbox"]["depth"].as_u64()? >= 3)
-            .then_some(next - 1)
+        let next = s.outbox.next_seq;
+        (!s.uplink.connected && next >= first_down + 3 && s.outbox.depth >= 3).then_some(next - 1)
     });
     let waiting: Vec<u64> = node1(&["outbox", "--json", "--from", &first_down.to_string()])
         .unwrap()
@@ -110,7 +109,7 @@ fn sandbox_runs_a_fleet_survives_a_cut_link_and_loses_nothing() {
         .unwrap();
     assert!(out.status.success());
     wait_for("node-1 reconnected", Duration::from_secs(60), || {
-        (status()?["uplink"]["connected"] == true).then_some(())
+        (status()?.uplink.connected).then_some(())
     });
     let out = child.wait_with_output().unwrap();
     reader.join().unwrap();

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::fleet::{can_cut, Fleet};
 use common::{hedge, wait_for, Node};
+use hedge_wire::InstanceStatus;
 use serde_json::Value;
 
 #[test]
@@ -40,10 +41,7 @@ fn ten_thousand_records_reach_the_master_exactly_once_through_cuts_and_kills() {
     let mut kills = [0u32; 3];
     let mut cuts = 0;
     let mut round = 0usize;
-    while cuts < 20
-        || kills.iter().any(|k| *k < 3)
-        || node.status()["outbox"]["next_seq"].as_u64().unwrap() <= 10_000
-    {
+    while cuts < 20 || kills.iter().any(|k| *k < 3) || node.status().outbox.next_seq <= 10_000 {
         round += 1;
         fleet.cut_link();
         cuts += 1;
@@ -75,8 +73,8 @@ fn ten_thousand_records_reach_the_master_exactly_once_through_cuts_and_kills() {
     }
     let (next, depth) = wait_for("node drained", Duration::from_secs(120), || {
         let s = node.status();
-        let depth = s["outbox"]["depth"].as_u64()?;
-        (depth == 0).then(|| (s["outbox"]["next_seq"].as_u64().unwrap(), depth))
+        let depth = s.outbox.depth;
+        (depth == 0).then_some((s.outbox.next_seq, depth))
     });
     assert_eq!(depth, 0);
     let produced = next - 1;
@@ -150,7 +148,7 @@ fn a_request_made_while_the_node_is_offline_reaches_it_and_survives_an_offline_r
     });
     fleet.cut_link();
     wait_for("node offline", Duration::from_secs(30), || {
-        (node.status()["uplink"]["connected"] == false).then_some(())
+        (!node.status().uplink.connected).then_some(())
     });
     let out = fleet.master_ok(&[
         "request",
@@ -169,14 +167,17 @@ fn a_request_made_while_the_node_is_offline_reaches_it_and_survives_an_offline_r
             .any(|l| l.contains("desired state published") && l.contains("field-1"))
             .then_some(())
     });
-    assert_eq!(node.status()["uplink"]["connected"], false);
+    assert!(!node.status().uplink.connected);
     assert!(
         node.instance("web").is_none(),
         "arrived through a cut link?"
     );
     fleet.restore_link();
     node.running_pid("web", None);
-    assert_eq!(node.status()["uplink"]["generation"], 1);
+    assert_eq!(
+        node.status().uplink.progress.and_then(|p| p.generation),
+        Some(1)
+    );
     // Reboot offline: still runs it, from its own store.
     fleet.cut_link();
     node.kill9();
@@ -235,8 +236,11 @@ fn forged_and_replayed_desired_states_are_refused_and_a_node_cannot_publish_as_a
         "1000",
     ]);
     node.running_pid("two", None);
-    assert_eq!(node.status()["uplink"]["generation"], 2);
-    let rejected = |n: &Node| n.status()["counters"]["desired_rejected"].as_u64().unwrap();
+    assert_eq!(
+        node.status().uplink.progress.and_then(|p| p.generation),
+        Some(2)
+    );
+    let rejected = |n: &Node| n.status().counters.desired_rejected;
 
     // A rogue publisher with the broker credentials but not the signing key.
     let rogue = fleet.dir.path().join("rogue");
@@ -304,7 +308,10 @@ fn forged_and_replayed_desired_states_are_refused_and_a_node_cannot_publish_as_a
     rogue_run.kill().unwrap();
     rogue_run.wait().unwrap();
     assert!(node.instance("evil").is_none());
-    assert_eq!(node.status()["uplink"]["generation"], 2);
+    assert_eq!(
+        node.status().uplink.progress.and_then(|p| p.generation),
+        Some(2)
+    );
 
     // A replay: the genuine generation-1 state, published again.
     let before = rejected(&node);
@@ -324,7 +331,10 @@ fn forged_and_replayed_desired_states_are_refused_and_a_node_cannot_publish_as_a
     replay.kill().unwrap();
     replay.wait().unwrap();
     node.running_pid("two", None);
-    assert_eq!(node.status()["uplink"]["generation"], 2);
+    assert_eq!(
+        node.status().uplink.progress.and_then(|p| p.generation),
+        Some(2)
+    );
     // Both refusals are reported as records: in the outbox, or at the master once
     // acknowledged.
     let reasons = wait_for("both refusals reported", Duration::from_secs(30), || {
@@ -357,7 +367,7 @@ fn forged_and_replayed_desired_states_are_refused_and_a_node_cannot_publish_as_a
     // Beta gets its certificate (CN beta) as itself, then claims alpha's id.
     beta.start();
     wait_for("beta enrolled", Duration::from_secs(30), || {
-        (beta.status()["uplink"]["connected"] == true).then_some(())
+        (beta.status().uplink.connected).then_some(())
     });
     beta.kill9();
     beta.edit_config(|c| c.replace("id = \"beta\"", "id = \"alpha\""));
@@ -373,7 +383,7 @@ fn forged_and_replayed_desired_states_are_refused_and_a_node_cannot_publish_as_a
         "1000",
     ]);
     wait_for("beta published", Duration::from_secs(30), || {
-        (beta.status()["uplink"]["sent_upto"].as_u64()? > 0).then_some(())
+        (beta.status().uplink.progress?.sent_upto > 0).then_some(())
     });
     // A node that connects after beta published gets its records stored: the broker
     // and the master have moved past beta's publishes.
@@ -388,8 +398,8 @@ fn forged_and_replayed_desired_states_are_refused_and_a_node_cannot_publish_as_a
         "beta's records reached alpha's account"
     );
     assert_eq!(
-        beta.status()["uplink"]["acked_upto"],
-        0,
+        beta.status().uplink.progress.map(|p| p.acked_upto),
+        Some(0),
         "the master acked beta as alpha"
     );
 }
@@ -417,14 +427,14 @@ fn two_masters_share_the_subscription_and_store_each_record_once() {
         ]);
     }
     wait_for("2000 records", Duration::from_secs(60), || {
-        (node.status()["outbox"]["next_seq"].as_u64()? > 2000).then_some(())
+        (node.status().outbox.next_seq > 2000).then_some(())
     });
     for i in 0..10 {
         node.ok(&["destroy", &format!("s{i}")]);
     }
     let next = wait_for("drained", Duration::from_secs(60), || {
         let s = node.status();
-        (s["outbox"]["depth"].as_u64()? == 0).then(|| s["outbox"]["next_seq"].as_u64().unwrap())
+        (s.outbox.depth == 0).then_some(s.outbox.next_seq)
     });
     let (records, last_seq) = wait_for("master caught up", Duration::from_secs(30), || {
         let h = fleet.held("shared");
@@ -521,7 +531,7 @@ fn a_busy_node_connects_over_a_slow_link() {
         ]);
     }
     wait_for("busy node connected", Duration::from_secs(60), || {
-        (node.status()["uplink"]["connected"] == true).then_some(())
+        (node.status().uplink.connected).then_some(())
     });
     wait_for("records at the master", Duration::from_secs(60), || {
         (fleet.held("busy").0 > 0).then_some(())
@@ -581,7 +591,7 @@ fn shedding_never_touches_what_the_uplink_holds_when_the_link_dies_unnoticed() {
         ]);
     }
     wait_for("records acknowledged", Duration::from_secs(30), || {
-        (node.status()["uplink"]["acked_upto"].as_u64()? > 20).then_some(())
+        (node.status().uplink.progress?.acked_upto > 20).then_some(())
     });
     // Packets vanish: the uplink keeps its look-ahead and in-flight batches loaded
     // while the outbox grows past its quota and is shed.
@@ -590,9 +600,8 @@ fn shedding_never_touches_what_the_uplink_holds_when_the_link_dies_unnoticed() {
         "usage merged and health dropped",
         Duration::from_secs(90),
         || {
-            let c = &node.status()["counters"];
-            (c["shed_merged_usage"].as_u64()? > 50 && c["shed_dropped_health"].as_u64()? > 20)
-                .then_some(())
+            let c = node.status().counters;
+            (c.shed_merged_usage > 50 && c.shed_dropped_health > 20).then_some(())
         },
     );
     fleet.restore_link();
@@ -603,7 +612,10 @@ fn shedding_never_touches_what_the_uplink_holds_when_the_link_dies_unnoticed() {
     wait_for("instances stopped", Duration::from_secs(30), || {
         names
             .iter()
-            .all(|n| node.instance(n).is_some_and(|i| i["state"] == "stopped"))
+            .all(|n| {
+                node.instance(n)
+                    .is_some_and(|i| i.state == InstanceStatus::Stopped)
+            })
             .then_some(())
     });
     // Everything the node counted reaches the master: wait until a snapshot's records
@@ -613,8 +625,8 @@ fn shedding_never_touches_what_the_uplink_holds_when_the_link_dies_unnoticed() {
         Duration::from_secs(90),
         || {
             let status = node.status();
-            let last = status["outbox"]["next_seq"].as_u64()? - 1;
-            if status["uplink"]["acked_upto"].as_u64()? < last {
+            let last = status.outbox.next_seq - 1;
+            if status.uplink.progress?.acked_upto < last {
                 return None;
             }
             let held: Vec<(String, Spans)> = names
@@ -622,18 +634,13 @@ fn shedding_never_touches_what_the_uplink_holds_when_the_link_dies_unnoticed() {
                 .map(|n| (n.to_string(), master_usage(&fleet, "quota", n)))
                 .collect();
             let all = held.iter().all(|(n, spans)| {
-                let node_cpu = status["instances"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .find(|i| i["name"] == n.as_str())
-                    .and_then(|i| i["usage_cpu_ms"].as_u64());
+                let node_cpu = status.instance(n).map(|i| i.usage_cpu_ms);
                 node_cpu == Some(spans.iter().map(|s| s.2).sum())
             });
             all.then_some((status, held))
         },
     );
-    assert!(status["counters"]["shed_merged_usage"].as_u64().unwrap() > 50);
+    assert!(status.counters.shed_merged_usage > 50);
     for (name, spans) in held {
         assert!(spans.len() > 3, "{name}: {spans:?}");
         // Merged or not, the intervals the master holds join end to start: a usage

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use hedge_runtime::local_api::{InstanceView, NodeStatus};
+use hedge_wire::InstanceStatus;
 use serde_json::Value;
 
 /// The binary under test.
@@ -203,33 +205,29 @@ impl Node {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    pub fn try_status(&self) -> Option<Value> {
+    pub fn try_status(&self) -> Option<NodeStatus> {
         let out = self.cli(&["status", "--json"]);
         out.status
             .success()
             .then(|| serde_json::from_slice(&out.stdout).unwrap())
     }
 
-    pub fn status(&self) -> Value {
+    pub fn status(&self) -> NodeStatus {
         self.try_status().expect("status")
     }
 
     /// The status entry of instance `name`.
-    pub fn instance(&self, name: &str) -> Option<Value> {
-        self.status()["instances"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["name"] == name)
-            .cloned()
+    pub fn instance(&self, name: &str) -> Option<InstanceView> {
+        self.status().instance(name).cloned()
     }
 
     /// Waits until `name` runs with a pid other than `not`; returns the pid.
     pub fn running_pid(&self, name: &str, not: Option<u64>) -> u64 {
         wait_for(&format!("{name} running"), Duration::from_secs(10), || {
             let i = self.instance(name)?;
-            let pid = i["pid"].as_u64()?;
-            (i["state"] == "running" && Some(pid) != not && alive(pid as u32)).then_some(pid)
+            let pid = u64::from(i.pid?);
+            (i.state == InstanceStatus::Running && Some(pid) != not && alive(pid as u32))
+                .then_some(pid)
         })
     }
 

@@ -1,7 +1,8 @@
 //! The local API: newline-delimited JSON over a unix socket (`<state_dir>/hedge.sock`).
 //!
 //! Contract: a client writes one [`ApiRequest`] as a JSON line and reads one JSON line
-//! back: `{"ok":true, ...}` or `{"ok":false,"error":"..."}`. [`serve`] accepts
+//! back: `{"ok":true, ...}` or `{"ok":false,"error":"...","refusal":{...}}` — the
+//! types of [`crate::local_api`], which this module only carries. [`serve`] accepts
 //! connections until shutdown and forwards each request to the daemon loop over a
 //! channel; it never touches daemon state itself. A malformed line gets an error reply
 //! and the connection is closed; the daemon is unaffected. Lines are bounded (1 MiB).
@@ -22,14 +23,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hedge_wire::InstanceRequest;
-use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::RateLimit;
+use crate::local_api::{Accepted, Answer, ApiRequest, Refusal, Refused};
 
 /// Longest request line accepted.
 pub const MAX_LINE: usize = 1 << 20;
@@ -57,7 +58,7 @@ pub enum ApiError {
     Json(#[from] serde_json::Error),
     /// The daemon refused the request.
     #[error("{0}")]
-    Refused(String),
+    Refused(Refusal),
     /// Another daemon already answers on the socket.
     #[error("a node daemon already listens on {0}")]
     AlreadyRunning(String),
@@ -78,28 +79,6 @@ pub struct Peer {
     pub uid: u32,
     /// Its primary gid.
     pub gid: u32,
-}
-
-/// Why a peer was turned away.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    /// A partition's uid: instances never reach the API.
-    #[error("uid {0} is a partition uid; instances may not use the local API")]
-    Partition(u32),
-    /// Neither root, the daemon's user, nor a member of the API group.
-    #[error("uid {uid} (gid {gid}) may not use the local API (root or the [api] group only)")]
-    NotAllowed {
-        /// The peer's uid.
-        uid: u32,
-        /// The peer's gid.
-        gid: u32,
-    },
-    /// The kernel gave no credentials.
-    #[error("peer credentials unavailable")]
-    NoCredentials,
-    /// Too many connections at once.
-    #[error("too many local API connections; try again")]
-    Busy,
 }
 
 /// Who the API admits.
@@ -127,7 +106,7 @@ impl Admission {
     /// (asked only when needed). Pure but for what `in_group` does.
     pub fn admit(&self, peer: Peer, in_group: impl FnOnce(u32) -> bool) -> Result<(), Refusal> {
         if peer.uid != 0 && peer.uid >= self.partitions.0 && peer.uid <= self.partitions.1 {
-            return Err(Refusal::Partition(peer.uid));
+            return Err(Refusal::Partition { uid: peer.uid });
         }
         if peer.uid == 0 || peer.uid == self.own_uid {
             return Ok(());
@@ -227,61 +206,13 @@ pub fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, ApiError> {
     UnixListener::from_std(listener).map_err(err)
 }
 
-/// What a client asks.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum ApiRequest {
-    /// Everything `hedge node status` shows.
-    Status,
-    /// The Prometheus text exposition (used by the metrics endpoint).
-    Metrics,
-    /// Store and apply a local request.
-    Request {
-        /// The request, already checked by the client (the daemon checks again).
-        request: Box<InstanceRequest>,
-    },
-    /// Start a local instance.
-    Start {
-        /// Instance name.
-        name: String,
-    },
-    /// Stop a local instance.
-    Stop {
-        /// Instance name.
-        name: String,
-    },
-    /// Destroy a local instance (stop, remove its partition).
-    Destroy {
-        /// Instance name.
-        name: String,
-    },
-    /// Records waiting in the outbox, oldest first.
-    Outbox {
-        /// First sequence number wanted.
-        #[serde(default)]
-        from: u64,
-        /// At most this many (capped at 1000).
-        #[serde(default = "default_limit")]
-        limit: usize,
-    },
-    /// Where an instance's log file is.
-    LogPath {
-        /// Instance name.
-        name: String,
-    },
-}
-
-fn default_limit() -> usize {
-    100
-}
-
 /// A request travelling to the daemon loop, with the way back.
 #[derive(Debug)]
 pub struct ApiCall {
     /// The request.
     pub request: ApiRequest,
-    /// Where the answer goes (`Ok` object fields, or an error message).
-    pub reply: oneshot::Sender<Result<Value, String>>,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Result<Answer, Refusal>>,
 }
 
 /// Accepts connections on `listener`, admits peers by `admission`, and forwards
@@ -330,12 +261,7 @@ pub async fn serve(
             Err(why) => {
                 stats.refuse(&why);
                 // One short answer that fits the socket buffer; never waits on the peer.
-                let mut line = serde_json::json!({
-                    "ok": false,
-                    "refused": true,
-                    "error": why.to_string(),
-                })
-                .to_string();
+                let mut line = refused_line(why);
                 line.push('\n');
                 let _ = stream.try_write(line.as_bytes());
                 drop(stream);
@@ -350,36 +276,45 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<ApiCall>) {
     let mut line = String::new();
     let answer = match lines.read_line(&mut line).await {
         Ok(0) => return,
-        Ok(n) if n > MAX_LINE => Err("request line too long".to_string()),
+        Ok(n) if n > MAX_LINE => Err(Refusal::TooLong),
         Ok(_) => match serde_json::from_str::<ApiRequest>(&line) {
-            Err(e) => Err(format!("malformed request: {e}")),
+            Err(e) => Err(Refusal::Malformed {
+                reason: e.to_string(),
+            }),
             Ok(request) => {
                 let (tx, rx) = oneshot::channel();
                 if calls.send(ApiCall { request, reply: tx }).await.is_err() {
-                    Err("daemon is shutting down".to_string())
+                    Err(Refusal::ShuttingDown)
                 } else {
-                    rx.await
-                        .unwrap_or_else(|_| Err("daemon is shutting down".into()))
+                    rx.await.unwrap_or(Err(Refusal::ShuttingDown))
                 }
             }
         },
-        Err(e) => Err(format!("cannot read request: {e}")),
+        Err(e) => Err(Refusal::Unreadable {
+            reason: e.to_string(),
+        }),
     };
-    let value = match answer {
-        Ok(Value::Object(mut m)) => {
-            m.insert("ok".into(), Value::Bool(true));
-            Value::Object(m)
-        }
-        Ok(other) => serde_json::json!({"ok": true, "value": other}),
-        Err(error) => serde_json::json!({"ok": false, "error": error}),
+    let mut out = match answer.map(|a| Accepted::new(&a).to_value()) {
+        Ok(Ok(v)) => v.to_string(),
+        Ok(Err(e)) => refused_line(Refusal::Unanswerable {
+            reason: e.to_string(),
+        }),
+        Err(why) => refused_line(why),
     };
-    let mut out = value.to_string();
     out.push('\n');
     let _ = write.write_all(out.as_bytes()).await;
 }
 
-/// Sends one request to the daemon at `socket` and returns its answer object.
-pub async fn call(socket: &Path, request: &ApiRequest) -> Result<Value, ApiError> {
+/// The one-line JSON of a refusal (keys sorted, as every answer's).
+fn refused_line(why: Refusal) -> String {
+    serde_json::to_value(Refused::from(why))
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| r#"{"error":"refused","ok":false}"#.to_string())
+}
+
+/// Sends one request to the daemon at `socket` and returns its answer as `T` (the
+/// answer type [`ApiRequest`] names for that request).
+pub async fn call<T: DeserializeOwned>(socket: &Path, request: &ApiRequest) -> Result<T, ApiError> {
     let stream = UnixStream::connect(socket)
         .await
         .map_err(|source| ApiError::Connect {
@@ -400,14 +335,10 @@ pub async fn call(socket: &Path, request: &ApiRequest) -> Result<Value, ApiError
     }
     let v: Value = serde_json::from_str(&answer)?;
     if v.get("ok") == Some(&Value::Bool(true)) {
-        Ok(v)
+        Ok(serde_json::from_value(v)?)
     } else {
-        Err(ApiError::Refused(
-            v.get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("request refused")
-                .to_string(),
-        ))
+        let refused: Refused = serde_json::from_value(v)?;
+        Err(ApiError::Refused(refused.refusal))
     }
 }
 
@@ -442,11 +373,11 @@ mod tests {
         // A partition uid is refused even with the group as its gid.
         assert_eq!(
             RULES.admit(peer(20000, 1234), never),
-            Err(Refusal::Partition(20000))
+            Err(Refusal::Partition { uid: 20000 })
         );
         assert_eq!(
             RULES.admit(peer(20999, 0), never),
-            Err(Refusal::Partition(20999))
+            Err(Refusal::Partition { uid: 20999 })
         );
         // Without a group only root and the daemon's own user get in.
         let own = Admission {
@@ -511,7 +442,10 @@ mod tests {
         let (tx, mut rx) = mpsc::channel::<ApiCall>(4);
         tokio::spawn(async move {
             while let Some(call) = rx.recv().await {
-                let _ = call.reply.send(Ok(serde_json::json!({"answered": true})));
+                let answered = crate::local_api::Requested {
+                    name: "answered".into(),
+                };
+                let _ = call.reply.send(Ok(Answer::Requested(answered)));
             }
         });
         let stats = Arc::new(ApiStats::default());
@@ -539,7 +473,7 @@ mod tests {
         }
         let next = UnixStream::connect(&path).await.unwrap();
         let v = answer_line(next, Some("{\"op\":\"status\"}\n")).await;
-        assert_eq!(v["answered"], true, "{v}");
+        assert_eq!(v["name"], "answered", "{v}");
         assert_eq!(stats.refused(), 1);
     }
 }

@@ -17,7 +17,6 @@ use std::time::Instant;
 
 use hedge_wire::codec::decode;
 use hedge_wire::{Message, RecordKind};
-use serde_json::{json, Value};
 
 use super::{now_ms, Daemon};
 use crate::desired::{applied_generation, check, floor_to_persist, trusted_now_ms, DesiredError};
@@ -81,17 +80,15 @@ impl Daemon {
     }
 
     /// The `desired` part of `status`.
-    pub(super) fn desired_status(&self) -> Value {
+    pub(super) fn desired_status(&self) -> Option<crate::local_api::DesiredView> {
         let now = trusted_now_ms(now_ms(), self.clock_floor_ms);
-        match self.expiry.current() {
-            None => json!(null),
-            Some((generation, expires_ms)) => json!({
-                "generation": generation,
-                "expires_ms": expires_ms,
-                "expired": self.expiry.expired(now),
-                "trusted_now_ms": now,
-            }),
-        }
+        let (generation, expires_ms) = self.expiry.current()?;
+        Some(crate::local_api::DesiredView {
+            generation,
+            expires_ms,
+            expired: self.expiry.expired(now),
+            trusted_now_ms: now,
+        })
     }
 
     /// Handles one frame from the master's `desired` topic.
@@ -258,7 +255,12 @@ mod tests {
             k,
             RecordKind::Desired { generation: 3, accepted: false, reason } if reason.contains("cannot read")
         )));
-        assert!(d.status()["uplink"]["generation"].is_null());
+        assert!(d
+            .status()
+            .uplink
+            .progress
+            .and_then(|p| p.generation)
+            .is_none());
     }
 
     #[test]
@@ -267,8 +269,8 @@ mod tests {
         let mut d = Daemon::boot(config(dir.path())).unwrap();
         assert_eq!(d.on_desired_frame(&frame(5, 1_000)), Ok(5));
         assert_eq!(d.counters.desired_expired, 1);
-        assert_eq!(d.status()["desired"]["expired"], true);
-        assert_eq!(d.status()["desired"]["generation"], 5);
+        assert_eq!(d.status().desired.map(|x| x.expired), Some(true));
+        assert_eq!(d.status().desired.map(|x| x.generation), Some(5));
         d.check_expiry();
         assert_eq!(d.counters.desired_expired, 1, "once per generation");
         // Still the applied state.
@@ -287,7 +289,7 @@ mod tests {
         ));
         // A fresh one is not expired.
         assert_eq!(d.on_desired_frame(&frame(6, now_ms() + DAY_MS)), Ok(6));
-        assert_eq!(d.status()["desired"]["expired"], false);
+        assert_eq!(d.status().desired.map(|x| x.expired), Some(false));
         assert_eq!(d.counters.desired_expired, 1);
     }
 
@@ -306,6 +308,6 @@ mod tests {
         // Fresh by the clock, expired by the floor.
         assert_eq!(d.on_desired_frame(&frame(5, now_ms() + DAY_MS)), Ok(5));
         assert_eq!(d.counters.desired_expired, 1);
-        assert_eq!(d.status()["desired"]["trusted_now_ms"], known);
+        assert_eq!(d.status().desired.map(|x| x.trusted_now_ms), Some(known));
     }
 }

@@ -92,27 +92,6 @@ pub(crate) struct Slot {
     pub disk: super::monitor::DiskMeasure,
 }
 
-/// The word `status` prints for a lifecycle state.
-pub(crate) fn status_word(s: InstanceStatus) -> &'static str {
-    match s {
-        InstanceStatus::Stopped => "stopped",
-        InstanceStatus::Running => "running",
-        InstanceStatus::Backoff => "backoff",
-        InstanceStatus::Stopping => "stopping",
-        InstanceStatus::Waiting => "waiting",
-        InstanceStatus::Destroyed => "destroyed",
-    }
-}
-
-/// The word for a requested state.
-pub(crate) fn requested_word(s: RequestedState) -> &'static str {
-    match s {
-        RequestedState::Started => "started",
-        RequestedState::Stopped => "stopped",
-        RequestedState::Destroyed => "destroyed",
-    }
-}
-
 fn policy_for(base: Policy, r: &InstanceRequest) -> Policy {
     let ms = |v: Option<u32>, d: std::time::Duration| {
         v.map(|v| std::time::Duration::from_millis(u64::from(v)))
@@ -385,7 +364,7 @@ impl Daemon {
             restarts: slot.lc.restarts(),
             last_exit: slot.lc.last_exit(),
         };
-        tracing::info!(instance = %name, state = status_word(status), pid, restarts = obs.restarts, "instance state");
+        tracing::info!(instance = %name, state = crate::local_api::state_word(status).as_str(), pid, restarts = obs.restarts, "instance state");
         if let Err(e) = self.store.put_observed(name, &obs) {
             self.store_failed(&e);
         }

@@ -7,7 +7,6 @@
 
 use hedge_uplink::link::{ToLink, ToNode};
 use hedge_uplink::mqtt::{self, LinkSettings};
-use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::Daemon;
@@ -202,22 +201,26 @@ impl Daemon {
         }
     }
 
-    pub(super) fn link_status(&self) -> Value {
+    pub(super) fn link_status(&self) -> crate::local_api::UplinkView {
+        let epoch = self.store.epoch();
         match &self.link {
-            None => json!({
-                "enabled": self.cfg.uplink.enabled,
-                "connected": false,
-                "epoch": self.store.epoch(),
-            }),
-            Some(l) => json!({
-                "enabled": true,
-                "connected": l.up,
-                "epoch": self.store.epoch(),
-                "acked_upto": l.acked_upto,
-                "sent_upto": l.sent_upto,
-                "deleted": l.deleted,
-                "generation": self.applied_generation().ok(),
-            }),
+            None => crate::local_api::UplinkView {
+                enabled: self.cfg.uplink.enabled,
+                connected: false,
+                epoch,
+                progress: None,
+            },
+            Some(l) => crate::local_api::UplinkView {
+                enabled: true,
+                connected: l.up,
+                epoch,
+                progress: Some(crate::local_api::LinkProgress {
+                    acked_upto: l.acked_upto,
+                    sent_upto: l.sent_upto,
+                    deleted: l.deleted,
+                    generation: self.applied_generation().ok(),
+                }),
+            },
         }
     }
 }

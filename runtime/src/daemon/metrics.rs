@@ -18,9 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::api::{ApiCall, ApiRequest};
-use super::instance::status_word;
+use super::api::ApiCall;
 use super::Daemon;
+use crate::local_api::{Answer, ApiRequest};
 
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 8;
@@ -116,7 +116,10 @@ async fn answer(s: &mut TcpStream, calls: mpsc::Sender<ApiCall>) {
             .await
             .ok()
             .and_then(Result::ok)
-            .and_then(|v| v["text"].as_str().map(String::from))
+            .and_then(|a| match a {
+                Answer::Metrics(m) => Some(m.text),
+                _ => None,
+            })
             .unwrap_or_default(),
         Err(_) => String::new(),
     };
@@ -154,7 +157,7 @@ impl Daemon {
             "hedge_instance_up",
             "1 when the instance's process runs.",
             "gauge",
-            per(&|s| u8::from(status_word(s.lc.status()) == "running").to_string()),
+            per(&|s| u8::from(s.lc.status() == hedge_wire::InstanceStatus::Running).to_string()),
         );
         metric(
             "hedge_instance_restarts_total",

@@ -34,17 +34,17 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hedge_wire::{ExitStatus, InstanceRequest, Name, RecordKind};
-use serde_json::{json, Value};
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 
 use crate::config::NodeConfig;
+use crate::local_api::{self, Answer, ApiRequest, Refusal};
 use crate::monitor::shed::RecordClass;
 use crate::partition::Partitions;
 use crate::reconcile::{self, Held};
 use crate::store::{Store, StoreError};
 use crate::supervisor::procfs;
-use api::{ApiCall, ApiRequest};
+use api::ApiCall;
 use instance::Slot;
 
 /// The target this binary was built for (`arch-vendor-os-env`).
@@ -118,51 +118,8 @@ impl RateLimit {
     }
 }
 
-/// Counters shown by `status`.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct Counters {
-    /// Store writes that failed (records lost to a full disk, etc.).
-    pub store_errors: u64,
-    /// Reconciliations skipped because the desired state could not be read.
-    pub reconcile_skipped: u64,
-    /// Processes that could not be started.
-    pub spawn_failures: u64,
-    /// Leftover process groups killed at boot.
-    pub leftovers_killed: u64,
-    /// Processes of a stopped or destroyed instance that outlived its main process
-    /// (e.g. `setsid` children) and were killed through its cgroup or uid.
-    pub stragglers_killed: u64,
-    /// Local API connections refused (peer not root or the API group, or too many).
-    pub api_refused: u64,
-    /// Malformed `etc/connection.json` files seen.
-    pub bad_connection_files: u64,
-    /// Restarts asked by self-repair.
-    pub repairs: u64,
-    /// Command checks refused, never run: as root, no partition uid to run them as.
-    pub command_checks_refused: u64,
-    /// Desired states refused (forged, stale, for another node, malformed, or the
-    /// applied generation unreadable).
-    pub desired_rejected: u64,
-    /// Applied desired states found past their expiry (once per generation).
-    pub desired_expired: u64,
-    /// Promise summaries dropped to keep the outbox under its quota.
-    pub shed_dropped_promise: u64,
-    /// Health records dropped to keep the outbox under its quota.
-    pub shed_dropped_health: u64,
-    /// Usage records merged to keep the outbox under its quota.
-    pub shed_merged_usage: u64,
-    /// Software artifacts downloaded, checked and extracted into the cache.
-    pub artifact_installed: u64,
-    /// Artifact downloads whose sha256 was not the one asked for (deleted, retried).
-    pub artifact_hash_mismatch: u64,
-    /// Artifacts refused as unsafe or malformed archives (nothing kept).
-    pub artifact_refused: u64,
-    /// Artifact download attempts that failed (network, TLS, HTTP, disk); retried.
-    pub artifact_fetch_errors: u64,
-    /// Partition disk walks that could not count everything (a bound hit, an error):
-    /// the usage billed is then a lower bound.
-    pub disk_walks_incomplete: u64,
-}
+/// Counters shown by `status` (their home is the local API's views).
+pub use crate::local_api::Counters;
 
 /// The node daemon.
 pub struct Daemon {
@@ -657,58 +614,52 @@ impl Daemon {
         }
     }
 
-    fn status(&self) -> Value {
-        let instances: Vec<Value> = self
+    fn status(&self) -> local_api::NodeStatus {
+        let instances = self
             .slots
             .iter()
-            .map(|(n, s)| {
-                json!({
-                    "name": n.as_str(),
-                    "state": instance::status_word(s.lc.status()),
-                    "requested": instance::requested_word(s.request.state),
-                    "software": s.request.software.to_string(),
-                    "pid": s.lc.pid(),
-                    "restarts": s.lc.restarts(),
-                    "last_exit": s.lc.last_exit().map(|e| e.to_string()),
-                    "promises": self.promise_status(n),
-                    "usage_cpu_ms": self.usage_totals().get(n.as_str()).copied().unwrap_or(0),
-                })
+            .map(|(n, s)| local_api::InstanceView {
+                name: n.to_string(),
+                state: s.lc.status(),
+                requested: s.request.state,
+                software: s.request.software.to_string(),
+                pid: s.lc.pid(),
+                restarts: s.lc.restarts(),
+                last_exit: s.lc.last_exit().map(|e| e.to_string()),
+                promises: self.promise_status(n),
+                usage_cpu_ms: self.usage_totals().get(n.as_str()).copied().unwrap_or(0),
             })
             .collect();
-        json!({
-            "node": self.cfg.node_id().as_str(),
-            "board": self.cfg.profile().id,
-            "max_instances": self.cfg.max_instances(),
-            "instances": instances,
-            "outbox": {
-                "depth": self.store.outbox_depth(),
-                "next_seq": self.store.next_seq().unwrap_or(0),
-                "bytes": self.store.outbox_bytes(),
-                "quota_bytes": self.cfg.outbox_quota(),
+        local_api::NodeStatus {
+            node: self.cfg.node_id().to_string(),
+            board: self.cfg.profile().id.clone(),
+            max_instances: self.cfg.max_instances(),
+            instances,
+            outbox: local_api::OutboxView {
+                depth: self.store.outbox_depth(),
+                next_seq: self.store.next_seq().unwrap_or(0),
+                bytes: self.store.outbox_bytes(),
+                quota_bytes: self.cfg.outbox_quota(),
             },
-            "incidents": self.incident_status(),
-            "uplink": self.link_status(),
-            "desired": self.desired_status(),
-            "software": self.software_status(),
-            "health": self.last_health.map(|h| json!({
-                "load1": f64::from(h.load1_milli) / 1000.0,
-                "mem_total": h.mem_total,
-                "mem_available": h.mem_available,
-                "disk_free": h.disk_free,
-                "temp_milli_c": h.temp_milli_c,
-            })),
-            "counters": self.counters,
-        })
+            incidents: self.incident_status(),
+            uplink: self.link_status(),
+            desired: self.desired_status(),
+            software: self.software_status(),
+            health: self.last_health.map(local_api::HealthView::from),
+            counters: self.counters.clone(),
+        }
     }
 
-    fn on_call(&mut self, req: ApiRequest) -> Result<Value, String> {
+    fn on_call(&mut self, req: ApiRequest) -> Result<Answer, Refusal> {
         // Records are durable before anyone is shown them.
         if let Err(e) = self.store.flush_records() {
             self.store_failed(&e);
         }
         match req {
-            ApiRequest::Status => Ok(self.status()),
-            ApiRequest::Metrics => Ok(json!({ "text": self.metrics_text() })),
+            ApiRequest::Status => Ok(Answer::Status(Box::new(self.status()))),
+            ApiRequest::Metrics => Ok(Answer::Metrics(local_api::MetricsText {
+                text: self.metrics_text(),
+            })),
             ApiRequest::Request { request } => self.local_request(*request),
             ApiRequest::Start { name } => {
                 self.set_local_state(&name, hedge_wire::RequestedState::Started)
@@ -720,78 +671,95 @@ impl Daemon {
                 self.set_local_state(&name, hedge_wire::RequestedState::Destroyed)
             }
             ApiRequest::Outbox { from, limit } => {
-                let records = self
-                    .store
-                    .outbox_from(from, limit.min(1000))
-                    .map_err(|e| e.to_string())?;
-                Ok(json!({ "records": records }))
+                let records =
+                    self.store
+                        .outbox_from(from, limit.min(1000))
+                        .map_err(|e| Refusal::Store {
+                            reason: e.to_string(),
+                        })?;
+                Ok(Answer::Outbox(local_api::OutboxPage { records }))
             }
             ApiRequest::LogPath { name } => {
-                let n = Name::new(&name).map_err(|e| format!("{name:?}: {e}"))?;
+                let n = valid_name(&name)?;
                 if !self.slots.contains_key(&n) {
-                    return Err(format!("no instance named {name:?}"));
+                    return Err(Refusal::NotFound { name });
                 }
                 let path =
                     crate::supervisor::spawn::log_path(&self.partitions.path(&n), n.as_str());
-                Ok(json!({ "path": path }))
+                Ok(Answer::LogPath(local_api::LogPath { path }))
             }
         }
     }
 
     /// Whether the master owns `name`; an unreadable desired state is an error, so a
     /// local request can never take over a name the master may own.
-    fn master_owns(&mut self, name: &Name) -> Result<bool, String> {
+    fn master_owns(&mut self, name: &Name) -> Result<bool, Refusal> {
         match self.store.desired() {
             Ok(d) => Ok(d.is_some_and(|d| d.instances.iter().any(|r| &r.name == name))),
             Err(e) => {
                 self.store_failed(&e);
-                Err(format!("cannot read the desired state: {e}"))
+                Err(Refusal::DesiredUnreadable {
+                    reason: e.to_string(),
+                })
             }
         }
     }
 
     /// Stores a local request durably, reports it, then applies it.
-    fn local_request(&mut self, request: InstanceRequest) -> Result<Value, String> {
-        crate::request_file::check_bounds(&request).map_err(|e| e.to_string())?;
+    fn local_request(&mut self, request: InstanceRequest) -> Result<Answer, Refusal> {
+        crate::request_file::check_bounds(&request).map_err(|e| Refusal::OutOfBounds {
+            reason: e.to_string(),
+        })?;
         if self.master_owns(&request.name)? {
-            return Err(format!(
-                "instance {:?} is owned by the master; change it there",
-                request.name.as_str()
-            ));
+            return Err(Refusal::OwnedByMaster {
+                name: request.name.to_string(),
+            });
         }
-        let max = self.cfg.max_instances() as usize;
-        if !self.slots.contains_key(&request.name) && self.slots.len() >= max {
-            return Err(format!(
-                "node is full: {max} instances (node.max_instances, board {})",
-                self.cfg.profile().id
-            ));
+        let max = self.cfg.max_instances();
+        if !self.slots.contains_key(&request.name) && self.slots.len() >= max as usize {
+            return Err(Refusal::NodeFull {
+                max,
+                board: self.cfg.profile().id.clone(),
+            });
         }
-        self.store.put_local(&request).map_err(|e| e.to_string())?;
+        self.store.put_local(&request).map_err(|e| Refusal::Store {
+            reason: e.to_string(),
+        })?;
         self.record(RecordKind::LocalRequest {
             request: Box::new(request.clone()),
         });
         tracing::info!(instance = %request.name, state = ?request.state, "local request stored");
         self.reconcile();
-        Ok(json!({ "name": request.name.as_str() }))
+        Ok(Answer::Requested(local_api::Requested {
+            name: request.name.to_string(),
+        }))
     }
 
     fn set_local_state(
         &mut self,
         name: &str,
         state: hedge_wire::RequestedState,
-    ) -> Result<Value, String> {
-        let n = Name::new(name).map_err(|e| format!("{name:?}: {e}"))?;
+    ) -> Result<Answer, Refusal> {
+        let n = valid_name(name)?;
         if self.master_owns(&n)? {
-            return Err(format!(
-                "instance {name:?} is owned by the master; change it there"
-            ));
+            return Err(Refusal::OwnedByMaster { name: name.into() });
         }
         let mut request = self
             .store
             .local(&n)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("no local instance named {name:?}"))?;
+            .map_err(|e| Refusal::Store {
+                reason: e.to_string(),
+            })?
+            .ok_or_else(|| Refusal::NoLocalInstance { name: name.into() })?;
         request.state = state;
         self.local_request(request)
     }
+}
+
+/// `name` as an instance name, or the refusal that says why not.
+fn valid_name(name: &str) -> Result<Name, Refusal> {
+    Name::new(name).map_err(|e| Refusal::BadName {
+        name: name.into(),
+        reason: e.to_string(),
+    })
 }

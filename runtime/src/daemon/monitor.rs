@@ -647,7 +647,7 @@ impl Daemon {
     }
 
     /// Promise states for `status`.
-    pub(super) fn promise_status(&self, name: &Name) -> Vec<serde_json::Value> {
+    pub(super) fn promise_status(&self, name: &Name) -> Vec<crate::local_api::PromiseView> {
         self.slots
             .get(name)
             .map(|s| {
@@ -655,12 +655,12 @@ impl Daemon {
                     .iter()
                     .map(|p| {
                         let last = p.state.last();
-                        serde_json::json!({
-                            "name": p.spec.name.as_str(),
-                            "ok": last.map(|(ok, _)| ok),
-                            "last_check": last.map(|(_, t)| t),
-                            "failures_in_row": p.state.failures_in_row(),
-                        })
+                        crate::local_api::PromiseView {
+                            name: p.spec.name.to_string(),
+                            ok: last.map(|(ok, _)| ok),
+                            last_check: last.map(|(_, t)| t),
+                            failures_in_row: p.state.failures_in_row(),
+                        }
                     })
                     .collect()
             })
@@ -668,26 +668,20 @@ impl Daemon {
     }
 
     /// Open and recently resolved incidents for `status`.
-    pub(super) fn incident_status(&self) -> Vec<serde_json::Value> {
-        let word = |s: IncidentState| match s {
-            IncidentState::Resolved => "resolved",
-            _ => "open",
-        };
+    pub(super) fn incident_status(&self) -> Vec<crate::local_api::IncidentView> {
         self.incidents
             .open_incidents()
             .chain(self.resolved.iter())
-            .map(|i| {
-                serde_json::json!({
-                    "id": i.id,
-                    "instance": i.instance.as_str(),
-                    "promise": i.promise.as_str(),
-                    "state": word(i.state),
-                    "escalated": i.state == IncidentState::Escalated,
-                    "severity": format!("{:?}", i.severity).to_lowercase(),
-                    "first_seen_ms": i.first_seen_ms,
-                    "last_seen_ms": i.last_seen_ms,
-                    "message": i.message,
-                })
+            .map(|i| crate::local_api::IncidentView {
+                id: i.id,
+                instance: i.instance.to_string(),
+                promise: i.promise.to_string(),
+                state: i.state.into(),
+                escalated: i.state == IncidentState::Escalated,
+                severity: i.severity,
+                first_seen_ms: i.first_seen_ms,
+                last_seen_ms: i.last_seen_ms,
+                message: i.message.clone(),
             })
             .collect()
     }

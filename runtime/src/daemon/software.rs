@@ -20,7 +20,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hedge_wire::{ArtifactOutcome, InstanceRequest, Name, RecordKind, Sha256Hex, SoftwareRelease};
-use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::{Daemon, Event, RateLimit, TARGET};
@@ -270,21 +269,24 @@ impl Daemon {
         self.software.abort_all();
     }
 
-    pub(super) fn software_status(&self) -> Value {
-        json!({
-            "cache": self.software.cache.root().display().to_string(),
-            "downloading": self
+    pub(super) fn software_status(&self) -> crate::local_api::SoftwareView {
+        crate::local_api::SoftwareView {
+            cache: self.software.cache.root().display().to_string(),
+            downloading: self
                 .software
                 .tasks
                 .keys()
                 .map(|s| Sha256Hex(s).to_string())
-                .collect::<Vec<_>>(),
-            "refused": self
+                .collect(),
+            refused: self
                 .software
                 .refused
                 .iter()
-                .map(|(s, r)| json!({ "sha256": Sha256Hex(s).to_string(), "reason": r }))
-                .collect::<Vec<_>>(),
-        })
+                .map(|(s, r)| crate::local_api::RefusedArtifact {
+                    sha256: Sha256Hex(s).to_string(),
+                    reason: r.clone(),
+                })
+                .collect(),
+        }
     }
 }

@@ -43,7 +43,7 @@ async fn a_big_partition_is_walked_off_the_loop_and_billed_by_blocks() {
     assert!(d.slots[&name].disk.walking);
     // The loop is free: status answers while the walk still runs on its own thread.
     let status = d.status();
-    assert_eq!(status["instances"][0]["name"], "big");
+    assert_eq!(status.instances[0].name, "big");
     assert!(
         d.events_rx.try_recv().is_err(),
         "the walk finished before status answered: it ran on the loop"

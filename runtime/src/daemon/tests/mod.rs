@@ -65,7 +65,10 @@ async fn an_unreadable_store_stops_reconciliation_and_destroys_nothing() {
     );
     // Nor can a local request take a name while the desired state is unreadable.
     let err = d.local_request(sleeper("other")).unwrap_err();
-    assert!(err.contains("cannot read the desired state"), "{err}");
+    assert!(
+        err.to_string().contains("cannot read the desired state"),
+        "{err}"
+    );
     d.shutting_down = true;
     for slot in d.slots.values_mut() {
         if let Some(pid) = slot.lc.pid() {
