@@ -210,6 +210,8 @@ impl Fleet {
     fn stop_all(&mut self) {
         let term = |c: &mut Option<Child>| {
             if let Some(child) = c.as_mut() {
+                // Linux pids are below 2^22: they fit an i32.
+                #[allow(clippy::cast_possible_wrap)]
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(child.id() as i32),
                     nix::sys::signal::Signal::SIGTERM,

@@ -423,6 +423,8 @@ fn wrong_hashes_and_unsafe_archives_are_refused_and_nothing_is_written_outside_t
     );
 }
 
+// The low 64 bits of the nanoseconds make the tag.
+#[allow(clippy::cast_possible_truncation)]
 fn fastrand_tag() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -120,7 +120,8 @@ fn a_node_renews_its_certificate_and_keeps_syncing_without_a_gap() {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap()
-                .as_secs() as i64;
+                .as_secs();
+            let now = i64::try_from(now).unwrap();
             (now > first.not_after + 1 && issued(&fleet) >= 3).then_some(())
         },
     );

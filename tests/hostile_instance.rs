@@ -243,11 +243,7 @@ fn hostile_connection_files_neither_stall_the_daemon_nor_reach_another_tenant() 
     });
     assert!(answered > 0);
     for _ in 0..2 {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(canary as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        nix::sys::signal::kill(common::nix_pid(canary), nix::sys::signal::Signal::SIGKILL).unwrap();
         canary = node.running_pid("canary", Some(canary));
         status_within(&node, Duration::from_secs(10)).expect("status while racing");
     }

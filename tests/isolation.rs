@@ -113,7 +113,7 @@ fn setsid_child_of_a_destroyed_instance_dies_and_its_uid_is_quarantined() {
     let uid = one_uid(&node);
     node.start();
     request(&node, "first");
-    let main = node.running_pid("first", None) as u32;
+    let main = node.running_pid("first", None);
     let child = setsid_child(&node, "first");
     assert!(alive(child));
     assert_eq!(uid_of(child), Some(uid));
@@ -142,7 +142,7 @@ fn setsid_child_of_a_destroyed_instance_dies_and_its_uid_is_quarantined() {
         Duration::from_secs(10),
         || (!alive(child)).then_some(()),
     );
-    let main = node.running_pid("first", None) as u32;
+    let main = node.running_pid("first", None);
     let child = setsid_child(&node, "first");
     assert_eq!(uid_of(child), Some(uid));
 
@@ -184,7 +184,7 @@ fn setsid_child_of_a_destroyed_instance_dies_and_its_uid_is_quarantined() {
     node.terminate();
     set(&node, "uid_quarantine_s", "0");
     node.start();
-    let pid = node.running_pid("second", None) as u32;
+    let pid = node.running_pid("second", None);
     assert_eq!(uid_of(pid), Some(uid));
     assert!(!alive(child));
 }

@@ -29,7 +29,7 @@ fn request(node: &Node, name: &str, limits: &str) {
 }
 
 /// The soft `Max open files` of `pid`.
-fn nofile_of(pid: u64) -> Option<u64> {
+fn nofile_of(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
     let line = text.lines().find(|l| l.starts_with("Max open files"))?;
     line["Max open files".len()..]
@@ -40,7 +40,7 @@ fn nofile_of(pid: u64) -> Option<u64> {
 }
 
 /// The cgroup v2 directory of `pid` (its `0::` line under the host's cgroup2 mount).
-fn cgroup_dir(pid: u64) -> Option<PathBuf> {
+fn cgroup_dir(pid: u32) -> Option<PathBuf> {
     let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let rel = cg.lines().find_map(|l| l.strip_prefix("0::"))?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
@@ -66,7 +66,7 @@ fn a_changed_rlimit_restarts_the_instance_with_the_new_value() {
     let new_pid = node.running_pid("lim", Some(pid));
     assert_ne!(new_pid, pid);
     assert_eq!(nofile_of(new_pid), Some(300));
-    assert!(!common::alive(pid as u32), "the old process survived");
+    assert!(!common::alive(pid), "the old process survived");
 }
 
 #[test]
@@ -91,7 +91,7 @@ fn a_changed_memory_limit_is_rewritten_live_in_the_cgroup() {
             log.contains("resource limits not enforced") && log.contains("controller"),
             "an unenforceable memory limit went unreported:\n{log}"
         );
-        assert!(common::alive(pid as u32));
+        assert!(common::alive(pid));
         return;
     }
     let memory_max = memory_max.unwrap();
@@ -103,6 +103,6 @@ fn a_changed_memory_limit_is_rewritten_live_in_the_cgroup() {
         (read().trim() == (128u64 << 20).to_string()).then_some(())
     });
     // Live: the same process runs on.
-    assert_eq!(node.instance("mem").unwrap().pid.map(u64::from), Some(pid));
-    assert!(common::alive(pid as u32));
+    assert_eq!(node.instance("mem").unwrap().pid, Some(pid));
+    assert!(common::alive(pid));
 }

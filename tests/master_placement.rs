@@ -329,7 +329,7 @@ fn requesting_an_instance_on_another_node_moves_it_there() {
             .is_none_or(|i| i.state == InstanceStatus::Destroyed)
             .then_some(())
     });
-    assert!(!common::alive(pid_a as u32), "a's copy still runs");
+    assert!(!common::alive(pid_a), "a's copy still runs");
     // Re-requesting without --node keeps it on b and leaves a alone.
     let out = fleet.master_ok(&[
         "request",

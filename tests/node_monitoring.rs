@@ -133,7 +133,7 @@ threshold = 3
         .iter()
         .enumerate()
         .position(|(i, r)| {
-            i > opened && r["kind"]["InstanceState"]["pid"].as_u64() == Some(new_pid)
+            i > opened && r["kind"]["InstanceState"]["pid"].as_u64() == Some(u64::from(new_pid))
         })
         .expect("restart recorded after the incident opened");
     let passed_again = records
@@ -250,7 +250,8 @@ fn cpu_totals_survive_a_daemon_crash_without_double_count_or_gap() {
         .unwrap()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_millis() as u64;
+        .as_millis();
+    let burnt_ms = u64::try_from(burnt_ms).unwrap();
     wait_for("burn sampled", Duration::from_secs(20), || {
         kinds(&node.outbox(), "NodeHealth")
             .iter()
@@ -460,22 +461,14 @@ fn a_full_disk_never_stops_supervision_and_records_resume_when_space_returns() {
     assert!(node.daemon_log().contains("store write failed"));
     // Supervision goes on: kills are repaired while records fail.
     for _ in 0..3 {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        nix::sys::signal::kill(common::nix_pid(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
         pid = node.running_pid("sleeper", Some(pid));
     }
 
     // Space returns: records resume.
     std::fs::remove_file(&filler).unwrap();
     let before = node.status().outbox.next_seq;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    nix::sys::signal::kill(common::nix_pid(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
     node.running_pid("sleeper", Some(pid));
     wait_for("records resume", Duration::from_secs(20), || {
         (node.status().outbox.next_seq > before + 1).then_some(())

@@ -56,7 +56,7 @@ fn sigkilled_daemon_restarts_offline_with_every_instance_and_a_continuous_outbox
         "--state",
         "stopped",
     ]);
-    let pids: Vec<u64> = names.iter().map(|n| node.running_pid(n, None)).collect();
+    let pids: Vec<u32> = names.iter().map(|n| node.running_pid(n, None)).collect();
     let before = node.outbox();
     let before_seqs = seqs(&before);
     assert_eq!(before_seqs, (1..=before.len() as u64).collect::<Vec<_>>());
@@ -66,7 +66,7 @@ fn sigkilled_daemon_restarts_offline_with_every_instance_and_a_continuous_outbox
     wait_for(
         "children to die with the daemon",
         Duration::from_secs(5),
-        || pids.iter().all(|p| !alive(*p as u32)).then_some(()),
+        || pids.iter().all(|p| !alive(*p)).then_some(()),
     );
 
     node.wrapper = offline_wrapper();
@@ -90,9 +90,9 @@ fn sigkilled_daemon_restarts_offline_with_every_instance_and_a_continuous_outbox
     assert_eq!(status.outbox.next_seq, after.len() as u64 + 1);
 
     // A clean stop also stops the instances, and the next boot starts them again.
-    let pids: Vec<u64> = names.iter().map(|n| node.running_pid(n, None)).collect();
+    let pids: Vec<u32> = names.iter().map(|n| node.running_pid(n, None)).collect();
     assert!(node.terminate().success());
-    assert!(pids.iter().all(|p| !alive(*p as u32)));
+    assert!(pids.iter().all(|p| !alive(*p)));
     node.start();
     for n in names {
         node.running_pid(n, None);

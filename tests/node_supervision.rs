@@ -24,11 +24,7 @@ fn killed_instance_comes_back_and_is_counted() {
     ]);
     let mut pid = node.running_pid("sleeper", None);
     for round in 1..=3u64 {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        nix::sys::signal::kill(common::nix_pid(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
         pid = node.running_pid("sleeper", Some(pid));
         let i = node.instance("sleeper").unwrap();
         assert_eq!(Some(u64::from(i.restarts)), Some(round));
@@ -113,7 +109,7 @@ fn stop_start_destroy_and_output_logs() {
     wait_for("stopped", Duration::from_secs(5), || {
         (node.instance("talker")?.state == InstanceStatus::Stopped).then_some(())
     });
-    assert!(!alive(pid as u32));
+    assert!(!alive(pid));
     assert!(
         node.partition("talker").exists(),
         "stop keeps the partition"
@@ -158,7 +154,7 @@ fn stop_escalates_to_sigkill_after_the_grace_period() {
         node.instance("stubborn").unwrap().last_exit.as_deref(),
         Some("signal 9")
     );
-    assert!(!alive(pid as u32));
+    assert!(!alive(pid));
 }
 
 #[test]

@@ -248,7 +248,7 @@ fn forged_and_replayed_desired_states_are_refused_and_a_node_cannot_publish_as_a
     for f in ["ca.crt", "master.crt", "master.key"] {
         std::fs::copy(m.join(f), rogue.join(f)).unwrap();
     }
-    let key: [u8; 32] = std::array::from_fn(|i| i as u8 + 1);
+    let key: [u8; 32] = std::array::from_fn(|i| u8::try_from(i + 1).unwrap());
     std::fs::write(rogue.join("signing.key"), key).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(
@@ -443,11 +443,7 @@ fn two_masters_share_the_subscription_and_store_each_record_once() {
     assert_eq!(records, last_seq);
     // Both processes did part of the work.
     for m in &mut fleet.masters {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(m.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
+        nix::sys::signal::kill(common::nix_pid(m.id()), nix::sys::signal::Signal::SIGTERM).unwrap();
         m.wait().unwrap();
     }
     for i in 0..2 {

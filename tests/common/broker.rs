@@ -122,7 +122,7 @@ impl Broker {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let pid = super::nix_pid(child.id());
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + DEADLINE;
         while child.try_wait().unwrap().is_none() {
@@ -142,7 +142,9 @@ impl Broker {
     }
 
     fn spawn(&mut self) {
-        let offset = std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0) as usize;
+        let offset = std::fs::metadata(&self.log).map_or(0, |m| {
+            usize::try_from(m.len()).expect("a test broker's log fits in memory")
+        });
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

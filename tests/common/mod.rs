@@ -54,6 +54,11 @@ pub fn can_run_as_root(what: &str) -> bool {
     can_run(nix::unistd::geteuid().is_root(), what)
 }
 
+/// `pid` as nix takes it (Linux pids are below 2^22, so they fit an i32).
+pub fn nix_pid(pid: u32) -> nix::unistd::Pid {
+    nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid fits an i32"))
+}
+
 /// True while a process with this pid exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -175,11 +180,7 @@ impl Node {
     /// SIGTERMs the daemon and waits for it to exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.daemon.take().unwrap();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
+        nix::sys::signal::kill(nix_pid(child.id()), nix::sys::signal::Signal::SIGTERM).unwrap();
         child.wait().unwrap()
     }
 
@@ -222,12 +223,11 @@ impl Node {
     }
 
     /// Waits until `name` runs with a pid other than `not`; returns the pid.
-    pub fn running_pid(&self, name: &str, not: Option<u64>) -> u64 {
+    pub fn running_pid(&self, name: &str, not: Option<u32>) -> u32 {
         wait_for(&format!("{name} running"), Duration::from_secs(10), || {
             let i = self.instance(name)?;
-            let pid = u64::from(i.pid?);
-            (i.state == InstanceStatus::Running && Some(pid) != not && alive(pid as u32))
-                .then_some(pid)
+            let pid = i.pid?;
+            (i.state == InstanceStatus::Running && Some(pid) != not && alive(pid)).then_some(pid)
         })
     }
 
@@ -266,10 +266,7 @@ impl Drop for Node {
     /// no grandchild outlives the test), then kills it if it lingers.
     fn drop(&mut self) {
         if let Some(mut c) = self.daemon.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+            let _ = nix::sys::signal::kill(nix_pid(c.id()), nix::sys::signal::Signal::SIGTERM);
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while std::time::Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {

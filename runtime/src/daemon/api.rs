@@ -45,9 +45,9 @@ pub enum ApiError {
     /// The daemon's socket could not be reached.
     #[error("cannot reach the node daemon at {path}: {source} (is `hedge node run` running?)")]
     Connect {
-        /// Socket path.
+        /// The socket tried (`<state_dir>/hedge.sock` of the config given).
         path: String,
-        /// Why.
+        /// What `connect` said: usually not found or refused, no daemon runs.
         source: std::io::Error,
     },
     /// I/O after connecting.
@@ -65,9 +65,9 @@ pub enum ApiError {
     /// The socket could not be created.
     #[error("cannot create the API socket {path}: {source}")]
     Bind {
-        /// Socket path.
+        /// The socket to create.
         path: String,
-        /// Why.
+        /// The failed step's error (bind, chown, chmod or rename).
         source: std::io::Error,
     },
 }
@@ -75,9 +75,9 @@ pub enum ApiError {
 /// A peer's credentials, from `SO_PEERCRED`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer {
-    /// Its uid.
+    /// The uid the peer process runs as.
     pub uid: u32,
-    /// Its primary gid.
+    /// Its primary gid (group membership beyond it is looked up when needed).
     pub gid: u32,
 }
 
@@ -209,9 +209,9 @@ pub fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, ApiError> {
 /// A request travelling to the daemon loop, with the way back.
 #[derive(Debug)]
 pub struct ApiCall {
-    /// The request.
+    /// What the client asked, already parsed.
     pub request: ApiRequest,
-    /// Where the answer goes.
+    /// Where the answer goes; dropping it answers "daemon is shutting down".
     pub reply: oneshot::Sender<Result<Answer, Refusal>>,
 }
 

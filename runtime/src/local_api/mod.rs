@@ -39,17 +39,17 @@ pub enum ApiRequest {
     },
     /// Start a local instance: [`Requested`].
     Start {
-        /// Instance name.
+        /// The local request to set to `started`.
         name: String,
     },
     /// Stop a local instance: [`Requested`].
     Stop {
-        /// Instance name.
+        /// The local request to set to `stopped`.
         name: String,
     },
     /// Destroy a local instance (stop, remove its partition): [`Requested`].
     Destroy {
-        /// Instance name.
+        /// The local request to set to `destroyed`.
         name: String,
     },
     /// Records waiting in the outbox, oldest first: [`OutboxPage`].
@@ -63,7 +63,7 @@ pub enum ApiRequest {
     },
     /// Where an instance's log file is: [`LogPath`].
     LogPath {
-        /// Instance name.
+        /// Any supervised instance, local or the master's.
         name: String,
     },
 }

@@ -46,7 +46,7 @@ impl NodeStatus {
 /// One instance as `status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceView {
-    /// Its name.
+    /// The instance's name, unique on the node.
     pub name: String,
     /// Its lifecycle state (`running`, `backoff`, …).
     #[serde(with = "InstanceStatusWord")]
@@ -62,7 +62,7 @@ pub struct InstanceView {
     pub restarts: u32,
     /// How its last process ended (`exit 3`, `signal 9`).
     pub last_exit: Option<String>,
-    /// Its promises.
+    /// Its promises, in the request's order.
     pub promises: Vec<PromiseView>,
     /// CPU ms recorded in usage records by this daemon run.
     pub usage_cpu_ms: u64,
@@ -129,7 +129,7 @@ pub struct IncidentView {
 /// The outbox: records not yet acknowledged by the master.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxView {
-    /// Records waiting.
+    /// Records not yet acknowledged by the master.
     pub depth: usize,
     /// The seq the next record gets.
     pub next_seq: u64,
@@ -169,7 +169,7 @@ pub struct LinkProgress {
 /// The applied desired state's expiry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredView {
-    /// Its generation.
+    /// The master's counter for it; each new desired state has a higher one.
     pub generation: u64,
     /// When it expires (ms since the epoch).
     pub expires_ms: u64,
