@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use hedge_common::clock::now_ms;
 use hedge_master::alloc::Placement;
 use hedge_master::billing::{self, Period, PriceList};
 use hedge_master::config::MasterConfig;
@@ -230,12 +230,6 @@ fn load(c: &ConfigArg) -> Result<MasterConfig, Failure> {
 
 fn open_store(cfg: &MasterConfig) -> Result<MasterStore, Failure> {
     Ok(MasterStore::open(&cfg.base.join(&cfg.master.store))?)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub fn main(cmd: MasterCommand) -> Result<(), Failure> {

@@ -295,15 +295,8 @@ fn init(dir: &Path, id: Option<String>, enroll: Option<&Path>) -> Result<(), Fai
 
 /// Writes a secret file with mode 0600 from the start.
 fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
+    hedge_common::keyfile::write_new(path, bytes, 0o600)
         .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
     Ok(())
 }
 

@@ -47,10 +47,7 @@ fn tar_gz(entries: &[Entry<'_>]) -> Vec<u8> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hedge_common::hex::encode(&Sha256::digest(bytes))
 }
 
 /// The good release: `bin/app` notes each start in its partition, then sleeps.

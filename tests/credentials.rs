@@ -7,7 +7,7 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::fleet::Fleet;
 use common::{wait_for, Node};
@@ -117,11 +117,7 @@ fn a_node_renews_its_certificate_and_keeps_syncing_without_a_gap() {
         "the first certificate expired",
         Duration::from_secs(40),
         || {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_secs();
-            let now = i64::try_from(now).unwrap();
+            let now = hedge_common::clock::now_s();
             (now > first.not_after + 1 && issued(&fleet) >= 3).then_some(())
         },
     );

@@ -87,11 +87,7 @@ fn a_revoked_node_cannot_connect_download_or_store_records() {
             "stopped",
         ]);
     }
-    let sha: [u8; 32] = (0..32)
-        .map(|i| u8::from_str_radix(&sha.trim()["sha256:".len()..][2 * i..2 * i + 2], 16).unwrap())
-        .collect::<Vec<_>>()
-        .try_into()
-        .unwrap();
+    let sha: [u8; 32] = hedge_common::hex::decode_array(&sha.trim()["sha256:".len()..]).unwrap();
     let url = format!("https://127.0.0.1:{port}");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

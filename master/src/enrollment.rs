@@ -22,11 +22,11 @@
 //!
 //! Every refusal is an [`EnrollError`]; the endpoint answers 403 and counts it.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use hedge_common::{hex, keyfile};
 use hedge_wire::Name;
 use rcgen::{CertificateSigningRequestParams, DnType, DnValue, Issuer, KeyPair};
 use sha2::{Digest, Sha256};
@@ -76,10 +76,6 @@ fn internal(e: impl std::fmt::Display) -> EnrollError {
     EnrollError::Internal(e.to_string())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Makes a token for `node` valid until `now + ttl`; returns it (64 hex digits).
 pub fn create_token(
     dir: &Path,
@@ -89,18 +85,13 @@ pub fn create_token(
 ) -> std::io::Result<Zeroizing<String>> {
     let mut raw = Zeroizing::new([0u8; 32]);
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, raw.as_mut());
-    let token = Zeroizing::new(hex(raw.as_ref()));
+    let token = Zeroizing::new(hex::encode(raw.as_ref()));
     let tokens = dir.join(TOKENS);
     std::fs::create_dir_all(&tokens)?;
     std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o700))?;
-    let path = tokens.join(hex(&Sha256::digest(token.as_bytes())));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)?;
-    f.write_all(format!("{node} {}\n", (now + ttl).unix_timestamp()).as_bytes())?;
-    f.sync_all()?;
+    let path = tokens.join(hex::encode(&Sha256::digest(token.as_bytes())));
+    let line = format!("{node} {}\n", (now + ttl).unix_timestamp());
+    keyfile::write_new(&path, line.as_bytes(), 0o600)?;
     Ok(token)
 }
 
@@ -246,7 +237,7 @@ impl Enroller {
     /// Uses token `t` for `node`: renamed away first (single use), then checked.
     fn consume(&self, t: &str, node: &Name, now: OffsetDateTime) -> Result<(), EnrollError> {
         let tokens = self.dir.join(TOKENS);
-        let name = hex(&Sha256::digest(t.as_bytes()));
+        let name = hex::encode(&Sha256::digest(t.as_bytes()));
         let taken = tokens.join(format!(".used-{name}-{}", std::process::id()));
         std::fs::rename(tokens.join(&name), &taken).map_err(|_| EnrollError::UnknownToken)?;
         let text = std::fs::read_to_string(&taken).map_err(internal);

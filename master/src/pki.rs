@@ -28,12 +28,12 @@
 //! Private keys are held in [`Zeroizing`] buffers and rcgen's `KeyPair` is zeroized on drop
 //! where the crates allow it (ring's internal key copy is not).
 
-use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
+use hedge_common::{hex, keyfile, KeyFileError};
 use hedge_wire::Name;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -71,17 +71,12 @@ pub enum PkiError {
     /// `master.toml` does not load.
     #[error(transparent)]
     MasterToml(#[from] crate::config::ConfigError),
+    /// A key file is unreadable, readable by group or others, or malformed.
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
     /// The issuance log, the revoked list or the CRL.
     #[error(transparent)]
     Revocation(#[from] crate::revocation::RevocationError),
-    /// A value in a file is out of range or a referenced file is missing.
-    #[error("{path}: {what}")]
-    Config {
-        /// File.
-        path: PathBuf,
-        /// What is wrong.
-        what: String,
-    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
@@ -239,7 +234,7 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<InitReport, PkiError> {
     // The desired-state signing key.
     let signing = SigningKey::generate(&mut rand_core::OsRng);
     let seed = Zeroizing::new(signing.to_bytes());
-    let signing_public = hex(&signing.verifying_key().to_bytes());
+    let signing_public = hex::encode(&signing.verifying_key().to_bytes());
     put("signing.key", seed.as_ref(), 0o600)?;
     put(
         "signing.pub",
@@ -331,7 +326,7 @@ pub fn enroll(dir: &Path, node: &Name, out: &Path) -> Result<(), PkiError> {
         node: node.clone(),
         broker_host: cfg.broker.node_host().to_string(),
         broker_port: cfg.broker.node_port(),
-        master_public_key: hex(&signing.verifying_key().to_bytes()),
+        master_public_key: hex::encode(&signing.verifying_key().to_bytes()),
         ca_cert: ca_pem,
         token: token.to_string(),
         url,
@@ -424,20 +419,7 @@ token_ttl_s = 604800
 
 /// Loads the signing key (raw 32-byte seed), refusing a file readable by others.
 pub fn load_signing_key(path: &Path) -> Result<SigningKey, PkiError> {
-    let meta = std::fs::metadata(path).map_err(io(path))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(PkiError::Config {
-            path: path.to_owned(),
-            what: "mode allows group/other access; chmod 600 it".into(),
-        });
-    }
-    let bytes = Zeroizing::new(std::fs::read(path).map_err(io(path))?);
-    let seed: Zeroizing<[u8; 32]> =
-        Zeroizing::new(bytes.as_slice().try_into().map_err(|_| PkiError::Config {
-            path: path.to_owned(),
-            what: "not an ed25519 seed (want 32 bytes)".into(),
-        })?);
-    Ok(SigningKey::from_bytes(&seed))
+    Ok(SigningKey::from_bytes(&*keyfile::read_seed(path)?))
 }
 
 fn ca_params(now: OffsetDateTime) -> CertificateParams {
@@ -559,27 +541,13 @@ pub(crate) fn check_host(h: &str) -> Result<(), PkiError> {
 }
 
 fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                PkiError::Exists(path.to_owned())
-            } else {
-                io(path)(e)
-            }
-        })?;
-    // The umask may have narrowed the mode; public files stay world-readable.
-    f.set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(io(path))?;
-    f.write_all(data).map_err(io(path))?;
-    f.sync_all().map_err(io(path))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    keyfile::write_new(path, data, mode).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            PkiError::Exists(path.to_owned())
+        } else {
+            io(path)(e)
+        }
+    })
 }
 
 #[cfg(test)]
@@ -630,7 +598,10 @@ mod tests {
         assert_eq!(cfg.allocation.stale_after_ms, 300_000);
         assert!(cfg.billing.price_list.is_none());
         let key = load_signing_key(&cfg.signing.key).unwrap();
-        assert_eq!(hex(&key.verifying_key().to_bytes()), r.signing_public);
+        assert_eq!(
+            hex::encode(&key.verifying_key().to_bytes()),
+            r.signing_public
+        );
 
         match init(&dir, &opts()) {
             Err(PkiError::AlreadyInitialized(_)) => {}

@@ -23,11 +23,12 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
+use hedge_common::{hex, keyfile};
 use hedge_wire::Name;
 use rcgen::{
     CertificateRevocationListParams, Issuer, KeyIdMethod, KeyPair, RevokedCertParams, SerialNumber,
@@ -94,19 +95,19 @@ impl Issued {
     fn line(&self) -> String {
         format!(
             "{} {} {} {}\n",
-            hex(&self.serial),
+            hex::encode(&self.serial),
             self.node,
             self.not_after,
-            hex(&self.spki_sha256)
+            hex::encode(&self.spki_sha256)
         )
     }
 
     fn parse(l: &str) -> Option<Issued> {
         let mut f = l.split(' ');
-        let serial = unhex(f.next()?)?;
+        let serial = hex::decode(f.next()?)?;
         let node = Name::new(f.next()?).ok()?;
         let not_after = f.next()?.parse().ok()?;
-        let spki_sha256 = unhex(f.next()?)?.try_into().ok()?;
+        let spki_sha256 = hex::decode(f.next()?)?.try_into().ok()?;
         if f.next().is_some() || serial.is_empty() || serial.len() > 20 {
             return None;
         }
@@ -121,15 +122,19 @@ impl Issued {
 
 /// Appends `entry` to `DIR/issued` (created 0644 when missing; synced).
 pub fn record_issued(dir: &Path, entry: &Issued) -> Result<(), RevocationError> {
-    let path = dir.join(ISSUED);
+    append(&dir.join(ISSUED), &entry.line())
+}
+
+/// Appends `line` to `path` (created 0644 when missing) and syncs it.
+fn append(path: &Path, line: &str) -> Result<(), RevocationError> {
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o644)
-        .open(&path)
-        .map_err(io(&path))?;
-    f.write_all(entry.line().as_bytes()).map_err(io(&path))?;
-    f.sync_all().map_err(io(&path))
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(line.as_bytes()).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
 }
 
 /// Every entry of `DIR/issued` (none when the file is missing).
@@ -192,16 +197,7 @@ pub fn revoke(dir: &Path, node: &Name) -> Result<Revocation, RevocationError> {
     let mut set = revoked(dir)?;
     let already = !set.insert(node.clone());
     if !already {
-        let path = dir.join(REVOKED);
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o644)
-            .open(&path)
-            .map_err(io(&path))?;
-        f.write_all(format!("{node}\n").as_bytes())
-            .map_err(io(&path))?;
-        f.sync_all().map_err(io(&path))?;
+        append(&dir.join(REVOKED), &format!("{node}\n"))?;
     }
     write_crl(dir, OffsetDateTime::now_utc())?;
     let certificates = issued(dir)?.iter().filter(|i| &i.node == node).count();
@@ -243,25 +239,7 @@ pub fn write_crl(dir: &Path, now: OffsetDateTime) -> Result<(), RevocationError>
     };
     let pem = params.signed_by(&issuer)?.pem()?;
     let path = dir.join(CRL);
-    let tmp = dir.join(format!(".{CRL}.{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)
-            .map_err(io(&tmp))?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o644))
-            .map_err(io(&tmp))?;
-        f.write_all(pem.as_bytes()).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    keyfile::write_atomic(&path, pem.as_bytes(), 0o644).map_err(io(&path))
 }
 
 /// Sends SIGHUP to the broker whose pid is in `DIR/mosquitto.pid`, when that process is
@@ -371,20 +349,6 @@ pub fn guard(
         }
         inner(node, sha)
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -28,8 +28,9 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use hedge_common::clock::now_ms;
 use hedge_uplink::topic::{ack_topic, desired_topic, node_of_up_topic, MASTER_UP_FILTER};
 use hedge_wire::codec::{decode, encode};
 use hedge_wire::limits::DEFAULT_MAX_FRAME;
@@ -107,12 +108,6 @@ pub struct Settings {
 
 /// How often `run` looks for desired states to re-sign.
 pub const RENEW_EVERY: Duration = Duration::from_secs(60);
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 fn options(s: &Settings) -> MqttOptions {
     // Several master processes share the certificate; client ids must differ.

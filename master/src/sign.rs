@@ -3,38 +3,24 @@
 //! Contract: [`MasterKey::create`] writes a new secret key (32 raw bytes, mode 0600,
 //! never overwriting) and its public key as hex beside it (`<path>.pub`, what nodes
 //! are configured with); [`MasterKey::load`] reads it back and refuses a file that
-//! group or others may access. [`sign`] sets the state's expiry ([`DESIRED_TTL_MS`]
-//! after the master's `now`), signs [`DesiredState::signed_bytes`] (which cover the
-//! expiry) and writes the 64-byte signature into the state; [`verify`] is the check a node runs
-//! and needs only the 32-byte public key (it uses `verify_strict`, which refuses
+//! group or others may access (both fail with a [`KeyFileError`]). [`sign`] sets the
+//! state's expiry ([`DESIRED_TTL_MS`] after the master's `now`), signs
+//! [`DesiredState::signed_bytes`] (which cover the expiry) and writes the 64-byte
+//! signature into the state; [`verify`] is the check a node runs and needs only the
+//! 32-byte public key (it uses `verify_strict`, which refuses
 //! weak keys and malleable signatures). The secret lives in a `SigningKey`, which
 //! zeroizes itself on drop; intermediate buffers are zeroized too.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use hedge_common::{keyfile, KeyFileError};
 use hedge_wire::DesiredState;
 use zeroize::Zeroizing;
 
-/// Errors of the master key and of signature checks.
+/// Errors of signature checks.
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
-    /// I/O on the key file.
-    #[error("{path}: {source}")]
-    Io {
-        /// File.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file is not a 32-byte key.
-    #[error("{0}: not an ed25519 secret key (want 32 bytes)")]
-    Malformed(PathBuf),
-    /// The file is readable by others.
-    #[error("{0}: mode allows group/other access; chmod 600 it")]
-    Exposed(PathBuf),
     /// The public key is not a valid ed25519 point.
     #[error("not a valid ed25519 public key")]
     BadPublicKey,
@@ -47,13 +33,6 @@ pub enum SignError {
     /// The signature does not match the state and key.
     #[error("signature does not verify")]
     Mismatch,
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SignError + '_ {
-    move |source| SignError::Io {
-        path: path.to_owned(),
-        source,
-    }
 }
 
 /// The master's signing key.
@@ -79,44 +58,24 @@ impl MasterKey {
 
     /// Creates a new key at `path` and its public key at `path` with extension
     /// `pub`; fails if `path` exists.
-    pub fn create(path: &Path) -> Result<Self, SignError> {
+    pub fn create(path: &Path) -> Result<Self, KeyFileError> {
         let key = Self::generate();
         let secret = Zeroizing::new(key.key.to_bytes());
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io(path))?;
-        f.write_all(secret.as_ref()).map_err(io(path))?;
-        f.sync_all().map_err(io(path))?;
-        let pub_path = path.with_extension("pub");
-        std::fs::write(&pub_path, key.public_hex() + "\n").map_err(io(&pub_path))?;
+        keyfile::create_seed(path, &secret, &key.public())?;
         Ok(key)
     }
 
     /// Loads the key at `path`.
-    pub fn load(path: &Path) -> Result<Self, SignError> {
-        let meta = std::fs::metadata(path).map_err(io(path))?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(SignError::Exposed(path.to_owned()));
-        }
-        let bytes = Zeroizing::new(std::fs::read(path).map_err(io(path))?);
-        let secret: Zeroizing<[u8; 32]> = Zeroizing::new(
-            bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| SignError::Malformed(path.to_owned()))?,
-        );
+    pub fn load(path: &Path) -> Result<Self, KeyFileError> {
         Ok(MasterKey {
-            key: SigningKey::from_bytes(&secret),
+            key: SigningKey::from_bytes(&*keyfile::read_seed(path)?),
         })
     }
 
     /// Loads the key at `path`, creating it first if there is no file.
-    pub fn load_or_create(path: &Path) -> Result<Self, SignError> {
+    pub fn load_or_create(path: &Path) -> Result<Self, KeyFileError> {
         match Self::create(path) {
-            Err(SignError::Io { source, .. })
+            Err(KeyFileError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::AlreadyExists =>
             {
                 Self::load(path)
@@ -132,7 +91,7 @@ impl MasterKey {
 
     /// The public key as 64 lower-case hex digits.
     pub fn public_hex(&self) -> String {
-        self.public().iter().map(|b| format!("{b:02x}")).collect()
+        hedge_common::hex::encode(&self.public())
     }
 }
 
@@ -207,6 +166,8 @@ pub fn verify(public: &[u8; 32], state: &DesiredState) -> Result<(), SignError> 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+
+    use std::os::unix::fs::PermissionsExt;
 
     use hedge_wire::Name;
 
@@ -294,9 +255,12 @@ mod tests {
         let p = dir.path().join("master.key");
         MasterKey::create(&p).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
-        assert!(matches!(MasterKey::load(&p), Err(SignError::Exposed(_))));
+        assert!(matches!(MasterKey::load(&p), Err(KeyFileError::Exposed(_))));
         std::fs::write(&p, b"short").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(matches!(MasterKey::load(&p), Err(SignError::Malformed(_))));
+        assert!(matches!(
+            MasterKey::load(&p),
+            Err(KeyFileError::Malformed(_))
+        ));
     }
 }

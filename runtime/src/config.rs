@@ -14,34 +14,9 @@ use serde::Deserialize;
 
 use crate::supervisor::lifecycle::Policy;
 
-/// Errors of loading a config.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// File.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The TOML is malformed or has unknown keys.
-    #[error("{path}: {source}")]
-    Parse {
-        /// File.
-        path: PathBuf,
-        /// toml's message (names the key and line).
-        source: toml::de::Error,
-    },
-    /// A value is out of range.
-    #[error("{path}: {what}")]
-    Invalid {
-        /// File.
-        path: PathBuf,
-        /// What is wrong.
-        what: String,
-    },
-}
+/// Errors of loading `node.toml`: it cannot be read, does not parse, or a value is out
+/// of range.
+pub type ConfigError = hedge_common::ConfigFileError<toml::de::Error>;
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -309,30 +284,20 @@ impl Default for UplinkSection {
 impl NodeConfig {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        Self::parse(&ConfigError::read(path)?, path)
     }
 
     /// Parses and validates the text of the file at `path` (which only names the file in
     /// errors and sets the base directory: nothing is read). Pure; the fuzz target
     /// `node_config` drives it.
     pub fn parse(text: &str, path: &Path) -> Result<NodeConfig, ConfigError> {
-        let mut cfg: NodeConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
+        let mut cfg: NodeConfig = toml::from_str(text).map_err(ConfigError::parse(path))?;
         cfg.base = path
             .parent()
             .map(Path::to_path_buf)
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("."));
-        cfg.validate().map_err(|what| ConfigError::Invalid {
-            path: path.to_owned(),
-            what,
-        })?;
+        cfg.validate().map_err(ConfigError::invalid(path))?;
         Ok(cfg)
     }
 

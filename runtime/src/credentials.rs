@@ -26,12 +26,11 @@
 //!   has been down for [`DOWN_RENEW`] (the broker refuses an expired certificate), at most
 //!   once per [`DOWN_RENEW`].
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use hedge_common::{clock, keyfile};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zeroize::Zeroizing;
 
@@ -74,41 +73,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CredentialsError + '_ {
     }
 }
 
-/// Writes `data` to `path` with mode `mode`: a temporary file renamed over it.
-pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), CredentialsError> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(io(&tmp))?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(io(&tmp))?;
-        f.write_all(data).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io(path))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 /// Makes the node's key at `path` (PKCS#8 PEM, 0600); refuses to overwrite one.
 pub fn create_key(path: &Path) -> Result<(), CredentialsError> {
     let key = rcgen::KeyPair::generate().map_err(|e| CredentialsError::Cert(e.to_string()))?;
     let pem = Zeroizing::new(key.serialize_pem());
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io(path))?;
-    f.write_all(pem.as_bytes()).map_err(io(path))?;
-    f.sync_all().map_err(io(path))
+    keyfile::write_new(path, pem.as_bytes(), 0o600).map_err(io(path))
 }
 
 /// A PEM CSR for `key_pem` with CN = `node`.
@@ -185,12 +154,6 @@ impl Paths {
     }
 }
 
-fn clock() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 /// What one check did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -216,9 +179,9 @@ pub async fn check(
     let token_path = dir.join(TOKEN);
     let cert = std::fs::read(&p.cert).ok();
     let v = cert.as_deref().map(validity).transpose()?;
-    let now = judged_now(clock(), floor, v);
+    let now = judged_now(clock::now_s(), floor, v);
     if now > floor {
-        let _ = write_atomic(&floor_path, format!("{now}\n").as_bytes(), 0o600);
+        let _ = keyfile::write_atomic(&floor_path, format!("{now}\n").as_bytes(), 0o600);
     }
     let token = match &cert {
         Some(_) => None,
@@ -247,12 +210,12 @@ pub async fn check(
         .map_err(|e| CredentialsError::Cert(e.to_string()))?;
     let pem = post(&p.url, tls, body.as_bytes()).await?;
     let nv = validity(pem.as_bytes())?;
-    write_atomic(&p.cert, pem.as_bytes(), 0o644)?;
+    keyfile::write_atomic(&p.cert, pem.as_bytes(), 0o644).map_err(io(&p.cert))?;
     if token.is_some() {
         let _ = std::fs::remove_file(&token_path);
     }
-    let now = judged_now(clock(), floor, Some(nv));
-    let _ = write_atomic(&floor_path, format!("{now}\n").as_bytes(), 0o600);
+    let now = judged_now(clock::now_s(), floor, Some(nv));
+    let _ = keyfile::write_atomic(&floor_path, format!("{now}\n").as_bytes(), 0o600);
     tracing::info!(
         not_after = nv.not_after,
         enrolled = token.is_some(),
@@ -358,6 +321,8 @@ pub async fn run(p: Paths, link_down_for: impl Fn() -> Option<Duration>, on_new:
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+
+    use std::os::unix::fs::PermissionsExt;
 
     use super::*;
 

@@ -143,11 +143,7 @@ pub fn parse_public_key(hex: &str) -> Result<VerifyingKey, String> {
     if hex.len() != 64 {
         return Err("want 64 hex digits".into());
     }
-    let mut b = [0u8; 32];
-    for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
-        let s = std::str::from_utf8(chunk).map_err(|_| "not hex".to_string())?;
-        b[i] = u8::from_str_radix(s, 16).map_err(|_| "not hex".to_string())?;
-    }
+    let b: [u8; 32] = hedge_common::hex::decode_array(hex).ok_or("not hex")?;
     VerifyingKey::from_bytes(&b).map_err(|e| e.to_string())
 }
 
@@ -248,7 +244,7 @@ mod tests {
     #[test]
     fn public_keys_parse_from_hex() {
         let vk = SigningKey::from_bytes(&[7; 32]).verifying_key();
-        let hex: String = vk.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let hex = hedge_common::hex::encode(&vk.to_bytes());
         assert_eq!(parse_public_key(&hex).unwrap(), vk);
         assert!(parse_public_key("zz").is_err());
     }

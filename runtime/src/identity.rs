@@ -5,81 +5,33 @@
 //! back and refuses a file readable by group or others. The secret lives in a
 //! `SigningKey`, which zeroizes itself on drop; intermediate buffers are zeroized too.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ed25519_dalek::SigningKey;
+use hedge_common::keyfile;
 use zeroize::Zeroizing;
 
-/// Errors of the identity key.
-#[derive(Debug, thiserror::Error)]
-pub enum IdentityError {
-    /// I/O on the key file.
-    #[error("{path}: {source}")]
-    Io {
-        /// File.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file is not a 32-byte key.
-    #[error("{0}: not an ed25519 secret key (want 32 bytes)")]
-    Malformed(PathBuf),
-    /// The file is readable by others.
-    #[error("{0}: mode allows group/other access; chmod 600 it")]
-    Exposed(PathBuf),
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
-    move |source| IdentityError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
+/// Errors of the identity key: those of any key file.
+pub type IdentityError = hedge_common::KeyFileError;
 
 /// Creates a new key at `path` (and `path` with extension `pub`); fails if it exists.
 pub fn create(path: &Path) -> Result<SigningKey, IdentityError> {
     let key = SigningKey::generate(&mut rand_core::OsRng);
     let secret = Zeroizing::new(key.to_bytes());
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io(path))?;
-    f.write_all(secret.as_ref()).map_err(io(path))?;
-    f.sync_all().map_err(io(path))?;
-    let public: String = key
-        .verifying_key()
-        .to_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let pub_path = path.with_extension("pub");
-    std::fs::write(&pub_path, public + "\n").map_err(io(&pub_path))?;
+    keyfile::create_seed(path, &secret, &key.verifying_key().to_bytes())?;
     Ok(key)
 }
 
 /// Loads the key at `path`.
 pub fn load(path: &Path) -> Result<SigningKey, IdentityError> {
-    let meta = std::fs::metadata(path).map_err(io(path))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(IdentityError::Exposed(path.to_owned()));
-    }
-    let bytes = Zeroizing::new(std::fs::read(path).map_err(io(path))?);
-    let secret: Zeroizing<[u8; 32]> = Zeroizing::new(
-        bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| IdentityError::Malformed(path.to_owned()))?,
-    );
-    Ok(SigningKey::from_bytes(&secret))
+    Ok(SigningKey::from_bytes(&*keyfile::read_seed(path)?))
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+
+    use std::os::unix::fs::PermissionsExt;
 
     use super::*;
 

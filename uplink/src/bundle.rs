@@ -8,40 +8,14 @@
 //! carried a key made by the master: enroll again), a bad host, token, URL or PEM block,
 //! with a [`BundleError`] naming the field. The token is zeroized when dropped.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use hedge_wire::Name;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-/// Errors of reading a bundle.
-#[derive(Debug, thiserror::Error)]
-pub enum BundleError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
-    Read {
-        /// The bundle file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// Malformed TOML or unknown keys.
-    #[error("{path}: {source}")]
-    Parse {
-        /// The bundle file.
-        path: PathBuf,
-        /// toml's error, with the line and column.
-        source: toml::de::Error,
-    },
-    /// A field is unusable.
-    #[error("{path}: {what}")]
-    Invalid {
-        /// The bundle file.
-        path: PathBuf,
-        /// What is wrong.
-        what: String,
-    },
-}
+/// Errors of reading a bundle: it cannot be read, does not parse, or a field is unusable.
+pub type BundleError = hedge_common::ConfigFileError<toml::de::Error>;
 
 /// One node's enrollment.
 #[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
@@ -87,20 +61,9 @@ impl Bundle {
 
     /// Reads and validates a bundle file.
     pub fn load(path: &Path) -> Result<Bundle, BundleError> {
-        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
-            BundleError::Read {
-                path: path.to_owned(),
-                source,
-            }
-        })?);
-        let b: Bundle = toml::from_str(&text).map_err(|source| BundleError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
-        b.validate().map_err(|what| BundleError::Invalid {
-            path: path.to_owned(),
-            what,
-        })?;
+        let text = zeroize::Zeroizing::new(BundleError::read(path)?);
+        let b: Bundle = toml::from_str(&text).map_err(BundleError::parse(path))?;
+        b.validate().map_err(BundleError::invalid(path))?;
         Ok(b)
     }
 

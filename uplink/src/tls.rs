@@ -17,16 +17,7 @@ use zeroize::Zeroizing;
 /// Reads the private key at `path`: refused when its mode allows group or other access;
 /// the bytes are wiped when the buffer is dropped.
 pub fn read_key(path: &std::path::Path) -> Result<Zeroizing<Vec<u8>>, TlsError> {
-    use std::os::unix::fs::PermissionsExt;
-    let err = |e: std::io::Error| TlsError::KeyFile(format!("{}: {e}", path.display()));
-    let meta = std::fs::metadata(path).map_err(err)?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(TlsError::KeyFile(format!(
-            "{}: mode allows group/other access; chmod 600 it",
-            path.display()
-        )));
-    }
-    Ok(Zeroizing::new(std::fs::read(path).map_err(err)?))
+    hedge_common::keyfile::read_private(path).map_err(|e| TlsError::KeyFile(e.to_string()))
 }
 
 /// A client configuration trusting only `ca_pem`, without a client certificate.

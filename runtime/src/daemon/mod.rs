@@ -31,8 +31,9 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+pub(crate) use hedge_common::clock::now_ms;
 use hedge_wire::{ExitStatus, InstanceRequest, Name, RecordKind};
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
@@ -188,14 +189,6 @@ fn warn_if_untraversable(state: &std::path::Path) {
             return;
         }
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Daemon {

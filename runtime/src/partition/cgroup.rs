@@ -80,8 +80,7 @@ pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
 /// The node's group name: `<node-id>-<8 hex digits of sha256(state dir)>`.
 pub fn node_tag(node_id: &str, state_dir: &Path) -> String {
     let digest = Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
-    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{node_id}-{hex}")
+    format!("{node_id}-{}", hedge_common::hex::encode(&digest[..4]))
 }
 
 impl Cgroups {
