@@ -128,6 +128,7 @@ pub fn main(cmd: SandboxCommand) -> Result<(), Failure> {
 
 /// The sample workload: answers every request `200 OK`; with `flaky_after`, stops
 /// answering then (closes its socket) but stays alive, as a hung service would.
+#[allow(clippy::disallowed_methods)] // a driver: goes flaky after a real delay
 fn serve(port: u16, flaky_after: Option<u64>) -> Result<(), Failure> {
     let listener = TcpListener::bind(("127.0.0.1", port))?;
     listener.set_nonblocking(true)?;
@@ -209,11 +210,10 @@ struct Fleet {
 impl Fleet {
     fn stop_all(&mut self) {
         let term = |c: &mut Option<Child>| {
-            if let Some(child) = c.as_mut() {
-                // Linux pids are below 2^22: they fit an i32.
-                #[allow(clippy::cast_possible_wrap)]
+            // A child's pid always fits an i32 (the kernel's pid_max is below 2^22).
+            if let Some(pid) = c.as_mut().and_then(|child| i32::try_from(child.id()).ok()) {
                 let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGTERM,
                 );
             }
@@ -252,6 +252,7 @@ fn log_file(p: &Path) -> Result<std::fs::File, Failure> {
 }
 
 /// Runs the sandbox.
+#[allow(clippy::disallowed_methods)] // a driver: runs for real seconds, prints every few
 pub fn run(opts: Options) -> Result<(), Failure> {
     if opts.nodes == 0 || opts.nodes > 32 {
         return Err(Failure::usage(anyhow!("--nodes must be 1..=32")));
@@ -464,6 +465,7 @@ fn ctrlc_flag(flag: Arc<AtomicBool>) -> std::io::Result<()> {
     Ok(())
 }
 
+#[allow(clippy::disallowed_methods)] // a driver: waits for real processes, with a deadline
 fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
     let end = Instant::now() + timeout;
     while Instant::now() < end {

@@ -423,9 +423,10 @@ fn wrong_hashes_and_unsafe_archives_are_refused_and_nothing_is_written_outside_t
 // The low 64 bits of the nanoseconds make the tag.
 #[allow(clippy::cast_possible_truncation)]
 fn fastrand_tag() -> u64 {
-    std::time::SystemTime::now()
+    #[allow(clippy::disallowed_methods)] // tests only: a tag that differs between runs
+    let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_nanos() as u64
-        % 1_000_000_007
+        .as_nanos();
+    u64::try_from(nanos % 1_000_000_007).unwrap()
 }

@@ -32,6 +32,7 @@ fn sh_instance(name: &str, script: &str, extra: &str) -> String {
 
 /// `hedge node status --json`, or `None` if it does not answer within `limit` (the
 /// daemon's loop is stuck).
+#[allow(clippy::disallowed_methods)] // an end-to-end test: waits for real processes, with a deadline
 fn status_within(node: &Node, limit: Duration) -> Option<NodeStatus> {
     let mut child = common::hedge()
         .args(["node", "status", "--json", "--config"])

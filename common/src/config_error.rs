@@ -12,15 +12,15 @@ pub enum ConfigFileError<E: std::error::Error + 'static> {
     /// The file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
-        /// The file.
+        /// The file, as the caller named it.
         path: PathBuf,
-        /// Why.
+        /// The operating system's error (not found, permission denied, not UTF-8…).
         source: std::io::Error,
     },
     /// The file does not parse (malformed, or unknown keys).
     #[error("{path}: {source}")]
     Parse {
-        /// The file.
+        /// The file that does not parse.
         path: PathBuf,
         /// The parser's message (names the key and line).
         source: E,
@@ -28,7 +28,7 @@ pub enum ConfigFileError<E: std::error::Error + 'static> {
     /// A value is out of range or unusable.
     #[error("{path}: {what}")]
     Invalid {
-        /// The file.
+        /// The file holding the value.
         path: PathBuf,
         /// What is wrong.
         what: String,

@@ -25,9 +25,9 @@ pub enum KeyFileError {
     /// I/O on the key file.
     #[error("{path}: {source}")]
     Io {
-        /// The file.
+        /// The key file, or its `.pub` sibling when writing that failed.
         path: PathBuf,
-        /// Why.
+        /// The operating system's error (`AlreadyExists` when creating over a key).
         source: std::io::Error,
     },
     /// The file is not a 32-byte seed.

@@ -53,7 +53,7 @@ pub enum Refusal {
     Quota {
         /// Bytes stored for the node.
         stored: u64,
-        /// The limit.
+        /// [`IngestLimits::max_stored_bytes`], bytes.
         limit: u64,
     },
 }

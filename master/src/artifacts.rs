@@ -65,9 +65,9 @@ pub enum ArtifactError {
     /// Reading the file or writing the store directory failed.
     #[error("{path}: {source}")]
     Io {
-        /// The file or directory.
+        /// The supplied file or the store directory.
         path: PathBuf,
-        /// Why.
+        /// The operating system's error.
         source: std::io::Error,
     },
 }
@@ -375,6 +375,7 @@ struct LogLimit {
 impl LogLimit {
     fn allow(&self) -> bool {
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        #[allow(clippy::disallowed_methods)] // the HTTPS driver rate-limits its log by the clock
         let now = Instant::now();
         if last.is_some_and(|t| now.duration_since(t) < LOG_PERIOD) {
             return false;

@@ -62,9 +62,9 @@ pub enum BillingError {
     /// Reading the price list failed.
     #[error("{path}: {source}")]
     Io {
-        /// File.
+        /// The price list file.
         path: PathBuf,
-        /// Why.
+        /// The operating system's error.
         source: std::io::Error,
     },
     /// The price list is not valid TOML of the documented format.
@@ -73,9 +73,9 @@ pub enum BillingError {
     /// A price is negative, not a finite number, or has more than 9 decimals.
     #[error("price list: {field} = {value} must be a finite number >= 0 with at most 9 decimals")]
     Price {
-        /// Which field.
+        /// The price list key (`cpu_second`, …).
         field: &'static str,
-        /// Its value.
+        /// The refused price.
         value: f64,
     },
     /// The currency code is empty, too long or not alphanumeric.
@@ -213,7 +213,7 @@ impl Period {
         Self::new(year, month).map_err(|_| bad())
     }
 
-    /// Year.
+    /// The year, 1970..=9999.
     pub fn year(&self) -> u16 {
         self.year
     }
@@ -279,9 +279,9 @@ impl From<Period> for String {
 /// What one instance of one node used in the period, and its cost.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Line {
-    /// The node.
+    /// The node that ran the instance.
     pub node: Name,
-    /// The instance.
+    /// The instance, by name on that node.
     pub instance: Name,
     /// CPU seconds.
     pub cpu_seconds: f64,
@@ -298,7 +298,7 @@ pub struct Line {
 /// An invoice for one period.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Invoice {
-    /// The month.
+    /// The month invoiced.
     pub period: Period,
     /// Currency code.
     pub currency: String,

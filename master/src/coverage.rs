@@ -26,9 +26,9 @@ pub enum CoverageError {
     /// The range is empty (`from > to`).
     #[error("covered range {from}..={to} is empty")]
     Empty {
-        /// Start.
+        /// First seq claimed.
         from: u64,
-        /// End.
+        /// Last seq claimed (inclusive), below `from`.
         to: u64,
     },
 }

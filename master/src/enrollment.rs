@@ -222,6 +222,7 @@ impl Enroller {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
         let mut last = self.last_log.lock().unwrap_or_else(|p| p.into_inner());
+        #[allow(clippy::disallowed_methods)] // the HTTPS driver rate-limits its log by the clock
         let now = std::time::Instant::now();
         if last.is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(10)) {
             *last = Some(now);

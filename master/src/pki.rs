@@ -53,7 +53,7 @@ pub enum PkiError {
     Io {
         /// File or directory.
         path: PathBuf,
-        /// Why.
+        /// The operating system's error.
         source: std::io::Error,
     },
     /// `init` found an existing master directory.

@@ -53,15 +53,15 @@ pub enum RevocationError {
     /// I/O on a file of DIR.
     #[error("{path}: {source}")]
     Io {
-        /// File.
+        /// `issued`, `revoked`, the CRL or the CA certificate or key, in DIR.
         path: PathBuf,
-        /// Why.
+        /// The operating system's error.
         source: std::io::Error,
     },
     /// A line of `issued` or `revoked` is malformed.
     #[error("{path}:{line}: malformed line")]
     Malformed {
-        /// File.
+        /// `issued` or `revoked`.
         path: PathBuf,
         /// 1-based line.
         line: usize,
@@ -291,6 +291,7 @@ impl Revoked {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
         let mut last = self.last_log.lock().unwrap_or_else(|p| p.into_inner());
+        #[allow(clippy::disallowed_methods)] // the HTTPS driver rate-limits its log by the clock
         let now = std::time::Instant::now();
         let due = last
             .get(what)

@@ -242,6 +242,7 @@ async fn idle(from: [u8; 4], port: u16) -> tokio::net::TcpStream {
 }
 
 #[tokio::test]
+#[allow(clippy::disallowed_methods)] // an end-to-end test: waits for real processes, with a deadline
 async fn idle_connections_do_not_starve_a_real_download() {
     let e = Endpoint::start().await;
     // 100 idle connections from 10 addresses (under the per-address cap), and 40 more

@@ -61,6 +61,7 @@ struct Broker {
 
 impl Broker {
     /// Starts it and waits until every port in `ports` accepts connections.
+    #[allow(clippy::disallowed_methods)] // an end-to-end test: waits for real processes, with a deadline
     fn start(dir: &Path, ports: &[u16]) -> Broker {
         let log = dir.join("mosquitto.log");
         let mut child = Command::new(mosquitto_bin())
@@ -508,6 +509,7 @@ fn up_frame(node: &str, from: u64, to: u64) -> Vec<u8> {
 }
 
 /// Waits (polling, with a deadline) until `f` holds.
+#[allow(clippy::disallowed_methods)] // an end-to-end test: waits for real processes, with a deadline
 async fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
@@ -552,6 +554,7 @@ fn spawn_master(
 /// broker) and with many small valid batches (rate and byte quota); node A's batches,
 /// each published once, are all stored meanwhile.
 #[tokio::test]
+#[allow(clippy::disallowed_methods)] // an end-to-end test: waits for real processes, with a deadline
 async fn a_flooding_node_does_not_keep_another_nodes_records_out() {
     let fleet = Fleet::new();
     let db = fleet.dir.join("master.db");
@@ -664,6 +667,7 @@ async fn a_flooding_node_does_not_keep_another_nodes_records_out() {
 /// master's event loop keeps its 1 s MQTT keepalive (the broker drops a client silent
 /// for 1.5 keepalives), and the batch is stored and acknowledged once the lock goes.
 #[tokio::test]
+#[allow(clippy::disallowed_methods)] // an end-to-end test: waits for real processes, with a deadline
 async fn a_locked_store_never_stalls_the_masters_event_loop() {
     let fleet = Fleet::new();
     let db = fleet.dir.join("master.db");

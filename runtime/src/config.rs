@@ -22,33 +22,33 @@ pub type ConfigError = hedge_common::ConfigFileError<toml::de::Error>;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
-    /// `[node]`.
+    /// `[node]`: id, state directory, board, capacity, labels, region.
     pub node: NodeSection,
-    /// `[supervisor]`.
+    /// `[supervisor]`: stop grace and restart backoff.
     #[serde(default)]
     pub supervisor: SupervisorSection,
-    /// `[logs]`.
+    /// `[logs]`: rotation of instance logs.
     #[serde(default)]
     pub logs: LogsSection,
-    /// `[partitions]`.
+    /// `[partitions]`: the uids instances run as, cgroups.
     #[serde(default)]
     pub partitions: PartitionsSection,
-    /// `[store]`.
+    /// `[store]`: sled's cache and flush period.
     #[serde(default)]
     pub store: StoreSection,
-    /// `[monitor]`.
+    /// `[monitor]`: sampling, usage, health and summary intervals; escalation.
     #[serde(default)]
     pub monitor: MonitorSection,
-    /// `[outbox]`.
+    /// `[outbox]`: the quota of records kept for the master.
     #[serde(default)]
     pub outbox: OutboxSection,
-    /// `[metrics]`.
+    /// `[metrics]`: the Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsSection,
-    /// `[api]`.
+    /// `[api]`: who may use the local API socket.
     #[serde(default)]
     pub api: ApiSection,
-    /// `[uplink]`.
+    /// `[uplink]`: the link to the master.
     #[serde(default)]
     pub uplink: UplinkSection,
     /// Directory of the file; relative paths are resolved against it.
@@ -133,7 +133,7 @@ impl Default for LogsSection {
 pub struct PartitionsSection {
     /// First uid handed to a partition (root only).
     pub uid_min: u32,
-    /// Last uid.
+    /// Last uid handed to a partition (inclusive).
     pub uid_max: u32,
     /// Seconds a uid freed by a destroy waits before another partition gets it.
     pub uid_quarantine_s: u64,

@@ -37,11 +37,11 @@ pub enum LogError {
     /// A system call failed.
     #[error("{op} {}: {source}", path.display())]
     Io {
-        /// What was being done.
+        /// The system call (`open`, `write`, `rename`, …).
         op: &'static str,
-        /// On what.
+        /// The path it was made on.
         path: PathBuf,
-        /// The error.
+        /// The operating system's error.
         #[source]
         source: io::Error,
     },

@@ -365,7 +365,7 @@ pub struct Flags {
     pub software: String,
     /// The program inside an artifact (`--entry`).
     pub entry: Option<String>,
-    /// Arguments.
+    /// `--arg` values, in order.
     pub args: Vec<String>,
     /// `k=v` parameters.
     pub params: Vec<String>,

@@ -118,6 +118,7 @@ impl Broker {
     }
 
     /// SIGTERM and wait for the exit: mosquitto saves its persistence file first.
+    #[allow(clippy::disallowed_methods)] // an end-to-end test: waits for real processes, with a deadline
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
@@ -141,6 +142,7 @@ impl Broker {
         self.spawn();
     }
 
+    #[allow(clippy::disallowed_methods)] // an end-to-end test: waits for real processes, with a deadline
     fn spawn(&mut self) {
         let offset = std::fs::metadata(&self.log).map_or(0, |m| {
             usize::try_from(m.len()).expect("a test broker's log fits in memory")

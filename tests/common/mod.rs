@@ -21,6 +21,7 @@ pub fn hedge() -> Command {
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+#[allow(clippy::disallowed_methods)] // an end-to-end test: waits for real processes, with a deadline
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
@@ -264,6 +265,7 @@ impl Node {
 impl Drop for Node {
     /// Stops the daemon gracefully (it stops every instance's whole process group, so
     /// no grandchild outlives the test), then kills it if it lingers.
+    #[allow(clippy::disallowed_methods)] // an end-to-end test: waits for real processes, with a deadline
     fn drop(&mut self) {
         if let Some(mut c) = self.daemon.take() {
             let _ = nix::sys::signal::kill(nix_pid(c.id()), nix::sys::signal::Signal::SIGTERM);

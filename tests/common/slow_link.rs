@@ -53,6 +53,7 @@ impl Drop for SlowLink {
 }
 
 /// Copies `from` to `to`, each chunk `delay` after it was read.
+#[allow(clippy::disallowed_methods)] // a test proxy: delays bytes by real time
 fn pipe(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
     std::thread::spawn(move || {

@@ -515,7 +515,7 @@ pub enum RecordKind {
         instance: Name,
         /// Interval start, ms since the Unix epoch.
         from_ms: u64,
-        /// Interval end.
+        /// Interval end (exclusive), ms since the Unix epoch.
         to_ms: u64,
         /// CPU time (user+system) of the whole process tree, ms.
         cpu_ms: u64,
@@ -546,7 +546,7 @@ pub enum RecordKind {
         state: IncidentState,
         /// First seen, ms since the epoch.
         first_seen_ms: u64,
-        /// Last seen.
+        /// Last seen, ms since the epoch.
         last_seen_ms: u64,
         /// Human-readable description.
         message: String,

@@ -23,10 +23,10 @@ const CLAIM: u32 = 60_000;
 
 fn varint(mut v: u32, out: &mut Vec<u8>) {
     while v >= 0x80 {
-        out.push((v as u8) | 0x80);
+        out.push(v.to_le_bytes()[0] | 0x80);
         v >>= 7;
     }
-    out.push(v as u8);
+    out.push(v.to_le_bytes()[0]);
 }
 
 /// `head` then a claimed length of [`CLAIM`], then `fill` repeated up to `MAX` bytes.
@@ -76,7 +76,7 @@ fn up_head(rest: &[u8]) -> Vec<u8> {
 
 /// A distinct 3-letter parameter key with an empty value.
 fn param(i: usize) -> Vec<u8> {
-    let l = |n: usize| b'a' + (n % 26) as u8;
+    let l = |n: usize| b'a' + u8::try_from(n % 26).unwrap();
     vec![3, l(i), l(i / 26), l(i / 676), 0]
 }
 

@@ -315,7 +315,7 @@ fn invalid_names_in_hand_built_frames_are_refused() {
     // Up { node: "abcd", records: [], covers: None, epoch: 9 } by hand: version, tag 1
     // (Up), name, no records, no range, epoch.
     let frame = |name: &[u8]| {
-        let mut b = vec![WIRE_VERSION, 1, name.len() as u8];
+        let mut b = vec![WIRE_VERSION, 1, u8::try_from(name.len()).unwrap()];
         b.extend_from_slice(name);
         b.push(0);
         b.push(0);

@@ -110,7 +110,7 @@ pub enum Refusal {
 pub enum RawKind<'a> {
     /// A regular file.
     File {
-        /// Contents length.
+        /// Contents length, bytes.
         size: u64,
         /// Mode bits from the header.
         mode: u32,
@@ -143,23 +143,23 @@ pub enum Admitted {
     Dir(String),
     /// A regular file of `size` bytes, created with `mode`.
     File {
-        /// Path.
+        /// Where, normalised.
         path: String,
-        /// Length.
+        /// Contents length, bytes.
         size: u64,
         /// 0644 or 0755.
         mode: u32,
     },
     /// A symlink.
     Symlink {
-        /// Path.
+        /// Where, normalised.
         path: String,
         /// Target, as stored (relative).
         target: String,
     },
     /// A hard link to `target`, an earlier regular file.
     HardLink {
-        /// Path.
+        /// Where, normalised.
         path: String,
         /// Normalised target.
         target: String,
@@ -364,7 +364,8 @@ impl Checker {
 
 /// Whether `target`, taken lexically from the directory of `link`, climbs above the root.
 fn lexical_escape(link: &str, target: &str) -> bool {
-    let mut depth = link.split('/').count() as i64 - 1;
+    // A count of a `&str`'s parts is at most `isize::MAX`: it always fits.
+    let mut depth = i64::try_from(link.split('/').count()).unwrap_or(i64::MAX) - 1;
     for c in target.split('/') {
         match c {
             "" | "." => {}
@@ -389,11 +390,11 @@ pub enum ExtractError {
     /// The node could not write (disk full, permissions): nothing was kept.
     #[error("{op} {path}: {source}")]
     Io {
-        /// What was being done.
+        /// The system call (`create`, `write`, `symlink`, …).
         op: &'static str,
-        /// On what.
+        /// The path it was made on.
         path: String,
-        /// Why.
+        /// The operating system's error.
         source: io::Error,
     },
 }
@@ -401,7 +402,7 @@ pub enum ExtractError {
 /// What [`extract`] wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Summary {
-    /// Entries seen.
+    /// Entries read from the archive, admitted or skipped.
     pub entries: u64,
     /// Bytes of file contents written.
     pub bytes: u64,

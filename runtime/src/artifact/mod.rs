@@ -91,11 +91,11 @@ pub enum InstallError {
     /// Local I/O failed (disk full, permissions).
     #[error("{what} {path}: {source}")]
     Io {
-        /// What was being done.
+        /// What was being done (`create`, `rename`, …).
         what: &'static str,
-        /// On what.
+        /// The path it was done on.
         path: PathBuf,
-        /// Why.
+        /// The operating system's error.
         source: std::io::Error,
     },
 }

@@ -24,7 +24,10 @@ pub struct Health {
 /// `/proc/loadavg` → 1-minute load × 1000.
 pub fn parse_loadavg(text: &str) -> Option<u32> {
     let l: f64 = text.split_whitespace().next()?.parse().ok()?;
-    Some((l * 1000.0).round() as u32)
+    // Float to integer `as` saturates (a negative load reads 0, NaN reads 0): wanted.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let milli = (l * 1000.0).round() as u32;
+    Some(milli)
 }
 
 /// `/proc/meminfo` → (MemTotal, MemAvailable) in bytes.

@@ -91,7 +91,11 @@ pub fn system_units() -> (u64, u64) {
         .ok()
         .flatten()
         .unwrap_or(4096);
-    (tck.max(1) as u64, page.max(1) as u64)
+    // Both are at least 1 here, so the conversions cannot fail.
+    (
+        u64::try_from(tck.max(1)).unwrap_or(100),
+        u64::try_from(page.max(1)).unwrap_or(4096),
+    )
 }
 
 #[cfg(test)]

@@ -260,8 +260,8 @@ impl Cgroup {
 
     /// Sends `sig` to every process listed in the group.
     pub fn signal(&self, sig: Signal) {
-        for pid in self.pids() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+        for pid in self.pids().into_iter().filter_map(to_pid) {
+            let _ = nix::sys::signal::kill(pid, sig);
         }
     }
 
@@ -280,9 +280,8 @@ impl Cgroup {
             if pids.is_empty() {
                 break;
             }
-            for pid in pids {
-                let _ =
-                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+            for pid in pids.into_iter().filter_map(to_pid) {
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
             }
         }
         Ok(())
@@ -305,6 +304,12 @@ pub fn parse_pids(text: &str) -> Vec<u32> {
         .filter_map(|w| w.parse().ok())
         .filter(|&p| p != 0)
         .collect()
+}
+
+/// A listed pid as nix's `Pid`; `None` for one past `i32::MAX`, which the kernel never
+/// lists (and which `as` would turn negative: a process group).
+fn to_pid(raw: u32) -> Option<nix::unistd::Pid> {
+    i32::try_from(raw).ok().map(nix::unistd::Pid::from_raw)
 }
 
 /// Enables the `wanted` controllers in `<dir>/cgroup.subtree_control` unless they are.
@@ -498,5 +503,16 @@ mod tests {
         assert_eq!(parse_pids(""), Vec::<u32>::new());
         assert_eq!(parse_pids("x\n7"), vec![7]);
         assert_eq!(parse_pids("0\n8\n"), vec![8]);
+    }
+
+    #[test]
+    fn pids_past_i32_max_are_never_signalled() {
+        assert_eq!(to_pid(4242), Some(nix::unistd::Pid::from_raw(4242)));
+        assert_eq!(
+            to_pid(0x7fff_ffff),
+            Some(nix::unistd::Pid::from_raw(i32::MAX))
+        );
+        assert_eq!(to_pid(u32::MAX), None);
+        assert_eq!(to_pid(1 << 31), None);
     }
 }

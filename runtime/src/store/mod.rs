@@ -58,7 +58,7 @@ pub enum StoreError {
     /// A stored value did not decode.
     #[error("store: value under {tree}/{key} does not decode: {source}")]
     Decode {
-        /// Tree name.
+        /// The sled tree (`outbox`, `desired`, …).
         tree: &'static str,
         /// Key, printable.
         key: String,
@@ -74,9 +74,9 @@ pub enum StoreError {
     /// The store was written by a newer hedge.
     #[error("store schema version {found} is newer than this hedge supports ({supported}); refusing to touch it")]
     TooNew {
-        /// Version on disk.
+        /// Schema version on disk.
         found: u32,
-        /// Highest known.
+        /// The newest schema version this hedge reads.
         supported: u32,
     },
 }
@@ -290,6 +290,7 @@ impl Store {
 
     /// Opens sled, waiting up to [`LOCK_WAIT`] for its file lock: after a handle in this
     /// process is dropped (a reopen), sled's flusher thread may hold it a moment longer.
+    #[allow(clippy::disallowed_methods)] // I/O: a real deadline for sled's file lock
     fn open_db(&self) -> Result<sled::Db, StoreError> {
         let deadline = std::time::Instant::now() + LOCK_WAIT;
         loop {
@@ -529,14 +530,15 @@ impl Store {
     pub fn apply_shed(&self, plan: &ShedPlan) -> Result<u64, StoreError> {
         self.raise_floor()?;
         let mut batch = sled::Batch::default();
-        let mut delta: i64 = 0;
+        // Bytes the batch removes and adds, applied to the total once it is written.
+        let (mut removed, mut added) = (0u64, 0u64);
         for g in &plan.merge {
             let mut merged: Option<Record> = None;
             for seq in &g.seqs {
                 let Some(v) = self.t()?.outbox.get(seq.to_be_bytes())? else {
                     continue;
                 };
-                delta -= v.len() as i64;
+                removed += v.len() as u64;
                 let r: Record = dec("outbox", &seq.to_be_bytes(), &v)?;
                 merged = Some(match merged {
                     None => r,
@@ -550,7 +552,7 @@ impl Store {
             if let Some(mut m) = merged {
                 m.seq = g.keep;
                 let bytes = enc(&m)?;
-                delta += bytes.len() as i64;
+                added += bytes.len() as u64;
                 batch.insert(&g.keep.to_be_bytes(), bytes);
             }
         }
@@ -559,7 +561,7 @@ impl Store {
             let Some(v) = self.t()?.outbox.get(seq.to_be_bytes())? else {
                 continue;
             };
-            delta -= v.len() as i64;
+            removed += v.len() as u64;
             let r: Record = dec("outbox", &seq.to_be_bytes(), &v)?;
             batch.remove(&seq.to_be_bytes());
             folded = Some(match folded {
@@ -572,18 +574,21 @@ impl Store {
         }
         if let Some(f) = folded {
             let bytes = enc(&f)?;
-            delta += bytes.len() as i64;
+            added += bytes.len() as u64;
             batch.insert(&f.seq.to_be_bytes(), bytes);
         }
         for seq in &plan.drop {
             if let Some(v) = self.t()?.outbox.get(seq.to_be_bytes())? {
-                delta -= v.len() as i64;
+                removed += v.len() as u64;
                 batch.remove(&seq.to_be_bytes());
             }
         }
         self.t()?.outbox.apply_batch(batch)?;
         self.flush()?;
-        let now = (self.outbox_bytes() as i64 + delta).max(0) as u64;
+        let now = self
+            .outbox_bytes()
+            .saturating_add(added)
+            .saturating_sub(removed);
         self.outbox_bytes.store(now, Ordering::Relaxed);
         Ok(now)
     }

@@ -64,9 +64,9 @@ pub enum Input {
     },
     /// The process `pid` ended.
     Exited {
-        /// Which process.
+        /// The pid that `Spawned` reported.
         pid: u32,
-        /// How.
+        /// Exit code or terminating signal.
         status: ExitStatus,
     },
     /// Time passed; acts on an expired deadline.
@@ -89,9 +89,9 @@ pub enum Action {
     Spawn,
     /// Send a signal to the process group `pgid`.
     Signal {
-        /// Process group.
+        /// The process group: the instance's pid, which leads it.
         pgid: u32,
-        /// Signal.
+        /// SIGTERM to stop, SIGKILL past the grace.
         sig: Sig,
     },
     /// The instance entered a new state: record it.

@@ -30,9 +30,9 @@ pub enum ReapError {
     /// Processes of the uid were still alive when time ran out.
     #[error("{left} process(es) of uid {uid} still alive")]
     Survivors {
-        /// The uid.
+        /// The partition's uid.
         uid: u32,
-        /// How many.
+        /// Processes of it still alive.
         left: usize,
     },
 }
@@ -79,6 +79,7 @@ pub fn kill_uid(uid: u32) -> Result<(), ReapError> {
 }
 
 /// [`kill_uid`] until no live process of `uid` is left, for at most `within`.
+#[allow(clippy::disallowed_methods)] // an I/O driver: waits for real processes to exit
 pub fn kill_uid_and_wait(uid: u32, within: Duration) -> Result<(), ReapError> {
     let deadline = Instant::now() + within;
     let mut pause = Duration::from_millis(1);
@@ -112,6 +113,7 @@ mod tests {
 
     /// Processes of a uid, including a `setsid` grandchild that left the group, die.
     #[test]
+    #[allow(clippy::disallowed_methods)] // waits for a real process, with a deadline
     fn kills_every_process_of_the_uid_including_setsid_children() {
         if !nix::unistd::geteuid().is_root() {
             assert!(

@@ -43,7 +43,7 @@ pub enum SpawnError {
     Cgroup {
         /// Its `cgroup.procs`.
         path: PathBuf,
-        /// Why.
+        /// The operating system's error.
         source: std::io::Error,
     },
     /// The log file could not be opened.
@@ -51,7 +51,7 @@ pub enum SpawnError {
     Log {
         /// The log path.
         path: PathBuf,
-        /// Why.
+        /// What the log file refused.
         source: LogError,
     },
 }
@@ -61,9 +61,9 @@ pub enum SpawnError {
 pub struct SpawnSpec {
     /// Program (absolute, or looked up in the daemon's `PATH`).
     pub program: String,
-    /// Arguments.
+    /// Arguments after the program name.
     pub args: Vec<String>,
-    /// Extra environment.
+    /// Variables set on top of the daemon's environment.
     pub env: Vec<(String, String)>,
     /// Partition directory: working directory and `HOME`.
     pub dir: PathBuf,
@@ -127,7 +127,7 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         .owner
         .map(|(u, g)| (nix::unistd::Uid::from_raw(u), nix::unistd::Gid::from_raw(g)));
     let rlimits = spec.rlimits.clone();
-    let parent = std::process::id();
+    let parent = nix::unistd::getpid();
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe system calls (prctl, getppid, write, setrlimit, setgroups,
     // setgid, setuid) on data captured by move; it neither allocates nor takes locks.
@@ -154,7 +154,7 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
             // After the uid change, which clears the parent-death signal.
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
             // The daemon may have died before prctl: then we must not run.
-            if nix::unistd::getppid().as_raw() as u32 != parent {
+            if nix::unistd::getppid() != parent {
                 return Err(std::io::Error::other("supervisor is gone"));
             }
             Ok(())

@@ -7,6 +7,13 @@ use hedge_wire::{Name, PromiseCheck, PromiseSpec, RecordKind};
 
 use super::*;
 
+/// An arbitrary origin: `Instant` has no constructor. The core under test is handed
+/// every instant (`origin() + offset`); it never reads the clock itself.
+#[allow(clippy::disallowed_methods)] // tests only: any instant will do as the origin
+fn origin() -> Instant {
+    Instant::now()
+}
+
 fn spec(threshold: u8) -> PromiseSpec {
     PromiseSpec {
         name: Name::new("http").unwrap(),
@@ -45,7 +52,7 @@ fn anomalies(events: &[PromiseEvent]) -> Vec<u32> {
 
 #[test]
 fn due_at_once_then_one_interval_after_each_result() {
-    let t0 = Instant::now();
+    let t0 = origin();
     let mut p = PromiseState::new(&spec(3));
     assert_eq!(p.due(), None);
     assert_eq!(p.last(), None);
@@ -59,7 +66,7 @@ fn due_at_once_then_one_interval_after_each_result() {
 
 #[test]
 fn schedule_defers_the_first_check() {
-    let t0 = Instant::now();
+    let t0 = origin();
     let mut p = PromiseState::new(&spec(3));
     p.schedule(t0 + p.interval());
     assert_eq!(p.due(), Some(t0 + Duration::from_secs(1)));
@@ -67,7 +74,7 @@ fn schedule_defers_the_first_check() {
 
 #[test]
 fn first_result_is_a_change_and_repeats_are_not() {
-    let t0 = Instant::now();
+    let t0 = origin();
     let mut p = PromiseState::new(&spec(3));
     assert_eq!(
         p.on_result(t0, 1, pass(7)),
@@ -95,13 +102,13 @@ fn first_result_is_a_change_and_repeats_are_not() {
 #[test]
 fn first_result_failing_is_a_change_too() {
     let mut p = PromiseState::new(&spec(3));
-    let ev = p.on_result(Instant::now(), 1, fail("x"));
+    let ev = p.on_result(origin(), 1, fail("x"));
     assert!(matches!(ev[..], [PromiseEvent::Changed { ok: false, .. }]));
 }
 
 #[test]
 fn anomaly_once_per_streak_then_every_further_threshold() {
-    let t0 = Instant::now();
+    let t0 = origin();
     let mut p = PromiseState::new(&spec(3));
     let mut seen = Vec::new();
     for i in 1..=10u64 {
@@ -117,7 +124,7 @@ fn anomaly_once_per_streak_then_every_further_threshold() {
 
 #[test]
 fn recovered_follows_an_anomaly_only() {
-    let t0 = Instant::now();
+    let t0 = origin();
     let mut p = PromiseState::new(&spec(3));
     p.on_result(t0, 1, fail("a"));
     p.on_result(t0, 2, fail("a"));
@@ -141,7 +148,7 @@ fn recovered_follows_an_anomaly_only() {
 #[test]
 fn threshold_one_changes_and_anomalies_on_the_same_failure() {
     let mut p = PromiseState::new(&spec(1));
-    let t0 = Instant::now();
+    let t0 = origin();
     let ev = p.on_result(t0, 1, fail("x"));
     assert!(matches!(
         ev[..],
@@ -158,14 +165,14 @@ fn zero_threshold_and_interval_are_read_as_one() {
     let mut s = spec(0);
     s.interval_ms = 0;
     let mut p = PromiseState::new(&s);
-    let t0 = Instant::now();
+    let t0 = origin();
     assert_eq!(anomalies(&p.on_result(t0, 1, fail("x"))), vec![1]);
     assert_eq!(p.due(), Some(t0 + Duration::from_millis(1)));
 }
 
 #[test]
 fn summary_counts_and_resets() {
-    let t0 = Instant::now();
+    let t0 = origin();
     let mut p = PromiseState::new(&spec(3));
     assert_eq!(p.take_summary(), None);
     for l in [10, 30, 20] {
@@ -189,24 +196,25 @@ fn summary_counts_and_resets() {
 
 #[test]
 fn median_is_over_the_last_reservoir_latencies() {
-    let t0 = Instant::now();
+    let t0 = origin();
     let mut p = PromiseState::new(&spec(3));
     // 100 slow checks then RESERVOIR fast ones: the median sees only the fast ones,
     // min/max see all.
     for _ in 0..100 {
         p.on_result(t0, 1, pass(1_000));
     }
-    for i in 0..RESERVOIR as u32 {
+    let reservoir = u32::try_from(RESERVOIR).unwrap();
+    for i in 0..reservoir {
         p.on_result(t0, 1, pass(i));
     }
     let s = p.take_summary().unwrap();
-    assert_eq!(s.checks, 100 + RESERVOIR as u32);
-    assert_eq!(s.latency_ms, (0, (RESERVOIR as u32 - 1) / 2, 1_000));
+    assert_eq!(s.checks, 100 + reservoir);
+    assert_eq!(s.latency_ms, (0, (reservoir - 1) / 2, 1_000));
 }
 
 #[test]
 fn summary_record_carries_the_counts() {
-    let t0 = Instant::now();
+    let t0 = origin();
     let mut p = PromiseState::new(&spec(3));
     p.on_result(t0, 1, pass(3));
     let inst = Name::new("web").unwrap();
@@ -259,7 +267,7 @@ fn change_record_is_one_check() {
 #[test]
 fn long_messages_are_bounded() {
     let mut p = PromiseState::new(&spec(3));
-    let ev = p.on_result(Instant::now(), 1, fail(&"x".repeat(10 * MAX_MESSAGE)));
+    let ev = p.on_result(origin(), 1, fail(&"x".repeat(10 * MAX_MESSAGE)));
     match &ev[0] {
         PromiseEvent::Changed { message, .. } => assert_eq!(message.len(), MAX_MESSAGE),
         other => panic!("unexpected {other:?}"),

@@ -6,6 +6,13 @@ use hedge_wire::{ExitStatus, InstanceStatus};
 
 use super::*;
 
+/// An arbitrary origin: `Instant` has no constructor. The core under test is handed
+/// every instant (`origin() + offset`); it never reads the clock itself.
+#[allow(clippy::disallowed_methods)] // tests only: any instant will do as the origin
+fn origin() -> Instant {
+    Instant::now()
+}
+
 fn policy() -> Policy {
     Policy {
         backoff_base: Duration::from_millis(100),
@@ -26,7 +33,7 @@ fn run(lc: &mut Lifecycle, now: Instant, pid: u32) {
 
 #[test]
 fn first_crash_after_a_stable_run_restarts_at_once() {
-    let t0 = Instant::now();
+    let t0 = origin();
     let mut lc = Lifecycle::new(policy(), 1, 0, None);
     run(&mut lc, t0, 10);
     let t1 = t0 + Duration::from_secs(60);
@@ -49,7 +56,7 @@ fn first_crash_after_a_stable_run_restarts_at_once() {
 
 #[test]
 fn quick_exits_back_off_with_growing_capped_delays_and_never_give_up() {
-    let mut now = Instant::now();
+    let mut now = origin();
     let mut lc = Lifecycle::new(policy(), 7, 0, None);
     run(&mut lc, now, 1);
     let mut delays = Vec::new();
@@ -93,7 +100,7 @@ fn quick_exits_back_off_with_growing_capped_delays_and_never_give_up() {
 
 #[test]
 fn a_stable_run_resets_the_backoff() {
-    let mut now = Instant::now();
+    let mut now = origin();
     let mut lc = Lifecycle::new(policy(), 3, 0, None);
     run(&mut lc, now, 1);
     for pid in 1..5 {
@@ -123,7 +130,7 @@ fn a_stable_run_resets_the_backoff() {
 
 #[test]
 fn stop_sends_term_then_kill_after_grace() {
-    let t0 = Instant::now();
+    let t0 = origin();
     let mut lc = Lifecycle::new(policy(), 1, 0, None);
     run(&mut lc, t0, 42);
     let acts = lc.handle(t0, Input::Stop);
@@ -166,7 +173,7 @@ fn stop_sends_term_then_kill_after_grace() {
 
 #[test]
 fn restart_stops_then_starts_again() {
-    let t0 = Instant::now();
+    let t0 = origin();
     let mut lc = Lifecycle::new(policy(), 1, 0, None);
     run(&mut lc, t0, 5);
     let acts = lc.handle(t0, Input::Restart);
@@ -190,7 +197,7 @@ fn restart_stops_then_starts_again() {
 
 #[test]
 fn stale_exit_of_an_old_pid_is_ignored() {
-    let t0 = Instant::now();
+    let t0 = origin();
     let mut lc = Lifecycle::new(policy(), 1, 0, None);
     run(&mut lc, t0, 5);
     assert!(lc
@@ -207,7 +214,7 @@ fn stale_exit_of_an_old_pid_is_ignored() {
 
 #[test]
 fn missing_dependency_waits_and_retries() {
-    let t0 = Instant::now();
+    let t0 = origin();
     let mut lc = Lifecycle::new(policy(), 1, 0, None);
     assert_eq!(lc.handle(t0, Input::Start), vec![Action::Spawn]);
     let acts = lc.handle(t0, Input::SpawnFailed { waiting: true });
@@ -219,7 +226,7 @@ fn missing_dependency_waits_and_retries() {
 
 #[test]
 fn stop_during_backoff_cancels_the_restart() {
-    let t0 = Instant::now();
+    let t0 = origin();
     let mut lc = Lifecycle::new(policy(), 1, 0, None);
     run(&mut lc, t0, 1);
     lc.handle(
