@@ -34,7 +34,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hedge_uplink::tls::{parse_pems, Pems, TlsError};
 use hedge_wire::Name;
@@ -56,7 +56,6 @@ pub const MAX_HANDSHAKES_PER_ADDR: usize = 16;
 /// A handshake not done by then is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-const LOG_PERIOD: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Errors of [`supply`].
@@ -366,25 +365,6 @@ impl<K: std::hash::Hash + Eq + Clone> Drop for Place<K> {
     }
 }
 
-/// At most one log line per period for the endpoint's noisy refusals.
-#[derive(Debug, Default)]
-struct LogLimit {
-    last: Mutex<Option<Instant>>,
-}
-
-impl LogLimit {
-    fn allow(&self) -> bool {
-        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        #[allow(clippy::disallowed_methods)] // the HTTPS driver rate-limits its log by the clock
-        let now = Instant::now();
-        if last.is_some_and(|t| now.duration_since(t) < LOG_PERIOD) {
-            return false;
-        }
-        *last = Some(now);
-        true
-    }
-}
-
 struct Shared {
     acceptor: tokio_rustls::TlsAcceptor,
     dir: PathBuf,
@@ -393,7 +373,7 @@ struct Shared {
     enroller: Option<Arc<crate::enrollment::Enroller>>,
     slots: Arc<tokio::sync::Semaphore>,
     by_node: Arc<Mutex<PerPeer<Name>>>,
-    log: LogLimit,
+    log: crate::log_limit::LogLimit,
 }
 
 /// Serves `dir` on `listener` until `shutdown` resolves. See the module doc.
@@ -414,7 +394,7 @@ pub async fn serve(
         enroller,
         slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
         by_node: Arc::new(Mutex::new(PerPeer::default())),
-        log: LogLimit::default(),
+        log: crate::log_limit::LogLimit::default(),
     });
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     let by_addr: Arc<Mutex<PerPeer<IpAddr>>> = Arc::new(Mutex::new(PerPeer::default()));
@@ -429,7 +409,7 @@ pub async fn serve(
                     });
                     let Some(pending) = pending else {
                         shared.stats.busy_handshakes.fetch_add(1, Ordering::Relaxed);
-                        if shared.log.allow() {
+                        if shared.log.allow("artifacts") {
                             tracing::warn!(%peer, "artifact endpoint: too many handshakes; connection closed");
                         }
                         continue;
@@ -503,13 +483,13 @@ async fn connection(
     let (Some(node), Some(_slot), Some(_place)) = (node.clone(), slot, place) else {
         if node.is_none() {
             stats.forbidden.fetch_add(1, Ordering::Relaxed);
-            if shared.log.allow() {
+            if shared.log.allow("artifacts") {
                 tracing::warn!("artifact endpoint: client certificate names no node; refused");
             }
             return finish(&mut tls, error_head(403).as_bytes()).await;
         }
         stats.busy.fetch_add(1, Ordering::Relaxed);
-        if shared.log.allow() {
+        if shared.log.allow("artifacts") {
             tracing::warn!(node = ?node.map(|n| n.to_string()), "artifact endpoint: too many downloads; 503");
         }
         return finish(&mut tls, error_head(503).as_bytes()).await;
@@ -527,7 +507,7 @@ async fn connection(
         hedge_wire::parse_sha256(&get.sha256).is_some_and(|sha| (shared.authorize)(&node, &sha));
     if !allowed {
         stats.forbidden.fetch_add(1, Ordering::Relaxed);
-        if shared.log.allow() {
+        if shared.log.allow("artifacts") {
             tracing::warn!(node = %node, sha256 = %get.sha256, "artifact not in the node's desired state; refused");
         }
         return finish(&mut tls, error_head(403).as_bytes()).await;

@@ -131,7 +131,7 @@ pub struct Enroller {
     grace: Duration,
     revoked: Arc<Revoked>,
     refusals: std::sync::atomic::AtomicU64,
-    last_log: std::sync::Mutex<Option<std::time::Instant>>,
+    log: crate::log_limit::LogLimit,
 }
 
 impl std::fmt::Debug for Enroller {
@@ -160,7 +160,7 @@ impl Enroller {
             grace,
             revoked,
             refusals: std::sync::atomic::AtomicU64::new(0),
-            last_log: std::sync::Mutex::new(None),
+            log: crate::log_limit::LogLimit::default(),
         })
     }
 
@@ -221,11 +221,7 @@ impl Enroller {
             .refusals
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
-        let mut last = self.last_log.lock().unwrap_or_else(|p| p.into_inner());
-        #[allow(clippy::disallowed_methods)] // the HTTPS driver rate-limits its log by the clock
-        let now = std::time::Instant::now();
-        if last.is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(10)) {
-            *last = Some(now);
+        if self.log.allow("enrollment") {
             tracing::warn!(error = %e, refused_total = n, "enrollment refused");
         }
     }

@@ -18,6 +18,7 @@ pub mod worker;
 
 // The fleet PKI and the broker's config (`hedge master init`/`enroll`).
 pub mod enrollment;
+pub mod log_limit;
 pub mod mosquitto;
 pub mod pki;
 pub mod revocation;

@@ -269,7 +269,7 @@ pub struct Revoked {
     path: PathBuf,
     cache: Mutex<(Option<Stamp>, BTreeSet<Name>)>,
     refused: std::sync::atomic::AtomicU64,
-    last_log: Mutex<std::collections::BTreeMap<&'static str, std::time::Instant>>,
+    log: crate::log_limit::LogLimit,
 }
 
 impl Revoked {
@@ -279,7 +279,7 @@ impl Revoked {
             path: dir.join(REVOKED),
             cache: Mutex::new((None, BTreeSet::new())),
             refused: std::sync::atomic::AtomicU64::new(0),
-            last_log: Mutex::new(std::collections::BTreeMap::new()),
+            log: crate::log_limit::LogLimit::default(),
         }
     }
 
@@ -290,14 +290,7 @@ impl Revoked {
             .refused
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
-        let mut last = self.last_log.lock().unwrap_or_else(|p| p.into_inner());
-        #[allow(clippy::disallowed_methods)] // the HTTPS driver rate-limits its log by the clock
-        let now = std::time::Instant::now();
-        let due = last
-            .get(what)
-            .is_none_or(|t| now.duration_since(*t) >= std::time::Duration::from_secs(10));
-        if due {
-            last.insert(what, now);
+        if self.log.allow(what) {
             tracing::warn!(node, what, refused_total = n, "revoked node refused");
         }
     }
