@@ -6,48 +6,16 @@
 //! a socket; a bad file is a [`ConfigError`] naming the file. [`crate::pki::master_toml`]
 //! writes the commented file `hedge master init` creates.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::pki::check_host;
 
-/// Errors of loading `master.toml`.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file cannot be read, or its directory resolved.
-    #[error("{path}: {source}")]
-    Read {
-        /// The file or directory.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for [`MasterConfig`] or has unknown keys.
-    #[error("{path}: {source}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// toml's message (names the key and line).
-        source: toml::de::Error,
-    },
-    /// A value is out of range or a referenced file is missing or exposed.
-    #[error("{path}: {what}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        what: String,
-    },
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ConfigError + '_ {
-    move |source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    }
-}
+/// Errors of loading `master.toml`: it cannot be read (or its directory resolved), is
+/// not valid TOML for [`MasterConfig`], or a value is out of range or a referenced file
+/// missing or exposed.
+pub type ConfigError = hedge_common::ConfigFileError<toml::de::Error>;
 
 /// `master.toml`, loaded: every relative path resolved against [`MasterConfig::base`].
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -227,21 +195,18 @@ impl MasterConfig {
 
     /// Parses `path`, resolves relative paths against its directory, and validates.
     pub fn load(path: &Path) -> Result<MasterConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(io(path))?;
-        let mut cfg: MasterConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = ConfigError::read(path)?;
+        let mut cfg: MasterConfig = toml::from_str(&text).map_err(ConfigError::parse(path))?;
         let parent = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        let base = std::path::absolute(parent).map_err(io(parent))?;
-        cfg.resolve(&base);
-        cfg.validate().map_err(|what| ConfigError::Invalid {
-            path: path.to_owned(),
-            what,
+        let base = std::path::absolute(parent).map_err(|source| ConfigError::Read {
+            path: parent.to_owned(),
+            source,
         })?;
+        cfg.resolve(&base);
+        cfg.validate().map_err(ConfigError::invalid(path))?;
         Ok(cfg)
     }
 
@@ -291,7 +256,7 @@ impl MasterConfig {
             }
         };
         let secret = |what: &str, p: &Path| -> Result<(), String> {
-            if file(what, p)?.permissions().mode() & 0o077 != 0 {
+            if !hedge_common::keyfile::is_private(&file(what, p)?) {
                 return Err(format!(
                     "{what} = {}: mode allows group/other access; chmod 600 it",
                     p.display()
