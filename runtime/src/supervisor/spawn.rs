@@ -17,13 +17,14 @@
 //! exactly when the daemon dies. Leftovers (e.g. grandchildren, which the signal does
 //! not reach) are killed through their process group at the next boot (see `procfs`).
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use nix::sys::resource::{setrlimit, Resource};
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::{Child, Command};
+use tokio::net::unix::pipe;
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
 use crate::logfile::{LogError, RotatingLog};
 
@@ -166,28 +167,36 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
     })?;
     let pid = child.id().unwrap_or(0);
     let log = Arc::new(Mutex::new(log));
-    if let Some(out) = child.stdout.take() {
-        tokio::spawn(pump(out, log.clone(), spec.log.clone()));
-    }
-    if let Some(err) = child.stderr.take() {
-        tokio::spawn(pump(err, log, spec.log.clone()));
+    let out = child.stdout.take().map(ChildStdout::into_owned_fd);
+    let err = child.stderr.take().map(ChildStderr::into_owned_fd);
+    for fd in [out, err].into_iter().flatten() {
+        tokio::spawn(pump(fd, log.clone(), spec.log.clone()));
     }
     Ok(Spawned { pid, child })
 }
 
 /// Copies a child's output into its log until EOF. A full disk drops output (with one
-/// warning per episode) rather than blocking or killing the child.
-async fn pump<R: AsyncRead + Unpin>(mut from: R, log: Arc<Mutex<RotatingLog>>, path: PathBuf) {
-    let mut buf = vec![0u8; 8192];
+/// warning per episode) rather than blocking or killing the child. The task holds no
+/// buffer while it waits: the read buffer lives on the stack of [`copy_once`], so an
+/// instance that writes nothing costs no buffer memory. A pipe that cannot be taken over
+/// by the reactor is dropped like one that fails to read.
+async fn pump(fd: std::io::Result<OwnedFd>, log: Arc<Mutex<RotatingLog>>, path: PathBuf) {
+    let from = match fd.and_then(pipe::Receiver::from_owned_fd) {
+        Ok(from) => from,
+        Err(e) => {
+            tracing::warn!(log = %path.display(), error = %e, "instance output dropped");
+            return;
+        }
+    };
     let mut failing = false;
     loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        let result = match log.lock() {
-            Ok(mut l) => l.write_all(&buf[..n]),
-            Err(_) => return,
+        if from.readable().await.is_err() {
+            return;
+        }
+        let result = match copy_once(&from, &log) {
+            Copied::Wrote(result) => result,
+            Copied::NotReady => continue,
+            Copied::End => return,
         };
         match result {
             Ok(()) if failing => {
@@ -201,6 +210,31 @@ async fn pump<R: AsyncRead + Unpin>(mut from: R, log: Arc<Mutex<RotatingLog>>, p
             }
             Err(_) => {}
         }
+    }
+}
+
+/// What one read of a child's pipe gave.
+enum Copied {
+    /// Bytes were read and handed to the log, with the log's answer.
+    Wrote(Result<(), LogError>),
+    /// Spurious readiness: nothing to read yet.
+    NotReady,
+    /// EOF, a read error or a poisoned log: the pump ends.
+    End,
+}
+
+/// One non-blocking read of up to 8 KiB into a stack buffer, written to the log.
+fn copy_once(from: &pipe::Receiver, log: &Mutex<RotatingLog>) -> Copied {
+    let mut buf = [0u8; 8192];
+    let n = match from.try_read(&mut buf) {
+        Ok(0) => return Copied::End,
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Copied::NotReady,
+        Err(_) => return Copied::End,
+    };
+    match log.lock() {
+        Ok(mut l) => Copied::Wrote(l.write_all(&buf[..n])),
+        Err(_) => Copied::End,
     }
 }
 
