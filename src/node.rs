@@ -308,6 +308,7 @@ fn bind(cfg: &NodeConfig) -> Result<tokio::net::UnixListener, Failure> {
 }
 
 fn run(cfg: NodeConfig) -> Result<(), Failure> {
+    crate::process::tune_allocator();
     crate::process::init_logging();
     // Fail early on a bad or exposed key rather than later on first sync.
     hedge_runtime::identity::load(&cfg.key_path()).map_err(Failure::usage)?;
