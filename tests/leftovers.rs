@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::{alive, wait_for, Node};
 use hedge_runtime::store::{ObservedInstance, Store};
-use hedge_runtime::supervisor::procfs;
+use hedge_runtime::supervisor::process_identity;
 use hedge_wire::Name;
 
 /// A `sleep` leading its own process group.
@@ -34,7 +34,7 @@ fn record(node: &Node, name: &str, child: &Child, boot_id: Option<String>) {
     let store = Store::open(&node.home().join("store"), 1 << 20).unwrap();
     let obs = ObservedInstance {
         pgid: Some(pid),
-        start_ticks: Some(procfs::start_ticks(pid).unwrap()),
+        start_ticks: Some(process_identity::start_ticks(pid).unwrap()),
         restarts: 0,
         last_exit: None,
         boot_id,
@@ -48,9 +48,9 @@ fn a_process_group_recorded_in_another_boot_survives_the_daemons_start() {
     let mut other_boot = sleeper();
     let mut this_boot = sleeper();
     let other = "00000000-0000-4000-8000-000000000000".to_string();
-    assert_ne!(procfs::boot_id(), Some(other.clone()));
+    assert_ne!(process_identity::boot_id(), Some(other.clone()));
     record(&node, "ghost", &other_boot, Some(other));
-    record(&node, "mine", &this_boot, procfs::boot_id());
+    record(&node, "mine", &this_boot, process_identity::boot_id());
 
     node.start();
     // The same-boot record is acted on (positive proof that the cleanup ran).

@@ -2,8 +2,8 @@
 //!
 //! Contract: [`diff`] takes the desired instances (the master's desired state merged
 //! with local requests), the supervisor's view (which request each slot holds and
-//! whether it is meant to run), and the partitions on disk, and returns the actions
-//! that make the view match. Applying the actions and diffing again yields nothing
+//! whether it is meant to run), and the partitions on disk, and returns the steps
+//! that make the view match. Applying the steps and diffing again yields nothing
 //! (idempotent). An instance present on the node but absent from the desired set is
 //! destroyed, like one requested `destroyed`. A partition on disk that no request names
 //! is left alone: data is never removed without a request saying so.
@@ -25,7 +25,7 @@ pub struct Held {
 
 /// One step towards the desired state.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub enum Step {
     /// Create the slot and its partition from this request (not started yet).
     Create(InstanceRequest),
     /// Replace the slot's request (re-render; restart if running and the result changed).
@@ -57,44 +57,44 @@ pub fn desired_set(
     out
 }
 
-/// The actions that bring `held` (and `partitions`) to `desired`.
+/// The steps that bring `held` (and `partitions`) to `desired`.
 pub fn diff(
     desired: &BTreeMap<Name, InstanceRequest>,
     held: &BTreeMap<Name, Held>,
     partitions: &BTreeSet<Name>,
-) -> Vec<Action> {
+) -> Vec<Step> {
     let mut out = Vec::new();
     for (name, want) in desired {
         let destroy = want.state == RequestedState::Destroyed;
         match held.get(name) {
             None if destroy => {
                 if partitions.contains(name) {
-                    out.push(Action::Destroy(name.clone()));
+                    out.push(Step::Destroy(name.clone()));
                 }
             }
             None => {
-                out.push(Action::Create(want.clone()));
+                out.push(Step::Create(want.clone()));
                 if want.state == RequestedState::Started {
-                    out.push(Action::Start(name.clone()));
+                    out.push(Step::Start(name.clone()));
                 }
             }
-            Some(_) if destroy => out.push(Action::Destroy(name.clone())),
+            Some(_) if destroy => out.push(Step::Destroy(name.clone())),
             Some(h) => {
                 if !same_except_state(&h.request, want) {
-                    out.push(Action::Update(want.clone()));
+                    out.push(Step::Update(want.clone()));
                 }
                 let run = want.state == RequestedState::Started;
                 if run && !h.running {
-                    out.push(Action::Start(name.clone()));
+                    out.push(Step::Start(name.clone()));
                 } else if !run && h.running {
-                    out.push(Action::Stop(name.clone()));
+                    out.push(Step::Stop(name.clone()));
                 }
             }
         }
     }
     for name in held.keys() {
         if !desired.contains_key(name) {
-            out.push(Action::Destroy(name.clone()));
+            out.push(Step::Destroy(name.clone()));
         }
     }
     out
@@ -107,12 +107,12 @@ fn same_except_state(a: &InstanceRequest, b: &InstanceRequest) -> bool {
     *a == b
 }
 
-/// Applies `actions` to a view, as the daemon would; used to prove idempotence and by
+/// Applies `steps` to a view, as the daemon would; used to prove idempotence and by
 /// the daemon's tests.
-pub fn apply(actions: &[Action], held: &mut BTreeMap<Name, Held>, partitions: &mut BTreeSet<Name>) {
-    for a in actions {
+pub fn apply(steps: &[Step], held: &mut BTreeMap<Name, Held>, partitions: &mut BTreeSet<Name>) {
+    for a in steps {
         match a {
-            Action::Create(r) => {
+            Step::Create(r) => {
                 partitions.insert(r.name.clone());
                 held.insert(
                     r.name.clone(),
@@ -122,14 +122,14 @@ pub fn apply(actions: &[Action], held: &mut BTreeMap<Name, Held>, partitions: &m
                     },
                 );
             }
-            Action::Update(r) => {
+            Step::Update(r) => {
                 if let Some(h) = held.get_mut(&r.name) {
                     h.request = r.clone();
                 }
             }
-            Action::Start(n) | Action::Stop(n) => {
+            Step::Start(n) | Step::Stop(n) => {
                 if let Some(h) = held.get_mut(n) {
-                    h.running = matches!(a, Action::Start(_));
+                    h.running = matches!(a, Step::Start(_));
                     h.request.state = if h.running {
                         RequestedState::Started
                     } else {
@@ -137,7 +137,7 @@ pub fn apply(actions: &[Action], held: &mut BTreeMap<Name, Held>, partitions: &m
                     };
                 }
             }
-            Action::Destroy(n) => {
+            Step::Destroy(n) => {
                 held.remove(n);
                 partitions.remove(n);
             }
@@ -186,9 +186,9 @@ mod tests {
         assert_eq!(
             acts,
             vec![
-                Action::Create(req("a", RequestedState::Started)),
-                Action::Start(n("a")),
-                Action::Create(req("b", RequestedState::Stopped)),
+                Step::Create(req("a", RequestedState::Started)),
+                Step::Start(n("a")),
+                Step::Create(req("b", RequestedState::Stopped)),
             ]
         );
     }
@@ -242,7 +242,7 @@ mod tests {
         let mut r = req("a", RequestedState::Started);
         r.parameters.insert("port".into(), "1".into());
         let acts = diff(&desired(&[r.clone()]), &held, &BTreeSet::new());
-        assert_eq!(acts, vec![Action::Update(r), Action::Start(n("a"))]);
+        assert_eq!(acts, vec![Step::Update(r), Step::Start(n("a"))]);
     }
 
     #[test]
@@ -253,7 +253,7 @@ mod tests {
             &BTreeMap::new(),
             &parts,
         );
-        assert_eq!(acts, vec![Action::Destroy(n("gone"))]);
+        assert_eq!(acts, vec![Step::Destroy(n("gone"))]);
     }
 
     #[test]
@@ -268,7 +268,7 @@ mod tests {
         );
         assert_eq!(
             diff(&BTreeMap::new(), &held, &BTreeSet::new()),
-            vec![Action::Destroy(n("old"))]
+            vec![Step::Destroy(n("old"))]
         );
     }
 }

@@ -93,19 +93,19 @@ pub fn render(
 }
 
 /// Renders `req`; `artifact` is the installed tree of the artifact variant it runs
-/// (ignored for `exec:`), `conn(other, key)` gives instance `other`'s connection
+/// (ignored for `exec:`), `published(other, key)` gives instance `other`'s connection
 /// parameter `key`.
 pub fn render_instance(
     req: &InstanceRequest,
     artifact: Option<&Path>,
-    conn: &dyn Fn(&str, &str) -> Option<String>,
+    published: &dyn Fn(&str, &str) -> Option<String>,
 ) -> Result<Rendered, RenderError> {
     let lookup = |key: &str| -> Option<String> {
         if let Some(v) = req.parameters.get(key) {
             return Some(v.clone());
         }
         let (other, k) = key.split_once('.')?;
-        conn(other, k)
+        published(other, k)
     };
     let mut software_dir = None;
     let program = match &req.software {
@@ -388,12 +388,12 @@ mod tests {
 
     fn render_instance_t(
         r: &InstanceRequest,
-        conn: &dyn Fn(&str, &str) -> Option<String>,
+        published: &dyn Fn(&str, &str) -> Option<String>,
     ) -> Result<Rendered, RenderError> {
-        render_instance(r, None, conn)
+        render_instance(r, None, published)
     }
 
-    fn conn(other: &str, key: &str) -> Option<String> {
+    fn published(other: &str, key: &str) -> Option<String> {
         match (other, key) {
             ("db", "address") => Some("10.0.0.2".into()),
             ("db", "port") => Some("5432".into()),
@@ -452,7 +452,7 @@ mod tests {
     fn renders_instance_with_connection_parameters() {
         let r = render_instance_t(
             &req(&[("prog", "app"), ("port", "8080"), ("tls-mode", "on")]),
-            &conn,
+            &published,
         )
         .unwrap();
         assert_eq!(r.program, "/usr/bin/app");
@@ -479,7 +479,7 @@ mod tests {
     fn own_parameter_wins_over_connection_parameter() {
         let r = render_instance_t(
             &req(&[("prog", "app"), ("port", "1"), ("db.address", "local")]),
-            &conn,
+            &published,
         )
         .unwrap();
         assert_eq!(r.args[1], "--db=local:5432");
@@ -503,36 +503,40 @@ mod tests {
     #[test]
     fn hash_changes_iff_output_changes() {
         let base = &[("prog", "app"), ("port", "8080")];
-        let a = render_instance_t(&req(base), &conn).unwrap();
-        let b = render_instance_t(&req(base), &conn).unwrap();
+        let a = render_instance_t(&req(base), &published).unwrap();
+        let b = render_instance_t(&req(base), &published).unwrap();
         assert_eq!(a.hash, b.hash);
         // A connection parameter the request does not use changes nothing.
-        let conn_extra = |o: &str, k: &str| {
+        let published_extra = |o: &str, k: &str| {
             if (o, k) == ("db", "user") {
                 Some("x".into())
             } else {
-                conn(o, k)
+                published(o, k)
             }
         };
         assert_eq!(
-            render_instance_t(&req(base), &conn_extra).unwrap().hash,
+            render_instance_t(&req(base), &published_extra)
+                .unwrap()
+                .hash,
             a.hash
         );
         // A used connection parameter changes it.
-        let conn_moved = |o: &str, k: &str| {
+        let published_moved = |o: &str, k: &str| {
             if (o, k) == ("db", "port") {
                 Some("5433".into())
             } else {
-                conn(o, k)
+                published(o, k)
             }
         };
         assert_ne!(
-            render_instance_t(&req(base), &conn_moved).unwrap().hash,
+            render_instance_t(&req(base), &published_moved)
+                .unwrap()
+                .hash,
             a.hash
         );
         // Any parameter change does (parameters are in the environment).
         assert_ne!(
-            render_instance_t(&req(&[("prog", "app"), ("port", "8081")]), &conn)
+            render_instance_t(&req(&[("prog", "app"), ("port", "8081")]), &published)
                 .unwrap()
                 .hash,
             a.hash
@@ -543,8 +547,8 @@ mod tests {
         let mut r2 = req(base);
         r2.args = vec!["a".into(), "b".into()];
         assert_ne!(
-            render_instance_t(&r1, &conn).unwrap().hash,
-            render_instance_t(&r2, &conn).unwrap().hash
+            render_instance_t(&r1, &published).unwrap().hash,
+            render_instance_t(&r2, &published).unwrap().hash
         );
     }
 
@@ -554,14 +558,17 @@ mod tests {
             let mut r = req(&[("prog", "app"), ("port", "1")]);
             r.config_files[0].path = bad.into();
             assert!(
-                matches!(render_instance_t(&r, &conn), Err(RenderError::Path { .. })),
+                matches!(
+                    render_instance_t(&r, &published),
+                    Err(RenderError::Path { .. })
+                ),
                 "{bad:?}"
             );
         }
         let mut r = req(&[("prog", "app"), ("port", "1")]);
         r.config_files.push(r.config_files[0].clone());
         assert!(matches!(
-            render_instance_t(&r, &conn),
+            render_instance_t(&r, &published),
             Err(RenderError::Invalid { .. })
         ));
     }
@@ -577,27 +584,37 @@ mod tests {
             entry: "bin/app".into(),
         };
         assert!(matches!(
-            render_instance(&r, None, &conn),
+            render_instance(&r, None, &published),
             Err(RenderError::ArtifactMissing)
         ));
-        let a = render_instance(&r, Some(Path::new("/var/lib/hedge/software/aa")), &conn).unwrap();
+        let a = render_instance(
+            &r,
+            Some(Path::new("/var/lib/hedge/software/aa")),
+            &published,
+        )
+        .unwrap();
         assert_eq!(a.program, "/var/lib/hedge/software/aa/bin/app");
         assert!(a
             .env
             .contains(&("HEDGE_SOFTWARE".into(), "/var/lib/hedge/software/aa".into())));
         // Another variant (another cache directory) is another rendering: a restart.
-        let b = render_instance(&r, Some(Path::new("/var/lib/hedge/software/bb")), &conn).unwrap();
+        let b = render_instance(
+            &r,
+            Some(Path::new("/var/lib/hedge/software/bb")),
+            &published,
+        )
+        .unwrap();
         assert_ne!(a.hash, b.hash);
         if let SoftwareRelease::Artifact { entry, .. } = &mut r.software {
             *entry = "../../bin/sh".into();
         }
         assert!(matches!(
-            render_instance(&r, Some(Path::new("/c")), &conn),
+            render_instance(&r, Some(Path::new("/c")), &published),
             Err(RenderError::Path { .. })
         ));
         let r = req(&[("prog", "app"), ("port", "1\0")]);
         assert!(matches!(
-            render_instance_t(&r, &conn),
+            render_instance_t(&r, &published),
             Err(RenderError::Invalid { .. })
         ));
     }

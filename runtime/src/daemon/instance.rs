@@ -26,12 +26,12 @@ use super::{Daemon, Event};
 use crate::partition::cgroup::Cgroup;
 use crate::partition::limits::rlimits;
 use crate::partition::PartitionError;
-use crate::reconcile::Action as Plan;
+use crate::reconcile::Step;
 use crate::render::{self, RenderError};
 use crate::store::ObservedInstance;
 use crate::supervisor::lifecycle::{Action, Input, Lifecycle, Policy, Sig};
 use crate::supervisor::spawn::{self, SpawnSpec};
-use crate::supervisor::{procfs, reap};
+use crate::supervisor::{process_identity, reap};
 
 /// Longest wait for SIGKILLed processes of a stopped instance to be gone.
 pub(crate) const SWEEP_WAIT: Duration = Duration::from_secs(2);
@@ -68,7 +68,7 @@ pub(crate) struct Slot {
     /// The request it was set up from.
     pub request: InstanceRequest,
     /// Its lifecycle.
-    pub lc: Lifecycle,
+    pub lifecycle: Lifecycle,
     /// Hash of the rendered configuration the current process runs with.
     pub rendered_hash: Option<[u8; 32]>,
     /// Start time of the current process (for leftover detection after a crash).
@@ -105,10 +105,10 @@ fn policy_for(base: Policy, r: &InstanceRequest) -> Policy {
 }
 
 impl Daemon {
-    /// Applies one reconcile action.
-    pub(super) fn apply(&mut self, plan: Plan) {
-        match plan {
-            Plan::Create(request) => {
+    /// Applies one reconcile step.
+    pub(super) fn apply(&mut self, step: Step) {
+        match step {
+            Step::Create(request) => {
                 let name = request.name.clone();
                 if let Err(e) = self.partitions.ensure(&name) {
                     tracing::warn!(instance = %name, error = %e, "cannot create partition");
@@ -119,7 +119,7 @@ impl Daemon {
                     .ok()
                     .and_then(|mut m| m.remove(name.as_str()))
                     .unwrap_or_default();
-                let lc = Lifecycle::new(
+                let lifecycle = Lifecycle::new(
                     policy_for(self.cfg.policy(), &request),
                     fastrand::u64(..),
                     earlier.restarts,
@@ -131,7 +131,7 @@ impl Daemon {
                     name,
                     Slot {
                         request,
-                        lc,
+                        lifecycle,
                         rendered_hash: None,
                         start_ticks: None,
                         started_rlimits: None,
@@ -145,7 +145,7 @@ impl Daemon {
                     },
                 );
             }
-            Plan::Update(request) => {
+            Step::Update(request) => {
                 let name = request.name.clone();
                 let policy = policy_for(self.cfg.policy(), &request);
                 let mut removed = Vec::new();
@@ -163,14 +163,17 @@ impl Daemon {
                         slot.promises_gen += 1;
                     }
                     slot.request = request;
-                    slot.lc.set_policy(policy);
+                    slot.lifecycle.set_policy(policy);
                 }
                 let wall = super::now_ms();
                 for p in removed {
                     let actions = self.incidents.on_promise_removed(wall, &name, &p);
                     self.incident_actions(actions);
                 }
-                let running = self.slots.get(&name).is_some_and(|s| s.lc.pid().is_some());
+                let running = self
+                    .slots
+                    .get(&name)
+                    .is_some_and(|s| s.lifecycle.pid().is_some());
                 if limits_changed && !self.update_cgroup_limits(&name) && running {
                     tracing::info!(instance = %name, "limits could not be changed live; restarting");
                     self.drive(&name, Input::Restart);
@@ -178,9 +181,9 @@ impl Daemon {
                 self.restart_if_changed(&name);
                 self.prune_downloads();
             }
-            Plan::Start(name) => self.drive(&name, Input::Start),
-            Plan::Stop(name) => self.drive(&name, Input::Stop),
-            Plan::Destroy(name) => {
+            Step::Start(name) => self.drive(&name, Input::Start),
+            Step::Stop(name) => self.drive(&name, Input::Stop),
+            Step::Destroy(name) => {
                 if let Some(slot) = self.slots.get_mut(&name) {
                     slot.destroying = true;
                     self.drive(&name, Input::Stop);
@@ -219,12 +222,12 @@ impl Daemon {
         let Some(slot) = self.slots.get(name) else {
             return;
         };
-        if !slot.lc.wants_running() {
+        if !slot.lifecycle.wants_running() {
             return;
         }
-        let waiting = slot.lc.status() == InstanceStatus::Waiting;
+        let waiting = slot.lifecycle.status() == InstanceStatus::Waiting;
         let installed = self.installed_dir(&slot.request);
-        if installed.is_none() && !waiting && slot.lc.pid().is_some() {
+        if installed.is_none() && !waiting && slot.lifecycle.pid().is_some() {
             // A new artifact: keep the old one running until the new one is installed
             // (its install restarts the instance through here again).
             let request = slot.request.clone();
@@ -236,11 +239,11 @@ impl Daemon {
             return;
         };
         let new_hash = render::render_instance(&slot.request, installed.as_deref(), &|i, k| {
-            self.conn_lookup(i, k)
+            self.published_param(i, k)
         })
         .ok()
         .map(|r| r.hash);
-        let rlimits_changed = slot.lc.pid().is_some()
+        let rlimits_changed = slot.lifecycle.pid().is_some()
             && slot
                 .started_rlimits
                 .as_ref()
@@ -254,8 +257,8 @@ impl Daemon {
         }
     }
 
-    pub(super) fn conn_lookup(&self, instance: &str, key: &str) -> Option<String> {
-        self.conns.get(instance)?.get(key).cloned()
+    pub(super) fn published_param(&self, instance: &str, key: &str) -> Option<String> {
+        self.published.get(instance)?.get(key).cloned()
     }
 
     /// Feeds `input` to `name`'s lifecycle and performs the actions, to a fixed point.
@@ -265,7 +268,7 @@ impl Daemon {
             let Some(slot) = self.slots.get_mut(name) else {
                 return;
             };
-            let actions = slot.lc.handle(Instant::now(), input);
+            let actions = slot.lifecycle.handle(Instant::now(), input);
             for a in actions {
                 match a {
                     Action::Spawn => inputs.push(self.spawn(name)),
@@ -297,7 +300,7 @@ impl Daemon {
         let (idle, destroying) = self
             .slots
             .get(name)
-            .map_or((false, false), |s| (s.lc.is_idle(), s.destroying));
+            .map_or((false, false), |s| (s.lifecycle.is_idle(), s.destroying));
         if idle {
             self.sweep(name);
         }
@@ -314,7 +317,7 @@ impl Daemon {
             Some(g) => kill_group(&g).map_err(|e| e.to_string()),
             None => match self.partitions.uid_of(name) {
                 Some(uid) => {
-                    let found = procfs::pids_of_uid(uid).len();
+                    let found = process_identity::pids_of_uid(uid).len();
                     if found == 0 {
                         Ok(0)
                     } else {
@@ -345,7 +348,7 @@ impl Daemon {
         let Some(slot) = self.slots.get(name) else {
             return;
         };
-        let pid = slot.lc.pid();
+        let pid = slot.lifecycle.pid();
         let obs = ObservedInstance {
             pgid: pid,
             start_ticks: if pid.is_some() {
@@ -353,16 +356,16 @@ impl Daemon {
             } else {
                 None
             },
-            restarts: slot.lc.restarts(),
-            last_exit: slot.lc.last_exit(),
-            boot_id: pid.and_then(|_| procfs::boot_id()),
+            restarts: slot.lifecycle.restarts(),
+            last_exit: slot.lifecycle.last_exit(),
+            boot_id: pid.and_then(|_| process_identity::boot_id()),
         };
         let kind = RecordKind::InstanceState {
             instance: name.clone(),
             status,
             pid,
-            restarts: slot.lc.restarts(),
-            last_exit: slot.lc.last_exit(),
+            restarts: slot.lifecycle.restarts(),
+            last_exit: slot.lifecycle.last_exit(),
         };
         tracing::info!(instance = %name, state = crate::local_api::state_word(status).as_str(), pid, restarts = obs.restarts, "instance state");
         if let Err(e) = self.store.put_observed(name, &obs) {
@@ -391,7 +394,7 @@ impl Daemon {
             return Input::SpawnFailed { waiting: false };
         };
         let rendered = match render::render_instance(&slot.request, artifact.as_deref(), &|i, k| {
-            self.conn_lookup(i, k)
+            self.published_param(i, k)
         }) {
             Ok(r) => r,
             Err(RenderError::Missing(key)) => {
@@ -452,7 +455,7 @@ impl Daemon {
                 };
                 slot.cgroup = cgroup;
                 slot.rendered_hash = Some(rendered.hash);
-                slot.start_ticks = procfs::start_ticks(pid);
+                slot.start_ticks = process_identity::start_ticks(pid);
                 slot.started_rlimits = Some(spec.rlimits.clone());
                 let tx = self.events_tx.clone();
                 let name = name.clone();
@@ -516,14 +519,14 @@ impl Daemon {
         }
         for r in [
             self.store.remove_observed(name),
-            self.store.remove_conn(name),
+            self.store.remove_published(name),
             self.store.remove_usage(name),
         ] {
             if let Err(e) = r {
                 self.store_failed(&e);
             }
         }
-        self.conns.remove(name.as_str());
+        self.published.remove(name.as_str());
         // A destroyed local request is done: forget it (the outbox already holds it).
         if let Ok(Some(r)) = self.store.local(name) {
             if r.state == RequestedState::Destroyed {

@@ -157,13 +157,15 @@ impl Daemon {
             "hedge_instance_up",
             "1 when the instance's process runs.",
             "gauge",
-            per(&|s| u8::from(s.lc.status() == hedge_wire::InstanceStatus::Running).to_string()),
+            per(&|s| {
+                u8::from(s.lifecycle.status() == hedge_wire::InstanceStatus::Running).to_string()
+            }),
         );
         metric(
             "hedge_instance_restarts_total",
             "Restarts of the instance.",
             "counter",
-            per(&|s| s.lc.restarts().to_string()),
+            per(&|s| s.lifecycle.restarts().to_string()),
         );
         metric(
             "hedge_usage_cpu_ms_total",

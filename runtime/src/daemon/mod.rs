@@ -17,13 +17,13 @@
 //! is visible in `status` and reported again on the next change.
 
 pub mod api;
-mod conn;
 mod desired;
 mod disk;
 mod instance;
 mod link;
 mod metrics;
 mod monitor;
+mod published;
 mod software;
 #[cfg(test)]
 mod tests;
@@ -44,7 +44,7 @@ use crate::monitor::shed::RecordClass;
 use crate::partition::Partitions;
 use crate::reconcile::{self, Held};
 use crate::store::{Store, StoreError};
-use crate::supervisor::procfs;
+use crate::supervisor::process_identity;
 use api::ApiCall;
 use instance::Slot;
 
@@ -128,12 +128,12 @@ pub struct Daemon {
     store: Store,
     partitions: Partitions,
     slots: BTreeMap<Name, Slot>,
-    conns: BTreeMap<String, BTreeMap<String, String>>,
+    published: BTreeMap<String, BTreeMap<String, String>>,
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: mpsc::UnboundedReceiver<Event>,
     counters: Counters,
     store_log: RateLimit,
-    conn_log: RateLimit,
+    published_log: RateLimit,
     check_log: RateLimit,
     shutting_down: bool,
     incidents: crate::monitor::incident::Incidents,
@@ -215,7 +215,7 @@ impl Daemon {
             tracing::info!("cgroups disabled by [partitions] cgroups = false: instances are tracked and killed by uid");
             None
         };
-        let conns = store.conns()?;
+        let published = store.published()?;
         let incidents = crate::monitor::incident::Incidents::restore(
             store.next_incident_id()?,
             cfg.monitor.escalate_after,
@@ -228,19 +228,19 @@ impl Daemon {
                 cfg.monitor.escalate_after,
             )
         });
-        let (clk_tck, page_size) = crate::monitor::procstat::system_units();
+        let (clk_tck, page_size) = crate::monitor::process_usage::system_units();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let mut d = Daemon {
             cfg,
             store,
             partitions,
             slots: BTreeMap::new(),
-            conns,
+            published,
             events_tx,
             events_rx,
             counters: Counters::default(),
             store_log: RateLimit::default(),
-            conn_log: RateLimit::default(),
+            published_log: RateLimit::default(),
             check_log: RateLimit::default(),
             shutting_down: false,
             incidents,
@@ -291,7 +291,7 @@ impl Daemon {
 
     /// Kills process groups recorded by an earlier daemon of this boot that may still
     /// run (never one recorded in another or an unknown boot, see
-    /// [`procfs::judge`]), and
+    /// [`process_identity::judge`]), and
     /// everything left in the node's instance cgroups or, without cgroups, running as
     /// a partition's uid (nothing of this daemon runs yet).
     fn kill_leftovers(&mut self) -> Result<(), DaemonError> {
@@ -312,7 +312,7 @@ impl Daemon {
                 let Some(uid) = self.partitions.uid_of(&name) else {
                     continue;
                 };
-                if procfs::pids_of_uid(uid).is_empty() {
+                if process_identity::pids_of_uid(uid).is_empty() {
                     continue;
                 }
                 self.counters.leftovers_killed += 1;
@@ -324,22 +324,22 @@ impl Daemon {
                 }
             }
         }
-        let this_boot = procfs::boot_id();
+        let this_boot = process_identity::boot_id();
         for (name, mut obs) in self.store.observed()? {
             let Some(pgid) = obs.pgid else { continue };
-            let verdict = procfs::judge(
+            let verdict = process_identity::judge(
                 obs.boot_id.as_deref(),
                 this_boot.as_deref(),
                 obs.start_ticks,
-                procfs::start_ticks(pgid),
+                process_identity::start_ticks(pgid),
             );
             match verdict {
-                procfs::Leftover::Unrelated
-                | procfs::Leftover::OtherBoot
-                | procfs::Leftover::UnknownBoot => {
+                process_identity::Leftover::Unrelated
+                | process_identity::Leftover::OtherBoot
+                | process_identity::Leftover::UnknownBoot => {
                     tracing::info!(instance = %name, pgid, ?verdict, "recorded process group left alone");
                 }
-                procfs::Leftover::Kill | procfs::Leftover::KillOrphans => {
+                process_identity::Leftover::Kill | process_identity::Leftover::KillOrphans => {
                     let pg = nix::unistd::Pid::from_raw(pgid as i32);
                     if nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL).is_ok() {
                         self.counters.leftovers_killed += 1;
@@ -413,7 +413,7 @@ impl Daemon {
             .unwrap_or_default()
     }
 
-    /// Diffs desired against held and applies the actions.
+    /// Diffs desired against held and applies the steps.
     fn reconcile(&mut self) {
         if self.shutting_down {
             return;
@@ -431,15 +431,15 @@ impl Daemon {
                     n.clone(),
                     Held {
                         request: s.request.clone(),
-                        running: s.lc.wants_running(),
+                        running: s.lifecycle.wants_running(),
                     },
                 )
             })
             .collect();
-        let actions = reconcile::diff(&desired, &held, &self.partitions_on_disk());
-        for a in actions {
-            tracing::debug!(action = ?a, "reconcile");
-            self.apply(a);
+        let steps = reconcile::diff(&desired, &held, &self.partitions_on_disk());
+        for step in steps {
+            tracing::debug!(?step, "reconcile");
+            self.apply(step);
         }
     }
 
@@ -476,17 +476,17 @@ impl Daemon {
         tracing::info!(node = %self.cfg.node_id(), instances = wanted, "node up; reconciling offline");
         self.reconcile();
         tokio::pin!(shutdown);
-        let mut conn_poll = tokio::time::interval(conn::POLL);
-        conn_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut published_poll = tokio::time::interval(published::POLL);
+        published_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stop_deadline: Option<Instant> = None;
         loop {
-            if self.shutting_down && self.slots.values().all(|s| s.lc.is_idle()) {
+            if self.shutting_down && self.slots.values().all(|s| s.lifecycle.is_idle()) {
                 break;
             }
             let wake = self
                 .slots
                 .values()
-                .filter_map(|s| s.lc.deadline())
+                .filter_map(|s| s.lifecycle.deadline())
                 .chain(stop_deadline)
                 .chain(if self.shutting_down {
                     None
@@ -521,7 +521,7 @@ impl Daemon {
                         self.monitor_tick();
                     }
                 }
-                _ = conn_poll.tick(), if !self.shutting_down => self.poll_connections(),
+                _ = published_poll.tick(), if !self.shutting_down => self.poll_connections(),
                 () = &mut shutdown, if !self.shutting_down => {
                     tracing::info!("shutting down: stopping instances");
                     // Account for what ran up to now before the processes go.
@@ -578,7 +578,7 @@ impl Daemon {
         let due: Vec<Name> = self
             .slots
             .iter()
-            .filter(|(_, s)| s.lc.deadline().is_some_and(|d| d <= now))
+            .filter(|(_, s)| s.lifecycle.deadline().is_some_and(|d| d <= now))
             .map(|(n, _)| n.clone())
             .collect();
         for n in due {
@@ -613,12 +613,12 @@ impl Daemon {
             .iter()
             .map(|(n, s)| local_api::InstanceView {
                 name: n.to_string(),
-                state: s.lc.status(),
+                state: s.lifecycle.status(),
                 requested: s.request.state,
                 software: s.request.software.to_string(),
-                pid: s.lc.pid(),
-                restarts: s.lc.restarts(),
-                last_exit: s.lc.last_exit().map(|e| e.to_string()),
+                pid: s.lifecycle.pid(),
+                restarts: s.lifecycle.restarts(),
+                last_exit: s.lifecycle.last_exit().map(|e| e.to_string()),
                 promises: self.promise_status(n),
                 usage_cpu_ms: self.usage_totals().get(n.as_str()).copied().unwrap_or(0),
             })

@@ -22,7 +22,7 @@ use crate::monitor::incident::{Incident, IncidentAction};
 use crate::monitor::promise::{CheckResult, PromiseEvent, PromiseState};
 use crate::monitor::shed::RecordClass;
 use crate::monitor::usage::{Accountant, ProcessIdentity, Sample};
-use crate::monitor::{health, procstat, shed};
+use crate::monitor::{health, process_usage, shed};
 use crate::render;
 use crate::supervisor::lifecycle::Input;
 
@@ -130,7 +130,7 @@ impl Daemon {
         let promises = self
             .slots
             .values()
-            .filter(|s| s.lc.wants_running())
+            .filter(|s| s.lifecycle.wants_running())
             .flat_map(|s| s.promises.iter())
             .filter(|p| !p.in_flight)
             .map(|p| p.state.due().unwrap_or_else(Instant::now));
@@ -164,7 +164,7 @@ impl Daemon {
         let lookup = |k: &str| -> Option<String> {
             req.parameters.get(k).cloned().or_else(|| {
                 let (other, key) = k.split_once('.')?;
-                self.conn_lookup(other, key)
+                self.published_param(other, key)
             })
         };
         let r = |t: &str| render::render(t, &lookup).map_err(|e| e.to_string());
@@ -219,7 +219,7 @@ impl Daemon {
     fn start_due_checks(&mut self, now: Instant) {
         let mut due = Vec::new();
         for (name, slot) in &mut self.slots {
-            if !slot.lc.wants_running() {
+            if !slot.lifecycle.wants_running() {
                 continue;
             }
             for (i, p) in slot.promises.iter_mut().enumerate() {
@@ -238,10 +238,10 @@ impl Daemon {
         for (name, idx, generation, check, timeout_ms) in due {
             if matches!(check, PromiseCheck::Process) {
                 let alive = self.slots.get(&name).is_some_and(|s| {
-                    s.lc.status() == hedge_wire::InstanceStatus::Running
-                        && s.lc
-                            .pid()
-                            .is_some_and(|p| crate::supervisor::procfs::start_ticks(p).is_some())
+                    s.lifecycle.status() == hedge_wire::InstanceStatus::Running
+                        && s.lifecycle.pid().is_some_and(|p| {
+                            crate::supervisor::process_identity::start_ticks(p).is_some()
+                        })
                 });
                 let r = CheckResult {
                     ok: alive,
@@ -369,10 +369,9 @@ impl Daemon {
                     self.record(kind);
                 }
                 IncidentAction::Repair(instance) => {
-                    let running = self
-                        .slots
-                        .get(&instance)
-                        .is_some_and(|s| s.lc.status() == hedge_wire::InstanceStatus::Running);
+                    let running = self.slots.get(&instance).is_some_and(|s| {
+                        s.lifecycle.status() == hedge_wire::InstanceStatus::Running
+                    });
                     if running {
                         tracing::info!(instance = %instance, "self-repair: restarting");
                         self.counters.repairs += 1;
@@ -476,7 +475,7 @@ impl Daemon {
     /// `closing` also closes every interval now (used at shutdown and destroy).
     pub(super) fn sample_usage(&mut self, closing: bool) {
         let wall = now_ms();
-        let trees = procstat::tree_usage(&procstat::scan(), self.page_size);
+        let trees = process_usage::tree_usage(&process_usage::scan(), self.page_size);
         let names: Vec<Name> = self.slots.keys().cloned().collect();
         for name in names {
             let Some(slot) = self.slots.get_mut(&name) else {
@@ -486,7 +485,7 @@ impl Daemon {
                 continue;
             };
             let tree = slot
-                .lc
+                .lifecycle
                 .pid()
                 .and_then(|pid| trees.get(&pid).map(|t| (pid, *t)));
             acc.sample(Sample {

@@ -10,14 +10,14 @@
 //! - [`usage`]: process-tree samples → usage records, surviving process and daemon restarts.
 //! - [`shed`]: which outbox records to merge or drop when the outbox exceeds its quota.
 //!
-//! And their thin I/O companions: [`checks`] runs a promise check, [`procstat`] reads
-//! process trees from `/proc`, [`health`] reads the node's load, memory, disk and
-//! temperature.
+//! And their thin I/O companions: [`checks`] runs a promise check, [`process_usage`]
+//! reads what process trees use from `/proc`, [`health`] reads the node's load, memory,
+//! disk and temperature.
 
 pub mod checks;
 pub mod health;
 pub mod incident;
-pub mod procstat;
+pub mod process_usage;
 pub mod promise;
 pub mod shed;
 pub mod usage;

@@ -359,7 +359,7 @@ impl Partitions {
             }
             None => BTreeSet::new(),
         };
-        let live = crate::supervisor::procfs::live_uids();
+        let live = crate::supervisor::process_identity::live_uids();
         // Each step skips one taken id: at most the number of taken ids + 1 steps.
         (lo..=hi)
             .find(|u| !used.contains(u) && !held.contains(u) && !live.contains(u) && !host_id(*u))

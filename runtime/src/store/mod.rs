@@ -199,7 +199,8 @@ struct Trees {
     local: sled::Tree,
     observed: sled::Tree,
     outbox: sled::Tree,
-    conn: sled::Tree,
+    /// The `conn` tree: connection parameters published per instance.
+    published: sled::Tree,
     incidents: sled::Tree,
     usage: sled::Tree,
 }
@@ -261,7 +262,7 @@ impl Store {
             local: db.open_tree("local")?,
             observed: db.open_tree("observed")?,
             outbox: db.open_tree("outbox")?,
-            conn: db.open_tree("conn")?,
+            published: db.open_tree("conn")?,
             incidents: db.open_tree("incidents")?,
             usage: db.open_tree("usage")?,
             db,
@@ -775,21 +776,25 @@ impl Store {
     // ---- connection parameters --------------------------------------------------------
 
     /// Stores the connection parameters `name` published.
-    pub fn put_conn(&self, name: &Name, p: &BTreeMap<String, String>) -> Result<(), StoreError> {
-        self.t()?.conn.insert(name.as_str(), enc(p)?)?;
+    pub fn put_published(
+        &self,
+        name: &Name,
+        p: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        self.t()?.published.insert(name.as_str(), enc(p)?)?;
         self.flush()
     }
 
     /// Forgets `name`'s connection parameters.
-    pub fn remove_conn(&self, name: &Name) -> Result<(), StoreError> {
-        self.t()?.conn.remove(name.as_str())?;
+    pub fn remove_published(&self, name: &Name) -> Result<(), StoreError> {
+        self.t()?.published.remove(name.as_str())?;
         self.flush()
     }
 
     /// Every instance's connection parameters.
-    pub fn conns(&self) -> Result<BTreeMap<String, BTreeMap<String, String>>, StoreError> {
+    pub fn published(&self) -> Result<BTreeMap<String, BTreeMap<String, String>>, StoreError> {
         self.t()?
-            .conn
+            .published
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;

@@ -13,7 +13,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{ForkResult, Gid, Pid, Uid};
 
-use super::procfs;
+use super::process_identity;
 
 /// Errors of killing by uid.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +85,7 @@ pub fn kill_uid_and_wait(uid: u32, within: Duration) -> Result<(), ReapError> {
     let mut pause = Duration::from_millis(1);
     loop {
         kill_uid(uid)?;
-        let left = procfs::pids_of_uid(uid).len();
+        let left = process_identity::pids_of_uid(uid).len();
         if left == 0 {
             return Ok(());
         }
@@ -152,9 +152,9 @@ mod tests {
             assert!(Instant::now() < deadline, "no child pid");
             std::thread::sleep(Duration::from_millis(10));
         };
-        assert!(procfs::pids_of_uid(uid).contains(&child));
+        assert!(process_identity::pids_of_uid(uid).contains(&child));
         kill_uid_and_wait(uid, Duration::from_secs(5)).unwrap();
-        assert!(procfs::pids_of_uid(uid).is_empty());
+        assert!(process_identity::pids_of_uid(uid).is_empty());
         parent.wait().unwrap();
     }
 }

@@ -15,7 +15,7 @@
 //! The parent-death signal fires when the *thread* that forked exits; the daemon runs a
 //! current-thread tokio runtime, so that thread is the main thread and the signal fires
 //! exactly when the daemon dies. Leftovers (e.g. grandchildren, which the signal does
-//! not reach) are killed through their process group at the next boot (see `procfs`).
+//! not reach) are killed through their process group at the next boot (see `process_identity`).
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};

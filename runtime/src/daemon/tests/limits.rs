@@ -64,7 +64,7 @@ async fn changed_limits_apply_live_in_the_cgroup_and_a_changed_rlimit_restarts()
         nproc: None,
     };
     d.local_request(sleeper("lim", limits.clone())).unwrap();
-    let pid = d.slots[&name].lc.pid().unwrap();
+    let pid = d.slots[&name].lifecycle.pid().unwrap();
     assert_eq!(read("memory.max"), "67108864\n");
     assert_eq!(read("cpu.max"), "50000 100000\n");
     assert_eq!(nofile_of(pid), 256);
@@ -76,7 +76,7 @@ async fn changed_limits_apply_live_in_the_cgroup_and_a_changed_rlimit_restarts()
     assert_eq!(read("memory.max"), "134217728\n");
     assert_eq!(read("cpu.max"), "20000 100000\n");
     assert_eq!(
-        d.slots[&name].lc.pid(),
+        d.slots[&name].lifecycle.pid(),
         Some(pid),
         "a cgroup limit restarted it"
     );
@@ -85,21 +85,21 @@ async fn changed_limits_apply_live_in_the_cgroup_and_a_changed_rlimit_restarts()
     limits.memory_max = None;
     d.local_request(sleeper("lim", limits.clone())).unwrap();
     assert_eq!(read("memory.max"), "max\n");
-    assert_eq!(d.slots[&name].lc.pid(), Some(pid));
+    assert_eq!(d.slots[&name].lifecycle.pid(), Some(pid));
 
     // An rlimit can only be set at start: the instance restarts with the new one.
     limits.nofile = Some(300);
     d.local_request(sleeper("lim", limits.clone())).unwrap();
     pump_until(&mut d, "a new process", |d| {
-        d.slots[&name].lc.pid().is_some_and(|p| p != pid)
+        d.slots[&name].lifecycle.pid().is_some_and(|p| p != pid)
     })
     .await;
-    let new_pid = d.slots[&name].lc.pid().unwrap();
+    let new_pid = d.slots[&name].lifecycle.pid().unwrap();
     assert_eq!(nofile_of(new_pid), 300);
 
     d.shutting_down = true;
     for slot in d.slots.values_mut() {
-        if let Some(pid) = slot.lc.pid() {
+        if let Some(pid) = slot.lifecycle.pid() {
             let _ = nix::sys::signal::killpg(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,

@@ -44,7 +44,7 @@ async fn an_unreadable_store_stops_reconciliation_and_destroys_nothing() {
     let mut d = daemon(dir.path());
     d.local_request(sleeper("keep")).unwrap();
     let name = Name::new("keep").unwrap();
-    assert!(d.slots[&name].lc.wants_running());
+    assert!(d.slots[&name].lifecycle.wants_running());
     let partition = d.partitions.path(&name);
     std::fs::write(partition.join("srv/data"), b"tenant data").unwrap();
 
@@ -58,7 +58,7 @@ async fn an_unreadable_store_stops_reconciliation_and_destroys_nothing() {
         !slot.destroying,
         "an unreadable store destroyed the instance"
     );
-    assert!(slot.lc.wants_running());
+    assert!(slot.lifecycle.wants_running());
     assert_eq!(
         std::fs::read(partition.join("srv/data")).unwrap(),
         b"tenant data"
@@ -71,7 +71,7 @@ async fn an_unreadable_store_stops_reconciliation_and_destroys_nothing() {
     );
     d.shutting_down = true;
     for slot in d.slots.values_mut() {
-        if let Some(pid) = slot.lc.pid() {
+        if let Some(pid) = slot.lifecycle.pid() {
             let _ = nix::sys::signal::killpg(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,

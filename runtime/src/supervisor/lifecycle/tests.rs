@@ -22,11 +22,11 @@ fn policy() -> Policy {
     }
 }
 
-/// Starts `lc` and feeds it `Spawned { pid }`.
-fn run(lc: &mut Lifecycle, now: Instant, pid: u32) {
-    assert_eq!(lc.handle(now, Input::Start), vec![Action::Spawn]);
+/// Starts `lifecycle` and feeds it `Spawned { pid }`.
+fn run(lifecycle: &mut Lifecycle, now: Instant, pid: u32) {
+    assert_eq!(lifecycle.handle(now, Input::Start), vec![Action::Spawn]);
     assert_eq!(
-        lc.handle(now, Input::Spawned { pid }),
+        lifecycle.handle(now, Input::Spawned { pid }),
         vec![Action::Status(InstanceStatus::Running)]
     );
 }
@@ -34,10 +34,10 @@ fn run(lc: &mut Lifecycle, now: Instant, pid: u32) {
 #[test]
 fn first_crash_after_a_stable_run_restarts_at_once() {
     let t0 = origin();
-    let mut lc = Lifecycle::new(policy(), 1, 0, None);
-    run(&mut lc, t0, 10);
+    let mut lifecycle = Lifecycle::new(policy(), 1, 0, None);
+    run(&mut lifecycle, t0, 10);
     let t1 = t0 + Duration::from_secs(60);
-    let acts = lc.handle(
+    let acts = lifecycle.handle(
         t1,
         Input::Exited {
             pid: 10,
@@ -48,21 +48,21 @@ fn first_crash_after_a_stable_run_restarts_at_once() {
         acts,
         vec![Action::Status(InstanceStatus::Backoff), Action::Spawn]
     );
-    assert_eq!(lc.restarts(), 1);
-    assert_eq!(lc.last_exit(), Some(ExitStatus::Signal(9)));
-    lc.handle(t1, Input::Spawned { pid: 11 });
-    assert_eq!(lc.pid(), Some(11));
+    assert_eq!(lifecycle.restarts(), 1);
+    assert_eq!(lifecycle.last_exit(), Some(ExitStatus::Signal(9)));
+    lifecycle.handle(t1, Input::Spawned { pid: 11 });
+    assert_eq!(lifecycle.pid(), Some(11));
 }
 
 #[test]
 fn quick_exits_back_off_with_growing_capped_delays_and_never_give_up() {
     let mut now = origin();
-    let mut lc = Lifecycle::new(policy(), 7, 0, None);
-    run(&mut lc, now, 1);
+    let mut lifecycle = Lifecycle::new(policy(), 7, 0, None);
+    run(&mut lifecycle, now, 1);
     let mut delays = Vec::new();
     for i in 0..200u32 {
         let pid = i + 1;
-        let acts = lc.handle(
+        let acts = lifecycle.handle(
             now,
             Input::Exited {
                 pid,
@@ -72,15 +72,15 @@ fn quick_exits_back_off_with_growing_capped_delays_and_never_give_up() {
         if acts.contains(&Action::Spawn) {
             delays.push(Duration::ZERO);
         } else {
-            assert_eq!(lc.status(), InstanceStatus::Backoff);
-            let until = lc.deadline().unwrap();
+            assert_eq!(lifecycle.status(), InstanceStatus::Backoff);
+            let until = lifecycle.deadline().unwrap();
             delays.push(until - now);
             // An early tick does nothing; a tick at the deadline spawns.
-            assert!(lc.handle(now, Input::Tick).is_empty());
+            assert!(lifecycle.handle(now, Input::Tick).is_empty());
             now = until;
-            assert_eq!(lc.handle(now, Input::Tick), vec![Action::Spawn]);
+            assert_eq!(lifecycle.handle(now, Input::Tick), vec![Action::Spawn]);
         }
-        lc.handle(now, Input::Spawned { pid: pid + 1 });
+        lifecycle.handle(now, Input::Spawned { pid: pid + 1 });
     }
     assert_eq!(delays[0], Duration::ZERO);
     // 100 ms ± 20 %, then doubling: each delay is ~2× the previous until the cap.
@@ -94,31 +94,31 @@ fn quick_exits_back_off_with_growing_capped_delays_and_never_give_up() {
     }
     assert!(delays.iter().all(|d| *d <= Duration::from_secs(5)));
     assert!(delays[150..].iter().all(|d| *d >= Duration::from_secs(4)));
-    assert_eq!(lc.restarts(), 200);
-    assert_eq!(lc.status(), InstanceStatus::Running);
+    assert_eq!(lifecycle.restarts(), 200);
+    assert_eq!(lifecycle.status(), InstanceStatus::Running);
 }
 
 #[test]
 fn a_stable_run_resets_the_backoff() {
     let mut now = origin();
-    let mut lc = Lifecycle::new(policy(), 3, 0, None);
-    run(&mut lc, now, 1);
+    let mut lifecycle = Lifecycle::new(policy(), 3, 0, None);
+    run(&mut lifecycle, now, 1);
     for pid in 1..5 {
-        lc.handle(
+        lifecycle.handle(
             now,
             Input::Exited {
                 pid,
                 status: ExitStatus::Code(1),
             },
         );
-        if let Some(at) = lc.deadline() {
+        if let Some(at) = lifecycle.deadline() {
             now = at;
-            lc.handle(now, Input::Tick);
+            lifecycle.handle(now, Input::Tick);
         }
-        lc.handle(now, Input::Spawned { pid: pid + 1 });
+        lifecycle.handle(now, Input::Spawned { pid: pid + 1 });
     }
     now += Duration::from_secs(11);
-    let acts = lc.handle(
+    let acts = lifecycle.handle(
         now,
         Input::Exited {
             pid: 5,
@@ -131,9 +131,9 @@ fn a_stable_run_resets_the_backoff() {
 #[test]
 fn stop_sends_term_then_kill_after_grace() {
     let t0 = origin();
-    let mut lc = Lifecycle::new(policy(), 1, 0, None);
-    run(&mut lc, t0, 42);
-    let acts = lc.handle(t0, Input::Stop);
+    let mut lifecycle = Lifecycle::new(policy(), 1, 0, None);
+    run(&mut lifecycle, t0, 42);
+    let acts = lifecycle.handle(t0, Input::Stop);
     assert_eq!(
         acts,
         vec![
@@ -144,19 +144,19 @@ fn stop_sends_term_then_kill_after_grace() {
             Action::Status(InstanceStatus::Stopping)
         ]
     );
-    assert_eq!(lc.deadline(), Some(t0 + Duration::from_secs(2)));
-    assert!(lc
+    assert_eq!(lifecycle.deadline(), Some(t0 + Duration::from_secs(2)));
+    assert!(lifecycle
         .handle(t0 + Duration::from_secs(1), Input::Tick)
         .is_empty());
     assert_eq!(
-        lc.handle(t0 + Duration::from_secs(2), Input::Tick),
+        lifecycle.handle(t0 + Duration::from_secs(2), Input::Tick),
         vec![Action::Signal {
             pgid: 42,
             sig: Sig::Kill
         }]
     );
-    assert_eq!(lc.deadline(), None);
-    let acts = lc.handle(
+    assert_eq!(lifecycle.deadline(), None);
+    let acts = lifecycle.handle(
         t0 + Duration::from_secs(3),
         Input::Exited {
             pid: 42,
@@ -164,9 +164,9 @@ fn stop_sends_term_then_kill_after_grace() {
         },
     );
     assert_eq!(acts, vec![Action::Status(InstanceStatus::Stopped)]);
-    assert!(lc.is_idle());
+    assert!(lifecycle.is_idle());
     // A stopped instance is not restarted by a late tick.
-    assert!(lc
+    assert!(lifecycle
         .handle(t0 + Duration::from_secs(60), Input::Tick)
         .is_empty());
 }
@@ -174,9 +174,9 @@ fn stop_sends_term_then_kill_after_grace() {
 #[test]
 fn restart_stops_then_starts_again() {
     let t0 = origin();
-    let mut lc = Lifecycle::new(policy(), 1, 0, None);
-    run(&mut lc, t0, 5);
-    let acts = lc.handle(t0, Input::Restart);
+    let mut lifecycle = Lifecycle::new(policy(), 1, 0, None);
+    run(&mut lifecycle, t0, 5);
+    let acts = lifecycle.handle(t0, Input::Restart);
     assert_eq!(
         acts[0],
         Action::Signal {
@@ -184,7 +184,7 @@ fn restart_stops_then_starts_again() {
             sig: Sig::Term
         }
     );
-    let acts = lc.handle(
+    let acts = lifecycle.handle(
         t0,
         Input::Exited {
             pid: 5,
@@ -192,15 +192,15 @@ fn restart_stops_then_starts_again() {
         },
     );
     assert_eq!(acts, vec![Action::Spawn]);
-    assert_eq!(lc.restarts(), 1);
+    assert_eq!(lifecycle.restarts(), 1);
 }
 
 #[test]
 fn stale_exit_of_an_old_pid_is_ignored() {
     let t0 = origin();
-    let mut lc = Lifecycle::new(policy(), 1, 0, None);
-    run(&mut lc, t0, 5);
-    assert!(lc
+    let mut lifecycle = Lifecycle::new(policy(), 1, 0, None);
+    run(&mut lifecycle, t0, 5);
+    assert!(lifecycle
         .handle(
             t0,
             Input::Exited {
@@ -209,46 +209,46 @@ fn stale_exit_of_an_old_pid_is_ignored() {
             }
         )
         .is_empty());
-    assert_eq!(lc.pid(), Some(5));
+    assert_eq!(lifecycle.pid(), Some(5));
 }
 
 #[test]
 fn missing_dependency_waits_and_retries() {
     let t0 = origin();
-    let mut lc = Lifecycle::new(policy(), 1, 0, None);
-    assert_eq!(lc.handle(t0, Input::Start), vec![Action::Spawn]);
-    let acts = lc.handle(t0, Input::SpawnFailed { waiting: true });
+    let mut lifecycle = Lifecycle::new(policy(), 1, 0, None);
+    assert_eq!(lifecycle.handle(t0, Input::Start), vec![Action::Spawn]);
+    let acts = lifecycle.handle(t0, Input::SpawnFailed { waiting: true });
     assert_eq!(acts, vec![Action::Status(InstanceStatus::Waiting)]);
-    let at = lc.deadline().unwrap();
+    let at = lifecycle.deadline().unwrap();
     assert!(at >= t0 + WAIT_RETRY);
-    assert_eq!(lc.handle(at, Input::Tick), vec![Action::Spawn]);
+    assert_eq!(lifecycle.handle(at, Input::Tick), vec![Action::Spawn]);
 }
 
 #[test]
 fn stop_during_backoff_cancels_the_restart() {
     let t0 = origin();
-    let mut lc = Lifecycle::new(policy(), 1, 0, None);
-    run(&mut lc, t0, 1);
-    lc.handle(
+    let mut lifecycle = Lifecycle::new(policy(), 1, 0, None);
+    run(&mut lifecycle, t0, 1);
+    lifecycle.handle(
         t0,
         Input::Exited {
             pid: 1,
             status: ExitStatus::Code(1),
         },
     );
-    lc.handle(t0, Input::Spawned { pid: 2 });
-    lc.handle(
+    lifecycle.handle(t0, Input::Spawned { pid: 2 });
+    lifecycle.handle(
         t0,
         Input::Exited {
             pid: 2,
             status: ExitStatus::Code(1),
         },
     );
-    assert_eq!(lc.status(), InstanceStatus::Backoff);
+    assert_eq!(lifecycle.status(), InstanceStatus::Backoff);
     assert_eq!(
-        lc.handle(t0, Input::Stop),
+        lifecycle.handle(t0, Input::Stop),
         vec![Action::Status(InstanceStatus::Stopped)]
     );
-    assert!(lc.is_idle());
-    assert_eq!(lc.deadline(), None);
+    assert!(lifecycle.is_idle());
+    assert_eq!(lifecycle.deadline(), None);
 }

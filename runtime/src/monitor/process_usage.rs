@@ -1,4 +1,6 @@
-//! Process-tree resource readings from `/proc`, for usage accounting.
+//! What a process tree uses (CPU ticks, resident memory), from `/proc`, for usage
+//! accounting. Who a process is (boot, start time, uids) is
+//! `crate::supervisor::process_identity`.
 //!
 //! Contract: [`parse_stat`] is a pure parser of one `/proc/PID/stat` line; [`scan`]
 //! reads every process once and [`tree_usage`] sums, per process group, CPU ticks

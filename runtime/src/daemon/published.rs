@@ -36,7 +36,7 @@ pub const MAX_FILE: u64 = 64 * 1024;
 
 /// Why a partition's `etc/connection.json` was not taken.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnFileError {
+pub enum ConnectionFileError {
     /// `etc` or the file is a symlink, or `etc` is not a directory.
     #[error("etc/ or etc/connection.json is a symlink or not a directory; not followed")]
     Link,
@@ -56,18 +56,18 @@ pub enum ConnFileError {
 
 /// Reads and parses `etc/connection.json` of the partition at `partition`: `Ok(None)`
 /// when there is no such file (nothing published).
-pub fn read(partition: &Path) -> Result<Option<BTreeMap<String, String>>, ConnFileError> {
+pub fn read(partition: &Path) -> Result<Option<BTreeMap<String, String>>, ConnectionFileError> {
     let not_found = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
     let link = |e: &io::Error| {
         at::is_errno(e, nix::errno::Errno::ELOOP) || at::is_errno(e, nix::errno::Errno::ENOTDIR)
     };
     let classify = |e: io::Error| {
         if link(&e) {
-            ConnFileError::Link
+            ConnectionFileError::Link
         } else if e.kind() == io::ErrorKind::InvalidData {
-            ConnFileError::NotRegular
+            ConnectionFileError::NotRegular
         } else {
-            ConnFileError::Io(e)
+            ConnectionFileError::Io(e)
         }
     };
     // The partition directory itself sits in the root-owned `partitions/`.
@@ -87,11 +87,13 @@ pub fn read(partition: &Path) -> Result<Option<BTreeMap<String, String>>, ConnFi
         Err(e) => return Err(classify(e)),
     };
     let bytes = at::read_bounded(&file, MAX_FILE)
-        .map_err(ConnFileError::Io)?
-        .ok_or(ConnFileError::TooLarge)?;
-    let text =
-        String::from_utf8(bytes).map_err(|_| ConnFileError::Malformed("not UTF-8 text".into()))?;
-    parse(&text).map(Some).map_err(ConnFileError::Malformed)
+        .map_err(ConnectionFileError::Io)?
+        .ok_or(ConnectionFileError::TooLarge)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| ConnectionFileError::Malformed("not UTF-8 text".into()))?;
+    parse(&text)
+        .map(Some)
+        .map_err(ConnectionFileError::Malformed)
 }
 
 /// Parses a `connection.json` text into flat string parameters.
@@ -125,14 +127,15 @@ impl Daemon {
                     continue;
                 }
             };
-            if self.conns.get(name.as_str()) == Some(&params) {
+            if self.published.get(name.as_str()) == Some(&params) {
                 continue;
             }
             tracing::info!(instance = %name, keys = params.len(), "connection parameters published");
-            if let Err(e) = self.store.put_conn(&name, &params) {
+            if let Err(e) = self.store.put_published(&name, &params) {
                 self.store_failed(&e);
             }
-            self.conns.insert(name.as_str().to_string(), params.clone());
+            self.published
+                .insert(name.as_str().to_string(), params.clone());
             self.record(RecordKind::ConnectionParameters {
                 instance: name.clone(),
                 parameters: params,
@@ -151,7 +154,7 @@ impl Daemon {
 
     fn bad_connection_file(&mut self, name: &Name, why: &str) {
         self.counters.bad_connection_files += 1;
-        if self.conn_log.allow(Instant::now()).is_some() {
+        if self.published_log.allow(Instant::now()).is_some() {
             tracing::warn!(instance = %name, error = why, "ignoring malformed etc/connection.json");
         }
     }
@@ -186,33 +189,36 @@ mod tests {
             r#"{"password":"theirs"}"#,
         )
         .unwrap();
-        let conn = part.join("etc/connection.json");
+        let file = part.join("etc/connection.json");
 
         assert!(read(&part).unwrap().is_none());
         assert!(read(&tmp.path().join("absent")).unwrap().is_none());
-        std::fs::write(&conn, r#"{"port":1}"#).unwrap();
+        std::fs::write(&file, r#"{"port":1}"#).unwrap();
         assert_eq!(read(&part).unwrap().unwrap()["port"], "1");
 
-        std::fs::remove_file(&conn).unwrap();
-        nix::unistd::mkfifo(&conn, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        assert!(matches!(read(&part), Err(ConnFileError::NotRegular)));
+        std::fs::remove_file(&file).unwrap();
+        nix::unistd::mkfifo(&file, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(matches!(read(&part), Err(ConnectionFileError::NotRegular)));
 
-        std::fs::remove_file(&conn).unwrap();
-        symlink("/dev/zero", &conn).unwrap();
-        assert!(matches!(read(&part), Err(ConnFileError::Link)));
+        std::fs::remove_file(&file).unwrap();
+        symlink("/dev/zero", &file).unwrap();
+        assert!(matches!(read(&part), Err(ConnectionFileError::Link)));
 
-        std::fs::remove_file(&conn).unwrap();
-        std::fs::write(&conn, vec![b' '; MAX_FILE as usize + 1]).unwrap();
-        assert!(matches!(read(&part), Err(ConnFileError::TooLarge)));
-        std::fs::write(&conn, b"{\"a\":\"\xff\"}").unwrap();
-        assert!(matches!(read(&part), Err(ConnFileError::Malformed(_))));
+        std::fs::remove_file(&file).unwrap();
+        std::fs::write(&file, vec![b' '; MAX_FILE as usize + 1]).unwrap();
+        assert!(matches!(read(&part), Err(ConnectionFileError::TooLarge)));
+        std::fs::write(&file, b"{\"a\":\"\xff\"}").unwrap();
+        assert!(matches!(
+            read(&part),
+            Err(ConnectionFileError::Malformed(_))
+        ));
 
         // `etc -> ../other/etc`: another tenant's file is never read.
         std::fs::remove_dir_all(part.join("etc")).unwrap();
         symlink("../other/etc", part.join("etc")).unwrap();
-        assert!(matches!(read(&part), Err(ConnFileError::Link)));
+        assert!(matches!(read(&part), Err(ConnectionFileError::Link)));
         std::fs::remove_file(part.join("etc")).unwrap();
         std::fs::write(part.join("etc"), b"").unwrap();
-        assert!(matches!(read(&part), Err(ConnFileError::Link)));
+        assert!(matches!(read(&part), Err(ConnectionFileError::Link)));
     }
 }

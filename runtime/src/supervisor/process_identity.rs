@@ -1,5 +1,7 @@
-//! Process facts from `/proc`, used to tell a leftover of an earlier daemon from an
-//! unrelated process that reused its pid, and to find every process of a uid.
+//! Who a process is, from `/proc` (its boot, start time and uids): used to tell a
+//! leftover of an earlier daemon from an unrelated process that reused its pid, and to
+//! find every process of a uid. What a process tree uses (CPU, memory) is
+//! `crate::monitor::process_usage`.
 //!
 //! A recorded process group is only ever judged a leftover within the boot it was
 //! recorded in ([`boot_id`], `/proc/sys/kernel/random/boot_id`): after a reboot its pgid
