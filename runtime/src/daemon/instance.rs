@@ -86,8 +86,8 @@ pub(crate) struct Slot {
     pub promises_gen: u64,
     /// Its usage accounting.
     pub accountant: Option<crate::monitor::usage::Accountant>,
-    /// CPU milliticks and time of the last persisted accounting state.
-    pub persisted: Option<(u64, std::time::Instant)>,
+    /// The last save of its accounting state between usage records.
+    pub saved: Option<crate::monitor::usage::save::Saved>,
     /// The last measure of its partition's disk use (see `daemon::disk`).
     pub disk: super::monitor::DiskMeasure,
 }
@@ -140,7 +140,7 @@ impl Daemon {
                         promises,
                         promises_gen: 0,
                         accountant,
-                        persisted: None,
+                        saved: None,
                         disk: Default::default(),
                     },
                 );

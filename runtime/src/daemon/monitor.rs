@@ -21,7 +21,7 @@ use crate::monitor::checks::{self, Check};
 use crate::monitor::incident::{Incident, IncidentAction};
 use crate::monitor::promise::{CheckResult, PromiseEvent, PromiseState};
 use crate::monitor::shed::RecordClass;
-use crate::monitor::usage::{Accountant, ProcessIdentity, Sample};
+use crate::monitor::usage::{save, Accountant, ProcessIdentity, Sample};
 use crate::monitor::{health, process_usage, shed};
 use crate::render;
 use crate::supervisor::lifecycle::Input;
@@ -52,12 +52,6 @@ pub(crate) struct PromiseSlot {
     /// A check is running.
     pub in_flight: bool,
 }
-
-/// Accounting state is persisted between intervals after this much wall time…
-const PERSIST_EVERY: Duration = Duration::from_secs(60);
-/// …or once the instance used about 100 ms of CPU since the last persisted state
-/// (`milliticks ≥ 1000 × clk_tck / 10`).
-const PERSIST_CPU_MILLITICKS_PER_TICK: u64 = 1000;
 
 /// Resolved incidents kept for `status`.
 const RECENT_RESOLVED: usize = 32;
@@ -530,23 +524,17 @@ impl Daemon {
                     r
                 }
                 None => {
-                    // Persist between intervals only when it matters: SD cards wear,
-                    // and a sled write costs whole pages. A daemon crash then loses at
-                    // most PERSIST_CPU of CPU per instance (its processes die with the
-                    // daemon), or PERSIST_EVERY of memory and uptime samples.
-                    let slot = self.slots.get_mut(&name);
-                    let due = slot.as_ref().is_none_or(|s| {
-                        s.persisted.is_none_or(|(cpu, at)| {
-                            state.cpu_milliticks.saturating_sub(cpu)
-                                >= PERSIST_CPU_MILLITICKS_PER_TICK * self.clk_tck / 10
-                                || at.elapsed() >= PERSIST_EVERY
-                        })
-                    });
-                    if let (true, Some(s)) = (due, slot) {
-                        s.persisted = Some((state.cpu_milliticks, std::time::Instant::now()));
-                        self.store.put_usage(&name, &state)
-                    } else {
-                        Ok(())
+                    // Between records, saved only when it matters (see `save::due`).
+                    let now = Instant::now();
+                    match self.slots.get_mut(&name) {
+                        Some(s) if save::due(s.saved, state.cpu_milliticks, self.clk_tck, now) => {
+                            s.saved = Some(save::Saved {
+                                cpu_milliticks: state.cpu_milliticks,
+                                at: now,
+                            });
+                            self.store.put_usage(&name, &state)
+                        }
+                        _ => Ok(()),
                     }
                 }
             };

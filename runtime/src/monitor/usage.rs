@@ -5,7 +5,7 @@
 //! [`Accountant::due_ms`] has passed it calls [`Accountant::close_interval`] (best right
 //! after a sample) and appends the record to the outbox. Closing at `due_ms` keeps the
 //! intervals aligned to multiples of the interval since the epoch. After every close — and
-//! periodically in between, e.g. with each sample batch — it stores
+//! in between when [`save::due`] says so — it stores
 //! [`Accountant::state`] (postcard via serde); at boot it rebuilds with
 //! [`Accountant::restore`]. Intervals are contiguous: each record's `from_ms` is the
 //! previous record's `to_ms`, across daemon restarts too.
@@ -291,6 +291,8 @@ impl Accountant {
         Some(record)
     }
 }
+
+pub mod save;
 
 #[cfg(test)]
 mod tests;
