@@ -25,7 +25,7 @@ impl Daemon {
     /// The generation the node runs (0 before the first desired state); an error when
     /// the store cannot tell, never 0.
     pub(super) fn applied_generation(&self) -> Result<u64, DesiredError> {
-        applied_generation(self.store.desired().as_ref().map(Option::as_ref))
+        applied_generation(self.outbox.store.desired().as_ref().map(Option::as_ref))
     }
 
     /// The time the node trusts now: its clock, or the persisted floor when the clock
@@ -33,7 +33,7 @@ impl Daemon {
     fn trusted_now(&mut self) -> u64 {
         let clock = now_ms();
         if let Some(floor) = floor_to_persist(clock, self.clock_floor_ms) {
-            match self.store.raise_clock_floor(floor) {
+            match self.outbox.store.raise_clock_floor(floor) {
                 Ok(()) => self.clock_floor_ms = floor,
                 Err(e) => self.store_failed(&e),
             }
@@ -43,11 +43,11 @@ impl Daemon {
 
     /// Reads the applied state and the clock floor at boot, then judges the expiry.
     pub(super) fn restore_expiry(&mut self) {
-        match self.store.clock_floor() {
+        match self.outbox.store.clock_floor() {
             Ok(f) => self.clock_floor_ms = f,
             Err(e) => self.store_failed(&e),
         }
-        match self.store.desired() {
+        match self.outbox.store.desired() {
             Ok(Some(d)) => self.expiry.applied(&d),
             Ok(None) => {}
             Err(e) => self.store_failed(&e),
@@ -97,7 +97,7 @@ impl Daemon {
         // the node already applied is not news, and not an attack.
         if let (Ok(Message::Desired(d)), Ok(Some(stored))) = (
             decode(frame, hedge_wire::limits::DEFAULT_MAX_FRAME),
-            self.store.desired(),
+            self.outbox.store.desired(),
         ) {
             if d == stored {
                 return Ok(d.generation);
@@ -113,15 +113,15 @@ impl Daemon {
         match result {
             Ok(d) => {
                 let generation = d.generation;
-                if let Err(e) = self.store.put_desired(&d) {
+                if let Err(e) = self.outbox.store.put_desired(&d) {
                     self.store_failed(&e);
                     return Err(DesiredError::Malformed(format!("cannot store: {e}")));
                 }
                 // The master's names win over local requests of the same name.
                 for r in &d.instances {
-                    if let Ok(Some(_)) = self.store.local(&r.name) {
+                    if let Ok(Some(_)) = self.outbox.store.local(&r.name) {
                         tracing::warn!(instance = %r.name, "local request superseded by the master's");
-                        if let Err(e) = self.store.remove_local(&r.name) {
+                        if let Err(e) = self.outbox.store.remove_local(&r.name) {
                             self.store_failed(&e);
                         }
                     }
@@ -208,7 +208,8 @@ mod tests {
     }
 
     fn desired_records(d: &Daemon) -> Vec<RecordKind> {
-        d.store
+        d.outbox
+            .store
             .outbox_from(0, 1000)
             .unwrap()
             .into_iter()
@@ -237,7 +238,7 @@ mod tests {
             .put_desired_raw(&[0xff, 0xff, 0xff])
             .unwrap();
         let mut d = Daemon::boot(cfg).unwrap();
-        assert!(d.store.desired().is_err());
+        assert!(d.outbox.store.desired().is_err());
         // An older state the master once signed: refused, not taken for "generation 0".
         assert!(matches!(
             d.on_desired_frame(&frame(3, fresh)),
@@ -249,7 +250,10 @@ mod tests {
             Err(DesiredError::StoreUnreadable(_))
         ));
         assert_eq!(d.counters.desired_rejected, 2);
-        assert!(d.store.desired().is_err(), "nothing was stored over it");
+        assert!(
+            d.outbox.store.desired().is_err(),
+            "nothing was stored over it"
+        );
         assert!(d.applied_generation().is_err());
         assert!(desired_records(&d).iter().any(|k| matches!(
             k,

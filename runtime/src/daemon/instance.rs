@@ -114,6 +114,7 @@ impl Daemon {
                     tracing::warn!(instance = %name, error = %e, "cannot create partition");
                 }
                 let earlier = self
+                    .outbox
                     .store
                     .observed()
                     .ok()
@@ -368,7 +369,7 @@ impl Daemon {
             last_exit: slot.lifecycle.last_exit(),
         };
         tracing::info!(instance = %name, state = crate::local_api::state_word(status).as_str(), pid, restarts = obs.restarts, "instance state");
-        if let Err(e) = self.store.put_observed(name, &obs) {
+        if let Err(e) = self.outbox.store.put_observed(name, &obs) {
             self.store_failed(&e);
         }
         self.record(kind);
@@ -518,9 +519,9 @@ impl Daemon {
             return;
         }
         for r in [
-            self.store.remove_observed(name),
-            self.store.remove_published(name),
-            self.store.remove_usage(name),
+            self.outbox.store.remove_observed(name),
+            self.outbox.store.remove_published(name),
+            self.outbox.store.remove_usage(name),
         ] {
             if let Err(e) = r {
                 self.store_failed(&e);
@@ -528,9 +529,9 @@ impl Daemon {
         }
         self.published.remove(name.as_str());
         // A destroyed local request is done: forget it (the outbox already holds it).
-        if let Ok(Some(r)) = self.store.local(name) {
+        if let Ok(Some(r)) = self.outbox.store.local(name) {
             if r.state == RequestedState::Destroyed {
-                if let Err(e) = self.store.remove_local(name) {
+                if let Err(e) = self.outbox.store.remove_local(name) {
                     self.store_failed(&e);
                 }
             }

@@ -47,7 +47,7 @@ impl Daemon {
             .map_err(|e| e.to_string())?;
         Ok(LinkSettings {
             node: self.cfg.node_id().clone(),
-            epoch: self.store.epoch(),
+            epoch: self.outbox.store.epoch(),
             host: u.host.clone(),
             port: u.port,
             keepalive: std::time::Duration::from_secs(u64::from(u.keepalive_s)),
@@ -145,11 +145,11 @@ impl Daemon {
             ToNode::Load { from, limit } => {
                 // Records are durable, and marked as handed over (so shedding keeps
                 // off them), before they leave the node. If either fails, none leave.
-                let read = self.store.outbox_from(from, limit).and_then(|r| {
+                let read = self.outbox.store.outbox_from(from, limit).and_then(|r| {
                     if let Some(last) = r.last() {
-                        self.store.hand_over(last.seq)?;
+                        self.outbox.store.hand_over(last.seq)?;
                     }
-                    self.store.flush_records()?;
+                    self.outbox.store.flush_records()?;
                     Ok(r)
                 });
                 let (records, end) = match read {
@@ -166,7 +166,7 @@ impl Daemon {
                     let _ = l.tx.send(ToLink::Loaded { from, records, end });
                 }
             }
-            ToNode::Delete { upto } => match self.store.ack(upto) {
+            ToNode::Delete { upto } => match self.outbox.store.ack(upto) {
                 Ok(n) => {
                     if let Some(l) = &mut self.link {
                         l.acked_upto = l.acked_upto.max(upto);
@@ -202,7 +202,7 @@ impl Daemon {
     }
 
     pub(super) fn link_status(&self) -> crate::local_api::UplinkView {
-        let epoch = self.store.epoch();
+        let epoch = self.outbox.store.epoch();
         match &self.link {
             None => crate::local_api::UplinkView {
                 enabled: self.cfg.uplink.enabled,

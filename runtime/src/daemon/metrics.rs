@@ -219,13 +219,13 @@ impl Daemon {
             "hedge_outbox_depth",
             "Records waiting for the master.",
             "gauge",
-            vec![(String::new(), self.store.outbox_depth().to_string())],
+            vec![(String::new(), self.outbox.store.outbox_depth().to_string())],
         );
         metric(
             "hedge_outbox_bytes",
             "Bytes of records waiting for the master.",
             "gauge",
-            vec![(String::new(), self.store.outbox_bytes().to_string())],
+            vec![(String::new(), self.outbox.store.outbox_bytes().to_string())],
         );
         let c = &self.counters;
         metric(

@@ -23,6 +23,7 @@ mod instance;
 mod link;
 mod metrics;
 mod monitor;
+mod outbox;
 mod published;
 mod software;
 #[cfg(test)]
@@ -40,7 +41,6 @@ use tokio::sync::mpsc;
 
 use crate::config::NodeConfig;
 use crate::local_api::{self, Answer, ApiRequest, Refusal};
-use crate::monitor::shed::RecordClass;
 use crate::partition::Partitions;
 use crate::reconcile::{self, Held};
 use crate::store::{Store, StoreError};
@@ -125,14 +125,14 @@ pub use crate::local_api::Counters;
 /// The node daemon.
 pub struct Daemon {
     cfg: NodeConfig,
-    store: Store,
+    /// The store, the outbox quota and shedding.
+    outbox: outbox::Outbox,
     partitions: Partitions,
     slots: BTreeMap<Name, Slot>,
     published: BTreeMap<String, BTreeMap<String, String>>,
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: mpsc::UnboundedReceiver<Event>,
     counters: Counters,
-    store_log: RateLimit,
     published_log: RateLimit,
     check_log: RateLimit,
     shutting_down: bool,
@@ -144,12 +144,7 @@ pub struct Daemon {
     usage_cpu_ms: BTreeMap<String, u64>,
     thermal_zone: Option<PathBuf>,
     last_health: Option<crate::monitor::health::Health>,
-    /// When the next shedding pass is due.
-    shed_gate: crate::monitor::shed::Gate,
-    shed_log: RateLimit,
     disk_log: RateLimit,
-    /// The store hit a full disk; reopen it once space returns.
-    store_full: bool,
     desired_log: RateLimit,
     /// The applied state's expiry, reported once per generation.
     expiry: crate::desired::ExpiryWatch,
@@ -230,16 +225,16 @@ impl Daemon {
         });
         let (clk_tck, page_size) = crate::monitor::process_usage::system_units();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let quota = cfg.outbox_quota();
         let mut d = Daemon {
             cfg,
-            store,
+            outbox: outbox::Outbox::new(store, quota),
             partitions,
             slots: BTreeMap::new(),
             published,
             events_tx,
             events_rx,
             counters: Counters::default(),
-            store_log: RateLimit::default(),
             published_log: RateLimit::default(),
             check_log: RateLimit::default(),
             shutting_down: false,
@@ -251,10 +246,7 @@ impl Daemon {
             usage_cpu_ms: BTreeMap::new(),
             thermal_zone: crate::monitor::health::thermal_zone(),
             last_health: None,
-            shed_gate: Default::default(),
-            shed_log: RateLimit::default(),
             disk_log: RateLimit::default(),
-            store_full: false,
             desired_log: RateLimit::default(),
             expiry: Default::default(),
             expiry_log: RateLimit::default(),
@@ -325,7 +317,7 @@ impl Daemon {
             }
         }
         let this_boot = process_identity::boot_id();
-        for (name, mut obs) in self.store.observed()? {
+        for (name, mut obs) in self.outbox.store.observed()? {
             let Some(pgid) = obs.pgid else { continue };
             let verdict = process_identity::judge(
                 obs.boot_id.as_deref(),
@@ -351,7 +343,7 @@ impl Daemon {
             obs.start_ticks = None;
             obs.boot_id = None;
             if let Ok(n) = Name::new(&name) {
-                self.store.put_observed(&n, &obs)?;
+                self.outbox.store.put_observed(&n, &obs)?;
             }
         }
         Ok(())
@@ -359,31 +351,45 @@ impl Daemon {
 
     /// Appends a record; a failure is counted and logged (rate-limited), never fatal.
     pub(crate) fn record(&mut self, kind: RecordKind) {
-        let class = RecordClass::of(&kind);
-        let before = self.store.outbox_bytes();
-        match self.store.append(now_ms(), kind) {
-            Ok(_) => self.appended(&class, before),
+        let appended = self.outbox.append(now_ms(), kind);
+        self.after_append(appended);
+    }
+
+    /// After an append: on success shed if a pass is due, and wake the links.
+    pub(crate) fn after_append(&mut self, appended: Result<(), StoreError>) {
+        match appended {
+            Ok(()) => {
+                self.shed();
+                self.outbox_changed();
+            }
             Err(e) => self.store_failed(&e),
         }
     }
 
-    /// After a record of `class` was appended to an outbox of `before` bytes: shed if
-    /// a pass is due, and wake the link.
-    pub(crate) fn appended(&mut self, class: &RecordClass, before: u64) {
-        let bytes = self.store.outbox_bytes().saturating_sub(before);
-        self.shed_gate.appended(class, bytes);
-        self.shed_if_over_quota();
-        self.outbox_changed();
+    /// Runs the shedding pass the outbox plans, if one is due, and reports it.
+    fn shed(&mut self) {
+        let plan = match self.outbox.shed_plan() {
+            Ok(Some(plan)) => plan,
+            Ok(None) => return,
+            Err(e) => return self.store_failed(&e),
+        };
+        let (st, report) = match self.outbox.apply_shed(&plan) {
+            Ok(done) => done,
+            Err(e) => return self.store_failed(&e),
+        };
+        self.counters.shed_dropped_promise += st.dropped_promise;
+        self.counters.shed_dropped_health += st.dropped_health;
+        self.counters.shed_merged_usage += st.merged_usage;
+        if let Some(report) = report {
+            if let Err(e) = self.outbox.append_report(now_ms(), report) {
+                self.store_failed(&e);
+            }
+        }
     }
 
     pub(crate) fn store_failed(&mut self, e: &StoreError) {
         self.counters.store_errors += 1;
-        if e.is_no_space() {
-            self.store_full = true;
-        }
-        if let Some(suppressed) = self.store_log.allow(Instant::now()) {
-            tracing::warn!(error = %e, no_space = e.is_no_space(), suppressed, "store write failed; supervision continues");
-        }
+        self.outbox.failed(e);
     }
 
     /// The desired instances: the master's desired state plus local requests, or `None`
@@ -391,9 +397,10 @@ impl Daemon {
     /// reconciling against it would destroy every instance and its partition.
     fn desired(&mut self) -> Option<BTreeMap<Name, InstanceRequest>> {
         let read = self
+            .outbox
             .store
             .desired()
-            .and_then(|master| Ok((master, self.store.locals()?)));
+            .and_then(|master| Ok((master, self.outbox.store.locals()?)));
         match read {
             Ok((master, locals)) => Some(reconcile::desired_set(master, locals)),
             Err(e) => {
@@ -554,22 +561,10 @@ impl Daemon {
 
     /// After a full disk: once space is back, reopen the store so records resume.
     pub(crate) fn recover_store(&mut self) {
-        /// Free bytes wanted before trying: sled grows in 512 KiB segments.
-        const ROOM: u64 = 2 << 20;
-        if !self.store_full
-            || crate::monitor::health::read(&self.cfg.state_dir(), None).disk_free < ROOM
-        {
-            return;
-        }
-        match self.store.reopen() {
-            Ok(()) => {
-                self.store_full = false;
-                tracing::info!(
-                    next_seq = self.store.next_seq().unwrap_or(0),
-                    "disk space is back: store reopened, records resume"
-                );
-            }
-            Err(e) => self.store_failed(&e),
+        let state = self.cfg.state_dir();
+        let disk_free = || crate::monitor::health::read(&state, None).disk_free;
+        if let Err(e) = self.outbox.recover(disk_free) {
+            self.store_failed(&e);
         }
     }
 
@@ -629,10 +624,10 @@ impl Daemon {
             max_instances: self.cfg.max_instances(),
             instances,
             outbox: local_api::OutboxView {
-                depth: self.store.outbox_depth(),
-                next_seq: self.store.next_seq().unwrap_or(0),
-                bytes: self.store.outbox_bytes(),
-                quota_bytes: self.cfg.outbox_quota(),
+                depth: self.outbox.store.outbox_depth(),
+                next_seq: self.outbox.store.next_seq().unwrap_or(0),
+                bytes: self.outbox.store.outbox_bytes(),
+                quota_bytes: self.outbox.quota(),
             },
             incidents: self.incident_status(),
             uplink: self.link_status(),
@@ -645,7 +640,7 @@ impl Daemon {
 
     fn on_call(&mut self, req: ApiRequest) -> Result<Answer, Refusal> {
         // Records are durable before anyone is shown them.
-        if let Err(e) = self.store.flush_records() {
+        if let Err(e) = self.outbox.store.flush_records() {
             self.store_failed(&e);
         }
         match req {
@@ -664,12 +659,13 @@ impl Daemon {
                 self.set_local_state(&name, hedge_wire::RequestedState::Destroyed)
             }
             ApiRequest::Outbox { from, limit } => {
-                let records =
-                    self.store
-                        .outbox_from(from, limit.min(1000))
-                        .map_err(|e| Refusal::Store {
-                            reason: e.to_string(),
-                        })?;
+                let records = self
+                    .outbox
+                    .store
+                    .outbox_from(from, limit.min(1000))
+                    .map_err(|e| Refusal::Store {
+                        reason: e.to_string(),
+                    })?;
                 Ok(Answer::Outbox(local_api::OutboxPage { records }))
             }
             ApiRequest::LogPath { name } => {
@@ -687,7 +683,7 @@ impl Daemon {
     /// Whether the master owns `name`; an unreadable desired state is an error, so a
     /// local request can never take over a name the master may own.
     fn master_owns(&mut self, name: &Name) -> Result<bool, Refusal> {
-        match self.store.desired() {
+        match self.outbox.store.desired() {
             Ok(d) => Ok(d.is_some_and(|d| d.instances.iter().any(|r| &r.name == name))),
             Err(e) => {
                 self.store_failed(&e);
@@ -715,9 +711,12 @@ impl Daemon {
                 board: self.cfg.profile().id.clone(),
             });
         }
-        self.store.put_local(&request).map_err(|e| Refusal::Store {
-            reason: e.to_string(),
-        })?;
+        self.outbox
+            .store
+            .put_local(&request)
+            .map_err(|e| Refusal::Store {
+                reason: e.to_string(),
+            })?;
         self.record(RecordKind::LocalRequest {
             request: Box::new(request.clone()),
         });
@@ -738,6 +737,7 @@ impl Daemon {
             return Err(Refusal::OwnedByMaster { name: name.into() });
         }
         let mut request = self
+            .outbox
             .store
             .local(&n)
             .map_err(|e| Refusal::Store {

@@ -20,9 +20,8 @@ use super::{now_ms, Daemon, Event};
 use crate::monitor::checks::{self, Check};
 use crate::monitor::incident::{Incident, IncidentAction};
 use crate::monitor::promise::{CheckResult, PromiseEvent, PromiseState};
-use crate::monitor::shed::RecordClass;
 use crate::monitor::usage::{save, Accountant, ProcessIdentity, Sample};
-use crate::monitor::{health, process_usage, shed};
+use crate::monitor::{health, process_usage};
 use crate::render;
 use crate::supervisor::lifecycle::Input;
 
@@ -105,7 +104,7 @@ impl Daemon {
     /// A new accountant for `name`, or the one an earlier daemon left.
     pub(super) fn accountant_for(&mut self, name: &Name) -> Option<Accountant> {
         let interval = self.cfg.monitor.usage_interval_ms;
-        let restored = match self.store.usage_state(name) {
+        let restored = match self.outbox.store.usage_state(name) {
             Ok(Some(s)) if s.instance == *name && s.interval_ms == interval => {
                 Accountant::restore(s, self.clk_tck).ok()
             }
@@ -346,13 +345,13 @@ impl Daemon {
                         let stored = match state {
                             IncidentState::Resolved => {
                                 self.remember_resolved(&kind);
-                                self.store.remove_incident(*id)
+                                self.outbox.store.remove_incident(*id)
                             }
                             _ => match promise
                                 .as_ref()
                                 .and_then(|p| self.incidents.get(instance, p))
                             {
-                                Some(i) => self.store.put_incident(&i.clone()),
+                                Some(i) => self.outbox.store.put_incident(&i.clone()),
                                 None => Ok(()),
                             },
                         };
@@ -512,16 +511,9 @@ impl Daemon {
                             .or_default() += cpu_ms;
                     }
                     // The record and the state after it, as one (Store::append_usage).
-                    let class = RecordClass::of(&kind);
-                    let before = self.store.outbox_bytes();
-                    let r = self
-                        .store
-                        .append_usage(now_ms(), kind, &name, &state)
-                        .map(|_| ());
-                    if r.is_ok() {
-                        self.appended(&class, before);
-                    }
-                    r
+                    let appended = self.outbox.append_usage(now_ms(), kind, &name, &state);
+                    self.after_append(appended);
+                    Ok(())
                 }
                 None => {
                     // Between records, saved only when it matters (see `save::due`).
@@ -532,7 +524,7 @@ impl Daemon {
                                 cpu_milliticks: state.cpu_milliticks,
                                 at: now,
                             });
-                            self.store.put_usage(&name, &state)
+                            self.outbox.store.put_usage(&name, &state)
                         }
                         _ => Ok(()),
                     }
@@ -554,7 +546,7 @@ impl Daemon {
             disk_free: h.disk_free,
             temp_milli_c: h.temp_milli_c,
             uplink_up: self.link.as_ref().is_some_and(|l| l.up),
-            outbox_depth: self.store.outbox_depth() as u64,
+            outbox_depth: self.outbox.store.outbox_depth() as u64,
         });
     }
 
@@ -569,67 +561,6 @@ impl Daemon {
         }
         for kind in out {
             self.record(kind);
-        }
-    }
-
-    /// Sheds outbox records by priority when the outbox is over its quota; reports it.
-    pub(super) fn shed_if_over_quota(&mut self) {
-        let quota = self.cfg.outbox_quota();
-        let listed = self.store.outbox_bytes();
-        if !self.shed_gate.due(listed, quota) {
-            return;
-        }
-        self.shed_gate.ran(listed);
-        // Aim under the quota so that shedding is not redone on every record.
-        let target = quota - quota / 10;
-        // Records handed to the link may be in its look-ahead or sent and stored at the
-        // master as they are: never rewrite or drop those here (the ack deletes them).
-        let held = self.store.handed_upto();
-        let result = self.store.outbox_entries().and_then(|mut entries| {
-            entries.retain(|e| e.seq > held);
-            let plan = shed::plan(&entries, target);
-            self.store.apply_shed(&plan).map(|after| (plan, after))
-        });
-        let (plan, after) = match result {
-            Ok(done) => done,
-            Err(e) => return self.store_failed(&e),
-        };
-        let st = &plan.stats;
-        self.counters.shed_dropped_promise += st.dropped_promise;
-        self.counters.shed_dropped_health += st.dropped_health;
-        self.counters.shed_merged_usage += st.merged_usage;
-        if let Some(suppressed) = self.shed_log.allow(Instant::now()) {
-            tracing::warn!(
-                before = st.bytes_before,
-                after,
-                dropped_promise = st.dropped_promise,
-                dropped_health = st.dropped_health,
-                merged_usage = st.merged_usage,
-                folded_reports = st.folded_reports,
-                over_quota = st.over_quota,
-                suppressed,
-                "outbox over quota: shed records"
-            );
-        }
-        if plan.is_empty() {
-            return;
-        }
-        // The report goes straight to the store, not through `record`: it cannot start
-        // another pass. Later passes fold it into the first unsent report.
-        let report = RecordKind::Shed {
-            dropped_promise: st.dropped_promise as u32,
-            dropped_health: st.dropped_health as u32,
-            merged_usage: st.merged_usage as u32,
-            bytes_before: st.bytes_before,
-            bytes_after: after,
-        };
-        let before = self.store.outbox_bytes();
-        match self.store.append(now_ms(), report) {
-            Ok(_) => {
-                let bytes = self.store.outbox_bytes().saturating_sub(before);
-                self.shed_gate.appended(&RecordClass::ShedReport, bytes);
-            }
-            Err(e) => self.store_failed(&e),
         }
     }
 

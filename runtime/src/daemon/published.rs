@@ -131,7 +131,7 @@ impl Daemon {
                 continue;
             }
             tracing::info!(instance = %name, keys = params.len(), "connection parameters published");
-            if let Err(e) = self.store.put_published(&name, &params) {
+            if let Err(e) = self.outbox.store.put_published(&name, &params) {
                 self.store_failed(&e);
             }
             self.published

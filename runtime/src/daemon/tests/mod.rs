@@ -48,7 +48,7 @@ async fn an_unreadable_store_stops_reconciliation_and_destroys_nothing() {
     let partition = d.partitions.path(&name);
     std::fs::write(partition.join("srv/data"), b"tenant data").unwrap();
 
-    d.store.close();
+    d.outbox.store.close();
     d.reconcile();
 
     assert_eq!(d.counters.reconcile_skipped, 1);

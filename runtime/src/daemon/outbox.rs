@@ -1,0 +1,170 @@
+//! The outbox part of the daemon: the node's store, the outbox quota, and shedding.
+//!
+//! Contract: [`Outbox`] owns the [`Store`] every record goes to. [`Outbox::append`]
+//! writes one record and counts it towards the next shedding pass; it never sheds
+//! itself. The loop then asks [`Outbox::shed_plan`], which says whether a pass is due
+//! (see `crate::monitor::shed::Gate`) and returns its plan, computed over the records no
+//! link holds (records handed to a link may be in its look-ahead or already stored at the
+//! master as they are: the ack deletes those, shedding never touches them). The loop
+//! applies the plan with [`Outbox::apply_shed`] and appends the report it returns with
+//! [`Outbox::append_report`], which counts towards the next pass but cannot start one.
+//!
+//! Store failures are returned; [`Outbox::failed`] remembers a full disk and logs (at
+//! most every ten seconds), and [`Outbox::recover`] reopens the store once space is
+//! back, so records resume.
+
+use std::time::Instant;
+
+use hedge_wire::{Name, RecordKind};
+
+use super::RateLimit;
+use crate::monitor::shed::{self, RecordClass, ShedPlan, ShedStats};
+use crate::monitor::usage::AccountantState;
+use crate::store::{Store, StoreError};
+
+/// The store, the outbox's quota and the shedding schedule.
+pub(crate) struct Outbox {
+    pub(crate) store: Store,
+    quota: u64,
+    /// When the next shedding pass is due.
+    gate: shed::Gate,
+    shed_log: RateLimit,
+    store_log: RateLimit,
+    /// The store hit a full disk; reopen it once space returns.
+    full: bool,
+}
+
+impl Outbox {
+    pub(crate) fn new(store: Store, quota: u64) -> Self {
+        Outbox {
+            store,
+            quota,
+            gate: shed::Gate::default(),
+            shed_log: RateLimit::default(),
+            store_log: RateLimit::default(),
+            full: false,
+        }
+    }
+
+    pub(crate) fn quota(&self) -> u64 {
+        self.quota
+    }
+
+    /// Appends a record made at `now_ms`.
+    pub(crate) fn append(&mut self, now_ms: u64, kind: RecordKind) -> Result<(), StoreError> {
+        let class = RecordClass::of(&kind);
+        let before = self.store.outbox_bytes();
+        self.store.append(now_ms, kind)?;
+        self.appended(&class, before);
+        Ok(())
+    }
+
+    /// Appends a usage record and `name`'s accounting state after it, as one (see
+    /// `Store::append_usage`).
+    pub(crate) fn append_usage(
+        &mut self,
+        now_ms: u64,
+        kind: RecordKind,
+        name: &Name,
+        state: &AccountantState,
+    ) -> Result<(), StoreError> {
+        let class = RecordClass::of(&kind);
+        let before = self.store.outbox_bytes();
+        self.store.append_usage(now_ms, kind, name, state)?;
+        self.appended(&class, before);
+        Ok(())
+    }
+
+    fn appended(&mut self, class: &RecordClass, before: u64) {
+        let bytes = self.store.outbox_bytes().saturating_sub(before);
+        self.gate.appended(class, bytes);
+    }
+
+    /// The plan of a shedding pass when one is due, `None` otherwise.
+    pub(crate) fn shed_plan(&mut self) -> Result<Option<ShedPlan>, StoreError> {
+        let listed = self.store.outbox_bytes();
+        if !self.gate.due(listed, self.quota) {
+            return Ok(None);
+        }
+        self.gate.ran(listed);
+        // Aim under the quota so that shedding is not redone on every record.
+        let target = self.quota - self.quota / 10;
+        let held = self.store.handed_upto();
+        let mut entries = self.store.outbox_entries()?;
+        entries.retain(|e| e.seq > held);
+        Ok(Some(shed::plan(&entries, target)))
+    }
+
+    /// Applies a pass's plan and logs it (rate-limited); returns what it did, and the
+    /// report to append when it changed anything.
+    pub(crate) fn apply_shed(
+        &mut self,
+        plan: &ShedPlan,
+    ) -> Result<(ShedStats, Option<RecordKind>), StoreError> {
+        let after = self.store.apply_shed(plan)?;
+        let st = plan.stats.clone();
+        if let Some(suppressed) = self.shed_log.allow(Instant::now()) {
+            tracing::warn!(
+                before = st.bytes_before,
+                after,
+                dropped_promise = st.dropped_promise,
+                dropped_health = st.dropped_health,
+                merged_usage = st.merged_usage,
+                folded_reports = st.folded_reports,
+                over_quota = st.over_quota,
+                suppressed,
+                "outbox over quota: shed records"
+            );
+        }
+        // Later passes fold the report into the first unsent one.
+        #[allow(clippy::cast_possible_truncation)] // one pass sheds far fewer than 2^32 records
+        let report = (!plan.is_empty()).then(|| RecordKind::Shed {
+            dropped_promise: st.dropped_promise as u32,
+            dropped_health: st.dropped_health as u32,
+            merged_usage: st.merged_usage as u32,
+            bytes_before: st.bytes_before,
+            bytes_after: after,
+        });
+        Ok((st, report))
+    }
+
+    /// Appends a shed report: counted towards the next pass, never a pass itself.
+    pub(crate) fn append_report(
+        &mut self,
+        now_ms: u64,
+        report: RecordKind,
+    ) -> Result<(), StoreError> {
+        let before = self.store.outbox_bytes();
+        self.store.append(now_ms, report)?;
+        let bytes = self.store.outbox_bytes().saturating_sub(before);
+        self.gate.appended(&RecordClass::ShedReport, bytes);
+        Ok(())
+    }
+
+    /// A store operation failed: remember a full disk; log (rate-limited).
+    pub(crate) fn failed(&mut self, e: &StoreError) {
+        if e.is_no_space() {
+            self.full = true;
+        }
+        if let Some(suppressed) = self.store_log.allow(Instant::now()) {
+            tracing::warn!(error = %e, no_space = e.is_no_space(), suppressed, "store write failed; supervision continues");
+        }
+    }
+
+    /// After a full disk: once `disk_free()` is back above a few segments, reopen the
+    /// store so records resume. Nothing to do (and `disk_free` not called) otherwise.
+    pub(crate) fn recover(&mut self, disk_free: impl FnOnce() -> u64) -> Result<(), StoreError> {
+        /// Free bytes wanted before trying: sled grows in 512 KiB segments.
+        const ROOM: u64 = 2 << 20;
+        if !self.full || disk_free() < ROOM {
+            return Ok(());
+        }
+        self.store.reopen()?;
+        self.full = false;
+        tracing::info!(
+            next_seq = self.store.next_seq().unwrap_or(0),
+            "disk space is back: store reopened, records resume"
+        );
+        Ok(())
+    }
+}
