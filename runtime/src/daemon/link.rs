@@ -9,29 +9,8 @@ use hedge_uplink::link::{ToLink, ToNode};
 use hedge_uplink::mqtt::{self, LinkSettings};
 use tokio::sync::mpsc;
 
+use super::links::{LinkHandle, LinkId};
 use super::Daemon;
-
-/// What the daemon keeps of a running link.
-pub(crate) struct LinkHandle {
-    tx: mpsc::UnboundedSender<ToLink>,
-    task: tokio::task::JoinHandle<()>,
-    /// Connected and subscribed.
-    pub up: bool,
-    /// Highest seq sent in a range batch (may not be acknowledged yet).
-    pub sent_upto: u64,
-    /// Highest seq the master acknowledged (and the node deleted).
-    pub acked_upto: u64,
-    /// Records deleted after acknowledgement, this run.
-    pub deleted: u64,
-}
-
-/// Receives from the link when there is one; never resolves otherwise.
-pub(crate) async fn recv(rx: &mut Option<mpsc::UnboundedReceiver<ToNode>>) -> Option<ToNode> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
 
 impl Daemon {
     fn link_settings(&self) -> Result<LinkSettings, String> {
@@ -64,38 +43,35 @@ impl Daemon {
         })
     }
 
-    /// Starts the link task when the uplink is enabled.
-    pub(super) fn start_link(&mut self) -> Option<mpsc::UnboundedReceiver<ToNode>> {
+    /// Starts the uplink task when the uplink is enabled (replacing a running one).
+    pub(super) fn start_uplink(&mut self) {
         if !self.cfg.uplink.enabled {
             tracing::info!(
                 "uplink disabled: running offline (enroll with `hedge node init --enroll`)"
             );
-            return None;
+            return;
         }
         let cert = self.cfg.state_path(&self.cfg.uplink.cert);
         if !cert.exists() && self.cfg.uplink.artifacts.is_some() {
             tracing::info!(cert = %cert.display(), "uplink: no certificate yet; enrolling at the master's endpoint first");
-            return None;
+            return;
         }
         let settings = match self.link_settings() {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "uplink misconfigured: running offline");
-                return None;
+                return;
             }
         };
         let (to_node_tx, to_node_rx) = mpsc::unbounded_channel();
         let (to_link_tx, to_link_rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(mqtt::run(settings, to_node_tx, to_link_rx));
-        self.link = Some(LinkHandle {
-            tx: to_link_tx,
+        self.links.add(LinkHandle::new(
+            LinkId::Uplink,
+            to_link_tx,
+            to_node_rx,
             task,
-            up: false,
-            sent_upto: 0,
-            acked_upto: 0,
-            deleted: 0,
-        });
-        Some(to_node_rx)
+        ));
     }
 
     /// Starts the credentials task (enrollment, renewal) when the uplink is enabled and
@@ -112,7 +88,7 @@ impl Daemon {
             renew_at_percent: u.renew_at_percent,
             check: std::time::Duration::from_secs(u.renew_check_s),
         };
-        let down = self.link_down_since.clone();
+        let down = self.links.uplink_down_since.clone();
         let events = self.events_tx.clone();
         Some(tokio::spawn(crate::credentials::run(
             paths,
@@ -127,20 +103,8 @@ impl Daemon {
         )))
     }
 
-    pub(super) fn stop_link(&mut self) {
-        if let Some(l) = self.link.take() {
-            l.task.abort();
-        }
-    }
-
-    /// Tells the link that records were appended.
-    pub(super) fn outbox_changed(&self) {
-        if let Some(l) = &self.link {
-            let _ = l.tx.send(ToLink::OutboxChanged);
-        }
-    }
-
-    pub(super) fn on_link(&mut self, msg: ToNode) {
+    /// A message from the link `link`.
+    pub(super) fn on_link(&mut self, link: LinkId, msg: ToNode) {
         match msg {
             ToNode::Load { from, limit } => {
                 // Records are durable, and marked as handed over (so shedding keeps
@@ -162,13 +126,11 @@ impl Daemon {
                         (Vec::new(), true)
                     }
                 };
-                if let Some(l) = &self.link {
-                    let _ = l.tx.send(ToLink::Loaded { from, records, end });
-                }
+                self.links.send(link, ToLink::Loaded { from, records, end });
             }
             ToNode::Delete { upto } => match self.outbox.store.ack(upto) {
                 Ok(n) => {
-                    if let Some(l) = &mut self.link {
+                    if let Some(l) = self.links.get_mut(link) {
                         l.acked_upto = l.acked_upto.max(upto);
                         l.deleted += n as u64;
                     }
@@ -177,7 +139,7 @@ impl Daemon {
                 Err(e) => self.store_failed(&e),
             },
             ToNode::Sent { upto } => {
-                if let Some(l) = &mut self.link {
+                if let Some(l) = self.links.get_mut(link) {
                     l.sent_upto = l.sent_upto.max(upto);
                 }
             }
@@ -185,17 +147,20 @@ impl Daemon {
                 let _ = self.on_desired_frame(&frame);
             }
             ToNode::Link(up) => {
-                if let Some(l) = &mut self.link {
+                if let Some(l) = self.links.get_mut(link) {
                     l.up = up;
                 }
-                let mut down = self
-                    .link_down_since
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                match (up, *down) {
-                    (true, _) => *down = None,
-                    (false, None) => *down = Some(std::time::Instant::now()),
-                    (false, Some(_)) => {}
+                if link == LinkId::Uplink {
+                    let mut down = self
+                        .links
+                        .uplink_down_since
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    match (up, *down) {
+                        (true, _) => *down = None,
+                        (false, None) => *down = Some(std::time::Instant::now()),
+                        (false, Some(_)) => {}
+                    }
                 }
             }
         }
@@ -203,7 +168,7 @@ impl Daemon {
 
     pub(super) fn link_status(&self) -> crate::local_api::UplinkView {
         let epoch = self.outbox.store.epoch();
-        match &self.link {
+        match self.links.get(LinkId::Uplink) {
             None => crate::local_api::UplinkView {
                 enabled: self.cfg.uplink.enabled,
                 connected: false,

@@ -21,6 +21,7 @@ mod desired;
 mod disk;
 mod instance;
 mod link;
+mod links;
 mod metrics;
 mod monitor;
 mod outbox;
@@ -153,16 +154,14 @@ pub struct Daemon {
     clock_floor_ms: u64,
     /// The master's public key: only states it signed are applied.
     master_key: Option<ed25519_dalek::VerifyingKey>,
-    /// The uplink task's side of the conversation, when enabled.
-    link: Option<link::LinkHandle>,
+    /// The running links (the uplink, when enabled).
+    links: links::Links,
     /// The artifact cache and its downloads.
     software: software::Software,
     /// The node's cgroup v2 home, when the host has a writable one.
     cgroups: Option<crate::partition::cgroup::Cgroups>,
     /// Counters shared with the local API's connection tasks.
     api_stats: std::sync::Arc<api::ApiStats>,
-    /// Since when the uplink is down (`None` while up); read by the credentials task.
-    link_down_since: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 /// As root, instances run as their partition's uid and must traverse the state
@@ -252,11 +251,10 @@ impl Daemon {
             expiry_log: RateLimit::default(),
             clock_floor_ms: 0,
             master_key: None,
-            link: None,
+            links: links::Links::new(Instant::now()),
             software: software::Software::new(crate::artifact::Cache::new(&state)),
             cgroups,
             api_stats: Default::default(),
-            link_down_since: std::sync::Arc::new(std::sync::Mutex::new(Some(Instant::now()))),
         };
         d.master_key = d.cfg.master_key();
         d.kill_leftovers()?;
@@ -360,7 +358,7 @@ impl Daemon {
         match appended {
             Ok(()) => {
                 self.shed();
-                self.outbox_changed();
+                self.links.outbox_changed();
             }
             Err(e) => self.store_failed(&e),
         }
@@ -476,7 +474,7 @@ impl Daemon {
             api::Admission::from_config(&self.cfg),
             self.api_stats.clone(),
         ));
-        let mut link_rx = self.start_link();
+        self.start_uplink();
         let credentials = self.start_credentials();
         self.record_node_info();
         let wanted = self.desired().map_or(0, |d| d.len());
@@ -505,14 +503,14 @@ impl Daemon {
             tokio::select! {
                 Some(ev) = self.events_rx.recv() => {
                     if matches!(ev, Event::Credentials) {
-                        self.stop_link();
-                        link_rx = self.start_link();
+                        self.links.stop(links::LinkId::Uplink);
+                        self.start_uplink();
                         self.software.source = None;
                     } else {
                         self.on_event(ev);
                     }
                 }
-                Some(msg) = link::recv(&mut link_rx) => self.on_link(msg),
+                (link, msg) = self.links.recv() => self.on_link(link, msg),
                 Some(call) = calls_rx.recv(), if !self.shutting_down => {
                     self.counters.api_refused = self.api_stats.refused();
                     let answer = self.on_call(call.request);
@@ -546,7 +544,7 @@ impl Daemon {
         if let Some(c) = credentials {
             c.abort();
         }
-        self.stop_link();
+        self.links.stop_all();
         self.stop_downloads();
         if let Some(m) = metrics_server {
             m.abort();

@@ -545,7 +545,10 @@ impl Daemon {
             mem_available: h.mem_available,
             disk_free: h.disk_free,
             temp_milli_c: h.temp_milli_c,
-            uplink_up: self.link.as_ref().is_some_and(|l| l.up),
+            uplink_up: self
+                .links
+                .get(super::links::LinkId::Uplink)
+                .is_some_and(|l| l.up),
             outbox_depth: self.outbox.store.outbox_depth() as u64,
         });
     }
