@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use hedge_wire::{ExitStatus, InstanceRequest, InstanceStatus, Name, RecordKind, RequestedState};
 
+use super::instances::Slot;
 use super::software::Need;
 use super::{Daemon, Event};
 use crate::partition::cgroup::Cgroup;
@@ -63,35 +64,6 @@ pub(crate) fn kill_group(group: &Cgroup) -> Result<usize, PartitionError> {
     }
 }
 
-/// The daemon's hold on one instance.
-pub(crate) struct Slot {
-    /// The request it was set up from.
-    pub request: InstanceRequest,
-    /// Its lifecycle.
-    pub lifecycle: Lifecycle,
-    /// Hash of the rendered configuration the current process runs with.
-    pub rendered_hash: Option<[u8; 32]>,
-    /// Start time of the current process (for leftover detection after a crash).
-    pub start_ticks: Option<u64>,
-    /// The rlimits the current process was started with (they cannot change after
-    /// `exec`: a request with others restarts it).
-    pub started_rlimits: Option<Vec<(nix::sys::resource::Resource, u64)>>,
-    /// Its cgroup, where the node has cgroup v2 (made at its first start).
-    pub cgroup: Option<Cgroup>,
-    /// Destroy once idle.
-    pub destroying: bool,
-    /// Its promises.
-    pub promises: Vec<super::monitor::PromiseSlot>,
-    /// Bumped when the promises are replaced, so late check results are ignored.
-    pub promises_gen: u64,
-    /// Its usage accounting.
-    pub accountant: Option<crate::monitor::usage::Accountant>,
-    /// The last save of its accounting state between usage records.
-    pub saved: Option<crate::monitor::usage::save::Saved>,
-    /// The last measure of its partition's disk use (see `daemon::disk`).
-    pub disk: super::monitor::DiskMeasure,
-}
-
 fn policy_for(base: Policy, r: &InstanceRequest) -> Policy {
     let ms = |v: Option<u32>, d: std::time::Duration| {
         v.map(|v| std::time::Duration::from_millis(u64::from(v)))
@@ -110,7 +82,7 @@ impl Daemon {
         match step {
             Step::Create(request) => {
                 let name = request.name.clone();
-                if let Err(e) = self.partitions.ensure(&name) {
+                if let Err(e) = self.instances.partitions.ensure(&name) {
                     tracing::warn!(instance = %name, error = %e, "cannot create partition");
                 }
                 let earlier = self
@@ -126,9 +98,10 @@ impl Daemon {
                     earlier.restarts,
                     earlier.last_exit,
                 );
-                let promises = Self::promise_slots(&request);
                 let accountant = self.accountant_for(&name);
-                self.slots.insert(
+                self.monitoring
+                    .watch(name.clone(), &request, accountant, Instant::now());
+                self.instances.slots.insert(
                     name,
                     Slot {
                         request,
@@ -138,40 +111,29 @@ impl Daemon {
                         started_rlimits: None,
                         cgroup: None,
                         destroying: false,
-                        promises,
-                        promises_gen: 0,
-                        accountant,
-                        saved: None,
-                        disk: Default::default(),
                     },
                 );
             }
             Step::Update(request) => {
                 let name = request.name.clone();
                 let policy = policy_for(self.cfg.policy(), &request);
-                let mut removed = Vec::new();
+                let mut effects = Vec::new();
                 let mut limits_changed = false;
-                if let Some(slot) = self.slots.get_mut(&name) {
+                if let Some(slot) = self.instances.slots.get_mut(&name) {
                     limits_changed = slot.request.limits != request.limits;
-                    if slot.request.promises != request.promises {
-                        removed = slot
-                            .promises
-                            .iter()
-                            .map(|p| p.spec.name.clone())
-                            .filter(|n| !request.promises.iter().any(|q| &q.name == n))
-                            .collect();
-                        slot.promises = Self::promise_slots(&request);
-                        slot.promises_gen += 1;
-                    }
+                    effects = self.monitoring.request_changed(
+                        &name,
+                        &slot.request,
+                        &request,
+                        Instant::now(),
+                        super::now_ms(),
+                    );
                     slot.request = request;
                     slot.lifecycle.set_policy(policy);
                 }
-                let wall = super::now_ms();
-                for p in removed {
-                    let actions = self.incidents.on_promise_removed(wall, &name, &p);
-                    self.incident_actions(actions);
-                }
+                self.dispatch(effects);
                 let running = self
+                    .instances
                     .slots
                     .get(&name)
                     .is_some_and(|s| s.lifecycle.pid().is_some());
@@ -185,7 +147,7 @@ impl Daemon {
             Step::Start(name) => self.drive(&name, Input::Start),
             Step::Stop(name) => self.drive(&name, Input::Stop),
             Step::Destroy(name) => {
-                if let Some(slot) = self.slots.get_mut(&name) {
+                if let Some(slot) = self.instances.slots.get_mut(&name) {
                     slot.destroying = true;
                     self.drive(&name, Input::Stop);
                 } else {
@@ -199,7 +161,8 @@ impl Daemon {
     /// process keeps running under the new limits). True when done or when there is no
     /// group yet (its first start sets them up); false when the rewrite failed.
     fn update_cgroup_limits(&mut self, name: &Name) -> bool {
-        let (Some(cgs), Some(slot)) = (&self.cgroups, self.slots.get(name)) else {
+        let (Some(cgs), Some(slot)) = (&self.instances.cgroups, self.instances.slots.get(name))
+        else {
             return true;
         };
         if slot.cgroup.is_none() {
@@ -220,7 +183,7 @@ impl Daemon {
     /// Re-renders `name`; restarts it when it runs (or waits) with another result, or
     /// when it runs with rlimits other than those its request now asks for.
     pub(super) fn restart_if_changed(&mut self, name: &Name) {
-        let Some(slot) = self.slots.get(name) else {
+        let Some(slot) = self.instances.slots.get(name) else {
             return;
         };
         if !slot.lifecycle.wants_running() {
@@ -236,11 +199,11 @@ impl Daemon {
                 return;
             }
         }
-        let Some(slot) = self.slots.get(name) else {
+        let Some(slot) = self.instances.slots.get(name) else {
             return;
         };
         let new_hash = render::render_instance(&slot.request, installed.as_deref(), &|i, k| {
-            self.published_param(i, k)
+            self.instances.published_param(i, k)
         })
         .ok()
         .map(|r| r.hash);
@@ -258,15 +221,11 @@ impl Daemon {
         }
     }
 
-    pub(super) fn published_param(&self, instance: &str, key: &str) -> Option<String> {
-        self.published.get(instance)?.get(key).cloned()
-    }
-
     /// Feeds `input` to `name`'s lifecycle and performs the actions, to a fixed point.
     pub(super) fn drive(&mut self, name: &Name, input: Input) {
         let mut inputs = vec![input];
         while let Some(input) = inputs.pop() {
-            let Some(slot) = self.slots.get_mut(name) else {
+            let Some(slot) = self.instances.slots.get_mut(name) else {
                 return;
             };
             let actions = slot.lifecycle.handle(Instant::now(), input);
@@ -283,7 +242,12 @@ impl Daemon {
                             tracing::debug!(instance = %name, pgid, error = %e, "signal not delivered");
                         }
                         // Members that left the process group (`setsid`) get it too.
-                        if let Some(cg) = self.slots.get(name).and_then(|s| s.cgroup.as_ref()) {
+                        if let Some(cg) = self
+                            .instances
+                            .slots
+                            .get(name)
+                            .and_then(|s| s.cgroup.as_ref())
+                        {
                             match sig {
                                 Sig::Term => cg.signal(signal),
                                 Sig::Kill => {
@@ -299,6 +263,7 @@ impl Daemon {
             }
         }
         let (idle, destroying) = self
+            .instances
             .slots
             .get(name)
             .map_or((false, false), |s| (s.lifecycle.is_idle(), s.destroying));
@@ -313,10 +278,14 @@ impl Daemon {
     /// Kills whatever of a stopped instance still runs (in its cgroup, or as its uid
     /// where there is no cgroup) and waits for it to be gone. False if some survived.
     fn sweep(&mut self, name: &Name) -> bool {
-        let group = self.slots.get(name).and_then(|s| s.cgroup.clone());
+        let group = self
+            .instances
+            .slots
+            .get(name)
+            .and_then(|s| s.cgroup.clone());
         let result = match group {
             Some(g) => kill_group(&g).map_err(|e| e.to_string()),
-            None => match self.partitions.uid_of(name) {
+            None => match self.instances.partitions.uid_of(name) {
                 Some(uid) => {
                     let found = process_identity::pids_of_uid(uid).len();
                     if found == 0 {
@@ -346,7 +315,7 @@ impl Daemon {
 
     /// Writes the new state to the store: observed state, then an outbox record.
     fn report(&mut self, name: &Name, status: InstanceStatus) {
-        let Some(slot) = self.slots.get(name) else {
+        let Some(slot) = self.instances.slots.get(name) else {
             return;
         };
         let pid = slot.lifecycle.pid();
@@ -377,7 +346,7 @@ impl Daemon {
 
     /// Renders and starts `name`'s process; returns the input to feed back.
     fn spawn(&mut self, name: &Name) -> Input {
-        let Some(slot) = self.slots.get(name) else {
+        let Some(slot) = self.instances.slots.get(name) else {
             return Input::SpawnFailed { waiting: false };
         };
         let request = slot.request.clone();
@@ -391,11 +360,11 @@ impl Daemon {
                 return Input::SpawnFailed { waiting: false };
             }
         };
-        let Some(slot) = self.slots.get(name) else {
+        let Some(slot) = self.instances.slots.get(name) else {
             return Input::SpawnFailed { waiting: false };
         };
         let rendered = match render::render_instance(&slot.request, artifact.as_deref(), &|i, k| {
-            self.published_param(i, k)
+            self.instances.published_param(i, k)
         }) {
             Ok(r) => r,
             Err(RenderError::Missing(key)) => {
@@ -409,7 +378,7 @@ impl Daemon {
                 return Input::SpawnFailed { waiting: false };
             }
         };
-        let part = match self.partitions.ensure(name) {
+        let part = match self.instances.partitions.ensure(name) {
             Ok(p) => p,
             Err(e) => {
                 self.counters.spawn_failures += 1;
@@ -418,14 +387,18 @@ impl Daemon {
             }
         };
         for (rel, contents) in &rendered.files {
-            if let Err(e) = self.partitions.write_file(&part, rel, contents.as_bytes()) {
+            if let Err(e) = self
+                .instances
+                .partitions
+                .write_file(&part, rel, contents.as_bytes())
+            {
                 self.counters.spawn_failures += 1;
                 tracing::warn!(instance = %name, file = rel, error = %e, "cannot write config file");
                 return Input::SpawnFailed { waiting: false };
             }
         }
         let limits = slot.request.limits.clone();
-        let cgroup = match &self.cgroups {
+        let cgroup = match &self.instances.cgroups {
             Some(cgs) => match cgs.setup(name, &limits) {
                 Ok(g) => Some(g),
                 Err(e) => {
@@ -451,7 +424,7 @@ impl Daemon {
         match spawn::spawn(&spec) {
             Ok(spawned) => {
                 let pid = spawned.pid;
-                let Some(slot) = self.slots.get_mut(name) else {
+                let Some(slot) = self.instances.slots.get_mut(name) else {
                     return Input::SpawnFailed { waiting: false };
                 };
                 slot.cgroup = cgroup;
@@ -481,21 +454,16 @@ impl Daemon {
     /// Drops the slot, removes the partition and everything stored about it.
     fn finish_destroy(&mut self, name: &Name) {
         // Close its last usage interval while the slot still exists.
-        if let Some(kind) = self
-            .slots
-            .get_mut(name)
-            .and_then(|s| s.accountant.as_mut())
-            .and_then(|a| a.close_interval(super::now_ms(), 0))
-        {
-            self.record(kind);
-        }
-        let actions = self.incidents.on_instance_destroyed(super::now_ms(), name);
-        self.incident_actions(actions);
+        let effects = self.monitoring.instance_destroyed(name, super::now_ms());
+        self.dispatch(effects);
         // Nothing of the instance may outlive it: its uid is freed below.
         self.sweep(name);
         let group = match (
-            self.slots.get(name).and_then(|s| s.cgroup.clone()),
-            &self.cgroups,
+            self.instances
+                .slots
+                .get(name)
+                .and_then(|s| s.cgroup.clone()),
+            &self.instances.cgroups,
         ) {
             (Some(g), _) => Some(g),
             // A group left by an earlier run of the daemon.
@@ -511,10 +479,11 @@ impl Daemon {
                 tracing::warn!(instance = %name, error = %e, "cannot remove cgroup");
             }
         }
-        if self.slots.remove(name).is_some() {
+        self.monitoring.unwatch(name);
+        if self.instances.slots.remove(name).is_some() {
             self.prune_downloads();
         }
-        if let Err(e) = self.partitions.remove(name) {
+        if let Err(e) = self.instances.partitions.remove(name) {
             tracing::warn!(instance = %name, error = %e, "cannot remove partition");
             return;
         }
@@ -527,7 +496,7 @@ impl Daemon {
                 self.store_failed(&e);
             }
         }
-        self.published.remove(name.as_str());
+        self.instances.published.remove(name.as_str());
         // A destroyed local request is done: forget it (the outbox already holds it).
         if let Ok(Some(r)) = self.outbox.store.local(name) {
             if r.state == RequestedState::Destroyed {

@@ -147,8 +147,9 @@ impl Daemon {
                 let _ = writeln!(out, "{name}{labels} {value}");
             }
         };
-        let per = |f: &dyn Fn(&super::instance::Slot) -> String| -> Vec<(String, String)> {
-            self.slots
+        let per = |f: &dyn Fn(&super::instances::Slot) -> String| -> Vec<(String, String)> {
+            self.instances
+                .slots
                 .iter()
                 .map(|(n, s)| (format!("{{instance=\"{}\"}}", label(n.as_str())), f(s)))
                 .collect()
@@ -171,12 +172,14 @@ impl Daemon {
             "hedge_usage_cpu_ms_total",
             "CPU ms reported in usage records by this daemon run.",
             "counter",
-            self.slots
+            self.instances
+                .slots
                 .keys()
                 .map(|n| {
                     (
                         format!("{{instance=\"{}\"}}", label(n.as_str())),
-                        self.usage_cpu_ms
+                        self.monitoring
+                            .usage_cpu_ms
                             .get(n.as_str())
                             .copied()
                             .unwrap_or(0)
@@ -186,7 +189,7 @@ impl Daemon {
                 .collect(),
         );
         let mut promises = Vec::new();
-        for (n, s) in &self.slots {
+        for (n, s) in &self.monitoring.watched {
             for p in &s.promises {
                 if let Some((ok, _)) = p.state.last() {
                     promises.push((
@@ -212,7 +215,11 @@ impl Daemon {
             "gauge",
             vec![(
                 String::new(),
-                self.incidents.open_incidents().count().to_string(),
+                self.monitoring
+                    .incidents
+                    .open_incidents()
+                    .count()
+                    .to_string(),
             )],
         );
         metric(

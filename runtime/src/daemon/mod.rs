@@ -19,18 +19,21 @@
 pub mod api;
 mod desired;
 mod disk;
+mod effect;
 mod instance;
+mod instances;
 mod link;
 mod links;
 mod metrics;
 mod monitor;
+mod monitoring;
 mod outbox;
 mod published;
 mod software;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -43,11 +46,13 @@ use tokio::sync::mpsc;
 use crate::config::NodeConfig;
 use crate::local_api::{self, Answer, ApiRequest, Refusal};
 use crate::partition::Partitions;
-use crate::reconcile::{self, Held};
+use crate::reconcile;
 use crate::store::{Store, StoreError};
 use crate::supervisor::process_identity;
 use api::ApiCall;
-use instance::Slot;
+use effect::Effect;
+use instances::Instances;
+use monitoring::Monitoring;
 
 /// The target this binary was built for (`arch-vendor-os-env`).
 pub const TARGET: &str = env!("HEDGE_TARGET");
@@ -128,24 +133,16 @@ pub struct Daemon {
     cfg: NodeConfig,
     /// The store, the outbox quota and shedding.
     outbox: outbox::Outbox,
-    partitions: Partitions,
-    slots: BTreeMap<Name, Slot>,
-    published: BTreeMap<String, BTreeMap<String, String>>,
+    /// Slots, partitions, published connection parameters, cgroups.
+    instances: Instances,
+    /// Promises, incidents, accounting, health.
+    monitoring: Monitoring,
+    /// The running links (the uplink, when enabled).
+    links: links::Links,
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: mpsc::UnboundedReceiver<Event>,
     counters: Counters,
-    published_log: RateLimit,
-    check_log: RateLimit,
     shutting_down: bool,
-    incidents: crate::monitor::incident::Incidents,
-    resolved: std::collections::VecDeque<crate::monitor::incident::Incident>,
-    timers: monitor::Timers,
-    clk_tck: u64,
-    page_size: u64,
-    usage_cpu_ms: BTreeMap<String, u64>,
-    thermal_zone: Option<PathBuf>,
-    last_health: Option<crate::monitor::health::Health>,
-    disk_log: RateLimit,
     desired_log: RateLimit,
     /// The applied state's expiry, reported once per generation.
     expiry: crate::desired::ExpiryWatch,
@@ -154,12 +151,8 @@ pub struct Daemon {
     clock_floor_ms: u64,
     /// The master's public key: only states it signed are applied.
     master_key: Option<ed25519_dalek::VerifyingKey>,
-    /// The running links (the uplink, when enabled).
-    links: links::Links,
     /// The artifact cache and its downloads.
     software: software::Software,
-    /// The node's cgroup v2 home, when the host has a writable one.
-    cgroups: Option<crate::partition::cgroup::Cgroups>,
     /// Counters shared with the local API's connection tasks.
     api_stats: std::sync::Arc<api::ApiStats>,
 }
@@ -222,38 +215,30 @@ impl Daemon {
                 cfg.monitor.escalate_after,
             )
         });
-        let (clk_tck, page_size) = crate::monitor::process_usage::system_units();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let quota = cfg.outbox_quota();
+        let now = Instant::now();
         let mut d = Daemon {
-            cfg,
             outbox: outbox::Outbox::new(store, quota),
-            partitions,
-            slots: BTreeMap::new(),
-            published,
+            instances: Instances::new(partitions, state.join("partitions"), published, cgroups),
+            monitoring: Monitoring::new(
+                incidents,
+                now,
+                crate::monitor::process_usage::system_units(),
+                crate::monitor::health::thermal_zone(),
+            ),
+            links: links::Links::new(now),
+            cfg,
             events_tx,
             events_rx,
             counters: Counters::default(),
-            published_log: RateLimit::default(),
-            check_log: RateLimit::default(),
             shutting_down: false,
-            incidents,
-            resolved: Default::default(),
-            timers: monitor::Timers::new(Instant::now()),
-            clk_tck,
-            page_size,
-            usage_cpu_ms: BTreeMap::new(),
-            thermal_zone: crate::monitor::health::thermal_zone(),
-            last_health: None,
-            disk_log: RateLimit::default(),
             desired_log: RateLimit::default(),
             expiry: Default::default(),
             expiry_log: RateLimit::default(),
             clock_floor_ms: 0,
             master_key: None,
-            links: links::Links::new(Instant::now()),
             software: software::Software::new(crate::artifact::Cache::new(&state)),
-            cgroups,
             api_stats: Default::default(),
         };
         d.master_key = d.cfg.master_key();
@@ -285,7 +270,7 @@ impl Daemon {
     /// everything left in the node's instance cgroups or, without cgroups, running as
     /// a partition's uid (nothing of this daemon runs yet).
     fn kill_leftovers(&mut self) -> Result<(), DaemonError> {
-        if let Some(cgs) = &self.cgroups {
+        if let Some(cgs) = &self.instances.cgroups {
             for (name, group) in cgs.existing() {
                 if !group.is_empty() {
                     self.counters.leftovers_killed += 1;
@@ -298,8 +283,8 @@ impl Daemon {
             }
         } else {
             // No cgroups: whatever still runs as a partition's uid is a leftover.
-            for name in self.partitions_on_disk() {
-                let Some(uid) = self.partitions.uid_of(&name) else {
+            for name in self.instances.on_disk() {
+                let Some(uid) = self.instances.partitions.uid_of(&name) else {
                     continue;
                 };
                 if process_identity::pids_of_uid(uid).is_empty() {
@@ -390,6 +375,50 @@ impl Daemon {
         self.outbox.failed(e);
     }
 
+    /// Performs what a part asked, in order.
+    pub(crate) fn dispatch(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Record(kind) => self.record(kind),
+                Effect::SaveIncident(incident) => {
+                    if let Err(e) = self.outbox.store.put_incident(&incident) {
+                        self.store_failed(&e);
+                    }
+                }
+                Effect::ForgetIncident(id) => {
+                    if let Err(e) = self.outbox.store.remove_incident(id) {
+                        self.store_failed(&e);
+                    }
+                }
+                Effect::Repair(instance) => {
+                    let running = self.instances.slots.get(&instance).is_some_and(|s| {
+                        s.lifecycle.status() == hedge_wire::InstanceStatus::Running
+                    });
+                    if running {
+                        tracing::info!(instance = %instance, "self-repair: restarting");
+                        self.counters.repairs += 1;
+                        self.drive(&instance, crate::supervisor::lifecycle::Input::Restart);
+                    }
+                }
+                Effect::Usage {
+                    instance,
+                    record,
+                    state,
+                } => {
+                    let appended = self
+                        .outbox
+                        .append_usage(now_ms(), record, &instance, &state);
+                    self.after_append(appended);
+                }
+                Effect::SaveUsage { instance, state } => {
+                    if let Err(e) = self.outbox.store.put_usage(&instance, &state) {
+                        self.store_failed(&e);
+                    }
+                }
+            }
+        }
+    }
+
     /// The desired instances: the master's desired state plus local requests, or `None`
     /// when the store cannot say. An unreadable desired set is never an empty one:
     /// reconciling against it would destroy every instance and its partition.
@@ -408,16 +437,6 @@ impl Daemon {
         }
     }
 
-    fn partitions_on_disk(&self) -> BTreeSet<Name> {
-        std::fs::read_dir(self.cfg.state_dir().join("partitions"))
-            .map(|rd| {
-                rd.filter_map(Result::ok)
-                    .filter_map(|e| Name::new(e.file_name().to_str()?).ok())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
     /// Diffs desired against held and applies the steps.
     fn reconcile(&mut self) {
         if self.shutting_down {
@@ -428,20 +447,7 @@ impl Daemon {
             tracing::warn!("desired state unreadable; reconciliation skipped, nothing destroyed");
             return;
         };
-        let held: BTreeMap<Name, Held> = self
-            .slots
-            .iter()
-            .map(|(n, s)| {
-                (
-                    n.clone(),
-                    Held {
-                        request: s.request.clone(),
-                        running: s.lifecycle.wants_running(),
-                    },
-                )
-            })
-            .collect();
-        let steps = reconcile::diff(&desired, &held, &self.partitions_on_disk());
+        let steps = reconcile::diff(&desired, &self.instances.held(), &self.instances.on_disk());
         for step in steps {
             tracing::debug!(?step, "reconcile");
             self.apply(step);
@@ -485,13 +491,13 @@ impl Daemon {
         published_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stop_deadline: Option<Instant> = None;
         loop {
-            if self.shutting_down && self.slots.values().all(|s| s.lifecycle.is_idle()) {
+            if self.shutting_down && self.instances.all_idle() {
                 break;
             }
             let wake = self
-                .slots
-                .values()
-                .filter_map(|s| s.lifecycle.deadline())
+                .instances
+                .deadline()
+                .into_iter()
                 .chain(stop_deadline)
                 .chain(if self.shutting_down {
                     None
@@ -533,8 +539,7 @@ impl Daemon {
                     self.sample_usage(true);
                     self.shutting_down = true;
                     stop_deadline = Some(Instant::now() + self.cfg.policy().grace * 2 + Duration::from_secs(1));
-                    let names: Vec<Name> = self.slots.keys().cloned().collect();
-                    for n in names {
+                    for n in self.instances.names() {
                         self.drive(&n, crate::supervisor::lifecycle::Input::Stop);
                     }
                 }
@@ -550,7 +555,7 @@ impl Daemon {
             m.abort();
         }
         let _ = std::fs::remove_file(self.cfg.socket_path());
-        if let Some(cgs) = &self.cgroups {
+        if let Some(cgs) = &self.instances.cgroups {
             cgs.remove_empty();
         }
         tracing::info!("node stopped");
@@ -567,14 +572,7 @@ impl Daemon {
     }
 
     fn tick(&mut self) {
-        let now = Instant::now();
-        let due: Vec<Name> = self
-            .slots
-            .iter()
-            .filter(|(_, s)| s.lifecycle.deadline().is_some_and(|d| d <= now))
-            .map(|(n, _)| n.clone())
-            .collect();
-        for n in due {
+        for n in self.instances.due(Instant::now()) {
             self.drive(&n, crate::supervisor::lifecycle::Input::Tick);
         }
     }
@@ -602,6 +600,7 @@ impl Daemon {
 
     fn status(&self) -> local_api::NodeStatus {
         let instances = self
+            .instances
             .slots
             .iter()
             .map(|(n, s)| local_api::InstanceView {
@@ -631,7 +630,7 @@ impl Daemon {
             uplink: self.link_status(),
             desired: self.desired_status(),
             software: self.software_status(),
-            health: self.last_health.map(local_api::HealthView::from),
+            health: self.monitoring.last_health.map(local_api::HealthView::from),
             counters: self.counters.clone(),
         }
     }
@@ -668,11 +667,13 @@ impl Daemon {
             }
             ApiRequest::LogPath { name } => {
                 let n = valid_name(&name)?;
-                if !self.slots.contains_key(&n) {
+                if !self.instances.slots.contains_key(&n) {
                     return Err(Refusal::NotFound { name });
                 }
-                let path =
-                    crate::supervisor::spawn::log_path(&self.partitions.path(&n), n.as_str());
+                let path = crate::supervisor::spawn::log_path(
+                    &self.instances.partitions.path(&n),
+                    n.as_str(),
+                );
                 Ok(Answer::LogPath(local_api::LogPath { path }))
             }
         }
@@ -703,7 +704,8 @@ impl Daemon {
             });
         }
         let max = self.cfg.max_instances();
-        if !self.slots.contains_key(&request.name) && self.slots.len() >= max as usize {
+        let slots = &self.instances.slots;
+        if !slots.contains_key(&request.name) && slots.len() >= max as usize {
             return Err(Refusal::NodeFull {
                 max,
                 board: self.cfg.profile().id.clone(),

@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 use hedge_wire::{Name, RecordKind};
 use serde_json::Value;
 
+use super::instances::Instances;
 use super::Daemon;
 use crate::partition::at;
-use crate::render;
 
 /// How often partitions are checked for a new `etc/connection.json`.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -114,48 +114,58 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, String>, String> {
         .collect()
 }
 
-impl Daemon {
-    /// Reads every partition's `etc/connection.json` and propagates changes.
-    pub(super) fn poll_connections(&mut self) {
-        let names: Vec<Name> = self.slots.keys().cloned().collect();
-        for name in names {
-            let params = match read(&self.partitions.path(&name)) {
-                Ok(Some(p)) => p,
-                Ok(None) => continue,
-                Err(e) => {
-                    self.bad_connection_file(&name, &e.to_string());
-                    continue;
+impl Instances {
+    /// Reads `name`'s `etc/connection.json`: the parameters when they differ from what
+    /// it published before (kept as published from now on); `None` when unchanged,
+    /// absent, or malformed (counted in `bad_files`, logged rate-limited).
+    pub(super) fn read_published(
+        &mut self,
+        name: &Name,
+        bad_files: &mut u64,
+    ) -> Option<BTreeMap<String, String>> {
+        let params = match read(&self.partitions.path(name)) {
+            Ok(Some(p)) => p,
+            Ok(None) => return None,
+            Err(e) => {
+                *bad_files += 1;
+                if self.published_log.allow(Instant::now()).is_some() {
+                    let why = e.to_string();
+                    tracing::warn!(instance = %name, error = why.as_str(), "ignoring malformed etc/connection.json");
                 }
-            };
-            if self.published.get(name.as_str()) == Some(&params) {
-                continue;
+                return None;
             }
+        };
+        if self.published.get(name.as_str()) == Some(&params) {
+            return None;
+        }
+        self.published
+            .insert(name.as_str().to_string(), params.clone());
+        Some(params)
+    }
+}
+
+impl Daemon {
+    /// Reads every partition's `etc/connection.json` and propagates changes: stored,
+    /// reported, and every consumer re-rendered (restarted if its result changed).
+    pub(super) fn poll_connections(&mut self) {
+        for name in self.instances.names() {
+            let Some(params) = self
+                .instances
+                .read_published(&name, &mut self.counters.bad_connection_files)
+            else {
+                continue;
+            };
             tracing::info!(instance = %name, keys = params.len(), "connection parameters published");
             if let Err(e) = self.outbox.store.put_published(&name, &params) {
                 self.store_failed(&e);
             }
-            self.published
-                .insert(name.as_str().to_string(), params.clone());
             self.record(RecordKind::ConnectionParameters {
                 instance: name.clone(),
                 parameters: params,
             });
-            let consumers: Vec<Name> = self
-                .slots
-                .iter()
-                .filter(|(_, s)| render::references(&s.request).contains(name.as_str()))
-                .map(|(n, _)| n.clone())
-                .collect();
-            for c in consumers {
+            for c in self.instances.consumers_of(&name) {
                 self.restart_if_changed(&c);
             }
-        }
-    }
-
-    fn bad_connection_file(&mut self, name: &Name, why: &str) {
-        self.counters.bad_connection_files += 1;
-        if self.published_log.allow(Instant::now()).is_some() {
-            tracing::warn!(instance = %name, error = why, "ignoring malformed etc/connection.json");
         }
     }
 }

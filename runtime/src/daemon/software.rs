@@ -201,6 +201,7 @@ impl Daemon {
     pub(super) fn on_artifact(&mut self, sha256: [u8; 32], attempt: Attempt) {
         let hex = Sha256Hex(&sha256).to_string();
         let users: Vec<(Name, String)> = self
+            .instances
             .slots
             .iter()
             .filter(|(_, s)| s.request.software.artifact_for(TARGET) == Some(sha256))
@@ -252,6 +253,7 @@ impl Daemon {
     /// Stops downloads that no instance needs any more.
     pub(super) fn prune_downloads(&mut self) {
         let wanted: BTreeSet<[u8; 32]> = self
+            .instances
             .slots
             .values()
             .filter_map(|s| s.request.software.artifact_for(TARGET))

@@ -19,7 +19,7 @@ async fn a_big_partition_is_walked_off_the_loop_and_billed_by_blocks() {
     let mut d = daemon(dir.path());
     d.local_request(stopped("big")).unwrap();
     let name = Name::new("big").unwrap();
-    let srv = d.partitions.path(&name).join("srv");
+    let srv = d.instances.partitions.path(&name).join("srv");
     // A large tree: 40 000 empty files in 200 directories…
     for i in 0..200 {
         let sub = srv.join(format!("d{i}"));
@@ -40,7 +40,7 @@ async fn a_big_partition_is_walked_off_the_loop_and_billed_by_blocks() {
     drop(sparse);
 
     d.start_disk_walk();
-    assert!(d.slots[&name].disk.walking);
+    assert!(d.monitoring.watched[&name].disk.walking);
     // The loop is free: status answers while the walk still runs on its own thread.
     let status = d.status();
     assert_eq!(status.instances[0].name, "big");
@@ -54,7 +54,7 @@ async fn a_big_partition_is_walked_off_the_loop_and_billed_by_blocks() {
         .unwrap();
     assert!(matches!(&ev, Event::DiskWalked { name: n, .. } if *n == name));
     d.on_event(ev);
-    let m = &d.slots[&name].disk;
+    let m = &d.monitoring.watched[&name].disk;
     assert!(!m.walking && m.walked_at.is_some());
     assert!(
         m.bytes >= 1 << 20,

@@ -53,7 +53,7 @@ async fn changed_limits_apply_live_in_the_cgroup_and_a_changed_rlimit_restarts()
     std::fs::create_dir_all(fs.path().join("hedge/n/lim")).unwrap();
     std::fs::write(fs.path().join("hedge/n/lim/cgroup.procs"), "").unwrap();
     let mut d = daemon(dir.path());
-    d.cgroups = Some(Cgroups::at(fs.path(), "n").unwrap());
+    d.instances.cgroups = Some(Cgroups::at(fs.path(), "n").unwrap());
     let name = Name::new("lim").unwrap();
     let read = |f: &str| std::fs::read_to_string(fs.path().join("hedge/n/lim").join(f)).unwrap();
 
@@ -64,7 +64,7 @@ async fn changed_limits_apply_live_in_the_cgroup_and_a_changed_rlimit_restarts()
         nproc: None,
     };
     d.local_request(sleeper("lim", limits.clone())).unwrap();
-    let pid = d.slots[&name].lifecycle.pid().unwrap();
+    let pid = d.instances.slots[&name].lifecycle.pid().unwrap();
     assert_eq!(read("memory.max"), "67108864\n");
     assert_eq!(read("cpu.max"), "50000 100000\n");
     assert_eq!(nofile_of(pid), 256);
@@ -76,7 +76,7 @@ async fn changed_limits_apply_live_in_the_cgroup_and_a_changed_rlimit_restarts()
     assert_eq!(read("memory.max"), "134217728\n");
     assert_eq!(read("cpu.max"), "20000 100000\n");
     assert_eq!(
-        d.slots[&name].lifecycle.pid(),
+        d.instances.slots[&name].lifecycle.pid(),
         Some(pid),
         "a cgroup limit restarted it"
     );
@@ -85,20 +85,23 @@ async fn changed_limits_apply_live_in_the_cgroup_and_a_changed_rlimit_restarts()
     limits.memory_max = None;
     d.local_request(sleeper("lim", limits.clone())).unwrap();
     assert_eq!(read("memory.max"), "max\n");
-    assert_eq!(d.slots[&name].lifecycle.pid(), Some(pid));
+    assert_eq!(d.instances.slots[&name].lifecycle.pid(), Some(pid));
 
     // An rlimit can only be set at start: the instance restarts with the new one.
     limits.nofile = Some(300);
     d.local_request(sleeper("lim", limits.clone())).unwrap();
     pump_until(&mut d, "a new process", |d| {
-        d.slots[&name].lifecycle.pid().is_some_and(|p| p != pid)
+        d.instances.slots[&name]
+            .lifecycle
+            .pid()
+            .is_some_and(|p| p != pid)
     })
     .await;
-    let new_pid = d.slots[&name].lifecycle.pid().unwrap();
+    let new_pid = d.instances.slots[&name].lifecycle.pid().unwrap();
     assert_eq!(nofile_of(new_pid), 300);
 
     d.shutting_down = true;
-    for slot in d.slots.values_mut() {
+    for slot in d.instances.slots.values_mut() {
         if let Some(pid) = slot.lifecycle.pid() {
             let _ = nix::sys::signal::killpg(
                 nix::unistd::Pid::from_raw(pid as i32),

@@ -44,8 +44,8 @@ async fn an_unreadable_store_stops_reconciliation_and_destroys_nothing() {
     let mut d = daemon(dir.path());
     d.local_request(sleeper("keep")).unwrap();
     let name = Name::new("keep").unwrap();
-    assert!(d.slots[&name].lifecycle.wants_running());
-    let partition = d.partitions.path(&name);
+    assert!(d.instances.slots[&name].lifecycle.wants_running());
+    let partition = d.instances.partitions.path(&name);
     std::fs::write(partition.join("srv/data"), b"tenant data").unwrap();
 
     d.outbox.store.close();
@@ -53,7 +53,7 @@ async fn an_unreadable_store_stops_reconciliation_and_destroys_nothing() {
 
     assert_eq!(d.counters.reconcile_skipped, 1);
     assert!(d.counters.store_errors >= 1);
-    let slot = &d.slots[&name];
+    let slot = &d.instances.slots[&name];
     assert!(
         !slot.destroying,
         "an unreadable store destroyed the instance"
@@ -70,7 +70,7 @@ async fn an_unreadable_store_stops_reconciliation_and_destroys_nothing() {
         "{err}"
     );
     d.shutting_down = true;
-    for slot in d.slots.values_mut() {
+    for slot in d.instances.slots.values_mut() {
         if let Some(pid) = slot.lifecycle.pid() {
             let _ = nix::sys::signal::killpg(
                 nix::unistd::Pid::from_raw(pid as i32),
