@@ -237,6 +237,7 @@ impl Daemon {
                             Sig::Term => nix::sys::signal::Signal::SIGTERM,
                             Sig::Kill => nix::sys::signal::Signal::SIGKILL,
                         };
+                        #[allow(clippy::cast_possible_wrap)] // pids stay under pid_max (2^22)
                         let pg = nix::unistd::Pid::from_raw(pgid as i32);
                         if let Err(e) = nix::sys::signal::killpg(pg, signal) {
                             tracing::debug!(instance = %name, pgid, error = %e, "signal not delivered");

@@ -83,7 +83,7 @@ where
             Err(e) => {
                 let pause = backoff.failed();
                 if let Some(suppressed) = log.allow(Instant::now()) {
-                    tracing::warn!(error = %e, pause_ms = pause.as_millis() as u64, suppressed, "metrics endpoint accept failed");
+                    tracing::warn!(error = %e, pause_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX), suppressed, "metrics endpoint accept failed");
                 }
                 tokio::time::sleep(pause).await;
                 continue;
@@ -334,7 +334,9 @@ mod tests {
     #[test]
     fn backoff_doubles_to_a_cap_and_resets() {
         let mut b = AcceptBackoff::new();
-        let got: Vec<u64> = (0..8).map(|_| b.failed().as_millis() as u64).collect();
+        let got: Vec<u64> = (0..8)
+            .map(|_| u64::try_from(b.failed().as_millis()).unwrap())
+            .collect();
         assert_eq!(got, vec![50, 100, 200, 400, 800, 1600, 2000, 2000]);
         b.succeeded();
         assert_eq!(b.failed(), Duration::from_millis(50));

@@ -66,9 +66,9 @@ pub enum DaemonError {
     /// The state directory could not be prepared.
     #[error("state directory {path}: {source}")]
     StateDir {
-        /// Path.
+        /// The state directory (`node.state_dir`).
         path: PathBuf,
-        /// Why.
+        /// Why it could not be created.
         source: std::io::Error,
     },
 }
@@ -251,7 +251,8 @@ impl Daemon {
     fn record_node_info(&mut self) {
         let profile = self.cfg.profile();
         let mem_total = crate::monitor::health::read(&self.cfg.state_dir(), None).mem_total;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let cores = std::thread::available_parallelism()
+            .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
         let kind = RecordKind::NodeInfo {
             board: profile.id.clone(),
             arch: TARGET.to_string(),
@@ -315,6 +316,7 @@ impl Daemon {
                     tracing::info!(instance = %name, pgid, ?verdict, "recorded process group left alone");
                 }
                 process_identity::Leftover::Kill | process_identity::Leftover::KillOrphans => {
+                    #[allow(clippy::cast_possible_wrap)] // pids stay under pid_max (2^22)
                     let pg = nix::unistd::Pid::from_raw(pgid as i32);
                     if nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL).is_ok() {
                         self.counters.leftovers_killed += 1;

@@ -215,7 +215,7 @@ mod tests {
         assert!(matches!(read(&part), Err(ConnectionFileError::Link)));
 
         std::fs::remove_file(&file).unwrap();
-        std::fs::write(&file, vec![b' '; MAX_FILE as usize + 1]).unwrap();
+        std::fs::write(&file, vec![b' '; usize::try_from(MAX_FILE).unwrap() + 1]).unwrap();
         assert!(matches!(read(&part), Err(ConnectionFileError::TooLarge)));
         std::fs::write(&file, b"{\"a\":\"\xff\"}").unwrap();
         assert!(matches!(

@@ -104,7 +104,7 @@ async fn changed_limits_apply_live_in_the_cgroup_and_a_changed_rlimit_restarts()
     for slot in d.instances.slots.values_mut() {
         if let Some(pid) = slot.lifecycle.pid() {
             let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid as i32),
+                nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
                 nix::sys::signal::Signal::SIGKILL,
             );
         }

@@ -73,7 +73,7 @@ async fn an_unreadable_store_stops_reconciliation_and_destroys_nothing() {
     for slot in d.instances.slots.values_mut() {
         if let Some(pid) = slot.lifecycle.pid() {
             let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid as i32),
+                nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
