@@ -18,10 +18,12 @@
 
 pub mod api;
 mod desired;
+mod destroy;
 mod disk;
 mod effect;
 mod instance;
 mod instances;
+mod leftovers;
 mod link;
 mod links;
 mod metrics;
@@ -29,7 +31,9 @@ mod monitor;
 mod monitoring;
 mod outbox;
 mod published;
+mod rate_limit;
 mod software;
+mod start;
 #[cfg(test)]
 mod tests;
 
@@ -48,11 +52,11 @@ use crate::local_api::{self, Answer, ApiRequest, Refusal};
 use crate::partition::Partitions;
 use crate::reconcile;
 use crate::store::{Store, StoreError};
-use crate::supervisor::process_identity;
 use api::ApiCall;
 use effect::Effect;
 use instances::Instances;
 use monitoring::Monitoring;
+pub(crate) use rate_limit::RateLimit;
 
 /// The target this binary was built for (`arch-vendor-os-env`).
 pub const TARGET: &str = env!("HEDGE_TARGET");
@@ -98,31 +102,6 @@ pub(crate) enum Event {
     },
     /// The credentials task wrote a new uplink certificate: restart the link with it.
     Credentials,
-}
-
-/// At most one log line per period for a noisy condition.
-#[derive(Debug, Default)]
-pub(crate) struct RateLimit {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl RateLimit {
-    const PERIOD: Duration = Duration::from_secs(10);
-
-    /// `Some(suppressed since last)` when a line may be logged now.
-    pub(crate) fn allow(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(t) if now.saturating_duration_since(t) < Self::PERIOD => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
 }
 
 /// Counters shown by `status` (their home is the local API's views).
@@ -263,75 +242,6 @@ impl Daemon {
             region: self.cfg.node.region.clone(),
         };
         self.record(kind);
-    }
-
-    /// Kills process groups recorded by an earlier daemon of this boot that may still
-    /// run (never one recorded in another or an unknown boot, see
-    /// [`process_identity::judge`]), and
-    /// everything left in the node's instance cgroups or, without cgroups, running as
-    /// a partition's uid (nothing of this daemon runs yet).
-    fn kill_leftovers(&mut self) -> Result<(), DaemonError> {
-        if let Some(cgs) = &self.instances.cgroups {
-            for (name, group) in cgs.existing() {
-                if !group.is_empty() {
-                    self.counters.leftovers_killed += 1;
-                    tracing::info!(instance = %name, "killing leftover processes in the instance's cgroup");
-                }
-                if let Err(e) = instance::kill_group(&group) {
-                    tracing::warn!(instance = %name, error = %e, "leftover cgroup not emptied");
-                }
-                let _ = group.remove();
-            }
-        } else {
-            // No cgroups: whatever still runs as a partition's uid is a leftover.
-            for name in self.instances.on_disk() {
-                let Some(uid) = self.instances.partitions.uid_of(&name) else {
-                    continue;
-                };
-                if process_identity::pids_of_uid(uid).is_empty() {
-                    continue;
-                }
-                self.counters.leftovers_killed += 1;
-                tracing::info!(instance = %name, uid, "killing leftover processes of the partition's uid");
-                if let Err(e) =
-                    crate::supervisor::reap::kill_uid_and_wait(uid, instance::SWEEP_WAIT)
-                {
-                    tracing::warn!(instance = %name, error = %e, "leftover processes not killed");
-                }
-            }
-        }
-        let this_boot = process_identity::boot_id();
-        for (name, mut obs) in self.outbox.store.observed()? {
-            let Some(pgid) = obs.pgid else { continue };
-            let verdict = process_identity::judge(
-                obs.boot_id.as_deref(),
-                this_boot.as_deref(),
-                obs.start_ticks,
-                process_identity::start_ticks(pgid),
-            );
-            match verdict {
-                process_identity::Leftover::Unrelated
-                | process_identity::Leftover::OtherBoot
-                | process_identity::Leftover::UnknownBoot => {
-                    tracing::info!(instance = %name, pgid, ?verdict, "recorded process group left alone");
-                }
-                process_identity::Leftover::Kill | process_identity::Leftover::KillOrphans => {
-                    #[allow(clippy::cast_possible_wrap)] // pids stay under pid_max (2^22)
-                    let pg = nix::unistd::Pid::from_raw(pgid as i32);
-                    if nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL).is_ok() {
-                        self.counters.leftovers_killed += 1;
-                        tracing::info!(instance = %name, pgid, ?verdict, "killed leftover process group");
-                    }
-                }
-            }
-            obs.pgid = None;
-            obs.start_ticks = None;
-            obs.boot_id = None;
-            if let Ok(n) = Name::new(&name) {
-                self.outbox.store.put_observed(&n, &obs)?;
-            }
-        }
-        Ok(())
     }
 
     /// Appends a record; a failure is counted and logged (rate-limited), never fatal.
