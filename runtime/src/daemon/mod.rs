@@ -1,5 +1,14 @@
 //! The node daemon: one event loop that owns the store and every instance slot.
 //!
+//! The state is held by parts that own it: `instances` (slots, partitions, published
+//! connection parameters, cgroups), `monitoring` (promises, incidents, accounting,
+//! health), `outbox` (the store, the quota, shedding) and `links` (zero or more links
+//! to the master). A part changes only its own state and returns what must follow
+//! (`effect::Effect`, or a shedding plan); this module keeps the event loop and
+//! performs those effects (`Daemon::dispatch`). The loop's drivers sit beside it:
+//! `instance` (reconcile steps, lifecycle), `start`, `destroy`, `leftovers`, `monitor`
+//! (checks, `/proc`, disk walks), `published`, `link`, `desired`, `software`.
+//!
 //! Contract: [`Daemon::boot`] opens the store and kills leftovers of an earlier run
 //! (process groups recorded in the store); [`Daemon::run`] reconciles at once — before
 //! any network is tried, so a node that reboots offline starts every requested instance
