@@ -168,3 +168,78 @@ impl Outbox {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn health(i: u32) -> RecordKind {
+        RecordKind::NodeHealth {
+            load1_milli: i,
+            mem_total: 1 << 30,
+            mem_available: 1 << 29,
+            disk_free: 1 << 32,
+            temp_milli_c: None,
+            uplink_up: false,
+            outbox_depth: 0,
+        }
+    }
+
+    fn outbox(dir: &std::path::Path, quota: u64) -> Outbox {
+        Outbox::new(Store::open(&dir.join("store"), 1 << 20).unwrap(), quota)
+    }
+
+    #[test]
+    fn appending_never_sheds_the_plan_comes_once_over_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = outbox(dir.path(), 2_000);
+        let mut appended = 0;
+        while o.store.outbox_bytes() <= 2_000 {
+            assert!(o.shed_plan().unwrap().is_none(), "under the quota");
+            o.append(1, health(appended)).unwrap();
+            appended += 1;
+        }
+        // Over the quota: appending alone dropped nothing.
+        assert_eq!(o.store.outbox_depth(), appended as usize);
+        let plan = o.shed_plan().unwrap().expect("a pass is due");
+        assert!(plan.stats.dropped_health > 0);
+        assert!(o.shed_plan().unwrap().is_none(), "no second pass at once");
+        let (stats, report) = o.apply_shed(&plan).unwrap();
+        assert_eq!(stats, plan.stats);
+        assert!(o.store.outbox_bytes() <= 2_000 - 200);
+        let Some(report @ RecordKind::Shed { dropped_health, .. }) = report else {
+            panic!("no report");
+        };
+        assert_eq!(u64::from(dropped_health), stats.dropped_health);
+        o.append_report(2, report).unwrap();
+        assert!(o.shed_plan().unwrap().is_none(), "a report starts no pass");
+    }
+
+    #[test]
+    fn records_handed_to_a_link_are_never_shed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = outbox(dir.path(), 1_000);
+        let mut appended = 0;
+        while o.store.outbox_bytes() <= 1_000 {
+            o.append(1, health(appended)).unwrap();
+            appended += 1;
+        }
+        let handed = o.store.next_seq().unwrap() - 1;
+        o.store.hand_over(handed).unwrap();
+        let plan = o.shed_plan().unwrap().expect("over the quota");
+        assert!(plan.is_empty(), "every record is held by the link");
+        let (_, report) = o.apply_shed(&plan).unwrap();
+        assert!(report.is_none(), "nothing shed, nothing reported");
+        assert_eq!(o.store.outbox_depth(), appended as usize);
+    }
+
+    #[test]
+    fn a_store_that_is_not_full_is_not_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = outbox(dir.path(), 1_000);
+        o.recover(|| panic!("disk space read without a full disk"))
+            .unwrap();
+    }
+}
