@@ -21,7 +21,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -153,7 +153,7 @@ impl ApiStats {
         let allowed = self
             .log
             .lock()
-            .map(|mut l| l.allow(Instant::now()))
+            .map(|mut l| l.allow(super::monotonic_now()))
             .unwrap_or(None);
         if let Some(suppressed) = allowed {
             tracing::warn!(reason = %why, suppressed, "local API connection refused");
@@ -229,7 +229,7 @@ pub async fn serve(
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
-                if let Some(suppressed) = accept_log.allow(Instant::now()) {
+                if let Some(suppressed) = accept_log.allow(super::monotonic_now()) {
                     tracing::warn!(error = %e, suppressed, "local API accept failed");
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;

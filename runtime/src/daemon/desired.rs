@@ -13,8 +13,6 @@
 //! `DesiredExpired` record, the `desired_expired` counter, a rate-limited warning);
 //! `status` shows it under `desired`.
 
-use std::time::Instant;
-
 use hedge_wire::codec::decode;
 use hedge_wire::{Message, RecordKind};
 
@@ -63,7 +61,7 @@ impl Daemon {
             return;
         };
         self.counters.desired_expired += 1;
-        if let Some(suppressed) = self.expiry_log.allow(Instant::now()) {
+        if let Some(suppressed) = self.expiry_log.allow(super::monotonic_now()) {
             tracing::warn!(
                 generation = x.generation,
                 expires_ms = x.expires_ms,
@@ -144,7 +142,7 @@ impl Daemon {
             }
             Err(e) => {
                 self.counters.desired_rejected += 1;
-                if let Some(suppressed) = self.desired_log.allow(Instant::now()) {
+                if let Some(suppressed) = self.desired_log.allow(super::monotonic_now()) {
                     tracing::warn!(error = %e, suppressed, "desired state refused");
                 }
                 let generation = match decode(frame, hedge_wire::limits::DEFAULT_MAX_FRAME) {

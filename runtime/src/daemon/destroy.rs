@@ -7,7 +7,7 @@
 //! incidents, removes its cgroup, slot, partition and everything stored about it, and
 //! reports it destroyed. A destroyed local request is forgotten (the outbox holds it).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hedge_wire::{InstanceStatus, Name, RecordKind, RequestedState};
 
@@ -26,14 +26,14 @@ pub(crate) fn kill_group(group: &Cgroup) -> Result<usize, PartitionError> {
     if found == 0 {
         return Ok(0);
     }
-    let deadline = Instant::now() + SWEEP_WAIT;
+    let deadline = super::monotonic_now() + SWEEP_WAIT;
     let mut pause = Duration::from_millis(1);
     loop {
         group.kill()?;
         if group.is_empty() {
             return Ok(found);
         }
-        if Instant::now() >= deadline {
+        if super::monotonic_now() >= deadline {
             return Err(PartitionError::Io {
                 op: "empty",
                 path: group.path().to_owned(),

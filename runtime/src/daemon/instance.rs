@@ -16,8 +16,6 @@
 //! survives a stop is swept, and a destroy finishes, in `daemon::destroy`. Starting a
 //! process (render, partition, cgroup, spawn) is `daemon::start`.
 
-use std::time::Instant;
-
 use hedge_wire::{InstanceRequest, InstanceStatus, Name, RecordKind};
 
 use super::instances::Slot;
@@ -66,7 +64,7 @@ impl Daemon {
                 );
                 let accountant = self.accountant_for(&name);
                 self.monitoring
-                    .watch(name.clone(), &request, accountant, Instant::now());
+                    .watch(name.clone(), &request, accountant, super::monotonic_now());
                 self.instances.slots.insert(
                     name,
                     Slot {
@@ -91,7 +89,7 @@ impl Daemon {
                         &name,
                         &slot.request,
                         &request,
-                        Instant::now(),
+                        super::monotonic_now(),
                         super::now_ms(),
                     );
                     slot.request = request;
@@ -194,7 +192,7 @@ impl Daemon {
             let Some(slot) = self.instances.slots.get_mut(name) else {
                 return;
             };
-            let actions = slot.lifecycle.handle(Instant::now(), input);
+            let actions = slot.lifecycle.handle(super::monotonic_now(), input);
             for a in actions {
                 match a {
                     Action::Spawn => inputs.push(self.spawn(name)),

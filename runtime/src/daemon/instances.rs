@@ -212,7 +212,7 @@ mod tests {
         assert!(i.consumers_of(&app).is_empty());
         assert_eq!(i.names(), vec![app.clone(), db.clone()]);
 
-        let t0 = Instant::now();
+        let t0 = crate::daemon::monotonic_now();
         let slot = i.slots.get_mut(&db).unwrap();
         slot.lifecycle.handle(t0, Input::Start);
         slot.lifecycle

@@ -158,7 +158,7 @@ impl Daemon {
                         .unwrap_or_else(|p| p.into_inner());
                     match (up, *down) {
                         (true, _) => *down = None,
-                        (false, None) => *down = Some(std::time::Instant::now()),
+                        (false, None) => *down = Some(super::monotonic_now()),
                         (false, Some(_)) => {}
                     }
                 }

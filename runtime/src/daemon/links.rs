@@ -166,7 +166,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_link_never_yields_and_a_link_is_heard_and_woken() {
-        let mut links = Links::new(Instant::now());
+        let mut links = Links::new(crate::daemon::monotonic_now());
         assert!(
             tokio::time::timeout(Duration::from_millis(20), links.recv())
                 .await
@@ -193,7 +193,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_link_replaces_the_one_with_its_id_and_stop_forgets_it() {
-        let mut links = Links::new(Instant::now());
+        let mut links = Links::new(crate::daemon::monotonic_now());
         let (first, _n1, _l1) = handle(LinkId::Uplink);
         links.add(first);
         links.get_mut(LinkId::Uplink).unwrap().up = true;

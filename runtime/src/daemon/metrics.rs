@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -82,7 +82,7 @@ where
             }
             Err(e) => {
                 let pause = backoff.failed();
-                if let Some(suppressed) = log.allow(Instant::now()) {
+                if let Some(suppressed) = log.allow(super::monotonic_now()) {
                     tracing::warn!(error = %e, pause_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX), suppressed, "metrics endpoint accept failed");
                 }
                 tokio::time::sleep(pause).await;

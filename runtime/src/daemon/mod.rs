@@ -67,6 +67,13 @@ use instances::Instances;
 use monitoring::Monitoring;
 pub(crate) use rate_limit::RateLimit;
 
+/// The monotonic clock. The loop and its drivers are I/O drivers: they read the clock
+/// here and hand the time to the parts and cores, which read none.
+#[allow(clippy::disallowed_methods)] // the daemon's I/O drivers: their one monotonic clock read
+pub(crate) fn monotonic_now() -> Instant {
+    Instant::now()
+}
+
 /// The target this binary was built for (`arch-vendor-os-env`).
 pub const TARGET: &str = env!("HEDGE_TARGET");
 
@@ -205,7 +212,7 @@ impl Daemon {
         });
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let quota = cfg.outbox_quota();
-        let now = Instant::now();
+        let now = monotonic_now();
         let mut d = Daemon {
             outbox: outbox::Outbox::new(store, quota),
             instances: Instances::new(partitions, state.join("partitions"), published, cgroups),
@@ -426,7 +433,7 @@ impl Daemon {
                     self.monitor_deadline()
                 })
                 .min()
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+                .unwrap_or_else(|| monotonic_now() + Duration::from_secs(3600));
             tokio::select! {
                 Some(ev) = self.events_rx.recv() => {
                     if matches!(ev, Event::Credentials) {
@@ -444,7 +451,7 @@ impl Daemon {
                     let _ = call.reply.send(answer);
                 }
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
-                    if stop_deadline.is_some_and(|t| Instant::now() >= t) {
+                    if stop_deadline.is_some_and(|t| monotonic_now() >= t) {
                         tracing::warn!("instances did not stop in time; leaving");
                         break;
                     }
@@ -459,7 +466,7 @@ impl Daemon {
                     // Account for what ran up to now before the processes go.
                     self.sample_usage(true);
                     self.shutting_down = true;
-                    stop_deadline = Some(Instant::now() + self.cfg.policy().grace * 2 + Duration::from_secs(1));
+                    stop_deadline = Some(monotonic_now() + self.cfg.policy().grace * 2 + Duration::from_secs(1));
                     for n in self.instances.names() {
                         self.drive(&n, crate::supervisor::lifecycle::Input::Stop);
                     }
@@ -493,7 +500,7 @@ impl Daemon {
     }
 
     fn tick(&mut self) {
-        for n in self.instances.due(Instant::now()) {
+        for n in self.instances.due(monotonic_now()) {
             self.drive(&n, crate::supervisor::lifecycle::Input::Tick);
         }
     }

@@ -66,12 +66,12 @@ impl Daemon {
     pub(super) fn monitor_deadline(&self) -> Option<Instant> {
         let instances = &self.instances;
         self.monitoring
-            .deadline(|n| instances.wants_running(n), Instant::now())
+            .deadline(|n| instances.wants_running(n), super::monotonic_now())
     }
 
     /// Runs every duty that is due.
     pub(super) fn monitor_tick(&mut self) {
-        let now = Instant::now();
+        let now = super::monotonic_now();
         self.recover_store();
         self.start_due_checks(now);
         if now >= self.monitoring.timers.sample {
@@ -192,7 +192,9 @@ impl Daemon {
                 Err(e) => {
                     if let CheckStartError::Refused(why) = &e {
                         self.counters.command_checks_refused += 1;
-                        if let Some(suppressed) = self.monitoring.check_log.allow(Instant::now()) {
+                        if let Some(suppressed) =
+                            self.monitoring.check_log.allow(super::monotonic_now())
+                        {
                             tracing::warn!(instance = %name, error = %why, suppressed, "command check refused");
                         }
                     }
@@ -230,9 +232,14 @@ impl Daemon {
         generation: u64,
         result: CheckResult,
     ) {
-        let effects =
-            self.monitoring
-                .on_check(&name, index, generation, &result, Instant::now(), now_ms());
+        let effects = self.monitoring.on_check(
+            &name,
+            index,
+            generation,
+            &result,
+            super::monotonic_now(),
+            now_ms(),
+        );
         self.dispatch(effects);
     }
 
@@ -241,7 +248,10 @@ impl Daemon {
     /// half usage interval; the result comes back as [`Event::DiskWalked`].
     pub(super) fn start_disk_walk(&mut self) {
         let every = Duration::from_millis(self.cfg.monitor.usage_interval_ms / 2);
-        let Some(name) = self.monitoring.next_disk_walk(every, Instant::now()) else {
+        let Some(name) = self
+            .monitoring
+            .next_disk_walk(every, super::monotonic_now())
+        else {
             return;
         };
         let path = self.instances.partitions.path(&name);
@@ -264,7 +274,7 @@ impl Daemon {
     pub(super) fn on_disk_walked(&mut self, name: Name, usage: DiskUsage) {
         if !usage.complete {
             self.counters.disk_walks_incomplete += 1;
-            if let Some(suppressed) = self.monitoring.disk_log.allow(Instant::now()) {
+            if let Some(suppressed) = self.monitoring.disk_log.allow(super::monotonic_now()) {
                 tracing::warn!(
                     instance = %name,
                     counted = usage.bytes,
@@ -275,7 +285,7 @@ impl Daemon {
             }
         }
         self.monitoring
-            .disk_walked(&name, usage.bytes, Instant::now());
+            .disk_walked(&name, usage.bytes, super::monotonic_now());
         // Next partition in line, if any is due.
         self.start_disk_walk();
     }
@@ -291,7 +301,7 @@ impl Daemon {
             |n| slots.get(n).and_then(|s| s.lifecycle.pid()),
             closing,
             wall,
-            Instant::now(),
+            super::monotonic_now(),
         );
         self.dispatch(effects);
     }

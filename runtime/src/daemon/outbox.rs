@@ -13,8 +13,6 @@
 //! most every ten seconds), and [`Outbox::recover`] reopens the store once space is
 //! back, so records resume.
 
-use std::time::Instant;
-
 use hedge_wire::{Name, RecordKind};
 
 use super::RateLimit;
@@ -103,7 +101,7 @@ impl Outbox {
     ) -> Result<(ShedStats, Option<RecordKind>), StoreError> {
         let after = self.store.apply_shed(plan)?;
         let st = plan.stats.clone();
-        if let Some(suppressed) = self.shed_log.allow(Instant::now()) {
+        if let Some(suppressed) = self.shed_log.allow(super::monotonic_now()) {
             tracing::warn!(
                 before = st.bytes_before,
                 after,
@@ -146,7 +144,7 @@ impl Outbox {
         if e.is_no_space() {
             self.full = true;
         }
-        if let Some(suppressed) = self.store_log.allow(Instant::now()) {
+        if let Some(suppressed) = self.store_log.allow(super::monotonic_now()) {
             tracing::warn!(error = %e, no_space = e.is_no_space(), suppressed, "store write failed; supervision continues");
         }
     }

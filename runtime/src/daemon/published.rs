@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hedge_wire::{Name, RecordKind};
 use serde_json::Value;
@@ -128,7 +128,7 @@ impl Instances {
             Ok(None) => return None,
             Err(e) => {
                 *bad_files += 1;
-                if self.published_log.allow(Instant::now()).is_some() {
+                if self.published_log.allow(super::monotonic_now()).is_some() {
                     let why = e.to_string();
                     tracing::warn!(instance = %name, error = why.as_str(), "ignoring malformed etc/connection.json");
                 }

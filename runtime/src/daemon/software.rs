@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hedge_wire::{ArtifactOutcome, InstanceRequest, Name, RecordKind, Sha256Hex, SoftwareRelease};
 use tokio::sync::mpsc;
@@ -143,7 +143,7 @@ impl Daemon {
     fn want(&mut self, name: &Name, sha: &[u8; 32]) {
         let hex = Sha256Hex(sha).to_string();
         if let Some(reason) = self.software.refused.get(sha) {
-            if let Some(suppressed) = self.software.log.allow(Instant::now()) {
+            if let Some(suppressed) = self.software.log.allow(super::monotonic_now()) {
                 tracing::warn!(instance = %name, sha256 = %hex, reason, suppressed, "artifact was refused; waiting for another release");
             }
             return;
@@ -159,7 +159,7 @@ impl Daemon {
         let source = match self.artifact_source() {
             Ok(s) => s,
             Err(e) => {
-                if let Some(suppressed) = self.software.log.allow(Instant::now()) {
+                if let Some(suppressed) = self.software.log.allow(super::monotonic_now()) {
                     tracing::warn!(instance = %name, sha256 = %hex, error = %e, suppressed, "artifact not in the cache and cannot be downloaded; waiting");
                 }
                 return;
@@ -243,7 +243,7 @@ impl Daemon {
             }
             Attempt::Failed(error) => {
                 self.counters.artifact_fetch_errors += 1;
-                if let Some(suppressed) = self.software.log.allow(Instant::now()) {
+                if let Some(suppressed) = self.software.log.allow(super::monotonic_now()) {
                     tracing::info!(sha256 = %hex, %error, suppressed, "artifact download failed; retrying later");
                 }
             }

@@ -67,7 +67,7 @@ fn ok() -> CheckResult {
 
 #[test]
 fn checks_come_due_one_interval_on_and_only_for_instances_meant_to_run() {
-    let t0 = Instant::now();
+    let t0 = crate::daemon::monotonic_now();
     let mut m = monitoring(t0);
     m.watch(n("a"), &request("a", &["up"]), None, t0);
     m.watch(n("b"), &request("b", &["up"]), None, t0);
@@ -90,7 +90,7 @@ fn checks_come_due_one_interval_on_and_only_for_instances_meant_to_run() {
 
 #[test]
 fn an_anomaly_is_saved_before_it_is_recorded_and_asks_a_repair() {
-    let t0 = Instant::now();
+    let t0 = crate::daemon::monotonic_now();
     let mut m = monitoring(t0);
     let a = n("a");
     m.watch(a.clone(), &request("a", &["up"]), None, t0);
@@ -132,7 +132,7 @@ fn an_anomaly_is_saved_before_it_is_recorded_and_asks_a_repair() {
 
 #[test]
 fn replaced_promises_ignore_late_results_and_resolve_the_removed_ones() {
-    let t0 = Instant::now();
+    let t0 = crate::daemon::monotonic_now();
     let mut m = monitoring(t0);
     let a = n("a");
     let old = request("a", &["up", "web"]);
@@ -164,7 +164,7 @@ fn replaced_promises_ignore_late_results_and_resolve_the_removed_ones() {
 
 #[test]
 fn sampling_records_due_intervals_and_saves_state_by_the_save_rule() {
-    let t0 = Instant::now();
+    let t0 = crate::daemon::monotonic_now();
     let mut m = monitoring(t0);
     let a = n("a");
     let acc = Accountant::new(a.clone(), 60_000, 0, 100).unwrap();
@@ -203,7 +203,7 @@ fn sampling_records_due_intervals_and_saves_state_by_the_save_rule() {
 
 #[test]
 fn one_disk_walk_at_a_time_and_each_partition_at_most_once_per_period() {
-    let t0 = Instant::now();
+    let t0 = crate::daemon::monotonic_now();
     let mut m = monitoring(t0);
     for x in ["a", "b"] {
         let acc = Accountant::new(n(x), 60_000, 0, 100).unwrap();
