@@ -189,18 +189,28 @@ mod tests {
         Outbox::new(Store::open(&dir.join("store"), 1 << 20).unwrap(), quota)
     }
 
+    /// Appends health records until the outbox is over its quota, checking `before`
+    /// ahead of each one; returns how many.
+    fn fill_past_quota(o: &mut Outbox, before: impl Fn(&mut Outbox)) -> usize {
+        let mut appended = 0;
+        while o.store.outbox_bytes() <= o.quota() {
+            before(o);
+            o.append(1, health(u32::try_from(appended).unwrap()))
+                .unwrap();
+            appended += 1;
+        }
+        appended
+    }
+
     #[test]
     fn appending_never_sheds_the_plan_comes_once_over_quota() {
         let dir = tempfile::tempdir().unwrap();
         let mut o = outbox(dir.path(), 2_000);
-        let mut appended = 0;
-        while o.store.outbox_bytes() <= 2_000 {
+        let appended = fill_past_quota(&mut o, |o| {
             assert!(o.shed_plan().unwrap().is_none(), "under the quota");
-            o.append(1, health(appended)).unwrap();
-            appended += 1;
-        }
+        });
         // Over the quota: appending alone dropped nothing.
-        assert_eq!(o.store.outbox_depth(), appended as usize);
+        assert_eq!(o.store.outbox_depth(), appended);
         let plan = o.shed_plan().unwrap().expect("a pass is due");
         assert!(plan.stats.dropped_health > 0);
         assert!(o.shed_plan().unwrap().is_none(), "no second pass at once");
@@ -219,18 +229,14 @@ mod tests {
     fn records_handed_to_a_link_are_never_shed() {
         let dir = tempfile::tempdir().unwrap();
         let mut o = outbox(dir.path(), 1_000);
-        let mut appended = 0;
-        while o.store.outbox_bytes() <= 1_000 {
-            o.append(1, health(appended)).unwrap();
-            appended += 1;
-        }
+        let appended = fill_past_quota(&mut o, |_| {});
         let handed = o.store.next_seq().unwrap() - 1;
         o.store.hand_over(handed).unwrap();
         let plan = o.shed_plan().unwrap().expect("over the quota");
         assert!(plan.is_empty(), "every record is held by the link");
         let (_, report) = o.apply_shed(&plan).unwrap();
         assert!(report.is_none(), "nothing shed, nothing reported");
-        assert_eq!(o.store.outbox_depth(), appended as usize);
+        assert_eq!(o.store.outbox_depth(), appended);
     }
 
     #[test]
