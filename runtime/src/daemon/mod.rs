@@ -7,7 +7,8 @@
 //! (`effect::Effect`, or a shedding plan); this module keeps the event loop and
 //! performs those effects (`Daemon::dispatch`). The loop's drivers sit beside it:
 //! `instance` (reconcile steps, lifecycle), `start`, `destroy`, `leftovers`, `monitor`
-//! (checks, `/proc`, disk walks), `published`, `link`, `desired`, `software`.
+//! (checks, `/proc`, disk walks), `published`, `link`, `desired`, `software`, and
+//! `answers` (the local API's answers).
 //!
 //! Contract: [`Daemon::boot`] opens the store and kills leftovers of an earlier run
 //! (process groups recorded in the store); [`Daemon::run`] reconciles at once — before
@@ -25,6 +26,7 @@
 //! most every ten seconds, and the record is retried by nobody — the state it reported
 //! is visible in `status` and reported again on the next change.
 
+mod answers;
 pub mod api;
 mod desired;
 mod destroy;
@@ -57,7 +59,7 @@ use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 
 use crate::config::NodeConfig;
-use crate::local_api::{self, Answer, ApiRequest, Refusal};
+
 use crate::partition::Partitions;
 use crate::reconcile;
 use crate::store::{Store, StoreError};
@@ -525,162 +527,4 @@ impl Daemon {
             Event::Credentials => {}
         }
     }
-
-    fn status(&self) -> local_api::NodeStatus {
-        let instances = self
-            .instances
-            .slots
-            .iter()
-            .map(|(n, s)| local_api::InstanceView {
-                name: n.to_string(),
-                state: s.lifecycle.status(),
-                requested: s.request.state,
-                software: s.request.software.to_string(),
-                pid: s.lifecycle.pid(),
-                restarts: s.lifecycle.restarts(),
-                last_exit: s.lifecycle.last_exit().map(|e| e.to_string()),
-                promises: self.promise_status(n),
-                usage_cpu_ms: self.usage_totals().get(n.as_str()).copied().unwrap_or(0),
-            })
-            .collect();
-        local_api::NodeStatus {
-            node: self.cfg.node_id().to_string(),
-            board: self.cfg.profile().id.clone(),
-            max_instances: self.cfg.max_instances(),
-            instances,
-            outbox: local_api::OutboxView {
-                depth: self.outbox.store.outbox_depth(),
-                next_seq: self.outbox.store.next_seq().unwrap_or(0),
-                bytes: self.outbox.store.outbox_bytes(),
-                quota_bytes: self.outbox.quota(),
-            },
-            incidents: self.incident_status(),
-            uplink: self.link_status(),
-            desired: self.desired_status(),
-            software: self.software_status(),
-            health: self.monitoring.last_health.map(local_api::HealthView::from),
-            counters: self.counters.clone(),
-        }
-    }
-
-    fn on_call(&mut self, req: ApiRequest) -> Result<Answer, Refusal> {
-        // Records are durable before anyone is shown them.
-        if let Err(e) = self.outbox.store.flush_records() {
-            self.store_failed(&e);
-        }
-        match req {
-            ApiRequest::Status => Ok(Answer::Status(Box::new(self.status()))),
-            ApiRequest::Metrics => Ok(Answer::Metrics(local_api::MetricsText {
-                text: self.metrics_text(),
-            })),
-            ApiRequest::Request { request } => self.local_request(*request),
-            ApiRequest::Start { name } => {
-                self.set_local_state(&name, hedge_wire::RequestedState::Started)
-            }
-            ApiRequest::Stop { name } => {
-                self.set_local_state(&name, hedge_wire::RequestedState::Stopped)
-            }
-            ApiRequest::Destroy { name } => {
-                self.set_local_state(&name, hedge_wire::RequestedState::Destroyed)
-            }
-            ApiRequest::Outbox { from, limit } => {
-                let records = self
-                    .outbox
-                    .store
-                    .outbox_from(from, limit.min(1000))
-                    .map_err(|e| Refusal::Store {
-                        reason: e.to_string(),
-                    })?;
-                Ok(Answer::Outbox(local_api::OutboxPage { records }))
-            }
-            ApiRequest::LogPath { name } => {
-                let n = valid_name(&name)?;
-                if !self.instances.slots.contains_key(&n) {
-                    return Err(Refusal::NotFound { name });
-                }
-                let path = crate::supervisor::spawn::log_path(
-                    &self.instances.partitions.path(&n),
-                    n.as_str(),
-                );
-                Ok(Answer::LogPath(local_api::LogPath { path }))
-            }
-        }
-    }
-
-    /// Whether the master owns `name`; an unreadable desired state is an error, so a
-    /// local request can never take over a name the master may own.
-    fn master_owns(&mut self, name: &Name) -> Result<bool, Refusal> {
-        match self.outbox.store.desired() {
-            Ok(d) => Ok(d.is_some_and(|d| d.instances.iter().any(|r| &r.name == name))),
-            Err(e) => {
-                self.store_failed(&e);
-                Err(Refusal::DesiredUnreadable {
-                    reason: e.to_string(),
-                })
-            }
-        }
-    }
-
-    /// Stores a local request durably, reports it, then applies it.
-    fn local_request(&mut self, request: InstanceRequest) -> Result<Answer, Refusal> {
-        crate::request_file::check_bounds(&request).map_err(|e| Refusal::OutOfBounds {
-            reason: e.to_string(),
-        })?;
-        if self.master_owns(&request.name)? {
-            return Err(Refusal::OwnedByMaster {
-                name: request.name.to_string(),
-            });
-        }
-        let max = self.cfg.max_instances();
-        let slots = &self.instances.slots;
-        if !slots.contains_key(&request.name) && slots.len() >= max as usize {
-            return Err(Refusal::NodeFull {
-                max,
-                board: self.cfg.profile().id.clone(),
-            });
-        }
-        self.outbox
-            .store
-            .put_local(&request)
-            .map_err(|e| Refusal::Store {
-                reason: e.to_string(),
-            })?;
-        self.record(RecordKind::LocalRequest {
-            request: Box::new(request.clone()),
-        });
-        tracing::info!(instance = %request.name, state = ?request.state, "local request stored");
-        self.reconcile();
-        Ok(Answer::Requested(local_api::Requested {
-            name: request.name.to_string(),
-        }))
-    }
-
-    fn set_local_state(
-        &mut self,
-        name: &str,
-        state: hedge_wire::RequestedState,
-    ) -> Result<Answer, Refusal> {
-        let n = valid_name(name)?;
-        if self.master_owns(&n)? {
-            return Err(Refusal::OwnedByMaster { name: name.into() });
-        }
-        let mut request = self
-            .outbox
-            .store
-            .local(&n)
-            .map_err(|e| Refusal::Store {
-                reason: e.to_string(),
-            })?
-            .ok_or_else(|| Refusal::NoLocalInstance { name: name.into() })?;
-        request.state = state;
-        self.local_request(request)
-    }
-}
-
-/// `name` as an instance name, or the refusal that says why not.
-fn valid_name(name: &str) -> Result<Name, Refusal> {
-    Name::new(name).map_err(|e| Refusal::BadName {
-        name: name.into(),
-        reason: e.to_string(),
-    })
 }
