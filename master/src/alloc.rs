@@ -54,14 +54,14 @@ pub enum Mismatch {
     Arch {
         /// Asked for.
         want: String,
-        /// The node's.
+        /// The node's registered value; `None` when it reported none.
         have: Option<String>,
     },
     /// Different or unknown region.
     Region {
         /// Asked for.
         want: String,
-        /// The node's.
+        /// The node's registered value; `None` when it reported none.
         have: Option<String>,
     },
     /// A label is missing or has another value.
@@ -70,14 +70,14 @@ pub enum Mismatch {
         key: String,
         /// Asked for.
         want: String,
-        /// The node's.
+        /// The node's value for the label; `None` when the label is absent.
         have: Option<String>,
     },
     /// No free capacity.
     Full {
         /// Instances allocated.
         allocated: u32,
-        /// Capacity.
+        /// The node's instance slots (`max_instances` as it registered).
         capacity: u32,
     },
 }
@@ -104,7 +104,7 @@ impl fmt::Display for Mismatch {
 /// One node and why it was passed over.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejection {
-    /// The node.
+    /// The node passed over.
     pub node: Name,
     /// Every criterion it failed.
     pub mismatches: Vec<Mismatch>,

@@ -87,7 +87,7 @@ pub fn is_expired(expires_ms: u64, trusted_now_ms: u64) -> bool {
 /// The applied state was found past its expiry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expired {
-    /// Its generation.
+    /// The generation of the expired state.
     pub generation: u64,
     /// Its expiry, ms since the epoch.
     pub expires_ms: u64,

@@ -65,7 +65,7 @@ pub enum RenderError {
 pub struct Rendered {
     /// The program (absolute path or looked up in `PATH`).
     pub program: String,
-    /// Its arguments.
+    /// The arguments after rendering, `argv[1..]`.
     pub args: Vec<String>,
     /// Environment variables, sorted by name, names unique.
     pub env: Vec<(String, String)>,

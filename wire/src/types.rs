@@ -21,7 +21,7 @@ pub const NAME_MAX: usize = 64;
 /// Why a name was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NameError {
-    /// Empty.
+    /// The empty string.
     Empty,
     /// Longer than [`NAME_MAX`] bytes.
     TooLong,
@@ -398,9 +398,9 @@ pub struct DesiredState {
 pub struct DesiredStateV1 {
     /// The node this is for.
     pub node: Name,
-    /// Its generation.
+    /// The master's counter for this node; a node applies only a higher one.
     pub generation: u64,
-    /// The instances.
+    /// The instances the master owned on this node.
     pub instances: Vec<InstanceRequest>,
     /// The version-1 signature.
     pub signature: heapless::Vec<u8, 64>,
@@ -442,7 +442,7 @@ impl fmt::Display for ExitStatus {
 pub enum InstanceStatus {
     /// Not running, not wanted.
     Stopped,
-    /// Running.
+    /// Its process is alive (started, not yet seen to exit).
     Running,
     /// Exited; waiting out the backoff delay before the next start.
     Backoff,
@@ -592,7 +592,7 @@ pub enum RecordKind {
     },
     /// The node accepted or refused a desired state from the master.
     Desired {
-        /// Its generation.
+        /// The generation of the state accepted or refused.
         generation: u64,
         /// Applied (true) or refused (false).
         accepted: bool,
@@ -634,7 +634,7 @@ pub enum RecordKind {
     /// The desired state the node runs is past its expiry (judged against the node's
     /// trusted time floor); the node keeps running it. Sent once per generation.
     DesiredExpired {
-        /// Its generation.
+        /// The generation of the expired state.
         generation: u64,
         /// Its expiry, ms since the epoch.
         expires_ms: u64,

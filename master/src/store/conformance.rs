@@ -73,7 +73,7 @@ pub(crate) use fleet_store_suite;
 
 /// One fresh, empty store of a backend under test.
 pub(crate) trait Harness: Sync {
-    /// The backend.
+    /// The backend under test.
     type Store: FleetStore;
 
     /// A new handle on the store, as another master process would open it (a handle

@@ -64,9 +64,9 @@ pub enum Refusal {
     /// A symlink's target is absolute or leaves the tree.
     #[error("link {path:?} -> {target:?} leaves the tree")]
     LinkEscapes {
-        /// The link.
+        /// The link's path in the archive.
         path: String,
-        /// Its target.
+        /// Where it points, as written in the archive.
         target: String,
     },
     /// Resolving a symlink took more than 40 hops.
@@ -75,9 +75,9 @@ pub enum Refusal {
     /// A hard link to something other than a regular file extracted before it.
     #[error("hard link {path:?} -> {target:?}: not a regular file earlier in the archive")]
     HardLink {
-        /// The link.
+        /// The hard link's path in the archive.
         path: String,
-        /// Its target.
+        /// The path it names, which must be a regular file extracted earlier.
         target: String,
     },
     /// An entry under a symlink or a regular file of the archive.
@@ -89,7 +89,7 @@ pub enum Refusal {
     /// A device, FIFO or other special entry.
     #[error("{path:?} is a {kind}: refused")]
     Special {
-        /// The entry.
+        /// The entry's path in the archive.
         path: String,
         /// What it is.
         kind: &'static str,
@@ -115,7 +115,7 @@ pub enum RawKind<'a> {
         /// Mode bits from the header.
         mode: u32,
     },
-    /// A directory.
+    /// A directory (created 0755).
     Dir,
     /// A symbolic link.
     Symlink {
@@ -150,7 +150,7 @@ pub enum Admitted {
         /// 0644 or 0755.
         mode: u32,
     },
-    /// A symlink.
+    /// A symbolic link, checked to stay inside the tree.
     Symlink {
         /// Where, normalised.
         path: String,

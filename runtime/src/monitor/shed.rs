@@ -71,11 +71,11 @@ pub struct UsageSpan {
 pub enum RecordClass {
     /// Never dropped.
     Incident,
-    /// Kept.
+    /// Kept under pressure: the master needs the last state of every instance.
     InstanceState,
-    /// Kept.
+    /// Kept under pressure: an operator's request must reach the master.
     LocalRequest,
-    /// Kept.
+    /// Kept under pressure: consumers on other nodes depend on it.
     ConnectionParameters,
     /// A promise change or summary; dropped oldest first.
     PromiseResult,
@@ -183,7 +183,7 @@ pub struct ShedPlan {
     pub merge: Vec<MergeGroup>,
     /// Shed reports to fold into the first of them, ascending (empty, or two or more).
     pub fold_reports: Vec<u64>,
-    /// Counts.
+    /// How many records the plan drops, merges and folds, for the counters and the log.
     pub stats: ShedStats,
 }
 

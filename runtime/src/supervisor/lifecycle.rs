@@ -76,9 +76,9 @@ pub enum Input {
 /// Which signal to send to a process group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sig {
-    /// SIGTERM.
+    /// SIGTERM: ask the group to stop (graceful stop, before the kill timeout).
     Term,
-    /// SIGKILL.
+    /// SIGKILL: the kill timeout passed, or the instance is destroyed.
     Kill,
 }
 

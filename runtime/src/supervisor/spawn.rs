@@ -34,7 +34,7 @@ pub enum SpawnError {
     /// The process could not be started (program missing, not executable, …).
     #[error("cannot start {program}: {source}")]
     Exec {
-        /// The program.
+        /// The program as rendered (absolute, or looked up in `PATH`).
         program: String,
         /// The OS error.
         source: std::io::Error,
@@ -42,7 +42,7 @@ pub enum SpawnError {
     /// The instance's cgroup could not be opened.
     #[error("cannot open {path}: {source}")]
     Cgroup {
-        /// Its `cgroup.procs`.
+        /// The instance cgroup's `cgroup.procs` file the child joins before exec.
         path: PathBuf,
         /// The operating system's error.
         source: std::io::Error,
