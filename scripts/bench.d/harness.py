@@ -1,0 +1,151 @@
+"""The bench harness: failures, waiting, /proc readings and the processes a run starts.
+
+Shared by scripts/bench and scripts/bench-node. `Procs` owns every process a run spawns
+and stops them all in `cleanup`, also on failure; `wait` polls with a deadline and raises
+`Failed`, the one exception a bench run ends with.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+
+class Failed(Exception):
+    pass
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait(what, cond, timeout, every=0.005):
+    """The first truthy `cond()`, polled every `every` s; Failed after `timeout` s."""
+    end = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > end:
+            raise Failed(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+def read_json(path):
+    """A JSON file another process writes, or None while it is absent or half written."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def proc_field(pid, name, file="status"):
+    with open(f"/proc/{pid}/{file}") as f:
+        for line in f:
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    raise Failed(f"no {name} in /proc/{pid}/{file}")
+
+
+def rss_kib(pid):
+    return proc_field(pid, "VmRSS")
+
+
+def hwm_kib(pid):
+    return proc_field(pid, "VmHWM")
+
+
+def write_bytes(pid):
+    return proc_field(pid, "write_bytes", "io")
+
+
+def cpu_ticks(pid):
+    """utime + stime of a live process, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def cpu_s(pid):
+    """utime + stime of a live process, in seconds."""
+    return cpu_ticks(pid) / os.sysconf("SC_CLK_TCK")
+
+
+def pct(values, p):
+    """The p-th percentile by nearest rank (rounded)."""
+    s = sorted(values)
+    return s[max(0, min(len(s) - 1, int(round(p / 100 * len(s))) - 1))]
+
+
+class RssPeak:
+    """Max VmRSS of a process, sampled whenever `sample` is called."""
+
+    def __init__(self, pid):
+        self.pid, self.kib = pid, 0
+
+    def sample(self):
+        try:
+            self.kib = max(self.kib, rss_kib(self.pid))
+        except (OSError, Failed):
+            pass
+
+
+class Procs:
+    """Every process the bench starts; all stopped in `cleanup`, whatever happened."""
+
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.items = []
+
+    def spawn(self, name, argv, log_name=None, **kw):
+        """`argv` with stdout and stderr appended to tmp/<log_name or name.log>."""
+        out = open(os.path.join(self.tmp, log_name or f"{name}.log"), "a")
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, **kw)
+        out.close()
+        self.items.append((name, p))
+        return p
+
+    @staticmethod
+    def stop(p, sig=signal.SIGTERM, timeout=20):
+        if p.poll() is not None:
+            return p.returncode
+        try:
+            p.send_signal(sig)
+            return p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            return p.wait(timeout=10)
+
+    def cleanup(self):
+        for name, p in reversed(self.items):
+            if p.poll() is None:
+                try:
+                    self.stop(p, timeout=15)
+                except Exception as e:  # noqa: BLE001 - cleanup goes on
+                    log(f"cleanup {name}: {e}")
+        # Anything still running from inside our temp dir (instances of a SIGKILLed
+        # supervisor, grandchildren) is ours: end each by its pid.
+        me = os.getpid()
+        for d in os.listdir("/proc"):
+            if not d.isdigit() or int(d) == me:
+                continue
+            try:
+                cwd = os.readlink(f"/proc/{d}/cwd")
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    cmd = f.read().decode(errors="replace")
+            except OSError:
+                continue
+            if cwd.startswith(self.tmp) or self.tmp in cmd:
+                try:
+                    os.kill(int(d), signal.SIGKILL)
+                except OSError:
+                    pass

@@ -1,0 +1,79 @@
+"""A hedge node for the bench: built, initialised, configured as TOML, driven by its CLI.
+
+`Hedge` is one node in its own directory; its daemon is spawned through `Procs`, so the
+run stops it whatever happens. `configure` edits node.toml as data (tomlw.edit), never as
+text.
+"""
+import json
+import os
+import subprocess
+import tomllib
+
+import tomlw
+from harness import Failed, log, wait
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def build(binary):
+    """`binary` as an absolute path, or the release binary built from this checkout."""
+    if binary:
+        return os.path.abspath(binary)
+    log("cargo build --release --locked -p hedge (waits on other builds' cargo lock)")
+    subprocess.run(["cargo", "build", "--release", "--locked", "-q", "-p", "hedge"],
+                   cwd=ROOT, check=True, timeout=1800)
+    return os.path.join(ROOT, "target/release/hedge")
+
+
+class Hedge:
+    """A hedge node in `home`, driven through the CLI."""
+
+    def __init__(self, binary, procs, home):
+        self.b, self.procs, self.home = binary, procs, home
+        self.cfg = os.path.join(home, "node.toml")
+        self.daemon = None
+
+    def init(self, *args):
+        subprocess.run([self.b, "node", "init", "--dir", self.home, *args], check=True,
+                       stdout=subprocess.DEVNULL, timeout=30)
+
+    def config(self):
+        """node.toml as data."""
+        with open(self.cfg, "rb") as f:
+            return tomllib.load(f)
+
+    def configure(self, changes):
+        """Set {table: {key: value}} in node.toml; returns the whole config."""
+        return tomlw.edit(self.cfg, changes)
+
+    def cli(self, *args, check=True):
+        r = subprocess.run([self.b, "node", *args, "--config", self.cfg],
+                           capture_output=True, text=True, timeout=30)
+        if check and r.returncode != 0:
+            raise Failed(f"hedge node {' '.join(args)}: {r.stderr.strip()}")
+        return r
+
+    def status(self, required=False):
+        """`hedge node status --json`, or None while the API does not answer (Failed
+        instead when `required`)."""
+        r = self.cli("status", "--json", check=required)
+        return json.loads(r.stdout) if r.returncode == 0 else None
+
+    def spawn(self):
+        """`hedge node run`, without waiting for its API."""
+        self.daemon = self.procs.spawn("node", [self.b, "node", "run", "--config", self.cfg],
+                                       log_name=f"node-{os.path.basename(self.home)}.log")
+        return self.daemon
+
+    def start(self):
+        """`hedge node run`, once its API answers."""
+        self.spawn()
+        wait("the node's API", lambda: self.daemon.poll() is not None or self.status(), 30, 0.01)
+        if self.daemon.poll() is not None:
+            raise Failed(f"hedge node run exited {self.daemon.returncode}")
+        return self.daemon
+
+    def running(self):
+        """How many instances the node reports running (0 while its API is down)."""
+        s = self.status()
+        return sum(1 for i in s["instances"] if i["state"] == "running") if s else 0

@@ -1,0 +1,154 @@
+"""Supervision figures, for hedge and for supervisord: idle RSS, crash-to-restart, boot.
+
+Every instance is `/bin/sh -c 'echo $$ $(date +%s%N) > FILE; exec /bin/sleep 100000'`:
+after the exec it is a plain /bin/sleep, and FILE gives its pid and start time, from
+which kills and restarts are timed. Kills are spaced past hedge's stable_after_ms, so
+each restart is immediate (supervisord: autorestart=true, startsecs=0).
+"""
+import os
+import signal
+import statistics
+import subprocess
+import time
+
+from harness import log, rss_kib, wait
+from node import Hedge
+
+STABLE_AFTER_MS = 200
+
+
+def stamp_cmd(path):
+    return f"echo $$ $(date +%s%N) > {path}; exec /bin/sleep 100000"
+
+
+def read_ts(path):
+    """(pid, ns) from a `echo $$ $(date +%s%N)` file, or None."""
+    try:
+        with open(path) as f:
+            pid, ns = f.read().split()
+        return int(pid), int(ns)
+    except (OSError, ValueError):
+        return None
+
+
+def kill_latencies(kills, victim_file, label, every=0.01):
+    """SIGKILL the victim `kills` times; ms from kill to its replacement's timestamp
+    (`victim_file` polled every `every` s)."""
+    lat = []
+    for _ in range(kills):
+        pid, _ = wait(f"{label} victim started", lambda: read_ts(victim_file), 30, every)
+        time.sleep(STABLE_AFTER_MS / 1000 + 0.05)
+        t0 = time.time_ns()
+        os.kill(pid, signal.SIGKILL)
+        _, t1 = wait(f"{label} victim restarted",
+                     lambda: (lambda m: m if m and m[0] != pid else None)(read_ts(victim_file)),
+                     30, every)
+        lat.append((t1 - t0) / 1e6)
+    return lat
+
+
+def all_started_after(files, t0):
+    def check():
+        ts = [read_ts(f) for f in files]
+        if all(t and t[1] > t0 for t in ts):
+            return max(t[1] for t in ts)
+        return None
+    return check
+
+
+def hedge_supervision(binary, procs, tmp, P, out):
+    n_max = max(P["sizes"])
+    node = Hedge(binary, procs, os.path.join(tmp, "sup-node"))
+    node.init("--id", "bench")
+    node.configure({"supervisor": {"stable_after_ms": STABLE_AFTER_MS},
+                    "node": {"max_instances": n_max + 5}})
+    node.start()
+    part = os.path.join(node.home, "partitions")
+    have = 0
+    for n in P["sizes"]:
+        for i in range(have, n):
+            node.cli("request", f"s{i}", "--software", "exec:/bin/sh", "--arg", "-c",
+                     "--arg", stamp_cmd("srv/t"))
+        have = n
+        wait(f"{n} hedge instances running", lambda: node.running() == n, 60, 0.05)
+        time.sleep(3)  # idle before reading memory
+        out[f"rss_kib_{n}"] = rss_kib(node.daemon.pid)
+        log(f"hedge: {n} instances, idle VmRSS {out[f'rss_kib_{n}']} KiB")
+        if n == P["sizes"][0]:
+            node.cli("request", "victim", "--software", "exec:/bin/sh", "--arg", "-c",
+                     "--arg", stamp_cmd("srv/started"))
+            lat = kill_latencies(P["kills"], os.path.join(part, "victim/srv/started"), "hedge")
+            out["restart_ms"] = lat
+            node.cli("destroy", "victim")
+            wait("victim destroyed",
+                 lambda: all(i["name"] != "victim" for i in node.status()["instances"]), 30, 0.05)
+            log(f"hedge: crash-to-restart median {statistics.median(lat):.2f} ms over {len(lat)} kills")
+    # Offline boot: SIGKILL the daemon, start it again, time until every instance ran.
+    files = [os.path.join(part, f"s{i}/srv/t") for i in range(n_max)]
+    boots = []
+    for _ in range(P["boot_reps"]):
+        procs.stop(node.daemon, signal.SIGKILL)
+        t0 = time.time_ns()
+        node.spawn()
+        t1 = wait(f"{n_max} hedge instances restarted", all_started_after(files, t0), 60, 0.02)
+        boots.append((t1 - t0) / 1e6)
+        wait("hedge API after boot", node.status, 30, 0.01)
+    out["boot_all_ms"] = boots
+    out["boot_instances"] = n_max
+    log(f"hedge: daemon spawn -> {n_max} instances started: {', '.join(f'{b:.0f}' for b in boots)} ms")
+    procs.stop(node.daemon)
+
+
+def supervisord_conf(d, n, victim):
+    lines = ["[supervisord]", "nodaemon=true", f"logfile={d}/supervisord.log",
+             f"pidfile={d}/supervisord.pid", f"childlogdir={d}", "loglevel=warn", ""]
+    names = [f"s{i}" for i in range(n)] + (["victim"] if victim else [])
+    for name in names:
+        pd = os.path.join(d, "p", name)
+        os.makedirs(pd, exist_ok=True)
+        cmd = stamp_cmd(f"{pd}/t").replace("%", "%%")
+        lines += [f"[program:{name}]", f"command=/bin/sh -c '{cmd}'", f"directory={pd}",
+                  "autostart=true", "autorestart=true", "startsecs=0", "startretries=1000000",
+                  f"stdout_logfile={pd}/out.log", "redirect_stderr=true", ""]
+    conf = os.path.join(d, f"supervisord-{n}{'-v' if victim else ''}.conf")
+    with open(conf, "w") as f:
+        f.write("\n".join(lines))
+    return conf, [os.path.join(d, "p", f"s{i}", "t") for i in range(n)]
+
+
+def supervisord_supervision(py, procs, tmp, P, out):
+    d = os.path.join(tmp, "supervisord")
+    os.makedirs(d, exist_ok=True)
+    sd = os.path.join(os.path.dirname(py), "supervisord")
+    out["version"] = subprocess.run([sd, "--version"], capture_output=True, text=True,
+                                    timeout=30).stdout.strip()
+    n_max = max(P["sizes"])
+    for n in P["sizes"]:
+        conf, files = supervisord_conf(d, n, victim=False)
+        t0 = time.time_ns()
+        p = procs.spawn("supervisord", [sd, "-c", conf])
+        wait(f"{n} supervisord programs started", all_started_after(files, t0), 60, 0.01)
+        time.sleep(3)
+        out[f"rss_kib_{n}"] = rss_kib(p.pid)
+        log(f"supervisord: {n} programs, idle VmRSS {out[f'rss_kib_{n}']} KiB")
+        procs.stop(p)
+    # Crashes: the victim next to the smallest set, as for hedge.
+    conf, files = supervisord_conf(d, P["sizes"][0], victim=True)
+    t0 = time.time_ns()
+    p = procs.spawn("supervisord", [sd, "-c", conf])
+    wait("supervisord programs started", all_started_after(files, t0), 60, 0.01)
+    lat = kill_latencies(P["kills"], os.path.join(d, "p/victim/t"), "supervisord")
+    out["restart_ms"] = lat
+    log(f"supervisord: crash-to-restart median {statistics.median(lat):.2f} ms")
+    procs.stop(p)
+    conf, files = supervisord_conf(d, n_max, victim=False)
+    boots = []
+    for _ in range(P["boot_reps"]):
+        t0 = time.time_ns()
+        p = procs.spawn("supervisord", [sd, "-c", conf])
+        t1 = wait(f"{n_max} supervisord programs started", all_started_after(files, t0), 60, 0.02)
+        boots.append((t1 - t0) / 1e6)
+        procs.stop(p)
+    out["boot_all_ms"] = boots
+    out["boot_instances"] = n_max
+    log(f"supervisord: spawn -> {n_max} programs started: {', '.join(f'{b:.0f}' for b in boots)} ms")
