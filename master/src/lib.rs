@@ -1,9 +1,31 @@
 //! The hedge master: ingest, fleet registry, allocation, signing, usage, invoices,
-//! incidents.
+//! incidents. The design: `docs/architecture.md`.
 //!
-//! Pure cores ([`coverage`], [`alloc`], [`billing`]) beside the SQLite [`store`] and
-//! the desired-state signature ([`sign`]). The MQTT driver and the CLI call these;
-//! [`artifacts`] stores supplied software and serves it to nodes over HTTPS.
+//! Pure cores:
+//! - [`coverage`]: the acknowledged prefix of a node's sequence numbers.
+//! - [`alloc`]: which node gets a new instance.
+//! - [`placement`]: where a request goes, moves and pruning, and `hedge master request`.
+//! - [`admission`]: how much one node may make the master process and store.
+//! - [`billing`]: invoices from usage records and a price list.
+//!
+//! Storage and keys:
+//! - [`store`]: the [`store::FleetStore`] trait (its doc is the contract), the SQLite
+//!   backend, the pure ingest checks and views, the conformance suite.
+//! - [`sign`]: the master's ed25519 key and the signature of desired states.
+//! - [`config`]: the config file, `master.toml`.
+//!
+//! Drivers:
+//! - [`run`]: `hedge master run`, the MQTT driver; [`worker`]: the thread that owns the
+//!   store for it.
+//! - [`artifacts`]: supplied software, and the HTTPS endpoint nodes download it from and
+//!   enroll at.
+//! - [`log_limit`]: the rate limit of the HTTPS endpoint's refusal logs.
+//!
+//! The fleet PKI (`hedge master init`, `enroll`, `revoke`):
+//! - [`pki`]: the fleet CA, the master directory and enrollment bundles.
+//! - [`enrollment`]: one-time tokens, first certificates and renewals by CSR.
+//! - [`revocation`]: revoked nodes and the broker's CRL.
+//! - [`mosquitto`]: the broker's config and ACL.
 
 pub mod admission;
 pub mod alloc;
@@ -11,15 +33,13 @@ pub mod artifacts;
 pub mod billing;
 pub mod config;
 pub mod coverage;
-pub mod placement;
-pub mod sign;
-pub mod store;
-pub mod worker;
-
-// The fleet PKI and the broker's config (`hedge master init`/`enroll`).
 pub mod enrollment;
 pub mod log_limit;
 pub mod mosquitto;
 pub mod pki;
+pub mod placement;
 pub mod revocation;
 pub mod run;
+pub mod sign;
+pub mod store;
+pub mod worker;
