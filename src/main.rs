@@ -1,7 +1,18 @@
-//! `hedge`: the node (and, later, master) binary. Thin: clap → config → run.
+//! `hedge`: the node and master binary. Thin: clap → config → run. The design:
+//! `docs/architecture.md`.
 //!
 //! Exit codes: 0 success; 1 failure; 64 bad configuration or usage; 65 bad request
 //! input; 69 the node daemon is not reachable.
+//!
+//! Modules:
+//! - `node`: `hedge node ...` (init, run, and the client commands of the local API).
+//! - `master`: `hedge master ...` (init, enroll, run, request, the fleet views); only
+//!   with the `master` feature.
+//! - `sandbox`: `hedge sandbox`, a whole fleet on one machine; only with `master`.
+//! - `request_args`: the request flags `hedge node request` and `hedge master request`
+//!   share.
+//! - `process`: what every long-running command shares (runtime, logging, shutdown).
+//! - `escape`: printing text an instance wrote to an operator's terminal safely.
 
 mod escape;
 #[cfg(feature = "master")]

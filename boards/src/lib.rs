@@ -15,6 +15,10 @@
 //!
 //! Driven by the `hedge` binary: `hedge node init` is meant to take its defaults from
 //! [`detect`], and `BoardProfile` serializes (serde) for a `--json` view.
+//!
+//! The crate is this one file (the profile type, parsing, the embedded profiles and
+//! detection) plus the data in `boards/profiles/`. Where it sits in hedge:
+//! `docs/architecture.md`.
 
 use std::fmt;
 use std::sync::OnceLock;

@@ -1,4 +1,4 @@
-//! Node <-> master sync.
+//! Node <-> master sync. Its place in the data flow: `docs/architecture.md`.
 //!
 //! The link-agnostic core (always built; no rumqttc, rustls or tokio, so a second driver
 //! such as a mesh link can depend on it alone):

@@ -11,6 +11,7 @@
 //! - [`error`]: [`WireError`], the crate's error.
 //!
 //! Decoding never panics and allocates only for data present in its bounded input.
+//! Where the messages flow: `docs/architecture.md`.
 #![no_std]
 
 extern crate alloc;
