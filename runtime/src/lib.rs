@@ -1,4 +1,33 @@
-//! The hedge node runtime.
+//! The hedge node runtime: everything `hedge node` runs. The design (data flow, the
+//! cores' contracts): `docs/architecture.md`.
+//!
+//! Pure cores (no I/O, no clock; time is passed in):
+//! - [`reconcile`]: the diff between what is requested and what the supervisor holds.
+//! - [`desired`]: accepting the master's signed desired state (generation, signature,
+//!   expiry judged against a persisted clock floor).
+//! - [`render`]: an instance request into program, arguments, environment and config
+//!   files, `{{ key }}` replaced.
+//! - [`monitor`]: promises, incidents and self-repair, usage accounting (and when its
+//!   state is saved), outbox shedding; with their thin readers of checks and `/proc`.
+//! - [`supervisor`]: the per-instance `lifecycle` machine, beside the process side
+//!   (spawning, process identity, reaping a uid).
+//! - [`local_api`]: the local API's typed requests, answers, status views and refusals.
+//!
+//! State and configuration:
+//! - [`config`]: the config file, `node.toml`.
+//! - [`store`]: the sled store (desired, local and observed state, the outbox, the epoch).
+//! - [`request_file`]: request files and the equivalent CLI flags.
+//! - [`identity`]: the node's ed25519 key; [`credentials`]: its TLS key, enrollment by
+//!   CSR and certificate renewal.
+//!
+//! An instance's home and software:
+//! - [`partition`]: partitions (directories, uids, cgroups, limits, uid quarantine).
+//! - [`logfile`]: size-rotated instance logs.
+//! - [`artifact`]: the cache of extracted artifacts, their download and safe extraction.
+//!
+//! The driver:
+//! - [`daemon`]: the event loop and the parts it owns (instances, monitoring, outbox,
+//!   links), the local API socket, the metrics endpoint.
 pub mod artifact;
 pub mod config;
 pub mod credentials;
