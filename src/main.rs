@@ -73,6 +73,20 @@ enum Command {
     },
 }
 
+impl Command {
+    /// A daemon or the sandbox, as opposed to a client command that prints and exits.
+    fn runs_until_stopped(&self) -> bool {
+        match self {
+            Command::Node(cmd) => matches!(cmd, node::NodeCommand::Run { .. }),
+            #[cfg(feature = "master")]
+            Command::Master(cmd) => matches!(cmd, master::MasterCommand::Run { .. }),
+            #[cfg(feature = "master")]
+            Command::Sandbox { .. } => true,
+            Command::Board { .. } => false,
+        }
+    }
+}
+
 /// An error with the exit code it maps to.
 #[derive(Debug)]
 pub struct Failure {
@@ -148,6 +162,9 @@ fn board(json: bool, all: bool) -> Result<(), Failure> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !cli.command.runs_until_stopped() {
+        process::die_quietly_on_sigpipe();
+    }
     let result = match cli.command {
         Command::Node(cmd) => node::main(cmd),
         #[cfg(feature = "master")]

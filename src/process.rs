@@ -32,6 +32,18 @@ pub fn tune_allocator() {
     }
 }
 
+/// For the short-lived client commands: a closed stdout (`hedge node status | head -3`)
+/// ends the process quietly, as it does any Unix filter, instead of `println!` panicking
+/// on EPIPE. Daemons (`node run`, `master run`, the sandbox) keep Rust's default
+/// (SIGPIPE ignored): they write to sockets and must outlive a vanished peer.
+pub fn die_quietly_on_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    #[allow(unsafe_code)]
+    // SAFETY: SIG_DFL installs no handler, so no code runs in signal context; called
+    // before any thread is started.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 /// Structured logs on stderr (systemd-friendly, no colours); `HEDGE_LOG` sets the filter.
 pub fn init_logging() {
     tracing_subscriber::fmt()

@@ -200,3 +200,26 @@ fn init_refuses_to_overwrite_and_client_without_daemon_exits_69() {
     assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
     assert!(stderr(&out).contains("hedge node run"), "{}", stderr(&out));
 }
+
+/// `hedge board --all | head -1`: the reader is gone before hedge writes. A client
+/// command ends as a Unix filter does (SIGPIPE), not with a panic about printing.
+#[test]
+fn a_client_whose_stdout_is_closed_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    let out = hedge()
+        .args(["board", "--all"])
+        .stdout(write)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(nix::sys::signal::Signal::SIGPIPE as i32),
+        "{:?}: {}",
+        out.status,
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+}
