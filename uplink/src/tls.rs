@@ -22,6 +22,17 @@ pub fn read_key(path: &std::path::Path) -> Result<Zeroizing<Vec<u8>>, TlsError> 
 
 /// A client configuration trusting only `ca_pem`, without a client certificate.
 pub fn server_only_config(ca_pem: &[u8]) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = parse_roots(ca_pem)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// The trusted roots in `ca_pem`: refused when a certificate is malformed or none is there.
+pub fn parse_roots(ca_pem: &[u8]) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem) {
         let c = c.map_err(|e| TlsError::Ca(e.to_string()))?;
@@ -30,12 +41,7 @@ pub fn server_only_config(ca_pem: &[u8]) -> Result<Arc<ClientConfig>, TlsError> 
     if roots.is_empty() {
         return Err(TlsError::Ca("no certificate found".into()));
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(cfg))
+    Ok(roots)
 }
 
 /// Errors building a TLS configuration.
@@ -71,14 +77,7 @@ pub struct Pems {
 
 /// Parses the CA, certificate and key PEMs.
 pub fn parse_pems(ca_pem: &[u8], cert_pem: &[u8], key_pem: &[u8]) -> Result<Pems, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem) {
-        let c = c.map_err(|e| TlsError::Ca(e.to_string()))?;
-        roots.add(c).map_err(|e| TlsError::Ca(e.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(TlsError::Ca("no certificate found".into()));
-    }
+    let roots = parse_roots(ca_pem)?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| TlsError::Cert(e.to_string()))?;
@@ -122,5 +121,13 @@ mod tests {
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(read_key(&tmp).unwrap().as_slice(), b"secret");
         std::fs::remove_file(&tmp).unwrap();
+    }
+
+    #[test]
+    fn roots_need_one_well_formed_certificate() {
+        let err = parse_roots(b"").unwrap_err().to_string();
+        assert_eq!(err, "CA certificate: no certificate found");
+        let garbage = b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
+        assert!(matches!(parse_roots(garbage), Err(TlsError::Ca(_))));
     }
 }
