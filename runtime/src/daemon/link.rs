@@ -5,15 +5,20 @@
 //! through channels; the daemon stays the single owner of the store. When the uplink is
 //! disabled or misconfigured the node runs offline and says why, once, in its log.
 
+use std::sync::Arc;
+
 use hedge_uplink::link::{ToLink, ToNode};
 use hedge_uplink::mqtt::{self, LinkSettings};
+use rustls::ClientConfig;
 use tokio::sync::mpsc;
 
 use super::links::{LinkHandle, LinkId};
 use super::Daemon;
 
 impl Daemon {
-    fn link_settings(&self) -> Result<LinkSettings, String> {
+    /// The mTLS client configuration from the `[uplink]` CA, certificate and key files
+    /// (shared by the MQTT link and the artifact downloads).
+    pub(super) fn uplink_tls(&self) -> Result<Arc<ClientConfig>, String> {
         let u = &self.cfg.uplink;
         let read = |p: &std::path::Path| {
             let path = self.cfg.state_path(p);
@@ -22,8 +27,13 @@ impl Daemon {
         // The key is mode-checked and wiped after use (like the identity key).
         let key =
             hedge_uplink::tls::read_key(&self.cfg.state_path(&u.key)).map_err(|e| e.to_string())?;
-        let tls = hedge_uplink::tls::client_config(&read(&u.ca)?, &read(&u.cert)?, &key)
-            .map_err(|e| e.to_string())?;
+        hedge_uplink::tls::client_config(&read(&u.ca)?, &read(&u.cert)?, &key)
+            .map_err(|e| e.to_string())
+    }
+
+    fn link_settings(&self) -> Result<LinkSettings, String> {
+        let u = &self.cfg.uplink;
+        let tls = self.uplink_tls()?;
         Ok(LinkSettings {
             node: self.cfg.node_id().clone(),
             epoch: self.outbox.store.epoch(),

@@ -183,15 +183,7 @@ impl Daemon {
         let url = u.artifacts.clone().ok_or(
             "no `[uplink] artifacts` URL in node.toml (enroll with a master that serves artifacts)",
         )?;
-        let read = |p: &std::path::Path| {
-            let path = self.cfg.state_path(p);
-            std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
-        };
-        // The key is mode-checked and wiped after use (like the identity key).
-        let key =
-            hedge_uplink::tls::read_key(&self.cfg.state_path(&u.key)).map_err(|e| e.to_string())?;
-        let tls = hedge_uplink::tls::client_config(&read(&u.ca)?, &read(&u.cert)?, &key)
-            .map_err(|e| e.to_string())?;
+        let tls = self.uplink_tls()?;
         let source = Source::parse(&url, tls).map_err(|e| e.to_string())?;
         self.software.source = Some(source.clone());
         Ok(source)
