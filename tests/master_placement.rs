@@ -12,26 +12,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use common::fleet::Fleet;
-use common::{hedge, wait_for, Node};
+use common::fleet::{master_ok_at as master, Fleet};
+use common::{hedge, run_ok, wait_for, Node};
 use hedge_wire::InstanceStatus;
 use serde_json::Value;
-
-fn master(config: &Path, args: &[&str]) -> String {
-    let out = hedge()
-        .arg("master")
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "hedge master {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -41,16 +25,7 @@ fn mode(p: &Path) -> u32 {
 fn operator_labels_and_region_are_stored_at_enrollment_and_by_label() {
     let tmp = tempfile::tempdir().unwrap();
     let m = tmp.path().join("m");
-    let out = hedge()
-        .args(["master", "init", "--dir"])
-        .arg(&m)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(hedge().args(["master", "init", "--dir"]).arg(&m), "");
     let config = m.join("master.toml");
     // Enrollment goes through the master's HTTPS endpoint.
     let text = std::fs::read_to_string(&config).unwrap();

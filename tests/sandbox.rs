@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{hedge, wait_for};
+use common::{hedge, run_ok, wait_for};
 use hedge_runtime::local_api::NodeStatus;
 use serde_json::Value;
 
@@ -53,15 +53,11 @@ fn sandbox_runs_a_fleet_survives_a_cut_link_and_loses_nothing() {
     wait_for("node-1 connected", Duration::from_secs(60), || {
         (status()?.uplink.connected).then_some(())
     });
-    let out = hedge()
-        .args(["sandbox", "link", "node-1", "down", "--dir"])
-        .arg(&sbx)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        hedge()
+            .args(["sandbox", "link", "node-1", "down", "--dir"])
+            .arg(&sbx),
+        "",
     );
     // The node sees its link down, and the sandbox's table shows it cut.
     let first_down = wait_for("node-1 sees its link down", Duration::from_secs(30), || {

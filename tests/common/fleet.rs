@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use serde_json::Value;
 
 use super::broker::{free_port, Broker};
-use super::{hedge, Node};
+use super::{assert_success, hedge, run_ok, Node};
 
 /// A master directory, its broker (one listener for masters, one for nodes) and
 /// master processes.
@@ -30,23 +30,19 @@ impl Fleet {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
         let m = dir.path().join("m");
         let (master_port, node_port) = (free_port(), free_port());
-        let out = hedge()
-            .args([
-                "master",
-                "init",
-                "--port",
-                &node_port.to_string(),
-                "--master-port",
-                &master_port.to_string(),
-                "--dir",
-            ])
-            .arg(&m)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            hedge()
+                .args([
+                    "master",
+                    "init",
+                    "--port",
+                    &node_port.to_string(),
+                    "--master-port",
+                    &master_port.to_string(),
+                    "--dir",
+                ])
+                .arg(&m),
+            "",
         );
         let broker = Broker::start_with_node_port(&m, master_port, Some(node_port));
         let mut fleet = Fleet {
@@ -67,23 +63,11 @@ impl Fleet {
     }
 
     pub fn master(&self, args: &[&str]) -> std::process::Output {
-        hedge()
-            .arg("master")
-            .args(args)
-            .arg("--config")
-            .arg(self.config())
-            .output()
-            .unwrap()
+        master_command(&self.config(), args).output().unwrap()
     }
 
     pub fn master_ok(&self, args: &[&str]) -> String {
-        let out = self.master(args);
-        assert!(
-            out.status.success(),
-            "hedge master {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        master_ok_at(&self.config(), args)
     }
 
     pub fn start_master(&mut self) {
@@ -207,6 +191,22 @@ impl Drop for Fleet {
     }
 }
 
+/// `hedge master ARGS --config CONFIG`, not yet run.
+pub fn master_command(config: &Path, args: &[&str]) -> Command {
+    let mut cmd = hedge();
+    cmd.arg("master").args(args).arg("--config").arg(config);
+    cmd
+}
+
+/// Runs `hedge master ARGS --config CONFIG`, which must succeed; its stdout.
+pub fn master_ok_at(config: &Path, args: &[&str]) -> String {
+    let out = run_ok(
+        &mut master_command(config, args),
+        &format!("hedge master {args:?}: "),
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 pub fn nft(args: &[&str]) {
     let bin = if Path::new("/usr/sbin/nft").exists() {
         "/usr/sbin/nft"
@@ -217,11 +217,7 @@ pub fn nft(args: &[&str]) {
         .args(args)
         .output()
         .expect("nft (scripts/setup installs nftables)");
-    assert!(
-        out.status.success(),
-        "nft {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, &format!("nft {args:?}: "));
 }
 
 pub fn can_cut() -> bool {

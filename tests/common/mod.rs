@@ -20,6 +20,22 @@ pub fn hedge() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hedge"))
 }
 
+/// Asserts that a finished command succeeded; the panic names `what` and shows its stderr.
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `cmd` to its end; it must succeed (see [`assert_success`]).
+pub fn run_ok(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd.output().unwrap();
+    assert_success(&out, what);
+    out
+}
+
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
 #[allow(clippy::disallowed_methods)] // an end-to-end test: waits for real processes, with a deadline
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -97,17 +113,13 @@ impl Node {
         // Partition users must traverse the temp dir when the tests run as root.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-        let out = hedge()
-            .args(["node", "init"])
-            .args(args)
-            .arg("--dir")
-            .arg(dir.path().join("n"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "init: {}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            hedge()
+                .args(["node", "init"])
+                .args(args)
+                .arg("--dir")
+                .arg(dir.path().join("n")),
+            "init: ",
         );
         let node = Node {
             dir,
@@ -199,11 +211,7 @@ impl Node {
     /// Runs a client command that must succeed.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
-        assert!(
-            out.status.success(),
-            "hedge node {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out, &format!("hedge node {args:?} failed: "));
         String::from_utf8(out.stdout).unwrap()
     }
 
