@@ -474,26 +474,20 @@ mod tests {
         assert!(!u.complete);
         assert!(u.reason.unwrap().contains("more than 10 entries"));
         assert!(u.bytes > 0 && u.bytes < full, "{} of {full}", u.bytes);
-        let names = walk(
-            tmp.path(),
-            WalkLimits {
-                max_pending_bytes: 0,
-                ..WalkLimits::default()
-            },
-            &never,
-        );
+        let names = || {
+            walk(
+                tmp.path(),
+                WalkLimits {
+                    max_pending_bytes: 0,
+                    ..WalkLimits::default()
+                },
+                &never,
+            )
+        };
         // No subdirectory here: the name budget is not touched.
-        assert!(names.complete);
+        assert!(names().complete);
         std::fs::create_dir(tmp.path().join("sub")).unwrap();
-        let names = walk(
-            tmp.path(),
-            WalkLimits {
-                max_pending_bytes: 0,
-                ..WalkLimits::default()
-            },
-            &never,
-        );
-        assert!(!names.complete);
+        assert!(!names().complete);
         // A cancelled walk stops at once and says so.
         let c = walk(tmp.path(), WalkLimits::default(), &|| true);
         assert!(!c.complete);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hedge_wire::{InstanceRequest, Limits, Name, RequestedState};
 
-use super::{daemon, sleep_request};
+use super::{daemon, kill_all, sleep_request};
 use crate::daemon::Daemon;
 use crate::partition::cgroup::Cgroups;
 
@@ -100,13 +100,5 @@ async fn changed_limits_apply_live_in_the_cgroup_and_a_changed_rlimit_restarts()
     let new_pid = d.instances.slots[&name].lifecycle.pid().unwrap();
     assert_eq!(nofile_of(new_pid), 300);
 
-    d.shutting_down = true;
-    for slot in d.instances.slots.values_mut() {
-        if let Some(pid) = slot.lifecycle.pid() {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
+    kill_all(&mut d);
 }

@@ -32,6 +32,19 @@ fn sleep_request(name: &str, state: RequestedState, limits: Limits) -> InstanceR
     }
 }
 
+/// Ends a test's daemon: shutting down, every instance's process group killed.
+fn kill_all(d: &mut Daemon) {
+    d.shutting_down = true;
+    for slot in d.instances.slots.values_mut() {
+        if let Some(pid) = slot.lifecycle.pid() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 fn sleeper(name: &str) -> InstanceRequest {
     sleep_request(name, RequestedState::Started, Limits::default())
 }
@@ -69,13 +82,5 @@ async fn an_unreadable_store_stops_reconciliation_and_destroys_nothing() {
         err.to_string().contains("cannot read the desired state"),
         "{err}"
     );
-    d.shutting_down = true;
-    for slot in d.instances.slots.values_mut() {
-        if let Some(pid) = slot.lifecycle.pid() {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
+    kill_all(&mut d);
 }
