@@ -20,14 +20,7 @@ fn stderr(o: &std::process::Output) -> String {
 fn bad_requests_are_refused_with_a_clear_error_and_nothing_changes() {
     let mut node = Node::init();
     node.start();
-    node.ok(&[
-        "request",
-        "keep",
-        "--software",
-        "exec:/bin/sleep",
-        "--arg",
-        "1000",
-    ]);
+    node.request_sleep("keep", "1000", &[]);
     node.running_pid("keep", None);
     let before_disk = tree(&node.home().join("partitions"));
     let before_seq = node.status().outbox.next_seq;

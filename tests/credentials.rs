@@ -93,14 +93,7 @@ fn a_node_renews_its_certificate_and_keeps_syncing_without_a_gap() {
             .replace("usage_interval_ms = 60000", "usage_interval_ms = 100")
     });
     node.start();
-    node.ok(&[
-        "request",
-        "idle",
-        "--software",
-        "exec:/bin/sleep",
-        "--arg",
-        "100000",
-    ]);
+    node.request_sleep("idle", "100000", &[]);
     let crt = node.home().join("uplink/node.crt");
     let first = wait_for("enrolled", Duration::from_secs(30), || {
         hedge_runtime::credentials::validity(&std::fs::read(&crt).ok()?).ok()

@@ -223,14 +223,7 @@ fn hostile_connection_files_neither_stall_the_daemon_nor_reach_another_tenant() 
             "name = \"racer\"\nsoftware = \"exec:/usr/bin/python3\"\nargs = [\"-c\", '''{RACER}''']\n"
         ),
     );
-    node.ok(&[
-        "request",
-        "canary",
-        "--software",
-        "exec:/bin/sleep",
-        "--arg",
-        "1000",
-    ]);
+    node.request_sleep("canary", "1000", &[]);
     let mut canary = node.running_pid("canary", None);
     let refused_before = node.status().counters.bad_connection_files;
     // Each poll meets the racer's file in some state; many polls are refused. The
@@ -335,14 +328,7 @@ fn partition_uids_cannot_list_the_other_tenants() {
     }
     let mut node = Node::init();
     node.start();
-    node.ok(&[
-        "request",
-        "neighbour",
-        "--software",
-        "exec:/bin/sleep",
-        "--arg",
-        "1000",
-    ]);
+    node.request_sleep("neighbour", "1000", &[]);
     node.running_pid("neighbour", None);
     request(
         &node,

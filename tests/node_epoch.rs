@@ -47,14 +47,7 @@ fn a_wiped_node_starts_a_new_life_and_the_master_keeps_both() {
     let mut node = fleet.node("phoenix");
     node.start();
     let old_epoch = node.status().uplink.epoch;
-    node.ok(&[
-        "request",
-        "before",
-        "--software",
-        "exec:/bin/sleep",
-        "--arg",
-        "100000",
-    ]);
+    node.request_sleep("before", "100000", &[]);
     wait_for(
         "first life's request at the master",
         Duration::from_secs(30),
@@ -76,14 +69,7 @@ fn a_wiped_node_starts_a_new_life_and_the_master_keeps_both() {
     node.start();
     let new_epoch = node.status().uplink.epoch;
     assert_ne!(new_epoch, old_epoch, "a wiped store is a new life");
-    node.ok(&[
-        "request",
-        "after",
-        "--software",
-        "exec:/bin/sleep",
-        "--arg",
-        "100000",
-    ]);
+    node.request_sleep("after", "100000", &[]);
     wait_for(
         "new life's request at the master",
         Duration::from_secs(30),
@@ -155,14 +141,7 @@ fn a_node_restored_from_a_backup_starts_a_new_life_and_loses_nothing() {
     // The life goes on after the backup: same store, same epoch, seqs past the backup's.
     node.start();
     assert_eq!(Some(node.status().uplink.epoch), Some(first_epoch));
-    node.ok(&[
-        "request",
-        "mid",
-        "--software",
-        "exec:/bin/sleep",
-        "--arg",
-        "100000",
-    ]);
+    node.request_sleep("mid", "100000", &[]);
     wait_for(
         "the request made after the backup",
         Duration::from_secs(30),
@@ -184,14 +163,7 @@ fn a_node_restored_from_a_backup_starts_a_new_life_and_loses_nothing() {
         restored_epoch, first_epoch,
         "a restored store starts a new life"
     );
-    node.ok(&[
-        "request",
-        "late",
-        "--software",
-        "exec:/bin/sleep",
-        "--arg",
-        "100000",
-    ]);
+    node.request_sleep("late", "100000", &[]);
     wait_for(
         "the restored node's request at the master",
         Duration::from_secs(30),

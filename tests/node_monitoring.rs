@@ -296,16 +296,7 @@ fn outbox_quota_sheds_by_priority_keeping_incidents_and_usage_totals() {
     });
     node.start();
     for n in ["a", "b"] {
-        node.ok(&[
-            "request",
-            n,
-            "--software",
-            "exec:/bin/sleep",
-            "--arg",
-            "1000",
-            "--promise",
-            "process",
-        ]);
+        node.request_sleep(n, "1000", &["--promise", "process"]);
     }
     // A flapping promise (fails every other second): incidents open and resolve.
     std::fs::write(
@@ -415,14 +406,7 @@ fn a_full_disk_never_stops_supervision_and_records_resume_when_space_returns() {
         .status()
         .unwrap();
     node.start();
-    node.ok(&[
-        "request",
-        "sleeper",
-        "--software",
-        "exec:/bin/sleep",
-        "--arg",
-        "1000",
-    ]);
+    node.request_sleep("sleeper", "1000", &[]);
     let mut pid = node.running_pid("sleeper", None);
 
     // Fill the disk.
@@ -494,16 +478,7 @@ fn prometheus_endpoint_serves_instance_promise_and_outbox_metrics() {
         )
     });
     node.start();
-    node.ok(&[
-        "request",
-        "web",
-        "--software",
-        "exec:/bin/sleep",
-        "--arg",
-        "1000",
-        "--promise",
-        "process",
-    ]);
+    node.request_sleep("web", "1000", &["--promise", "process"]);
     node.running_pid("web", None);
     let get = || -> Option<String> {
         use std::io::{Read, Write};
@@ -532,14 +507,7 @@ fn a_stopped_instance_makes_no_usage_records() {
     let mut node = fast_node("");
     node.edit_config(|c| c.replace("usage_interval_ms = 1000", "usage_interval_ms = 200"));
     node.start();
-    node.ok(&[
-        "request",
-        "quiet",
-        "--software",
-        "exec:/bin/sleep",
-        "--arg",
-        "1000",
-    ]);
+    node.request_sleep("quiet", "1000", &[]);
     node.running_pid("quiet", None);
     let usage = |n: &Node| {
         kinds(&n.outbox(), "Usage")

@@ -37,25 +37,9 @@ fn sigkilled_daemon_restarts_offline_with_every_instance_and_a_continuous_outbox
     node.start();
     let names = ["a", "b", "c"];
     for n in names {
-        node.ok(&[
-            "request",
-            n,
-            "--software",
-            "exec:/bin/sleep",
-            "--arg",
-            "1000",
-        ]);
+        node.request_sleep(n, "1000", &[]);
     }
-    node.ok(&[
-        "request",
-        "idle",
-        "--software",
-        "exec:/bin/sleep",
-        "--arg",
-        "1000",
-        "--state",
-        "stopped",
-    ]);
+    node.request_sleep("idle", "1000", &["--state", "stopped"]);
     let pids: Vec<u32> = names.iter().map(|n| node.running_pid(n, None)).collect();
     let before = node.outbox();
     let before_seqs = seqs(&before);

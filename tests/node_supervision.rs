@@ -14,14 +14,7 @@ use hedge_wire::InstanceStatus;
 fn killed_instance_comes_back_and_is_counted() {
     let mut node = Node::init();
     node.start();
-    node.ok(&[
-        "request",
-        "sleeper",
-        "--software",
-        "exec:/bin/sleep",
-        "--arg",
-        "1000",
-    ]);
+    node.request_sleep("sleeper", "1000", &[]);
     let mut pid = node.running_pid("sleeper", None);
     for round in 1..=3u64 {
         nix::sys::signal::kill(common::nix_pid(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
@@ -223,16 +216,7 @@ fn board_profile_limits_instances_unless_the_config_says_otherwise() {
     node.start();
     assert_eq!(node.status().board, "rpizero2w");
     for i in 0..4 {
-        node.ok(&[
-            "request",
-            &format!("s{i}"),
-            "--software",
-            "exec:/bin/sleep",
-            "--arg",
-            "1000",
-            "--state",
-            "stopped",
-        ]);
+        node.request_sleep(&format!("s{i}"), "1000", &["--state", "stopped"]);
     }
     let out = node.cli(&[
         "request",
@@ -249,14 +233,7 @@ fn board_profile_limits_instances_unless_the_config_says_otherwise() {
         String::from_utf8_lossy(&out.stderr)
     );
     // Changing an existing instance is still allowed.
-    node.ok(&[
-        "request",
-        "s0",
-        "--software",
-        "exec:/bin/sleep",
-        "--arg",
-        "1000",
-    ]);
+    node.request_sleep("s0", "1000", &[]);
     node.running_pid("s0", None);
     // The node told the master what it is, first thing at boot.
     let info = node

@@ -43,14 +43,7 @@ fn fast(node: &Node) {
 
 /// An idle instance: usage records several times a second.
 fn busy(node: &Node) {
-    node.ok(&[
-        "request",
-        "idle",
-        "--software",
-        "exec:/bin/sleep",
-        "--arg",
-        "100000",
-    ]);
+    node.request_sleep("idle", "100000", &[]);
 }
 
 #[test]

@@ -29,14 +29,7 @@ fn ten_thousand_records_reach_the_master_exactly_once_through_cuts_and_kills() {
     node.start();
     // 20 idle instances: 200 usage records a second.
     for i in 0..20 {
-        node.ok(&[
-            "request",
-            &format!("s{i}"),
-            "--software",
-            "exec:/bin/sleep",
-            "--arg",
-            "100000",
-        ]);
+        node.request_sleep(&format!("s{i}"), "100000", &[]);
     }
     let mut kills = [0u32; 3];
     let mut cuts = 0;
@@ -374,14 +367,7 @@ fn forged_and_replayed_desired_states_are_refused_and_a_node_cannot_publish_as_a
     node.kill9(); // the real alpha goes quiet
     let (held_before, last_before) = fleet.held("alpha");
     beta.start();
-    beta.ok(&[
-        "request",
-        "noise",
-        "--software",
-        "exec:/bin/sleep",
-        "--arg",
-        "1000",
-    ]);
+    beta.request_sleep("noise", "1000", &[]);
     wait_for("beta published", Duration::from_secs(30), || {
         (beta.status().uplink.progress?.sent_upto > 0).then_some(())
     });
@@ -417,14 +403,7 @@ fn two_masters_share_the_subscription_and_store_each_record_once() {
     });
     node.start();
     for i in 0..10 {
-        node.ok(&[
-            "request",
-            &format!("s{i}"),
-            "--software",
-            "exec:/bin/sleep",
-            "--arg",
-            "100000",
-        ]);
+        node.request_sleep(&format!("s{i}"), "100000", &[]);
     }
     wait_for("2000 records", Duration::from_secs(60), || {
         (node.status().outbox.next_seq > 2000).then_some(())
@@ -472,14 +451,7 @@ fn usage_records_reach_the_master_without_waiting_for_another_record() {
             .replace("usage_interval_ms = 60000", "usage_interval_ms = 500")
     });
     node.start();
-    node.ok(&[
-        "request",
-        "metered",
-        "--software",
-        "exec:/bin/sleep",
-        "--arg",
-        "100000",
-    ]);
+    node.request_sleep("metered", "100000", &[]);
     // Several intervals, each sent as it is appended, well before the next health record.
     wait_for(
         "usage records at the master",
@@ -517,14 +489,7 @@ fn a_busy_node_connects_over_a_slow_link() {
     // Twenty instances metered every 100 ms: an append every few milliseconds, each
     // waking the link while it connects.
     for i in 0..20 {
-        node.ok(&[
-            "request",
-            &format!("b{i}"),
-            "--software",
-            "exec:/bin/sleep",
-            "--arg",
-            "100000",
-        ]);
+        node.request_sleep(&format!("b{i}"), "100000", &[]);
     }
     wait_for("busy node connected", Duration::from_secs(60), || {
         (node.status().uplink.connected).then_some(())

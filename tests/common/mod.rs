@@ -208,6 +208,22 @@ impl Node {
             .unwrap()
     }
 
+    /// Requests instance `name` running `/bin/sleep SECS`, `extra` flags after; must succeed.
+    pub fn request_sleep(&self, name: &str, secs: &str, extra: &[&str]) -> String {
+        self.ok(&[
+            &[
+                "request",
+                name,
+                "--software",
+                "exec:/bin/sleep",
+                "--arg",
+                secs,
+            ],
+            extra,
+        ]
+        .concat())
+    }
+
     /// Runs a client command that must succeed.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
