@@ -70,18 +70,22 @@ impl Fleet {
         master_ok_at(&self.config(), args)
     }
 
-    pub fn start_master(&mut self) {
-        let i = self.masters.len();
-        let log = std::fs::File::create(self.dir.path().join(format!("master{i}.log"))).unwrap();
-        let child = hedge()
+    /// `hedge master run` on this fleet's config, its log on stderr into `log`.
+    fn spawn_master(&self, log: std::fs::File) -> Child {
+        hedge()
             .args(["master", "run", "--config"])
             .arg(self.config())
             .env("HEDGE_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap();
-        self.masters.push(child);
+            .unwrap()
+    }
+
+    pub fn start_master(&mut self) {
+        let i = self.masters.len();
+        let log = std::fs::File::create(self.dir.path().join(format!("master{i}.log"))).unwrap();
+        self.masters.push(self.spawn_master(log));
     }
 
     pub fn kill_master(&mut self, i: usize) {
@@ -91,14 +95,7 @@ impl Fleet {
             .append(true)
             .open(self.dir.path().join(format!("master{i}.log")))
             .unwrap();
-        self.masters[i] = hedge()
-            .args(["master", "run", "--config"])
-            .arg(self.config())
-            .env("HEDGE_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        self.masters[i] = self.spawn_master(log);
     }
 
     /// An enrolled node whose uplink dials the nodes' listener, with fast intervals.
