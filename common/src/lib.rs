@@ -1,12 +1,13 @@
 //! Helpers the node and the master share, each with one home here: [`keyfile`] (secret
 //! files written 0600 and read back only while private), [`clock`] (the one place that
-//! reads the wall clock), [`hex`] and [`config_error`] (the error of loading a config-like
-//! file). It holds no node or master logic, so the node-only build carries no master code.
+//! reads the wall clock), [`hex`], [`config_error`] (the error of loading a config-like
+//! file) and [`log_gate`] (one log line per period for noisy conditions). It holds no node or master logic, so the node-only build carries no master code.
 
 pub mod clock;
 pub mod config_error;
 pub mod hex;
 pub mod keyfile;
+pub mod log_gate;
 
 pub use config_error::ConfigFileError;
 pub use keyfile::KeyFileError;

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 
+use hedge_common::log_gate::LogGate;
 use hedge_wire::Name;
 
 /// At most one log line per node and per this period for refused frames.
@@ -63,8 +64,7 @@ struct Bucket {
     /// Tokens × 1000 (milli-frames), so refill needs no floats.
     milli_tokens: u64,
     last_ms: u64,
-    last_log_ms: Option<u64>,
-    suppressed: u64,
+    log: LogGate<u64>,
 }
 
 /// Per-node admission state. See the module doc.
@@ -94,8 +94,7 @@ impl Admission {
         let b = self.nodes.entry(node.clone()).or_insert(Bucket {
             milli_tokens: full,
             last_ms: now_ms,
-            last_log_ms: None,
-            suppressed: 0,
+            log: LogGate::default(),
         });
         // ms × frames/s = milli-frames.
         let refill = now_ms.saturating_sub(b.last_ms).saturating_mul(rate);
@@ -119,16 +118,8 @@ impl Admission {
     /// at `now_ms`; `None` to stay quiet (and count it as suppressed).
     pub fn should_log(&mut self, node: &Name, now_ms: u64) -> Option<u64> {
         let b = self.bucket(node, now_ms);
-        match b.last_log_ms {
-            Some(t) if now_ms.saturating_sub(t) < LOG_PERIOD_MS => {
-                b.suppressed += 1;
-                None
-            }
-            _ => {
-                b.last_log_ms = Some(now_ms);
-                Some(std::mem::take(&mut b.suppressed))
-            }
-        }
+        b.log
+            .allow(now_ms, |t| now_ms.saturating_sub(t) < LOG_PERIOD_MS)
     }
 }
 

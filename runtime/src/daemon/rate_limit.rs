@@ -4,11 +4,12 @@
 
 use std::time::{Duration, Instant};
 
+use hedge_common::log_gate::LogGate;
+
 /// At most one log line per period for a noisy condition.
 #[derive(Debug, Default)]
 pub(crate) struct RateLimit {
-    last: Option<Instant>,
-    suppressed: u64,
+    gate: LogGate<Instant>,
 }
 
 impl RateLimit {
@@ -16,16 +17,8 @@ impl RateLimit {
 
     /// `Some(suppressed since last)` when a line may be logged now.
     pub(crate) fn allow(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(t) if now.saturating_duration_since(t) < Self::PERIOD => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
+        self.gate
+            .allow(now, |t| now.saturating_duration_since(t) < Self::PERIOD)
     }
 }
 
