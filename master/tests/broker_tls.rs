@@ -712,3 +712,83 @@ async fn a_locked_store_never_stalls_the_masters_event_loop() {
     );
     assert_eq!(counters.stored, 2, "{counters:?}");
 }
+
+/// `n` usage records of two instances from `from`, as a node's accounting makes them.
+fn usage_records(from: u64, n: u64) -> Vec<Record> {
+    (from..from + n)
+        .map(|seq| Record {
+            seq,
+            time_ms: 1_764_600_000_000 + seq,
+            kind: RecordKind::Usage {
+                instance: Name::new(if seq % 2 == 0 { "web" } else { "db" }).unwrap(),
+                from_ms: 1_764_599_990_000,
+                to_ms: 1_764_600_000_000,
+                cpu_ms: seq,
+                mem_avg_bytes: 1 << 20,
+                mem_peak_bytes: 1 << 21,
+                disk_bytes: 4096,
+                net_rx_bytes: None,
+                net_tx_bytes: Some(seq),
+                uptime_ms: 10_000,
+            },
+        })
+        .collect()
+}
+
+/// A node not yet upgraded sends version-2 batches, an upgraded one compact batches
+/// (version 3): the master stores and acknowledges both, and stores the same records.
+#[tokio::test]
+#[allow(clippy::disallowed_methods)] // an end-to-end test: waits for real processes, with a deadline
+async fn the_master_stores_old_and_compact_batches_alike() {
+    let fleet = Fleet::new();
+    let db = fleet.dir.join("master.db");
+    let view = MasterStore::open(&db).unwrap();
+    let (stop, master) = spawn_master(
+        &fleet,
+        &db,
+        IngestLimits::default(),
+        Duration::from_secs(20),
+    );
+    let a_name = Name::new("a").unwrap();
+    let mut a = Client::connect("node-a", fleet.node_port, fleet.node_tls("a"))
+        .connected()
+        .await;
+    a.subscribe(&topic::ack_topic("a")).await;
+    let batch = |from: u64| Up {
+        node: a_name.clone(),
+        records: usage_records(from, 10),
+        covers: Some((from, from + 9)),
+        epoch: 1,
+    };
+    let old = encode(&Message::Up(batch(1)), DEFAULT_MAX_FRAME).unwrap();
+    let new = hedge_wire::encode_up(&batch(11), DEFAULT_MAX_FRAME).unwrap();
+    assert_eq!(old[0], hedge_wire::WIRE_VERSION);
+    assert_eq!(new[0], hedge_wire::COMPACT_UP_VERSION);
+    assert!(new.len() < old.len(), "{} vs {}", new.len(), old.len());
+    // Resent (as a node does until acked) until the master is up and acks each.
+    for (frame, upto) in [(old, 10u64), (new, 20)] {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            assert!(Instant::now() < deadline, "no ack up to {upto}");
+            a.publish_bytes(&topic::up_topic("a"), frame.clone()).await;
+            let acked = tokio::time::timeout(
+                Duration::from_millis(500),
+                a.until("an ack", |p| {
+                    matches!(p, Packet::Publish(p) if matches!(
+                        hedge_wire::codec::decode(&p.payload, DEFAULT_MAX_FRAME),
+                        Ok(Message::Ack(hedge_wire::Ack { upto: u, epoch: 1 })) if u == upto
+                    ))
+                }),
+            )
+            .await;
+            if acked.is_ok() {
+                break;
+            }
+        }
+    }
+    let stored = view.records(&a_name, 1, 100).unwrap();
+    assert_eq!(stored, usage_records(1, 20));
+    let _ = stop.send(());
+    let counters = master.await.unwrap().unwrap();
+    assert_eq!(counters.refused, 0, "{counters:?}");
+}

@@ -1,5 +1,6 @@
-//! The versioned envelope: one byte [`WIRE_VERSION`], then the postcard encoding of a
-//! [`Message`].
+//! The versioned envelope: one version byte, then the body. Version [`WIRE_VERSION`]:
+//! the postcard encoding of a [`Message`]; version [`COMPACT_UP_VERSION`]: an [`Up`]
+//! batch in the compact encoding of [`crate::compact`].
 //!
 //! Contract: [`decode`] is pure over `&[u8]`. For any input it returns a [`Message`]
 //! that passed [`Validate`] or a typed [`WireError`]; it never panics, refuses input
@@ -7,7 +8,9 @@
 //! the input (collections are bounded while decoding, see [`crate::limits`]).
 //! [`encode`] validates first and never produces more than `max` bytes, so whatever it
 //! returns the peer's `decode` with the same `max` accepts. Both ends of every
-//! transport (MQTT payloads, [`crate::frame`] streams, the mesh) use these two functions.
+//! transport (MQTT payloads, [`crate::frame`] streams, the mesh) use these two functions;
+//! a node sends its batches with [`crate::compact::encode_up`] instead, which `decode`
+//! reads too.
 //! [`DesiredState::signed_bytes`] defines what the master signs.
 
 use alloc::vec;
@@ -15,16 +18,23 @@ use alloc::vec::Vec;
 
 use postcard::ser_flavors::Flavor;
 
+use crate::compact::{decode_up, COMPACT_UP_VERSION};
 use crate::error::WireError;
+#[cfg(doc)]
+use crate::types::Up;
 use crate::types::{DesiredState, Message};
 use crate::validate::Validate;
 
-/// The envelope version this crate writes and the only one it reads. Any change to the
-/// encoding of [`Message`] bumps it; an older peer then refuses frames with
-/// [`WireError::BadVersion`] instead of misreading them.
+/// The envelope version [`encode`] writes. Any change to the encoding of [`Message`]
+/// bumps it; an older peer then refuses frames with [`WireError::BadVersion`] instead of
+/// misreading them. [`decode`] reads it and [`COMPACT_UP_VERSION`].
 ///
 /// History: 1, the first; 2, [`DesiredState::expires_ms`] (signed, see
-/// [`DESIRED_SIGNING_CONTEXT`]) and the [`crate::RecordKind::DesiredExpired`] record.
+/// [`DESIRED_SIGNING_CONTEXT`]) and the [`crate::RecordKind::DesiredExpired`] record;
+/// 3 ([`COMPACT_UP_VERSION`]), the compact [`Up`] batch, beside 2: acks and desired
+/// states stay version 2, so a version-2 node still reads everything a master sends,
+/// and a master reads both kinds of batch (a version-2 master refuses a compact batch:
+/// upgrade masters first).
 pub const WIRE_VERSION: u8 = 2;
 
 /// Domain separation prefix of [`DesiredState::signed_bytes`]; its version follows the
@@ -81,8 +91,9 @@ pub fn encode(msg: &Message, max: usize) -> Result<Vec<u8>, WireError> {
 
 /// Decodes and validates one envelope that must fill `bytes` exactly.
 ///
-/// Checks, in order: `bytes.len() <= max`, a version byte equal to [`WIRE_VERSION`],
-/// the postcard body, that no bytes follow it, and [`Validate`].
+/// Checks, in order: `bytes.len() <= max`, a version byte of [`WIRE_VERSION`] or
+/// [`COMPACT_UP_VERSION`], the body in that version's encoding, that no bytes follow it,
+/// and [`Validate`].
 pub fn decode(bytes: &[u8], max: usize) -> Result<Message, WireError> {
     if bytes.len() > max {
         return Err(WireError::TooLarge {
@@ -91,13 +102,18 @@ pub fn decode(bytes: &[u8], max: usize) -> Result<Message, WireError> {
         });
     }
     let (&version, body) = bytes.split_first().ok_or(WireError::Empty)?;
-    if version != WIRE_VERSION {
-        return Err(WireError::BadVersion(version));
-    }
-    let (msg, rest) = postcard::take_from_bytes::<Message>(body).map_err(WireError::Decode)?;
-    if !rest.is_empty() {
-        return Err(WireError::TrailingBytes);
-    }
+    let msg = match version {
+        WIRE_VERSION => {
+            let (msg, rest) =
+                postcard::take_from_bytes::<Message>(body).map_err(WireError::Decode)?;
+            if !rest.is_empty() {
+                return Err(WireError::TrailingBytes);
+            }
+            msg
+        }
+        COMPACT_UP_VERSION => Message::Up(decode_up(body)?),
+        _ => return Err(WireError::BadVersion(version)),
+    };
     msg.validate()?;
     Ok(msg)
 }

@@ -22,7 +22,8 @@ pub enum WireError {
     },
     /// No bytes at all: not even a version byte.
     Empty,
-    /// The envelope's first byte is not [`crate::codec::WIRE_VERSION`].
+    /// The envelope's first byte is neither [`crate::codec::WIRE_VERSION`] nor
+    /// [`crate::compact::COMPACT_UP_VERSION`].
     BadVersion(u8),
     /// postcard could not decode the body: short input, bad varint, bad UTF-8, unknown
     /// enum tag, a name that is not a valid [`crate::types::Name`], or a collection
@@ -33,6 +34,9 @@ pub enum WireError {
     Encode(postcard::Error),
     /// The body decoded but bytes were left after it.
     TrailingBytes,
+    /// A compact batch ([`crate::compact`]) broke a rule of its encoding; the text names
+    /// it.
+    Compact(&'static str),
     /// A decoded or to-be-encoded message broke a rule of [`crate::validate`]; the text
     /// names the rule.
     Invalid(&'static str),
@@ -49,12 +53,14 @@ impl fmt::Display for WireError {
             WireError::Empty => f.write_str("message is empty"),
             WireError::BadVersion(v) => write!(
                 f,
-                "wire version {v} is not the supported version {}",
-                crate::codec::WIRE_VERSION
+                "wire version {v} is not a supported version ({} or {})",
+                crate::codec::WIRE_VERSION,
+                crate::compact::COMPACT_UP_VERSION
             ),
             WireError::Decode(e) => write!(f, "cannot decode message: {e}"),
             WireError::Encode(e) => write!(f, "cannot encode message: {e}"),
             WireError::TrailingBytes => f.write_str("bytes left over after the message"),
+            WireError::Compact(what) => write!(f, "malformed compact batch: {what}"),
             WireError::Invalid(what) => write!(f, "invalid message: {what}"),
             WireError::Name(e) => write!(f, "invalid name: {e}"),
         }

@@ -7,6 +7,8 @@
 //! - [`validate`]: the [`Validate`] checks of those bounds and of structural rules.
 //! - [`codec`]: the versioned envelope, [`encode`] / [`decode`], and the bytes a
 //!   [`DesiredState`] signature covers.
+//! - [`compact`]: the compact encoding of an [`Up`] batch (envelope version 3), which
+//!   [`decode`] reads beside version 2.
 //! - [`frame`]: length-prefixed frames over `embedded-io` streams.
 //! - [`error`]: [`WireError`], the crate's error.
 //!
@@ -20,6 +22,7 @@ extern crate std;
 
 mod bounded;
 pub mod codec;
+pub mod compact;
 pub mod error;
 pub mod frame;
 pub mod limits;
@@ -27,6 +30,7 @@ pub mod types;
 pub mod validate;
 
 pub use codec::{decode, encode, WIRE_VERSION};
+pub use compact::{encode_up, COMPACT_UP_VERSION};
 pub use error::WireError;
 pub use frame::{read_frame, write_frame, FrameError};
 pub use limits::DEFAULT_MAX_FRAME;

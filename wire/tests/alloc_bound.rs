@@ -89,6 +89,18 @@ fn zero(_: usize) -> Vec<u8> {
     vec![0]
 }
 
+/// A compact batch (version 3) with node "n", epoch 1, no `covers`, then `rest`.
+fn compact_head(rest: &[u8]) -> Vec<u8> {
+    let mut h = vec![COMPACT_UP_VERSION, 1, b'n', 1, 0];
+    h.extend_from_slice(rest);
+    h
+}
+
+/// A compact usage record, every field predicted, with a new one-letter name: 6 bytes.
+fn compact_usage(_: usize) -> Vec<u8> {
+    vec![!compact::NET, 0, 1, b'a', 0, 0]
+}
+
 fn within(label: &str, budget: usize, input: &[u8]) {
     eprintln!("{label}: budget {budget} bytes");
     ALLOC.set_limit(ALLOC.allocated() + budget).unwrap();
@@ -154,6 +166,23 @@ fn decoding_allocates_only_for_what_is_there() {
             "local request args claim",
             full(MAX_ARGS, 24),
             frame(&up_head(&[1, 0, 0, 5, 1, b'a', 1, 0, 0]), &zero),
+        ),
+        (
+            "compact records claim",
+            small,
+            frame(&compact_head(&[]), &compact_usage),
+        ),
+        (
+            // The bound's worth of records, each a new name (the largest state a
+            // compact batch makes its decoder keep), then zeros: trailing bytes.
+            "compact records present",
+            full(MAX_RECORDS, size_of::<Record>() + 128),
+            {
+                let mut f = compact_head(&[0x80, 0x08]);
+                (0..MAX_RECORDS).for_each(|i| f.extend(compact_usage(i)));
+                f.resize(MAX, 0);
+                f
+            },
         ),
     ];
     eprintln!("size_of::<Record>() = {}", size_of::<Record>());
