@@ -1,9 +1,16 @@
 //! The sending side of the machine: range batches within the window, go-back-N
 //! resends, express batches under a byte budget, and the frame encoding they share.
+//!
+//! Batches go in the compact encoding ([`hedge_wire::compact`]), which a master reads
+//! beside version 2; a record's `cost` and a batch's planned size are measured in
+//! version 2, and a batch whose compact form would exceed that plan (adversarial
+//! values, never seen in practice) goes in version 2, so every bound the plan checked
+//! (the frame limit, the batch size, the byte budget) holds for what is sent.
 
 use std::time::Instant;
 
 use hedge_wire::codec::encode;
+use hedge_wire::compact::encode_up as encode_compact;
 use hedge_wire::{Message, Name, Record, RecordKind, Up, WireError};
 
 use super::{Flight, Output, SyncMachine, FRAME_SLACK};
@@ -18,7 +25,8 @@ fn express_rank(kind: &RecordKind) -> Option<u8> {
     }
 }
 
-/// Encodes `Up { node, records, covers, epoch }` and gives the records back.
+/// Encodes `Up { node, records, covers, epoch }` in version 2 and gives the records
+/// back: what `cost` and the plans measure.
 pub(super) fn encode_up(
     node: &Name,
     epoch: u64,
@@ -26,12 +34,32 @@ pub(super) fn encode_up(
     covers: Option<(u64, u64)>,
     max: usize,
 ) -> (Result<Vec<u8>, WireError>, Vec<Record>) {
-    let msg = Message::Up(Up {
+    encode_batch(node, epoch, records, covers, max, None)
+}
+
+/// Encodes `Up { node, records, covers, epoch }` for sending and gives the records
+/// back: compact if `planned` is given and the compact frame is at most that long, else
+/// in version 2.
+fn encode_batch(
+    node: &Name,
+    epoch: u64,
+    records: Vec<Record>,
+    covers: Option<(u64, u64)>,
+    max: usize,
+    planned: Option<usize>,
+) -> (Result<Vec<u8>, WireError>, Vec<Record>) {
+    let up = Up {
         node: node.clone(),
         records,
         covers,
         epoch,
-    });
+    };
+    if let Some(planned) = planned {
+        if let Ok(frame) = encode_compact(&up, max.min(planned)) {
+            return (Ok(frame), up.records);
+        }
+    }
+    let msg = Message::Up(up);
     let res = encode(&msg, max);
     let records = match msg {
         Message::Up(up) => up.records,
@@ -53,7 +81,7 @@ impl SyncMachine {
                     if !self.budget_allows(bound) {
                         break;
                     }
-                    self.send_express(picked, out);
+                    self.send_express(picked, bound, out);
                     continue;
                 }
             }
@@ -70,7 +98,7 @@ impl SyncMachine {
                     if !self.budget_allows(bound) {
                         break;
                     }
-                    if self.send_range(n, now, out) {
+                    if self.send_range(n, bound, now, out) {
                         continue;
                     }
                     break;
@@ -155,9 +183,9 @@ impl SyncMachine {
         Some((n, bytes))
     }
 
-    /// Sends the next `n` look-ahead entries as one range batch. Returns whether the
-    /// state moved on (so the caller's loop ends).
-    fn send_range(&mut self, n: usize, now: Instant, out: &mut Vec<Output>) -> bool {
+    /// Sends the next `n` look-ahead entries, planned at `bound` bytes, as one range
+    /// batch. Returns whether the state moved on (so the caller's loop ends).
+    fn send_range(&mut self, n: usize, bound: usize, now: Instant, out: &mut Vec<Output>) -> bool {
         let Ok(from) = u64::try_from(self.next_from) else {
             return false;
         };
@@ -177,12 +205,13 @@ impl SyncMachine {
             return false;
         };
         let count = records.len();
-        let (res, back) = encode_up(
+        let (res, back) = encode_batch(
             &self.node,
             self.epoch,
             records,
             Some((from, to)),
             self.cfg.max_frame,
+            Some(bound),
         );
         match res {
             Ok(frame) => {
@@ -282,7 +311,7 @@ impl SyncMachine {
         Some((picked, bytes))
     }
 
-    fn send_express(&mut self, picked: Vec<usize>, out: &mut Vec<Output>) {
+    fn send_express(&mut self, picked: Vec<usize>, bound: usize, out: &mut Vec<Output>) {
         let mut records = Vec::with_capacity(picked.len());
         for &i in &picked {
             if let Some(e) = self.lookahead.get_mut(i) {
@@ -293,7 +322,14 @@ impl SyncMachine {
             }
         }
         let count = records.len();
-        let (res, _) = encode_up(&self.node, self.epoch, records, None, self.cfg.max_frame);
+        let (res, _) = encode_batch(
+            &self.node,
+            self.epoch,
+            records,
+            None,
+            self.cfg.max_frame,
+            Some(bound),
+        );
         match res {
             Ok(frame) => {
                 self.stats.express_batches += 1;

@@ -9,6 +9,8 @@ use hedge_wire::{decode, IncidentState, InstanceStatus, Message, RecordKind, Sev
 
 use super::*;
 
+mod encoding;
+
 fn node() -> Name {
     Name::new("node-1").unwrap()
 }
