@@ -10,6 +10,10 @@
 //! `base · 2^(n-1)` (n = quick exits in a row beyond the first), capped at `max`, ±20 %
 //! jitter, still capped. It never gives up. Stopping sends SIGTERM to the process group,
 //! then SIGKILL after `grace`.
+//!
+//! Order of an immediate restart: `Spawn` comes before the exit's `Status(Backoff)`, so
+//! the driver starts the new process before it writes anything; the states it records
+//! keep their order (`Backoff`, then `Running` once `Spawned` is fed back).
 
 use std::time::{Duration, Instant};
 
@@ -326,13 +330,15 @@ impl Lifecycle {
                     self.quick_exits = 0;
                 }
                 if self.want_running {
-                    // Report the exit even when the restart is immediate.
-                    out.push(Action::Status(InstanceStatus::Backoff));
                     self.phase = Phase::Backoff {
                         until: now,
                         waiting: false,
                     };
+                    // Leaves `out` empty (a delay) or with the immediate `Spawn`.
                     self.retry(now, false, &mut out);
+                    // The exit is reported even when the restart is immediate, after
+                    // the `Spawn`: the new process starts before anything is written.
+                    out.push(Action::Status(InstanceStatus::Backoff));
                 } else {
                     self.enter(Phase::Stopped, &mut out);
                 }

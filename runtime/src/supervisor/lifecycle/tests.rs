@@ -44,14 +44,62 @@ fn first_crash_after_a_stable_run_restarts_at_once() {
             status: ExitStatus::Signal(9),
         },
     );
+    // The spawn first, then the exit's state: nothing is written before the restart.
     assert_eq!(
         acts,
-        vec![Action::Status(InstanceStatus::Backoff), Action::Spawn]
+        vec![Action::Spawn, Action::Status(InstanceStatus::Backoff)]
     );
     assert_eq!(lifecycle.restarts(), 1);
     assert_eq!(lifecycle.last_exit(), Some(ExitStatus::Signal(9)));
-    lifecycle.handle(t1, Input::Spawned { pid: 11 });
+    assert_eq!(
+        lifecycle.handle(t1, Input::Spawned { pid: 11 }),
+        vec![Action::Status(InstanceStatus::Running)]
+    );
     assert_eq!(lifecycle.pid(), Some(11));
+}
+
+/// An immediate restart whose spawn fails still reports Backoff once for the exit, then
+/// Backoff again for the failed start, in that order (the records a driver that spawns
+/// first writes).
+#[test]
+fn an_immediate_restart_that_fails_reports_the_exit_then_the_failure() {
+    let t0 = origin();
+    let mut lifecycle = Lifecycle::new(policy(), 1, 0, None);
+    run(&mut lifecycle, t0, 10);
+    let t1 = t0 + Duration::from_secs(60);
+    let exit = Input::Exited {
+        pid: 10,
+        status: ExitStatus::Code(1),
+    };
+    assert_eq!(
+        lifecycle.handle(t1, exit),
+        vec![Action::Spawn, Action::Status(InstanceStatus::Backoff)]
+    );
+    assert_eq!(
+        lifecycle.handle(t1, Input::SpawnFailed { waiting: false }),
+        vec![Action::Status(InstanceStatus::Backoff)]
+    );
+    assert_eq!(lifecycle.status(), InstanceStatus::Backoff);
+}
+
+/// A quick exit that must wait reports Backoff alone, and spawns nothing yet.
+#[test]
+fn a_delayed_restart_reports_backoff_without_spawning() {
+    let t0 = origin();
+    let mut lifecycle = Lifecycle::new(policy(), 1, 0, None);
+    run(&mut lifecycle, t0, 10);
+    let exit = |pid| Input::Exited {
+        pid,
+        status: ExitStatus::Code(1),
+    };
+    // The first quick exit restarts at once, the second waits.
+    assert_eq!(lifecycle.handle(t0, exit(10))[0], Action::Spawn);
+    lifecycle.handle(t0, Input::Spawned { pid: 11 });
+    assert_eq!(
+        lifecycle.handle(t0, exit(11)),
+        vec![Action::Status(InstanceStatus::Backoff)]
+    );
+    assert!(lifecycle.deadline().is_some());
 }
 
 #[test]
