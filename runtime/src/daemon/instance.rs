@@ -3,7 +3,7 @@
 //! Contract: every lifecycle input goes through [`Daemon::drive`], which feeds the
 //! pure machine and performs what it asks (spawn, signal, record) until it asks for
 //! nothing more. State changes are written to the store (observed state and an outbox
-//! record) as they happen.
+//! record) as they happen; the loop flushes them once the event is handled.
 //!
 //! A changed `[limits]` takes effect at once: `memory_max`/`cpu_max_percent` are
 //! rewritten in the instance's existing cgroup (live, no restart; where the node has no
@@ -240,7 +240,10 @@ impl Daemon {
         }
     }
 
-    /// Writes the new state to the store: observed state, then an outbox record.
+    /// Writes the new state to the store: observed state, then an outbox record. The
+    /// observed state is flushed by the loop once the event that changed it is handled
+    /// ([`Daemon::flush_observed`]), before it answers or waits for anything: a restart
+    /// or a boot costs one flush, after the processes started, not one per state.
     fn report(&mut self, name: &Name, status: InstanceStatus) {
         let Some(slot) = self.instances.slots.get(name) else {
             return;
@@ -265,8 +268,9 @@ impl Daemon {
             last_exit: slot.lifecycle.last_exit(),
         };
         tracing::info!(instance = %name, state = crate::local_api::state_word(status).as_str(), pid, restarts = obs.restarts, "instance state");
-        if let Err(e) = self.outbox.store.put_observed(name, &obs) {
-            self.store_failed(&e);
+        match self.outbox.store.put_observed_deferred(name, &obs) {
+            Ok(()) => self.observed_unflushed = true,
+            Err(e) => self.store_failed(&e),
         }
         self.record(kind);
     }

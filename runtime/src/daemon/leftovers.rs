@@ -74,9 +74,11 @@ impl Daemon {
             obs.start_ticks = None;
             obs.boot_id = None;
             if let Ok(n) = Name::new(&name) {
-                self.outbox.store.put_observed(&n, &obs)?;
+                self.outbox.store.put_observed_deferred(&n, &obs)?;
             }
         }
+        // One flush for all of them, before anything of this daemon runs.
+        self.outbox.store.flush_records()?;
         Ok(())
     }
 }

@@ -152,6 +152,8 @@ pub struct Daemon {
     software: software::Software,
     /// Counters shared with the local API's connection tasks.
     api_stats: std::sync::Arc<api::ApiStats>,
+    /// An observed state was written and not flushed yet.
+    observed_unflushed: bool,
 }
 
 /// As root, instances run as their partition's uid and must traverse the state
@@ -188,7 +190,12 @@ impl Daemon {
             Store::open_tuned(&cfg.store_dir(), cfg.cache_bytes(), cfg.flush_interval_ms())?;
         let partitions = Partitions::new(&state, (cfg.partitions.uid_min, cfg.partitions.uid_max))
             .with_quarantine(Duration::from_secs(cfg.partitions.uid_quarantine_s));
-        partitions.check_range();
+        // One getpwuid and one getgrgid per id of the range (thousands of NSS lookups,
+        // most of a boot's time): on a thread of its own, since it only logs.
+        let probe = Partitions::new(&state, (cfg.partitions.uid_min, cfg.partitions.uid_max));
+        let _ = std::thread::Builder::new()
+            .name("uid-range".into())
+            .spawn(move || probe.check_range());
         let cgroups = if cfg.partitions.cgroups {
             let home = std::fs::canonicalize(&state).unwrap_or_else(|_| state.clone());
             crate::partition::cgroup::Cgroups::detect(&crate::partition::cgroup::node_tag(
@@ -237,6 +244,7 @@ impl Daemon {
             master_key: None,
             software: software::Software::new(crate::artifact::Cache::new(&state)),
             api_stats: Default::default(),
+            observed_unflushed: false,
         };
         d.master_key = d.cfg.master_key();
         d.kill_leftovers()?;
@@ -297,6 +305,18 @@ impl Daemon {
             if let Err(e) = self.outbox.append_report(now_ms(), report) {
                 self.store_failed(&e);
             }
+        }
+    }
+
+    /// Makes the observed states written since the last flush durable: one flush for a
+    /// burst (a restart's two states, a boot's starts). Called when an event is handled,
+    /// before an answer leaves and before the loop waits again.
+    pub(crate) fn flush_observed(&mut self) {
+        if !std::mem::take(&mut self.observed_unflushed) {
+            return;
+        }
+        if let Err(e) = self.outbox.store.flush_records() {
+            self.store_failed(&e);
         }
     }
 
@@ -416,6 +436,7 @@ impl Daemon {
         let wanted = self.desired().map_or(0, |d| d.len());
         tracing::info!(node = %self.cfg.node_id(), instances = wanted, "node up; reconciling offline");
         self.reconcile();
+        self.flush_observed();
         tokio::pin!(shutdown);
         let mut published_poll = tokio::time::interval(published::POLL);
         published_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -450,6 +471,7 @@ impl Daemon {
                 Some(call) = calls_rx.recv(), if !self.shutting_down => {
                     self.counters.api_refused = self.api_stats.refused();
                     let answer = self.on_call(call.request);
+                    self.flush_observed();
                     let _ = call.reply.send(answer);
                 }
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
@@ -474,7 +496,9 @@ impl Daemon {
                     }
                 }
             }
+            self.flush_observed();
         }
+        self.flush_observed();
         server.abort();
         if let Some(c) = credentials {
             c.abort();

@@ -752,6 +752,19 @@ impl Store {
         self.flush()
     }
 
+    /// Records what the supervisor runs for `name` without flushing: durable with the
+    /// next flush ([`Store::flush_records`]), in the order of the calls (sled recovers a
+    /// prefix of its log). For a burst of changes (a restart, a boot) that the caller
+    /// flushes once, before it reports them.
+    pub fn put_observed_deferred(
+        &self,
+        name: &Name,
+        o: &ObservedInstance,
+    ) -> Result<(), StoreError> {
+        self.t()?.observed.insert(name.as_str(), enc(o)?)?;
+        Ok(())
+    }
+
     /// Forgets `name`'s observed state.
     pub fn remove_observed(&self, name: &Name) -> Result<(), StoreError> {
         self.t()?.observed.remove(name.as_str())?;

@@ -391,3 +391,26 @@ fn the_clock_floor_only_rises_and_survives_reopen() {
     let s = Store::open(dir.path(), 1 << 20).unwrap();
     assert_eq!(s.clock_floor().unwrap(), 1_000);
 }
+
+/// Deferred observed writes stay in call order and are there after the flush and a
+/// reopen: the last one wins.
+#[test]
+fn deferred_observed_writes_are_durable_after_the_flush_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = Name::new("a").unwrap();
+    let obs = |pgid, restarts| ObservedInstance {
+        pgid,
+        start_ticks: pgid.map(u64::from),
+        restarts,
+        last_exit: None,
+        boot_id: None,
+    };
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        s.put_observed_deferred(&name, &obs(None, 1)).unwrap();
+        s.put_observed_deferred(&name, &obs(Some(42), 1)).unwrap();
+        s.flush_records().unwrap();
+    }
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(s.observed().unwrap()["a"], obs(Some(42), 1));
+}
