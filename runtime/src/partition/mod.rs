@@ -31,7 +31,7 @@ pub mod cgroup;
 pub mod limits;
 pub mod quarantine;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -126,8 +126,11 @@ pub struct Partitions {
     quarantine_file: PathBuf,
     /// How long a freed uid waits.
     hold: Duration,
-    /// Serialises uid allocation within this process.
-    alloc: Mutex<()>,
+    /// Serialises uid allocation within this process, and holds the uid this process
+    /// checked (free, not a host id) or assigned for each partition: a partition still
+    /// owned by it is not checked again at its next start (a restart costs no NSS
+    /// lookup and no scan of the other partitions). [`Partitions::remove`] forgets it.
+    alloc: Mutex<BTreeMap<String, u32>>,
 }
 
 impl Partitions {
@@ -144,7 +147,7 @@ impl Partitions {
             as_root,
             quarantine_file: state_dir.join("uid-quarantine"),
             hold: quarantine::DEFAULT_HOLD,
-            alloc: Mutex::new(()),
+            alloc: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -185,7 +188,7 @@ impl Partitions {
 
     /// Creates the partition of `name`, or repairs its layout, owner and modes.
     pub fn ensure(&self, name: &Name) -> Result<Partition, PartitionError> {
-        let _guard = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
+        let mut checked = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
         std::fs::create_dir_all(&self.root).map_err(io_err("create", &self.root))?;
         let root = at::open_dir(&self.root).map_err(|e| classify(e, "open", &self.root))?;
         root.set_permissions(std::fs::Permissions::from_mode(ROOT_MODE))
@@ -195,12 +198,17 @@ impl Partitions {
 
         let owner = if self.as_root {
             let current = pdir.metadata().map_err(io_err("stat", &dir))?.uid();
-            let used = self.uids_in_use(name)?;
-            let uid = if self.in_range(current) && !used.contains(&current) && !host_id(current) {
+            let uid = if checked.get(name.as_str()) == Some(&current) {
                 current
             } else {
-                self.free_uid(&used)?
+                let used = self.uids_in_use(name)?;
+                if self.in_range(current) && !used.contains(&current) && !host_id(current) {
+                    current
+                } else {
+                    self.free_uid(&used)?
+                }
             };
+            checked.insert(name.as_str().to_owned(), uid);
             if uid != current {
                 tracing::info!(instance = %name, uid, previous = current, "partition uid assigned");
                 chown_tree(&pdir, &dir, uid, 0)?;
@@ -243,7 +251,8 @@ impl Partitions {
     /// Removes the partition of `name`; no error if it does not exist. Symlinks inside
     /// are removed, never followed. Its uid goes into quarantine.
     pub fn remove(&self, name: &Name) -> Result<(), PartitionError> {
-        let _guard = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
+        let mut checked = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
+        checked.remove(name.as_str());
         let freed = self.uid_of(name);
         let result = self.remove_dir(name);
         if let Some(uid) = freed {
