@@ -109,9 +109,9 @@ impl Daemon {
                 slot.started_rlimits = Some(spec.rlimits.clone());
                 let tx = self.events_tx.clone();
                 let name = name.clone();
-                let mut child = spawned.child;
+                let exit = spawned.exit;
                 tokio::spawn(async move {
-                    let status = match child.wait().await {
+                    let status = match exit.wait().await {
                         Ok(s) => exit_status(s),
                         Err(_) => ExitStatus::Code(-1),
                     };

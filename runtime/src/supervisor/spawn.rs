@@ -4,13 +4,15 @@
 //! environment (`PATH`, `HOME` = partition, `HEDGE_PARTITION`, and the rendered
 //! parameters), in a new process group (pgid = pid), in the instance's cgroup when it
 //! has one, as the partition's user when the daemon is root, with the requested
-//! rlimits, and with `PR_SET_PDEATHSIG = SIGKILL`. The cgroup's `cgroup.procs` is
-//! opened before `fork` and the child writes "0" to it, still as root, before it drops
-//! its privileges and calls `exec`: the program's first instruction already runs in its
-//! group, so nothing it forks can escape the group's limits or its `cgroup.kill`.
+//! rlimits, and with `PR_SET_PDEATHSIG = SIGKILL`. With a cgroup, the kernel creates
+//! the child inside it (`clone3(CLONE_INTO_CGROUP)`, see `clone_into`); on a kernel
+//! without it, the cgroup's `cgroup.procs` is opened before `fork` and the child writes
+//! "0" to it, still as root, before it drops its privileges and calls `exec`. Either way
+//! the program's first instruction already runs in its group, so nothing it forks can
+//! escape the group's limits or its `cgroup.kill`.
 //! stdout and stderr go to the partition's rotating log (`var/log/<name>.log`) through
-//! two small pump tasks. The returned [`tokio::process::Child`] must be awaited by the
-//! caller to learn the exit.
+//! two small pump tasks. The returned [`Exit`] must be awaited by the caller to learn
+//! the exit.
 //!
 //! The parent-death signal fires when the *thread* that forked exits; the daemon runs a
 //! current-thread tokio runtime, so that thread is the main thread and the signal fires
@@ -20,12 +22,14 @@
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use nix::sys::resource::{setrlimit, Resource};
 use tokio::net::unix::pipe;
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
+use super::clone_into;
 use crate::logfile::{LogError, RotatingLog};
 
 /// Errors of spawning.
@@ -87,11 +91,31 @@ pub struct SpawnSpec {
 pub struct Spawned {
     /// Its pid, also its process group id.
     pub pid: u32,
-    /// The child handle; await `wait()` for the exit.
-    pub child: Child,
+    /// Its exit: await [`Exit::wait`].
+    pub exit: Exit,
 }
 
-/// Starts the process described by `spec`.
+/// How the exit of a started process is learnt.
+#[derive(Debug)]
+pub enum Exit {
+    /// Started by `std`'s spawn (no cgroup, or a kernel without `CLONE_INTO_CGROUP`).
+    Child(Child),
+    /// Started by `clone3` into its cgroup: its pidfd.
+    Pidfd(clone_into::Exit),
+}
+
+impl Exit {
+    /// Waits for the process to end (and reaps it).
+    pub async fn wait(self) -> std::io::Result<std::process::ExitStatus> {
+        match self {
+            Exit::Child(mut c) => c.wait().await,
+            Exit::Pidfd(e) => e.wait().await,
+        }
+    }
+}
+
+/// Starts the process described by `spec`. With a cgroup it is created inside it
+/// ([`clone_into`]); where the kernel cannot, it joins it by `cgroup.procs` before exec.
 pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
     let log = RotatingLog::open(spec.log.clone(), spec.log_max_bytes, spec.log_keep).map_err(
         |source| SpawnError::Log {
@@ -99,6 +123,65 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
             source,
         },
     )?;
+    let log = Arc::new(Mutex::new(log));
+    let exec_err = |source| SpawnError::Exec {
+        program: spec.program.clone(),
+        source,
+    };
+    if let Some(group) = spec.cgroup_procs.as_deref().and_then(Path::parent) {
+        if CLONE_INTO.load(Ordering::Relaxed) {
+            let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+            let plan = clone_into::plan(
+                &spec.program,
+                &spec.args,
+                &environment(spec),
+                &spec.dir,
+                &path,
+                spec.owner,
+                spec.rlimits.clone(),
+            )
+            .map_err(exec_err)?;
+            match clone_into::spawn_into(&plan, group) {
+                Ok(child) => {
+                    for fd in [child.stdout, child.stderr] {
+                        tokio::spawn(pump(Ok(fd), log.clone(), spec.log.clone()));
+                    }
+                    return Ok(Spawned {
+                        pid: child.pid,
+                        exit: Exit::Pidfd(child.exit),
+                    });
+                }
+                Err(Ok(clone_into::Unsupported::Kernel)) => {
+                    tracing::info!("clone3 into a cgroup unsupported here; instances join their cgroup by cgroup.procs");
+                    CLONE_INTO.store(false, Ordering::Relaxed);
+                }
+                Err(Ok(clone_into::Unsupported::NotCgroup2)) => {}
+                Err(Err(e)) => return Err(exec_err(e)),
+            }
+        }
+    }
+    spawn_forked(spec, log)
+}
+
+/// Whether `clone3(CLONE_INTO_CGROUP)` is worth trying (false once the kernel refused).
+static CLONE_INTO: AtomicBool = AtomicBool::new(true);
+
+/// The child's environment: `PATH`, `HOME`, `HEDGE_PARTITION`, then the rendered ones.
+fn environment(spec: &SpawnSpec) -> Vec<(String, String)> {
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
+    let dir = spec.dir.to_string_lossy().into_owned();
+    [
+        ("PATH".to_string(), path),
+        ("HOME".to_string(), dir.clone()),
+        ("HEDGE_PARTITION".to_string(), dir),
+    ]
+    .into_iter()
+    .chain(spec.env.iter().cloned())
+    .collect()
+}
+
+/// [`spawn`] through `std`: `fork`, then the child joins its cgroup by `cgroup.procs`.
+fn spawn_forked(spec: &SpawnSpec, log: Arc<Mutex<RotatingLog>>) -> Result<Spawned, SpawnError> {
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
         .current_dir(&spec.dir)
@@ -166,13 +249,15 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         source,
     })?;
     let pid = child.id().unwrap_or(0);
-    let log = Arc::new(Mutex::new(log));
     let out = child.stdout.take().map(ChildStdout::into_owned_fd);
     let err = child.stderr.take().map(ChildStderr::into_owned_fd);
     for fd in [out, err].into_iter().flatten() {
         tokio::spawn(pump(fd, log.clone(), spec.log.clone()));
     }
-    Ok(Spawned { pid, child })
+    Ok(Spawned {
+        pid,
+        exit: Exit::Child(child),
+    })
 }
 
 /// Copies a child's output into its log until EOF. A full disk drops output (with one

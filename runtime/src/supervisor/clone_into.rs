@@ -1,0 +1,478 @@
+//! Starting a process directly inside a cgroup v2 group: `clone3(CLONE_INTO_CGROUP)`.
+//!
+//! Contract: [`spawn_into`] starts `program` like [`super::spawn`] does (working
+//! directory, clean environment, stdin `/dev/null`, stdout/stderr into the returned
+//! pipes, own process group, rlimits, dropped privileges, parent-death signal), but the
+//! kernel creates the child in the cgroup whose directory is given: there is no
+//! migration afterwards. Joining by writing to `cgroup.procs` takes the cgroup
+//! threadgroup lock for writing, which waits for an RCU grace period (measured 2-40 ms on
+//! a loaded 2-core host): on the crash → restart path that wait was the largest cost.
+//! [`Unsupported`] says the kernel (before 5.7, or a seccomp filter) refuses `clone3`
+//! or the flag; the caller then falls back to joining by `cgroup.procs`.
+//!
+//! The child runs in a copy of a multi-threaded process without glibc's `fork`
+//! bookkeeping: it makes only raw system calls (credentials through `syscall`, so that
+//! glibc's all-threads `setxid` broadcast is never attempted on threads that are not
+//! there), on data prepared before the clone, and never returns into Rust code. A
+//! failure before `exec` is sent back as an errno through a close-on-exec pipe.
+//! The exit is learnt through the pidfd `clone3` returns ([`Exit::wait`]).
+
+use std::ffi::{CString, OsStr};
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+
+use nix::libc;
+use nix::sys::resource::Resource;
+use tokio::io::unix::AsyncFd;
+
+/// `clone3` (the same number on x86_64, aarch64 and 32-bit ARM EABI).
+const SYS_CLONE3: libc::c_long = 435;
+/// Put the pidfd of the child in `clone_args.pidfd`.
+const CLONE_PIDFD: u64 = 0x1000;
+/// Create the child in the cgroup whose directory fd is `clone_args.cgroup`.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `struct clone_args` as of Linux 5.7 (`CLONE_ARGS_SIZE_VER2`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `clone3(CLONE_INTO_CGROUP)` cannot be used: join by `cgroup.procs` instead.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unsupported {
+    /// The kernel (or a seccomp filter) refuses `clone3` or the flag: for good.
+    Kernel,
+    /// The directory is not a cgroup v2 group (e.g. a stand-in in tests): this once.
+    NotCgroup2,
+}
+
+/// What a failed `clone3` means for the caller.
+fn classify(errno: i32) -> Result<Unsupported, std::io::Error> {
+    match errno {
+        // No clone3 (or a seccomp filter's answer), or no CLONE_INTO_CGROUP.
+        libc::ENOSYS | libc::E2BIG | libc::EINVAL | libc::EPERM => Ok(Unsupported::Kernel),
+        libc::EBADF => Ok(Unsupported::NotCgroup2),
+        e => Err(std::io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// A process started by [`spawn_into`].
+#[derive(Debug)]
+pub struct Child {
+    /// Its pid, also its process group.
+    pub pid: u32,
+    /// The read ends of its stdout and stderr.
+    pub stdout: OwnedFd,
+    /// See `stdout`.
+    pub stderr: OwnedFd,
+    /// Its exit, through its pidfd.
+    pub exit: Exit,
+}
+
+/// The exit of a child started by [`spawn_into`].
+#[derive(Debug)]
+pub struct Exit {
+    pid: libc::pid_t,
+    pidfd: OwnedFd,
+}
+
+impl Exit {
+    /// Waits (without blocking the loop) for the child to end and reaps it.
+    pub async fn wait(self) -> std::io::Result<std::process::ExitStatus> {
+        // SAFETY: an `OwnedFd` keeps its descriptor open and the same until it is dropped.
+        #[allow(unsafe_code)]
+        let fd =
+            unsafe { AsyncFd::register_with_interest(self.pidfd, tokio::io::Interest::READABLE) }?;
+        loop {
+            let mut ready = fd.readable().await?;
+            let mut status: libc::c_int = 0;
+            // SAFETY: waitpid on our own child with a valid out-pointer.
+            #[allow(unsafe_code)]
+            let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
+            if r == self.pid {
+                return Ok(std::process::ExitStatus::from_raw(status));
+            }
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            ready.clear_ready();
+        }
+    }
+}
+
+/// What the child needs, prepared before the clone (it may not allocate).
+pub struct Plan {
+    /// The program's path as `exec` takes it (looked up in `PATH` when bare).
+    pub program: CString,
+    /// argv, program first.
+    pub argv: Vec<CString>,
+    /// `KEY=value` entries.
+    pub envp: Vec<CString>,
+    /// Working directory.
+    pub dir: CString,
+    /// uid/gid to drop to.
+    pub owner: Option<(u32, u32)>,
+    /// rlimits (soft = hard).
+    pub rlimits: Vec<(Resource, u64)>,
+}
+
+/// Builds the [`Plan`]: argv, environment (later keys replace earlier ones), and the
+/// program's path, looked up in `path_var` when it has no `/` (as `execvp` would).
+pub fn plan(
+    program: &str,
+    args: &[String],
+    env: &[(String, String)],
+    dir: &Path,
+    path_var: &OsStr,
+    owner: Option<(u32, u32)>,
+    rlimits: Vec<(Resource, u64)>,
+) -> std::io::Result<Plan> {
+    let cstr =
+        |b: &[u8]| CString::new(b).map_err(|_| std::io::Error::other("NUL byte in argument"));
+    let resolved = resolve(program, path_var);
+    let mut vars: Vec<(&str, &str)> = Vec::new();
+    for (k, v) in env {
+        vars.retain(|(key, _)| key != k);
+        vars.push((k, v));
+    }
+    Ok(Plan {
+        program: cstr(resolved.as_os_str().as_bytes())?,
+        argv: std::iter::once(program)
+            .chain(args.iter().map(String::as_str))
+            .map(|a| cstr(a.as_bytes()))
+            .collect::<Result<_, _>>()?,
+        envp: vars
+            .iter()
+            .map(|(k, v)| cstr(format!("{k}={v}").as_bytes()))
+            .collect::<Result<_, _>>()?,
+        dir: cstr(dir.as_os_str().as_bytes())?,
+        owner,
+        rlimits,
+    })
+}
+
+/// `program` itself when it names a path, else the first executable `dir/program` of
+/// `path_var`, else `program` (its `exec` then fails with ENOENT).
+fn resolve(program: &str, path_var: &OsStr) -> PathBuf {
+    if program.contains('/') {
+        return PathBuf::from(program);
+    }
+    std::env::split_paths(path_var)
+        .map(|d| d.join(program))
+        .find(|p| nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok() && p.is_file())
+        .unwrap_or_else(|| PathBuf::from(program))
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
+}
+
+/// Starts the process of `plan` inside the cgroup whose directory is `cgroup_dir`.
+/// `Err(Ok(Unsupported))` when the kernel cannot; `Err(Err(e))` when it could not start.
+pub fn spawn_into(
+    plan: &Plan,
+    cgroup_dir: &Path,
+) -> Result<Child, Result<Unsupported, std::io::Error>> {
+    let cgroup = std::fs::File::open(cgroup_dir).map_err(Err)?;
+    let devnull = std::fs::File::open("/dev/null").map_err(Err)?;
+    let (out_r, out_w) = pipe().map_err(Err)?;
+    let (err_r, err_w) = pipe().map_err(Err)?;
+    let (report_r, report_w) = pipe().map_err(Err)?;
+    let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = plan.envp.iter().map(|a| a.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let rlimits: Vec<(libc::c_int, libc::rlim_t)> = plan
+        .rlimits
+        .iter()
+        .map(|(r, v)| {
+            // rlim_t is u32 on 32-bit ARM: a larger limit means no limit there.
+            (
+                *r as libc::c_int,
+                libc::rlim_t::try_from(*v).unwrap_or(libc::RLIM_INFINITY),
+            )
+        })
+        .collect();
+    let parent = nix::unistd::getpid().as_raw();
+    let mut pidfd: RawFd = -1;
+    #[allow(clippy::cast_sign_loss)] // fds and pointers as the kernel's u64 fields
+    let mut args = CloneArgs {
+        flags: CLONE_PIDFD | CLONE_INTO_CGROUP,
+        pidfd: std::ptr::addr_of_mut!(pidfd) as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.as_raw_fd() as u64,
+        ..CloneArgs::default()
+    };
+    let fds = ChildFds {
+        stdin: devnull.as_raw_fd(),
+        stdout: out_w.as_raw_fd(),
+        stderr: err_w.as_raw_fd(),
+        report: report_w.as_raw_fd(),
+    };
+    // Signals stay blocked across the clone, so no handler of the daemon runs in the
+    // child before it resets them; the parent's mask is restored at once.
+    let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: clone3 with a NULL stack behaves like fork: the child runs `child_main`,
+    // which makes only raw system calls on the data above (kept alive by this frame,
+    // whose copy the child owns) and ends in execve or _exit; it never returns here.
+    // The sigset calls get valid pointers.
+    #[allow(unsafe_code)]
+    let pid = unsafe {
+        let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigfillset(all.as_mut_ptr());
+        libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), old.as_mut_ptr());
+        let pid = libc::syscall(
+            SYS_CLONE3,
+            std::ptr::addr_of_mut!(args),
+            std::mem::size_of::<CloneArgs>(),
+        );
+        if pid == 0 {
+            child_main(plan, &argv, &envp, &rlimits, &fds, parent);
+        }
+        let errno = std::io::Error::last_os_error();
+        libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), std::ptr::null_mut());
+        if pid < 0 {
+            return Err(classify(errno.raw_os_error().unwrap_or(libc::EINVAL)));
+        }
+        pid
+    };
+    #[allow(clippy::cast_possible_truncation)] // a pid fits its type
+    let pid = pid as libc::pid_t;
+    // SAFETY: the kernel wrote a fresh pidfd that nothing else owns.
+    #[allow(unsafe_code)]
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    drop((out_w, err_w, report_w, devnull, cgroup));
+    let mut report = [0u8; 4];
+    let mut from = std::fs::File::from(report_r);
+    let got = loop {
+        match from.read(&mut report) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            other => break other,
+        }
+    };
+    if let Ok(4) = got {
+        let mut status = 0;
+        // SAFETY: reaps the child that failed before exec (it has exited or is exiting).
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::waitpid(pid, &mut status, 0)
+        };
+        return Err(Err(std::io::Error::from_raw_os_error(i32::from_ne_bytes(
+            report,
+        ))));
+    }
+    #[allow(clippy::cast_sign_loss)] // a pid is positive
+    Ok(Child {
+        pid: pid as u32,
+        stdout: out_r,
+        stderr: err_r,
+        exit: Exit { pid, pidfd },
+    })
+}
+
+struct ChildFds {
+    stdin: RawFd,
+    stdout: RawFd,
+    stderr: RawFd,
+    report: RawFd,
+}
+
+/// The child between clone and exec. Raw system calls only; never returns.
+///
+/// SAFETY (caller): runs in a freshly cloned child with all signals blocked.
+#[allow(unsafe_code)]
+unsafe fn child_main(
+    plan: &Plan,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    rlimits: &[(libc::c_int, libc::rlim_t)],
+    fds: &ChildFds,
+    parent: libc::pid_t,
+) -> ! {
+    let fail = |report: RawFd| -> ! {
+        let errno = *libc::__errno_location();
+        let bytes = errno.to_ne_bytes();
+        libc::write(report, bytes.as_ptr().cast(), bytes.len());
+        libc::_exit(127)
+    };
+    for (from, to) in [(fds.stdin, 0), (fds.stdout, 1), (fds.stderr, 2)] {
+        if libc::dup2(from, to) < 0 {
+            fail(fds.report);
+        }
+    }
+    if libc::chdir(plan.dir.as_ptr()) < 0 || libc::setpgid(0, 0) < 0 {
+        fail(fds.report);
+    }
+    for (res, v) in rlimits {
+        let lim = libc::rlimit {
+            rlim_cur: *v,
+            rlim_max: *v,
+        };
+        #[allow(clippy::cast_sign_loss)] // a resource number from nix's enum
+        if libc::setrlimit(*res as _, &lim) < 0 {
+            fail(fds.report);
+        }
+    }
+    if let Some((uid, gid)) = plan.owner {
+        let none: *const libc::gid_t = std::ptr::null();
+        if libc::syscall(libc::SYS_setgroups, 0, none) < 0
+            || libc::syscall(libc::SYS_setgid, gid) < 0
+            || libc::syscall(libc::SYS_setuid, uid) < 0
+        {
+            fail(fds.report);
+        }
+    }
+    // After the uid change, which clears the parent-death signal.
+    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+        fail(fds.report);
+    }
+    // The daemon may have died before prctl: then we must not run.
+    if libc::getppid() != parent {
+        *libc::__errno_location() = libc::ESRCH;
+        fail(fds.report);
+    }
+    // The daemon ignores SIGPIPE; the program gets the default, and no blocked signal.
+    libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    let mut none = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    libc::sigemptyset(none.as_mut_ptr());
+    libc::sigprocmask(libc::SIG_SETMASK, none.as_ptr(), std::ptr::null_mut());
+    libc::execve(plan.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+    fail(fds.report)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_kernel_without_clone3_falls_back_for_good_a_stand_in_group_once() {
+        for e in [libc::ENOSYS, libc::E2BIG, libc::EINVAL, libc::EPERM] {
+            assert_eq!(classify(e).unwrap(), Unsupported::Kernel);
+        }
+        assert_eq!(classify(libc::EBADF).unwrap(), Unsupported::NotCgroup2);
+        assert_eq!(
+            classify(libc::ENODEV).unwrap_err().raw_os_error(),
+            Some(libc::ENODEV)
+        );
+    }
+
+    /// As root on a host with cgroup v2: the child is born in the group (its very first
+    /// view of `/proc/self/cgroup` names it), runs as the given uid in its own process
+    /// group, and its exit comes through the pidfd; a missing program is an error.
+    #[tokio::test]
+    async fn a_child_is_born_in_its_cgroup_as_its_uid() {
+        let mount = std::fs::read_to_string("/proc/self/mountinfo")
+            .ok()
+            .and_then(|t| crate::partition::cgroup::cgroup2_mount(&t));
+        let (true, Some(mount)) = (nix::unistd::geteuid().is_root(), mount) else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "this test needs root and cgroup v2 under CI"
+            );
+            eprintln!("skipped: needs root and cgroup v2");
+            return;
+        };
+        let rel = format!("hedge-clone-test-{}", std::process::id());
+        let group = mount.join(&rel);
+        std::fs::create_dir(&group).unwrap();
+        let p = plan(
+            "sh",
+            &["-c".into(), "cat /proc/self/cgroup; id -u; exit 3".into()],
+            &[],
+            Path::new("/"),
+            OsStr::new("/bin:/usr/bin"),
+            Some((65534, 65534)),
+            vec![],
+        )
+        .unwrap();
+        let child = spawn_into(&p, &group).unwrap();
+        let status = child.exit.wait().await.unwrap();
+        let mut out = String::new();
+        std::fs::File::from(child.stdout)
+            .read_to_string(&mut out)
+            .unwrap();
+        let _ = std::fs::remove_dir(&group);
+        assert_eq!(status.code(), Some(3), "{out}");
+        assert!(out.contains(&format!("0::/{rel}\n")), "{out}");
+        assert!(out.ends_with("65534\n"), "{out}");
+        let missing = plan(
+            "/no/such/program",
+            &[],
+            &[],
+            Path::new("/"),
+            OsStr::new(""),
+            None,
+            vec![],
+        )
+        .unwrap();
+        let group = mount.join(format!("{rel}-b"));
+        std::fs::create_dir(&group).unwrap();
+        let err = spawn_into(&missing, &group).unwrap_err().unwrap_err();
+        let _ = std::fs::remove_dir(&group);
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    }
+
+    #[test]
+    fn a_bare_program_is_looked_up_in_path_and_a_path_is_kept() {
+        let path = OsStr::new("/nonexistent:/bin:/usr/bin");
+        let sh = resolve("sh", path);
+        assert!(sh.ends_with("sh") && sh.is_absolute(), "{sh:?}");
+        assert_eq!(resolve("./x", path), PathBuf::from("./x"));
+        assert_eq!(
+            resolve("no-such-program-here", path),
+            PathBuf::from("no-such-program-here")
+        );
+    }
+
+    #[test]
+    fn the_plan_keeps_argv_order_and_lets_later_variables_win() {
+        let p = plan(
+            "sh",
+            &["-c".into(), "true".into()],
+            &[
+                ("A".into(), "1".into()),
+                ("B".into(), "2".into()),
+                ("A".into(), "3".into()),
+            ],
+            Path::new("/tmp"),
+            OsStr::new("/bin:/usr/bin"),
+            None,
+            vec![],
+        )
+        .unwrap();
+        let argv: Vec<_> = p.argv.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(argv, ["sh", "-c", "true"]);
+        let envp: Vec<_> = p.envp.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(envp, ["B=2", "A=3"]);
+        assert!(plan(
+            "a\0b",
+            &[],
+            &[],
+            Path::new("/"),
+            OsStr::new(""),
+            None,
+            vec![]
+        )
+        .is_err());
+    }
+}
