@@ -190,12 +190,7 @@ impl Daemon {
             Store::open_tuned(&cfg.store_dir(), cfg.cache_bytes(), cfg.flush_interval_ms())?;
         let partitions = Partitions::new(&state, (cfg.partitions.uid_min, cfg.partitions.uid_max))
             .with_quarantine(Duration::from_secs(cfg.partitions.uid_quarantine_s));
-        // One getpwuid and one getgrgid per id of the range (thousands of NSS lookups,
-        // most of a boot's time): on a thread of its own, since it only logs.
-        let probe = Partitions::new(&state, (cfg.partitions.uid_min, cfg.partitions.uid_max));
-        let _ = std::thread::Builder::new()
-            .name("uid-range".into())
-            .spawn(move || probe.check_range());
+        partitions.check_range();
         let cgroups = if cfg.partitions.cgroups {
             let home = std::fs::canonicalize(&state).unwrap_or_else(|_| state.clone());
             crate::partition::cgroup::Cgroups::detect(&crate::partition::cgroup::node_tag(

@@ -164,7 +164,7 @@ impl Partitions {
             return 0;
         }
         let (lo, hi) = (self.uid_range.0.max(1), self.uid_range.1);
-        let taken: Vec<u32> = (lo..=hi).filter(|u| host_id(*u)).collect();
+        let taken: Vec<u32> = host_ids().range(lo..=hi).copied().collect();
         if let (Some(first), Some(last)) = (taken.first(), taken.last()) {
             tracing::warn!(
                 count = taken.len(),
@@ -374,6 +374,42 @@ impl Partitions {
             .find(|u| !used.contains(u) && !held.contains(u) && !live.contains(u) && !host_id(*u))
             .ok_or(PartitionError::UidsExhausted { lo, hi })
     }
+}
+
+/// The uids of host users and gids of host groups, as NSS enumerates them: one pass
+/// over each database rather than two lookups per id of the range (2,000 lookups for
+/// the default range, most of a boot's time). For [`Partitions::check_range`], which
+/// only logs; allocation asks about each candidate ([`host_id`]).
+fn host_ids() -> BTreeSet<u32> {
+    use nix::libc;
+    static ENUMERATING: Mutex<()> = Mutex::new(());
+    let _one = ENUMERATING.lock().unwrap_or_else(|e| e.into_inner());
+    let mut ids = BTreeSet::new();
+    // SAFETY: getpwent/getgrent return NULL or a pointer into libc's static storage,
+    // valid until the next call; the id is copied out before it. The enumeration state
+    // is shared process-wide, so only this function enumerates, under the lock above.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::setpwent();
+        loop {
+            let p = libc::getpwent();
+            if p.is_null() {
+                break;
+            }
+            ids.insert((*p).pw_uid);
+        }
+        libc::endpwent();
+        libc::setgrent();
+        loop {
+            let g = libc::getgrent();
+            if g.is_null() {
+                break;
+            }
+            ids.insert((*g).gr_gid);
+        }
+        libc::endgrent();
+    }
+    ids
 }
 
 /// Whether `id` is the uid of a host user or the gid of a host group.
@@ -669,6 +705,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let parts = Partitions::new(tmp.path(), (host, host));
         assert_eq!(parts.check_range(), 1);
+        // The enumeration finds what the lookups find.
+        assert!(host_ids().contains(&host) && !host_ids().contains(&64_321));
         assert!(matches!(
             parts.ensure(&name("a")),
             Err(PartitionError::UidsExhausted { .. })
