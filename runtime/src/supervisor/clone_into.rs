@@ -30,6 +30,21 @@ use tokio::io::unix::AsyncFd;
 
 /// `clone3` (the same number on x86_64, aarch64 and 32-bit ARM EABI).
 const SYS_CLONE3: libc::c_long = 435;
+/// The credential calls with 32-bit ids: on 32-bit ARM (and x86) the plain numbers are
+/// the old 16-bit ones, which would truncate a uid above 65535.
+#[cfg(any(target_arch = "arm", target_arch = "x86"))]
+mod ids {
+    pub(super) use nix::libc::{
+        SYS_setgid32 as SETGID, SYS_setgroups32 as SETGROUPS, SYS_setuid32 as SETUID,
+    };
+}
+/// The credential calls (32-bit ids on every 64-bit architecture).
+#[cfg(not(any(target_arch = "arm", target_arch = "x86")))]
+mod ids {
+    pub(super) use nix::libc::{
+        SYS_setgid as SETGID, SYS_setgroups as SETGROUPS, SYS_setuid as SETUID,
+    };
+}
 /// Put the pidfd of the child in `clone_args.pidfd`.
 const CLONE_PIDFD: u64 = 0x1000;
 /// Create the child in the cgroup whose directory fd is `clone_args.cgroup`.
@@ -333,9 +348,9 @@ unsafe fn child_main(
     }
     if let Some((uid, gid)) = plan.owner {
         let none: *const libc::gid_t = std::ptr::null();
-        if libc::syscall(libc::SYS_setgroups, 0, none) < 0
-            || libc::syscall(libc::SYS_setgid, gid) < 0
-            || libc::syscall(libc::SYS_setuid, uid) < 0
+        if libc::syscall(ids::SETGROUPS, 0, none) < 0
+            || libc::syscall(ids::SETGID, gid) < 0
+            || libc::syscall(ids::SETUID, uid) < 0
         {
             fail(fds.report);
         }
