@@ -119,11 +119,12 @@ impl Daemon {
             ToNode::Load { from, limit } => {
                 // Records are durable, and marked as handed over (so shedding keeps
                 // off them), before they leave the node. If either fails, none leave.
+                // Only a group not yet on disk costs a flush.
                 let read = self.outbox.store.outbox_from(from, limit).and_then(|r| {
                     if let Some(last) = r.last() {
                         self.outbox.store.hand_over(last.seq)?;
+                        self.outbox.store.flush_to_send(last.seq)?;
                     }
-                    self.outbox.store.flush_records()?;
                     Ok(r)
                 });
                 let (records, end) = match read {

@@ -9,12 +9,14 @@
 //!   parameters published per instance).
 //! - A change is durable before it is acted on or reported. Requests, desired state,
 //!   observed state, incidents and acknowledgements are flushed before the call
-//!   returns. Outbox records are *reports*: [`Store::append`] does not flush (one flush
-//!   costs a 4 KiB page write, which per record would wear an SD card out); the owner
-//!   calls [`Store::flush_records`] before anything reads records out (the local API,
-//!   the uplink), and sled flushes in the background every `flush_every_ms`. A crash
-//!   can therefore lose only records nobody has seen, and their sequence numbers with
-//!   them: a number that was ever shown or sent is never reused.
+//!   returns. Outbox records are *reports*, committed in groups: [`Store::append`] does
+//!   not flush (one flush costs a 4 KiB page write, which per record would wear an SD
+//!   card out); the owner calls [`Store::flush_records`] before anything shows records
+//!   (the local API) and [`Store::flush_to_send`] before records leave (the uplink),
+//!   which flush only when the rule of `pending.rs` says a write they reveal is not on
+//!   disk yet; sled also flushes in the background every `flush_every_ms`. A crash can
+//!   therefore lose only records nobody has seen, and their sequence numbers with them:
+//!   a number that was ever shown or sent is never reused.
 //! - Outbox sequence numbers start at 1 and grow by one per record. The next one is
 //!   max(last outbox key + 1, a floor in `meta`); the floor is raised and flushed before
 //!   records are deleted (acknowledged or shed), so a number that was ever shown, sent
@@ -32,12 +34,13 @@
 
 mod epoch;
 mod migrate;
+pub mod pending;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use hedge_wire::{DesiredState, ExitStatus, InstanceRequest, Name, Record, RecordKind};
 
@@ -48,6 +51,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use migrate::SCHEMA_VERSION;
+use pending::{Pending, Reveal};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +193,8 @@ pub struct Store {
     handed_upto: Arc<AtomicU64>,
     /// The store's epoch (persisted in `meta`), settled at every open.
     epoch: Arc<AtomicU64>,
+    /// The writes not flushed yet (group commit).
+    pending: Arc<Mutex<Pending>>,
 }
 
 /// The open database and its trees.
@@ -249,6 +255,7 @@ impl Store {
             next_seq: Arc::new(AtomicU64::new(1)),
             handed_upto: Arc::new(AtomicU64::new(0)),
             epoch: Arc::new(AtomicU64::new(0)),
+            pending: Arc::default(),
         };
         store.open_trees()?;
         Ok(store)
@@ -271,6 +278,7 @@ impl Store {
         let epoch = epoch::settle(&t.meta, &self.dir.join("db"))?;
         self.epoch.store(epoch, Ordering::Relaxed);
         t.db.flush()?;
+        self.pending().flushed();
         let mut bytes = 0u64;
         for kv in t.outbox.iter() {
             bytes += kv?.1.len() as u64;
@@ -338,13 +346,32 @@ impl Store {
         self.trees.as_ref().ok_or(StoreError::Closed)
     }
 
-    /// Makes every appended record durable: call before records are shown or sent.
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes every appended record durable, flushing only when one is not yet: call
+    /// before the outbox (its records, depth or next seq) is shown.
     pub fn flush_records(&self) -> Result<(), StoreError> {
-        self.flush()
+        self.flush_if_owed(Reveal::Show)
+    }
+
+    /// Makes records up to `upto` and the hand-over mark durable, flushing only when one
+    /// is not yet: call before those records leave the node.
+    pub fn flush_to_send(&self, upto: u64) -> Result<(), StoreError> {
+        self.flush_if_owed(Reveal::Send { upto })
+    }
+
+    fn flush_if_owed(&self, reveal: Reveal) -> Result<(), StoreError> {
+        if self.pending().owed(reveal) {
+            self.flush()?;
+        }
+        Ok(())
     }
 
     fn flush(&self) -> Result<(), StoreError> {
         self.t()?.db.flush()?;
+        self.pending().flushed();
         Ok(())
     }
 
@@ -363,6 +390,7 @@ impl Store {
         let bytes = enc(&record)?;
         let len = bytes.len() as u64;
         t.outbox.insert(seq.to_be_bytes(), bytes)?;
+        self.pending().appended(seq);
         self.next_seq.store(seq + 1, Ordering::Relaxed);
         self.outbox_bytes.fetch_add(len, Ordering::Relaxed);
         Ok(record)
@@ -449,13 +477,14 @@ impl Store {
     }
 
     /// Records up to `upto` are being handed to a link: raise the persisted mark that
-    /// keeps shedding off them (durable with the caller's next flush, which must come
+    /// keeps shedding off them (durable with [`Store::flush_to_send`], which must come
     /// before the records leave the node).
     pub fn hand_over(&self, upto: u64) -> Result<(), StoreError> {
         if upto > self.handed_upto() {
             self.t()?
                 .meta
                 .insert(META_HANDED_UPTO, &upto.to_be_bytes())?;
+            self.pending().marked();
             self.handed_upto.store(upto, Ordering::Relaxed);
         }
         Ok(())
@@ -762,6 +791,7 @@ impl Store {
         o: &ObservedInstance,
     ) -> Result<(), StoreError> {
         self.t()?.observed.insert(name.as_str(), enc(o)?)?;
+        self.pending().deferred();
         Ok(())
     }
 

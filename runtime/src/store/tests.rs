@@ -414,3 +414,114 @@ fn deferred_observed_writes_are_durable_after_the_flush_in_order() {
     let s = Store::open(dir.path(), 1 << 20).unwrap();
     assert_eq!(s.observed().unwrap()["a"], obs(Some(42), 1));
 }
+
+/// The child half of the crash tests below: opens the store in `HEDGE_CRASH_DIR`,
+/// appends `HEDGE_CRASH_N` records, reveals them as `HEDGE_CRASH_REVEAL` says (`show`:
+/// the local API's flush; `send`: the uplink's hand-over and flush), appends a few more,
+/// prints `revealed N` and waits to be killed.
+#[test]
+fn crash_child() {
+    let Ok(dir) = std::env::var("HEDGE_CRASH_DIR") else {
+        return; // run as a test of its own: nothing to do
+    };
+    let n: u64 = std::env::var("HEDGE_CRASH_N").unwrap().parse().unwrap();
+    // No background flush in the window: only the group commit makes records durable.
+    let s = Store::open_tuned(std::path::Path::new(&dir), 1 << 20, 3_600_000).unwrap();
+    for i in 0..n {
+        s.append(i, state("a")).unwrap();
+    }
+    match std::env::var("HEDGE_CRASH_REVEAL").unwrap().as_str() {
+        "show" => s.flush_records().unwrap(),
+        _ => {
+            let last = s.outbox_from(0, 1000).unwrap().last().unwrap().seq;
+            s.hand_over(last).unwrap();
+            s.flush_to_send(last).unwrap();
+        }
+    }
+    // More records after the reveal, never flushed: the crash may lose them.
+    for i in 0..5 {
+        s.append(n + i, state("b")).unwrap();
+    }
+    println!("revealed {n}");
+    std::thread::sleep(std::time::Duration::from_secs(3600));
+}
+
+/// Runs `crash_child` in a process of its own, SIGKILLs it once it revealed its
+/// records, and returns the reopened store.
+fn reveal_then_kill(dir: &std::path::Path, n: u64, reveal: &str) -> Store {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "store::tests::crash_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("HEDGE_CRASH_DIR", dir)
+        .env("HEDGE_CRASH_N", n.to_string())
+        .env("HEDGE_CRASH_REVEAL", reveal)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    // libtest prints the test's name on the same line.
+    let said = out
+        .lines()
+        .map(Result::unwrap)
+        .find_map(|l| l.split_once("revealed ").map(|(_, n)| n.to_string()));
+    child.kill().unwrap(); // SIGKILL: no destructor, no flush of sled's own
+    child.wait().unwrap();
+    assert_eq!(said, Some(n.to_string()), "the child did not get there");
+    Store::open(dir, 1 << 20).unwrap()
+}
+
+/// The reopened store holds records 1..=n, the ones revealed before the kill.
+fn assert_kept(s: &Store, n: u64) {
+    let seqs: Vec<u64> = s
+        .outbox_from(0, 100)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    let kept: Vec<u64> = seqs.iter().copied().take_while(|q| *q <= n).collect();
+    assert_eq!(
+        kept,
+        (1..=n).collect::<Vec<_>>(),
+        "revealed records lost: {seqs:?}"
+    );
+}
+
+#[test]
+fn records_shown_are_on_disk_when_the_process_is_killed_right_after() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_kept(&reveal_then_kill(dir.path(), 10, "show"), 10);
+}
+
+#[test]
+fn records_sent_and_their_hand_over_mark_are_on_disk_when_the_process_is_killed_right_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = reveal_then_kill(dir.path(), 10, "send");
+    assert_kept(&s, 10);
+    assert_eq!(s.handed_upto(), 10);
+}
+
+#[test]
+fn a_flush_owed_once_covers_the_group_and_the_next_reveal_owes_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    for i in 0..3 {
+        s.append(i, state("a")).unwrap();
+    }
+    assert!(s.pending().owed(Reveal::Show));
+    s.flush_records().unwrap();
+    assert!(!s.pending().owed(Reveal::Show));
+    assert!(!s.pending().owed(Reveal::Send { upto: 3 }));
+    s.hand_over(3).unwrap();
+    assert!(s.pending().owed(Reveal::Send { upto: 3 }));
+    s.flush_to_send(3).unwrap();
+    assert!(!s.pending().owed(Reveal::Send { upto: 3 }));
+    // Any other flush (an ack, an incident) also carries pending records.
+    s.append(9, state("a")).unwrap();
+    s.raise_clock_floor(5).unwrap();
+    assert!(!s.pending().owed(Reveal::Show));
+}
