@@ -4,7 +4,8 @@
 //! Contract: a driver sends [`ToNode`]s and receives [`ToLink`]s over two channels; the
 //! daemon stays the single owner of the outbox. Every [`ToNode::Load`] is answered by one
 //! [`ToLink::Loaded`] with the same `from` (the [`crate::sync::Input::Loaded`] rules);
-//! [`ToLink::OutboxChanged`] follows every append. The daemon answers loads when it can,
+//! [`ToLink::OutboxChanged`] follows every turn of the daemon's loop that appended records
+//! (once per turn, not per record). The daemon answers loads when it can,
 //! so a driver never blocks it.
 
 use hedge_wire::Record;

@@ -16,7 +16,8 @@
 //!   them, and `end` when none exists beyond the last one returned. Stale or malformed
 //!   answers are ignored or trimmed, never trusted blindly.
 //! - [`Output::Send`] is published as is (QoS 1); [`Output::Delete`] deletes every
-//!   outbox record with `seq <= upto`; [`Input::OutboxChanged`] follows every append.
+//!   outbox record with `seq <= upto`; [`Input::OutboxChanged`] follows appends (at
+//!   least once after the last of a group).
 //! - Every `Ack` from the master is fed as [`Input::Acked`], duplicates and all.
 //!
 //! What the machine promises:

@@ -154,6 +154,9 @@ pub struct Daemon {
     api_stats: std::sync::Arc<api::ApiStats>,
     /// An observed state was written and not flushed yet.
     observed_unflushed: bool,
+    /// Records were appended in this turn of the loop: the links hear of it once, at
+    /// its end (group commit: they load, and the store flushes, once per turn).
+    appended_this_turn: bool,
 }
 
 /// As root, instances run as their partition's uid and must traverse the state
@@ -240,6 +243,7 @@ impl Daemon {
             software: software::Software::new(crate::artifact::Cache::new(&state)),
             api_stats: Default::default(),
             observed_unflushed: false,
+            appended_this_turn: false,
         };
         d.master_key = d.cfg.master_key();
         d.kill_leftovers()?;
@@ -271,14 +275,23 @@ impl Daemon {
         self.after_append(appended);
     }
 
-    /// After an append: on success shed if a pass is due, and wake the links.
+    /// After an append: on success shed if a pass is due; the links hear of it at the
+    /// end of the turn ([`Daemon::end_turn`]).
     pub(crate) fn after_append(&mut self, appended: Result<(), StoreError>) {
         match appended {
             Ok(()) => {
                 self.shed();
-                self.links.outbox_changed();
+                self.appended_this_turn = true;
             }
             Err(e) => self.store_failed(&e),
+        }
+    }
+
+    /// The end of one turn of the loop: wake the links once for every record the turn
+    /// appended. Records are flushed when a link loads them, not here.
+    fn end_turn(&mut self) {
+        if std::mem::take(&mut self.appended_this_turn) {
+            self.links.outbox_changed();
         }
     }
 
@@ -437,6 +450,7 @@ impl Daemon {
         published_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stop_deadline: Option<Instant> = None;
         loop {
+            self.end_turn();
             if self.shutting_down && self.instances.all_idle() {
                 break;
             }
