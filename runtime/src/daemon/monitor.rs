@@ -43,6 +43,17 @@ impl From<String> for CheckStartError {
     }
 }
 
+/// How often a partition's disk may be walked: every half usage interval, but never
+/// more often than every [`WALK_FLOOR`]. A walk opens every directory of the partition;
+/// with short usage intervals (tests, benches: 100 ms) walks ran back to back and cost
+/// far more than the records they fed, while disk usage moves slowly.
+fn walk_every(usage_interval_ms: u64) -> Duration {
+    Duration::from_millis(usage_interval_ms / 2).max(WALK_FLOOR)
+}
+
+/// The shortest time between two walks of one partition.
+const WALK_FLOOR: Duration = Duration::from_secs(10);
+
 impl Daemon {
     /// A new accountant for `name`, or the one an earlier daemon left.
     pub(super) fn accountant_for(&mut self, name: &Name) -> Option<Accountant> {
@@ -245,9 +256,9 @@ impl Daemon {
 
     /// Starts a walk of the partition most in need of one, unless a walk runs: one at a
     /// time, on a blocking thread (never on the loop), each partition at most once per
-    /// half usage interval; the result comes back as [`Event::DiskWalked`].
+    /// [`walk_every`]; the result comes back as [`Event::DiskWalked`].
     pub(super) fn start_disk_walk(&mut self) {
-        let every = Duration::from_millis(self.cfg.monitor.usage_interval_ms / 2);
+        let every = walk_every(self.cfg.monitor.usage_interval_ms);
         let Some(name) = self
             .monitoring
             .next_disk_walk(every, super::monotonic_now())
@@ -376,5 +387,17 @@ impl Daemon {
     /// Per-instance CPU ms recorded in usage records by this daemon run.
     pub(super) fn usage_totals(&self) -> &BTreeMap<String, u64> {
         &self.monitoring.usage_cpu_ms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walks_follow_half_the_usage_interval_but_never_more_often_than_the_floor() {
+        assert_eq!(walk_every(60_000), Duration::from_secs(30));
+        assert_eq!(walk_every(100), WALK_FLOOR);
+        assert_eq!(walk_every(20_000), WALK_FLOOR);
     }
 }
