@@ -83,6 +83,50 @@ fn sigkilled_daemon_restarts_offline_with_every_instance_and_a_continuous_outbox
     }
 }
 
+/// Group commit: records are flushed in groups, never one by one, yet every record the
+/// local API showed is on disk. The daemon produces usage records fast with sled's
+/// background flush out of the way, shows its outbox (`status`: its next seq), and is
+/// SIGKILLed at once: after a restart, every record shown is there.
+#[test]
+fn records_shown_by_status_survive_a_sigkill_right_after() {
+    let mut node = Node::init();
+    node.edit_config(|c| {
+        c.replace("sample_interval_ms = 10000", "sample_interval_ms = 100")
+            .replace("usage_interval_ms = 60000", "usage_interval_ms = 100")
+            .replace("# flush_interval_ms = 2000", "flush_interval_ms = 3600000")
+    });
+    node.start();
+    for i in 0..4 {
+        let name = format!("u{i}");
+        node.ok(&[
+            "request",
+            &name,
+            "--software",
+            "exec:/bin/sleep",
+            "--arg",
+            "1000",
+        ]);
+    }
+    for round in 0..3 {
+        let floor = node.status().outbox.next_seq + 20;
+        let next = wait_for("usage records to flow", Duration::from_secs(20), || {
+            let n = node.status().outbox.next_seq;
+            (n >= floor).then_some(n)
+        });
+        node.kill9();
+        node.start();
+        let kept: Vec<u64> = seqs(&node.outbox())
+            .into_iter()
+            .take_while(|s| *s < next)
+            .collect();
+        assert_eq!(
+            kept,
+            (1..next).collect::<Vec<_>>(),
+            "round {round}: a record shown before the SIGKILL is missing"
+        );
+    }
+}
+
 #[test]
 fn leftover_process_group_of_a_dead_daemon_is_cleaned_at_boot() {
     let mut node = Node::init();
