@@ -1,5 +1,5 @@
-"""What the bench compares hedge with, found or installed: supervisord and paho-mqtt in a
-venv of their own, and Debian's mosquitto.
+"""What the bench compares hedge with, found or installed: supervisord in a
+venv of its own, and Debian's mosquitto with its C clients (mosquitto-clients).
 
 The venv lives in ~/.cache/hedge-bench/venv (HEDGE_BENCH_CACHE overrides the cache dir)
 and is (re)installed only when PY_PACKAGES change, so a fresh machine needs nothing but
@@ -11,7 +11,7 @@ import sys
 
 from harness import Failed, log
 
-PY_PACKAGES = ["supervisor==4.2.5", "paho-mqtt==2.1.0"]
+PY_PACKAGES = ["supervisor==4.2.5"]
 
 
 def venv():

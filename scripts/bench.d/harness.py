@@ -60,6 +60,11 @@ def rss_kib(pid):
     return proc_field(pid, "VmRSS")
 
 
+def rss_parts_kib(pid):
+    """(RssAnon, RssFile) of a live process, in KiB."""
+    return proc_field(pid, "RssAnon"), proc_field(pid, "RssFile")
+
+
 def hwm_kib(pid):
     return proc_field(pid, "VmHWM")
 
@@ -78,12 +83,6 @@ def cpu_ticks(pid):
 def cpu_s(pid):
     """utime + stime of a live process, in seconds."""
     return cpu_ticks(pid) / os.sysconf("SC_CLK_TCK")
-
-
-def pct(values, p):
-    """The p-th percentile by nearest rank (rounded)."""
-    s = sorted(values)
-    return s[max(0, min(len(s) - 1, int(round(p / 100 * len(s))) - 1))]
 
 
 class RssPeak:
@@ -111,6 +110,15 @@ class Procs:
         out = open(os.path.join(self.tmp, log_name or f"{name}.log"), "a")
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, **kw)
         out.close()
+        self.items.append((name, p))
+        return p
+
+    def spawn_piped(self, name, argv, **kw):
+        """`argv` with its stdout a text pipe for the caller and stderr in tmp/<name>.log."""
+        err = open(os.path.join(self.tmp, f"{name}.log"), "a")
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+                             text=True, **kw)
+        err.close()
         self.items.append((name, p))
         return p
 

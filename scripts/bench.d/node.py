@@ -22,7 +22,8 @@ def build(binary):
     log("cargo build --release --locked -p hedge (waits on other builds' cargo lock)")
     subprocess.run(["cargo", "build", "--release", "--locked", "-q", "-p", "hedge"],
                    cwd=ROOT, check=True, timeout=1800)
-    return os.path.join(ROOT, "target/release/hedge")
+    return os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")),
+                        "release", "hedge")
 
 
 class Hedge:

@@ -1,52 +1,90 @@
 """The bench's report: the figure rows (hedge beside its alternative, with the ratio), the
-table they print as, and the paragraph of parameters that says how each was measured.
+table they print as (plain, or --markdown for the README, with the date and the machine),
+and the paragraph of parameters that says how each was measured.
 
-`summarise` is also what --json's "table" is made of.
+`summarise` gives one run's rows; scripts/bench folds the rows of its runs (stats.fold_runs)
+into medians with their spread, which is also what --json's "table" is made of.
 """
 import statistics
 
 from alternatives import PY_PACKAGES
-from harness import pct
-from supervision import STABLE_AFTER_MS
+from stats import pct, slope
+from supervision import STABLE_AFTER_MS, curve_points
+
+
+def _get(d, *keys):
+    for k in keys:
+        if d is None or k not in d:
+            return None
+        d = d[k]
+    return d
 
 
 def summarise(res):
-    """(figure, unit, better, hedge, alternative, alternative name) rows."""
+    """(figure, unit, better, hedge, alternative, alternative name) rows of one run."""
     h, s = res["hedge"], res["supervisord"]
     hs, ms = res["hedge_sf"], res["mosquitto"]
+    P = res["params"]
+    sd, mq = "supervisord", "mosquitto"
     rows = []
-    for n in res["params"]["sizes"]:
+    for n in P["sizes"]:
         rows.append((f"idle RSS, {n} instances", "MiB", "lower",
-                     h[f"rss_kib_{n}"] / 1024, s[f"rss_kib_{n}"] / 1024, "supervisord"))
-    rows.append(("crash->restart median", "ms", "lower", statistics.median(h["restart_ms"]),
-                 statistics.median(s["restart_ms"]), "supervisord"))
-    rows.append(("crash->restart p90", "ms", "lower", pct(h["restart_ms"], 90),
-                 pct(s["restart_ms"], 90), "supervisord"))
-    rows.append((f"spawn->all {h['boot_instances']} started (median)", "ms", "lower",
-                 statistics.median(h["boot_all_ms"]), statistics.median(s["boot_all_ms"]), "supervisord"))
-    rows.append(("appends/s (hedge: = offered load)", "rec/s", "higher", hs["appends_per_s"], ms["appends_per_s"], "mosquitto"))
-    rows.append(("CPU per 1000 appends (hedge: net of sampling)", "ms", "lower", hs["cpu_ms_per_1k_appends"],
-                 ms["cpu_ms_per_1k_appends"], "mosquitto"))
-    rows.append(("disk written per record, until durable", "B", "lower", hs["disk_bytes_per_record"],
-                 ms["disk_bytes_per_record"], "mosquitto"))
-    rows.append((f"disk written/s holding ~{ms['records'] // 1000}k records idle", "kB/s", "lower",
-                 hs["hold_disk_bytes_per_s"] / 1000, ms["hold_disk_bytes_per_s"] / 1000, "mosquitto"))
-    rows.append(("drain rate from reconnect", "rec/s", "higher", hs["drain_per_s"], ms["drain_per_s"], "mosquitto"))
-    same = hs["drained"] == ms["records"]
-    rows.append((f"drain time, {ms['records']} records" if same else
-                 f"drain time (hedge {hs['drained']}, mosq. {ms['records']} rec)", "s", "lower",
-                 hs["drain_s"], ms["drain_s"], "mosquitto"))
+                     h[f"rss_kib_{n}"] / 1024, s[f"rss_kib_{n}"] / 1024, sd))
+    n = P["sizes"][0]
+    rows.append((f"  RssAnon, {n} instances", "MiB", "lower",
+                 h[f"rss_anon_kib_{n}"] / 1024, s[f"rss_anon_kib_{n}"] / 1024, sd))
+    rows.append((f"  RssFile, {n} instances", "MiB", "lower",
+                 h[f"rss_file_kib_{n}"] / 1024, s[f"rss_file_kib_{n}"] / 1024, sd))
+    pts = curve_points(P)
+    rows.append((f"idle RSS per added instance (slope {pts[0]}..{pts[-1]})", "KiB", "lower",
+                 slope(pts, [h[f"rss_kib_{x}"] for x in pts]),
+                 slope(pts, [s[f"rss_kib_{x}"] for x in pts]), sd))
+    up = statistics.median(h["startup_ms"])
+    for name, f in (("median", statistics.median), ("p99", lambda v: pct(v, 99))):
+        rows.append((f"crash->restart {name}, gross", "ms", "lower",
+                     f(h["restart_ms"]), f(s["restart_ms"]), sd))
+        rows.append((f"crash->restart {name}, net of the victim's start-up", "ms", "lower",
+                     f(h["restart_ms"]) - up, f(s["restart_ms"]) - up, sd))
+    rows.append(("  victim's start-up alone (fork/exec by the bench), median", "ms", "lower",
+                 up, None, "-"))
+    rows.append((f"daemon start -> {h['boot_instances']} instances running, offline (median)",
+                 "ms", "lower", statistics.median(h["boot_all_ms"]),
+                 statistics.median(s["boot_all_ms"]), sd))
+    rows.append(("appends/s (hedge: its offered load; mosquitto: saturated)", "rec/s", "higher",
+                 hs["appends_per_s"], ms["appends_per_s"], mq))
+    rows.append(("appends/s per core at saturation (1 s / CPU per append)", "rec/s", "higher",
+                 1e6 / hs["cpu_ms_per_1k_appends"] if hs["cpu_ms_per_1k_appends"] else None,
+                 1e6 / ms["cpu_ms_per_1k_appends"] if ms["cpu_ms_per_1k_appends"] else None, mq))
+    rows.append(("CPU per 1000 appends (hedge: net of sampling)", "ms", "lower",
+                 hs["cpu_ms_per_1k_appends"], ms["cpu_ms_per_1k_appends"], mq))
+    rows.append(("  load generator CPU per 1000 appends (mosquitto_pub)", "ms", "lower",
+                 None, ms["loadgen_cpu_ms_per_1k"], mq))
+    rows.append(("disk written per record, until durable", "B", "lower",
+                 hs["disk_bytes_per_record"], ms["disk_bytes_per_record"], mq))
+    rows.append(("disk written/s holding the queue idle", "kB/s", "lower",
+                 hs["hold_disk_bytes_per_s"] / 1000, ms["hold_disk_bytes_per_s"] / 1000, mq))
+    rows.append(("drain rate from reconnect", "rec/s", "higher", hs["drain_per_s"],
+                 ms["drain_per_s"], mq))
+    rows.append(("drain time", "s", "lower", hs["drain_s"], ms["drain_s"], mq))
     rows.append(("CPU per 1000 drained, node side", "ms", "lower", hs["cpu_ms_per_1k_drained"],
-                 ms["cpu_ms_per_1k_drained"], "mosquitto"))
+                 ms["cpu_ms_per_1k_drained"], mq))
+    rows.append(("peak RSS, node side, during drain", "MiB", "lower",
+                 hs["drain_peak_rss_kib"] / 1024, ms["drain_peak_rss_kib"] / 1024, mq))
     if "wire_bytes_per_record" in hs and "wire_bytes_per_record" in ms:
-        rows.append(("wire bytes per record (TLS, IP, both ways)", "B", "lower",
-                     hs["wire_bytes_per_record"], ms["wire_bytes_per_record"], "mosquitto"))
-    rows.append(("records lost", "", "lower", hs["lost"], ms["lost"], "mosquitto"))
-    rows.append(("records duplicated", "", "lower", hs["duplicated"], ms["duplicated"], "mosquitto"))
-    rows.append(("peak RSS, node side, during drain", "MiB", "lower", hs["drain_peak_rss_kib"] / 1024,
-                 ms["drain_peak_rss_kib"] / 1024, "mosquitto"))
-    rows.append(("link back -> reconnected (1 sample)", "s", "lower", hs["reconnect_s"],
-                 ms["reconnect_s"], "mosquitto"))
+        rows.append(("wire bytes per usage record (TLS, IP, both ways)", "B", "lower",
+                     hs["wire_bytes_per_record"], ms["wire_bytes_per_record"], mq))
+    rows.append(("records lost", "", "lower", hs["lost"], ms["lost"], mq))
+    rows.append(("records duplicated", "", "lower", hs["duplicated"], ms["duplicated"], mq))
+    rows.append(("link back after the outage -> reconnected", "s", "lower", hs["reconnect_s"],
+                 ms["reconnect_s"], mq))
+    hr, mr = hs.get("reconnects_s"), ms.get("reconnects_s")
+    if hr and mr:
+        cuts = len(hr)
+        for name, f in (("median", statistics.median), ("p90", lambda v: pct(v, 90)), ("max", max)):
+            rows.append((f"link back -> reconnected, {name} of {cuts} cuts", "s", "lower",
+                         f(hr), f(mr), "mosquitto bridge"))
+    for target, size in sorted(res.get("cross_sizes", {}).items()):
+        rows.append((f"node-only stripped binary, {target}", "MB", "lower", size / 1e6, None, "-"))
     return rows
 
 
@@ -67,20 +105,50 @@ def ratio(a, b):
     return f"{r:.2f}x" if r >= 0.1 else f"{r:.2g}x"
 
 
-def print_table(res):
-    rows = summarise(res)
+def cell(v, spread):
+    """`v`, with its spread over the runs when there was one."""
+    lo, hi = spread
+    if v is None or lo is None or lo == hi:
+        return fmt(v)
+    return f"{fmt(v)} ({fmt(lo)}-{fmt(hi)})"
+
+
+def header(res):
+    m = res["machine"]
+    return (f"hedge bench ({'quick' if res['params']['quick'] else 'full'}, median of "
+            f"{res['runs']} run{'s' if res['runs'] > 1 else ''}, spread min-max in brackets) "
+            f"{res['date']}; {m['model']}, {m['cpus']} cpus, {m['arch']}, {m['kernel']}; "
+            f"hedge {res['hedge_binary']['path']} ({res['hedge_binary']['bytes']:,} B)")
+
+
+def print_markdown(res, table):
+    print(f"{header(res)}; `scripts/bench{' --quick' if res['params']['quick'] else ''} "
+          f"--runs {res['runs']} --markdown`:")
+    print()
+    print("| figure | hedge | alternative | ratio |")
+    print("|---|---|---|---|")
+    for f, u, bt, h, a, who, hsp, asp in table:
+        unit = f" {u}" if u else ""
+        alt = "-" if a is None else f"{who} {cell(a, asp)}{unit}"
+        print(f"| {f.strip()} | {cell(h, hsp)}{unit} | {alt} | {ratio(h, a)} |")
+
+
+def print_table(res, table):
     head = ("figure", "unit", "hedge", "alternative", "alt.", "hedge/alt", "better")
-    body = [(f, u, fmt(h), fmt(a), who, ratio(h, a), bt) for f, u, bt, h, a, who in rows]
+    body = [(f, u, cell(h, hsp), cell(a, asp), who, ratio(h, a), bt)
+            for f, u, bt, h, a, who, hsp, asp in table]
     w = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
     line = lambda r: "| " + " | ".join(c.ljust(w[i]) if i in (0, 1, 4, 6) else c.rjust(w[i])
                                        for i, c in enumerate(r)) + " |"
-    print(f"hedge bench ({'quick' if res['params']['quick'] else 'full'}) "
-          f"{res['machine']['arch']}, {res['machine']['cpus']} cpus, {res['machine']['kernel']}; "
-          f"hedge {res['hedge_binary']['path']} ({res['hedge_binary']['bytes']:,} B)")
+    print(header(res))
     print(line(head))
     print("|" + "|".join("-" * (x + 2) for x in w) + "|")
     for r in body:
         print(line(r))
+    print_params(res)
+
+
+def print_params(res):
     hs, ms, h, s = res["hedge_sf"], res["mosquitto"], res["hedge"], res["supervisord"]
     p = res["params"]
     print()
@@ -89,10 +157,18 @@ def print_table(res):
           f"({', '.join(PY_PACKAGES)} in {res['venv']}); hedge's node not enrolled (uplink off), default config but stable_after_ms; every instance is "
           f"/bin/sh -c 'echo $$ $(date +%s%N) > FILE; exec /bin/sleep 100000'. RSS = VmRSS of "
           f"`hedge node run` / of the supervisord process, 3 s idle after all started.")
+    pts = curve_points(p)
+    print(f"- idle RSS curve (KiB, VmRSS; anon/file apart in --json) at {pts} instances: hedge "
+          f"{', '.join(str(h[f'rss_kib_{x}']) for x in pts)}; supervisord "
+          f"{', '.join(str(s[f'rss_kib_{x}']) for x in pts)}; slope = least squares over them.")
     print(f"- crash->restart: {p['kills']} SIGKILLs of a victim instance next to "
           f"{p['sizes'][0]} others, spaced {STABLE_AFTER_MS + 50} ms after its start "
           f"(hedge stable_after_ms={STABLE_AFTER_MS}; supervisord autorestart=true "
-          f"startsecs=0); time from kill to the replacement's timestamp.")
+          f"startsecs=0); time from kill to the replacement's timestamp; p99 by nearest rank. "
+          f"Net = gross - the median of the victim's start-up alone: {p['kills']} plain "
+          f"fork/execs (Popen) of the same /bin/sh line by the bench, timed from before the "
+          f"fork to its timestamp (median {statistics.median(h['startup_ms']):.2f} ms, p99 "
+          f"{pct(h['startup_ms'], 99):.2f} ms).")
     print(f"- boot: {h['boot_instances']} stored instances; hedge daemon SIGKILLed then spawned "
           f"(offline, kills leftovers first); supervisord SIGTERMed then spawned; "
           f"{p['boot_reps']} runs: hedge {', '.join(f'{x:.0f}' for x in h['boot_all_ms'])} ms, "
@@ -107,8 +183,9 @@ def print_table(res):
           f"{hs['records']} records queued ({hs['usage_records']} usage records, "
           f"{hs['usage_record_bytes']:.1f} B each encoded (postcard seq+time+kind, measured in the "
           f"master's store); {hs['outbox_store_bytes_per_record']:.1f} B each in the outbox). "
-          f"appends/s = outbox next_seq growth over {hs['produce_s']} s: the offered load, not a "
-          f"capacity (the daemon used {hs['cpu_percent_producing']:.0f} % of a core, of which "
+          f"appends/s = outbox next_seq growth over {hs['produce_s']} s: the offered load (a "
+          f"node cannot be driven faster than 10 records/s per instance; the per-core figure is "
+          f"1 s / CPU per append, for both sides) (the daemon used {hs['cpu_percent_producing']:.0f} % of a core, of which "
           f"{hs['sampling_only_cpu_percent']:.0f} % is sampling /proc for {p['producers']} "
           f"instances every 100 ms: measured first with usage_interval_ms=60000 and subtracted "
           f"for CPU per 1000 appends; gross {hs['cpu_ms_per_1k_appends_gross']:.0f} ms). Disk = daemon write_bytes "
@@ -134,16 +211,30 @@ def print_table(res):
           f"autosave_interval 5 = hedge's 5 s flush, max_queued_messages 0) bridged to a central "
           f"broker over TLS (hedge's CA and certificates; cleansession false, topic out QoS 1, "
           f"restart_timeout 1); {ms['records']} records of {ms['payload_bytes']} B "
-          f"(= hedge's encoded usage record: 8-byte seq + padding) published with paho-mqtt "
-          f"QoS 1 (100 in flight; the Python client bounds appends/s, CPU per 1000 is the "
-          f"broker's own) while the central broker is down. Disk = local mosquitto write_bytes "
+          f"(= hedge's encoded usage record: the zero-padded decimal seq) published by "
+          f"mosquitto's C client (`mosquitto_pub -l -q 1 -M 100`, one line per record, from a "
+          f"file) while the outage lasts ({ms['outage']}). The load generator is not the limit: "
+          f"mosquitto_pub used {ms['loadgen_cpu_percent']:.0f} % of a core "
+          f"({ms['loadgen_cpu_ms_per_1k']:.1f} ms per 1000, rusage); CPU per 1000 appends is the "
+          f"local broker's own. Disk = local mosquitto write_bytes "
           f"from the first publish until an autosave holds them all (each save rewrites the "
           f"whole queue: {ms['persist_file_bytes_per_record']:.0f} B/record, so this varies "
           f"with how many saves fall in the window; holding idle rewrites it every 5 s). "
-          f"Drain = bridge link-up ({ms['link_from']}; {fmt(ms['reconnect_s'])} s after the "
-          f"central broker started, despite restart_timeout 1) -> the last of {ms['records']} "
-          f"distinct seqs at a persistent QoS 1 paho subscriber on the central broker. Configs: "
+          f"Drain = the bridge's connection in the central broker's log ({fmt(ms['reconnect_s'])} s "
+          f"after the link came back, restart_timeout 1) -> the last of {ms['records']} "
+          f"distinct seqs at a persistent QoS 1 `mosquitto_sub -c` on the central broker "
+          f"(it used {ms['sink_cpu_percent']:.0f} % of a core over the drain). Configs: "
           f"{ms['local_conf']}, {ms['central_conf']} (deleted with the temp dir unless --keep).")
+    if hs.get("reconnects_s") and ms.get("reconnects_s"):
+        print(f"- link back -> reconnected: after the drain, {len(hs['reconnects_s'])} cuts of "
+              f"{p['cut_hold_s']} s of each idle, connected link (nft resets both ways + `ss -K` "
+              f"on the port's sockets, so both ends notice at once), timed from the cut's removal "
+              f"to the next connection in the broker's log (hedge: the node's, its backoff as "
+              f"configured; mosquitto: the bridge's at the central broker). hedge "
+              f"{', '.join(f'{x:.2f}' for x in hs['reconnects_s'])} s; bridge "
+              f"{', '.join(f'{x:.2f}' for x in ms['reconnects_s'])} s.")
+    else:
+        print("- link back -> reconnected over cuts: skipped (needs root and nft).")
     print("- wire bytes: nftables counters on the link's TCP port (IP bytes, both directions, "
           "TLS included) during the drain / records drained."
           if "wire_bytes_per_record" in hs else "- wire bytes: skipped (needs root and nft).")

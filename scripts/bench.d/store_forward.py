@@ -17,6 +17,7 @@ import time
 import tomlw
 from alternatives import mosquitto_bin
 from harness import Failed, RssPeak, cpu_s, free_port, hwm_kib, log, wait, write_bytes
+from linkcut import reconnect_times
 from nft import Tables
 from node import Hedge
 
@@ -43,6 +44,16 @@ def start_mosquitto(procs, name, conf, port):
     return p
 
 
+def node_connections(broker_log):
+    """How many times the node connected, from the broker's log: its certificate CN (= its
+    id, bench) is its broker user name."""
+    try:
+        with open(broker_log, "rb") as f:
+            return sum(1 for line in f if b"New client connected" in line and b"u'bench'" in line)
+    except OSError:
+        return 0
+
+
 def varint_len(v):
     """Bytes of `v` as a LEB128 varint (postcard's integer encoding)."""
     n = 1
@@ -52,28 +63,53 @@ def varint_len(v):
     return n
 
 
+class Fleet:
+    """A master (`hedge master init` in tmp/master, its broker, `hedge master run`) and one
+    node enrolled to it (tmp/sf-node, id bench) that may run `producers` instances.
+    `start_central` starts the broker and the master, once subscribed."""
+
+    def __init__(self, binary, procs, tmp, producers):
+        self.binary, self.procs, self.tmp = binary, procs, tmp
+        self.mdir = mdir = os.path.join(tmp, "master")
+        self.master_port, self.node_port = free_port(), free_port()
+        subprocess.run([binary, "master", "init", "--port", str(self.node_port),
+                        "--master-port", str(self.master_port), "--dir", mdir],
+                       check=True, stdout=subprocess.DEVNULL, timeout=60)
+        self.mcfg = os.path.join(mdir, "master.toml")
+        # Nodes enroll (own key, CSR, one-time token) at the master's HTTPS endpoint.
+        tomlw.edit(self.mcfg, {"artifacts": {"listen": f"127.0.0.1:{free_port()}"}})
+        bundle = os.path.join(tmp, "bench.bundle")
+        subprocess.run([binary, "master", "enroll", "bench", "--out", bundle, "--config", self.mcfg],
+                       check=True, stdout=subprocess.DEVNULL, timeout=60)
+        self.node = Hedge(binary, procs, os.path.join(tmp, "sf-node"))
+        self.node.init("--enroll", bundle)
+        self.cfg = self.node.configure({
+            "monitor": {"sample_interval_ms": 100},
+            # Enrollment happens once the master runs: retry it every second until then.
+            "uplink": {"renew_check_s": 1},
+            "outbox": {"quota_bytes": 1073741824},
+            "node": {"max_instances": producers + 5},
+        })
+        self.blog = os.path.join(tmp, "hedge-broker.log")
+        self.mlog = os.path.join(tmp, "master.log")
+
+    def master_connected(self):
+        with open(self.mlog) as f:
+            return "master connected" in f.read()
+
+    def start_central(self):
+        start_mosquitto(self.procs, "hedge-broker", broker_conf(self.mdir), self.master_port)
+        self.procs.spawn("master", [self.binary, "master", "run", "--config", self.mcfg],
+                         log_name="master.log", env={**os.environ, "HEDGE_LOG": "info"})
+        wait("master subscribed", self.master_connected, 30, 0.02)
+
+
 def hedge_store_and_forward(binary, procs, tmp, P, out):
-    mdir = os.path.join(tmp, "master")
-    master_port, node_port = free_port(), free_port()
-    subprocess.run([binary, "master", "init", "--port", str(node_port),
-                    "--master-port", str(master_port), "--dir", mdir],
-                   check=True, stdout=subprocess.DEVNULL, timeout=60)
-    mcfg = os.path.join(mdir, "master.toml")
-    # Nodes enroll (own key, CSR, one-time token) at the master's HTTPS endpoint.
-    tomlw.edit(mcfg, {"artifacts": {"listen": f"127.0.0.1:{free_port()}"}})
-    bundle = os.path.join(tmp, "bench.bundle")
-    subprocess.run([binary, "master", "enroll", "bench", "--out", bundle, "--config", mcfg],
-                   check=True, stdout=subprocess.DEVNULL, timeout=60)
-    node = Hedge(binary, procs, os.path.join(tmp, "sf-node"))
-    node.init("--enroll", bundle)
     k = P["producers"]
-    cfg = node.configure({
-        "monitor": {"sample_interval_ms": 100},
-        # Enrollment happens once the master runs: retry it every second until then.
-        "uplink": {"renew_check_s": 1},
-        "outbox": {"quota_bytes": 1073741824},
-        "node": {"max_instances": k + 5},
-    })
+    fleet = Fleet(binary, procs, tmp, k)
+    node, mdir, node_port, blog, start_central = (fleet.node, fleet.mdir, fleet.node_port,
+                                                  fleet.blog, fleet.start_central)
+    cfg = fleet.cfg
     out["uplink_defaults"] = {key: str(cfg["uplink"][key])
                               for key in ("max_batch_records", "max_batch_bytes", "window")
                               if key in cfg["uplink"]}
@@ -82,18 +118,6 @@ def hedge_store_and_forward(binary, procs, tmp, P, out):
     # and a master, subscribed before the node ever dials. With root + nft the node's port
     # is cut (TCP resets) while it produces, as in tests/uplink_master.rs; without, the
     # broker only starts when the link is to come back.
-    blog = os.path.join(tmp, "hedge-broker.log")
-    mlog = os.path.join(tmp, "master.log")
-
-    def master_connected():
-        with open(mlog) as f:
-            return "master connected" in f.read()
-
-    def start_central():
-        start_mosquitto(procs, "hedge-broker", broker_conf(mdir), master_port)
-        procs.spawn("master", [binary, "master", "run", "--config", mcfg], log_name="master.log",
-                    env={**os.environ, "HEDGE_LOG": "info"})
-        wait("master subscribed", master_connected, 30, 0.02)
     link = Tables.new(node_port, cut=True)
     cut = link.ok
     if cut:
@@ -180,10 +204,8 @@ def hedge_store_and_forward(binary, procs, tmp, P, out):
                           (total,)).fetchone()[0] >= total
 
     def linked():
-        # The node's certificate CN (= its id) is its broker user name.
         peak.sample()
-        with open(blog, "rb") as f:
-            return any(b"New client connected" in l and b"u'bench'" in l for l in f)
+        return node_connections(blog) > 0
     wait("node uplink up (broker log)", linked, 120, 0.01)
     tl, cpu1 = time.monotonic(), cpu_s(pid)
     wait(f"master stored {total} records", stored, P["drain_timeout_s"], 0.05)
@@ -204,6 +226,12 @@ def hedge_store_and_forward(binary, procs, tmp, P, out):
     out["drained"] = total
     out["drain_per_s"] = total / (td - tl)
     final_seq = s["outbox"]["next_seq"] - 1
+    # 3. Link cuts on the idle, connected node: link back -> reconnected.
+    out["reconnects_s"] = reconnect_times(node_port, lambda: node_connections(blog),
+                                          P["cuts"], P["cut_hold_s"])
+    if out["reconnects_s"]:
+        log(f"hedge: link back -> reconnected over {len(out['reconnects_s'])} cuts: "
+            f"{', '.join(f'{x:.2f}' for x in out['reconnects_s'])} s")
     procs.stop(node.daemon)
     # What the master stored for this node.
     db = sqlite3.connect(f"file:{os.path.join(mdir, 'master.db')}?mode=ro", uri=True, timeout=30)

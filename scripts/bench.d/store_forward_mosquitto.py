@@ -1,23 +1,25 @@
 """Store-and-forward figures for the alternative: a local mosquitto with persistence,
 bridged to a central mosquitto (cleansession false, QoS 1, over TLS with hedge's CA and
-certificates), fed and read by paho-mqtt clients (mqtt_pub.py, mqtt_sub.py, run in the
-bench venv).
+certificates), fed and read by mosquitto's own C clients (mqtt_clients.py), so the
+figures are mosquitto's and not a client's.
 
 The same figures as store_forward.py measures for hedge, with the same number of records
 of the size of hedge's encoded usage record: appends per second and disk bytes per record
-into the local broker while the central one is down, what holding them idle writes, then
-the drain from the bridge's link-up until a persistent subscriber on the central broker
-has every sequence number; lost and duplicated records, wire bytes and peak RSS.
+into the local broker while the bridge's link is cut (or, without nft, the central broker
+is down), what holding them idle writes, then the drain from the bridge's link-up until a
+persistent subscriber on the central broker has every sequence number; lost and
+duplicated records, wire bytes, peak RSS, and the bridge's reconnection after link cuts.
 """
 import os
+import subprocess
 import time
 
-from harness import Failed, RssPeak, cpu_s, free_port, hwm_kib, log, read_json, wait, write_bytes
+from harness import RssPeak, cpu_s, free_port, hwm_kib, log, wait, write_bytes
+from linkcut import count_in_log, cut, reconnect_times
+from mqtt_clients import Sink, client_bin, publish, write_payloads
 from nft import Tables
 from report import fmt
 from store_forward import start_mosquitto
-
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def write_lines(path, lines):
@@ -25,7 +27,7 @@ def write_lines(path, lines):
         f.write("\n".join(lines))
 
 
-def mosquitto_store_and_forward(py, procs, tmp, P, out, size, n):
+def mosquitto_store_and_forward(procs, tmp, P, out, size, n):
     d = os.path.join(tmp, "mqtt")
     os.makedirs(os.path.join(d, "central-data"))
     os.makedirs(os.path.join(d, "local-data"))
@@ -60,88 +62,96 @@ def mosquitto_store_and_forward(py, procs, tmp, P, out, size, n):
 
     # The central subscriber's persistent session exists before the outage.
     c = start_mosquitto(procs, "central", central, p_sub)
-    sub_out = os.path.join(d, "sub.json")
-    sub = procs.spawn("mqtt-sub", [py, os.path.join(HERE, "mqtt_sub.py"), "--port", str(p_sub),
-                                   "--count", str(n), "--out", sub_out])
+    clog = os.path.join(tmp, "central.log")
+    sink = Sink(procs, p_sub, n).start()
 
-    def sub_state():
-        return read_json(sub_out)
-    wait("central subscriber ready", lambda: (sub_state() or {}).get("ready"), 30, 0.02)
-    procs.stop(c)
+    def probed():  # a "0" (out of range) reaching the sink proves it is subscribed
+        subprocess.run([client_bin("mosquitto_pub"), "-h", "127.0.0.1", "-p", str(p_sub),
+                        "-q", "1", "-t", "edge/bench/probe", "-m", "0"], timeout=10,
+                       capture_output=True)
+        return sink.bad > 0
+    wait("central subscriber ready", probed, 30, 0.1)
+    link = cut(p_tls)
+    out["outage"] = "bridge port cut (nft)" if link else "central broker stopped"
+    if not link:
+        sink.stop()
+        procs.stop(c)
 
-    # Publish into the local broker while the bridge's far end is down.
+    # Publish into the local broker while the bridge's far end is unreachable.
     lp = start_mosquitto(procs, "local", local, p_local)
+    lines = os.path.join(d, "payloads.txt")
+    write_payloads(lines, n, size)
     w0, c0 = write_bytes(lp.pid), cpu_s(lp.pid)
-    pub_out = os.path.join(d, "pub.json")
-    log(f"mosquitto: publishing {n} x {size}-byte QoS 1 records into the local broker")
-    pub = procs.spawn("mqtt-pub", [py, os.path.join(HERE, "mqtt_pub.py"), "--port", str(p_local),
-                                   "--count", str(n), "--size", str(size), "--out", pub_out])
-
-    def pub_state():
-        return read_json(pub_out)
-    wait("publisher done", lambda: pub.poll() is not None or (pub_state() or {}).get("acked_ns") or (pub_state() or {}).get("error"),
-             P["drain_timeout_s"], 0.05)
-    ps = pub_state()
-    if not ps or "acked_ns" not in ps:
-        raise Failed(f"publisher failed: {ps} (see {tmp}/mqtt-pub.log)")
-    out["appends_per_s"] = n / ((ps["acked_ns"] - ps["first_ns"]) / 1e9)
+    log(f"mosquitto: publishing {n} x {size}-byte QoS 1 records into the local broker "
+        f"(mosquitto_pub -l)")
+    first_ns, acked_ns, pub_cpu = publish(procs, p_local, lines, timeout=P["drain_timeout_s"])
+    out["appends_per_s"] = n / ((acked_ns - first_ns) / 1e9)
     out["cpu_ms_per_1k_appends"] = (cpu_s(lp.pid) - c0) * 1e6 / n
+    out["loadgen_cpu_ms_per_1k"] = pub_cpu * 1e6 / n
+    out["loadgen_cpu_percent"] = 100 * pub_cpu / ((acked_ns - first_ns) / 1e9)
     # Until a persistence save holds them all (autosave every 5 s).
     db = os.path.join(d, "local-data", "mosquitto.db")
-    wait("local persistence saved", lambda: os.path.exists(db) and os.stat(db).st_mtime_ns > ps["acked_ns"], 30, 0.1)
+    wait("local persistence saved", lambda: os.path.exists(db) and os.stat(db).st_mtime_ns > acked_ns, 30, 0.1)
     time.sleep(0.2)
     wh0 = write_bytes(lp.pid)
     out["disk_bytes_per_record"] = (wh0 - w0) / n
     time.sleep(P["hold_s"])
     out["hold_disk_bytes_per_s"] = (write_bytes(lp.pid) - wh0) / P["hold_s"]
     out["persist_file_bytes_per_record"] = os.path.getsize(db) / n
-    log(f"mosquitto: {out['appends_per_s']:.0f} publishes/s acknowledged; "
+    log(f"mosquitto: {out['appends_per_s']:.0f} publishes/s acknowledged "
+        f"(mosquitto_pub at {out['loadgen_cpu_percent']:.0f} % of a core); "
         f"{out['disk_bytes_per_record']:.0f} disk bytes/record")
 
-    # The central broker comes back: time the drain.
+    # The link comes back: time the drain from the bridge's connection at the central broker.
+    def bridge_connections():
+        return count_in_log(clog, b"as bench-bridge")
+    before = bridge_connections()
     nft = Tables.new(p_tls)
     peak = RssPeak(lp.pid)
-    tsn = time.time_ns()
-    cd0 = None
-    start_mosquitto(procs, "central", central, p_sub)
-    # No progress for `stall` s once linked (or no link within 120 s): give up, count.
-    stall, last, last_t = 20, 0, time.monotonic() + 100
-    end = time.monotonic() + 120 + P["drain_timeout_s"]
-    while True:
+    tc = time.monotonic()
+    if link:
+        link.close()
+    else:
+        start_mosquitto(procs, "central", central, p_sub)
+        sink.start()
+    wait("bridge connected (central log)", lambda: (peak.sample(), bridge_connections() > before)[1],
+         120, 0.005)
+    tl, tl_ns, cd0 = time.monotonic(), time.time_ns(), cpu_s(lp.pid)
+    out["reconnect_s"] = tl - tc
+    # No progress for `stall` s: give up, count.
+    stall, last, last_t = 20, 0, time.monotonic()
+    end = time.monotonic() + P["drain_timeout_s"]
+    while not sink.complete():
         peak.sample()
-        if cd0 is None and (pub_state() or {}).get("link_up_ns"):
-            cd0 = cpu_s(lp.pid)
-        st = sub_state() or {}
-        if st.get("complete"):
-            break
-        if st.get("distinct", 0) != last:
-            last, last_t = st.get("distinct", 0), time.monotonic()
+        sink.sample_cpu()
+        if sink.distinct != last:
+            last, last_t = sink.distinct, time.monotonic()
         if time.monotonic() - last_t > stall or time.monotonic() > end:
             log(f"mosquitto: drain stalled at {last}/{n}")
             break
-        time.sleep(0.05)
+        time.sleep(0.005)
     cd1 = cpu_s(lp.pid)
     wire = nft.bytes()
     nft.close()
-    procs.stop(sub)
-    st = sub_state()
-    ps = pub_state()
     out["peak_rss_kib"] = hwm_kib(lp.pid)
     out["drain_peak_rss_kib"] = peak.kib
-    link = ps.get("link_up_ns") or st["first_ns"]
-    out["link_from"] = "bridge notification" if ps.get("link_up_ns") else "first message"
-    out["reconnect_s"] = (link - tsn) / 1e9 if link else None
-    out["drain_s"] = (st["last_ns"] - link) / 1e9 if link and st["last_ns"] else None
-    out["drained"] = st["distinct"]
-    out["drain_per_s"] = st["distinct"] / out["drain_s"] if out["drain_s"] else 0
-    out["lost"] = n - st["distinct"]
-    out["duplicated"] = st["duplicates"]
+    out["drain_s"] = (sink.last_ns - tl_ns) / 1e9 if sink.last_ns else None
+    out["drained"] = sink.distinct
+    out["drain_per_s"] = sink.distinct / out["drain_s"] if out["drain_s"] else 0
+    out["lost"] = n - sink.distinct
+    out["duplicated"] = sink.duplicates
     out["records"] = n
     out["payload_bytes"] = size
-    out["cpu_ms_per_1k_drained"] = (cd1 - (cd0 if cd0 is not None else cd1)) * 1e6 / max(1, st["distinct"])
+    out["cpu_ms_per_1k_drained"] = (cd1 - cd0) * 1e6 / max(1, sink.distinct)
+    out["sink_cpu_percent"] = 100 * sink.sample_cpu() / max(1e-9, time.monotonic() - tl)
     if wire:
-        out["wire_bytes_per_record"] = (wire[0] + wire[1]) / max(1, st["distinct"])
-        out["wire_bytes_up_per_record"] = wire[0] / max(1, st["distinct"])
-    log(f"mosquitto: drained {st['distinct']} of {n} in {fmt(out['drain_s'])} s from link-up, "
-        f"{st['duplicates']} duplicates")
-
+        out["wire_bytes_per_record"] = (wire[0] + wire[1]) / max(1, sink.distinct)
+        out["wire_bytes_up_per_record"] = wire[0] / max(1, sink.distinct)
+    log(f"mosquitto: drained {sink.distinct} of {n} in {fmt(out['drain_s'])} s from link-up, "
+        f"{sink.duplicates} duplicates")
+    sink.stop()
+    # Link cuts on the idle, connected bridge: link back -> reconnected.
+    out["reconnects_s"] = reconnect_times(p_tls, bridge_connections, P["cuts"], P["cut_hold_s"])
+    if out["reconnects_s"]:
+        log(f"mosquitto: bridge link back -> reconnected over {len(out['reconnects_s'])} cuts: "
+            f"{', '.join(f'{x:.2f}' for x in out['reconnects_s'])} s")

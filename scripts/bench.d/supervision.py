@@ -11,7 +11,7 @@ import statistics
 import subprocess
 import time
 
-from harness import log, rss_kib, wait
+from harness import Procs, log, rss_kib, rss_parts_kib, wait
 from node import Hedge
 
 STABLE_AFTER_MS = 200
@@ -47,6 +47,32 @@ def kill_latencies(kills, victim_file, label, every=0.01):
     return lat
 
 
+def startup_latencies(times, d, every=0.01):
+    """The victim's own start-up, by the same method without a supervisor: ms from a plain
+    fork/exec (Popen) by the bench to the timestamp it writes, `times` times."""
+    f = os.path.join(d, "startup-t")
+    lat = []
+    for _ in range(times):
+        if os.path.exists(f):
+            os.unlink(f)
+        t0 = time.time_ns()
+        p = subprocess.Popen(["/bin/sh", "-c", stamp_cmd(f)], cwd=d)
+        _, t1 = wait("victim started by the bench", lambda: read_ts(f), 30, every)
+        lat.append((t1 - t0) / 1e6)
+        Procs.stop(p, signal.SIGKILL)
+    return lat
+
+
+def curve_points(P):
+    """Instance counts at which idle RSS is read: the curve and the table's sizes."""
+    return sorted(set(P["curve"]) | set(P["sizes"]))
+
+
+def read_rss(out, n, pid):
+    out[f"rss_kib_{n}"] = rss_kib(pid)
+    out[f"rss_anon_kib_{n}"], out[f"rss_file_kib_{n}"] = rss_parts_kib(pid)
+
+
 def all_started_after(files, t0):
     def check():
         ts = [read_ts(f) for f in files]
@@ -57,23 +83,25 @@ def all_started_after(files, t0):
 
 
 def hedge_supervision(binary, procs, tmp, P, out):
-    n_max = max(P["sizes"])
+    points = curve_points(P)
+    boot_n = P["boot_instances"]
     node = Hedge(binary, procs, os.path.join(tmp, "sup-node"))
     node.init("--id", "bench")
     node.configure({"supervisor": {"stable_after_ms": STABLE_AFTER_MS},
-                    "node": {"max_instances": n_max + 5}})
+                    "node": {"max_instances": max(points) + 5}})
     node.start()
     part = os.path.join(node.home, "partitions")
     have = 0
-    for n in P["sizes"]:
+    for n in points:
         for i in range(have, n):
             node.cli("request", f"s{i}", "--software", "exec:/bin/sh", "--arg", "-c",
                      "--arg", stamp_cmd("srv/t"))
         have = n
-        wait(f"{n} hedge instances running", lambda: node.running() == n, 60, 0.05)
+        wait(f"{n} hedge instances running", lambda: node.running() == n, 120, 0.05)
         time.sleep(3)  # idle before reading memory
-        out[f"rss_kib_{n}"] = rss_kib(node.daemon.pid)
-        log(f"hedge: {n} instances, idle VmRSS {out[f'rss_kib_{n}']} KiB")
+        read_rss(out, n, node.daemon.pid)
+        log(f"hedge: {n} instances, idle VmRSS {out[f'rss_kib_{n}']} KiB "
+            f"(anon {out[f'rss_anon_kib_{n}']}, file {out[f'rss_file_kib_{n}']})")
         if n == P["sizes"][0]:
             node.cli("request", "victim", "--software", "exec:/bin/sh", "--arg", "-c",
                      "--arg", stamp_cmd("srv/started"))
@@ -83,19 +111,23 @@ def hedge_supervision(binary, procs, tmp, P, out):
             wait("victim destroyed",
                  lambda: all(i["name"] != "victim" for i in node.status()["instances"]), 30, 0.05)
             log(f"hedge: crash-to-restart median {statistics.median(lat):.2f} ms over {len(lat)} kills")
-    # Offline boot: SIGKILL the daemon, start it again, time until every instance ran.
-    files = [os.path.join(part, f"s{i}/srv/t") for i in range(n_max)]
-    boots = []
-    for _ in range(P["boot_reps"]):
-        procs.stop(node.daemon, signal.SIGKILL)
-        t0 = time.time_ns()
-        node.spawn()
-        t1 = wait(f"{n_max} hedge instances restarted", all_started_after(files, t0), 60, 0.02)
-        boots.append((t1 - t0) / 1e6)
-        wait("hedge API after boot", node.status, 30, 0.01)
-    out["boot_all_ms"] = boots
-    out["boot_instances"] = n_max
-    log(f"hedge: daemon spawn -> {n_max} instances started: {', '.join(f'{b:.0f}' for b in boots)} ms")
+        if n == boot_n:
+            # Offline boot: SIGKILL the daemon, start it again, time until every instance ran.
+            files = [os.path.join(part, f"s{i}/srv/t") for i in range(n)]
+            boots = []
+            for _ in range(P["boot_reps"]):
+                procs.stop(node.daemon, signal.SIGKILL)
+                t0 = time.time_ns()
+                node.spawn()
+                t1 = wait(f"{n} hedge instances restarted", all_started_after(files, t0), 60, 0.005)
+                boots.append((t1 - t0) / 1e6)
+                wait("hedge API after boot", node.status, 30, 0.01)
+            out["boot_all_ms"] = boots
+            out["boot_instances"] = n
+            log(f"hedge: daemon spawn -> {n} instances started: {', '.join(f'{b:.0f}' for b in boots)} ms")
+    out["startup_ms"] = startup_latencies(P["kills"], tmp)
+    log(f"victim start-up alone (fork/exec by the bench): median "
+        f"{statistics.median(out['startup_ms']):.2f} ms")
     procs.stop(node.daemon)
 
 
@@ -122,14 +154,14 @@ def supervisord_supervision(py, procs, tmp, P, out):
     sd = os.path.join(os.path.dirname(py), "supervisord")
     out["version"] = subprocess.run([sd, "--version"], capture_output=True, text=True,
                                     timeout=30).stdout.strip()
-    n_max = max(P["sizes"])
-    for n in P["sizes"]:
+    for n in curve_points(P):
         conf, files = supervisord_conf(d, n, victim=False)
         t0 = time.time_ns()
         p = procs.spawn("supervisord", [sd, "-c", conf])
-        wait(f"{n} supervisord programs started", all_started_after(files, t0), 60, 0.01)
+        if files:
+            wait(f"{n} supervisord programs started", all_started_after(files, t0), 120, 0.01)
         time.sleep(3)
-        out[f"rss_kib_{n}"] = rss_kib(p.pid)
+        read_rss(out, n, p.pid)
         log(f"supervisord: {n} programs, idle VmRSS {out[f'rss_kib_{n}']} KiB")
         procs.stop(p)
     # Crashes: the victim next to the smallest set, as for hedge.
@@ -141,14 +173,15 @@ def supervisord_supervision(py, procs, tmp, P, out):
     out["restart_ms"] = lat
     log(f"supervisord: crash-to-restart median {statistics.median(lat):.2f} ms")
     procs.stop(p)
-    conf, files = supervisord_conf(d, n_max, victim=False)
+    n = P["boot_instances"]
+    conf, files = supervisord_conf(d, n, victim=False)
     boots = []
     for _ in range(P["boot_reps"]):
         t0 = time.time_ns()
         p = procs.spawn("supervisord", [sd, "-c", conf])
-        t1 = wait(f"{n_max} supervisord programs started", all_started_after(files, t0), 60, 0.02)
+        t1 = wait(f"{n} supervisord programs started", all_started_after(files, t0), 60, 0.005)
         boots.append((t1 - t0) / 1e6)
         procs.stop(p)
     out["boot_all_ms"] = boots
-    out["boot_instances"] = n_max
-    log(f"supervisord: spawn -> {n_max} programs started: {', '.join(f'{b:.0f}' for b in boots)} ms")
+    out["boot_instances"] = n
+    log(f"supervisord: spawn -> {n} programs started: {', '.join(f'{b:.0f}' for b in boots)} ms")

@@ -1,0 +1,61 @@
+"""The soak (`scripts/bench --soak MINUTES`, off by default, not in CI): an enrolled node
+with records flowing to its master while its link flaps (cut, restored) every `flap_s`
+seconds; the daemon's VmRSS is sampled every minute. Returns the curve and the growth
+after the first five minutes (the target: within 1 MiB over an hour).
+"""
+import os
+import time
+
+from harness import log, rss_kib, wait
+from linkcut import cut
+from store_forward import Fleet
+
+INSTANCES = 20
+
+
+def growth_after(curve, minute=5):
+    """KiB grown from the sample at `minute` (or the first one after it, else the first
+    sample) to the last; None with fewer than two samples."""
+    if len(curve) < 2:
+        return None
+    base = next((kib for m, kib in curve if m >= minute), curve[0][1])
+    return curve[-1][1] - base
+
+
+def soak(binary, procs, tmp, minutes, out, flap_s=30):
+    fleet = Fleet(binary, procs, tmp, INSTANCES)
+    node = fleet.node
+    node.configure({"monitor": {"usage_interval_ms": 1000}})
+    fleet.start_central()
+    node.start()
+    for i in range(INSTANCES):
+        node.cli("request", f"u{i}", "--software", "exec:/bin/sleep", "--arg", "100000")
+    wait(f"{INSTANCES} instances running", lambda: node.running() == INSTANCES, 60, 0.05)
+    pid = node.daemon.pid
+    t0 = time.monotonic()
+    curve, flaps, link, next_flap, next_sample = [], 0, None, t0 + flap_s, t0
+    while True:
+        now = time.monotonic()
+        if now >= next_sample:
+            m = round((now - t0) / 60)
+            curve.append((m, rss_kib(pid)))
+            log(f"soak: minute {m}: VmRSS {curve[-1][1]} KiB")
+            next_sample += 60
+            if m >= minutes:
+                break
+        if now >= next_flap:
+            if link:
+                link.close()
+                link = None
+            else:
+                link = cut(fleet.node_port)
+                flaps += link is not None
+            next_flap += flap_s
+        time.sleep(0.2)
+    if link:
+        link.close()
+    st = node.status(required=True)
+    out.update(minutes=minutes, flap_s=flap_s, instances=INSTANCES, flaps=flaps,
+               rss_curve_kib=curve, growth_after_5min_kib=growth_after(curve),
+               records=st["outbox"]["next_seq"] - 1, outbox_depth=st["outbox"]["depth"])
+    procs.stop(node.daemon)
