@@ -129,8 +129,9 @@ def print_markdown(res, table):
     print("|---|---|---|---|")
     for f, u, bt, h, a, who, hsp, asp in table:
         unit = f" {u}" if u else ""
+        hedge = "-" if h is None else f"{cell(h, hsp)}{unit}"
         alt = "-" if a is None else f"{who} {cell(a, asp)}{unit}"
-        print(f"| {f.strip()} | {cell(h, hsp)}{unit} | {alt} | {ratio(h, a)} |")
+        print(f"| {f.strip()} | {hedge} | {alt} | {ratio(h, a)} |")
 
 
 def print_table(res, table):
