@@ -14,12 +14,12 @@ INSTANCES = 20
 
 
 def growth_after(curve, minute=5):
-    """KiB grown from the sample at `minute` (or the first one after it, else the first
-    sample) to the last; None with fewer than two samples."""
+    """(from minute, KiB grown) from the sample at `minute` (or the first one after it,
+    else the first sample) to the last; None with fewer than two samples."""
     if len(curve) < 2:
         return None
-    base = next((kib for m, kib in curve if m >= minute), curve[0][1])
-    return curve[-1][1] - base
+    m0, base = next(((m, kib) for m, kib in curve[:-1] if m >= minute), curve[0])
+    return m0, curve[-1][1] - base
 
 
 def soak(binary, procs, tmp, minutes, out, flap_s=30):
