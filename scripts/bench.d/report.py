@@ -118,7 +118,9 @@ def header(res):
     return (f"hedge bench ({'quick' if res['params']['quick'] else 'full'}, median of "
             f"{res['runs']} run{'s' if res['runs'] > 1 else ''}, spread min-max in brackets) "
             f"{res['date']}; {m['model']}, {m['cpus']} cpus, {m['arch']}, {m['kernel']}; "
-            f"hedge {res['hedge_binary']['path']} ({res['hedge_binary']['bytes']:,} B)")
+            f"hedge {res['hedge_binary']['path']} ({res['hedge_binary']['bytes']:,} B)"
+            + (f"; supervision rows: {res['node_binary']['path']} "
+               f"({res['node_binary']['bytes']:,} B)" if res.get("node_binary") else ""))
 
 
 def print_markdown(res, table):
