@@ -2,7 +2,10 @@
 measured is mosquitto, not a client.
 
 `publish` feeds N lines to `mosquitto_pub -l` (QoS 1, up to `inflight` in flight; it exits
-once the broker acknowledged the last one) and returns its wall time and CPU (rusage).
+once the broker acknowledged the last one) and returns its wall time and CPU (rusage). At
+end of input mosquitto_pub waits for the PUBACK of the last message id, and ids wrap at
+65,535: one mosquitto_pub per CHUNK lines, one after the other, so that wait means every
+message was acknowledged.
 `Sink` is a persistent-session QoS 1 `mosquitto_sub` whose stdout a thread reads: each
 line is one payload, the zero-padded decimal sequence number; it counts distinct numbers,
 duplicates and out-of-range ones, with the times of the first and the last message.
@@ -16,6 +19,7 @@ import time
 from harness import Failed, cpu_s
 
 TOPIC = "edge/bench/usage"
+CHUNK = 50_000
 
 
 def client_bin(name):
@@ -30,35 +34,43 @@ def payload(seq, size):
     return str(seq).zfill(size)
 
 
-def write_payloads(path, n, size):
-    with open(path, "w") as f:
-        for seq in range(1, n + 1):
-            f.write(payload(seq, size))
-            f.write("\n")
+def write_payloads(prefix, n, size):
+    """Records 1..n as lines in files `prefix`.0, .1, ... of at most CHUNK lines each."""
+    paths = []
+    for i, lo in enumerate(range(1, n + 1, CHUNK)):
+        paths.append(f"{prefix}.{i}")
+        with open(paths[-1], "w") as f:
+            for seq in range(lo, min(n, lo + CHUNK - 1) + 1):
+                f.write(payload(seq, size))
+                f.write("\n")
+    return paths
 
 
-def publish(procs, port, lines_file, inflight=100, timeout=600):
-    """`mosquitto_pub -l` on `lines_file`: (first_ns, acked_ns, cpu_s of the client)."""
+def publish(procs, port, line_files, inflight=100, timeout=600):
+    """`mosquitto_pub -l` on each of `line_files` in turn: (first_ns, acked_ns, cpu_s of
+    the clients)."""
     argv = [client_bin("mosquitto_pub"), "-h", "127.0.0.1", "-p", str(port), "-q", "1",
             "-M", str(inflight), "-t", TOPIC, "-l", "-i", f"bench-pub-{os.getpid()}"]
-    with open(lines_file, "rb") as stdin:
-        t0 = time.time_ns()
-        p = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.DEVNULL,
-                             stderr=open(os.path.join(procs.tmp, "mosquitto_pub.log"), "a"))
-    procs.items.append(("mosquitto_pub", p))
     end = time.monotonic() + timeout
-    while True:
-        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
-        if pid:
-            t1 = time.time_ns()
-            p.returncode = os.waitstatus_to_exitcode(status)
-            break
-        if time.monotonic() > end:
-            raise Failed(f"mosquitto_pub did not finish in {timeout} s")
-        time.sleep(0.002)
-    if p.returncode != 0:
-        raise Failed(f"mosquitto_pub exited {p.returncode}: see {procs.tmp}/mosquitto_pub.log")
-    return t0, t1, ru.ru_utime + ru.ru_stime
+    cpu = 0.0
+    t0 = time.time_ns()
+    for path in line_files:
+        with open(path, "rb") as stdin:
+            p = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.DEVNULL,
+                                 stderr=open(os.path.join(procs.tmp, "mosquitto_pub.log"), "a"))
+        procs.items.append(("mosquitto_pub", p))
+        while True:
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                p.returncode = os.waitstatus_to_exitcode(status)
+                break
+            if time.monotonic() > end:
+                raise Failed(f"mosquitto_pub did not finish in {timeout} s")
+            time.sleep(0.002)
+        cpu += ru.ru_utime + ru.ru_stime
+        if p.returncode != 0:
+            raise Failed(f"mosquitto_pub exited {p.returncode}: see {procs.tmp}/mosquitto_pub.log")
+    return t0, time.time_ns(), cpu
 
 
 class Sink:

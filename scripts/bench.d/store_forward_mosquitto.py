@@ -79,11 +79,10 @@ def mosquitto_store_and_forward(procs, tmp, P, out, size, n):
 
     # Publish into the local broker while the bridge's far end is unreachable.
     lp = start_mosquitto(procs, "local", local, p_local)
-    lines = os.path.join(d, "payloads.txt")
-    write_payloads(lines, n, size)
+    lines = write_payloads(os.path.join(d, "payloads"), n, size)
     w0, c0 = write_bytes(lp.pid), cpu_s(lp.pid)
     log(f"mosquitto: publishing {n} x {size}-byte QoS 1 records into the local broker "
-        f"(mosquitto_pub -l)")
+        f"(mosquitto_pub -l, {len(lines)} in turn)")
     first_ns, acked_ns, pub_cpu = publish(procs, p_local, lines, timeout=P["drain_timeout_s"])
     out["appends_per_s"] = n / ((acked_ns - first_ns) / 1e9)
     out["cpu_ms_per_1k_appends"] = (cpu_s(lp.pid) - c0) * 1e6 / n
