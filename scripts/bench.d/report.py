@@ -91,7 +91,7 @@ def summarise(res):
 def fmt(v):
     if v is None:
         return "n/a"
-    if isinstance(v, int) or float(v).is_integer() and abs(v) >= 100:
+    if isinstance(v, int) or float(v).is_integer() and (abs(v) >= 100 or v == 0):
         return f"{int(v):,}"
     return f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}"
 
