@@ -14,6 +14,12 @@
 //! they belong to. A busy node (an append every few milliseconds) therefore cannot
 //! restart a slow connect over and over.
 //!
+//! While the core [wants a probe](SyncMachine::wants_probe) (the link is waiting out a
+//! backoff), the driver opens a plain TCP connection to the broker's port every
+//! [`PROBE_EVERY`] (±25 %, closed at once, no TLS) and reports a success as
+//! [`Input::PathBack`]: a link that returns is used within a fraction of a second, not
+//! at the end of a backoff of up to 15 s.
+//!
 //! Topics ([`crate::topic`]): publishes `hedge/v1/<node>/up` (QoS 1); subscribes
 //! `hedge/v1/<node>/ack` and `hedge/v1/<node>/desired` (retained by the master).
 
@@ -49,6 +55,18 @@ pub struct LinkSettings {
     pub sync: Config,
     /// MQTT keep-alive interval (at least one second is used).
     pub keepalive: Duration,
+}
+
+/// How often a waiting link probes the broker's port (±25 %), and how long one probe
+/// may take.
+pub const PROBE_EVERY: Duration = Duration::from_millis(200);
+
+/// One probe after `delay`: whether a TCP connection to the broker's port opens within
+/// [`PROBE_EVERY`]. A cut link, a refused port or a slow name lookup all say "not back".
+async fn probe(host: String, port: u16, delay: Duration) -> bool {
+    tokio::time::sleep(delay).await;
+    let connect = tokio::net::TcpStream::connect((host.as_str(), port));
+    matches!(tokio::time::timeout(PROBE_EVERY, connect).await, Ok(Ok(_)))
 }
 
 enum State {
@@ -117,6 +135,8 @@ pub async fn run(
     let mut conn_id = 0u64;
     let mut pending = sync.handle(Instant::now(), Input::Start);
     let mut sent_upto = 0u64;
+    let mut probing: Option<std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>> =
+        None;
     loop {
         // Perform what the core asked.
         for out in std::mem::take(&mut pending) {
@@ -160,6 +180,12 @@ pub async fn run(
             .deadline()
             .map(tokio::time::Instant::from_std)
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        if !sync.wants_probe() {
+            probing = None;
+        } else if probing.is_none() {
+            let delay = PROBE_EVERY.mul_f64(0.75 + 0.5 * fastrand::f64());
+            probing = Some(Box::pin(probe(settings.host.clone(), settings.port, delay)));
+        }
         let current = match &state {
             State::Connecting(c) | State::Up(c) => Some(c.id),
             State::Idle => None,
@@ -226,6 +252,18 @@ pub async fn run(
                         pending = sync.handle(now, Input::Loaded { from, records, end });
                     }
                     Some(ToLink::OutboxChanged) => pending = sync.handle(now, Input::OutboxChanged),
+                }
+            }
+            back = async {
+                match probing.as_mut() {
+                    Some(p) => p.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                probing = None;
+                if back {
+                    tracing::debug!(host = %settings.host, port = settings.port, "uplink probe reached the broker");
+                    pending = sync.handle(Instant::now(), Input::PathBack);
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {

@@ -24,6 +24,13 @@
 //! - No `Send` while the link is down. Reconnects back off exponentially from
 //!   [`Config::backoff_base`] to [`Config::backoff_max`] with ±20 % jitter, forever;
 //!   the delay resets after a `LinkUp`.
+//! - A returning path is not waited for: while [`SyncMachine::wants_probe`] says so, the
+//!   driver probes the broker cheaply and reports a success as [`Input::PathBack`]; the
+//!   machine then brings the next attempt forward to within a random
+//!   [`Config::path_back_spread`] (so a fleet whose path returns at once does not dial
+//!   at once). One early attempt per backoff period: after a `PathBack`, probing stops
+//!   until a regular attempt has failed, so a broker that accepts TCP but refuses the
+//!   node sees at most twice the backoff's rate.
 //! - Range batches (`covers: Some((from, to))`) cover consecutive ranges: the first
 //!   after an ack starts at `acked_upto + 1` (even if that seq was shed: the range
 //!   vouches for missing seqs), batch k+1 starts at batch k's `to + 1`, and `to` is the
@@ -111,6 +118,8 @@ pub enum Input {
     },
     /// Time passed; sent at [`SyncMachine::deadline`] (sending more often is harmless).
     Tick,
+    /// A probe reached the broker while the link is down: the path is back.
+    PathBack,
 }
 
 /// What the machine asks the driver to do.
@@ -218,6 +227,12 @@ pub struct SyncMachine {
     link: Link,
     /// Reconnect attempts since the last `LinkUp` (the backoff exponent).
     attempt: u32,
+    /// A `PathBack` may still bring the pending attempt forward.
+    probe_armed: bool,
+    /// The pending backoff deadline was brought forward by a `PathBack`.
+    pulled: bool,
+    /// The attempt in progress is an early one (from a `PathBack`).
+    early: bool,
     acked_upto: u64,
     deleted_upto: u64,
     /// First seq of the next range batch (u128: past `u64::MAX` once all is covered).
@@ -260,6 +275,9 @@ impl SyncMachine {
             rng: fastrand::Rng::with_seed(seed),
             link: Link::Idle,
             attempt: 0,
+            probe_armed: false,
+            pulled: false,
+            early: false,
             acked_upto: 0,
             deleted_upto: 0,
             next_from: 1,
@@ -322,6 +340,7 @@ impl SyncMachine {
                     }
                 }
             }
+            Input::PathBack => self.on_path_back(now),
         }
         if self.link == Link::Up {
             self.check_ack_timeout(now);
@@ -352,6 +371,13 @@ impl SyncMachine {
         }
     }
 
+    /// Whether the driver should probe the broker (and report a success as
+    /// [`Input::PathBack`]): the link is waiting to reconnect and no early attempt has
+    /// been granted in this backoff period.
+    pub fn wants_probe(&self) -> bool {
+        self.probe_armed && matches!(self.link, Link::Backoff { .. })
+    }
+
     /// Whether the link is up (sends may happen).
     pub fn is_connected(&self) -> bool {
         self.link == Link::Up
@@ -370,10 +396,39 @@ impl SyncMachine {
 
     fn connect(&mut self, out: &mut Vec<Output>) {
         self.link = Link::Connecting;
+        self.early = std::mem::take(&mut self.pulled);
         out.push(Output::Connect);
     }
 
+    /// Brings the pending attempt forward to within `path_back_spread`, once.
+    fn on_path_back(&mut self, now: Instant) {
+        let Link::Backoff { until } = self.link else {
+            return;
+        };
+        if !self.probe_armed {
+            return;
+        }
+        self.probe_armed = false;
+        self.pulled = true;
+        let spread = self.cfg.path_back_spread.as_nanos();
+        let offset = if spread == 0 {
+            Duration::ZERO
+        } else {
+            let n = u64::try_from(spread).unwrap_or(u64::MAX);
+            Duration::from_nanos(self.rng.u64(0..n))
+        };
+        let early = now.checked_add(offset).unwrap_or(now);
+        tracing::debug!(node = %self.node, in_ms = u64::try_from(offset.as_millis()).unwrap_or(u64::MAX), "uplink path back: reconnecting early");
+        self.link = Link::Backoff {
+            until: until.min(early),
+        };
+    }
+
     fn back_off(&mut self, now: Instant) {
+        // A failed early attempt waits for the regular one; any other failure (or a
+        // link lost while up) lets a probe bring the next attempt forward.
+        self.probe_armed = !std::mem::take(&mut self.early);
+        self.pulled = false;
         let delay = self.backoff_delay();
         tracing::debug!(node = %self.node, delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "uplink reconnect backoff");
         // Past `Instant`'s range (absurd config): retry at the next tick.
@@ -398,6 +453,8 @@ impl SyncMachine {
     fn on_link_up(&mut self) {
         self.link = Link::Up;
         self.attempt = 0;
+        self.early = false;
+        self.probe_armed = false;
         self.stats.link_ups += 1;
         tracing::info!(node = %self.node, acked_upto = self.acked_upto, "uplink up");
         // Go-back-N: everything unacknowledged goes again, from the oldest.
@@ -418,3 +475,5 @@ impl SyncMachine {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_reconnect;

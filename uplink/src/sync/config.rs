@@ -12,7 +12,8 @@ pub const MIN_FRAME: usize = 256;
 /// this from a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// Most records in one batch (default 256; at most `MAX_RECORDS`).
+    /// Most records in one batch (default 256; at most `MAX_RECORDS`; the node's
+    /// `[uplink]` section sets its own).
     pub max_batch_records: usize,
     /// Largest encoded batch frame, envelope included (default 32 KiB). A single
     /// record larger than this is still sent alone if it fits [`Config::max_frame`].
@@ -28,6 +29,10 @@ pub struct Config {
     /// Longest reconnect delay (default 15 s: a returning link is used within ~15 s;
     /// measured 35 s with a 60 s cap in scripts/bench).
     pub backoff_max: Duration,
+    /// Once a probe finds the path back ([`super::Input::PathBack`]), the next attempt
+    /// comes within a uniformly random delay up to this (default 400 ms): nodes whose path
+    /// returns at the same moment spread their reconnects instead of dialing at once.
+    pub path_back_spread: Duration,
     /// Byte budget of a metered link, bytes per second (default none).
     pub budget_bytes_per_sec: Option<u32>,
     /// Largest frame the master accepts (default `DEFAULT_MAX_FRAME`).
@@ -43,6 +48,7 @@ impl Default for Config {
             ack_timeout: Duration::from_secs(10),
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(15),
+            path_back_spread: Duration::from_millis(400),
             budget_bytes_per_sec: None,
             max_frame: DEFAULT_MAX_FRAME,
         }

@@ -807,6 +807,7 @@ fn config_validation_and_clamping() {
         ack_timeout: Duration::ZERO,
         backoff_base: Duration::ZERO,
         backoff_max: Duration::ZERO,
+        path_back_spread: Duration::ZERO,
         budget_bytes_per_sec: Some(0),
         max_frame: 0,
     };
@@ -856,7 +857,8 @@ fn arbitrary_inputs_never_panic_and_stay_bounded() {
                 1 => 0,
                 _ => rng.u64(0..64),
             };
-            let input = match rng.u8(0..9) {
+            let input = match rng.u8(0..10) {
+                9 => Input::PathBack,
                 0 => Input::Start,
                 1 => Input::LinkUp,
                 2 => Input::LinkDown,
@@ -979,6 +981,7 @@ impl Sim {
             ack_timeout: Duration::from_millis(rng.u64(500..=3000)),
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(3),
+            path_back_spread: Duration::from_millis(rng.u64(0..=400)),
             budget_bytes_per_sec: (seed % 4 == 3).then(|| rng.u32(4_000..=16_000)),
             max_frame: DEFAULT_MAX_FRAME,
         };
@@ -1146,6 +1149,10 @@ impl Sim {
                 let upto = self.to_node.swap_remove(i);
                 self.feed(Input::Acked { upto, epoch: EPOCH });
             }
+        }
+        if self.sync.wants_probe() && self.rng.u8(0..4) == 0 {
+            // The driver's probe reached the broker (or, with chaos, a path that fails again).
+            self.feed(Input::PathBack);
         }
         if self.sync.deadline().is_some_and(|d| self.now >= d) {
             self.feed(Input::Tick);
