@@ -399,7 +399,7 @@ fn two_masters_share_the_subscription_and_store_each_record_once() {
     node.edit_config(|c| {
         c.replace("sample_interval_ms = 10000", "sample_interval_ms = 100")
             .replace("usage_interval_ms = 60000", "usage_interval_ms = 100")
-            .replace("max_batch_records = 256", "max_batch_records = 16")
+            .replace("max_batch_records = 1024", "max_batch_records = 16")
     });
     node.start();
     for i in 0..10 {

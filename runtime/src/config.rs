@@ -268,9 +268,9 @@ impl Default for UplinkSection {
             cert: "uplink/node.crt".into(),
             key: "uplink/node.key".into(),
             master_public_key: String::new(),
-            max_batch_records: 256,
-            max_batch_bytes: 32 * 1024,
-            window: 4,
+            max_batch_records: 1024,
+            max_batch_bytes: 64 * 1024,
+            window: 8,
             ack_timeout_ms: 10_000,
             budget_bytes_per_sec: 0,
             keepalive_s: 20,
@@ -587,9 +587,9 @@ ca = "uplink/ca.crt"             # relative to state_dir
 cert = "uplink/node.crt"
 key = "uplink/node.key"
 master_public_key = "{master_key}"
-max_batch_records = 256
-max_batch_bytes = 32768
-window = 4                       # batches awaiting the master's ack
+max_batch_records = 1024
+max_batch_bytes = 65536
+window = 8                       # batches awaiting the master's ack
 ack_timeout_ms = 10000           # then resend from the last ack
 budget_bytes_per_sec = 0         # metered links: bytes/s; 0 = unlimited
 keepalive_s = 20                 # an idle dead link is noticed within about this
