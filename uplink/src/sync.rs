@@ -41,9 +41,12 @@
 //! - Every batch names the node's epoch (its life, given to [`SyncMachine::new`]); an
 //!   `Acked` for another epoch is ignored and counted in [`Stats::foreign_acks`], so
 //!   an old life's ack never deletes a new life's records.
-//! - `Acked { upto }` is cumulative: it yields `Delete { upto }` only when `upto`
-//!   exceeds everything acknowledged before (so stale, duplicate and reordered acks
-//!   are ignored). A fresh machine (a node restart) starts at `acked_upto = 0`; the
+//! - `Acked { upto }` is cumulative: stale, duplicate and reordered acks are ignored.
+//!   What is acknowledged is deleted in large steps (each `Delete` costs the driver a
+//!   store flush): `Delete { upto }` comes when nothing is left in flight, when half a
+//!   look-ahead (`window * max_batch_records / 2` seqs) is acknowledged and not yet
+//!   deleted, and when the link goes down. Loads are large too: once a full batch is in
+//!   the look-ahead, the next `Load` waits until half of it is free. A fresh machine (a node restart) starts at `acked_upto = 0`; the
 //!   master's first ack moves it forward, even past records the node no longer holds.
 //! - A record that cannot be sent at all (its frame alone would exceed
 //!   [`Config::max_frame`], or it fails the wire's validation) must not wedge the
@@ -310,6 +313,7 @@ impl SyncMachine {
             Input::LinkDown => match self.link {
                 Link::Up => {
                     self.stats.link_downs += 1;
+                    self.flush_deletes(&mut out);
                     tracing::info!(node = %self.node, "uplink down");
                     self.back_off(now);
                 }
@@ -475,5 +479,7 @@ impl SyncMachine {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_drain;
 #[cfg(test)]
 mod tests_reconnect;

@@ -19,12 +19,15 @@ impl SyncMachine {
         if self.load_pending.is_some() || self.exhausted {
             return;
         }
-        let room = self.lookahead_cap().saturating_sub(self.lookahead.len());
+        let cap = self.lookahead_cap();
+        let room = cap.saturating_sub(self.lookahead.len());
         // Past u64::MAX nothing more can exist.
         let Ok(from) = u64::try_from(self.load_from) else {
             return;
         };
-        if room == 0 {
+        // In large loads (each costs the node a store flush): once a full batch is at
+        // hand, wait until half the look-ahead is free.
+        if room == 0 || (self.lookahead.len() >= self.cfg.max_batch_records && room < cap / 2) {
             return;
         }
         self.load_pending = Some((from, room));
@@ -119,10 +122,15 @@ impl SyncMachine {
             return; // duplicate, reordered, or below what is already deleted
         }
         self.acked_upto = upto;
-        self.deleted_upto = upto;
-        out.push(Output::Delete { upto });
         while self.in_flight.front().is_some_and(|f| f.range.1 <= upto) {
             self.in_flight.pop_front();
+        }
+        // Deletes in large steps (each costs the node a store flush): when nothing is
+        // left in flight, or half a look-ahead is acknowledged and not yet deleted.
+        let pending = upto.saturating_sub(self.deleted_upto);
+        let step = u64::try_from(self.lookahead_cap() / 2).unwrap_or(u64::MAX);
+        if self.in_flight.is_empty() || pending >= step {
+            self.flush_deletes(out);
         }
         let next = u128::from(upto) + 1;
         if next > self.next_from {
@@ -138,6 +146,16 @@ impl SyncMachine {
                 self.pop_entry();
             }
             self.load_from = self.load_from.max(next);
+        }
+    }
+
+    /// Asks to delete everything acknowledged and not yet deleted.
+    pub(super) fn flush_deletes(&mut self, out: &mut Vec<Output>) {
+        if self.acked_upto > self.deleted_upto {
+            self.deleted_upto = self.acked_upto;
+            out.push(Output::Delete {
+                upto: self.acked_upto,
+            });
         }
     }
 
