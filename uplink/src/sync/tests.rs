@@ -22,7 +22,7 @@ fn inst() -> Name {
     Name::new("web").unwrap()
 }
 
-fn usage(seq: u64) -> Record {
+pub(super) fn usage(seq: u64) -> Record {
     Record {
         seq,
         time_ms: seq.wrapping_add(1_700_000_000_000),
@@ -169,7 +169,7 @@ fn connected(cfg: Config) -> (SyncMachine, Instant, Vec<Output>) {
 }
 
 /// Answers `Load`s from `outbox` until none is asked, feeding the answers back.
-fn serve(
+pub(super) fn serve(
     s: &mut SyncMachine,
     now: Instant,
     outbox: &BTreeMap<u64, Record>,
@@ -207,7 +207,7 @@ fn drive(
     serve(s, now, outbox, first)
 }
 
-fn outbox_of(records: impl IntoIterator<Item = Record>) -> BTreeMap<u64, Record> {
+pub(super) fn outbox_of(records: impl IntoIterator<Item = Record>) -> BTreeMap<u64, Record> {
     records.into_iter().map(|r| (r.seq, r)).collect()
 }
 

@@ -4,61 +4,32 @@
 // Tests take `Instant::now()` as an arbitrary origin; the machine only compares instants.
 #![allow(clippy::disallowed_methods)]
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
-use hedge_wire::RecordKind;
-
+use super::tests::{outbox_of, serve, usage};
 use super::*;
 
-const EPOCH: u64 = 9;
+const EPOCH: u64 = 0x5eed_0001;
 
-fn usage(seq: u64) -> Record {
-    Record {
-        seq,
-        time_ms: seq,
-        kind: RecordKind::Usage {
-            instance: Name::new("web").unwrap(),
-            from_ms: seq * 1000,
-            to_ms: seq * 1000 + 1000,
-            cpu_ms: 12,
-            mem_avg_bytes: 1 << 20,
-            mem_peak_bytes: 2 << 20,
-            disk_bytes: 4096,
-            net_rx_bytes: None,
-            net_tx_bytes: None,
-            uptime_ms: 1000,
-        },
-    }
-}
-
-/// Drains `total` records with a master that acks each batch in order (one ack at a
-/// time, or `lost_at`: the link goes down after that many acks). Returns the loads
-/// asked and the deletes emitted.
+/// Drains `total` records with a master that acks each batch in order (or, with
+/// `lost_at`, the link goes down after that many acks). Returns the loads asked and
+/// the deletes emitted.
 fn drain(total: u64, lost_at: Option<usize>) -> (usize, Vec<u64>) {
     let cfg = Config {
         max_batch_records: 10,
         window: 4,
         ..Config::default()
     };
-    let outbox: BTreeMap<u64, Record> = (1..=total).map(|s| (s, usage(s))).collect();
+    let outbox = outbox_of((1..=total).map(usage));
     let t0 = Instant::now();
-    let mut s = SyncMachine::new(Name::new("n").unwrap(), EPOCH, cfg, 1);
+    let mut s = SyncMachine::new(Name::new("node-1").unwrap(), EPOCH, cfg, 1);
     s.handle(t0, Input::Start);
-    let mut queue = VecDeque::from(s.handle(t0, Input::LinkUp));
-    let (mut loads, mut deletes, mut flights, mut acks) = (0, Vec::new(), VecDeque::new(), 0);
-    loop {
-        while let Some(o) = queue.pop_front() {
+    let mut out = s.handle(t0, Input::LinkUp);
+    let (mut loads, mut deletes, mut flights) = (0, Vec::new(), VecDeque::new());
+    for acks in 0.. {
+        for o in serve(&mut s, t0, &outbox, out) {
             match o {
-                Output::Load { from, limit } => {
-                    loads += 1;
-                    let records: Vec<Record> = outbox
-                        .range(from..)
-                        .take(limit)
-                        .map(|(_, r)| r.clone())
-                        .collect();
-                    let end = outbox.range(from..).nth(limit).is_none();
-                    queue.extend(s.handle(t0, Input::Loaded { from, records, end }));
-                }
+                Output::Load { .. } => loads += 1,
                 Output::Send {
                     range: Some((_, to)),
                     ..
@@ -68,20 +39,20 @@ fn drain(total: u64, lost_at: Option<usize>) -> (usize, Vec<u64>) {
             }
         }
         if lost_at == Some(acks) {
-            s.handle(t0, Input::LinkDown)
-                .into_iter()
-                .for_each(|o| match o {
-                    Output::Delete { upto } => deletes.push(upto),
-                    o => panic!("{o:?} after LinkDown"),
-                });
-            return (loads, deletes);
+            for o in s.handle(t0, Input::LinkDown) {
+                let Output::Delete { upto } = o else {
+                    panic!("{o:?} after LinkDown");
+                };
+                deletes.push(upto);
+            }
+            break;
         }
         let Some(upto) = flights.pop_front() else {
-            return (loads, deletes);
+            break;
         };
-        acks += 1;
-        queue.extend(s.handle(t0, Input::Acked { upto, epoch: EPOCH }));
+        out = s.handle(t0, Input::Acked { upto, epoch: EPOCH });
     }
+    (loads, deletes)
 }
 
 #[test]
