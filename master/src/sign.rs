@@ -180,6 +180,8 @@ mod tests {
             instances: Vec::new(),
             signature: heapless::Vec::new(),
             expires_ms: 0,
+            terms: vec![],
+            imports: vec![],
         }
     }
 

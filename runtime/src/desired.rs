@@ -192,6 +192,8 @@ mod tests {
             instances: vec![],
             signature: heapless::Vec::new(),
             expires_ms: 1_000_000,
+            terms: vec![],
+            imports: vec![],
         };
         let sig = key.sign(&d.signed_bytes()).to_bytes();
         d.signature = heapless::Vec::from_slice(&sig).unwrap();

@@ -16,10 +16,12 @@ use core::marker::PhantomData;
 use serde::de::{Deserialize, Deserializer, Error, MapAccess, SeqAccess, Visitor};
 
 use crate::limits::{
-    MAX_ARGS, MAX_CONFIG_FILES, MAX_INSTANCES, MAX_PARAMETERS, MAX_PROMISES, MAX_RECORDS,
-    MAX_VARIANTS,
+    MAX_ARGS, MAX_CONFIG_FILES, MAX_IMPORTS, MAX_INSTANCES, MAX_PARAMETERS, MAX_PROMISES,
+    MAX_RECORDS, MAX_VARIANTS,
 };
-use crate::types::{ArtifactVariant, ConfigFile, InstanceRequest, PromiseSpec, Record};
+use crate::types::{
+    ArtifactVariant, ConfigFile, Import, InstanceRequest, InstanceTerms, PromiseSpec, Record,
+};
 
 /// Most bytes a vector preallocates on the strength of a claimed length.
 pub(crate) const PREALLOC_BYTES: usize = 4 * 1024;
@@ -121,6 +123,14 @@ pub(crate) fn promises<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PromiseSpe
 
 pub(crate) fn instances<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<InstanceRequest>, D::Error> {
     seq(d, MAX_INSTANCES, "instances")
+}
+
+pub(crate) fn terms<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<InstanceTerms>, D::Error> {
+    seq(d, MAX_INSTANCES, "instance terms")
+}
+
+pub(crate) fn imports<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Import>, D::Error> {
+    seq(d, MAX_IMPORTS, "imports")
 }
 
 pub(crate) fn records<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Record>, D::Error> {

@@ -1,6 +1,7 @@
 //! The versioned envelope: one version byte, then the body. Version [`WIRE_VERSION`]:
 //! the postcard encoding of a [`Message`]; version [`COMPACT_UP_VERSION`]: an [`Up`]
-//! batch in the compact encoding of [`crate::compact`].
+//! batch in the compact encoding of [`crate::compact`]; version [`LEGACY_VERSION`]: the
+//! batches and acks of nodes and masters not yet upgraded.
 //!
 //! Contract: [`decode`] is pure over `&[u8]`. For any input it returns a [`Message`]
 //! that passed [`Validate`] or a typed [`WireError`]; it never panics, refuses input
@@ -20,26 +21,41 @@ use postcard::ser_flavors::Flavor;
 
 use crate::compact::{decode_up, COMPACT_UP_VERSION};
 use crate::error::WireError;
-#[cfg(doc)]
-use crate::types::Up;
-use crate::types::{DesiredState, Message};
+use crate::types::{Ack, DesiredState, DesiredStateV2, Message, Up};
 use crate::validate::Validate;
 
 /// The envelope version [`encode`] writes. Any change to the encoding of [`Message`]
 /// bumps it; an older peer then refuses frames with [`WireError::BadVersion`] instead of
-/// misreading them. [`decode`] reads it and [`COMPACT_UP_VERSION`].
+/// misreading them. [`decode`] reads it, [`COMPACT_UP_VERSION`] and [`LEGACY_VERSION`].
 ///
 /// History: 1, the first; 2, [`DesiredState::expires_ms`] (signed, see
 /// [`DESIRED_SIGNING_CONTEXT`]) and the [`crate::RecordKind::DesiredExpired`] record;
-/// 3 ([`COMPACT_UP_VERSION`]), the compact [`Up`] batch, beside 2: acks and desired
-/// states stay version 2, so a version-2 node still reads everything a master sends,
-/// and a master reads both kinds of batch (a version-2 master refuses a compact batch:
-/// upgrade masters first).
-pub const WIRE_VERSION: u8 = 2;
+/// 3 ([`COMPACT_UP_VERSION`]), the compact [`Up`] batch, beside 2; 4, the desired
+/// state's [`DesiredState::terms`] and [`DesiredState::imports`] (signed) and the
+/// [`crate::RecordKind::Fence`] record, which compact batches may carry too. Rollout:
+/// masters first. A version-4 master reads version-2 and version-3 batches of nodes not
+/// yet upgraded; its desired states are version 4, which such a node refuses (it keeps
+/// running the state it has) until it is upgraded.
+pub const WIRE_VERSION: u8 = 4;
+
+/// The previous envelope version: [`decode`] still reads its batches and acks. A
+/// version-2 desired state is refused ([`WireError::Invalid`]): its signature covers
+/// other bytes than [`DesiredState::signed_bytes`], so it could never be applied.
+pub const LEGACY_VERSION: u8 = 2;
 
 /// Domain separation prefix of [`DesiredState::signed_bytes`]; its version follows the
-/// signed fields, so a signature over a version-1 state never verifies as a version-2 one.
-pub const DESIRED_SIGNING_CONTEXT: &[u8] = b"hedge-desired-v2";
+/// signed fields, so a signature over an older state never verifies as a version-4 one.
+pub const DESIRED_SIGNING_CONTEXT: &[u8] = b"hedge-desired-v4";
+
+/// [`Message`] as version 2 encoded it: only its desired state differs.
+#[derive(serde::Deserialize)]
+enum LegacyMessage {
+    // Decoded whole (postcard has no way to skip a value), then refused unread.
+    #[allow(dead_code)]
+    Desired(DesiredStateV2),
+    Up(Up),
+    Ack(Ack),
+}
 
 /// A postcard output that keeps at most `max` bytes but counts them all, so an
 /// oversized message costs no more than `max` bytes of memory and still reports its
@@ -91,8 +107,8 @@ pub fn encode(msg: &Message, max: usize) -> Result<Vec<u8>, WireError> {
 
 /// Decodes and validates one envelope that must fill `bytes` exactly.
 ///
-/// Checks, in order: `bytes.len() <= max`, a version byte of [`WIRE_VERSION`] or
-/// [`COMPACT_UP_VERSION`], the body in that version's encoding, that no bytes follow it,
+/// Checks, in order: `bytes.len() <= max`, a version byte of [`WIRE_VERSION`],
+/// [`LEGACY_VERSION`] or [`COMPACT_UP_VERSION`], the body in that version's encoding, that no bytes follow it,
 /// and [`Validate`].
 pub fn decode(bytes: &[u8], max: usize) -> Result<Message, WireError> {
     if bytes.len() > max {
@@ -103,14 +119,16 @@ pub fn decode(bytes: &[u8], max: usize) -> Result<Message, WireError> {
     }
     let (&version, body) = bytes.split_first().ok_or(WireError::Empty)?;
     let msg = match version {
-        WIRE_VERSION => {
-            let (msg, rest) =
-                postcard::take_from_bytes::<Message>(body).map_err(WireError::Decode)?;
-            if !rest.is_empty() {
-                return Err(WireError::TrailingBytes);
+        WIRE_VERSION => whole::<Message>(body)?,
+        LEGACY_VERSION => match whole::<LegacyMessage>(body)? {
+            LegacyMessage::Desired(_) => {
+                return Err(WireError::Invalid(
+                    "a version-2 desired state (its signature covers version-2 bytes)",
+                ))
             }
-            msg
-        }
+            LegacyMessage::Up(up) => Message::Up(up),
+            LegacyMessage::Ack(ack) => Message::Ack(ack),
+        },
         COMPACT_UP_VERSION => Message::Up(decode_up(body)?),
         _ => return Err(WireError::BadVersion(version)),
     };
@@ -118,10 +136,21 @@ pub fn decode(bytes: &[u8], max: usize) -> Result<Message, WireError> {
     Ok(msg)
 }
 
+/// The postcard value that fills `body` exactly.
+fn whole<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
+    let (v, rest) = postcard::take_from_bytes::<T>(body).map_err(WireError::Decode)?;
+    if rest.is_empty() {
+        Ok(v)
+    } else {
+        Err(WireError::TrailingBytes)
+    }
+}
+
 impl DesiredState {
     /// The canonical bytes the master signs and a node verifies:
     /// [`DESIRED_SIGNING_CONTEXT`] followed by the postcard encoding of the tuple
-    /// `(node, generation, expires_ms, instances)`. The signature itself is not included.
+    /// `(node, generation, expires_ms, instances, terms, imports)`. The signature itself
+    /// is not included.
     ///
     /// postcard is deterministic for these types (maps are ordered `BTreeMap`s), so the
     /// bytes depend only on the value, not on how it was decoded.
@@ -135,6 +164,8 @@ impl DesiredState {
             self.generation,
             self.expires_ms,
             &self.instances,
+            &self.terms,
+            &self.imports,
         );
         // Appending to a `Vec` cannot fail and every type here serializes with a known
         // length, so postcard has no error to report. Were it to fail anyway, panicking

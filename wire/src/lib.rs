@@ -8,7 +8,7 @@
 //! - [`codec`]: the versioned envelope, [`encode`] / [`decode`], and the bytes a
 //!   [`DesiredState`] signature covers.
 //! - [`compact`]: the compact encoding of an [`Up`] batch (envelope version 3), which
-//!   [`decode`] reads beside version 2.
+//!   [`decode`] reads beside versions 4 and 2.
 //! - [`frame`]: length-prefixed frames over `embedded-io` streams.
 //! - [`error`]: [`WireError`], the crate's error.
 //!
@@ -29,7 +29,7 @@ pub mod limits;
 pub mod types;
 pub mod validate;
 
-pub use codec::{decode, encode, WIRE_VERSION};
+pub use codec::{decode, encode, LEGACY_VERSION, WIRE_VERSION};
 pub use compact::{encode_up, COMPACT_UP_VERSION};
 pub use error::WireError;
 pub use frame::{read_frame, write_frame, FrameError};

@@ -53,6 +53,9 @@ pub const MAX_PROMISES: usize = 16;
 /// Most instances in one `DesiredState`.
 pub const MAX_INSTANCES: usize = 256;
 
+/// Most imports (other nodes' published instances) in one `DesiredState`.
+pub const MAX_IMPORTS: usize = 64;
+
 /// Most records in one `Up` batch.
 pub const MAX_RECORDS: usize = 1024;
 

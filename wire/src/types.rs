@@ -372,6 +372,36 @@ pub struct InstanceRequest {
     pub state: RequestedState,
 }
 
+/// The master's terms for one instance it places on a node (wire version 4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceTerms {
+    /// The instance, one of the state's `instances`.
+    pub instance: Name,
+    /// The placement's fencing epoch: 1 at the first placement, one more each time the
+    /// master places the instance on another node. A node reports the fence its copy
+    /// runs under ([`RecordKind::Fence`]), so the master tells a stale copy's late
+    /// records from the current copy's.
+    pub fence: u64,
+    /// 0: no lease, the copy runs offline for as long as it must (placement policy
+    /// `wait`). Otherwise (policy `move`) the node runs its copy only while it holds a
+    /// lease: an [`Ack`] for a batch it first sent less than `lease_ms` ago. The master
+    /// places the instance elsewhere only after the node was silent for longer than the
+    /// lease, so the old copy has stopped by then.
+    pub lease_ms: u32,
+}
+
+/// Connection parameters published by an instance on another node, which instances of
+/// this node reference with the usual `{{instance.key}}` (wire version 4). The master
+/// fills them from the owner's `ConnectionParameters` records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Import {
+    /// The publishing instance; never one of the state's own `instances`.
+    pub instance: Name,
+    /// Its published values.
+    #[serde(deserialize_with = "crate::bounded::parameters")]
+    pub parameters: BTreeMap<String, String>,
+}
+
 /// The master's signed description of everything one node should run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredState {
@@ -386,14 +416,60 @@ pub struct DesiredState {
     pub signature: heapless::Vec<u8, 64>,
     /// Milliseconds since the Unix epoch after which the state is stale: the master
     /// sets it and signs it. A node still runs a state past it but reports it (see
-    /// `hedge_runtime::desired`). Last on the wire (added in wire version 2), so a
-    /// version-1 encoding, which lacks it, never decodes as this type.
+    /// `hedge_runtime::desired`). Added in wire version 2.
     pub expires_ms: u64,
+    /// Fence and lease of each instance (at most one entry per instance; an instance
+    /// without one has fence 0 and no lease). Added in wire version 4, signed.
+    #[serde(deserialize_with = "crate::bounded::terms")]
+    pub terms: Vec<InstanceTerms>,
+    /// Other nodes' connection parameters this node's instances reference. Added in
+    /// wire version 4, signed.
+    #[serde(deserialize_with = "crate::bounded::imports")]
+    pub imports: Vec<Import>,
+}
+
+impl DesiredState {
+    /// The terms of `instance`, if the state carries any.
+    pub fn terms_of(&self, instance: &Name) -> Option<&InstanceTerms> {
+        self.terms.iter().find(|t| &t.instance == instance)
+    }
+}
+
+/// A [`DesiredState`] as wire versions 2 and 3 encoded it (no terms, no imports). Only
+/// for reading states that a store kept from before version 4: the wire never decodes
+/// it. Its signature covers version-2 bytes, so it never verifies as a version-4 state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredStateV2 {
+    /// The node this is for.
+    pub node: Name,
+    /// The master's counter for this node.
+    pub generation: u64,
+    /// The instances the master owned on this node.
+    pub instances: Vec<InstanceRequest>,
+    /// The version-2 signature.
+    pub signature: heapless::Vec<u8, 64>,
+    /// Its signed expiry.
+    pub expires_ms: u64,
+}
+
+impl From<DesiredStateV2> for DesiredState {
+    /// No terms (fence 0, no lease) and no imports.
+    fn from(v: DesiredStateV2) -> Self {
+        DesiredState {
+            node: v.node,
+            generation: v.generation,
+            instances: v.instances,
+            signature: v.signature,
+            expires_ms: v.expires_ms,
+            terms: Vec::new(),
+            imports: Vec::new(),
+        }
+    }
 }
 
 /// A [`DesiredState`] as wire version 1 encoded it (no expiry). Only for reading states
 /// that a store kept from before version 2: the wire itself never decodes it. Its
-/// signature covers version-1 bytes, so it never verifies as a version-2 state.
+/// signature covers version-1 bytes, so it never verifies as a later state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredStateV1 {
     /// The node this is for.
@@ -409,13 +485,32 @@ pub struct DesiredStateV1 {
 impl From<DesiredStateV1> for DesiredState {
     /// Expiry 0: a state without an expiry is reported as expired.
     fn from(v: DesiredStateV1) -> Self {
-        DesiredState {
+        DesiredStateV2 {
             node: v.node,
             generation: v.generation,
             instances: v.instances,
             signature: v.signature,
             expires_ms: 0,
         }
+        .into()
+    }
+}
+
+impl DesiredState {
+    /// Reads a desired state a store kept, whichever version wrote it: version 4 (this
+    /// type), else version 2 (no terms, no imports), else version 1 (no expiry). The
+    /// error is the version-4 decoder's, for the caller to report.
+    ///
+    /// # Errors
+    ///
+    /// The bytes decode as none of the three.
+    pub fn from_stored(bytes: &[u8]) -> Result<DesiredState, postcard::Error> {
+        postcard::from_bytes::<DesiredState>(bytes).or_else(|e| {
+            postcard::from_bytes::<DesiredStateV2>(bytes)
+                .map(Into::into)
+                .or_else(|_| postcard::from_bytes::<DesiredStateV1>(bytes).map(Into::into))
+                .map_err(|_| e)
+        })
     }
 }
 
@@ -640,6 +735,19 @@ pub enum RecordKind {
         expires_ms: u64,
         /// The node's trusted time when it judged so, ms since the epoch.
         judged_at_ms: u64,
+    },
+    /// This node's copy of `instance` now runs under the master's `fence` (`holding`),
+    /// or gave it up (not `holding`: its lease lapsed, or the master moved it away).
+    /// Records about the instance that follow it in the node's seq order were made
+    /// under that fence. Added in wire version 4 (last, so records stored before it
+    /// keep their encoding).
+    Fence {
+        /// Which instance.
+        instance: Name,
+        /// The fence of [`InstanceTerms`] the copy runs, or ran, under.
+        fence: u64,
+        /// Runs under it (true), or stopped (false).
+        holding: bool,
     },
 }
 

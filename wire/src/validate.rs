@@ -222,6 +222,26 @@ impl Validate for DesiredState {
         check(self.instances.len() <= MAX_INSTANCES, "too many instances")?;
         self.instances.iter().try_for_each(Validate::validate)?;
         unique(&self.instances, |i| &i.name, "duplicate instance name")?;
+        check(self.terms.len() <= MAX_INSTANCES, "too many instance terms")?;
+        unique(&self.terms, |t| &t.instance, "duplicate instance terms")?;
+        check(
+            self.terms
+                .iter()
+                .all(|t| self.instances.iter().any(|i| i.name == t.instance)),
+            "terms for an instance the state does not carry",
+        )?;
+        check(self.imports.len() <= MAX_IMPORTS, "too many imports")?;
+        unique(&self.imports, |i| &i.instance, "duplicate import")?;
+        check(
+            !self
+                .imports
+                .iter()
+                .any(|im| self.instances.iter().any(|i| i.name == im.instance)),
+            "an import names an instance of the same state",
+        )?;
+        self.imports
+            .iter()
+            .try_for_each(|im| parameters(&im.parameters))?;
         check(
             self.signature.is_empty() || self.signature.len() == SIGNATURE_LEN,
             "signature is neither empty nor 64 bytes",
@@ -267,7 +287,8 @@ impl Validate for RecordKind {
             | RecordKind::Usage { .. }
             | RecordKind::NodeHealth { .. }
             | RecordKind::Shed { .. }
-            | RecordKind::DesiredExpired { .. } => Ok(()),
+            | RecordKind::DesiredExpired { .. }
+            | RecordKind::Fence { .. } => Ok(()),
         }
     }
 }

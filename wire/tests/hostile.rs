@@ -47,6 +47,8 @@ fn desired(instances: Vec<InstanceRequest>) -> Message {
         instances,
         signature: (0..64u8).collect(),
         expires_ms: 1_800_000_000_000,
+        terms: vec![],
+        imports: vec![],
     })
 }
 
@@ -169,8 +171,8 @@ fn empty_wrong_version_and_trailing_bytes() {
     ));
     assert_eq!(decode(&[], MAX), Err(WireError::Empty));
     // Version 1 (before the signed expiry) is refused as a version, not misread; version
-    // 3 is a compact batch, which these bytes are not.
-    for v in [0u8, 1, 4, 255] {
+    // 3 is a compact batch, which these bytes are not; 2 is read (see below).
+    for v in [0u8, 1, 5, 255] {
         let mut bad = ok.clone();
         bad[0] = v;
         assert_eq!(decode(&bad, MAX), Err(WireError::BadVersion(v)));
@@ -218,6 +220,131 @@ fn a_desired_state_without_its_expiry_is_refused() {
     let mut later = d.clone();
     later.expires_ms += 1;
     assert_ne!(later.signed_bytes(), d.signed_bytes());
+}
+
+#[test]
+fn a_version_2_desired_state_is_refused_and_version_2_batches_still_read() {
+    let Message::Desired(d) = desired(vec![instance("web")]) else {
+        unreachable!()
+    };
+    let v2 = DesiredStateV2 {
+        node: d.node.clone(),
+        generation: d.generation,
+        instances: d.instances.clone(),
+        signature: d.signature.clone(),
+        expires_ms: d.expires_ms,
+    };
+    // Version 2's `Message::Desired` is variant 0, as in version 4.
+    let mut body = vec![LEGACY_VERSION, 0];
+    body.extend(postcard::to_allocvec(&v2).unwrap());
+    assert!(matches!(decode(&body, MAX), Err(WireError::Invalid(_))));
+    // Under version 4 the same bytes lack the terms and imports.
+    body[0] = WIRE_VERSION;
+    assert_eq!(
+        decode(&body, MAX),
+        Err(WireError::Decode(postcard::Error::DeserializeUnexpectedEnd))
+    );
+    // A store reads it (no terms, no imports), and a version-4 signature never covers it.
+    let read = DesiredState::from_stored(&postcard::to_allocvec(&v2).unwrap()).unwrap();
+    assert_eq!(read, d);
+    assert_eq!(
+        DesiredState::from_stored(&postcard::to_allocvec(&d).unwrap()).unwrap(),
+        d
+    );
+    // Batches and acks of a version-2 node still decode.
+    let up = Message::Up(Up {
+        node: name("node-1"),
+        records: vec![record(1, health())],
+        covers: Some((1, 1)),
+        epoch: 9,
+    });
+    for msg in [up, Message::Ack(Ack { upto: 3, epoch: 9 })] {
+        let mut bytes = encode(&msg, MAX).unwrap();
+        bytes[0] = LEGACY_VERSION;
+        assert_eq!(decode(&bytes, MAX), Ok(msg));
+    }
+}
+
+#[test]
+fn terms_and_imports_are_checked_and_signed() {
+    let Message::Desired(d) = desired(vec![instance("web"), instance("db")]) else {
+        unreachable!()
+    };
+    let terms = |n: &str, fence| InstanceTerms {
+        instance: name(n),
+        fence,
+        lease_ms: 30_000,
+    };
+    let import = |n: &str| Import {
+        instance: name(n),
+        parameters: [("port".to_string(), "5432".to_string())].into(),
+    };
+    let good = DesiredState {
+        terms: vec![terms("web", 2), terms("db", 1)],
+        imports: vec![import("cache")],
+        ..d.clone()
+    };
+    let bytes = encode(&Message::Desired(good.clone()), MAX).unwrap();
+    assert_eq!(decode(&bytes, MAX), Ok(Message::Desired(good.clone())));
+    assert_eq!(good.terms_of(&name("web")).map(|t| t.fence), Some(2));
+    assert_eq!(good.terms_of(&name("cache")), None);
+    let refused = [
+        (
+            DesiredState {
+                terms: vec![terms("gone", 1)],
+                ..good.clone()
+            },
+            "terms for an instance the state does not carry",
+        ),
+        (
+            DesiredState {
+                terms: vec![terms("web", 1), terms("web", 2)],
+                ..good.clone()
+            },
+            "duplicate instance terms",
+        ),
+        (
+            DesiredState {
+                imports: vec![import("db")],
+                ..good.clone()
+            },
+            "an import names an instance of the same state",
+        ),
+        (
+            DesiredState {
+                imports: vec![import("cache"), import("cache")],
+                ..good.clone()
+            },
+            "duplicate import",
+        ),
+        (
+            DesiredState {
+                imports: vec![Import {
+                    instance: name("cache"),
+                    parameters: [("a=b".to_string(), "x".to_string())].into(),
+                }],
+                ..good.clone()
+            },
+            "parameter key contains '='",
+        ),
+    ];
+    for (state, why) in refused {
+        let msg = Message::Desired(state);
+        assert_eq!(msg.validate(), Err(WireError::Invalid(why)), "{why}");
+        assert!(encode(&msg, MAX).is_err(), "{why}");
+    }
+    // Both are signed: changing a fence, a lease or an imported value changes the bytes.
+    let mut moved = good.clone();
+    moved.terms[0].fence += 1;
+    let mut leased = good.clone();
+    leased.terms[0].lease_ms = 0;
+    let mut changed = good.clone();
+    changed.imports[0]
+        .parameters
+        .insert("port".to_string(), "5433".to_string());
+    for other in [moved, leased, changed] {
+        assert_ne!(other.signed_bytes(), good.signed_bytes());
+    }
 }
 
 #[test]
@@ -788,11 +915,24 @@ fn validation_rules() {
             .collect(),
         signature: Default::default(),
         expires_ms: 0,
+        terms: vec![],
+        imports: vec![],
     };
     assert_eq!(
         many.validate(),
         Err(WireError::Invalid("too many instances"))
     );
+    let many = DesiredState {
+        instances: vec![],
+        imports: (0..=MAX_IMPORTS)
+            .map(|n| Import {
+                instance: name(&format!("i{n}")),
+                parameters: Default::default(),
+            })
+            .collect(),
+        ..many
+    };
+    assert_eq!(many.validate(), Err(WireError::Invalid("too many imports")));
 }
 
 #[test]

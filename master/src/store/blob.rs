@@ -32,12 +32,12 @@ pub(super) fn decode<'a, T: Deserialize<'a>>(
     })
 }
 
-/// A stored desired state, of either wire version.
+/// A stored desired state, of any wire version ([`DesiredState::from_stored`]).
 pub(super) fn decode_desired(node: &str, blob: &[u8]) -> Result<DesiredState> {
-    decode("desired state", node, blob).or_else(|e| {
-        postcard::from_bytes::<hedge_wire::DesiredStateV1>(blob)
-            .map(DesiredState::from)
-            .map_err(|_| e)
+    DesiredState::from_stored(blob).map_err(|source| StoreError::Corrupt {
+        what: "desired state",
+        node: node.to_owned(),
+        source,
     })
 }
 

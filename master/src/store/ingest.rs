@@ -122,6 +122,7 @@ pub fn index_of(kind: &RecordKind) -> Index<'_> {
             ("connection_parameters", Some(instance.as_str()), None)
         }
         RecordKind::Artifact { .. } => ("artifact", None, None),
+        RecordKind::Fence { instance, .. } => ("fence", Some(instance.as_str()), None),
     };
     Index {
         tag,

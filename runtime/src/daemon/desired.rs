@@ -199,6 +199,8 @@ mod tests {
             instances: vec![],
             signature: heapless::Vec::new(),
             expires_ms,
+            terms: vec![],
+            imports: vec![],
         };
         d.signature =
             heapless::Vec::from_slice(&master().sign(&d.signed_bytes()).to_bytes()).unwrap();

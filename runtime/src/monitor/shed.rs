@@ -110,6 +110,7 @@ impl RecordClass {
             | RecordKind::Desired { .. }
             | RecordKind::DesiredExpired { .. }
             | RecordKind::Artifact { .. }
+            | RecordKind::Fence { .. }
             | RecordKind::NodeInfo { .. } => RecordClass::InstanceState,
             RecordKind::LocalRequest { .. } => RecordClass::LocalRequest,
             RecordKind::ConnectionParameters { .. } => RecordClass::ConnectionParameters,

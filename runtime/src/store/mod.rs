@@ -717,18 +717,20 @@ impl Store {
         self.flush()
     }
 
-    /// The master's last accepted desired state. One stored by a hedge of wire version 1
-    /// (no expiry) reads with expiry 0; any other value that does not decode is an error.
+    /// The master's last accepted desired state. One stored by an older hedge reads as
+    /// [`DesiredState::from_stored`] says (no terms or imports; expiry 0 from wire
+    /// version 1); any other value that does not decode is an error.
     pub fn desired(&self) -> Result<Option<DesiredState>, StoreError> {
         let Some(v) = self.t()?.desired.get(b"current")? else {
             return Ok(None);
         };
-        match dec("desired", b"current", &v) {
-            Ok(d) => Ok(Some(d)),
-            Err(e) => postcard::from_bytes::<hedge_wire::DesiredStateV1>(&v)
-                .map(|old| Some(old.into()))
-                .map_err(|_| e),
-        }
+        DesiredState::from_stored(&v)
+            .map(Some)
+            .map_err(|source| StoreError::Decode {
+                tree: "desired",
+                key: "current".to_owned(),
+                source,
+            })
     }
 
     /// Writes raw bytes as the stored desired state (tests of what a corrupt store does).

@@ -342,6 +342,8 @@ fn desired_state(generation: u64, expires_ms: u64) -> DesiredState {
         instances: vec![],
         signature: heapless::Vec::new(),
         expires_ms,
+        terms: vec![],
+        imports: vec![],
     }
 }
 

@@ -2,9 +2,10 @@
 //! resends, express batches under a byte budget, and the frame encoding they share.
 //!
 //! Batches go in the compact encoding ([`hedge_wire::compact`]), which a master reads
-//! beside version 2; a record's `cost` and a batch's planned size are measured in
-//! version 2, and a batch whose compact form would exceed that plan (adversarial
-//! values, never seen in practice) goes in version 2, so every bound the plan checked
+//! beside the postcard envelope ([`hedge_wire::WIRE_VERSION`]); a record's `cost` and a
+//! batch's planned size are measured in the postcard envelope, and a batch whose compact
+//! form would exceed that plan (adversarial values, never seen in practice) goes in it,
+//! so every bound the plan checked
 //! (the frame limit, the batch size, the byte budget) holds for what is sent.
 
 use std::time::Instant;
@@ -25,7 +26,7 @@ fn express_rank(kind: &RecordKind) -> Option<u8> {
     }
 }
 
-/// Encodes `Up { node, records, covers, epoch }` in version 2 and gives the records
+/// Encodes `Up { node, records, covers, epoch }` in the postcard envelope and gives the records
 /// back: what `cost` and the plans measure.
 pub(super) fn encode_up(
     node: &Name,
@@ -39,7 +40,7 @@ pub(super) fn encode_up(
 
 /// Encodes `Up { node, records, covers, epoch }` for sending and gives the records
 /// back: compact if `planned` is given and the compact frame is at most that long, else
-/// in version 2.
+/// in the postcard envelope.
 fn encode_batch(
     node: &Name,
     epoch: u64,

@@ -186,22 +186,45 @@ pub fn instance() -> impl Strategy<Value = InstanceRequest> {
     (name(), instance_body()).prop_map(|(n, b)| make_instance(n, b))
 }
 
-/// A valid desired state (unique instance names, signature empty or 64 bytes).
+/// A valid desired state (unique instance names, signature empty or 64 bytes, terms for
+/// some of its instances, imports of instances it does not carry).
 pub fn desired() -> impl Strategy<Value = DesiredState> {
     (
-        name(),
-        any::<u64>(),
-        btree_map(name(), instance_body(), 0..3),
+        (name(), any::<u64>()),
+        btree_map(
+            name(),
+            (instance_body(), of((any::<u64>(), any::<u32>()))),
+            0..3,
+        ),
         prop_oneof![Just(Vec::new()), vec(any::<u8>(), 64)],
         any::<u64>(),
+        btree_map(name(), parameters(), 0..3),
     )
         .prop_map(
-            |(node, generation, instances, sig, expires_ms)| DesiredState {
+            |((node, generation), instances, sig, expires_ms, imports)| DesiredState {
                 node,
                 generation,
+                terms: instances
+                    .iter()
+                    .filter_map(|(n, (_, t))| {
+                        t.map(|(fence, lease_ms)| InstanceTerms {
+                            instance: n.clone(),
+                            fence,
+                            lease_ms,
+                        })
+                    })
+                    .collect(),
+                imports: imports
+                    .into_iter()
+                    .filter(|(n, _)| !instances.contains_key(n))
+                    .map(|(instance, parameters)| Import {
+                        instance,
+                        parameters,
+                    })
+                    .collect(),
                 instances: instances
                     .into_iter()
-                    .map(|(n, b)| make_instance(n, b))
+                    .map(|(n, (b, _))| make_instance(n, b))
                     .collect(),
                 signature: sig.into_iter().collect(),
                 expires_ms,
@@ -363,6 +386,13 @@ pub fn record_kind() -> impl Strategy<Value = RecordKind> {
                 generation,
                 accepted,
                 reason,
+            }
+        }),
+        (name(), any::<u64>(), any::<bool>()).prop_map(|(instance, fence, holding)| {
+            RecordKind::Fence {
+                instance,
+                fence,
+                holding,
             }
         }),
         any::<[u64; 3]>().prop_map(|g| RecordKind::DesiredExpired {

@@ -132,10 +132,22 @@ where
         .filter(|r| !prune.contains(&r.name))
         .collect();
     let generation = next_after(tx, node)?;
+    let instances = f(kept);
+    // Terms and imports carry over for what the new state still names.
+    let (terms, imports) = current
+        .as_ref()
+        .map(|d| (d.terms.clone(), d.imports.clone()))
+        .unwrap_or_default();
+    let carries = |n: &Name| instances.iter().any(|i| &i.name == n);
     let mut d = DesiredState {
         node: node.clone(),
         generation,
-        instances: f(kept),
+        terms: terms.into_iter().filter(|t| carries(&t.instance)).collect(),
+        imports: imports
+            .into_iter()
+            .filter(|i| !carries(&i.instance))
+            .collect(),
+        instances,
         signature: heapless::Vec::new(),
         expires_ms: 0,
     };

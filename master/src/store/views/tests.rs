@@ -10,6 +10,8 @@ fn desired(node: &str, instances: Vec<hedge_wire::InstanceRequest>) -> DesiredSt
         instances,
         signature: heapless::Vec::new(),
         expires_ms: 0,
+        terms: vec![],
+        imports: vec![],
     }
 }
 

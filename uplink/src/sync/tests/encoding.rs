@@ -1,11 +1,12 @@
-//! Which encoding batches go in: compact when it fits the plan, version 2 otherwise.
+//! Which encoding batches go in: compact when it fits the plan, the postcard envelope
+//! otherwise.
 
 use hedge_wire::codec::encode;
 use hedge_wire::{COMPACT_UP_VERSION, WIRE_VERSION};
 
 use super::*;
 
-/// Every frame sent, with its version-2 length.
+/// Every frame sent, with its length in the postcard envelope.
 fn frames(out: &[Output]) -> Vec<(Vec<u8>, usize)> {
     out.iter()
         .filter_map(|o| match o {
@@ -40,7 +41,7 @@ fn range_batches_go_compact_and_smaller() {
 }
 
 /// Usage records whose values swing between 0 and 2^62 from one record to the next:
-/// every delta is long, so the compact form is longer than version 2.
+/// every delta is long, so the compact form is longer than the postcard envelope.
 fn swinging(seq: u64) -> Record {
     let v = if seq % 2 == 0 { 0 } else { 1 << 62 };
     Record {
