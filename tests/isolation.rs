@@ -298,3 +298,53 @@ fn partition_uids_cannot_use_the_local_api() {
     assert_eq!(st.counters.api_refused, 2, "{st}");
     assert!(node.daemon_log().contains("local API connection refused"));
 }
+
+/// A tenant cannot regain root through a setuid-root program: instances run with
+/// `no_new_privs`, so its exec keeps the partition uid as the effective one.
+#[test]
+fn a_setuid_root_program_does_not_make_an_instance_root() {
+    if !common::can_run_as_root("partition uids and a setuid-root program") {
+        return;
+    }
+    // A setuid-root `id` where the partition uid can reach it (0755 all the way).
+    let dir = tempfile::Builder::new()
+        .prefix("hedge-suid")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let suid = dir.path().join("id");
+    std::fs::copy("/usr/bin/id", &suid).unwrap();
+    std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    // The bit works here: without no_new_privs the program runs as root.
+    let probe = std::process::Command::new(&suid)
+        .arg("-u")
+        .uid(65_534)
+        .gid(65_534)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "0");
+
+    let mut node = Node::init();
+    let uid = one_uid(&node);
+    node.start();
+    let file = node.dir.path().join("suid.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"suid\"\nsoftware = \"exec:/bin/sh\"\nargs = [\"-c\", \"{} -u > srv/euid.tmp; mv srv/euid.tmp srv/euid; exec sleep 100000\"]\n",
+            suid.display()
+        ),
+    )
+    .unwrap();
+    node.ok(&["request", "--file", file.to_str().unwrap()]);
+    let pid = node.running_pid("suid", None);
+    let euid = node.partition("suid").join("srv/euid");
+    let seen: u32 = wait_for(
+        "the instance's effective uid",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(&euid).ok()?.trim().parse().ok(),
+    );
+    assert_eq!(seen, uid, "the setuid-root program ran as {seen}");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.lines().any(|l| l == "NoNewPrivs:\t1"), "{status}");
+}

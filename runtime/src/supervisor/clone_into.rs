@@ -355,8 +355,11 @@ unsafe fn child_main(
             fail(fds.report);
         }
     }
-    // After the uid change, which clears the parent-death signal.
-    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+    // No exec may raise privileges again (setuid binaries, file capabilities); after
+    // the uid change, which clears the parent-death signal.
+    if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0
+        || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0
+    {
         fail(fds.report);
     }
     // The daemon may have died before prctl: then we must not run.
@@ -412,7 +415,10 @@ mod tests {
         std::fs::create_dir(&group).unwrap();
         let p = plan(
             "sh",
-            &["-c".into(), "cat /proc/self/cgroup; id -u; exit 3".into()],
+            &[
+                "-c".into(),
+                "cat /proc/self/cgroup; grep NoNewPrivs /proc/self/status; id -u; exit 3".into(),
+            ],
             &[],
             Path::new("/"),
             OsStr::new("/bin:/usr/bin"),
@@ -429,6 +435,7 @@ mod tests {
         let _ = std::fs::remove_dir(&group);
         assert_eq!(status.code(), Some(3), "{out}");
         assert!(out.contains(&format!("0::/{rel}\n")), "{out}");
+        assert!(out.contains("NoNewPrivs:\t1\n"), "{out}");
         assert!(out.ends_with("65534\n"), "{out}");
         let missing = plan(
             "/no/such/program",

@@ -235,6 +235,8 @@ fn spawn_forked(spec: &SpawnSpec, log: Arc<Mutex<RotatingLog>>) -> Result<Spawne
                 nix::unistd::setgid(gid)?;
                 nix::unistd::setuid(uid)?;
             }
+            // No exec may raise privileges again (setuid binaries, file capabilities).
+            nix::sys::prctl::set_no_new_privs()?;
             // After the uid change, which clears the parent-death signal.
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
             // The daemon may have died before prctl: then we must not run.
