@@ -16,13 +16,15 @@
 //!
 //! While the core [wants a probe](SyncMachine::wants_probe) (the link is waiting out a
 //! backoff), the driver opens a plain TCP connection to the broker's port every
-//! [`PROBE_EVERY`] (±25 %, closed at once, no TLS) and reports a success as
+//! [`PROBE_EVERY`] (±25 %, closed at once, no TLS; the broker's name is looked up at
+//! most once at a time, [`resolve`]) and reports a success as
 //! [`Input::PathBack`]: a link that returns is used within a fraction of a second, not
 //! at the end of a backoff of up to 15 s.
 //!
 //! Topics ([`crate::topic`]): publishes `hedge/v1/<node>/up` (QoS 1); subscribes
 //! `hedge/v1/<node>/ack` and `hedge/v1/<node>/desired` (retained by the master).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +39,8 @@ use tokio::sync::mpsc;
 use crate::link::{ToLink, ToNode};
 use crate::sync::{Config, Input, Output, SyncMachine};
 use crate::topic::{ack_topic, desired_topic, up_topic};
+
+pub mod resolve;
 
 /// Where and how to connect.
 #[derive(Clone)]
@@ -61,11 +65,15 @@ pub struct LinkSettings {
 /// may take.
 pub const PROBE_EVERY: Duration = Duration::from_millis(200);
 
-/// One probe after `delay`: whether a TCP connection to the broker's port opens within
-/// [`PROBE_EVERY`]. A cut link, a refused port or a slow name lookup all say "not back".
-async fn probe(host: String, port: u16, delay: Duration) -> bool {
+/// One probe after `delay`: whether a TCP connection to one of the broker's addresses
+/// opens within [`PROBE_EVERY`]. A cut link, a refused port or no address yet (the name
+/// not looked up, see [`resolve`]) all say "not back".
+async fn probe(addrs: Vec<SocketAddr>, delay: Duration) -> bool {
     tokio::time::sleep(delay).await;
-    let connect = tokio::net::TcpStream::connect((host.as_str(), port));
+    if addrs.is_empty() {
+        return false;
+    }
+    let connect = tokio::net::TcpStream::connect(&addrs[..]);
     matches!(tokio::time::timeout(PROBE_EVERY, connect).await, Ok(Ok(_)))
 }
 
@@ -135,6 +143,7 @@ pub async fn run(
     let mut conn_id = 0u64;
     let mut pending = sync.handle(Instant::now(), Input::Start);
     let mut sent_upto = 0u64;
+    let mut resolver = resolve::Resolver::new(&settings.host, settings.port);
     let mut probing: Option<std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>> =
         None;
     loop {
@@ -184,7 +193,8 @@ pub async fn run(
             probing = None;
         } else if probing.is_none() {
             let delay = PROBE_EVERY.mul_f64(0.75 + 0.5 * fastrand::f64());
-            probing = Some(Box::pin(probe(settings.host.clone(), settings.port, delay)));
+            let addrs = resolver.addrs(Instant::now()).await;
+            probing = Some(Box::pin(probe(addrs, delay)));
         }
         let current = match &state {
             State::Connecting(c) | State::Up(c) => Some(c.id),
