@@ -248,14 +248,14 @@ fn hedge_for_everyone(dir: &Path) -> std::path::PathBuf {
 }
 
 fn status_as(bin: &Path, node: &Node, uid: u32) -> std::process::Output {
-    std::process::Command::new(bin)
-        .args(["node", "status", "--json", "--config"])
-        .arg(node.config())
-        .uid(uid)
-        .gid(uid)
-        .env_clear()
-        .output()
-        .unwrap()
+    common::output_of_fresh_program(
+        std::process::Command::new(bin)
+            .args(["node", "status", "--json", "--config"])
+            .arg(node.config())
+            .uid(uid)
+            .gid(uid)
+            .env_clear(),
+    )
 }
 
 #[test]
@@ -316,12 +316,12 @@ fn a_setuid_root_program_does_not_make_an_instance_root() {
     std::fs::copy("/usr/bin/id", &suid).unwrap();
     std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
     // The bit works here: without no_new_privs the program runs as root.
-    let probe = std::process::Command::new(&suid)
-        .arg("-u")
-        .uid(65_534)
-        .gid(65_534)
-        .output()
-        .unwrap();
+    let probe = common::output_of_fresh_program(
+        std::process::Command::new(&suid)
+            .arg("-u")
+            .uid(65_534)
+            .gid(65_534),
+    );
     assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "0");
 
     let mut node = Node::init();

@@ -36,6 +36,21 @@ pub fn run_ok(cmd: &mut Command, what: &str) -> Output {
     out
 }
 
+/// Runs `cmd`, a program the test has just written, to its end. Another thread of the
+/// test process may fork while the file is still open for writing, and its child holds
+/// that descriptor until it execs: until then, exec fails with ETXTBSY ("Text file
+/// busy"). That is waited out, with a deadline.
+pub fn output_of_fresh_program(cmd: &mut Command) -> Output {
+    wait_for(
+        "the fresh program to run",
+        Duration::from_secs(10),
+        || match cmd.output() {
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ETXTBSY as i32) => None,
+            other => Some(other.unwrap()),
+        },
+    )
+}
+
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
 #[allow(clippy::disallowed_methods)] // an end-to-end test: waits for real processes, with a deadline
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
