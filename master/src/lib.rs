@@ -7,6 +7,7 @@
 //! - [`placement`]: where a request goes, moves and pruning, and `hedge master request`.
 //! - [`admission`]: how much one node may make the master process and store.
 //! - [`billing`]: invoices from usage records and a price list.
+//! - [`imports`]: which connection parameters of other nodes a node's state carries.
 //!
 //! Storage and keys:
 //! - [`store`]: the [`store::FleetStore`] trait (its doc is the contract), the SQLite
@@ -34,6 +35,7 @@ pub mod billing;
 pub mod config;
 pub mod coverage;
 pub mod enrollment;
+pub mod imports;
 pub mod log_limit;
 pub mod mosquitto;
 pub mod pki;

@@ -22,7 +22,11 @@
 //! (checked at each connect and every second), so requests made with
 //! `hedge master request` reach nodes whenever they connect. With the signing key it
 //! also re-signs states near their expiry (every [`RENEW_EVERY`]), so a node never
-//! runs an expired state while a master runs. Reconnects with backoff
+//! runs an expired state while a master runs. With the key it also re-signs the states
+//! whose imported connection parameters changed ([`crate::imports`]): on the next
+//! second's tick after a batch carrying `ConnectionParameters` was handed to the store
+//! (so at most once a second however many arrive), at connect and every [`RENEW_EVERY`]
+//! (which catches what another master process ingested). Reconnects with backoff
 //! forever; returns when `shutdown` resolves.
 
 use std::collections::BTreeMap;
@@ -34,7 +38,7 @@ use hedge_common::clock::now_ms;
 use hedge_uplink::topic::{ack_topic, desired_topic, node_of_up_topic, MASTER_UP_FILTER};
 use hedge_wire::codec::{decode, encode};
 use hedge_wire::limits::DEFAULT_MAX_FRAME;
-use hedge_wire::{Ack, Message, Name};
+use hedge_wire::{Ack, Message, Name, RecordKind};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 
 pub use crate::admission::IngestLimits;
@@ -158,6 +162,8 @@ pub async fn run<S: FleetStore + 'static>(
     let worker = Worker::start(store, done_tx).map_err(RunError::Worker)?;
     // One desired-state lookup at a time.
     let mut looking_up = false;
+    // Connection parameters arrived since the imports were last refreshed.
+    let mut imports_due = true;
     loop {
         let (client, mut eventloop) = AsyncClient::new(options(&settings), 256);
         let mut published: BTreeMap<Name, u64> = BTreeMap::new();
@@ -172,6 +178,14 @@ pub async fn run<S: FleetStore + 'static>(
                     return Ok(counters);
                 }
                 _ = tick.tick(), if subscribed && !looking_up => {
+                    if imports_due {
+                        if let Some(key) = &settings.renew {
+                            // Queued before the lookup: what it re-signs goes out with it.
+                            imports_due = worker
+                                .submit(Job::Imports { key: key.clone(), now_ms: now_ms() })
+                                .is_err();
+                        }
+                    }
                     looking_up = worker.submit(Job::Desired { published: published.clone() }).is_ok();
                 }
                 Some(d) = done.recv() => match d {
@@ -187,6 +201,15 @@ pub async fn run<S: FleetStore + 'static>(
                     Done::Renewed(Err(e)) => {
                         tracing::warn!(error = %e, "cannot look for desired states to renew");
                     }
+                    Done::Imports(Ok(written)) => {
+                        for (node, generation) in written {
+                            tracing::info!(node = %node, generation, "desired state re-signed: imported connection parameters changed");
+                        }
+                    }
+                    Done::Imports(Err(e)) => {
+                        imports_due = true;
+                        tracing::warn!(error = %e, "cannot refresh imported connection parameters");
+                    }
                     Done::Ingested { node, claimed, result } => {
                         ingested(&client, &mut admission, &node, &claimed, result, &mut counters);
                     }
@@ -196,6 +219,7 @@ pub async fn run<S: FleetStore + 'static>(
                         // A full queue skips this round; the next one comes in RENEW_EVERY.
                         let _ = worker.submit(Job::Renew { key: key.clone(), now_ms: now_ms() });
                     }
+                    imports_due = true;
                 }
                 ev = eventloop.poll() => match ev {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -216,7 +240,7 @@ pub async fn run<S: FleetStore + 'static>(
                         if revoked_sender(&settings.revoked, &p.topic) {
                             counters.revoked += 1;
                         } else {
-                            handle_up(&worker, &mut admission, &p.topic, &p.payload, &mut counters);
+                            imports_due |= handle_up(&worker, &mut admission, &p.topic, &p.payload, &mut counters);
                         }
                     }
                     Ok(_) => {}
@@ -252,38 +276,43 @@ fn refuse(admission: &mut Admission, node: &Name, now: u64, why: Refusal) {
 }
 
 /// Checks an Up frame and hands it to the worker; acknowledged later, by [`ingested`].
+/// Returns whether the batch handed over carries connection parameters.
 fn handle_up(
     worker: &Worker,
     admission: &mut Admission,
     topic: &str,
     payload: &[u8],
     c: &mut Counters,
-) {
+) -> bool {
     let Some(node) = node_of_up_topic(topic) else {
         c.refused += 1;
         tracing::warn!(topic, "up frame on a malformed topic");
-        return;
+        return false;
     };
     let now = now_ms();
     if let Err(why) = admission.admit(&node, now) {
         c.rate_limited += 1;
         refuse(admission, &node, now, why);
-        return;
+        return false;
     }
     let up = match decode(payload, DEFAULT_MAX_FRAME) {
         Ok(Message::Up(up)) => up,
         Ok(_) => {
             c.refused += 1;
             tracing::warn!(node = %node, "not an Up frame");
-            return;
+            return false;
         }
         Err(e) => {
             c.refused += 1;
             tracing::warn!(node = %node, error = %e, "malformed Up frame");
-            return;
+            return false;
         }
     };
     let max_bytes = admission.limits().max_stored_bytes;
+    let params = up
+        .records
+        .iter()
+        .any(|r| matches!(r.kind, RecordKind::ConnectionParameters { .. }));
     let job = Job::Ingest {
         node: node.clone(),
         up,
@@ -295,7 +324,9 @@ fn handle_up(
         if let Some(suppressed) = admission.should_log(&node, now) {
             tracing::warn!(node = %node, error = %why, suppressed, "up frame refused; not acknowledged");
         }
+        return false;
     }
+    params
 }
 
 /// Acknowledges a committed batch; counts and logs a refused one.

@@ -193,6 +193,17 @@ pub trait FleetStore: Send + Sync {
         F: FnOnce(Vec<InstanceRequest>) -> Vec<InstanceRequest>,
         S: FnOnce(&mut DesiredState);
 
+    /// Re-signs (with `sign`) and stores, with a new generation, the state of every node
+    /// whose imports (see [`crate::imports`]: the latest connection parameters that the
+    /// owners of the instances it references on other nodes published) differ from its
+    /// stored state's; returns `(node, new generation)` of each. Each node is its own
+    /// transaction; a node whose state is unchanged gets no new generation. Every state
+    /// write ([`FleetStore::update_desired`], [`FleetStore::place`]) fills the imports
+    /// the same way.
+    fn refresh_imports<S>(&self, sign: S) -> Result<Vec<(Name, u64)>>
+    where
+        S: Fn(&mut DesiredState);
+
     /// In one transaction: finds where `request.name` lives, picks the node
     /// ([`crate::placement::target`]; [`crate::alloc::pick`] over the fleet as this
     /// transaction sees it when it must allocate), writes that node's new state,

@@ -47,6 +47,14 @@ pub enum Job {
         /// Now, ms since the epoch.
         now_ms: u64,
     },
+    /// Re-sign the desired states whose imported connection parameters changed
+    /// ([`FleetStore::refresh_imports`]).
+    Imports {
+        /// The signing key.
+        key: std::sync::Arc<crate::sign::MasterKey>,
+        /// Now, ms since the epoch.
+        now_ms: u64,
+    },
 }
 
 /// The outcome of one [`Job`]. (`Desired` is small, `Ingested` carries a store error;
@@ -67,6 +75,8 @@ pub enum Done {
     Desired(Vec<(Name, u64, Vec<u8>)>),
     /// A [`Job::Renew`]: the nodes whose state was re-signed, with the new generation.
     Renewed(Result<Vec<(Name, u64)>, StoreError>),
+    /// A [`Job::Imports`]: the nodes whose state was re-signed, with the new generation.
+    Imports(Result<Vec<(Name, u64)>, StoreError>),
 }
 
 /// The worker is full: the job was not queued.
@@ -144,7 +154,7 @@ fn ingest(store: &impl FleetStore, jobs: Vec<Job>) -> Vec<Done> {
                 now_ms,
                 max_bytes,
             } => Some((node, up, now_ms, max_bytes)),
-            Job::Desired { .. } | Job::Renew { .. } => None,
+            Job::Desired { .. } | Job::Renew { .. } | Job::Imports { .. } => None,
         })
         .collect();
     let results = store.ingest_many(&batches);
@@ -166,6 +176,9 @@ fn work(store: &impl FleetStore, job: Job) -> Done {
         Job::Desired { published } => Done::Desired(newer_desired(store, &published)),
         Job::Renew { key, now_ms } => {
             Done::Renewed(crate::sign::renew_expiring(store, &key, now_ms))
+        }
+        Job::Imports { key, now_ms } => {
+            Done::Imports(store.refresh_imports(|d| crate::sign::sign(&key, d, now_ms)))
         }
     }
 }

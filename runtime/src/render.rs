@@ -11,12 +11,15 @@
 //! instance gets `HEDGE_SOFTWARE=<artifact dir>`. [`Rendered::hash`] changes exactly when the rendered output
 //! changes, so the supervisor restarts a running instance only when it must.
 //! [`references`] lists the instances whose connection parameters a request consumes,
-//! so the daemon knows which consumers to re-render when one publishes.
+//! so the daemon knows which consumers to re-render when one publishes. The syntax and
+//! that scan live in `hedge_wire::template`, which the master shares.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use hedge_wire::types::{InstanceRequest, Name, PromiseCheck, SoftwareRelease};
+pub use hedge_wire::template::references;
+use hedge_wire::template::{Piece, Pieces};
+use hedge_wire::types::{InstanceRequest, SoftwareRelease};
 use sha2::{Digest, Sha256};
 
 use crate::partition::{check_rel_path, PartitionError};
@@ -81,7 +84,7 @@ pub fn render(
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<String, RenderError> {
     let mut out = String::with_capacity(template.len());
-    for piece in Pieces::new(template) {
+    for piece in pieces(template) {
         match piece? {
             Piece::Text(t) => out.push_str(t),
             Piece::Key(k) => {
@@ -174,47 +177,6 @@ pub fn render_instance(
     })
 }
 
-/// The instances whose connection parameters `req` consumes: `other` of every
-/// `{{other.key}}` whose key is not one of `req`'s own parameters, in the program,
-/// arguments, config files and promises. Templates with syntax errors are skipped
-/// (rendering reports them).
-pub fn references(req: &InstanceRequest) -> BTreeSet<String> {
-    let mut templates: Vec<&str> = Vec::new();
-    if let SoftwareRelease::Exec(p) = &req.software {
-        templates.push(p);
-    }
-    templates.extend(req.args.iter().map(String::as_str));
-    templates.extend(req.config_files.iter().map(|c| c.template.as_str()));
-    for p in &req.promises {
-        match &p.check {
-            PromiseCheck::Process => {}
-            PromiseCheck::Tcp { address } => templates.push(address),
-            PromiseCheck::Http { url, .. } => templates.push(url),
-            PromiseCheck::Command { argv } => templates.extend(argv.iter().map(String::as_str)),
-            PromiseCheck::File { path, .. } => templates.push(path),
-        }
-    }
-    let mut out = BTreeSet::new();
-    for t in templates {
-        let Ok(pieces) = Pieces::new(t).collect::<Result<Vec<_>, _>>() else {
-            continue;
-        };
-        for piece in pieces {
-            if let Piece::Key(k) = piece {
-                if req.parameters.contains_key(k) {
-                    continue;
-                }
-                if let Some((other, _)) = k.split_once('.') {
-                    if Name::new(other).is_ok() {
-                        out.insert(other.to_owned());
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
 /// A parameter name as an environment variable: upper case, `[^A-Z0-9_]` → `_`.
 fn env_name(k: &str) -> String {
     k.chars()
@@ -274,84 +236,24 @@ fn digest(
     h.finalize().into()
 }
 
-/// A piece of a template.
-#[derive(Debug, PartialEq, Eq)]
-enum Piece<'a> {
-    Text(&'a str),
-    Key(&'a str),
-}
-
-/// The pieces of a template, in order; stops after the first error.
-struct Pieces<'a> {
-    template: &'a str,
-    pos: usize,
-    failed: bool,
-}
-
-impl<'a> Pieces<'a> {
-    fn new(template: &'a str) -> Self {
-        Pieces {
-            template,
-            pos: 0,
-            failed: false,
-        }
-    }
-
-    fn syntax(&mut self, offset: usize, reason: &'static str) -> RenderError {
-        self.failed = true;
-        let near = self.template[offset..].chars().take(24).collect();
-        RenderError::Syntax {
-            offset,
-            near,
-            reason,
-        }
-    }
-}
-
-impl<'a> Iterator for Pieces<'a> {
-    type Item = Result<Piece<'a>, RenderError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.failed || self.pos >= self.template.len() {
-            return None;
-        }
-        let rest = &self.template[self.pos..];
-        let Some(open) = rest.find("{{") else {
-            self.pos = self.template.len();
-            return Some(Ok(Piece::Text(rest)));
-        };
-        if open > 0 {
-            self.pos += open;
-            return Some(Ok(Piece::Text(&rest[..open])));
-        }
-        let offset = self.pos;
-        let inner = &rest[2..];
-        let Some(close) = inner.find("}}") else {
-            return Some(Err(self.syntax(offset, "`{{` without `}}`")));
-        };
-        let key = inner[..close].trim_matches(|c| c == ' ' || c == '\t');
-        if key.is_empty() {
-            return Some(Err(self.syntax(offset, "empty key")));
-        }
-        if !key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-        {
-            return Some(Err(self.syntax(
-                offset,
-                "a key may hold only A-Z, a-z, 0-9, '_', '.' and '-'",
-            )));
-        }
-        self.pos += 2 + close + 2;
-        Some(Ok(Piece::Key(key)))
-    }
+/// The pieces of `template`, each syntax error as a [`RenderError::Syntax`].
+fn pieces(template: &str) -> impl Iterator<Item = Result<Piece<'_>, RenderError>> {
+    Pieces::new(template).map(move |p| {
+        p.map_err(|e| RenderError::Syntax {
+            offset: e.offset,
+            near: template[e.offset..].chars().take(24).collect(),
+            reason: e.reason,
+        })
+    })
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use hedge_wire::types::{ConfigFile, Limits, PromiseSpec, RequestedState, RestartPolicy};
+    use hedge_wire::types::{
+        ConfigFile, Limits, Name, PromiseCheck, PromiseSpec, RequestedState, RestartPolicy,
+    };
 
     use super::*;
 

@@ -10,6 +10,7 @@
 //! - [`compact`]: the compact encoding of an [`Up`] batch (envelope version 3), which
 //!   [`decode`] reads beside versions 4 and 2.
 //! - [`frame`]: length-prefixed frames over `embedded-io` streams.
+//! - [`template`]: the `{{ key }}` syntax of requests and what a request references.
 //! - [`error`]: [`WireError`], the crate's error.
 //!
 //! Decoding never panics and allocates only for data present in its bounded input.
@@ -26,6 +27,7 @@ pub mod compact;
 pub mod error;
 pub mod frame;
 pub mod limits;
+pub mod template;
 pub mod types;
 pub mod validate;
 

@@ -22,6 +22,7 @@ use super::{FleetStore, MasterStore};
 
 pub(crate) mod desired;
 pub(crate) mod fleet;
+pub(crate) mod imports;
 pub(crate) mod ingest;
 pub(crate) mod place;
 pub(crate) mod views;
@@ -54,6 +55,8 @@ macro_rules! fleet_store_suite {
             place::many_names_destroyed_in_turn_never_fill_the_desired_state,
             place::requesting_an_instance_on_another_node_moves_it,
             place::copies_left_by_an_older_master_are_reduced_to_one,
+            imports::a_state_imports_what_the_owner_of_a_referenced_instance_published,
+            imports::a_node_publishing_for_an_instance_it_does_not_own_changes_no_import,
             writers::everything_survives_reopening,
             writers::concurrent_stores_on_one_file_store_each_record_once,
             writers::concurrent_placements_never_overfill_a_node,

@@ -28,6 +28,7 @@ use crate::coverage::Coverage;
 mod artifacts;
 mod desired;
 mod fleet;
+mod imports;
 mod ingest;
 mod place;
 mod records;
@@ -226,6 +227,19 @@ impl FleetStore for SqliteStore {
         S: FnOnce(&mut DesiredState),
     {
         self.write(|tx| Ok(place::write_desired(tx, node, f, sign)?.0))
+    }
+
+    fn refresh_imports<S>(&self, sign: S) -> Result<Vec<(Name, u64)>>
+    where
+        S: Fn(&mut DesiredState),
+    {
+        let mut written = Vec::new();
+        for (node, _) in self.desired_generations()? {
+            if let Some(g) = self.write(|tx| imports::refresh_node(tx, &node, &sign))? {
+                written.push((node, g));
+            }
+        }
+        Ok(written)
     }
 
     fn place<S>(

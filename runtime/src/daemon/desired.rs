@@ -137,7 +137,9 @@ impl Daemon {
                 });
                 self.expiry.applied(&d);
                 self.check_expiry();
+                let imports_changed = self.apply_imports(&d);
                 self.reconcile();
+                self.restart_importers(&imports_changed);
                 Ok(generation)
             }
             Err(e) => {

@@ -47,6 +47,9 @@ pub(crate) struct Instances {
     pub(crate) slots: BTreeMap<Name, Slot>,
     /// What each instance published (its `etc/connection.json`), as stored.
     pub(crate) published: Published,
+    /// What instances on other nodes published, as the applied desired state imports
+    /// it (`daemon::imports`).
+    pub(crate) imports: Published,
     /// The node's cgroup v2 home, when the host has a writable one.
     pub(crate) cgroups: Option<Cgroups>,
     /// Where the partitions are (`<state_dir>/partitions`).
@@ -65,6 +68,7 @@ impl Instances {
             partitions,
             slots: BTreeMap::new(),
             published,
+            imports: Published::new(),
             cgroups,
             partitions_dir,
             published_log: RateLimit::default(),
@@ -131,9 +135,13 @@ impl Instances {
             .is_some_and(|s| s.lifecycle.wants_running())
     }
 
-    /// The parameter `key` that `instance` published.
+    /// The parameter `key` that `instance` published: on this node if it published
+    /// here, else as imported from another node.
     pub(crate) fn published_param(&self, instance: &str, key: &str) -> Option<String> {
-        self.published.get(instance)?.get(key).cloned()
+        match self.published.get(instance) {
+            Some(p) => p.get(key).cloned(),
+            None => self.imports.get(instance)?.get(key).cloned(),
+        }
     }
 
     /// The instances whose requests reference `name`'s connection parameters.
@@ -227,5 +235,18 @@ mod tests {
 
         std::fs::create_dir_all(dir.path().join("partitions/db")).unwrap();
         assert_eq!(i.on_disk(), BTreeSet::from([db]));
+    }
+
+    #[test]
+    fn a_local_publication_wins_over_an_import() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut i = instances(dir.path());
+        let params = |port: &str| BTreeMap::from([("port".to_string(), port.to_string())]);
+        i.imports.insert("db".into(), params("6000"));
+        assert_eq!(i.published_param("db", "port").as_deref(), Some("6000"));
+        assert_eq!(i.published_param("db", "host"), None);
+        i.published.insert("db".into(), params("5432"));
+        assert_eq!(i.published_param("db", "port").as_deref(), Some("5432"));
+        assert_eq!(i.published_param("other", "port"), None);
     }
 }

@@ -7,7 +7,8 @@
 //! (`effect::Effect`, or a shedding plan); this module keeps the event loop and
 //! performs those effects (`Daemon::dispatch`). The loop's drivers sit beside it:
 //! `instance` (reconcile steps, lifecycle), `start`, `destroy`, `leftovers`, `monitor`
-//! (checks, `/proc`, disk walks), `published`, `link`, `desired`, `software`, and
+//! (checks, `/proc`, disk walks), `published`, `imports` (connection parameters from
+//! other nodes), `link`, `desired`, `software`, and
 //! `answers` (the local API's answers).
 //!
 //! Contract: [`Daemon::boot`] opens the store and kills leftovers of an earlier run
@@ -32,6 +33,7 @@ mod desired;
 mod destroy;
 mod disk;
 mod effect;
+mod imports;
 mod instance;
 mod instances;
 mod leftovers;
@@ -248,6 +250,7 @@ impl Daemon {
         d.master_key = d.cfg.master_key();
         d.kill_leftovers()?;
         d.restore_expiry();
+        d.restore_imports();
         Ok(d)
     }
 

@@ -107,7 +107,7 @@ fn holders(tx: &Transaction<'_>, name: &Name) -> Result<Vec<(Name, bool)>> {
 }
 
 /// The shared write path: prunes what `node` reported destroyed, maps the instances
-/// with `f`, takes a new generation, signs, stores (refusing what cannot be delivered)
+/// with `f`, fills the imports (`sqlite::imports`), takes a new generation, signs, stores (refusing what cannot be delivered)
 /// and tracks destroyed instances. Returns the state and the names pruned.
 pub(super) fn write_desired<F, S>(
     tx: &Transaction<'_>,
@@ -133,20 +133,19 @@ where
         .collect();
     let generation = next_after(tx, node)?;
     let instances = f(kept);
-    // Terms and imports carry over for what the new state still names.
-    let (terms, imports) = current
+    // Terms carry over for what the new state still names; imports are filled anew.
+    let terms = current
         .as_ref()
-        .map(|d| (d.terms.clone(), d.imports.clone()))
+        .map(|d| d.terms.clone())
         .unwrap_or_default();
     let carries = |n: &Name| instances.iter().any(|i| &i.name == n);
+    let terms = terms.into_iter().filter(|t| carries(&t.instance)).collect();
+    let imports = super::imports::imports_for(tx, node, &instances)?;
     let mut d = DesiredState {
         node: node.clone(),
         generation,
-        terms: terms.into_iter().filter(|t| carries(&t.instance)).collect(),
-        imports: imports
-            .into_iter()
-            .filter(|i| !carries(&i.instance))
-            .collect(),
+        terms,
+        imports,
         instances,
         signature: heapless::Vec::new(),
         expires_ms: 0,

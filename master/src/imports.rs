@@ -1,0 +1,122 @@
+//! Cross-node connection parameters: which published values a node's desired state
+//! must carry (`DesiredState::imports`).
+//!
+//! Contract: pure (the store reads the states and records, signs and writes). An
+//! instance references another by name, fleet-wide, with the node's usual
+//! `{{other.key}}` syntax (`hedge_wire::template::references`). [`owners`] says which
+//! node owns each instance: the node whose desired state holds it live (not
+//! `destroyed`); when several do (a handover in progress), the one with the highest
+//! fence in its state's terms, then the first by name. [`wanted`] lists, for one node,
+//! the instances its live requests reference that another node owns, with that owner
+//! (an instance the node holds itself resolves on the node, never through an import).
+//! [`latest`] picks an instance's parameters from `ConnectionParameters` records: only
+//! the owner's count (a node publishing for an instance it does not own changes
+//! nothing), and "latest" is the highest (life, seq) among them. [`imports`] puts them
+//! together; an instance that has published nothing (yet) is not imported, and its
+//! consumers wait on the node until it is.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use hedge_wire::template::references;
+use hedge_wire::{DesiredState, Import, InstanceRequest, Name, RequestedState};
+
+/// Parameters as published: key → value.
+pub type Parameters = BTreeMap<String, String>;
+
+/// One stored `ConnectionParameters` record: the node that sent it, its (life, seq) at
+/// that node, and what it published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The node that sent the record.
+    pub node: Name,
+    /// The node's life and the record's seq in it.
+    pub at: (u32, u64),
+    /// The parameters published.
+    pub parameters: Parameters,
+}
+
+/// The owning node of every instance some state holds live.
+pub fn owners<'a>(states: impl IntoIterator<Item = &'a DesiredState>) -> BTreeMap<Name, Name> {
+    let mut best: BTreeMap<Name, (u64, Name)> = BTreeMap::new();
+    for d in states {
+        for r in d
+            .instances
+            .iter()
+            .filter(|r| r.state != RequestedState::Destroyed)
+        {
+            let fence = d
+                .terms
+                .iter()
+                .find(|t| t.instance == r.name)
+                .map_or(0, |t| t.fence);
+            let better = match best.get(&r.name) {
+                None => true,
+                Some((f, n)) => fence > *f || (fence == *f && d.node < *n),
+            };
+            if better {
+                best.insert(r.name.clone(), (fence, d.node.clone()));
+            }
+        }
+    }
+    best.into_iter().map(|(i, (_, n))| (i, n)).collect()
+}
+
+/// `(instance, owner)` of every instance that `node`'s live `instances` reference and
+/// another node owns, by instance.
+pub fn wanted(
+    node: &Name,
+    instances: &[InstanceRequest],
+    owners: &BTreeMap<Name, Name>,
+) -> Vec<(Name, Name)> {
+    let live: Vec<&InstanceRequest> = instances
+        .iter()
+        .filter(|r| r.state != RequestedState::Destroyed)
+        .collect();
+    let here: BTreeSet<&Name> = live.iter().map(|r| &r.name).collect();
+    let referenced: BTreeSet<String> = live.iter().flat_map(|r| references(r)).collect();
+    referenced
+        .into_iter()
+        .filter_map(|other| Name::new(&other).ok())
+        .filter(|other| !here.contains(other))
+        .filter_map(|other| {
+            let owner = owners.get(&other)?;
+            (owner != node).then(|| (other, owner.clone()))
+        })
+        .collect()
+}
+
+/// The parameters of the owner's latest record (highest (life, seq)); records of other
+/// nodes are ignored.
+pub fn latest<'a>(
+    owner: &Name,
+    records: impl IntoIterator<Item = &'a Published>,
+) -> Option<&'a Parameters> {
+    records
+        .into_iter()
+        .filter(|p| &p.node == owner)
+        .max_by_key(|p| p.at)
+        .map(|p| &p.parameters)
+}
+
+/// The imports of `node`'s state: for each of [`wanted`], the parameters `published`
+/// gives for (instance, owner), when it gives any; by instance.
+pub fn imports(
+    node: &Name,
+    instances: &[InstanceRequest],
+    owners: &BTreeMap<Name, Name>,
+    mut published: impl FnMut(&Name, &Name) -> Option<Parameters>,
+) -> Vec<Import> {
+    wanted(node, instances, owners)
+        .into_iter()
+        .filter_map(|(instance, owner)| {
+            let parameters = published(&instance, &owner)?;
+            Some(Import {
+                instance,
+                parameters,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

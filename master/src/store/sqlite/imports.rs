@@ -1,0 +1,112 @@
+//! Cross-node connection parameters in SQLite: the imports of a state being written,
+//! and re-signing the states whose imports changed.
+//!
+//! Contract: keeps the rules of [`crate::imports`]; this file reads what they need
+//! (every other node's stored state, the owner's latest `ConnectionParameters` record
+//! of an instance, through the `records_by_tag` index) inside the caller's transaction.
+//! [`imports_for`] is called by every state write (`place::write_desired`);
+//! [`refresh_node`] writes a new signed state for a node only when the imports it
+//! would carry differ from its stored state's.
+
+use hedge_wire::{DesiredState, Import, InstanceRequest, Name, RecordKind};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use super::super::blob::{self, decode};
+use super::super::Result;
+use super::desired::stored_desired;
+use super::place::write_desired;
+use super::sql::from_sql;
+use crate::imports::{self as rules, Parameters, Published};
+
+/// The imports `node`'s state carries when it holds `instances`.
+pub(super) fn imports_for(
+    tx: &Connection,
+    node: &Name,
+    instances: &[InstanceRequest],
+) -> Result<Vec<Import>> {
+    let others = other_states(tx, node)?;
+    let owners = rules::owners(&others);
+    let mut failed = None;
+    let imports = rules::imports(
+        node,
+        instances,
+        &owners,
+        |instance, owner| match latest_published(tx, instance, owner) {
+            Ok(p) => p,
+            Err(e) => {
+                failed.get_or_insert(e);
+                None
+            }
+        },
+    );
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(imports),
+    }
+}
+
+/// Writes a new state for `node`, signed with `sign`, when the imports it would carry
+/// differ from its stored state's; returns the new generation if it wrote one.
+pub(super) fn refresh_node(
+    tx: &Transaction<'_>,
+    node: &Name,
+    sign: &dyn Fn(&mut DesiredState),
+) -> Result<Option<u64>> {
+    let Some(current) = stored_desired(tx, node)? else {
+        return Ok(None);
+    };
+    if imports_for(tx, node, &current.instances)? == current.imports {
+        return Ok(None);
+    }
+    let (d, _) = write_desired(tx, node, |v| v, sign)?;
+    Ok(Some(d.generation))
+}
+
+/// Every stored state but `node`'s.
+fn other_states(tx: &Connection, node: &Name) -> Result<Vec<DesiredState>> {
+    let nodes = tx
+        .prepare_cached("SELECT node FROM desired WHERE node <> ?1 ORDER BY node")?
+        .query_map([node.as_str()], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut out = Vec::with_capacity(nodes.len());
+    for n in nodes {
+        if let Some(d) = stored_desired(tx, &blob::name(n)?)? {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+/// What `owner` last published for `instance` (highest (life, seq) of its records).
+fn latest_published(tx: &Connection, instance: &Name, owner: &Name) -> Result<Option<Parameters>> {
+    let row: Option<(i64, i64, Vec<u8>)> = tx
+        .prepare_cached(
+            "SELECT e.life, r.seq, r.kind FROM records r
+             JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
+             WHERE r.kind_tag = 'connection_parameters' AND r.node = ?1 AND r.instance = ?2
+             ORDER BY e.life DESC, r.seq DESC LIMIT 1",
+        )?
+        .query_row(params![owner.as_str(), instance.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?;
+    let Some((life, seq, kind)) = row else {
+        return Ok(None);
+    };
+    let RecordKind::ConnectionParameters {
+        instance: named,
+        parameters,
+    } = decode("record", owner.as_str(), &kind)?
+    else {
+        return Ok(None);
+    };
+    if &named != instance {
+        return Ok(None);
+    }
+    let record = Published {
+        node: owner.clone(),
+        at: (u32::try_from(life).unwrap_or(0), from_sql(seq)),
+        parameters,
+    };
+    Ok(rules::latest(owner, [&record]).cloned())
+}
