@@ -197,7 +197,8 @@ pub trait FleetStore: Send + Sync {
     /// whose imports (see [`crate::imports`]: the latest connection parameters that the
     /// owners of the instances it references on other nodes published) differ from its
     /// stored state's; returns `(node, new generation)` of each. Each node is its own
-    /// transaction; a node whose state is unchanged gets no new generation. Every state
+    /// transaction; a node whose state is unchanged gets no new generation, and one
+    /// whose new state cannot be stored (too large) is logged and kept. Every state
     /// write ([`FleetStore::update_desired`], [`FleetStore::place`]) fills the imports
     /// the same way.
     fn refresh_imports<S>(&self, sign: S) -> Result<Vec<(Name, u64)>>

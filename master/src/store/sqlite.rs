@@ -233,10 +233,17 @@ impl FleetStore for SqliteStore {
     where
         S: Fn(&mut DesiredState),
     {
+        let stale = imports::stale(&self.conn())?;
         let mut written = Vec::new();
-        for (node, _) in self.desired_generations()? {
-            if let Some(g) = self.write(|tx| imports::refresh_node(tx, &node, &sign))? {
-                written.push((node, g));
+        for node in stale {
+            // One node's state that cannot be written (too large with its imports) is
+            // logged and kept as it is; the others still refresh.
+            match self.write(|tx| imports::refresh_node(tx, &node, &sign)) {
+                Ok(Some(g)) => written.push((node, g)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(node = %node, error = %e, "cannot refresh imported connection parameters")
+                }
             }
         }
         Ok(written)

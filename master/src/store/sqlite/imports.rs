@@ -5,8 +5,10 @@
 //! (every other node's stored state, the owner's latest `ConnectionParameters` record
 //! of an instance, through the `records_by_tag` index) inside the caller's transaction.
 //! [`imports_for`] is called by every state write (`place::write_desired`);
-//! [`refresh_node`] writes a new signed state for a node only when the imports it
-//! would carry differ from its stored state's.
+//! [`stale`] finds, in one read, the nodes whose stored imports are out of date, and
+//! [`refresh_node`] writes a new signed state for one of them only when (checked again
+//! in its write transaction) the imports it would carry differ from its stored
+//! state's.
 
 use hedge_wire::{DesiredState, Import, InstanceRequest, Name, RecordKind};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
@@ -24,14 +26,38 @@ pub(super) fn imports_for(
     node: &Name,
     instances: &[InstanceRequest],
 ) -> Result<Vec<Import>> {
-    let others = other_states(tx, node)?;
-    let owners = rules::owners(&others);
+    let states = all_states(tx)?;
+    imports_among(tx, node, instances, &states)
+}
+
+/// The nodes whose stored state carries other imports than it would now: one read of
+/// every state, for [`refresh_node`] to write (each in its own transaction).
+pub(super) fn stale(conn: &Connection) -> Result<Vec<Name>> {
+    let states = all_states(conn)?;
+    let mut out = Vec::new();
+    for d in &states {
+        if imports_among(conn, &d.node, &d.instances, &states)? != d.imports {
+            out.push(d.node.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// [`imports_for`] given every stored state (`node`'s own is not asked who owns what:
+/// it is being replaced).
+fn imports_among(
+    conn: &Connection,
+    node: &Name,
+    instances: &[InstanceRequest],
+    states: &[DesiredState],
+) -> Result<Vec<Import>> {
+    let owners = rules::owners(states.iter().filter(|d| &d.node != node));
     let mut failed = None;
     let imports = rules::imports(
         node,
         instances,
         &owners,
-        |instance, owner| match latest_published(tx, instance, owner) {
+        |instance, owner| match latest_published(conn, instance, owner) {
             Ok(p) => p,
             Err(e) => {
                 failed.get_or_insert(e);
@@ -62,15 +88,15 @@ pub(super) fn refresh_node(
     Ok(Some(d.generation))
 }
 
-/// Every stored state but `node`'s.
-fn other_states(tx: &Connection, node: &Name) -> Result<Vec<DesiredState>> {
-    let nodes = tx
-        .prepare_cached("SELECT node FROM desired WHERE node <> ?1 ORDER BY node")?
-        .query_map([node.as_str()], |r| r.get::<_, String>(0))?
+/// Every stored state, by node.
+fn all_states(conn: &Connection) -> Result<Vec<DesiredState>> {
+    let nodes = conn
+        .prepare_cached("SELECT node FROM desired ORDER BY node")?
+        .query_map([], |r| r.get::<_, String>(0))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut out = Vec::with_capacity(nodes.len());
     for n in nodes {
-        if let Some(d) = stored_desired(tx, &blob::name(n)?)? {
+        if let Some(d) = stored_desired(conn, &blob::name(n)?)? {
             out.push(d);
         }
     }

@@ -1,0 +1,145 @@
+//! Connection parameters across nodes (#15): an app on node `a` renders its database's
+//! host and port from the instance `db` on node `b`, through the master (which carries
+//! them in `a`'s signed desired state); `b`'s value changes and `a`'s app is re-rendered
+//! and restarted; `a` reboots with the broker unreachable and renders the same values.
+//! Real master, broker and node processes.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::broker::free_port;
+use common::fleet::Fleet;
+use common::{wait_for, Node};
+use hedge_wire::InstanceStatus;
+
+/// A started fleet node, known to the master (its first records stored).
+fn started_node(fleet: &Fleet, id: &str) -> Node {
+    let mut node = fleet.node(id);
+    node.start();
+    wait_for(&format!("{id} registered"), Duration::from_secs(30), || {
+        (fleet.held(id).0 > 0).then_some(())
+    });
+    node
+}
+
+/// The database: publishes its host and port (its `port` parameter) atomically.
+fn db_request(dir: &Path, port: &str) -> String {
+    let file = dir.join(format!("db-{port}.toml"));
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+name = "db"
+software = "exec:/bin/sh"
+args = ["-c", "printf '{{\"host\":\"127.0.0.1\",\"port\":%s}}' $PORT > etc/connection.json.tmp && mv etc/connection.json.tmp etc/connection.json; exec sleep 100000"]
+[parameters]
+port = "{port}"
+"#
+        ),
+    )
+    .unwrap();
+    file.to_str().unwrap().to_owned()
+}
+
+/// The app: renders the database's host and port (from another node) into its config.
+fn app_request(dir: &Path) -> String {
+    let file = dir.join("app.toml");
+    std::fs::write(
+        &file,
+        r#"
+name = "app"
+software = "exec:/bin/sleep"
+args = ["100000"]
+[[config_files]]
+path = "etc/app.conf"
+template = "db={{db.host}}:{{ db.port }}\n"
+"#,
+    )
+    .unwrap();
+    file.to_str().unwrap().to_owned()
+}
+
+fn conf_is(a: &Node, want: &str) -> Option<()> {
+    let got = std::fs::read_to_string(a.partition("app").join("etc/app.conf")).ok()?;
+    (got == want).then_some(())
+}
+
+#[test]
+#[allow(clippy::disallowed_methods)] // an end-to-end test: reports how long the propagation took
+fn an_app_renders_its_database_from_another_node_and_keeps_it_offline() {
+    let mut fleet = Fleet::new();
+    fleet.start_master();
+    let mut a = started_node(&fleet, "a");
+    let b = started_node(&fleet, "b");
+    let dir = fleet.dir.path().to_path_buf();
+
+    // The consumer first: it waits, on a, for a value published on b.
+    fleet.master_ok(&["request", "--file", &app_request(&dir), "--node", "a"]);
+    wait_for("app waiting on a", Duration::from_secs(30), || {
+        (a.instance("app")?.state == InstanceStatus::Waiting).then_some(())
+    });
+    let started = Instant::now();
+    fleet.master_ok(&[
+        "request",
+        "--file",
+        &db_request(&dir, "5432"),
+        "--node",
+        "b",
+    ]);
+    b.running_pid("db", None);
+    let pid1 = wait_for("app running on a", Duration::from_secs(30), || {
+        let i = a.instance("app")?;
+        (i.state == InstanceStatus::Running).then_some(i.pid?)
+    });
+    wait_for("a's config rendered", Duration::from_secs(5), || {
+        conf_is(&a, "db=127.0.0.1:5432\n")
+    });
+    eprintln!(
+        "db published on b → app running on a: {:?}",
+        started.elapsed()
+    );
+
+    // b's database changes its port: a's app is re-rendered and restarted.
+    let changed = Instant::now();
+    fleet.master_ok(&[
+        "request",
+        "--file",
+        &db_request(&dir, "6000"),
+        "--node",
+        "b",
+    ]);
+    let pid2 = wait_for("app restarted on a", Duration::from_secs(30), || {
+        let i = a.instance("app")?;
+        (i.state == InstanceStatus::Running && i.pid? != pid1 && common::alive(i.pid?))
+            .then_some(i.pid?)
+    });
+    wait_for("a's config re-rendered", Duration::from_secs(5), || {
+        conf_is(&a, "db=127.0.0.1:6000\n")
+    });
+    assert!(!common::alive(pid1), "the old app still runs");
+    eprintln!(
+        "db's port changed on b → app restarted on a: {:?}",
+        changed.elapsed()
+    );
+
+    // Offline reboot: a's daemon stops, its uplink now points at a closed port (the
+    // broker is unreachable), and the rendered file is gone: rendering must come from
+    // the imports kept in a's stored, signed state.
+    a.terminate();
+    assert!(!common::alive(pid2));
+    std::fs::remove_file(a.partition("app").join("etc/app.conf")).unwrap();
+    let dead = free_port();
+    let port = fleet.node_port;
+    a.edit_config(|c| c.replace(&format!("port = {port}"), &format!("port = {dead}")));
+    a.start();
+    let pid3 = a.running_pid("app", Some(pid2));
+    conf_is(&a, "db=127.0.0.1:6000\n").expect("rendered from the kept imports");
+    assert!(
+        !a.status().uplink.connected,
+        "a reached a broker: the reboot was not offline"
+    );
+    assert_eq!(a.running_pid("app", None), pid3);
+}
