@@ -163,7 +163,7 @@ impl Daemon {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     #![allow(clippy::unwrap_used)]
 
     use std::path::Path;
@@ -176,11 +176,12 @@ mod tests {
 
     const DAY_MS: u64 = 24 * 3600 * 1000;
 
-    fn master() -> SigningKey {
+    pub(in crate::daemon) fn master() -> SigningKey {
         SigningKey::from_bytes(&[7; 32])
     }
 
-    fn config(dir: &Path) -> NodeConfig {
+    /// A node `n1` that trusts [`master`]'s key.
+    pub(in crate::daemon) fn config(dir: &Path) -> NodeConfig {
         let hex: String = master()
             .verifying_key()
             .to_bytes()

@@ -3,12 +3,9 @@
 //! and a changed rlimit restarts the process with the new value.
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
-
 use hedge_wire::{InstanceRequest, Limits, Name, RequestedState};
 
-use super::{daemon, kill_all, sleep_request};
-use crate::daemon::Daemon;
+use super::{daemon, kill_all, pump_until, sleep_request};
 use crate::partition::cgroup::Cgroups;
 
 fn sleeper(name: &str, limits: Limits) -> InstanceRequest {
@@ -28,19 +25,6 @@ fn nofile_of(pid: u32) -> u64 {
         .unwrap()
         .parse()
         .unwrap()
-}
-
-/// Feeds the daemon's own events (process exits) until `done` holds.
-async fn pump_until(d: &mut Daemon, what: &str, mut done: impl FnMut(&Daemon) -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !done(d) {
-        d.tick();
-        match tokio::time::timeout_at(deadline, d.events_rx.recv()).await {
-            Ok(Some(ev)) => d.on_event(ev),
-            Ok(None) => panic!("event channel closed waiting for {what}"),
-            Err(_) => panic!("timed out waiting for {what}"),
-        }
-    }
 }
 
 #[tokio::test]

@@ -3,7 +3,10 @@
 #![allow(clippy::unwrap_used)]
 
 mod disk;
+mod imports;
 mod limits;
+
+use std::time::Duration;
 
 use hedge_wire::{InstanceRequest, Limits, Name, RequestedState, SoftwareRelease};
 
@@ -41,6 +44,19 @@ fn kill_all(d: &mut Daemon) {
                 nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
                 nix::sys::signal::Signal::SIGKILL,
             );
+        }
+    }
+}
+
+/// Feeds the daemon's own events (process exits) until `done` holds.
+pub(super) async fn pump_until(d: &mut Daemon, what: &str, mut done: impl FnMut(&Daemon) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !done(d) {
+        d.tick();
+        match tokio::time::timeout_at(deadline, d.events_rx.recv()).await {
+            Ok(Some(ev)) => d.on_event(ev),
+            Ok(None) => panic!("event channel closed waiting for {what}"),
+            Err(_) => panic!("timed out waiting for {what}"),
         }
     }
 }
