@@ -15,16 +15,6 @@ use common::fleet::Fleet;
 use common::{wait_for, Node};
 use hedge_wire::InstanceStatus;
 
-/// A started fleet node, known to the master (its first records stored).
-fn started_node(fleet: &Fleet, id: &str) -> Node {
-    let mut node = fleet.node(id);
-    node.start();
-    wait_for(&format!("{id} registered"), Duration::from_secs(30), || {
-        (fleet.held(id).0 > 0).then_some(())
-    });
-    node
-}
-
 /// The database: publishes its host and port (its `port` parameter) atomically.
 fn db_request(dir: &Path, port: &str) -> String {
     let file = dir.join(format!("db-{port}.toml"));
@@ -72,8 +62,8 @@ fn conf_is(a: &Node, want: &str) -> Option<()> {
 fn an_app_renders_its_database_from_another_node_and_keeps_it_offline() {
     let mut fleet = Fleet::new();
     fleet.start_master();
-    let mut a = started_node(&fleet, "a");
-    let b = started_node(&fleet, "b");
+    let mut a = fleet.started_node("a");
+    let b = fleet.started_node("b");
     let dir = fleet.dir.path().to_path_buf();
 
     // The consumer first: it waits, on a, for a value published on b.

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::fleet::{master_ok_at as master, Fleet};
-use common::{hedge, run_ok, wait_for, Node};
+use common::{hedge, run_ok, wait_for};
 use hedge_wire::InstanceStatus;
 use serde_json::Value;
 
@@ -128,21 +128,11 @@ fn wait_reported(fleet: &Fleet, node: &str, name: &str, status: &str) {
     )
 }
 
-/// A started fleet node, known to the master (its first records stored).
-fn started_node(fleet: &Fleet, id: &str) -> Node {
-    let mut node = fleet.node(id);
-    node.start();
-    wait_for(&format!("{id} registered"), Duration::from_secs(30), || {
-        (fleet.held(id).0 > 0).then_some(())
-    });
-    node
-}
-
 #[test]
 fn requests_that_could_not_be_delivered_are_refused_and_earlier_ones_still_run() {
     let mut fleet = Fleet::new();
     fleet.start_master();
-    let node = started_node(&fleet, "big");
+    let node = fleet.started_node("big");
     // Six instances with a 15 KiB config file each: four fit in one 64 KiB frame.
     let mut codes = Vec::new();
     for i in 0..6 {
@@ -209,7 +199,7 @@ fn requests_that_could_not_be_delivered_are_refused_and_earlier_ones_still_run()
 fn destroyed_instances_leave_the_desired_state_once_the_node_reported_them() {
     let mut fleet = Fleet::new();
     fleet.start_master();
-    let mut node = started_node(&fleet, "churn");
+    let mut node = fleet.started_node("churn");
     let sleep = [
         "--software",
         "exec:/bin/sleep",
@@ -281,8 +271,8 @@ fn destroyed_instances_leave_the_desired_state_once_the_node_reported_them() {
 fn requesting_an_instance_on_another_node_moves_it_there() {
     let mut fleet = Fleet::new();
     fleet.start_master();
-    let a = started_node(&fleet, "a");
-    let b = started_node(&fleet, "b");
+    let a = fleet.started_node("a");
+    let b = fleet.started_node("b");
     let on = |node: &'static str| {
         [
             "mover",
@@ -324,7 +314,7 @@ fn requesting_an_instance_on_another_node_moves_it_there() {
 fn two_masters_placing_at_once_never_overfill_a_node() {
     let mut fleet = Fleet::new();
     fleet.start_master();
-    let node = started_node(&fleet, "solo");
+    let node = fleet.started_node("solo");
     fleet.master_ok(&["label", "solo", "--max-instances", "1"]);
     wait_for("solo's capacity known", Duration::from_secs(30), || {
         let v: Value = serde_json::from_str(&fleet.master_ok(&["nodes", "--json"])).ok()?;

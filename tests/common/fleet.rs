@@ -124,6 +124,18 @@ impl Fleet {
         node
     }
 
+    /// A started node, known to the master (its first records stored).
+    pub fn started_node(&self, id: &str) -> Node {
+        let mut node = self.node(id);
+        node.start();
+        super::wait_for(
+            &format!("{id} registered"),
+            std::time::Duration::from_secs(30),
+            || (self.held(id).0 > 0).then_some(()),
+        );
+        node
+    }
+
     /// What the master holds of `node`: (records, last_seq).
     pub fn held(&self, node: &str) -> (u64, u64) {
         let v: Value = serde_json::from_str(&self.master_ok(&["nodes", "--json"])).unwrap();

@@ -1,8 +1,6 @@
 #![allow(clippy::unwrap_used)]
 
-use hedge_wire::{
-    ConfigFile, InstanceTerms, Limits, PromiseCheck, PromiseSpec, RestartPolicy, SoftwareRelease,
-};
+use hedge_wire::{ConfigFile, InstanceTerms, PromiseCheck, PromiseSpec};
 
 use super::*;
 
@@ -11,17 +9,9 @@ fn name(s: &str) -> Name {
 }
 
 fn req(n: &str, args: &[&str]) -> InstanceRequest {
-    InstanceRequest {
-        name: name(n),
-        software: SoftwareRelease::Exec("/bin/sleep".into()),
-        args: args.iter().map(|a| (*a).to_owned()).collect(),
-        parameters: BTreeMap::new(),
-        config_files: vec![],
-        promises: vec![],
-        limits: Limits::default(),
-        restart: RestartPolicy::default(),
-        state: RequestedState::Started,
-    }
+    let mut r = crate::store::conformance::request(n, RequestedState::Started);
+    r.args = args.iter().map(|a| (*a).to_owned()).collect();
+    r
 }
 
 fn state(node: &str, instances: Vec<InstanceRequest>, fences: &[(&str, u64)]) -> DesiredState {
