@@ -13,10 +13,13 @@
 //! the owner's count (a node publishing for an instance it does not own changes
 //! nothing), and "latest" is the highest (life, seq) among them. [`imports`] puts them
 //! together; an instance that has published nothing (yet) is not imported, and its
-//! consumers wait on the node until it is.
+//! consumers wait on the node until it is. A state never imports a name it carries
+//! itself (the wire refuses it), not even a `destroyed` one, and carries at most
+//! `MAX_IMPORTS`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use hedge_wire::limits::MAX_IMPORTS;
 use hedge_wire::template::references;
 use hedge_wire::{DesiredState, Import, InstanceRequest, Name, RequestedState};
 
@@ -62,18 +65,19 @@ pub fn owners<'a>(states: impl IntoIterator<Item = &'a DesiredState>) -> BTreeMa
 }
 
 /// `(instance, owner)` of every instance that `node`'s live `instances` reference and
-/// another node owns, by instance.
+/// another node owns, by instance; never one the state names (even `destroyed`).
 pub fn wanted(
     node: &Name,
     instances: &[InstanceRequest],
     owners: &BTreeMap<Name, Name>,
 ) -> Vec<(Name, Name)> {
-    let live: Vec<&InstanceRequest> = instances
+    // Every name the state carries, destroyed ones too: a state never imports one.
+    let here: BTreeSet<&Name> = instances.iter().map(|r| &r.name).collect();
+    let referenced: BTreeSet<String> = instances
         .iter()
         .filter(|r| r.state != RequestedState::Destroyed)
+        .flat_map(references)
         .collect();
-    let here: BTreeSet<&Name> = live.iter().map(|r| &r.name).collect();
-    let referenced: BTreeSet<String> = live.iter().flat_map(|r| references(r)).collect();
     referenced
         .into_iter()
         .filter_map(|other| Name::new(&other).ok())
@@ -99,7 +103,9 @@ pub fn latest<'a>(
 }
 
 /// The imports of `node`'s state: for each of [`wanted`], the parameters `published`
-/// gives for (instance, owner), when it gives any; by instance.
+/// gives for (instance, owner), when it gives any; by instance, at most
+/// [`MAX_IMPORTS`] (the wire's bound: past it, the first by name are kept and the
+/// consumers of the others wait).
 pub fn imports(
     node: &Name,
     instances: &[InstanceRequest],
@@ -115,6 +121,7 @@ pub fn imports(
                 parameters,
             })
         })
+        .take(MAX_IMPORTS)
         .collect()
 }
 

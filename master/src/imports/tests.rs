@@ -102,6 +102,10 @@ fn a_node_wants_what_its_live_instances_reference_on_other_nodes() {
         wanted(&name("b"), &[req("x", &["{{local.p}}"])], &owners),
         vec![(name("local"), name("a"))]
     );
+    // A name the state carries, even destroyed, is never imported (the wire refuses it).
+    let mut gone = req("local", &[]);
+    gone.state = RequestedState::Destroyed;
+    assert!(wanted(&name("b"), &[req("x", &["{{local.p}}"]), gone], &owners).is_empty());
     // An instance no state holds has no owner: nothing to import.
     assert!(wanted(&name("a"), &[req("x", &["{{nowhere.p}}"])], &owners).is_empty());
 }
@@ -141,4 +145,20 @@ fn imports_carry_what_the_owners_published() {
         }],
         "cache published nothing: not imported"
     );
+}
+
+#[test]
+fn imports_stop_at_the_wire_bound() {
+    let args: Vec<String> = (0..MAX_IMPORTS + 5)
+        .map(|i| format!("{{{{db{i:03}.port}}}}"))
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let owners: BTreeMap<Name, Name> = (0..MAX_IMPORTS + 5)
+        .map(|i| (name(&format!("db{i:03}")), name("b")))
+        .collect();
+    let got = imports(&name("a"), &[req("app", &args)], &owners, |_, _| {
+        Some(params(&[("port", "1")]))
+    });
+    assert_eq!(got.len(), MAX_IMPORTS);
+    assert_eq!(got[0].instance, name("db000"));
 }
