@@ -14,7 +14,8 @@
 //! nothing), and "latest" is the highest (life, seq) among them. [`imports`] puts them
 //! together; an instance that has published nothing (yet) is not imported, and its
 //! consumers wait on the node until it is. A state never imports a name it carries
-//! itself (the wire refuses it), not even a `destroyed` one, and carries at most
+//! itself (the wire refuses it), not even a `destroyed` one ([`blocked`] tells the
+//! store when pruning such a name would let an import in), and carries at most
 //! `MAX_IMPORTS`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -87,6 +88,23 @@ pub fn wanted(
             (owner != node).then(|| (other, owner.clone()))
         })
         .collect()
+}
+
+/// Whether a live instance of `node` references an instance another node owns that the
+/// state still names `destroyed` (moved away): [`wanted`] skips it until the node's
+/// state is written without it (pruned once the node reported it destroyed).
+pub fn blocked(node: &Name, instances: &[InstanceRequest], owners: &BTreeMap<Name, Name>) -> bool {
+    let referenced: BTreeSet<String> = instances
+        .iter()
+        .filter(|r| r.state != RequestedState::Destroyed)
+        .flat_map(references)
+        .collect();
+    instances
+        .iter()
+        .filter(|r| r.state == RequestedState::Destroyed)
+        .any(|r| {
+            referenced.contains(r.name.as_str()) && owners.get(&r.name).is_some_and(|o| o != node)
+        })
 }
 
 /// The parameters of the owner's latest record (highest (life, seq)); records of other

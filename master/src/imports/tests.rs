@@ -105,7 +105,23 @@ fn a_node_wants_what_its_live_instances_reference_on_other_nodes() {
     // A name the state carries, even destroyed, is never imported (the wire refuses it).
     let mut gone = req("local", &[]);
     gone.state = RequestedState::Destroyed;
-    assert!(wanted(&name("b"), &[req("x", &["{{local.p}}"]), gone], &owners).is_empty());
+    assert!(wanted(
+        &name("b"),
+        &[req("x", &["{{local.p}}"]), gone.clone()],
+        &owners
+    )
+    .is_empty());
+    assert!(blocked(
+        &name("b"),
+        &[req("x", &["{{local.p}}"]), gone.clone()],
+        &owners
+    ));
+    assert!(!blocked(
+        &name("a"),
+        &[req("x", &["{{local.p}}"]), gone.clone()],
+        &owners
+    ));
+    assert!(!blocked(&name("b"), &[req("x", &[]), gone], &owners));
     // An instance no state holds has no owner: nothing to import.
     assert!(wanted(&name("a"), &[req("x", &["{{nowhere.p}}"])], &owners).is_empty());
 }

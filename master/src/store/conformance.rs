@@ -57,6 +57,7 @@ macro_rules! fleet_store_suite {
             place::copies_left_by_an_older_master_are_reduced_to_one,
             imports::a_state_imports_what_the_owner_of_a_referenced_instance_published,
             imports::a_node_publishing_for_an_instance_it_does_not_own_changes_no_import,
+            imports::a_consumer_left_behind_by_a_move_imports_once_the_old_copy_is_pruned,
             writers::everything_survives_reopening,
             writers::concurrent_stores_on_one_file_store_each_record_once,
             writers::concurrent_placements_never_overfill_a_node,

@@ -194,3 +194,42 @@ pub(crate) fn a_node_publishing_for_an_instance_it_does_not_own_changes_no_impor
     assert_eq!(s.refresh_imports(|d| sign(&key, d, 0)).unwrap().len(), 1);
     assert!(s.desired(&n("node-a")).unwrap().unwrap().imports.is_empty());
 }
+
+pub(crate) fn a_consumer_left_behind_by_a_move_imports_once_the_old_copy_is_pruned<H: Harness>(
+    h: &H,
+) {
+    use super::place::{on, register, Reporter};
+    let s = &h.open();
+    let key = MasterKey::generate();
+    register(s, "x", 8);
+    register(s, "y", 8);
+    let place =
+        |r: InstanceRequest, node: &str| s.place(r, &on(node), 0, 0, |d| sign(&key, d, 0)).unwrap();
+    let mut x = Reporter::new("x");
+    let mut y = Reporter::new("y");
+    place(request("db", RequestedState::Started), "x");
+    let g = place(app(), "x").state.generation;
+    x.accepted(s, g);
+    x.state(s, "db", InstanceStatus::Running);
+
+    // db moves to y and publishes there; x still names it (destroyed): no import yet.
+    let moved = place(request("db", RequestedState::Started), "y");
+    let (_, gx) = moved.destroyed_on[0].clone();
+    y.send(s, params_rec(0, "db", "5432").kind);
+    assert!(s.refresh_imports(|d| sign(&key, d, 0)).unwrap().is_empty());
+    assert!(s.desired(&n("x")).unwrap().unwrap().imports.is_empty());
+
+    // x applied the move and reported its copy destroyed: the refresh prunes it and
+    // imports y's values.
+    x.accepted(s, gx);
+    x.state(s, "db", InstanceStatus::Destroyed);
+    let written = s.refresh_imports(|d| sign(&key, d, 0)).unwrap();
+    assert_eq!(
+        written.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["x"]
+    );
+    let state = s.desired(&n("x")).unwrap().unwrap();
+    assert!(!state.instances.iter().any(|r| r.name == n("db")), "pruned");
+    assert_eq!(state.imports, imported("5432"));
+    assert!(s.refresh_imports(|d| sign(&key, d, 0)).unwrap().is_empty());
+}

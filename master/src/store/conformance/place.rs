@@ -34,14 +34,15 @@ pub(crate) fn on(node: &str) -> Placement {
 }
 
 /// A node reporting records, one seq after the other.
-struct Reporter {
+/// A node reporting records one at a time (seqs from 1 in its life).
+pub(crate) struct Reporter {
     node: Name,
     seq: u64,
     epoch: u64,
 }
 
 impl Reporter {
-    fn new(node: &str) -> Self {
+    pub(crate) fn new(node: &str) -> Self {
         Reporter {
             node: n(node),
             seq: 0,
@@ -55,7 +56,7 @@ impl Reporter {
         self.seq = 0;
     }
 
-    fn send<S: FleetStore>(&mut self, s: &S, kind: RecordKind) {
+    pub(crate) fn send<S: FleetStore>(&mut self, s: &S, kind: RecordKind) {
         self.seq += 1;
         let up = Up {
             node: self.node.clone(),
@@ -70,7 +71,7 @@ impl Reporter {
         s.ingest(&self.node, &up, 1000 + self.seq).unwrap();
     }
 
-    fn accepted<S: FleetStore>(&mut self, s: &S, generation: u64) {
+    pub(crate) fn accepted<S: FleetStore>(&mut self, s: &S, generation: u64) {
         self.send(
             s,
             RecordKind::Desired {
@@ -81,7 +82,7 @@ impl Reporter {
         );
     }
 
-    fn state<S: FleetStore>(&mut self, s: &S, instance: &str, status: InstanceStatus) {
+    pub(crate) fn state<S: FleetStore>(&mut self, s: &S, instance: &str, status: InstanceStatus) {
         self.send(
             s,
             RecordKind::InstanceState {

@@ -5,7 +5,8 @@
 //! (every other node's stored state, the owner's latest `ConnectionParameters` record
 //! of an instance, through the `records_by_tag` index) inside the caller's transaction.
 //! [`imports_for`] is called by every state write (`place::write_desired`);
-//! [`stale`] finds, in one read, the nodes whose stored imports are out of date, and
+//! [`stale`] finds, in one read, the nodes whose stored imports are out of date (or
+//! held back by a `destroyed` name that pruning may remove), and
 //! [`refresh_node`] writes a new signed state for one of them only when (checked again
 //! in its write transaction) the imports it would carry differ from its stored
 //! state's.
@@ -16,7 +17,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use super::super::blob::{self, decode};
 use super::super::Result;
 use super::desired::stored_desired;
-use super::place::write_desired;
+use super::place::{prunable, write_desired};
 use super::sql::from_sql;
 use crate::imports::{self as rules, Parameters, Published};
 
@@ -36,7 +37,10 @@ pub(super) fn stale(conn: &Connection) -> Result<Vec<Name>> {
     let states = all_states(conn)?;
     let mut out = Vec::new();
     for d in &states {
-        if imports_among(conn, &d.node, &d.instances, &states)? != d.imports {
+        let owners = rules::owners(states.iter().filter(|o| o.node != d.node));
+        if rules::blocked(&d.node, &d.instances, &owners)
+            || imports_among(conn, &d.node, &d.instances, &states)? != d.imports
+        {
             out.push(d.node.clone());
         }
     }
@@ -81,7 +85,16 @@ pub(super) fn refresh_node(
     let Some(current) = stored_desired(tx, node)? else {
         return Ok(None);
     };
-    if imports_for(tx, node, &current.instances)? == current.imports {
+    // As the write would see them: less what it prunes (a destroyed name that kept an
+    // import out, once the node reported it destroyed).
+    let prune = prunable(tx, &current)?;
+    let kept: Vec<InstanceRequest> = current
+        .instances
+        .iter()
+        .filter(|r| !prune.contains(&r.name))
+        .cloned()
+        .collect();
+    if imports_for(tx, node, &kept)? == current.imports {
         return Ok(None);
     }
     let (d, _) = write_desired(tx, node, |v| v, sign)?;

@@ -182,7 +182,7 @@ fn destroyed_since(tx: &Transaction<'_>, d: &DesiredState, instance: &Name) -> R
 
 /// `Destroyed` instances of `d` that `d.node` reported destroyed after accepting a
 /// generation at or above the one that destroyed them.
-fn prunable(tx: &Transaction<'_>, d: &DesiredState) -> Result<BTreeSet<Name>> {
+pub(super) fn prunable(tx: &Transaction<'_>, d: &DesiredState) -> Result<BTreeSet<Name>> {
     let mut out = BTreeSet::new();
     let destroyed: Vec<&Name> = d
         .instances
