@@ -74,11 +74,7 @@ pub fn wanted(
 ) -> Vec<(Name, Name)> {
     // Every name the state carries, destroyed ones too: a state never imports one.
     let here: BTreeSet<&Name> = instances.iter().map(|r| &r.name).collect();
-    let referenced: BTreeSet<String> = instances
-        .iter()
-        .filter(|r| r.state != RequestedState::Destroyed)
-        .flat_map(references)
-        .collect();
+    let referenced = referenced(instances);
     referenced
         .into_iter()
         .filter_map(|other| Name::new(&other).ok())
@@ -94,17 +90,22 @@ pub fn wanted(
 /// state still names `destroyed` (moved away): [`wanted`] skips it until the node's
 /// state is written without it (pruned once the node reported it destroyed).
 pub fn blocked(node: &Name, instances: &[InstanceRequest], owners: &BTreeMap<Name, Name>) -> bool {
-    let referenced: BTreeSet<String> = instances
-        .iter()
-        .filter(|r| r.state != RequestedState::Destroyed)
-        .flat_map(references)
-        .collect();
+    let referenced = referenced(instances);
     instances
         .iter()
         .filter(|r| r.state == RequestedState::Destroyed)
         .any(|r| {
             referenced.contains(r.name.as_str()) && owners.get(&r.name).is_some_and(|o| o != node)
         })
+}
+
+/// What the live (not `destroyed`) requests of `instances` reference.
+fn referenced(instances: &[InstanceRequest]) -> BTreeSet<String> {
+    instances
+        .iter()
+        .filter(|r| r.state != RequestedState::Destroyed)
+        .flat_map(references)
+        .collect()
 }
 
 /// The parameters of the owner's latest record (highest (life, seq)); records of other
