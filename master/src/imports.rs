@@ -6,14 +6,15 @@
 //! `{{other.key}}` syntax (`hedge_wire::template::references`). [`owners`] says which
 //! node owns each instance: the node whose desired state holds it live (not
 //! `destroyed`); when several do (a handover in progress), the one with the highest
-//! fence in its state's terms, then the first by name. [`wanted`] lists, for one node,
+//! fence in its state's terms, then the first by name ([`holders`] lists them all). [`wanted`] lists, for one node,
 //! the instances its live requests reference that another node owns, with that owner
 //! (an instance the node holds itself resolves on the node, never through an import).
 //! [`latest`] picks an instance's parameters from `ConnectionParameters` records: only
 //! the owner's count (a node publishing for an instance it does not own changes
 //! nothing), and "latest" is the highest (life, seq) among them. [`imports`] puts them
-//! together; an instance that has published nothing (yet) is not imported, and its
-//! consumers wait on the node until it is. A state never imports a name it carries
+//! together; while the owner has published nothing, the next holder's record serves
+//! (the old copy of a handover still runs); an instance none of whose holders has
+//! published is not imported, and its consumers wait on the node until it is. A state never imports a name it carries
 //! itself (the wire refuses it), not even a `destroyed` one ([`blocked`] tells the
 //! store when pruning such a name would let an import in), and carries at most
 //! `MAX_IMPORTS`.
@@ -39,30 +40,39 @@ pub struct Published {
     pub parameters: Parameters,
 }
 
-/// The owning node of every instance some state holds live.
-pub fn owners<'a>(states: impl IntoIterator<Item = &'a DesiredState>) -> BTreeMap<Name, Name> {
-    let mut best: BTreeMap<Name, (u64, Name)> = BTreeMap::new();
+/// Every node that holds each instance live, best first: highest fence in its state's
+/// terms, then by name. The first is the owner ([`owners`]); the others are copies a
+/// handover has not removed yet.
+pub fn holders<'a>(
+    states: impl IntoIterator<Item = &'a DesiredState>,
+) -> BTreeMap<Name, Vec<Name>> {
+    let mut all: BTreeMap<Name, Vec<(std::cmp::Reverse<u64>, Name)>> = BTreeMap::new();
     for d in states {
         for r in d
             .instances
             .iter()
             .filter(|r| r.state != RequestedState::Destroyed)
         {
-            let fence = d
-                .terms
-                .iter()
-                .find(|t| t.instance == r.name)
-                .map_or(0, |t| t.fence);
-            let better = match best.get(&r.name) {
-                None => true,
-                Some((f, n)) => fence > *f || (fence == *f && d.node < *n),
-            };
-            if better {
-                best.insert(r.name.clone(), (fence, d.node.clone()));
-            }
+            let fence = d.terms_of(&r.name).map_or(0, |t| t.fence);
+            all.entry(r.name.clone())
+                .or_default()
+                .push((std::cmp::Reverse(fence), d.node.clone()));
         }
     }
-    best.into_iter().map(|(i, (_, n))| (i, n)).collect()
+    all.into_iter()
+        .map(|(i, mut h)| {
+            h.sort();
+            (i, h.into_iter().map(|(_, n)| n).collect())
+        })
+        .collect()
+}
+
+/// The owning node of every instance some state holds live (the first of [`holders`]).
+pub fn owners<'a>(states: impl IntoIterator<Item = &'a DesiredState>) -> BTreeMap<Name, Name> {
+    holders(states)
+        .into_iter()
+        .filter_map(|(i, h)| h.into_iter().next().map(|n| (i, n)))
+        .collect()
 }
 
 /// `(instance, owner)` of every instance that `node`'s live `instances` reference and
@@ -122,19 +132,28 @@ pub fn latest<'a>(
 }
 
 /// The imports of `node`'s state: for each of [`wanted`], the parameters `published`
-/// gives for (instance, owner), when it gives any; by instance, at most
-/// [`MAX_IMPORTS`] (the wire's bound: past it, the first by name are kept and the
-/// consumers of the others wait).
+/// gives for (instance, owner), when it gives any; while the owner has published
+/// nothing (a handover: the new copy is still starting), those of the next of
+/// `holders` that has, so consumers keep the running old copy's values instead of
+/// waiting. By instance, at most [`MAX_IMPORTS`] (the wire's bound: past it, the first
+/// by name are kept and the consumers of the others wait).
 pub fn imports(
     node: &Name,
     instances: &[InstanceRequest],
     owners: &BTreeMap<Name, Name>,
+    holders: &BTreeMap<Name, Vec<Name>>,
     mut published: impl FnMut(&Name, &Name) -> Option<Parameters>,
 ) -> Vec<Import> {
     wanted(node, instances, owners)
         .into_iter()
         .filter_map(|(instance, owner)| {
-            let parameters = published(&instance, &owner)?;
+            let others = holders
+                .get(&instance)
+                .into_iter()
+                .flatten()
+                .filter(|h| *h != &owner && *h != node);
+            let parameters = published(&instance, &owner)
+                .or_else(|| others.into_iter().find_map(|h| published(&instance, h)))?;
             Some(Import {
                 instance,
                 parameters,

@@ -150,7 +150,7 @@ fn only_the_owners_latest_record_counts() {
 fn imports_carry_what_the_owners_published() {
     let owners = BTreeMap::from([(name("db"), name("b")), (name("cache"), name("c"))]);
     let app = req("app", &["{{db.port}}", "{{cache.url}}"]);
-    let got = imports(&name("a"), &[app], &owners, |i, o| {
+    let got = imports(&name("a"), &[app], &owners, &BTreeMap::new(), |i, o| {
         (i.as_str() == "db" && o.as_str() == "b").then(|| params(&[("port", "5432")]))
     });
     assert_eq!(
@@ -172,9 +172,45 @@ fn imports_stop_at_the_wire_bound() {
     let owners: BTreeMap<Name, Name> = (0..MAX_IMPORTS + 5)
         .map(|i| (name(&format!("db{i:03}")), name("b")))
         .collect();
-    let got = imports(&name("a"), &[req("app", &args)], &owners, |_, _| {
-        Some(params(&[("port", "1")]))
-    });
+    let got = imports(
+        &name("a"),
+        &[req("app", &args)],
+        &owners,
+        &BTreeMap::new(),
+        |_, _| Some(params(&[("port", "1")])),
+    );
     assert_eq!(got.len(), MAX_IMPORTS);
     assert_eq!(got[0].instance, name("db000"));
+}
+
+#[test]
+fn during_a_handover_the_old_copy_serves_until_the_new_one_publishes() {
+    let old = state("b", vec![req("db", &[])], &[("db", 1)]);
+    let new = state("c", vec![req("db", &[])], &[("db", 2)]);
+    let states = [&old, &new];
+    let (owners, holders) = (owners(states), holders(states));
+    assert_eq!(holders[&name("db")], vec![name("c"), name("b")]);
+    let app = req("app", &["{{db.port}}"]);
+    let from = |published: &[(&str, &str)]| {
+        let published: BTreeMap<Name, Parameters> = published
+            .iter()
+            .map(|(n, port)| (name(n), params(&[("port", port)])))
+            .collect();
+        imports(
+            &name("a"),
+            std::slice::from_ref(&app),
+            &owners,
+            &holders,
+            |_, o| published.get(o).cloned(),
+        )
+    };
+    // The new copy has not published yet: the old one's values, not a wait.
+    assert_eq!(from(&[("b", "5432")])[0].parameters["port"], "5432");
+    // Once it has, its values.
+    assert_eq!(
+        from(&[("b", "5432"), ("c", "6000")])[0].parameters["port"],
+        "6000"
+    );
+    // A node that holds no copy is never asked.
+    assert!(from(&[("evil", "6666")]).is_empty());
 }

@@ -55,20 +55,23 @@ fn imports_among(
     instances: &[InstanceRequest],
     states: &[DesiredState],
 ) -> Result<Vec<Import>> {
+    let holders = rules::holders(states.iter().filter(|d| &d.node != node));
     let owners = rules::owners(states.iter().filter(|d| &d.node != node));
     let mut failed = None;
-    let imports = rules::imports(
-        node,
-        instances,
-        &owners,
-        |instance, owner| match latest_published(conn, instance, owner) {
-            Ok(p) => p,
-            Err(e) => {
-                failed.get_or_insert(e);
-                None
-            }
-        },
-    );
+    let imports =
+        rules::imports(
+            node,
+            instances,
+            &owners,
+            &holders,
+            |instance, owner| match latest_published(conn, instance, owner) {
+                Ok(p) => p,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    None
+                }
+            },
+        );
     match failed {
         Some(e) => Err(e),
         None => Ok(imports),
