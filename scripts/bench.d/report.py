@@ -27,6 +27,17 @@ def summarise(res):
     P = res["params"]
     sd, mq = "supervisord", "mosquitto"
     rows = []
+    if h:
+        rows += _supervision_rows(h, s, P, sd)
+    if hs:
+        rows += _store_rows(hs, ms, mq)
+    for target, size in sorted(res.get("cross_sizes", {}).items()):
+        rows.append((f"node-only stripped binary, {target}", "MB", "lower", size / 1e6, None, "-"))
+    return rows
+
+
+def _supervision_rows(h, s, P, sd):
+    rows = []
     for n in P["sizes"]:
         rows.append((f"idle RSS, {n} instances", "MiB", "lower",
                      h[f"rss_kib_{n}"] / 1024, s[f"rss_kib_{n}"] / 1024, sd))
@@ -50,6 +61,11 @@ def summarise(res):
     rows.append((f"daemon start -> {h['boot_instances']} instances running, offline (median)",
                  "ms", "lower", statistics.median(h["boot_all_ms"]),
                  statistics.median(s["boot_all_ms"]), sd))
+    return rows
+
+
+def _store_rows(hs, ms, mq):
+    rows = []
     rows.append(("appends/s (hedge: its offered load; mosquitto: saturated)", "rec/s", "higher",
                  hs["appends_per_s"], ms["appends_per_s"], mq))
     rows.append(("appends/s per core at saturation (1 s / CPU per append)", "rec/s", "higher",
@@ -83,8 +99,6 @@ def summarise(res):
         for name, f in (("median", statistics.median), ("p90", lambda v: pct(v, 90)), ("max", max)):
             rows.append((f"link back -> reconnected, {name} of {cuts} cuts", "s", "lower",
                          f(hr), f(mr), "mosquitto bridge"))
-    for target, size in sorted(res.get("cross_sizes", {}).items()):
-        rows.append((f"node-only stripped binary, {target}", "MB", "lower", size / 1e6, None, "-"))
     return rows
 
 
@@ -152,10 +166,19 @@ def print_table(res, table):
 
 
 def print_params(res):
-    hs, ms, h, s = res["hedge_sf"], res["mosquitto"], res["hedge"], res["supervisord"]
+    hs, ms, h = res["hedge_sf"], res["mosquitto"], res["hedge"]
     p = res["params"]
     print()
     print("How (parameters):")
+    if h:
+        _print_supervision_params(res, h, p)
+    if hs:
+        _print_store_params(res, hs, ms, p)
+    print("- ratio = hedge / alternative; `better` says which direction wins.")
+
+
+def _print_supervision_params(res, h, p):
+    s = res["supervisord"]
     print(f"- supervision: {res['supervisord']['version'] and 'supervisord ' + res['supervisord']['version']} "
           f"({', '.join(PY_PACKAGES)} in {res['venv']}); hedge's node not enrolled (uplink off), default config but stable_after_ms; every instance is "
           f"/bin/sh -c 'echo $$ $(date +%s%N) > FILE; exec /bin/sleep 100000'. RSS = VmRSS of "
@@ -176,6 +199,9 @@ def print_params(res):
           f"(offline, kills leftovers first); supervisord SIGTERMed then spawned; "
           f"{p['boot_reps']} runs: hedge {', '.join(f'{x:.0f}' for x in h['boot_all_ms'])} ms, "
           f"supervisord {', '.join(f'{x:.0f}' for x in s['boot_all_ms'])} ms.")
+
+
+def _print_store_params(res, hs, ms, p):
     scale = ""
     if hs["records"] < p["records"]:
         scale = (f" NOTE: hedge produced only {hs['records']} of the {p['records']} records in "
@@ -241,4 +267,3 @@ def print_params(res):
     print("- wire bytes: nftables counters on the link's TCP port (IP bytes, both directions, "
           "TLS included) during the drain / records drained."
           if "wire_bytes_per_record" in hs else "- wire bytes: skipped (needs root and nft).")
-    print("- ratio = hedge / alternative; `better` says which direction wins.")
