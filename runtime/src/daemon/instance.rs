@@ -186,8 +186,11 @@ impl Daemon {
     }
 
     /// Feeds `input` to `name`'s lifecycle and performs the actions, to a fixed point.
+    /// A start whose exec is still pending is confirmed first: the lifecycle learns
+    /// `Spawned` or `SpawnFailed` before anything else.
     pub(super) fn drive(&mut self, name: &Name, input: Input) {
         let mut inputs = vec![input];
+        inputs.extend(self.confirm_exec(name));
         while let Some(input) = inputs.pop() {
             let Some(slot) = self.instances.slots.get_mut(name) else {
                 return;
@@ -195,7 +198,7 @@ impl Daemon {
             let actions = slot.lifecycle.handle(super::monotonic_now(), input);
             for a in actions {
                 match a {
-                    Action::Spawn => inputs.push(self.spawn(name)),
+                    Action::Spawn => inputs.extend(self.spawn(name)),
                     Action::Signal { pgid, sig } => {
                         let signal = match sig {
                             Sig::Term => nix::sys::signal::Signal::SIGTERM,

@@ -159,6 +159,8 @@ pub struct Daemon {
     /// Records were appended in this turn of the loop: the links hear of it once, at
     /// its end (group commit: they load, and the store flushes, once per turn).
     appended_this_turn: bool,
+    /// Children started in this turn whose exec is not confirmed yet.
+    execs: BTreeMap<Name, start::PendingExec>,
 }
 
 /// As root, instances run as their partition's uid and must traverse the state
@@ -246,6 +248,7 @@ impl Daemon {
             api_stats: Default::default(),
             observed_unflushed: false,
             appended_this_turn: false,
+            execs: BTreeMap::new(),
         };
         d.master_key = d.cfg.master_key();
         d.kill_leftovers()?;
@@ -319,10 +322,12 @@ impl Daemon {
         }
     }
 
-    /// Makes the observed states written since the last flush durable: one flush for a
-    /// burst (a restart's two states, a boot's starts). Called when an event is handled,
-    /// before an answer leaves and before the loop waits again.
+    /// Confirms the execs of the children this turn started (they started side by
+    /// side), then makes the observed states written since the last flush durable: one
+    /// flush for a burst (a restart's two states, a boot's starts). Called when an event
+    /// is handled, before an answer leaves and before the loop waits again.
     pub(crate) fn flush_observed(&mut self) {
+        self.confirm_execs();
         if !std::mem::take(&mut self.observed_unflushed) {
             return;
         }

@@ -1,9 +1,10 @@
-//! Starting a process directly inside a cgroup v2 group: `clone3(CLONE_INTO_CGROUP)`.
+//! Starting a process with `clone3`, directly inside a cgroup v2 group when one is given
+//! (`CLONE_INTO_CGROUP`).
 //!
 //! Contract: [`spawn_into`] starts `program` like [`super::spawn`] does (working
 //! directory, clean environment, stdin `/dev/null`, stdout/stderr into the returned
-//! pipes, own process group, rlimits, dropped privileges, parent-death signal), but the
-//! kernel creates the child in the cgroup whose directory is given: there is no
+//! pipes, own process group, rlimits, dropped privileges, parent-death signal); with a
+//! cgroup directory the kernel creates the child in that group: there is no
 //! migration afterwards. Joining by writing to `cgroup.procs` takes the cgroup
 //! threadgroup lock for writing, which waits for an RCU grace period (measured 2-40 ms on
 //! a loaded 2-core host): on the crash → restart path that wait was the largest cost.
@@ -15,7 +16,11 @@
 //! glibc's all-threads `setxid` broadcast is never attempted on threads that are not
 //! there), on data prepared before the clone, and never returns into Rust code. A
 //! failure before `exec` is sent back as an errno through a close-on-exec pipe.
-//! The exit is learnt through the pidfd `clone3` returns ([`Exit::wait`]).
+//! [`spawn_into`] returns as soon as the child exists, without waiting for its `exec`:
+//! the caller learns the outcome from [`ExecReport::wait`] (EOF: the program runs; an
+//! errno: it never ran, and the child is reaped), so many children can be started
+//! before the first one has reached `exec`. The exit is learnt through the pidfd
+//! `clone3` returns ([`Exit::wait`]), to be awaited only once the exec is confirmed.
 
 use std::ffi::{CString, OsStr};
 use std::io::Read;
@@ -97,6 +102,44 @@ pub struct Child {
     pub stderr: OwnedFd,
     /// Its exit, through its pidfd.
     pub exit: Exit,
+    /// Whether it reached `exec`: read before awaiting `exit`.
+    pub exec: ExecReport,
+}
+
+/// The read end of a child's close-on-exec report pipe: EOF once the program runs, an
+/// errno if the child failed before `exec`.
+#[derive(Debug)]
+pub struct ExecReport {
+    pid: libc::pid_t,
+    from: OwnedFd,
+}
+
+impl ExecReport {
+    /// Blocks until the child has called `exec` (`Ok`) or failed before it (the errno;
+    /// the child, which exits at once, is reaped here).
+    pub fn wait(self) -> std::io::Result<()> {
+        let mut report = [0u8; 4];
+        let mut from = std::fs::File::from(self.from);
+        let got = loop {
+            match from.read(&mut report) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                other => break other,
+            }
+        };
+        if let Ok(4) = got {
+            let mut status = 0;
+            // SAFETY: reaps the child that failed before exec (it has exited or is
+            // exiting); its pidfd's waiter was never started.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::waitpid(self.pid, &mut status, 0)
+            };
+            return Err(std::io::Error::from_raw_os_error(i32::from_ne_bytes(
+                report,
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The exit of a child started by [`spawn_into`].
@@ -200,13 +243,18 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
 }
 
-/// Starts the process of `plan` inside the cgroup whose directory is `cgroup_dir`.
-/// `Err(Ok(Unsupported))` when the kernel cannot; `Err(Err(e))` when it could not start.
+/// Starts the process of `plan`, inside the cgroup whose directory is `cgroup_dir` when
+/// one is given, and returns once it exists (its exec is confirmed by
+/// [`Child::exec`]). `Err(Ok(Unsupported))` when the kernel cannot; `Err(Err(e))` when
+/// it could not start.
 pub fn spawn_into(
     plan: &Plan,
-    cgroup_dir: &Path,
+    cgroup_dir: Option<&Path>,
 ) -> Result<Child, Result<Unsupported, std::io::Error>> {
-    let cgroup = std::fs::File::open(cgroup_dir).map_err(Err)?;
+    let cgroup = match cgroup_dir {
+        Some(dir) => Some(std::fs::File::open(dir).map_err(Err)?),
+        None => None,
+    };
     let devnull = std::fs::File::open("/dev/null").map_err(Err)?;
     let (out_r, out_w) = pipe().map_err(Err)?;
     let (err_r, err_w) = pipe().map_err(Err)?;
@@ -230,10 +278,10 @@ pub fn spawn_into(
     let mut pidfd: RawFd = -1;
     #[allow(clippy::cast_sign_loss)] // fds and pointers as the kernel's u64 fields
     let mut args = CloneArgs {
-        flags: CLONE_PIDFD | CLONE_INTO_CGROUP,
+        flags: CLONE_PIDFD | cgroup.as_ref().map_or(0, |_| CLONE_INTO_CGROUP),
         pidfd: std::ptr::addr_of_mut!(pidfd) as u64,
         exit_signal: libc::SIGCHLD as u64,
-        cgroup: cgroup.as_raw_fd() as u64,
+        cgroup: cgroup.as_ref().map_or(0, |c| c.as_raw_fd() as u64),
         ..CloneArgs::default()
     };
     let fds = ChildFds {
@@ -275,31 +323,16 @@ pub fn spawn_into(
     #[allow(unsafe_code)]
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     drop((out_w, err_w, report_w, devnull, cgroup));
-    let mut report = [0u8; 4];
-    let mut from = std::fs::File::from(report_r);
-    let got = loop {
-        match from.read(&mut report) {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            other => break other,
-        }
-    };
-    if let Ok(4) = got {
-        let mut status = 0;
-        // SAFETY: reaps the child that failed before exec (it has exited or is exiting).
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::waitpid(pid, &mut status, 0)
-        };
-        return Err(Err(std::io::Error::from_raw_os_error(i32::from_ne_bytes(
-            report,
-        ))));
-    }
     #[allow(clippy::cast_sign_loss)] // a pid is positive
     Ok(Child {
         pid: pid as u32,
         stdout: out_r,
         stderr: err_r,
         exit: Exit { pid, pidfd },
+        exec: ExecReport {
+            pid,
+            from: report_r,
+        },
     })
 }
 
@@ -426,7 +459,8 @@ mod tests {
             vec![],
         )
         .unwrap();
-        let child = spawn_into(&p, &group).unwrap();
+        let child = spawn_into(&p, Some(&group)).unwrap();
+        child.exec.wait().unwrap();
         let status = child.exit.wait().await.unwrap();
         let mut out = String::new();
         std::fs::File::from(child.stdout)
@@ -449,9 +483,57 @@ mod tests {
         .unwrap();
         let group = mount.join(format!("{rel}-b"));
         std::fs::create_dir(&group).unwrap();
-        let err = spawn_into(&missing, &group).unwrap_err().unwrap_err();
+        let err = spawn_into(&missing, Some(&group))
+            .unwrap()
+            .exec
+            .wait()
+            .unwrap_err();
         let _ = std::fs::remove_dir(&group);
         assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    }
+
+    /// Without a cgroup (any user): twenty children are started before any exec is
+    /// confirmed; the one whose program is missing reports ENOENT (and is reaped), every
+    /// other one ran, and its exit comes through its pidfd.
+    #[tokio::test]
+    async fn many_children_start_before_their_execs_are_confirmed_and_a_failure_is_reported() {
+        let missing = 7;
+        let children: Vec<_> = (0..20)
+            .map(|i| {
+                let program = if i == missing {
+                    "/no/such/program"
+                } else {
+                    "/bin/sh"
+                };
+                let p = plan(
+                    program,
+                    &["-c".into(), format!("exit {i}")],
+                    &[],
+                    Path::new("/"),
+                    OsStr::new("/bin:/usr/bin"),
+                    None,
+                    vec![],
+                )
+                .unwrap();
+                spawn_into(&p, None).unwrap()
+            })
+            .collect();
+        for (i, child) in children.into_iter().enumerate() {
+            let confirmed = child.exec.wait();
+            if i == missing {
+                assert_eq!(confirmed.unwrap_err().raw_os_error(), Some(libc::ENOENT));
+                // Reaped by the report: nothing is left to wait for.
+                let mut status = 0;
+                // SAFETY: waitpid on a pid of ours with a valid out-pointer.
+                #[allow(unsafe_code)]
+                let r = unsafe { libc::waitpid(child.exit.pid, &mut status, libc::WNOHANG) };
+                assert_eq!(r, -1, "the failed child was not reaped");
+                continue;
+            }
+            confirmed.unwrap();
+            let status = child.exit.wait().await.unwrap();
+            assert_eq!(status.code(), Some(i32::try_from(i).unwrap()));
+        }
     }
 
     #[test]

@@ -4,12 +4,18 @@
 //! environment (`PATH`, `HOME` = partition, `HEDGE_PARTITION`, and the rendered
 //! parameters), in a new process group (pgid = pid), in the instance's cgroup when it
 //! has one, as the partition's user when the daemon is root, with the requested
-//! rlimits, and with `PR_SET_PDEATHSIG = SIGKILL`. With a cgroup, the kernel creates
-//! the child inside it (`clone3(CLONE_INTO_CGROUP)`, see `clone_into`); on a kernel
-//! without it, the cgroup's `cgroup.procs` is opened before `fork` and the child writes
-//! "0" to it, still as root, before it drops its privileges and calls `exec`. Either way
-//! the program's first instruction already runs in its group, so nothing it forks can
-//! escape the group's limits or its `cgroup.kill`.
+//! rlimits, and with `PR_SET_PDEATHSIG = SIGKILL`. The child is created by `clone3`
+//! (see `clone_into`), inside its cgroup when it has one (`CLONE_INTO_CGROUP`); on a
+//! kernel without it, the cgroup's `cgroup.procs` is opened before `fork` and the child
+//! writes "0" to it, still as root, before it drops its privileges and calls `exec`.
+//! Either way the program's first instruction already runs in its group, so nothing it
+//! forks can escape the group's limits or its `cgroup.kill`.
+//!
+//! [`spawn`] does not wait for the child to reach `exec`: [`Spawned::exec`] tells
+//! whether it did ([`ExecPending::wait`]), so a caller starting many instances starts
+//! them all, then collects the confirmations. Only a confirmed process is running; a
+//! failed `exec` is a failed start, never an exit, so [`Exit::wait`] is awaited only after
+//! a confirmation.
 //! stdout and stderr go to the partition's rotating log (`var/log/<name>.log`) through
 //! two small pump tasks. The returned [`Exit`] must be awaited by the caller to learn
 //! the exit.
@@ -91,8 +97,28 @@ pub struct SpawnSpec {
 pub struct Spawned {
     /// Its pid, also its process group id.
     pub pid: u32,
-    /// Its exit: await [`Exit::wait`].
+    /// Its exit: await [`Exit::wait`] once [`Spawned::exec`] confirmed the start.
     pub exit: Exit,
+    /// Whether the child reached `exec`.
+    pub exec: ExecPending,
+}
+
+/// Whether a started child reached `exec`, not known yet.
+#[derive(Debug)]
+pub struct ExecPending(Option<clone_into::ExecReport>);
+
+impl ExecPending {
+    /// Blocks until the child called `exec` (`Ok`: the program runs) or failed before it
+    /// (the reason; the child has been reaped).
+    pub fn wait(self, program: &str) -> Result<(), SpawnError> {
+        match self.0 {
+            None => Ok(()),
+            Some(report) => report.wait().map_err(|source| SpawnError::Exec {
+                program: program.to_string(),
+                source,
+            }),
+        }
+    }
 }
 
 /// How the exit of a started process is learnt.
@@ -114,8 +140,10 @@ impl Exit {
     }
 }
 
-/// Starts the process described by `spec`. With a cgroup it is created inside it
-/// ([`clone_into`]); where the kernel cannot, it joins it by `cgroup.procs` before exec.
+/// Starts the process described by `spec`, without waiting for its `exec` (see
+/// [`Spawned::exec`]). With a cgroup it is created inside it ([`clone_into`]); where the
+/// kernel cannot, it joins it by `cgroup.procs` before exec (and that start is
+/// confirmed at once: `std` waits for the exec).
 pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
     let log = RotatingLog::open(spec.log.clone(), spec.log_max_bytes, spec.log_keep).map_err(
         |source| SpawnError::Log {
@@ -128,43 +156,44 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         program: spec.program.clone(),
         source,
     };
-    if let Some(group) = spec.cgroup_procs.as_deref().and_then(Path::parent) {
-        if CLONE_INTO.load(Ordering::Relaxed) {
-            let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-            let plan = clone_into::plan(
-                &spec.program,
-                &spec.args,
-                &environment(spec),
-                &spec.dir,
-                &path,
-                spec.owner,
-                spec.rlimits.clone(),
-            )
-            .map_err(exec_err)?;
-            match clone_into::spawn_into(&plan, group) {
-                Ok(child) => {
-                    for fd in [child.stdout, child.stderr] {
-                        tokio::spawn(pump(Ok(fd), log.clone(), spec.log.clone()));
-                    }
-                    return Ok(Spawned {
-                        pid: child.pid,
-                        exit: Exit::Pidfd(child.exit),
-                    });
+    let group = spec.cgroup_procs.as_deref().and_then(Path::parent);
+    if (spec.cgroup_procs.is_none() || group.is_some()) && CLONE3.load(Ordering::Relaxed) {
+        let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+        let plan = clone_into::plan(
+            &spec.program,
+            &spec.args,
+            &environment(spec),
+            &spec.dir,
+            &path,
+            spec.owner,
+            spec.rlimits.clone(),
+        )
+        .map_err(exec_err)?;
+        match clone_into::spawn_into(&plan, group) {
+            Ok(child) => {
+                for fd in [child.stdout, child.stderr] {
+                    tokio::spawn(pump(Ok(fd), log.clone(), spec.log.clone()));
                 }
-                Err(Ok(clone_into::Unsupported::Kernel)) => {
-                    tracing::info!("clone3 into a cgroup unsupported here; instances join their cgroup by cgroup.procs");
-                    CLONE_INTO.store(false, Ordering::Relaxed);
-                }
-                Err(Ok(clone_into::Unsupported::NotCgroup2)) => {}
-                Err(Err(e)) => return Err(exec_err(e)),
+                return Ok(Spawned {
+                    pid: child.pid,
+                    exit: Exit::Pidfd(child.exit),
+                    exec: ExecPending(Some(child.exec)),
+                });
             }
+            Err(Ok(clone_into::Unsupported::Kernel)) => {
+                tracing::info!("clone3 (into a cgroup) unsupported here; instances start by fork and join their cgroup by cgroup.procs");
+                CLONE3.store(false, Ordering::Relaxed);
+            }
+            Err(Ok(clone_into::Unsupported::NotCgroup2)) => {}
+            Err(Err(e)) => return Err(exec_err(e)),
         }
     }
     spawn_forked(spec, log)
 }
 
-/// Whether `clone3(CLONE_INTO_CGROUP)` is worth trying (false once the kernel refused).
-static CLONE_INTO: AtomicBool = AtomicBool::new(true);
+/// Whether `clone3` (with `CLONE_INTO_CGROUP` when there is a group) is worth trying
+/// (false once the kernel refused).
+static CLONE3: AtomicBool = AtomicBool::new(true);
 
 /// The child's environment: `PATH`, `HOME`, `HEDGE_PARTITION`, then the rendered ones.
 fn environment(spec: &SpawnSpec) -> Vec<(String, String)> {
@@ -259,6 +288,7 @@ fn spawn_forked(spec: &SpawnSpec, log: Arc<Mutex<RotatingLog>>) -> Result<Spawne
     Ok(Spawned {
         pid,
         exit: Exit::Child(child),
+        exec: ExecPending(None),
     })
 }
 

@@ -66,12 +66,14 @@ async fn a_consumer_renders_imports_restarts_on_their_change_and_keeps_them_afte
         assert_eq!(app_pid(&d), None);
 
         d.on_desired_frame(&frame(2, &[("db", "5432")])).unwrap();
+        d.flush_observed(); // as the loop does after a link message: execs confirmed
         let pid = app_pid(&d).expect("started once the import arrived");
         assert_eq!(read(), "db=5432\n");
 
         // An import it does not use changes: not restarted.
         d.on_desired_frame(&frame(3, &[("db", "5432"), ("cache", "1")]))
             .unwrap();
+        d.flush_observed();
         assert_eq!(app_pid(&d), Some(pid));
 
         // The value it uses changes: re-rendered and restarted.
@@ -88,6 +90,7 @@ async fn a_consumer_renders_imports_restarts_on_their_change_and_keeps_them_afte
     std::fs::remove_file(&conf).unwrap();
     let mut d = Daemon::boot(cfg).unwrap();
     d.reconcile();
+    d.flush_observed(); // as the loop does after reconciling at boot
     assert!(app_pid(&d).is_some(), "started from the stored imports");
     assert_eq!(read(), "db=6000\n");
     kill_all(&mut d);

@@ -48,6 +48,7 @@ async fn changed_limits_apply_live_in_the_cgroup_and_a_changed_rlimit_restarts()
         nproc: None,
     };
     d.local_request(sleeper("lim", limits.clone())).unwrap();
+    d.flush_observed(); // as the API does before it answers
     let pid = d.instances.slots[&name].lifecycle.pid().unwrap();
     assert_eq!(read("memory.max"), "67108864\n");
     assert_eq!(read("cpu.max"), "50000 100000\n");

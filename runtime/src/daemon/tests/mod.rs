@@ -37,6 +37,7 @@ fn sleep_request(name: &str, state: RequestedState, limits: Limits) -> InstanceR
 
 /// Ends a test's daemon: shutting down, every instance's process group killed.
 fn kill_all(d: &mut Daemon) {
+    d.confirm_execs();
     d.shutting_down = true;
     for slot in d.instances.slots.values_mut() {
         if let Some(pid) = slot.lifecycle.pid() {
@@ -54,7 +55,11 @@ pub(super) async fn pump_until(d: &mut Daemon, what: &str, mut done: impl FnMut(
     while !done(d) {
         d.tick();
         match tokio::time::timeout_at(deadline, d.events_rx.recv()).await {
-            Ok(Some(ev)) => d.on_event(ev),
+            // As the loop does: the event, then the turn's execs confirmed.
+            Ok(Some(ev)) => {
+                d.on_event(ev);
+                d.flush_observed();
+            }
             Ok(None) => panic!("event channel closed waiting for {what}"),
             Err(_) => panic!("timed out waiting for {what}"),
         }
@@ -98,5 +103,56 @@ async fn an_unreadable_store_stops_reconciliation_and_destroys_nothing() {
         err.to_string().contains("cannot read the desired state"),
         "{err}"
     );
+    kill_all(&mut d);
+}
+
+/// A boot-like burst: ten instances started in one turn, their execs confirmed together
+/// at its end. The one whose program is missing is a failed start (`SpawnFailed`:
+/// counted, retried), never a process that ran and exited; the others run.
+#[tokio::test]
+async fn a_failed_exec_among_many_started_together_is_a_failed_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = daemon(dir.path());
+    let mut bad = sleeper("bad");
+    bad.software = SoftwareRelease::Exec("/no/such/program".into());
+    for i in 0..10 {
+        let r = if i == 4 {
+            bad.clone()
+        } else {
+            sleeper(&format!("s{i}"))
+        };
+        d.local_request(r).unwrap();
+    }
+    // Started side by side: no exec confirmed yet, none running.
+    assert_eq!(
+        d.execs.len(),
+        10,
+        "the turn's starts waited for their execs"
+    );
+    d.flush_observed();
+    assert!(d.execs.is_empty());
+    let bad = &d.instances.slots[&Name::new("bad").unwrap()];
+    // Failed, retried at once, failed again: then it backs off.
+    assert!(d.counters.spawn_failures >= 1);
+    assert_eq!(bad.lifecycle.pid(), None);
+    assert_eq!(
+        bad.lifecycle.last_exit(),
+        None,
+        "a failed exec became an exit"
+    );
+    assert!(
+        bad.lifecycle.restarts() >= 1,
+        "the failed start is not retried"
+    );
+    for (name, slot) in &d.instances.slots {
+        if name.as_str() != "bad" {
+            let pid = slot
+                .lifecycle
+                .pid()
+                .expect("a good instance is not running");
+            assert!(slot.start_ticks.is_some(), "{name}: no start time recorded");
+            assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        }
+    }
     kill_all(&mut d);
 }
