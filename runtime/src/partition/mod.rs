@@ -131,6 +131,11 @@ pub struct Partitions {
     /// owned by it is not checked again at its next start (a restart costs no NSS
     /// lookup and no scan of the other partitions). [`Partitions::remove`] forgets it.
     alloc: Mutex<BTreeMap<String, u32>>,
+    /// The owner of each partition directory, scanned once when a start first needs it
+    /// and kept up to date by [`Partitions::ensure`]; [`Partitions::remove`] drops it
+    /// (scanned again when next needed). A boot that checks every partition's uid scans
+    /// the partitions once, not once per partition. Locked only under `alloc`.
+    owners: Mutex<Option<BTreeMap<std::ffi::OsString, u32>>>,
 }
 
 impl Partitions {
@@ -148,6 +153,7 @@ impl Partitions {
             quarantine_file: state_dir.join("uid-quarantine"),
             hold: quarantine::DEFAULT_HOLD,
             alloc: Mutex::new(BTreeMap::new()),
+            owners: Mutex::new(None),
         }
     }
 
@@ -209,6 +215,9 @@ impl Partitions {
                 }
             };
             checked.insert(name.as_str().to_owned(), uid);
+            if let Some(owners) = self.owners().as_mut() {
+                owners.insert(name.as_str().into(), uid);
+            }
             if uid != current {
                 tracing::info!(instance = %name, uid, previous = current, "partition uid assigned");
                 chown_tree(&pdir, &dir, uid, 0)?;
@@ -253,6 +262,7 @@ impl Partitions {
     pub fn remove(&self, name: &Name) -> Result<(), PartitionError> {
         let mut checked = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
         checked.remove(name.as_str());
+        *self.owners() = None;
         let freed = self.uid_of(name);
         let result = self.remove_dir(name);
         if let Some(uid) = freed {
@@ -334,24 +344,40 @@ impl Partitions {
         uid != 0 && uid >= self.uid_range.0 && uid <= self.uid_range.1
     }
 
-    /// Uids owning the directories of partitions other than `except`.
+    fn owners(&self) -> std::sync::MutexGuard<'_, Option<BTreeMap<std::ffi::OsString, u32>>> {
+        self.owners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Uids owning the directories of partitions other than `except` (from the scan
+    /// kept in `owners`, made now if there is none).
     fn uids_in_use(&self, except: &Name) -> Result<BTreeSet<u32>, PartitionError> {
-        let mut used = BTreeSet::new();
+        let mut owners = self.owners();
+        let owners = match owners.as_mut() {
+            Some(o) => o,
+            None => owners.insert(self.scan_owners()?),
+        };
+        Ok(owners
+            .iter()
+            .filter(|(n, _)| n.as_os_str() != OsStr::new(except.as_str()))
+            .map(|(_, uid)| *uid)
+            .collect())
+    }
+
+    /// The owner of every partition directory on disk.
+    fn scan_owners(&self) -> Result<BTreeMap<std::ffi::OsString, u32>, PartitionError> {
+        let mut owners = BTreeMap::new();
         for entry in std::fs::read_dir(&self.root).map_err(io_err("list", &self.root))? {
             let entry = entry.map_err(io_err("list", &self.root))?;
-            if entry.file_name() == OsStr::new(except.as_str()) {
-                continue;
-            }
             match std::fs::symlink_metadata(entry.path()) {
                 Ok(m) if m.is_dir() => {
-                    used.insert(m.uid());
+                    owners.insert(entry.file_name(), m.uid());
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_err("stat", &entry.path())(e)),
             }
         }
-        Ok(used)
+        Ok(owners)
     }
 
     /// The lowest uid of the range not in `used`, not quarantined, not a host user's or
