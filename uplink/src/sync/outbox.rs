@@ -3,9 +3,16 @@
 
 use std::time::Instant;
 
-use hedge_wire::{Record, WireError};
+use hedge_wire::{Record, Validate, WireError};
 
-use super::{encode_up, Entry, Output, SyncMachine, FRAME_SLACK};
+use super::{Entry, Output, SyncMachine, FRAME_SLACK};
+
+/// The bytes `r` adds to a version-2 `Up` frame, if the wire accepts it.
+pub(super) fn record_cost(r: &Record) -> Result<usize, WireError> {
+    r.validate()?;
+    postcard::serialize_with_flavor(r, postcard::ser_flavors::Size::default())
+        .map_err(WireError::Encode)
+}
 
 impl SyncMachine {
     fn lookahead_cap(&self) -> usize {
@@ -64,28 +71,21 @@ impl SyncMachine {
     }
 
     /// Measures `r` and appends it to the look-ahead (as a skipped entry if unsendable).
+    ///
+    /// A record's cost is what it adds to a version-2 frame: its own postcard encoding
+    /// (the record count's growth is in [`FRAME_SLACK`]), measured without writing it,
+    /// after the wire's checks that `encode` would make of it.
     fn push_entry(&mut self, r: Record) {
         let seq = r.seq;
-        let (res, mut back) = encode_up(&self.node, self.epoch, vec![r], None, self.cfg.max_frame);
-        let rec = back.pop();
-        let entry = match (res, rec) {
-            (Ok(frame), Some(rec)) => {
-                let cost = frame.len().saturating_sub(self.empty_len);
-                if self.empty_len + FRAME_SLACK + cost > self.cfg.max_frame {
-                    self.skip(seq, "record too large for a frame", true)
-                } else {
-                    Entry {
-                        seq,
-                        rec: Some(rec),
-                        cost,
-                        expressed: false,
-                    }
-                }
-            }
-            (Err(WireError::TooLarge { .. }), _) | (Ok(_), None) => {
-                self.skip(seq, "record too large for a frame", true)
-            }
-            (Err(e), _) => {
+        let entry = match record_cost(&r) {
+            Ok(cost) if self.empty_len + FRAME_SLACK + cost <= self.cfg.max_frame => Entry {
+                seq,
+                rec: Some(r),
+                cost,
+                expressed: false,
+            },
+            Ok(_) => self.skip(seq, "record too large for a frame", true),
+            Err(e) => {
                 tracing::warn!(node = %self.node, seq, error = %e, "record refused by the wire");
                 self.skip(seq, "record refused by the wire", false)
             }

@@ -88,3 +88,28 @@ fn a_batch_longer_compact_than_planned_goes_in_version_2() {
     assert_eq!(sent[0].0, v2);
     assert_eq!(s.stats().bytes_sent, v2.len() as u64);
 }
+
+/// A record's cost, measured without encoding it, is exactly what it adds to a
+/// version-2 frame of its own (what the plans bound), for every kind and for seqs whose
+/// varints take one to ten bytes.
+#[test]
+fn a_records_measured_cost_is_what_it_adds_to_a_frame() {
+    let empty = super::encode_up(&node(), 7, Vec::new(), None, usize::MAX)
+        .0
+        .unwrap();
+    for (k, seq) in (0..40u32).zip(
+        [1, 127, 128, 16_383, 16_384, u64::MAX / 3, u64::MAX]
+            .iter()
+            .cycle(),
+    ) {
+        let r = any_record(*seq, k);
+        let framed = super::encode_up(&node(), 7, vec![r.clone()], None, usize::MAX)
+            .0
+            .unwrap();
+        assert_eq!(
+            super::outbox::record_cost(&r).unwrap(),
+            framed.len() - empty.len(),
+            "{r:?}"
+        );
+    }
+}
