@@ -13,7 +13,6 @@
 //! the exit and sends it to the loop; a failed `exec` feeds `SpawnFailed`, never an exit.
 
 use hedge_wire::{ExitStatus, Name};
-use nix::sys::resource::Resource;
 
 use super::software::Need;
 use super::{Daemon, Event};
@@ -24,16 +23,14 @@ use crate::supervisor::lifecycle::Input;
 use crate::supervisor::process_identity;
 use crate::supervisor::spawn::{self, ExecPending, Exit, SpawnSpec};
 
-/// A child started in this turn whose `exec` is not confirmed yet.
+/// A child started in this turn whose `exec` is not confirmed yet (its slot already
+/// holds what it was started with: group, rendered hash, rlimits, start time).
 #[derive(Debug)]
 pub(super) struct PendingExec {
     pid: u32,
     program: String,
     exec: ExecPending,
     exit: Exit,
-    cgroup: Option<Cgroup>,
-    rendered_hash: [u8; 32],
-    rlimits: Vec<(Resource, u64)>,
 }
 
 impl Daemon {
@@ -62,12 +59,6 @@ impl Daemon {
             self.counters.spawn_failures += 1;
             tracing::warn!(instance = %name, error = %e, "cannot start instance");
             return Some(Input::SpawnFailed { waiting: false });
-        }
-        if let Some(slot) = self.instances.slots.get_mut(name) {
-            slot.cgroup = p.cgroup;
-            slot.rendered_hash = Some(p.rendered_hash);
-            slot.start_ticks = process_identity::start_ticks(pid);
-            slot.started_rlimits = Some(p.rlimits);
         }
         let tx = self.events_tx.clone();
         let name = name.clone();
@@ -162,16 +153,21 @@ impl Daemon {
         };
         match spawn::spawn(&spec) {
             Ok(spawned) => {
+                let pid = spawned.pid;
+                let Some(slot) = self.instances.slots.get_mut(name) else {
+                    return Err(Input::SpawnFailed { waiting: false });
+                };
+                slot.cgroup = cgroup;
+                slot.rendered_hash = Some(rendered.hash);
+                slot.start_ticks = process_identity::start_ticks(pid);
+                slot.started_rlimits = Some(spec.rlimits);
                 self.execs.insert(
                     name.clone(),
                     PendingExec {
-                        pid: spawned.pid,
+                        pid,
                         program: spec.program,
                         exec: spawned.exec,
                         exit: spawned.exit,
-                        cgroup,
-                        rendered_hash: rendered.hash,
-                        rlimits: spec.rlimits,
                     },
                 );
                 Ok(())

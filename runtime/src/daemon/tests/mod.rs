@@ -129,6 +129,14 @@ async fn a_failed_exec_among_many_started_together_is_a_failed_start() {
         10,
         "the turn's starts waited for their execs"
     );
+    // A change that needs no restart (a cgroup limit; this node has no cgroups) while
+    // its start is pending: the instance is not restarted.
+    let limits = Limits {
+        memory_max: Some(64 << 20),
+        ..Limits::default()
+    };
+    d.local_request(sleep_request("s0", RequestedState::Started, limits))
+        .unwrap();
     d.flush_observed();
     assert!(d.execs.is_empty());
     let bad = &d.instances.slots[&Name::new("bad").unwrap()];
@@ -150,6 +158,11 @@ async fn a_failed_exec_among_many_started_together_is_a_failed_start() {
                 .lifecycle
                 .pid()
                 .expect("a good instance is not running");
+            assert_eq!(
+                slot.lifecycle.status(),
+                hedge_wire::InstanceStatus::Running,
+                "{name} is being restarted"
+            );
             assert!(slot.start_ticks.is_some(), "{name}: no start time recorded");
             assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
         }
