@@ -299,6 +299,10 @@ impl Daemon {
         if std::mem::take(&mut self.appended_this_turn) {
             self.links.outbox_changed();
         }
+        // Records nobody revealed yet still reach the disk within the flush interval.
+        if let Err(e) = self.outbox.store.flush_if_due(monotonic_now()) {
+            self.store_failed(&e);
+        }
     }
 
     /// Runs the shedding pass the outbox plans, if one is due, and reports it.
@@ -467,6 +471,7 @@ impl Daemon {
                 .deadline()
                 .into_iter()
                 .chain(stop_deadline)
+                .chain(self.outbox.store.flush_deadline())
                 .chain(if self.shutting_down {
                     None
                 } else {

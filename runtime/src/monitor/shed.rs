@@ -3,10 +3,10 @@
 //! Contract: pure over a summary of the outbox. The daemon lists the records *not in
 //! flight* (a record already sent in an unacknowledged batch must not change) as
 //! [`OutboxEntry`]s — seq, [`RecordClass::of`] the record, its stored size — and calls
-//! [`plan`] with the quota. It then applies the [`ShedPlan`] in one sled transaction:
-//! deletes every seq in `drop`; for each [`MergeGroup`] folds the group's records in
-//! `seqs` order with [`merge_usage`], writes the result at `keep` and deletes the other
-//! seqs; and reports [`ShedStats`]. Nothing else is touched.
+//! [`plan`] with the quota. It then applies the [`ShedPlan`] atomically (one entry of
+//! the outbox log): deletes every seq in `drop`; for each [`MergeGroup`] folds the
+//! group's records in `seqs` order with [`merge_usage`], writes the result at `keep`
+//! and deletes the other seqs; and reports [`ShedStats`]. Nothing else is touched.
 //!
 //! Records the uplink holds (loaded into its look-ahead or sent, not yet acknowledged)
 //! are never listed: a record that changed or vanished after the uplink read it would

@@ -1,27 +1,36 @@
-//! The node's durable state in one sled database.
+//! The node's durable state: one sled database, and the outbox log beside it.
 //!
 //! Contract:
-//! - Trees: `meta` (schema version, the outbox sequence floor, the clock floor: the
-//!   newest wall-clock time the node persisted, see `crate::desired`), `desired` (the master's last
-//!   accepted [`DesiredState`]), `local` (requests made on the node, by name), `observed`
-//!   (what the supervisor last ran per instance: process group, start time, restarts),
-//!   `outbox` (key = big-endian u64 sequence → postcard [`Record`]), `conn` (connection
-//!   parameters published per instance).
+//! - Trees: `meta` (schema version, the outbox sequence floor, the acknowledged floor,
+//!   the clock floor: the newest wall-clock time the node persisted, see
+//!   `crate::desired`), `desired` (the master's last accepted [`DesiredState`]), `local`
+//!   (requests made on the node, by name), `observed` (what the supervisor last ran per
+//!   instance: process group, start time, restarts), `conn` (connection parameters
+//!   published per instance), `usage` (a checkpoint of the accountants' states, see
+//!   `outbox.rs`), and `outbox`, which only a store written before the outbox log has:
+//!   its records move into the log at the first open (`migrate_outbox`), nothing lost.
+//! - The outbox's records are in `DIR/outbox/`, an append-only log of checksummed
+//!   frames in segment files (`frame.rs`, `segments.rs`, `outbox.rs`): a record is one
+//!   frame (a usage record with its accountant's state after it), shedding one frame,
+//!   acknowledged records are dropped by the floor and their segments deleted whole.
+//!   After a crash the log is read up to its first torn or corrupt frame and cut there.
 //! - A change is durable before it is acted on or reported. Requests, desired state,
 //!   observed state, incidents and acknowledgements are flushed before the call
-//!   returns. Outbox records are *reports*, committed in groups: [`Store::append`] does
-//!   not flush (one flush costs a 4 KiB page write, which per record would wear an SD
+//!   returns. Outbox records are *reports*, committed in groups: [`Store::append`] only
+//!   buffers its frame (a write per record would cost a 4 KiB page each, and wear an SD
 //!   card out); the owner calls [`Store::flush_records`] before anything shows records
 //!   (the local API) and [`Store::flush_to_send`] before records leave (the uplink),
 //!   which flush only when the rule of `pending.rs` says a write they reveal is not on
-//!   disk yet; sled also flushes in the background every `flush_every_ms`. A crash can
-//!   therefore lose only records nobody has seen, and their sequence numbers with them:
-//!   a number that was ever shown or sent is never reused.
+//!   disk yet, and [`Store::flush_if_due`] at [`Store::flush_deadline`] (`flush_every_ms`
+//!   after the first record not on disk). A flush is one write and one `fdatasync` of the
+//!   log, then sled's flush. A crash can therefore lose only records nobody has seen,
+//!   and their sequence numbers with them: a number that was ever shown or sent is
+//!   never reused.
 //! - Outbox sequence numbers start at 1 and grow by one per record. The next one is
-//!   max(last outbox key + 1, a floor in `meta`); the floor is raised and flushed before
-//!   records are deleted (acknowledged or shed), so a number that was ever shown, sent
-//!   or acknowledged is never issued again, not even after the outbox emptied, nor
-//!   across restarts.
+//!   max(highest seq the log names + 1, the floor in `meta`, the acknowledged floor +
+//!   1); the floor is raised and flushed before records are deleted (acknowledged or
+//!   shed), so a number that was ever shown, sent or acknowledged is never issued
+//!   again, not even after the outbox emptied, nor across restarts.
 //! - `meta` also keeps the highest seq ever handed to a link ([`Store::hand_over`]),
 //!   raised before the records leave the node: shedding never touches a record at or
 //!   below it, in this run or after a restart (the link may have sent it, or hold it).
@@ -33,8 +42,11 @@
 //! Driven by the daemon (single owner); cheap to clone.
 
 mod epoch;
+pub mod frame;
 mod migrate;
+mod outbox;
 pub mod pending;
+pub mod segments;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -69,6 +81,17 @@ pub enum StoreError {
         /// postcard's error.
         source: postcard::Error,
     },
+    /// A usage record's accountant state belongs to another instance.
+    #[error("store: the accountant state of {of} cannot be filed under {name}")]
+    StateOfAnother {
+        /// The instance named by the caller.
+        name: String,
+        /// The instance the state accounts.
+        of: String,
+    },
+    /// The outbox log's files failed (I/O error, full disk).
+    #[error("store: outbox log: {0}")]
+    Io(#[from] std::io::Error),
     /// A value did not encode (too large, etc.).
     #[error("store: cannot encode value: {0}")]
     Encode(postcard::Error),
@@ -88,8 +111,13 @@ pub enum StoreError {
 impl StoreError {
     /// True when the error is (or wraps) a full disk.
     pub fn is_no_space(&self) -> bool {
-        matches!(self, StoreError::Sled(sled::Error::Io(e))
-            if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28))
+        let full = |e: &std::io::Error| {
+            e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28)
+        };
+        match self {
+            StoreError::Sled(sled::Error::Io(e)) | StoreError::Io(e) => full(e),
+            _ => false,
+        }
     }
 }
 
@@ -174,6 +202,10 @@ impl StoredUsage {
 
 const META_NEXT_SEQ: &[u8] = b"next_seq";
 const META_HANDED_UPTO: &[u8] = b"handed_upto";
+/// The acknowledged floor: records at or below it are gone from the outbox log.
+const META_ACKED: &[u8] = b"acked_upto";
+/// The outbox log position the `usage` tree's checkpoint covers.
+const META_USAGE_FROM: &[u8] = b"usage_from";
 
 /// How long opening waits for a lock still held by a handle being dropped.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -185,9 +217,8 @@ pub struct Store {
     dir: std::path::PathBuf,
     cache_bytes: u64,
     flush_every_ms: u64,
-    /// Sum of the outbox's value sizes, kept in step with every change.
-    outbox_bytes: Arc<AtomicU64>,
-    /// The next sequence number: max(last outbox key + 1, the persisted floor).
+    /// The next sequence number: max(highest seq the outbox log names + 1, the
+    /// persisted floors).
     next_seq: Arc<AtomicU64>,
     /// The highest seq ever handed to a link (persisted in `meta`).
     handed_upto: Arc<AtomicU64>,
@@ -195,6 +226,8 @@ pub struct Store {
     epoch: Arc<AtomicU64>,
     /// The writes not flushed yet (group commit).
     pending: Arc<Mutex<Pending>>,
+    /// When a due flush last failed (the next try waits an interval).
+    flush_failed_at: Mutex<Option<std::time::Instant>>,
 }
 
 /// The open database and its trees.
@@ -209,6 +242,8 @@ struct Trees {
     published: sled::Tree,
     incidents: sled::Tree,
     usage: sled::Tree,
+    /// The outbox's records (`outbox.rs`); the `outbox` tree only migrates into it.
+    log: Mutex<outbox::OutboxLog>,
 }
 
 fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
@@ -251,11 +286,11 @@ impl Store {
             dir: dir.to_path_buf(),
             cache_bytes,
             flush_every_ms: flush_every_ms.max(1),
-            outbox_bytes: Arc::new(AtomicU64::new(0)),
             next_seq: Arc::new(AtomicU64::new(1)),
             handed_upto: Arc::new(AtomicU64::new(0)),
             epoch: Arc::new(AtomicU64::new(0)),
             pending: Arc::default(),
+            flush_failed_at: Mutex::new(None),
         };
         store.open_trees()?;
         Ok(store)
@@ -263,8 +298,17 @@ impl Store {
 
     fn open_trees(&mut self) -> Result<(), StoreError> {
         let db = self.open_db()?;
+        let meta = db.open_tree("meta")?;
+        migrate::run(&meta)?;
+        let epoch = epoch::settle(&meta, &self.dir.join("db"))?;
+        self.epoch.store(epoch, Ordering::Relaxed);
+        let acked = meta.get(META_ACKED)?.map_or(0, |v| be_u64(&v));
+        let usage_from = meta
+            .get(META_USAGE_FROM)?
+            .map(|v| segments::Pos::from_bytes(&v))
+            .unwrap_or_default();
+        let log = outbox::OutboxLog::open(&self.dir.join("outbox"), acked, usage_from)?;
         let t = Trees {
-            meta: db.open_tree("meta")?,
             desired: db.open_tree("desired")?,
             local: db.open_tree("local")?,
             observed: db.open_tree("observed")?,
@@ -272,28 +316,56 @@ impl Store {
             published: db.open_tree("conn")?,
             incidents: db.open_tree("incidents")?,
             usage: db.open_tree("usage")?,
+            log: Mutex::new(log),
+            meta,
             db,
         };
-        migrate::run(&t.meta)?;
-        let epoch = epoch::settle(&t.meta, &self.dir.join("db"))?;
-        self.epoch.store(epoch, Ordering::Relaxed);
         t.db.flush()?;
         self.pending().flushed();
-        let mut bytes = 0u64;
-        for kv in t.outbox.iter() {
-            bytes += kv?.1.len() as u64;
-        }
-        self.outbox_bytes.store(bytes, Ordering::Relaxed);
-        let last = t.outbox.last()?.map_or(0, |(k, _)| be_u64(&k));
         let floor = t.meta.get(META_NEXT_SEQ)?.map(|v| be_u64(&v)).unwrap_or(1);
+        let logged = t.log.lock().unwrap_or_else(|p| p.into_inner()).max_seq();
         self.next_seq
-            .store((last + 1).max(floor).max(1), Ordering::Relaxed);
+            .store((logged + 1).max(floor).max(acked + 1), Ordering::Relaxed);
         let handed = t.meta.get(META_HANDED_UPTO)?.map_or(0, |v| be_u64(&v));
         self.handed_upto.store(handed, Ordering::Relaxed);
         self.trees = Some(t);
+        self.migrate_outbox()?;
         if self.append_staged()? > 0 {
             self.flush()?;
         }
+        Ok(())
+    }
+
+    /// Moves the records of a store written before the outbox log (its `outbox` tree)
+    /// into the log, seqs unchanged: each is put unless the log holds it already, the
+    /// log is synced, and only then is the tree emptied. A crash anywhere in between
+    /// leaves every record in the tree, the log, or both; the next open finishes.
+    fn migrate_outbox(&self) -> Result<(), StoreError> {
+        let t = self.t()?;
+        if t.outbox.is_empty() {
+            return Ok(());
+        }
+        let mut moved = 0u64;
+        {
+            let mut log = self.log()?;
+            for kv in t.outbox.iter() {
+                let (k, v) = kv?;
+                let r: Record = dec("outbox", &k, &v)?;
+                if r.seq > log.acked() && !log.has(r.seq) {
+                    log.put(&r, None)?;
+                    moved += 1;
+                }
+            }
+            log.sync()?;
+            self.next_seq
+                .fetch_max(log.max_seq() + 1, Ordering::Relaxed);
+        }
+        t.outbox.clear()?;
+        t.db.flush()?;
+        tracing::info!(
+            moved,
+            "store: outbox records moved from sled into the outbox log"
+        );
         Ok(())
     }
 
@@ -370,37 +442,76 @@ impl Store {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.t()?.db.flush()?;
+        let t = self.t()?;
+        t.log.lock().unwrap_or_else(|p| p.into_inner()).sync()?;
+        t.db.flush()?;
         self.pending().flushed();
         Ok(())
+    }
+
+    /// When the records appended since the last flush are due on disk even if nobody
+    /// reveals them (`flush_every_ms` after the first of them): the owner calls
+    /// [`Store::flush_if_due`] then. `None` when nothing waits.
+    pub fn flush_deadline(&self) -> Option<std::time::Instant> {
+        let since = self.log().ok()?.unsynced_since()?;
+        let failed = *self
+            .flush_failed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let every = std::time::Duration::from_millis(self.flush_every_ms);
+        Some(since.max(failed.unwrap_or(since)) + every)
+    }
+
+    /// Flushes when [`Store::flush_deadline`] has passed at `now`; after a failure the
+    /// next try waits an interval.
+    pub fn flush_if_due(&self, now: std::time::Instant) -> Result<(), StoreError> {
+        if self.flush_deadline().is_some_and(|d| d <= now) {
+            let done = self.flush();
+            *self
+                .flush_failed_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = done.is_err().then_some(now);
+            done?;
+        }
+        Ok(())
+    }
+
+    fn log(&self) -> Result<std::sync::MutexGuard<'_, outbox::OutboxLog>, StoreError> {
+        Ok(self.t()?.log.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     // ---- outbox -------------------------------------------------------------------
 
     /// Appends a record and returns it with its sequence number (durable once
-    /// [`Store::flush_records`] or the background flush ran).
+    /// [`Store::flush_records`], [`Store::flush_to_send`] or [`Store::flush_if_due`]
+    /// ran).
     ///
-    /// One plain insert, no transaction: a sled transaction or batch seals an I/O
-    /// buffer and writes ~7 KiB per commit (measured), which per record would wear an
-    /// SD card out; a plain insert costs ~240 bytes.
+    /// One frame buffered in the outbox log: the records of one loop turn reach the disk
+    /// together, in one write and one `fdatasync` (sled rewrote a whole leaf page about
+    /// every ten inserts: ~600 bytes written per record).
     pub fn append(&self, time_ms: u64, kind: RecordKind) -> Result<Record, StoreError> {
-        let t = self.t()?;
+        self.append_with(time_ms, kind, None)
+    }
+
+    fn append_with(
+        &self,
+        time_ms: u64,
+        kind: RecordKind,
+        state: Option<&AccountantState>,
+    ) -> Result<Record, StoreError> {
+        let mut log = self.log()?;
         let seq = self.next_seq.load(Ordering::Relaxed);
         let record = Record { seq, time_ms, kind };
-        let bytes = enc(&record)?;
-        let len = bytes.len() as u64;
-        t.outbox.insert(seq.to_be_bytes(), bytes)?;
+        log.put(&record, state)?;
         self.pending().appended(seq);
         self.next_seq.store(seq + 1, Ordering::Relaxed);
-        self.outbox_bytes.fetch_add(len, Ordering::Relaxed);
         Ok(record)
     }
 
-    /// Appends a usage record and the accountant state after it, as one: the state is
-    /// stored first with the record staged inside it (one insert), then the record is
-    /// appended. sled recovers a prefix of its log, so a crash keeps both, neither, or
-    /// the state with its staged record, which the next open appends ([`Store::open`]):
-    /// an interval is never lost and never counted twice.
+    /// Appends a usage record and the accountant state of `name` after it, as one:
+    /// both are in one frame of the outbox log, so a crash keeps both or neither: an
+    /// interval is never lost and never counted twice. The state is filed under its own
+    /// `instance` (the accountant's), which must be `name`.
     pub fn append_usage(
         &self,
         time_ms: u64,
@@ -408,34 +519,21 @@ impl Store {
         name: &Name,
         state: &AccountantState,
     ) -> Result<Record, StoreError> {
-        self.stage_usage(time_ms, &kind, name, state)?;
-        let record = self.append(time_ms, kind)?;
-        Ok(record)
+        if state.instance != *name {
+            return Err(StoreError::StateOfAnother {
+                name: name.as_str().to_owned(),
+                of: state.instance.as_str().to_owned(),
+            });
+        }
+        self.append_with(time_ms, kind, Some(state))
     }
 
-    /// The first half of [`Store::append_usage`]: the state with the record staged.
-    fn stage_usage(
-        &self,
-        time_ms: u64,
-        kind: &RecordKind,
-        name: &Name,
-        state: &AccountantState,
-    ) -> Result<(), StoreError> {
-        let staged = StoredUsage {
-            state: state.clone(),
-            staged: Some(Staged {
-                seq: self.next_seq.load(Ordering::Relaxed),
-                time_ms,
-                kind: kind.clone(),
-            }),
-        };
-        self.t()?.usage.insert(name.as_str(), enc(&staged)?)?;
-        Ok(())
-    }
-
-    /// Appends every staged usage record that a crash kept from the outbox (its seq was
-    /// never issued), and clears the staging. Returns how many were appended.
+    /// A store written before the outbox log staged each usage record in its
+    /// accountant's state before appending it. Appends every staged record that a crash
+    /// kept from the outbox (its seq was never issued), makes it durable, and only then
+    /// clears the staging. Returns how many were appended.
     fn append_staged(&self) -> Result<u64, StoreError> {
+        let mut staged_keys = Vec::new();
         let mut appended = 0;
         for kv in self.t()?.usage.iter() {
             let (k, v) = kv?;
@@ -447,8 +545,15 @@ impl Store {
                 self.append(staged.time_ms, staged.kind)?;
                 appended += 1;
             }
+            staged_keys.push((k, stored.state));
+        }
+        if staged_keys.is_empty() {
+            return Ok(0);
+        }
+        self.log()?.sync()?;
+        for (k, state) in staged_keys {
             let cleared = StoredUsage {
-                state: stored.state,
+                state,
                 staged: None,
             };
             self.t()?.usage.insert(k, enc(&cleared)?)?;
@@ -497,79 +602,94 @@ impl Store {
 
     /// Records waiting for an acknowledgement.
     pub fn outbox_depth(&self) -> usize {
-        self.trees.as_ref().map_or(0, |t| t.outbox.len())
+        self.log().map_or(0, |l| l.count())
     }
 
     /// Up to `limit` records with `seq >= from`, in order.
     pub fn outbox_from(&self, from: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
-        self.t()?
-            .outbox
-            .range(from.to_be_bytes()..)
-            .take(limit)
-            .map(|kv| {
-                let (k, v) = kv?;
-                dec("outbox", &k, &v)
-            })
-            .collect()
+        Ok(self
+            .log()?
+            .records_from(from, limit)?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect())
     }
 
-    /// Deletes every record with `seq <= upto` (the master has stored them).
+    /// Deletes every record with `seq <= upto` (the master has stored them): the floors
+    /// are raised and flushed first; then the segments of the outbox log that hold
+    /// nothing else are deleted, after the accountant states they may hold are
+    /// checkpointed into the `usage` tree.
     pub fn ack(&self, upto: u64) -> Result<usize, StoreError> {
         // The deleted seqs must never be issued again, even if the outbox empties.
         self.raise_floor()?;
-        let mut batch = sled::Batch::default();
-        let mut n = 0;
-        let mut freed = 0u64;
-        for kv in self.t()?.outbox.range(..=upto.to_be_bytes()) {
-            let (k, v) = kv?;
-            batch.remove(k);
-            freed += v.len() as u64;
-            n += 1;
+        let t = self.t()?;
+        let mut log = self.log()?;
+        let n = log.ack(upto);
+        t.meta.insert(META_ACKED, &log.acked().to_be_bytes())?;
+        let first = log.first_kept()?;
+        if log.deletes_any(first) {
+            // Segments about to go may hold the latest state of an instance: write every
+            // state newer than the checkpoint into it (the log is synced: these states
+            // are all on disk) and move the checkpoint to the log's end.
+            log.sync()?;
+            let (states, at) = log.checkpoint();
+            for (name, state) in states {
+                match state {
+                    Some(state) => {
+                        let stored = StoredUsage {
+                            state,
+                            staged: None,
+                        };
+                        t.usage.insert(name.as_bytes(), enc(&stored)?)?;
+                    }
+                    None => {
+                        t.usage.remove(name.as_bytes())?;
+                    }
+                }
+            }
+            t.meta.insert(META_USAGE_FROM, &at.to_bytes())?;
         }
-        self.t()?.outbox.apply_batch(batch)?;
-        self.outbox_bytes.fetch_sub(freed, Ordering::Relaxed);
-        self.flush()?;
+        t.db.flush()?;
+        log.delete_before(first)?;
         Ok(n)
     }
 
-    /// Bytes the outbox's records take (values only).
+    /// Bytes the outbox's records take (encoded records only).
     pub fn outbox_bytes(&self) -> u64 {
-        self.outbox_bytes.load(Ordering::Relaxed)
+        self.log().map_or(0, |l| l.bytes())
     }
 
     /// What the shedding policy needs to know of every outbox record.
     pub fn outbox_entries(&self) -> Result<Vec<OutboxEntry>, StoreError> {
-        self.t()?
-            .outbox
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                let r: Record = dec("outbox", &k, &v)?;
-                Ok(OutboxEntry {
-                    seq: r.seq,
-                    class: RecordClass::of(&r.kind),
-                    bytes: v.len() as u64,
-                })
+        Ok(self
+            .log()?
+            .records_from(0, usize::MAX)?
+            .into_iter()
+            .map(|(r, bytes)| OutboxEntry {
+                seq: r.seq,
+                class: RecordClass::of(&r.kind),
+                bytes,
             })
-            .collect()
+            .collect())
     }
 
-    /// Applies a shed plan in one batch: each merge group's usage records are folded
-    /// into one record kept at the group's `keep` seq, the rest of the group and every
-    /// `drop` seq are deleted. Returns the outbox bytes afterwards.
+    /// Applies a shed plan: each merge group's usage records are folded into one record
+    /// kept at the group's `keep` seq, the rest of the group and every `drop` seq are
+    /// deleted (replacement records and one list of dropped seqs in the outbox log,
+    /// synced). Returns the outbox bytes afterwards.
     pub fn apply_shed(&self, plan: &ShedPlan) -> Result<u64, StoreError> {
         self.raise_floor()?;
-        let mut batch = sled::Batch::default();
-        // Bytes the batch removes and adds, applied to the total once it is written.
-        let (mut removed, mut added) = (0u64, 0u64);
+        let mut log = self.log()?;
+        // Units of the pass: a record rewritten (or none) and the seqs it absorbs or
+        // drops, each applied whole.
+        let mut units: Vec<(Option<Record>, Vec<u64>)> = Vec::new();
         for g in &plan.merge {
             let mut merged: Option<Record> = None;
+            let mut absorbed = Vec::new();
             for seq in &g.seqs {
-                let Some(v) = self.t()?.outbox.get(seq.to_be_bytes())? else {
+                let Some(r) = log.get(*seq)? else {
                     continue;
                 };
-                removed += v.len() as u64;
-                let r: Record = dec("outbox", &seq.to_be_bytes(), &v)?;
                 merged = Some(match merged {
                     None => r,
                     Some(m) => Record {
@@ -577,50 +697,40 @@ impl Store {
                         ..m
                     },
                 });
-                batch.remove(&seq.to_be_bytes());
+                if *seq != g.keep {
+                    absorbed.push(*seq);
+                }
             }
             if let Some(mut m) = merged {
                 m.seq = g.keep;
-                let bytes = enc(&m)?;
-                added += bytes.len() as u64;
-                batch.insert(&g.keep.to_be_bytes(), bytes);
+                units.push((Some(m), absorbed));
             }
         }
         let mut folded: Option<Record> = None;
+        let mut absorbed = Vec::new();
         for seq in &plan.fold_reports {
-            let Some(v) = self.t()?.outbox.get(seq.to_be_bytes())? else {
+            let Some(r) = log.get(*seq)? else {
                 continue;
             };
-            removed += v.len() as u64;
-            let r: Record = dec("outbox", &seq.to_be_bytes(), &v)?;
-            batch.remove(&seq.to_be_bytes());
             folded = Some(match folded {
                 None => r,
-                Some(f) => Record {
-                    kind: shed::fold_reports(&f.kind, &r.kind).unwrap_or(f.kind),
-                    ..f
-                },
+                Some(f) => {
+                    absorbed.push(*seq);
+                    Record {
+                        kind: shed::fold_reports(&f.kind, &r.kind).unwrap_or(f.kind),
+                        ..f
+                    }
+                }
             });
         }
-        if let Some(f) = folded {
-            let bytes = enc(&f)?;
-            added += bytes.len() as u64;
-            batch.insert(&f.seq.to_be_bytes(), bytes);
+        if folded.is_some() {
+            units.push((folded, absorbed));
         }
-        for seq in &plan.drop {
-            if let Some(v) = self.t()?.outbox.get(seq.to_be_bytes())? {
-                removed += v.len() as u64;
-                batch.remove(&seq.to_be_bytes());
-            }
-        }
-        self.t()?.outbox.apply_batch(batch)?;
-        self.flush()?;
-        let now = self
-            .outbox_bytes()
-            .saturating_add(added)
-            .saturating_sub(removed);
-        self.outbox_bytes.store(now, Ordering::Relaxed);
-        Ok(now)
+        let dropped: Vec<u64> = plan.drop.iter().copied().filter(|s| log.has(*s)).collect();
+        units.push((None, dropped));
+        log.shed(&units)?;
+        log.sync()?;
+        Ok(log.bytes())
     }
 
     // ---- incidents and usage accounting -----------------------------------------------
@@ -663,19 +773,18 @@ impl Store {
             .unwrap_or(1))
     }
 
-    /// Stores an instance's accounting state (not flushed: the next flush carries it; a
-    /// crash loses at most one sample interval).
+    /// Stores an instance's accounting state (an entry of the outbox log, not flushed:
+    /// the next flush carries it; a crash loses at most one sample interval).
     pub fn put_usage(&self, name: &Name, s: &AccountantState) -> Result<(), StoreError> {
-        let stored = StoredUsage {
-            state: s.clone(),
-            staged: None,
-        };
-        self.t()?.usage.insert(name.as_str(), enc(&stored)?)?;
-        Ok(())
+        self.log()?.put_usage(name, Some(s))
     }
 
-    /// An instance's accounting state.
+    /// An instance's accounting state: the newest in the outbox log, else the `usage`
+    /// tree's checkpoint.
     pub fn usage_state(&self, name: &Name) -> Result<Option<AccountantState>, StoreError> {
+        if let Some(logged) = self.log()?.usage(name) {
+            return Ok(logged);
+        }
         self.t()?
             .usage
             .get(name.as_str())?
@@ -685,8 +794,7 @@ impl Store {
 
     /// Forgets an instance's accounting state.
     pub fn remove_usage(&self, name: &Name) -> Result<(), StoreError> {
-        self.t()?.usage.remove(name.as_str())?;
-        Ok(())
+        self.log()?.put_usage(name, None)
     }
 
     // ---- desired state ---------------------------------------------------------------

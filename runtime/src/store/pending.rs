@@ -15,8 +15,8 @@
 //!
 //! Appends therefore never flush: the records of one loop turn (one tick's usage
 //! records, say) reach the disk together, with the first effect that needs them or
-//! sled's background flush, whichever comes first, and a flush with nothing owed is
-//! skipped.
+//! the store's due flush (`flush_every_ms` after the first of them), whichever comes
+//! first, and a flush with nothing owed is skipped.
 
 /// What an effect reveals of the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

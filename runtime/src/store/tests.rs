@@ -136,55 +136,162 @@ fn usage_record(from_ms: u64, to_ms: u64, cpu_ms: u64) -> RecordKind {
 }
 
 fn accountant_state(from_ms: u64) -> crate::monitor::usage::AccountantState {
+    accountant_state_of("web", from_ms)
+}
+
+fn accountant_state_of(name: &str, from_ms: u64) -> crate::monitor::usage::AccountantState {
     let mut a =
-        crate::monitor::usage::Accountant::new(Name::new("web").unwrap(), 1000, 0, 100).unwrap();
+        crate::monitor::usage::Accountant::new(Name::new(name).unwrap(), 1000, 0, 100).unwrap();
     a.close_interval(from_ms, 0);
     a.state().clone()
 }
 
-/// A crash between the accountant state and its usage record: the record staged in the
-/// state is appended at the next open, once; with no crash, nothing is appended twice.
+/// A usage record and its accountant state are one frame: after a reopen both are
+/// there, and the state is the one written with the last record.
 #[test]
-fn a_crash_between_a_usage_state_and_its_record_loses_nothing_and_counts_nothing_twice() {
+fn a_usage_record_and_its_state_are_durable_together() {
     let dir = tempfile::tempdir().unwrap();
     let web = Name::new("web").unwrap();
     {
         let s = Store::open(dir.path(), 1 << 20).unwrap();
-        s.append(1, state("a")).unwrap();
         s.append_usage(2, usage_record(0, 1000, 7), &web, &accountant_state(1000))
             .unwrap();
-        // The crash: the state after [1000, 2000) is stored, its record is not.
-        s.stage_usage(
+        s.append_usage(
             3,
-            &usage_record(1000, 2000, 5),
+            usage_record(1000, 2000, 5),
             &web,
             &accountant_state(2000),
         )
         .unwrap();
         s.flush_records().unwrap();
     }
-    let usage = |s: &Store| -> Vec<(u64, RecordKind)> {
-        s.outbox_from(0, 100)
-            .unwrap()
-            .into_iter()
-            .filter(|r| matches!(r.kind, RecordKind::Usage { .. }))
-            .map(|r| (r.seq, r.kind))
-            .collect()
-    };
     let s = Store::open(dir.path(), 1 << 20).unwrap();
+    let kinds: Vec<RecordKind> = s
+        .outbox_from(0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.kind)
+        .collect();
     assert_eq!(
-        usage(&s),
-        vec![
-            (2, usage_record(0, 1000, 7)),
-            (3, usage_record(1000, 2000, 5))
-        ]
+        kinds,
+        vec![usage_record(0, 1000, 7), usage_record(1000, 2000, 5)]
     );
     assert_eq!(s.usage_state(&web).unwrap(), Some(accountant_state(2000)));
+    s.remove_usage(&web).unwrap();
+    s.flush_records().unwrap();
     drop(s);
-    // Opened again: the staging was cleared, nothing is appended twice.
     let s = Store::open(dir.path(), 1 << 20).unwrap();
-    assert_eq!(usage(&s).len(), 2);
-    assert_eq!(s.next_seq().unwrap(), 4);
+    assert_eq!(
+        s.usage_state(&web).unwrap(),
+        None,
+        "a forgotten state stays forgotten"
+    );
+}
+
+fn old_record(seq: u64) -> Record {
+    Record {
+        seq,
+        time_ms: seq * 10,
+        kind: state("a"),
+    }
+}
+
+/// A store as a hedge before the outbox log left it: records 5..=9 in sled's `outbox`
+/// tree (1..=4 acknowledged), the floor at 10, and a crash between a usage state and
+/// its record (the record staged in the state, seq 10).
+fn legacy_store(dir: &std::path::Path) {
+    let db = sled::open(dir).unwrap();
+    let meta = db.open_tree("meta").unwrap();
+    meta.insert(b"schema", &1u32.to_be_bytes()).unwrap();
+    meta.insert(META_NEXT_SEQ, &10u64.to_be_bytes()).unwrap();
+    let outbox = db.open_tree("outbox").unwrap();
+    for seq in 5..=9u64 {
+        outbox
+            .insert(
+                seq.to_be_bytes(),
+                postcard::to_stdvec(&old_record(seq)).unwrap(),
+            )
+            .unwrap();
+    }
+    let staged = StoredUsage {
+        state: accountant_state(2000),
+        staged: Some(Staged {
+            seq: 10,
+            time_ms: 100,
+            kind: usage_record(1000, 2000, 5),
+        }),
+    };
+    let usage = db.open_tree("usage").unwrap();
+    usage
+        .insert("web", postcard::to_stdvec(&staged).unwrap())
+        .unwrap();
+    usage
+        .insert("db", postcard::to_stdvec(&accountant_state(7000)).unwrap())
+        .unwrap();
+    db.flush().unwrap();
+}
+
+fn seqs(s: &Store) -> Vec<u64> {
+    s.outbox_from(0, 1000)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect()
+}
+
+#[test]
+fn a_store_from_before_the_outbox_log_migrates_with_nothing_lost_or_doubled() {
+    let dir = tempfile::tempdir().unwrap();
+    legacy_store(dir.path());
+    let web = Name::new("web").unwrap();
+    for _ in 0..2 {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let records = s.outbox_from(0, 100).unwrap();
+        let mut want: Vec<Record> = (5..=9).map(old_record).collect();
+        want.push(Record {
+            seq: 10,
+            time_ms: 100,
+            kind: usage_record(1000, 2000, 5),
+        });
+        assert_eq!(records, want);
+        assert_eq!(s.next_seq().unwrap(), 11);
+        assert!(
+            s.t().unwrap().outbox.is_empty(),
+            "the sled outbox is emptied"
+        );
+        assert_eq!(s.usage_state(&web).unwrap(), Some(accountant_state(2000)));
+        assert_eq!(
+            s.usage_state(&Name::new("db").unwrap()).unwrap(),
+            Some(accountant_state(7000))
+        );
+    }
+}
+
+/// A crash after the records reached the log but before the sled tree was emptied: the
+/// next open moves nothing twice.
+#[test]
+fn an_interrupted_migration_finishes_without_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    legacy_store(dir.path());
+    drop(Store::open(dir.path(), 1 << 20).unwrap());
+    {
+        // The tree as it was before the migration emptied it, plus one record the log
+        // does not hold yet.
+        let db = sled::open(dir.path()).unwrap();
+        let outbox = db.open_tree("outbox").unwrap();
+        for seq in [5u64, 6, 7, 11] {
+            outbox
+                .insert(
+                    seq.to_be_bytes(),
+                    postcard::to_stdvec(&old_record(seq)).unwrap(),
+                )
+                .unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(seqs(&s), vec![5, 6, 7, 8, 9, 10, 11]);
+    assert_eq!(s.next_seq().unwrap(), 12);
 }
 
 /// A state stored before staging existed (a bare `AccountantState`) still reads.
@@ -526,4 +633,377 @@ fn a_flush_owed_once_covers_the_group_and_the_next_reveal_owes_none() {
     s.append(9, state("a")).unwrap();
     s.raise_clock_floor(5).unwrap();
     assert!(!s.pending().owed(Reveal::Show));
+}
+
+/// Disk bytes written per record until durable (`/proc/self/io` write_bytes), for the
+/// bench's shape: 200 instances, one usage record each per 100 ms tick, a flush every
+/// 10 ticks and one at the end. Prints the figure; run by hand:
+/// `cargo test -p hedge-runtime --release store::tests::disk_bytes_per_record -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn disk_bytes_per_record() {
+    fn written() -> u64 {
+        let io = std::fs::read_to_string("/proc/self/io").unwrap();
+        io.lines()
+            .find_map(|l| l.strip_prefix("write_bytes: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let s = Store::open_tuned(dir.path(), 1 << 20, 3_600_000).unwrap();
+    let names: Vec<Name> = (0..200)
+        .map(|i| Name::new(&format!("u{i}")).unwrap())
+        .collect();
+    let mut a: Vec<_> = names
+        .iter()
+        .map(|n| {
+            crate::monitor::usage::Accountant::new(n.clone(), 100, 1_700_000_000_000, 100).unwrap()
+        })
+        .collect();
+    s.flush_records().unwrap();
+    let w0 = written();
+    let ticks = 100u64;
+    for t in 0..ticks {
+        let to = 1_700_000_000_000 + (t + 1) * 100;
+        for (n, acc) in names.iter().zip(a.iter_mut()) {
+            let closed = acc.close_interval(to, 12_345);
+            let kind = closed.unwrap_or(RecordKind::Usage {
+                instance: n.clone(),
+                from_ms: to - 100,
+                to_ms: to,
+                cpu_ms: 3,
+                mem_avg_bytes: 1_234_567,
+                mem_peak_bytes: 1_300_000,
+                disk_bytes: 0,
+                net_rx_bytes: None,
+                net_tx_bytes: None,
+                uptime_ms: 100,
+            });
+            s.append_usage(to, kind, n, acc.state()).unwrap();
+        }
+        if t % 10 == 9 {
+            s.flush_records().unwrap();
+        }
+    }
+    s.flush_records().unwrap();
+    let records = ticks * 200;
+    let state_len = postcard::to_stdvec(a[0].state()).unwrap().len();
+    println!(
+        "disk bytes per record: {} ({} records; accountant state {} B, record {} B)",
+        (written() - w0) / records,
+        records,
+        state_len,
+        s.outbox_bytes() / records
+    );
+}
+
+fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir.join("outbox"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+/// What a crash can leave at the end of the active segment — part of a frame, a frame
+/// with a flipped bit, zeroed pages — is dropped at the next open and cut off, so the
+/// records appended after it read back, then and after another open.
+#[test]
+fn a_torn_or_corrupt_tail_is_dropped_and_never_read_behind_newer_records() {
+    use std::io::Write;
+    type Tail = dyn Fn(&mut Vec<u8>);
+    let tails: [&Tail; 3] = [
+        &|f| {
+            let n = f.len();
+            f.truncate(n - 5); // the last frame torn
+        },
+        &|f| {
+            let n = f.len();
+            f[n - 3] ^= 0x10; // a bit flipped in the last frame
+        },
+        &|f| f.extend_from_slice(&[0; 4096]), // a zeroed page after the last frame
+    ];
+    for (i, tail) in tails.iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path(), 1 << 20).unwrap();
+            for t in 0..4 {
+                s.append(t, state("a")).unwrap();
+            }
+            s.flush_records().unwrap();
+            s.append(9, state("torn")).unwrap();
+        }
+        let seg = segment_files(dir.path()).pop().unwrap();
+        let mut bytes = std::fs::read(&seg).unwrap();
+        tail(&mut bytes);
+        std::fs::File::create(&seg)
+            .unwrap()
+            .write_all(&bytes)
+            .unwrap();
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let kept = if i == 2 { 5 } else { 4 };
+        assert_eq!(seqs(&s), (1..=kept).collect::<Vec<_>>(), "tail {i}");
+        let next = s.append(10, state("b")).unwrap();
+        assert_eq!(next.seq, kept + 1, "tail {i}");
+        s.flush_records().unwrap();
+        drop(s);
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(seqs(&s), (1..=kept + 1).collect::<Vec<_>>(), "tail {i}");
+        assert_eq!(s.outbox_from(kept + 1, 1).unwrap(), vec![next]);
+    }
+}
+
+/// The child of the crash-mid-append test: appends groups of records without end,
+/// flushing each group and printing `revealed N` after it.
+#[test]
+fn append_forever_child() {
+    let Ok(dir) = std::env::var("HEDGE_APPEND_FOREVER_DIR") else {
+        return;
+    };
+    let s = Store::open_tuned(std::path::Path::new(&dir), 1 << 20, 3_600_000).unwrap();
+    let web = Name::new("web").unwrap();
+    let mut t = 0;
+    loop {
+        for _ in 0..50 {
+            t += 1;
+            s.append_usage(
+                t,
+                usage_record(t * 1000, t * 1000 + 1000, t),
+                &web,
+                &accountant_state(t * 1000 + 1000),
+            )
+            .unwrap();
+        }
+        s.flush_records().unwrap();
+        println!("revealed {}", s.next_seq().unwrap() - 1);
+    }
+}
+
+/// SIGKILL while records are being appended, written and synced as fast as they come:
+/// every record revealed before the kill is there, seqs run gap-free from 1, every
+/// record decodes, the accountant state is the one of the last record kept, and
+/// appends go on after the reopen.
+#[test]
+fn a_kill_in_the_middle_of_appends_keeps_every_revealed_record_and_misreads_nothing() {
+    use std::io::BufRead;
+    for kill_after in [3usize, 40, 200] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "store::tests::append_forever_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("HEDGE_APPEND_FOREVER_DIR", dir.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let revealed: Vec<u64> = out
+            .lines()
+            .map(Result::unwrap)
+            .filter_map(|l| {
+                l.split_once("revealed ")
+                    .map(|(_, n)| n.trim().parse().unwrap())
+            })
+            .take(kill_after)
+            .collect();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let last = *revealed.last().expect("the child revealed nothing");
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let records = s.outbox_from(0, usize::MAX).unwrap();
+        let got: Vec<u64> = records.iter().map(|r| r.seq).collect();
+        assert!(
+            got.len() as u64 >= last,
+            "revealed {last}, kept {}",
+            got.len()
+        );
+        assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>());
+        let t = got.len() as u64;
+        assert_eq!(
+            records.last().unwrap().kind,
+            usage_record(t * 1000, t * 1000 + 1000, t)
+        );
+        assert_eq!(
+            s.usage_state(&Name::new("web").unwrap()).unwrap(),
+            Some(accountant_state(t * 1000 + 1000)),
+            "the state goes with its record"
+        );
+        assert_eq!(s.append(0, state("after")).unwrap().seq, t + 1);
+    }
+}
+
+/// Acknowledged records go, and with them whole segments once nothing else in them is
+/// waiting; accountant states that lived only in those segments survive in the
+/// checkpoint, and seqs are never reused.
+#[test]
+fn acks_delete_whole_segments_and_keep_the_states_they_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = Name::new("web").unwrap();
+    let other = Name::new("other").unwrap();
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    s.append_usage(
+        1,
+        usage_record(0, 1000, 1),
+        &other,
+        &accountant_state_of("other", 1000),
+    )
+    .unwrap();
+    s.put_usage(&web, &accountant_state(3000)).unwrap();
+    let big = state(&"x".repeat(60));
+    let mut last = 0;
+    while segment_files(dir.path()).len() < 4 {
+        last = s.append(2, big.clone()).unwrap().seq;
+    }
+    s.flush_records().unwrap();
+    let files = segment_files(dir.path()).len();
+    assert_eq!(s.ack(last - 2).unwrap() as u64, last - 2);
+    assert!(
+        segment_files(dir.path()).len() < files,
+        "no segment deleted"
+    );
+    assert_eq!(seqs(&s), vec![last - 1, last]);
+    drop(s);
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(seqs(&s), vec![last - 1, last]);
+    assert_eq!(s.usage_state(&web).unwrap(), Some(accountant_state(3000)));
+    assert_eq!(
+        s.usage_state(&other).unwrap(),
+        Some(accountant_state_of("other", 1000))
+    );
+    // Everything acknowledged: the log shrinks to its (new) active segment.
+    s.ack(last).unwrap();
+    assert_eq!(segment_files(dir.path()).len(), 1);
+    assert_eq!(s.outbox_depth(), 0);
+    drop(s);
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(s.outbox_depth(), 0);
+    assert_eq!(s.append(3, state("a")).unwrap().seq, last + 1);
+    assert_eq!(s.usage_state(&web).unwrap(), Some(accountant_state(3000)));
+}
+
+/// A shedding pass survives a reopen as it was applied: merged records in place of
+/// their inputs, dropped ones gone, the rest untouched.
+#[test]
+fn a_shedding_pass_reads_back_the_same_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let health = |i: u32| RecordKind::NodeHealth {
+        load1_milli: i,
+        mem_total: 1 << 30,
+        mem_available: 1 << 29,
+        disk_free: 1 << 32,
+        temp_milli_c: None,
+        uplink_up: false,
+        outbox_depth: 0,
+    };
+    let before;
+    let after;
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        for i in 0..6u64 {
+            s.append(i, usage_record(i * 1000, i * 1000 + 1000, i))
+                .unwrap();
+            s.append(i, health(u32::try_from(i).unwrap())).unwrap();
+        }
+        s.append(7, state("kept")).unwrap();
+        before = s.outbox_bytes();
+        let plan = shed::plan(&s.outbox_entries().unwrap(), before / 3);
+        assert!(!plan.merge.is_empty() && !plan.drop.is_empty(), "{plan:?}");
+        after = s.apply_shed(&plan).unwrap();
+        assert!(after < before);
+        assert_eq!(after, s.outbox_bytes());
+        let left = s.outbox_from(0, 100).unwrap();
+        drop(s);
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.outbox_from(0, 100).unwrap(), left);
+        assert_eq!(s.outbox_bytes(), after);
+        // Usage totals are kept exactly: cpu 0+1+…+5.
+        let cpu: u64 = left
+            .iter()
+            .filter_map(|r| match r.kind {
+                RecordKind::Usage { cpu_ms, .. } => Some(cpu_ms),
+                _ => None,
+            })
+            .sum();
+        assert_eq!(cpu, 15);
+        assert_eq!(s.next_seq().unwrap(), 14, "seqs dropped are not reissued");
+    }
+}
+
+/// A pass too large for one entry is written as several, each merge whole: after a
+/// reopen the usage totals are exact and nothing merged is left beside its result.
+#[test]
+fn a_large_shedding_pass_spans_several_entries_and_keeps_totals_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 12_000u64;
+    let cpu = |s: &Store| -> (u64, u64) {
+        let records = s.outbox_from(0, usize::MAX).unwrap();
+        let mut covered = 0;
+        let mut total = 0;
+        for r in &records {
+            if let RecordKind::Usage {
+                cpu_ms,
+                from_ms,
+                to_ms,
+                ..
+            } = r.kind
+            {
+                total += cpu_ms;
+                covered += to_ms - from_ms;
+            }
+        }
+        (total, covered)
+    };
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    for i in 0..n {
+        s.append(i, usage_record(i * 1000, i * 1000 + 1000, i % 7))
+            .unwrap();
+    }
+    let want = cpu(&s);
+    let plan = shed::plan(&s.outbox_entries().unwrap(), s.outbox_bytes() / 2);
+    // Over 4,000 merged records of ~30 B: more than one 64 KiB entry.
+    assert!(plan.merge.len() > 4_000, "{}", plan.merge.len());
+    let after = s.apply_shed(&plan).unwrap();
+    assert_eq!(cpu(&s), want);
+    let depth = s.outbox_depth();
+    assert!(depth < usize::try_from(n).unwrap());
+    drop(s);
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(cpu(&s), want);
+    assert_eq!((s.outbox_depth(), s.outbox_bytes()), (depth, after));
+}
+
+/// Records nobody revealed are flushed once the flush interval after the first of them
+/// has passed, not before.
+#[test]
+fn unrevealed_records_are_due_on_disk_one_flush_interval_after_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open_tuned(dir.path(), 1 << 20, 5_000).unwrap();
+    assert_eq!(s.flush_deadline(), None, "nothing waits");
+    s.append(1, state("a")).unwrap();
+    let due = s.flush_deadline().unwrap();
+    s.append(2, state("a")).unwrap();
+    assert_eq!(
+        s.flush_deadline(),
+        Some(due),
+        "the first record sets the deadline"
+    );
+    s.flush_if_due(due - std::time::Duration::from_millis(1))
+        .unwrap();
+    assert!(s.pending().owed(Reveal::Show), "not due yet");
+    s.flush_if_due(due).unwrap();
+    assert_eq!(s.flush_deadline(), None);
+    assert!(!s.pending().owed(Reveal::Show));
+    // A closed store has nothing due and fails nothing.
+    s.append(3, state("a")).unwrap();
+    let mut s = s;
+    s.close();
+    assert_eq!(s.flush_deadline(), None);
+    s.flush_if_due(due + std::time::Duration::from_secs(60))
+        .unwrap();
 }
