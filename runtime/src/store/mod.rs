@@ -659,18 +659,26 @@ impl Store {
         self.log().map_or(0, |l| l.bytes())
     }
 
-    /// What the shedding policy needs to know of every outbox record.
+    /// What the shedding policy needs to know of every outbox record (read in steps,
+    /// so a large outbox is never all in memory at once).
     pub fn outbox_entries(&self) -> Result<Vec<OutboxEntry>, StoreError> {
-        Ok(self
-            .log()?
-            .records_from(0, usize::MAX)?
-            .into_iter()
-            .map(|(r, bytes)| OutboxEntry {
+        const STEP: usize = 4096;
+        let log = self.log()?;
+        let mut entries = Vec::with_capacity(log.count());
+        let mut from = 0;
+        loop {
+            let records = log.records_from(from, STEP)?;
+            let Some(last) = records.last().map(|(r, _)| r.seq) else {
+                break;
+            };
+            entries.extend(records.into_iter().map(|(r, bytes)| OutboxEntry {
                 seq: r.seq,
                 class: RecordClass::of(&r.kind),
                 bytes,
-            })
-            .collect())
+            }));
+            from = last + 1;
+        }
+        Ok(entries)
     }
 
     /// Applies a shed plan: each merge group's usage records are folded into one record
