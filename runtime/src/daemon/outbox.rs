@@ -173,17 +173,7 @@ mod tests {
 
     use super::*;
 
-    fn health(i: u32) -> RecordKind {
-        RecordKind::NodeHealth {
-            load1_milli: i,
-            mem_total: 1 << 30,
-            mem_available: 1 << 29,
-            disk_free: 1 << 32,
-            temp_milli_c: None,
-            uplink_up: false,
-            outbox_depth: 0,
-        }
-    }
+    use crate::store::tests::health;
 
     fn outbox(dir: &std::path::Path, quota: u64) -> Outbox {
         Outbox::new(Store::open(&dir.join("store"), 1 << 20).unwrap(), quota)

@@ -178,16 +178,7 @@ impl Index {
                 }
             }
             Entry::Shed(records, dropped) => {
-                for (k, r) in records.iter().enumerate() {
-                    let slot = Slot {
-                        pos,
-                        frame_len,
-                        rec_len: len32(enc(r)?.len())?,
-                        part: len32(k + 1)?,
-                    };
-                    self.put_slot(r.seq, slot);
-                }
-                self.drop_seqs(pos.seg, &dropped);
+                self.put_shed(pos, frame_len, records.iter(), &dropped)?;
             }
             Entry::Usage(name, state) => {
                 if pos >= self.usage_from {
@@ -195,6 +186,27 @@ impl Index {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Indexes the entry of a shedding pass at `pos`: its records, then its drops.
+    fn put_shed<'r>(
+        &mut self,
+        pos: Pos,
+        frame_len: u32,
+        records: impl Iterator<Item = &'r Record>,
+        dropped: &[u64],
+    ) -> Result<(), StoreError> {
+        for (k, r) in records.enumerate() {
+            let slot = Slot {
+                pos,
+                frame_len,
+                rec_len: len32(enc(r)?.len())?,
+                part: len32(k + 1)?,
+            };
+            self.put_slot(r.seq, slot);
+        }
+        self.drop_seqs(pos.seg, dropped);
         Ok(())
     }
 
@@ -344,16 +356,8 @@ impl OutboxLog {
         let mut payload = vec![SHED];
         payload.extend_from_slice(&enc(&(records, dropped))?);
         let (pos, frame_len) = self.segs.push(&payload)?;
-        for (k, r) in records.iter().enumerate() {
-            let slot = Slot {
-                pos,
-                frame_len,
-                rec_len: len32(enc(r)?.len())?,
-                part: len32(k + 1)?,
-            };
-            self.ix.put_slot(r.seq, slot);
-        }
-        self.ix.drop_seqs(pos.seg, dropped);
+        self.ix
+            .put_shed(pos, frame_len, records.iter().copied(), dropped)?;
         Ok(())
     }
 

@@ -4,6 +4,19 @@ use hedge_wire::{InstanceStatus, Name, RecordKind};
 
 use super::*;
 
+/// A node-health record (droppable under pressure).
+pub(crate) fn health(i: u32) -> RecordKind {
+    RecordKind::NodeHealth {
+        load1_milli: i,
+        mem_total: 1 << 30,
+        mem_available: 1 << 29,
+        disk_free: 1 << 32,
+        temp_milli_c: None,
+        uplink_up: false,
+        outbox_depth: 0,
+    }
+}
+
 fn state(name: &str) -> RecordKind {
     RecordKind::InstanceState {
         instance: Name::new(name).unwrap(),
@@ -892,15 +905,6 @@ fn acks_delete_whole_segments_and_keep_the_states_they_held() {
 #[test]
 fn a_shedding_pass_reads_back_the_same_after_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let health = |i: u32| RecordKind::NodeHealth {
-        load1_milli: i,
-        mem_total: 1 << 30,
-        mem_available: 1 << 29,
-        disk_free: 1 << 32,
-        temp_milli_c: None,
-        uplink_up: false,
-        outbox_depth: 0,
-    };
     let before;
     let after;
     {
