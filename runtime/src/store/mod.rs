@@ -11,8 +11,9 @@
 //!   its records move into the log at the first open (`migrate_outbox`), nothing lost.
 //! - The outbox's records are in `DIR/outbox/`, an append-only log of checksummed
 //!   frames in segment files (`frame.rs`, `segments.rs`, `outbox.rs`): a record is one
-//!   frame (a usage record with its accountant's state after it), shedding one frame,
-//!   acknowledged records are dropped by the floor and their segments deleted whole.
+//!   frame (a usage record with its accountant's state after it), a shedding pass
+//!   frames of whole merges; acknowledged records are dropped by a floor and their
+//!   segments deleted whole.
 //!   After a crash the log is read up to its first torn or corrupt frame and cut there.
 //! - A change is durable before it is acted on or reported. Requests, desired state,
 //!   observed state, incidents and acknowledgements are flushed before the call
@@ -42,11 +43,11 @@
 //! Driven by the daemon (single owner); cheap to clone.
 
 mod epoch;
-pub mod frame;
+mod frame;
 mod migrate;
 mod outbox;
 pub mod pending;
-pub mod segments;
+mod segments;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -615,15 +616,21 @@ impl Store {
             .collect())
     }
 
-    /// Deletes every record with `seq <= upto` (the master has stored them): the floors
-    /// are raised and flushed first; then the segments of the outbox log that hold
-    /// nothing else are deleted, after the accountant states they may hold are
-    /// checkpointed into the `usage` tree.
+    /// Deletes every record with `seq <= upto` (the master has stored them): the
+    /// sequence floor and the acknowledged floor are raised in one flush of sled (the
+    /// floor first: sled recovers a prefix of its writes, so a store that forgot the
+    /// records also keeps their seqs from being issued again); then the segments of the
+    /// outbox log that hold nothing else are deleted, after the accountant states they
+    /// may hold are checkpointed into the `usage` tree in that same flush.
     pub fn ack(&self, upto: u64) -> Result<usize, StoreError> {
-        // The deleted seqs must never be issued again, even if the outbox empties.
-        self.raise_floor()?;
         let t = self.t()?;
         let mut log = self.log()?;
+        // The deleted seqs must never be issued again, even if the outbox empties.
+        let next = self.next_seq.load(Ordering::Relaxed);
+        let floor = t.meta.get(META_NEXT_SEQ)?.map(|v| be_u64(&v)).unwrap_or(1);
+        if next > floor {
+            t.meta.insert(META_NEXT_SEQ, &next.to_be_bytes())?;
+        }
         let n = log.ack(upto);
         t.meta.insert(META_ACKED, &log.acked().to_be_bytes())?;
         let first = log.first_kept()?;

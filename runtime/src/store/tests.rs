@@ -648,10 +648,12 @@ fn a_flush_owed_once_covers_the_group_and_the_next_reveal_owes_none() {
     assert!(!s.pending().owed(Reveal::Show));
 }
 
-/// Disk bytes written per record until durable (`/proc/self/io` write_bytes), for the
-/// bench's shape: 200 instances, one usage record each per 100 ms tick, a flush every
-/// 10 ticks and one at the end. Prints the figure; run by hand:
-/// `cargo test -p hedge-runtime --release store::tests::disk_bytes_per_record -- --ignored --nocapture`.
+/// Disk bytes written per record until durable (`/proc/self/io` write_bytes): N
+/// instances, one usage record each per 100 ms tick, a flush every K ticks and one at
+/// the end. The bench's shape is 200 instances flushed every 5 s (offline: the flush
+/// interval); a flush every tick is what a node online does (each group is sent, so
+/// synced, at once). Prints the figures; run by hand:
+/// `cargo test -p hedge-runtime --lib store::tests::disk_bytes_per_record -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn disk_bytes_per_record() {
@@ -664,52 +666,53 @@ fn disk_bytes_per_record() {
             .parse()
             .unwrap()
     }
-    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-    let s = Store::open_tuned(dir.path(), 1 << 20, 3_600_000).unwrap();
-    let names: Vec<Name> = (0..200)
-        .map(|i| Name::new(&format!("u{i}")).unwrap())
-        .collect();
-    let mut a: Vec<_> = names
-        .iter()
-        .map(|n| {
-            crate::monitor::usage::Accountant::new(n.clone(), 100, 1_700_000_000_000, 100).unwrap()
-        })
-        .collect();
-    s.flush_records().unwrap();
-    let w0 = written();
-    let ticks = 100u64;
-    for t in 0..ticks {
-        let to = 1_700_000_000_000 + (t + 1) * 100;
-        for (n, acc) in names.iter().zip(a.iter_mut()) {
-            let closed = acc.close_interval(to, 12_345);
-            let kind = closed.unwrap_or(RecordKind::Usage {
-                instance: n.clone(),
-                from_ms: to - 100,
-                to_ms: to,
-                cpu_ms: 3,
-                mem_avg_bytes: 1_234_567,
-                mem_peak_bytes: 1_300_000,
-                disk_bytes: 0,
-                net_rx_bytes: None,
-                net_tx_bytes: None,
-                uptime_ms: 100,
-            });
-            s.append_usage(to, kind, n, acc.state()).unwrap();
+    for (instances, every) in [(200u64, 50u64), (200, 10), (200, 1), (10, 50), (10, 1)] {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let s = Store::open_tuned(dir.path(), 1 << 20, 3_600_000).unwrap();
+        let names: Vec<Name> = (0..instances)
+            .map(|i| Name::new(&format!("u{i}")).unwrap())
+            .collect();
+        let mut a: Vec<_> = names
+            .iter()
+            .map(|n| {
+                crate::monitor::usage::Accountant::new(n.clone(), 100, 1_700_000_000_000, 100)
+                    .unwrap()
+            })
+            .collect();
+        s.flush_records().unwrap();
+        let w0 = written();
+        let ticks = 200u64;
+        for t in 0..ticks {
+            let to = 1_700_000_000_000 + (t + 1) * 100;
+            for (n, acc) in names.iter().zip(a.iter_mut()) {
+                let closed = acc.close_interval(to, 12_345);
+                let kind = closed.unwrap_or(RecordKind::Usage {
+                    instance: n.clone(),
+                    from_ms: to - 100,
+                    to_ms: to,
+                    cpu_ms: 3,
+                    mem_avg_bytes: 1_234_567,
+                    mem_peak_bytes: 1_300_000,
+                    disk_bytes: 0,
+                    net_rx_bytes: None,
+                    net_tx_bytes: None,
+                    uptime_ms: 100,
+                });
+                s.append_usage(to, kind, n, acc.state()).unwrap();
+            }
+            if t % every == every - 1 {
+                s.flush_records().unwrap();
+            }
         }
-        if t % 10 == 9 {
-            s.flush_records().unwrap();
-        }
+        s.flush_records().unwrap();
+        let records = ticks * instances;
+        println!(
+            "{instances} instances, a flush every {every} ticks: {} disk bytes per record \
+             ({records} records of {} B)",
+            (written() - w0) / records,
+            s.outbox_bytes() / records
+        );
     }
-    s.flush_records().unwrap();
-    let records = ticks * 200;
-    let state_len = postcard::to_stdvec(a[0].state()).unwrap().len();
-    println!(
-        "disk bytes per record: {} ({} records; accountant state {} B, record {} B)",
-        (written() - w0) / records,
-        records,
-        state_len,
-        s.outbox_bytes() / records
-    );
 }
 
 fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
