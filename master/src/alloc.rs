@@ -138,7 +138,9 @@ pub enum AllocError {
     },
 }
 
-fn mismatches(node: &NodeSummary, req: &Placement) -> Vec<Mismatch> {
+/// Every criterion of `req` (its node aside) that `node` fails, capacity included;
+/// empty when it fits.
+pub fn mismatches(node: &NodeSummary, req: &Placement) -> Vec<Mismatch> {
     let mut out = Vec::new();
     if let Some(want) = &req.arch {
         let fits = node

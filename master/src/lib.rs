@@ -5,6 +5,7 @@
 //! - [`coverage`]: the acknowledged prefix of a node's sequence numbers.
 //! - [`alloc`]: which node gets a new instance.
 //! - [`placement`]: where a request goes, moves and pruning, and `hedge master request`.
+//! - [`moves`]: fences, the two-phase handover, the decision log and its budget.
 //! - [`admission`]: how much one node may make the master process and store.
 //! - [`billing`]: invoices from usage records and a price list.
 //! - [`imports`]: which connection parameters of other nodes a node's state carries.
@@ -38,6 +39,7 @@ pub mod enrollment;
 pub mod imports;
 pub mod log_limit;
 pub mod mosquitto;
+pub mod moves;
 pub mod pki;
 pub mod placement;
 pub mod revocation;

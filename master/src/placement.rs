@@ -6,7 +6,9 @@
 //! never over-filled):
 //! - Sticky: a name lives on one node. Without a node named, a request goes where the
 //!   name lives (where it is live, else the first node holding it destroyed); a new
-//!   name is allocated ([`crate::alloc::pick`]) ([`target`]).
+//!   name is allocated ([`crate::alloc::pick`]) ([`target`]). While a move hands an
+//!   instance over ([`crate::moves`]), "where it lives" is its owner's node (the live
+//!   copy with the highest fence), and the old copy is left to its handover.
 //! - Moves: requested on another node (`--node B` for an instance on A), the name is
 //!   *moved*: in the same transaction A's state gets it `destroyed` and B's gets the
 //!   request ([`moved_from`]). A destroys it as soon as it applies its new state, without

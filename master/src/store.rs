@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::alloc::Placement;
 use crate::coverage::Coverage;
+use crate::moves::{Decision, Handover, InstancePlacement, MoveRequest, Moved, NewDecision};
 
 mod blob;
 mod error;
@@ -84,6 +85,8 @@ pub type Batch = (Name, Up, u64, u64);
 /// - **Placement** ([`FleetStore::place`]) allocates, moves an instance between nodes
 ///   and prunes destroyed instances in the transaction that writes the state(s); see
 ///   [`crate::placement`] for the rules.
+/// - **Moves** ([`FleetStore::move_instance`], [`FleetStore::complete_handovers`]):
+///   fences, the two-phase handover and the decision log; see [`crate::moves`].
 /// - **Registry.** The facts of a node (board, arch, cores, memory, capacity, and the
 ///   labels and region it reports) come from its newest `NodeInfo` record or from
 ///   [`FleetStore::register_node`], whichever was written last; the newest `NodeHealth`
@@ -152,9 +155,14 @@ pub trait FleetStore: Send + Sync {
     /// Every incident record as `(node, life, record)`, by node, life then seq.
     fn incident_records(&self) -> Result<Vec<(Name, u32, Record)>>;
 
-    /// Every incident, by node, life then id, with its latest state and timeline.
+    /// Every incident, by node, life then id, with its latest state and timeline; the
+    /// master's decisions about it are entries of its timeline
+    /// ([`crate::moves::with_decisions`]).
     fn incidents(&self) -> Result<Vec<IncidentView>> {
-        Ok(views::incidents(self.incident_records()?))
+        Ok(crate::moves::with_decisions(
+            views::incidents(self.incident_records()?),
+            &self.decisions(0)?,
+        ))
     }
 
     /// What [`FleetStore::instances`] is folded from.
@@ -225,6 +233,40 @@ pub trait FleetStore: Send + Sync {
     /// `(node, instance)` of every instance pruned from a desired state after its node
     /// reported it destroyed (and not requested there again since).
     fn pruned(&self) -> Result<Vec<(Name, Name)>>;
+
+    /// In one transaction: moves `mv.instance` from `mv.from` (its owner's node) to
+    /// `mv.to` (or a node allocation picks), under the next fence, and logs the move
+    /// (see [`crate::moves`] for the rules: owner, fit and free slot, one move per
+    /// incident, the budget). The target's state gains the instance at once; a fenced
+    /// move also requests it `destroyed` on `from`, else that waits for
+    /// [`FleetStore::complete_handovers`]. Each state written is signed with `sign`.
+    /// A broken rule is [`StoreError::Move`] or [`StoreError::Alloc`], nothing stored.
+    fn move_instance<S>(
+        &self,
+        mv: &MoveRequest,
+        now_ms: u64,
+        stale_after_ms: u64,
+        sign: S,
+    ) -> Result<Moved>
+    where
+        S: Fn(&mut DesiredState);
+
+    /// In one transaction: for every instance with stale copies whose owner's node
+    /// reported it `Running` after accepting the state carrying its fence, requests the
+    /// stale copies `destroyed` (states signed with `sign`) and logs each handover.
+    fn complete_handovers<S>(&self, now_ms: u64, sign: S) -> Result<Vec<Handover>>
+    where
+        S: Fn(&mut DesiredState);
+
+    /// Every instance a desired state holds: its holders (node, fence, live), by node,
+    /// and the criteria it was allocated with; by instance.
+    fn placements(&self) -> Result<Vec<InstancePlacement>>;
+
+    /// Logs a decision that is not a move (a refusal) and returns it numbered.
+    fn record_decision(&self, d: &NewDecision) -> Result<Decision>;
+
+    /// The decision log from `since_ms` on (0: all), in order.
+    fn decisions(&self, since_ms: u64) -> Result<Vec<Decision>>;
 
     /// Records a supplied artifact: for a named release it replaces the release's
     /// variant for `target`; an unnamed one is recorded once per (sha256, target).

@@ -24,6 +24,7 @@ pub(crate) mod desired;
 pub(crate) mod fleet;
 pub(crate) mod imports;
 pub(crate) mod ingest;
+pub(crate) mod moves;
 pub(crate) mod place;
 pub(crate) mod views;
 pub(crate) mod writers;
@@ -58,6 +59,12 @@ macro_rules! fleet_store_suite {
             imports::a_state_imports_what_the_owner_of_a_referenced_instance_published,
             imports::a_node_publishing_for_an_instance_it_does_not_own_changes_no_import,
             imports::a_consumer_left_behind_by_a_move_imports_once_the_old_copy_is_pruned,
+            moves::a_move_gets_the_next_fence_and_the_old_copy_goes_once_the_new_one_runs,
+            moves::a_fenced_move_destroys_the_old_copy_at_once,
+            moves::a_move_breaking_a_rule_is_refused_and_stores_nothing,
+            moves::one_move_per_incident_and_the_budget_holds,
+            moves::fences_only_grow_and_states_written_again_keep_them,
+            moves::decisions_show_in_their_incidents_timeline,
             writers::everything_survives_reopening,
             writers::concurrent_stores_on_one_file_store_each_record_once,
             writers::concurrent_placements_never_overfill_a_node,

@@ -116,6 +116,12 @@ pub enum StoreError {
     /// Allocation found no node for a request.
     #[error(transparent)]
     Alloc(#[from] crate::alloc::AllocError),
+    /// A move breaks a rule of [`crate::moves`]; nothing was stored.
+    #[error(transparent)]
+    Move(Box<crate::moves::MoveError>),
+    /// A stored decision names a kind this master does not know.
+    #[error("master store: unknown decision kind {0:?}")]
+    UnknownDecision(String),
     /// The transaction of several batches failed to begin or commit.
     #[error("master store: batch transaction: {0}")]
     Batch(String),
@@ -127,4 +133,16 @@ pub enum StoreError {
         /// The node the request named, if one (boxed: keeps the error small).
         node: Option<Box<Name>>,
     },
+}
+
+impl From<crate::moves::MoveError> for StoreError {
+    fn from(e: crate::moves::MoveError) -> Self {
+        StoreError::Move(Box::new(e))
+    }
+}
+
+impl From<Box<crate::moves::MoveError>> for StoreError {
+    fn from(e: Box<crate::moves::MoveError>) -> Self {
+        StoreError::Move(e)
+    }
 }

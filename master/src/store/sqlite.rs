@@ -24,12 +24,14 @@ use super::{
 };
 use crate::alloc::Placement;
 use crate::coverage::Coverage;
+use crate::moves::{Decision, Handover, InstancePlacement, MoveRequest, Moved, NewDecision};
 
 mod artifacts;
 mod desired;
 mod fleet;
 mod imports;
 mod ingest;
+mod moves;
 mod place;
 mod records;
 mod schema;
@@ -265,6 +267,38 @@ impl FleetStore for SqliteStore {
 
     fn pruned(&self) -> Result<Vec<(Name, Name)>> {
         place::pruned(&self.conn())
+    }
+
+    fn move_instance<S>(
+        &self,
+        mv: &MoveRequest,
+        now_ms: u64,
+        stale_after_ms: u64,
+        sign: S,
+    ) -> Result<Moved>
+    where
+        S: Fn(&mut DesiredState),
+    {
+        self.write(|tx| moves::move_instance(tx, mv, now_ms, stale_after_ms, &sign))
+    }
+
+    fn complete_handovers<S>(&self, now_ms: u64, sign: S) -> Result<Vec<Handover>>
+    where
+        S: Fn(&mut DesiredState),
+    {
+        self.write(|tx| moves::complete_handovers(tx, now_ms, &sign))
+    }
+
+    fn placements(&self) -> Result<Vec<InstancePlacement>> {
+        moves::placements(&self.conn())
+    }
+
+    fn record_decision(&self, d: &NewDecision) -> Result<Decision> {
+        self.write(|tx| moves::insert_decision(tx, d))
+    }
+
+    fn decisions(&self, since_ms: u64) -> Result<Vec<Decision>> {
+        moves::decisions_since(&self.conn(), since_ms)
     }
 
     fn supply_artifact(

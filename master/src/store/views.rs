@@ -106,6 +106,10 @@ pub struct IncidentTransition {
     pub severity: Severity,
     /// Message of the transition.
     pub message: String,
+    /// Set on an entry the master added: its decision about the incident
+    /// ([`crate::moves::with_decisions`]); `seq` is then the record it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<crate::moves::Decision>,
 }
 
 /// An incident: its latest state and its timeline.
@@ -206,6 +210,7 @@ pub fn incidents(records: Vec<(Name, u32, Record)>) -> Vec<IncidentView> {
             state,
             severity,
             message: message.clone(),
+            decision: None,
         };
         // Records come in seq order, so each one is the latest so far.
         let view = out

@@ -33,7 +33,6 @@ pub(crate) fn on(node: &str) -> Placement {
     }
 }
 
-/// A node reporting records, one seq after the other.
 /// A node reporting records one at a time (seqs from 1 in its life).
 pub(crate) struct Reporter {
     node: Name,
@@ -96,7 +95,7 @@ impl Reporter {
     }
 }
 
-fn names<S: FleetStore>(s: &S, node: &str) -> Vec<(String, RequestedState)> {
+pub(crate) fn names<S: FleetStore>(s: &S, node: &str) -> Vec<(String, RequestedState)> {
     s.desired(&n(node))
         .unwrap()
         .map(|d| {

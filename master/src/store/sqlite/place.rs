@@ -17,6 +17,7 @@ use super::super::blob::{self, decode};
 use super::super::{Placed, Result, StoreError};
 use super::desired::{next_after, store_desired, stored_desired};
 use super::fleet::load_nodes;
+use super::moves;
 use super::sql::{from_sql, seq_sql};
 use crate::alloc::{self, Placement};
 use crate::placement::{self as rules, Target};
@@ -31,12 +32,22 @@ pub(super) fn place(
     sign: &dyn Fn(&mut DesiredState),
 ) -> Result<Placed> {
     let name = request.name.clone();
-    let holders = holders(tx, &name)?;
+    let fenced = moves::holders(tx, &name)?;
+    let holders = crate::moves::by_preference(&fenced);
     let destroy = request.state == RequestedState::Destroyed;
-    let target = match rules::target(&name, &holders, placement, destroy)? {
-        Target::On(node) => node,
+    let allocated = rules::target(&name, &holders, placement, destroy)?;
+    let target = match &allocated {
+        Target::On(node) => node.clone(),
         Target::Allocate => alloc::pick(&load_nodes(tx)?, placement, now_ms, stale_after_ms)?,
     };
+    if !destroy {
+        if allocated == Target::Allocate {
+            moves::set_criteria(tx, &name, placement)?;
+        }
+        if !fenced.iter().any(|h| h.live && h.node == target) {
+            moves::bump_fence(tx, &target, &name)?;
+        }
+    }
     let mut pruned = Vec::new();
     let (state, p) = write_desired(
         tx,
@@ -50,18 +61,8 @@ pub(super) fn place(
     )?;
     pruned.extend(p.into_iter().map(|i| (target.clone(), i)));
     let mut destroyed_on = Vec::new();
-    for node in rules::moved_from(&holders, &target) {
-        let (d, p) = write_desired(
-            tx,
-            &node,
-            |mut v| {
-                for r in v.iter_mut().filter(|r| r.name == name) {
-                    r.state = RequestedState::Destroyed;
-                }
-                v
-            },
-            sign,
-        )?;
+    for node in crate::moves::moved_off(&fenced, &target) {
+        let (d, p) = destroy_on(tx, &node, &name, sign)?;
         pruned.extend(p.into_iter().map(|i| (node.clone(), i)));
         destroyed_on.push((node, d.generation));
     }
@@ -86,24 +87,24 @@ pub(super) fn pruned(conn: &Connection) -> Result<Vec<(Name, Name)>> {
         .collect()
 }
 
-/// Nodes whose desired state holds `name`, and whether it is live there (not
-/// `destroyed`), by node.
-fn holders(tx: &Transaction<'_>, name: &Name) -> Result<Vec<(Name, bool)>> {
-    let nodes = tx
-        .prepare_cached("SELECT node FROM desired ORDER BY node")?
-        .query_map([], |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut out = Vec::new();
-    for node in nodes {
-        let node = blob::name(node)?;
-        let Some(d) = stored_desired(tx, &node)? else {
-            continue;
-        };
-        if let Some(r) = d.instances.iter().find(|r| &r.name == name) {
-            out.push((node, r.state != RequestedState::Destroyed));
-        }
-    }
-    Ok(out)
+/// Requests `name` `destroyed` in `node`'s state (a new generation, signed).
+pub(super) fn destroy_on(
+    tx: &Transaction<'_>,
+    node: &Name,
+    name: &Name,
+    sign: &dyn Fn(&mut DesiredState),
+) -> Result<(DesiredState, Vec<Name>)> {
+    write_desired(
+        tx,
+        node,
+        |mut v| {
+            for r in v.iter_mut().filter(|r| &r.name == name) {
+                r.state = RequestedState::Destroyed;
+            }
+            v
+        },
+        sign,
+    )
 }
 
 /// The shared write path: prunes what `node` reported destroyed, maps the instances
@@ -150,6 +151,7 @@ where
         signature: heapless::Vec::new(),
         expires_ms: 0,
     };
+    moves::sync_fences(tx, &d)?;
     sign(&mut d);
     if &d.node != node || d.generation != generation {
         return Err(StoreError::SignerChangedState(node.clone()));
@@ -193,65 +195,79 @@ pub(super) fn prunable(tx: &Transaction<'_>, d: &DesiredState) -> Result<BTreeSe
     if destroyed.is_empty() {
         return Ok(out);
     }
-    let node = d.node.as_str();
-    // ((life, seq), generation) of every generation the node accepted: records are
-    // ordered by the node's life, then by seq within it.
-    let accepted: Vec<((i64, i64), u64)> = {
-        let rows = tx
-            .prepare_cached(
-                "SELECT e.life, r.seq, r.kind FROM records r
-                 JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
-                 WHERE r.kind_tag = 'desired' AND r.node = ?1",
-            )?
-            .query_map([node], |r| {
-                Ok((
-                    (r.get::<_, i64>(0)?, r.get::<_, i64>(1)?),
-                    r.get::<_, Vec<u8>>(2)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let mut acc = Vec::new();
-        for (seq, blob) in rows {
-            if let RecordKind::Desired {
-                generation,
-                accepted: true,
-                ..
-            } = decode("record", node, &blob)?
-            {
-                acc.push((seq, generation));
-            }
-        }
-        acc
-    };
+    let accepted = accepted(tx, &d.node)?;
     for instance in destroyed {
         let since = destroyed_since(tx, d, instance)?;
         let Some(applied_at) = rules::applied_at(&accepted, since) else {
             continue;
         };
-        let reports = tx
-            .prepare_cached(
-                "SELECT r.kind FROM records r
-                 JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
-                 WHERE r.kind_tag = 'instance_state' AND r.node = ?1
-                 AND r.instance = ?2 AND (e.life, r.seq) > (?3, ?4)",
-            )?
-            .query_map(
-                params![node, instance.as_str(), applied_at.0, applied_at.1],
-                |r| r.get::<_, Vec<u8>>(0),
-            )?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        for blob in reports {
-            if let RecordKind::InstanceState {
-                status: InstanceStatus::Destroyed,
-                ..
-            } = decode("record", node, &blob)?
-            {
-                out.insert(instance.clone());
-                break;
-            }
+        if reported_after(tx, &d.node, instance, applied_at, InstanceStatus::Destroyed)? {
+            out.insert(instance.clone());
         }
     }
     Ok(out)
+}
+
+/// `((life, seq), generation)` of every generation `node` accepted (its `Desired`
+/// records, ordered by the node's life, then by seq within it).
+pub(super) fn accepted(tx: &Transaction<'_>, node: &Name) -> Result<Vec<((i64, i64), u64)>> {
+    let node = node.as_str();
+    let rows = tx
+        .prepare_cached(
+            "SELECT e.life, r.seq, r.kind FROM records r
+             JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
+             WHERE r.kind_tag = 'desired' AND r.node = ?1",
+        )?
+        .query_map([node], |r| {
+            Ok((
+                (r.get::<_, i64>(0)?, r.get::<_, i64>(1)?),
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut acc = Vec::new();
+    for (seq, blob) in rows {
+        if let RecordKind::Desired {
+            generation,
+            accepted: true,
+            ..
+        } = decode("record", node, &blob)?
+        {
+            acc.push((seq, generation));
+        }
+    }
+    Ok(acc)
+}
+
+/// Whether `node` reported `instance` in `status` (an `InstanceState` record) after
+/// the position `at` (life, seq) in its records.
+pub(super) fn reported_after(
+    tx: &Transaction<'_>,
+    node: &Name,
+    instance: &Name,
+    at: (i64, i64),
+    status: InstanceStatus,
+) -> Result<bool> {
+    let node = node.as_str();
+    let reports = tx
+        .prepare_cached(
+            "SELECT r.kind FROM records r
+             JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
+             WHERE r.kind_tag = 'instance_state' AND r.node = ?1
+             AND r.instance = ?2 AND (e.life, r.seq) > (?3, ?4)",
+        )?
+        .query_map(params![node, instance.as_str(), at.0, at.1], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for blob in reports {
+        if let RecordKind::InstanceState { status: s, .. } = decode("record", node, &blob)? {
+            if s == status {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// Keeps table `destroyed` in step with a write of `new` over `old`: an instance that

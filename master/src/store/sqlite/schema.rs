@@ -15,7 +15,7 @@
 //! `node_bytes` (bytes of encoded records stored per node, for the ingest quota; filled
 //! from `records` the first time a node without a row ingests), `destroyed` (per node
 //! and instance requested `destroyed`: the generation that destroyed it, and whether it
-//! was pruned from the state since).
+//! was pruned from the state since); the tables of moves are in `moves`.
 //! New tables are created by `CREATE ... IF NOT EXISTS` at every open, so adding one
 //! keeps [`SCHEMA_VERSION`] (an older master simply ignores it). Version 2 keyed
 //! records and coverage by epoch: a version 1 file is migrated in place at open (its
@@ -188,6 +188,7 @@ pub(super) fn set_up(conn: &mut Connection) -> rusqlite::Result<i64> {
     }
     tx.execute_batch(EPOCH_TABLES)?;
     tx.execute_batch(SCHEMA)?;
+    tx.execute_batch(super::moves::SCHEMA)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(version)
