@@ -607,7 +607,14 @@ fn run(cfg: MasterConfig) -> Result<(), Failure> {
     )
     .map_err(Failure::usage)?;
     let revoked = std::sync::Arc::new(hedge_master::revocation::Revoked::new(&cfg.base));
-    let key = MasterKey::load(&cfg.base.join(&cfg.signing.key)).map_err(Failure::usage)?;
+    let key = std::sync::Arc::new(
+        MasterKey::load(&cfg.base.join(&cfg.signing.key)).map_err(Failure::usage)?,
+    );
+    let act = cfg.act.enabled.then(|| hedge_master::run::Acting {
+        key: key.clone(),
+        policy: cfg.act_policy(),
+        every: std::time::Duration::from_millis(cfg.act.interval_ms),
+    });
     let settings = hedge_master::run::Settings {
         host: cfg.broker.host.clone(),
         port: cfg.broker.port,
@@ -615,7 +622,8 @@ fn run(cfg: MasterConfig) -> Result<(), Failure> {
         limits: hedge_master::run::IngestLimits::default(),
         keepalive: std::time::Duration::from_secs(20),
         revoked: revoked.clone(),
-        renew: Some(std::sync::Arc::new(key)),
+        renew: Some(key),
+        act,
     };
     let enroller = match cfg.artifacts.listen {
         Some(_) => Some(std::sync::Arc::new(

@@ -31,6 +31,9 @@ pub struct MasterConfig {
     /// When a node is too stale to be given instances.
     #[serde(default)]
     pub allocation: AllocationSection,
+    /// What the master does for the fleet on its own.
+    #[serde(default)]
+    pub act: ActSection,
     /// The price list invoices are made with.
     #[serde(default)]
     pub billing: BillingSection,
@@ -115,6 +118,50 @@ impl Default for AllocationSection {
     fn default() -> Self {
         AllocationSection {
             stale_after_ms: 300_000,
+        }
+    }
+}
+
+/// `[act]`: what the master does for the fleet on its own ([`crate::act`]).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActSection {
+    /// Move an instance whose incident escalated to Critical (default on).
+    pub enabled: bool,
+    /// Moves made for incidents within any hour, fleet-wide (default 10: a broken
+    /// release escalating everywhere at once moves at most this many an hour, while
+    /// the instances of one failing board, a handful, can all leave it).
+    pub moves_per_hour: u32,
+    /// Moves made for incidents within any hour, of one instance (default 1: a move
+    /// tests whether the node was at fault; failing on the next node too points at the
+    /// release, and moving it on would only carry the failure across the fleet).
+    pub moves_per_instance_per_hour: u32,
+    /// How often the master looks, ms (default 10 s; it also looks within a second
+    /// of ingesting incidents or instance states).
+    pub interval_ms: u64,
+}
+
+impl Default for ActSection {
+    fn default() -> Self {
+        ActSection {
+            enabled: true,
+            moves_per_hour: 10,
+            moves_per_instance_per_hour: 1,
+            interval_ms: 10_000,
+        }
+    }
+}
+
+impl MasterConfig {
+    /// The decision core's policy: `[act]` and `[allocation]`.
+    pub fn act_policy(&self) -> crate::act::Policy {
+        crate::act::Policy {
+            budget: crate::moves::MoveBudget {
+                window_ms: 3_600_000,
+                fleet: self.act.moves_per_hour,
+                per_instance: self.act.moves_per_instance_per_hour,
+            },
+            stale_after_ms: self.allocation.stale_after_ms,
         }
     }
 }
@@ -247,6 +294,9 @@ impl MasterConfig {
         }
         if self.allocation.stale_after_ms == 0 {
             return Err("allocation.stale_after_ms must be > 0".into());
+        }
+        if self.act.interval_ms < 100 {
+            return Err("act.interval_ms must be >= 100".into());
         }
         let file = |what: &str, p: &Path| -> Result<std::fs::Metadata, String> {
             match std::fs::metadata(p) {

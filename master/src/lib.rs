@@ -9,6 +9,7 @@
 //! - [`admission`]: how much one node may make the master process and store.
 //! - [`billing`]: invoices from usage records and a price list.
 //! - [`imports`]: which connection parameters of other nodes a node's state carries.
+//! - [`act`]: what the master moves for the fleet and why (and its driver).
 //!
 //! Storage and keys:
 //! - [`store`]: the [`store::FleetStore`] trait (its doc is the contract), the SQLite
@@ -29,6 +30,7 @@
 //! - [`revocation`]: revoked nodes and the broker's CRL.
 //! - [`mosquitto`]: the broker's config and ACL.
 
+pub mod act;
 pub mod admission;
 pub mod alloc;
 pub mod artifacts;

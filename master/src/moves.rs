@@ -444,4 +444,4 @@ pub fn with_decisions(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

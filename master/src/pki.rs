@@ -42,7 +42,7 @@ use rcgen::{
 use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
 
-use crate::config::{AllocationSection, MasterConfig};
+use crate::config::{ActSection, AllocationSection, MasterConfig};
 pub use crate::mosquitto::MASTER_USER;
 
 /// Errors of the PKI and of `master.toml`.
@@ -386,6 +386,18 @@ key = \"signing.key\"
 # A node not heard from for this long gets no new instances, in milliseconds.
 stale_after_ms = {stale}
 
+[act]
+# Move an instance whose incident a node escalated to Critical to another node that
+# fits (the old copy is destroyed once the new one runs).
+enabled = true
+# Moves made for incidents within any hour: fleet-wide, and of one instance. A
+# second failure elsewhere points at the release, not the node.
+moves_per_hour = {moves}
+moves_per_instance_per_hour = {per_instance}
+# How often the master looks, in milliseconds (it also looks after ingesting
+# incidents and instance states).
+interval_ms = {interval}
+
 [billing]
 # A TOML price list turning usage records into invoices; no invoices without one.
 # price_list = \"prices.toml\"
@@ -414,6 +426,9 @@ renew_grace_s = 7776000
 token_ttl_s = 604800
 ",
         stale = AllocationSection::default().stale_after_ms,
+        moves = ActSection::default().moves_per_hour,
+        per_instance = ActSection::default().moves_per_instance_per_hour,
+        interval = ActSection::default().interval_ms,
     )
 }
 

@@ -26,8 +26,11 @@
 //! whose imported connection parameters changed ([`crate::imports`]): on the next
 //! second's tick after a batch carrying `ConnectionParameters` was handed to the store
 //! (so at most once a second however many arrive), at connect and every [`RENEW_EVERY`]
-//! (which catches what another master process ingested). Reconnects with backoff
-//! forever; returns when `shutdown` resolves.
+//! (which catches what another master process ingested). With [`Settings::act`] it
+//! acts for the fleet ([`crate::act::driver::act`] on the worker): every
+//! [`Acting::every`], and within a second of handing over a batch holding incidents or
+//! instance states; one pass at a time. Reconnects with backoff forever; returns when
+//! `shutdown` resolves.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -108,6 +111,20 @@ pub struct Settings {
     /// The signing key: desired states near their expiry are re-signed with it
     /// ([`crate::sign::renew_expiring`], checked every [`RENEW_EVERY`]). `None`: never.
     pub renew: Option<Arc<crate::sign::MasterKey>>,
+    /// The master acting for the fleet ([`crate::act`]); `None`: it does not.
+    pub act: Option<Acting>,
+}
+
+/// How `run` acts for the fleet.
+#[derive(Clone)]
+pub struct Acting {
+    /// The key states written are signed with.
+    pub key: Arc<crate::sign::MasterKey>,
+    /// The decision core's policy.
+    pub policy: crate::act::Policy,
+    /// A pass at least this often; also within a second of ingesting incidents or
+    /// instance states.
+    pub every: Duration,
 }
 
 /// How often `run` looks for desired states to re-sign.
@@ -164,12 +181,19 @@ pub async fn run<S: FleetStore + 'static>(
     let mut looking_up = false;
     // Connection parameters arrived since the imports were last refreshed.
     let mut imports_due = true;
+    // One act pass at a time; `act_due` once records it may answer were ingested.
+    let (mut acting, mut act_due) = (false, false);
+    let act_every = settings
+        .act
+        .as_ref()
+        .map_or(Duration::from_secs(3600), |a| a.every);
     loop {
         let (client, mut eventloop) = AsyncClient::new(options(&settings), 256);
         let mut published: BTreeMap<Name, u64> = BTreeMap::new();
         let mut subscribed = false;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut renew_tick = tokio::time::interval(RENEW_EVERY);
+        let mut act_tick = tokio::time::interval(act_every);
         let lost = loop {
             tokio::select! {
                 () = &mut shutdown => {
@@ -177,16 +201,25 @@ pub async fn run<S: FleetStore + 'static>(
                     tracing::info!(?counters, "master stopped");
                     return Ok(counters);
                 }
-                _ = tick.tick(), if subscribed && !looking_up => {
-                    if imports_due {
-                        if let Some(key) = &settings.renew {
-                            // Queued before the lookup: what it re-signs goes out with it.
-                            imports_due = worker
-                                .submit(Job::Imports { key: key.clone(), now_ms: now_ms() })
-                                .is_err();
-                        }
+                _ = tick.tick(), if subscribed && (!looking_up || act_due) => {
+                    // Queued before the lookup: what they write goes out with it.
+                    if act_due && !acting {
+                        acting = submit_act(&worker, settings.act.as_ref());
+                        act_due = !acting;
                     }
-                    looking_up = worker.submit(Job::Desired { published: published.clone() }).is_ok();
+                    if !looking_up {
+                        if imports_due {
+                            if let Some(key) = &settings.renew {
+                                imports_due = worker
+                                    .submit(Job::Imports { key: key.clone(), now_ms: now_ms() })
+                                    .is_err();
+                            }
+                        }
+                        looking_up = worker.submit(Job::Desired { published: published.clone() }).is_ok();
+                    }
+                }
+                _ = act_tick.tick(), if settings.act.is_some() && !acting => {
+                    acting = submit_act(&worker, settings.act.as_ref());
                 }
                 Some(d) = done.recv() => match d {
                     Done::Desired(frames) => {
@@ -209,6 +242,10 @@ pub async fn run<S: FleetStore + 'static>(
                     Done::Imports(Err(e)) => {
                         imports_due = true;
                         tracing::warn!(error = %e, "cannot refresh imported connection parameters");
+                    }
+                    Done::Acted(result) => {
+                        acting = false;
+                        acted(result);
                     }
                     Done::Ingested { node, claimed, result } => {
                         ingested(&client, &mut admission, &node, &claimed, result, &mut counters);
@@ -240,7 +277,9 @@ pub async fn run<S: FleetStore + 'static>(
                         if revoked_sender(&settings.revoked, &p.topic) {
                             counters.revoked += 1;
                         } else {
-                            imports_due |= handle_up(&worker, &mut admission, &p.topic, &p.payload, &mut counters);
+                            let handed = handle_up(&worker, &mut admission, &p.topic, &p.payload, &mut counters);
+                            imports_due |= handed.params;
+                            act_due |= handed.answerable && settings.act.is_some();
                         }
                     }
                     Ok(_) => {}
@@ -275,39 +314,74 @@ fn refuse(admission: &mut Admission, node: &Name, now: u64, why: Refusal) {
     }
 }
 
+/// Submits an act pass; whether it was queued.
+fn submit_act(worker: &Worker, act: Option<&Acting>) -> bool {
+    act.is_some_and(|a| {
+        worker
+            .submit(Job::Act {
+                key: a.key.clone(),
+                policy: a.policy,
+                now_ms: now_ms(),
+            })
+            .is_ok()
+    })
+}
+
+/// Logs a failed act pass (decisions are logged by the driver).
+fn acted(result: Result<crate::act::driver::Report, StoreError>) {
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "cannot act for the fleet this time; trying again");
+    }
+}
+
+/// What an Up batch handed to the worker holds that the loop acts on.
+#[derive(Debug, Default, Clone, Copy)]
+struct Handed {
+    /// Connection parameters: refresh the imports.
+    params: bool,
+    /// Records an act pass may answer.
+    answerable: bool,
+}
+
 /// Checks an Up frame and hands it to the worker; acknowledged later, by [`ingested`].
-/// Returns whether the batch handed over carries connection parameters.
+/// Returns what the batch handed over holds that the loop acts on.
 fn handle_up(
     worker: &Worker,
     admission: &mut Admission,
     topic: &str,
     payload: &[u8],
     c: &mut Counters,
-) -> bool {
+) -> Handed {
     let Some(node) = node_of_up_topic(topic) else {
         c.refused += 1;
         tracing::warn!(topic, "up frame on a malformed topic");
-        return false;
+        return Handed::default();
     };
     let now = now_ms();
     if let Err(why) = admission.admit(&node, now) {
         c.rate_limited += 1;
         refuse(admission, &node, now, why);
-        return false;
+        return Handed::default();
     }
     let up = match decode(payload, DEFAULT_MAX_FRAME) {
         Ok(Message::Up(up)) => up,
         Ok(_) => {
             c.refused += 1;
             tracing::warn!(node = %node, "not an Up frame");
-            return false;
+            return Handed::default();
         }
         Err(e) => {
             c.refused += 1;
             tracing::warn!(node = %node, error = %e, "malformed Up frame");
-            return false;
+            return Handed::default();
         }
     };
+    let answerable = up.records.iter().any(|r| {
+        matches!(
+            r.kind,
+            RecordKind::Incident { .. } | RecordKind::InstanceState { .. }
+        )
+    });
     let max_bytes = admission.limits().max_stored_bytes;
     let params = up
         .records
@@ -324,9 +398,9 @@ fn handle_up(
         if let Some(suppressed) = admission.should_log(&node, now) {
             tracing::warn!(node = %node, error = %why, suppressed, "up frame refused; not acknowledged");
         }
-        return false;
+        return Handed::default();
     }
-    params
+    Handed { params, answerable }
 }
 
 /// Acknowledges a committed batch; counts and logs a refused one.

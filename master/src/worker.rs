@@ -55,6 +55,15 @@ pub enum Job {
         /// Now, ms since the epoch.
         now_ms: u64,
     },
+    /// One pass of the master acting for the fleet ([`crate::act::driver::act`]).
+    Act {
+        /// The signing key.
+        key: std::sync::Arc<crate::sign::MasterKey>,
+        /// The policy.
+        policy: crate::act::Policy,
+        /// Now, ms since the epoch.
+        now_ms: u64,
+    },
 }
 
 /// The outcome of one [`Job`]. (`Desired` is small, `Ingested` carries a store error;
@@ -77,6 +86,8 @@ pub enum Done {
     Renewed(Result<Vec<(Name, u64)>, StoreError>),
     /// A [`Job::Imports`]: the nodes whose state was re-signed, with the new generation.
     Imports(Result<Vec<(Name, u64)>, StoreError>),
+    /// A [`Job::Act`]: what the pass did.
+    Acted(Result<crate::act::driver::Report, StoreError>),
 }
 
 /// The worker is full: the job was not queued.
@@ -154,7 +165,7 @@ fn ingest(store: &impl FleetStore, jobs: Vec<Job>) -> Vec<Done> {
                 now_ms,
                 max_bytes,
             } => Some((node, up, now_ms, max_bytes)),
-            Job::Desired { .. } | Job::Renew { .. } | Job::Imports { .. } => None,
+            Job::Desired { .. } | Job::Renew { .. } | Job::Imports { .. } | Job::Act { .. } => None,
         })
         .collect();
     let results = store.ingest_many(&batches);
@@ -180,6 +191,11 @@ fn work(store: &impl FleetStore, job: Job) -> Done {
         Job::Imports { key, now_ms } => {
             Done::Imports(store.refresh_imports(|d| crate::sign::sign(&key, d, now_ms)))
         }
+        Job::Act {
+            key,
+            policy,
+            now_ms,
+        } => Done::Acted(crate::act::driver::act(store, &key, &policy, now_ms)),
     }
 }
 

@@ -537,6 +537,7 @@ fn spawn_master(
         keepalive,
         revoked: Arc::new(hedge_master::revocation::Revoked::new(&fleet.dir)),
         renew: None,
+        act: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let master = tokio::spawn(hedge_master::run::run(

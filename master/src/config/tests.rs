@@ -32,3 +32,22 @@ fn config_rejects_unknown_keys_and_exposed_keys() {
     let err = MasterConfig::load(&path).unwrap_err().to_string();
     assert!(err.contains("signing.key"), "{err}");
 }
+
+#[test]
+fn the_act_section_has_defaults_and_is_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    init(dir, &InitOptions::default()).unwrap();
+    let path = dir.join("master.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let cfg = MasterConfig::load(&path).unwrap();
+    let p = cfg.act_policy();
+    assert!(cfg.act.enabled);
+    assert_eq!((p.budget.fleet, p.budget.per_instance), (10, 1));
+    assert_eq!(p.budget.window_ms, 3_600_000);
+    let bad = text.replace("interval_ms = 10000", "interval_ms = 5");
+    assert_ne!(bad, text);
+    std::fs::write(&path, bad).unwrap();
+    let err = MasterConfig::load(&path).unwrap_err().to_string();
+    assert!(err.contains("act.interval_ms"), "{err}");
+}
