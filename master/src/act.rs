@@ -18,7 +18,7 @@
 //! fail, never break a rule. The driver ([`driver::act`]) loads the snapshot, completes
 //! handovers, runs [`decide`] and applies its outcomes through the store, signing each
 //! state written; `hedge master run` calls it on its store worker periodically and
-//! after ingesting incidents or instance states.
+//! after ingesting a Critical incident or an instance reported running.
 
 use hedge_wire::Name;
 

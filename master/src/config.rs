@@ -137,7 +137,7 @@ pub struct ActSection {
     /// release, and moving it on would only carry the failure across the fleet).
     pub moves_per_instance_per_hour: u32,
     /// How often the master looks, ms (default 10 s; it also looks within a second
-    /// of ingesting incidents or instance states).
+    /// of ingesting a Critical incident or an instance reported running).
     pub interval_ms: u64,
 }
 

@@ -394,8 +394,8 @@ enabled = true
 # second failure elsewhere points at the release, not the node.
 moves_per_hour = {moves}
 moves_per_instance_per_hour = {per_instance}
-# How often the master looks, in milliseconds (it also looks after ingesting
-# incidents and instance states).
+# How often the master looks, in milliseconds (it also looks within a second of
+# receiving a Critical incident or an instance reported running).
 interval_ms = {interval}
 
 [billing]

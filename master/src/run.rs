@@ -28,9 +28,9 @@
 //! (so at most once a second however many arrive), at connect and every [`RENEW_EVERY`]
 //! (which catches what another master process ingested). With [`Settings::act`] it
 //! acts for the fleet ([`crate::act::driver::act`] on the worker): every
-//! [`Acting::every`], and within a second of handing over a batch holding incidents or
-//! instance states; one pass at a time. Reconnects with backoff forever; returns when
-//! `shutdown` resolves.
+//! [`Acting::every`], and within a second of handing over a batch holding a Critical
+//! incident or an instance reported running (which may complete a handover); one pass
+//! at a time. Reconnects with backoff forever; returns when `shutdown` resolves.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -41,7 +41,7 @@ use hedge_common::clock::now_ms;
 use hedge_uplink::topic::{ack_topic, desired_topic, node_of_up_topic, MASTER_UP_FILTER};
 use hedge_wire::codec::{decode, encode};
 use hedge_wire::limits::DEFAULT_MAX_FRAME;
-use hedge_wire::{Ack, Message, Name, RecordKind};
+use hedge_wire::{Ack, InstanceStatus, Message, Name, RecordKind, Severity};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 
 pub use crate::admission::IngestLimits;
@@ -122,8 +122,8 @@ pub struct Acting {
     pub key: Arc<crate::sign::MasterKey>,
     /// The decision core's policy.
     pub policy: crate::act::Policy,
-    /// A pass at least this often; also within a second of ingesting incidents or
-    /// instance states.
+    /// A pass at least this often; also within a second of ingesting a Critical
+    /// incident or an instance reported running.
     pub every: Duration,
 }
 
@@ -339,7 +339,8 @@ fn acted(result: Result<crate::act::driver::Report, StoreError>) {
 struct Handed {
     /// Connection parameters: refresh the imports.
     params: bool,
-    /// Records an act pass may answer.
+    /// Records an act pass may answer: a Critical incident; an instance running,
+    /// which may complete a handover.
     answerable: bool,
 }
 
@@ -379,7 +380,13 @@ fn handle_up(
     let answerable = up.records.iter().any(|r| {
         matches!(
             r.kind,
-            RecordKind::Incident { .. } | RecordKind::InstanceState { .. }
+            RecordKind::Incident {
+                severity: Severity::Critical,
+                ..
+            } | RecordKind::InstanceState {
+                status: InstanceStatus::Running,
+                ..
+            }
         )
     });
     let max_bytes = admission.limits().max_stored_bytes;
