@@ -216,6 +216,14 @@ threshold = 2
         .map(|n| n.to_string())
         .collect();
     assert_eq!(live, vec!["b".to_string()]);
+    // The signed states carry the fences: 1 for a's old copy (until pruned), 2 on b.
+    let fence = |node: &str| {
+        s.desired(&Name::new(node).unwrap())
+            .unwrap()
+            .and_then(|d| d.terms_of(&Name::new("web").unwrap()).map(|t| t.fence))
+    };
+    assert_eq!(fence("b"), Some(2));
+    assert!(matches!(fence("a"), Some(1) | None), "{:?}", fence("a"));
     assert!(b
         .instance("web")
         .is_some_and(|i| i.requested == RequestedState::Started));

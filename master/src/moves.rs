@@ -11,7 +11,8 @@
 //!   highest fence + 1, so the fence only grows per instance, across nodes and masters.
 //!   Writing a node's state again (an update, a re-signing) keeps its copies' fences. A
 //!   copy no fence was ever given (a state written before fences) gets the instance's
-//!   current highest fence (1 if none): it was not placed anew.
+//!   current highest fence (1 if none): it was not placed anew. Every state the
+//!   master writes carries its copies' fences in its signed `terms`.
 //! - **Owner.** The copy the master means is the live one (not `destroyed`) with the
 //!   highest fence ([`owner`]; ties by node name). Live copies with a lower fence are
 //!   *stale*: old copies waiting for their handover ([`stale`]). A request without a

@@ -26,9 +26,11 @@ fn mv(instance: &str, from: &str, to: Option<&str>) -> MoveRequest {
     }
 }
 
-/// `(node, fence, live)` of every holder of `instance`.
+/// `(node, fence, live)` of every holder of `instance`; each holder's signed state
+/// carries that fence in its terms, with no lease.
 fn holders<S: FleetStore>(s: &S, instance: &str) -> Vec<(String, u64, bool)> {
-    s.placements()
+    let out: Vec<(String, u64, bool)> = s
+        .placements()
         .unwrap()
         .into_iter()
         .find(|p| p.instance == n(instance))
@@ -38,7 +40,22 @@ fn holders<S: FleetStore>(s: &S, instance: &str) -> Vec<(String, u64, bool)> {
                 .map(|Holder { node, fence, live }| (node.to_string(), fence, live))
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    for (node, fence, _) in &out {
+        let d = s.desired(&n(node)).unwrap().unwrap();
+        let t = d.terms_of(&n(instance)).unwrap();
+        assert_eq!(
+            (t.fence, t.lease_ms),
+            (*fence, 0),
+            "{node}'s terms of {instance}"
+        );
+        assert_eq!(
+            d.terms.len(),
+            d.instances.len(),
+            "{node}: one term per instance"
+        );
+    }
+    out
 }
 
 fn generation<S: FleetStore>(s: &S, node: &str) -> u64 {

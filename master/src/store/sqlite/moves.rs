@@ -7,11 +7,12 @@
 //! carried it, 0 until written), `fence_high` (per instance: the highest fence ever
 //! given, so fences only grow), `criteria` (per instance: the placement it was
 //! allocated with, postcard) and `decisions` (the log; a unique index keeps one move
-//! per incident). [`sync_fences`] runs in every desired-state write, before signing:
-//! it drops the rows of instances the state no longer holds and gives a fence to a
-//! copy without one (the instance's current highest, 1 if none).
+//! per incident). [`fill_terms`] runs in every desired-state write, before signing:
+//! it drops the rows of instances the state no longer holds, gives a fence to a copy
+//! without one (the instance's current highest, 1 if none), and sets the state's
+//! signed `terms` (each instance's fence, and its lease: [`lease_ms`], 0 for now).
 
-use hedge_wire::{DesiredState, InstanceStatus, Name, RequestedState};
+use hedge_wire::{DesiredState, InstanceStatus, InstanceTerms, Name, RequestedState};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::super::blob::{self, decode, encode};
@@ -102,7 +103,7 @@ pub(super) fn bump_fence(tx: &Transaction<'_>, node: &Name, instance: &Name) -> 
 
 /// Keeps `fences` in step with the state `d` about to be signed and stored; returns
 /// each instance's fence, in `d`'s order.
-pub(super) fn sync_fences(tx: &Transaction<'_>, d: &DesiredState) -> Result<Vec<(Name, u64)>> {
+fn sync_fences(tx: &Transaction<'_>, d: &DesiredState) -> Result<Vec<(Name, u64)>> {
     let node = d.node.as_str();
     let generation = seq_sql(d.generation)?;
     let held = fences_of(tx, &d.node)?;
@@ -136,6 +137,37 @@ pub(super) fn sync_fences(tx: &Transaction<'_>, d: &DesiredState) -> Result<Vec<
         params![node, generation],
     )?;
     Ok(out)
+}
+
+/// Keeps `fences` in step with `d` ([`sync_fences`]) and sets `d.terms`: one per
+/// instance, in `d`'s order, with its copy's fence and lease ([`lease_ms`]).
+pub(super) fn fill_terms(tx: &Transaction<'_>, d: &mut DesiredState) -> Result<()> {
+    let fences = sync_fences(tx, d)?;
+    let terms = fences
+        .into_iter()
+        .map(|(instance, fence)| {
+            let carried = d.terms_of(&instance).map(|t| t.lease_ms);
+            Ok(InstanceTerms {
+                lease_ms: lease_ms(tx, &d.node, &instance, carried)?,
+                instance,
+                fence,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    d.terms = terms;
+    Ok(())
+}
+
+/// The lease `node`'s copy of `instance` runs under, ms; `carried` is the one its
+/// state carried so far. The hook of the placement policy (`move`: a lease; `wait`:
+/// 0, none): until that policy exists, what was carried, else 0.
+fn lease_ms(
+    _tx: &Transaction<'_>,
+    _node: &Name,
+    _instance: &Name,
+    carried: Option<u32>,
+) -> Result<u32> {
+    Ok(carried.unwrap_or(0))
 }
 
 /// `(instance, fence)` of every row of `node`.

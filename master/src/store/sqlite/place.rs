@@ -151,7 +151,7 @@ where
         signature: heapless::Vec::new(),
         expires_ms: 0,
     };
-    moves::sync_fences(tx, &d)?;
+    moves::fill_terms(tx, &mut d)?;
     sign(&mut d);
     if &d.node != node || d.generation != generation {
         return Err(StoreError::SignerChangedState(node.clone()));
