@@ -174,7 +174,7 @@ impl DecisionKind {
 /// One entry of the decision log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
-    /// Its number in the log (grows).
+    /// Its number in the log (grows; the store sets it, whatever it is given).
     pub id: u64,
     /// When, ms since the epoch.
     pub time_ms: u64,
@@ -189,28 +189,6 @@ pub struct Decision {
     /// The fence of the copy on `to`.
     pub fence: Option<u64>,
     /// One line saying what and why.
-    pub reason: String,
-    /// The incident it answers, if any.
-    pub incident: Option<IncidentRef>,
-}
-
-/// A decision to log ([`crate::store::FleetStore::record_decision`]); the store
-/// numbers it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewDecision {
-    /// When, ms since the epoch.
-    pub time_ms: u64,
-    /// What it did.
-    pub kind: DecisionKind,
-    /// The instance.
-    pub instance: Name,
-    /// The node it was on.
-    pub from: Name,
-    /// The node it went to, if any.
-    pub to: Option<Name>,
-    /// The fence of the copy on `to`.
-    pub fence: Option<u64>,
-    /// One line.
     pub reason: String,
     /// The incident it answers, if any.
     pub incident: Option<IncidentRef>,

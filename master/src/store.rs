@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::alloc::Placement;
 use crate::coverage::Coverage;
-use crate::moves::{Decision, Handover, InstancePlacement, MoveRequest, Moved, NewDecision};
+use crate::moves::{Decision, Handover, InstancePlacement, MoveRequest, Moved};
 
 mod blob;
 mod error;
@@ -262,8 +262,9 @@ pub trait FleetStore: Send + Sync {
     /// and the criteria it was allocated with; by instance.
     fn placements(&self) -> Result<Vec<InstancePlacement>>;
 
-    /// Logs a decision that is not a move (a refusal) and returns it numbered.
-    fn record_decision(&self, d: &NewDecision) -> Result<Decision>;
+    /// Logs a decision that is not a move (a refusal) and returns it numbered (the
+    /// `id` given is ignored).
+    fn record_decision(&self, d: &Decision) -> Result<Decision>;
 
     /// The decision log from `since_ms` on (0: all), in order.
     fn decisions(&self, since_ms: u64) -> Result<Vec<Decision>>;

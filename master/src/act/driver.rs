@@ -19,7 +19,7 @@
 use hedge_wire::{DesiredState, Name};
 
 use super::{decide, Outcome, Policy, Snapshot};
-use crate::moves::{Decision, DecisionKind, Handover, MoveError, MoveRequest, NewDecision};
+use crate::moves::{Decision, DecisionKind, Handover, MoveError, MoveRequest};
 use crate::sign::{sign, MasterKey};
 use crate::store::{FleetStore, StoreError};
 
@@ -48,8 +48,9 @@ fn refusal(
     reason: String,
     incident: crate::moves::IncidentRef,
     now_ms: u64,
-) -> NewDecision {
-    NewDecision {
+) -> Decision {
+    Decision {
+        id: 0,
         time_ms: now_ms,
         kind: DecisionKind::Refused,
         instance,

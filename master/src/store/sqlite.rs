@@ -24,7 +24,7 @@ use super::{
 };
 use crate::alloc::Placement;
 use crate::coverage::Coverage;
-use crate::moves::{Decision, Handover, InstancePlacement, MoveRequest, Moved, NewDecision};
+use crate::moves::{Decision, Handover, InstancePlacement, MoveRequest, Moved};
 
 mod artifacts;
 mod desired;
@@ -293,7 +293,7 @@ impl FleetStore for SqliteStore {
         moves::placements(&self.conn())
     }
 
-    fn record_decision(&self, d: &NewDecision) -> Result<Decision> {
+    fn record_decision(&self, d: &Decision) -> Result<Decision> {
         self.write(|tx| moves::insert_decision(tx, d))
     }
 

@@ -9,7 +9,7 @@ use super::place::{names, on, register, Reporter};
 use super::{n, request, Harness};
 use crate::alloc::{AllocError, Placement};
 use crate::moves::{
-    DecisionKind, Holder, IncidentRef, MoveBudget, MoveError, MoveRequest, NewDecision,
+    Decision, DecisionKind, Holder, IncidentRef, MoveBudget, MoveError, MoveRequest,
 };
 use crate::sign::{sign, verify, MasterKey};
 use crate::store::{FleetStore, StoreError};
@@ -58,6 +58,18 @@ fn holders<S: FleetStore>(s: &S, instance: &str) -> Vec<(String, u64, bool)> {
     out
 }
 
+/// Nodes a and b, and x placed on a; the key that signed it.
+fn x_on_a<S: FleetStore>(s: &S) -> MasterKey {
+    register(s, "a", 4);
+    register(s, "b", 4);
+    let key = MasterKey::generate();
+    s.place(request("x", RequestedState::Started), &on("a"), 0, 0, |d| {
+        sign(&key, d, 0)
+    })
+    .unwrap();
+    key
+}
+
 fn generation<S: FleetStore>(s: &S, node: &str) -> u64 {
     s.desired(&n(node)).unwrap().map_or(0, |d| d.generation)
 }
@@ -66,18 +78,8 @@ pub(crate) fn a_move_gets_the_next_fence_and_the_old_copy_goes_once_the_new_one_
     h: &H,
 ) {
     let s = &h.open();
-    register(s, "a", 4);
-    register(s, "b", 4);
-    let key = MasterKey::generate();
+    let key = x_on_a(s);
     let signer = |d: &mut hedge_wire::DesiredState| sign(&key, d, 0);
-    s.place(
-        request("x", RequestedState::Started),
-        &on("a"),
-        0,
-        0,
-        signer,
-    )
-    .unwrap();
     assert_eq!(holders(s, "x"), vec![("a".into(), 1, true)]);
     let moved = s
         .move_instance(&mv("x", "a", Some("b")), 5, 0, signer)
@@ -371,18 +373,8 @@ pub(crate) fn one_move_per_incident_and_the_budget_holds<H: Harness>(h: &H) {
 
 pub(crate) fn fences_only_grow_and_states_written_again_keep_them<H: Harness>(h: &H) {
     let s = &h.open();
-    register(s, "a", 4);
-    register(s, "b", 4);
-    let key = MasterKey::generate();
+    let key = x_on_a(s);
     let signer = |d: &mut hedge_wire::DesiredState| sign(&key, d, 0);
-    s.place(
-        request("x", RequestedState::Started),
-        &on("a"),
-        0,
-        0,
-        signer,
-    )
-    .unwrap();
     // Updates and re-signing keep the fence.
     s.place(
         request("x", RequestedState::Stopped),
@@ -433,7 +425,8 @@ pub(crate) fn fences_only_grow_and_states_written_again_keep_them<H: Harness>(h:
     assert_eq!(holders(s, "w"), vec![("b".into(), 1, true)]);
     // A refusal is logged as such.
     let d = s
-        .record_decision(&NewDecision {
+        .record_decision(&Decision {
+            id: 0,
             time_ms: 7,
             kind: DecisionKind::Refused,
             instance: n("x"),

@@ -24,7 +24,7 @@ use super::sql::{from_sql, seq_sql};
 use crate::alloc::{self, AllocError, Placement, Rejection};
 use crate::moves::{
     self as rules, Decision, DecisionKind, Handover, Holder, IncidentRef, InstancePlacement,
-    MoveError, MoveRequest, Moved, NewDecision,
+    MoveError, MoveRequest, Moved,
 };
 use crate::placement::applied_at;
 
@@ -355,7 +355,8 @@ pub(super) fn move_instance(
     };
     let decision = insert_decision(
         tx,
-        &NewDecision {
+        &Decision {
+            id: 0,
             time_ms: now_ms,
             kind: DecisionKind::Move,
             instance: name.clone(),
@@ -409,7 +410,8 @@ pub(super) fn complete_handovers(
             let (d, _) = destroy_on(tx, &old.node, &instance, sign)?;
             insert_decision(
                 tx,
-                &NewDecision {
+                &Decision {
+                    id: 0,
                     time_ms: now_ms,
                     kind: DecisionKind::Handover,
                     instance: instance.clone(),
@@ -456,7 +458,7 @@ fn move_to(tx: &Connection, instance: &Name, to: &Name, fence: u64) -> Result<Op
                  AND to_node = ?2 AND fence = ?3 ORDER BY id DESC LIMIT 1"
             ),
             params![instance.as_str(), to.as_str(), seq_sql(fence)?],
-            raw_decision,
+            row,
         )
         .optional()?;
     Ok(row
@@ -466,7 +468,7 @@ fn move_to(tx: &Connection, instance: &Name, to: &Name, fence: u64) -> Result<Op
 }
 
 /// Logs `d`; returns it numbered.
-pub(super) fn insert_decision(tx: &Transaction<'_>, d: &NewDecision) -> Result<Decision> {
+pub(super) fn insert_decision(tx: &Transaction<'_>, d: &Decision) -> Result<Decision> {
     let i = d.incident.as_ref();
     tx.execute(
         "INSERT INTO decisions (time_ms, kind, instance, from_node, to_node, fence, reason,
@@ -488,73 +490,68 @@ pub(super) fn insert_decision(tx: &Transaction<'_>, d: &NewDecision) -> Result<D
     )?;
     Ok(Decision {
         id: from_sql(tx.last_insert_rowid()),
-        time_ms: d.time_ms,
-        kind: d.kind,
-        instance: d.instance.clone(),
-        from: d.from.clone(),
-        to: d.to.clone(),
-        fence: d.fence,
-        reason: d.reason.clone(),
-        incident: d.incident.clone(),
+        ..d.clone()
     })
 }
 
 const COLUMNS: &str = "id, time_ms, kind, instance, from_node, to_node, fence, reason, \
                        incident_node, incident_life, incident_id, incident_seq";
 
-type RawDecision = (
-    i64,
-    i64,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<i64>,
-    String,
-    Option<String>,
-    Option<u32>,
-    Option<i64>,
-    Option<i64>,
-);
-
-fn raw_decision(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawDecision> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-        r.get(8)?,
-        r.get(9)?,
-        r.get(10)?,
-        r.get(11)?,
-    ))
+/// One row of `decisions` (selected as [`COLUMNS`]); names are checked after.
+struct Row {
+    id: i64,
+    time_ms: i64,
+    kind: String,
+    instance: String,
+    from: String,
+    to: Option<String>,
+    fence: Option<i64>,
+    reason: String,
+    incident: Option<(String, u32, i64, i64)>,
 }
 
-fn decode_decision(raw: RawDecision) -> Result<Decision> {
-    let (id, time_ms, kind, instance, from, to, fence, reason, inode, life, iid, iseq) = raw;
-    let incident = match (inode, life, iid, iseq) {
-        (Some(node), Some(life), Some(id), Some(seq)) => Some(IncidentRef {
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    let incident = match r.get::<_, Option<String>>("incident_node")? {
+        Some(node) => Some((
+            node,
+            r.get("incident_life")?,
+            r.get("incident_id")?,
+            r.get("incident_seq")?,
+        )),
+        None => None,
+    };
+    Ok(Row {
+        id: r.get("id")?,
+        time_ms: r.get("time_ms")?,
+        kind: r.get("kind")?,
+        instance: r.get("instance")?,
+        from: r.get("from_node")?,
+        to: r.get("to_node")?,
+        fence: r.get("fence")?,
+        reason: r.get("reason")?,
+        incident,
+    })
+}
+
+fn decode_decision(row: Row) -> Result<Decision> {
+    let incident = match row.incident {
+        Some((node, life, id, seq)) => Some(IncidentRef {
             node: blob::name(node)?,
             life,
             id: from_sql(id),
             seq: from_sql(seq),
         }),
-        _ => None,
+        None => None,
     };
     Ok(Decision {
-        id: from_sql(id),
-        time_ms: from_sql(time_ms),
-        kind: DecisionKind::parse(&kind)
-            .ok_or_else(|| StoreError::UnknownDecision(kind.clone()))?,
-        instance: blob::name(instance)?,
-        from: blob::name(from)?,
-        to: to.map(blob::name).transpose()?,
-        fence: fence.map(from_sql),
-        reason,
+        id: from_sql(row.id),
+        time_ms: from_sql(row.time_ms),
+        kind: DecisionKind::parse(&row.kind).ok_or(StoreError::UnknownDecision(row.kind))?,
+        instance: blob::name(row.instance)?,
+        from: blob::name(row.from)?,
+        to: row.to.map(blob::name).transpose()?,
+        fence: row.fence.map(from_sql),
+        reason: row.reason,
         incident,
     })
 }
@@ -565,7 +562,7 @@ pub(super) fn decisions_since(conn: &Connection, since_ms: u64) -> Result<Vec<De
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM decisions WHERE time_ms >= ?1 ORDER BY id"
         ))?
-        .query_map([seq_sql(since_ms)?], raw_decision)?
+        .query_map([seq_sql(since_ms)?], row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     rows.into_iter().map(decode_decision).collect()
 }
