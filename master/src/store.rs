@@ -263,7 +263,8 @@ pub trait FleetStore: Send + Sync {
     fn placements(&self) -> Result<Vec<InstancePlacement>>;
 
     /// Logs a decision that is not a move (a refusal) and returns it numbered (the
-    /// `id` given is ignored).
+    /// `id` given is ignored). A refusal the log already ends with for its incident
+    /// (the same line, logged by another master) is returned instead of logged again.
     fn record_decision(&self, d: &Decision) -> Result<Decision>;
 
     /// The decision log from `since_ms` on (0: all), in order.

@@ -487,3 +487,68 @@ fn the_driver_moves_hands_over_and_logs_it_in_the_incidents_timeline() {
         Some(DecisionKind::Refused)
     );
 }
+
+/// Master processes acting at once on one store: a refusal is logged once, and the
+/// incident gets one move.
+#[test]
+fn masters_acting_at_once_move_once() {
+    use hedge_wire::{RecordKind, RequestedState};
+
+    use crate::sign::MasterKey;
+    use crate::store::conformance::place::{on as on_node, register, Reporter};
+    use crate::store::conformance::{open, request};
+    use crate::store::{FleetStore, MasterStore};
+
+    let (dir, s) = open();
+    let mut a = Reporter::new("a");
+    a.accepted(&s, 0);
+    for node in ["a", "b", "c"] {
+        register(&s, node, 4);
+    }
+    for node in ["b", "c"] {
+        Reporter::new(node).accepted(&s, 0);
+    }
+    s.place(
+        request("web", RequestedState::Started),
+        &on_node("a"),
+        0,
+        0,
+        |_| {},
+    )
+    .unwrap();
+    a.send(
+        &s,
+        RecordKind::Incident {
+            id: 1,
+            instance: n("web"),
+            promise: None,
+            severity: Severity::Critical,
+            state: IncidentState::Escalated,
+            first_seen_ms: 1000,
+            last_seen_ms: 1000,
+            message: "down".into(),
+        },
+    );
+    let key = MasterKey::generate();
+    let path = dir.path().join("master.db");
+    let race = |p: Policy| {
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                let (key, path) = (&key, &path);
+                scope.spawn(move || {
+                    let store = MasterStore::open(path).unwrap();
+                    for t in 0..5 {
+                        driver::act(&store, key, &p, 10_000 + t).unwrap();
+                    }
+                });
+            }
+        });
+    };
+    // No move allowed: twenty passes, one refusal.
+    race(policy(10, 0));
+    let kinds =
+        || -> Vec<DecisionKind> { s.decisions(0).unwrap().iter().map(|d| d.kind).collect() };
+    assert_eq!(kinds(), vec![DecisionKind::Refused]);
+    race(policy(10, 1));
+    assert_eq!(kinds(), vec![DecisionKind::Refused, DecisionKind::Move]);
+}

@@ -294,7 +294,7 @@ impl FleetStore for SqliteStore {
     }
 
     fn record_decision(&self, d: &Decision) -> Result<Decision> {
-        self.write(|tx| moves::insert_decision(tx, d))
+        self.write(|tx| moves::record_refusal(tx, d))
     }
 
     fn decisions(&self, since_ms: u64) -> Result<Vec<Decision>> {

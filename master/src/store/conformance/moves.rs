@@ -437,7 +437,15 @@ pub(crate) fn fences_only_grow_and_states_written_again_keep_them<H: Harness>(h:
             incident: Some(incident("a", 3, 4)),
         })
         .unwrap();
-    assert_eq!(s.decisions(0).unwrap(), vec![d]);
+    assert_eq!(s.decisions(0).unwrap(), vec![d.clone()]);
+    // The same refusal again (another master's pass) is not logged twice; another is.
+    let mut again = d.clone();
+    again.time_ms = 8;
+    assert_eq!(s.record_decision(&again).unwrap(), d);
+    again.reason = "did not move x, again".into();
+    let other = s.record_decision(&again).unwrap();
+    assert!(other.id > d.id);
+    assert_eq!(s.decisions(0).unwrap(), vec![d, other]);
 }
 
 pub(crate) fn decisions_show_in_their_incidents_timeline<H: Harness>(h: &H) {

@@ -282,8 +282,7 @@ pub(super) fn move_instance(
     sign: &dyn Fn(&mut DesiredState),
 ) -> Result<Moved> {
     let name = &mv.instance;
-    let holders = holders(tx, name)?;
-    rules::check_move(name, &holders, &mv.from, mv.to.as_ref())?;
+    // Another master's move for the incident first: that one is not a refusal.
     if let Some(i) = &mv.incident {
         if let Some(decision) = move_for(tx, i)? {
             return Err(MoveError::AlreadyDecided {
@@ -292,6 +291,10 @@ pub(super) fn move_instance(
             }
             .into());
         }
+    }
+    let holders = holders(tx, name)?;
+    rules::check_move(name, &holders, &mv.from, mv.to.as_ref())?;
+    if mv.incident.is_some() {
         if let Some(budget) = &mv.budget {
             let log = decisions_since(tx, now_ms.saturating_sub(budget.window_ms))?;
             if let Some(line) = rules::over_budget(&log, &[], name, now_ms, budget) {
@@ -434,6 +437,29 @@ pub(super) fn complete_handovers(
         }
     }
     Ok(out)
+}
+
+/// A refusal the log already ends with for its incident (another master logged the
+/// same line), else what [`insert_decision`] logs.
+pub(super) fn record_refusal(tx: &Transaction<'_>, d: &Decision) -> Result<Decision> {
+    if let (DecisionKind::Refused, Some(i)) = (d.kind, &d.incident) {
+        let last = tx
+            .query_row(
+                &format!(
+                    "SELECT {COLUMNS} FROM decisions WHERE incident_node = ?1
+                     AND incident_life = ?2 AND incident_id = ?3 ORDER BY id DESC LIMIT 1"
+                ),
+                params![i.node.as_str(), i.life, seq_sql(i.id)?],
+                row,
+            )
+            .optional()?
+            .map(decode_decision)
+            .transpose()?;
+        if let Some(last) = last.filter(|l| l.kind == d.kind && l.reason == d.reason) {
+            return Ok(last);
+        }
+    }
+    insert_decision(tx, d)
 }
 
 /// The id of the move logged for incident `i`, if any.
