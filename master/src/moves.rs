@@ -30,11 +30,14 @@
 //!   `destroyed` on the old node in the move's own transaction.
 //! - **Decision log.** Every move is logged with its time, instance, from, to, fence,
 //!   reason line and incident if any ([`Decision`]); so are refusals the caller wants
-//!   shown and completed handovers. At most one move per incident: a second is refused
-//!   ([`MoveError::AlreadyDecided`]).
+//!   shown (once: the same line the log already ends with for that incident is not
+//!   logged again) and completed handovers. At most one move per incident: a second
+//!   is refused ([`MoveError::AlreadyDecided`]).
 //! - **Budget** ([`over_budget`]): a move made for an incident is refused when the log
 //!   already holds, within the window, `fleet` such moves, or `per_instance` of this
 //!   instance. Checked in the move's transaction, so concurrent masters keep it too.
+//!   Moves made for no incident (an operator's, a drain) are neither counted nor
+//!   limited.
 //! - [`with_decisions`] adds the log to the incidents view: each decision about an
 //!   incident becomes a timeline entry after the record it answered.
 
