@@ -98,8 +98,8 @@ pub fn applied_at(accepted: &[((i64, i64), u64)], since: u64) -> Option<(i64, i6
 #[derive(Debug, thiserror::Error)]
 pub enum PlaceError {
     /// The request cannot be met as asked (no node fits, the state would be too large
-    /// to deliver, a destroy names a node the instance is not on, the request breaks a
-    /// wire rule); nothing was stored.
+    /// to deliver, a destroy names a node the instance is not on, a move breaks a rule
+    /// of [`crate::moves`], the request breaks a wire rule); nothing was stored.
     #[error(transparent)]
     Refused(StoreError),
     /// The store failed.
@@ -111,6 +111,7 @@ impl From<StoreError> for PlaceError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Alloc(_)
+            | StoreError::Move(_)
             | StoreError::TooLarge { .. }
             | StoreError::NotPlaced { .. }
             | StoreError::Invalid(_) => PlaceError::Refused(e),

@@ -9,7 +9,8 @@
 //! 3. [`super::decide`], then applies each outcome in order: a move through
 //!    [`FleetStore::move_instance`] (two-phase, the budget checked again in the
 //!    transaction), a refusal through [`FleetStore::record_decision`]. A move the store
-//!    refuses (the snapshot went stale) is logged as a refusal saying why; one another
+//!    refuses ([`PlaceError::Refused`]: the snapshot went stale, the target's state
+//!    would be too large to deliver) is logged as a refusal saying why; one another
 //!    master made first for the same incident is left alone.
 //!
 //! Every state written is signed with `key` at `now_ms`. Each decision is logged with
@@ -20,6 +21,7 @@ use hedge_wire::{DesiredState, Name};
 
 use super::{decide, Outcome, Policy, Snapshot};
 use crate::moves::{Decision, DecisionKind, Handover, MoveError, MoveRequest};
+use crate::placement::PlaceError;
 use crate::sign::{sign, MasterKey};
 use crate::store::{FleetStore, StoreError};
 
@@ -101,14 +103,17 @@ pub fn act<S: FleetStore>(
                     Err(StoreError::Move(e)) if matches!(*e, MoveError::AlreadyDecided { .. }) => {
                         continue
                     }
-                    Err(e @ (StoreError::Move(_) | StoreError::Alloc(_))) => {
-                        let why = format!(
-                            "did not move {instance} from {from}: critical incident {}, {e}",
-                            incident.id
-                        );
-                        store.record_decision(&refusal(instance, from, why, incident, now_ms))?
-                    }
-                    Err(e) => return Err(e),
+                    Err(e) => match PlaceError::from(e) {
+                        PlaceError::Refused(e) => {
+                            let why = format!(
+                                "did not move {instance} from {from}: critical incident {}, {e}",
+                                incident.id
+                            );
+                            store
+                                .record_decision(&refusal(instance, from, why, incident, now_ms))?
+                        }
+                        PlaceError::Store(e) => return Err(e),
+                    },
                 }
             }
             Outcome::Refuse {

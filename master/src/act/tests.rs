@@ -552,3 +552,78 @@ fn masters_acting_at_once_move_once() {
     race(policy(10, 1));
     assert_eq!(kinds(), vec![DecisionKind::Refused, DecisionKind::Move]);
 }
+
+/// A move the store refuses (the target's state would be too large to deliver) is
+/// logged as a refusal, and the pass goes on with the next incident.
+#[test]
+fn a_move_the_store_refuses_is_logged_and_the_pass_goes_on() {
+    use hedge_wire::{ConfigFile, RecordKind, RequestedState};
+
+    use crate::sign::MasterKey;
+    use crate::store::conformance::place::{on as on_node, register, Reporter};
+    use crate::store::conformance::{open, request};
+    use crate::store::FleetStore;
+
+    let big = |name: &str, files: usize| {
+        let mut r = request(name, RequestedState::Started);
+        r.config_files = (0..files)
+            .map(|i| ConfigFile {
+                path: format!("etc/{i}.conf"),
+                template: "x".repeat(15 * 1024),
+            })
+            .collect();
+        r
+    };
+    let (_dir, s) = open();
+    let mut a = Reporter::new("a");
+    a.accepted(&s, 0);
+    register(&s, "a", 8);
+    register(&s, "b", 8);
+    Reporter::new("b").accepted(&s, 0);
+    for r in [big("b1", 1), big("b2", 1), big("b3", 1)] {
+        s.place(r, &on_node("b"), 0, 0, |_| {}).unwrap();
+    }
+    s.place(big("web", 2), &on_node("a"), 0, 0, |_| {}).unwrap();
+    s.place(
+        request("small", RequestedState::Started),
+        &on_node("a"),
+        0,
+        0,
+        |_| {},
+    )
+    .unwrap();
+    for (id, instance) in [(1, "web"), (2, "small")] {
+        a.send(
+            &s,
+            RecordKind::Incident {
+                id,
+                instance: n(instance),
+                promise: None,
+                severity: Severity::Critical,
+                state: IncidentState::Escalated,
+                first_seen_ms: 1000,
+                last_seen_ms: 1000 + id,
+                message: "down".into(),
+            },
+        );
+    }
+    let r = driver::act(&s, &MasterKey::generate(), &policy(10, 1), 10_000).unwrap();
+    let got: Vec<(DecisionKind, &str)> = r
+        .decisions
+        .iter()
+        .map(|d| (d.kind, d.instance.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (DecisionKind::Refused, "web"),
+            (DecisionKind::Move, "small")
+        ]
+    );
+    let why = &r.decisions[0].reason;
+    assert!(
+        why.starts_with("did not move web from a: critical incident 1, desired state for b")
+            && why.contains("more than the frame limit"),
+        "{why}"
+    );
+}
