@@ -182,6 +182,9 @@ threshold = 2
         "{on_a:?}"
     );
     assert_eq!(on_a[1].0, "Handover", "{on_a:?}");
+    for (kind, line) in &on_a {
+        println!("a's incident: {kind}: {line}");
+    }
 
     // web fails on b too: Critical there, but the hour's move is spent.
     let refused = wait_for("b's refusal", Duration::from_secs(60), || {
@@ -195,6 +198,7 @@ threshold = 2
             .ends_with("web moved 1 time(s) in the last hour (limit 1 per instance)"),
         "{refused:?}"
     );
+    println!("b's incident: {}: {}", refused.0, refused.1);
     // Still on b, still the one copy the master requested; one move in the log.
     let s = store(&fleet);
     let moves = s
