@@ -9,6 +9,8 @@ use hedge_common::clock::now_ms;
 use hedge_master::alloc::Placement;
 use hedge_master::billing::{self, Period, PriceList};
 use hedge_master::config::MasterConfig;
+use hedge_master::failover::{self, OnLost};
+use hedge_master::node_state::NodeOp;
 use hedge_master::pki::{self, InitOptions};
 use hedge_master::placement::{self, Line, PlaceError};
 use hedge_master::sign::MasterKey;
@@ -17,6 +19,8 @@ use hedge_master::store::{FleetStore, MasterStore};
 use hedge_wire::{InstanceRequest, Name, RecordKind};
 
 use crate::Failure;
+
+mod nodes;
 
 #[derive(Args)]
 pub struct ConfigArg {
@@ -88,6 +92,29 @@ pub enum MasterCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Drain a node: nothing new is placed on it and its instances are moved away
+    /// (each old copy stops once its new one runs).
+    Drain {
+        /// The node id.
+        node: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Make a draining (or retiring) node schedulable again.
+    Undrain {
+        /// The node id.
+        node: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Retire a node: drain it, then revoke it once empty (at once if it is lost).
+    /// Final.
+    Retire {
+        /// The node id.
+        node: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Run the master: store records once, acknowledge them, publish desired states.
     Run {
         #[command(flatten)]
@@ -109,6 +136,11 @@ pub enum MasterCommand {
         /// The node must be in this region.
         #[arg(long)]
         region: Option<String>,
+        /// If its node is lost: `move` it elsewhere (it then runs under a lease, and
+        /// stops on a node that cannot reach the master), or `wait` for the node
+        /// (default: master.toml's [failover] on_lost).
+        #[arg(long, value_name = "move|wait", value_parser = clap::value_parser!(OnLost))]
+        on_lost: Option<OnLost>,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -128,7 +160,8 @@ pub enum MasterCommand {
     },
     /// Supplied artifacts and releases.
     Artifacts(View),
-    /// The fleet: nodes, when they were last seen, what the master holds of them.
+    /// The fleet: nodes, their state (schedulable, draining, retiring, lost, retired),
+    /// when they were last seen, what the master holds of them.
     Nodes(View),
     /// Instances requested and reported across the fleet.
     Instances(View),
@@ -222,6 +255,11 @@ pub struct View {
     json: bool,
     #[command(flatten)]
     config: ConfigArg,
+}
+
+/// A node id from the command line.
+fn node_name(node: &str) -> Result<Name, Failure> {
+    Name::new(node).map_err(|e| Failure::usage(anyhow::anyhow!("{node:?}: {e}")))
 }
 
 fn load(c: &ConfigArg) -> Result<MasterConfig, Failure> {
@@ -395,6 +433,7 @@ pub fn main(cmd: MasterCommand) -> Result<(), Failure> {
             labels,
             arch,
             region,
+            on_lost,
             config,
         } => {
             let cfg = load(&config)?;
@@ -420,6 +459,11 @@ pub fn main(cmd: MasterCommand) -> Result<(), Failure> {
                 labels: BTreeMap::new(),
                 arch,
                 region,
+                lost_after_ms: Some(cfg.failover.lost_after_ms),
+                lease_ms: Some(failover::lease_for(
+                    on_lost.unwrap_or(cfg.failover.on_lost),
+                    &cfg.failover,
+                )),
             };
             placement.labels = parse_labels(&labels, "--label")?;
             drop(store);
@@ -427,40 +471,19 @@ pub fn main(cmd: MasterCommand) -> Result<(), Failure> {
         }
         MasterCommand::Nodes(v) => {
             let cfg = load(&v.config)?;
-            let nodes = open_store(&cfg)?.nodes()?;
-            if v.json {
-                let out: Vec<serde_json::Value> = nodes
-                    .iter()
-                    .map(|n| {
-                        let mut j = serde_json::to_value(n).unwrap_or_default();
-                        j["last_seen"] = serde_json::json!(n.last_seen_ms);
-                        j
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&out)?);
-            } else {
-                println!(
-                    "{:<24} {:<10} {:<28} {:>10} {:>5} {:>10} {:>9}  LAST SEEN (ms ago)",
-                    "NODE", "BOARD", "ARCH", "RECORDS", "LIVES", "LAST SEQ", "INSTANCES"
-                );
-                let now = now_ms();
-                for n in nodes {
-                    println!(
-                        "{:<24} {:<10} {:<28} {:>10} {:>5} {:>10} {:>4}/{:<4}  {}",
-                        n.node.as_str(),
-                        n.board.as_deref().unwrap_or("-"),
-                        n.arch.as_deref().unwrap_or("-"),
-                        n.records,
-                        n.lives,
-                        n.last_seq,
-                        n.allocated_instances,
-                        n.capacity_instances,
-                        n.last_seen_ms
-                            .map_or("never".into(), |t| now.saturating_sub(t).to_string())
-                    );
-                }
-            }
-            Ok(())
+            nodes::show(&cfg, &open_store(&cfg)?, v.json)
+        }
+        MasterCommand::Drain { node, config } => {
+            let cfg = load(&config)?;
+            nodes::set(&open_store(&cfg)?, &node_name(&node)?, NodeOp::Drain).map(drop)
+        }
+        MasterCommand::Undrain { node, config } => {
+            let cfg = load(&config)?;
+            nodes::set(&open_store(&cfg)?, &node_name(&node)?, NodeOp::Undrain).map(drop)
+        }
+        MasterCommand::Retire { node, config } => {
+            let cfg = load(&config)?;
+            nodes::set(&open_store(&cfg)?, &node_name(&node)?, NodeOp::Retire).map(drop)
         }
         MasterCommand::Instances(v) => print_list(&v, &open_store(&load(&v.config)?)?.instances()?),
         MasterCommand::Incidents(v) => print_list(&v, &open_store(&load(&v.config)?)?.incidents()?),

@@ -4,8 +4,10 @@
 //! fleet as its write transaction sees it and the clock, and stores the instance in that
 //! same transaction, so concurrent requests never over-fill a node. Rules, in order:
 //!
-//! 1. An explicit [`Placement::node`] wins if the node is known, whatever its
-//!    capacity or criteria (the operator decided); unknown: [`AllocError::NoSuchNode`].
+//! 1. An explicit [`Placement::node`] wins if the node is known and schedulable,
+//!    whatever its capacity, criteria or silence (the operator decided); unknown:
+//!    [`AllocError::NoSuchNode`]; draining, retiring or retired:
+//!    [`AllocError::Unschedulable`].
 //! 2. Otherwise a candidate must match `arch` (the node's target triple, e.g.
 //!    `aarch64-unknown-linux-gnu`, or its first part, `aarch64`) and `region` exactly
 //!    (when asked), carry every requested label with the same value, and have free
@@ -15,6 +17,9 @@
 //!    misconfigured node could claim a region (a legal criterion) to attract workloads.
 //!    Arch and capacity are the node's report (capacity capped by the operator's
 //!    `max_instances` when assigned): a lie there can only misplace work onto itself.
+//!    It must be schedulable ([`crate::node_state::NodeState::schedulable`]: not
+//!    draining, retiring nor retired) and, when [`Placement::lost_after_ms`] is given,
+//!    not lost ([`crate::node_state::lost`]: silent for longer than that).
 //! 3. Among candidates, nodes seen within `stale_after_ms` of `now_ms` come first;
 //!    then the least loaded (`allocated / capacity`, compared exactly); then by name.
 //!
@@ -27,6 +32,7 @@ use std::fmt;
 use hedge_wire::Name;
 use serde::{Deserialize, Serialize};
 
+use crate::node_state::{lost, NodeState};
 use crate::store::NodeSummary;
 
 /// Where an instance may go.
@@ -45,6 +51,15 @@ pub struct Placement {
     /// Region the node must be in.
     #[serde(default)]
     pub region: Option<String>,
+    /// A node silent for longer is lost and passed over (master.toml's `[failover]
+    /// lost_after_ms`, set by `hedge master request` and the master's moves).
+    #[serde(default)]
+    pub lost_after_ms: Option<u64>,
+    /// The lease the instance's terms carry: its `--on-lost` policy
+    /// ([`crate::failover::lease_for`]; 0: `wait`). `None` keeps the instance's current
+    /// one (0 for a new name). Not a criterion: allocation ignores it.
+    #[serde(default)]
+    pub lease_ms: Option<u32>,
 }
 
 /// Why one node was passed over.
@@ -73,6 +88,13 @@ pub enum Mismatch {
         /// The node's value for the label; `None` when the label is absent.
         have: Option<String>,
     },
+    /// Draining, retiring or retired.
+    State(NodeState),
+    /// Silent for longer than `lost_after_ms`.
+    Lost {
+        /// How long it has been silent, ms.
+        silent_ms: u64,
+    },
     /// No free capacity.
     Full {
         /// Instances allocated.
@@ -97,6 +119,8 @@ impl fmt::Display for Mismatch {
                 allocated,
                 capacity,
             } => write!(f, "full ({allocated}/{capacity} instances)"),
+            Mismatch::State(s) => write!(f, "{s}"),
+            Mismatch::Lost { silent_ms } => write!(f, "lost (silent for {silent_ms} ms)"),
         }
     }
 }
@@ -130,6 +154,14 @@ pub enum AllocError {
     /// The requested node is not in the fleet.
     #[error("no node named {0}")]
     NoSuchNode(Name),
+    /// The requested node is draining, retiring or retired.
+    #[error("node {node} is {state}: nothing new is placed on it")]
+    Unschedulable {
+        /// The node named.
+        node: Name,
+        /// Its state.
+        state: NodeState,
+    },
     /// No node fits the placement.
     #[error("no node fits: {}", describe(.reasons))]
     NoCandidate {
@@ -138,10 +170,22 @@ pub enum AllocError {
     },
 }
 
+/// [`Mismatch::Lost`] when `req` names a `lost_after_ms` and `node` has been silent
+/// for longer at `now_ms`.
+fn silence(node: &NodeSummary, req: &Placement, now_ms: u64) -> Option<Mismatch> {
+    let (after, seen) = (req.lost_after_ms?, node.last_seen_ms?);
+    lost(Some(seen), now_ms, after, 0).then(|| Mismatch::Lost {
+        silent_ms: now_ms.saturating_sub(seen),
+    })
+}
+
 /// Every criterion of `req` (its node aside) that `node` fails, capacity included;
 /// empty when it fits.
 pub fn mismatches(node: &NodeSummary, req: &Placement) -> Vec<Mismatch> {
     let mut out = Vec::new();
+    if !node.state.schedulable() {
+        out.push(Mismatch::State(node.state));
+    }
     if let Some(want) = &req.arch {
         let fits = node
             .arch
@@ -202,16 +246,23 @@ pub fn pick(
     stale_after_ms: u64,
 ) -> Result<Name, AllocError> {
     if let Some(want) = &req.node {
-        return nodes
+        let n = nodes
             .iter()
             .find(|n| &n.node == want)
-            .map(|n| n.node.clone())
-            .ok_or_else(|| AllocError::NoSuchNode(want.clone()));
+            .ok_or_else(|| AllocError::NoSuchNode(want.clone()))?;
+        if !n.state.schedulable() {
+            return Err(AllocError::Unschedulable {
+                node: n.node.clone(),
+                state: n.state,
+            });
+        }
+        return Ok(n.node.clone());
     }
     let mut reasons = Vec::new();
     let mut candidates = Vec::new();
     for node in nodes {
-        let m = mismatches(node, req);
+        let mut m = mismatches(node, req);
+        m.extend(silence(node, req, now_ms));
         if m.is_empty() {
             candidates.push(node);
         } else {
@@ -261,6 +312,8 @@ mod tests {
             capacity_instances: capacity,
             allocated_instances: allocated,
             health: None,
+            state: NodeState::Schedulable,
+            state_since_ms: None,
         }
     }
 
@@ -323,6 +376,8 @@ mod tests {
             region: Some("eu".into()),
             labels: BTreeMap::from([("site".into(), "lab".into())]),
             node: None,
+            lost_after_ms: None,
+            lease_ms: None,
         };
         assert_eq!(pick(&fleet, &req, NOW, STALE).unwrap().as_str(), "ok");
         req.labels.insert("gpu".into(), "yes".into());
@@ -367,5 +422,56 @@ mod tests {
             pick(&fleet, &Placement::default(), NOW, STALE),
             Err(AllocError::NoCandidate { .. })
         ));
+    }
+
+    #[test]
+    fn never_on_draining_retired_or_lost_nodes() {
+        let mut fleet = vec![
+            node("a-draining", "aarch64", 0, 4, NOW),
+            node("b-lost", "aarch64", 0, 4, NOW - 20_000),
+            node("c-retired", "aarch64", 0, 4, NOW),
+            node("d-busy", "aarch64", 3, 4, NOW),
+        ];
+        fleet[0].state = NodeState::Draining;
+        fleet[2].state = NodeState::Retired;
+        let req = Placement {
+            lost_after_ms: Some(10_000),
+            ..Placement::default()
+        };
+        assert_eq!(pick(&fleet, &req, NOW, STALE).unwrap().as_str(), "d-busy");
+        // Without lost_after_ms, silence only ranks.
+        assert_eq!(
+            pick(&fleet, &Placement::default(), NOW, STALE)
+                .unwrap()
+                .as_str(),
+            "b-lost"
+        );
+        fleet[3].state = NodeState::Retiring;
+        let err = pick(&fleet, &req, NOW, STALE).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("a-draining: draining"), "{text}");
+        assert!(
+            text.contains("b-lost: lost (silent for 20000 ms)"),
+            "{text}"
+        );
+        assert!(text.contains("c-retired: retired"), "{text}");
+        assert!(text.contains("d-busy: retiring"), "{text}");
+        // Named: refused when not schedulable, allowed when only silent.
+        let named = |n: &str| Placement {
+            node: Some(Name::new(n).unwrap()),
+            ..req.clone()
+        };
+        assert_eq!(
+            pick(&fleet, &named("a-draining"), NOW, STALE),
+            Err(AllocError::Unschedulable {
+                node: Name::new("a-draining").unwrap(),
+                state: NodeState::Draining
+            })
+        );
+        assert!(pick(&fleet, &named("c-retired"), NOW, STALE).is_err());
+        assert_eq!(
+            pick(&fleet, &named("b-lost"), NOW, STALE).unwrap().as_str(),
+            "b-lost"
+        );
     }
 }

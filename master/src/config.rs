@@ -34,6 +34,9 @@ pub struct MasterConfig {
     /// What the master does for the fleet on its own.
     #[serde(default)]
     pub act: ActSection,
+    /// Lost nodes: when a silent node is lost, and what happens to its instances.
+    #[serde(default)]
+    pub failover: FailoverSection,
     /// The price list invoices are made with.
     #[serde(default)]
     pub billing: BillingSection,
@@ -152,6 +155,35 @@ impl Default for ActSection {
     }
 }
 
+/// `[failover]`: lost nodes and the placement policy of their instances
+/// ([`crate::failover`] has the rules and the reasons for the defaults).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverSection {
+    /// A node silent for longer is lost (default 15 min): nothing new is placed on it
+    /// and its `move` instances are placed elsewhere.
+    pub lost_after_ms: u64,
+    /// What happens to an instance on a lost node when its request does not say
+    /// (`--on-lost`): `wait` (default) or `move`.
+    pub on_lost: crate::failover::OnLost,
+    /// A `move` instance's lease is `lost_after_ms` less this (default 60 s): the node
+    /// stops its copy at least this long before the master may place it elsewhere.
+    pub lease_margin_ms: u64,
+    /// How often the master looks for lost, draining and retiring nodes (default 5 s).
+    pub check_every_ms: u64,
+}
+
+impl Default for FailoverSection {
+    fn default() -> Self {
+        FailoverSection {
+            lost_after_ms: crate::failover::LOST_AFTER_MS,
+            on_lost: crate::failover::OnLost::Wait,
+            lease_margin_ms: crate::failover::LEASE_MARGIN_MS,
+            check_every_ms: 5_000,
+        }
+    }
+}
+
 impl MasterConfig {
     /// The decision core's policy: `[act]` and `[allocation]`.
     pub fn act_policy(&self) -> crate::act::Policy {
@@ -163,6 +195,14 @@ impl MasterConfig {
             },
             stale_after_ms: self.allocation.stale_after_ms,
         }
+    }
+}
+
+impl FailoverSection {
+    /// The lease a `move` instance's terms carry: `lost_after_ms - lease_margin_ms`
+    /// (validated to fit).
+    pub fn lease_ms(&self) -> u32 {
+        crate::failover::lease_ms(self.lost_after_ms, self.lease_margin_ms)
     }
 }
 
@@ -298,6 +338,7 @@ impl MasterConfig {
         if self.act.interval_ms < 100 {
             return Err("act.interval_ms must be >= 100".into());
         }
+        crate::failover::check(&self.failover)?;
         let file = |what: &str, p: &Path| -> Result<std::fs::Metadata, String> {
             match std::fs::metadata(p) {
                 Ok(m) if m.is_file() => Ok(m),

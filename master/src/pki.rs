@@ -398,6 +398,19 @@ moves_per_instance_per_hour = {per_instance}
 # receiving a Critical incident or an instance reported running).
 interval_ms = {interval}
 
+[failover]
+# A node silent this long is lost (ms): nothing new is placed on it, and instances
+# requested `--on-lost move` are placed elsewhere (their old copies stopped by lease).
+lost_after_ms = {lost_after}
+# Instances whose request does not say: \"wait\" keeps them on a silent node (a drone
+# out of radio range is not dead; its data stays with it), \"move\" places them elsewhere.
+on_lost = \"wait\"
+# A `move` instance's lease is lost_after_ms less this: a node that cannot reach the
+# master stops its copy at least this long before the master places it elsewhere.
+lease_margin_ms = {margin}
+# How often the master looks for lost, draining and retiring nodes (ms).
+check_every_ms = 5000
+
 [billing]
 # A TOML price list turning usage records into invoices; no invoices without one.
 # price_list = \"prices.toml\"
@@ -429,6 +442,8 @@ token_ttl_s = 604800
         moves = ActSection::default().moves_per_hour,
         per_instance = ActSection::default().moves_per_instance_per_hour,
         interval = ActSection::default().interval_ms,
+        lost_after = crate::failover::LOST_AFTER_MS,
+        margin = crate::failover::LEASE_MARGIN_MS,
     )
 }
 

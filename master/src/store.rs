@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::alloc::Placement;
 use crate::coverage::Coverage;
 use crate::moves::{Decision, Handover, InstancePlacement, MoveRequest, Moved};
+use crate::node_state::{NodeOp, NodeState};
 
 mod blob;
 mod error;
@@ -95,6 +96,11 @@ pub type Batch = (Name, Up, u64, u64);
 ///   [`NodeSummary::region`] are only those the operator assigned
 ///   ([`FleetStore::update_assignment`]); its reported capacity counts, capped by an
 ///   assigned `max_instances`.
+/// - **Node states.** What the operator set ([`NodeState`]: schedulable, draining,
+///   retiring, retired) is stored per node, changes only by [`NodeState::apply`] (retired
+///   is final) and shows in [`NodeSummary::state`]; allocation never places on a node
+///   that is not schedulable ([`crate::alloc`]). Lost is derived from `last_seen_ms`,
+///   never stored ([`crate::node_state::lost`]).
 /// - A store is `Send + Sync`: one value is shared by the threads of one process.
 ///
 /// The methods that take closures (the signing step, the edit of an assignment or of a
@@ -139,6 +145,12 @@ pub trait FleetStore: Send + Sync {
 
     /// Every known node, by name.
     fn nodes(&self) -> Result<Vec<NodeSummary>>;
+
+    /// In one transaction: applies `op` to `node`'s operator state
+    /// ([`NodeState::apply`]) and returns the new one. An unknown node is
+    /// [`StoreError::NoSuchNode`], a refused change (retired is final)
+    /// [`StoreError::NodeState`]; either stores nothing.
+    fn update_node_state(&self, node: &Name, op: NodeOp, now_ms: u64) -> Result<NodeState>;
 
     /// Up to `limit` records of `node` with `seq >= from_seq`, in (life, seq) order:
     /// every life of the node.

@@ -25,6 +25,7 @@ pub(crate) mod fleet;
 pub(crate) mod imports;
 pub(crate) mod ingest;
 pub(crate) mod moves;
+pub(crate) mod node_states;
 pub(crate) mod place;
 pub(crate) mod views;
 pub(crate) mod writers;
@@ -65,6 +66,8 @@ macro_rules! fleet_store_suite {
             moves::one_move_per_incident_and_the_budget_holds,
             moves::fences_only_grow_and_states_written_again_keep_them,
             moves::decisions_show_in_their_incidents_timeline,
+            node_states::node_states_are_stored_and_retired_is_final,
+            node_states::allocation_skips_draining_retired_and_lost_nodes,
             writers::everything_survives_reopening,
             writers::concurrent_stores_on_one_file_store_each_record_once,
             writers::concurrent_placements_never_overfill_a_node,

@@ -133,6 +133,12 @@ pub enum StoreError {
         /// The node the request named, if one (boxed: keeps the error small).
         node: Option<Box<Name>>,
     },
+    /// The node is not known to the fleet.
+    #[error("no node named {0}")]
+    NoSuchNode(Name),
+    /// A change of a node's state was refused.
+    #[error(transparent)]
+    NodeState(#[from] crate::node_state::NodeStateError),
 }
 
 impl From<crate::moves::MoveError> for StoreError {

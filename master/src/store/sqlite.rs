@@ -25,6 +25,7 @@ use super::{
 use crate::alloc::Placement;
 use crate::coverage::Coverage;
 use crate::moves::{Decision, Handover, InstancePlacement, MoveRequest, Moved};
+use crate::node_state::{NodeOp, NodeState};
 
 mod artifacts;
 mod desired;
@@ -32,6 +33,7 @@ mod fleet;
 mod imports;
 mod ingest;
 mod moves;
+mod node_states;
 mod place;
 mod records;
 mod schema;
@@ -180,6 +182,10 @@ impl FleetStore for SqliteStore {
 
     fn nodes(&self) -> Result<Vec<NodeSummary>> {
         fleet::load_nodes(&self.conn())
+    }
+
+    fn update_node_state(&self, node: &Name, op: NodeOp, now_ms: u64) -> Result<NodeState> {
+        self.write(|tx| node_states::update(tx, node, op, now_ms))
     }
 
     fn records(&self, node: &Name, from_seq: u64, limit: u32) -> Result<Vec<Record>> {

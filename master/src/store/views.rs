@@ -22,6 +22,8 @@ use hedge_wire::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::node_state::NodeState;
+
 /// The latest node health a node reported.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
@@ -91,6 +93,12 @@ pub struct NodeSummary {
     pub allocated_instances: u32,
     /// Latest reported health.
     pub health: Option<Health>,
+    /// What the operator set ([`crate::node_state`]; lost is derived, not stored).
+    #[serde(default)]
+    pub state: NodeState,
+    /// Since when it is in `state`, ms since the epoch (`None`: never changed).
+    #[serde(default)]
+    pub state_since_ms: Option<u64>,
 }
 
 /// One transition of an incident.

@@ -14,6 +14,7 @@ use super::super::blob::{decode, encode, name};
 use super::super::views::health_of;
 use super::super::{Assignment, NodeInfo, NodeSummary, Result};
 use super::sql::{clamp_sql, from_sql};
+use crate::node_state::NodeState;
 
 /// Writes an operator's registry facts of `info.node` (its assignment is written
 /// first, by the caller).
@@ -104,17 +105,20 @@ pub(super) fn load_nodes(conn: &Connection) -> Result<Vec<NodeSummary>> {
         Option<String>,
         Option<u32>,
         (u32, i64, i64),
+        (Option<String>, Option<i64>),
     );
     let mut stmt = conn.prepare_cached(
         "SELECT n.node, n.first_seen_ms, n.last_seen_ms, n.board, n.arch, n.labels,
                  n.region, n.cpus, n.mem_bytes, n.capacity_instances, n.records, n.last_seq,
                  COALESCE(c.acked, 0), COALESCE(d.allocated, 0), n.health,
                  a.labels, a.region, a.max_instances,
-                 (SELECT COUNT(*) FROM epochs e WHERE e.node = n.node), n.repeats, n.conflicts
+                 (SELECT COUNT(*) FROM epochs e WHERE e.node = n.node), n.repeats, n.conflicts,
+                 s.state, s.since_ms
              FROM nodes n
              LEFT JOIN coverage c ON c.node = n.node AND c.epoch = n.epoch
              LEFT JOIN desired d ON d.node = n.node
              LEFT JOIN assigned a ON a.node = n.node
+             LEFT JOIN node_states s ON s.node = n.node
              ORDER BY n.node",
     )?;
     let rows = stmt
@@ -139,6 +143,7 @@ pub(super) fn load_nodes(conn: &Connection) -> Result<Vec<NodeSummary>> {
                 r.get(16)?,
                 r.get(17)?,
                 (r.get(18)?, r.get(19)?, r.get(20)?),
+                (r.get(21)?, r.get(22)?),
             ))
         })?
         .collect::<rusqlite::Result<Vec<Row>>>()?;
@@ -176,6 +181,11 @@ pub(super) fn load_nodes(conn: &Connection) -> Result<Vec<NodeSummary>> {
                 conflicts: from_sql(row.18 .2),
                 allocated_instances: row.13,
                 health,
+                state: match &row.19 .0 {
+                    Some(s) => s.parse()?,
+                    None => NodeState::Schedulable,
+                },
+                state_since_ms: row.19 .1.map(from_sql),
             })
         })
         .collect()

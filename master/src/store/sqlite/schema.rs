@@ -15,7 +15,9 @@
 //! `node_bytes` (bytes of encoded records stored per node, for the ingest quota; filled
 //! from `records` the first time a node without a row ingests), `destroyed` (per node
 //! and instance requested `destroyed`: the generation that destroyed it, and whether it
-//! was pruned from the state since); the tables of moves are in `moves`.
+//! was pruned from the state since), `node_states` (what the operator set: draining,
+//! retiring, retired, and since when; no row: schedulable);
+//! the tables of moves are in `moves`.
 //! New tables are created by `CREATE ... IF NOT EXISTS` at every open, so adding one
 //! keeps [`SCHEMA_VERSION`] (an older master simply ignores it). Version 2 keyed
 //! records and coverage by epoch: a version 1 file is migrated in place at open (its
@@ -145,6 +147,11 @@ CREATE TABLE IF NOT EXISTS destroyed (
     generation INTEGER NOT NULL,
     pruned     INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (node, instance)
+);
+CREATE TABLE IF NOT EXISTS node_states (
+    node     TEXT PRIMARY KEY,
+    state    TEXT    NOT NULL,
+    since_ms INTEGER NOT NULL
 );
 ";
 

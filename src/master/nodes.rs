@@ -1,0 +1,75 @@
+//! `hedge master nodes`, `drain`, `undrain` and `retire`: node states as the operator
+//! sets and sees them.
+
+use hedge_common::clock::now_ms;
+use hedge_master::config::MasterConfig;
+use hedge_master::node_state::{condition, lost, NodeOp, NodeState};
+use hedge_master::store::{FleetStore, MasterStore, NodeSummary};
+use hedge_wire::Name;
+
+use crate::Failure;
+
+/// The condition `hedge master nodes` shows for `n` at `now`.
+fn condition_of(
+    cfg: &MasterConfig,
+    n: &NodeSummary,
+    now: u64,
+) -> hedge_master::node_state::Condition {
+    condition(
+        n.state,
+        lost(n.last_seen_ms, now, cfg.failover.lost_after_ms, 0),
+    )
+}
+
+/// Prints the fleet: a table, or JSON with each node's `condition` and `last_seen`.
+pub fn show(cfg: &MasterConfig, store: &MasterStore, json: bool) -> Result<(), Failure> {
+    let nodes = store.nodes()?;
+    let now = now_ms();
+    if json {
+        let out: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|n| {
+                let mut j = serde_json::to_value(n).unwrap_or_default();
+                j["last_seen"] = serde_json::json!(n.last_seen_ms);
+                j["condition"] = serde_json::json!(condition_of(cfg, n, now));
+                j
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<11} {:<10} {:<28} {:>10} {:>5} {:>10} {:>9}  LAST SEEN (ms ago)",
+        "NODE", "STATE", "BOARD", "ARCH", "RECORDS", "LIVES", "LAST SEQ", "INSTANCES"
+    );
+    for n in nodes {
+        println!(
+            "{:<24} {:<11} {:<10} {:<28} {:>10} {:>5} {:>10} {:>4}/{:<4}  {}",
+            n.node.as_str(),
+            condition_of(cfg, &n, now).to_string(),
+            n.board.as_deref().unwrap_or("-"),
+            n.arch.as_deref().unwrap_or("-"),
+            n.records,
+            n.lives,
+            n.last_seq,
+            n.allocated_instances,
+            n.capacity_instances,
+            n.last_seen_ms
+                .map_or("never".into(), |t| now.saturating_sub(t).to_string())
+        );
+    }
+    Ok(())
+}
+
+/// Applies `op` to `node`'s state and prints the outcome; refusals exit 65.
+pub fn set(store: &MasterStore, node: &Name, op: NodeOp) -> Result<NodeState, Failure> {
+    use hedge_master::store::StoreError;
+    let state = store
+        .update_node_state(node, op, now_ms())
+        .map_err(|e| match e {
+            e @ (StoreError::NoSuchNode(_) | StoreError::NodeState(_)) => Failure::data(e),
+            e => Failure::from(e),
+        })?;
+    println!("{node} is {state}");
+    Ok(state)
+}
