@@ -475,15 +475,15 @@ pub fn main(cmd: MasterCommand) -> Result<(), Failure> {
         }
         MasterCommand::Drain { node, config } => {
             let cfg = load(&config)?;
-            nodes::set(&open_store(&cfg)?, &node_name(&node)?, NodeOp::Drain).map(drop)
+            nodes::change(&cfg, &node_name(&node)?, NodeOp::Drain)
         }
         MasterCommand::Undrain { node, config } => {
             let cfg = load(&config)?;
-            nodes::set(&open_store(&cfg)?, &node_name(&node)?, NodeOp::Undrain).map(drop)
+            nodes::change(&cfg, &node_name(&node)?, NodeOp::Undrain)
         }
         MasterCommand::Retire { node, config } => {
             let cfg = load(&config)?;
-            nodes::set(&open_store(&cfg)?, &node_name(&node)?, NodeOp::Retire).map(drop)
+            nodes::change(&cfg, &node_name(&node)?, NodeOp::Retire)
         }
         MasterCommand::Instances(v) => print_list(&v, &open_store(&load(&v.config)?)?.instances()?),
         MasterCommand::Incidents(v) => print_list(&v, &open_store(&load(&v.config)?)?.incidents()?),
@@ -645,6 +645,15 @@ fn run(cfg: MasterConfig) -> Result<(), Failure> {
         limits: hedge_master::run::IngestLimits::default(),
         keepalive: std::time::Duration::from_secs(20),
         revoked: revoked.clone(),
+        evacuate: Some(std::sync::Arc::new(
+            hedge_master::evacuate::driver::Standing {
+                key: key.clone(),
+                dir: cfg.base.clone(),
+                lost_after_ms: cfg.failover.lost_after_ms,
+                stale_after_ms: cfg.allocation.stale_after_ms,
+                every: std::time::Duration::from_millis(cfg.failover.check_every_ms),
+            },
+        )),
         renew: Some(key),
         act,
     };

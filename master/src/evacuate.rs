@@ -27,6 +27,8 @@ use hedge_wire::Name;
 
 use crate::node_state::NodeState;
 
+pub mod driver;
+
 /// A node, as [`decide`] sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeFacts {

@@ -111,6 +111,9 @@ pub struct Settings {
     /// The signing key: desired states near their expiry are re-signed with it
     /// ([`crate::sign::renew_expiring`], checked every [`RENEW_EVERY`]). `None`: never.
     pub renew: Option<Arc<crate::sign::MasterKey>>,
+    /// Draining, retiring and lost nodes are acted on every `every`
+    /// ([`crate::evacuate`]) while subscribed. `None`: never.
+    pub evacuate: Option<Arc<crate::evacuate::driver::Standing>>,
     /// The master acting for the fleet ([`crate::act`]); `None`: it does not.
     pub act: Option<Acting>,
 }
@@ -177,7 +180,7 @@ pub async fn run<S: FleetStore + 'static>(
     let mut backoff = Duration::from_millis(200);
     let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
     let worker = Worker::start(store, done_tx).map_err(RunError::Worker)?;
-    // One desired-state lookup at a time.
+    // One desired-state lookup at a time, one evacuation pass at a time.
     let mut looking_up = false;
     // Connection parameters arrived since the imports were last refreshed.
     let mut imports_due = true;
@@ -187,6 +190,15 @@ pub async fn run<S: FleetStore + 'static>(
         .act
         .as_ref()
         .map_or(Duration::from_secs(3600), |a| a.every);
+    let mut evacuating = false;
+    // The last refusal line per instance: logged again only when it changes.
+    let mut refusals: BTreeMap<Name, String> = BTreeMap::new();
+    let every = settings
+        .evacuate
+        .as_ref()
+        .map_or(Duration::from_secs(3600), |e| {
+            e.every.max(Duration::from_millis(10))
+        });
     loop {
         let (client, mut eventloop) = AsyncClient::new(options(&settings), 256);
         let mut published: BTreeMap<Name, u64> = BTreeMap::new();
@@ -194,6 +206,9 @@ pub async fn run<S: FleetStore + 'static>(
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut renew_tick = tokio::time::interval(RENEW_EVERY);
         let mut act_tick = tokio::time::interval(act_every);
+        let mut evacuate_tick = tokio::time::interval(every);
+        // Silence before this connection listened does not make a node lost.
+        let mut listening_since = now_ms();
         let lost = loop {
             tokio::select! {
                 () = &mut shutdown => {
@@ -250,7 +265,20 @@ pub async fn run<S: FleetStore + 'static>(
                     Done::Ingested { node, claimed, result } => {
                         ingested(&client, &mut admission, &node, &claimed, result, &mut counters);
                     }
+                    Done::Evacuated(result) => {
+                        evacuating = false;
+                        evacuated(result, &mut refusals);
+                    }
                 },
+                _ = evacuate_tick.tick(), if subscribed && !evacuating && settings.evacuate.is_some() => {
+                    if let Some(with) = &settings.evacuate {
+                        evacuating = worker.submit(Job::Evacuate {
+                            with: with.clone(),
+                            listening_since_ms: listening_since,
+                            now_ms: now_ms(),
+                        }).is_ok();
+                    }
+                }
                 _ = renew_tick.tick(), if settings.renew.is_some() => {
                     if let Some(key) = &settings.renew {
                         // A full queue skips this round; the next one comes in RENEW_EVERY.
@@ -267,6 +295,7 @@ pub async fn run<S: FleetStore + 'static>(
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         tracing::info!(host = %settings.host, port = settings.port, "master connected");
                         subscribed = true;
+                        listening_since = now_ms();
                         backoff = Duration::from_millis(200);
                         // The broker may have lost retained messages (kill -9): republish.
                         if !looking_up {
@@ -295,6 +324,35 @@ pub async fn run<S: FleetStore + 'static>(
             () = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Logs what an evacuation pass did: each move and revocation once, a refusal when its
+/// line changed.
+fn evacuated(
+    result: Result<Vec<crate::evacuate::driver::Done>, StoreError>,
+    refusals: &mut BTreeMap<Name, String>,
+) {
+    use crate::evacuate::driver::Done as E;
+    match result {
+        Ok(done) => {
+            for d in done {
+                match &d {
+                    E::Moved(decision) => {
+                        refusals.remove(&decision.instance);
+                        tracing::info!(instance = %decision.instance, "{d}");
+                    }
+                    E::Revoked { node, .. } => tracing::warn!(node = %node, "{d}"),
+                    E::Refused { instance, line, .. } => {
+                        if refusals.get(instance) != Some(line) {
+                            tracing::warn!(instance = %instance, "{line}");
+                            refusals.insert(instance.clone(), line.clone());
+                        }
+                    }
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "evacuation pass failed"),
     }
 }
 

@@ -152,6 +152,11 @@ pub trait FleetStore: Send + Sync {
     /// [`StoreError::NodeState`]; either stores nothing.
     fn update_node_state(&self, node: &Name, op: NodeOp, now_ms: u64) -> Result<NodeState>;
 
+    /// Every instance's lease (its `--on-lost move` policy, [`crate::failover`]), as
+    /// the last [`FleetStore::place`] that gave one ([`Placement::lease_ms`]) set it;
+    /// instances without one (policy `wait`) are absent.
+    fn leases(&self) -> Result<BTreeMap<Name, u32>>;
+
     /// Up to `limit` records of `node` with `seq >= from_seq`, in (life, seq) order:
     /// every life of the node.
     fn records(&self, node: &Name, from_seq: u64, limit: u32) -> Result<Vec<Record>>;

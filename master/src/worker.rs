@@ -40,6 +40,16 @@ pub enum Job {
         /// What the driver has published on this connection.
         published: BTreeMap<Name, u64>,
     },
+    /// One evacuation pass ([`crate::evacuate::driver::pass`]): draining, retiring and
+    /// lost nodes.
+    Evacuate {
+        /// The signing key, the master directory (revocations) and the pass's settings.
+        with: std::sync::Arc<crate::evacuate::driver::Standing>,
+        /// When this master began listening to nodes.
+        listening_since_ms: u64,
+        /// Now, ms since the epoch.
+        now_ms: u64,
+    },
     /// Re-sign the desired states near their expiry ([`crate::sign::renew_expiring`]).
     Renew {
         /// The signing key.
@@ -88,6 +98,8 @@ pub enum Done {
     Imports(Result<Vec<(Name, u64)>, StoreError>),
     /// A [`Job::Act`]: what the pass did.
     Acted(Result<crate::act::driver::Report, StoreError>),
+    /// A [`Job::Evacuate`]: what the pass did.
+    Evacuated(Result<Vec<crate::evacuate::driver::Done>, StoreError>),
 }
 
 /// The worker is full: the job was not queued.
@@ -165,7 +177,11 @@ fn ingest(store: &impl FleetStore, jobs: Vec<Job>) -> Vec<Done> {
                 now_ms,
                 max_bytes,
             } => Some((node, up, now_ms, max_bytes)),
-            Job::Desired { .. } | Job::Renew { .. } | Job::Imports { .. } | Job::Act { .. } => None,
+            Job::Desired { .. }
+            | Job::Renew { .. }
+            | Job::Imports { .. }
+            | Job::Act { .. }
+            | Job::Evacuate { .. } => None,
         })
         .collect();
     let results = store.ingest_many(&batches);
@@ -196,6 +212,11 @@ fn work(store: &impl FleetStore, job: Job) -> Done {
             policy,
             now_ms,
         } => Done::Acted(crate::act::driver::act(store, &key, &policy, now_ms)),
+        Job::Evacuate {
+            with,
+            listening_since_ms,
+            now_ms,
+        } => Done::Evacuated(with.pass(store, listening_since_ms, now_ms)),
     }
 }
 

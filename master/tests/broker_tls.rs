@@ -538,6 +538,7 @@ fn spawn_master(
         revoked: Arc::new(hedge_master::revocation::Revoked::new(&fleet.dir)),
         renew: None,
         act: None,
+        evacuate: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let master = tokio::spawn(hedge_master::run::run(

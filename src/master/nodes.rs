@@ -3,7 +3,10 @@
 
 use hedge_common::clock::now_ms;
 use hedge_master::config::MasterConfig;
+use hedge_master::evacuate::driver::{pass, Done, Settings};
 use hedge_master::node_state::{condition, lost, NodeOp, NodeState};
+use hedge_master::revocation;
+use hedge_master::sign::MasterKey;
 use hedge_master::store::{FleetStore, MasterStore, NodeSummary};
 use hedge_wire::Name;
 
@@ -61,8 +64,49 @@ pub fn show(cfg: &MasterConfig, store: &MasterStore, json: bool) -> Result<(), F
     Ok(())
 }
 
+/// Applies `op` to `node`'s state and prints it; then, unless undrained, moves its
+/// instances away and (retiring) revokes it when it is empty or lost, printing each
+/// decision. Refusals of the state change exit 65.
+pub fn change(cfg: &MasterConfig, node: &Name, op: NodeOp) -> Result<(), Failure> {
+    let store = open(cfg)?;
+    set(&store, node, op)?;
+    if op == NodeOp::Undrain {
+        return Ok(());
+    }
+    let key = MasterKey::load(&cfg.base.join(&cfg.signing.key)).map_err(Failure::usage)?;
+    let settings = Settings {
+        lost_after_ms: cfg.failover.lost_after_ms,
+        stale_after_ms: cfg.allocation.stale_after_ms,
+        listening_since_ms: 0,
+    };
+    let done = pass(&store, &key, now_ms(), &settings, Some(node), &mut |n| {
+        revoke(cfg, n)
+    })?;
+    for d in done {
+        match d {
+            Done::Refused { line, .. } => eprintln!("{line}"),
+            d => println!("{d}"),
+        }
+    }
+    Ok(())
+}
+
+/// Revokes `node` ([`revocation::revoke`]) and says what happened to the broker.
+fn revoke(cfg: &MasterConfig, node: &Name) -> Result<(), String> {
+    let r = revocation::revoke(&cfg.base, node).map_err(|e| e.to_string())?;
+    match r.reloaded {
+        Some(pid) => eprintln!("broker (pid {pid}) told to reload its CRL"),
+        None => eprintln!("no running broker found: it reads the CRL when it starts"),
+    }
+    Ok(())
+}
+
+fn open(cfg: &MasterConfig) -> Result<MasterStore, Failure> {
+    Ok(MasterStore::open(&cfg.base.join(&cfg.master.store))?)
+}
+
 /// Applies `op` to `node`'s state and prints the outcome; refusals exit 65.
-pub fn set(store: &MasterStore, node: &Name, op: NodeOp) -> Result<NodeState, Failure> {
+fn set(store: &MasterStore, node: &Name, op: NodeOp) -> Result<NodeState, Failure> {
     use hedge_master::store::StoreError;
     let state = store
         .update_node_state(node, op, now_ms())

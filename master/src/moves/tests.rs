@@ -87,6 +87,8 @@ pub(crate) fn summary(node: &str, arch: &str) -> NodeSummary {
         capacity_instances: 4,
         allocated_instances: 0,
         health: None,
+        state: crate::node_state::NodeState::Schedulable,
+        state_since_ms: None,
     }
 }
 

@@ -21,6 +21,7 @@ use hedge_wire::{
 use super::{FleetStore, MasterStore};
 
 pub(crate) mod desired;
+pub(crate) mod evacuate;
 pub(crate) mod fleet;
 pub(crate) mod imports;
 pub(crate) mod ingest;
@@ -68,6 +69,8 @@ macro_rules! fleet_store_suite {
             moves::decisions_show_in_their_incidents_timeline,
             node_states::node_states_are_stored_and_retired_is_final,
             node_states::allocation_skips_draining_retired_and_lost_nodes,
+            evacuate::draining_moves_two_phase_and_a_lost_node_loses_its_move_instances_fenced,
+            evacuate::a_retiring_node_is_revoked_once_empty_or_at_once_when_lost,
             writers::everything_survives_reopening,
             writers::concurrent_stores_on_one_file_store_each_record_once,
             writers::concurrent_placements_never_overfill_a_node,

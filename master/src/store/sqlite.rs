@@ -11,6 +11,7 @@
 //! exactly in the postcard blobs (index columns are clamped). The tables and their
 //! migrations are in `schema`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -32,6 +33,7 @@ mod desired;
 mod fleet;
 mod imports;
 mod ingest;
+mod leases;
 mod moves;
 mod node_states;
 mod place;
@@ -186,6 +188,10 @@ impl FleetStore for SqliteStore {
 
     fn update_node_state(&self, node: &Name, op: NodeOp, now_ms: u64) -> Result<NodeState> {
         self.write(|tx| node_states::update(tx, node, op, now_ms))
+    }
+
+    fn leases(&self) -> Result<BTreeMap<Name, u32>> {
+        leases::all(&self.conn())
     }
 
     fn records(&self, node: &Name, from_seq: u64, limit: u32) -> Result<Vec<Record>> {

@@ -47,6 +47,9 @@ pub(super) fn place(
         if !fenced.iter().any(|h| h.live && h.node == target) {
             moves::bump_fence(tx, &target, &name)?;
         }
+        if let Some(lease_ms) = placement.lease_ms {
+            super::leases::set(tx, &name, lease_ms)?;
+        }
     }
     let mut pruned = Vec::new();
     let (state, p) = write_desired(

@@ -17,7 +17,7 @@
 //! and instance requested `destroyed`: the generation that destroyed it, and whether it
 //! was pruned from the state since), `node_states` (what the operator set: draining,
 //! retiring, retired, and since when; no row: schedulable);
-//! the tables of moves are in `moves`.
+//! the tables of moves are in `moves`, the instances' leases in `leases`.
 //! New tables are created by `CREATE ... IF NOT EXISTS` at every open, so adding one
 //! keeps [`SCHEMA_VERSION`] (an older master simply ignores it). Version 2 keyed
 //! records and coverage by epoch: a version 1 file is migrated in place at open (its
@@ -196,6 +196,7 @@ pub(super) fn set_up(conn: &mut Connection) -> rusqlite::Result<i64> {
     tx.execute_batch(EPOCH_TABLES)?;
     tx.execute_batch(SCHEMA)?;
     tx.execute_batch(super::moves::SCHEMA)?;
+    tx.execute_batch(super::leases::SCHEMA)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(version)
