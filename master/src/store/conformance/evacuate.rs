@@ -33,6 +33,18 @@ fn holders<S: FleetStore>(s: &S, instance: &str) -> Vec<(String, bool)> {
         .unwrap_or_default()
 }
 
+/// `(instance, fence, lease_ms)` of `node`'s stored state's terms.
+fn terms<S: FleetStore>(s: &S, node: &str) -> Vec<(String, u64, u32)> {
+    let d = s.desired(&n(node)).unwrap().unwrap();
+    let mut t: Vec<_> = d
+        .terms
+        .into_iter()
+        .map(|t| (t.instance.to_string(), t.fence, t.lease_ms))
+        .collect();
+    t.sort();
+    t
+}
+
 fn lines(done: &[Done]) -> String {
     done.iter()
         .map(ToString::to_string)
@@ -74,6 +86,11 @@ pub(crate) fn draining_moves_two_phase_and_a_lost_node_loses_its_move_instances_
     place_on(s, &key, "y", "a", 4_000);
     assert_eq!(s.leases().unwrap().get(&n("y")), Some(&4_000));
     assert_eq!(s.leases().unwrap().get(&n("x")), None, "wait: no lease");
+    // The signed terms carry each instance's fence and lease.
+    assert_eq!(
+        terms(s, "a"),
+        vec![("x".into(), 1, 0), ("y".into(), 1, 4_000)]
+    );
     // Schedulable and heard from: nothing to do.
     assert_eq!(
         pass(s, &key, 2_000, &SETTINGS, None, &mut no_revoke).unwrap(),
@@ -121,6 +138,11 @@ pub(crate) fn draining_moves_two_phase_and_a_lost_node_loses_its_move_instances_
         holders(s, "y"),
         vec![("a".into(), true), ("b".into(), true), ("c".into(), false)],
         "destroyed on c at once; a's copy waits for its handover"
+    );
+    // The lease follows the instance; each placement elsewhere is a new fence.
+    assert_eq!(
+        terms(s, "b"),
+        vec![("x".into(), 2, 0), ("y".into(), 3, 4_000)]
     );
     // The master that just started listening does not count the silence before.
     let fresh = Settings {

@@ -2,12 +2,14 @@
 //!
 //! Contract: [`set`] records the lease a request gave (`lease_ms`, 0 for `wait`) in the
 //! placement's transaction; an instance without a row has none (0). The lease belongs
-//! to the instance, not to a copy: it follows the instance when it moves.
+//! to the instance, not to a copy: it follows the instance when it moves. [`of`] is
+//! what a state being written puts in the instance's signed terms (`moves`'
+//! `fill_terms`).
 
 use std::collections::BTreeMap;
 
 use hedge_wire::Name;
-use rusqlite::{params, Connection, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::super::blob;
 use super::super::Result;
@@ -40,3 +42,16 @@ pub(super) fn all(conn: &Connection) -> Result<BTreeMap<Name, u32>> {
         .map(|(i, l)| Ok((blob::name(i)?, l)))
         .collect()
 }
+
+/// `instance`'s lease (0: none).
+pub(super) fn of(conn: &Connection, instance: &Name) -> Result<u32> {
+    Ok(conn
+        .query_row(
+            "SELECT lease_ms FROM leases WHERE instance = ?1",
+            [instance.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0))
+}
+

@@ -10,7 +10,7 @@
 //! per incident). [`fill_terms`] runs in every desired-state write, before signing:
 //! it drops the rows of instances the state no longer holds, gives a fence to a copy
 //! without one (the instance's current highest, 1 if none), and sets the state's
-//! signed `terms` (each instance's fence, and its lease: [`lease_ms`], 0 for now).
+//! signed `terms` (each instance's fence, and its lease: [`lease_ms`]).
 
 use hedge_wire::{DesiredState, InstanceStatus, InstanceTerms, Name, RequestedState};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
@@ -158,16 +158,16 @@ pub(super) fn fill_terms(tx: &Transaction<'_>, d: &mut DesiredState) -> Result<(
     Ok(())
 }
 
-/// The lease `node`'s copy of `instance` runs under, ms; `carried` is the one its
-/// state carried so far. The hook of the placement policy (`move`: a lease; `wait`:
-/// 0, none): until that policy exists, what was carried, else 0.
+/// The lease `node`'s copy of `instance` runs under, ms: the instance's placement
+/// policy (`move`: a lease; `wait`: 0, none), as its last request set it
+/// (`leases`); `carried`, what the state carried so far, is not kept.
 fn lease_ms(
-    _tx: &Transaction<'_>,
+    tx: &Transaction<'_>,
     _node: &Name,
-    _instance: &Name,
-    carried: Option<u32>,
+    instance: &Name,
+    _carried: Option<u32>,
 ) -> Result<u32> {
-    Ok(carried.unwrap_or(0))
+    super::leases::of(tx, instance)
 }
 
 /// `(instance, fence)` of every row of `node`.
