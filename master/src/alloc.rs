@@ -320,6 +320,7 @@ mod tests {
             lives: 1,
             repeats: 0,
             conflicts: 0,
+            stale: 0,
             board: None,
             arch: Some(arch.into()),
             labels: BTreeMap::from([("site".into(), "lab".into())]),

@@ -26,6 +26,7 @@ mod blob;
 mod error;
 pub mod ingest;
 mod sqlite;
+pub mod stale;
 pub mod views;
 
 #[cfg(test)]
@@ -96,6 +97,10 @@ pub type Batch = (Name, Up, u64, u64);
 ///   [`NodeSummary::region`] are only those the operator assigned
 ///   ([`FleetStore::update_assignment`]); its reported capacity counts, capped by an
 ///   assigned `max_instances`.
+/// - **Stale copies.** A record about an instance from a copy that is not its current
+///   placement (another node's, or this node's under an older fence, as its `Fence`
+///   records say) is stored and counted ([`Ingested::stale`], [`NodeSummary::stale`])
+///   but never folded into the instance view; see [`stale`] for the rule.
 /// - **Node states.** What the operator set ([`NodeState`]: schedulable, draining,
 ///   retiring, retired) is stored per node, changes only by [`NodeState::apply`] (retired
 ///   is final) and shows in [`NodeSummary::state`]; allocation never places on a node
@@ -321,6 +326,10 @@ pub struct Ingested {
     pub ack_upto: u64,
     /// The epoch the ack is for (the batch's).
     pub epoch: u64,
+    /// Records newly stored that came from a stale copy ([`stale`]): kept, counted, left
+    /// out of the live instance view.
+    #[serde(default)]
+    pub stale: usize,
 }
 
 /// Registry facts about a node, given by an operator or enrolment.

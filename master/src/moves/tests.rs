@@ -76,6 +76,7 @@ pub(crate) fn summary(node: &str, arch: &str) -> NodeSummary {
         lives: 0,
         repeats: 0,
         conflicts: 0,
+        stale: 0,
         board: None,
         arch: Some(arch.into()),
         labels: BTreeMap::new(),

@@ -28,6 +28,7 @@ pub(crate) mod ingest;
 pub(crate) mod moves;
 pub(crate) mod node_states;
 pub(crate) mod place;
+pub(crate) mod stale;
 pub(crate) mod views;
 pub(crate) mod writers;
 
@@ -71,6 +72,7 @@ macro_rules! fleet_store_suite {
             node_states::allocation_skips_draining_retired_and_lost_nodes,
             evacuate::draining_moves_two_phase_and_a_lost_node_loses_its_move_instances_fenced,
             evacuate::a_retiring_node_is_revoked_once_empty_or_at_once_when_lost,
+            stale::a_stale_copys_late_records_are_kept_counted_and_not_folded,
             writers::everything_survives_reopening,
             writers::concurrent_stores_on_one_file_store_each_record_once,
             writers::concurrent_placements_never_overfill_a_node,

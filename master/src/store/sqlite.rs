@@ -40,6 +40,7 @@ mod place;
 mod records;
 mod schema;
 mod sql;
+mod stale;
 
 pub use schema::SCHEMA_VERSION;
 

@@ -68,6 +68,10 @@ pub struct NodeSummary {
     pub repeats: u64,
     /// Deliveries of a stored `(epoch, seq)` with other content.
     pub conflicts: u64,
+    /// Records stored from a stale copy ([`crate::store::stale`]): kept, not folded
+    /// into the live instance view.
+    #[serde(default)]
+    pub stale: u64,
     /// Board profile (e.g. `rpi4`).
     pub board: Option<String>,
     /// Architecture (e.g. `aarch64-unknown-linux-gnu`).

@@ -18,6 +18,7 @@ pub(crate) fn ingest_is_idempotent_and_acks_the_covered_prefix<H: Harness>(h: &H
             conflicts: 0,
             ack_upto: 10,
             epoch: E1,
+            stale: 0,
         }
     );
     let again = s.ingest(&pi, &b, 6).unwrap();
@@ -30,6 +31,7 @@ pub(crate) fn ingest_is_idempotent_and_acks_the_covered_prefix<H: Harness>(h: &H
             conflicts: 0,
             ack_upto: 10,
             epoch: E1,
+            stale: 0,
         }
     );
     assert_eq!(s.count(&pi).unwrap(), 10);
@@ -182,6 +184,7 @@ pub(crate) fn a_new_life_is_stored_beside_the_old_one_and_acked_on_its_own<H: Ha
             conflicts: 0,
             ack_upto: 4,
             epoch: E2,
+            stale: 0,
         },
         "a new life's seqs are not the old life's duplicates"
     );

@@ -105,7 +105,7 @@ pub(super) fn load_nodes(conn: &Connection) -> Result<Vec<NodeSummary>> {
         Option<String>,
         Option<u32>,
         (u32, i64, i64),
-        (Option<String>, Option<i64>),
+        (Option<String>, Option<i64>, i64),
     );
     let mut stmt = conn.prepare_cached(
         "SELECT n.node, n.first_seen_ms, n.last_seen_ms, n.board, n.arch, n.labels,
@@ -113,7 +113,8 @@ pub(super) fn load_nodes(conn: &Connection) -> Result<Vec<NodeSummary>> {
                  COALESCE(c.acked, 0), COALESCE(d.allocated, 0), n.health,
                  a.labels, a.region, a.max_instances,
                  (SELECT COUNT(*) FROM epochs e WHERE e.node = n.node), n.repeats, n.conflicts,
-                 s.state, s.since_ms
+                 s.state, s.since_ms,
+                 (SELECT COUNT(*) FROM stale_records x WHERE x.node = n.node)
              FROM nodes n
              LEFT JOIN coverage c ON c.node = n.node AND c.epoch = n.epoch
              LEFT JOIN desired d ON d.node = n.node
@@ -143,7 +144,7 @@ pub(super) fn load_nodes(conn: &Connection) -> Result<Vec<NodeSummary>> {
                 r.get(16)?,
                 r.get(17)?,
                 (r.get(18)?, r.get(19)?, r.get(20)?),
-                (r.get(21)?, r.get(22)?),
+                (r.get(21)?, r.get(22)?, r.get(23)?),
             ))
         })?
         .collect::<rusqlite::Result<Vec<Row>>>()?;
@@ -186,6 +187,7 @@ pub(super) fn load_nodes(conn: &Connection) -> Result<Vec<NodeSummary>> {
                     None => NodeState::Schedulable,
                 },
                 state_since_ms: row.19 .1.map(from_sql),
+                stale: from_sql(row.19 .2),
             })
         })
         .collect()

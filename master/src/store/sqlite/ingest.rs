@@ -53,6 +53,8 @@ pub(super) fn ingest_in(
     let (mut stored, mut duplicates, mut last_seq) = (0usize, 0usize, 0i64);
     let mut new_bytes = 0u64;
     let (mut repeats, mut conflicts) = (0usize, 0usize);
+    let mut stale = 0usize;
+    let mut judge = super::stale::Judge::new(node, epoch);
     let mut health: Option<(i64, &Record)> = None;
     let mut info: Option<(i64, &Record)> = None;
     {
@@ -98,6 +100,9 @@ pub(super) fn ingest_in(
                 repeats += 1;
             }
             stored += 1;
+            if judge.judge(tx, *seq, record)? {
+                stale += 1;
+            }
             new_bytes += u64::try_from(blob.len()).unwrap_or(u64::MAX);
             last_seq = last_seq.max(*seq);
             let newest = match record.kind {
@@ -176,6 +181,7 @@ pub(super) fn ingest_in(
         conflicts,
         ack_upto: coverage.acked,
         epoch: up.epoch,
+        stale,
     })
 }
 

@@ -9,6 +9,7 @@ use rusqlite::{params, Connection};
 use super::super::blob::decode_desired;
 use super::super::{InstanceSources, Result};
 use super::sql::{clamp_sql, decode_record, from_sql, raw_record, RawRecord};
+use super::stale::NOT_STALE;
 
 /// Up to `limit` records of `node` with `seq >= from_seq`, in (life, seq) order.
 pub(super) fn records(
@@ -79,8 +80,8 @@ pub(super) fn incidents(conn: &Connection) -> Result<Vec<(Name, u32, Record)>> {
         .collect()
 }
 
-/// The desired states and the latest local request and state report per instance
-/// (`pruned` is left empty: the caller reads it).
+/// The desired states and the latest local request and state report per instance, a
+/// stale copy's records left out (`pruned` is left empty: the caller reads it).
 pub(super) fn instance_sources(conn: &Connection) -> Result<InstanceSources> {
     let desired = conn
         .prepare_cached("SELECT node, state FROM desired ORDER BY node")?
@@ -91,16 +92,16 @@ pub(super) fn instance_sources(conn: &Connection) -> Result<InstanceSources> {
     // The latest record per (node, instance): highest (life, seq).
     let latest = |tag: &str| -> Result<Vec<(Name, Record)>> {
         let rows: Vec<RawRecord> = conn
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT node, seq, time_ms, kind FROM (
                      SELECT r.node, r.seq, r.time_ms, r.kind, ROW_NUMBER() OVER (
                          PARTITION BY r.node, r.instance
                          ORDER BY e.life DESC, r.seq DESC) AS nth
                      FROM records r
                      JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
-                     WHERE r.kind_tag = ?1)
-                 WHERE nth = 1",
-            )?
+                     WHERE r.kind_tag = ?1 AND {NOT_STALE})
+                 WHERE nth = 1"
+            ))?
             .query_map([tag], raw_record)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         rows.into_iter().map(decode_record).collect()

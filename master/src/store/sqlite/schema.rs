@@ -17,7 +17,8 @@
 //! and instance requested `destroyed`: the generation that destroyed it, and whether it
 //! was pruned from the state since), `node_states` (what the operator set: draining,
 //! retiring, retired, and since when; no row: schedulable);
-//! the tables of moves are in `moves`, the instances' leases in `leases`.
+//! the tables of moves are in `moves`, the instances' leases in `leases`,
+//! the records of stale copies in `stale`.
 //! New tables are created by `CREATE ... IF NOT EXISTS` at every open, so adding one
 //! keeps [`SCHEMA_VERSION`] (an older master simply ignores it). Version 2 keyed
 //! records and coverage by epoch: a version 1 file is migrated in place at open (its
@@ -197,6 +198,7 @@ pub(super) fn set_up(conn: &mut Connection) -> rusqlite::Result<i64> {
     tx.execute_batch(SCHEMA)?;
     tx.execute_batch(super::moves::SCHEMA)?;
     tx.execute_batch(super::leases::SCHEMA)?;
+    tx.execute_batch(super::stale::SCHEMA)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(version)
