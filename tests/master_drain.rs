@@ -8,19 +8,9 @@ mod common;
 use std::time::Duration;
 
 use common::fleet::Fleet;
-use common::{alive, wait_for, Node};
+use common::{alive, wait_for};
 use hedge_wire::InstanceStatus;
 use serde_json::Value;
-
-/// A started fleet node, known to the master (its first records stored).
-fn started_node(fleet: &Fleet, id: &str) -> Node {
-    let mut node = fleet.node(id);
-    node.start();
-    wait_for(&format!("{id} registered"), Duration::from_secs(30), || {
-        (fleet.held(id).0 > 0).then_some(())
-    });
-    node
-}
 
 /// `node`'s condition as `hedge master nodes --json` shows it.
 fn condition(fleet: &Fleet, node: &str) -> String {
@@ -64,8 +54,8 @@ fn drain_empties_a_node_nothing_lands_on_it_and_retire_revokes_it() {
     )
     .unwrap();
     fleet.start_master();
-    let a = started_node(&fleet, "a");
-    let b = started_node(&fleet, "b");
+    let a = fleet.started_node("a");
+    let b = fleet.started_node("b");
     let names = ["db", "web"];
     let mut old = Vec::new();
     for name in names {

@@ -62,25 +62,6 @@ pub struct Placement {
     pub lease_ms: Option<u32>,
 }
 
-impl Placement {
-    /// Its criteria as words: "arch=aarch64 region=eu site=north", or "(no criteria)".
-    pub fn words(&self) -> String {
-        let mut words = Vec::new();
-        if let Some(a) = &self.arch {
-            words.push(format!("arch={a}"));
-        }
-        if let Some(r) = &self.region {
-            words.push(format!("region={r}"));
-        }
-        words.extend(self.labels.iter().map(|(k, v)| format!("{k}={v}")));
-        if words.is_empty() {
-            "(no criteria)".into()
-        } else {
-            words.join(" ")
-        }
-    }
-}
-
 /// Why one node was passed over.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Mismatch {

@@ -31,7 +31,7 @@ pub fn schedulable(node: &NodeSummary, policy: &Policy, now_ms: u64) -> bool {
 }
 
 /// The criteria as words: "arch=aarch64 region=eu site=north".
-fn criteria_words(p: &Placement) -> String {
+pub fn criteria_words(p: &Placement) -> String {
     let mut words = Vec::new();
     if let Some(a) = &p.arch {
         words.push(format!("arch={a}"));

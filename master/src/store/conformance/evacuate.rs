@@ -4,6 +4,7 @@
 
 use hedge_wire::{InstanceStatus, RequestedState};
 
+use super::moves::holders;
 use super::place::{on, register, Reporter};
 use super::{batch, n, request, Harness};
 use crate::alloc::Placement;
@@ -17,21 +18,6 @@ const SETTINGS: Settings = Settings {
     stale_after_ms: 1_000_000,
     listening_since_ms: 0,
 };
-
-/// `(node, live)` of every holder of `instance`, by node.
-fn holders<S: FleetStore>(s: &S, instance: &str) -> Vec<(String, bool)> {
-    s.placements()
-        .unwrap()
-        .into_iter()
-        .find(|p| p.instance == n(instance))
-        .map(|p| {
-            p.holders
-                .into_iter()
-                .map(|h| (h.node.to_string(), h.live))
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 /// `(instance, fence, lease_ms)` of `node`'s stored state's terms.
 fn terms<S: FleetStore>(s: &S, node: &str) -> Vec<(String, u64, u32)> {
@@ -114,7 +100,7 @@ pub(crate) fn draining_moves_two_phase_and_a_lost_node_loses_its_move_instances_
     // Two-phase: a keeps its copies until the new ones run.
     assert_eq!(
         holders(s, "x"),
-        vec![("a".into(), true), ("b".into(), true)]
+        vec![("a".into(), 1, true), ("b".into(), 2, true)]
     );
     // Moved once: the next pass leaves them alone.
     assert_eq!(
@@ -136,7 +122,11 @@ pub(crate) fn draining_moves_two_phase_and_a_lost_node_loses_its_move_instances_
     );
     assert_eq!(
         holders(s, "y"),
-        vec![("a".into(), true), ("b".into(), true), ("c".into(), false)],
+        vec![
+            ("a".into(), 1, true),
+            ("b".into(), 3, true),
+            ("c".into(), 2, false)
+        ],
         "destroyed on c at once; a's copy waits for its handover"
     );
     // The lease follows the instance; each placement elsewhere is a new fence.
@@ -176,7 +166,7 @@ pub(crate) fn a_retiring_node_is_revoked_once_empty_or_at_once_when_lost<H: Harn
         .unwrap();
     assert_eq!(
         holders(s, "x"),
-        vec![("a".into(), false), ("b".into(), true)]
+        vec![("a".into(), 1, false), ("b".into(), 2, true)]
     );
     assert_eq!(
         pass(s, &key, 2_000, &SETTINGS, None, &mut no_revoke).unwrap(),
@@ -219,6 +209,6 @@ pub(crate) fn a_retiring_node_is_revoked_once_empty_or_at_once_when_lost<H: Harn
     assert!(text.ends_with("c revoked: retiring and lost"), "{text}");
     assert_eq!(
         holders(s, "w"),
-        vec![("b".into(), true), ("c".into(), false)]
+        vec![("b".into(), 2, true), ("c".into(), 1, false)]
     );
 }

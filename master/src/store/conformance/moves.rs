@@ -27,8 +27,8 @@ fn mv(instance: &str, from: &str, to: Option<&str>) -> MoveRequest {
 }
 
 /// `(node, fence, live)` of every holder of `instance`; each holder's signed state
-/// carries that fence in its terms, with no lease.
-fn holders<S: FleetStore>(s: &S, instance: &str) -> Vec<(String, u64, bool)> {
+/// carries that fence in its terms, with the instance's lease.
+pub(crate) fn holders<S: FleetStore>(s: &S, instance: &str) -> Vec<(String, u64, bool)> {
     let out: Vec<(String, u64, bool)> = s
         .placements()
         .unwrap()
@@ -41,12 +41,13 @@ fn holders<S: FleetStore>(s: &S, instance: &str) -> Vec<(String, u64, bool)> {
                 .collect()
         })
         .unwrap_or_default();
+    let lease = s.leases().unwrap().get(&n(instance)).copied().unwrap_or(0);
     for (node, fence, _) in &out {
         let d = s.desired(&n(node)).unwrap().unwrap();
         let t = d.terms_of(&n(instance)).unwrap();
         assert_eq!(
             (t.fence, t.lease_ms),
-            (*fence, 0),
+            (*fence, lease),
             "{node}'s terms of {instance}"
         );
         assert_eq!(

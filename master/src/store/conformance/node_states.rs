@@ -112,26 +112,18 @@ pub(crate) fn allocation_skips_draining_retired_and_lost_nodes<H: Harness>(h: &H
     assert!(s.desired(&n("a")).unwrap().is_none());
     // c heard from again: it is the one candidate.
     s.ingest(&n("c"), &batch("c", 2, 2), now).unwrap();
-    let placed = s
-        .place(
-            request("x", RequestedState::Started),
+    let placed_on = |name: &str| {
+        let p = s.place(
+            request(name, RequestedState::Started),
             &lost_after,
             now,
             1_000_000,
             |_| {},
-        )
-        .unwrap();
-    assert_eq!(placed.state.node.as_str(), "c");
+        );
+        p.unwrap().state.node.to_string()
+    };
+    assert_eq!(placed_on("x"), "c");
     // Undrained, a takes the next one (less loaded than c).
     s.update_node_state(&n("a"), NodeOp::Undrain, now).unwrap();
-    let placed = s
-        .place(
-            request("y", RequestedState::Started),
-            &lost_after,
-            now,
-            1_000_000,
-            |_| {},
-        )
-        .unwrap();
-    assert_eq!(placed.state.node.as_str(), "a");
+    assert_eq!(placed_on("y"), "a");
 }
