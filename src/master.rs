@@ -646,7 +646,7 @@ fn run(cfg: MasterConfig) -> Result<(), Failure> {
         keepalive: std::time::Duration::from_secs(20),
         revoked: revoked.clone(),
         evacuate: Some(std::sync::Arc::new(
-            hedge_master::evacuate::driver::Standing {
+            hedge_master::act::evacuate::driver::Standing {
                 key: key.clone(),
                 dir: cfg.base.clone(),
                 lost_after_ms: cfg.failover.lost_after_ms,

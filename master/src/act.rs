@@ -11,6 +11,9 @@
 //! changed (slots taken, moves counted against the budget), so rules compose:
 //! - [`critical`]: an open incident whose latest record is `Critical` asks for its
 //!   instance to be moved off the node that reported it.
+//! - [`evacuate`]: instances leave draining, retiring and lost nodes (fenced or
+//!   two-phase), and retiring nodes are revoked; it has its own outcomes and driver
+//!   ([`evacuate::driver`]), run beside [`driver::act`] on the same worker.
 //!
 //! Moves are checked again by the store when applied
 //! ([`crate::store::FleetStore::move_instance`]: owner, fit, free slot, one move per
@@ -27,6 +30,7 @@ use crate::store::{IncidentView, NodeSummary};
 
 pub mod critical;
 pub mod driver;
+pub mod evacuate;
 pub mod fit;
 
 /// What the master knows of the fleet when it decides.

@@ -10,7 +10,6 @@
 //! - [`billing`]: invoices from usage records and a price list.
 //! - [`imports`]: which connection parameters of other nodes a node's state carries.
 //! - [`act`]: what the master moves for the fleet and why (and its driver).
-//! - [`evacuate`]: which instances leave draining, retiring and lost nodes; revocations.
 //! - [`failover`]: lost nodes' instances: the `move`/`wait` policy, leases, defaults.
 //! - [`node_state`]: a node's state (schedulable, draining, retiring, retired; lost).
 //!
@@ -41,7 +40,6 @@ pub mod billing;
 pub mod config;
 pub mod coverage;
 pub mod enrollment;
-pub mod evacuate;
 pub mod failover;
 pub mod imports;
 pub mod log_limit;

@@ -112,8 +112,8 @@ pub struct Settings {
     /// ([`crate::sign::renew_expiring`], checked every [`RENEW_EVERY`]). `None`: never.
     pub renew: Option<Arc<crate::sign::MasterKey>>,
     /// Draining, retiring and lost nodes are acted on every `every`
-    /// ([`crate::evacuate`]) while subscribed. `None`: never.
-    pub evacuate: Option<Arc<crate::evacuate::driver::Standing>>,
+    /// ([`crate::act::evacuate`]) while subscribed. `None`: never.
+    pub evacuate: Option<Arc<crate::act::evacuate::driver::Standing>>,
     /// The master acting for the fleet ([`crate::act`]); `None`: it does not.
     pub act: Option<Acting>,
 }
@@ -330,10 +330,10 @@ pub async fn run<S: FleetStore + 'static>(
 /// Logs what an evacuation pass did: each move and revocation once, a refusal when its
 /// line changed.
 fn evacuated(
-    result: Result<Vec<crate::evacuate::driver::Done>, StoreError>,
+    result: Result<Vec<crate::act::evacuate::driver::Done>, StoreError>,
     refusals: &mut BTreeMap<Name, String>,
 ) {
-    use crate::evacuate::driver::Done as E;
+    use crate::act::evacuate::driver::Done as E;
     match result {
         Ok(done) => {
             for d in done {

@@ -40,11 +40,11 @@ pub enum Job {
         /// What the driver has published on this connection.
         published: BTreeMap<Name, u64>,
     },
-    /// One evacuation pass ([`crate::evacuate::driver::pass`]): draining, retiring and
+    /// One evacuation pass ([`crate::act::evacuate::driver::pass`]): draining, retiring and
     /// lost nodes.
     Evacuate {
         /// The signing key, the master directory (revocations) and the pass's settings.
-        with: std::sync::Arc<crate::evacuate::driver::Standing>,
+        with: std::sync::Arc<crate::act::evacuate::driver::Standing>,
         /// When this master began listening to nodes.
         listening_since_ms: u64,
         /// Now, ms since the epoch.
@@ -99,7 +99,7 @@ pub enum Done {
     /// A [`Job::Act`]: what the pass did.
     Acted(Result<crate::act::driver::Report, StoreError>),
     /// A [`Job::Evacuate`]: what the pass did.
-    Evacuated(Result<Vec<crate::evacuate::driver::Done>, StoreError>),
+    Evacuated(Result<Vec<crate::act::evacuate::driver::Done>, StoreError>),
 }
 
 /// The worker is full: the job was not queued.

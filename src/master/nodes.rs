@@ -2,8 +2,8 @@
 //! sets and sees them.
 
 use hedge_common::clock::now_ms;
+use hedge_master::act::evacuate::driver::{pass, Done, Settings};
 use hedge_master::config::MasterConfig;
-use hedge_master::evacuate::driver::{pass, Done, Settings};
 use hedge_master::node_state::{condition, lost, NodeOp, NodeState};
 use hedge_master::revocation;
 use hedge_master::sign::MasterKey;

@@ -1,4 +1,4 @@
-//! Evacuation over a store ([`crate::evacuate::driver::pass`]): a draining node's
+//! Evacuation over a store ([`crate::act::evacuate::driver::pass`]): a draining node's
 //! instances move two-phase, a lost node's `move` instances move fenced, a retiring node
 //! is revoked once it reported its copies destroyed, or at once when lost.
 
@@ -7,8 +7,8 @@ use hedge_wire::{InstanceStatus, RequestedState};
 use super::moves::holders;
 use super::place::{on, register, Reporter};
 use super::{batch, n, request, Harness};
+use crate::act::evacuate::driver::{pass, Done, Settings};
 use crate::alloc::Placement;
-use crate::evacuate::driver::{pass, Done, Settings};
 use crate::node_state::{NodeOp, NodeState};
 use crate::sign::{sign, MasterKey};
 use crate::store::FleetStore;

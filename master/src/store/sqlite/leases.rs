@@ -54,4 +54,3 @@ pub(super) fn of(conn: &Connection, instance: &Name) -> Result<u32> {
         .optional()?
         .unwrap_or(0))
 }
-

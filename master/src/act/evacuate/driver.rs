@@ -188,7 +188,7 @@ fn move_off<S: FleetStore>(
         .map_or((0, 0), |n| (n.allocated_instances, n.capacity_instances));
     let reason = format!(
         "moved {instance} from {from} to {to}: {head}, {to} fits {}, {used} of {slots} slots used",
-        crate::act::fit::criteria_words(&want)
+        super::super::fit::criteria_words(&want)
     );
     let mv = MoveRequest {
         instance: instance.clone(),
