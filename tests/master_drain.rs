@@ -1,6 +1,7 @@
-//! `hedge master drain`, `retire`: a drained node's instances run elsewhere and its old
-//! copies are destroyed once the new ones run, nothing new is placed on it, and a
-//! retired node is revoked once empty (retired is final).
+//! `hedge master drain`, `retire` and lost nodes: a drained node's instances run
+//! elsewhere and its old copies are destroyed once the new ones run, nothing new is
+//! placed on it, and a retired node is revoked once empty (retired is final); a lost
+//! node's `move` instances run elsewhere under a new fence, its `wait` ones stay.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
@@ -117,4 +118,95 @@ fn drain_empties_a_node_nothing_lands_on_it_and_retire_revokes_it() {
     for name in ["db", "web", "late"] {
         b.running_pid(name, None);
     }
+}
+
+/// Sets `[failover]` in the fleet's master.toml.
+fn failover(fleet: &Fleet, lost_after_ms: u64, margin_ms: u64, every_ms: u64) {
+    let path = fleet.config();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text
+        .replace(
+            &format!("lost_after_ms = {}", hedge_master::failover::LOST_AFTER_MS),
+            &format!("lost_after_ms = {lost_after_ms}"),
+        )
+        .replace(
+            &format!(
+                "lease_margin_ms = {}",
+                hedge_master::failover::LEASE_MARGIN_MS
+            ),
+            &format!("lease_margin_ms = {margin_ms}"),
+        )
+        .replace(
+            "check_every_ms = 5000",
+            &format!("check_every_ms = {every_ms}"),
+        );
+    assert!(text.contains(&format!("lost_after_ms = {lost_after_ms}")));
+    std::fs::write(&path, text).unwrap();
+}
+
+/// `(fence, lease_ms)` of `instance` in `node`'s stored desired state.
+fn terms(fleet: &Fleet, node: &str, instance: &str) -> Option<(u64, u32)> {
+    use hedge_master::store::FleetStore;
+    let store =
+        hedge_master::store::MasterStore::open(&fleet.master_dir().join("master.db")).unwrap();
+    let d = store
+        .desired(&hedge_wire::Name::new(node).unwrap())
+        .unwrap()?;
+    d.terms_of(&hedge_wire::Name::new(instance).unwrap())
+        .map(|t| (t.fence, t.lease_ms))
+}
+
+#[test]
+fn a_lost_nodes_move_instances_run_elsewhere_and_its_wait_instances_stay() {
+    let mut fleet = Fleet::new();
+    failover(&fleet, 3_000, 1_000, 200);
+    fleet.start_master();
+    // Live nodes report their health every 300 ms: silence means gone.
+    let talkative = |id: &str| {
+        fleet.started_node_with(id, |c| {
+            c.replace("health_interval_ms = 60000", "health_interval_ms = 300")
+        })
+    };
+    let mut a = talkative("a");
+    let b = talkative("b");
+    fleet.master_ok(&sleeper("mv", &["--node", "a", "--on-lost", "move"]));
+    fleet.master_ok(&sleeper("wt", &["--node", "a"]));
+    a.running_pid("mv", None);
+    a.running_pid("wt", None);
+    // The signed terms carry the policy: a lease of lost_after - margin, or none.
+    assert_eq!(terms(&fleet, "a", "mv"), Some((1, 2_000)));
+    assert_eq!(terms(&fleet, "a", "wt"), Some((1, 0)));
+
+    // a dies and stays away.
+    a.kill9();
+    #[allow(clippy::disallowed_methods)] // an end-to-end test: the report's timing
+    let died = std::time::Instant::now();
+    b.running_pid("mv", None);
+    eprintln!(
+        "node killed → mv running on b: {} ms (lost_after_ms 3000)",
+        died.elapsed().as_millis()
+    );
+    assert_eq!(condition(&fleet, "a"), "lost");
+    assert_eq!(terms(&fleet, "b", "mv"), Some((2, 2_000)), "a new fence");
+    assert_eq!(terms(&fleet, "a", "mv"), Some((1, 2_000)));
+    assert!(b.instance("wt").is_none(), "wait: wt stays on a");
+    let log = fleet.master_log(0);
+    assert!(log.contains("moved mv from a to b: node a lost"), "{log}");
+    // Nothing new lands on the lost node.
+    let out = fleet.master_ok(&sleeper("new", &[]));
+    assert!(out.contains("new requested on b"), "{out}");
+
+    // a comes back: it learns mv moved (destroyed in its state at once) and stops it;
+    // wt, which waited, runs on.
+    a.start();
+    wait_for("mv gone from a", Duration::from_secs(30), || {
+        a.instance("mv")
+            .is_none_or(|i| i.state == InstanceStatus::Destroyed)
+            .then_some(())
+    });
+    a.running_pid("wt", None);
+    wait_for("a schedulable again", Duration::from_secs(30), || {
+        (condition(&fleet, "a") == "schedulable").then_some(())
+    });
+    b.running_pid("mv", None);
 }

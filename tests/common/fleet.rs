@@ -126,7 +126,13 @@ impl Fleet {
 
     /// A started node, known to the master (its first records stored).
     pub fn started_node(&self, id: &str) -> Node {
+        self.started_node_with(id, |c| c)
+    }
+
+    /// [`Fleet::started_node`] with its `node.toml` edited by `edit` first.
+    pub fn started_node_with(&self, id: &str, edit: impl FnOnce(String) -> String) -> Node {
         let mut node = self.node(id);
+        node.edit_config(edit);
         node.start();
         super::wait_for(
             &format!("{id} registered"),
