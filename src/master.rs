@@ -167,6 +167,9 @@ pub enum MasterCommand {
     Instances(View),
     /// Incidents reported by nodes, with their timelines.
     Incidents(View),
+    /// The master's decisions (moves for incidents, drained, retiring and lost nodes,
+    /// handovers, refusals): one line each, or JSON.
+    Decisions(View),
     /// Usage records (all, or one month with --period).
     Usage {
         /// YYYY-MM.
@@ -487,6 +490,17 @@ pub fn main(cmd: MasterCommand) -> Result<(), Failure> {
         }
         MasterCommand::Instances(v) => print_list(&v, &open_store(&load(&v.config)?)?.instances()?),
         MasterCommand::Incidents(v) => print_list(&v, &open_store(&load(&v.config)?)?.incidents()?),
+        MasterCommand::Decisions(v) => {
+            let list = open_store(&load(&v.config)?)?.decisions(0)?;
+            if v.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for d in list {
+                    println!("{} {}", d.time_ms, d.reason);
+                }
+            }
+            Ok(())
+        }
         MasterCommand::Usage { period, view } => {
             let cfg = load(&view.config)?;
             let (from, to) = match period {

@@ -93,6 +93,15 @@ fn drain_empties_a_node_nothing_lands_on_it_and_retire_revokes_it() {
         started.elapsed().as_millis()
     );
     assert_eq!(condition(&fleet, "a"), "draining");
+    let decisions = fleet.master_ok(&["decisions"]);
+    for name in names {
+        assert!(
+            decisions.contains(&format!(
+                "moved {name} from a to b: node a draining, b fits"
+            )),
+            "{decisions}"
+        );
+    }
 
     // Nothing new is placed on a: allocation picks b, and naming a is refused.
     let out = fleet.master_ok(&sleeper("late", &[]));
