@@ -11,6 +11,8 @@
 //!   state is saved), outbox shedding; with their thin readers of checks and `/proc`.
 //! - [`supervisor`]: the per-instance `lifecycle` machine, beside the process side
 //!   (spawning, process identity, reaping a uid).
+//! - [`lease`]: leases and fences (which leased copies may run, fence reports,
+//!   heartbeats).
 //! - [`local_api`]: the local API's typed requests, answers, status views and refusals.
 //!
 //! State and configuration:
@@ -34,6 +36,7 @@ pub mod credentials;
 pub mod daemon;
 pub mod desired;
 pub mod identity;
+pub mod lease;
 pub mod local_api;
 pub mod logfile;
 pub mod monitor;

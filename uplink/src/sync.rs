@@ -65,8 +65,12 @@
 //!
 //! Sequence numbers start at 1 (the outbox's first); seq 0 is never sent.
 //!
+//! - Lease: an `Acked` that newly covers whole range batches proves that the master
+//!   heard this node at a real time no earlier than the *first* send of the newest of
+//!   them; [`SyncMachine::lease_since`] is the latest such time (see `lease`).
+//!
 //! Files: the machine's state and its inputs and outputs here; [`Config`] in `config`;
-//! loading the look-ahead and handling acks in `outbox`; batching, resending, express
+//! loading the look-ahead and handling acks in `outbox`; the lease in `lease`; batching, resending, express
 //! batches and the byte budget in `send` and `bucket`.
 
 use std::collections::VecDeque;
@@ -76,6 +80,7 @@ use hedge_wire::{Name, Record};
 
 mod bucket;
 mod config;
+mod lease;
 mod outbox;
 mod send;
 
@@ -215,6 +220,8 @@ struct Flight {
     frame: Vec<u8>,
     records: usize,
     sent_at: Instant,
+    /// When it was first sent (resends keep it): what an ack of it proves (`lease`).
+    first_sent: Instant,
     /// Waiting to be sent again (after `LinkUp` or an ack timeout).
     resend: bool,
 }
@@ -258,6 +265,8 @@ pub struct SyncMachine {
     shrink: Option<usize>,
     /// Length of `Up { node, records: [], covers: None, epoch }`.
     empty_len: usize,
+    /// The lease this machine's acks prove (see `lease`).
+    lease: lease::Lease,
     stats: Stats,
 }
 
@@ -295,6 +304,7 @@ impl SyncMachine {
             budget_wake: None,
             shrink: None,
             empty_len,
+            lease: lease::Lease::default(),
             stats: Stats::default(),
             cfg,
         }

@@ -122,6 +122,7 @@ impl SyncMachine {
             return; // duplicate, reordered, or below what is already deleted
         }
         self.acked_upto = upto;
+        self.credit_lease(upto);
         while self.in_flight.front().is_some_and(|f| f.range.1 <= upto) {
             self.in_flight.pop_front();
         }

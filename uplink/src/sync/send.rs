@@ -229,6 +229,7 @@ impl SyncMachine {
                     frame,
                     records: count,
                     sent_at: now,
+                    first_sent: now,
                     resend: false,
                 });
                 true

@@ -1,0 +1,278 @@
+//! The lease the master's acks prove: since when the master has certainly heard this
+//! node.
+//!
+//! An `Acked { upto }` of this machine's epoch that moves the acknowledgement forward
+//! and covers whole range batches this machine sent proves that the master stored
+//! them, hence received one of their sends: at a real time no earlier than the batch's
+//! *first* send. The lease start is the latest such first-send time seen. So:
+//! - a resend never extends it (a batch counts from its first send, however often and
+//!   however late it goes again);
+//! - a stale, duplicate or reordered ack never extends it (only an ack that moves
+//!   `acked_upto` forward is read);
+//! - an ack for another epoch never counts (it is ignored before it reaches here);
+//! - an ack that runs past every batch this machine sent (the master is ahead: an
+//!   earlier life of the same store sent those seqs) proves nothing about this machine
+//!   and is not credited; neither is a partly covered batch.
+//!
+//! What remains: after a daemon restart an ack for seqs that both the old and the new
+//! daemon sent may be credited to the new one's first send although the master stored
+//! the old one's, only if the master published it after the new link subscribed and
+//! before the new batch went out (one round trip); the master's margin between the
+//! lease and `lost_after` covers it.
+//!
+//! The driver reads [`SyncMachine::lease_since`]: an `Instant` of the clock it feeds the
+//! machine with (the daemon's monotonic clock, in the same process).
+
+use std::time::Instant;
+
+use super::SyncMachine;
+
+/// The latest proven contact, if any.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Lease {
+    since: Option<Instant>,
+}
+
+impl SyncMachine {
+    /// Credits the lease for a new ack `upto` (> the previous one); called before the
+    /// acknowledged batches leave `in_flight`.
+    pub(super) fn credit_lease(&mut self, upto: u64) {
+        let newest_sent = self.in_flight.back().map(|f| f.range.1);
+        if newest_sent.is_none_or(|end| upto > end) {
+            return; // nothing of ours, or the master is ahead of what we sent
+        }
+        let proven = self
+            .in_flight
+            .iter()
+            .filter(|f| f.range.1 <= upto)
+            .map(|f| f.first_sent)
+            .max();
+        if let Some(t) = proven {
+            if self.lease.since.is_none_or(|s| t > s) {
+                self.lease.since = Some(t);
+            }
+        }
+    }
+
+    /// The lease start: the latest time at which the master has certainly heard this
+    /// machine (the first send of the newest batch it acknowledged); `None` before any
+    /// such ack. Never moves backwards.
+    pub fn lease_since(&self) -> Option<Instant> {
+        self.lease.since
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    // Tests take `Instant::now()` as an arbitrary origin; the machine only compares instants.
+    #![allow(clippy::disallowed_methods)]
+
+    use std::time::Duration;
+
+    use hedge_wire::Name;
+
+    use super::super::tests::{outbox_of, serve, usage};
+    use super::super::{Config, Input, Output};
+    use super::*;
+
+    const EPOCH: u64 = 0x5eed_0001;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Range ends of the batches in `out`.
+    fn ranges(out: &[Output]) -> Vec<(u64, u64)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Send { range, .. } => *range,
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn machine(cfg: Config, t0: Instant) -> SyncMachine {
+        let mut s = SyncMachine::new(Name::new("node-1").unwrap(), EPOCH, cfg, 3);
+        s.handle(t0, Input::Start);
+        s
+    }
+
+    fn small() -> Config {
+        Config {
+            max_batch_records: 5,
+            window: 4,
+            ack_timeout: ms(1000),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn an_ack_proves_the_first_send_of_the_newest_batch_it_covers() {
+        let t0 = Instant::now();
+        let outbox = outbox_of((1..=10).map(usage));
+        let mut s = machine(small(), t0);
+        let out = s.handle(t0, Input::LinkUp);
+        let out = serve(&mut s, t0, &outbox, out);
+        assert_eq!(ranges(&out), vec![(1, 5), (6, 10)]);
+        assert_eq!(s.lease_since(), None, "no ack yet");
+
+        // A partial ack covers no whole batch: nothing proven.
+        s.handle(
+            t0 + ms(50),
+            Input::Acked {
+                upto: 3,
+                epoch: EPOCH,
+            },
+        );
+        assert_eq!(s.lease_since(), None);
+        s.handle(
+            t0 + ms(60),
+            Input::Acked {
+                upto: 5,
+                epoch: EPOCH,
+            },
+        );
+        assert_eq!(
+            s.lease_since(),
+            Some(t0),
+            "the first send, not the ack's arrival"
+        );
+
+        // A later batch, acknowledged: the lease moves to its first send.
+        let outbox = outbox_of((1..=12).map(usage));
+        let out = s.handle(t0 + ms(100), Input::OutboxChanged);
+        let out = serve(&mut s, t0 + ms(100), &outbox, out);
+        assert_eq!(ranges(&out), vec![(11, 12)]);
+        s.handle(
+            t0 + ms(150),
+            Input::Acked {
+                upto: 12,
+                epoch: EPOCH,
+            },
+        );
+        assert_eq!(s.lease_since(), Some(t0 + ms(100)));
+    }
+
+    #[test]
+    fn resends_do_not_extend_the_lease() {
+        let t0 = Instant::now();
+        let outbox = outbox_of((1..=5).map(usage));
+        let mut s = machine(small(), t0);
+        let out = s.handle(t0, Input::LinkUp);
+        assert_eq!(ranges(&serve(&mut s, t0, &outbox, out)), vec![(1, 5)]);
+        // The ack times out: resent at t0+1s; then the link drops and comes back:
+        // resent again at t0+5s.
+        let resent = s.handle(t0 + ms(1000), Input::Tick);
+        assert_eq!(ranges(&resent), vec![(1, 5)]);
+        s.handle(t0 + ms(1200), Input::LinkDown);
+        s.handle(t0 + ms(5000), Input::Tick);
+        let again = s.handle(t0 + ms(5000), Input::LinkUp);
+        assert_eq!(ranges(&again), vec![(1, 5)]);
+        assert!(s.stats().resent_batches >= 2);
+        // The master acks the last resend: it may have stored the first send, so the
+        // lease starts at the first send.
+        s.handle(
+            t0 + ms(5050),
+            Input::Acked {
+                upto: 5,
+                epoch: EPOCH,
+            },
+        );
+        assert_eq!(s.lease_since(), Some(t0));
+    }
+
+    #[test]
+    fn stale_duplicate_and_foreign_acks_do_not_extend_the_lease() {
+        let t0 = Instant::now();
+        let outbox = outbox_of((1..=5).map(usage));
+        let mut s = machine(small(), t0);
+        let out = s.handle(t0, Input::LinkUp);
+        serve(&mut s, t0, &outbox, out);
+        s.handle(
+            t0 + ms(10),
+            Input::Acked {
+                upto: 5,
+                epoch: EPOCH,
+            },
+        );
+        assert_eq!(s.lease_since(), Some(t0));
+
+        // New records, sent later and not acknowledged yet.
+        let outbox = outbox_of((1..=10).map(usage));
+        let out = s.handle(t0 + ms(500), Input::OutboxChanged);
+        assert_eq!(
+            ranges(&serve(&mut s, t0 + ms(500), &outbox, out)),
+            vec![(6, 10)]
+        );
+        // A duplicate of the old ack, a reordered older one, and another life's ack
+        // covering the new batch: none proves anything about the new batch.
+        s.handle(
+            t0 + ms(600),
+            Input::Acked {
+                upto: 5,
+                epoch: EPOCH,
+            },
+        );
+        s.handle(
+            t0 + ms(600),
+            Input::Acked {
+                upto: 2,
+                epoch: EPOCH,
+            },
+        );
+        s.handle(
+            t0 + ms(600),
+            Input::Acked {
+                upto: 10,
+                epoch: EPOCH + 1,
+            },
+        );
+        assert_eq!(s.lease_since(), Some(t0));
+        assert_eq!(s.stats().foreign_acks, 1);
+        // The real one does.
+        s.handle(
+            t0 + ms(700),
+            Input::Acked {
+                upto: 10,
+                epoch: EPOCH,
+            },
+        );
+        assert_eq!(s.lease_since(), Some(t0 + ms(500)));
+    }
+
+    #[test]
+    fn an_ack_beyond_what_this_machine_sent_proves_nothing() {
+        // A restarted node: the master holds seqs up to 40 from an earlier daemon of
+        // the same store; this one sent 1..=5 so far.
+        let t0 = Instant::now();
+        let outbox = outbox_of((1..=5).map(usage));
+        let mut s = machine(small(), t0);
+        let out = s.handle(t0, Input::LinkUp);
+        serve(&mut s, t0, &outbox, out);
+        s.handle(
+            t0 + ms(10),
+            Input::Acked {
+                upto: 40,
+                epoch: EPOCH,
+            },
+        );
+        assert_eq!(s.lease_since(), None);
+        assert_eq!(s.stats().acked_upto, 40, "the ack itself is still applied");
+        // Its next own batch, acknowledged, does prove contact.
+        let outbox = outbox_of((41..=43).map(usage));
+        let out = s.handle(t0 + ms(20), Input::OutboxChanged);
+        assert_eq!(
+            ranges(&serve(&mut s, t0 + ms(20), &outbox, out)),
+            vec![(41, 43)]
+        );
+        s.handle(
+            t0 + ms(30),
+            Input::Acked {
+                upto: 43,
+                epoch: EPOCH,
+            },
+        );
+        assert_eq!(s.lease_since(), Some(t0 + ms(20)));
+    }
+}
