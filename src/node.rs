@@ -328,17 +328,24 @@ fn print_status(v: &NodeStatus) {
     }
     println!("node {}", v.node);
     println!(
-        "{:<24} {:<9} {:<9} {:>8} {:>8}  LAST EXIT",
-        "INSTANCE", "STATE", "WANTED", "PID", "RESTARTS"
+        "{:<24} {:<9} {:<9} {:>8} {:>8} {:>6} {:<5}  LAST EXIT",
+        "INSTANCE", "STATE", "WANTED", "PID", "RESTARTS", "FENCE", "LEASE"
     );
     for i in &v.instances {
+        let lease = match i.lease_held {
+            Some(true) => "held",
+            Some(false) => "NONE",
+            None => "-",
+        };
         println!(
-            "{:<24} {:<9} {:<9} {:>8} {:>8}  {}",
+            "{:<24} {:<9} {:<9} {:>8} {:>8} {:>6} {:<5}  {}",
             i.name,
             local_api::state_word(i.state),
             local_api::requested_word(i.requested),
             or_dash(i.pid),
             i.restarts,
+            or_dash(i.fence),
+            lease,
             or_dash(i.last_exit.as_deref())
         );
     }

@@ -34,6 +34,13 @@ pub enum ToNode {
     Desired(Vec<u8>),
     /// The link went up (`true`) or down (`false`).
     Link(bool),
+    /// The master acknowledged a batch first sent at `since` (the lease start moved
+    /// forward: see `crate::sync::SyncMachine::lease_since`). An instant of this
+    /// process's monotonic clock; never sent with an earlier one than before.
+    Lease {
+        /// The new lease start.
+        since: std::time::Instant,
+    },
 }
 
 /// From the daemon to the link.

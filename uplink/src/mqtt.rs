@@ -4,7 +4,8 @@
 //! the node daemon only through two channels: it asks for outbox records
 //! ([`ToNode::Load`]), tells what the master acknowledged ([`ToNode::Delete`]), how far
 //! range batches were sent ([`ToNode::Sent`], so the daemon never rewrites a record that
-//! is on its way), the link state, and hands over desired-state frames untouched (the
+//! is on its way), the link state, the lease the master's acks prove ([`ToNode::Lease`]),
+//! and hands over desired-state frames untouched (the
 //! daemon verifies them). It never blocks the daemon: the daemon answers loads when it
 //! can. Connecting, reconnecting with backoff and resending are the core's decisions.
 //!
@@ -146,7 +147,15 @@ pub async fn run(
     let mut resolver = resolve::Resolver::new(&settings.host, settings.port);
     let mut probing: Option<std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>> =
         None;
+    let mut lease = None;
     loop {
+        // Tell the daemon when the master's acks proved a newer contact.
+        if sync.lease_since() > lease {
+            lease = sync.lease_since();
+            if let Some(since) = lease {
+                let _ = to_node.send(ToNode::Lease { since });
+            }
+        }
         // Perform what the core asked.
         for out in std::mem::take(&mut pending) {
             match out {

@@ -14,6 +14,7 @@ use crate::local_api::{self, Answer, ApiRequest, Refusal};
 
 impl Daemon {
     pub(super) fn status(&self) -> local_api::NodeStatus {
+        let now = super::monotonic_now();
         let instances = self
             .instances
             .slots
@@ -28,6 +29,8 @@ impl Daemon {
                 last_exit: s.lifecycle.last_exit().map(|e| e.to_string()),
                 promises: self.promise_status(n),
                 usage_cpu_ms: self.usage_totals().get(n.as_str()).copied().unwrap_or(0),
+                fence: self.leases.terms.get(n).map(|t| t.fence),
+                lease_held: self.leases.held(n, now),
             })
             .collect();
         local_api::NodeStatus {

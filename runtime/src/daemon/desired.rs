@@ -138,6 +138,7 @@ impl Daemon {
                 self.expiry.applied(&d);
                 self.check_expiry();
                 let imports_changed = self.apply_imports(&d);
+                self.load_terms(Some(&d));
                 self.reconcile();
                 self.restart_importers(&imports_changed);
                 Ok(generation)

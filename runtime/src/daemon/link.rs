@@ -154,6 +154,11 @@ impl Daemon {
                     l.sent_upto = l.sent_upto.max(upto);
                 }
             }
+            ToNode::Lease { since } => {
+                if self.leases.renewed(since) {
+                    self.reconcile();
+                }
+            }
             ToNode::Desired(frame) => {
                 let _ = self.on_desired_frame(&frame);
             }

@@ -36,6 +36,7 @@ mod effect;
 mod imports;
 mod instance;
 mod instances;
+mod lease;
 mod leftovers;
 mod link;
 mod links;
@@ -138,6 +139,8 @@ pub struct Daemon {
     monitoring: Monitoring,
     /// The running links (the uplink, when enabled).
     links: links::Links,
+    /// The master's terms, the lease its acks prove, fences reported, heartbeats.
+    leases: lease::Leases,
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: mpsc::UnboundedReceiver<Event>,
     counters: Counters,
@@ -234,6 +237,7 @@ impl Daemon {
                 crate::monitor::health::thermal_zone(),
             ),
             links: links::Links::new(now),
+            leases: lease::Leases::default(),
             cfg,
             events_tx,
             events_rx,
@@ -251,6 +255,10 @@ impl Daemon {
             execs: BTreeMap::new(),
         };
         d.master_key = d.cfg.master_key();
+        match d.outbox.store.desired() {
+            Ok(applied) => d.load_terms(applied.as_ref()),
+            Err(e) => d.store_failed(&e),
+        }
         d.kill_leftovers()?;
         d.restore_expiry();
         d.restore_imports();
@@ -412,11 +420,13 @@ impl Daemon {
         if self.shutting_down {
             return;
         }
-        let Some(desired) = self.desired() else {
+        let Some(mut desired) = self.desired() else {
             self.counters.reconcile_skipped += 1;
             tracing::warn!("desired state unreadable; reconciliation skipped, nothing destroyed");
             return;
         };
+        // Leased copies run only while the lease is held (fence records go first).
+        self.gate_by_lease(&mut desired);
         let steps = reconcile::diff(&desired, &self.instances.held(), &self.instances.on_disk());
         for step in steps {
             tracing::debug!(?step, "reconcile");
@@ -476,6 +486,9 @@ impl Daemon {
                     None
                 } else {
                     self.monitor_deadline()
+                        .into_iter()
+                        .chain(self.lease_deadline())
+                        .min()
                 })
                 .min()
                 .unwrap_or_else(|| monotonic_now() + Duration::from_secs(3600));
@@ -504,6 +517,7 @@ impl Daemon {
                     self.tick();
                     if !self.shutting_down {
                         self.monitor_tick();
+                        self.lease_tick();
                     }
                 }
                 _ = published_poll.tick(), if !self.shutting_down => self.poll_connections(),

@@ -317,7 +317,7 @@ impl Daemon {
         self.dispatch(effects);
     }
 
-    fn record_health(&mut self) {
+    pub(super) fn record_health(&mut self) {
         let h = health::read(
             &self.cfg.state_dir(),
             self.monitoring.thermal_zone.as_deref(),

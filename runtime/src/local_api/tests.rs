@@ -29,6 +29,8 @@ fn instance(name: &str, state: InstanceStatus) -> InstanceView {
             },
         ],
         usage_cpu_ms: 1234,
+        fence: Some(2),
+        lease_held: Some(true),
     }
 }
 
@@ -199,6 +201,7 @@ fn status_json_is_what_it_was() {
                     {"name": "fresh", "ok": null, "last_check": null, "failures_in_row": 0},
                 ],
                 "usage_cpu_ms": 1234,
+                "fence": 2, "lease_held": true,
             },
             {
                 "name": "b", "state": "backoff", "requested": "started",
@@ -206,6 +209,7 @@ fn status_json_is_what_it_was() {
                 "last_exit": "signal 9",
                 "promises": serde_json::to_value(&i.promises).unwrap(),
                 "usage_cpu_ms": 1234,
+                "fence": 2, "lease_held": true,
             },
         ],
         "outbox": {"depth": 7, "next_seq": 99, "bytes": 4096, "quota_bytes": 1 << 20},
@@ -261,7 +265,9 @@ fn status_keys_are_pinned() {
     assert_eq!(
         keys(&v["instances"][0]),
         [
+            "fence",
             "last_exit",
+            "lease_held",
             "name",
             "pid",
             "promises",

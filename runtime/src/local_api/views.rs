@@ -66,6 +66,12 @@ pub struct InstanceView {
     pub promises: Vec<PromiseView>,
     /// CPU ms recorded in usage records by this daemon run.
     pub usage_cpu_ms: u64,
+    /// The master's fencing epoch for this placement (`None`: no terms, e.g. a local
+    /// request).
+    pub fence: Option<u64>,
+    /// Whether the node holds the lease this copy needs to run (`None`: it needs none
+    /// and runs offline indefinitely).
+    pub lease_held: Option<bool>,
 }
 
 /// One promise of an instance.

@@ -4,6 +4,7 @@
 
 mod disk;
 mod imports;
+mod lease;
 mod limits;
 
 use std::time::Duration;
