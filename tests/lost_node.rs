@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::fleet::{can_cut, nft, Fleet};
+use common::fleet::{can_cut, cut_port, nft, Fleet};
 use common::slow_link::SlowLink;
 use common::{wait_for, Node};
 use hedge_wire::InstanceStatus;
@@ -108,21 +108,7 @@ struct Cut(String);
 
 impl Cut {
     fn port(port: u16) -> Cut {
-        let table = format!("hedge_lost_{port}");
-        let p = port.to_string();
-        nft(&["add", "table", "inet", &table]);
-        nft(&[
-            "add",
-            "chain",
-            "inet",
-            &table,
-            "out",
-            "{ type filter hook output priority 0; }",
-        ]);
-        for dir in ["dport", "sport"] {
-            nft(&["add", "rule", "inet", &table, "out", "tcp", dir, &p, "drop"]);
-        }
-        Cut(table)
+        Cut(cut_port(port, &["drop"]))
     }
 }
 

@@ -146,14 +146,15 @@ pub fn apply(steps: &[Step], held: &mut BTreeMap<Name, Held>, partitions: &mut B
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
 
     use hedge_wire::SoftwareRelease;
 
     use super::*;
 
-    fn req(name: &str, state: RequestedState) -> InstanceRequest {
+    /// A request for `/bin/sleep 100` named `name`, requested `state`.
+    pub(crate) fn req(name: &str, state: RequestedState) -> InstanceRequest {
         InstanceRequest {
             name: Name::new(name).unwrap(),
             software: SoftwareRelease::Exec("/bin/sleep".into()),

@@ -170,23 +170,7 @@ impl Fleet {
 
     fn cut_with(&mut self, verdict: &[&str]) {
         assert!(self.cut.is_none());
-        let table = format!("hedge_test_{}", self.node_port);
-        let port = self.node_port.to_string();
-        nft(&["add", "table", "inet", &table]);
-        nft(&[
-            "add",
-            "chain",
-            "inet",
-            &table,
-            "out",
-            "{ type filter hook output priority 0; }",
-        ]);
-        for dir in ["dport", "sport"] {
-            let mut rule = vec!["add", "rule", "inet", &table, "out", "tcp", dir, &port];
-            rule.extend_from_slice(verdict);
-            nft(&rule);
-        }
-        self.cut = Some(table);
+        self.cut = Some(cut_port(self.node_port, verdict));
     }
 
     pub fn restore_link(&mut self) {
@@ -233,6 +217,28 @@ pub fn nft(args: &[&str]) {
         .output()
         .expect("nft (scripts/setup installs nftables)");
     assert_success(&out, &format!("nft {args:?}: "));
+}
+
+/// Applies `verdict` (`drop`, `reject ...`) to TCP packets to and from loopback `port`,
+/// in an nftables table of its own; returns the table's name (delete it to restore).
+pub fn cut_port(port: u16, verdict: &[&str]) -> String {
+    let table = format!("hedge_test_{port}");
+    let port = port.to_string();
+    nft(&["add", "table", "inet", &table]);
+    nft(&[
+        "add",
+        "chain",
+        "inet",
+        &table,
+        "out",
+        "{ type filter hook output priority 0; }",
+    ]);
+    for dir in ["dport", "sport"] {
+        let mut rule = vec!["add", "rule", "inet", &table, "out", "tcp", dir, &port];
+        rule.extend_from_slice(verdict);
+        nft(&rule);
+    }
+    table
 }
 
 pub fn can_cut() -> bool {

@@ -2,26 +2,11 @@
 // Tests take `Instant::now()` as an arbitrary origin; the cores only compare instants.
 #![allow(clippy::disallowed_methods)]
 
-use hedge_wire::SoftwareRelease;
-
 use super::*;
+use crate::reconcile::tests::req;
 
 fn name(n: &str) -> Name {
     Name::new(n).unwrap()
-}
-
-fn req(n: &str, state: RequestedState) -> InstanceRequest {
-    InstanceRequest {
-        name: name(n),
-        software: SoftwareRelease::Exec("/bin/sleep".into()),
-        args: vec!["100".into()],
-        parameters: BTreeMap::new(),
-        config_files: vec![],
-        promises: vec![],
-        limits: Default::default(),
-        restart: Default::default(),
-        state,
-    }
 }
 
 fn ms(n: u64) -> Duration {

@@ -82,7 +82,7 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    /// Range ends of the batches in `out`.
+    /// The ranges of the batches in `out`.
     fn ranges(out: &[Output]) -> Vec<(u64, u64)> {
         out.iter()
             .filter_map(|o| match o {
@@ -92,152 +92,91 @@ mod tests {
             .collect()
     }
 
-    fn machine(cfg: Config, t0: Instant) -> SyncMachine {
-        let mut s = SyncMachine::new(Name::new("node-1").unwrap(), EPOCH, cfg, 3);
-        s.handle(t0, Input::Start);
-        s
-    }
-
-    fn small() -> Config {
-        Config {
+    /// A machine whose link came up at `t0` with seqs `1..=upto` in the outbox (batches
+    /// of 5, 4 in flight, ack timeout 1 s); the ranges it sent.
+    fn connected(t0: Instant, upto: u64) -> (SyncMachine, Vec<(u64, u64)>) {
+        let cfg = Config {
             max_batch_records: 5,
             window: 4,
             ack_timeout: ms(1000),
             ..Config::default()
-        }
+        };
+        let mut s = SyncMachine::new(Name::new("node-1").unwrap(), EPOCH, cfg, 3);
+        s.handle(t0, Input::Start);
+        let out = s.handle(t0, Input::LinkUp);
+        let sent = ranges(&serve(&mut s, t0, &outbox_of((1..=upto).map(usage)), out));
+        (s, sent)
+    }
+
+    /// The outbox grew to `1..=upto` at `at`: the ranges sent.
+    fn grow(s: &mut SyncMachine, at: Instant, upto: u64) -> Vec<(u64, u64)> {
+        let out = s.handle(at, Input::OutboxChanged);
+        ranges(&serve(s, at, &outbox_of((1..=upto).map(usage)), out))
+    }
+
+    fn ack(s: &mut SyncMachine, at: Instant, upto: u64, epoch: u64) {
+        s.handle(at, Input::Acked { upto, epoch });
     }
 
     #[test]
     fn an_ack_proves_the_first_send_of_the_newest_batch_it_covers() {
         let t0 = Instant::now();
-        let outbox = outbox_of((1..=10).map(usage));
-        let mut s = machine(small(), t0);
-        let out = s.handle(t0, Input::LinkUp);
-        let out = serve(&mut s, t0, &outbox, out);
-        assert_eq!(ranges(&out), vec![(1, 5), (6, 10)]);
+        let (mut s, sent) = connected(t0, 10);
+        assert_eq!(sent, vec![(1, 5), (6, 10)]);
         assert_eq!(s.lease_since(), None, "no ack yet");
-
         // A partial ack covers no whole batch: nothing proven.
-        s.handle(
-            t0 + ms(50),
-            Input::Acked {
-                upto: 3,
-                epoch: EPOCH,
-            },
-        );
+        ack(&mut s, t0 + ms(50), 3, EPOCH);
         assert_eq!(s.lease_since(), None);
-        s.handle(
-            t0 + ms(60),
-            Input::Acked {
-                upto: 5,
-                epoch: EPOCH,
-            },
-        );
+        ack(&mut s, t0 + ms(60), 5, EPOCH);
         assert_eq!(
             s.lease_since(),
             Some(t0),
             "the first send, not the ack's arrival"
         );
-
         // A later batch, acknowledged: the lease moves to its first send.
-        let outbox = outbox_of((1..=12).map(usage));
-        let out = s.handle(t0 + ms(100), Input::OutboxChanged);
-        let out = serve(&mut s, t0 + ms(100), &outbox, out);
-        assert_eq!(ranges(&out), vec![(11, 12)]);
-        s.handle(
-            t0 + ms(150),
-            Input::Acked {
-                upto: 12,
-                epoch: EPOCH,
-            },
-        );
+        assert_eq!(grow(&mut s, t0 + ms(100), 12), vec![(11, 12)]);
+        ack(&mut s, t0 + ms(150), 12, EPOCH);
         assert_eq!(s.lease_since(), Some(t0 + ms(100)));
     }
 
     #[test]
     fn resends_do_not_extend_the_lease() {
         let t0 = Instant::now();
-        let outbox = outbox_of((1..=5).map(usage));
-        let mut s = machine(small(), t0);
-        let out = s.handle(t0, Input::LinkUp);
-        assert_eq!(ranges(&serve(&mut s, t0, &outbox, out)), vec![(1, 5)]);
+        let (mut s, sent) = connected(t0, 5);
+        assert_eq!(sent, vec![(1, 5)]);
         // The ack times out: resent at t0+1s; then the link drops and comes back:
         // resent again at t0+5s.
-        let resent = s.handle(t0 + ms(1000), Input::Tick);
-        assert_eq!(ranges(&resent), vec![(1, 5)]);
+        assert_eq!(ranges(&s.handle(t0 + ms(1000), Input::Tick)), vec![(1, 5)]);
         s.handle(t0 + ms(1200), Input::LinkDown);
         s.handle(t0 + ms(5000), Input::Tick);
-        let again = s.handle(t0 + ms(5000), Input::LinkUp);
-        assert_eq!(ranges(&again), vec![(1, 5)]);
+        assert_eq!(
+            ranges(&s.handle(t0 + ms(5000), Input::LinkUp)),
+            vec![(1, 5)]
+        );
         assert!(s.stats().resent_batches >= 2);
         // The master acks the last resend: it may have stored the first send, so the
         // lease starts at the first send.
-        s.handle(
-            t0 + ms(5050),
-            Input::Acked {
-                upto: 5,
-                epoch: EPOCH,
-            },
-        );
+        ack(&mut s, t0 + ms(5050), 5, EPOCH);
         assert_eq!(s.lease_since(), Some(t0));
     }
 
     #[test]
     fn stale_duplicate_and_foreign_acks_do_not_extend_the_lease() {
         let t0 = Instant::now();
-        let outbox = outbox_of((1..=5).map(usage));
-        let mut s = machine(small(), t0);
-        let out = s.handle(t0, Input::LinkUp);
-        serve(&mut s, t0, &outbox, out);
-        s.handle(
-            t0 + ms(10),
-            Input::Acked {
-                upto: 5,
-                epoch: EPOCH,
-            },
-        );
+        let (mut s, _) = connected(t0, 5);
+        ack(&mut s, t0 + ms(10), 5, EPOCH);
         assert_eq!(s.lease_since(), Some(t0));
-
         // New records, sent later and not acknowledged yet.
-        let outbox = outbox_of((1..=10).map(usage));
-        let out = s.handle(t0 + ms(500), Input::OutboxChanged);
-        assert_eq!(
-            ranges(&serve(&mut s, t0 + ms(500), &outbox, out)),
-            vec![(6, 10)]
-        );
+        assert_eq!(grow(&mut s, t0 + ms(500), 10), vec![(6, 10)]);
         // A duplicate of the old ack, a reordered older one, and another life's ack
         // covering the new batch: none proves anything about the new batch.
-        s.handle(
-            t0 + ms(600),
-            Input::Acked {
-                upto: 5,
-                epoch: EPOCH,
-            },
-        );
-        s.handle(
-            t0 + ms(600),
-            Input::Acked {
-                upto: 2,
-                epoch: EPOCH,
-            },
-        );
-        s.handle(
-            t0 + ms(600),
-            Input::Acked {
-                upto: 10,
-                epoch: EPOCH + 1,
-            },
-        );
+        ack(&mut s, t0 + ms(600), 5, EPOCH);
+        ack(&mut s, t0 + ms(600), 2, EPOCH);
+        ack(&mut s, t0 + ms(600), 10, EPOCH + 1);
         assert_eq!(s.lease_since(), Some(t0));
         assert_eq!(s.stats().foreign_acks, 1);
         // The real one does.
-        s.handle(
-            t0 + ms(700),
-            Input::Acked {
-                upto: 10,
-                epoch: EPOCH,
-            },
-        );
+        ack(&mut s, t0 + ms(700), 10, EPOCH);
         assert_eq!(s.lease_since(), Some(t0 + ms(500)));
     }
 
@@ -246,33 +185,18 @@ mod tests {
         // A restarted node: the master holds seqs up to 40 from an earlier daemon of
         // the same store; this one sent 1..=5 so far.
         let t0 = Instant::now();
-        let outbox = outbox_of((1..=5).map(usage));
-        let mut s = machine(small(), t0);
-        let out = s.handle(t0, Input::LinkUp);
-        serve(&mut s, t0, &outbox, out);
-        s.handle(
-            t0 + ms(10),
-            Input::Acked {
-                upto: 40,
-                epoch: EPOCH,
-            },
-        );
+        let (mut s, _) = connected(t0, 5);
+        ack(&mut s, t0 + ms(10), 40, EPOCH);
         assert_eq!(s.lease_since(), None);
         assert_eq!(s.stats().acked_upto, 40, "the ack itself is still applied");
         // Its next own batch, acknowledged, does prove contact.
-        let outbox = outbox_of((41..=43).map(usage));
         let out = s.handle(t0 + ms(20), Input::OutboxChanged);
+        let more = outbox_of((41..=43).map(usage));
         assert_eq!(
-            ranges(&serve(&mut s, t0 + ms(20), &outbox, out)),
+            ranges(&serve(&mut s, t0 + ms(20), &more, out)),
             vec![(41, 43)]
         );
-        s.handle(
-            t0 + ms(30),
-            Input::Acked {
-                upto: 43,
-                epoch: EPOCH,
-            },
-        );
+        ack(&mut s, t0 + ms(30), 43, EPOCH);
         assert_eq!(s.lease_since(), Some(t0 + ms(20)));
     }
 }

@@ -6,35 +6,19 @@
 
 use std::time::Duration;
 
-use ed25519_dalek::{Signer, SigningKey};
+use ed25519_dalek::Signer;
 use hedge_uplink::link::ToNode;
 use hedge_wire::codec::encode;
 use hedge_wire::{DesiredState, InstanceTerms, Message, Name, RecordKind};
 
 use super::{kill_all, sleeper};
-use crate::config::{self, NodeConfig};
+use crate::daemon::desired::tests::{config, master};
 use crate::daemon::links::LinkId;
 use crate::daemon::{monotonic_now, Daemon};
 
-fn master() -> SigningKey {
-    SigningKey::from_bytes(&[7; 32])
-}
-
-/// A daemon in `dir` that trusts [`master`].
+/// A daemon for node `n1` in `dir` that trusts the master's key.
 fn daemon(dir: &std::path::Path) -> Daemon {
-    let hex: String = master()
-        .verifying_key()
-        .to_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let text = config::default_file("unit").replace(
-        "master_public_key = \"\"",
-        &format!("master_public_key = \"{hex}\""),
-    );
-    let path = dir.join("node.toml");
-    std::fs::write(&path, text).unwrap();
-    Daemon::boot(NodeConfig::load(&path).unwrap()).unwrap()
+    Daemon::boot(config(dir)).unwrap()
 }
 
 /// A signed state placing `leased` (a lease of `lease_ms`, fence 1) and `offline` (no
@@ -46,7 +30,7 @@ fn frame(lease_ms: u32) -> Vec<u8> {
         lease_ms,
     };
     let mut d = DesiredState {
-        node: Name::new("unit").unwrap(),
+        node: Name::new("n1").unwrap(),
         generation: 1,
         instances: vec![sleeper("leased"), sleeper("offline")],
         signature: heapless::Vec::new(),
@@ -84,6 +68,16 @@ fn view(d: &Daemon, name: &str) -> (Option<u64>, Option<bool>) {
     let s = d.status();
     let i = s.instance(name).unwrap();
     (i.fence, i.lease_held)
+}
+
+/// The uplink reports contact just now.
+fn renew(d: &mut Daemon) {
+    d.on_link(
+        LinkId::Uplink,
+        ToNode::Lease {
+            since: monotonic_now(),
+        },
+    );
 }
 
 fn f(name: &str, holding: bool) -> (String, u64, bool) {
@@ -142,12 +136,7 @@ async fn a_leased_copy_runs_only_while_the_lease_is_held_and_waits_after_a_resta
     assert!(!runs(&d, "leased"));
 
     // A fresh lease: it runs again under the same fence.
-    d.on_link(
-        LinkId::Uplink,
-        ToNode::Lease {
-            since: monotonic_now(),
-        },
-    );
+    renew(&mut d);
     assert!(runs(&d, "leased"));
     assert_eq!(fences(&d).last(), Some(&f("leased", true)));
 
@@ -160,12 +149,7 @@ async fn a_leased_copy_runs_only_while_the_lease_is_held_and_waits_after_a_resta
     assert!(runs(&d, "offline"));
     assert!(!runs(&d, "leased"));
     assert_eq!(view(&d, "leased"), (Some(1), Some(false)));
-    d.on_link(
-        LinkId::Uplink,
-        ToNode::Lease {
-            since: monotonic_now(),
-        },
-    );
+    renew(&mut d);
     assert!(runs(&d, "leased"));
     kill_all(&mut d);
 }
