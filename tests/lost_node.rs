@@ -154,21 +154,18 @@ fn master_toml(text: &str) -> String {
     out + "\n"
 }
 
-/// A started, connected node `id`, its uplink through `via` (a proxy port) if given.
+/// A started node `id` known to the master, its uplink through `via` (a proxy port) if
+/// given. An idle node (no leased instance, so no heartbeat) is heard at its health
+/// records: more often than `lost_after` here, so that B is not lost itself.
 fn node(fleet: &Fleet, id: &str, via: Option<u16>) -> Node {
-    let mut n = fleet.node(id);
-    // An idle node (no leased instance, so no heartbeat) is heard at its health records:
-    // more often than `lost_after`, so that B is not lost itself.
-    n.edit_config(|c| c.replace("health_interval_ms = 60000", "health_interval_ms = 1000"));
-    if let Some(port) = via {
-        let from = format!("port = {}", fleet.node_port);
-        n.edit_config(|c| c.replace(&from, &format!("port = {port}")));
-    }
-    n.start();
-    wait_for(&format!("{id} connected"), Duration::from_secs(30), || {
-        n.status().uplink.connected.then_some(())
-    });
-    n
+    let from = format!("port = {}", fleet.node_port);
+    fleet.started_node_with(id, |c| {
+        let c = c.replace("health_interval_ms = 60000", "health_interval_ms = 1000");
+        match via {
+            Some(port) => c.replace(&from, &format!("port = {port}")),
+            None => c,
+        }
+    })
 }
 
 /// Requests the `move` instance `web` (its command line `argv`) on node `on`.
