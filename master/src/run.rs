@@ -5,7 +5,9 @@
 //! load; the SQLite store makes each (node, epoch, seq) stored once across all of them),
 //! and for every Up batch: checks that the batch's node is the topic's node (the
 //! broker's ACL binds the topic to the certificate), stores it in one transaction,
-//! and only then publishes `Ack { upto, epoch }` on `hedge/v1/<node>/ack`. Malformed frames
+//! and only then publishes `Ack { upto, epoch }` on `hedge/v1/<node>/ack`, once this
+//! process has published the node's newest stored desired state ([`ack_waits`]: an ack
+//! renews a lease, and must not outrun a state that moved an instance away). Malformed frames
 //! and node mismatches are counted and logged, never stored, never acked; so are frames
 //! of a node revoked with `hedge master revoke` ([`crate::revocation`]).
 //! Store work runs on the [`Worker`] thread, never on the event loop: a slow disk or
@@ -89,8 +91,23 @@ pub struct Counters {
     pub store_busy: u64,
     /// Connections to the broker lost.
     pub reconnects: u64,
+    /// Acks held back because the store holds a newer desired state for the node than
+    /// this process has published ([`ack_waits`]; the node resends and is acked once it
+    /// is published).
+    pub acks_held: u64,
     /// Up frames of revoked nodes refused.
     pub revoked: u64,
+}
+
+/// Whether the ack of a committed batch must wait: the store holds a desired state for
+/// the node (`stored`) newer than the one this process published to it (`published`).
+/// An ack renews a node's lease ([`hedge_wire::InstanceTerms::lease_ms`]); were it to
+/// reach a node that reconnected with an older retained state, before the state that
+/// moved one of its instances away, the node would start a copy the master already runs
+/// elsewhere. The next second's lookup publishes the state, then the resent batch is
+/// acked.
+pub fn ack_waits(published: Option<u64>, stored: Option<u64>) -> bool {
+    stored.is_some_and(|s| published.is_none_or(|p| p < s))
 }
 
 /// Connection settings of the master's MQTT client.
@@ -262,8 +279,13 @@ pub async fn run<S: FleetStore + 'static>(
                         acting = false;
                         acted(result);
                     }
-                    Done::Ingested { node, claimed, result } => {
-                        ingested(&client, &mut admission, &node, &claimed, result, &mut counters);
+                    Done::Ingested { node, claimed, result, desired } => {
+                        if result.is_ok() && ack_waits(published.get(&node).copied(), desired) {
+                            counters.acks_held += 1;
+                            tracing::debug!(node = %node, ?desired, "ack held until the node's newer desired state is published");
+                        } else {
+                            ingested(&client, &mut admission, &node, &claimed, result, &mut counters);
+                        }
                     }
                     Done::Evacuated(result) => {
                         evacuating = false;
@@ -507,5 +529,26 @@ fn ingested(
             c.refused += 1;
             tracing::warn!(node = %node, error = %e, "cannot store records; not acknowledged");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ack_waits;
+
+    #[test]
+    fn an_ack_waits_only_for_a_newer_stored_state_than_the_one_published() {
+        // Nothing stored for the node: nothing to wait for.
+        assert!(!ack_waits(None, None));
+        assert!(!ack_waits(Some(3), None));
+        // Stored but never published by this process (it just connected, or another
+        // master wrote it): wait for the lookup.
+        assert!(ack_waits(None, Some(1)));
+        // Published behind what is stored (a move was just written): wait.
+        assert!(ack_waits(Some(3), Some(4)));
+        // Published what is stored, or newer (another process's later write seen
+        // first): acknowledge.
+        assert!(!ack_waits(Some(4), Some(4)));
+        assert!(!ack_waits(Some(5), Some(4)));
     }
 }

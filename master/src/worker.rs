@@ -89,6 +89,9 @@ pub enum Done {
         claimed: Name,
         /// What the store did.
         result: Result<Ingested, StoreError>,
+        /// The generation of the node's stored desired state, read after the commit
+        /// (`None`: it has none, or it could not be read).
+        desired: Option<u64>,
     },
     /// A [`Job::Desired`]: encoded frames to publish, retained, per node.
     Desired(Vec<(Name, u64, Vec<u8>)>),
@@ -185,10 +188,18 @@ fn ingest(store: &impl FleetStore, jobs: Vec<Job>) -> Vec<Done> {
         })
         .collect();
     let results = store.ingest_many(&batches);
+    let generations: BTreeMap<Name, u64> = match store.desired_generations() {
+        Ok(g) => g.into_iter().collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read desired generations; acks go out unchecked");
+            BTreeMap::new()
+        }
+    };
     batches
         .into_iter()
         .zip(results)
         .map(|((node, up, _, _), result)| Done::Ingested {
+            desired: generations.get(&node).copied(),
             node,
             claimed: up.node,
             result,
