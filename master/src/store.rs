@@ -200,6 +200,10 @@ pub trait FleetStore: Send + Sync {
     /// than what it published).
     fn desired_generations(&self) -> Result<Vec<(Name, u64)>>;
 
+    /// `node`'s stored desired generation, if it has a state (what an ack to it waits
+    /// for: one indexed read per batch, not the whole fleet's list).
+    fn desired_generation(&self, node: &Name) -> Result<Option<u64>>;
+
     /// The stored desired state of `node`.
     fn desired(&self, node: &Name) -> Result<Option<DesiredState>>;
 

@@ -188,21 +188,24 @@ fn ingest(store: &impl FleetStore, jobs: Vec<Job>) -> Vec<Done> {
         })
         .collect();
     let results = store.ingest_many(&batches);
-    let generations: BTreeMap<Name, u64> = match store.desired_generations() {
-        Ok(g) => g.into_iter().collect(),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read desired generations; acks go out unchecked");
-            BTreeMap::new()
-        }
-    };
     batches
         .into_iter()
         .zip(results)
-        .map(|((node, up, _, _), result)| Done::Ingested {
-            desired: generations.get(&node).copied(),
-            node,
-            claimed: up.node,
-            result,
+        .map(|((node, up, _, _), result)| {
+            // Only an ack waits on it; a refused batch gets none.
+            let desired = match &result {
+                Ok(_) => store.desired_generation(&node).unwrap_or_else(|e| {
+                    tracing::warn!(node = %node, error = %e, "cannot read the desired generation; the ack goes out unchecked");
+                    None
+                }),
+                Err(_) => None,
+            };
+            Done::Ingested {
+                desired,
+                node,
+                claimed: up.node,
+                result,
+            }
         })
         .collect()
 }

@@ -224,6 +224,10 @@ impl FleetStore for SqliteStore {
         desired::generations(&self.conn())
     }
 
+    fn desired_generation(&self, node: &Name) -> Result<Option<u64>> {
+        desired::generation(&self.conn(), node)
+    }
+
     fn desired(&self, node: &Name) -> Result<Option<DesiredState>> {
         desired::stored_desired(&self.conn(), node)
     }

@@ -47,6 +47,9 @@ pub(crate) fn desired_generations_only_grow<H: Harness>(h: &H) {
         Err(StoreError::SignerChangedState(_))
     ));
     assert_eq!(s.desired(&pi).unwrap().map(|d| d.generation), Some(4));
+    assert_eq!(s.desired_generation(&pi).unwrap(), Some(4));
+    assert_eq!(s.desired_generations().unwrap(), vec![(pi.clone(), 4)]);
+    assert_eq!(s.desired_generation(&n("pi-2")).unwrap(), None);
     // A state the wire would refuse is refused here too.
     let mut bad = d4.clone();
     bad.generation = 10;

@@ -109,6 +109,14 @@ pub(super) fn reserve_generation(tx: &Transaction<'_>, node: &Name) -> Result<u6
 }
 
 /// Every node's stored desired generation, by node (rows with an invalid name skipped).
+pub(super) fn generation(conn: &Connection, node: &Name) -> Result<Option<u64>> {
+    let g = conn
+        .prepare_cached("SELECT generation FROM desired WHERE node = ?1")?
+        .query_row(params![node.as_str()], |r| r.get::<_, i64>(0))
+        .optional()?;
+    Ok(g.map(|g| u64::try_from(g).unwrap_or(0)))
+}
+
 pub(super) fn generations(conn: &Connection) -> Result<Vec<(Name, u64)>> {
     let mut stmt = conn.prepare("SELECT node, generation FROM desired ORDER BY node")?;
     let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
