@@ -8,7 +8,10 @@
 //! (once per turn, not per record). The daemon answers loads when it can,
 //! so a driver never blocks it.
 
-use hedge_wire::Record;
+use std::collections::BTreeMap;
+
+use hedge_wire::mesh::{CustodyRefusal, SignedBatch, SignedParams};
+use hedge_wire::{Name, Record};
 
 /// From the link to the daemon.
 #[derive(Debug)]
@@ -41,6 +44,24 @@ pub enum ToNode {
         /// The new lease start.
         since: std::time::Instant,
     },
+    /// Mesh link → daemon: a peer's own batch, its signature checked against the peer's
+    /// certificate: append it as one `RecordKind::Relayed` record, durably, then answer
+    /// [`ToLink::CustodyStored`] with the same `id`.
+    Custody {
+        /// Matches the answer to the request.
+        id: u64,
+        /// The batch, as received.
+        batch: SignedBatch,
+    },
+    /// MQTT link → daemon: a frame from this node's `carry` topic (unverified), for the
+    /// mesh link.
+    Carried(Vec<u8>),
+    /// Mesh link → daemon: ask the master (through the MQTT link) for these nodes'
+    /// latest signed desired states.
+    Fetch(Vec<Name>),
+    /// Mesh link → daemon: a peer's instance's connection parameters, verified (chain to
+    /// the fleet CA, CN, signature).
+    PeerParams(SignedParams),
 }
 
 /// From the daemon to the link.
@@ -57,4 +78,25 @@ pub enum ToLink {
     },
     /// Records were appended.
     OutboxChanged,
+    /// Daemon → mesh link: the answer to [`ToNode::Custody`] with this `id`: stored
+    /// durably, or refused.
+    CustodyStored {
+        /// The request's `id`.
+        id: u64,
+        /// Stored, or why not.
+        result: Result<(), CustodyRefusal>,
+    },
+    /// Daemon → mesh link: a frame the master sent on this node's `carry` topic.
+    Carried(Vec<u8>),
+    /// Daemon → MQTT link: publish `Message::Fetch` of these nodes.
+    Fetch(Vec<Name>),
+    /// Daemon → mesh link: this node's direct uplink is up (`true`) or down.
+    Direct(bool),
+    /// Daemon → mesh link: an instance of this node published connection parameters.
+    Params {
+        /// The instance.
+        instance: Name,
+        /// What it published.
+        parameters: BTreeMap<String, String>,
+    },
 }

@@ -271,6 +271,9 @@ pub async fn run(
                         pending = sync.handle(now, Input::Loaded { from, records, end });
                     }
                     Some(ToLink::OutboxChanged) => pending = sync.handle(now, Input::OutboxChanged),
+                    // The mesh link's business, never sent to this one.
+                    Some(ToLink::CustodyStored { .. } | ToLink::Carried(_) | ToLink::Direct(_) | ToLink::Params { .. }) => {}
+                    Some(ToLink::Fetch(nodes)) => tracing::debug!(nodes = nodes.len(), "fetch not carried yet"),
                 }
             }
             back = async {

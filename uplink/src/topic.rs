@@ -5,7 +5,9 @@
 //! - [`up_topic`] `hedge/v1/<node>/up`: node → master record batches (QoS 1);
 //! - [`ack_topic`] `hedge/v1/<node>/ack`: master → node acknowledgements (QoS 1);
 //! - [`desired_topic`] `hedge/v1/<node>/desired`: master → node desired state (QoS 1,
-//!   retained).
+//!   retained);
+//! - [`carry_topic`] `hedge/v1/<node>/carry`: master → a relay: what it carries for
+//!   other nodes of its swarm (QoS 1).
 //!
 //! Masters receive every node's `up` topic through the shared subscription
 //! [`MASTER_UP_FILTER`] (group [`SHARE_GROUP`]), so each batch reaches one master;
@@ -22,6 +24,12 @@ pub const MASTER_UP_FILTER: &str = "$share/hedge/hedge/v1/+/up";
 
 /// Every topic of the protocol (what the broker lets masters read and write).
 pub const ALL_TOPICS: &str = "hedge/v1/#";
+
+/// `hedge/v1/<node>/carry`: master → a relay: signed acks and desired states of the nodes
+/// it carries (QoS 1).
+pub fn carry_topic(node: &str) -> String {
+    format!("hedge/v1/{node}/carry")
+}
 
 /// `hedge/v1/<node>/up`: node → master records (QoS 1).
 pub fn up_topic(node: &str) -> String {
@@ -85,7 +93,12 @@ mod tests {
             MASTER_UP_FILTER,
             format!("$share/{SHARE_GROUP}/{}", up_topic("+"))
         );
-        for t in [up_topic("a"), ack_topic("a"), desired_topic("a")] {
+        for t in [
+            up_topic("a"),
+            ack_topic("a"),
+            desired_topic("a"),
+            carry_topic("a"),
+        ] {
             assert!(t.starts_with(ALL_TOPICS.trim_end_matches('#')), "{t}");
         }
     }

@@ -56,7 +56,7 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for SeqVisitor<T> {
     }
 }
 
-fn seq<'de, D, T>(d: D, max: usize, what: &'static str) -> Result<Vec<T>, D::Error>
+pub(crate) fn seq<'de, D, T>(d: D, max: usize, what: &'static str) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
@@ -137,6 +137,45 @@ pub(crate) fn records<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Record>, D:
     seq(d, MAX_RECORDS, "records")
 }
 
+pub(crate) fn fetch<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<crate::Name>, D::Error> {
+    seq(d, crate::mesh::MAX_CARRIED, "nodes")
+}
+
 pub(crate) fn variants<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ArtifactVariant>, D::Error> {
     seq(d, MAX_VARIANTS, "artifact variants")
+}
+
+struct BytesVisitor {
+    max: usize,
+}
+
+impl<'de> Visitor<'de> for BytesVisitor {
+    type Value = Vec<u8>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "at most {} bytes", self.max)
+    }
+
+    fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+        if v.len() > self.max {
+            return Err(E::invalid_length(v.len(), &self));
+        }
+        Ok(v.to_vec())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Vec<u8>, A::Error> {
+        SeqVisitor {
+            max: self.max,
+            what: "bytes",
+            _t: PhantomData,
+        }
+        .visit_seq(seq)
+    }
+}
+
+/// A byte string of at most `max` bytes. postcard writes a `Vec<u8>` as a length and
+/// the bytes, which it reads back as one borrowed slice: no per-byte decoding, and
+/// nothing allocated past the bound.
+pub(crate) fn bytes<'de, D: Deserializer<'de>>(d: D, max: usize) -> Result<Vec<u8>, D::Error> {
+    d.deserialize_bytes(BytesVisitor { max })
 }

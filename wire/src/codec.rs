@@ -60,10 +60,10 @@ enum LegacyMessage {
 /// A postcard output that keeps at most `max` bytes but counts them all, so an
 /// oversized message costs no more than `max` bytes of memory and still reports its
 /// true length.
-struct Capped {
-    buf: Vec<u8>,
-    len: usize,
-    max: usize,
+pub(crate) struct Capped {
+    pub(crate) buf: Vec<u8>,
+    pub(crate) len: usize,
+    pub(crate) max: usize,
 }
 
 impl Flavor for Capped {
@@ -137,7 +137,7 @@ pub fn decode(bytes: &[u8], max: usize) -> Result<Message, WireError> {
 }
 
 /// The postcard value that fills `body` exactly.
-fn whole<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
+pub(crate) fn whole<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
     let (v, rest) = postcard::take_from_bytes::<T>(body).map_err(WireError::Decode)?;
     if rest.is_empty() {
         Ok(v)

@@ -9,6 +9,7 @@
 //!   [`DesiredState`] signature covers.
 //! - [`compact`]: the compact encoding of an [`Up`] batch (envelope version 3), which
 //!   [`decode`] reads beside versions 4 and 2.
+//! - [`mesh`]: the peer protocol of a swarm and the signed values relays carry.
 //! - [`frame`]: length-prefixed frames over `embedded-io` streams.
 //! - [`template`]: the `{{ key }}` syntax of requests and what a request references.
 //! - [`error`]: [`WireError`], the crate's error.
@@ -27,6 +28,7 @@ pub mod compact;
 pub mod error;
 pub mod frame;
 pub mod limits;
+pub mod mesh;
 pub mod template;
 pub mod types;
 pub mod validate;

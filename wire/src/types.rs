@@ -749,6 +749,11 @@ pub enum RecordKind {
         /// Runs under it (true), or stopped (false).
         holding: bool,
     },
+    /// A peer's own batch this node took custody of as a relay (see [`crate::mesh`]):
+    /// stored whole, signature and all, and carried to the master in this node's own
+    /// batches. Added with the mesh (last, so records stored before it keep their
+    /// encoding).
+    Relayed(crate::mesh::SignedBatch),
 }
 
 /// What became of an artifact the node needed.
@@ -817,4 +822,11 @@ pub enum Message {
     Up(Up),
     /// Master → node acknowledgement.
     Ack(Ack),
+    /// A relay → master, on its own `up` topic: send me the latest signed desired states
+    /// of these nodes (at most [`crate::mesh::MAX_CARRIED`]), which I carry. Added with
+    /// the mesh.
+    Fetch(#[serde(deserialize_with = "crate::bounded::fetch")] Vec<Name>),
+    /// Master → relay, on the relay's `carry` topic: an acknowledgement for a node whose
+    /// records the relay carried. Added with the mesh.
+    Carried(crate::mesh::SignedAck),
 }

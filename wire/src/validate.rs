@@ -69,7 +69,7 @@ fn unique<'a, T, K: PartialEq>(
     Ok(())
 }
 
-fn parameters(map: &BTreeMap<String, String>) -> Result<(), WireError> {
+pub(crate) fn parameters(map: &BTreeMap<String, String>) -> Result<(), WireError> {
     check(map.len() <= MAX_PARAMETERS, "too many parameters")?;
     for (k, v) in map {
         check(!k.is_empty(), "empty parameter key")?;
@@ -289,6 +289,7 @@ impl Validate for RecordKind {
             | RecordKind::Shed { .. }
             | RecordKind::DesiredExpired { .. }
             | RecordKind::Fence { .. } => Ok(()),
+            RecordKind::Relayed(batch) => batch.validate(),
         }
     }
 }
@@ -330,6 +331,11 @@ impl Validate for Message {
             Message::Desired(d) => d.validate(),
             Message::Up(u) => u.validate(),
             Message::Ack(a) => a.validate(),
+            Message::Fetch(nodes) => check(
+                nodes.len() <= crate::mesh::MAX_CARRIED,
+                "too many nodes to fetch",
+            ),
+            Message::Carried(a) => a.validate(),
         }
     }
 }

@@ -180,9 +180,9 @@ fn empty_wrong_version_and_trailing_bytes() {
     let mut long = ok.clone();
     long.push(0);
     assert_eq!(decode(&long, MAX), Err(WireError::TrailingBytes));
-    // Unknown message tag.
+    // Unknown message tag (0..=4 are Desired, Up, Ack, Fetch, Carried).
     assert!(matches!(
-        decode(&[WIRE_VERSION, 3, 0], MAX),
+        decode(&[WIRE_VERSION, 5, 0], MAX),
         Err(WireError::Decode(_))
     ));
 }

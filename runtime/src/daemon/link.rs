@@ -162,6 +162,17 @@ impl Daemon {
             ToNode::Desired(frame) => {
                 let _ = self.on_desired_frame(&frame);
             }
+            // No mesh link runs yet: custody is refused, the rest has nowhere to go.
+            ToNode::Custody { id, .. } => self.links.send(
+                link,
+                ToLink::CustodyStored {
+                    id,
+                    result: Err(hedge_wire::mesh::CustodyRefusal::Full),
+                },
+            ),
+            ToNode::Carried(_) | ToNode::Fetch(_) | ToNode::PeerParams(_) => {
+                tracing::debug!(?link, "a mesh message and no mesh link");
+            }
             ToNode::Link(up) => {
                 if let Some(l) = self.links.get_mut(link) {
                     l.up = up;

@@ -112,6 +112,9 @@ impl RecordClass {
             | RecordKind::Artifact { .. }
             | RecordKind::Fence { .. }
             | RecordKind::NodeInfo { .. } => RecordClass::InstanceState,
+            // A peer's batch in custody is never shed by this node's own quota: the
+            // relay's per-origin bound decides what it takes.
+            RecordKind::Relayed(_) => RecordClass::InstanceState,
             RecordKind::LocalRequest { .. } => RecordClass::LocalRequest,
             RecordKind::ConnectionParameters { .. } => RecordClass::ConnectionParameters,
             RecordKind::PromiseResult { .. } => RecordClass::PromiseResult,
