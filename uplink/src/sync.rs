@@ -69,8 +69,15 @@
 //!   heard this node at a real time no earlier than the *first* send of the newest of
 //!   them; [`SyncMachine::lease_since`] is the latest such time (see `lease`).
 //!
+//! - Custody ([`Input::Custody`], from a mesh link): range batches the next hop stored
+//!   durably are not sent again on an ack timeout, leave the window once every batch
+//!   before them is held too, and go again only
+//!   after a new `LinkUp` (re-batched from `acked_upto + 1`); custody never deletes
+//!   (only `Acked` does) and never extends the lease (see `custody`).
+//!
 //! Files: the machine's state and its inputs and outputs here; [`Config`] in `config`;
-//! loading the look-ahead and handling acks in `outbox`; the lease in `lease`; batching, resending, express
+//! loading the look-ahead and handling acks in `outbox`; the lease in `lease`; custody
+//! in `custody`; batching, resending, express
 //! batches and the byte budget in `send` and `bucket`.
 
 use std::collections::VecDeque;
@@ -80,6 +87,7 @@ use hedge_wire::{Name, Record};
 
 mod bucket;
 mod config;
+mod custody;
 mod lease;
 mod outbox;
 mod send;
@@ -128,6 +136,14 @@ pub enum Input {
     Tick,
     /// A probe reached the broker while the link is down: the path is back.
     PathBack,
+    /// The current link's next hop (a mesh relay) stored durably the range batch of
+    /// this connection ending at `upto` (see `custody`): it is not sent again before a
+    /// new `LinkUp`, and leaves the window once the batches before it are held too;
+    /// nothing is deleted.
+    Custody {
+        /// Last seq of the batch held (the custody answer's `covers.1`).
+        upto: u64,
+    },
 }
 
 /// What the machine asks the driver to do.
@@ -185,6 +201,10 @@ pub struct Stats {
     pub invalid: u64,
     /// Acks for another epoch than this machine's, ignored.
     pub foreign_acks: u64,
+    /// Range batches a next hop took into custody (`Input::Custody`).
+    pub custody_batches: u64,
+    /// Highest seq a next hop holds beyond the master's ack (0: none).
+    pub custody_upto: u64,
 }
 
 /// State of the link as the machine sees it.
@@ -224,6 +244,8 @@ struct Flight {
     first_sent: Instant,
     /// Waiting to be sent again (after `LinkUp` or an ack timeout).
     resend: bool,
+    /// The next hop holds it in custody (`custody`): never sent again on a timeout.
+    held: bool,
 }
 
 /// The sync state machine; see the [module docs](self).
@@ -267,6 +289,8 @@ pub struct SyncMachine {
     empty_len: usize,
     /// The lease this machine's acks prove (see `lease`).
     lease: lease::Lease,
+    /// What the next hop holds (see `custody`).
+    custody: custody::Custody,
     stats: Stats,
 }
 
@@ -305,6 +329,7 @@ impl SyncMachine {
             shrink: None,
             empty_len,
             lease: lease::Lease::default(),
+            custody: custody::Custody::default(),
             stats: Stats::default(),
             cfg,
         }
@@ -355,6 +380,10 @@ impl SyncMachine {
                 }
             }
             Input::PathBack => self.on_path_back(now),
+            Input::Custody { upto } if self.link == Link::Up => self.on_custody(upto),
+            Input::Custody { upto } => {
+                tracing::debug!(node = %self.node, upto, "custody while the link is down; ignored");
+            }
         }
         if self.link == Link::Up {
             self.check_ack_timeout(now);
@@ -373,7 +402,7 @@ impl SyncMachine {
                 let timeout = self
                     .in_flight
                     .iter()
-                    .filter(|f| !f.resend)
+                    .filter(|f| !f.resend && !f.held)
                     .filter_map(|f| f.sent_at.checked_add(self.cfg.ack_timeout))
                     .min();
                 match (timeout, self.budget_wake) {
@@ -402,6 +431,7 @@ impl SyncMachine {
         Stats {
             acked_upto: self.acked_upto,
             in_flight_batches: self.in_flight.len(),
+            custody_upto: self.custody_upto(),
             ..self.stats
         }
     }
@@ -471,9 +501,12 @@ impl SyncMachine {
         self.probe_armed = false;
         self.stats.link_ups += 1;
         tracing::info!(node = %self.node, acked_upto = self.acked_upto, "uplink up");
+        // Batches a previous hop held are sent again, re-batched from the outbox.
+        self.rewind_custody();
         // Go-back-N: everything unacknowledged goes again, from the oldest.
         for f in &mut self.in_flight {
             f.resend = true;
+            f.held = false;
         }
         // Express batches are once per record per connection.
         for e in &mut self.lookahead {
@@ -489,6 +522,8 @@ impl SyncMachine {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_custody;
 #[cfg(test)]
 mod tests_drain;
 #[cfg(test)]

@@ -37,7 +37,13 @@ impl SyncMachine {
     /// Credits the lease for a new ack `upto` (> the previous one); called before the
     /// acknowledged batches leave `in_flight`.
     pub(super) fn credit_lease(&mut self, upto: u64) {
-        let newest_sent = self.in_flight.back().map(|f| f.range.1);
+        // Batches in flight, and those no longer in flight (held in custody by a next
+        // hop, or re-batched since: `custody`), count alike.
+        let newest_sent = self
+            .in_flight
+            .back()
+            .map(|f| f.range.1)
+            .max(self.custody.newest_end());
         if newest_sent.is_none_or(|end| upto > end) {
             return; // nothing of ours, or the master is ahead of what we sent
         }
@@ -46,7 +52,8 @@ impl SyncMachine {
             .iter()
             .filter(|f| f.range.1 <= upto)
             .map(|f| f.first_sent)
-            .max();
+            .max()
+            .max(self.custody.proven_by(upto));
         if let Some(t) = proven {
             if self.lease.since.is_none_or(|s| t > s) {
                 self.lease.since = Some(t);

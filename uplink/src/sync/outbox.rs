@@ -49,6 +49,13 @@ impl SyncMachine {
             return; // stale
         }
         self.load_pending = None;
+        if u128::from(from) > self.load_from {
+            // Asked before a custody rewind moved `load_from` back: loading it would
+            // leave a gap. Drop it; the next `Load` asks from `load_from`.
+            self.dirty = false;
+            self.exhausted = false;
+            return;
+        }
         let dirty = std::mem::take(&mut self.dirty);
         let mut records = records;
         if !records.windows(2).all(|w| w[0].seq < w[1].seq) {
@@ -123,6 +130,7 @@ impl SyncMachine {
         }
         self.acked_upto = upto;
         self.credit_lease(upto);
+        self.custody.acked(upto);
         while self.in_flight.front().is_some_and(|f| f.range.1 <= upto) {
             self.in_flight.pop_front();
         }
@@ -164,7 +172,7 @@ impl SyncMachine {
         let oldest = self
             .in_flight
             .iter()
-            .filter(|f| !f.resend)
+            .filter(|f| !f.resend && !f.held)
             .map(|f| f.sent_at)
             .min();
         let Some(oldest) = oldest else {
@@ -175,7 +183,7 @@ impl SyncMachine {
             .is_some_and(|d| now >= d);
         if expired {
             tracing::debug!(node = %self.node, acked_upto = self.acked_upto, batches = self.in_flight.len(), "ack timeout; resending");
-            for f in &mut self.in_flight {
+            for f in self.in_flight.iter_mut().filter(|f| !f.held) {
                 f.resend = true;
             }
         }

@@ -224,13 +224,16 @@ impl SyncMachine {
                     range: Some((from, to)),
                     records: count,
                 });
+                // Re-batched after a custody rewind: its seqs count from their first send.
+                let first_sent = self.custody.first_send(to).map_or(now, |t| t.min(now));
                 self.in_flight.push_back(Flight {
                     range: (from, to),
                     frame,
                     records: count,
                     sent_at: now,
-                    first_sent: now,
+                    first_sent,
                     resend: false,
+                    held: false,
                 });
                 true
             }

@@ -89,7 +89,7 @@ fn promise(seq: u64) -> Record {
 }
 
 /// A record of a kind picked by `k`.
-fn any_record(seq: u64, k: u32) -> Record {
+pub(super) fn any_record(seq: u64, k: u32) -> Record {
     match k % 8 {
         0 => incident(seq, "down"),
         1 => state(seq),
@@ -98,7 +98,7 @@ fn any_record(seq: u64, k: u32) -> Record {
     }
 }
 
-fn up(frame: &[u8]) -> Up {
+pub(super) fn up(frame: &[u8]) -> Up {
     match decode(frame, DEFAULT_MAX_FRAME).unwrap() {
         Message::Up(u) => u,
         m => panic!("not an Up: {m:?}"),
@@ -857,7 +857,10 @@ fn arbitrary_inputs_never_panic_and_stay_bounded() {
                 1 => 0,
                 _ => rng.u64(0..64),
             };
-            let input = match rng.u8(0..10) {
+            let input = match rng.u8(0..11) {
+                10 => Input::Custody {
+                    upto: seq(&mut rng),
+                },
                 9 => Input::PathBack,
                 0 => Input::Start,
                 1 => Input::LinkUp,
@@ -902,15 +905,15 @@ fn arbitrary_inputs_never_panic_and_stay_bounded() {
 
 /// Stores records by seq and acknowledges the contiguous coverage of range batches.
 #[derive(Default)]
-struct Master {
-    stored: BTreeMap<u64, Record>,
-    duplicates: u64,
+pub(super) struct Master {
+    pub(super) stored: BTreeMap<u64, Record>,
+    pub(super) duplicates: u64,
     pending: Vec<(u64, u64)>,
-    upto: u64,
+    pub(super) upto: u64,
 }
 
 impl Master {
-    fn receive(&mut self, frame: &[u8]) -> u64 {
+    pub(super) fn receive(&mut self, frame: &[u8]) -> u64 {
         let u = up(frame);
         assert_eq!(u.node, node());
         for r in u.records {
