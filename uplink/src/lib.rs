@@ -8,7 +8,9 @@
 //! - [`topic`]: the MQTT topic names, built and parsed here for both node and master.
 //! - [`bundle`]: the enrollment bundle a node joins a fleet with.
 //!
-//! Behind features (both on by default):
+//! Behind features (all on by default):
+//! - `origin` (feature `origin`): mesh origin crypto: signing and checking batches with
+//!   node keys, the master's signed acks, cross-peer parameters (no rustls or tokio).
 //! - `tls` (feature `tls`): rustls client configuration from the fleet CA and a client
 //!   certificate.
 //! - `mqtt` (feature `mqtt`, implies `tls`): the node's MQTT driver (rumqttc, tokio,
@@ -18,6 +20,8 @@ pub mod bundle;
 pub mod link;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
+#[cfg(feature = "origin")]
+pub mod origin;
 pub mod sync;
 #[cfg(feature = "tls")]
 pub mod tls;
