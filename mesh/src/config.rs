@@ -146,6 +146,37 @@ mod tests {
     }
 
     #[test]
+    fn the_section_reads_as_node_toml_spells_it() {
+        let c: MeshConfig = toml::from_str(
+            r#"
+            enabled = true
+            listen = "0.0.0.0:7000"
+            peers = ["10.0.0.2:7441", "gw.local:7441"]
+            beacon_interfaces = ["wlan0"]
+            beacon_every_ms = 500
+            max_peers = 4
+            "#,
+        )
+        .unwrap();
+        assert!(c.enabled);
+        assert_eq!(c.listen.port(), 7000);
+        assert_eq!(c.peers.len(), 2);
+        assert_eq!(
+            c.beacon_port, DEFAULT_BEACON_PORT,
+            "absent fields keep their default"
+        );
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(
+            toml::from_str::<MeshConfig>("").unwrap(),
+            MeshConfig::default()
+        );
+        let typo = toml::from_str::<MeshConfig>("peer = []")
+            .unwrap_err()
+            .to_string();
+        assert!(typo.contains("unknown field"), "{typo}");
+    }
+
+    #[test]
     fn bad_values_are_named() {
         let c = MeshConfig {
             peers: vec!["host-without-port".into()],
