@@ -1,0 +1,353 @@
+//! The routes core: which peers are up, how far each is from the broker, which one is the
+//! best next hop, and which beacon-heard nodes to dial when.
+//!
+//! Contract: pure (no I/O, no clock: the driver passes `now` in milliseconds of any
+//! monotonic clock). A peer's hops come only from its authenticated `Hello`
+//! ([`Routes::hello`]); until then it is [`NO_PATH`]. A path longer than
+//! [`MAX_RELAY_DEPTH`] relays is no path (the master would refuse the nesting). The best
+//! next hop is the up peer with the fewest hops, ties broken by name (stable, so equal
+//! peers do not alternate). [`Routes::hops_for`] poisons the reverse route: a node tells
+//! its own next hop that it has no path, so two nodes never count up through each other.
+//! Beacons ([`Routes::beacon`]) are hints: they only decide whom to dial, at most
+//! [`MAX_HEARD`] nodes are remembered, each forgotten when not heard for the TTL, at most
+//! the caller's bound of dials is in flight, and a failing dial backs off exponentially
+//! per node. [`keep_new_session`] decides between two
+//! sessions with the same peer the same way on both ends.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use hedge_wire::mesh::{MAX_RELAY_DEPTH, NO_PATH};
+use hedge_wire::Name;
+
+/// Most beacon-heard nodes remembered at once; more are ignored until some expire.
+pub const MAX_HEARD: usize = 256;
+/// First backoff after a failed dial, milliseconds.
+pub const BACKOFF_BASE_MS: u64 = 500;
+
+/// What an up peer said about itself in its latest `Hello`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerRoute {
+    /// Its hops to the broker ([`NO_PATH`] before its first `Hello`).
+    pub hops: u8,
+    /// Its outbox depth.
+    pub outbox: u64,
+}
+
+/// A node heard in a beacon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heard {
+    /// Where its sessions are accepted (beacon source address, beacon port).
+    pub addr: SocketAddr,
+    /// Its claimed hops (a hint).
+    pub hops: u8,
+    /// Its claimed outbox depth (a hint).
+    pub outbox: u64,
+    /// When it was last heard.
+    pub last_ms: u64,
+    fails: u32,
+    next_dial_ms: u64,
+    dialing: bool,
+}
+
+/// Peers, their routes, and beacon-heard candidates.
+#[derive(Debug, Clone, Default)]
+pub struct Routes {
+    peers: BTreeMap<Name, PeerRoute>,
+    heard: BTreeMap<Name, Heard>,
+}
+
+impl Routes {
+    /// A session with `peer` is up; no path known yet.
+    pub fn up(&mut self, peer: &Name) {
+        self.peers.insert(
+            peer.clone(),
+            PeerRoute {
+                hops: NO_PATH,
+                outbox: 0,
+            },
+        );
+    }
+
+    /// `peer` said hello: its hops and outbox. Ignored unless its session is up.
+    pub fn hello(&mut self, peer: &Name, hops: u8, outbox: u64) {
+        if let Some(r) = self.peers.get_mut(peer) {
+            *r = PeerRoute { hops, outbox };
+        }
+    }
+
+    /// The session with `peer` is down.
+    pub fn down(&mut self, peer: &Name) {
+        self.peers.remove(peer);
+    }
+
+    /// The route of an up peer.
+    pub fn peer(&self, peer: &Name) -> Option<PeerRoute> {
+        self.peers.get(peer).copied()
+    }
+
+    /// Up peers and their routes, by name.
+    pub fn peers(&self) -> impl Iterator<Item = (&Name, &PeerRoute)> {
+        self.peers.iter()
+    }
+
+    /// The best next hop toward the broker and its hops, if any peer has a usable path.
+    pub fn best(&self) -> Option<(&Name, u8)> {
+        self.peers
+            .iter()
+            .filter(|(_, r)| usable(r.hops))
+            .min_by_key(|(n, r)| (r.hops, *n))
+            .map(|(n, r)| (n, r.hops))
+    }
+
+    /// This node's hops: 0 with a direct uplink, else one more than the best next hop's,
+    /// [`NO_PATH`] without one.
+    pub fn own_hops(&self, direct: bool) -> u8 {
+        if direct {
+            return 0;
+        }
+        self.best().map_or(NO_PATH, |(_, h)| h.saturating_add(1))
+    }
+
+    /// The hops to announce to `peer`: [`Routes::own_hops`], except [`NO_PATH`] to the
+    /// peer that is this node's own next hop (poisoned reverse).
+    pub fn hops_for(&self, peer: &Name, direct: bool) -> u8 {
+        if !direct && self.best().is_some_and(|(n, _)| n == peer) {
+            return NO_PATH;
+        }
+        self.own_hops(direct)
+    }
+
+    /// A beacon of `node` was heard from `addr` at `now`.
+    pub fn beacon(&mut self, node: &Name, addr: SocketAddr, hops: u8, outbox: u64, now: u64) {
+        if let Some(h) = self.heard.get_mut(node) {
+            if h.addr != addr {
+                // Moved: a fresh address deserves a fresh dial.
+                h.fails = 0;
+                h.next_dial_ms = now;
+            }
+            h.addr = addr;
+            h.hops = hops;
+            h.outbox = outbox;
+            h.last_ms = now;
+            return;
+        }
+        if self.heard.len() >= MAX_HEARD {
+            return;
+        }
+        self.heard.insert(
+            node.clone(),
+            Heard {
+                addr,
+                hops,
+                outbox,
+                last_ms: now,
+                fails: 0,
+                next_dial_ms: now,
+                dialing: false,
+            },
+        );
+    }
+
+    /// Heard nodes that are not up, not being dialled and due, so that at most `max`
+    /// dials are in flight: each is marked dialling.
+    pub fn to_dial(&mut self, now: u64, max: usize) -> Vec<(Name, SocketAddr)> {
+        let mut out = Vec::new();
+        let mut room = max.saturating_sub(self.heard.values().filter(|h| h.dialing).count());
+        for (n, h) in &mut self.heard {
+            if room == 0 {
+                break;
+            }
+            if !self.peers.contains_key(n) && !h.dialing && h.next_dial_ms <= now {
+                room -= 1;
+                h.dialing = true;
+                out.push((n.clone(), h.addr));
+            }
+        }
+        out
+    }
+
+    /// A dial of `node` ended: `ok` when a session came up, else it backs off.
+    pub fn dial_done(&mut self, node: &Name, ok: bool, now: u64, max_backoff_ms: u64) {
+        if let Some(h) = self.heard.get_mut(node) {
+            h.dialing = false;
+            if ok {
+                h.fails = 0;
+            } else {
+                h.fails = h.fails.saturating_add(1);
+                h.next_dial_ms = now.saturating_add(backoff_ms(h.fails, max_backoff_ms));
+            }
+        }
+    }
+
+    /// Forgets heard nodes not heard for `ttl_ms` (and not being dialled).
+    pub fn expire(&mut self, now: u64, ttl_ms: u64) {
+        self.heard
+            .retain(|_, h| h.dialing || now.saturating_sub(h.last_ms) < ttl_ms);
+    }
+
+    /// The heard nodes.
+    pub fn heard(&self) -> impl Iterator<Item = (&Name, &Heard)> {
+        self.heard.iter()
+    }
+}
+
+/// Whether a peer with `hops` offers a path this node may use (its own would be `hops+1`).
+fn usable(hops: u8) -> bool {
+    usize::from(hops) < MAX_RELAY_DEPTH
+}
+
+/// Backoff before the next dial after `fails` failures in a row: doubling from
+/// [`BACKOFF_BASE_MS`], at most `max_ms`.
+pub fn backoff_ms(fails: u32, max_ms: u64) -> u64 {
+    let shift = fails.saturating_sub(1).min(20);
+    BACKOFF_BASE_MS.saturating_mul(1 << shift).min(max_ms)
+}
+
+/// Two sessions with `peer`: whether the new one replaces the old. Same direction: the
+/// newer wins (the old one is stale). Crossed dials: the one dialled by the lower name
+/// wins, which both ends compute alike.
+pub fn keep_new_session(me: &Name, peer: &Name, old_dialed: bool, new_dialed: bool) -> bool {
+    if old_dialed == new_dialed {
+        return true;
+    }
+    new_dialed == (me < peer)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn n(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    impl Routes {
+        fn due(&mut self, now: u64) -> Vec<(Name, SocketAddr)> {
+            self.to_dial(now, usize::MAX)
+        }
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn the_best_hop_is_the_fewest_hops_then_the_name_and_unknown_is_no_path() {
+        let mut r = Routes::default();
+        assert_eq!(r.own_hops(false), NO_PATH);
+        assert_eq!(r.own_hops(true), 0);
+        r.up(&n("b"));
+        r.up(&n("a"));
+        assert_eq!(r.best(), None, "no hello yet: no path");
+        r.hello(&n("b"), 1, 10);
+        r.hello(&n("a"), 2, 0);
+        assert_eq!(r.best(), Some((&n("b"), 1)));
+        assert_eq!(r.own_hops(false), 2);
+        r.hello(&n("a"), 1, 500);
+        assert_eq!(r.best(), Some((&n("a"), 1)), "tie: by name, not by outbox");
+        r.down(&n("a"));
+        assert_eq!(r.best(), Some((&n("b"), 1)));
+        r.hello(&n("ghost"), 0, 0);
+        assert_eq!(
+            r.peer(&n("ghost")),
+            None,
+            "hello without a session is ignored"
+        );
+    }
+
+    #[test]
+    fn paths_deeper_than_the_relay_depth_are_no_path() {
+        let mut r = Routes::default();
+        r.up(&n("p"));
+        r.hello(&n("p"), u8::try_from(MAX_RELAY_DEPTH - 1).unwrap(), 0);
+        assert_eq!(r.own_hops(false), u8::try_from(MAX_RELAY_DEPTH).unwrap());
+        r.hello(&n("p"), u8::try_from(MAX_RELAY_DEPTH).unwrap(), 0);
+        assert_eq!(r.own_hops(false), NO_PATH);
+        r.hello(&n("p"), NO_PATH, 0);
+        assert_eq!(r.own_hops(false), NO_PATH);
+    }
+
+    #[test]
+    fn the_next_hop_is_told_no_path_so_two_nodes_never_count_up() {
+        let mut r = Routes::default();
+        r.up(&n("up"));
+        r.up(&n("down"));
+        r.hello(&n("up"), 0, 0);
+        r.hello(&n("down"), 2, 0);
+        assert_eq!(r.hops_for(&n("up"), false), NO_PATH);
+        assert_eq!(r.hops_for(&n("down"), false), 1);
+        assert_eq!(r.hops_for(&n("up"), true), 0, "a direct node hides nothing");
+        // The uplink's own path is gone: it says NO_PATH; so this node has none either
+        // (it does not believe `down`, whose 2 hops went through this node).
+        r.hello(&n("up"), NO_PATH, 0);
+        r.hello(&n("down"), NO_PATH, 0);
+        assert_eq!(r.own_hops(false), NO_PATH);
+    }
+
+    #[test]
+    fn heard_nodes_are_dialled_once_backed_off_on_failure_and_forgotten() {
+        let mut r = Routes::default();
+        r.beacon(&n("x"), addr(1), 3, 0, 0);
+        assert_eq!(r.due(0), vec![(n("x"), addr(1))]);
+        assert!(r.due(1).is_empty(), "one dial at a time");
+        r.dial_done(&n("x"), false, 10, 30_000);
+        assert!(r.due(10 + BACKOFF_BASE_MS - 1).is_empty());
+        assert_eq!(r.due(10 + BACKOFF_BASE_MS).len(), 1);
+        r.dial_done(&n("x"), false, 1000, 30_000);
+        assert!(r.due(1000 + 2 * BACKOFF_BASE_MS - 1).is_empty());
+        // Heard at a new address: dialled at once.
+        r.beacon(&n("x"), addr(2), 3, 0, 1001);
+        assert_eq!(r.due(1001), vec![(n("x"), addr(2))]);
+        r.dial_done(&n("x"), true, 1002, 30_000);
+        r.up(&n("x"));
+        assert!(r.due(5000).is_empty(), "up peers are not dialled");
+        r.expire(20_000, 6000);
+        assert_eq!(r.heard().count(), 0);
+    }
+
+    #[test]
+    fn dials_in_flight_are_bounded() {
+        let mut r = Routes::default();
+        for i in 0..10 {
+            r.beacon(&n(&format!("n{i}")), addr(1), 0, 0, 0);
+        }
+        assert_eq!(r.to_dial(0, 3).len(), 3);
+        assert!(r.to_dial(0, 3).is_empty());
+        r.dial_done(&n("n0"), false, 0, 1000);
+        assert_eq!(r.to_dial(0, 3).len(), 1);
+    }
+
+    #[test]
+    fn beacons_of_too_many_nodes_are_ignored() {
+        let mut r = Routes::default();
+        for i in 0..MAX_HEARD + 10 {
+            r.beacon(&n(&format!("n{i}")), addr(1), 0, 0, 0);
+        }
+        assert_eq!(r.heard().count(), MAX_HEARD);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_max() {
+        assert_eq!(backoff_ms(1, 30_000), BACKOFF_BASE_MS);
+        assert_eq!(backoff_ms(2, 30_000), 2 * BACKOFF_BASE_MS);
+        assert_eq!(backoff_ms(40, 30_000), 30_000);
+        assert_eq!(backoff_ms(0, 30_000), BACKOFF_BASE_MS);
+    }
+
+    #[test]
+    fn both_ends_keep_the_same_session_of_a_crossed_dial() {
+        let (a, b) = (n("a"), n("b"));
+        // At a: old = a dialled b, new = b dialled a. At b: old = b dialled a (dialled
+        // by b), new = a dialled b. Both keep the one a (the lower name) dialled.
+        assert!(!keep_new_session(&a, &b, true, false));
+        assert!(keep_new_session(&b, &a, true, false));
+        assert!(keep_new_session(&a, &b, false, true));
+        assert!(!keep_new_session(&b, &a, false, true));
+        // Same direction: a reconnection, the newer wins.
+        assert!(keep_new_session(&a, &b, true, true));
+        assert!(keep_new_session(&a, &b, false, false));
+    }
+}
