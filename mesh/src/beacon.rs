@@ -95,6 +95,9 @@ async fn send(inner: &Arc<Inner>, rx: &UdpSocket, tx: &UdpSocket) {
         };
         for iface in &cfg.beacon_interfaces {
             let Some(ip) = ipv4_of(iface) else {
+                inner
+                    .gates
+                    .warn("beacon interface without an IPv4 address", iface);
                 continue;
             };
             if !joined.contains(&ip) {
