@@ -97,7 +97,7 @@ impl std::fmt::Debug for NetHandle {
 pub(crate) struct Inner {
     pub(crate) me: Name,
     pub(crate) cfg: MeshConfig,
-    pub(crate) tls: NetTls,
+    tls: Mutex<NetTls>,
     pub(crate) local: SocketAddr,
     pub(crate) stats: Arc<NetStats>,
     pub(crate) gates: Arc<Gates>,
@@ -171,7 +171,7 @@ pub fn start(
     let epoch = Instant::now();
     let inner = Arc::new(Inner {
         me,
-        tls,
+        tls: Mutex::new(tls),
         local,
         stats: Arc::default(),
         gates: Arc::default(),
@@ -286,6 +286,16 @@ impl NetHandle {
         self.inner.stats.snapshot()
     }
 
+    /// Uses `tls` (a renewed certificate of this node) for the sessions opened from now
+    /// on; the sessions up keep theirs. Refused when it is another node's certificate.
+    pub fn reload_tls(&self, tls: NetTls) -> Result<(), NetError> {
+        if tls.me() != &self.inner.me {
+            return Err(NetError::NotMyCertificate(tls.me().clone()));
+        }
+        *self.inner.tls.lock().unwrap_or_else(|p| p.into_inner()) = tls;
+        Ok(())
+    }
+
     /// Stops every task and closes every session (no `Down` events follow).
     pub fn shutdown(&self) {
         self.inner.shutdown();
@@ -302,6 +312,11 @@ impl State {
 impl Inner {
     pub(crate) fn lock_state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The TLS configurations new sessions use.
+    fn tls(&self) -> NetTls {
+        self.tls.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn lock_tasks(&self) -> MutexGuard<'_, Vec<AbortHandle>> {
@@ -330,7 +345,7 @@ impl Inner {
         &self,
         addr: SocketAddr,
     ) -> Result<(Name, watch::Receiver<()>), DialError> {
-        let auth = match session::handshake_out(&self.tls, addr).await {
+        let auth = match session::handshake_out(&self.tls(), addr).await {
             Ok(a) => a,
             Err(e) => {
                 self.count_handshake(&e, addr);
@@ -410,7 +425,7 @@ async fn listen(inner: Arc<Inner>, listener: TcpListener) {
         };
         let inner = inner.clone();
         tokio::spawn(async move {
-            let auth = session::handshake_in(&inner.tls, tcp, addr).await;
+            let auth = session::handshake_in(&inner.tls(), tcp, addr).await;
             drop(permit);
             match auth {
                 Ok(auth) => {

@@ -369,3 +369,33 @@ async fn nodes_that_hear_each_others_beacons_open_a_session() {
     a.shutdown();
     b.shutdown();
 }
+
+#[tokio::test]
+async fn a_renewed_certificate_serves_the_next_sessions() {
+    let ca = Ca::new("fleet");
+    let old_ca = Ca::new("fleet"); // same name, other key: certificates it signs are foreign
+    let (tx, mut a_rx) = mpsc::channel(64);
+    let a = start(
+        loopback(vec![]),
+        old_ca.tls("node-a", &ca.pem),
+        n("node-a"),
+        tx,
+    )
+    .unwrap();
+    let (b, _b_rx) = node(&ca, "node-b", vec![a.local_addr().to_string()]);
+    wait_for("b refusing a's foreign certificate", || {
+        b.stats().handshake_failed >= 1
+    })
+    .await;
+    assert!(
+        a.reload_tls(ca.tls("node-x", &ca.pem)).is_err(),
+        "another node's certificate"
+    );
+    a.reload_tls(ca.tls("node-a", &ca.pem)).unwrap();
+    assert!(is_up(
+        &until(&mut a_rx, |e| is_up(e, "node-b")).await,
+        "node-b"
+    ));
+    a.shutdown();
+    b.shutdown();
+}
