@@ -16,7 +16,10 @@
 //! Storage and keys:
 //! - [`store`]: the [`store::FleetStore`] trait (its doc is the contract), the SQLite
 //!   backend, the pure ingest checks and views, the conformance suite.
-//! - [`sign`]: the master's ed25519 key and the signature of desired states.
+//! - [`sign`]: the master's ed25519 key and the signature of desired states and of
+//!   acks carried through the mesh.
+//! - [`origin`]: the nodes' enrolled keys and the check of a relayed batch's signature.
+//! - [`relay`]: unwrapping relayed batches (pure).
 //! - [`config`]: the config file, `master.toml`.
 //!
 //! Drivers:
@@ -46,8 +49,10 @@ pub mod log_limit;
 pub mod mosquitto;
 pub mod moves;
 pub mod node_state;
+pub mod origin;
 pub mod pki;
 pub mod placement;
+pub mod relay;
 pub mod revocation;
 pub mod run;
 pub mod sign;

@@ -514,6 +514,7 @@ pub fn issue_node_cert(
             node: node.clone(),
             not_after: p.not_after.unix_timestamp(),
             spki_sha256: sha2::Sha256::digest(public.subject_public_key_info()).into(),
+            spki: Some(public.subject_public_key_info()),
         },
     )?;
     Ok(cert.pem())

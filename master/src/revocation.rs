@@ -2,8 +2,11 @@
 //!
 //! Contract (all files live in the master directory DIR):
 //! - `DIR/issued`: one line per node certificate the PKI signs, appended by
-//!   [`record_issued`]: `SERIAL_HEX NODE NOT_AFTER_UNIX SPKI_SHA256_HEX`. Revoking a node
-//!   revokes every certificate ever issued to it (enrollment and each renewal).
+//!   [`record_issued`]: `SERIAL_HEX NODE NOT_AFTER_UNIX SPKI_SHA256_HEX [SPKI_DER_HEX]`.
+//!   Revoking a node revokes every certificate ever issued to it (enrollment and each
+//!   renewal). The fifth field, the public key itself (written since the mesh: lines
+//!   without it are older), is what [`crate::origin`] verifies relayed batches with; a
+//!   line whose key does not hash to its fourth field is malformed.
 //! - `DIR/revoked`: one node id per line, appended by [`revoke`]; [`Revoked`] reads it
 //!   (again whenever the file changes) and answers "is this node revoked": the master's
 //!   ingest refuses such a node's records, the artifact endpoint its downloads ([`guard`]), the
@@ -89,12 +92,18 @@ pub struct Issued {
     pub not_after: i64,
     /// sha256 of its SubjectPublicKeyInfo (DER): which key the node holds.
     pub spki_sha256: [u8; 32],
+    /// The SubjectPublicKeyInfo (DER) itself; `None` on lines written before the mesh.
+    pub spki: Option<Vec<u8>>,
 }
 
 impl Issued {
     fn line(&self) -> String {
+        let key = self
+            .spki
+            .as_ref()
+            .map_or(String::new(), |k| format!(" {}", hex::encode(k)));
         format!(
-            "{} {} {} {}\n",
+            "{} {} {} {}{key}\n",
             hex::encode(&self.serial),
             self.node,
             self.not_after,
@@ -107,7 +116,18 @@ impl Issued {
         let serial = hex::decode(f.next()?)?;
         let node = Name::new(f.next()?).ok()?;
         let not_after = f.next()?.parse().ok()?;
-        let spki_sha256 = hex::decode(f.next()?)?.try_into().ok()?;
+        let spki_sha256: [u8; 32] = hex::decode(f.next()?)?.try_into().ok()?;
+        let spki = match f.next() {
+            Some(k) => {
+                use sha2::Digest;
+                let k = hex::decode(k)?;
+                if <[u8; 32]>::from(sha2::Sha256::digest(&k)) != spki_sha256 {
+                    return None;
+                }
+                Some(k)
+            }
+            None => None,
+        };
         if f.next().is_some() || serial.is_empty() || serial.len() > 20 {
             return None;
         }
@@ -116,6 +136,7 @@ impl Issued {
             node,
             not_after,
             spki_sha256,
+            spki,
         })
     }
 }
@@ -358,11 +379,26 @@ mod tests {
             node: Name::new("n-1").unwrap(),
             not_after: 1_700_000_000,
             spki_sha256: [7; 32],
+            spki: None,
         };
-        assert_eq!(Issued::parse(e.line().trim()), Some(e));
+        assert_eq!(Issued::parse(e.line().trim()), Some(e.clone()));
         for bad in ["", "zz n 1 00", "01 ../x 1 00", "01 n x 00", "01 n 1 0707"] {
             assert_eq!(Issued::parse(bad), None, "{bad}");
         }
+        // With the key: it must hash to the fourth field.
+        use sha2::Digest;
+        let key = vec![0x30, 0x59, 1, 2, 3];
+        let with = Issued {
+            spki_sha256: sha2::Sha256::digest(&key).into(),
+            spki: Some(key),
+            ..e.clone()
+        };
+        assert_eq!(Issued::parse(with.line().trim()), Some(with.clone()));
+        let forged = Issued {
+            spki: Some(vec![0x30, 0x59, 9]),
+            ..with
+        };
+        assert_eq!(Issued::parse(forged.line().trim()), None);
     }
 
     fn crl_serials(dir: &Path) -> Vec<Vec<u8>> {
