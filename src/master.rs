@@ -668,6 +668,13 @@ fn run(cfg: MasterConfig) -> Result<(), Failure> {
                 every: std::time::Duration::from_millis(cfg.failover.check_every_ms),
             },
         )),
+        carry: Some(hedge_master::run::Carrying {
+            key: key.clone(),
+            origins: std::sync::Arc::new(hedge_master::origin::Origins::new(
+                &cfg.base,
+                revoked.clone(),
+            )),
+        }),
         renew: Some(key),
         act,
     };

@@ -315,6 +315,8 @@ mod tests {
             health: None,
             state: NodeState::Schedulable,
             state_since_ms: None,
+            path: None,
+            forged_relayed: 0,
         }
     }
 

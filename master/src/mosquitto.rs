@@ -26,7 +26,8 @@
 //!   No anonymous access, no passwords.
 //! - [`acl`]: masters read/write `hedge/v1/#` (and so receive through the shared
 //!   subscription `$share/hedge/hedge/v1/+/up`); a node may only publish to
-//!   `hedge/v1/<its id>/up` and only read `hedge/v1/<its id>/{desired,ack}`.
+//!   `hedge/v1/<its id>/up` and only read `hedge/v1/<its id>/{desired,ack,carry}`
+//!   (`carry`: what the master sends a relay for the nodes it carries, the mesh).
 //!
 //! Behaviour of mosquitto 2.0.11 under this ACL (checked with the real broker by
 //! `master/tests/broker_tls.rs` and by hand with `mosquitto_pub`/`mosquitto_sub -d`):
@@ -67,7 +68,9 @@
 
 use std::path::Path;
 
-use hedge_uplink::topic::{ack_topic, desired_topic, up_topic, ALL_TOPICS, MASTER_UP_FILTER};
+use hedge_uplink::topic::{
+    ack_topic, carry_topic, desired_topic, up_topic, ALL_TOPICS, MASTER_UP_FILTER,
+};
 
 /// The MQTT username (certificate CN) of every master.
 pub const MASTER_USER: &str = "hedge-master";
@@ -196,7 +199,7 @@ pub fn user_line(uid: u32) -> Option<&'static str> {
 }
 
 /// The ACL file: masters read/write `hedge/v1/#`; each node (`%u` = its certificate CN)
-/// writes only its `up` topic and reads only its `desired` and `ack` topics.
+/// writes only its `up` topic and reads only its `desired`, `ack` and `carry` topics.
 pub fn acl() -> String {
     format!(
         "\
@@ -208,11 +211,13 @@ pub fn acl() -> String {
 user {master}
 topic readwrite {all}
 
-# Every client, by its own CN (%u): publish its records, read its desired state and acks.
+# Every client, by its own CN (%u): publish its records, read its desired state and acks,
+# and (a relay of the mesh) the signed acks and states of the nodes it carries.
 # A node id is a hedge Name ([a-z0-9._-]), so %u never holds a wildcard or a '/'.
 pattern write {up}
 pattern read {desired}
 pattern read {ack}
+pattern read {carry}
 ",
         share = MASTER_UP_FILTER,
         master = MASTER_USER,
@@ -220,6 +225,7 @@ pattern read {ack}
         up = up_topic("%u"),
         desired = desired_topic("%u"),
         ack = ack_topic("%u"),
+        carry = carry_topic("%u"),
     )
 }
 
@@ -290,6 +296,7 @@ mod tests {
         assert!(a.contains("pattern write hedge/v1/%u/up\n"));
         assert!(a.contains("pattern read hedge/v1/%u/desired\n"));
         assert!(a.contains("pattern read hedge/v1/%u/ack\n"));
+        assert!(a.contains("pattern read hedge/v1/%u/carry\n"));
         assert!(!a.contains("pattern readwrite"));
         assert_eq!(up_topic("a"), "hedge/v1/a/up");
         assert_eq!(user_line(1000), None);

@@ -11,6 +11,8 @@
 //! SubjectPublicKeyInfo is skipped (and logged once per reading). An unreadable or
 //! malformed `issued` file keeps the keys read before and is logged (fail closed for
 //! nodes not yet known). [`verify_spki`] is the pure check against one key.
+//! [`Origins::check`] adds the revoked list: a revoked node's batch is refused whoever
+//! carries it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -76,11 +78,14 @@ pub fn verify_spki(spki_der: &[u8], message: &[u8], signature: &[u8]) -> Result<
 
 type Stamp = (SystemTime, u64);
 
+/// Each node's P-256 points.
+type Points = Arc<BTreeMap<Name, Vec<Vec<u8>>>>;
+
 /// The nodes' enrolled keys, as `DIR/issued` records them (see the module doc).
 #[derive(Debug)]
 pub struct OriginKeys {
     path: PathBuf,
-    cache: Mutex<(Option<Stamp>, Arc<BTreeMap<Name, Vec<Vec<u8>>>>)>,
+    cache: Mutex<(Option<Stamp>, Points)>,
 }
 
 impl OriginKeys {
@@ -93,7 +98,7 @@ impl OriginKeys {
     }
 
     /// Every node's P-256 points, read again if the file changed.
-    fn keys(&self) -> Arc<BTreeMap<Name, Vec<Vec<u8>>>> {
+    fn keys(&self) -> Points {
         let stamp = std::fs::metadata(&self.path)
             .ok()
             .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
@@ -130,6 +135,46 @@ impl OriginKeys {
         } else {
             Err(OriginError::BadSignature)
         }
+    }
+}
+
+/// Whom the master trusts for relayed batches: the enrolled keys, less revoked nodes.
+#[derive(Debug)]
+pub struct Origins {
+    /// The enrolled keys.
+    pub keys: OriginKeys,
+    /// The revoked nodes.
+    pub revoked: Arc<crate::revocation::Revoked>,
+}
+
+impl Origins {
+    /// Those of master directory `dir`, with its revoked list `revoked`.
+    pub fn new(dir: &Path, revoked: Arc<crate::revocation::Revoked>) -> Origins {
+        Origins {
+            keys: OriginKeys::new(dir),
+            revoked,
+        }
+    }
+
+    /// Checks that `node` signed `message` and is not revoked (a revoked node's batch
+    /// is counted by [`crate::revocation::Revoked::refused`]).
+    pub fn check(
+        &self,
+        node: &Name,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), crate::relay::RelayRefusal> {
+        use crate::relay::RelayRefusal;
+        if self.revoked.contains(node.as_str()) {
+            self.revoked.refused("relayed records", node.as_str());
+            return Err(RelayRefusal::Revoked);
+        }
+        self.keys
+            .verify(node, message, signature)
+            .map_err(|e| match e {
+                OriginError::UnknownNode => RelayRefusal::UnknownNode,
+                OriginError::BadSignature | OriginError::BadKey => RelayRefusal::BadSignature,
+            })
     }
 }
 

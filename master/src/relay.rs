@@ -100,6 +100,9 @@ pub struct RelaySummary {
     pub sha256: [u8; 32],
 }
 
+/// Checks that a node signed a message: `(node, message, signature)`.
+pub type Verify<'a> = &'a dyn Fn(&Name, &[u8], &[u8]) -> Result<(), RelayRefusal>;
+
 /// The summary of `batch` (see [`RelaySummary`]); decodes with `max_frame`.
 pub fn summary(batch: &SignedBatch, max_frame: usize) -> RelaySummary {
     use sha2::Digest;
@@ -141,11 +144,7 @@ pub fn read_summary(kind: &RecordKind) -> Option<RelaySummary> {
 /// Unwraps the relayed batches of `up` (see the module doc). `verify(node, message,
 /// signature)` checks an origin's signature over `message` and that `node` may be
 /// stored (not revoked).
-pub fn unwrap(
-    up: &Up,
-    max_frame: usize,
-    verify: &dyn Fn(&Name, &[u8], &[u8]) -> Result<(), RelayRefusal>,
-) -> Unwrapped {
+pub fn unwrap(up: &Up, max_frame: usize, verify: Verify<'_>) -> Unwrapped {
     let mut out = Unwrapped::default();
     walk(up, &[], 0, max_frame, verify, &mut out);
     out
@@ -156,7 +155,7 @@ fn walk(
     via: &[Name],
     depth: usize,
     max_frame: usize,
-    verify: &dyn Fn(&Name, &[u8], &[u8]) -> Result<(), RelayRefusal>,
+    verify: Verify<'_>,
     out: &mut Unwrapped,
 ) {
     for record in &up.records {
@@ -205,11 +204,11 @@ fn walk(
 
 /// `via` as `hedge master nodes` shows it: `direct`, or `via c,b,a` (the relay that
 /// reached the broker first).
-pub fn path_text(via: &[Name]) -> String {
+pub fn path_text<S: std::fmt::Display>(via: &[S]) -> String {
     if via.is_empty() {
         return "direct".into();
     }
-    let names: Vec<&str> = via.iter().map(Name::as_str).collect();
+    let names: Vec<String> = via.iter().map(ToString::to_string).collect();
     format!("via {}", names.join(","))
 }
 

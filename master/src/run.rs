@@ -40,9 +40,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hedge_common::clock::now_ms;
-use hedge_uplink::topic::{ack_topic, desired_topic, node_of_up_topic, MASTER_UP_FILTER};
+use hedge_uplink::topic::{
+    ack_topic, carry_topic, desired_topic, node_of_up_topic, MASTER_UP_FILTER,
+};
 use hedge_wire::codec::{decode, encode};
 use hedge_wire::limits::DEFAULT_MAX_FRAME;
+use hedge_wire::mesh::MAX_CARRIED;
 use hedge_wire::{Ack, InstanceStatus, Message, Name, RecordKind, Severity};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 
@@ -97,6 +100,21 @@ pub struct Counters {
     pub acks_held: u64,
     /// Up frames of revoked nodes refused.
     pub revoked: u64,
+    /// Batches relays carried for other nodes, unwrapped, verified and stored.
+    pub carried: u64,
+    /// Records newly stored from carried batches.
+    pub carried_stored: u64,
+    /// Signed acks published on a relay's carry topic.
+    pub carried_acks: u64,
+    /// Relayed batches refused: forged or altered, unknown or revoked node, too deep,
+    /// malformed, too many in one frame (stored as the relay's summary record, never
+    /// unwrapped).
+    pub forged_relayed: u64,
+    /// `Fetch` requests answered, and desired states sent on carry topics for them.
+    pub fetches: u64,
+    /// `Fetch` requests refused: too soon after the relay's last one, too many nodes,
+    /// or the store worker busy.
+    pub fetches_refused: u64,
 }
 
 /// Whether the ack of a committed batch must wait: the store holds a desired state for
@@ -133,7 +151,23 @@ pub struct Settings {
     pub evacuate: Option<Arc<crate::act::evacuate::driver::Standing>>,
     /// The master acting for the fleet ([`crate::act`]); `None`: it does not.
     pub act: Option<Acting>,
+    /// Relayed batches (the mesh): unwrapped, checked, stored and acknowledged with
+    /// signed acks on the relay's carry topic. `None`: stored as summaries only, never
+    /// unwrapped nor acknowledged to their origin.
+    pub carry: Option<Carrying>,
 }
+
+/// How `run` takes batches relays carried ([`crate::relay`]).
+#[derive(Clone)]
+pub struct Carrying {
+    /// The key carried acks are signed with (the desired-state key nodes know).
+    pub key: Arc<crate::sign::MasterKey>,
+    /// The enrolled keys and revoked nodes relayed batches are checked against.
+    pub origins: Arc<crate::origin::Origins>,
+}
+
+/// A relay's `Fetch` is answered at most this often.
+pub const FETCH_EVERY_MS: u64 = 1_000;
 
 /// How `run` acts for the fleet.
 #[derive(Clone)]
@@ -208,6 +242,9 @@ pub async fn run<S: FleetStore + 'static>(
         .as_ref()
         .map_or(Duration::from_secs(3600), |a| a.every);
     let mut evacuating = false;
+    // When each relay's last `Fetch` was answered.
+    let mut fetched: BTreeMap<Name, u64> = BTreeMap::new();
+    let relay_log = crate::log_limit::LogLimit::default();
     // The last refusal line per instance: logged again only when it changes.
     let mut refusals: BTreeMap<Name, String> = BTreeMap::new();
     let every = settings
@@ -279,7 +316,15 @@ pub async fn run<S: FleetStore + 'static>(
                         acting = false;
                         acted(result);
                     }
-                    Done::Ingested { node, claimed, result, desired } => {
+                    Done::Fetched { relay, frames } => {
+                        publish_fetched(&client, &relay, frames, &mut counters);
+                    }
+                    Done::Ingested { node, claimed, result, desired, carried, refused } => {
+                        if !carried.is_empty() {
+                            imports_due = true;
+                            act_due |= settings.act.is_some();
+                        }
+                        relayed(&client, settings.carry.as_ref(), &node, carried, &refused, &published, &relay_log, &mut counters);
                         if result.is_ok() && ack_waits(published.get(&node).copied(), desired) {
                             counters.acks_held += 1;
                             tracing::debug!(node = %node, ?desired, "ack held until the node's newer desired state is published");
@@ -328,7 +373,7 @@ pub async fn run<S: FleetStore + 'static>(
                         if revoked_sender(&settings.revoked, &p.topic) {
                             counters.revoked += 1;
                         } else {
-                            let handed = handle_up(&worker, &mut admission, &p.topic, &p.payload, &mut counters);
+                            let handed = handle_up(&worker, &mut admission, &settings, &mut fetched, &p.topic, &p.payload, &mut counters);
                             imports_due |= handed.params;
                             act_due |= handed.answerable && settings.act.is_some();
                         }
@@ -429,6 +474,8 @@ struct Handed {
 fn handle_up(
     worker: &Worker,
     admission: &mut Admission,
+    settings: &Settings,
+    fetched: &mut BTreeMap<Name, u64>,
     topic: &str,
     payload: &[u8],
     c: &mut Counters,
@@ -446,6 +493,10 @@ fn handle_up(
     }
     let up = match decode(payload, DEFAULT_MAX_FRAME) {
         Ok(Message::Up(up)) => up,
+        Ok(Message::Fetch(nodes)) => {
+            fetch(worker, admission, fetched, &node, nodes, now, c);
+            return Handed::default();
+        }
         Ok(_) => {
             c.refused += 1;
             tracing::warn!(node = %node, "not an Up frame");
@@ -479,6 +530,7 @@ fn handle_up(
         up,
         now_ms: now,
         max_bytes,
+        origins: settings.carry.as_ref().map(|k| k.origins.clone()),
     };
     if let Err(why) = worker.submit(job) {
         c.store_busy += 1;
@@ -488,6 +540,116 @@ fn handle_up(
         return Handed::default();
     }
     Handed { params, answerable }
+}
+
+/// Queues `relay`'s `Fetch` of `nodes`' desired states, at most one per
+/// [`FETCH_EVERY_MS`] per relay and [`MAX_CARRIED`] nodes; refusals are counted and
+/// logged at most once per 10 s per relay.
+fn fetch(
+    worker: &Worker,
+    admission: &mut Admission,
+    fetched: &mut BTreeMap<Name, u64>,
+    relay: &Name,
+    mut nodes: Vec<Name>,
+    now: u64,
+    c: &mut Counters,
+) {
+    nodes.sort();
+    nodes.dedup();
+    let too_soon = fetched
+        .get(relay)
+        .is_some_and(|t| now.saturating_sub(*t) < FETCH_EVERY_MS);
+    let why = if too_soon {
+        "too soon after the last one"
+    } else if nodes.len() > MAX_CARRIED {
+        "too many nodes"
+    } else if worker
+        .submit(Job::Fetch {
+            relay: relay.clone(),
+            nodes,
+        })
+        .is_err()
+    {
+        "store worker busy"
+    } else {
+        fetched.insert(relay.clone(), now);
+        // Forget relays not heard from for a while: the map stays bounded by activity.
+        fetched.retain(|_, t| now.saturating_sub(*t) < 60 * FETCH_EVERY_MS);
+        return;
+    };
+    c.fetches_refused += 1;
+    if let Some(suppressed) = admission.should_log(relay, now) {
+        tracing::warn!(node = %relay, why, suppressed, "fetch refused");
+    }
+}
+
+/// Publishes the desired states a relay fetched on its carry topic (not retained).
+fn publish_fetched(
+    client: &AsyncClient,
+    relay: &Name,
+    frames: Vec<(Name, u64, Vec<u8>)>,
+    c: &mut Counters,
+) {
+    c.fetches += 1;
+    for (node, generation, frame) in frames {
+        match client.try_publish(carry_topic(relay.as_str()), QoS::AtLeastOnce, false, frame) {
+            Ok(()) => {
+                tracing::debug!(relay = %relay, node = %node, generation, "desired state sent to a relay")
+            }
+            Err(e) => tracing::debug!(error = %e, "publish queue full; the relay fetches again"),
+        }
+    }
+}
+
+/// Publishes a signed ack on `relay`'s carry topic for every batch it carried that was
+/// stored (held, like a direct ack, while the node's newest desired state is not
+/// published: [`ack_waits`]), and counts and logs (at most once per 10 s) the relayed
+/// batches refused.
+#[allow(clippy::too_many_arguments)]
+fn relayed(
+    client: &AsyncClient,
+    carry: Option<&Carrying>,
+    relay: &Name,
+    carried: Vec<crate::worker::Carried>,
+    refused: &[crate::relay::Refused],
+    published: &BTreeMap<Name, u64>,
+    log: &crate::log_limit::LogLimit,
+    c: &mut Counters,
+) {
+    c.forged_relayed += refused.len() as u64;
+    if let (Some(r), true) = (refused.first(), log.allow("relayed refused")) {
+        let origin = r.origin.as_ref().map_or("?", Name::as_str);
+        tracing::warn!(relay = %relay, by = %r.by, origin, reason = %r.reason,
+            refused = refused.len(), forged_relayed_total = c.forged_relayed,
+            "relayed batch refused: not stored, not acknowledged");
+    }
+    let Some(carry) = carry else { return };
+    for one in carried {
+        let ing = match one.result {
+            Ok(ing) => ing,
+            Err(e) => {
+                if log.allow("carried not stored") {
+                    tracing::warn!(relay = %relay, node = %one.node, error = %e,
+                        "carried batch not stored; its origin keeps it and resends");
+                }
+                continue;
+            }
+        };
+        c.carried += 1;
+        c.carried_stored += ing.stored as u64;
+        if ack_waits(published.get(&one.node).copied(), one.desired) {
+            c.acks_held += 1;
+            continue;
+        }
+        let ack = crate::sign::sign_ack(&carry.key, &one.node, ing.epoch, ing.ack_upto);
+        let Ok(frame) = encode(&Message::Carried(ack), DEFAULT_MAX_FRAME) else {
+            continue;
+        };
+        match client.try_publish(carry_topic(relay.as_str()), QoS::AtLeastOnce, false, frame) {
+            Ok(()) => c.carried_acks += 1,
+            Err(e) => tracing::debug!(error = %e, "carried ack not queued; the origin resends"),
+        }
+    }
 }
 
 /// Acknowledges a committed batch; counts and logs a refused one.

@@ -43,9 +43,38 @@ pub type MasterStore = SqliteStore;
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// One batch of [`FleetStore::ingest_many`]: the topic's node, the batch, its arrival
-/// time (ms since the epoch) and the node's byte quota.
-pub type Batch = (Name, Up, u64, u64);
+/// One batch of [`FleetStore::ingest_many`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// The node the transport (the MQTT topic) or the origin's verified signature names.
+    pub node: Name,
+    /// The batch.
+    pub up: Up,
+    /// Its arrival time, ms since the epoch.
+    pub now_ms: u64,
+    /// The node's byte quota.
+    pub max_bytes: u64,
+    /// The relays it came through, the one that reached the broker first
+    /// ([`crate::relay::Layer::via`]); empty: it came directly.
+    pub via: Vec<Name>,
+    /// The seqs of its `Relayed` records whose batch the master refused
+    /// ([`crate::relay::Refused`]).
+    pub refused_relayed: Vec<u64>,
+}
+
+impl Batch {
+    /// A batch that came directly on `node`'s topic.
+    pub fn direct(node: Name, up: Up, now_ms: u64, max_bytes: u64) -> Batch {
+        Batch {
+            node,
+            up,
+            now_ms,
+            max_bytes,
+            via: Vec::new(),
+            refused_relayed: Vec::new(),
+        }
+    }
+}
 
 /// The master's store, whatever holds it. Every backend keeps this contract, which the
 /// conformance suite checks:
@@ -66,6 +95,12 @@ pub type Batch = (Name, Up, u64, u64);
 ///   placements, and the ingest quota holds across processes. An acknowledgement may be
 ///   published once [`FleetStore::ingest`] (or [`FleetStore::ingest_many`]) returned:
 ///   what it acks is durable.
+/// - **Carried batches** (the mesh, [`crate::relay`]). A batch relays carried
+///   ([`Batch::via`] not empty) is ingested exactly like a direct one, under its own
+///   node; the path of the last batch of a node stored is its [`NodeSummary::path`]. A
+///   `Relayed` record is stored as its summary ([`crate::relay::stored_kind`]), never
+///   with the bytes it carried; each one listed in [`Batch::refused_relayed`] counts
+///   once, when first stored, in its node's [`NodeSummary::forged_relayed`].
 /// - **Quota.** [`FleetStore::ingest_within`] refuses a batch of a node that already has
 ///   the given number of record bytes stored ([`StoreError::QuotaExceeded`]), checked
 ///   in the ingest transaction (overshot by at most one batch).

@@ -34,6 +34,16 @@ pub enum Job {
         now_ms: u64,
         /// Refuse when the node already has this many bytes stored.
         max_bytes: u64,
+        /// Whom relayed batches are checked against; `None`: they are stored as their
+        /// summary and not unwrapped.
+        origins: Option<std::sync::Arc<crate::origin::Origins>>,
+    },
+    /// Read the stored desired states of `nodes` for `relay` ([`Done::Fetched`]).
+    Fetch {
+        /// The node that asked (on its own topic).
+        relay: Name,
+        /// The nodes it carries.
+        nodes: Vec<Name>,
     },
     /// Find desired states newer than `published` (node → generation published).
     Desired {
@@ -92,6 +102,19 @@ pub enum Done {
         /// The generation of the node's stored desired state, read after the commit
         /// (`None`: it has none, or it could not be read).
         desired: Option<u64>,
+        /// The batches it carried for other nodes (unwrapped and verified), each stored
+        /// in the same transaction.
+        carried: Vec<Carried>,
+        /// The relayed batches refused.
+        refused: Vec<crate::relay::Refused>,
+    },
+    /// A [`Job::Fetch`]: `(node, generation, encoded Desired frame)` of each node that
+    /// has a state.
+    Fetched {
+        /// The node that asked.
+        relay: Name,
+        /// The frames.
+        frames: Vec<(Name, u64, Vec<u8>)>,
     },
     /// A [`Job::Desired`]: encoded frames to publish, retained, per node.
     Desired(Vec<(Name, u64, Vec<u8>)>),
@@ -103,6 +126,17 @@ pub enum Done {
     Acted(Result<crate::act::driver::Report, StoreError>),
     /// A [`Job::Evacuate`]: what the pass did.
     Evacuated(Result<Vec<crate::act::evacuate::driver::Done>, StoreError>),
+}
+
+/// One batch carried by relays, as the store took it.
+#[derive(Debug)]
+pub struct Carried {
+    /// The node that signed it.
+    pub node: Name,
+    /// What the store did.
+    pub result: Result<Ingested, StoreError>,
+    /// The generation of the node's stored desired state, read after the commit.
+    pub desired: Option<u64>,
 }
 
 /// The worker is full: the job was not queued.
@@ -169,42 +203,111 @@ impl Worker {
     }
 }
 
-/// Stores `jobs` (all [`Job::Ingest`]) in one transaction; one [`Done`] per job.
+/// One ingest job's place among the batches of one commit.
+struct Planned {
+    /// The topic's node.
+    node: Name,
+    /// The node the batch claimed.
+    claimed: Name,
+    /// Index of its own batch.
+    at: usize,
+    /// Indexes of the batches it carried (accepted layers), and their nodes.
+    layers: Vec<usize>,
+    /// The relayed batches refused.
+    refused: Vec<crate::relay::Refused>,
+}
+
+/// Stores `jobs` (all [`Job::Ingest`]) in one transaction; one [`Done`] per job. Each
+/// job's relayed batches ([`crate::relay::unwrap`], when it has [`Job::Ingest::origins`])
+/// are stored in the same transaction as the batch that carried them.
 fn ingest(store: &impl FleetStore, jobs: Vec<Job>) -> Vec<Done> {
-    let batches: Vec<Batch> = jobs
-        .into_iter()
-        .filter_map(|j| match j {
-            Job::Ingest {
-                node,
-                up,
+    let mut batches: Vec<Batch> = Vec::new();
+    let mut plans = Vec::new();
+    for job in jobs {
+        let Job::Ingest {
+            node,
+            up,
+            now_ms,
+            max_bytes,
+            origins,
+        } = job
+        else {
+            continue;
+        };
+        let unwrapped = match &origins {
+            Some(o) => crate::relay::unwrap(&up, DEFAULT_MAX_FRAME, &|n, m, s| o.check(n, m, s)),
+            None => crate::relay::Unwrapped::default(),
+        };
+        let refused_in = |who: &Name| -> Vec<u64> {
+            let seqs = unwrapped.refused.iter().filter(|r| &r.by == who);
+            seqs.map(|r| r.seq).collect()
+        };
+        let at = batches.len();
+        let mut own = Batch::direct(node.clone(), up, now_ms, max_bytes);
+        own.refused_relayed = refused_in(&node);
+        let claimed = own.up.node.clone();
+        batches.push(own);
+        let mut layers = Vec::new();
+        for layer in &unwrapped.layers {
+            layers.push(batches.len());
+            batches.push(Batch {
+                refused_relayed: refused_in(&layer.node),
+                node: layer.node.clone(),
+                up: layer.up.clone(),
                 now_ms,
                 max_bytes,
-            } => Some((node, up, now_ms, max_bytes)),
-            Job::Desired { .. }
-            | Job::Renew { .. }
-            | Job::Imports { .. }
-            | Job::Act { .. }
-            | Job::Evacuate { .. } => None,
-        })
-        .collect();
-    let results = store.ingest_many(&batches);
-    batches
+                via: layer.via.clone(),
+            });
+        }
+        plans.push(Planned {
+            node,
+            claimed,
+            at,
+            layers,
+            refused: unwrapped.refused,
+        });
+    }
+    let mut results: Vec<Option<Result<Ingested, StoreError>>> =
+        store.ingest_many(&batches).into_iter().map(Some).collect();
+    // Only an ack waits on it; a refused batch gets none.
+    let desired = |node: &Name, result: &Result<Ingested, StoreError>| {
+        match result {
+        Ok(_) => store.desired_generation(node).unwrap_or_else(|e| {
+            tracing::warn!(node = %node, error = %e, "cannot read the desired generation; the ack goes out unchecked");
+            None
+        }),
+        Err(_) => None,
+    }
+    };
+    let mut take = |i: usize| {
+        results[i]
+            .take()
+            .unwrap_or_else(|| Err(StoreError::Batch("no result".into())))
+    };
+    plans
         .into_iter()
-        .zip(results)
-        .map(|((node, up, _, _), result)| {
-            // Only an ack waits on it; a refused batch gets none.
-            let desired = match &result {
-                Ok(_) => store.desired_generation(&node).unwrap_or_else(|e| {
-                    tracing::warn!(node = %node, error = %e, "cannot read the desired generation; the ack goes out unchecked");
-                    None
-                }),
-                Err(_) => None,
-            };
+        .map(|p| {
+            let result = take(p.at);
+            let carried = p
+                .layers
+                .iter()
+                .map(|&i| {
+                    let result = take(i);
+                    let node = batches[i].node.clone();
+                    Carried {
+                        desired: desired(&node, &result),
+                        node,
+                        result,
+                    }
+                })
+                .collect();
             Done::Ingested {
-                desired,
-                node,
-                claimed: up.node,
+                desired: desired(&p.node, &result),
+                node: p.node,
+                claimed: p.claimed,
                 result,
+                carried,
+                refused: p.refused,
             }
         })
         .collect()
@@ -215,6 +318,10 @@ fn work(store: &impl FleetStore, job: Job) -> Done {
     match job {
         Job::Ingest { .. } => ingest(store, vec![job]).remove(0),
         Job::Desired { published } => Done::Desired(newer_desired(store, &published)),
+        Job::Fetch { relay, nodes } => Done::Fetched {
+            frames: desired_frames(store, &nodes),
+            relay,
+        },
         Job::Renew { key, now_ms } => {
             Done::Renewed(crate::sign::renew_expiring(store, &key, now_ms))
         }
@@ -242,16 +349,24 @@ fn newer_desired(
     let Ok(gens) = store.desired_generations() else {
         return Vec::new();
     };
+    let newer: Vec<Name> = gens
+        .into_iter()
+        .filter(|(node, generation)| published.get(node).is_none_or(|g| g < generation))
+        .map(|(node, _)| node)
+        .collect();
+    desired_frames(store, &newer)
+}
+
+/// `(node, generation, encoded Desired frame)` of each of `nodes` with a stored state.
+fn desired_frames(store: &impl FleetStore, nodes: &[Name]) -> Vec<(Name, u64, Vec<u8>)> {
     let mut out = Vec::new();
-    for (node, generation) in gens {
-        if published.get(&node).is_some_and(|g| *g >= generation) {
-            continue;
-        }
-        let Ok(Some(d)) = store.desired(&node) else {
+    for node in nodes {
+        let Ok(Some(d)) = store.desired(node) else {
             continue;
         };
+        let generation = d.generation;
         match encode(&Message::Desired(d), DEFAULT_MAX_FRAME) {
-            Ok(frame) => out.push((node, generation, frame)),
+            Ok(frame) => out.push((node.clone(), generation, frame)),
             Err(_) => tracing::warn!(node = %node, "desired state too large to publish"),
         }
     }

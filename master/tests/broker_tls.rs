@@ -539,6 +539,7 @@ fn spawn_master(
         renew: None,
         act: None,
         evacuate: None,
+        carry: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let master = tokio::spawn(hedge_master::run::run(

@@ -42,12 +42,20 @@ pub fn show(cfg: &MasterConfig, store: &MasterStore, json: bool) -> Result<(), F
         return Ok(());
     }
     println!(
-        "{:<24} {:<11} {:<10} {:<28} {:>10} {:>5} {:>10} {:>9}  LAST SEEN (ms ago)",
-        "NODE", "STATE", "BOARD", "ARCH", "RECORDS", "LIVES", "LAST SEQ", "INSTANCES"
+        "{:<24} {:<11} {:<10} {:<28} {:>10} {:>5} {:>10} {:>9}  {:<18}  PATH",
+        "NODE",
+        "STATE",
+        "BOARD",
+        "ARCH",
+        "RECORDS",
+        "LIVES",
+        "LAST SEQ",
+        "INSTANCES",
+        "LAST SEEN (ms ago)"
     );
     for n in nodes {
         println!(
-            "{:<24} {:<11} {:<10} {:<28} {:>10} {:>5} {:>10} {:>4}/{:<4}  {}",
+            "{:<24} {:<11} {:<10} {:<28} {:>10} {:>5} {:>10} {:>4}/{:<4}  {:<18}  {}",
             n.node.as_str(),
             condition_of(cfg, &n, now).to_string(),
             n.board.as_deref().unwrap_or("-"),
@@ -58,10 +66,21 @@ pub fn show(cfg: &MasterConfig, store: &MasterStore, json: bool) -> Result<(), F
             n.allocated_instances,
             n.capacity_instances,
             n.last_seen_ms
-                .map_or("never".into(), |t| now.saturating_sub(t).to_string())
+                .map_or("never".into(), |t| now.saturating_sub(t).to_string()),
+            path_column(&n)
         );
     }
     Ok(())
+}
+
+/// The PATH column: how the node's last batch arrived (`direct`, `via c,b,a`, `-`
+/// before any), and the relayed batches refused in its own batches, if any.
+fn path_column(n: &NodeSummary) -> String {
+    let path = n.path.as_deref().unwrap_or("-");
+    match n.forged_relayed {
+        0 => path.to_owned(),
+        f => format!("{path} ({f} relayed refused)"),
+    }
 }
 
 /// Applies `op` to `node`'s state and prints it; then, unless undrained, moves its

@@ -90,6 +90,8 @@ pub(crate) fn summary(node: &str, arch: &str) -> NodeSummary {
         health: None,
         state: crate::node_state::NodeState::Schedulable,
         state_since_ms: None,
+        path: None,
+        forged_relayed: 0,
     }
 }
 

@@ -108,7 +108,7 @@ fn nested_batches_unwrap_with_their_path_outer_first() {
         got.layers[1].up, ua,
         "the origin's batch exactly as it signed it"
     );
-    assert_eq!(path_text(&[]), "direct");
+    assert_eq!(path_text::<&str>(&[]), "direct");
 }
 
 #[test]

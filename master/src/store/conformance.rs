@@ -43,6 +43,7 @@ macro_rules! fleet_store_suite {
             ingest::a_node_over_its_byte_quota_is_refused_and_others_are_not,
             ingest::a_new_life_is_stored_beside_the_old_one_and_acked_on_its_own,
             ingest::repeated_events_and_conflicting_deliveries_are_counted,
+            ingest::carried_batches_keep_their_path_and_count_refused_relayed_once,
             fleet::registry_health_and_allocation_counts,
             fleet::node_info_records_fill_the_registry,
             fleet::allocation_trusts_assigned_labels_and_region_not_reported_ones,

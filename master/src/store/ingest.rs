@@ -7,7 +7,8 @@
 //! range every backend indexes ([`StoreError::SeqOutOfRange`]); otherwise it returns
 //! each record's [`Row`]: its postcard blob, its index columns ([`index_of`]) and its
 //! event [`digest`] (time and content: the same event under another seq or epoch has
-//! the same digest, which is how repeats are counted). A backend stores the rows
+//! the same digest, which is how repeats are counted). A `Relayed` record's blob is its
+//! summary ([`crate::relay::stored_kind`]). A backend stores the rows
 //! (`INSERT OR IGNORE` by `(node, epoch, seq)`) and does the counting.
 
 use hedge_wire::{Name, Record, RecordKind, Up, Validate};
@@ -72,7 +73,11 @@ pub fn check<'a>(node: &Name, up: &'a Up) -> Result<Checked<'a>> {
     let mut rows = Vec::with_capacity(up.records.len());
     for record in &up.records {
         let seq = seq_i64(record.seq)?;
-        let blob = encode("record", &record.kind)?;
+        // A `Relayed` record keeps its summary, not the bytes it carried.
+        let blob = match crate::relay::stored_kind(&record.kind, hedge_wire::DEFAULT_MAX_FRAME) {
+            Some(summary) => encode("record", &summary)?,
+            None => encode("record", &record.kind)?,
+        };
         rows.push(Row {
             seq,
             record,

@@ -29,6 +29,7 @@ use crate::moves::{Decision, Handover, InstancePlacement, MoveRequest, Moved};
 use crate::node_state::{NodeOp, NodeState};
 
 mod artifacts;
+mod carry;
 mod desired;
 mod fleet;
 mod imports;
@@ -123,7 +124,8 @@ impl SqliteStore {
 
 impl FleetStore for SqliteStore {
     fn ingest_within(&self, node: &Name, up: &Up, now_ms: u64, max_bytes: u64) -> Result<Ingested> {
-        self.write(|tx| ingest::ingest_in(tx, node, up, now_ms, max_bytes))
+        let batch = Batch::direct(node.clone(), up.clone(), now_ms, max_bytes);
+        self.write(|tx| ingest::ingest_in(tx, &batch))
     }
 
     // Each batch in a savepoint of its own, all in one transaction and one commit (one
@@ -141,9 +143,9 @@ impl FleetStore for SqliteStore {
             Err(e) => return failed(&e),
         };
         let mut results = Vec::with_capacity(batches.len());
-        for (node, up, now_ms, max_bytes) in batches {
+        for batch in batches {
             let one = tx.savepoint().map_err(StoreError::from).and_then(|sp| {
-                let ingested = ingest::ingest_in(&sp, node, up, *now_ms, *max_bytes)?;
+                let ingested = ingest::ingest_in(&sp, batch)?;
                 sp.commit()?;
                 Ok(ingested)
             });

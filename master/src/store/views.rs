@@ -103,6 +103,14 @@ pub struct NodeSummary {
     /// Since when it is in `state`, ms since the epoch (`None`: never changed).
     #[serde(default)]
     pub state_since_ms: Option<u64>,
+    /// The path its last stored batch came by: `direct`, or `via c,b,a` (relays, the one
+    /// that reached the broker first); `None` before its first batch.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Relayed batches its own batches carried that the master refused (forged, altered,
+    /// unknown or revoked origin, too deep): counted once each.
+    #[serde(default)]
+    pub forged_relayed: u64,
 }
 
 /// One transition of an incident.

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::coverage::Coverage;
-use crate::store::{Ingested, StoreError};
+use crate::store::{Batch, Ingested, StoreError};
 
 pub(crate) fn ingest_is_idempotent_and_acks_the_covered_prefix<H: Harness>(h: &H) {
     let s = &h.open();
@@ -49,13 +49,13 @@ pub(crate) fn many_batches_share_one_commit_and_a_refused_one_leaves_the_others<
     let s = &h.open();
     let (a, b) = (n("a"), n("b"));
     let batches = vec![
-        (a.clone(), batch("a", 1, 5), 1, u64::MAX),
+        Batch::direct(a.clone(), batch("a", 1, 5), 1, u64::MAX),
         // Names another node than its topic: refused, alone.
-        (a.clone(), batch("b", 1, 5), 2, u64::MAX),
-        (b.clone(), batch("b", 1, 3), 3, u64::MAX),
-        (a.clone(), batch("a", 6, 8), 4, u64::MAX),
+        Batch::direct(a.clone(), batch("b", 1, 5), 2, u64::MAX),
+        Batch::direct(b.clone(), batch("b", 1, 3), 3, u64::MAX),
+        Batch::direct(a.clone(), batch("a", 6, 8), 4, u64::MAX),
         // Over a (tiny) quota once a's records are in: refused, alone.
-        (a.clone(), batch("a", 9, 9), 5, 1),
+        Batch::direct(a.clone(), batch("a", 9, 9), 5, 1),
     ];
     let results = s.ingest_many(&batches);
     assert_eq!(results.len(), 5);
@@ -232,4 +232,75 @@ pub(crate) fn repeated_events_and_conflicting_deliveries_are_counted<H: Harness>
     );
     let node = &s.nodes().unwrap()[0];
     assert_eq!((node.repeats, node.conflicts), (2, 1));
+}
+
+/// A carried batch is stored under its own node with its path; a `Relayed` record keeps
+/// only its summary; a refused relayed record counts once in its carrier's
+/// `forged_relayed`, however often it is delivered.
+pub(crate) fn carried_batches_keep_their_path_and_count_refused_relayed_once<H: Harness>(h: &H) {
+    use hedge_wire::mesh::SignedBatch;
+    let s = &h.open();
+    let (a, b, c) = (n("a"), n("b"), n("c"));
+    let carried_bytes = hedge_wire::encode(
+        &hedge_wire::Message::Up(batch("a", 1, 5)),
+        hedge_wire::DEFAULT_MAX_FRAME,
+    )
+    .unwrap();
+    let mut own = batch("c", 1, 2);
+    own.records.push(Record {
+        seq: 3,
+        time_ms: 2_000,
+        kind: RecordKind::Relayed(SignedBatch {
+            bytes: carried_bytes.clone(),
+            signature: vec![7; 64],
+        }),
+    });
+    own.covers = Some((1, 3));
+    let mut from_c = Batch::direct(c.clone(), own, 10, u64::MAX);
+    from_c.refused_relayed = vec![3];
+    let from_a = Batch {
+        node: a.clone(),
+        up: batch("a", 1, 5),
+        now_ms: 10,
+        max_bytes: u64::MAX,
+        via: vec![c.clone(), b.clone()],
+        refused_relayed: Vec::new(),
+    };
+    for _ in 0..2 {
+        let r = s.ingest_many(&[from_c.clone(), from_a.clone()]);
+        assert_eq!(r[0].as_ref().unwrap().ack_upto, 3);
+        assert_eq!(r[1].as_ref().unwrap().ack_upto, 5);
+    }
+    let nodes = s.nodes().unwrap();
+    let view = |who: &Name| nodes.iter().find(|x| &x.node == who).unwrap().clone();
+    assert_eq!(
+        (
+            view(&a).path.as_deref(),
+            view(&a).forged_relayed,
+            view(&a).records
+        ),
+        (Some("via c,b"), 0, 5)
+    );
+    assert_eq!(
+        (
+            view(&c).path.as_deref(),
+            view(&c).forged_relayed,
+            view(&c).records
+        ),
+        (Some("direct"), 1, 3)
+    );
+    // The relayed record is kept as its summary, not the carried bytes.
+    let kept = s.records(&c, 3, 1).unwrap();
+    let summary = crate::relay::read_summary(&kept[0].kind).unwrap();
+    assert_eq!((summary.origin, summary.records), (Some(a.clone()), 5));
+    assert_eq!(summary.bytes as usize, carried_bytes.len());
+    // a's next batch comes directly: its path follows.
+    s.ingest(&a, &batch("a", 6, 6), 11).unwrap();
+    let a_now = s
+        .nodes()
+        .unwrap()
+        .into_iter()
+        .find(|x| x.node == a)
+        .unwrap();
+    assert_eq!(a_now.path.as_deref(), Some("direct"));
 }

@@ -148,8 +148,13 @@ pub(super) fn load_nodes(conn: &Connection) -> Result<Vec<NodeSummary>> {
             ))
         })?
         .collect::<rusqlite::Result<Vec<Row>>>()?;
+    let mut carry = super::carry::load(conn)?;
     rows.into_iter()
         .map(|row| {
+            let (path, forged_relayed) = match carry.remove(&row.0) {
+                Some((p, f)) => (Some(p), f),
+                None => (None, 0),
+            };
             let health = match &row.14 {
                 Some(blob) => health_of(decode("health", &row.0, blob)?),
                 None => None,
@@ -188,6 +193,8 @@ pub(super) fn load_nodes(conn: &Connection) -> Result<Vec<NodeSummary>> {
                 },
                 state_since_ms: row.19 .1.map(from_sql),
                 stale: from_sql(row.19 .2),
+                path,
+                forged_relayed,
             })
         })
         .collect()

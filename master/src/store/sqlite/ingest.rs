@@ -3,27 +3,30 @@
 //!
 //! Contract: [`ingest_in`] runs inside the caller's transaction or savepoint, which
 //! commits; it keeps the ingest rules of [`super::FleetStore`] (idempotence, the quota,
-//! lives, the integrity counters, the newest `NodeInfo`/`NodeHealth` for the registry).
+//! lives, the integrity counters, the newest `NodeInfo`/`NodeHealth` for the registry,
+//! the path of carried batches and the count of refused relayed batches).
 
-use hedge_wire::{Name, Record, RecordKind, Up};
+use hedge_wire::{Name, Record, RecordKind};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::super::blob::{decode, encode};
 use super::super::ingest::check;
-use super::super::{Ingested, Result, StoreError};
+use super::super::{Batch, Ingested, Result, StoreError};
 use super::fleet;
 use super::sql::{clamp_sql, epoch_sql, from_sql, seq_sql, time_sql};
 use crate::coverage::Coverage;
 
 /// The body of [`super::FleetStore::ingest_within`], inside the caller's transaction or
 /// savepoint, which commits.
-pub(super) fn ingest_in(
-    tx: &Connection,
-    node: &Name,
-    up: &Up,
-    now_ms: u64,
-    max_bytes: u64,
-) -> Result<Ingested> {
+pub(super) fn ingest_in(tx: &Connection, batch: &Batch) -> Result<Ingested> {
+    let Batch {
+        node,
+        up,
+        now_ms,
+        max_bytes,
+        ..
+    } = batch;
+    let (now_ms, max_bytes) = (*now_ms, *max_bytes);
     let checked = check(node, up)?;
     let epoch = epoch_sql(up.epoch);
     let bytes_before = stored_bytes(tx, node)?;
@@ -53,6 +56,7 @@ pub(super) fn ingest_in(
     let (mut stored, mut duplicates, mut last_seq) = (0usize, 0usize, 0i64);
     let mut new_bytes = 0u64;
     let (mut repeats, mut conflicts) = (0usize, 0usize);
+    let mut forged = 0u64;
     let mut stale = 0usize;
     let mut judge = super::stale::Judge::new(node, epoch);
     let mut health: Option<(i64, &Record)> = None;
@@ -95,6 +99,9 @@ pub(super) fn ingest_in(
                     conflicts += 1;
                 }
                 continue;
+            }
+            if batch.refused_relayed.contains(&record.seq) {
+                forged += 1;
             }
             if same_event.exists(params![node.as_str(), digest, epoch, seq])? {
                 repeats += 1;
@@ -168,6 +175,7 @@ pub(super) fn ingest_in(
             i64::try_from(conflicts).unwrap_or(i64::MAX),
         ],
     )?;
+    super::carry::note(tx, node, &batch.via, forged, now_ms)?;
     if let Some((seq, record)) = health {
         fleet::newest_health(tx, node, life, seq, record)?;
     }
