@@ -108,7 +108,7 @@ impl Drop for Broker {
     }
 }
 
-/// A master directory, enrolled nodes `a` and `b`, and its broker: the generated config
+/// A master directory, enrolled nodes `a`, `b` and `c`, and its broker: the generated config
 /// as is, its masters' listener on `port` and its nodes' listener on `node_port`.
 struct Fleet {
     dir: PathBuf,
@@ -131,7 +131,7 @@ impl Fleet {
             ..InitOptions::default()
         };
         pki::init(&dir, &opts).unwrap();
-        for node in ["a", "b"] {
+        for node in ["a", "b", "c"] {
             let c = common::enroll(&dir, node);
             std::fs::write(dir.join(format!("{node}.crt")), c.cert).unwrap();
             std::fs::write(dir.join(format!("{node}.key")), c.key).unwrap();
@@ -529,6 +529,20 @@ fn spawn_master(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<Result<hedge_master::run::Counters, hedge_master::run::RunError>>,
 ) {
+    spawn_master_carrying(fleet, db, limits, keepalive, None)
+}
+
+/// [`spawn_master`], taking relayed batches with `carry`.
+fn spawn_master_carrying(
+    fleet: &Fleet,
+    db: &Path,
+    limits: IngestLimits,
+    keepalive: Duration,
+    carry: Option<hedge_master::run::Carrying>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<hedge_master::run::Counters, hedge_master::run::RunError>>,
+) {
     let settings = Settings {
         host: "127.0.0.1".into(),
         port: fleet.port,
@@ -539,7 +553,7 @@ fn spawn_master(
         renew: None,
         act: None,
         evacuate: None,
-        carry: None,
+        carry,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let master = tokio::spawn(hedge_master::run::run(
@@ -795,4 +809,234 @@ async fn the_master_stores_old_and_compact_batches_alike() {
     let _ = stop.send(());
     let counters = master.await.unwrap().unwrap();
     assert_eq!(counters.refused, 0, "{counters:?}");
+}
+
+/// `up` as one signed batch of `signer`, with the key its certificate certifies (what a
+/// node of the mesh sends its peer).
+fn signed_by(fleet: &Fleet, signer: &str, up: &Up) -> hedge_wire::mesh::SignedBatch {
+    use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    let pem = fleet.read(&format!("{signer}.key"));
+    let der = match PrivateKeyDer::from_pem_slice(pem.as_bytes()).unwrap() {
+        PrivateKeyDer::Pkcs8(k) => k.secret_pkcs8_der().to_vec(),
+        other => panic!("not PKCS#8: {other:?}"),
+    };
+    let rng = ring::rand::SystemRandom::new();
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der, &rng).unwrap();
+    let mut b = hedge_wire::mesh::SignedBatch {
+        bytes: encode(&Message::Up(up.clone()), DEFAULT_MAX_FRAME).unwrap(),
+        signature: Vec::new(),
+    };
+    b.signature = key.sign(&rng, &b.signed_bytes()).unwrap().as_ref().to_vec();
+    b
+}
+
+fn decode_up(frame: &[u8]) -> Up {
+    match hedge_wire::codec::decode(frame, DEFAULT_MAX_FRAME).unwrap() {
+        Message::Up(u) => u,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Decoded frames of `client` received on its carry and ack topics, until `done` says
+/// they are enough (panics after [`WAIT`]).
+async fn carried_until(
+    client: &mut Client,
+    got: &mut Vec<(String, Message)>,
+    done: impl Fn(&[(String, Message)]) -> bool,
+) {
+    while !done(got) {
+        if let Packet::Publish(p) = client.next("carry/ack frames").await {
+            let m = hedge_wire::codec::decode(&p.payload, DEFAULT_MAX_FRAME).unwrap();
+            got.push((p.topic.clone(), m));
+        }
+    }
+}
+
+/// Relay C (the one with the uplink) publishes one batch on its own topic holding B's
+/// signed batch, which holds A's: the master stores each node's records under its own
+/// name in the commit of C's batch, acks C on its ack topic, and publishes a
+/// master-signed ack for B and for A on C's carry topic. A batch in A's name that C
+/// signed (a relay storing in another's name) and an altered batch of A are refused
+/// and counted once, however often C resends; `Fetch` gets A's desired state on C's
+/// carry topic; `hedge master nodes` sees A's path as `via c,b`.
+#[tokio::test]
+#[allow(clippy::disallowed_methods)] // an end-to-end test: waits for real processes, with a deadline
+async fn a_relay_gets_signed_acks_for_the_nested_batches_it_carries() {
+    use hedge_master::sign::{sign, sign_ack, verify_ack, MasterKey};
+    let fleet = Fleet::new();
+    let db = fleet.dir.join("master.db");
+    let view = MasterStore::open(&db).unwrap();
+    let key = Arc::new(MasterKey::generate());
+    let revoked = Arc::new(hedge_master::revocation::Revoked::new(&fleet.dir));
+    let carry = hedge_master::run::Carrying {
+        key: key.clone(),
+        origins: Arc::new(hedge_master::origin::Origins::new(&fleet.dir, revoked)),
+    };
+    let (a, b, c) = (
+        Name::new("a").unwrap(),
+        Name::new("b").unwrap(),
+        Name::new("c").unwrap(),
+    );
+    // A's desired state, for the fetch.
+    let mut state = hedge_wire::DesiredState {
+        node: a.clone(),
+        generation: view.next_generation(&a).unwrap(),
+        instances: Vec::new(),
+        signature: heapless::Vec::new(),
+        expires_ms: 0,
+        terms: vec![],
+        imports: vec![],
+    };
+    sign(&key, &mut state, hedge_common::clock::now_ms());
+    view.put_desired(&state).unwrap();
+
+    // Stored before the master starts: its first lookup publishes it, so no carried
+    // ack waits for it.
+    let (stop, master) = spawn_master_carrying(
+        &fleet,
+        &db,
+        IngestLimits::default(),
+        Duration::from_secs(20),
+        Some(carry),
+    );
+    let ua = decode_up(&up_frame("a", 1, 3));
+    let mut ub = decode_up(&up_frame("b", 1, 2));
+    ub.records.push(Record {
+        seq: 3,
+        time_ms: 9_003,
+        kind: RecordKind::Relayed(signed_by(&fleet, "a", &ua)),
+    });
+    ub.covers = Some((1, 3));
+    // C signs a batch in A's name; and alters one A signed.
+    let in_as_name = signed_by(&fleet, "c", &decode_up(&up_frame("a", 4, 5)));
+    let mut altered = signed_by(&fleet, "a", &decode_up(&up_frame("a", 4, 5)));
+    let last = altered.bytes.len() - 1;
+    altered.bytes[last] ^= 0x01;
+    let uc = Up {
+        node: c.clone(),
+        records: vec![
+            Record {
+                seq: 1,
+                time_ms: 9_101,
+                kind: RecordKind::Relayed(signed_by(&fleet, "b", &ub)),
+            },
+            Record {
+                seq: 2,
+                time_ms: 9_102,
+                kind: RecordKind::Relayed(in_as_name),
+            },
+            Record {
+                seq: 3,
+                time_ms: 9_103,
+                kind: RecordKind::Relayed(altered),
+            },
+        ],
+        covers: Some((1, 3)),
+        epoch: 1,
+    };
+    let frame = encode(&Message::Up(uc), DEFAULT_MAX_FRAME).unwrap();
+
+    let mut relay = Client::connect("c", fleet.node_port, fleet.node_tls("c"))
+        .connected()
+        .await;
+    relay.subscribe(&topic::carry_topic("c")).await;
+    relay.subscribe(&topic::ack_topic("c")).await;
+    // Published until acked (the master may not have subscribed yet), then once more.
+    let mut got = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while !got.iter().any(|(t, _)| t == "hedge/v1/c/ack") {
+        assert!(Instant::now() < deadline, "C's batch never acknowledged");
+        relay
+            .publish_bytes(&topic::up_topic("c"), frame.clone())
+            .await;
+        let _ = tokio::time::timeout(
+            Duration::from_millis(500),
+            carried_until(&mut relay, &mut got, |g| {
+                g.iter().any(|(t, _)| t == "hedge/v1/c/ack")
+            }),
+        )
+        .await;
+    }
+    relay
+        .publish_bytes(&topic::up_topic("c"), frame.clone())
+        .await;
+    let acks_of = |g: &[(String, Message)], who: &Name| {
+        g.iter()
+            .filter(|(t, m)| {
+                t == "hedge/v1/c/carry" && matches!(m, Message::Carried(k) if &k.node == who)
+            })
+            .count()
+    };
+    carried_until(&mut relay, &mut got, |g| {
+        acks_of(g, &a) >= 2
+            && acks_of(g, &b) >= 2
+            && g.iter().filter(|(t, _)| t == "hedge/v1/c/ack").count() >= 2
+    })
+    .await;
+    for (t, m) in &got {
+        match (t.as_str(), m) {
+            ("hedge/v1/c/ack", Message::Ack(k)) => assert_eq!((k.upto, k.epoch), (3, 1)),
+            ("hedge/v1/c/carry", Message::Carried(k)) => {
+                verify_ack(&key.public(), k).unwrap();
+                assert_eq!((k.epoch, k.upto), (1, 3), "{k:?}");
+                assert!(k.node == a || k.node == b, "{k:?}");
+                // Exactly what the master signs for this (node, epoch, upto).
+                assert_eq!(
+                    k.signed_bytes(),
+                    sign_ack(&key, &k.node, 1, 3).signed_bytes()
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    // Each node's records under its own name, once; nothing stored from the forgeries.
+    let records = |n: &Name| view.records(n, 0, 100).unwrap();
+    assert_eq!(
+        records(&a),
+        ua.records,
+        "A's records exactly as A signed them"
+    );
+    assert_eq!(records(&b).len(), 3);
+    assert_eq!(records(&c).len(), 3);
+    let nodes = view.nodes().unwrap();
+    let row = |n: &Name| nodes.iter().find(|x| &x.node == n).unwrap().clone();
+    assert_eq!(row(&a).path.as_deref(), Some("via c,b"));
+    assert_eq!(row(&b).path.as_deref(), Some("via c"));
+    assert_eq!(row(&c).path.as_deref(), Some("direct"));
+    assert_eq!(
+        row(&c).forged_relayed,
+        2,
+        "two forgeries, counted once though resent"
+    );
+    assert_eq!(row(&b).forged_relayed, 0);
+
+    // Fetch: A's state (and nothing for an unknown node) on C's carry topic.
+    let fetch = Message::Fetch(vec![a.clone(), Name::new("nobody").unwrap()]);
+    relay
+        .publish_bytes(
+            &topic::up_topic("c"),
+            encode(&fetch, DEFAULT_MAX_FRAME).unwrap(),
+        )
+        .await;
+    let mut fetched = Vec::new();
+    carried_until(&mut relay, &mut fetched, |g| {
+        g.iter().any(|(_, m)| matches!(m, Message::Desired(_)))
+    })
+    .await;
+    let desired: Vec<&Message> = fetched
+        .iter()
+        .filter(|(t, m)| t == "hedge/v1/c/carry" && matches!(m, Message::Desired(_)))
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(desired, [&Message::Desired(state)]);
+
+    let _ = stop.send(());
+    let counters = master.await.unwrap().unwrap();
+    assert!(
+        counters.forged_relayed >= 4 && counters.forged_relayed % 2 == 0,
+        "two per delivery: {counters:?}"
+    );
+    assert!(counters.carried_acks >= 4, "{counters:?}");
+    assert_eq!(counters.fetches, 1, "{counters:?}");
 }
