@@ -234,9 +234,13 @@ fn ingest(store: &impl FleetStore, jobs: Vec<Job>) -> Vec<Done> {
         else {
             continue;
         };
+        // A batch naming another node than its topic is refused whole: nothing it
+        // carries is unwrapped (its path would name a relay that did not send it).
         let unwrapped = match &origins {
-            Some(o) => crate::relay::unwrap(&up, DEFAULT_MAX_FRAME, &|n, m, s| o.check(n, m, s)),
-            None => crate::relay::Unwrapped::default(),
+            Some(o) if up.node == node => {
+                crate::relay::unwrap(&up, DEFAULT_MAX_FRAME, &|n, m, s| o.check(n, m, s))
+            }
+            _ => crate::relay::Unwrapped::default(),
         };
         let refused_in = |who: &Name| -> Vec<u64> {
             let seqs = unwrapped.refused.iter().filter(|r| &r.by == who);
