@@ -166,28 +166,26 @@ pub fn sign_ack(key: &MasterKey, node: &hedge_wire::Name, epoch: u64, upto: u64)
 /// Checks that `ack` is signed by the holder of `public` (what a node does; here for
 /// tests and tools).
 pub fn verify_ack(public: &[u8; 32], ack: &SignedAck) -> Result<(), SignError> {
-    let key = VerifyingKey::from_bytes(public).map_err(|_| SignError::BadPublicKey)?;
-    let bytes: [u8; 64] = ack
-        .signature
-        .as_slice()
-        .try_into()
-        .map_err(|_| SignError::BadLength(ack.signature.len()))?;
-    key.verify_strict(&ack.signed_bytes(), &Signature::from_bytes(&bytes))
-        .map_err(|_| SignError::Mismatch)
+    check(public, &ack.signed_bytes(), &ack.signature)
 }
 
 /// Checks that `state` is signed by the holder of `public`.
 pub fn verify(public: &[u8; 32], state: &DesiredState) -> Result<(), SignError> {
-    let key = VerifyingKey::from_bytes(public).map_err(|_| SignError::BadPublicKey)?;
     if state.signature.is_empty() {
+        // A malformed key still says so first.
+        VerifyingKey::from_bytes(public).map_err(|_| SignError::BadPublicKey)?;
         return Err(SignError::Unsigned);
     }
-    let bytes: [u8; 64] = state
-        .signature
-        .as_slice()
+    check(public, &state.signed_bytes(), &state.signature)
+}
+
+/// Checks the ed25519 `signature` of `message` by the holder of `public`.
+fn check(public: &[u8; 32], message: &[u8], signature: &[u8]) -> Result<(), SignError> {
+    let key = VerifyingKey::from_bytes(public).map_err(|_| SignError::BadPublicKey)?;
+    let bytes: [u8; 64] = signature
         .try_into()
-        .map_err(|_| SignError::BadLength(state.signature.len()))?;
-    key.verify_strict(&state.signed_bytes(), &Signature::from_bytes(&bytes))
+        .map_err(|_| SignError::BadLength(signature.len()))?;
+    key.verify_strict(message, &Signature::from_bytes(&bytes))
         .map_err(|_| SignError::Mismatch)
 }
 
