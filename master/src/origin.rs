@@ -196,7 +196,7 @@ pub(crate) mod tests {
         k.sign(&rng, msg).unwrap().as_ref().to_vec()
     }
 
-    fn enroll(dir: &Path, node: &Name) -> KeyPair {
+    pub(crate) fn enroll(dir: &Path, node: &Name) -> KeyPair {
         let (ca, ca_key) = crate::pki::load_ca(dir).unwrap();
         let issuer = Issuer::from_ca_cert_pem(&ca, &*ca_key).unwrap();
         let key = KeyPair::generate().unwrap();

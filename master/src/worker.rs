@@ -376,3 +376,86 @@ fn desired_frames(store: &impl FleetStore, nodes: &[Name]) -> Vec<(Name, u64, Ve
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use hedge_wire::mesh::SignedBatch;
+    use hedge_wire::{Record, RecordKind};
+
+    use super::*;
+    use crate::origin::tests::{enroll, sign};
+    use crate::store::conformance::{batch, n, open};
+
+    /// Runs `jobs` through [`ingest`] with the origins of a fresh PKI where `a` and `r`
+    /// are enrolled; `r`'s batch carries `a`'s.
+    fn carried(topic: &str) -> (Vec<Done>, tempfile::TempDir, crate::store::MasterStore) {
+        let pki = tempfile::tempdir().unwrap();
+        crate::pki::init(pki.path(), &crate::pki::InitOptions::default()).unwrap();
+        let ka = enroll(pki.path(), &n("a"));
+        enroll(pki.path(), &n("r"));
+        let revoked = Arc::new(crate::revocation::Revoked::new(pki.path()));
+        let origins = Arc::new(crate::origin::Origins::new(pki.path(), revoked));
+        let mut inner = SignedBatch {
+            bytes: encode(&Message::Up(batch("a", 1, 4)), DEFAULT_MAX_FRAME).unwrap(),
+            signature: Vec::new(),
+        };
+        inner.signature = sign(&ka, &inner.signed_bytes());
+        let mut up = batch("r", 1, 1);
+        up.records.push(Record {
+            seq: 2,
+            time_ms: 7,
+            kind: RecordKind::Relayed(inner),
+        });
+        up.covers = Some((1, 2));
+        let (dir, store) = open();
+        let done = ingest(
+            &store,
+            vec![Job::Ingest {
+                node: n(topic),
+                up,
+                now_ms: 1,
+                max_bytes: u64::MAX,
+                origins: Some(origins),
+            }],
+        );
+        drop(pki);
+        (done, dir, store)
+    }
+
+    #[test]
+    fn a_carried_batch_is_stored_with_the_batch_that_carried_it() {
+        let (done, _dir, store) = carried("r");
+        let [Done::Ingested {
+            result, carried, ..
+        }] = &done[..]
+        else {
+            panic!("{done:?}")
+        };
+        assert_eq!(result.as_ref().unwrap().ack_upto, 2);
+        assert_eq!(carried.len(), 1);
+        assert_eq!(carried[0].node, n("a"));
+        assert_eq!(carried[0].result.as_ref().unwrap().ack_upto, 4);
+        assert_eq!(
+            (store.count(&n("a")).unwrap(), store.count(&n("r")).unwrap()),
+            (4, 2)
+        );
+    }
+
+    #[test]
+    fn a_batch_on_another_nodes_topic_unwraps_nothing() {
+        let (done, _dir, store) = carried("x");
+        let [Done::Ingested {
+            result, carried, ..
+        }] = &done[..]
+        else {
+            panic!("{done:?}")
+        };
+        assert!(matches!(result, Err(StoreError::NodeMismatch { .. })));
+        assert!(carried.is_empty());
+        assert_eq!(store.count(&n("a")).unwrap(), 0);
+    }
+}
