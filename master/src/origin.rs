@@ -4,13 +4,13 @@
 //! ([`crate::revocation::Issued::spki`]: every certificate ever issued to a node, at
 //! enrollment and at each renewal) and reads the file again whenever it changes (size or
 //! modification time), so a node enrolled while the master runs is known at its next
-//! batch. [`OriginKeys::verify`] accepts `signature` (ECDSA P-256 over SHA-256, the
-//! fixed 64-byte `r || s` of `ring`'s `ECDSA_P256_SHA256_FIXED`) over `message` when one
-//! of `node`'s keys verifies it; a node with no recorded key (enrolled before keys were
-//! recorded, or unknown) is [`OriginError::UnknownNode`]. A key that is not an EC P-256
-//! SubjectPublicKeyInfo is skipped (and logged once per reading). An unreadable or
-//! malformed `issued` file keeps the keys read before and is logged (fail closed for
-//! nodes not yet known). [`verify_spki`] is the pure check against one key.
+//! batch. [`OriginKeys::verify`] accepts a [`SignedBatch`] when one of `node`'s keys
+//! verifies its signature ([`hedge_uplink::origin::OriginCert::verify_batch`]: ECDSA
+//! P-256, the fixed 64-byte `r || s`, over `ORIGIN_SIGNING_CONTEXT || bytes`); a node
+//! with no recorded key (enrolled before keys were recorded, or unknown) is
+//! [`OriginError::UnknownNode`]. A key that is not an EC P-256 SubjectPublicKeyInfo is
+//! skipped (and logged). An unreadable or malformed `issued` file keeps the keys read
+//! before and is logged (fail closed for nodes not yet known).
 //! [`Origins::check`] adds the revoked list: a revoked node's batch is refused whoever
 //! carries it.
 
@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
+use hedge_uplink::origin::OriginCert;
+use hedge_wire::mesh::SignedBatch;
 use hedge_wire::Name;
 
 /// Why an origin signature was not accepted.
@@ -30,56 +32,12 @@ pub enum OriginError {
     /// None of the node's keys verifies the signature.
     #[error("signature does not verify against the node's enrolled keys")]
     BadSignature,
-    /// The key is not an EC P-256 SubjectPublicKeyInfo.
-    #[error("not an EC P-256 public key")]
-    BadKey,
-}
-
-/// The uncompressed P-256 point of an EC P-256 SubjectPublicKeyInfo (DER).
-pub fn p256_point(spki_der: &[u8]) -> Result<Vec<u8>, OriginError> {
-    use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
-    use x509_parser::prelude::FromDer;
-    use x509_parser::x509::SubjectPublicKeyInfo;
-    let (rest, spki) = SubjectPublicKeyInfo::from_der(spki_der).map_err(|_| OriginError::BadKey)?;
-    let curve = spki
-        .algorithm
-        .parameters
-        .as_ref()
-        .and_then(|p| p.as_oid().ok());
-    if !rest.is_empty()
-        || spki.algorithm.algorithm != OID_KEY_TYPE_EC_PUBLIC_KEY
-        || curve != Some(OID_EC_P256)
-    {
-        return Err(OriginError::BadKey);
-    }
-    let point = spki.subject_public_key.data.to_vec();
-    (point.len() == 65 && point[0] == 0x04)
-        .then_some(point)
-        .ok_or(OriginError::BadKey)
-}
-
-/// Whether `signature` over `message` verifies against the uncompressed P-256 `point`.
-fn verify_point(point: &[u8], message: &[u8], signature: &[u8]) -> bool {
-    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, point)
-        .verify(message, signature)
-        .is_ok()
-}
-
-/// Checks `signature` over `message` against the EC P-256 SubjectPublicKeyInfo
-/// `spki_der`. Pure.
-pub fn verify_spki(spki_der: &[u8], message: &[u8], signature: &[u8]) -> Result<(), OriginError> {
-    let point = p256_point(spki_der)?;
-    if verify_point(&point, message, signature) {
-        Ok(())
-    } else {
-        Err(OriginError::BadSignature)
-    }
 }
 
 type Stamp = (SystemTime, u64);
 
-/// Each node's P-256 points.
-type Points = Arc<BTreeMap<Name, Vec<Vec<u8>>>>;
+/// Each node's enrolled keys.
+type Points = Arc<BTreeMap<Name, Vec<OriginCert>>>;
 
 /// The nodes' enrolled keys, as `DIR/issued` records them (see the module doc).
 #[derive(Debug)]
@@ -107,11 +65,11 @@ impl OriginKeys {
             let dir = self.path.parent().unwrap_or(Path::new("."));
             match crate::revocation::issued(dir) {
                 Ok(lines) => {
-                    let mut keys: BTreeMap<Name, Vec<Vec<u8>>> = BTreeMap::new();
+                    let mut keys: BTreeMap<Name, Vec<OriginCert>> = BTreeMap::new();
                     for line in lines {
                         let Some(spki) = line.spki else { continue };
-                        match p256_point(&spki) {
-                            Ok(p) => keys.entry(line.node).or_default().push(p),
+                        match OriginCert::from_spki_der(&spki) {
+                            Ok(k) => keys.entry(line.node).or_default().push(k),
                             Err(_) => tracing::warn!(node = %line.node,
                                 "an issued certificate's key is not EC P-256: ignored for relayed batches"),
                         }
@@ -126,11 +84,11 @@ impl OriginKeys {
         cache.1.clone()
     }
 
-    /// Checks that `node` signed `message` (see the module doc).
-    pub fn verify(&self, node: &Name, message: &[u8], signature: &[u8]) -> Result<(), OriginError> {
+    /// Checks that `node` signed `batch` (see the module doc).
+    pub fn verify(&self, node: &Name, batch: &SignedBatch) -> Result<(), OriginError> {
         let keys = self.keys();
-        let points = keys.get(node).ok_or(OriginError::UnknownNode)?;
-        if points.iter().any(|p| verify_point(p, message, signature)) {
+        let certs = keys.get(node).ok_or(OriginError::UnknownNode)?;
+        if certs.iter().any(|c| c.verify_batch(batch).is_ok()) {
             Ok(())
         } else {
             Err(OriginError::BadSignature)
@@ -156,25 +114,22 @@ impl Origins {
         }
     }
 
-    /// Checks that `node` signed `message` and is not revoked (a revoked node's batch
+    /// Checks that `node` signed `batch` and is not revoked (a revoked node's batch
     /// is counted by [`crate::revocation::Revoked::refused`]).
     pub fn check(
         &self,
         node: &Name,
-        message: &[u8],
-        signature: &[u8],
+        batch: &SignedBatch,
     ) -> Result<(), crate::relay::RelayRefusal> {
         use crate::relay::RelayRefusal;
         if self.revoked.contains(node.as_str()) {
             self.revoked.refused("relayed records", node.as_str());
             return Err(RelayRefusal::Revoked);
         }
-        self.keys
-            .verify(node, message, signature)
-            .map_err(|e| match e {
-                OriginError::UnknownNode => RelayRefusal::UnknownNode,
-                OriginError::BadSignature | OriginError::BadKey => RelayRefusal::BadSignature,
-            })
+        self.keys.verify(node, batch).map_err(|e| match e {
+            OriginError::UnknownNode => RelayRefusal::UnknownNode,
+            OriginError::BadSignature => RelayRefusal::BadSignature,
+        })
     }
 }
 
@@ -183,17 +138,16 @@ pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use hedge_uplink::origin::OriginKey;
     use rcgen::{Issuer, KeyPair, PublicKeyData};
-    use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
     use time::{Duration, OffsetDateTime};
 
-    /// Signs `msg` with the PKCS#8 key of `kp`, as a node does with its TLS key.
-    pub(crate) fn sign(kp: &KeyPair, msg: &[u8]) -> Vec<u8> {
-        let rng = ring::rand::SystemRandom::new();
-        let k =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &kp.serialize_der(), &rng)
-                .unwrap();
-        k.sign(&rng, msg).unwrap().as_ref().to_vec()
+    /// `bytes` signed with the key of `kp`, as a node signs with its TLS key.
+    pub(crate) fn sign(kp: &KeyPair, bytes: &[u8]) -> SignedBatch {
+        OriginKey::from_pem(kp.serialize_pem().as_bytes())
+            .unwrap()
+            .sign_batch(bytes.to_vec())
+            .unwrap()
     }
 
     pub(crate) fn enroll(dir: &Path, node: &Name) -> KeyPair {
@@ -221,45 +175,30 @@ pub(crate) mod tests {
         let b = Name::new("b").unwrap();
         let keys = OriginKeys::new(dir);
         let ka = enroll(dir, &a);
-        let sig = sign(&ka, b"hello");
-        assert_eq!(keys.verify(&a, b"hello", &sig), Ok(()));
-        assert_eq!(
-            keys.verify(&a, b"hellp", &sig),
-            Err(OriginError::BadSignature)
-        );
-        assert_eq!(
-            keys.verify(&b, b"hello", &sig),
-            Err(OriginError::UnknownNode)
-        );
+        let hello = sign(&ka, b"hello");
+        assert_eq!(keys.verify(&a, &hello), Ok(()));
+        let mut altered = hello.clone();
+        altered.bytes[0] ^= 1;
+        assert_eq!(keys.verify(&a, &altered), Err(OriginError::BadSignature));
+        assert_eq!(keys.verify(&b, &hello), Err(OriginError::UnknownNode));
         // b enrolled while the master runs: read again; a's key never signs for b.
         let kb = enroll(dir, &b);
-        assert_eq!(
-            keys.verify(&b, b"hello", &sig),
-            Err(OriginError::BadSignature)
-        );
-        assert_eq!(keys.verify(&b, b"hello", &sign(&kb, b"hello")), Ok(()));
+        assert_eq!(keys.verify(&b, &hello), Err(OriginError::BadSignature));
+        assert_eq!(keys.verify(&b, &sign(&kb, b"hello")), Ok(()));
         // A renewal (new key) keeps the old key valid for what it signed before.
         let ka2 = enroll(dir, &a);
-        assert_eq!(keys.verify(&a, b"x", &sign(&ka2, b"x")), Ok(()));
-        assert_eq!(keys.verify(&a, b"hello", &sig), Ok(()));
+        assert_eq!(keys.verify(&a, &sign(&ka2, b"x")), Ok(()));
+        assert_eq!(keys.verify(&a, &hello), Ok(()));
         // Garbage signatures.
         for bad in [&[][..], &[0u8; 64][..], &[0xff; 72][..]] {
-            assert_eq!(
-                keys.verify(&a, b"hello", bad),
-                Err(OriginError::BadSignature)
-            );
+            let forged = SignedBatch {
+                signature: bad.to_vec(),
+                ..hello.clone()
+            };
+            assert_eq!(keys.verify(&a, &forged), Err(OriginError::BadSignature));
         }
-        // The pure check.
-        let spki = ka.subject_public_key_info();
-        assert_eq!(verify_spki(&spki, b"hello", &sig), Ok(()));
-        assert_eq!(
-            verify_spki(&spki[1..], b"hello", &sig),
-            Err(OriginError::BadKey)
-        );
-        let ed = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-        assert_eq!(
-            verify_spki(&ed.subject_public_key_info(), b"hello", &sig),
-            Err(OriginError::BadKey)
-        );
+        // The key recorded is the one the certificate certifies.
+        let line = crate::revocation::issued(dir).unwrap().remove(0);
+        assert_eq!(line.spki, Some(ka.subject_public_key_info()));
     }
 }

@@ -100,8 +100,8 @@ pub struct RelaySummary {
     pub sha256: [u8; 32],
 }
 
-/// Checks that a node signed a message: `(node, message, signature)`.
-pub type Verify<'a> = &'a dyn Fn(&Name, &[u8], &[u8]) -> Result<(), RelayRefusal>;
+/// Checks that a node signed a batch (and may be stored).
+pub type Verify<'a> = &'a dyn Fn(&Name, &SignedBatch) -> Result<(), RelayRefusal>;
 
 /// The summary of `batch` (see [`RelaySummary`]); decodes with `max_frame`.
 pub fn summary(batch: &SignedBatch, max_frame: usize) -> RelaySummary {
@@ -141,9 +141,8 @@ pub fn read_summary(kind: &RecordKind) -> Option<RelaySummary> {
     }
 }
 
-/// Unwraps the relayed batches of `up` (see the module doc). `verify(node, message,
-/// signature)` checks an origin's signature over `message` and that `node` may be
-/// stored (not revoked).
+/// Unwraps the relayed batches of `up` (see the module doc). `verify(node, batch)`
+/// checks that `node` signed `batch` and may be stored (not revoked).
 pub fn unwrap(up: &Up, max_frame: usize, verify: Verify<'_>) -> Unwrapped {
     let mut out = Unwrapped::default();
     walk(up, &[], 0, max_frame, verify, &mut out);
@@ -185,7 +184,7 @@ fn walk(
             refuse(Some(inner.node), RelayRefusal::TooMany);
             continue;
         }
-        if let Err(reason) = verify(&inner.node, &batch.signed_bytes(), &batch.signature) {
+        if let Err(reason) = verify(&inner.node, batch) {
             refuse(Some(inner.node), reason);
             continue;
         }

@@ -238,7 +238,7 @@ fn ingest(store: &impl FleetStore, jobs: Vec<Job>) -> Vec<Done> {
         // carries is unwrapped (its path would name a relay that did not send it).
         let unwrapped = match &origins {
             Some(o) if up.node == node => {
-                crate::relay::unwrap(&up, DEFAULT_MAX_FRAME, &|n, m, s| o.check(n, m, s))
+                crate::relay::unwrap(&up, DEFAULT_MAX_FRAME, &|n, b| o.check(n, b))
             }
             _ => crate::relay::Unwrapped::default(),
         };
@@ -383,7 +383,6 @@ mod tests {
 
     use std::sync::Arc;
 
-    use hedge_wire::mesh::SignedBatch;
     use hedge_wire::{Record, RecordKind};
 
     use super::*;
@@ -399,11 +398,10 @@ mod tests {
         enroll(pki.path(), &n("r"));
         let revoked = Arc::new(crate::revocation::Revoked::new(pki.path()));
         let origins = Arc::new(crate::origin::Origins::new(pki.path(), revoked));
-        let mut inner = SignedBatch {
-            bytes: encode(&Message::Up(batch("a", 1, 4)), DEFAULT_MAX_FRAME).unwrap(),
-            signature: Vec::new(),
-        };
-        inner.signature = sign(&ka, &inner.signed_bytes());
+        let inner = sign(
+            &ka,
+            &encode(&Message::Up(batch("a", 1, 4)), DEFAULT_MAX_FRAME).unwrap(),
+        );
         let mut up = batch("r", 1, 1);
         up.records.push(Record {
             seq: 2,

@@ -814,20 +814,11 @@ async fn the_master_stores_old_and_compact_batches_alike() {
 /// `up` as one signed batch of `signer`, with the key its certificate certifies (what a
 /// node of the mesh sends its peer).
 fn signed_by(fleet: &Fleet, signer: &str, up: &Up) -> hedge_wire::mesh::SignedBatch {
-    use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
     let pem = fleet.read(&format!("{signer}.key"));
-    let der = match PrivateKeyDer::from_pem_slice(pem.as_bytes()).unwrap() {
-        PrivateKeyDer::Pkcs8(k) => k.secret_pkcs8_der().to_vec(),
-        other => panic!("not PKCS#8: {other:?}"),
-    };
-    let rng = ring::rand::SystemRandom::new();
-    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der, &rng).unwrap();
-    let mut b = hedge_wire::mesh::SignedBatch {
-        bytes: encode(&Message::Up(up.clone()), DEFAULT_MAX_FRAME).unwrap(),
-        signature: Vec::new(),
-    };
-    b.signature = key.sign(&rng, &b.signed_bytes()).unwrap().as_ref().to_vec();
-    b
+    hedge_uplink::origin::OriginKey::from_pem(pem.as_bytes())
+        .unwrap()
+        .sign_batch(encode(&Message::Up(up.clone()), DEFAULT_MAX_FRAME).unwrap())
+        .unwrap()
 }
 
 fn decode_up(frame: &[u8]) -> Up {
@@ -862,7 +853,8 @@ async fn carried_until(
 #[tokio::test]
 #[allow(clippy::disallowed_methods)] // an end-to-end test: waits for real processes, with a deadline
 async fn a_relay_gets_signed_acks_for_the_nested_batches_it_carries() {
-    use hedge_master::sign::{sign, sign_ack, verify_ack, MasterKey};
+    use hedge_master::sign::{sign, sign_ack, MasterKey};
+    use hedge_uplink::origin::verify_ack;
     let fleet = Fleet::new();
     let db = fleet.dir.join("master.db");
     let view = MasterStore::open(&db).unwrap();
@@ -977,7 +969,8 @@ async fn a_relay_gets_signed_acks_for_the_nested_batches_it_carries() {
         match (t.as_str(), m) {
             ("hedge/v1/c/ack", Message::Ack(k)) => assert_eq!((k.upto, k.epoch), (3, 1)),
             ("hedge/v1/c/carry", Message::Carried(k)) => {
-                verify_ack(&key.public(), k).unwrap();
+                let public = ed25519_dalek::VerifyingKey::from_bytes(&key.public()).unwrap();
+                verify_ack(&public, k).unwrap();
                 assert_eq!((k.epoch, k.upto), (1, 3), "{k:?}");
                 assert!(k.node == a || k.node == b, "{k:?}");
                 // Exactly what the master signs for this (node, epoch, upto).

@@ -10,7 +10,7 @@ use rcgen::{KeyPair, PublicKeyData};
 
 use super::*;
 use crate::origin::tests::sign;
-use crate::origin::verify_spki;
+use hedge_uplink::origin::OriginCert;
 
 fn n(s: &str) -> Name {
     Name::new(s).unwrap()
@@ -29,25 +29,22 @@ impl Keys {
         )
     }
 
-    fn verify(&self, node: &Name, msg: &[u8], sig: &[u8]) -> Result<(), RelayRefusal> {
+    fn verify(&self, node: &Name, b: &SignedBatch) -> Result<(), RelayRefusal> {
         let key = self.0.get(node).ok_or(RelayRefusal::UnknownNode)?;
-        verify_spki(&key.subject_public_key_info(), msg, sig)
+        OriginCert::from_spki_der(&key.subject_public_key_info())
+            .unwrap()
+            .verify_batch(b)
             .map_err(|_| RelayRefusal::BadSignature)
     }
 
     /// `up` framed and signed by `signer`'s key.
     fn signed(&self, signer: &str, up: &Up) -> SignedBatch {
         let bytes = encode(&Message::Up(up.clone()), DEFAULT_MAX_FRAME).unwrap();
-        let mut b = SignedBatch {
-            bytes,
-            signature: Vec::new(),
-        };
-        b.signature = sign(&self.0[&n(signer)], &b.signed_bytes());
-        b
+        sign(&self.0[&n(signer)], &bytes)
     }
 
     fn unwrap(&self, up: &Up) -> Unwrapped {
-        unwrap(up, DEFAULT_MAX_FRAME, &|node, m, s| self.verify(node, m, s))
+        unwrap(up, DEFAULT_MAX_FRAME, &|node, b| self.verify(node, b))
     }
 }
 
