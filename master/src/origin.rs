@@ -201,4 +201,25 @@ pub(crate) mod tests {
         let line = crate::revocation::issued(dir).unwrap().remove(0);
         assert_eq!(line.spki, Some(ka.subject_public_key_info()));
     }
+
+    #[test]
+    fn a_revoked_nodes_batch_is_refused_whoever_carries_it() {
+        use crate::relay::RelayRefusal;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        crate::pki::init(dir, &crate::pki::InitOptions::default()).unwrap();
+        let a = Name::new("a").unwrap();
+        let ka = enroll(dir, &a);
+        let revoked = Arc::new(crate::revocation::Revoked::new(dir));
+        let origins = Origins::new(dir, revoked.clone());
+        let b = sign(&ka, b"records");
+        assert_eq!(origins.check(&a, &b), Ok(()));
+        assert_eq!(
+            origins.check(&Name::new("z").unwrap(), &b),
+            Err(RelayRefusal::UnknownNode)
+        );
+        crate::revocation::revoke(dir, &a).unwrap();
+        assert_eq!(origins.check(&a, &b), Err(RelayRefusal::Revoked));
+        assert_eq!(revoked.refused_total(), 1);
+    }
 }
