@@ -11,8 +11,8 @@
 //! the seq of the record that carried it and the node whose batch held that record.
 //! A refused record refuses its whole subtree (nothing under a forged layer is trusted)
 //! and never the records around it. At most [`MAX_LAYERS`] inner batches are accepted
-//! per frame; the rest are refused ([`RelayRefusal::TooMany`]), so a frame costs a
-//! bounded number of signature checks. Accepted layers are stored like direct batches,
+//! per frame; the rest are refused ([`RelayRefusal::TooMany`], not counted as forged),
+//! so a frame costs a bounded number of signature checks. Accepted layers are stored like direct batches,
 //! keyed `(node, epoch, seq)`: how many copies arrive, by whatever path, each record is
 //! stored once.
 //!
@@ -24,8 +24,11 @@ use hedge_wire::mesh::{SignedBatch, MAX_RELAY_DEPTH};
 use hedge_wire::{Name, RecordKind, Up};
 use serde::{Deserialize, Serialize};
 
-/// At most this many inner batches of one frame are checked and stored.
-pub const MAX_LAYERS: usize = 256;
+/// At most this many inner batches of one frame are checked and stored: as many as an
+/// `Up` holds records ([`hedge_wire::limits::MAX_RECORDS`]), more than a frame of
+/// [`hedge_wire::DEFAULT_MAX_FRAME`] can hold (each layer is a signed frame of its own,
+/// about 100 bytes at the least), so a relay's legitimate frame never reaches it.
+pub const MAX_LAYERS: usize = hedge_wire::limits::MAX_RECORDS;
 
 /// Why a relayed batch was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -36,7 +39,8 @@ pub enum RelayRefusal {
     /// Nested deeper than `MAX_RELAY_DEPTH`.
     #[error("nested too deep")]
     TooDeep,
-    /// More than [`MAX_LAYERS`] inner batches in one frame.
+    /// More than [`MAX_LAYERS`] inner batches in one frame (not a forgery: see
+    /// [`RelayRefusal::forged`]).
     #[error("too many relayed batches in one frame")]
     TooMany,
     /// The node it names has no enrolled key.
@@ -48,6 +52,14 @@ pub enum RelayRefusal {
     /// Its node is revoked.
     #[error("its node is revoked")]
     Revoked,
+}
+
+impl RelayRefusal {
+    /// Whether it says the batch is not what its node signed or may not be stored
+    /// (everything but [`RelayRefusal::TooMany`]): what `forged_relayed` counts.
+    pub fn forged(self) -> bool {
+        self != RelayRefusal::TooMany
+    }
 }
 
 /// One accepted inner batch.

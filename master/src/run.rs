@@ -107,9 +107,11 @@ pub struct Counters {
     /// Signed acks published on a relay's carry topic.
     pub carried_acks: u64,
     /// Relayed batches refused: forged or altered, unknown or revoked node, too deep,
-    /// malformed, too many in one frame (stored as the relay's summary record, never
-    /// unwrapped).
+    /// malformed (stored as the relay's summary record, never unwrapped).
     pub forged_relayed: u64,
+    /// Relayed batches refused because their frame held more than
+    /// [`crate::relay::MAX_LAYERS`] (their origins keep them and send them again).
+    pub relayed_too_many: u64,
     /// `Fetch` requests answered, and desired states sent on carry topics for them.
     pub fetches: u64,
     /// `Fetch` requests refused: too soon after the relay's last one, too many nodes,
@@ -616,7 +618,9 @@ fn relayed(
     log: &crate::log_limit::LogLimit,
     c: &mut Counters,
 ) {
-    c.forged_relayed += refused.len() as u64;
+    let forged = refused.iter().filter(|r| r.reason.forged()).count() as u64;
+    c.forged_relayed += forged;
+    c.relayed_too_many += refused.len() as u64 - forged;
     if let (Some(r), true) = (refused.first(), log.allow("relayed refused")) {
         let origin = r.origin.as_ref().map_or("?", Name::as_str);
         tracing::warn!(relay = %relay, by = %r.by, origin, reason = %r.reason,

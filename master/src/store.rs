@@ -57,8 +57,8 @@ pub struct Batch {
     /// The relays it came through, the one that reached the broker first
     /// ([`crate::relay::Layer::via`]); empty: it came directly.
     pub via: Vec<Name>,
-    /// The seqs of its `Relayed` records whose batch the master refused
-    /// ([`crate::relay::Refused`]).
+    /// The seqs of its `Relayed` records whose batch the master refused as forged
+    /// ([`crate::relay::Refused`], [`crate::relay::RelayRefusal::forged`]).
     pub refused_relayed: Vec<u64>,
 }
 

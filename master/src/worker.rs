@@ -243,7 +243,7 @@ fn ingest(store: &impl FleetStore, jobs: Vec<Job>) -> Vec<Done> {
             _ => crate::relay::Unwrapped::default(),
         };
         let refused_in = |who: &Name| -> Vec<u64> {
-            let seqs = unwrapped.refused.iter().filter(|r| &r.by == who);
+            let seqs = (unwrapped.refused.iter()).filter(|r| &r.by == who && r.reason.forged());
             seqs.map(|r| r.seq).collect()
         };
         let at = batches.len();

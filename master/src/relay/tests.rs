@@ -220,6 +220,9 @@ fn a_frame_checks_at_most_max_layers_signatures() {
         .refused
         .iter()
         .all(|r| r.reason == RelayRefusal::TooMany));
+    // Not a forgery: what `forged_relayed` counts leaves it out.
+    assert!(!RelayRefusal::TooMany.forged());
+    assert!(RelayRefusal::BadSignature.forged() && RelayRefusal::Revoked.forged());
 }
 
 #[test]
