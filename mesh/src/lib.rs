@@ -11,18 +11,25 @@
 //! - [`stats`]: the transport's counters.
 //! - `session`, `beacon`: the I/O of one session and of multicast beacons.
 //!
-//! The mesh link (the daemon's second link, `LinkId::Mesh`) and its pure cores live in
-//! their own modules, declared below.
+//! The mesh link (the daemon's second link, `LinkId::Mesh`) and its pure cores:
+//! - [`custody`]: whether a relay takes a peer's batch into its own outbox.
+//! - [`epidemic`]: the newest signed desired state per node, and what to push to whom.
+//! - [`params`]: the newest signed connection parameters per (node, instance).
 
 mod beacon;
 pub mod config;
+pub mod custody;
+pub mod epidemic;
 pub mod frame;
 pub mod net;
+mod newest;
+pub mod params;
 pub mod routes;
 mod session;
 pub mod stats;
 pub mod tls;
 
 pub use config::MeshConfig;
+pub use newest::Kept;
 pub use net::{start, NetError, NetHandle, PeerEvent, PeerEventKind, PeerInfo};
 pub use tls::NetTls;
