@@ -12,6 +12,7 @@
 //! - `session`, `beacon`: the I/O of one session and of multicast beacons.
 //!
 //! The mesh link (the daemon's second link, `LinkId::Mesh`) and its pure cores:
+//! - [`link`]: the mesh link task: one sync machine to the best next hop, and the relay.
 //! - [`custody`]: whether a relay takes a peer's batch into its own outbox.
 //! - [`epidemic`]: the newest signed desired state per node, and what to push to whom.
 //! - [`params`]: the newest signed connection parameters per (node, instance).
@@ -20,6 +21,7 @@ mod beacon;
 pub mod config;
 pub mod custody;
 pub mod epidemic;
+pub mod link;
 pub mod frame;
 pub mod net;
 mod newest;

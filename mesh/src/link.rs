@@ -1,0 +1,797 @@
+//! The mesh link: the daemon's second link (`LinkId::Mesh`). One [`SyncMachine`] over
+//! the node's outbox whose batches go to the best next hop, and the relay's duties.
+//!
+//! Contract: [`run`] talks to the daemon through the same channels as the MQTT driver
+//! (`ToNode` / `ToLink`) and to peers through a [`PeerNet`] (the transport's
+//! `NetHandle`) and its `PeerEvent`s. It is an I/O driver: every decision that can be
+//! pure lives in a core (`SyncMachine`, [`Routes`], [`Desk`], [`Carrier`], [`Book`]).
+//! - **Sending.** The machine's `Connect` is answered `LinkUp` only when the daemon said
+//!   the direct uplink is down (`ToLink::Direct(false)`) and a peer with a path exists
+//!   (the best next hop of [`Routes`]); otherwise `ConnectFailed` (the machine backs off
+//!   and, when a path appears, is told `PathBack`). Each `Send` is signed with this
+//!   node's key ([`Trust::sign_batch`]) and sent to that hop as `PeerMessage::Batch`.
+//!   Losing the hop, a better hop appearing or the direct uplink coming back is a
+//!   `LinkDown`. The hop's `Custody` for this node's life feeds `Input::Custody`; an ack
+//!   for this node, verified ([`Trust::ack_ok`]), feeds `Input::Acked`, whatever path
+//!   it came by; the machine's `Delete`s and lease go to the daemon as the MQTT
+//!   driver's do. A mesh origin's batches are at most
+//!   `max_frame - MAX_RELAY_DEPTH * RELAY_OVERHEAD` bytes, so every wrapping fits.
+//! - **Relaying.** A peer's `Batch` is judged by [`Desk`] (signature against the peer's
+//!   session certificate, [`Trust::batch_ok`]); an accepted one goes to the daemon as
+//!   `ToNode::Custody`, and only the daemon's `CustodyStored` (after its durable append)
+//!   is answered `Custody`; a refusal is answered `Refused`, counted and logged at a
+//!   limited rate.
+//! - **Acks and desired states** for other nodes (from peers, or from the carry topic as
+//!   `ToLink::Carried`) are verified against the master's key and passed on to every
+//!   other peer, only when newer than what was passed before; the newest ack per
+//!   (node, epoch) is held and sent to every peer whose session comes up (an origin
+//!   away when its ack passed gets it by whatever path it returns). Desired states are
+//!   held ([`Carrier`]) and pushed to a peer whose `Hello` summary is older. This node's
+//!   own state goes to the daemon as `ToNode::Desired(frame)`.
+//! - **Fetch.** With a direct uplink, the nodes this node carries for (its peers, the
+//!   origins it took custody from) are asked of the master as `ToNode::Fetch`: when the
+//!   set grows (at most once per [`FETCH_GAP`]) and every `fetch_every`.
+//! - **Hello.** Sent to a peer when its session comes up and whenever the hops this node
+//!   announces to it change (poisoned reverse: [`Routes::hops_for`]); the beacon follows.
+//! - **Parameters.** `ToLink::Params` is signed ([`Trust::sign_params`]) and sent to every
+//!   peer; a peer's verified `Params` ([`Trust::params_ok`]) newer than held go to the
+//!   daemon as `ToNode::PeerParams` and on to the other peers; all held go to a peer whose
+//!   session comes up.
+//!
+//! Anything a peer sends that fails a check is dropped, counted in [`LinkStats`] and
+//! logged at most once per [`LOG_EVERY`] per kind.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hedge_common::log_gate::LogGate;
+use hedge_uplink::link::{ToLink, ToNode};
+use hedge_uplink::sync::MIN_FRAME;
+use hedge_uplink::{Config, Input, Output, SyncMachine};
+use hedge_wire::mesh::{
+    encode_peer, Hello, PeerMessage, SignedAck, SignedBatch, SignedParams, MAX_RELAY_DEPTH,
+    RELAY_OVERHEAD,
+};
+use hedge_wire::{decode, encode, DesiredState, Message, Name};
+use tokio::sync::mpsc;
+
+use crate::custody::{BatchKey, Desk, Verdict};
+use crate::epidemic::Carrier;
+use crate::net::{PeerEvent, PeerEventKind};
+use crate::newest::{Kept, Newest};
+use crate::params::Book;
+use crate::routes::Routes;
+
+/// Shortest time between two fetches the growth of the carried set triggers.
+pub const FETCH_GAP: Duration = Duration::from_secs(1);
+/// At most one log line per kind of refusal in this period.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Where peer messages go: the transport's `NetHandle`, or a test's.
+pub trait PeerNet: Send + 'static {
+    /// Queues `m` for `peer`; `false` when it cannot be (no session, queue full).
+    fn send(&self, peer: &Name, m: PeerMessage) -> bool;
+    /// What this node's beacons say: its hops and outbox depth.
+    fn set_beacon(&self, hops: u8, outbox: u64);
+}
+
+/// The keys the link signs and verifies with (this node's TLS key and certificate, the
+/// fleet CA, the master's public key).
+pub trait Trust: Send + 'static {
+    /// Signs an encoded `Message::Up` of this node; `None` if the key cannot.
+    fn sign_batch(&self, frame: Vec<u8>) -> Option<SignedBatch>;
+    /// Whether `batch`'s signature verifies against the peer's certificate (DER).
+    fn batch_ok(&self, batch: &SignedBatch, peer_cert: &[u8]) -> bool;
+    /// Whether the master signed this ack.
+    fn ack_ok(&self, ack: &SignedAck) -> bool;
+    /// Whether the master signed this desired state.
+    fn desired_ok(&self, state: &DesiredState) -> bool;
+    /// This node's signed parameters of `instance`; `None` if the key cannot.
+    fn sign_params(
+        &self,
+        instance: Name,
+        generation: u64,
+        parameters: BTreeMap<String, String>,
+    ) -> Option<SignedParams>;
+    /// Whether `p` is signed by `p.node`'s certificate, issued by the fleet CA.
+    fn params_ok(&self, p: &SignedParams) -> bool;
+}
+
+/// How the mesh link runs.
+#[derive(Debug, Clone)]
+pub struct MeshLinkSettings {
+    /// This node.
+    pub node: Name,
+    /// Its store's epoch.
+    pub epoch: u64,
+    /// Tuning of its sync machine (the MQTT link's; `max_frame` is lowered here by
+    /// `MAX_RELAY_DEPTH * RELAY_OVERHEAD`).
+    pub sync: Config,
+    /// Largest frame the master accepts (peers' batches are decoded within it).
+    pub max_frame: usize,
+    /// How often the carried nodes' states are fetched again with a direct uplink.
+    pub fetch_every: Duration,
+    /// Peers' batches waiting for the daemon's durable append at once.
+    pub custody_pending: usize,
+    /// Bytes of other nodes' desired states held for spreading.
+    pub carried_bytes: usize,
+}
+
+impl MeshLinkSettings {
+    /// Defaults for `node`'s life `epoch` over the MQTT link's `sync` tuning.
+    pub fn new(node: Name, epoch: u64, sync: Config) -> Self {
+        MeshLinkSettings {
+            node,
+            epoch,
+            max_frame: sync.max_frame,
+            sync,
+            fetch_every: Duration::from_secs(60),
+            custody_pending: 64,
+            carried_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Counters of the mesh link, shared with whoever shows them.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    /// Batches of this node sent to a next hop (resends included).
+    pub batches_sent: AtomicU64,
+    /// Custody answers for this node's batches.
+    pub custody_received: AtomicU64,
+    /// Custody refusals for this node's batches.
+    pub refused_received: AtomicU64,
+    /// Peers' batches stored (answered `Custody`, repeats included).
+    pub custody_given: AtomicU64,
+    /// Peers' batches refused (here or by the daemon).
+    pub custody_refused: AtomicU64,
+    /// Acks, desired states or parameters whose signature did not verify.
+    pub forged: AtomicU64,
+    /// Acks passed on to peers.
+    pub acks_passed: AtomicU64,
+    /// Desired states passed on to peers.
+    pub desired_passed: AtomicU64,
+    /// Desired states held for spreading now (a gauge).
+    pub desired_held: AtomicU64,
+    /// Peers' parameters handed to the daemon.
+    pub params_received: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Kinds of rate-limited log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Noise {
+    RefusedIn,
+    RefusedOut,
+    Forged,
+    Garbled,
+}
+
+/// Runs the mesh link until the daemon or the transport drops its channel.
+// The I/O driver: it reads the clocks the pure cores are fed with.
+#[allow(clippy::disallowed_methods)]
+pub async fn run<N: PeerNet, T: Trust>(
+    settings: MeshLinkSettings,
+    net: N,
+    trust: T,
+    stats: Arc<LinkStats>,
+    mut events: mpsc::Receiver<PeerEvent>,
+    to_node: mpsc::UnboundedSender<ToNode>,
+    mut from_node: mpsc::UnboundedReceiver<ToLink>,
+) {
+    let mut link = Link::new(settings, net, trust, stats, to_node);
+    link.feed(Instant::now(), Input::Start);
+    loop {
+        if !link.flush(Instant::now()) {
+            return;
+        }
+        let deadline = link
+            .deadline()
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(ev) => link.on_peer(Instant::now(), ev),
+                None => return,
+            },
+            msg = from_node.recv() => match msg {
+                Some(msg) => link.on_node(Instant::now(), msg),
+                None => return,
+            },
+            _ = tokio::time::sleep_until(deadline) => link.on_tick(Instant::now()),
+        }
+    }
+}
+
+/// The link's state between events.
+struct Link<N, T> {
+    me: Name,
+    epoch: u64,
+    max_frame: usize,
+    fetch_every: Duration,
+    net: N,
+    trust: T,
+    stats: Arc<LinkStats>,
+    to_node: mpsc::UnboundedSender<ToNode>,
+    daemon_gone: bool,
+    sync: SyncMachine,
+    pending: Vec<Output>,
+    /// What the daemon last said of the direct uplink; `None` before it said anything.
+    direct: Option<bool>,
+    /// The peer this node's batches go to while the machine is up.
+    hop: Option<Name>,
+    routes: Routes,
+    certs: BTreeMap<Name, Vec<u8>>,
+    announced: BTreeMap<Name, u8>,
+    beacon: Option<(u8, u64)>,
+    desk: Desk,
+    carrier: Carrier,
+    /// Per peer: the newest generation of each node's state sent to it.
+    pushed: BTreeMap<Name, BTreeMap<Name, u64>>,
+    book: Book,
+    /// Newest ack passed on per (node, epoch), for peers that come up later.
+    acks: Newest<(Name, u64), SignedAck>,
+    sent_upto: u64,
+    last_seq: u64,
+    lease: Option<Instant>,
+    next_fetch: Option<Instant>,
+    last_fetch: Option<Instant>,
+    gates: BTreeMap<Noise, LogGate<Instant>>,
+}
+
+impl<N: PeerNet, T: Trust> Link<N, T> {
+    fn new(
+        s: MeshLinkSettings,
+        net: N,
+        trust: T,
+        stats: Arc<LinkStats>,
+        to_node: mpsc::UnboundedSender<ToNode>,
+    ) -> Self {
+        let mut sync_cfg = s.sync;
+        sync_cfg.max_frame = sync_cfg
+            .max_frame
+            .saturating_sub(MAX_RELAY_DEPTH * RELAY_OVERHEAD)
+            .max(MIN_FRAME);
+        sync_cfg.max_batch_bytes = sync_cfg.max_batch_bytes.min(sync_cfg.max_frame);
+        Link {
+            sync: SyncMachine::new(s.node.clone(), s.epoch, sync_cfg, fastrand::u64(..)),
+            carrier: Carrier::new(s.node.clone(), s.carried_bytes),
+            pushed: BTreeMap::new(),
+            book: Book::new(s.node.clone(), 32, 1024, 4 << 20),
+            desk: Desk::new(s.max_frame, s.custody_pending, 1024),
+            acks: Newest::new(4 * hedge_wire::mesh::MAX_CARRIED, usize::MAX),
+            me: s.node,
+            epoch: s.epoch,
+            max_frame: s.max_frame,
+            fetch_every: s.fetch_every,
+            net,
+            trust,
+            stats,
+            to_node,
+            daemon_gone: false,
+            pending: Vec::new(),
+            direct: None,
+            hop: None,
+            routes: Routes::default(),
+            certs: BTreeMap::new(),
+            announced: BTreeMap::new(),
+            beacon: None,
+            sent_upto: 0,
+            last_seq: 0,
+            lease: None,
+            next_fetch: None,
+            last_fetch: None,
+            gates: BTreeMap::new(),
+        }
+    }
+
+    // ----- the daemon -----
+
+    fn tell(&mut self, m: ToNode) {
+        if self.to_node.send(m).is_err() {
+            self.daemon_gone = true;
+        }
+    }
+
+    fn feed(&mut self, now: Instant, input: Input) {
+        let out = self.sync.handle(now, input);
+        self.pending.extend(out);
+    }
+
+    /// Performs what the machine asked; `false` once the daemon is gone.
+    fn flush(&mut self, now: Instant) -> bool {
+        while !self.pending.is_empty() {
+            for out in std::mem::take(&mut self.pending) {
+                self.perform(now, out);
+            }
+        }
+        if self.sync.lease_since() > self.lease {
+            self.lease = self.sync.lease_since();
+            if let Some(since) = self.lease {
+                self.tell(ToNode::Lease { since });
+            }
+        }
+        self.announce();
+        !self.daemon_gone
+    }
+
+    fn perform(&mut self, now: Instant, out: Output) {
+        match out {
+            Output::Connect => {
+                let best = self.routes.best().map(|(n, _)| n.clone());
+                match best {
+                    Some(hop) if self.direct == Some(false) => {
+                        tracing::info!(node = %self.me, hop = %hop, "mesh link up");
+                        self.hop = Some(hop);
+                        self.tell(ToNode::Link(true));
+                        self.feed(now, Input::LinkUp);
+                    }
+                    _ => self.feed(now, Input::ConnectFailed),
+                }
+            }
+            Output::Load { from, limit } => self.tell(ToNode::Load { from, limit }),
+            Output::Delete { upto } => self.tell(ToNode::Delete { upto }),
+            Output::Send { frame, range, .. } => {
+                let Some(hop) = self.hop.clone() else {
+                    return;
+                };
+                let Some(batch) = self.trust.sign_batch(frame) else {
+                    tracing::warn!(node = %self.me, "cannot sign a batch; the ack timeout resends");
+                    return;
+                };
+                if self.net.send(&hop, PeerMessage::Batch(batch)) {
+                    bump(&self.stats.batches_sent);
+                    if let Some((_, to)) = range {
+                        if to > self.sent_upto {
+                            self.sent_upto = to;
+                            self.tell(ToNode::Sent { upto: to });
+                        }
+                    }
+                } else {
+                    tracing::debug!(hop = %hop, "peer queue full or gone; the ack timeout resends");
+                }
+            }
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        match (self.sync.deadline(), self.next_fetch) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        if self.next_fetch.is_some_and(|t| t <= now) {
+            self.fetch(now);
+        }
+        self.feed(now, Input::Tick);
+    }
+
+    fn on_node(&mut self, now: Instant, msg: ToLink) {
+        match msg {
+            ToLink::Loaded { from, records, end } => {
+                if let Some(r) = records.last() {
+                    self.last_seq = self.last_seq.max(r.seq);
+                }
+                self.feed(now, Input::Loaded { from, records, end });
+            }
+            ToLink::OutboxChanged => self.feed(now, Input::OutboxChanged),
+            ToLink::CustodyStored { id, result } => {
+                let Some(ans) = self.desk.stored(id, result) else {
+                    return;
+                };
+                let BatchKey {
+                    origin,
+                    epoch,
+                    covers,
+                } = ans.key;
+                let m = match ans.result {
+                    Ok(()) => {
+                        bump(&self.stats.custody_given);
+                        PeerMessage::Custody {
+                            origin,
+                            epoch,
+                            covers,
+                        }
+                    }
+                    Err(reason) => {
+                        bump(&self.stats.custody_refused);
+                        self.noise(now, Noise::RefusedIn, &ans.peer, &format!("{reason:?}"));
+                        PeerMessage::Refused {
+                            origin,
+                            epoch,
+                            covers,
+                            reason,
+                        }
+                    }
+                };
+                self.net.send(&ans.peer, m);
+            }
+            ToLink::Carried(frame) => match decode(&frame, self.max_frame) {
+                Ok(Message::Carried(ack)) => self.on_ack(now, ack, None),
+                Ok(Message::Desired(state)) => self.on_desired(now, state, None),
+                _ => self.noise(now, Noise::Garbled, &self.me.clone(), "carry frame"),
+            },
+            ToLink::Direct(up) => {
+                self.direct = Some(up);
+                if up {
+                    self.drop_hop(now);
+                    self.schedule_fetch(now);
+                } else {
+                    self.next_fetch = None;
+                }
+                self.reroute(now);
+            }
+            ToLink::Params {
+                instance,
+                parameters,
+            } => {
+                let generation = self.book.next_generation(hedge_common::clock::now_ms());
+                let Some(p) = self.trust.sign_params(instance, generation, parameters) else {
+                    tracing::warn!(node = %self.me, "cannot sign connection parameters");
+                    return;
+                };
+                let size = encode_peer(&PeerMessage::Params(p.clone()), usize::MAX)
+                    .map_or(usize::MAX, |b| b.len());
+                if self.book.offer(p.clone(), size) == Kept::Newer {
+                    self.to_all_but(None, &PeerMessage::Params(p));
+                }
+            }
+            // Meant for the MQTT link.
+            ToLink::Fetch(_) => {}
+        }
+    }
+
+    // ----- peers -----
+
+    fn on_peer(&mut self, now: Instant, ev: PeerEvent) {
+        let PeerEvent { peer, kind } = ev;
+        match kind {
+            PeerEventKind::Up { cert_der, .. } => {
+                self.certs.insert(peer.clone(), cert_der);
+                self.routes.up(&peer);
+                self.announced.remove(&peer);
+                for p in self.book.all() {
+                    self.net.send(&peer, PeerMessage::Params(p));
+                }
+                // An origin that was away when the master's ack passed gets it now.
+                for (_, _, ack) in self.acks.iter() {
+                    self.net.send(&peer, PeerMessage::Ack(ack.clone()));
+                }
+                if self.carrier.want(&peer) {
+                    self.schedule_fetch(now);
+                }
+                self.reroute(now);
+            }
+            PeerEventKind::Down => {
+                self.certs.remove(&peer);
+                self.pushed.remove(&peer);
+                self.routes.down(&peer);
+                self.announced.remove(&peer);
+                self.reroute(now);
+            }
+            PeerEventKind::Message(m) => self.on_message(now, &peer, m),
+        }
+    }
+
+    fn on_message(&mut self, now: Instant, peer: &Name, m: PeerMessage) {
+        match m {
+            PeerMessage::Hello(h) => {
+                if &h.node != peer {
+                    return;
+                }
+                self.routes.hello(peer, h.hops, h.outbox);
+                for s in self.carrier.newer_than(&h.desired) {
+                    self.push_state(peer, s);
+                }
+                self.reroute(now);
+            }
+            PeerMessage::Batch(batch) => self.on_batch(now, peer, batch),
+            PeerMessage::Custody {
+                origin,
+                epoch,
+                covers,
+            } => {
+                if origin == self.me && epoch == self.epoch && self.hop.as_ref() == Some(peer) {
+                    if let Some((_, upto)) = covers {
+                        bump(&self.stats.custody_received);
+                        self.feed(now, Input::Custody { upto });
+                    }
+                }
+            }
+            PeerMessage::Refused { origin, reason, .. } => {
+                if origin == self.me {
+                    bump(&self.stats.refused_received);
+                    self.noise(now, Noise::RefusedOut, peer, &format!("{reason:?}"));
+                }
+            }
+            PeerMessage::Ack(ack) => self.on_ack(now, ack, Some(peer)),
+            PeerMessage::Desired(state) => self.on_desired(now, state, Some(peer)),
+            PeerMessage::Params(p) => self.on_params(now, p, peer),
+        }
+    }
+
+    fn on_batch(&mut self, now: Instant, peer: &Name, batch: SignedBatch) {
+        let Some(cert) = self.certs.get(peer) else {
+            return;
+        };
+        let trust = &self.trust;
+        let verdict = self.desk.judge(peer, &batch, |b| trust.batch_ok(b, cert));
+        match verdict {
+            Verdict::Store { id, key } => {
+                if self.carrier.want(&key.origin) {
+                    self.schedule_fetch(now);
+                }
+                self.tell(ToNode::Custody { id, batch });
+            }
+            Verdict::Held(key) => {
+                bump(&self.stats.custody_given);
+                self.net.send(
+                    peer,
+                    PeerMessage::Custody {
+                        origin: key.origin,
+                        epoch: key.epoch,
+                        covers: key.covers,
+                    },
+                );
+            }
+            Verdict::Waiting => {}
+            Verdict::Refuse { key, reason } => {
+                bump(&self.stats.custody_refused);
+                self.noise(now, Noise::RefusedIn, peer, &format!("{reason:?}"));
+                let (origin, epoch, covers) =
+                    key.map_or((peer.clone(), 0, None), |k| (k.origin, k.epoch, k.covers));
+                self.net.send(
+                    peer,
+                    PeerMessage::Refused {
+                        origin,
+                        epoch,
+                        covers,
+                        reason,
+                    },
+                );
+            }
+        }
+    }
+
+    fn on_ack(&mut self, now: Instant, ack: SignedAck, from: Option<&Name>) {
+        // Nothing new (checked before the signature: a replayed flood costs no crypto).
+        let stale = if ack.node == self.me {
+            ack.epoch == self.epoch && ack.upto <= self.sync.stats().acked_upto
+        } else {
+            let key = (ack.node.clone(), ack.epoch);
+            self.acks
+                .get(&key)
+                .is_some_and(|(upto, _)| upto >= ack.upto)
+        };
+        if stale {
+            return;
+        }
+        if !self.trust.ack_ok(&ack) {
+            self.forged(now, from, "ack");
+            return;
+        }
+        if ack.node == self.me {
+            self.feed(
+                now,
+                Input::Acked {
+                    upto: ack.upto,
+                    epoch: ack.epoch,
+                },
+            );
+            return;
+        }
+        let key = (ack.node.clone(), ack.epoch);
+        if self.acks.offer(key, ack.upto, ack.clone(), 0, |_| false) == Kept::Newer {
+            let n = self.to_all_but(from, &PeerMessage::Ack(ack));
+            self.stats.acks_passed.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    fn on_desired(&mut self, now: Instant, state: DesiredState, from: Option<&Name>) {
+        if self
+            .carrier
+            .get(&state.node)
+            .is_some_and(|s| s.generation >= state.generation)
+        {
+            return;
+        }
+        let Ok(frame) = encode(&Message::Desired(state.clone()), self.max_frame) else {
+            self.noise(now, Noise::Garbled, &self.me.clone(), "desired state");
+            return;
+        };
+        if !self.trust.desired_ok(&state) {
+            self.forged(now, from, "desired state");
+            return;
+        }
+        let mine = state.node == self.me;
+        let kept = self.carrier.offer(state.clone(), frame.len());
+        let held = u64::try_from(self.carrier.held().0).unwrap_or(u64::MAX);
+        self.stats.desired_held.store(held, Ordering::Relaxed);
+        if kept == Kept::Newer {
+            if mine {
+                self.tell(ToNode::Desired(frame));
+            }
+            let peers: Vec<Name> = self.routes.peers().map(|(p, _)| p.clone()).collect();
+            for peer in peers.iter().filter(|p| Some(*p) != from) {
+                self.push_state(peer, state.clone());
+            }
+        }
+    }
+
+    fn on_params(&mut self, now: Instant, p: SignedParams, from: &Name) {
+        let stale = self
+            .book
+            .get(&p.node, &p.instance)
+            .is_some_and(|q| q.generation >= p.generation);
+        if p.node == self.me || stale {
+            return;
+        }
+        let Ok(bytes) = encode_peer(&PeerMessage::Params(p.clone()), self.max_frame) else {
+            self.noise(now, Noise::Garbled, from, "parameters");
+            return;
+        };
+        if !self.trust.params_ok(&p) {
+            self.forged(now, Some(from), "parameters");
+            return;
+        }
+        if self.book.offer(p.clone(), bytes.len()) == Kept::Newer {
+            bump(&self.stats.params_received);
+            self.tell(ToNode::PeerParams(p.clone()));
+            self.to_all_but(Some(from), &PeerMessage::Params(p));
+        }
+    }
+
+    /// Sends `state` to `peer` unless a generation as new was sent to it already (a
+    /// peer repeating an old summary gets nothing twice).
+    fn push_state(&mut self, peer: &Name, state: DesiredState) {
+        let sent = self.pushed.entry(peer.clone()).or_default();
+        if sent
+            .get(&state.node)
+            .is_some_and(|g| *g >= state.generation)
+        {
+            return;
+        }
+        if sent.len() >= 2 * hedge_wire::mesh::MAX_CARRIED {
+            sent.clear();
+        }
+        let (node, generation) = (state.node.clone(), state.generation);
+        if self.net.send(peer, PeerMessage::Desired(state)) {
+            sent.insert(node, generation);
+            bump(&self.stats.desired_passed);
+        }
+    }
+
+    /// Sends `m` to every up peer but `except`; how many took it.
+    fn to_all_but(&self, except: Option<&Name>, m: &PeerMessage) -> u64 {
+        let mut n = 0;
+        for (peer, _) in self.routes.peers() {
+            if Some(peer) != except && self.net.send(peer, m.clone()) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    // ----- routes -----
+
+    /// Follows the routes: drops a hop that is gone or no longer the best, lets the
+    /// machine reconnect early when a path exists.
+    fn reroute(&mut self, now: Instant) {
+        let best = self.routes.best().map(|(n, _)| n.clone());
+        if self.sync.is_connected() && (self.direct != Some(false) || best != self.hop) {
+            self.drop_hop(now);
+        }
+        if !self.sync.is_connected()
+            && self.direct == Some(false)
+            && best.is_some()
+            && self.sync.wants_probe()
+        {
+            self.feed(now, Input::PathBack);
+        }
+    }
+
+    fn drop_hop(&mut self, now: Instant) {
+        if self.sync.is_connected() {
+            tracing::info!(node = %self.me, hop = ?self.hop, "mesh link down");
+            self.tell(ToNode::Link(false));
+            self.feed(now, Input::LinkDown);
+        }
+        self.hop = None;
+    }
+
+    /// Sends a `Hello` to every peer whose announced hops changed; updates the beacon.
+    fn announce(&mut self) {
+        let direct = self.direct == Some(true);
+        let outbox = self.last_seq.saturating_sub(self.sync.stats().acked_upto);
+        let mut hellos = Vec::new();
+        for (peer, _) in self.routes.peers() {
+            let hops = self.routes.hops_for(peer, direct);
+            if self.announced.get(peer) != Some(&hops) {
+                hellos.push((peer.clone(), hops));
+            }
+        }
+        for (peer, hops) in hellos {
+            let hello = Hello {
+                node: self.me.clone(),
+                hops,
+                outbox,
+                desired: self.carrier.summary(),
+            };
+            if self.net.send(&peer, PeerMessage::Hello(hello)) {
+                self.announced.insert(peer, hops);
+            }
+        }
+        let own = (self.routes.own_hops(direct), outbox);
+        if self.beacon != Some(own) {
+            self.beacon = Some(own);
+            self.net.set_beacon(own.0, own.1);
+        }
+    }
+
+    // ----- fetch -----
+
+    fn schedule_fetch(&mut self, now: Instant) {
+        if self.direct != Some(true) {
+            return;
+        }
+        let at = self
+            .last_fetch
+            .and_then(|t| t.checked_add(FETCH_GAP))
+            .map_or(now, |t| t.max(now));
+        self.next_fetch = Some(self.next_fetch.map_or(at, |t| t.min(at)));
+    }
+
+    fn fetch(&mut self, now: Instant) {
+        self.last_fetch = Some(now);
+        self.next_fetch = now.checked_add(self.fetch_every);
+        let wanted = self.carrier.wanted();
+        if self.direct == Some(true) && !wanted.is_empty() {
+            self.tell(ToNode::Fetch(wanted));
+        }
+    }
+
+    // ----- logs -----
+
+    fn forged(&mut self, now: Instant, from: Option<&Name>, what: &str) {
+        bump(&self.stats.forged);
+        let who = from.cloned().unwrap_or_else(|| self.me.clone());
+        self.noise(now, Noise::Forged, &who, what);
+    }
+
+    fn noise(&mut self, now: Instant, kind: Noise, peer: &Name, what: &str) {
+        let gate = self.gates.entry(kind).or_default();
+        if let Some(suppressed) = gate.allow(now, |t| now.duration_since(t) < LOG_EVERY) {
+            match kind {
+                Noise::RefusedIn => {
+                    tracing::warn!(peer = %peer, reason = what, suppressed, "refused a peer's batch")
+                }
+                Noise::RefusedOut => {
+                    tracing::warn!(peer = %peer, reason = what, suppressed, "a peer refused custody of a batch")
+                }
+                Noise::Forged => {
+                    tracing::warn!(peer = %peer, what, suppressed, "dropped a message whose signature does not verify")
+                }
+                Noise::Garbled => {
+                    tracing::warn!(peer = %peer, what, suppressed, "dropped a malformed message")
+                }
+            }
+        }
+    }
+}
+
+impl PeerNet for crate::net::NetHandle {
+    fn send(&self, peer: &Name, m: PeerMessage) -> bool {
+        crate::net::NetHandle::send(self, peer, m)
+    }
+
+    fn set_beacon(&self, hops: u8, outbox: u64) {
+        crate::net::NetHandle::set_beacon(self, hops, outbox);
+    }
+}
