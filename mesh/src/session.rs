@@ -197,7 +197,12 @@ async fn writer(
     mut out: mpsc::Receiver<Vec<u8>>,
     keepalive: Duration,
 ) -> FrameError {
-    // The opening keepalive: the dialler waits for it (see `handshake_out`).
+    // The opening keepalive: the dialler waits for it (see `handshake_out`). Written
+    // before anything queued: the mesh link answers a session's `Up` with a `Hello` at
+    // once, which must not come first.
+    if let Err(e) = write_frame(&mut w, &[]).await {
+        return e;
+    }
     let mut wait = Duration::ZERO;
     loop {
         let first = match tokio::time::timeout(wait, out.recv()).await {
