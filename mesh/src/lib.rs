@@ -15,14 +15,15 @@
 //! - [`link`]: the mesh link task: one sync machine to the best next hop, and the relay.
 //! - [`custody`]: whether a relay takes a peer's batch into its own outbox.
 //! - [`epidemic`]: the newest signed desired state per node, and what to push to whom.
+//! - [`trust`]: the keys the link signs and checks with (`hedge_uplink::origin`).
 //! - [`params`]: the newest signed connection parameters per (node, instance).
 
 mod beacon;
 pub mod config;
 pub mod custody;
 pub mod epidemic;
-pub mod link;
 pub mod frame;
+pub mod link;
 pub mod net;
 mod newest;
 pub mod params;
@@ -30,8 +31,9 @@ pub mod routes;
 mod session;
 pub mod stats;
 pub mod tls;
+pub mod trust;
 
 pub use config::MeshConfig;
-pub use newest::Kept;
 pub use net::{start, NetError, NetHandle, PeerEvent, PeerEventKind, PeerInfo};
+pub use newest::Kept;
 pub use tls::NetTls;

@@ -52,7 +52,13 @@ fn node(ca: &Ca, master: &SigningKey, name: &str, peers: Vec<String>) -> (Node, 
     )
     .unwrap();
     let addr = net.local_addr().to_string();
-    let node = fake::start_with(n(name), Arc::new(Mutex::new(Daemon::default())), net, trust, rx);
+    let node = fake::start_with(
+        n(name),
+        Arc::new(Mutex::new(Daemon::default())),
+        net,
+        trust,
+        rx,
+    );
     (node, addr, cert)
 }
 
@@ -71,7 +77,7 @@ fn signed_state(master: &SigningKey, node: &Name, generation: u64) -> DesiredSta
     s
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn a_chain_of_three_over_tls_carries_records_states_and_parameters() {
     let ca = Ca::new("fleet");
     let master_key = SigningKey::from_bytes(&[7; 32]);
@@ -85,9 +91,13 @@ async fn a_chain_of_three_over_tls_carries_records_states_and_parameters() {
     let ack_key = master_key.clone();
     let master = Mutex::new(Master {
         signed_by: Box::new(move |node: &Name, batch: &SignedBatch| {
-            certs.get(node).is_some_and(|c| c.verify_batch(batch).is_ok())
+            certs
+                .get(node)
+                .is_some_and(|c| c.verify_batch(batch).is_ok())
         }),
-        ack: Box::new(move |node: &Name, epoch, upto| sign_ack(&ack_key, node.clone(), epoch, upto)),
+        ack: Box::new(move |node: &Name, epoch, upto| {
+            sign_ack(&ack_key, node.clone(), epoch, upto)
+        }),
         ..Master::default()
     });
     a.tell(ToLink::Direct(true));
@@ -103,7 +113,13 @@ async fn a_chain_of_three_over_tls_carries_records_states_and_parameters() {
     .await;
     exactly_once(&master, &c.name, 300);
     assert_eq!(master.lock().unwrap().forged, 0);
-    until_with(10, "b's relay copies gone", || drain(&master, &a), || b.d().outbox.is_empty()).await;
+    until_with(
+        10,
+        "b's relay copies gone",
+        || drain(&master, &a),
+        || b.d().outbox.is_empty(),
+    )
+    .await;
 
     // c's desired state, from the master's carry topic at a, reaches c through b.
     let state = signed_state(&master_key, &c.name, 3);
@@ -122,7 +138,10 @@ async fn a_chain_of_three_over_tls_carries_records_states_and_parameters() {
     let p = a.d().params[0].clone();
     assert_eq!((p.node.as_str(), p.instance.as_str()), ("c", "db"));
     assert_eq!(p.parameters["port"], "5432");
-    assert_eq!(usage(&c.name, 1), master.lock().unwrap().records[&(c.name.clone(), EPOCH, 1)]);
+    assert_eq!(
+        usage(&c.name, 1),
+        master.lock().unwrap().records[&(c.name.clone(), EPOCH, 1)]
+    );
 }
 
 #[test]
@@ -134,13 +153,25 @@ fn real_keys_accept_their_own_and_refuse_everything_else() {
     let (cert_b, key_b) = ca.node("b");
     let (cert_x, key_x) = other_ca.node("c");
     let trust = |me: &str, key: &str, cert: &str, ca_pem: &str| {
-        NodeTrust::new(n(me), key.as_bytes(), cert.as_bytes(), ca_pem.as_bytes(), master.verifying_key())
+        NodeTrust::new(
+            n(me),
+            key.as_bytes(),
+            cert.as_bytes(),
+            ca_pem.as_bytes(),
+            master.verifying_key(),
+        )
     };
     let c = trust("c", &key_c, &cert_c, &ca.pem).unwrap();
     let b = trust("b", &key_b, &cert_b, &ca.pem).unwrap();
     // A key that is not the certificate's, a certificate of another node.
-    assert!(matches!(trust("c", &key_b, &cert_c, &ca.pem), Err(TrustError::Mismatch)));
-    assert!(matches!(trust("b", &key_c, &cert_c, &ca.pem), Err(TrustError::Mismatch)));
+    assert!(matches!(
+        trust("c", &key_b, &cert_c, &ca.pem),
+        Err(TrustError::Mismatch)
+    ));
+    assert!(matches!(
+        trust("b", &key_c, &cert_c, &ca.pem),
+        Err(TrustError::Mismatch)
+    ));
 
     let frame = encode(
         &Message::Up(hedge_wire::Up {
@@ -154,7 +185,10 @@ fn real_keys_accept_their_own_and_refuse_everything_else() {
     .unwrap();
     let batch = c.sign_batch(frame).unwrap();
     assert!(b.batch_ok(&batch, &der(&cert_c)));
-    assert!(!b.batch_ok(&batch, &der(&cert_b)), "another peer's certificate");
+    assert!(
+        !b.batch_ok(&batch, &der(&cert_b)),
+        "another peer's certificate"
+    );
     let mut altered = batch.clone();
     altered.bytes[3] ^= 1;
     assert!(!b.batch_ok(&altered, &der(&cert_c)));
