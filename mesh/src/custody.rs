@@ -13,9 +13,12 @@
 //! 3. wrapping it once more stays within `MAX_RELAY_DEPTH` nested `Relayed` layers, else
 //!    [`CustodyRefusal::TooDeep`];
 //! 4. the signature verifies, else [`CustodyRefusal::BadSignature`];
-//! 5. a range batch `(origin, epoch, covers)` stored recently is answered [`Verdict::Held`]
-//!    at once and not stored twice; one already waiting for the daemon is answered
-//!    [`Verdict::Waiting`] (no answer now: the waiting one's answer covers it);
+//! 5. a range batch `(origin, epoch, covers)` stored within the last `recent_for` is
+//!    answered [`Verdict::Held`] at once and not stored twice (a go-back-N resend); one
+//!    already waiting for the daemon is answered [`Verdict::Waiting`] (no answer now:
+//!    the waiting one's answer covers it). The memory is short on purpose: an origin
+//!    whose custody stalls sends again after a longer time, and that copy must be
+//!    stored again, since this relay may have shed or lost the first;
 //! 6. at most `max_pending` batches wait for the daemon at once, else
 //!    [`CustodyRefusal::Full`].
 //!
@@ -23,10 +26,12 @@
 //! `ToNode::Custody { id, .. }`, the daemon appends it durably and answers
 //! `ToLink::CustodyStored { id, result }`, which the link feeds to [`Desk::stored`]; only
 //! then is `PeerMessage::Custody` (or `Refused`) sent. The memory of recent batches is
-//! bounded ([`Desk::new`]'s `recent`); forgetting one only costs a second copy at the
-//! master, which stores each `(node, epoch, seq)` once.
+//! bounded ([`Desk::new`]'s `recent` entries, each for `recent_for`); forgetting one
+//! only costs a second copy at the master, which stores each `(node, epoch, seq)` once.
+//! Time comes in as an argument (any monotonic clock).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use hedge_wire::mesh::{CustodyRefusal, SignedBatch, MAX_RELAY_DEPTH};
 use hedge_wire::{Name, RecordKind, Up};
@@ -96,8 +101,9 @@ pub struct Desk {
     max_frame: usize,
     max_pending: usize,
     recent_cap: usize,
-    /// Range batches stored recently, oldest first.
-    recent: VecDeque<BatchKey>,
+    recent_for: Duration,
+    /// Range batches stored recently and when, oldest first.
+    recent: VecDeque<(BatchKey, Instant)>,
     /// Batches waiting for the daemon, by id.
     pending: BTreeMap<u64, (Name, BatchKey)>,
     next_id: u64,
@@ -107,12 +113,13 @@ pub struct Desk {
 impl Desk {
     /// A desk that decodes frames of at most `max_frame` bytes, lets at most
     /// `max_pending` batches wait for the daemon and remembers the last `recent` stored
-    /// ranges (each at least 1).
-    pub fn new(max_frame: usize, max_pending: usize, recent: usize) -> Self {
+    /// ranges (each at least 1) for `recent_for` each.
+    pub fn new(max_frame: usize, max_pending: usize, recent: usize, recent_for: Duration) -> Self {
         Desk {
             max_frame,
             max_pending: max_pending.max(1),
             recent_cap: recent.max(1),
+            recent_for,
             recent: VecDeque::new(),
             pending: BTreeMap::new(),
             next_id: 1,
@@ -120,14 +127,22 @@ impl Desk {
         }
     }
 
-    /// Judges `batch` sent by `peer` (its certificate CN); `signature_ok` is called at
-    /// most once, only for a batch that passed the cheaper checks.
+    /// Judges `batch` sent by `peer` (its certificate CN) at `now`; `signature_ok` is
+    /// called at most once, only for a batch that passed the cheaper checks.
     pub fn judge(
         &mut self,
+        now: Instant,
         peer: &Name,
         batch: &SignedBatch,
         signature_ok: impl FnOnce(&SignedBatch) -> bool,
     ) -> Verdict {
+        while self
+            .recent
+            .front()
+            .is_some_and(|(_, t)| now.saturating_duration_since(*t) >= self.recent_for)
+        {
+            self.recent.pop_front();
+        }
         let verdict = self.judge_inner(peer, batch, signature_ok);
         match &verdict {
             Verdict::Store { .. } => self.stats.handed += 1,
@@ -165,7 +180,7 @@ impl Desk {
             return refuse(Some(key), CustodyRefusal::BadSignature);
         }
         if key.covers.is_some() {
-            if self.recent.contains(&key) {
+            if self.recent.iter().any(|(k, _)| k == &key) {
                 return Verdict::Held(key);
             }
             if self.pending.values().any(|(_, k)| k == &key) {
@@ -181,9 +196,14 @@ impl Desk {
         Verdict::Store { id, key }
     }
 
-    /// The daemon's answer to `Store { id }`: whom to answer and what. `None` for an id
-    /// this desk is not waiting for (a stale or forged answer).
-    pub fn stored(&mut self, id: u64, result: Result<(), CustodyRefusal>) -> Option<Answer> {
+    /// The daemon's answer to `Store { id }` at `now`: whom to answer and what. `None`
+    /// for an id this desk is not waiting for (a stale or forged answer).
+    pub fn stored(
+        &mut self,
+        now: Instant,
+        id: u64,
+        result: Result<(), CustodyRefusal>,
+    ) -> Option<Answer> {
         let (peer, key) = self.pending.remove(&id)?;
         if result.is_ok() {
             self.stats.stored += 1;
@@ -191,7 +211,7 @@ impl Desk {
                 if self.recent.len() >= self.recent_cap {
                     self.recent.pop_front();
                 }
-                self.recent.push_back(key.clone());
+                self.recent.push_back((key.clone(), now));
             }
         }
         Some(Answer { peer, key, result })

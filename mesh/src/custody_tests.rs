@@ -1,7 +1,19 @@
+use std::time::{Duration, Instant};
+
 use hedge_wire::mesh::{CustodyRefusal, SignedBatch, MAX_RELAY_DEPTH};
 use hedge_wire::{encode, Message, Name, Record, RecordKind, Up, DEFAULT_MAX_FRAME};
 
 use super::{relay_depth, BatchKey, Desk, Verdict};
+
+const MEMORY: Duration = Duration::from_secs(60);
+
+/// One instant for the whole test (the memory's expiry is tested with others).
+fn t0() -> Instant {
+    static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    // The test's clock origin: a pure core is fed whatever time the test chooses.
+    #[allow(clippy::disallowed_methods)]
+    *T0.get_or_init(Instant::now)
+}
 
 fn name(s: &str) -> Name {
     Name::new(s).expect("valid name")
@@ -74,32 +86,32 @@ fn key(node: &str, from: u64, to: u64) -> BatchKey {
 }
 
 fn desk() -> Desk {
-    Desk::new(DEFAULT_MAX_FRAME, 4, 8)
+    Desk::new(DEFAULT_MAX_FRAME, 4, 8, MEMORY)
 }
 
 #[test]
 fn a_peers_own_signed_batch_is_stored_then_answered_custody() {
     let mut d = desk();
     let a = name("a");
-    let v = d.judge(&a, &batch("a", 1, 3), |_| true);
+    let v = d.judge(t0(), &a, &batch("a", 1, 3), |_| true);
     let Verdict::Store { id, key: k } = v else {
         panic!("expected Store, got {v:?}");
     };
     assert_eq!(k, key("a", 1, 3));
     assert_eq!(d.pending(), 1);
-    let ans = d.stored(id, Ok(())).expect("answer");
+    let ans = d.stored(t0(), id, Ok(())).expect("answer");
     assert_eq!(ans.peer, a);
     assert_eq!(ans.key, key("a", 1, 3));
     assert_eq!(ans.result, Ok(()));
     assert_eq!(d.pending(), 0);
     // The same range again (a resend): answered at once, not stored twice.
     assert_eq!(
-        d.judge(&a, &batch("a", 1, 3), |_| true),
+        d.judge(t0(), &a, &batch("a", 1, 3), |_| true),
         Verdict::Held(key("a", 1, 3))
     );
     // The next range is new.
     assert!(matches!(
-        d.judge(&a, &batch("a", 4, 5), |_| true),
+        d.judge(t0(), &a, &batch("a", 4, 5), |_| true),
         Verdict::Store { .. }
     ));
     let s = d.stats();
@@ -110,7 +122,7 @@ fn a_peers_own_signed_batch_is_stored_then_answered_custody() {
 fn another_nodes_batch_is_refused_before_its_signature_is_checked() {
     let mut d = desk();
     let mut called = false;
-    let v = d.judge(&name("a"), &batch("b", 1, 3), |_| {
+    let v = d.judge(t0(), &name("a"), &batch("b", 1, 3), |_| {
         called = true;
         true
     });
@@ -131,7 +143,7 @@ fn another_nodes_batch_is_refused_before_its_signature_is_checked() {
 #[test]
 fn a_bad_signature_is_refused_and_nothing_waits() {
     let mut d = desk();
-    let v = d.judge(&name("a"), &batch("a", 1, 3), |_| false);
+    let v = d.judge(t0(), &name("a"), &batch("a", 1, 3), |_| false);
     assert_eq!(
         v,
         Verdict::Refuse {
@@ -164,7 +176,7 @@ fn garbage_truncated_and_lifeless_batches_are_malformed() {
     ];
     for b in &cases {
         assert_eq!(
-            d.judge(&a, b, |_| true),
+            d.judge(t0(), &a, b, |_| true),
             Verdict::Refuse {
                 key: None,
                 reason: CustodyRefusal::Malformed
@@ -181,16 +193,16 @@ fn garbage_truncated_and_lifeless_batches_are_malformed() {
         signature: vec![],
     };
     assert!(matches!(
-        d.judge(&a, &ack, |_| true),
+        d.judge(t0(), &a, &ack, |_| true),
         Verdict::Refuse {
             reason: CustodyRefusal::Malformed,
             ..
         }
     ));
     // A frame larger than the desk's limit.
-    let mut small = Desk::new(16, 4, 8);
+    let mut small = Desk::new(16, 4, 8, MEMORY);
     assert!(matches!(
-        small.judge(&a, &good, |_| true),
+        small.judge(t0(), &a, &good, |_| true),
         Verdict::Refuse {
             reason: CustodyRefusal::Malformed,
             ..
@@ -218,10 +230,13 @@ fn nesting_is_counted_and_one_more_wrap_must_stay_within_the_depth() {
     let p = name("p");
     // MAX_RELAY_DEPTH - 1 layers inside: wrapping it makes MAX_RELAY_DEPTH.
     let ok = nested("p", MAX_RELAY_DEPTH - 1);
-    assert!(matches!(d.judge(&p, &ok, |_| true), Verdict::Store { .. }));
+    assert!(matches!(
+        d.judge(t0(), &p, &ok, |_| true),
+        Verdict::Store { .. }
+    ));
     let deep = nested("p", MAX_RELAY_DEPTH);
     assert!(matches!(
-        d.judge(&p, &deep, |_| true),
+        d.judge(t0(), &p, &deep, |_| true),
         Verdict::Refuse {
             reason: CustodyRefusal::TooDeep,
             ..
@@ -230,7 +245,7 @@ fn nesting_is_counted_and_one_more_wrap_must_stay_within_the_depth() {
     // Far deeper than the limit: refused without decoding every layer.
     let abyss = nested("p", MAX_RELAY_DEPTH + 5);
     assert!(matches!(
-        d.judge(&p, &abyss, |_| true),
+        d.judge(t0(), &p, &abyss, |_| true),
         Verdict::Refuse {
             reason: CustodyRefusal::TooDeep,
             ..
@@ -251,6 +266,7 @@ fn a_garbled_inner_batch_is_malformed() {
     let mut d = desk();
     assert!(matches!(
         d.judge(
+            t0(),
             &name("p"),
             &batch_of("p", 9, vec![rec], Some((1, 1))),
             |_| true
@@ -266,14 +282,17 @@ fn a_garbled_inner_batch_is_malformed() {
 fn a_range_waiting_for_the_daemon_is_not_handed_twice() {
     let mut d = desk();
     let a = name("a");
-    let Verdict::Store { id, .. } = d.judge(&a, &batch("a", 1, 3), |_| true) else {
+    let Verdict::Store { id, .. } = d.judge(t0(), &a, &batch("a", 1, 3), |_| true) else {
         panic!("expected Store");
     };
-    assert_eq!(d.judge(&a, &batch("a", 1, 3), |_| true), Verdict::Waiting);
-    assert_eq!(d.pending(), 1);
-    assert!(d.stored(id, Ok(())).is_some());
     assert_eq!(
-        d.judge(&a, &batch("a", 1, 3), |_| true),
+        d.judge(t0(), &a, &batch("a", 1, 3), |_| true),
+        Verdict::Waiting
+    );
+    assert_eq!(d.pending(), 1);
+    assert!(d.stored(t0(), id, Ok(())).is_some());
+    assert_eq!(
+        d.judge(t0(), &a, &batch("a", 1, 3), |_| true),
         Verdict::Held(key("a", 1, 3))
     );
 }
@@ -282,13 +301,15 @@ fn a_range_waiting_for_the_daemon_is_not_handed_twice() {
 fn a_refused_store_is_not_remembered_and_the_next_copy_is_handed_again() {
     let mut d = desk();
     let a = name("a");
-    let Verdict::Store { id, .. } = d.judge(&a, &batch("a", 1, 3), |_| true) else {
+    let Verdict::Store { id, .. } = d.judge(t0(), &a, &batch("a", 1, 3), |_| true) else {
         panic!("expected Store");
     };
-    let ans = d.stored(id, Err(CustodyRefusal::Full)).expect("answer");
+    let ans = d
+        .stored(t0(), id, Err(CustodyRefusal::Full))
+        .expect("answer");
     assert_eq!(ans.result, Err(CustodyRefusal::Full));
     assert!(matches!(
-        d.judge(&a, &batch("a", 1, 3), |_| true),
+        d.judge(t0(), &a, &batch("a", 1, 3), |_| true),
         Verdict::Store { .. }
     ));
 }
@@ -296,26 +317,26 @@ fn a_refused_store_is_not_remembered_and_the_next_copy_is_handed_again() {
 #[test]
 fn unknown_and_repeated_answers_are_ignored() {
     let mut d = desk();
-    assert_eq!(d.stored(42, Ok(())), None);
-    let Verdict::Store { id, .. } = d.judge(&name("a"), &batch("a", 1, 3), |_| true) else {
+    assert_eq!(d.stored(t0(), 42, Ok(())), None);
+    let Verdict::Store { id, .. } = d.judge(t0(), &name("a"), &batch("a", 1, 3), |_| true) else {
         panic!("expected Store");
     };
-    assert!(d.stored(id, Ok(())).is_some());
-    assert_eq!(d.stored(id, Ok(())), None);
+    assert!(d.stored(t0(), id, Ok(())).is_some());
+    assert_eq!(d.stored(t0(), id, Ok(())), None);
 }
 
 #[test]
 fn pending_batches_are_bounded() {
-    let mut d = Desk::new(DEFAULT_MAX_FRAME, 2, 8);
+    let mut d = Desk::new(DEFAULT_MAX_FRAME, 2, 8, MEMORY);
     let a = name("a");
     for from in [1, 4] {
         assert!(matches!(
-            d.judge(&a, &batch("a", from, from + 2), |_| true),
+            d.judge(t0(), &a, &batch("a", from, from + 2), |_| true),
             Verdict::Store { .. }
         ));
     }
     assert_eq!(
-        d.judge(&a, &batch("a", 7, 9), |_| true),
+        d.judge(t0(), &a, &batch("a", 7, 9), |_| true),
         Verdict::Refuse {
             key: Some(key("a", 7, 9)),
             reason: CustodyRefusal::Full
@@ -325,20 +346,21 @@ fn pending_batches_are_bounded() {
 
 #[test]
 fn the_memory_of_stored_ranges_is_bounded_oldest_forgotten_first() {
-    let mut d = Desk::new(DEFAULT_MAX_FRAME, 4, 2);
+    let mut d = Desk::new(DEFAULT_MAX_FRAME, 4, 2, MEMORY);
     let a = name("a");
     for from in [1, 4, 7] {
-        let Verdict::Store { id, .. } = d.judge(&a, &batch("a", from, from + 2), |_| true) else {
+        let Verdict::Store { id, .. } = d.judge(t0(), &a, &batch("a", from, from + 2), |_| true)
+        else {
             panic!("expected Store");
         };
-        assert!(d.stored(id, Ok(())).is_some());
+        assert!(d.stored(t0(), id, Ok(())).is_some());
     }
     assert!(matches!(
-        d.judge(&a, &batch("a", 1, 3), |_| true),
+        d.judge(t0(), &a, &batch("a", 1, 3), |_| true),
         Verdict::Store { .. }
     ));
     assert_eq!(
-        d.judge(&a, &batch("a", 7, 9), |_| true),
+        d.judge(t0(), &a, &batch("a", 7, 9), |_| true),
         Verdict::Held(key("a", 7, 9))
     );
 }
@@ -349,10 +371,32 @@ fn express_batches_are_always_stored_never_deduplicated() {
     let a = name("a");
     let express = batch_of("a", 9, vec![health(5)], None);
     for _ in 0..2 {
-        let Verdict::Store { id, key: k } = d.judge(&a, &express, |_| true) else {
+        let Verdict::Store { id, key: k } = d.judge(t0(), &a, &express, |_| true) else {
             panic!("expected Store");
         };
         assert_eq!(k.covers, None);
-        assert!(d.stored(id, Ok(())).is_some());
+        assert!(d.stored(t0(), id, Ok(())).is_some());
     }
+}
+
+#[test]
+fn a_range_stored_longer_ago_than_the_memory_is_stored_again() {
+    let mut d = desk();
+    let a = name("a");
+    let Verdict::Store { id, .. } = d.judge(t0(), &a, &batch("a", 1, 3), |_| true) else {
+        panic!("expected Store");
+    };
+    assert!(d.stored(t0(), id, Ok(())).is_some());
+    let soon = t0() + MEMORY - Duration::from_millis(1);
+    assert_eq!(
+        d.judge(soon, &a, &batch("a", 1, 3), |_| true),
+        Verdict::Held(key("a", 1, 3))
+    );
+    // The origin sends it again after its custody stalled: this relay may have shed
+    // or lost the first copy, so it is stored again.
+    let later = t0() + MEMORY;
+    assert!(matches!(
+        d.judge(later, &a, &batch("a", 1, 3), |_| true),
+        Verdict::Store { .. }
+    ));
 }

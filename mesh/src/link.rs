@@ -31,6 +31,10 @@
 //! - **Fetch.** With a direct uplink, the nodes this node carries for (its peers, the
 //!   origins it took custody from) are asked of the master as `ToNode::Fetch`: when the
 //!   set grows (at most once per [`FETCH_GAP`]) and every `fetch_every`.
+//! - **Custody stall.** If a hop's custody holds this node's batches for
+//!   `custody_stall` without the master's ack moving, the link goes down and up again,
+//!   so everything unacknowledged is sent again (a relay that shed or lost them without
+//!   its session dropping cannot stall the origin forever).
 //! - **Hello.** Sent to a peer when its session comes up and whenever the hops this node
 //!   announces to it change (poisoned reverse: [`Routes::hops_for`]); the beacon follows.
 //! - **Parameters.** `ToLink::Params` is signed ([`Trust::sign_params`]) and sent to every
@@ -117,6 +121,11 @@ pub struct MeshLinkSettings {
     pub custody_pending: usize,
     /// Bytes of other nodes' desired states held for spreading.
     pub carried_bytes: usize,
+    /// How long a next hop may hold this node's batches without the master's ack
+    /// moving before the link is restarted (everything unacknowledged goes again). A
+    /// relay remembers what it stored for half of it (go-back-N resends are not stored
+    /// twice; a resend after a stall is).
+    pub custody_stall: Duration,
 }
 
 impl MeshLinkSettings {
@@ -130,6 +139,7 @@ impl MeshLinkSettings {
             fetch_every: Duration::from_secs(60),
             custody_pending: 64,
             carried_bytes: 1 << 20,
+            custody_stall: Duration::from_secs(300),
         }
     }
 }
@@ -241,6 +251,10 @@ struct Link<N, T> {
     lease: Option<Instant>,
     next_fetch: Option<Instant>,
     last_fetch: Option<Instant>,
+    custody_stall: Duration,
+    /// The master's ack last seen, and since when it has not moved while a next hop
+    /// held batches.
+    ack_mark: (u64, Option<Instant>),
     gates: BTreeMap<Noise, LogGate<Instant>>,
 }
 
@@ -263,7 +277,8 @@ impl<N: PeerNet, T: Trust> Link<N, T> {
             carrier: Carrier::new(s.node.clone(), s.carried_bytes),
             pushed: BTreeMap::new(),
             book: Book::new(s.node.clone(), 32, 1024, 4 << 20),
-            desk: Desk::new(s.max_frame, s.custody_pending, 1024),
+            // Shorter than the stall: an origin's resend after a stall is stored again.
+            desk: Desk::new(s.max_frame, s.custody_pending, 1024, s.custody_stall / 2),
             acks: Newest::new(4 * hedge_wire::mesh::MAX_CARRIED, usize::MAX),
             me: s.node,
             epoch: s.epoch,
@@ -286,6 +301,8 @@ impl<N: PeerNet, T: Trust> Link<N, T> {
             lease: None,
             next_fetch: None,
             last_fetch: None,
+            custody_stall: s.custody_stall,
+            ack_mark: (0, None),
             gates: BTreeMap::new(),
         }
     }
@@ -316,8 +333,26 @@ impl<N: PeerNet, T: Trust> Link<N, T> {
                 self.tell(ToNode::Lease { since });
             }
         }
+        self.mark_custody(now);
         self.announce();
         !self.daemon_gone
+    }
+
+    /// Follows the master's ack while a next hop holds batches (see `custody_stall`).
+    fn mark_custody(&mut self, now: Instant) {
+        let st = self.sync.stats();
+        if st.custody_upto == 0 {
+            self.ack_mark = (st.acked_upto, None);
+        } else if self.ack_mark.1.is_none() || self.ack_mark.0 != st.acked_upto {
+            self.ack_mark = (st.acked_upto, Some(now));
+        }
+    }
+
+    /// When a hop's custody has held this node's batches too long without an ack.
+    fn stall_at(&self) -> Option<Instant> {
+        self.ack_mark
+            .1
+            .and_then(|t| t.checked_add(self.custody_stall))
     }
 
     fn perform(&mut self, now: Instant, out: Output) {
@@ -360,15 +395,24 @@ impl<N: PeerNet, T: Trust> Link<N, T> {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        match (self.sync.deadline(), self.next_fetch) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.sync.deadline(), self.next_fetch, self.stall_at()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn on_tick(&mut self, now: Instant) {
         if self.next_fetch.is_some_and(|t| t <= now) {
             self.fetch(now);
+        }
+        if self.stall_at().is_some_and(|t| t <= now) {
+            // The hop took custody and nothing reached the master since: it may have
+            // lost or shed the batches. Start over (duplicates at the master are
+            // harmless; a loss is not).
+            tracing::warn!(node = %self.me, hop = ?self.hop, "custody held without an ack for too long: sending again");
+            self.ack_mark = (self.ack_mark.0, None);
+            self.drop_hop(now);
+            self.reroute(now);
         }
         self.feed(now, Input::Tick);
     }
@@ -383,7 +427,7 @@ impl<N: PeerNet, T: Trust> Link<N, T> {
             }
             ToLink::OutboxChanged => self.feed(now, Input::OutboxChanged),
             ToLink::CustodyStored { id, result } => {
-                let Some(ans) = self.desk.stored(id, result) else {
+                let Some(ans) = self.desk.stored(now, id, result) else {
                     return;
                 };
                 let BatchKey {
@@ -522,7 +566,9 @@ impl<N: PeerNet, T: Trust> Link<N, T> {
             return;
         };
         let trust = &self.trust;
-        let verdict = self.desk.judge(peer, &batch, |b| trust.batch_ok(b, cert));
+        let verdict = self
+            .desk
+            .judge(now, peer, &batch, |b| trust.batch_ok(b, cert));
         match verdict {
             Verdict::Store { id, key } => {
                 if self.carrier.want(&key.origin) {

@@ -481,3 +481,38 @@ fn a_chain_of_four_loses_and_doubles_nothing_through_cuts_and_relay_restarts() {
         assert_eq!(master.lock().expect("master").forged, 0);
     });
 }
+
+#[test]
+fn a_relay_that_silently_loses_what_it_holds_does_not_stall_the_origin() {
+    block_on(async {
+        let net = Net::default();
+        let (a, b, c) = (spawn(&net, "a"), spawn(&net, "b"), spawn(&net, "c"));
+        let master = Mutex::new(Master::default());
+        a.tell(ToLink::Direct(true));
+        b.tell(ToLink::Direct(false));
+        c.tell(ToLink::Direct(false));
+        net.up(&a.name, &b.name);
+        net.up(&b.name, &c.name);
+        c.append(40);
+        until(5, "all of c's records in b's batches held by a", || {
+            let mut m = Master::default();
+            for r in a.d().outbox.values() {
+                if let RecordKind::Relayed(batch) = &r.kind {
+                    m.ingest(&b.name, batch, 1);
+                }
+            }
+            m.acked(&c.name, EPOCH) >= 40 && count(&b.stats.custody_received) >= 1
+        })
+        .await;
+        // a loses everything it held (its disk, its shedding), its sessions stay up.
+        a.d().outbox.clear();
+        until_with(
+            10,
+            "c's records at the master all the same",
+            || drain(&master, &a),
+            || master.lock().unwrap().acked(&c.name, EPOCH) >= 40 && c.d().outbox.is_empty(),
+        )
+        .await;
+        exactly_once(&master, &c.name, 40);
+    });
+}

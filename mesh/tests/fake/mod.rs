@@ -266,6 +266,7 @@ pub fn settings(node: &Name) -> MeshLinkSettings {
     };
     let mut s = MeshLinkSettings::new(node.clone(), EPOCH, sync);
     s.fetch_every = Duration::from_secs(3600);
+    s.custody_stall = Duration::from_millis(800);
     s
 }
 
