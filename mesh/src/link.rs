@@ -276,7 +276,7 @@ impl<N: PeerNet, T: Trust> Link<N, T> {
             sync: SyncMachine::new(s.node.clone(), s.epoch, sync_cfg, fastrand::u64(..)),
             carrier: Carrier::new(s.node.clone(), s.carried_bytes),
             pushed: BTreeMap::new(),
-            book: Book::new(s.node.clone(), 32, 1024, 4 << 20),
+            book: Book::new(s.node.clone(), 32, 1024, 1 << 20),
             // Shorter than the stall: an origin's resend after a stall is stored again.
             desk: Desk::new(s.max_frame, s.custody_pending, 1024, s.custody_stall / 2),
             acks: Newest::new(4 * hedge_wire::mesh::MAX_CARRIED, usize::MAX),
