@@ -21,13 +21,8 @@ use tokio::sync::mpsc;
 fn a_chain_of_three_carries_the_far_nodes_records_and_the_acks_come_back() {
     block_on(async {
         let net = Net::default();
-        let (a, b, c) = (spawn(&net, "a"), spawn(&net, "b"), spawn(&net, "c"));
+        let (a, b, c) = chain3(&net);
         let master = Mutex::new(Master::default());
-        a.tell(ToLink::Direct(true));
-        b.tell(ToLink::Direct(false));
-        c.tell(ToLink::Direct(false));
-        net.up(&a.name, &b.name);
-        net.up(&b.name, &c.name);
         c.append(200);
         b.append(30);
         until_with(
@@ -215,12 +210,7 @@ fn forged_foreign_and_altered_batches_are_refused_and_nothing_is_stored() {
 fn forged_acks_and_states_are_dropped_genuine_ones_pass_on() {
     block_on(async {
         let net = Net::default();
-        let (a, b, c) = (spawn(&net, "a"), spawn(&net, "b"), spawn(&net, "c"));
-        a.tell(ToLink::Direct(true));
-        b.tell(ToLink::Direct(false));
-        c.tell(ToLink::Direct(false));
-        net.up(&a.name, &b.name);
-        net.up(&b.name, &c.name);
+        let (a, b, c) = chain3(&net);
         c.append(5);
         until(5, "b's custody of c's records", || !b.d().outbox.is_empty()).await;
         // A forged ack for c (signed by someone other than the master) deletes nothing.
@@ -486,13 +476,8 @@ fn a_chain_of_four_loses_and_doubles_nothing_through_cuts_and_relay_restarts() {
 fn a_relay_that_silently_loses_what_it_holds_does_not_stall_the_origin() {
     block_on(async {
         let net = Net::default();
-        let (a, b, c) = (spawn(&net, "a"), spawn(&net, "b"), spawn(&net, "c"));
+        let (a, b, c) = chain3(&net);
         let master = Mutex::new(Master::default());
-        a.tell(ToLink::Direct(true));
-        b.tell(ToLink::Direct(false));
-        c.tell(ToLink::Direct(false));
-        net.up(&a.name, &b.name);
-        net.up(&b.name, &c.name);
         c.append(40);
         until(5, "all of c's records in b's batches held by a", || {
             let mut m = Master::default();

@@ -276,6 +276,17 @@ pub fn spawn(net: &Net, node: &str) -> Node {
     start(net, name(node), daemon)
 }
 
+/// Nodes a, b and c linked a–b–c; only a has a direct uplink.
+pub fn chain3(net: &Net) -> (Node, Node, Node) {
+    let (a, b, c) = (spawn(net, "a"), spawn(net, "b"), spawn(net, "c"));
+    a.tell(ToLink::Direct(true));
+    b.tell(ToLink::Direct(false));
+    c.tell(ToLink::Direct(false));
+    net.up(&a.name, &b.name);
+    net.up(&b.name, &c.name);
+    (a, b, c)
+}
+
 /// Kills `node`'s link and daemon tasks (its sessions drop) and starts them again over
 /// the same outbox, as a node restarting from its store does.
 pub fn restart(net: &Net, node: Node, direct: bool) -> Node {
