@@ -13,7 +13,7 @@ use fake::*;
 use hedge_mesh::link::Trust;
 use hedge_mesh::net::PeerEventKind;
 use hedge_uplink::link::ToLink;
-use hedge_wire::mesh::{PeerMessage, SignedBatch};
+use hedge_wire::mesh::{PeerMessage, SignedBatch, NO_PATH};
 use hedge_wire::{decode, encode, Message, RecordKind, DEFAULT_MAX_FRAME};
 use tokio::sync::mpsc;
 
@@ -499,5 +499,100 @@ fn a_relay_that_silently_loses_what_it_holds_does_not_stall_the_origin() {
         )
         .await;
         exactly_once(&master, &c.name, 40);
+    });
+}
+
+#[test]
+fn an_origin_with_two_relays_moves_to_the_other_when_its_hop_goes() {
+    block_on(async {
+        let net = Net::default();
+        let (a, b1, b2, c) = (
+            spawn(&net, "a"),
+            spawn(&net, "b1"),
+            spawn(&net, "b2"),
+            spawn(&net, "c"),
+        );
+        let master = Mutex::new(Master::default());
+        a.tell(ToLink::Direct(true));
+        for n in [&b1, &b2, &c] {
+            n.tell(ToLink::Direct(false));
+        }
+        for (x, y) in [(&a, &b1), (&a, &b2), (&b1, &c), (&b2, &c)] {
+            net.up(&x.name, &y.name);
+        }
+        c.append(100);
+        // Equal hops: the tie goes to b1 (by name), the same on every run.
+        until(5, "b1's custody of c's first batch", || {
+            count(&b1.stats.custody_given) >= 1
+        })
+        .await;
+        assert_eq!(count(&b2.stats.custody_given), 0);
+        net.down(&b1.name, &c.name);
+        c.append(100);
+        until_with(
+            10,
+            "every record of c at the master, through b2",
+            || drain(&master, &a),
+            || master.lock().unwrap().acked(&c.name, EPOCH) >= 200 && c.d().outbox.is_empty(),
+        )
+        .await;
+        assert!(count(&b2.stats.custody_given) >= 1);
+        exactly_once(&master, &c.name, 200);
+    });
+}
+
+#[test]
+fn nodes_cut_off_together_announce_no_path_and_hand_nothing_to_each_other() {
+    block_on(async {
+        let net = Net::default();
+        let (a, b, c) = chain3(&net);
+        until(5, "hops 0, 1, 2", || {
+            let hub = net.hub();
+            [(&a, 0), (&b, 1), (&c, 2)]
+                .iter()
+                .all(|(n, h)| hub.beacons.get(&n.name).map(|x| x.0) == Some(*h))
+        })
+        .await;
+        net.down(&a.name, &b.name);
+        // Poisoned reverse: c tells b it has no path (b is c's next hop), so neither
+        // counts up through the other.
+        until(5, "b and c without a path", || {
+            let hub = net.hub();
+            [&b, &c]
+                .iter()
+                .all(|n| hub.beacons.get(&n.name).map(|x| x.0) == Some(NO_PATH))
+        })
+        .await;
+        let (given_b, given_c) = (count(&b.stats.custody_given), count(&c.stats.custody_given));
+        let sent_c = count(&c.stats.batches_sent);
+        b.append(20);
+        c.append(20);
+        // A marker behind the appends: once c holds it, c handled what came before.
+        let carry = encode(
+            &Message::Desired(signed_state(&name("zz"), 1)),
+            DEFAULT_MAX_FRAME,
+        )
+        .unwrap();
+        c.tell(ToLink::Carried(carry));
+        until(5, "the marker at c", || count(&c.stats.desired_held) == 1).await;
+        assert_eq!(count(&b.stats.custody_given), given_b);
+        assert_eq!(count(&c.stats.custody_given), given_c);
+        assert_eq!(count(&c.stats.batches_sent), sent_c);
+        assert_eq!(c.d().outbox.len(), 20);
+        assert_eq!(b.d().outbox.len(), 20);
+        // The path returns: b's records and c's flow again.
+        let master = Mutex::new(Master::default());
+        net.up(&a.name, &b.name);
+        until_with(
+            10,
+            "b's and c's records at the master",
+            || drain(&master, &a),
+            || {
+                let m = master.lock().unwrap();
+                m.acked(&c.name, EPOCH) >= 20 && m.acked(&b.name, EPOCH) >= 20
+            },
+        )
+        .await;
+        exactly_once(&master, &c.name, 20);
     });
 }
