@@ -14,8 +14,12 @@
 //!   `LinkDown`. The hop's `Custody` for this node's life feeds `Input::Custody`; an ack
 //!   for this node, verified ([`Trust::ack_ok`]), feeds `Input::Acked`, whatever path
 //!   it came by; the machine's `Delete`s and lease go to the daemon as the MQTT
-//!   driver's do. A mesh origin's batches are at most
-//!   `max_frame - MAX_RELAY_DEPTH * RELAY_OVERHEAD` bytes, so every wrapping fits.
+//!   driver's do. A mesh origin plans its batches to at most
+//!   `max_frame - MAX_RELAY_DEPTH * RELAY_OVERHEAD` bytes, so every wrapping fits; the
+//!   machine's hard frame limit stays `max_frame`, so a relay's batch carries a nested
+//!   batch whole, and a single record larger than the plan (sent alone, as the MQTT link
+//!   would) is never skipped here: a skipped record is vouched for by its range, and
+//!   would be deleted unsent.
 //! - **Relaying.** A peer's `Batch` is judged by [`Desk`] (signature against the peer's
 //!   session certificate, [`Trust::batch_ok`]); an accepted one goes to the daemon as
 //!   `ToNode::Custody`, and only the daemon's `CustodyStored` (after its durable append)
@@ -266,12 +270,15 @@ impl<N: PeerNet, T: Trust> Link<N, T> {
         stats: Arc<LinkStats>,
         to_node: mpsc::UnboundedSender<ToNode>,
     ) -> Self {
+        // Batches are planned to leave room for every wrapping; the hard frame limit
+        // stays the master's, so a relay's own batch can carry a nested batch whole and
+        // no record the MQTT link could send is skipped (and vouched for, so lost) here.
         let mut sync_cfg = s.sync;
-        sync_cfg.max_frame = sync_cfg
+        let planned = sync_cfg
             .max_frame
             .saturating_sub(MAX_RELAY_DEPTH * RELAY_OVERHEAD)
             .max(MIN_FRAME);
-        sync_cfg.max_batch_bytes = sync_cfg.max_batch_bytes.min(sync_cfg.max_frame);
+        sync_cfg.max_batch_bytes = sync_cfg.max_batch_bytes.min(planned);
         Link {
             sync: SyncMachine::new(s.node.clone(), s.epoch, sync_cfg, fastrand::u64(..)),
             carrier: Carrier::new(s.node.clone(), s.carried_bytes),

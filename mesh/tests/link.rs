@@ -596,3 +596,69 @@ fn nodes_cut_off_together_announce_no_path_and_hand_nothing_to_each_other() {
         exactly_once(&master, &c.name, 20);
     });
 }
+
+/// A valid record whose batch alone is larger than a mesh origin plans batches (the
+/// frame minus every wrapping) but within the master's frame.
+fn big_record(seq: u64) -> hedge_wire::Record {
+    let labels: BTreeMap<String, String> = (0..15)
+        .map(|i| (format!("l{i:02}"), "x".repeat(4096)))
+        .chain([("tail".to_string(), "y".repeat(2400))])
+        .collect();
+    hedge_wire::Record {
+        seq,
+        time_ms: 1,
+        kind: RecordKind::NodeInfo {
+            board: "b".into(),
+            arch: "a".into(),
+            cores: 1,
+            mem_total: 1,
+            max_instances: 1,
+            labels,
+            region: "r".into(),
+        },
+    }
+}
+
+#[test]
+fn a_record_larger_than_the_planned_batch_still_crosses_two_relays() {
+    let up = hedge_wire::Up {
+        node: name("c"),
+        records: vec![big_record(1)],
+        covers: Some((1, 1)),
+        epoch: EPOCH,
+    };
+    let len = encode(&Message::Up(up), DEFAULT_MAX_FRAME).unwrap().len();
+    let planned =
+        DEFAULT_MAX_FRAME - hedge_wire::mesh::MAX_RELAY_DEPTH * hedge_wire::mesh::RELAY_OVERHEAD;
+    assert!(len > planned && len + 1024 < DEFAULT_MAX_FRAME, "{len}");
+    block_on(async {
+        let net = Net::default();
+        let (a, b, c) = chain3(&net);
+        let master = Mutex::new(Master::default());
+        {
+            let mut d = c.d();
+            d.next_seq = 1;
+            d.outbox.insert(1, big_record(1));
+        }
+        c.append(5);
+        until_with(
+            10,
+            "c's big record at the master",
+            || drain(&master, &a),
+            || master.lock().unwrap().acked(&c.name, EPOCH) >= 6 && c.d().outbox.is_empty(),
+        )
+        .await;
+        let m = master.lock().unwrap();
+        assert_eq!(
+            m.records.get(&(c.name.clone(), EPOCH, 1)),
+            Some(&big_record(1))
+        );
+        for seq in 2..=6 {
+            assert_eq!(
+                m.records.get(&(c.name.clone(), EPOCH, seq)),
+                Some(&usage(&c.name, seq))
+            );
+        }
+        assert!(b.d().outbox.is_empty());
+    });
+}
