@@ -33,8 +33,10 @@
 //!   held ([`Carrier`]) and pushed to a peer whose `Hello` summary is older. This node's
 //!   own state goes to the daemon as `ToNode::Desired(frame)`.
 //! - **Fetch.** With a direct uplink, the nodes this node carries for (its peers, the
-//!   origins it took custody from) are asked of the master as `ToNode::Fetch`: when the
-//!   set grows (at most once per [`FETCH_GAP`]) and every `fetch_every`.
+//!   origins it took custody from, and every node the master acknowledged on its carry
+//!   topic, however deep their batches were nested) are asked of the master as
+//!   `ToNode::Fetch`: when the set grows (at most once per [`FETCH_GAP`]) and every
+//!   `fetch_every`.
 //! - **Custody stall.** If a hop's custody holds this node's batches for
 //!   `custody_stall` without the master's ack moving, the link goes down and up again,
 //!   so everything unacknowledged is sent again (a relay that shed or lost them without
@@ -639,6 +641,11 @@ impl<N: PeerNet, T: Trust> Link<N, T> {
                 },
             );
             return;
+        }
+        // An ack from the master's carry topic names a node whose records this node
+        // delivered, however deep they were nested: fetch its desired states too.
+        if from.is_none() && self.carrier.want(&ack.node) {
+            self.schedule_fetch(now);
         }
         let key = (ack.node.clone(), ack.epoch);
         if self.acks.offer(key, ack.upto, ack.clone(), 0, |_| false) == Kept::Newer {

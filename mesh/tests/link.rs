@@ -399,9 +399,22 @@ fn a_direct_node_fetches_the_states_of_the_nodes_it_carries_for() {
         net.up(&b.name, &c.name);
         c.append(3);
         // c's records reach a wrapped in b's: a takes custody from b only (its peer).
-        until(5, "b fetches nothing, a still only knows b", || {
+        until(5, "c's records at a, wrapped in b's", || {
             !a.d().outbox.is_empty()
         })
+        .await;
+        assert!(
+            !a.d().fetched.iter().any(|f| f.contains(&c.name)),
+            "a has not heard of c yet"
+        );
+        // The master's ack for c (two hops away) on a's carry topic: a fetches c's too.
+        let master = Mutex::new(Master::default());
+        until_with(
+            5,
+            "a fetch for c",
+            || drain(&master, &a),
+            || a.d().fetched.iter().any(|f| f.contains(&c.name)),
+        )
         .await;
         // b goes direct: it fetches for a and c.
         b.tell(ToLink::Direct(true));
