@@ -17,6 +17,7 @@
 //! - [`epidemic`]: the newest signed desired state per node, and what to push to whom.
 //! - [`trust`]: the keys the link signs and checks with (`hedge_uplink::origin`).
 //! - [`params`]: the newest signed connection parameters per (node, instance).
+//! - `newest`: the bounded newest-generation map `epidemic` and `params` share.
 
 mod beacon;
 pub mod config;
