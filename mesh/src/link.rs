@@ -116,8 +116,8 @@ pub struct MeshLinkSettings {
     pub node: Name,
     /// Its store's epoch.
     pub epoch: u64,
-    /// Tuning of its sync machine (the MQTT link's; `max_frame` is lowered here by
-    /// `MAX_RELAY_DEPTH * RELAY_OVERHEAD`).
+    /// Tuning of its sync machine (the MQTT link's; batches are planned
+    /// `MAX_RELAY_DEPTH * RELAY_OVERHEAD` below `max_frame`, and no byte budget applies).
     pub sync: Config,
     /// Largest frame the master accepts (peers' batches are decoded within it).
     pub max_frame: usize,
@@ -281,6 +281,9 @@ impl<N: PeerNet, T: Trust> Link<N, T> {
             .saturating_sub(MAX_RELAY_DEPTH * RELAY_OVERHEAD)
             .max(MIN_FRAME);
         sync_cfg.max_batch_bytes = sync_cfg.max_batch_bytes.min(planned);
+        // A peer link is not the metered uplink: no byte budget, so no express batches
+        // (which a relay could not deduplicate and would store twice).
+        sync_cfg.budget_bytes_per_sec = None;
         Link {
             sync: SyncMachine::new(s.node.clone(), s.epoch, sync_cfg, fastrand::u64(..)),
             carrier: Carrier::new(s.node.clone(), s.carried_bytes),

@@ -675,3 +675,28 @@ fn a_record_larger_than_the_planned_batch_still_crosses_two_relays() {
         assert!(b.d().outbox.is_empty());
     });
 }
+
+#[test]
+fn a_peer_link_sends_no_express_batches_even_with_a_metered_uplinks_budget() {
+    block_on(async {
+        let net = Net::default();
+        let (a, _b, c) = chain3(&net);
+        let master = Mutex::new(Master::default());
+        {
+            let mut d = c.d();
+            for seq in 1..=300 {
+                d.outbox.insert(seq, state_record(&c.name, seq));
+            }
+            d.next_seq = 300;
+        }
+        c.append(0);
+        until_with(
+            10,
+            "c's instance states at the master",
+            || drain(&master, &a),
+            || master.lock().unwrap().acked(&c.name, EPOCH) >= 300 && c.d().outbox.is_empty(),
+        )
+        .await;
+        assert_eq!(master.lock().unwrap().express, 0);
+    });
+}

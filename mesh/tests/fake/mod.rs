@@ -236,6 +236,21 @@ impl Node {
     }
 }
 
+/// An instance-state record (one a budgeted link would send express).
+pub fn state_record(node: &Name, seq: u64) -> Record {
+    Record {
+        seq,
+        time_ms: seq,
+        kind: RecordKind::InstanceState {
+            instance: node.clone(),
+            status: hedge_wire::InstanceStatus::Running,
+            pid: Some(7),
+            restarts: 0,
+            last_exit: None,
+        },
+    }
+}
+
 pub fn usage(node: &Name, seq: u64) -> Record {
     Record {
         seq,
@@ -257,6 +272,9 @@ pub fn usage(node: &Name, seq: u64) -> Record {
 
 pub fn settings(node: &Name) -> MeshLinkSettings {
     let sync = Config {
+        // A metered uplink's budget: the mesh link must not apply it (no express batches).
+        budget_bytes_per_sec: Some(200),
+        max_batch_bytes: 2048,
         max_batch_records: 16,
         backoff_base: Duration::from_millis(20),
         backoff_max: Duration::from_millis(100),
@@ -414,6 +432,8 @@ pub struct Master {
     pub stored_twice: u64,
     pub covered: BTreeMap<(Name, u64), Vec<(u64, u64)>>,
     pub forged: u64,
+    /// Express batches (`covers: None`) stored.
+    pub express: u64,
     /// Whether `node` signed a batch (the fake keys unless replaced).
     pub signed_by: SignedBy,
     /// The master's ack of `(node, epoch, upto)` (the fake key unless replaced).
@@ -430,6 +450,7 @@ impl Default for Master {
             stored_twice: 0,
             covered: BTreeMap::new(),
             forged: 0,
+            express: 0,
             signed_by: Box::new(|node, batch| {
                 batch.signature == sig(node.as_str().as_bytes(), &batch.signed_bytes())
             }),
@@ -469,6 +490,9 @@ impl Master {
             if self.records.insert(key, r.clone()).is_some() {
                 self.stored_twice += 1;
             }
+        }
+        if up.covers.is_none() && depth > 0 {
+            self.express += 1;
         }
         if let Some(c) = up.covers {
             self.covered
