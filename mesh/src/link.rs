@@ -353,7 +353,8 @@ impl<N: PeerNet, T: Trust> Link<N, T> {
     /// Follows the master's ack while a next hop holds batches (see `custody_stall`).
     fn mark_custody(&mut self, now: Instant) {
         let st = self.sync.stats();
-        if st.custody_upto == 0 {
+        // With the direct uplink up the MQTT link sends everything; nothing to watch.
+        if st.custody_upto == 0 || self.direct != Some(false) {
             self.ack_mark = (st.acked_upto, None);
         } else if self.ack_mark.1.is_none() || self.ack_mark.0 != st.acked_upto {
             self.ack_mark = (st.acked_upto, Some(now));
