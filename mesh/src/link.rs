@@ -490,20 +490,24 @@ impl<N: PeerNet, T: Trust> Link<N, T> {
             ToLink::Params {
                 instance,
                 parameters,
-            } => {
-                let generation = self.book.next_generation(hedge_common::clock::now_ms());
-                let Some(p) = self.trust.sign_params(instance, generation, parameters) else {
-                    tracing::warn!(node = %self.me, "cannot sign connection parameters");
-                    return;
-                };
-                let size = encode_peer(&PeerMessage::Params(p.clone()), usize::MAX)
-                    .map_or(usize::MAX, |b| b.len());
-                if self.book.offer(p.clone(), size) == Kept::Newer {
-                    self.to_all_but(None, &PeerMessage::Params(p));
-                }
-            }
+            } => self.publish(instance, parameters),
             // Meant for the MQTT link.
             ToLink::Fetch(_) => {}
+        }
+    }
+
+    /// Signs this node's `instance` parameters with a generation past every one it
+    /// published or saw of its own, keeps them and sends them to every peer.
+    fn publish(&mut self, instance: Name, parameters: BTreeMap<String, String>) {
+        let generation = self.book.next_generation(hedge_common::clock::now_ms());
+        let Some(p) = self.trust.sign_params(instance, generation, parameters) else {
+            tracing::warn!(node = %self.me, "cannot sign connection parameters");
+            return;
+        };
+        let size = encode_peer(&PeerMessage::Params(p.clone()), usize::MAX)
+            .map_or(usize::MAX, |b| b.len());
+        if self.book.offer(p.clone(), size) == Kept::Newer {
+            self.to_all_but(None, &PeerMessage::Params(p));
         }
     }
 

@@ -4,7 +4,9 @@
 //! Contract: [`Book`] is a pure core (no I/O, no clock, no key). The mesh link verifies
 //! a peer's `SignedParams` (certificate chain to the fleet CA, CN == node, signature)
 //! *before* it offers them, so everything held is genuine. Newest generation wins (the
-//! publisher's ms clock, made strictly increasing by [`Book::next_generation`]). Bounds:
+//! publisher's ms clock, made strictly increasing by [`Book::next_generation`], and past
+//! any own publication a peer echoes back, [`Book::own_seen`]: a node whose clock went
+//! back, or that restarted, still supersedes what it published before). Bounds:
 //! at most `per_node` instances per publishing node (a node publishing more replaces its
 //! own oldest), at most `max_entries` entries and `max_bytes` of encoded parameters in
 //! all, this node's own kept last. A newly kept entry is forwarded by the link to every
@@ -86,6 +88,15 @@ impl Book {
         self.last_generation
     }
 
+    /// A verified publication of this node's own, seen at a peer (from before a restart,
+    /// or made with a clock since set back): later own generations go past it. Whether
+    /// the one held here for that instance is older, so it must be published again.
+    pub fn own_seen(&mut self, p: &SignedParams) -> bool {
+        self.last_generation = self.last_generation.max(p.generation);
+        self.get(&p.node, &p.instance)
+            .is_some_and(|mine| mine.generation < p.generation)
+    }
+
     /// Entries held.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -163,6 +174,21 @@ mod tests {
         assert!(b.get(&name("me"), &name("web")).is_some());
         assert!(b.get(&name("n2"), &name("a")).is_none());
         assert!(!b.is_empty());
+    }
+
+    #[test]
+    fn an_own_publication_echoed_back_pushes_later_generations_past_it() {
+        let mut b = Book::new(name("me"), 8, 8, 1 << 20);
+        let g = b.next_generation(5);
+        b.offer(params("me", "web", g, "80"), 10);
+        // Before a restart this node published at 1_000_000 (its clock since went back).
+        assert!(b.own_seen(&params("me", "web", 1_000_000, "8080")));
+        assert!(b.next_generation(6) > 1_000_000);
+        // An echo older than what is held asks for nothing.
+        assert!(!b.own_seen(&params("me", "web", 3, "1")));
+        // An instance this node no longer holds asks for nothing either.
+        assert!(!b.own_seen(&params("me", "gone", 2_000_000, "1")));
+        assert!(b.next_generation(7) > 2_000_000);
     }
 
     #[test]

@@ -700,3 +700,47 @@ fn a_peer_link_sends_no_express_batches_even_with_a_metered_uplinks_budget() {
         assert_eq!(master.lock().unwrap().express, 0);
     });
 }
+
+#[test]
+fn a_publisher_whose_clock_went_back_still_supersedes_what_it_published_before() {
+    block_on(async {
+        let net = Net::default();
+        let (b, c, x) = (spawn(&net, "b"), spawn(&net, "c"), spawn(&net, "x"));
+        for n in [&b, &c, &x] {
+            n.tell(ToLink::Direct(false));
+        }
+        net.up(&b.name, &c.name);
+        net.up(&b.name, &x.name);
+        c.tell(ToLink::Params {
+            instance: name("db"),
+            parameters: BTreeMap::from([("port".to_string(), "5432".to_string())]),
+        });
+        until(5, "c's parameters at b", || b.d().params.len() == 1).await;
+        let now = b.d().params[0].generation;
+        // What c published before a restart, when its clock was a day ahead: genuine
+        // (c's key), newer than c's current publication. It reaches b from elsewhere.
+        let old = FakeTrust { me: name("c") }
+            .sign_params(
+                name("db"),
+                now + 86_400_000,
+                BTreeMap::from([("port".to_string(), "1111".to_string())]),
+            )
+            .unwrap();
+        net.inject(&x.name, &b.name, PeerMessage::Params(old));
+        until(
+            5,
+            "c's current values back at b, past the old generation",
+            || {
+                b.d().params.last().is_some_and(|p| {
+                    p.parameters["port"] == "5432" && p.generation > now + 86_400_000
+                })
+            },
+        )
+        .await;
+        assert!(x
+            .d()
+            .params
+            .last()
+            .is_some_and(|p| p.parameters["port"] == "5432"));
+    });
+}

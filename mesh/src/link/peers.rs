@@ -203,7 +203,7 @@ impl<N: PeerNet, T: Trust> Link<N, T> {
             .book
             .get(&p.node, &p.instance)
             .is_some_and(|q| q.generation >= p.generation);
-        if p.node == self.me || stale {
+        if stale {
             return;
         }
         let Ok(bytes) = encode_peer(&PeerMessage::Params(p.clone()), self.max_frame) else {
@@ -212,6 +212,18 @@ impl<N: PeerNet, T: Trust> Link<N, T> {
         };
         if !self.trust.params_ok(&p) {
             self.forged(now, Some(from), "parameters");
+            return;
+        }
+        if p.node == self.me {
+            // This node's own publication, newer than what it holds: from before a
+            // restart, or from a clock since set back (a board without an RTC). Publish
+            // what it holds again, past that generation, so its current values win.
+            if self.book.own_seen(&p) {
+                if let Some(mine) = self.book.get(&p.node, &p.instance) {
+                    let parameters = mine.parameters.clone();
+                    self.publish(p.instance, parameters);
+                }
+            }
             return;
         }
         if self.book.offer(p.clone(), bytes.len()) == Kept::Newer {
