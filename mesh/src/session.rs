@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hedge_wire::Name;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
@@ -192,8 +192,8 @@ async fn reader(
     }
 }
 
-async fn writer(
-    mut w: WriteHalf<TlsStream<TcpStream>>,
+async fn writer<W: AsyncWrite + Unpin>(
+    mut w: W,
     mut out: mpsc::Receiver<Vec<u8>>,
     keepalive: Duration,
 ) -> FrameError {
@@ -250,4 +250,37 @@ pub enum SessionError {
     /// The peer is this node.
     #[error("the peer is this node")]
     Myself,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use hedge_wire::mesh::{encode_peer, Hello, PeerMessage};
+
+    use super::*;
+    use crate::frame::MAX_PEER_FRAME;
+
+    #[tokio::test]
+    async fn the_first_frame_is_the_keepalive_even_with_a_message_queued() {
+        let (w, mut r) = tokio::io::duplex(4096);
+        let (tx, rx) = mpsc::channel(4);
+        let hello = PeerMessage::Hello(Hello {
+            node: Name::new("n").unwrap(),
+            hops: 0,
+            outbox: 0,
+            desired: vec![],
+        });
+        tx.send(encode_peer(&hello, MAX_PEER_FRAME).unwrap())
+            .await
+            .unwrap();
+        drop(tx);
+        let end = writer(w, rx, Duration::from_secs(60)).await;
+        assert!(matches!(end, FrameError::Closed), "{end:?}");
+        let idle = Duration::from_secs(1);
+        assert_eq!(read_frame(&mut r, idle).await.unwrap(), Frame::Keepalive);
+        assert!(
+            matches!(read_frame(&mut r, idle).await.unwrap(), Frame::Message(m, _) if *m == hello)
+        );
+    }
 }
