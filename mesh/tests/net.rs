@@ -1,5 +1,6 @@
 //! The mesh transport over loopback with real certificates: sessions, identity, refusals,
-//! garbage, idle peers, crossed dials, reconnection.
+//! garbage, idle peers, crossed dials, reconnection. Multi-threaded runtimes, as the
+//! daemon's, so session tasks race the consumer.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
@@ -48,7 +49,7 @@ async fn raw(
         .unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sessions_exchange_messages_and_learn_hops() {
     let ca = Ca::new("fleet");
     let (a, mut a_rx) = node(&ca, "node-a", vec![]);
@@ -99,7 +100,7 @@ async fn two_sessions_exchange_messages_and_learn_hops() {
     a.shutdown();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_of_another_ca_is_refused_both_ways() {
     let ca = Ca::new("fleet");
     let rogue = Ca::new("rogue");
@@ -132,7 +133,7 @@ async fn a_certificate_of_another_ca_is_refused_both_ways() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hello_naming_another_node_closes_the_session_undelivered() {
     let ca = Ca::new("fleet");
     let (a, mut a_rx) = node(&ca, "node-a", vec![]);
@@ -151,7 +152,7 @@ async fn a_hello_naming_another_node_closes_the_session_undelivered() {
     b.shutdown();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_frames_are_dropped_and_an_oversized_one_closes_the_session() {
     let ca = Ca::new("fleet");
     let (a, mut a_rx) = node(&ca, "node-a", vec![]);
@@ -189,7 +190,7 @@ async fn garbage_frames_are_dropped_and_an_oversized_one_closes_the_session() {
     a.shutdown();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_peer_is_dropped_after_dead_after() {
     let ca = Ca::new("fleet");
     let (a, mut a_rx) = node(&ca, "node-a", vec![]);
@@ -201,7 +202,7 @@ async fn a_silent_peer_is_dropped_after_dead_after() {
     a.shutdown();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_session_stays_up_on_keepalives() {
     let ca = Ca::new("fleet");
     let (a, mut a_rx) = node(&ca, "node-a", vec![]);
@@ -221,7 +222,7 @@ async fn an_idle_session_stays_up_on_keepalives() {
     b.shutdown();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crossed_dials_leave_one_session_both_ends_agree_on() {
     let ca = Ca::new("fleet");
     // Bind both first so each can name the other as a static peer.
@@ -258,7 +259,7 @@ async fn crossed_dials_leave_one_session_both_ends_agree_on() {
     b.shutdown();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_static_peer_is_redialled_after_it_restarts() {
     let ca = Ca::new("fleet");
     let (a, mut a_rx) = node(&ca, "node-a", vec![]);
@@ -282,7 +283,7 @@ async fn a_static_peer_is_redialled_after_it_restarts() {
     b.shutdown();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_beyond_max_peers_and_with_oneself_are_refused() {
     let ca = Ca::new("fleet");
     let (tx, mut a_rx) = mpsc::channel(64);
@@ -307,7 +308,7 @@ async fn sessions_beyond_max_peers_and_with_oneself_are_refused() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_refuses_a_certificate_of_another_node_and_bad_config() {
     let ca = Ca::new("fleet");
     let (tx, _rx) = mpsc::channel(1);
@@ -326,7 +327,7 @@ async fn start_refuses_a_certificate_of_another_node_and_bad_config() {
     assert!(start(cfg, ca.tls("node-a", &ca.pem), n("node-a"), tx).is_err());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_that_hear_each_others_beacons_open_a_session() {
     let ca = Ca::new("fleet");
     // A free UDP port for this test's beacons (the group is shared by both nodes).
@@ -370,7 +371,7 @@ async fn nodes_that_hear_each_others_beacons_open_a_session() {
     b.shutdown();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewed_certificate_serves_the_next_sessions() {
     let ca = Ca::new("fleet");
     let old_ca = Ca::new("fleet"); // same name, other key: certificates it signs are foreign
