@@ -167,7 +167,9 @@ async fn hear(inner: &Arc<Inner>, rx: &UdpSocket) {
             // A LAN full of (possibly forged) beacons gets a few dials at a time, and
             // none once the sessions are full.
             let room = inner.cfg.max_peers.saturating_sub(st.sessions());
-            st.routes.to_dial(now, room.min(MAX_DIALS))
+            let grace = inner.cfg.beacon_every_ms.saturating_mul(3);
+            st.routes
+                .to_dial(now, room.min(MAX_DIALS), &inner.me, grace)
         };
         for (node, addr) in due {
             tokio::spawn(dial_heard(inner.clone(), node, addr));

@@ -10,8 +10,9 @@
 //! its own next hop that it has no path, so two nodes never count up through each other.
 //! Beacons ([`Routes::beacon`]) are hints: they only decide whom to dial, at most
 //! [`MAX_HEARD`] nodes are remembered, each forgotten when not heard for the TTL, at most
-//! the caller's bound of dials is in flight, and a failing dial backs off exponentially
-//! per node. [`keep_new_session`] decides between two
+//! the caller's bound of dials is in flight, a failing dial backs off exponentially per
+//! node, and of two nodes that hear each other the lower name dials first (the higher
+//! one after a grace), so their dials seldom cross. [`keep_new_session`] decides between two
 //! sessions with the same peer the same way on both ends.
 
 use std::collections::BTreeMap;
@@ -48,6 +49,8 @@ pub struct Heard {
     fails: u32,
     next_dial_ms: u64,
     dialing: bool,
+    /// Since when it has been heard without a session up.
+    missing_since: Option<u64>,
 }
 
 /// Peers, their routes, and beacon-heard candidates.
@@ -120,7 +123,13 @@ impl Routes {
 
     /// A beacon of `node` was heard from `addr` at `now`.
     pub fn beacon(&mut self, node: &Name, addr: SocketAddr, hops: u8, outbox: u64, now: u64) {
+        let up = self.peers.contains_key(node);
         if let Some(h) = self.heard.get_mut(node) {
+            h.missing_since = if up {
+                None
+            } else {
+                h.missing_since.or(Some(now))
+            };
             if h.addr != addr {
                 // Moved: a fresh address deserves a fresh dial.
                 h.fails = 0;
@@ -145,20 +154,33 @@ impl Routes {
                 fails: 0,
                 next_dial_ms: now,
                 dialing: false,
+                missing_since: (!up).then_some(now),
             },
         );
     }
 
     /// Heard nodes that are not up, not being dialled and due, so that at most `max`
-    /// dials are in flight: each is marked dialling.
-    pub fn to_dial(&mut self, now: u64, max: usize) -> Vec<(Name, SocketAddr)> {
+    /// dials are in flight: each is marked dialling. Of two nodes that hear each other
+    /// the lower name (`me` against the node's) dials at once and the higher only once the
+    /// node has been heard without a session for `grace_ms`, so the two seldom cross.
+    pub fn to_dial(
+        &mut self,
+        now: u64,
+        max: usize,
+        me: &Name,
+        grace_ms: u64,
+    ) -> Vec<(Name, SocketAddr)> {
         let mut out = Vec::new();
         let mut room = max.saturating_sub(self.heard.values().filter(|h| h.dialing).count());
         for (n, h) in &mut self.heard {
             if room == 0 {
                 break;
             }
-            if !self.peers.contains_key(n) && !h.dialing && h.next_dial_ms <= now {
+            let waited = h
+                .missing_since
+                .is_some_and(|t| now.saturating_sub(t) >= grace_ms);
+            let mine = me < n || waited;
+            if mine && !self.peers.contains_key(n) && !h.dialing && h.next_dial_ms <= now {
                 room -= 1;
                 h.dialing = true;
                 out.push((n.clone(), h.addr));
@@ -226,7 +248,7 @@ mod tests {
 
     impl Routes {
         fn due(&mut self, now: u64) -> Vec<(Name, SocketAddr)> {
-            self.to_dial(now, usize::MAX)
+            self.to_dial(now, usize::MAX, &n("a"), 0)
         }
     }
 
@@ -309,15 +331,39 @@ mod tests {
     }
 
     #[test]
+    fn the_higher_name_waits_for_the_lower_to_dial() {
+        let mut r = Routes::default();
+        r.beacon(&n("m"), addr(1), 0, 0, 100);
+        assert!(r.to_dial(100, 4, &n("z"), 600).is_empty(), "m dials z");
+        assert!(r.to_dial(699, 4, &n("z"), 600).is_empty());
+        assert_eq!(
+            r.to_dial(700, 4, &n("z"), 600).len(),
+            1,
+            "m did not: z dials"
+        );
+        r.dial_done(&n("m"), true, 700, 1000);
+        r.up(&n("m"));
+        r.beacon(&n("m"), addr(1), 0, 0, 800);
+        r.down(&n("m"));
+        // Lost again: the grace starts anew from the next beacon heard without a session.
+        r.beacon(&n("m"), addr(1), 0, 0, 5000);
+        assert!(r.to_dial(5000, 4, &n("z"), 600).is_empty());
+        assert_eq!(r.to_dial(5600, 4, &n("z"), 600).len(), 1);
+        // The lower name never waits.
+        r.beacon(&n("x"), addr(2), 0, 0, 0);
+        assert_eq!(r.to_dial(0, 4, &n("b"), 600).len(), 1);
+    }
+
+    #[test]
     fn dials_in_flight_are_bounded() {
         let mut r = Routes::default();
         for i in 0..10 {
             r.beacon(&n(&format!("n{i}")), addr(1), 0, 0, 0);
         }
-        assert_eq!(r.to_dial(0, 3).len(), 3);
-        assert!(r.to_dial(0, 3).is_empty());
+        assert_eq!(r.to_dial(0, 3, &n("a"), 0).len(), 3);
+        assert!(r.to_dial(0, 3, &n("a"), 0).is_empty());
         r.dial_done(&n("n0"), false, 0, 1000);
-        assert_eq!(r.to_dial(0, 3).len(), 1);
+        assert_eq!(r.to_dial(0, 3, &n("a"), 0).len(), 1);
     }
 
     #[test]

@@ -119,3 +119,17 @@ pub fn is_up(ev: &PeerEvent, peer: &str) -> bool {
 pub fn is_down(ev: &PeerEvent, peer: &str) -> bool {
     ev.peer.as_str() == peer && ev.kind == PeerEventKind::Down
 }
+
+/// Whether a test that needs root can run here. `false` means the caller returns early;
+/// under `CI` a test that cannot run fails instead, so a green CI never hides it.
+pub fn can_run_as_root(what: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "this test needs {what} and CI is set: it must run here"
+    );
+    eprintln!("skipped: needs {what}");
+    false
+}
