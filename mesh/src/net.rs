@@ -437,6 +437,9 @@ async fn listen(inner: Arc<Inner>, listener: TcpListener) {
     }
 }
 
+/// Extra wait of a static peer's redial when the peer has the lower name.
+const CROSS_GRACE_MS: u64 = 1000;
+
 /// Keeps a session with one static peer: dial, wait for its end, redial with backoff.
 async fn dial_static(inner: Arc<Inner>, peer: String) {
     let max = inner.cfg.max_backoff_ms;
@@ -478,9 +481,14 @@ async fn dial_static(inner: Arc<Inner>, peer: String) {
             Ok(()) => 1,
             Err(()) => fails.saturating_add(1),
         };
-        let wait = backoff_ms(fails, max);
+        let mut wait = backoff_ms(fails, max);
         // Jitter of up to a quarter, so peers that lost each other do not redial in step.
-        let wait = wait - fastrand::u64(0..=wait / 4);
+        wait -= fastrand::u64(0..=wait / 4);
+        // A known peer with a lower name redials first (if it has this node as a static
+        // peer too): give it the time of a dial, so the two seldom cross.
+        if known.as_ref().is_some_and(|k| *k < inner.me) {
+            wait = wait.saturating_add(CROSS_GRACE_MS);
+        }
         tokio::time::sleep(Duration::from_millis(wait)).await;
     }
 }
