@@ -6,7 +6,13 @@
 //! the fleet CA, and a client configuration that verifies the server's certificate the
 //! same way (chain to the fleet CA, `clientAuth` usage, validity dates; no host name: peers
 //! are dialled by address, their identity is the certificate's CN). Both sides offer only
-//! the ALPN protocol [`ALPN`]. [`peer_name`] reads the CN of a verified certificate as a
+//! the ALPN protocol [`ALPN`].
+//!
+//! Time: a swarm off the Internet has no NTP, and a board without a real-time clock may
+//! boot in the past. Certificates are judged at the latest time this node can prove: its
+//! clock, its own certificate's `notBefore` and the peer certificate's `notBefore` (a
+//! certificate the fleet CA issued is not refused for a clock that lags its issue). An
+//! expired certificate (`notAfter` before that time) is refused. [`peer_name`] reads the CN of a verified certificate as a
 //! [`Name`]; a certificate whose CN is missing or not a valid name is refused.
 //! Nothing here does I/O.
 
@@ -46,11 +52,15 @@ impl NetTls {
         let Pems { roots, certs, key } =
             parse_pems(ca_pem, cert_pem, key_pem).map_err(|e| TlsError::Pem(e.to_string()))?;
         let me = peer_name(&certs[0])?;
+        let floor = not_before(&certs[0])?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| TlsError::Config(e.to_string()))?;
+        let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let verifier: Arc<dyn ClientCertVerifier> = Arc::new(Judged {
+            inner: webpki,
+            floor,
+        });
         let mut server = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier.clone())
@@ -101,6 +111,73 @@ pub fn peer_name(der: &CertificateDer<'_>) -> Result<Name, TlsError> {
         .as_str()
         .map_err(|e| TlsError::Certificate(e.to_string()))?;
     Name::new(cn).map_err(|e| TlsError::BadCommonName(e.to_string()))
+}
+
+/// The `notBefore` of a certificate.
+fn not_before(der: &CertificateDer<'_>) -> Result<UnixTime, TlsError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| TlsError::Certificate(e.to_string()))?;
+    let t = u64::try_from(cert.validity().not_before.timestamp()).unwrap_or(0);
+    Ok(UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+        t,
+    )))
+}
+
+/// The fleet CA's webpki verifier, judging validity at the latest provable time (module
+/// doc).
+#[derive(Debug)]
+struct Judged {
+    inner: Arc<dyn ClientCertVerifier>,
+    floor: UnixTime,
+}
+
+impl ClientCertVerifier for Judged {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        // An unparsable certificate keeps the clock: webpki refuses it anyway.
+        let peer = not_before(end_entity).unwrap_or(now);
+        let judged = now.max(self.floor).max(peer);
+        self.inner
+            .verify_client_cert(end_entity, intermediates, judged)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// Verifies a server's certificate as a client certificate: the chain to the fleet CA,

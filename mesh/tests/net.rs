@@ -400,3 +400,44 @@ async fn a_renewed_certificate_serves_the_next_sessions() {
     a.shutdown();
     b.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_clock_does_not_refuse_a_fresh_certificate_but_an_expired_one_is_refused() {
+    let ca = Ca::new("fleet");
+    // Issued "in the future" for this host's clock, as for a node whose clock lags.
+    let (ta, mut a_rx) = mpsc::channel(64);
+    let a = start(
+        loopback(vec![]),
+        ca.tls_valid("node-a", &ca.pem, Some((30, 400))),
+        n("node-a"),
+        ta,
+    )
+    .unwrap();
+    let (tb, mut b_rx) = mpsc::channel(64);
+    let b = start(
+        loopback(vec![a.local_addr().to_string()]),
+        ca.tls_valid("node-b", &ca.pem, Some((60, 400))),
+        n("node-b"),
+        tb,
+    )
+    .unwrap();
+    assert!(is_up(&next(&mut a_rx).await, "node-b"));
+    assert!(is_up(&next(&mut b_rx).await, "node-a"));
+    // Expired: refused by a, whatever the dialler's clock.
+    let (tc, _c_rx) = mpsc::channel(8);
+    let c = start(
+        loopback(vec![a.local_addr().to_string()]),
+        ca.tls_valid("node-c", &ca.pem, Some((-400, -1))),
+        n("node-c"),
+        tc,
+    )
+    .unwrap();
+    wait_for("a refusing c's expired certificate", || {
+        a.stats().handshake_failed >= 1
+    })
+    .await;
+    assert_eq!(a.peers().len(), 1);
+    for x in [a, b, c] {
+        x.shutdown();
+    }
+}

@@ -42,6 +42,11 @@ impl Ca {
 
     /// A node certificate and key (PEM), CN = `cn`, as the master issues them.
     pub fn node(&self, cn: &str) -> (String, String) {
+        self.node_valid(cn, None)
+    }
+
+    /// [`Ca::node`] valid from `days.0` to `days.1` days from now (default: rcgen's).
+    pub fn node_valid(&self, cn: &str, days: Option<(i64, i64)>) -> (String, String) {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -51,13 +56,23 @@ impl Ca {
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         p.use_authority_key_identifier_extension = true;
+        if let Some((from, to)) = days {
+            let now = time::OffsetDateTime::now_utc();
+            p.not_before = now + time::Duration::days(from);
+            p.not_after = now + time::Duration::days(to);
+        }
         let cert = p.signed_by(&key, &self.issuer).unwrap();
         (cert.pem(), key.serialize_pem())
     }
 
     /// The TLS of node `cn` trusting `trust` (normally this CA's PEM).
     pub fn tls(&self, cn: &str, trust: &str) -> NetTls {
-        let (cert, key) = self.node(cn);
+        self.tls_valid(cn, trust, None)
+    }
+
+    /// [`Ca::tls`] with a certificate valid as [`Ca::node_valid`] says.
+    pub fn tls_valid(&self, cn: &str, trust: &str, days: Option<(i64, i64)>) -> NetTls {
+        let (cert, key) = self.node_valid(cn, days);
         NetTls::new(trust.as_bytes(), cert.as_bytes(), key.as_bytes()).unwrap()
     }
 }
