@@ -4,12 +4,12 @@
 //!
 //! Contract: every `beacon_every_ms`, on each configured interface that has an IPv4
 //! address (looked up again each time, so an interface that comes up later joins then),
-//! the receiver joins the group and one beacon is sent out of that interface (TTL 1).
+//! the receiver joins the group (again: a removed and re-added interface lost its
+//! membership) and one beacon is sent out of that interface (TTL 1).
 //! Heard beacons are decoded with [`decode_beacon`]; anything else on the port is counted
 //! and dropped, this node's own beacons are ignored, the rest go to the routes core,
 //! which says whom to dial. Heard nodes are forgotten after three beacon intervals.
 
-use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -76,7 +76,6 @@ pub(crate) async fn run(inner: Arc<Inner>, sockets: Sockets) {
 async fn send(inner: &Arc<Inner>, rx: &UdpSocket, tx: &UdpSocket) {
     let cfg = &inner.cfg;
     let group = SocketAddrV4::new(cfg.beacon_group, cfg.beacon_port);
-    let mut joined = BTreeSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.beacon_every_ms));
     loop {
         tick.tick().await;
@@ -100,15 +99,14 @@ async fn send(inner: &Arc<Inner>, rx: &UdpSocket, tx: &UdpSocket) {
                     .warn("beacon interface without an IPv4 address", iface);
                 continue;
             };
-            if !joined.contains(&ip) {
-                match rx.join_multicast_v4(cfg.beacon_group, ip) {
-                    Ok(()) => {
-                        joined.insert(ip);
-                    }
-                    Err(e) => inner
-                        .gates
-                        .warn("beacon group", &format_args!("{iface}: {e}")),
-                }
+            // Joined again every time: an interface that was removed and came back (a USB
+            // radio) lost its membership; an existing one answers EADDRINUSE.
+            match rx.join_multicast_v4(cfg.beacon_group, ip) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {}
+                Err(e) => inner
+                    .gates
+                    .warn("beacon group", &format_args!("{iface}: {e}")),
             }
             let sent = SockRef::from(tx)
                 .set_multicast_if_v4(&ip)

@@ -1,6 +1,7 @@
 //! Two nodes in their own network namespaces joined by a veth pair, as on a LAN: they find
 //! each other by beacons on the veth interface, lose each other when the link is cut with
-//! `ip link set down` (keepalives stop), and find each other again when it is restored.
+//! `ip link set down` (keepalives stop), and find each other again when it is restored,
+//! and again after the veth is deleted and created anew.
 //! Needs root (and fails instead of skipping when `CI` is set and it cannot run).
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -42,23 +43,33 @@ impl Lan {
             ip(&["netns", "add", ns]);
             ip(&["-n", ns, "link", "set", "lo", "up"]);
         }
+        lan.veth();
+        lan
+    }
+
+    /// Creates the veth pair, one end in each namespace, addressed and up.
+    fn veth(&self) {
         ip(&[
             "link",
             "add",
-            &lan.ifs[0],
+            &self.ifs[0],
             "type",
             "veth",
             "peer",
             "name",
-            &lan.ifs[1],
+            &self.ifs[1],
         ]);
         for i in 0..2 {
-            ip(&["link", "set", &lan.ifs[i], "netns", &lan.ns[i]]);
+            ip(&["link", "set", &self.ifs[i], "netns", &self.ns[i]]);
             let addr = format!("10.231.0.{}/24", i + 1);
-            ip(&["-n", &lan.ns[i], "addr", "add", &addr, "dev", &lan.ifs[i]]);
-            ip(&["-n", &lan.ns[i], "link", "set", &lan.ifs[i], "up"]);
+            ip(&["-n", &self.ns[i], "addr", "add", &addr, "dev", &self.ifs[i]]);
+            ip(&["-n", &self.ns[i], "link", "set", &self.ifs[i], "up"]);
         }
-        lan
+    }
+
+    /// Removes the veth pair (as a USB radio unplugged at both ends).
+    fn unplug(&self) {
+        ip(&["-n", &self.ns[0], "link", "del", &self.ifs[0]]);
     }
 
     fn link(&self, up: bool) {
@@ -225,5 +236,16 @@ async fn peers_on_a_veth_lan_find_lose_and_find_each_other_again() {
     deliver(&a, "node-b", hello("node-a"), &mut b_rx).await;
     deliver(&b, "node-a", hello("node-b"), &mut a_rx).await;
     assert_eq!((a.net.peers().len(), b.net.peers().len()), (1, 1));
+
+    // Unplugged and plugged back: the interfaces are new ones (their multicast memberships
+    // went with the old), found again by name.
+    lan.unplug();
+    wait_for("both ends dropping the session", || {
+        a.net.peers().is_empty() && b.net.peers().is_empty()
+    })
+    .await;
+    lan.veth();
+    deliver(&a, "node-b", hello("node-a"), &mut b_rx).await;
+    deliver(&b, "node-a", hello("node-b"), &mut a_rx).await;
     drop((a, b));
 }
