@@ -21,7 +21,7 @@
 //! only feeds beacons.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -407,9 +407,15 @@ pub(crate) enum DialError {
     Stopped,
 }
 
-/// Accepts sessions; at most `max_peers` handshakes at once.
+/// Most handshakes in progress from one IP address: a host that opens connections and
+/// never finishes them holds these, not every slot.
+pub const HANDSHAKES_PER_IP: usize = 2;
+
+/// Accepts sessions; at most `max_peers` handshakes at once, [`HANDSHAKES_PER_IP`] from
+/// one address.
 async fn listen(inner: Arc<Inner>, listener: TcpListener) {
     let handshakes = Arc::new(Semaphore::new(inner.cfg.max_peers));
+    let per_ip: Arc<Mutex<BTreeMap<IpAddr, usize>>> = Arc::default();
     loop {
         let (tcp, addr) = match listener.accept().await {
             Ok(c) => c,
@@ -419,14 +425,38 @@ async fn listen(inner: Arc<Inner>, listener: TcpListener) {
                 continue;
             }
         };
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            NetStats::bump(&inner.stats.refused_full);
-            continue;
+        let ip = addr.ip();
+        let from_ip = {
+            let mut m = per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let n = m.entry(ip).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let release = {
+            let per_ip = per_ip.clone();
+            move || {
+                let mut m = per_ip.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(n) = m.get_mut(&ip) {
+                    *n -= 1;
+                    if *n == 0 {
+                        m.remove(&ip);
+                    }
+                }
+            }
+        };
+        let permit = match handshakes.clone().try_acquire_owned() {
+            Ok(p) if from_ip <= HANDSHAKES_PER_IP => p,
+            _ => {
+                release();
+                NetStats::bump(&inner.stats.refused_full);
+                continue;
+            }
         };
         let inner = inner.clone();
         tokio::spawn(async move {
             let auth = session::handshake_in(&inner.tls(), tcp, addr).await;
             drop(permit);
+            release();
             match auth {
                 Ok(auth) => {
                     let _ = inner.establish(auth, false).await;

@@ -441,3 +441,27 @@ async fn a_lagging_clock_does_not_refuse_a_fresh_certificate_but_an_expired_one_
         x.shutdown();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_handshake_do_not_lock_peers_out() {
+    let ca = Ca::new("fleet");
+    let (a, mut a_rx) = node(&ca, "node-a", vec![]);
+    // One host opens max_peers connections and says nothing.
+    let mut idle = Vec::new();
+    for _ in 0..hedge_mesh::MeshConfig::default().max_peers {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        idle.push(s.connect(a.local_addr()).await.unwrap());
+    }
+    wait_for("the extra connections refused", || {
+        a.stats().refused_full >= u64::try_from(idle.len() - 2).unwrap()
+    })
+    .await;
+    // A real peer from another address still gets in, long before the idle ones' 10 s
+    // handshake timeout frees their slots.
+    let (b, _b_rx) = node(&ca, "node-b", vec![a.local_addr().to_string()]);
+    let up = tokio::time::timeout(Duration::from_secs(5), a_rx.recv()).await;
+    assert!(is_up(&up.unwrap().unwrap(), "node-b"));
+    a.shutdown();
+    b.shutdown();
+}
