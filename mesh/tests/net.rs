@@ -465,3 +465,30 @@ async fn connections_that_never_handshake_do_not_lock_peers_out() {
     a.shutdown();
     b.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_peer_replaces_its_session_down_before_up() {
+    let ca = Ca::new("fleet");
+    let (a, mut a_rx) = node(&ca, "node-a", vec![]);
+    let b_tls = ca.tls("node-b", &ca.pem);
+    let mut s1 = raw(&b_tls, &a).await;
+    assert!(is_up(&next(&mut a_rx).await, "node-b"));
+    // node-b again (it restarted, the old connection is half-open): the newer wins.
+    let mut s2 = raw(&b_tls, &a).await;
+    assert!(is_down(&next(&mut a_rx).await, "node-b"));
+    assert!(is_up(&next(&mut a_rx).await, "node-b"));
+    // The old session is gone: what it sends is not delivered; the new one's is.
+    let old = encode_peer(&hello("node-b", 7), MAX_PEER_FRAME).unwrap();
+    let _ = write_frame(&mut s1, &old).await;
+    let _ = s1.flush().await;
+    let new = encode_peer(&hello("node-b", 8), MAX_PEER_FRAME).unwrap();
+    write_frame(&mut s2, &new).await.unwrap();
+    s2.flush().await.unwrap();
+    assert_eq!(
+        next(&mut a_rx).await.kind,
+        PeerEventKind::Message(hello("node-b", 8))
+    );
+    assert_eq!(a.peers().len(), 1);
+    assert_eq!(a.stats().replaced, 1);
+    a.shutdown();
+}
