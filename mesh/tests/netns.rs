@@ -143,6 +143,15 @@ impl NsNode {
     }
 }
 
+impl NsNode {
+    /// Node `me` on side `i` of `lan`, and its events.
+    fn on(lan: &Lan, i: usize, ca: &Ca, me: &str) -> (NsNode, mpsc::Receiver<PeerEvent>) {
+        let (tx, rx) = mpsc::channel(64);
+        let node = NsNode::start(&lan.ns[i], &lan.ifs[i], ca.tls(me, &ca.pem), me, tx);
+        (node, rx)
+    }
+}
+
 impl Drop for NsNode {
     fn drop(&mut self) {
         if let Some(s) = self.stop.take() {
@@ -197,22 +206,8 @@ async fn peers_on_a_veth_lan_find_lose_and_find_each_other_again() {
     }
     let lan = Lan::new();
     let ca = Ca::new("fleet");
-    let (ta, mut a_rx) = mpsc::channel(64);
-    let (tb, mut b_rx) = mpsc::channel(64);
-    let a = NsNode::start(
-        &lan.ns[0],
-        &lan.ifs[0],
-        ca.tls("node-a", &ca.pem),
-        "node-a",
-        ta,
-    );
-    let b = NsNode::start(
-        &lan.ns[1],
-        &lan.ifs[1],
-        ca.tls("node-b", &ca.pem),
-        "node-b",
-        tb,
-    );
+    let (a, mut a_rx) = NsNode::on(&lan, 0, &ca, "node-a");
+    let (b, mut b_rx) = NsNode::on(&lan, 1, &ca, "node-b");
 
     // No static peers: beacons on the veth lead to the session.
     until(&mut a_rx, |e| is_up(e, "node-b")).await;
