@@ -104,6 +104,9 @@ pub(crate) struct Inner {
     pub(crate) beacon_hops: AtomicU8,
     pub(crate) beacon_outbox: AtomicU64,
     state: Mutex<State>,
+    /// The listening socket, here so that [`Inner::shutdown`] closes it at once (a
+    /// restart binds the same port right after).
+    listener: Mutex<Option<TcpListener>>,
     to_hub: mpsc::Sender<Established>,
     tasks: Mutex<Vec<AbortHandle>>,
     epoch: Instant,
@@ -178,6 +181,7 @@ pub fn start(
         beacon_hops: AtomicU8::new(NO_PATH),
         beacon_outbox: AtomicU64::new(0),
         state: Mutex::default(),
+        listener: Mutex::new(Some(listener)),
         to_hub,
         tasks: Mutex::default(),
         epoch,
@@ -192,7 +196,7 @@ pub fn start(
             events,
         ))
         .abort_handle(),
-        tokio::spawn(listen(inner.clone(), listener)).abort_handle(),
+        tokio::spawn(listen(inner.clone())).abort_handle(),
     ];
     for peer in inner.cfg.peers.clone() {
         tasks.push(tokio::spawn(dial_static(inner.clone(), peer)).abort_handle());
@@ -329,6 +333,14 @@ impl Inner {
     }
 
     fn shutdown(&self) {
+        // Closed now, not when the aborted accept task is next polled: a restart on a
+        // current-thread runtime binds the port again before that.
+        drop(
+            self.listener
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
         for t in self.lock_tasks().drain(..) {
             t.abort();
         }
@@ -413,13 +425,26 @@ pub const HANDSHAKES_PER_IP: usize = 2;
 
 /// Accepts sessions; at most `max_peers` handshakes at once, [`HANDSHAKES_PER_IP`] from
 /// one address.
-async fn listen(inner: Arc<Inner>, listener: TcpListener) {
+async fn listen(inner: Arc<Inner>) {
     let handshakes = Arc::new(Semaphore::new(inner.cfg.max_peers));
     let per_ip: Arc<Mutex<BTreeMap<IpAddr, usize>>> = Arc::default();
     loop {
-        let (tcp, addr) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
+        let accepted = std::future::poll_fn(|cx| {
+            match inner
+                .listener
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+            {
+                Some(l) => l.poll_accept(cx).map(Some),
+                None => std::task::Poll::Ready(None),
+            }
+        })
+        .await;
+        let (tcp, addr) = match accepted {
+            None => return,
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
                 inner.gates.warn("accept failed", &e);
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;

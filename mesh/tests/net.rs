@@ -492,3 +492,29 @@ async fn a_reconnecting_peer_replaces_its_session_down_before_up() {
     assert_eq!(a.stats().replaced, 1);
     a.shutdown();
 }
+
+#[test]
+fn a_restart_on_a_current_thread_runtime_binds_the_same_port_at_once() {
+    // The daemon's runtime: shutdown and start again in one synchronous step (as on a
+    // certificate renewal), without the old accept task having run since.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ca = Ca::new("fleet");
+        let (tx, _rx) = mpsc::channel(8);
+        let a = start(loopback(vec![]), ca.tls("node-a", &ca.pem), n("node-a"), tx).unwrap();
+        let cfg = hedge_mesh::MeshConfig {
+            listen: a.local_addr(),
+            ..loopback(vec![])
+        };
+        a.shutdown();
+        let (tx, mut a_rx) = mpsc::channel(8);
+        let a = start(cfg, ca.tls("node-a", &ca.pem), n("node-a"), tx).unwrap();
+        let (b, _b_rx) = node(&ca, "node-b", vec![a.local_addr().to_string()]);
+        assert!(is_up(&next(&mut a_rx).await, "node-b"));
+        a.shutdown();
+        b.shutdown();
+    });
+}
