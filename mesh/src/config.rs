@@ -45,6 +45,10 @@ pub struct MeshConfig {
     pub max_backoff_ms: u64,
     /// Most bytes of another node's records this node holds in custody (default 4 MiB).
     pub custody_bytes_per_origin: u64,
+    /// A data mule (a drone or vehicle that moves between sites; default false): with no
+    /// path of its own it still takes custody from peers that have none, and carries
+    /// their records until it finds a path (`hedge_wire::mesh::FERRY`).
+    pub ferry: bool,
 }
 
 impl Default for MeshConfig {
@@ -62,6 +66,7 @@ impl Default for MeshConfig {
             dead_after_ms: 5000,
             max_backoff_ms: 10_000,
             custody_bytes_per_origin: 4 * 1024 * 1024,
+            ferry: false,
         }
     }
 }

@@ -40,7 +40,8 @@
 //! - **Custody stall.** If a hop's custody holds this node's batches for
 //!   `custody_stall` without the master's ack moving, the link goes down and up again,
 //!   so everything unacknowledged is sent again (a relay that shed or lost them without
-//!   its session dropping cannot stall the origin forever).
+//!   its session dropping cannot stall the origin forever). Not while the hop is a ferry
+//!   (`FERRY`), whose custody lasts until it reaches a path.
 //! - **Hello.** Sent to a peer when its session comes up and whenever the hops this node
 //!   announces to it change (poisoned reverse: [`Routes::hops_for`]); the beacon follows.
 //! - **Parameters.** `ToLink::Params` is signed ([`Trust::sign_params`]) and sent to every
@@ -134,6 +135,9 @@ pub struct MeshLinkSettings {
     /// relay remembers what it stored for half of it (go-back-N resends are not stored
     /// twice; a resend after a stall is).
     pub custody_stall: Duration,
+    /// This node is a ferry (`MeshConfig::ferry`): without a path it announces
+    /// `FERRY` and takes custody from pathless peers.
+    pub ferry: bool,
 }
 
 impl MeshLinkSettings {
@@ -148,6 +152,7 @@ impl MeshLinkSettings {
             custody_pending: 64,
             carried_bytes: 1 << 20,
             custody_stall: Duration::from_secs(300),
+            ferry: false,
         }
     }
 }
@@ -306,7 +311,7 @@ impl<N: PeerNet, T: Trust> Link<N, T> {
             pending: Vec::new(),
             direct: None,
             hop: None,
-            routes: Routes::default(),
+            routes: Routes::new(s.ferry),
             certs: BTreeMap::new(),
             announced: BTreeMap::new(),
             beacon: None,
@@ -355,8 +360,14 @@ impl<N: PeerNet, T: Trust> Link<N, T> {
     /// Follows the master's ack while a next hop holds batches (see `custody_stall`).
     fn mark_custody(&mut self, now: Instant) {
         let st = self.sync.stats();
-        // With the direct uplink up the MQTT link sends everything; nothing to watch.
-        if st.custody_upto == 0 || self.direct != Some(false) {
+        // With the direct uplink up the MQTT link sends everything; nothing to watch. A
+        // ferry is slow by nature: its custody is not a stall.
+        let ferry_hop = self
+            .hop
+            .as_ref()
+            .and_then(|h| self.routes.peer(h))
+            .is_some_and(|r| r.hops == hedge_wire::mesh::FERRY);
+        if st.custody_upto == 0 || self.direct != Some(false) || ferry_hop {
             self.ack_mark = (st.acked_upto, None);
         } else if self.ack_mark.1.is_none() || self.ack_mark.0 != st.acked_upto {
             self.ack_mark = (st.acked_upto, Some(now));

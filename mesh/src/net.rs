@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use hedge_wire::mesh::{encode_peer, PeerMessage, NO_PATH};
+use hedge_wire::mesh::{encode_peer, PeerMessage, FERRY, NO_PATH};
 use hedge_wire::Name;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -178,9 +178,12 @@ pub fn start(
         local,
         stats: Arc::default(),
         gates: Arc::default(),
-        beacon_hops: AtomicU8::new(NO_PATH),
+        beacon_hops: AtomicU8::new(if cfg.ferry { FERRY } else { NO_PATH }),
         beacon_outbox: AtomicU64::new(0),
-        state: Mutex::default(),
+        state: Mutex::new(State {
+            routes: Routes::new(cfg.ferry),
+            ..State::default()
+        }),
         listener: Mutex::new(Some(listener)),
         to_hub,
         tasks: Mutex::default(),

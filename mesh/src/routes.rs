@@ -6,7 +6,10 @@
 //! ([`Routes::hello`]); until then it is [`NO_PATH`]. A path longer than
 //! [`MAX_RELAY_DEPTH`] relays is no path (the master would refuse the nesting). The best
 //! next hop is the up peer with the fewest hops, ties broken by name (stable, so equal
-//! peers do not alternate). [`Routes::hops_for`] poisons the reverse route: a node tells
+//! peers do not alternate). A node with no such peer hands its batches to a ferry
+//! ([`FERRY`]: a peer configured `ferry` that has no path either), unless it is a ferry
+//! itself; a ferry without a path announces [`FERRY`], any other node [`NO_PATH`].
+//! [`Routes::hops_for`] poisons the reverse route: a node tells
 //! its own next hop that it has no path, so two nodes never count up through each other.
 //! Beacons ([`Routes::beacon`]) are hints: they only decide whom to dial, at most
 //! [`MAX_HEARD`] nodes are remembered, each forgotten when not heard for the TTL, at most
@@ -18,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use hedge_wire::mesh::{MAX_RELAY_DEPTH, NO_PATH};
+use hedge_wire::mesh::{FERRY, MAX_RELAY_DEPTH, NO_PATH};
 use hedge_wire::Name;
 
 /// Most beacon-heard nodes remembered at once; more are ignored until some expire.
@@ -58,9 +61,18 @@ pub struct Heard {
 pub struct Routes {
     peers: BTreeMap<Name, PeerRoute>,
     heard: BTreeMap<Name, Heard>,
+    ferry: bool,
 }
 
 impl Routes {
+    /// The routes of a ferry (`true`) or of any other node.
+    pub fn new(ferry: bool) -> Self {
+        Routes {
+            ferry,
+            ..Routes::default()
+        }
+    }
+
     /// A session with `peer` is up; no path known yet.
     pub fn up(&mut self, peer: &Name) {
         self.peers.insert(
@@ -94,22 +106,38 @@ impl Routes {
         self.peers.iter()
     }
 
-    /// The best next hop toward the broker and its hops, if any peer has a usable path.
+    /// The best next hop toward the broker and its hops: the up peer with a usable path
+    /// and the fewest hops; without one, for a node that is not a ferry itself, a ferry
+    /// (hops [`FERRY`]).
     pub fn best(&self) -> Option<(&Name, u8)> {
-        self.peers
-            .iter()
-            .filter(|(_, r)| usable(r.hops))
-            .min_by_key(|(n, r)| (r.hops, *n))
-            .map(|(n, r)| (n, r.hops))
+        let fewest = |want: fn(u8) -> bool| {
+            self.peers
+                .iter()
+                .filter(|(_, r)| want(r.hops))
+                .min_by_key(|(n, r)| (r.hops, *n))
+                .map(|(n, r)| (n, r.hops))
+        };
+        fewest(usable).or_else(|| {
+            if self.ferry {
+                None
+            } else {
+                fewest(|h| h == FERRY)
+            }
+        })
     }
 
-    /// This node's hops: 0 with a direct uplink, else one more than the best next hop's,
-    /// [`NO_PATH`] without one.
+    /// This node's hops: 0 with a direct uplink, else one more than the best next hop's;
+    /// without a path [`FERRY`] for a ferry, [`NO_PATH`] for any other node (also when
+    /// its next hop is a ferry: nobody should count on that path).
     pub fn own_hops(&self, direct: bool) -> u8 {
         if direct {
             return 0;
         }
-        self.best().map_or(NO_PATH, |(_, h)| h.saturating_add(1))
+        match self.best() {
+            Some((_, h)) if usable(h) => h.saturating_add(1),
+            _ if self.ferry => FERRY,
+            _ => NO_PATH,
+        }
     }
 
     /// The hops to announce to `peer`: [`Routes::own_hops`], except [`NO_PATH`] to the
@@ -278,6 +306,44 @@ mod tests {
             None,
             "hello without a session is ignored"
         );
+    }
+
+    #[test]
+    fn pathless_nodes_hand_to_a_ferry_and_a_ferry_waits_for_a_real_path() {
+        let mut c = Routes::new(false);
+        c.up(&n("b"));
+        c.hello(&n("b"), NO_PATH, 0);
+        assert_eq!(c.best(), None, "a pathless peer that is no ferry is no hop");
+        c.hello(&n("b"), FERRY, 0);
+        assert_eq!(c.best(), Some((&n("b"), FERRY)));
+        assert_eq!(
+            c.own_hops(false),
+            NO_PATH,
+            "a path through a ferry is announced as none"
+        );
+        assert_eq!(c.hops_for(&n("b"), false), NO_PATH);
+        c.up(&n("g"));
+        c.hello(&n("g"), 0, 0);
+        assert_eq!(c.best(), Some((&n("g"), 0)), "a real path beats a ferry");
+        assert_eq!(c.own_hops(false), 1);
+
+        let mut b = Routes::new(true);
+        assert_eq!(b.own_hops(false), FERRY);
+        assert_eq!(b.own_hops(true), 0);
+        b.up(&n("c"));
+        b.hello(&n("c"), NO_PATH, 0);
+        b.up(&n("f"));
+        b.hello(&n("f"), FERRY, 0);
+        assert_eq!(
+            b.best(),
+            None,
+            "a ferry never hands custody to another pathless node"
+        );
+        assert_eq!(b.own_hops(false), FERRY);
+        b.up(&n("g"));
+        b.hello(&n("g"), 2, 0);
+        assert_eq!(b.best(), Some((&n("g"), 2)));
+        assert_eq!(b.own_hops(false), 3);
     }
 
     #[test]

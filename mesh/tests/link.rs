@@ -132,6 +132,66 @@ fn a_ferry_carries_custody_and_the_origin_deletes_only_on_the_masters_ack() {
 }
 
 #[test]
+fn a_ferry_without_a_path_takes_custody_and_delivers_once_it_meets_one() {
+    block_on(async {
+        let net = Net::default();
+        let (a, f, c) = (spawn(&net, "a"), spawn(&net, "ferry"), spawn(&net, "c"));
+        let master = Mutex::new(Master::default());
+        a.tell(ToLink::Direct(true));
+        f.tell(ToLink::Direct(false));
+        c.tell(ToLink::Direct(false));
+        until(5, "the ferry's beacon", || {
+            net.hub().beacons.get(&f.name).map(|x| x.0) == Some(hedge_wire::mesh::FERRY)
+        })
+        .await;
+        // Nobody has a path; c hands everything to the ferry anyway.
+        net.up(&f.name, &c.name);
+        c.append(50);
+        until(10, "the ferry's custody of all of c's batches", || {
+            f.d()
+                .outbox
+                .values()
+                .filter(|r| matches!(r.kind, RecordKind::Relayed(_)))
+                .count()
+                >= 4
+                && count(&c.stats.custody_received) >= 4
+        })
+        .await;
+        assert_eq!(c.d().outbox.len(), 50, "the origin keeps all until the ack");
+        assert!(
+            !c.d()
+                .outbox
+                .values()
+                .any(|r| matches!(r.kind, RecordKind::Relayed(_))),
+            "a ferry hands nothing to a pathless node"
+        );
+        let handed = count(&c.stats.batches_sent);
+        // The ferry leaves c for good and later meets a, which reaches the master.
+        net.down(&f.name, &c.name);
+        net.up(&a.name, &f.name);
+        until_with(
+            10,
+            "c's records at the master",
+            || drain(&master, &a),
+            || master.lock().expect("master").acked(&c.name, EPOCH) >= 50,
+        )
+        .await;
+        exactly_once(&master, &c.name, 50);
+        assert_eq!(count(&c.stats.batches_sent), handed, "c sent nothing more");
+        // c meets a: the ack reaches it and it deletes its copies.
+        net.up(&a.name, &c.name);
+        until_with(
+            10,
+            "c's outbox emptied",
+            || drain(&master, &a),
+            || c.d().outbox.is_empty(),
+        )
+        .await;
+        exactly_once(&master, &c.name, 50);
+    });
+}
+
+#[test]
 fn forged_foreign_and_altered_batches_are_refused_and_nothing_is_stored() {
     block_on(async {
         let net = Net::default();

@@ -53,6 +53,12 @@ pub const PARAMS_SIGNING_CONTEXT: &[u8] = b"hedge-params-v1";
 pub const MAX_RELAY_DEPTH: usize = 8;
 /// [`Hello::hops`] and [`Beacon::hops`] of a node with no path to the master.
 pub const NO_PATH: u8 = u8::MAX;
+/// [`Hello::hops`] and [`Beacon::hops`] of a ferry (a data mule: a node that moves
+/// between sites) with no path of its own right now: it takes custody from peers that
+/// have no path either and carries their records until it finds one. Nodes without a
+/// path hand their batches to a ferry; a ferry never hands custody to another node
+/// without a path, so nothing goes round in circles.
+pub const FERRY: u8 = NO_PATH - 1;
 /// Most entries of [`Hello::desired`].
 pub const MAX_CARRIED: usize = 64;
 /// Most bytes of a certificate in [`SignedParams::cert`].
@@ -163,7 +169,8 @@ impl SignedParams {
 pub struct Hello {
     /// Who the sender says it is (checked against its certificate).
     pub node: Name,
-    /// Its hops to the master: 0 when it reaches the broker itself, [`NO_PATH`] for none.
+    /// Its hops to the master: 0 when it reaches the broker itself, [`NO_PATH`] for none,
+    /// [`FERRY`] for a ferry without a path.
     pub hops: u8,
     /// Records waiting in its outbox.
     pub outbox: u64,

@@ -285,6 +285,8 @@ pub fn settings(node: &Name) -> MeshLinkSettings {
     let mut s = MeshLinkSettings::new(node.clone(), EPOCH, sync);
     s.fetch_every = Duration::from_secs(3600);
     s.custody_stall = Duration::from_millis(800);
+    // A node named `ferry…` is a ferry (`[mesh] ferry = true`).
+    s.ferry = node.as_str().starts_with("ferry");
     s
 }
 
