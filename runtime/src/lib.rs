@@ -14,6 +14,7 @@
 //! - [`lease`]: leases and fences (which leased copies may run, fence reports,
 //!   heartbeats).
 //! - [`local_api`]: the local API's typed requests, answers, status views and refusals.
+//! - [`relay`]: custody held for other nodes (mesh): the per-origin bound and shedding.
 //!
 //! State and configuration:
 //! - [`config`]: the config file, `node.toml`.
@@ -42,6 +43,7 @@ pub mod logfile;
 pub mod monitor;
 pub mod partition;
 pub mod reconcile;
+pub mod relay;
 pub mod render;
 pub mod request_file;
 pub mod store;

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-pub use hedge_wire::template::references;
+pub use hedge_wire::template::{peer_references, references};
 use hedge_wire::template::{Piece, Pieces};
 use hedge_wire::types::{InstanceRequest, SoftwareRelease};
 use sha2::{Digest, Sha256};
@@ -106,6 +106,10 @@ pub fn render_instance(
     let lookup = |key: &str| -> Option<String> {
         if let Some(v) = req.parameters.get(key) {
             return Some(v.clone());
+        }
+        // `node/instance.key`: a peer's instance (its node's name may hold dots).
+        if let Some((node, instance, k)) = hedge_wire::template::peer_key(key) {
+            return published(&format!("{node}/{instance}"), k);
         }
         let (other, k) = key.split_once('.')?;
         published(other, k)
@@ -339,7 +343,7 @@ mod tests {
             ("{{}}", 0),
             ("{{   }}", 0),
             ("{{a b}}", 0),
-            ("{{a/b}}", 0),
+            ("{{a\\b}}", 0),
             ("ok {{a}} {{{a}}}", 9),
             ("{{ä}}", 0),
         ] {
@@ -538,5 +542,36 @@ mod tests {
             references(&r),
             BTreeSet::from(["cache".to_owned(), "db".to_owned()])
         );
+    }
+
+    #[test]
+    fn peer_parameters_render_and_are_listed_apart() {
+        let mut r = req(&[("prog", "app"), ("port", "1")]);
+        r.args.push("--peer={{ node-2/db.port }},{{gw.1/db.host}}".into());
+        // A peer reference is no local instance's, and the master never imports it.
+        assert_eq!(
+            references(&r),
+            BTreeSet::from(["db".to_owned()]),
+            "node-2/db is not an instance of this node"
+        );
+        let n = |s: &str| Name::new(s).unwrap();
+        assert_eq!(
+            peer_references(&r),
+            BTreeSet::from([(n("node-2"), n("db")), (n("gw.1"), n("db"))])
+        );
+        let lookup = |other: &str, key: &str| match (other, key) {
+            ("node-2/db", "port") => Some("7000".to_owned()),
+            ("gw.1/db", "host") => Some("10.1.0.9".to_owned()),
+            _ => published(other, key),
+        };
+        let out = render_instance_t(&r, &lookup).unwrap();
+        assert_eq!(out.args.last().unwrap(), "--peer=7000,10.1.0.9");
+        // Missing on the peer: a missing key, never an empty value.
+        let err = render_instance_t(&r, &published).unwrap_err();
+        assert!(matches!(err, RenderError::Missing(k) if k == "node-2/db.port"));
+        // Not a peer key: bad names or no key.
+        assert!(hedge_wire::template::peer_key("Node/db.port").is_none());
+        assert!(hedge_wire::template::peer_key("node/db.").is_none());
+        assert!(hedge_wire::template::peer_key("node/db").is_none());
     }
 }

@@ -3,12 +3,14 @@
 //! nodes).
 //!
 //! Contract: pure. [`Pieces`] splits a template into literal text and keys: `{{ key }}`
-//! with spaces or tabs around the key allowed, key = `[A-Za-z0-9_.-]+`; a single `{`, or
+//! with spaces or tabs around the key allowed, key = `[A-Za-z0-9_./-]+`; a single `{`, or
 //! a `}}` that closes nothing, is literal text; it stops after the first
 //! [`TemplateError`]. [`references`] lists the instances whose connection parameters a
 //! request consumes: `other` of every `{{other.key}}` whose key is not one of the
 //! request's own parameters, in the program (`exec:`), arguments, config files and
-//! promises, `other` being a valid [`Name`]. Templates with syntax errors are skipped
+//! promises, `other` being a valid [`Name`]. [`peer_references`] lists the `(node,
+//! instance)` of every `{{node/instance.key}}`: a peer node's instance, whose parameters
+//! the mesh carries signed by that node. Templates with syntax errors are skipped
 //! (rendering reports them).
 
 use alloc::borrow::ToOwned;
@@ -86,11 +88,11 @@ impl<'a> Iterator for Pieces<'a> {
         }
         if !key
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b))
         {
             return Some(Err(self.syntax(
                 offset,
-                "a key may hold only A-Z, a-z, 0-9, '_', '.' and '-'",
+                "a key may hold only A-Z, a-z, 0-9, '_', '.', '-' and '/'",
             )));
         }
         self.pos += 2 + close + 2;
@@ -98,8 +100,9 @@ impl<'a> Iterator for Pieces<'a> {
     }
 }
 
-/// The instances whose connection parameters `req` consumes (see the module's doc).
-pub fn references(req: &InstanceRequest) -> BTreeSet<String> {
+/// The keys of every template of `req` (program, arguments, config files, promises)
+/// that are not `req`'s own parameters; templates with syntax errors are skipped.
+fn foreign_keys(req: &InstanceRequest) -> Vec<&str> {
     let mut templates: Vec<&str> = Vec::new();
     if let SoftwareRelease::Exec(p) = &req.software {
         templates.push(p);
@@ -115,23 +118,58 @@ pub fn references(req: &InstanceRequest) -> BTreeSet<String> {
             PromiseCheck::File { path, .. } => templates.push(path),
         }
     }
-    let mut out = BTreeSet::new();
+    let mut out = Vec::new();
     for t in templates {
         let Ok(pieces) = Pieces::new(t).collect::<Result<Vec<_>, _>>() else {
             continue;
         };
         for piece in pieces {
             if let Piece::Key(k) = piece {
-                if req.parameters.contains_key(k) {
-                    continue;
-                }
-                if let Some((other, _)) = k.split_once('.') {
-                    if Name::new(other).is_ok() {
-                        out.insert(other.to_owned());
-                    }
+                if !req.parameters.contains_key(k) {
+                    out.push(k);
                 }
             }
         }
     }
     out
+}
+
+/// A peer's parameter reference `node/instance.key`, split: `None` unless `node` and
+/// `instance` are valid [`Name`]s and `key` is not empty.
+pub fn peer_key(key: &str) -> Option<(Name, Name, &str)> {
+    let (node, rest) = key.split_once('/')?;
+    let (instance, k) = rest.split_once('.')?;
+    if k.is_empty() {
+        return None;
+    }
+    Some((Name::new(node).ok()?, Name::new(instance).ok()?, k))
+}
+
+/// The instances whose connection parameters `req` consumes (see the module's doc).
+/// A key naming a peer's instance (`{{node/instance.key}}`) is not one of them: see
+/// [`peer_references`].
+pub fn references(req: &InstanceRequest) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for k in foreign_keys(req) {
+        if k.contains('/') {
+            continue;
+        }
+        if let Some((other, _)) = k.split_once('.') {
+            if Name::new(other).is_ok() {
+                out.insert(other.to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// The instances of peer nodes whose connection parameters `req` consumes, as
+/// `(node, instance)`: every `{{node/instance.key}}` of its templates (the mesh carries
+/// them, signed by `node`, without the master).
+pub fn peer_references(req: &InstanceRequest) -> BTreeSet<(Name, Name)> {
+    foreign_keys(req)
+        .into_iter()
+        .filter_map(peer_key)
+        .map(|(n, i, _)| (n, i))
+        .collect()
 }
