@@ -6,7 +6,11 @@
 //! range batches were sent ([`ToNode::Sent`], so the daemon never rewrites a record that
 //! is on its way), the link state, the lease the master's acks prove ([`ToNode::Lease`]),
 //! and hands over desired-state frames untouched (the
-//! daemon verifies them). It never blocks the daemon: the daemon answers loads when it
+//! daemon verifies them). For the mesh, it hands over what the master publishes on the
+//! node's `carry` topic untouched ([`ToNode::Carried`]: signed acks and desired states of
+//! the nodes this one carries, verified further down the mesh) and publishes the mesh's
+//! requests for those states ([`ToLink::Fetch`] → `Message::Fetch` on `up`, QoS 1,
+//! while connected; a request while down is dropped: the mesh asks again). It never blocks the daemon: the daemon answers loads when it
 //! can. Connecting, reconnecting with backoff and resending are the core's decisions.
 //!
 //! rumqttc's `EventLoop::poll` does the whole TCP + TLS + CONNECT inside one future, so
@@ -23,7 +27,8 @@
 //! at the end of a backoff of up to 15 s.
 //!
 //! Topics ([`crate::topic`]): publishes `hedge/v1/<node>/up` (QoS 1); subscribes
-//! `hedge/v1/<node>/ack` and `hedge/v1/<node>/desired` (retained by the master).
+//! `hedge/v1/<node>/ack`, `hedge/v1/<node>/desired` (retained by the master) and
+//! `hedge/v1/<node>/carry`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,7 +44,7 @@ use tokio::sync::mpsc;
 
 use crate::link::{ToLink, ToNode};
 use crate::sync::{Config, Input, Output, SyncMachine};
-use crate::topic::{ack_topic, desired_topic, up_topic};
+use crate::topic::{ack_topic, carry_topic, desired_topic, up_topic};
 
 pub mod resolve;
 
@@ -123,6 +128,23 @@ fn options(s: &LinkSettings) -> MqttOptions {
     o
 }
 
+/// Publishes `Message::Fetch(nodes)` on `up` (at most `MAX_CARRIED` nodes, QoS 1): the
+/// master answers on the node's `carry` topic.
+fn fetch(client: &AsyncClient, up: &str, mut nodes: Vec<Name>, max_frame: usize) {
+    nodes.truncate(hedge_wire::mesh::MAX_CARRIED);
+    if nodes.is_empty() {
+        return;
+    }
+    match hedge_wire::codec::encode(&Message::Fetch(nodes), max_frame) {
+        Ok(frame) => {
+            if let Err(e) = client.try_publish(up, QoS::AtLeastOnce, false, frame) {
+                tracing::debug!(error = %e, "publish queue full; the mesh asks again");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "fetch request does not encode"),
+    }
+}
+
 /// Runs the link until the daemon drops its end of the channels.
 // The I/O driver: it reads the clock the pure core is fed with.
 #[allow(clippy::disallowed_methods)]
@@ -133,6 +155,7 @@ pub async fn run(
 ) {
     let node = settings.node.to_string();
     let (up, ack, desired) = (up_topic(&node), ack_topic(&node), desired_topic(&node));
+    let carry = carry_topic(&node);
     let mut sync = SyncMachine::new(
         settings.node.clone(),
         settings.epoch,
@@ -222,6 +245,7 @@ pub async fn run(
                             let filters = vec![
                                 SubscribeFilter::new(ack.clone(), QoS::AtLeastOnce),
                                 SubscribeFilter::new(desired.clone(), QoS::AtLeastOnce),
+                                SubscribeFilter::new(carry.clone(), QoS::AtLeastOnce),
                             ];
                             if let Err(e) = conn.client.try_subscribe_many(filters) {
                                 tracing::warn!(error = %e, "cannot subscribe");
@@ -246,6 +270,8 @@ pub async fn run(
                             }
                         } else if p.topic == desired && !p.payload.is_empty() {
                             let _ = to_node.send(ToNode::Desired(p.payload.to_vec()));
+                        } else if p.topic == carry && !p.payload.is_empty() {
+                            let _ = to_node.send(ToNode::Carried(p.payload.to_vec()));
                         }
                     }
                     Ok(_) => {}
@@ -271,9 +297,18 @@ pub async fn run(
                         pending = sync.handle(now, Input::Loaded { from, records, end });
                     }
                     Some(ToLink::OutboxChanged) => pending = sync.handle(now, Input::OutboxChanged),
-                    // The mesh link's business, never sent to this one.
-                    Some(ToLink::CustodyStored { .. } | ToLink::Carried(_) | ToLink::Direct(_) | ToLink::Params { .. }) => {}
-                    Some(ToLink::Fetch(nodes)) => tracing::debug!(nodes = nodes.len(), "fetch not carried yet"),
+                    Some(ToLink::Fetch(nodes)) => {
+                        if let State::Up(conn) = &state {
+                            fetch(&conn.client, &up, nodes, settings.sync.max_frame);
+                        }
+                    }
+                    // The mesh link's messages: nothing for the MQTT link.
+                    Some(
+                        ToLink::CustodyStored { .. }
+                        | ToLink::Carried(_)
+                        | ToLink::Direct(_)
+                        | ToLink::Params { .. },
+                    ) => {}
                 }
             }
             back = async {
