@@ -51,6 +51,10 @@ pub struct NodeConfig {
     /// `[uplink]`: the link to the master.
     #[serde(default)]
     pub uplink: UplinkSection,
+    /// `[mesh]`: peers, beacons, custody for other nodes (off by default; uses the
+    /// `[uplink]` CA, certificate and key).
+    #[serde(default)]
+    pub mesh: hedge_mesh::MeshConfig,
     /// Directory of the file; relative paths are resolved against it.
     #[serde(skip)]
     pub base: PathBuf,
@@ -363,6 +367,10 @@ impl NodeConfig {
         if u.renew_at_percent > 100 || u.renew_check_s == 0 {
             return Err("uplink: need renew_at_percent <= 100 and renew_check_s >= 1".into());
         }
+        self.mesh.validate().map_err(|e| e.to_string())?;
+        if self.mesh.enabled && self.mesh.custody_bytes_per_origin < 64 * 1024 {
+            return Err("mesh.custody_bytes_per_origin must be at least 65536 (one frame)".into());
+        }
         if self.partitions.uid_min == 0 || self.partitions.uid_min > self.partitions.uid_max {
             return Err("partitions: need 0 < uid_min <= uid_max".into());
         }
@@ -600,6 +608,19 @@ keepalive_s = 20                 # an idle dead link is noticed within about thi
 {artifacts}
 renew_at_percent = 66            # renew the certificate when 66% of its validity passed
 renew_check_s = 60               # look at it (and retry a pending enrollment) this often
+
+[mesh]
+# Swarm peers: nodes that reach the master through each other (TCP + mutual TLS under
+# the fleet CA, with the [uplink] CA, certificate and key; a peer is its certificate's
+# CN). Off by default.
+enabled = false
+# listen = "0.0.0.0:7441"
+# peers = ["10.0.0.2:7441"]      # static peers, dialled and redialled
+# beacon_interfaces = ["wlan0"]  # UDP multicast discovery (hints only)
+# Most bytes of one other node's batches held in custody; past it, that node's oldest
+# batches without incidents or instance states are shed (it keeps its own copy until
+# the master acknowledges them).
+# custody_bytes_per_origin = 4194304
 "#
     )
 }

@@ -25,7 +25,70 @@
 
 use std::collections::BTreeMap;
 
-use hedge_wire::Name;
+use hedge_wire::mesh::{CustodyRefusal, SignedBatch, MAX_RELAY_DEPTH};
+use hedge_wire::{Name, RecordKind};
+
+/// What a relay must know of a peer's batch before it holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Class {
+    /// The node whose batch it is (the inner `Up`'s node).
+    pub origin: Name,
+    /// Its store's epoch.
+    pub epoch: u64,
+    /// The range it covers.
+    pub covers: Option<(u64, u64)>,
+    /// It carries, at any depth, an incident or an instance state.
+    pub keep: bool,
+    /// Records in it, at every depth.
+    pub records: u64,
+}
+
+/// Decodes `batch` (and every batch nested in it, frames at most `max` bytes): its
+/// origin, range, whether it carries an incident or an instance state (at any depth),
+/// how many records it holds. A batch that does not decode is `Malformed`; one nested
+/// deeper than `MAX_RELAY_DEPTH` (counting this one) is `TooDeep`.
+pub fn classify(batch: &SignedBatch, max: usize) -> Result<Class, CustodyRefusal> {
+    let up = batch.up(max).map_err(|_| CustodyRefusal::Malformed)?;
+    let mut keep = false;
+    let mut records = 0;
+    scan(&up.records, 1, max, &mut keep, &mut records)?;
+    Ok(Class {
+        origin: up.node,
+        epoch: up.epoch,
+        covers: up.covers,
+        keep,
+        records,
+    })
+}
+
+fn scan(
+    recs: &[hedge_wire::Record],
+    depth: usize,
+    max: usize,
+    keep: &mut bool,
+    records: &mut u64,
+) -> Result<(), CustodyRefusal> {
+    for r in recs {
+        match &r.kind {
+            RecordKind::Relayed(inner) => {
+                if depth >= MAX_RELAY_DEPTH {
+                    return Err(CustodyRefusal::TooDeep);
+                }
+                let up = inner.up(max).map_err(|_| CustodyRefusal::Malformed)?;
+                scan(&up.records, depth + 1, max, keep, records)?;
+            }
+            kind => {
+                *records += 1;
+                *keep |= matches!(
+                    crate::monitor::shed::RecordClass::of(kind),
+                    crate::monitor::shed::RecordClass::Incident
+                        | crate::monitor::shed::RecordClass::InstanceState
+                );
+            }
+        }
+    }
+    Ok(())
+}
 
 /// No room for a batch of this origin, even after shedding what may be shed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -218,7 +281,11 @@ mod tests {
         assert_eq!(h.bytes_of(&a), 1000);
         // Another origin has a bound of its own.
         assert_eq!(h.room(&n("b"), 1000, 0, 1000), Ok(vec![]));
-        assert_eq!(h.room(&a, 1001, 0, 1000), Err(Full), "larger than the bound");
+        assert_eq!(
+            h.room(&a, 1001, 0, 1000),
+            Err(Full),
+            "larger than the bound"
+        );
     }
 
     #[test]
@@ -256,7 +323,11 @@ mod tests {
         assert_eq!(h.bytes_of(&a), 30);
         assert_eq!(h.bytes_of(&b), 0);
         let v = h.view();
-        assert_eq!((v[0].stored, v[0].batches), (1, 1), "boot entries are not counted");
+        assert_eq!(
+            (v[0].stored, v[0].batches),
+            (1, 1),
+            "boot entries are not counted"
+        );
         h.acked(u64::MAX);
         assert_eq!(h.bytes_of(&a), 0);
         h.refused(&a);

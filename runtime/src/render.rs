@@ -547,7 +547,8 @@ mod tests {
     #[test]
     fn peer_parameters_render_and_are_listed_apart() {
         let mut r = req(&[("prog", "app"), ("port", "1")]);
-        r.args.push("--peer={{ node-2/db.port }},{{gw.1/db.host}}".into());
+        r.args
+            .push("--peer={{ node-2/db.port }},{{gw.1/db.host}}".into());
         // A peer reference is no local instance's, and the master never imports it.
         assert_eq!(
             references(&r),

@@ -50,6 +50,9 @@ pub(crate) struct Instances {
     /// What instances on other nodes published, as the applied desired state imports
     /// it (`daemon::imports`).
     pub(crate) imports: Published,
+    /// What instances on peer nodes published, verified by the mesh (signed by their
+    /// node), by `node/instance` (`daemon::mesh`).
+    pub(crate) peers: Published,
     /// The node's cgroup v2 home, when the host has a writable one.
     pub(crate) cgroups: Option<Cgroups>,
     /// Where the partitions are (`<state_dir>/partitions`).
@@ -69,6 +72,7 @@ impl Instances {
             slots: BTreeMap::new(),
             published,
             imports: Published::new(),
+            peers: Published::new(),
             cgroups,
             partitions_dir,
             published_log: RateLimit::default(),
@@ -138,10 +142,25 @@ impl Instances {
     /// The parameter `key` that `instance` published: on this node if it published
     /// here, else as imported from another node.
     pub(crate) fn published_param(&self, instance: &str, key: &str) -> Option<String> {
+        if instance.contains('/') {
+            // `node/instance`: only what the mesh verified.
+            return self.peers.get(instance)?.get(key).cloned();
+        }
         match self.published.get(instance) {
             Some(p) => p.get(key).cloned(),
             None => self.imports.get(instance)?.get(key).cloned(),
         }
+    }
+
+    /// The instances whose requests reference the parameters of `instance` on the peer
+    /// `node` (`{{node/instance.key}}`).
+    pub(crate) fn consumers_of_peer(&self, node: &Name, instance: &Name) -> Vec<Name> {
+        let wanted = (node.clone(), instance.clone());
+        self.slots
+            .iter()
+            .filter(|(_, s)| render::peer_references(&s.request).contains(&wanted))
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// The instances whose requests reference `name`'s connection parameters.

@@ -141,6 +141,7 @@ impl Daemon {
             }
             ToNode::Delete { upto } => match self.outbox.store.ack(upto) {
                 Ok(n) => {
+                    self.relay.acked(upto);
                     if let Some(l) = self.links.get_mut(link) {
                         l.acked_upto = l.acked_upto.max(upto);
                         l.deleted += n as u64;
@@ -162,22 +163,15 @@ impl Daemon {
             ToNode::Desired(frame) => {
                 let _ = self.on_desired_frame(&frame);
             }
-            // No mesh link runs yet: custody is refused, the rest has nowhere to go.
-            ToNode::Custody { id, .. } => self.links.send(
-                link,
-                ToLink::CustodyStored {
-                    id,
-                    result: Err(hedge_wire::mesh::CustodyRefusal::Full),
-                },
-            ),
-            ToNode::Carried(_) | ToNode::Fetch(_) | ToNode::PeerParams(_) => {
-                tracing::debug!(?link, "a mesh message and no mesh link");
-            }
+            ToNode::Custody { id, batch } => self.on_custody(link, id, batch),
+            ToNode::PeerParams(p) => self.on_peer_params(p),
+            msg @ (ToNode::Carried(_) | ToNode::Fetch(_)) => self.route(msg),
             ToNode::Link(up) => {
                 if let Some(l) = self.links.get_mut(link) {
                     l.up = up;
                 }
                 if link == LinkId::Uplink {
+                    self.tell_direct();
                     let mut down = self
                         .links
                         .uplink_down_since

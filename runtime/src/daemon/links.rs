@@ -1,5 +1,5 @@
-//! The links part of the daemon: the set of running links to the master (today at most
-//! the MQTT uplink; the mesh adds peers).
+//! The links part of the daemon: the set of running links to the master (the MQTT
+//! uplink, and the mesh link through peers).
 //!
 //! Contract: [`Links`] holds zero or more [`LinkHandle`]s, at most one per [`LinkId`].
 //! Each link is a task that talks to the loop only through its two channels;
@@ -21,6 +21,8 @@ use tokio::sync::mpsc;
 pub(crate) enum LinkId {
     /// The MQTT uplink to the broker.
     Uplink,
+    /// The mesh link: peers that reach the master (`hedge_mesh`).
+    Mesh,
 }
 
 /// What the daemon keeps of a running link.

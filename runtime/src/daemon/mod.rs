@@ -8,7 +8,8 @@
 //! performs those effects (`Daemon::dispatch`). The loop's drivers sit beside it:
 //! `instance` (reconcile steps, lifecycle), `start`, `destroy`, `leftovers`, `monitor`
 //! (checks, `/proc`, disk walks), `published`, `imports` (connection parameters from
-//! other nodes), `link`, `desired`, `software`, and
+//! other nodes), `link`, `mesh` (custody for peers, routing between the links, peers'
+//! connection parameters), `desired`, `software`, and
 //! `answers` (the local API's answers).
 //!
 //! Contract: [`Daemon::boot`] opens the store and kills leftovers of an earlier run
@@ -40,6 +41,7 @@ mod lease;
 mod leftovers;
 mod link;
 mod links;
+mod mesh;
 mod metrics;
 mod monitor;
 mod monitoring;
@@ -164,6 +166,10 @@ pub struct Daemon {
     appended_this_turn: bool,
     /// Children started in this turn whose exec is not confirmed yet.
     execs: BTreeMap<Name, start::PendingExec>,
+    /// Custody held for other nodes (mesh), per origin.
+    relay: crate::relay::Held,
+    relay_counters: mesh::RelayCounters,
+    relay_log: RateLimit,
 }
 
 /// As root, instances run as their partition's uid and must traverse the state
@@ -253,6 +259,9 @@ impl Daemon {
             observed_unflushed: false,
             appended_this_turn: false,
             execs: BTreeMap::new(),
+            relay: crate::relay::Held::new(),
+            relay_counters: mesh::RelayCounters::default(),
+            relay_log: RateLimit::default(),
         };
         d.master_key = d.cfg.master_key();
         match d.outbox.store.desired() {
@@ -262,6 +271,7 @@ impl Daemon {
         d.kill_leftovers()?;
         d.restore_expiry();
         d.restore_imports();
+        d.restore_mesh();
         Ok(d)
     }
 

@@ -163,6 +163,7 @@ impl Daemon {
                 instance: name.clone(),
                 parameters: params,
             });
+            self.tell_params(&name);
             for c in self.instances.consumers_of(&name) {
                 self.restart_if_changed(&c);
             }

@@ -24,7 +24,8 @@
 //! 2. promise results and node-health records are dropped, oldest (lowest seq) first;
 //! 3. usage records are merged further, across days;
 //! 4. if still over, `stats.over_quota` is set: incidents, instance states, local
-//!    requests and connection parameters are never dropped or changed.
+//!    requests and connection parameters are never dropped or changed, nor are batches
+//!    held in custody for peers (`crate::relay` bounds those per origin).
 //!
 //! A merged record is assumed to take the size of the larger record merged (its values
 //! grow, their varints rarely do); the daemon's next pass corrects any drift. Merging
@@ -85,6 +86,10 @@ pub enum RecordClass {
     NodeHealth,
     /// A report of an earlier shedding pass; folded together with the others.
     ShedReport,
+    /// A peer's batch held in custody (mesh): never touched here, bounded per origin by
+    /// `crate::relay` (`origin` and `keep` from [`crate::relay::classify`]; `None` if it
+    /// does not decode).
+    Relayed(Option<(Name, bool)>),
 }
 
 impl RecordClass {
@@ -112,13 +117,17 @@ impl RecordClass {
             | RecordKind::Artifact { .. }
             | RecordKind::Fence { .. }
             | RecordKind::NodeInfo { .. } => RecordClass::InstanceState,
-            // A peer's batch in custody is never shed by this node's own quota: the
-            // relay's per-origin bound decides what it takes.
-            RecordKind::Relayed(_) => RecordClass::InstanceState,
             RecordKind::LocalRequest { .. } => RecordClass::LocalRequest,
             RecordKind::ConnectionParameters { .. } => RecordClass::ConnectionParameters,
             RecordKind::PromiseResult { .. } => RecordClass::PromiseResult,
             RecordKind::NodeHealth { .. } => RecordClass::NodeHealth,
+            // A peer's batch in custody is never shed by this node's own quota: the
+            // relay's per-origin bound decides what it takes.
+            RecordKind::Relayed(batch) => RecordClass::Relayed(
+                crate::relay::classify(batch, hedge_wire::limits::DEFAULT_MAX_FRAME)
+                    .ok()
+                    .map(|c| (c.origin, c.keep)),
+            ),
             RecordKind::Usage {
                 instance,
                 from_ms,
@@ -233,7 +242,8 @@ pub fn plan(entries: &[OutboxEntry], quota_bytes: u64) -> ShedPlan {
             RecordClass::Incident
             | RecordClass::InstanceState
             | RecordClass::LocalRequest
-            | RecordClass::ConnectionParameters => {}
+            | RecordClass::ConnectionParameters
+            | RecordClass::Relayed(_) => {}
         }
     }
     for groups in usage.values_mut() {

@@ -6,7 +6,8 @@
 //!   `crate::desired`), `desired` (the master's last accepted [`DesiredState`]), `local`
 //!   (requests made on the node, by name), `observed` (what the supervisor last ran per
 //!   instance: process group, start time, restarts), `conn` (connection parameters
-//!   published per instance), `usage` (a checkpoint of the accountants' states, see
+//!   published per instance), `peer_conn` (connection parameters of peers' instances,
+//!   verified by the mesh, by `node/instance`), `usage` (a checkpoint of the accountants' states, see
 //!   `outbox.rs`), and `outbox`, which only a store written before the outbox log has:
 //!   its records move into the log at the first open (`migrate_outbox`), nothing lost.
 //! - The outbox's records are in `DIR/outbox/`, an append-only log of checksummed
@@ -208,6 +209,9 @@ const META_ACKED: &[u8] = b"acked_upto";
 /// The outbox log position the `usage` tree's checkpoint covers.
 const META_USAGE_FROM: &[u8] = b"usage_from";
 
+/// A peer instance's stored parameters: their generation and values.
+pub type PeerParams = (u64, BTreeMap<String, String>);
+
 /// How long opening waits for a lock still held by a handle being dropped.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -241,6 +245,8 @@ struct Trees {
     outbox: sled::Tree,
     /// The `conn` tree: connection parameters published per instance.
     published: sled::Tree,
+    /// The `peer_conn` tree: verified connection parameters of peers' instances.
+    peer_params: sled::Tree,
     incidents: sled::Tree,
     usage: sled::Tree,
     /// The outbox's records (`outbox.rs`); the `outbox` tree only migrates into it.
@@ -315,6 +321,7 @@ impl Store {
             observed: db.open_tree("observed")?,
             outbox: db.open_tree("outbox")?,
             published: db.open_tree("conn")?,
+            peer_params: db.open_tree("peer_conn")?,
             incidents: db.open_tree("incidents")?,
             usage: db.open_tree("usage")?,
             log: Mutex::new(log),
@@ -969,6 +976,49 @@ impl Store {
                 Ok((
                     String::from_utf8_lossy(&k).into_owned(),
                     dec("conn", &k, &v)?,
+                ))
+            })
+            .collect()
+    }
+
+    // ---- peers' connection parameters (mesh) ---------------------------------------------
+
+    /// Stores `parameters` of `instance` on the peer `node` at `generation`, if newer
+    /// than what is stored (flushed); returns whether it was.
+    pub fn put_peer_params(
+        &self,
+        node: &Name,
+        instance: &Name,
+        generation: u64,
+        parameters: &BTreeMap<String, String>,
+    ) -> Result<bool, StoreError> {
+        let key = format!("{node}/{instance}");
+        let t = self.t()?;
+        if let Some(old) = t.peer_params.get(key.as_bytes())? {
+            let (g, _): (u64, BTreeMap<String, String>) = dec("peer_conn", key.as_bytes(), &old)?;
+            if g >= generation {
+                return Ok(false);
+            }
+        }
+        t.peer_params
+            .insert(key.as_bytes(), enc(&(generation, parameters))?)?;
+        self.flush()?;
+        Ok(true)
+    }
+
+    /// Every peer instance's stored parameters, by `node/instance`, with their
+    /// generation.
+    pub fn peer_params(
+        &self,
+    ) -> Result<BTreeMap<String, PeerParams>, StoreError> {
+        self.t()?
+            .peer_params
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    dec("peer_conn", &k, &v)?,
                 ))
             })
             .collect()

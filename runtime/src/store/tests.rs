@@ -17,7 +17,7 @@ pub(crate) fn health(i: u32) -> RecordKind {
     }
 }
 
-fn state(name: &str) -> RecordKind {
+pub(crate) fn state(name: &str) -> RecordKind {
     RecordKind::InstanceState {
         instance: Name::new(name).unwrap(),
         status: InstanceStatus::Running,
@@ -1013,4 +1013,25 @@ fn unrevealed_records_are_due_on_disk_one_flush_interval_after_the_first() {
     assert_eq!(s.flush_deadline(), None);
     s.flush_if_due(due + std::time::Duration::from_secs(60))
         .unwrap();
+}
+
+#[test]
+fn peer_parameters_keep_the_newest_generation_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, db) = (Name::new("node-2").unwrap(), Name::new("db").unwrap());
+    let p = |v: &str| BTreeMap::from([("port".to_owned(), v.to_owned())]);
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        assert!(s.put_peer_params(&node, &db, 5, &p("1")).unwrap());
+        assert!(
+            !s.put_peer_params(&node, &db, 5, &p("2")).unwrap(),
+            "same generation"
+        );
+        assert!(!s.put_peer_params(&node, &db, 4, &p("3")).unwrap(), "older");
+        assert!(s.put_peer_params(&node, &db, 6, &p("4")).unwrap());
+    }
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    let all = s.peer_params().unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all["node-2/db"], (6, p("4")));
 }

@@ -6,6 +6,7 @@ mod disk;
 mod imports;
 mod lease;
 mod limits;
+mod mesh;
 
 use std::time::Duration;
 

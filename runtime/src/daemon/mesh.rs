@@ -1,0 +1,205 @@
+//! The daemon's side of the mesh: custody of peers' batches, routing between the MQTT
+//! link and the mesh link, and peers' connection parameters.
+//!
+//! Contract:
+//! - **Custody** ([`ToNode::Custody`] from the mesh link, which verified the batch's
+//!   signature against the peer's certificate): the batch is classified
+//!   ([`crate::relay::classify`]: it decodes, it is nested at most `MAX_RELAY_DEPTH`
+//!   deep, it is not this node's own), room is made under the origin's bound
+//!   (`[mesh] custody_bytes_per_origin`; [`crate::relay::Held::room`] sheds the
+//!   origin's oldest batches that carry neither an incident nor an instance state, one
+//!   shedding entry of the outbox log), it is appended as ONE `RecordKind::Relayed`
+//!   record, the outbox log is synced, and only then is [`ToLink::CustodyStored`]
+//!   answered `Ok`. Every refusal is typed (`Full`, `Malformed`, `TooDeep`,
+//!   `NotYours`), counted, and logged at most every ten seconds. A store failure is
+//!   `Full`: nothing was promised. Shed batches are counted per origin (`status` PEERS,
+//!   metrics `hedge_relay_shed_*`) and logged: no record reports them (the origin keeps
+//!   its records until the master's ack, so what a relay sheds is not lost).
+//! - **Routing:** the MQTT link's [`ToNode::Carried`] frames go to the mesh link
+//!   ([`ToLink::Carried`]); the mesh link's [`ToNode::Fetch`] goes to the MQTT link
+//!   ([`ToLink::Fetch`]); the mesh link hears [`ToLink::Direct`] whenever the MQTT
+//!   link's state changes and when it starts; a link that is not running hears nothing.
+//! - **Parameters:** every publication of an own instance goes to the mesh link
+//!   ([`ToLink::Params`], and all of them when it starts). [`ToNode::PeerParams`] (the
+//!   mesh link verified the chain to the fleet CA, CN == node and the signature) is
+//!   stored in sled when its generation is newer than the stored one, and every
+//!   consumer of `{{node/instance.key}}` is re-rendered and restarted if its result
+//!   changed. Stored ones are read back at boot, so a node that reboots alone renders
+//!   with the values it last received.
+
+use hedge_uplink::link::{ToLink, ToNode};
+use hedge_wire::mesh::{CustodyRefusal, SignedBatch, SignedParams};
+use hedge_wire::RecordKind;
+
+use super::links::LinkId;
+use super::{now_ms, Daemon};
+use crate::monitor::shed::{RecordClass, ShedPlan};
+
+/// Relay counters (this run), for `status` and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RelayCounters {
+    /// Batches taken in custody.
+    pub stored: u64,
+    /// Records in them (every depth).
+    pub records: u64,
+    /// Bytes appended for them.
+    pub bytes: u64,
+    /// Batches refused, whatever the reason.
+    pub refused: u64,
+    /// Batches shed to keep an origin under its bound.
+    pub shed: u64,
+    /// Peer parameters stored (newer than what was held).
+    pub peer_params: u64,
+}
+
+impl Daemon {
+    /// Rebuilds the custody index from the outbox (at boot) and reads the stored peer
+    /// parameters back.
+    pub(super) fn restore_mesh(&mut self) {
+        match self.outbox.store.outbox_entries() {
+            Ok(entries) => {
+                for e in entries {
+                    if let RecordClass::Relayed(Some((origin, keep))) = e.class {
+                        self.relay.stored(&origin, e.seq, e.bytes, keep, false);
+                    }
+                }
+            }
+            Err(e) => self.store_failed(&e),
+        }
+        match self.outbox.store.peer_params() {
+            Ok(all) => {
+                self.instances.peers = all.into_iter().map(|(k, (_, p))| (k, p)).collect();
+            }
+            Err(e) => self.store_failed(&e),
+        }
+    }
+
+    /// The mesh link's custody request `id`: store `batch`, then answer.
+    pub(super) fn on_custody(&mut self, link: LinkId, id: u64, batch: SignedBatch) {
+        let result = self.take_custody(batch);
+        if let Err(reason) = &result {
+            self.relay_counters.refused += 1;
+            if let Some(suppressed) = self.relay_log.allow(super::monotonic_now()) {
+                tracing::warn!(?reason, suppressed, "custody refused");
+            }
+        }
+        self.links.send(link, ToLink::CustodyStored { id, result });
+    }
+
+    fn take_custody(&mut self, batch: SignedBatch) -> Result<(), CustodyRefusal> {
+        let class = crate::relay::classify(&batch, hedge_wire::limits::DEFAULT_MAX_FRAME)?;
+        if &class.origin == self.cfg.node_id() {
+            // Our own records come back only by a forgery or a loop.
+            return Err(CustodyRefusal::NotYours);
+        }
+        let kind = RecordKind::Relayed(batch);
+        let size = postcard::to_stdvec(&kind).map_or(u64::MAX, |v| v.len() as u64);
+        let bound = self.cfg.mesh.custody_bytes_per_origin;
+        let handed = self.outbox.store.handed_upto();
+        let drop = match self.relay.room(&class.origin, size, handed, bound) {
+            Ok(d) => d,
+            Err(crate::relay::Full) => {
+                self.relay.refused(&class.origin);
+                return Err(CustodyRefusal::Full);
+            }
+        };
+        if !drop.is_empty() {
+            let plan = ShedPlan {
+                drop: drop.clone(),
+                ..ShedPlan::default()
+            };
+            if let Err(e) = self.outbox.store.apply_shed(&plan) {
+                self.store_failed(&e);
+                return Err(CustodyRefusal::Full);
+            }
+            self.relay.shed(&drop);
+            self.relay_counters.shed += drop.len() as u64;
+            tracing::warn!(
+                origin = %class.origin,
+                batches = drop.len(),
+                bound,
+                "custody bound reached: shed the origin's oldest batches without incidents or instance states"
+            );
+        }
+        let seq = match self.outbox.store.next_seq() {
+            Ok(s) => s,
+            Err(e) => {
+                self.store_failed(&e);
+                return Err(CustodyRefusal::Full);
+            }
+        };
+        let before = self.outbox.store.outbox_bytes();
+        let appended = self
+            .outbox
+            .append(now_ms(), kind)
+            // Durable before custody is answered: the peer may stop resending it.
+            .and_then(|()| self.outbox.store.flush_records());
+        if let Err(e) = appended {
+            self.store_failed(&e);
+            return Err(CustodyRefusal::Full);
+        }
+        let bytes = self.outbox.store.outbox_bytes().saturating_sub(before);
+        self.relay
+            .stored(&class.origin, seq, bytes.max(size), class.keep, true);
+        self.relay_counters.stored += 1;
+        self.relay_counters.records += class.records;
+        self.relay_counters.bytes += bytes;
+        tracing::debug!(origin = %class.origin, epoch = class.epoch, covers = ?class.covers, seq, "custody taken");
+        self.after_append(Ok(()));
+        Ok(())
+    }
+
+    /// A peer's verified connection parameters: keep the newest, re-render consumers.
+    pub(super) fn on_peer_params(&mut self, p: SignedParams) {
+        if &p.node == self.cfg.node_id() {
+            return;
+        }
+        match self
+            .outbox
+            .store
+            .put_peer_params(&p.node, &p.instance, p.generation, &p.parameters)
+        {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => return self.store_failed(&e),
+        }
+        self.relay_counters.peer_params += 1;
+        tracing::info!(node = %p.node, instance = %p.instance, generation = p.generation, "peer connection parameters");
+        let key = format!("{}/{}", p.node, p.instance);
+        if self.instances.peers.get(&key) == Some(&p.parameters) {
+            return;
+        }
+        self.instances.peers.insert(key, p.parameters);
+        for c in self.instances.consumers_of_peer(&p.node, &p.instance) {
+            self.restart_if_changed(&c);
+        }
+    }
+
+    /// Routes a message of the mesh link or the MQTT link that is meant for the other.
+    pub(super) fn route(&mut self, msg: ToNode) {
+        match msg {
+            ToNode::Carried(frame) => self.links.send(LinkId::Mesh, ToLink::Carried(frame)),
+            ToNode::Fetch(nodes) => self.links.send(LinkId::Uplink, ToLink::Fetch(nodes)),
+            _ => {}
+        }
+    }
+
+    /// Tells the mesh link whether the direct uplink is up.
+    pub(super) fn tell_direct(&self) {
+        let up = self.links.get(LinkId::Uplink).is_some_and(|l| l.up);
+        self.links.send(LinkId::Mesh, ToLink::Direct(up));
+    }
+
+    /// Tells the mesh link what `instance` published (a new publication).
+    pub(super) fn tell_params(&self, instance: &hedge_wire::Name) {
+        if let Some(parameters) = self.instances.published.get(instance.as_str()) {
+            self.links.send(
+                LinkId::Mesh,
+                ToLink::Params {
+                    instance: instance.clone(),
+                    parameters: parameters.clone(),
+                },
+            );
+        }
+    }
+}
