@@ -380,6 +380,47 @@ fn print_status(v: &NodeStatus) {
         "outbox: {} records ({} of {} bytes) waiting, next seq {}",
         v.outbox.depth, v.outbox.bytes, v.outbox.quota_bytes, v.outbox.next_seq
     );
+    print_mesh(&v.mesh);
+}
+
+/// The mesh lines of `status`: the path to the master, then the PEERS table (custody
+/// held here for each origin).
+fn print_mesh(m: &local_api::MeshView) {
+    if !m.enabled && m.peers.is_empty() {
+        return;
+    }
+    let hops = m
+        .hops
+        .map_or_else(|| "no path".to_string(), |h| format!("{h} hops"));
+    println!(
+        "mesh: {hops} to the master, link {}; custody taken {} batches ({} records, {} bytes), refused {}, shed {}",
+        if m.connected { "up" } else { "down" },
+        m.relay.batches,
+        m.relay.records,
+        m.relay.bytes,
+        m.relay.refused,
+        m.relay.shed
+    );
+    if m.peers.is_empty() {
+        return;
+    }
+    println!(
+        "{:<24} {:<22} {:<5} {:>4} {:>8} {:>12} {:>6} {:>7}",
+        "PEER", "ADDRESS", "LINK", "HOPS", "CUSTODY", "BYTES", "SHED", "REFUSED"
+    );
+    for p in &m.peers {
+        println!(
+            "{:<24} {:<22} {:<5} {:>4} {:>8} {:>12} {:>6} {:>7}",
+            p.node,
+            p.address.as_deref().unwrap_or("-"),
+            p.link,
+            p.hops.map_or_else(|| "-".to_string(), |h| h.to_string()),
+            p.custody_batches,
+            p.custody_bytes,
+            p.shed,
+            p.refused
+        );
+    }
 }
 
 /// Prints the log at `path` (never following a link an instance planted, never

@@ -50,6 +50,7 @@ impl Daemon {
             software: self.software_status(),
             health: self.monitoring.last_health.map(local_api::HealthView::from),
             counters: self.counters.clone(),
+            mesh: self.mesh_status(),
         }
     }
 

@@ -203,3 +203,151 @@ impl Daemon {
         }
     }
 }
+
+/// A peer with a session up, as the transport reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PeerSeen {
+    pub node: hedge_wire::Name,
+    pub addr: std::net::SocketAddr,
+    /// From its latest `Hello` (`NO_PATH` before one).
+    pub hops: u8,
+}
+
+/// The PEERS rows: every peer with a session up, then every origin custody is held for
+/// (or was shed or refused this run) without one, by name.
+pub(crate) fn peer_rows(
+    seen: &[PeerSeen],
+    held: &[crate::relay::OriginView],
+) -> Vec<crate::local_api::PeerView> {
+    use std::collections::BTreeMap;
+    let mut rows: BTreeMap<String, crate::local_api::PeerView> = BTreeMap::new();
+    for p in seen {
+        rows.insert(
+            p.node.to_string(),
+            crate::local_api::PeerView {
+                node: p.node.to_string(),
+                address: Some(p.addr.to_string()),
+                link: "up".into(),
+                hops: (p.hops != hedge_wire::mesh::NO_PATH).then_some(p.hops),
+                ..Default::default()
+            },
+        );
+    }
+    for o in held {
+        let row = rows
+            .entry(o.origin.to_string())
+            .or_insert_with(|| crate::local_api::PeerView {
+                node: o.origin.to_string(),
+                link: "down".into(),
+                ..Default::default()
+            });
+        row.custody_batches = o.batches;
+        row.custody_bytes = o.bytes;
+        row.shed = o.shed;
+        row.refused = o.refused;
+    }
+    rows.into_values().collect()
+}
+
+impl Daemon {
+    /// The mesh part of `status`.
+    pub(super) fn mesh_status(&self) -> crate::local_api::MeshView {
+        let link = self.links.get(LinkId::Mesh);
+        let direct = self.links.get(LinkId::Uplink).is_some_and(|l| l.up);
+        let seen = self.mesh_peers();
+        let hops = if direct {
+            Some(0)
+        } else {
+            seen.iter()
+                .map(|p| p.hops)
+                .filter(|h| *h < hedge_wire::mesh::NO_PATH - 1)
+                .min()
+                .map(|h| h + 1)
+        };
+        let c = &self.relay_counters;
+        crate::local_api::MeshView {
+            enabled: self.cfg.mesh.enabled,
+            connected: link.is_some_and(|l| l.up),
+            hops,
+            peers: peer_rows(&seen, &self.relay.view()),
+            relay: crate::local_api::RelayView {
+                batches: c.stored,
+                records: c.records,
+                bytes: c.bytes,
+                refused: c.refused,
+                shed: c.shed,
+                peer_params: c.peer_params,
+            },
+        }
+    }
+
+    /// The mesh metrics, through the exposition's `metric(name, help, kind, rows)`.
+    pub(super) fn mesh_metrics(
+        &self,
+        metric: &mut dyn FnMut(&str, &str, &str, Vec<(String, String)>),
+    ) {
+        let c = &self.relay_counters;
+        let one = |v: u64| vec![(String::new(), v.to_string())];
+        metric(
+            "hedge_relay_batches_total",
+            "Peers' batches taken in custody (stored durably for them).",
+            "counter",
+            one(c.stored),
+        );
+        metric(
+            "hedge_relay_records_total",
+            "Records in the batches taken in custody, at every depth.",
+            "counter",
+            one(c.records),
+        );
+        metric(
+            "hedge_relay_bytes_total",
+            "Bytes appended to the outbox for peers' batches.",
+            "counter",
+            one(c.bytes),
+        );
+        metric(
+            "hedge_relay_refused_total",
+            "Peers' batches refused (full, malformed, too deep, not the peer's).",
+            "counter",
+            one(c.refused),
+        );
+        metric(
+            "hedge_relay_shed_total",
+            "Peers' batches shed to keep an origin under custody_bytes_per_origin.",
+            "counter",
+            one(c.shed),
+        );
+        let held = self.relay.view();
+        let per = |f: &dyn Fn(&crate::relay::OriginView) -> u64| -> Vec<(String, String)> {
+            held.iter()
+                .map(|o| {
+                    (
+                        format!(
+                            "{{origin=\"{}\"}}",
+                            super::metrics::label(o.origin.as_str())
+                        ),
+                        f(o).to_string(),
+                    )
+                })
+                .collect()
+        };
+        metric(
+            "hedge_custody_held_bytes",
+            "Bytes of an origin's batches held in custody now.",
+            "gauge",
+            per(&|o| o.bytes),
+        );
+        metric(
+            "hedge_custody_held_batches",
+            "Batches of an origin held in custody now.",
+            "gauge",
+            per(&|o| o.batches),
+        );
+    }
+
+    /// The peers with a session up (none while the mesh link does not run).
+    fn mesh_peers(&self) -> Vec<PeerSeen> {
+        Vec::new()
+    }
+}

@@ -131,7 +131,7 @@ async fn answer(s: &mut TcpStream, calls: mpsc::Sender<ApiCall>) {
     let _ = s.write_all(body.as_bytes()).await;
 }
 
-fn label(v: &str) -> String {
+pub(super) fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
@@ -319,6 +319,7 @@ impl Daemon {
                 ),
             ],
         );
+        self.mesh_metrics(&mut metric);
         out
     }
 }

@@ -9,6 +9,7 @@
 //! Answers are written through `serde_json::Value`, so keys come out sorted, as they
 //! always have. Pure: no I/O here.
 
+mod mesh;
 mod refusal;
 mod views;
 
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 use hedge_wire::{InstanceRequest, Record};
 use serde::{Deserialize, Serialize};
 
+pub use mesh::{MeshView, PeerView, RelayView};
 pub use refusal::Refusal;
 pub use views::{
     requested_word, severity_word, state_word, word, Counters, DesiredView, HealthView,

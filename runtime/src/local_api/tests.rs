@@ -105,6 +105,29 @@ fn full() -> NodeStatus {
             api_refused: 1,
             ..Counters::default()
         },
+        mesh: MeshView {
+            enabled: true,
+            connected: true,
+            hops: Some(2),
+            peers: vec![PeerView {
+                node: "n2".into(),
+                address: Some("10.0.0.2:7441".into()),
+                link: "up".into(),
+                hops: Some(1),
+                custody_batches: 3,
+                custody_bytes: 9000,
+                shed: 1,
+                refused: 0,
+            }],
+            relay: RelayView {
+                batches: 4,
+                records: 400,
+                bytes: 12_000,
+                refused: 1,
+                shed: 1,
+                peer_params: 2,
+            },
+        },
     }
 }
 
@@ -121,6 +144,7 @@ fn bare() -> NodeStatus {
         },
         desired: None,
         health: None,
+        mesh: MeshView::default(),
         ..full()
     }
 }
@@ -138,6 +162,11 @@ fn every_view_round_trips() {
         let back: NodeStatus = serde_json::from_str(&text).unwrap();
         assert_eq!(back, status, "{text}");
     }
+    // A daemon from before the mesh answers without `mesh`: read as off.
+    let mut old = serde_json::to_value(full()).unwrap();
+    old.as_object_mut().unwrap().remove("mesh");
+    let back: NodeStatus = serde_json::from_value(old).unwrap();
+    assert_eq!(back.mesh, MeshView::default());
     // A running link without a readable generation keeps its progress.
     let mut s = full();
     s.uplink.progress = s.uplink.progress.map(|p| LinkProgress {
@@ -229,6 +258,11 @@ fn status_json_is_what_it_was() {
         "health": {"load1": 0.25, "mem_total": 1_u64 << 30, "mem_available": 1_u64 << 29,
                    "disk_free": 1_u64 << 33, "temp_milli_c": 48_500},
         "counters": serde_json::to_value(Counters { repairs: 2, api_refused: 1, ..Counters::default() }).unwrap(),
+        "mesh": {"enabled": true, "connected": true, "hops": 2,
+                 "peers": [{"node": "n2", "address": "10.0.0.2:7441", "link": "up", "hops": 1,
+                            "custody_batches": 3, "custody_bytes": 9000, "shed": 1, "refused": 0}],
+                 "relay": {"batches": 4, "records": 400, "bytes": 12_000, "refused": 1, "shed": 1,
+                           "peer_params": 2}},
     });
     assert_eq!(Accepted::new(&s).to_value().unwrap(), expected);
     // Without a link task the uplink has three keys; unset parts are null, not absent.
@@ -255,11 +289,40 @@ fn status_keys_are_pinned() {
             "incidents",
             "instances",
             "max_instances",
+            "mesh",
             "node",
             "ok",
             "outbox",
             "software",
             "uplink"
+        ]
+    );
+    assert_eq!(
+        keys(&v["mesh"]),
+        ["connected", "enabled", "hops", "peers", "relay"]
+    );
+    assert_eq!(
+        keys(&v["mesh"]["peers"][0]),
+        [
+            "address",
+            "custody_batches",
+            "custody_bytes",
+            "hops",
+            "link",
+            "node",
+            "refused",
+            "shed"
+        ]
+    );
+    assert_eq!(
+        keys(&v["mesh"]["relay"]),
+        [
+            "batches",
+            "bytes",
+            "peer_params",
+            "records",
+            "refused",
+            "shed"
         ]
     );
     assert_eq!(

@@ -34,6 +34,9 @@ pub struct NodeStatus {
     pub health: Option<HealthView>,
     /// The daemon's counters.
     pub counters: Counters,
+    /// The mesh: path to the master, peers, custody held per origin.
+    #[serde(default)]
+    pub mesh: super::MeshView,
 }
 
 impl NodeStatus {

@@ -1008,9 +1008,7 @@ impl Store {
 
     /// Every peer instance's stored parameters, by `node/instance`, with their
     /// generation.
-    pub fn peer_params(
-        &self,
-    ) -> Result<BTreeMap<String, PeerParams>, StoreError> {
+    pub fn peer_params(&self) -> Result<BTreeMap<String, PeerParams>, StoreError> {
         self.t()?
             .peer_params
             .iter()

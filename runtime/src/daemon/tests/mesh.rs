@@ -352,3 +352,77 @@ async fn own_publications_reach_the_mesh_link() {
     );
     kill_all(&mut d);
 }
+
+#[tokio::test]
+async fn status_and_metrics_show_custody_per_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = super::daemon(dir.path());
+    let (mut mesh, _) = fake_link(&mut d, LinkId::Mesh);
+    d.on_link(
+        LinkId::Mesh,
+        ToNode::Custody {
+            id: 1,
+            batch: batch("peer-a", 1, vec![health(1), health(2)]),
+        },
+    );
+    assert_eq!(answer(&mut mesh, 1), Ok(()));
+    let m = d.status().mesh;
+    assert_eq!(m.relay.batches, 1);
+    assert_eq!(m.relay.records, 2);
+    assert_eq!(m.hops, None, "no uplink, no peer: no path");
+    assert_eq!(m.peers.len(), 1);
+    let p = &m.peers[0];
+    assert_eq!(
+        (p.node.as_str(), p.link.as_str(), p.custody_batches),
+        ("peer-a", "down", 1)
+    );
+    assert!(p.custody_bytes > 0);
+    let text = d.metrics_text();
+    assert!(text.contains("hedge_relay_batches_total 1\n"), "{text}");
+    assert!(text.contains("hedge_relay_records_total 2\n"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "hedge_custody_held_bytes{{origin=\"peer-a\"}} {}\n",
+            p.custody_bytes
+        )),
+        "{text}"
+    );
+    kill_all(&mut d);
+}
+
+#[test]
+fn peer_rows_merge_sessions_and_origins() {
+    use crate::daemon::mesh::{peer_rows, PeerSeen};
+    let held = {
+        let mut h = crate::relay::Held::new();
+        h.stored(&n("b"), 1, 100, false, true);
+        h.stored(&n("c"), 2, 50, true, true);
+        h.view()
+    };
+    let seen = [
+        PeerSeen {
+            node: n("b"),
+            addr: "10.0.0.2:7441".parse().unwrap(),
+            hops: 1,
+        },
+        PeerSeen {
+            node: n("a"),
+            addr: "10.0.0.1:7441".parse().unwrap(),
+            hops: hedge_wire::mesh::NO_PATH,
+        },
+    ];
+    let rows = peer_rows(&seen, &held);
+    let brief: Vec<_> = rows
+        .iter()
+        .map(|r| (r.node.as_str(), r.link.as_str(), r.hops, r.custody_bytes))
+        .collect();
+    assert_eq!(
+        brief,
+        vec![
+            ("a", "up", None, 0),
+            ("b", "up", Some(1), 100),
+            ("c", "down", None, 50)
+        ]
+    );
+    assert_eq!(rows[1].address.as_deref(), Some("10.0.0.2:7441"));
+}
