@@ -204,6 +204,9 @@ impl Daemon {
     }
 }
 
+/// The exposition's `metric(name, help, kind, rows)`.
+pub(super) type Metric<'a> = dyn FnMut(&str, &str, &str, Vec<(String, String)>) + 'a;
+
 /// A peer with a session up, as the transport reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PeerSeen {
@@ -282,10 +285,7 @@ impl Daemon {
     }
 
     /// The mesh metrics, through the exposition's `metric(name, help, kind, rows)`.
-    pub(super) fn mesh_metrics(
-        &self,
-        metric: &mut dyn FnMut(&str, &str, &str, Vec<(String, String)>),
-    ) {
+    pub(super) fn mesh_metrics(&self, metric: &mut Metric<'_>) {
         let c = &self.relay_counters;
         let one = |v: u64| vec![(String::new(), v.to_string())];
         metric(
