@@ -41,16 +41,21 @@ impl Daemon {
             port: u.port,
             keepalive: std::time::Duration::from_secs(u64::from(u.keepalive_s)),
             tls,
-            sync: hedge_uplink::Config {
-                max_batch_records: u.max_batch_records,
-                max_batch_bytes: u.max_batch_bytes,
-                window: u.window,
-                ack_timeout: std::time::Duration::from_millis(u.ack_timeout_ms),
-                budget_bytes_per_sec: (u.budget_bytes_per_sec > 0)
-                    .then_some(u.budget_bytes_per_sec),
-                ..hedge_uplink::Config::default()
-            },
+            sync: self.sync_config(),
         })
+    }
+
+    /// The sync core's tuning from `[uplink]` (the MQTT link's, and the mesh link's).
+    pub(super) fn sync_config(&self) -> hedge_uplink::Config {
+        let u = &self.cfg.uplink;
+        hedge_uplink::Config {
+            max_batch_records: u.max_batch_records,
+            max_batch_bytes: u.max_batch_bytes,
+            window: u.window,
+            ack_timeout: std::time::Duration::from_millis(u.ack_timeout_ms),
+            budget_bytes_per_sec: (u.budget_bytes_per_sec > 0).then_some(u.budget_bytes_per_sec),
+            ..hedge_uplink::Config::default()
+        }
     }
 
     /// Starts the uplink task when the uplink is enabled (replacing a running one).

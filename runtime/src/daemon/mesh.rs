@@ -318,6 +318,50 @@ impl Daemon {
             "counter",
             one(c.shed),
         );
+        if let Some(m) = &self.mesh {
+            use std::sync::atomic::Ordering::Relaxed;
+            let s = &m.stats;
+            for (name, help, v) in [
+                (
+                    "hedge_mesh_batches_sent_total",
+                    "This node's batches sent to a next hop (resends included).",
+                    &s.batches_sent,
+                ),
+                (
+                    "hedge_mesh_custody_received_total",
+                    "Custody answers for this node's batches.",
+                    &s.custody_received,
+                ),
+                (
+                    "hedge_mesh_refused_received_total",
+                    "Custody refusals for this node's batches.",
+                    &s.refused_received,
+                ),
+                (
+                    "hedge_mesh_forged_total",
+                    "Acks, desired states or parameters from peers whose signature did not verify.",
+                    &s.forged,
+                ),
+                (
+                    "hedge_mesh_acks_passed_total",
+                    "The master's acks passed on to peers.",
+                    &s.acks_passed,
+                ),
+                (
+                    "hedge_mesh_desired_passed_total",
+                    "Desired states passed on to peers.",
+                    &s.desired_passed,
+                ),
+            ] {
+                metric(name, help, "counter", one(v.load(Relaxed)));
+            }
+            metric(
+                "hedge_mesh_peers",
+                "Peers with a session up.",
+                "gauge",
+                one(m.net.peers().len() as u64),
+            );
+        }
         let held = self.relay.view();
         let per = |f: &dyn Fn(&crate::relay::OriginView) -> u64| -> Vec<(String, String)> {
             held.iter()
@@ -348,6 +392,16 @@ impl Daemon {
 
     /// The peers with a session up (none while the mesh link does not run).
     fn mesh_peers(&self) -> Vec<PeerSeen> {
-        Vec::new()
+        self.mesh.as_ref().map_or_else(Vec::new, |m| {
+            m.net
+                .peers()
+                .into_iter()
+                .map(|p| PeerSeen {
+                    node: p.node,
+                    addr: p.addr,
+                    hops: p.hops,
+                })
+                .collect()
+        })
     }
 }

@@ -42,6 +42,7 @@ mod leftovers;
 mod link;
 mod links;
 mod mesh;
+mod mesh_start;
 mod metrics;
 mod monitor;
 mod monitoring;
@@ -170,6 +171,8 @@ pub struct Daemon {
     relay: crate::relay::Held,
     relay_counters: mesh::RelayCounters,
     relay_log: RateLimit,
+    /// The mesh transport and link counters, while the mesh link runs.
+    mesh: Option<mesh_start::MeshRun>,
 }
 
 /// As root, instances run as their partition's uid and must traverse the state
@@ -262,6 +265,7 @@ impl Daemon {
             relay: crate::relay::Held::new(),
             relay_counters: mesh::RelayCounters::default(),
             relay_log: RateLimit::default(),
+            mesh: None,
         };
         d.master_key = d.cfg.master_key();
         match d.outbox.store.desired() {
@@ -471,6 +475,7 @@ impl Daemon {
             self.api_stats.clone(),
         ));
         self.start_uplink();
+        self.start_mesh();
         let credentials = self.start_credentials();
         self.record_node_info();
         let wanted = self.desired().map_or(0, |d| d.len());
@@ -507,6 +512,8 @@ impl Daemon {
                     if matches!(ev, Event::Credentials) {
                         self.links.stop(links::LinkId::Uplink);
                         self.start_uplink();
+                        // The mesh's sessions present the same certificate.
+                        self.start_mesh();
                         self.software.source = None;
                     } else {
                         self.on_event(ev);
@@ -549,6 +556,7 @@ impl Daemon {
         if let Some(c) = credentials {
             c.abort();
         }
+        self.stop_mesh();
         self.links.stop_all();
         self.stop_downloads();
         if let Some(m) = metrics_server {
