@@ -237,6 +237,11 @@ impl Held {
         Some((origin, e))
     }
 
+    /// Bytes held for every origin now.
+    pub fn total(&self) -> u64 {
+        self.origins.values().map(|o| o.bytes).sum()
+    }
+
     /// Bytes held for `origin` now.
     pub fn bytes_of(&self, origin: &Name) -> u64 {
         self.origins.get(origin).map_or(0, |o| o.bytes)

@@ -329,7 +329,7 @@ impl Daemon {
 
     /// Runs the shedding pass the outbox plans, if one is due, and reports it.
     fn shed(&mut self) {
-        let plan = match self.outbox.shed_plan() {
+        let plan = match self.outbox.shed_plan(self.relay.total()) {
             Ok(Some(plan)) => plan,
             Ok(None) => return,
             Err(e) => return self.store_failed(&e),

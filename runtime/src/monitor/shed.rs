@@ -24,8 +24,10 @@
 //! 2. promise results and node-health records are dropped, oldest (lowest seq) first;
 //! 3. usage records are merged further, across days;
 //! 4. if still over, `stats.over_quota` is set: incidents, instance states, local
-//!    requests and connection parameters are never dropped or changed, nor are batches
-//!    held in custody for peers (`crate::relay` bounds those per origin).
+//!    requests and connection parameters are never dropped or changed.
+//!
+//! Batches held in custody for peers ([`RecordClass::Relayed`]) are neither counted
+//! against the quota nor touched: `crate::relay` bounds them per origin.
 //!
 //! A merged record is assumed to take the size of the larger record merged (its values
 //! grow, their varints rarely do); the daemon's next pass corrects any drift. Merging
@@ -219,7 +221,11 @@ struct Group {
 
 /// The plan that brings `entries` to at most `quota_bytes` (see the module doc).
 pub fn plan(entries: &[OutboxEntry], quota_bytes: u64) -> ShedPlan {
-    let mut total: u64 = entries.iter().fold(0, |t, e| t.saturating_add(e.bytes));
+    // Peers' batches in custody are outside the quota (bounded per origin instead).
+    let mut total: u64 = entries
+        .iter()
+        .filter(|e| !matches!(e.class, RecordClass::Relayed(_)))
+        .fold(0, |t, e| t.saturating_add(e.bytes));
     let mut stats = ShedStats {
         bytes_before: total,
         ..ShedStats::default()

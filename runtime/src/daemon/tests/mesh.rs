@@ -426,3 +426,48 @@ fn peer_rows_merge_sessions_and_origins() {
     );
     assert_eq!(rows[1].address.as_deref(), Some("10.0.0.2:7441"));
 }
+
+#[tokio::test]
+async fn custody_for_peers_never_sheds_the_relays_own_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.toml");
+    let text = crate::config::default_file("unit")
+        .replace("# quota_bytes = 8388608", "quota_bytes = 65536");
+    std::fs::write(&path, text).unwrap();
+    let mut d = Daemon::boot(crate::config::NodeConfig::load(&path).unwrap()).unwrap();
+    let (mut mesh, _) = fake_link(&mut d, LinkId::Mesh);
+    // Far more held for peers than the relay's own quota.
+    for i in 0..40u64 {
+        let b = batch(
+            &format!("p{}", i % 4),
+            1 + 200 * i,
+            (0..200).map(health).collect(),
+        );
+        d.on_link(LinkId::Mesh, ToNode::Custody { id: i, batch: b });
+        assert_eq!(answer(&mut mesh, i), Ok(()));
+    }
+    assert!(d.outbox.store.outbox_bytes() > 65_536);
+    // The relay's own health records stay: its quota is its own. (Enough of them that
+    // a shedding pass comes due: about a ninth of what the last pass listed.)
+    let before = d.outbox.store.outbox_bytes();
+    let appended = 1500;
+    for i in 0..appended {
+        d.record(health(i));
+    }
+    assert!(
+        d.outbox.store.outbox_bytes() - before < 60_000,
+        "under its own quota"
+    );
+    let own = d
+        .outbox
+        .store
+        .outbox_from(0, 10_000)
+        .unwrap()
+        .into_iter()
+        .filter(|r| matches!(r.kind, RecordKind::NodeHealth { .. }))
+        .count();
+    assert_eq!(own, appended as usize);
+    assert_eq!(d.counters.shed_dropped_health, 0);
+    assert_eq!(relayed(&d).len(), 40);
+    kill_all(&mut d);
+}

@@ -222,6 +222,37 @@ fn kept_classes_are_never_touched() {
     assert_eq!(p.stats.bytes_after, 500);
 }
 
+#[test]
+fn peers_batches_in_custody_are_outside_the_quota_and_never_touched() {
+    let relayed = |origin: &str, keep: bool| OutboxEntry {
+        seq: 0,
+        class: RecordClass::Relayed(Some((n(origin), keep))),
+        bytes: 0,
+    };
+    let es = vec![
+        OutboxEntry {
+            seq: 1,
+            bytes: 5_000,
+            ..relayed("b", false)
+        },
+        entry(2, &health(1), 10),
+        OutboxEntry {
+            seq: 3,
+            bytes: 5_000,
+            ..relayed("c", true)
+        },
+        entry(4, &summary("a", "p", 1), 10),
+    ];
+    // 10 KB held for peers, 20 bytes of its own: under a quota of 100.
+    let p = plan(&es, 100);
+    assert!(p.is_empty(), "{p:?}");
+    assert_eq!(p.stats.bytes_before, 20);
+    // Over the quota by its own records: only those go.
+    let p = plan(&es, 15);
+    assert_eq!(p.drop, vec![2]);
+    assert!(!p.stats.over_quota);
+}
+
 /// An outbox record: seq, record, stored size.
 type Stored = (u64, RecordKind, u64);
 
