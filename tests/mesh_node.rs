@@ -85,7 +85,30 @@ fn a_node_without_a_broker_hands_its_records_to_a_peer_that_holds_them_in_custod
         .find(|l| l.starts_with("b "))
         .unwrap_or_else(|| panic!("no row for b:\n{table}"));
     assert!(row.split_whitespace().nth(2) == Some("up"), "{table}");
-    println!("{table}");
+
+    // The master unwraps b's records from a's batches and its signed ack comes back
+    // down: b deletes what the master holds, a drops its custody copies.
+    wait_for(
+        "the master holds b's records",
+        Duration::from_secs(30),
+        || (fleet.held("b").0 > 0).then_some(()),
+    );
+    wait_for(
+        "b's outbox drained through a",
+        Duration::from_secs(30),
+        || (b.status().outbox.depth == 0).then_some(()),
+    );
+    wait_for(
+        "a's custody for b acknowledged",
+        Duration::from_secs(30),
+        || {
+            let s = a.status();
+            let row = s.mesh.peers.iter().find(|p| p.node == "b")?;
+            (row.custody_batches == 0).then_some(())
+        },
+    );
+    let nodes = fleet.master_ok(&["nodes"]);
+    assert!(nodes.contains("via a"), "{nodes}");
 }
 
 #[test]
