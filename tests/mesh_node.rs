@@ -163,9 +163,8 @@ software = "exec:/bin/sleep"
 args = ["100000"]
 [[config_files]]
 path = "etc/app.conf"
-template = "db={{node-b/db.port}}\n"
-"#
-        .replace("node-b", "b"),
+template = "db={{b/db.port}}\n"
+"#,
     )
     .unwrap();
     a.ok(&["request", "--file", file.to_str().unwrap()]);

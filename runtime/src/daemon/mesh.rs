@@ -114,12 +114,15 @@ impl Daemon {
             }
             self.relay.shed(&drop);
             self.relay_counters.shed += drop.len() as u64;
-            tracing::warn!(
-                origin = %class.origin,
-                batches = drop.len(),
-                bound,
-                "custody bound reached: shed the origin's oldest batches without incidents or instance states"
-            );
+            if let Some(suppressed) = self.relay_shed_log.allow(super::monotonic_now()) {
+                tracing::warn!(
+                    origin = %class.origin,
+                    batches = drop.len(),
+                    bound,
+                    suppressed,
+                    "custody bound reached: shed the origin's oldest batches without incidents or instance states"
+                );
+            }
         }
         let seq = match self.outbox.store.next_seq() {
             Ok(s) => s,

@@ -171,6 +171,7 @@ pub struct Daemon {
     relay: crate::relay::Held,
     relay_counters: mesh::RelayCounters,
     relay_log: RateLimit,
+    relay_shed_log: RateLimit,
     /// The mesh transport and link counters, while the mesh link runs.
     mesh: Option<mesh_start::MeshRun>,
 }
@@ -265,6 +266,7 @@ impl Daemon {
             relay: crate::relay::Held::new(),
             relay_counters: mesh::RelayCounters::default(),
             relay_log: RateLimit::default(),
+            relay_shed_log: RateLimit::default(),
             mesh: None,
         };
         d.master_key = d.cfg.master_key();
