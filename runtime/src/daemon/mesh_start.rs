@@ -73,11 +73,12 @@ impl Daemon {
         let (events_tx, events_rx) = mpsc::channel(EVENTS);
         let net = hedge_mesh::net::start(self.cfg.mesh.clone(), tls, me.clone(), events_tx)
             .map_err(|e| e.to_string())?;
-        let settings = hedge_mesh::link::MeshLinkSettings::new(
+        let mut settings = hedge_mesh::link::MeshLinkSettings::new(
             me,
             self.outbox.store.epoch(),
             self.sync_config(),
         );
+        settings.ferry = self.cfg.mesh.ferry;
         let stats = Arc::new(hedge_mesh::link::LinkStats::default());
         let (to_node_tx, to_node_rx) = mpsc::unbounded_channel();
         let (to_link_tx, to_link_rx) = mpsc::unbounded_channel();
