@@ -136,7 +136,11 @@ impl Daemon {
         }
     }
 
+    /// A link to the master is up: the direct uplink, or the mesh link through a peer
+    /// (whose signed acks renew the lease just as well).
     fn uplink_up(&self) -> bool {
-        self.links.get(LinkId::Uplink).is_some_and(|l| l.up)
+        [LinkId::Uplink, LinkId::Mesh]
+            .into_iter()
+            .any(|id| self.links.get(id).is_some_and(|l| l.up))
     }
 }

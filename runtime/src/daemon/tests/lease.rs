@@ -172,3 +172,53 @@ async fn without_leases_instances_run_offline_as_before() {
     assert!(runs(&d, "leased") && runs(&d, "offline"));
     kill_all(&mut d);
 }
+
+/// A leased copy's heartbeats go out while only the mesh link is up: the master hears
+/// the node through its peers and its signed acks renew the lease as a direct link's do.
+#[tokio::test]
+async fn heartbeats_go_out_while_only_the_mesh_link_is_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = daemon(dir.path());
+    d.reconcile();
+    assert_eq!(d.on_desired_frame(&frame(600)), Ok(1));
+    let (to_node_tx, to_node_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (to_link_tx, _to_link_rx) = tokio::sync::mpsc::unbounded_channel();
+    drop(to_node_tx);
+    let task = tokio::spawn(std::future::pending::<()>());
+    d.links.add(crate::daemon::links::LinkHandle::new(
+        LinkId::Mesh,
+        to_link_tx,
+        to_node_rx,
+        task,
+    ));
+    d.on_link(LinkId::Mesh, ToNode::Link(true));
+    d.on_link(
+        LinkId::Mesh,
+        ToNode::Lease {
+            since: monotonic_now(),
+        },
+    );
+    assert!(runs(&d, "leased"));
+    let health = |d: &Daemon| {
+        d.outbox
+            .store
+            .outbox_from(0, 10_000)
+            .unwrap()
+            .iter()
+            .filter(|r| matches!(r.kind, RecordKind::NodeHealth { .. }))
+            .count()
+    };
+    let before = health(&d);
+    // A third of the lease after its start, a heartbeat.
+    let deadline = monotonic_now() + Duration::from_secs(5);
+    while health(&d) == before {
+        assert!(
+            monotonic_now() < deadline,
+            "no heartbeat over the mesh link"
+        );
+        let wake = d.lease_deadline().unwrap_or(deadline).min(deadline);
+        tokio::time::sleep_until(tokio::time::Instant::from_std(wake)).await;
+        d.lease_tick();
+    }
+    kill_all(&mut d);
+}
