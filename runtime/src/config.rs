@@ -643,6 +643,22 @@ mod tests {
         let c = load(&default_file("n1")).unwrap();
         assert_eq!(c.node_id().as_str(), "n1");
         assert_eq!(c.policy(), Policy::default());
+        assert!(!c.mesh.enabled, "the mesh is off by default");
+        assert_eq!(c.mesh.custody_bytes_per_origin, 4 << 20);
+    }
+
+    #[test]
+    fn the_mesh_section_is_validated() {
+        let mesh = |body: &str| load(&format!("[node]\nid = \"a\"\n[mesh]\n{body}\n"));
+        let c = mesh("enabled = true\npeers = [\"10.0.0.2:7441\"]").unwrap();
+        assert_eq!(c.mesh.peers, vec!["10.0.0.2:7441".to_owned()]);
+        let err = mesh("enabled = true\ncustody_bytes_per_origin = 1000").unwrap_err();
+        assert!(
+            err.to_string().contains("custody_bytes_per_origin"),
+            "{err}"
+        );
+        assert!(mesh("peers = [\"no-port\"]").is_err());
+        assert!(mesh("bogus = 1").is_err(), "unknown keys are refused");
     }
 
     #[test]
