@@ -32,6 +32,9 @@ use hedge_wire::mesh::{CustodyRefusal, SignedBatch, SignedParams};
 use hedge_wire::RecordKind;
 
 use super::links::LinkId;
+
+/// Frames the master accepts: peers' batches are decoded within it.
+const MAX_FRAME: usize = hedge_wire::limits::DEFAULT_MAX_FRAME;
 use super::{now_ms, Daemon};
 use crate::monitor::shed::{RecordClass, ShedPlan};
 
@@ -56,11 +59,31 @@ impl Daemon {
     /// Rebuilds the custody index from the outbox (at boot) and reads the stored peer
     /// parameters back.
     pub(super) fn restore_mesh(&mut self) {
-        match self.outbox.store.outbox_entries() {
-            Ok(entries) => {
-                for e in entries {
-                    if let RecordClass::Relayed(Some((origin, keep))) = e.class {
-                        self.relay.stored(&origin, e.seq, e.bytes, keep, false);
+        let held = self.outbox.store.outbox_entries().and_then(|entries| {
+            let mut held = Vec::new();
+            for e in entries
+                .into_iter()
+                .filter(|e| e.class == RecordClass::Relayed)
+            {
+                for r in self.outbox.store.outbox_from(e.seq, 1)? {
+                    if let (true, RecordKind::Relayed(b)) = (r.seq == e.seq, &r.kind) {
+                        held.push((e.seq, e.bytes, crate::relay::classify(b, MAX_FRAME)));
+                    }
+                }
+            }
+            Ok(held)
+        });
+        match held {
+            Ok(held) => {
+                for (seq, bytes, class) in held {
+                    match class {
+                        Ok(c) => self.relay.stored(&c.origin, seq, bytes, c.keep, false),
+                        // Checked before it was stored: only a store from a newer hedge.
+                        Err(e) => tracing::warn!(
+                            seq,
+                            ?e,
+                            "a relayed batch in the outbox does not decode; it is sent on as it is"
+                        ),
                     }
                 }
             }
@@ -87,7 +110,7 @@ impl Daemon {
     }
 
     fn take_custody(&mut self, batch: SignedBatch) -> Result<(), CustodyRefusal> {
-        let class = crate::relay::classify(&batch, hedge_wire::limits::DEFAULT_MAX_FRAME)?;
+        let class = crate::relay::classify(&batch, MAX_FRAME)?;
         if &class.origin == self.cfg.node_id() {
             // Our own records come back only by a forgery or a loop.
             return Err(CustodyRefusal::NotYours);

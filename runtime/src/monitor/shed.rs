@@ -89,9 +89,9 @@ pub enum RecordClass {
     /// A report of an earlier shedding pass; folded together with the others.
     ShedReport,
     /// A peer's batch held in custody (mesh): never touched here, bounded per origin by
-    /// `crate::relay` (`origin` and `keep` from [`crate::relay::classify`]; `None` if it
-    /// does not decode).
-    Relayed(Option<(Name, bool)>),
+    /// `crate::relay` (classified there, [`crate::relay::classify`]: not decoded here, so
+    /// a pass costs no decoding of what the node holds for others).
+    Relayed,
 }
 
 impl RecordClass {
@@ -125,11 +125,7 @@ impl RecordClass {
             RecordKind::NodeHealth { .. } => RecordClass::NodeHealth,
             // A peer's batch in custody is never shed by this node's own quota: the
             // relay's per-origin bound decides what it takes.
-            RecordKind::Relayed(batch) => RecordClass::Relayed(
-                crate::relay::classify(batch, hedge_wire::limits::DEFAULT_MAX_FRAME)
-                    .ok()
-                    .map(|c| (c.origin, c.keep)),
-            ),
+            RecordKind::Relayed(_) => RecordClass::Relayed,
             RecordKind::Usage {
                 instance,
                 from_ms,
@@ -224,7 +220,7 @@ pub fn plan(entries: &[OutboxEntry], quota_bytes: u64) -> ShedPlan {
     // Peers' batches in custody are outside the quota (bounded per origin instead).
     let mut total: u64 = entries
         .iter()
-        .filter(|e| !matches!(e.class, RecordClass::Relayed(_)))
+        .filter(|e| e.class != RecordClass::Relayed)
         .fold(0, |t, e| t.saturating_add(e.bytes));
     let mut stats = ShedStats {
         bytes_before: total,
@@ -249,7 +245,7 @@ pub fn plan(entries: &[OutboxEntry], quota_bytes: u64) -> ShedPlan {
             | RecordClass::InstanceState
             | RecordClass::LocalRequest
             | RecordClass::ConnectionParameters
-            | RecordClass::Relayed(_) => {}
+            | RecordClass::Relayed => {}
         }
     }
     for groups in usage.values_mut() {

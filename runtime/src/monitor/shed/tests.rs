@@ -224,9 +224,9 @@ fn kept_classes_are_never_touched() {
 
 #[test]
 fn peers_batches_in_custody_are_outside_the_quota_and_never_touched() {
-    let relayed = |origin: &str, keep: bool| OutboxEntry {
+    let relayed = |_origin: &str, _keep: bool| OutboxEntry {
         seq: 0,
-        class: RecordClass::Relayed(Some((n(origin), keep))),
+        class: RecordClass::Relayed,
         bytes: 0,
     };
     let es = vec![
