@@ -33,6 +33,10 @@ use hedge_wire::RecordKind;
 
 use super::links::LinkId;
 
+/// Most bytes a `Relayed` record's encoding adds to its batch and signature (seq,
+/// time, variant tag, two length prefixes, all varints).
+pub(super) const RECORD_OVERHEAD: u64 = 32;
+
 /// Frames the master accepts: peers' batches are decoded within it.
 const MAX_FRAME: usize = hedge_wire::limits::DEFAULT_MAX_FRAME;
 use super::{now_ms, Daemon};
@@ -115,8 +119,10 @@ impl Daemon {
             // Our own records come back only by a forgery or a loop.
             return Err(CustodyRefusal::NotYours);
         }
+        // What the record will take: the batch, its signature, and at most a record's
+        // header and two length prefixes (no second encoding of the batch).
+        let size = (batch.bytes.len() + batch.signature.len()) as u64 + RECORD_OVERHEAD;
         let kind = RecordKind::Relayed(batch);
-        let size = postcard::to_stdvec(&kind).map_or(u64::MAX, |v| v.len() as u64);
         let bound = self.cfg.mesh.custody_bytes_per_origin;
         let handed = self.outbox.store.handed_upto();
         let drop = match self.relay.room(&class.origin, size, handed, bound) {

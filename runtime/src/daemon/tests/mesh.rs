@@ -471,3 +471,19 @@ async fn custody_for_peers_never_sheds_the_relays_own_records() {
     assert_eq!(relayed(&d).len(), 40);
     kill_all(&mut d);
 }
+
+#[test]
+fn the_size_planned_for_a_relayed_record_is_never_below_its_encoding() {
+    for n in [1u32, 100, 1000] {
+        let b = batch("peer-a", 1, (0..n).map(health).collect());
+        let record = Record {
+            seq: u64::MAX,
+            time_ms: u64::MAX,
+            kind: RecordKind::Relayed(b.clone()),
+        };
+        let encoded = postcard::to_stdvec(&record).unwrap().len() as u64;
+        let planned =
+            (b.bytes.len() + b.signature.len()) as u64 + super::super::mesh::RECORD_OVERHEAD;
+        assert!(planned >= encoded, "{planned} < {encoded}");
+    }
+}
