@@ -584,6 +584,13 @@ fn a_relay_that_refuses_drops_or_is_destroyed_loses_nothing_and_counts_nothing_t
             sim.deleted, sim.total,
             "seed {seed}: the origin deleted everything acked"
         );
+        eprintln!(
+            "seed {seed}: steps {steps} relays destroyed {} rewinds {} dup-at-master {} stats {:?}",
+            sim.destroyed,
+            sim.rewinds,
+            sim.master.duplicates,
+            sim.sync.stats()
+        );
         destroyed += sim.destroyed;
         rewinds += sim.rewinds;
         custody += sim.sync.stats().custody_batches;
