@@ -8,6 +8,7 @@ into medians with their spread, which is also what --json's "table" is made of.
 import statistics
 
 from alternatives import PY_PACKAGES
+from mesh import mesh_rows
 from stats import pct, slope
 from supervision import STABLE_AFTER_MS, curve_points
 
@@ -31,6 +32,8 @@ def summarise(res):
         rows += _supervision_rows(h, s, P, sd)
     if hs:
         rows += _store_rows(hs, ms, mq)
+    if res.get("mesh"):
+        rows += mesh_rows(res["mesh"])
     for target, size in sorted(res.get("cross_sizes", {}).items()):
         rows.append((f"node-only stripped binary, {target}", "MB", "lower", size / 1e6, None, "-"))
     return rows
@@ -174,6 +177,8 @@ def print_params(res):
         _print_supervision_params(res, h, p)
     if hs:
         _print_store_params(res, hs, ms, p)
+    if res.get("mesh"):
+        _print_mesh_params(res["mesh"], p)
     print("- ratio = hedge / alternative; `better` says which direction wins.")
 
 
@@ -267,3 +272,23 @@ def _print_store_params(res, hs, ms, p):
     print("- wire bytes: nftables counters on the link's TCP port (IP bytes, both directions, "
           "TLS included) during the drain / records drained."
           if "wire_bytes_per_record" in hs else "- wire bytes: skipped (needs root and nft).")
+
+
+def _print_mesh_params(m, p):
+    print(f"- mesh: master + broker (a second node listener, cut by nftables, for every node "
+          f"but the gateway gw) and enrolled nodes on loopback, peers static (no beacons). "
+          f"Drains: {m['records']} usage records made by far ({p['mesh_producers']} producer "
+          f"instances) while its path is cut (direct: its broker port; 1 hop: far -> gw; "
+          f"3 hops: far -> r2 -> r1 -> gw; nft resets on the listening peer's port), then "
+          f"the cut removed; rate = records from the master's first stored one to the last "
+          f"(polled every 20 ms) / that time: direct {m['direct_s']:.2f} s, 1 hop "
+          f"{m['hop1_s']:.2f} s, 3 hops {m['hop3_s']:.2f} s. Latency: median of "
+          f"{p['lat_samples']} `hedge node request` -> the master stores the origin's next "
+          f"seq, links up. Relay CPU = r1's utime+stime over the 3-hop drain / records. "
+          f"Peer bytes = nft counters on gw's peer port over the 1-hop drain. Relay RSS: far "
+          f"-> r1 -> gw with `hedge master run` stopped (gw still on the broker, so the path "
+          f"exists but nothing is acknowledged): r1's VmRSS idle "
+          f"{m['relay_idle_rss_kib']} KiB, then {m['relay_holding_rss_kib']} KiB once its "
+          f"outbox held {m['relay_holding_batches']} of far's batches "
+          f"({m['relay_holding_bytes']:,} B) with {m['held_records']} of far's records (target {m['hold_target']}); the master then started and far's "
+          f"records all arrived. Lost/duplicated: far's seqs at the master vs its outbox.")
