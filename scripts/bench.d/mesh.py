@@ -11,9 +11,9 @@ Peer links are cut by nftables on the listening peer's port (TCP resets both way
 
 - drain rates: N records made by `far` (usage records of producer instances) while its
   path is cut (direct: the second listener; 1 hop: far -> gw; 3 hops: far -> r2 -> r1
-  -> gw), then the cut is removed; rate = records from the first one the master stored
-  until the last, over that time (so the reconnect backoff, not the path, is left out
-  on both sides);
+  -> gw), then the cut is removed; rate = records / (the master holds them all - the
+  node's link came up, from the `uplink up` line in its log), so the reconnect
+  backoff is left out on both sides;
 - latency: with every link up, a `hedge node request` on the origin, then the time until
   the master stores the origin's next record (median of `lat_samples`); per hop =
   (k-hop - direct) / k;
@@ -301,15 +301,17 @@ def hedge_mesh(binary, procs, tmp, P, out):
     log(f"mesh: r1 RSS {out['relay_idle_rss_kib']} KiB idle, {out['relay_holding_rss_kib']} KiB "
         f"holding {out['held_records']} records")
     sw.start_master()
-    wait(f"far's {last} records at the master", lambda: sw.stored("far")[1] >= last,
+    # Everything far ever appended (its last seq now, records made after `produce` too)
+    # reaches the master; lost = far's seqs missing there, duplicated = extra rows.
+    final = sw.nodes["far"].status(required=True)["outbox"]["next_seq"] - 1
+    wait(f"far's {final} records at the master", lambda: sw.max_seq("far") >= final,
          P["drain_timeout_s"], 0.1)
-
-    for n, final in (("far", last), ("direct", None)):
-        rows, distinct = sw.stored(n)
-        if final is None:
-            final = sw.max_seq(n)
-        out[f"{n}_lost"] = final - distinct
-        out[f"{n}_duplicated"] = rows - distinct
+    rows, distinct = sw.stored("far")
+    out["far_lost"], out["far_duplicated"] = final - distinct, rows - distinct
+    # direct's daemon is stopped: its seqs 1..max at the master, gaps counted.
+    rows, distinct = sw.stored("direct")
+    out["direct_lost"] = sw.max_seq("direct") - distinct
+    out["direct_duplicated"] = rows - distinct
     out["records"] = N
     out["hold_target"] = P["hold_records"]
 
