@@ -123,6 +123,15 @@ class Swarm:
         finally:
             db.close()
 
+    def seqs(self, node):
+        """(rows, distinct seqs, highest seq) the master holds for `node`, at once."""
+        db = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30)
+        try:
+            return db.execute("SELECT count(*), count(DISTINCT seq), coalesce(max(seq), 0) "
+                              "FROM records WHERE node=?", (node,)).fetchone()
+        finally:
+            db.close()
+
     def max_seq(self, node):
         db = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30)
         try:
@@ -306,12 +315,11 @@ def hedge_mesh(binary, procs, tmp, P, out):
     final = sw.nodes["far"].status(required=True)["outbox"]["next_seq"] - 1
     wait(f"far's {final} records at the master", lambda: sw.max_seq("far") >= final,
          P["drain_timeout_s"], 0.1)
-    rows, distinct = sw.stored("far")
-    out["far_lost"], out["far_duplicated"] = final - distinct, rows - distinct
-    # direct's daemon is stopped: its seqs 1..max at the master, gaps counted.
-    rows, distinct = sw.stored("direct")
-    out["direct_lost"] = sw.max_seq("direct") - distinct
-    out["direct_duplicated"] = rows - distinct
+    # One snapshot: far may append more meanwhile (the master's states reach it).
+    for n, least in (("far", final), ("direct", 0)):
+        rows, distinct, top = sw.seqs(n)
+        out[f"{n}_lost"] = max(least, top) - distinct
+        out[f"{n}_duplicated"] = rows - distinct
     out["records"] = N
     out["hold_target"] = P["hold_records"]
 

@@ -292,4 +292,6 @@ def _print_mesh_params(m, p):
           f"{m['relay_idle_rss_kib']} KiB, then {m['relay_holding_rss_kib']} KiB once its "
           f"outbox held {m['relay_holding_batches']} of far's batches "
           f"({m['relay_holding_bytes']:,} B) with {m['held_records']} of far's records (target {m['hold_target']}); the master then started and far's "
-          f"records all arrived. Lost/duplicated: far's seqs at the master vs its outbox.")
+          f"records all arrived. Lost = seqs missing at the master from 1 to the origin's "
+          f"last (far: its outbox's; direct, stopped by then: the highest stored); "
+          f"duplicated = rows - distinct (node, seq).")
