@@ -5,7 +5,9 @@
 
 pub mod broker;
 pub mod fleet;
+pub mod netns;
 pub mod slow_link;
+pub mod swarm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -264,7 +266,16 @@ impl Node {
 
     /// Waits until `name` runs with a pid other than `not`; returns the pid.
     pub fn running_pid(&self, name: &str, not: Option<u32>) -> u32 {
-        wait_for(&format!("{name} running"), Duration::from_secs(10), || {
+        self.running_pid_other_within(name, not, Duration::from_secs(10))
+    }
+
+    /// Waits up to `timeout` until `name` runs; returns its pid.
+    pub fn running_pid_within(&self, name: &str, timeout: Duration) -> u32 {
+        self.running_pid_other_within(name, None, timeout)
+    }
+
+    fn running_pid_other_within(&self, name: &str, not: Option<u32>, timeout: Duration) -> u32 {
+        wait_for(&format!("{name} running"), timeout, || {
             let i = self.instance(name)?;
             let pid = i.pid?;
             (i.state == InstanceStatus::Running && Some(pid) != not && alive(pid)).then_some(pid)
