@@ -59,6 +59,10 @@ enum Command {
         /// Run this many seconds, print a summary, exit 0 only if nothing was lost.
         #[arg(long)]
         duration: Option<u64>,
+        /// A swarm: only node-1 has an uplink, the others reach it through peer links
+        /// (`chain`, the default, or `star`).
+        #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "chain")]
+        mesh: Option<sandbox::Shape>,
         #[command(subcommand)]
         command: Option<sandbox::SandboxCommand>,
     },
@@ -175,6 +179,7 @@ fn main() -> ExitCode {
             nodes,
             dir,
             duration,
+            mesh,
             command,
         } => match command {
             Some(cmd) => sandbox::main(cmd),
@@ -182,6 +187,7 @@ fn main() -> ExitCode {
                 nodes,
                 dir,
                 duration,
+                mesh,
             }),
         },
     };

@@ -18,6 +18,9 @@
 //!
 //! The workloads are this binary itself (`hedge sandbox serve`), so nothing else is
 //! needed but mosquitto.
+//!
+//! With `--mesh chain|star` ([`mesh`]) only node-1 has an uplink; the others reach the
+//! master through their peers, over peer links `hedge sandbox link A B down|up` cuts.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -37,6 +40,9 @@ use hedge_wire::{InstanceStatus, Name, Record, RecordKind};
 
 use crate::Failure;
 
+mod mesh;
+pub use mesh::Shape;
+
 /// Board profiles the sandbox's nodes run on, in turn: embedded defaults.
 const BOARDS: [&str; 4] = ["rpizero2w", "rpi3b", "olimex-a20-lime2", "rpi4b"];
 /// Marks a directory as a sandbox (so a rerun may wipe it, and nothing else).
@@ -44,13 +50,12 @@ const MARKER: &str = "hedge-sandbox.marker";
 
 #[derive(Subcommand)]
 pub enum SandboxCommand {
-    /// Cut or restore one node's uplink in a running sandbox.
+    /// Cut or restore one node's uplink (`NODE down|up`), or the peer link between two
+    /// nodes of a `--mesh` sandbox (`A B down|up`).
     Link {
-        /// Node name (node-1, node-2, ...).
-        node: String,
-        /// down or up.
-        #[arg(value_parser = ["down", "up"])]
-        state: String,
+        /// NODE [PEER] down|up (node-1, node-2, ...).
+        #[arg(num_args = 2..=3, required = true, value_name = "NODE [PEER] down|up")]
+        args: Vec<String>,
         /// The sandbox directory.
         #[arg(long, default_value = "hedge-sandbox")]
         dir: PathBuf,
@@ -72,6 +77,8 @@ pub struct Options {
     pub nodes: usize,
     pub dir: PathBuf,
     pub duration: Option<u64>,
+    /// A swarm: only node-1 has an uplink ([`mesh`]).
+    pub mesh: Option<Shape>,
 }
 
 fn exe() -> Result<PathBuf, Failure> {
@@ -105,21 +112,41 @@ fn hedge(args: &[&str]) -> Result<String, Failure> {
 
 pub fn main(cmd: SandboxCommand) -> Result<(), Failure> {
     match cmd {
-        SandboxCommand::Link { node, state, dir } => {
-            let node_dir = dir.join("nodes").join(&node);
-            if !dir.join(MARKER).exists() || !node_dir.exists() {
-                return Err(Failure::usage(anyhow!(
-                    "no node {node:?} in a sandbox at {}",
-                    dir.display()
-                )));
+        SandboxCommand::Link { args, dir } => {
+            let (target, down) = mesh::parse_link(&args).map_err(Failure::usage)?;
+            let nodes = match &target {
+                mesh::LinkTarget::Uplink(n) => vec![n.clone()],
+                mesh::LinkTarget::Peer(a, b) => vec![a.clone(), b.clone()],
+            };
+            for node in &nodes {
+                if !dir.join(MARKER).exists() || !dir.join("nodes").join(node).exists() {
+                    return Err(Failure::usage(anyhow!(
+                        "no node {node:?} in a sandbox at {}",
+                        dir.display()
+                    )));
+                }
             }
-            let flag = node_dir.join("LINK_DOWN");
-            if state == "down" {
+            let (flag, what) = match &target {
+                mesh::LinkTarget::Uplink(n) => {
+                    (dir.join("nodes").join(n).join("LINK_DOWN"), n.clone())
+                }
+                mesh::LinkTarget::Peer(a, b) => {
+                    let flag = mesh::link_flag(&dir, a, b);
+                    if !flag.with_extension("link").exists() {
+                        return Err(Failure::usage(anyhow!(
+                            "no peer link between {a} and {b} in the sandbox at {}",
+                            dir.display()
+                        )));
+                    }
+                    (flag, format!("{a} ~ {b}"))
+                }
+            };
+            if down {
                 std::fs::write(&flag, b"")?;
             } else if flag.exists() {
                 std::fs::remove_file(&flag)?;
             }
-            println!("{node}: link {state}");
+            println!("{what}: link {}", if down { "down" } else { "up" });
             Ok(())
         }
         SandboxCommand::Serve { port, flaky_after } => serve(port, flaky_after),
@@ -157,8 +184,9 @@ fn serve(port: u16, flaky_after: Option<u64>) -> Result<(), Failure> {
     }
 }
 
-/// A TCP relay from `listen` to the broker that refuses and cuts connections while
-/// `flag` exists: one node's uplink, cut without root.
+/// A TCP relay from `listen` to `127.0.0.1:broker` that refuses and cuts connections
+/// while `flag` exists: one node's uplink (or, with `--mesh`, one peer link), cut
+/// without root.
 fn relay(listen: TcpListener, broker: u16, flag: PathBuf, stop: Arc<AtomicBool>) {
     let _ = listen.set_nonblocking(true);
     let mut conns: Vec<(TcpStream, TcpStream)> = Vec::new();
@@ -205,6 +233,8 @@ struct Fleet {
     master: Option<Child>,
     nodes: Vec<(String, PathBuf, Option<Child>)>,
     stop: Arc<AtomicBool>,
+    /// `--mesh`: the layout; nodes but node-1 have no uplink of their own.
+    mesh: Option<Shape>,
 }
 
 impl Fleet {
@@ -274,6 +304,7 @@ pub fn run(opts: Options) -> Result<(), Failure> {
     }
     std::fs::create_dir_all(dir.join("nodes"))?;
     std::fs::create_dir_all(dir.join("requests"))?;
+    std::fs::create_dir_all(dir.join("links"))?;
     std::fs::write(
         dir.join(MARKER),
         "a hedge sandbox; `hedge sandbox` wipes and recreates it\n",
@@ -317,6 +348,7 @@ pub fn run(opts: Options) -> Result<(), Failure> {
         master: None,
         nodes: Vec::new(),
         stop: stop.clone(),
+        mesh: opts.mesh,
     };
     fleet.broker = Some(
         Command::new(&mosquitto)
@@ -340,6 +372,14 @@ pub fn run(opts: Options) -> Result<(), Failure> {
             .stderr(log_file(&mdir.join("master.log"))?)
             .spawn()?,
     );
+
+    // `--mesh`: each node's peer listener.
+    let mesh_ports = match opts.mesh {
+        Some(_) => (0..opts.nodes)
+            .map(|_| free_port())
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
 
     // The nodes, each behind its own relay.
     for i in 1..=opts.nodes {
@@ -387,6 +427,17 @@ pub fn run(opts: Options) -> Result<(), Failure> {
             .replace("ack_timeout_ms = 10000", "ack_timeout_ms = 3000")
             .replace("keepalive_s = 20", "keepalive_s = 3");
         std::fs::write(&cfg, text)?;
+        if let Some(shape) = opts.mesh {
+            mesh_node(
+                &dir,
+                shape,
+                i,
+                &mesh_ports,
+                &cfg,
+                &ndir.join("LINK_DOWN"),
+                &stop,
+            )?;
+        }
         let child = Command::new(exe()?)
             .args(["node", "run", "--config", cfg.to_str().context("path")?])
             .stdout(Stdio::null())
@@ -397,7 +448,8 @@ pub fn run(opts: Options) -> Result<(), Failure> {
 
     // The master learns of each node from its first records, then places its workload.
     for (name, cfg, _) in &fleet.nodes {
-        wait_until(Duration::from_secs(30), || {
+        // Through a chain, a node's first records cross every hop before it.
+        wait_until(Duration::from_secs(60), || {
             MasterStore::open(&mdir.join("master.db"))
                 .and_then(|s| s.nodes())
                 .is_ok_and(|n| n.iter().any(|n| n.node.as_str() == name))
@@ -416,6 +468,12 @@ pub fn run(opts: Options) -> Result<(), Failure> {
         dir.display(),
         opts.nodes
     );
+    if let Some(shape) = opts.mesh {
+        println!(
+            "{} (only node-1 has an uplink; `hedge sandbox link node-2 node-1 down` cuts a peer link)",
+            mesh::describe(shape, opts.nodes)
+        );
+    }
     let interrupted = Arc::new(AtomicBool::new(false));
     {
         let flag = interrupted.clone();
@@ -451,6 +509,42 @@ pub fn run(opts: Options) -> Result<(), Failure> {
         std::thread::sleep(Duration::from_millis(200));
     }
     summary(&mut fleet, &mdir)
+}
+
+/// Makes node `i` (1-based) a peer of a `--mesh` sandbox: its `[mesh]` section, one
+/// relay per peer link it dials (cut while the link's flag exists), and, but for
+/// node-1, its uplink cut from the start (`uplink_flag`).
+fn mesh_node(
+    dir: &Path,
+    shape: Shape,
+    i: usize,
+    ports: &[u16],
+    cfg: &Path,
+    uplink_flag: &Path,
+    stop: &Arc<AtomicBool>,
+) -> Result<(), Failure> {
+    if i > 1 {
+        std::fs::write(uplink_flag, b"")?;
+    }
+    let mut dialled = Vec::new();
+    for (a, b) in mesh::edges(shape, ports.len()) {
+        if a != i {
+            continue;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        dialled.push(listener.local_addr()?.port());
+        let flag = mesh::link_flag(dir, &format!("node-{a}"), &format!("node-{b}"));
+        std::fs::write(flag.with_extension("link"), b"")?;
+        let s = stop.clone();
+        let to = ports[b - 1];
+        std::thread::spawn(move || relay(listener, to, flag, s));
+    }
+    let text = std::fs::read_to_string(cfg)?;
+    std::fs::write(
+        cfg,
+        mesh::with_section(&text, &mesh::section(ports[i - 1], &dialled)),
+    )?;
+    Ok(())
 }
 
 /// Stops on SIGINT/SIGTERM by setting `flag` (the children get the same SIGINT from the
@@ -700,8 +794,22 @@ fn status_table(fleet: &Fleet, mdir: &Path) -> Result<String, Failure> {
 
 /// Restores links, lets nodes drain, compares, stops everything.
 fn summary(fleet: &mut Fleet, mdir: &Path) -> Result<(), Failure> {
-    for (name, _, _) in &fleet.nodes {
-        let _ = std::fs::remove_file(fleet.dir.join("nodes").join(name).join("LINK_DOWN"));
+    // Every link as it began: every uplink up, or with `--mesh` node-1's alone, and
+    // every peer link up.
+    for (k, (name, _, _)) in fleet.nodes.iter().enumerate() {
+        let flag = fleet.dir.join("nodes").join(name).join("LINK_DOWN");
+        if fleet.mesh.is_some() && k > 0 {
+            std::fs::write(&flag, b"")?;
+        } else {
+            let _ = std::fs::remove_file(flag);
+        }
+    }
+    if let Ok(links) = std::fs::read_dir(fleet.dir.join("links")) {
+        for l in links.flatten() {
+            if l.path().extension().is_some_and(|e| e == "down") {
+                let _ = std::fs::remove_file(l.path());
+            }
+        }
     }
     println!("stopping: draining every node's outbox to the master…");
     // A node keeps producing records; it is drained when the master holds every seq
