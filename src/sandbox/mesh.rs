@@ -51,11 +51,13 @@ pub fn describe(shape: Shape, nodes: usize) -> String {
 }
 
 /// The `[mesh]` section of a sandbox node: listening on `127.0.0.1:listen`, dialling
-/// each of `peers` (loopback ports of the peer links' relays).
+/// each of `peers` (loopback ports of the peer links' relays), redialling a restored
+/// link within 2 s (the default backoff grows to 30 s).
 pub fn section(listen: u16, peers: &[u16]) -> String {
     let peers: Vec<String> = peers.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
     format!(
-        "[mesh]\nenabled = true\nlisten = \"127.0.0.1:{listen}\"\npeers = [{}]\nbeacon_interfaces = []\n",
+        "[mesh]\nenabled = true\nlisten = \"127.0.0.1:{listen}\"\npeers = [{}]\nbeacon_interfaces = []\n\
+         max_backoff_ms = 2000\n",
         peers.join(", ")
     )
 }
@@ -145,7 +147,7 @@ mod tests {
         assert!(!out.contains("enabled = false"), "{out}");
         assert!(out.contains("[uplink]\nport = 1\n"), "{out}");
         assert!(out.ends_with(
-            "[mesh]\nenabled = true\nlisten = \"127.0.0.1:7000\"\npeers = [\"127.0.0.1:7001\", \"127.0.0.1:7002\"]\nbeacon_interfaces = []\n"
+            "[mesh]\nenabled = true\nlisten = \"127.0.0.1:7000\"\npeers = [\"127.0.0.1:7001\", \"127.0.0.1:7002\"]\nbeacon_interfaces = []\nmax_backoff_ms = 2000\n"
         ));
     }
 
