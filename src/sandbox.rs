@@ -647,6 +647,11 @@ timeout_ms = 1000
 }
 
 fn node_status(cfg: &Path) -> Option<NodeStatus> {
+    serde_json::from_value(node_status_json(cfg)?).ok()
+}
+
+/// `hedge node status --json` as JSON (the mesh view read by key).
+fn node_status_json(cfg: &Path) -> Option<serde_json::Value> {
     let out = Command::new(exe().ok()?)
         .args(["node", "status", "--json", "--config"])
         .arg(cfg)
@@ -740,13 +745,28 @@ pub fn integrity(store: &MasterStore) -> anyhow::Result<BTreeMap<String, Doubles
 
 fn status_table(fleet: &Fleet, mdir: &Path) -> Result<String, Failure> {
     let held = held(mdir);
+    // With `--mesh`: each node's hops to the master (its own view) and the path by
+    // which the master last received its records.
+    let paths = fleet.mesh.map(|_| paths(mdir));
     let mut out = format!(
-        "{:<8} {:<16} {:<5} {:>9} {:>9} {:>9} {:>7} {:>10}\n",
-        "NODE", "BOARD", "LINK", "RUNNING", "PROMISES", "INCIDENTS", "OUTBOX", "AT MASTER"
+        "{:<8} {:<16} {:<5} {:>9} {:>9} {:>9} {:>7} {:>10}{}\n",
+        "NODE",
+        "BOARD",
+        "LINK",
+        "RUNNING",
+        "PROMISES",
+        "INCIDENTS",
+        "OUTBOX",
+        "AT MASTER",
+        if paths.is_some() { "  HOPS  PATH" } else { "" }
     );
     for (name, cfg, _) in &fleet.nodes {
-        let Some(s) = node_status(cfg) else {
+        let Some(json) = node_status_json(cfg) else {
             out.push_str(&format!("{name:<8} (not answering)\n"));
+            continue;
+        };
+        let Ok(s) = serde_json::from_value::<NodeStatus>(json.clone()) else {
+            out.push_str(&format!("{name:<8} (unreadable status)\n"));
             continue;
         };
         let instances = &s.instances;
@@ -776,7 +796,7 @@ fn status_table(fleet: &Fleet, mdir: &Path) -> Result<String, Failure> {
         };
         out.push_str(&format!(
             // The outbox depth unpadded, as it always printed (a JSON value ignored `{:>7}`).
-            "{:<8} {:<16} {:<5} {:>5}/{:<3} {:>5}/{:<3} {:>9} {} {:>10}\n",
+            "{:<8} {:<16} {:<5} {:>5}/{:<3} {:>5}/{:<3} {:>9} {} {:>10}",
             name,
             s.board,
             link,
@@ -788,8 +808,30 @@ fn status_table(fleet: &Fleet, mdir: &Path) -> Result<String, Failure> {
             s.outbox.depth,
             held.get(name).map_or(0, |h| h.0)
         ));
+        if let Some(paths) = &paths {
+            // `mesh.hops`: 0 with its own uplink, a peer's + 1, null without a path.
+            let hops = json["mesh"]["hops"]
+                .as_u64()
+                .map_or("-".to_string(), |h| h.to_string());
+            let path = paths.get(name).map_or("-", String::as_str);
+            out.push_str(&format!("  {hops:>4}  {path}"));
+        }
+        out.push('\n');
     }
     Ok(out)
+}
+
+/// The path by which the master last received each node's records (`direct`,
+/// `via node-1,node-2`).
+fn paths(mdir: &Path) -> BTreeMap<String, String> {
+    MasterStore::open(&mdir.join("master.db"))
+        .and_then(|s| s.nodes())
+        .map(|ns| {
+            ns.into_iter()
+                .filter_map(|n| Some((n.node.to_string(), n.path?)))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Restores links, lets nodes drain, compares, stops everything.
