@@ -296,9 +296,36 @@ impl Swarm {
             .unwrap_or(Value::Null)
     }
 
+    /// [`super::wait_for`], and on timeout the panic shows every daemon's log tail.
+    #[allow(clippy::disallowed_methods)] // an end-to-end test: waits for real processes, with a deadline
+    pub fn wait<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Every daemon's log, for a failing test's message.
     pub fn logs(&self) -> String {
         let mut out = String::new();
+        for i in 0..self.fleet.masters.len().max(1) {
+            let log = self.fleet.master_log(i);
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            out.push_str(&format!("--- master{i} (last 40 lines)\n"));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
         for (name, p) in &self.peers {
             let log = p.node.daemon_log();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
