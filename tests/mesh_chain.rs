@@ -10,8 +10,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::fleet::Fleet;
-use common::netns::can_use_netns;
 use common::swarm::{Layout, Swarm};
 use common::wait_for;
 use hedge_wire::{Record, RecordKind};
@@ -56,24 +54,15 @@ fn usage_faults(records: &BTreeMap<u64, Record>) -> (usize, usize) {
 
 #[test]
 fn five_thousand_records_cross_a_chain_of_four_exactly_once_through_cuts_and_kills() {
-    if !common::can_run(
-        can_use_netns(),
-        "root, ip and nsenter for network namespaces",
-    ) {
+    if !common::swarm::can_run() {
         return;
     }
-    let mut fleet = Fleet::new();
-    fleet.start_master();
     let layout = Layout {
         nodes: &["far", "r1", "r2", "gw"],
         gateways: &["gw"],
         links: &[("far", "r1"), ("r1", "r2"), ("r2", "gw")],
     };
-    let mut swarm = Swarm::new(
-        fleet,
-        &layout,
-        |name, c| if name == "far" { fast(c) } else { c },
-    );
+    let mut swarm = Swarm::with_master(&layout, |name, c| if name == "far" { fast(c) } else { c });
     swarm.start_all();
     let far = "far";
     // 20 idle instances on the far end: about 200 usage records a second.

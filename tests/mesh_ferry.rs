@@ -17,8 +17,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::fleet::Fleet;
-use common::netns::can_use_netns;
 use common::swarm::{Layout, Swarm};
 use common::wait_for;
 use hedge_wire::mesh::SignedBatch;
@@ -55,20 +53,15 @@ fn collect(b: &SignedBatch, origin: &str, out: &mut Vec<(u64, u64)>, depth: usiz
 
 #[test]
 fn a_ferry_carries_custody_to_the_master_and_the_ack_returns_by_another_path() {
-    if !common::can_run(
-        can_use_netns(),
-        "root, ip and nsenter for network namespaces",
-    ) {
+    if !common::swarm::can_run() {
         return;
     }
-    let mut fleet = Fleet::new();
-    fleet.start_master();
     let layout = Layout {
         nodes: &["c", "b", "d"],
         gateways: &["b", "d"],
         links: &[("c", "b"), ("c", "d")],
     };
-    let mut swarm = Swarm::new(fleet, &layout, |name, c| {
+    let mut swarm = Swarm::with_master(&layout, |name, c| {
         if name == "c" {
             c.replace("sample_interval_ms = 10000", "sample_interval_ms = 100")
                 .replace("usage_interval_ms = 60000", "usage_interval_ms = 100")

@@ -16,8 +16,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::fleet::Fleet;
-use common::netns::can_use_netns;
 use common::swarm::{mesh_setting, Layout, Swarm};
 use common::wait_for;
 use hedge_wire::mesh::SignedBatch;
@@ -84,20 +82,15 @@ const PUBLISHER: &str = "pad=$(head -c 4000 /dev/zero | tr '\\0' x); i=0; while 
 
 #[test]
 fn a_relay_sheds_a_silent_origin_past_its_bound_by_priority_and_its_memory_stays_flat() {
-    if !common::can_run(
-        can_use_netns(),
-        "root, ip and nsenter for network namespaces",
-    ) {
+    if !common::swarm::can_run() {
         return;
     }
-    let mut fleet = Fleet::new();
-    fleet.start_master();
     let layout = Layout {
         nodes: &["o", "r"],
         gateways: &["r"],
         links: &[("o", "r")],
     };
-    let mut swarm = Swarm::new(fleet, &layout, |name, c| {
+    let mut swarm = Swarm::with_master(&layout, |name, c| {
         if name == "r" {
             // Small batches: r's window (8 batches awaiting the master) hands few of
             // o's batches to its uplink; the rest wait in its outbox, sheddable.

@@ -15,8 +15,6 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::fleet::Fleet;
-use common::netns::can_use_netns;
 use common::swarm::{Layout, Swarm};
 use common::wait_for;
 use hedge_runtime::store::Store;
@@ -55,21 +53,16 @@ fn encode_up(up: Up) -> Vec<u8> {
 #[test]
 #[allow(clippy::disallowed_methods)] // an end-to-end test: reports how long the request took
 fn a_request_crosses_the_chain_and_a_relay_can_neither_alter_nor_forge_records() {
-    if !common::can_run(
-        can_use_netns(),
-        "root, ip and nsenter for network namespaces",
-    ) {
+    if !common::swarm::can_run() {
         return;
     }
-    let mut fleet = Fleet::new();
-    fleet.start_master();
     let layout = Layout {
         nodes: &["far", "r", "gw"],
         gateways: &["gw"],
         links: &[("far", "r"), ("r", "gw")],
     };
     // far reports its usage every second, so there is always some of it to relay.
-    let mut swarm = Swarm::new(fleet, &layout, |name, c| {
+    let mut swarm = Swarm::with_master(&layout, |name, c| {
         if name == "far" {
             c.replace("usage_interval_ms = 60000", "usage_interval_ms = 1000")
                 .replace("sample_interval_ms = 10000", "sample_interval_ms = 500")

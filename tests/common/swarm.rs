@@ -55,6 +55,15 @@ pub struct Layout<'a> {
     pub links: &'a [(&'a str, &'a str)],
 }
 
+/// Whether this host can run a swarm (root, `ip`, `nsenter`); `false` skips the test,
+/// which fails instead under `CI` ([`super::can_run`]).
+pub fn can_run() -> bool {
+    super::can_run(
+        super::netns::can_use_netns(),
+        "root, ip and nsenter for network namespaces",
+    )
+}
+
 /// `node.toml` with its `[mesh]` section (if any) replaced by `body`.
 pub fn with_mesh_section(text: &str, body: &str) -> String {
     let mut out = String::new();
@@ -193,6 +202,13 @@ impl Swarm {
             );
         }
         swarm
+    }
+
+    /// [`Swarm::new`] on a new fleet whose master runs.
+    pub fn with_master(layout: &Layout, edit: impl Fn(&str, String) -> String) -> Swarm {
+        let mut fleet = Fleet::new();
+        fleet.start_master();
+        Swarm::new(fleet, layout, edit)
     }
 
     /// Starts every daemon that is not running, each in its namespace.
