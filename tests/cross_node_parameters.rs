@@ -7,50 +7,13 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::broker::free_port;
 use common::fleet::Fleet;
+use common::params::{app_request, db_request};
 use common::{wait_for, Node};
 use hedge_wire::InstanceStatus;
-
-/// The database: publishes its host and port (its `port` parameter) atomically.
-fn db_request(dir: &Path, port: &str) -> String {
-    let file = dir.join(format!("db-{port}.toml"));
-    std::fs::write(
-        &file,
-        format!(
-            r#"
-name = "db"
-software = "exec:/bin/sh"
-args = ["-c", "printf '{{\"host\":\"127.0.0.1\",\"port\":%s}}' $PORT > etc/connection.json.tmp && mv etc/connection.json.tmp etc/connection.json; exec sleep 100000"]
-[parameters]
-port = "{port}"
-"#
-        ),
-    )
-    .unwrap();
-    file.to_str().unwrap().to_owned()
-}
-
-/// The app: renders the database's host and port (from another node) into its config.
-fn app_request(dir: &Path) -> String {
-    let file = dir.join("app.toml");
-    std::fs::write(
-        &file,
-        r#"
-name = "app"
-software = "exec:/bin/sleep"
-args = ["100000"]
-[[config_files]]
-path = "etc/app.conf"
-template = "db={{db.host}}:{{ db.port }}\n"
-"#,
-    )
-    .unwrap();
-    file.to_str().unwrap().to_owned()
-}
 
 fn conf_is(a: &Node, want: &str) -> Option<()> {
     let got = std::fs::read_to_string(a.partition("app").join("etc/app.conf")).ok()?;
@@ -67,7 +30,13 @@ fn an_app_renders_its_database_from_another_node_and_keeps_it_offline() {
     let dir = fleet.dir.path().to_path_buf();
 
     // The consumer first: it waits, on a, for a value published on b.
-    fleet.master_ok(&["request", "--file", &app_request(&dir), "--node", "a"]);
+    fleet.master_ok(&[
+        "request",
+        "--file",
+        &app_request(&dir, "db={{db.host}}:{{ db.port }}\\n"),
+        "--node",
+        "a",
+    ]);
     wait_for("app waiting on a", Duration::from_secs(30), || {
         (a.instance("app")?.state == InstanceStatus::Waiting).then_some(())
     });

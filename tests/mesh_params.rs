@@ -8,50 +8,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
-use common::fleet::Fleet;
-use common::netns::can_use_netns;
+use common::params::{app_request, db_request};
 use common::swarm::{Layout, Swarm};
 use common::{wait_for, Node};
-
-/// `db` publishing `port` (atomically, as `etc/connection.json`).
-fn db_request(dir: &Path, port: &str) -> String {
-    let file = dir.join(format!("db-{port}.toml"));
-    std::fs::write(
-        &file,
-        format!(
-            r#"
-name = "db"
-software = "exec:/bin/sh"
-args = ["-c", "printf '{{\"port\":%s}}' $PORT > etc/connection.json.tmp && mv etc/connection.json.tmp etc/connection.json; exec sleep 100000"]
-[parameters]
-port = "{port}"
-"#
-        ),
-    )
-    .unwrap();
-    file.to_str().unwrap().to_owned()
-}
-
-/// `app` rendering the port of `db` on the peer `node-2`.
-fn app_request(dir: &Path) -> String {
-    let file = dir.join("app.toml");
-    std::fs::write(
-        &file,
-        r#"
-name = "app"
-software = "exec:/bin/sleep"
-args = ["100000"]
-[[config_files]]
-path = "etc/app.conf"
-template = "db={{node-2/db.port}}\n"
-"#,
-    )
-    .unwrap();
-    file.to_str().unwrap().to_owned()
-}
 
 fn conf(node: &Node) -> Option<String> {
     std::fs::read_to_string(node.partition("app").join("etc/app.conf")).ok()
@@ -59,29 +20,26 @@ fn conf(node: &Node) -> Option<String> {
 
 #[test]
 fn connection_parameters_cross_a_peer_link_with_no_master() {
-    if !common::can_run(
-        can_use_netns(),
-        "root, ip and nsenter for network namespaces",
-    ) {
+    if !common::swarm::can_run() {
         return;
     }
-    let mut fleet = Fleet::new();
-    fleet.start_master();
     let layout = Layout {
         nodes: &["node-1", "node-2"],
         gateways: &[],
         links: &[("node-1", "node-2")],
     };
-    let mut swarm = Swarm::new(fleet, &layout, |_, c| c);
+    let mut swarm = Swarm::with_master(&layout, |_, c| c);
     // No master from here on; neither node can reach the broker anyway.
     swarm.stop_masters();
     swarm.start_all();
     let dir = swarm.fleet.dir.path().to_path_buf();
 
     // The consumer first: it waits for a value published on its peer.
-    swarm
-        .node("node-1")
-        .ok(&["request", "--file", &app_request(&dir)]);
+    swarm.node("node-1").ok(&[
+        "request",
+        "--file",
+        &app_request(&dir, "db={{node-2/db.port}}\\n"),
+    ]);
     swarm
         .node("node-2")
         .ok(&["request", "--file", &db_request(&dir, "5432")]);
