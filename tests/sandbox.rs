@@ -6,11 +6,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::sandbox_run::{json_of, SandboxRun};
 use common::{hedge, run_ok, wait_for};
 use hedge_runtime::local_api::NodeStatus;
 use serde_json::Value;
@@ -19,33 +17,13 @@ use serde_json::Value;
 fn sandbox_runs_a_fleet_survives_a_cut_link_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let sbx = dir.path().join("sbx");
-    let mut child = hedge()
-        .args(["sandbox", "--duration", "40", "--nodes", "3", "--dir"])
-        .arg(&sbx)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // The sandbox's status table, line by line, as it prints it.
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let reader = {
-        let lines = lines.clone();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stdout).lines() {
-                lines.lock().unwrap().push(l.unwrap());
-            }
-        })
-    };
+    let run = SandboxRun::start(&["--duration", "40", "--nodes", "3"], &sbx);
     let node1 = |args: &[&str]| -> Option<Value> {
-        let out = hedge()
-            .args(["node"])
-            .args(args)
-            .arg("--config")
-            .arg(sbx.join("nodes/node-1/node.toml"))
-            .output()
-            .ok()?;
-        serde_json::from_slice(&out.stdout).ok()
+        json_of(
+            &[&["node"], args].concat(),
+            &sbx.join("nodes/node-1/node.toml"),
+        )
     };
     let status =
         || -> Option<NodeStatus> { serde_json::from_value(node1(&["status", "--json"])?).ok() };
@@ -68,16 +46,12 @@ fn sandbox_runs_a_fleet_survives_a_cut_link_and_loses_nothing() {
         "the table shows node-1 cut",
         Duration::from_secs(30),
         || {
-            lines
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|l| {
-                    // NODE BOARD LINK ...
-                    let cols: Vec<&str> = l.split_whitespace().collect();
-                    cols.first() == Some(&"node-1") && cols.get(2) == Some(&"cut")
-                })
-                .then_some(())
+            run.printed(|l| {
+                // NODE BOARD LINK ...
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                cols.first() == Some(&"node-1") && cols.get(2) == Some(&"cut")
+            })
+            .then_some(())
         },
     );
     // Records made while the link is down wait in the outbox.
@@ -107,9 +81,7 @@ fn sandbox_runs_a_fleet_survives_a_cut_link_and_loses_nothing() {
     wait_for("node-1 reconnected", Duration::from_secs(60), || {
         (status()?.uplink.connected).then_some(())
     });
-    let out = child.wait_with_output().unwrap();
-    reader.join().unwrap();
-    let stdout = lines.lock().unwrap().join("\n");
+    let (out, stdout) = run.finish();
     assert!(
         out.status.success(),
         "sandbox failed:\n{stdout}\n{}",

@@ -6,11 +6,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::sandbox_run::{json_of, SandboxRun};
 use common::{hedge, run_ok, wait_for};
 use serde_json::Value;
 
@@ -18,58 +16,25 @@ use serde_json::Value;
 fn a_mesh_sandbox_carries_the_far_node_through_the_chain_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let sbx = dir.path().join("sbx");
-    let mut child = hedge()
-        .args([
-            "sandbox",
-            "--mesh",
-            "chain",
-            "--duration",
-            "90",
-            "--nodes",
-            "3",
-            "--dir",
-        ])
-        .arg(&sbx)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let reader = {
-        let lines = lines.clone();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stdout).lines() {
-                lines.lock().unwrap().push(l.unwrap());
-            }
-        })
-    };
-    let master = |args: &[&str]| -> Option<Value> {
-        let out = hedge()
-            .args(["master"])
-            .args(args)
-            .arg("--config")
-            .arg(sbx.join("master/master.toml"))
-            .output()
-            .ok()?;
-        serde_json::from_slice(&out.stdout).ok()
-    };
+    let run = SandboxRun::start(
+        &["--mesh", "chain", "--duration", "90", "--nodes", "3"],
+        &sbx,
+    );
     let entry = |node: &str| -> Option<Value> {
-        master(&["nodes", "--json"])?
-            .as_array()?
-            .iter()
-            .find(|n| n["node"] == node)
-            .cloned()
+        json_of(
+            &["master", "nodes", "--json"],
+            &sbx.join("master/master.toml"),
+        )?
+        .as_array()?
+        .iter()
+        .find(|n| n["node"] == node)
+        .cloned()
     };
-    let node3 = |args: &[&str]| -> Option<Value> {
-        let out = hedge()
-            .args(["node"])
-            .args(args)
-            .arg("--config")
-            .arg(sbx.join("nodes/node-3/node.toml"))
-            .output()
-            .ok()?;
-        serde_json::from_slice(&out.stdout).ok()
+    let node3_status = || {
+        json_of(
+            &["node", "status", "--json"],
+            &sbx.join("nodes/node-3/node.toml"),
+        )
     };
     // node-3 has no uplink: its records reach the master through node-2 and node-1.
     let e = wait_for("node-3 at the master", Duration::from_secs(90), || {
@@ -81,11 +46,7 @@ fn a_mesh_sandbox_carries_the_far_node_through_the_chain_and_loses_nothing() {
         "the table shows node-3's path",
         Duration::from_secs(30),
         || {
-            lines
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|l| l.starts_with("node-3") && l.contains("via node-1,node-2"))
+            run.printed(|l| l.starts_with("node-3") && l.contains("via node-1,node-2"))
                 .then_some(())
         },
     );
@@ -105,7 +66,7 @@ fn a_mesh_sandbox_carries_the_far_node_through_the_chain_and_loses_nothing() {
     // node-3's records made meanwhile wait in its outbox, then reach the master.
     let depth = |v: &Value| v["outbox"]["depth"].as_u64();
     let waiting = wait_for("node-3's records waiting", Duration::from_secs(60), || {
-        let s = node3(&["status", "--json"])?;
+        let s = node3_status()?;
         (depth(&s)? >= 5).then_some(s["outbox"]["next_seq"].as_u64()? - 1)
     });
     run_ok(
@@ -119,9 +80,7 @@ fn a_mesh_sandbox_carries_the_far_node_through_the_chain_and_loses_nothing() {
         Duration::from_secs(60),
         || (entry("node-3")?["last_seq"].as_u64()? >= waiting).then_some(()),
     );
-    let out = child.wait_with_output().unwrap();
-    reader.join().unwrap();
-    let stdout = lines.lock().unwrap().join("\n");
+    let (out, stdout) = run.finish();
     assert!(
         out.status.success(),
         "sandbox failed:\n{stdout}\n{}",
