@@ -1,15 +1,11 @@
 //! The mesh, end to end (#13): a ferry. Node `c` (its own network namespace, no way to
-//! the broker) hands custody of its records to `b`; `b` cannot deliver them (the master
-//! is down, then `b`'s own uplink is cut), the `c`–`b` link goes down for good, and `b`
-//! later reaches the master: every record `b` carried arrives, exactly once. `c` keeps
-//! its records until the master's signed ack reaches it, which it does through another
+//! the broker) hands custody of its records to `b`, a ferry (`[mesh] ferry = true`)
+//! whose own uplink is cut from the start: nobody has a path, and `b` takes custody
+//! anyway. The `c`–`b` link then goes down for good, and `b` later reaches the master:
+//! every record `b` carried arrives, exactly once and as `c` made it. `c` keeps its
+//! records until the master's signed ack reaches it, which it does through another
 //! path (`c`–`d`, `d` a gateway); then `c`'s outbox empties, and the master still holds
 //! each record once.
-//!
-//! Why the master is down, not only `b`'s uplink: a node hands custody only to a peer
-//! with a path to the broker (hops below NO_PATH, the design of #13), so `b` takes
-//! custody while its uplink is up but nothing can acknowledge what it sends; its uplink
-//! is then cut, so what `b` holds can only leave with `b`.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -17,7 +13,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::swarm::{Layout, Swarm};
+use common::swarm::{mesh_setting, Layout, Swarm};
 use common::wait_for;
 use hedge_wire::mesh::SignedBatch;
 use hedge_wire::{Record, RecordKind};
@@ -61,24 +57,24 @@ fn a_ferry_carries_custody_to_the_master_and_the_ack_returns_by_another_path() {
         gateways: &["b", "d"],
         links: &[("c", "b"), ("c", "d")],
     };
-    let mut swarm = Swarm::with_master(&layout, |name, c| {
-        if name == "c" {
-            c.replace("sample_interval_ms = 10000", "sample_interval_ms = 100")
-                .replace("usage_interval_ms = 60000", "usage_interval_ms = 100")
-        } else {
-            c
-        }
+    let mut swarm = Swarm::with_master(&layout, |name, c| match name {
+        "c" => c
+            .replace("sample_interval_ms = 10000", "sample_interval_ms = 100")
+            .replace("usage_interval_ms = 60000", "usage_interval_ms = 100"),
+        "b" => mesh_setting(&c, "ferry", "true"),
+        _ => c,
     });
-    // The other path stays down until the end; no master to acknowledge anything.
+    // No path anywhere: the other path stays down until the end, and the ferry's
+    // uplink (every gateway's) is cut before it ever connects.
     swarm.cut("c", "d");
-    swarm.stop_masters();
+    swarm.fleet.cut_link();
     swarm.start_all();
     for i in 0..5 {
         swarm
             .node("c")
             .request_sleep(&format!("s{i}"), "100000", &[]);
     }
-    // c hands custody to b: b's own outbox holds c's signed batches.
+    // c hands custody to the ferry: b's own outbox holds c's signed batches.
     let upto = wait_for(
         "b holding 300 of c's records",
         Duration::from_secs(60),
@@ -88,8 +84,12 @@ fn a_ferry_carries_custody_to_the_master_and_the_ack_returns_by_another_path() {
             (top >= 300).then_some(top)
         },
     );
-    // b loses its uplink, then the c–b link goes down for good.
-    swarm.fleet.cut_link();
+    assert_eq!(
+        swarm.fleet.held("c").1,
+        0,
+        "nothing reached the master: nobody had a path"
+    );
+    // The c–b link goes down for good.
     swarm.cut("c", "b");
     let held_by_b = carried(&swarm, "b", "c");
     let upto = held_by_b.iter().map(|c| c.1).max().unwrap_or(upto);
@@ -103,8 +103,7 @@ fn a_ferry_carries_custody_to_the_master_and_the_ack_returns_by_another_path() {
     for i in 0..5 {
         swarm.node("c").ok(&["destroy", &format!("s{i}")]);
     }
-    // b reaches the master later.
-    swarm.fleet.start_master();
+    // The ferry reaches the master later.
     swarm.fleet.restore_link();
     wait_for(
         "c's carried records at the master",
