@@ -75,29 +75,11 @@ mod tests {
     // Tests take `Instant::now()` as an arbitrary origin; the machine only compares instants.
     #![allow(clippy::disallowed_methods)]
 
-    use std::time::Duration;
-
     use hedge_wire::Name;
 
-    use super::super::tests::{outbox_of, serve, usage};
-    use super::super::{Config, Input, Output};
+    use super::super::tests::{ms, outbox_of, ranges, serve, usage, EPOCH};
+    use super::super::{Config, Input};
     use super::*;
-
-    const EPOCH: u64 = 0x5eed_0001;
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
-
-    /// The ranges of the batches in `out`.
-    fn ranges(out: &[Output]) -> Vec<(u64, u64)> {
-        out.iter()
-            .filter_map(|o| match o {
-                Output::Send { range, .. } => *range,
-                _ => None,
-            })
-            .collect()
-    }
 
     /// A machine whose link came up at `t0` with seqs `1..=upto` in the outbox (batches
     /// of 5, 4 in flight, ack timeout 1 s); the ranges it sent.

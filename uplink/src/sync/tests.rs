@@ -11,12 +11,27 @@ use super::*;
 
 mod encoding;
 
-fn node() -> Name {
+pub(super) fn node() -> Name {
     Name::new("node-1").unwrap()
 }
 
 /// The epoch of the machines under test.
-const EPOCH: u64 = 0x5eed_0001;
+pub(super) const EPOCH: u64 = 0x5eed_0001;
+
+/// A duration of `v` milliseconds.
+pub(super) fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+/// The ranges of the range batches sent in `out`.
+pub(super) fn ranges(out: &[Output]) -> Vec<(u64, u64)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send { range, .. } => *range,
+            _ => None,
+        })
+        .collect()
+}
 
 fn inst() -> Name {
     Name::new("web").unwrap()

@@ -10,27 +10,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::custody::LOG_MAX;
-use super::tests::{any_record, outbox_of, serve, up, usage, Master};
+use super::tests::{any_record, ms, node, outbox_of, ranges, serve, up, usage, Master, EPOCH};
 use super::*;
-
-const EPOCH: u64 = 0x5eed_0001;
-
-fn node() -> Name {
-    Name::new("node-1").unwrap()
-}
-
-fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
-}
-
-fn ranges(out: &[Output]) -> Vec<(u64, u64)> {
-    out.iter()
-        .filter_map(|o| match o {
-            Output::Send { range, .. } => *range,
-            _ => None,
-        })
-        .collect()
-}
 
 fn deletes(out: &[Output]) -> Vec<u64> {
     out.iter()
