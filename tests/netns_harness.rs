@@ -9,7 +9,7 @@ mod common;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use common::netns::{can_use_netns, Netns, Veth};
+use common::netns::{Netns, Veth};
 use common::wait_for;
 
 fn reachable(addr: SocketAddr) -> bool {
@@ -31,10 +31,7 @@ fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'stati
 
 #[test]
 fn a_veth_link_carries_tcp_until_it_is_set_down_and_again_once_up() {
-    if !common::can_run(
-        can_use_netns(),
-        "root, ip and nsenter for network namespaces",
-    ) {
+    if !common::swarm::can_run() {
         return;
     }
     let ns = Netns::new();

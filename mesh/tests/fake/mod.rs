@@ -219,6 +219,15 @@ impl Node {
         self.daemon.lock().expect("daemon lock")
     }
 
+    /// Peers' batches this node holds in custody (`Relayed` records of its outbox).
+    pub fn relayed(&self) -> usize {
+        self.d()
+            .outbox
+            .values()
+            .filter(|r| matches!(r.kind, RecordKind::Relayed(_)))
+            .count()
+    }
+
     pub fn append(&self, n: u64) {
         {
             let mut d = self.d();
