@@ -218,6 +218,8 @@ mod tests {
             expires_ms: 0,
             terms: vec![],
             imports: vec![],
+            backups: Vec::new(),
+            restores: Vec::new(),
         }
     }
 

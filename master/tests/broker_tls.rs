@@ -878,6 +878,8 @@ async fn a_relay_gets_signed_acks_for_the_nested_batches_it_carries() {
         expires_ms: 0,
         terms: vec![],
         imports: vec![],
+        backups: Vec::new(),
+        restores: Vec::new(),
     };
     sign(&key, &mut state, hedge_common::clock::now_ms());
     view.put_desired(&state).unwrap();

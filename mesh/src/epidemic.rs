@@ -123,6 +123,8 @@ mod tests {
             expires_ms: 0,
             terms: Vec::new(),
             imports: Vec::new(),
+            backups: Vec::new(),
+            restores: Vec::new(),
         }
     }
 

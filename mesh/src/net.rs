@@ -50,6 +50,9 @@ pub struct PeerEvent {
 
 /// What happened with a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Each event is built once and moved once through a channel to its one reader; boxing
+// the message would cost an allocation per frame for no saving.
+#[allow(clippy::large_enum_variant)]
 pub enum PeerEventKind {
     /// A session came up.
     Up {

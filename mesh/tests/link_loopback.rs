@@ -71,6 +71,8 @@ fn signed_state(master: &SigningKey, node: &Name, generation: u64) -> DesiredSta
         expires_ms: u64::MAX,
         terms: Vec::new(),
         imports: Vec::new(),
+        backups: Vec::new(),
+        restores: Vec::new(),
     };
     let sig = master.sign(&s.signed_bytes()).to_bytes();
     s.signature = heapless::Vec::from_slice(&sig).unwrap();

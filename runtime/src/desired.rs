@@ -194,6 +194,8 @@ mod tests {
             expires_ms: 1_000_000,
             terms: vec![],
             imports: vec![],
+            backups: Vec::new(),
+            restores: Vec::new(),
         };
         let sig = key.sign(&d.signed_bytes()).to_bytes();
         d.signature = heapless::Vec::from_slice(&sig).unwrap();

@@ -133,6 +133,26 @@ pub(crate) fn imports<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Import>, D:
     seq(d, MAX_IMPORTS, "imports")
 }
 
+pub(crate) fn backups<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<crate::backup::BackupPolicy>, D::Error> {
+    seq(d, crate::backup::MAX_BACKUP_ENTRIES, "backup policies")
+}
+
+pub(crate) fn restores<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<crate::backup::RestoreDirective>, D::Error> {
+    seq(d, crate::backup::MAX_BACKUP_ENTRIES, "restore directives")
+}
+
+pub(crate) fn backup_paths<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    seq(d, crate::backup::MAX_BACKUP_PATHS, "backup paths")
+}
+
+pub(crate) fn root<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    bytes(d, crate::backup::MAX_ROOT)
+}
+
 pub(crate) fn records<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Record>, D::Error> {
     seq(d, MAX_RECORDS, "records")
 }

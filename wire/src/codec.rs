@@ -21,7 +21,7 @@ use postcard::ser_flavors::Flavor;
 
 use crate::compact::{decode_up, COMPACT_UP_VERSION};
 use crate::error::WireError;
-use crate::types::{Ack, DesiredState, DesiredStateV2, Message, Up};
+use crate::types::{Ack, DesiredState, DesiredStateV2, DesiredStateV4, Message, Name, Up};
 use crate::validate::Validate;
 
 /// The envelope version [`encode`] writes. Any change to the encoding of [`Message`]
@@ -35,8 +35,17 @@ use crate::validate::Validate;
 /// [`crate::RecordKind::Fence`] record, which compact batches may carry too. Rollout:
 /// masters first. A version-4 master reads version-2 and version-3 batches of nodes not
 /// yet upgraded; its desired states are version 4, which such a node refuses (it keeps
-/// running the state it has) until it is upgraded.
-pub const WIRE_VERSION: u8 = 4;
+/// running the state it has) until it is upgraded. 5, the desired state's
+/// [`DesiredState::backups`] and [`DesiredState::restores`] (signed) and the
+/// [`crate::RecordKind::Backup`] record; a version-5 master reads version-4 batches,
+/// acks, fetches and carried acks ([`PREVIOUS_VERSION`]), and a version-5 node refuses a
+/// version-4 desired state the same way.
+pub const WIRE_VERSION: u8 = 5;
+
+/// The envelope version before [`WIRE_VERSION`]: [`decode`] still reads everything in it
+/// but a desired state, which it refuses ([`WireError::Invalid`]): its signature covers
+/// version-4 bytes.
+pub const PREVIOUS_VERSION: u8 = 4;
 
 /// The previous envelope version: [`decode`] still reads its batches and acks. A
 /// version-2 desired state is refused ([`WireError::Invalid`]): its signature covers
@@ -45,7 +54,7 @@ pub const LEGACY_VERSION: u8 = 2;
 
 /// Domain separation prefix of [`DesiredState::signed_bytes`]; its version follows the
 /// signed fields, so a signature over an older state never verifies as a version-4 one.
-pub const DESIRED_SIGNING_CONTEXT: &[u8] = b"hedge-desired-v4";
+pub const DESIRED_SIGNING_CONTEXT: &[u8] = b"hedge-desired-v5";
 
 /// [`Message`] as version 2 encoded it: only its desired state differs.
 #[derive(serde::Deserialize)]
@@ -55,6 +64,18 @@ enum LegacyMessage {
     Desired(DesiredStateV2),
     Up(Up),
     Ack(Ack),
+}
+
+/// [`Message`] as version 4 encoded it: only its desired state differs.
+#[derive(serde::Deserialize)]
+enum PreviousMessage {
+    // Decoded whole, then refused unread, as in `LegacyMessage`.
+    #[allow(dead_code)]
+    Desired(DesiredStateV4),
+    Up(Up),
+    Ack(Ack),
+    Fetch(#[serde(deserialize_with = "crate::bounded::fetch")] Vec<Name>),
+    Carried(crate::mesh::SignedAck),
 }
 
 /// A postcard output that keeps at most `max` bytes but counts them all, so an
@@ -108,7 +129,7 @@ pub fn encode(msg: &Message, max: usize) -> Result<Vec<u8>, WireError> {
 /// Decodes and validates one envelope that must fill `bytes` exactly.
 ///
 /// Checks, in order: `bytes.len() <= max`, a version byte of [`WIRE_VERSION`],
-/// [`LEGACY_VERSION`] or [`COMPACT_UP_VERSION`], the body in that version's encoding, that no bytes follow it,
+/// [`PREVIOUS_VERSION`], [`LEGACY_VERSION`] or [`COMPACT_UP_VERSION`], the body in that version's encoding, that no bytes follow it,
 /// and [`Validate`].
 pub fn decode(bytes: &[u8], max: usize) -> Result<Message, WireError> {
     if bytes.len() > max {
@@ -120,6 +141,17 @@ pub fn decode(bytes: &[u8], max: usize) -> Result<Message, WireError> {
     let (&version, body) = bytes.split_first().ok_or(WireError::Empty)?;
     let msg = match version {
         WIRE_VERSION => whole::<Message>(body)?,
+        PREVIOUS_VERSION => match whole::<PreviousMessage>(body)? {
+            PreviousMessage::Desired(_) => {
+                return Err(WireError::Invalid(
+                    "a version-4 desired state (its signature covers version-4 bytes)",
+                ))
+            }
+            PreviousMessage::Up(up) => Message::Up(up),
+            PreviousMessage::Ack(ack) => Message::Ack(ack),
+            PreviousMessage::Fetch(nodes) => Message::Fetch(nodes),
+            PreviousMessage::Carried(ack) => Message::Carried(ack),
+        },
         LEGACY_VERSION => match whole::<LegacyMessage>(body)? {
             LegacyMessage::Desired(_) => {
                 return Err(WireError::Invalid(
@@ -149,8 +181,8 @@ pub(crate) fn whole<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Wi
 impl DesiredState {
     /// The canonical bytes the master signs and a node verifies:
     /// [`DESIRED_SIGNING_CONTEXT`] followed by the postcard encoding of the tuple
-    /// `(node, generation, expires_ms, instances, terms, imports)`. The signature itself
-    /// is not included.
+    /// `(node, generation, expires_ms, instances, terms, imports, backups, restores)`.
+    /// The signature itself is not included.
     ///
     /// postcard is deterministic for these types (maps are ordered `BTreeMap`s), so the
     /// bytes depend only on the value, not on how it was decoded.
@@ -166,6 +198,8 @@ impl DesiredState {
             &self.instances,
             &self.terms,
             &self.imports,
+            &self.backups,
+            &self.restores,
         );
         // Appending to a `Vec` cannot fail and every type here serializes with a known
         // length, so postcard has no error to report. Were it to fail anyway, panicking

@@ -9,6 +9,7 @@
 //!   [`DesiredState`] signature covers.
 //! - [`compact`]: the compact encoding of an [`Up`] batch (envelope version 3), which
 //!   [`decode`] reads beside versions 4 and 2.
+//! - [`backup`]: backup policies, restore directives and the blob service's bodies.
 //! - [`mesh`]: the peer protocol of a swarm and the signed values relays carry.
 //! - [`frame`]: length-prefixed frames over `embedded-io` streams.
 //! - [`template`]: the `{{ key }}` syntax of requests and what a request references.
@@ -22,6 +23,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod backup;
 mod bounded;
 pub mod codec;
 pub mod compact;
@@ -33,7 +35,8 @@ pub mod template;
 pub mod types;
 pub mod validate;
 
-pub use codec::{decode, encode, LEGACY_VERSION, WIRE_VERSION};
+pub use backup::{BackupEvent, BackupPolicy, Consistency, RestoreDirective, SnapshotId};
+pub use codec::{decode, encode, LEGACY_VERSION, PREVIOUS_VERSION, WIRE_VERSION};
 pub use compact::{encode_up, COMPACT_UP_VERSION};
 pub use error::WireError;
 pub use frame::{read_frame, write_frame, FrameError};

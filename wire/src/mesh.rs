@@ -40,8 +40,9 @@ use crate::error::WireError;
 use crate::types::{DesiredState, Message, Name, Up};
 use crate::validate::Validate;
 
-/// The first byte of every peer frame and beacon.
-pub const MESH_VERSION: u8 = 1;
+/// The first byte of every peer frame and beacon. 2: desired states carry backups and
+/// restores (wire version 5); a version-1 peer's frames are refused, not misread.
+pub const MESH_VERSION: u8 = 2;
 /// Domain separation of [`SignedBatch::signed_bytes`].
 pub const ORIGIN_SIGNING_CONTEXT: &[u8] = b"hedge-origin-v1";
 /// Domain separation of [`SignedAck::signed_bytes`].

@@ -407,7 +407,10 @@ pub struct Import {
 pub struct DesiredState {
     /// The node this is for.
     pub node: Name,
-    /// Strictly increasing per node; a node applies only a newer one.
+    /// Strictly increasing per node; a node applies only a newer one. Its high 32 bits
+    /// are the master's epoch (0 until the master is first restored from a backup; a
+    /// restore moves it past every generation the restored store could have issued),
+    /// its low 32 bits the master's counter within that epoch: signed with the rest.
     pub generation: u64,
     /// The instances the master owns on this node.
     #[serde(deserialize_with = "crate::bounded::instances")]
@@ -426,12 +429,69 @@ pub struct DesiredState {
     /// wire version 4, signed.
     #[serde(deserialize_with = "crate::bounded::imports")]
     pub imports: Vec<Import>,
+    /// Backup policies of the state's instances (at most one per instance). Added in
+    /// wire version 5, signed.
+    #[serde(deserialize_with = "crate::bounded::backups")]
+    pub backups: Vec<crate::backup::BackupPolicy>,
+    /// Instances to restore from a snapshot before they first start here (at most one
+    /// per instance). Added in wire version 5, signed.
+    #[serde(deserialize_with = "crate::bounded::restores")]
+    pub restores: Vec<crate::backup::RestoreDirective>,
 }
 
 impl DesiredState {
+    /// The backup policy of `instance`, if the state carries one.
+    pub fn backup_of(&self, instance: &Name) -> Option<&crate::backup::BackupPolicy> {
+        self.backups.iter().find(|b| &b.instance == instance)
+    }
+
+    /// The restore directive of `instance`, if the state carries one.
+    pub fn restore_of(&self, instance: &Name) -> Option<&crate::backup::RestoreDirective> {
+        self.restores.iter().find(|r| &r.instance == instance)
+    }
+
     /// The terms of `instance`, if the state carries any.
     pub fn terms_of(&self, instance: &Name) -> Option<&InstanceTerms> {
         self.terms.iter().find(|t| &t.instance == instance)
+    }
+}
+
+/// A [`DesiredState`] as wire version 4 encoded it (no backups, no restores). Only for
+/// reading states that a store kept from before version 5 and for refusing a version-4
+/// state on the wire: its signature covers version-4 bytes, so it never verifies as a
+/// version-5 state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredStateV4 {
+    /// The node this is for.
+    pub node: Name,
+    /// The master's counter for this node.
+    pub generation: u64,
+    /// The instances the master owned on this node.
+    pub instances: Vec<InstanceRequest>,
+    /// The version-4 signature.
+    pub signature: heapless::Vec<u8, 64>,
+    /// Its signed expiry.
+    pub expires_ms: u64,
+    /// Fences and leases.
+    pub terms: Vec<InstanceTerms>,
+    /// Other nodes' connection parameters.
+    pub imports: Vec<Import>,
+}
+
+impl From<DesiredStateV4> for DesiredState {
+    /// No backups, no restores.
+    fn from(v: DesiredStateV4) -> Self {
+        DesiredState {
+            node: v.node,
+            generation: v.generation,
+            instances: v.instances,
+            signature: v.signature,
+            expires_ms: v.expires_ms,
+            terms: v.terms,
+            imports: v.imports,
+            backups: Vec::new(),
+            restores: Vec::new(),
+        }
     }
 }
 
@@ -455,7 +515,7 @@ pub struct DesiredStateV2 {
 impl From<DesiredStateV2> for DesiredState {
     /// No terms (fence 0, no lease) and no imports.
     fn from(v: DesiredStateV2) -> Self {
-        DesiredState {
+        DesiredStateV4 {
             node: v.node,
             generation: v.generation,
             instances: v.instances,
@@ -464,6 +524,7 @@ impl From<DesiredStateV2> for DesiredState {
             terms: Vec::new(),
             imports: Vec::new(),
         }
+        .into()
     }
 }
 
@@ -497,17 +558,19 @@ impl From<DesiredStateV1> for DesiredState {
 }
 
 impl DesiredState {
-    /// Reads a desired state a store kept, whichever version wrote it: version 4 (this
-    /// type), else version 2 (no terms, no imports), else version 1 (no expiry). The
-    /// error is the version-4 decoder's, for the caller to report.
+    /// Reads a desired state a store kept, whichever version wrote it: version 5 (this
+    /// type), else version 4 (no backups, no restores), else version 2 (no terms, no
+    /// imports), else version 1 (no expiry). The error is the version-5 decoder's, for
+    /// the caller to report.
     ///
     /// # Errors
     ///
     /// The bytes decode as none of the three.
     pub fn from_stored(bytes: &[u8]) -> Result<DesiredState, postcard::Error> {
         postcard::from_bytes::<DesiredState>(bytes).or_else(|e| {
-            postcard::from_bytes::<DesiredStateV2>(bytes)
+            postcard::from_bytes::<DesiredStateV4>(bytes)
                 .map(Into::into)
+                .or_else(|_| postcard::from_bytes::<DesiredStateV2>(bytes).map(Into::into))
                 .or_else(|_| postcard::from_bytes::<DesiredStateV1>(bytes).map(Into::into))
                 .map_err(|_| e)
         })
@@ -754,6 +817,19 @@ pub enum RecordKind {
     /// batches. Added with the mesh (last, so records stored before it keep their
     /// encoding).
     Relayed(crate::mesh::SignedBatch),
+    /// A snapshot of an instance was taken, uploaded or failed, or an instance was
+    /// restored from one (or refused to be). Added with backups (last, so records stored
+    /// before it keep their encoding).
+    Backup {
+        /// Which instance.
+        instance: Name,
+        /// Which snapshot.
+        snapshot: crate::backup::SnapshotId,
+        /// What happened.
+        event: crate::backup::BackupEvent,
+        /// Details (why it failed; empty otherwise).
+        message: String,
+    },
 }
 
 /// What became of an artifact the node needed.

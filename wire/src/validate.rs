@@ -16,6 +16,9 @@
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 
+use crate::backup::{
+    BackupPolicy, SnapshotHeader, MAX_BACKUP_ENTRIES, MAX_BACKUP_PATHS, MAX_ROOT, SEALED_KEY_LEN,
+};
 use crate::error::WireError;
 use crate::limits::*;
 use crate::types::*;
@@ -242,9 +245,58 @@ impl Validate for DesiredState {
         self.imports
             .iter()
             .try_for_each(|im| parameters(&im.parameters))?;
+        let carried = |n: &Name| self.instances.iter().any(|i| &i.name == n);
+        check(
+            self.backups.len() <= MAX_BACKUP_ENTRIES,
+            "too many backup policies",
+        )?;
+        unique(&self.backups, |b| &b.instance, "duplicate backup policy")?;
+        check(
+            self.backups.iter().all(|b| carried(&b.instance)),
+            "a backup policy for an instance the state does not carry",
+        )?;
+        self.backups.iter().try_for_each(Validate::validate)?;
+        check(
+            self.restores.len() <= MAX_BACKUP_ENTRIES,
+            "too many restore directives",
+        )?;
+        unique(
+            &self.restores,
+            |r| &r.instance,
+            "duplicate restore directive",
+        )?;
+        check(
+            self.restores.iter().all(|r| carried(&r.instance)),
+            "a restore directive for an instance the state does not carry",
+        )?;
         check(
             self.signature.is_empty() || self.signature.len() == SIGNATURE_LEN,
             "signature is neither empty nor 64 bytes",
+        )
+    }
+}
+
+impl Validate for BackupPolicy {
+    fn validate(&self) -> Result<(), WireError> {
+        check(self.interval_s >= 1, "backup interval is 0")?;
+        check(self.retain >= 1, "backup retention is 0")?;
+        check(!self.paths.is_empty(), "no backup paths")?;
+        check(
+            self.paths.len() <= MAX_BACKUP_PATHS,
+            "too many backup paths",
+        )?;
+        self.paths.iter().try_for_each(|p| relative_path(p))?;
+        unique(&self.paths, String::as_str, "duplicate backup path")?;
+        argv(&self.command)
+    }
+}
+
+impl Validate for SnapshotHeader {
+    fn validate(&self) -> Result<(), WireError> {
+        check(self.root.len() <= MAX_ROOT, "snapshot root too long")?;
+        check(
+            self.sealed_key.len() == SEALED_KEY_LEN,
+            "sealed snapshot key is not 80 bytes",
         )
     }
 }
@@ -290,6 +342,9 @@ impl Validate for RecordKind {
             | RecordKind::DesiredExpired { .. }
             | RecordKind::Fence { .. } => Ok(()),
             RecordKind::Relayed(batch) => batch.validate(),
+            RecordKind::Backup { message, .. } => {
+                check(message.len() <= MAX_MESSAGE, "backup message too long")
+            }
         }
     }
 }

@@ -49,6 +49,8 @@ fn desired(instances: Vec<InstanceRequest>) -> Message {
         expires_ms: 1_800_000_000_000,
         terms: vec![],
         imports: vec![],
+        backups: vec![],
+        restores: vec![],
     })
 }
 
@@ -171,8 +173,8 @@ fn empty_wrong_version_and_trailing_bytes() {
     ));
     assert_eq!(decode(&[], MAX), Err(WireError::Empty));
     // Version 1 (before the signed expiry) is refused as a version, not misread; version
-    // 3 is a compact batch, which these bytes are not; 2 is read (see below).
-    for v in [0u8, 1, 5, 255] {
+    // 3 is a compact batch, which these bytes are not; 2 and 4 are read (see below).
+    for v in [0u8, 1, 6, 255] {
         let mut bad = ok.clone();
         bad[0] = v;
         assert_eq!(decode(&bad, MAX), Err(WireError::BadVersion(v)));
@@ -263,6 +265,157 @@ fn a_version_2_desired_state_is_refused_and_version_2_batches_still_read() {
         bytes[0] = LEGACY_VERSION;
         assert_eq!(decode(&bytes, MAX), Ok(msg));
     }
+}
+
+#[test]
+fn a_version_4_desired_state_is_refused_and_version_4_messages_still_read() {
+    let Message::Desired(d) = desired(vec![instance("web")]) else {
+        unreachable!()
+    };
+    let v4 = DesiredStateV4 {
+        node: d.node.clone(),
+        generation: d.generation,
+        instances: d.instances.clone(),
+        signature: d.signature.clone(),
+        expires_ms: d.expires_ms,
+        terms: vec![],
+        imports: vec![],
+    };
+    let mut body = vec![PREVIOUS_VERSION, 0];
+    body.extend(postcard::to_allocvec(&v4).unwrap());
+    assert!(matches!(decode(&body, MAX), Err(WireError::Invalid(_))));
+    // Under version 5 the same bytes lack the backups and restores.
+    body[0] = WIRE_VERSION;
+    assert_eq!(
+        decode(&body, MAX),
+        Err(WireError::Decode(postcard::Error::DeserializeUnexpectedEnd))
+    );
+    // A store reads it (no backups, no restores).
+    let read = DesiredState::from_stored(&postcard::to_allocvec(&v4).unwrap()).unwrap();
+    assert_eq!(read, d);
+    // Everything else a version-4 peer sends still decodes.
+    let up = Message::Up(Up {
+        node: name("node-1"),
+        records: vec![record(1, health())],
+        covers: Some((1, 1)),
+        epoch: 9,
+    });
+    for msg in [
+        up,
+        Message::Ack(Ack { upto: 3, epoch: 9 }),
+        Message::Fetch(vec![name("node-2")]),
+    ] {
+        let mut bytes = encode(&msg, MAX).unwrap();
+        bytes[0] = PREVIOUS_VERSION;
+        assert_eq!(decode(&bytes, MAX), Ok(msg));
+    }
+}
+
+#[test]
+fn backups_and_restores_are_checked_and_signed() {
+    let Message::Desired(d) = desired(vec![instance("web"), instance("db")]) else {
+        unreachable!()
+    };
+    let policy = |n: &str| BackupPolicy {
+        instance: name(n),
+        interval_s: 60,
+        retain: 3,
+        paths: vec!["srv".into()],
+        command: vec![],
+    };
+    let restore = |n: &str| RestoreDirective {
+        instance: name(n),
+        source: name("node-2"),
+        snapshot: SnapshotId(0xfeed),
+    };
+    let good = DesiredState {
+        backups: vec![policy("web"), policy("db")],
+        restores: vec![restore("web")],
+        ..d.clone()
+    };
+    let bytes = encode(&Message::Desired(good.clone()), MAX).unwrap();
+    assert_eq!(decode(&bytes, MAX), Ok(Message::Desired(good.clone())));
+    assert_ne!(good.signed_bytes(), d.signed_bytes());
+    let with = |backups: Vec<BackupPolicy>, restores: Vec<RestoreDirective>| DesiredState {
+        backups,
+        restores,
+        ..d.clone()
+    };
+    let refused = [
+        (
+            with(vec![policy("other")], vec![]),
+            "a backup policy for an instance the state does not carry",
+        ),
+        (
+            with(vec![policy("web"), policy("web")], vec![]),
+            "duplicate backup policy",
+        ),
+        (
+            with(vec![], vec![restore("other")]),
+            "a restore directive for an instance the state does not carry",
+        ),
+        (
+            with(vec![], vec![restore("db"), restore("db")]),
+            "duplicate restore directive",
+        ),
+        (
+            with(
+                vec![BackupPolicy {
+                    paths: vec!["../etc".into()],
+                    ..policy("web")
+                }],
+                vec![],
+            ),
+            "path contains '..'",
+        ),
+        (
+            with(
+                vec![BackupPolicy {
+                    paths: vec!["/srv".into()],
+                    ..policy("web")
+                }],
+                vec![],
+            ),
+            "path is absolute",
+        ),
+        (
+            with(
+                vec![BackupPolicy {
+                    paths: vec![],
+                    ..policy("web")
+                }],
+                vec![],
+            ),
+            "no backup paths",
+        ),
+        (
+            with(
+                vec![BackupPolicy {
+                    interval_s: 0,
+                    ..policy("web")
+                }],
+                vec![],
+            ),
+            "backup interval is 0",
+        ),
+        (
+            with(
+                vec![BackupPolicy {
+                    retain: 0,
+                    ..policy("web")
+                }],
+                vec![],
+            ),
+            "backup retention is 0",
+        ),
+    ];
+    for (state, why) in refused {
+        assert_eq!(state.validate(), Err(WireError::Invalid(why)), "{why}");
+    }
+    assert_eq!("000000000000feed".parse(), Ok(SnapshotId(0xfeed)));
+    assert_eq!(SnapshotId(0xfeed).to_string(), "000000000000feed");
+    assert!("feed".parse::<SnapshotId>().is_err());
+    assert!("000000000000fexd".parse::<SnapshotId>().is_err());
 }
 
 #[test]
@@ -917,6 +1070,8 @@ fn validation_rules() {
         expires_ms: 0,
         terms: vec![],
         imports: vec![],
+        backups: vec![],
+        restores: vec![],
     };
     assert_eq!(
         many.validate(),

@@ -30,6 +30,8 @@ fn state(node: &str, instances: Vec<InstanceRequest>, fences: &[(&str, u64)]) ->
             })
             .collect(),
         imports: vec![],
+        backups: Vec::new(),
+        restores: Vec::new(),
     }
 }
 

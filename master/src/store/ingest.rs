@@ -129,6 +129,7 @@ pub fn index_of(kind: &RecordKind) -> Index<'_> {
         RecordKind::Artifact { .. } => ("artifact", None, None),
         RecordKind::Fence { instance, .. } => ("fence", Some(instance.as_str()), None),
         RecordKind::Relayed(_) => ("relayed", None, None),
+        RecordKind::Backup { instance, .. } => ("backup", Some(instance.as_str()), None),
     };
     Index {
         tag,

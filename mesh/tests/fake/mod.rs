@@ -57,6 +57,8 @@ pub fn signed_state(node: &Name, generation: u64) -> DesiredState {
         expires_ms: 0,
         terms: Vec::new(),
         imports: Vec::new(),
+        backups: Vec::new(),
+        restores: Vec::new(),
     };
     s.signature = heapless::Vec::from_slice(&sig64(&s)).expect("fits");
     s

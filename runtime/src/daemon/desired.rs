@@ -205,6 +205,8 @@ pub(super) mod tests {
             expires_ms,
             terms: vec![],
             imports: vec![],
+            backups: Vec::new(),
+            restores: Vec::new(),
         };
         d.signature =
             heapless::Vec::from_slice(&master().sign(&d.signed_bytes()).to_bytes()).unwrap();

@@ -111,6 +111,8 @@ mod tests {
                     parameters: params(&[("host", "h")]),
                 },
             ],
+            backups: Vec::new(),
+            restores: Vec::new(),
         };
         let old = imports_of(&d);
         assert_eq!(old["db"]["port"], "5432");

@@ -118,6 +118,7 @@ impl RecordClass {
             | RecordKind::DesiredExpired { .. }
             | RecordKind::Artifact { .. }
             | RecordKind::Fence { .. }
+            | RecordKind::Backup { .. }
             | RecordKind::NodeInfo { .. } => RecordClass::InstanceState,
             RecordKind::LocalRequest { .. } => RecordClass::LocalRequest,
             RecordKind::ConnectionParameters { .. } => RecordClass::ConnectionParameters,

@@ -464,6 +464,8 @@ fn desired_state(generation: u64, expires_ms: u64) -> DesiredState {
         expires_ms,
         terms: vec![],
         imports: vec![],
+        backups: Vec::new(),
+        restores: Vec::new(),
     }
 }
 

@@ -228,6 +228,8 @@ pub fn desired() -> impl Strategy<Value = DesiredState> {
                     .collect(),
                 signature: sig.into_iter().collect(),
                 expires_ms,
+                backups: Vec::new(),
+                restores: Vec::new(),
             },
         )
 }

@@ -144,12 +144,27 @@ where
         .unwrap_or_default();
     let carries = |n: &Name| instances.iter().any(|i| &i.name == n);
     let terms = terms.into_iter().filter(|t| carries(&t.instance)).collect();
+    // Backup policies and restore directives carry over the same way.
+    let (backups, restores) = current
+        .as_ref()
+        .map(|d| (d.backups.clone(), d.restores.clone()))
+        .unwrap_or_default();
+    let backups = backups
+        .into_iter()
+        .filter(|b| carries(&b.instance))
+        .collect();
+    let restores = restores
+        .into_iter()
+        .filter(|r| carries(&r.instance))
+        .collect();
     let imports = super::imports::imports_for(tx, node, &instances)?;
     let mut d = DesiredState {
         node: node.clone(),
         generation,
         terms,
         imports,
+        backups,
+        restores,
         instances,
         signature: heapless::Vec::new(),
         expires_ms: 0,

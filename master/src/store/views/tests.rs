@@ -12,6 +12,8 @@ fn desired(node: &str, instances: Vec<hedge_wire::InstanceRequest>) -> DesiredSt
         expires_ms: 0,
         terms: vec![],
         imports: vec![],
+        backups: Vec::new(),
+        restores: Vec::new(),
     }
 }
 

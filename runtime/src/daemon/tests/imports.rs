@@ -35,6 +35,8 @@ fn frame(generation: u64, imports: &[(&str, &str)]) -> Vec<u8> {
                 parameters: BTreeMap::from([("port".to_owned(), (*port).to_owned())]),
             })
             .collect(),
+        backups: Vec::new(),
+        restores: Vec::new(),
     };
     d.signature = heapless::Vec::from_slice(&master().sign(&d.signed_bytes()).to_bytes()).unwrap();
     encode(&Message::Desired(d), hedge_wire::DEFAULT_MAX_FRAME).unwrap()

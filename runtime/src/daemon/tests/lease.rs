@@ -37,6 +37,8 @@ fn frame(lease_ms: u32) -> Vec<u8> {
         expires_ms: crate::daemon::now_ms() + 86_400_000,
         terms: vec![term("leased", lease_ms), term("offline", 0)],
         imports: Vec::new(),
+        backups: Vec::new(),
+        restores: Vec::new(),
     };
     d.signature = heapless::Vec::from_slice(&master().sign(&d.signed_bytes()).to_bytes()).unwrap();
     encode(&Message::Desired(d), hedge_wire::DEFAULT_MAX_FRAME).unwrap()
