@@ -27,11 +27,13 @@
 //! - [`partition`]: partitions (directories, uids, cgroups, limits, uid quarantine).
 //! - [`logfile`]: size-rotated instance logs.
 //! - [`artifact`]: the cache of extracted artifacts, their download and safe extraction.
+//! - [`backup`]: snapshots of instances' paths (chunked, deduplicated, encrypted) and restores.
 //!
 //! The driver:
 //! - [`daemon`]: the event loop and the parts it owns (instances, monitoring, outbox,
 //!   links), the local API socket, the metrics endpoint.
 pub mod artifact;
+pub mod backup;
 pub mod config;
 pub mod credentials;
 pub mod daemon;

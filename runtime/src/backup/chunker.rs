@@ -1,0 +1,3 @@
+//! The chunker (skeleton).
+/// Largest chunk.
+pub const MAX: usize = 256 * 1024;
