@@ -28,10 +28,21 @@
 //! name = "port"
 //! kind = "tcp"               # process | tcp | http | command | file
 //! address = "127.0.0.1:{{port}}"
+//! [backup]
+//! interval = "1h"            # seconds (3600), or "30s", "5m", "1h"
+//! retain = 24                # snapshots kept (default 24)
+//! paths = ["srv"]            # within the partition (default ["srv"])
+//! command = ["sh", "-c", "sqlite3 srv/db .dump > srv/dump.sql"]  # optional
 //! ```
+//!
+//! `[backup]` is not part of the [`InstanceRequest`]: [`parse_backup`] (and
+//! [`parse_toml_full`]) turn it into the instance's [`BackupPolicy`], checked by the
+//! wire's `Validate`, which the master carries in the node's signed desired state and a
+//! node keeps with a local request.
 
 use std::collections::BTreeMap;
 
+use hedge_wire::backup::BackupPolicy;
 use hedge_wire::{
     ArtifactVariant, ConfigFile, InstanceRequest, Limits, Name, PromiseCheck, PromiseSpec,
     RequestedState, RestartPolicy, SoftwareRelease,
@@ -102,6 +113,84 @@ struct FileToml {
     limits: LimitsToml,
     #[serde(default)]
     restart: RestartToml,
+    #[serde(default)]
+    backup: Option<BackupToml>,
+}
+
+/// `[backup]`: an instance's backup policy.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupToml {
+    interval: IntervalToml,
+    #[serde(default)]
+    retain: Option<u16>,
+    #[serde(default)]
+    paths: Option<Vec<String>>,
+    #[serde(default)]
+    command: Vec<String>,
+}
+
+/// A time between snapshots: seconds, or a number with a unit (`s`, `m`, `h`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IntervalToml {
+    Seconds(i64),
+    Text(String),
+}
+
+/// Snapshots kept when `[backup]` says nothing.
+pub const DEFAULT_RETAIN: u16 = 24;
+/// The path backed up when `[backup]` names none.
+pub const DEFAULT_BACKUP_PATH: &str = "srv";
+
+fn interval_s(i: &IntervalToml) -> Result<u32, RequestError> {
+    let field = "backup.interval";
+    let secs: u64 = match i {
+        IntervalToml::Seconds(n) => u64::try_from(*n).map_err(|_| bad(field, "negative"))?,
+        IntervalToml::Text(t) => {
+            let t = t.trim();
+            let (digits, unit) =
+                t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+            let n: u64 = digits.parse().map_err(|_| {
+                bad(
+                    field,
+                    format!("{t:?} is not seconds or a number with s, m or h"),
+                )
+            })?;
+            let scale = match unit {
+                "" | "s" => 1,
+                "m" => 60,
+                "h" => 3600,
+                other => return Err(bad(field, format!("unit {other:?} is not one of s, m, h"))),
+            };
+            n.checked_mul(scale).ok_or_else(|| bad(field, "too long"))?
+        }
+    };
+    if secs == 0 {
+        return Err(bad(field, "must be at least 1 s"));
+    }
+    u32::try_from(secs).map_err(|_| bad(field, "too long"))
+}
+
+fn backup_policy(b: BackupToml, instance: Name) -> Result<BackupPolicy, RequestError> {
+    use hedge_wire::validate::Validate;
+    let p = BackupPolicy {
+        instance,
+        interval_s: interval_s(&b.interval)?,
+        retain: b.retain.unwrap_or(DEFAULT_RETAIN),
+        paths: b
+            .paths
+            .unwrap_or_else(|| vec![DEFAULT_BACKUP_PATH.to_string()]),
+        command: b.command,
+    };
+    if p.retain == 0 {
+        return Err(bad("backup.retain", "must be at least 1"));
+    }
+    for path in &p.paths {
+        check_rel_path(path).map_err(|e| bad(format!("backup.paths {path:?}"), e))?;
+    }
+    p.validate().map_err(|e| bad("backup", e))?;
+    Ok(p)
 }
 
 #[derive(Deserialize, Default, Clone, Copy)]
@@ -343,6 +432,28 @@ pub fn check_bounds(req: &InstanceRequest) -> Result<(), RequestError> {
     req.validate().map_err(|e| bad("request", e))
 }
 
+/// The backup policy of the instance a request file's text names (its `[backup]`
+/// table; `None` without one), checked like the rest of the file.
+pub fn parse_backup(text: &str) -> Result<Option<BackupPolicy>, RequestError> {
+    let f: FileToml = toml::from_str(text)?;
+    let instance = name("name", &f.name)?;
+    f.backup.map(|b| backup_policy(b, instance)).transpose()
+}
+
+/// A request file's request and backup policy ([`parse_toml_with`], [`parse_backup`]).
+pub fn parse_toml_full(
+    text: &str,
+    releases: Releases<'_>,
+) -> Result<(InstanceRequest, Option<BackupPolicy>), RequestError> {
+    let mut f: FileToml = toml::from_str(text)?;
+    let backup = f.backup.take();
+    let request = build(f, releases)?;
+    let backup = backup
+        .map(|b| backup_policy(b, request.name.clone()))
+        .transpose()?;
+    Ok((request, backup))
+}
+
 /// Parses a request file's text (`release:` is refused: see [`parse_toml_with`]).
 pub fn parse_toml(text: &str) -> Result<InstanceRequest, RequestError> {
     parse_toml_with(text, &no_releases)
@@ -452,6 +563,7 @@ pub fn from_flags_with(
                 .collect::<Result<_, _>>()?,
             limits: LimitsToml::default(),
             restart: RestartToml::default(),
+            backup: None,
         },
         releases,
     )
@@ -598,6 +710,58 @@ address = "127.0.0.1:{{port}}"
             r.software.artifact_for("aarch64-unknown-linux-gnu"),
             Some([1; 32])
         );
+    }
+
+    #[test]
+    fn backup_policies_parse_with_defaults_and_refuse_bad_values() {
+        assert_eq!(parse_backup(EXAMPLE).unwrap(), None);
+        let with = |backup: &str| format!("{EXAMPLE}[backup]\n{backup}\n");
+        let p = parse_backup(&with("interval = \"5m\"")).unwrap().unwrap();
+        assert_eq!(p.instance.as_str(), "web");
+        assert_eq!(p.interval_s, 300);
+        assert_eq!(p.retain, 24);
+        assert_eq!(p.paths, vec!["srv".to_string()]);
+        assert!(p.command.is_empty());
+        let (r, p) = parse_toml_full(
+            &with("interval = 90\nretain = 3\npaths = [\"srv\", \"etc/db\"]\ncommand = [\"sh\", \"-c\", \"true\"]"),
+            &no_releases,
+        )
+        .unwrap();
+        let p = p.unwrap();
+        assert_eq!(r.name, p.instance);
+        assert_eq!((p.interval_s, p.retain), (90, 3));
+        assert_eq!(p.paths, vec!["srv".to_string(), "etc/db".to_string()]);
+        assert_eq!(p.command.len(), 3);
+        for (i, s) in [("\"30s\"", 30), ("\"1h\"", 3600), ("7", 7), ("\"12\"", 12)] {
+            let p = parse_backup(&with(&format!("interval = {i}")))
+                .unwrap()
+                .unwrap();
+            assert_eq!(p.interval_s, s, "{i}");
+        }
+        for (backup, word) in [
+            ("interval = 0", "interval"),
+            ("interval = -5", "interval"),
+            ("interval = \"5d\"", "interval"),
+            ("interval = \"soon\"", "interval"),
+            ("interval = \"99999999h\"", "interval"),
+            ("retain = 3", "interval"),
+            ("interval = 60\nretain = 0", "retain"),
+            ("interval = 60\npaths = [\"../x\"]", "paths"),
+            ("interval = 60\npaths = [\"/srv\"]", "paths"),
+            ("interval = 60\npaths = []", "backup"),
+            ("interval = 60\npaths = [\"srv\", \"srv\"]", "backup"),
+            ("interval = 60\ncolour = 1", "colour"),
+        ] {
+            let err = parse_backup(&with(backup)).unwrap_err().to_string();
+            assert!(err.contains(word), "{backup}: {err}");
+            assert!(
+                parse_toml_full(&with(backup), &no_releases).is_err(),
+                "{backup}"
+            );
+        }
+        // The request alone ignores [backup] but still refuses a malformed one.
+        assert!(parse_toml(&with("interval = 60")).is_ok());
+        assert!(parse_toml(&with("colour = 1")).is_err());
     }
 
     #[test]
