@@ -17,6 +17,9 @@
 //! to it before `exec`, so no process of the instance ever runs outside its group.
 //! [`Cgroup::kill`] SIGKILLs every member (`cgroup.kill`, or each listed pid on kernels
 //! before 5.14); [`Cgroup::signal`] sends one signal to every listed member.
+//! [`Cgroup::freeze`] asks the kernel to freeze the group (`cgroup.freeze`, Linux 5.2+)
+//! and [`Cgroup::is_frozen`] says whether it is (`frozen 1` in `cgroup.events`); the
+//! caller waits for that with its own deadline and always calls [`Cgroup::thaw`].
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -287,6 +290,26 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Asks the kernel to freeze every process of the group (and those it forks). It is
+    /// frozen once [`Cgroup::is_frozen`] says so; a missing `cgroup.freeze` (a kernel
+    /// before 5.2, or the group is gone) is an error.
+    pub fn freeze(&self) -> Result<(), PartitionError> {
+        write(&self.dir.join("cgroup.freeze"), "1\n")
+    }
+
+    /// Lets the group's processes run again.
+    pub fn thaw(&self) -> Result<(), PartitionError> {
+        write(&self.dir.join("cgroup.freeze"), "0\n")
+    }
+
+    /// Whether the kernel reports the group frozen (`frozen 1` in `cgroup.events`).
+    pub fn is_frozen(&self) -> Result<bool, PartitionError> {
+        let file = self.dir.join("cgroup.events");
+        std::fs::read_to_string(&file)
+            .map(|t| parse_frozen(&t) == Some(true))
+            .map_err(|e| io_err("read", &file, e))
+    }
+
     /// Removes the group; no error if it is gone. Fails (`EBUSY`) while processes remain.
     pub fn remove(&self) -> Result<(), PartitionError> {
         match std::fs::remove_dir(&self.dir) {
@@ -304,6 +327,14 @@ pub fn parse_pids(text: &str) -> Vec<u32> {
         .filter_map(|w| w.parse().ok())
         .filter(|&p| p != 0)
         .collect()
+}
+
+/// The `frozen` field of a `cgroup.events` text. Pure.
+pub fn parse_frozen(events: &str) -> Option<bool> {
+    events.lines().find_map(|l| match l.split_once(' ')? {
+        ("frozen", v) => Some(v.trim() == "1"),
+        _ => None,
+    })
 }
 
 /// A listed pid as nix's `Pid`; `None` for one past `i32::MAX`, which the kernel never
@@ -495,6 +526,26 @@ mod tests {
         let g = cg.setup(&name("a"), &l).unwrap();
         assert!(g.path().is_dir());
         assert!(!g.path().join("memory.max").exists());
+    }
+
+    #[test]
+    fn frozen_is_read_from_cgroup_events() {
+        assert_eq!(parse_frozen("populated 1\nfrozen 1\n"), Some(true));
+        assert_eq!(parse_frozen("populated 0\nfrozen 0\n"), Some(false));
+        assert_eq!(parse_frozen("populated 1\n"), None);
+        assert_eq!(parse_frozen("frozenx 1\n"), None);
+        let fs = fake_cgroupfs("");
+        let cg = Cgroups::at(fs.path(), "n").unwrap();
+        let g = cg.setup(&name("db"), &Limits::default()).unwrap();
+        // No cgroup.events: an error, never "frozen".
+        assert!(g.is_frozen().is_err());
+        g.freeze().unwrap();
+        let read = |p: &str| std::fs::read_to_string(g.path().join(p)).unwrap();
+        assert_eq!(read("cgroup.freeze"), "1\n");
+        std::fs::write(g.path().join("cgroup.events"), "populated 1\nfrozen 1\n").unwrap();
+        assert!(g.is_frozen().unwrap());
+        g.thaw().unwrap();
+        assert_eq!(read("cgroup.freeze"), "0\n");
     }
 
     #[test]
