@@ -55,6 +55,10 @@ pub struct NodeConfig {
     /// `[uplink]` CA, certificate and key).
     #[serde(default)]
     pub mesh: hedge_mesh::MeshConfig,
+    /// `[backup]`: where snapshots live, the upload budget, how long an instance may
+    /// stay frozen.
+    #[serde(default)]
+    pub backup: BackupSection,
     /// Directory of the file; relative paths are resolved against it.
     #[serde(skip)]
     pub base: PathBuf,
@@ -220,6 +224,33 @@ pub struct OutboxSection {
 pub struct MetricsSection {
     /// Address of the Prometheus text endpoint (`GET /metrics`); off when absent.
     pub listen: Option<std::net::SocketAddr>,
+}
+
+/// `[backup]`: snapshots of instances' partitions (their policies come with requests).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupSection {
+    /// The vault: chunks, catalog, secret (default `state_dir/backup`).
+    pub dir: Option<PathBuf>,
+    /// Bytes per second the uploader may send to the master's blob service.
+    pub upload_bytes_per_s: u64,
+    /// Longest time an instance stays frozen for a snapshot, ms: waiting for the freeze
+    /// and reading its paths together. Past it the instance is thawed and the snapshot
+    /// counts as `Live`.
+    pub freeze_max_ms: u64,
+    /// Longest run of a policy's `command` before it is killed (the backup fails), s.
+    pub command_timeout_s: u64,
+}
+
+impl Default for BackupSection {
+    fn default() -> Self {
+        BackupSection {
+            dir: None,
+            upload_bytes_per_s: 1024 * 1024,
+            freeze_max_ms: 10_000,
+            command_timeout_s: 600,
+        }
+    }
 }
 
 /// `[uplink]`: the MQTT link to the master. Filled in by `hedge node init --enroll`.
@@ -409,6 +440,14 @@ impl NodeConfig {
             .ok()
             .flatten()
             .map(|g| g.gid.as_raw())
+    }
+
+    /// The backup vault's directory (`[backup] dir`, default `state_dir/backup`).
+    pub fn backup_dir(&self) -> PathBuf {
+        match &self.backup.dir {
+            Some(d) => self.state_path(d),
+            None => self.state_dir().join("backup"),
+        }
     }
 
     /// The local API socket.
@@ -621,6 +660,16 @@ enabled = false
 # batches without incidents or instance states are shed (it keeps its own copy until
 # the master acknowledges them).
 # custody_bytes_per_origin = 4194304
+
+[backup]
+# Snapshots of instances' partitions, for those whose request has a [backup] policy:
+# content-defined chunks, encrypted, deduplicated, kept here and uploaded to the master.
+# dir = "backup"                 # relative to state_dir; default state_dir/backup
+upload_bytes_per_s = 1048576     # the uploader's budget towards the master
+# An instance without a policy command is frozen (cgroup v2) while its paths are read,
+# at most this long; past it, it is thawed and the snapshot counts as live.
+freeze_max_ms = 10000
+command_timeout_s = 600          # a policy command running longer fails the backup
 "#
     )
 }
@@ -645,6 +694,21 @@ mod tests {
         assert_eq!(c.policy(), Policy::default());
         assert!(!c.mesh.enabled, "the mesh is off by default");
         assert_eq!(c.mesh.custody_bytes_per_origin, 4 << 20);
+    }
+
+    #[test]
+    fn the_backup_section_defaults_match_the_commented_file() {
+        let c = load(&default_file("n1")).unwrap();
+        let d = BackupSection::default();
+        assert_eq!(c.backup.upload_bytes_per_s, d.upload_bytes_per_s);
+        assert_eq!(c.backup.freeze_max_ms, d.freeze_max_ms);
+        assert_eq!(c.backup.command_timeout_s, d.command_timeout_s);
+        assert_eq!(c.backup_dir(), c.state_dir().join("backup"));
+        let b = |body: &str| load(&format!("[node]\nid = \"a\"\n[backup]\n{body}\n"));
+        let c = b("dir = \"/srv/vault\"\nfreeze_max_ms = 50").unwrap();
+        assert_eq!(c.backup_dir(), PathBuf::from("/srv/vault"));
+        assert_eq!(c.backup.freeze_max_ms, 50);
+        assert!(b("bogus = 1").is_err(), "unknown keys are refused");
     }
 
     #[test]
