@@ -8,7 +8,8 @@
 //!   instance: process group, start time, restarts), `conn` (connection parameters
 //!   published per instance), `peer_conn` (connection parameters of peers' instances,
 //!   verified by the mesh, by `node/instance`), `usage` (a checkpoint of the accountants' states, see
-//!   `outbox.rs`), and `outbox`, which only a store written before the outbox log has:
+//!   `outbox.rs`), `local_backup` (backup policies of local requests, by instance),
+//!   and `outbox`, which only a store written before the outbox log has:
 //!   its records move into the log at the first open (`migrate_outbox`), nothing lost.
 //! - The outbox's records are in `DIR/outbox/`, an append-only log of checksummed
 //!   frames in segment files (`frame.rs`, `segments.rs`, `outbox.rs`): a record is one
@@ -249,6 +250,8 @@ struct Trees {
     peer_params: sled::Tree,
     incidents: sled::Tree,
     usage: sled::Tree,
+    /// Backup policies of local requests, by instance.
+    local_backup: sled::Tree,
     /// The outbox's records (`outbox.rs`); the `outbox` tree only migrates into it.
     log: Mutex<outbox::OutboxLog>,
 }
@@ -324,6 +327,7 @@ impl Store {
             peer_params: db.open_tree("peer_conn")?,
             incidents: db.open_tree("incidents")?,
             usage: db.open_tree("usage")?,
+            local_backup: db.open_tree("local_backup")?,
             log: Mutex::new(log),
             meta,
             db,
@@ -901,6 +905,32 @@ impl Store {
             .map(|kv| {
                 let (k, v) = kv?;
                 dec("local", &k, &v)
+            })
+            .collect()
+    }
+
+    /// Stores (or replaces) the backup policy of a local request.
+    pub fn put_local_backup(&self, p: &hedge_wire::BackupPolicy) -> Result<(), StoreError> {
+        self.t()?
+            .local_backup
+            .insert(p.instance.as_str(), enc(p)?)?;
+        self.flush()
+    }
+
+    /// Forgets the backup policy of a local request (its snapshots stay in the vault).
+    pub fn remove_local_backup(&self, name: &Name) -> Result<(), StoreError> {
+        self.t()?.local_backup.remove(name.as_str())?;
+        self.flush()
+    }
+
+    /// Every local backup policy, by instance.
+    pub fn local_backups(&self) -> Result<Vec<hedge_wire::BackupPolicy>, StoreError> {
+        self.t()?
+            .local_backup
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                dec("local_backup", &k, &v)
             })
             .collect()
     }

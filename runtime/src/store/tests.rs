@@ -1037,3 +1037,28 @@ fn peer_parameters_keep_the_newest_generation_across_a_reopen() {
     assert_eq!(all.len(), 1);
     assert_eq!(all["node-2/db"], (6, p("4")));
 }
+
+#[test]
+fn local_backup_policies_survive_a_reopen_and_can_be_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = |name: &str, interval_s| hedge_wire::BackupPolicy {
+        instance: Name::new(name).unwrap(),
+        interval_s,
+        retain: 4,
+        paths: vec!["srv".into()],
+        command: vec!["sh".into(), "-c".into(), "true".into()],
+    };
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        s.put_local_backup(&policy("a", 60)).unwrap();
+        s.put_local_backup(&policy("b", 10)).unwrap();
+        s.put_local_backup(&policy("a", 30)).unwrap();
+    }
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(
+        s.local_backups().unwrap(),
+        vec![policy("a", 30), policy("b", 10)]
+    );
+    s.remove_local_backup(&Name::new("a").unwrap()).unwrap();
+    assert_eq!(s.local_backups().unwrap(), vec![policy("b", 10)]);
+}
