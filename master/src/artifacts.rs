@@ -25,6 +25,8 @@
 //!   authenticated the node (else a `503`). Refusals are counted in [`Stats`] and logged
 //!   at most once per 10 s.
 //!   [`parse_request`], [`plan`] and [`PerPeer`] are the pure decisions.
+//! - With [`serve_with`] and a blob service, an authenticated node's `/backup/v1/...`
+//!   requests go to [`crate::blobs`] (same slots, head bound and timeouts).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -237,16 +239,21 @@ pub fn plan(len: u64, from: Option<u64>) -> Answer {
     }
 }
 
-fn reason(status: u16) -> &'static str {
+pub(crate) fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        201 => "Created",
         206 => "Partial Content",
         400 => "Bad Request",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
         416 => "Range Not Satisfiable",
         503 => "Service Unavailable",
+        507 => "Insufficient Storage",
         _ => "Internal Server Error",
     }
 }
@@ -272,7 +279,7 @@ pub fn response_head(answer: &Answer, len: u64) -> String {
     h
 }
 
-fn error_head(status: u16) -> String {
+pub(crate) fn error_head(status: u16) -> String {
     format!(
         "HTTP/1.1 {status} {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         reason(status)
@@ -374,6 +381,7 @@ struct Shared {
     slots: Arc<tokio::sync::Semaphore>,
     by_node: Arc<Mutex<PerPeer<Name>>>,
     log: crate::log_limit::LogLimit,
+    blobs: Option<Arc<crate::blobs::Blobs>>,
 }
 
 /// Serves `dir` on `listener` until `shutdown` resolves. See the module doc.
@@ -386,6 +394,26 @@ pub async fn serve(
     enroller: Option<Arc<crate::enrollment::Enroller>>,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_with(
+        listener, tls, dir, authorize, stats, enroller, None, shutdown,
+    )
+    .await;
+}
+
+/// [`serve`], with the blob service ([`crate::blobs`]) answering `/backup/v1/...` for
+/// authenticated nodes, in the same slots and limits as downloads.
+// The endpoint's parts, each passed once at start; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    tls: Arc<ServerConfig>,
+    dir: PathBuf,
+    authorize: Authorize,
+    stats: Arc<Stats>,
+    enroller: Option<Arc<crate::enrollment::Enroller>>,
+    blobs: Option<Arc<crate::blobs::Blobs>>,
+    shutdown: impl Future<Output = ()>,
+) {
     let shared = Arc::new(Shared {
         acceptor: tokio_rustls::TlsAcceptor::from(tls),
         dir,
@@ -395,6 +423,7 @@ pub async fn serve(
         slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
         by_node: Arc::new(Mutex::new(PerPeer::default())),
         log: crate::log_limit::LogLimit::default(),
+        blobs,
     });
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     let by_addr: Arc<Mutex<PerPeer<IpAddr>>> = Arc::new(Mutex::new(PerPeer::default()));
@@ -494,7 +523,13 @@ async fn connection(
         }
         return finish(&mut tls, error_head(503).as_bytes()).await;
     };
-    let head = read_head(&mut tls).await?.map(|(h, _)| h);
+    let head = read_head(&mut tls).await?;
+    if let (Some((h, rest)), Some(blobs)) = (&head, &shared.blobs) {
+        if crate::blobs::request::is_blob(h) {
+            return crate::blobs::serve::answer(&mut tls, &node, h, rest.clone(), blobs).await;
+        }
+    }
+    let head = head.map(|(h, _)| h);
     let get = match head.as_deref().map(parse_request) {
         None => Err(400),
         Some(r) => r,
@@ -633,13 +668,19 @@ async fn enroll<S: AsyncReadExt + AsyncWriteExt + Unpin>(
     }
 }
 
-async fn write<W: AsyncWriteExt + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) async fn write<W: AsyncWriteExt + Unpin>(
+    w: &mut W,
+    bytes: &[u8],
+) -> std::io::Result<()> {
     tokio::time::timeout(WRITE_TIMEOUT, w.write_all(bytes))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write stalled"))?
 }
 
-async fn finish<W: AsyncWriteExt + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) async fn finish<W: AsyncWriteExt + Unpin>(
+    w: &mut W,
+    bytes: &[u8],
+) -> std::io::Result<()> {
     write(w, bytes).await?;
     tokio::time::timeout(WRITE_TIMEOUT, async {
         w.flush().await?;

@@ -46,6 +46,9 @@ pub struct MasterConfig {
     /// Node certificates and enrollment tokens.
     #[serde(default)]
     pub enrollment: EnrollmentSection,
+    /// The blob service nodes upload their backups to.
+    #[serde(default)]
+    pub backup: BackupSection,
     /// Directory of the file; relative paths were resolved against it.
     #[serde(skip)]
     pub base: PathBuf,
@@ -266,6 +269,25 @@ impl Default for ArtifactsSection {
     }
 }
 
+/// `[backup]`: the blob service ([`crate::blobs`]) on the artifact endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupSection {
+    /// Where nodes' encrypted chunks and snapshot lists are kept (`DIR/<node>/...`).
+    pub dir: PathBuf,
+    /// Bytes of chunks one node may keep here (default 4 GiB); a chunk past it is a 507.
+    pub quota_bytes_per_node: u64,
+}
+
+impl Default for BackupSection {
+    fn default() -> Self {
+        BackupSection {
+            dir: PathBuf::from("blobs"),
+            quota_bytes_per_node: 4 << 30,
+        }
+    }
+}
+
 impl MasterConfig {
     /// The artifact URL nodes are given, when the endpoint is on.
     pub fn artifacts_url(&self) -> Option<String> {
@@ -314,6 +336,7 @@ impl MasterConfig {
         r(&mut self.artifacts.dir);
         r(&mut self.artifacts.cert);
         r(&mut self.artifacts.key);
+        r(&mut self.backup.dir);
         self.base = base.to_owned();
     }
 
@@ -331,6 +354,9 @@ impl MasterConfig {
             return Err(
                 "enrollment: need 10 <= cert_lifetime_s <= 5 years and token_ttl_s > 0".into(),
             );
+        }
+        if self.backup.quota_bytes_per_node == 0 {
+            return Err("backup.quota_bytes_per_node must be > 0".into());
         }
         if self.allocation.stale_after_ms == 0 {
             return Err("allocation.stale_after_ms must be > 0".into());

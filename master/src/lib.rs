@@ -27,6 +27,7 @@
 //!   store for it.
 //! - [`artifacts`]: supplied software, and the HTTPS endpoint nodes download it from and
 //!   enroll at.
+//! - [`blobs`]: the blob service nodes back up to, on the same endpoint.
 //! - [`log_limit`]: the rate limit of the HTTPS endpoint's refusal logs.
 //!
 //! The fleet PKI (`hedge master init`, `enroll`, `revoke`):
@@ -40,6 +41,7 @@ pub mod admission;
 pub mod alloc;
 pub mod artifacts;
 pub mod billing;
+pub mod blobs;
 pub mod config;
 pub mod coverage;
 pub mod enrollment;

@@ -130,7 +130,7 @@ pub struct InitReport {
 }
 
 /// Files [`init`] writes, in order; `master.toml` last marks a complete directory.
-pub const INIT_FILES: [&str; 12] = [
+pub const INIT_FILES: [&str; 14] = [
     "ca.crt",
     "ca.key",
     "broker.crt",
@@ -139,6 +139,8 @@ pub const INIT_FILES: [&str; 12] = [
     "master.key",
     "signing.key",
     "signing.pub",
+    "recovery.key",
+    "recovery.pub",
     "mosquitto.conf",
     "acl",
     "crl.pem",
@@ -242,6 +244,12 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<InitReport, PkiError> {
         0o644,
     )?;
 
+    // The fleet's recovery key: nodes seal their snapshot keys to its public half
+    // (`recovery.pub`); the secret may be moved offline (`hedge master restore
+    // --recovery-key`).
+    let recovery = dir.join(crate::blobs::RECOVERY_KEY);
+    crate::blobs::recovery::create(&recovery)?;
+
     // The broker's config and ACL.
     let mut conf = crate::mosquitto::config(
         &dir,
@@ -280,6 +288,8 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<InitReport, PkiError> {
         0o644,
     )?;
     files.insert(files.len() - 1, dir.join(crate::revocation::CRL));
+    files.insert(files.len() - 1, recovery.clone());
+    files.insert(files.len() - 1, recovery.with_extension("pub"));
 
     Ok(InitReport {
         master_toml: dir.join("master.toml"),
@@ -428,6 +438,12 @@ dir = \"artifacts\"
 # url = \"https://{broker_host}:8443\"
 cert = \"broker.crt\"
 key = \"broker.key\"
+
+[backup]
+# Nodes upload their encrypted backups here (through the HTTPS endpoint above): chunks
+# under dir/<node>/, at most this many bytes per node (a chunk past it is refused).
+dir = \"blobs\"
+quota_bytes_per_node = 4294967296
 
 [enrollment]
 # Node certificates live this long (seconds; 30 days); nodes renew them at 2/3 over
@@ -600,7 +616,13 @@ mod tests {
         let dir = tmp.path().join("m");
         let r = init(&dir, &opts()).unwrap();
         assert_eq!(r.files.last().unwrap(), &dir.join("master.toml"));
-        for name in ["ca.key", "broker.key", "master.key", "signing.key"] {
+        for name in [
+            "ca.key",
+            "broker.key",
+            "master.key",
+            "signing.key",
+            "recovery.key",
+        ] {
             let mode = std::fs::metadata(dir.join(name))
                 .unwrap()
                 .permissions()

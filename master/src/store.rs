@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 
+use hedge_wire::backup::{Consistency, SnapshotHeader, SnapshotId};
 use hedge_wire::{DesiredState, InstanceRequest, Name, Record, Up};
 use serde::{Deserialize, Serialize};
 
@@ -347,6 +348,112 @@ pub trait FleetStore: Send + Sync {
 
     /// The variants of release `release`, by target; empty when never supplied.
     fn release_variants(&self, release: &Name) -> Result<Vec<hedge_wire::ArtifactVariant>>;
+
+    // Backups: the blob service's snapshots and counters ([`crate::blobs`]).
+
+    /// Stores a snapshot a node uploaded (its listing, its header, where its id list
+    /// is); `false`, changing nothing, when `(node, instance, id)` is already stored.
+    fn put_snapshot(&self, s: &StoredSnapshot, header: &SnapshotHeader) -> Result<bool>;
+
+    /// Every stored snapshot, by node, instance, then time taken (oldest first) and id.
+    fn snapshots(&self) -> Result<Vec<StoredSnapshot>>;
+
+    /// The header of a stored snapshot.
+    fn snapshot_header(
+        &self,
+        node: &Name,
+        instance: &Name,
+        id: SnapshotId,
+    ) -> Result<Option<SnapshotHeader>>;
+
+    /// Forgets these snapshots of `node` (retention); unknown ones are ignored.
+    fn forget_snapshots(&self, node: &Name, which: &[(Name, SnapshotId)]) -> Result<()>;
+
+    /// Counts one chunk `node` put: `added` bytes newly stored, or a duplicate put (the
+    /// chunk was already stored).
+    fn count_chunk_put(&self, node: &Name, added: u64, duplicate: bool) -> Result<()>;
+
+    /// Counts one blob request of `node` refused (forbidden, over quota, hash mismatch).
+    fn count_blob_refused(&self, node: &Name) -> Result<()>;
+
+    /// Sets the bytes of chunks stored for `node` (what a sweep found on disk).
+    fn set_blob_bytes(&self, node: &Name, bytes: u64) -> Result<()>;
+
+    /// The blob counters of every node that used the blob service, by node.
+    fn blob_counters(&self) -> Result<Vec<BlobCounters>>;
+
+    /// The open restore of `snapshot` onto `target`'s `instance`: its source node and
+    /// the unsealed snapshot key.
+    fn open_restore_for(
+        &self,
+        target: &Name,
+        instance: &Name,
+        snapshot: SnapshotId,
+    ) -> Result<Option<(Name, [u8; 32])>>;
+
+    /// Every open restore of a snapshot taken on `source` (keys left out).
+    fn open_restores_from(&self, source: &Name) -> Result<Vec<OpenRestore>>;
+
+    /// Opens a restore (replacing an open one of the same target and instance), with the
+    /// unsealed snapshot key, until [`FleetStore::close_restore`].
+    fn open_restore(&self, r: &OpenRestore, key: &[u8; 32], now_ms: u64) -> Result<()>;
+
+    /// Closes the open restore of `target`'s `instance`, if any (its key is erased).
+    fn close_restore(&self, target: &Name, instance: &Name) -> Result<()>;
+}
+
+/// A snapshot stored at the master ([`FleetStore::put_snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSnapshot {
+    /// The node that took it.
+    pub node: Name,
+    /// The instance.
+    pub instance: Name,
+    /// Its id.
+    pub id: SnapshotId,
+    /// When its paths were read, ms since the Unix epoch.
+    pub taken_ms: u64,
+    /// How it was made consistent.
+    pub consistency: Consistency,
+    /// Bytes of the files it holds.
+    pub bytes: u64,
+    /// Bytes of chunks no earlier snapshot of its node had.
+    pub new_bytes: u64,
+    /// Chunks it references.
+    pub chunks: u64,
+    /// When the master stored it, ms since the Unix epoch.
+    pub stored_ms: u64,
+    /// Its id list (32-byte chunk ids), relative to the blob directory.
+    pub ids: String,
+}
+
+/// What the blob service counted for one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobCounters {
+    /// The node.
+    pub node: Name,
+    /// Bytes of chunks stored (the quota counts these).
+    pub bytes: u64,
+    /// Chunks newly stored.
+    pub chunk_puts: u64,
+    /// Puts of a chunk already stored (a node that sends no chunk twice has none).
+    pub duplicate_puts: u64,
+    /// Requests refused.
+    pub refused: u64,
+}
+
+/// A restore the operator opened (`hedge master restore`): `target`'s `instance` is
+/// rebuilt from `snapshot`, taken on `source`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenRestore {
+    /// The node that restores.
+    pub target: Name,
+    /// The instance.
+    pub instance: Name,
+    /// The node that took the snapshot.
+    pub source: Name,
+    /// The snapshot.
+    pub snapshot: SnapshotId,
 }
 
 /// What one [`FleetStore::ingest`] did.

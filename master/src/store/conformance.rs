@@ -20,6 +20,7 @@ use hedge_wire::{
 
 use super::{FleetStore, MasterStore};
 
+pub(crate) mod backups;
 pub(crate) mod desired;
 pub(crate) mod evacuate;
 pub(crate) mod fleet;
@@ -74,6 +75,9 @@ macro_rules! fleet_store_suite {
             evacuate::draining_moves_two_phase_and_a_lost_node_loses_its_move_instances_fenced,
             evacuate::a_retiring_node_is_revoked_once_empty_or_at_once_when_lost,
             stale::a_stale_copys_late_records_are_kept_counted_and_not_folded,
+            backups::snapshots_are_stored_once_listed_in_order_and_forgotten,
+            backups::blob_counters_count_puts_duplicates_and_refusals,
+            backups::open_restores_give_their_key_to_their_target_only,
             writers::everything_survives_reopening,
             writers::concurrent_stores_on_one_file_store_each_record_once,
             writers::concurrent_placements_never_overfill_a_node,

@@ -19,9 +19,11 @@ use std::time::{Duration, Instant};
 use hedge_wire::{DesiredState, InstanceRequest, Name, Record, Up};
 use rusqlite::{Connection, TransactionBehavior};
 
+use hedge_wire::backup::{SnapshotHeader, SnapshotId};
+
 use super::{
-    Assignment, Batch, FleetStore, Ingested, InstanceSources, NodeInfo, NodeSummary, Placed,
-    Result, StoreError, SuppliedArtifact,
+    Assignment, Batch, BlobCounters, FleetStore, Ingested, InstanceSources, NodeInfo, NodeSummary,
+    OpenRestore, Placed, Result, StoreError, StoredSnapshot, SuppliedArtifact,
 };
 use crate::alloc::Placement;
 use crate::coverage::Coverage;
@@ -29,6 +31,7 @@ use crate::moves::{Decision, Handover, InstancePlacement, MoveRequest, Moved};
 use crate::node_state::{NodeOp, NodeState};
 
 mod artifacts;
+mod backups;
 mod carry;
 mod desired;
 mod fleet;
@@ -337,6 +340,64 @@ impl FleetStore for SqliteStore {
 
     fn release_variants(&self, release: &Name) -> Result<Vec<hedge_wire::ArtifactVariant>> {
         artifacts::release_variants(&self.conn(), release)
+    }
+
+    fn put_snapshot(&self, s: &StoredSnapshot, header: &SnapshotHeader) -> Result<bool> {
+        self.write(|tx| backups::put(tx, s, header))
+    }
+
+    fn snapshots(&self) -> Result<Vec<StoredSnapshot>> {
+        backups::all(&self.conn())
+    }
+
+    fn snapshot_header(
+        &self,
+        node: &Name,
+        instance: &Name,
+        id: SnapshotId,
+    ) -> Result<Option<SnapshotHeader>> {
+        backups::header(&self.conn(), node, instance, id)
+    }
+
+    fn forget_snapshots(&self, node: &Name, which: &[(Name, SnapshotId)]) -> Result<()> {
+        self.write(|tx| backups::forget(tx, node, which))
+    }
+
+    fn count_chunk_put(&self, node: &Name, added: u64, duplicate: bool) -> Result<()> {
+        self.write(|tx| backups::count_put(tx, node, added, duplicate))
+    }
+
+    fn count_blob_refused(&self, node: &Name) -> Result<()> {
+        self.write(|tx| backups::count_refused(tx, node))
+    }
+
+    fn set_blob_bytes(&self, node: &Name, bytes: u64) -> Result<()> {
+        self.write(|tx| backups::set_bytes(tx, node, bytes))
+    }
+
+    fn blob_counters(&self) -> Result<Vec<BlobCounters>> {
+        backups::counters(&self.conn())
+    }
+
+    fn open_restore_for(
+        &self,
+        target: &Name,
+        instance: &Name,
+        snapshot: SnapshotId,
+    ) -> Result<Option<(Name, [u8; 32])>> {
+        backups::restore_for(&self.conn(), target, instance, snapshot)
+    }
+
+    fn open_restores_from(&self, source: &Name) -> Result<Vec<OpenRestore>> {
+        backups::restores_from(&self.conn(), source)
+    }
+
+    fn open_restore(&self, r: &OpenRestore, key: &[u8; 32], now_ms: u64) -> Result<()> {
+        self.write(|tx| backups::open(tx, r, key, now_ms))
+    }
+
+    fn close_restore(&self, target: &Name, instance: &Name) -> Result<()> {
+        self.write(|tx| backups::close(tx, target, instance))
     }
 }
 
