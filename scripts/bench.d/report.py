@@ -8,6 +8,7 @@ into medians with their spread, which is also what --json's "table" is made of.
 import statistics
 
 from alternatives import PY_PACKAGES
+from backup import backup_rows, print_backup_params
 from mesh import mesh_rows
 from stats import pct, slope
 from supervision import STABLE_AFTER_MS, curve_points
@@ -34,6 +35,8 @@ def summarise(res):
         rows += _store_rows(hs, ms, mq)
     if res.get("mesh"):
         rows += mesh_rows(res["mesh"])
+    if res.get("backup"):
+        rows += backup_rows(res["backup"])
     for target, size in sorted(res.get("cross_sizes", {}).items()):
         rows.append((f"node-only stripped binary, {target}", "MB", "lower", size / 1e6, None, "-"))
     return rows
@@ -179,6 +182,8 @@ def print_params(res):
         _print_store_params(res, hs, ms, p)
     if res.get("mesh"):
         _print_mesh_params(res["mesh"], p)
+    if res.get("backup"):
+        print_backup_params(res["backup"], p)
     print("- ratio = hedge / alternative; `better` says which direction wins.")
 
 
