@@ -96,6 +96,35 @@ pub enum NodeCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Take a snapshot of an instance now (its [backup] policy's paths, else srv);
+    /// prints the snapshot id.
+    Backup {
+        /// Instance name.
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// List the snapshots in this node's vault, oldest first.
+    Backups {
+        /// Only this instance's.
+        name: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Rebuild an instance's paths from a snapshot in this node's vault: stops it,
+    /// restores, starts it again (other instances keep running).
+    Restore {
+        /// Instance name.
+        name: String,
+        /// The snapshot id (16 hex digits, from `hedge node backups`).
+        #[arg(long)]
+        snapshot: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Print an instance's log.
     Logs {
         /// Instance name.
@@ -127,13 +156,14 @@ pub fn main(cmd: NodeCommand) -> Result<(), Failure> {
         NodeCommand::Init { dir, id, enroll } => init(&dir, id, enroll.as_deref()),
         NodeCommand::Run { config } => run(load(&config)?),
         NodeCommand::Request { request, config } => {
-            let request = request.build(&request_file::no_releases)?;
+            let (request, backup) = request.build_with_backup(&request_file::no_releases)?;
             let cfg = load(&config)?;
             let name = request.name.to_string();
             call::<Requested>(
                 &cfg,
                 &ApiRequest::Request {
                     request: Box::new(request),
+                    backup,
                 },
             )?;
             println!("requested {name}");
@@ -175,6 +205,39 @@ pub fn main(cmd: NodeCommand) -> Result<(), Failure> {
                     println!("{} {} {}", r.seq, r.time_ms, serde_json::to_value(&r.kind)?);
                 }
             }
+            Ok(())
+        }
+        NodeCommand::Backup { name, config } => {
+            let taken: local_api::Snapshotted =
+                call(&load(&config)?, &ApiRequest::Backup { name })?;
+            println!("{}", taken.snapshot.id);
+            Ok(())
+        }
+        NodeCommand::Backups { name, json, config } => {
+            let list: local_api::BackupList = call(&load(&config)?, &ApiRequest::Backups { name })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print_backups(&list);
+            }
+            Ok(())
+        }
+        NodeCommand::Restore {
+            name,
+            snapshot,
+            config,
+        } => {
+            let done: local_api::Restored = call(
+                &load(&config)?,
+                &ApiRequest::Restore {
+                    name,
+                    snapshot: snapshot.clone(),
+                },
+            )?;
+            println!(
+                "restored {} from {} ({} files, {} bytes)",
+                done.name, done.snapshot, done.files, done.bytes
+            );
             Ok(())
         }
         NodeCommand::Logs {
@@ -350,6 +413,21 @@ fn print_status(v: &NodeStatus) {
         );
     }
     for i in &v.instances {
+        if let Some(b) = &i.last_snapshot {
+            println!(
+                "  backup {}: last snapshot {} at {} ms, {}",
+                i.name,
+                b.id,
+                b.taken_ms,
+                if b.uploaded {
+                    "uploaded"
+                } else {
+                    "not uploaded yet"
+                }
+            );
+        }
+    }
+    for i in &v.instances {
         for p in &i.promises {
             let state = match p.ok {
                 Some(true) => "ok",
@@ -381,6 +459,26 @@ fn print_status(v: &NodeStatus) {
         v.outbox.depth, v.outbox.bytes, v.outbox.quota_bytes, v.outbox.next_seq
     );
     print_mesh(&v.mesh);
+}
+
+fn print_backups(list: &local_api::BackupList) {
+    println!(
+        "{:<24} {:<16} {:>14} {:>12} {:>12} {:<8} {:<8} SOURCE",
+        "INSTANCE", "SNAPSHOT", "TAKEN_MS", "BYTES", "NEW_BYTES", "CONSIST", "UPLOADED"
+    );
+    for s in &list.snapshots {
+        println!(
+            "{:<24} {:<16} {:>14} {:>12} {:>12} {:<8} {:<8} {}",
+            s.instance,
+            s.id,
+            s.taken_ms,
+            s.bytes,
+            s.new_bytes,
+            local_api::consistency_word(s.consistency),
+            if s.uploaded { "yes" } else { "no" },
+            s.source.as_deref().unwrap_or("-")
+        );
+    }
 }
 
 /// The mesh lines of `status`: the path to the master, then the PEERS table (custody

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use hedge_runtime::request_file::{self, Flags, Releases};
+use hedge_wire::backup::BackupPolicy;
 use hedge_wire::{InstanceRequest, RequestedState};
 
 use crate::Failure;
@@ -43,11 +44,20 @@ impl RequestArgs {
     /// Reads the file or builds from the flags, with every check of the request format;
     /// `releases` resolves `release:NAME` (the master's), or refuses it (the node's).
     pub fn build(self, releases: Releases<'_>) -> Result<InstanceRequest, Failure> {
+        Ok(self.build_with_backup(releases)?.0)
+    }
+
+    /// [`RequestArgs::build`] and the file's backup policy (`[backup]`; flags give none:
+    /// a request without one removes the instance's policy).
+    pub fn build_with_backup(
+        self,
+        releases: Releases<'_>,
+    ) -> Result<(InstanceRequest, Option<BackupPolicy>), Failure> {
         if let Some(f) = self.file {
             let text = std::fs::read_to_string(&f)
                 .with_context(|| format!("cannot read {}", f.display()))
                 .map_err(Failure::data)?;
-            return request_file::parse_toml_with(&text, releases)
+            return request_file::parse_toml_full(&text, releases)
                 .with_context(|| f.display().to_string())
                 .map_err(Failure::data);
         }
@@ -68,6 +78,6 @@ impl RequestArgs {
         if destroy {
             r.state = RequestedState::Destroyed;
         }
-        Ok(r)
+        Ok((r, None))
     }
 }

@@ -182,7 +182,7 @@ pub fn render_instance(
 }
 
 /// A parameter name as an environment variable: upper case, `[^A-Z0-9_]` → `_`.
-fn env_name(k: &str) -> String {
+pub(crate) fn env_name(k: &str) -> String {
     k.chars()
         .map(|c| {
             let c = c.to_ascii_uppercase();

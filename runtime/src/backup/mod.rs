@@ -47,6 +47,7 @@ pub mod idsort;
 pub mod manifest;
 pub mod prune;
 pub mod restore;
+pub mod schedule;
 pub mod snapshot;
 pub mod store;
 pub mod walk;

@@ -31,6 +31,7 @@ impl Daemon {
                 usage_cpu_ms: self.usage_totals().get(n.as_str()).copied().unwrap_or(0),
                 fence: self.leases.terms.get(n).map(|t| t.fence),
                 lease_held: self.leases.held(n, now),
+                last_snapshot: self.backups.last_snapshot(n),
             })
             .collect();
         local_api::NodeStatus {
@@ -64,7 +65,9 @@ impl Daemon {
             ApiRequest::Metrics => Ok(Answer::Metrics(local_api::MetricsText {
                 text: self.metrics_text(),
             })),
-            ApiRequest::Request { request } => self.local_request(*request),
+            ApiRequest::Request { request, backup } => {
+                self.local_request_with_backup(*request, backup)
+            }
             ApiRequest::Start { name } => {
                 self.set_local_state(&name, hedge_wire::RequestedState::Started)
             }
@@ -72,7 +75,16 @@ impl Daemon {
                 self.set_local_state(&name, hedge_wire::RequestedState::Stopped)
             }
             ApiRequest::Destroy { name } => {
-                self.set_local_state(&name, hedge_wire::RequestedState::Destroyed)
+                let answer = self.set_local_state(&name, hedge_wire::RequestedState::Destroyed)?;
+                // Its snapshots stay in the vault; no new ones are taken.
+                self.set_local_backup(&valid_name(&name)?, None)?;
+                Ok(answer)
+            }
+            // Answered by the backup driver when done (`Daemon::take_backup_call`).
+            ApiRequest::Backup { .. } | ApiRequest::Backups { .. } | ApiRequest::Restore { .. } => {
+                Err(Refusal::Malformed {
+                    reason: "a backup request reached the wrong handler".into(),
+                })
             }
             ApiRequest::Outbox { from, limit } => {
                 let records = self

@@ -14,8 +14,9 @@
 //! or a member of the API group; never a partition uid. A refused peer gets
 //! `{"ok":false,"refused":...}` and is counted ([`ApiStats`]) and logged at most every
 //! ten seconds. At most [`MAX_CONNECTIONS`] connections are served at once (more are
-//! refused the same way) and each gets [`REQUEST_TIMEOUT`] to send its line and read
-//! the answer.
+//! refused the same way) and each gets [`REQUEST_TIMEOUT`] to send its line, as long
+//! again for the answer — [`LONG_REQUEST_TIMEOUT`] for a snapshot or a restore
+//! ([`ApiRequest::is_long`]) — and as long again to take it.
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -38,6 +39,8 @@ pub const MAX_LINE: usize = 1 << 20;
 pub const MAX_CONNECTIONS: usize = 16;
 /// Time one connection gets to send its request and take its answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time the answer to a long request (a snapshot, a restore) may take.
+pub const LONG_REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Errors of the API client.
 #[derive(Debug, thiserror::Error)]
@@ -254,7 +257,9 @@ pub async fn serve(
             Ok(permit) => {
                 let calls = calls.clone();
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(REQUEST_TIMEOUT, connection(stream, calls)).await;
+                    // Each step of `connection` is bounded; this bounds their sum.
+                    let most = REQUEST_TIMEOUT * 2 + LONG_REQUEST_TIMEOUT;
+                    let _ = tokio::time::timeout(most, connection(stream, calls)).await;
                     drop(permit);
                 });
             }
@@ -274,7 +279,10 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<ApiCall>) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read.take(MAX_LINE as u64 + 1));
     let mut line = String::new();
-    let answer = match lines.read_line(&mut line).await {
+    let Ok(read) = tokio::time::timeout(REQUEST_TIMEOUT, lines.read_line(&mut line)).await else {
+        return;
+    };
+    let answer = match read {
         Ok(0) => return,
         Ok(n) if n > MAX_LINE => Err(Refusal::TooLong),
         Ok(_) => match serde_json::from_str::<ApiRequest>(&line) {
@@ -282,11 +290,22 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<ApiCall>) {
                 reason: e.to_string(),
             }),
             Ok(request) => {
-                let (tx, rx) = oneshot::channel();
-                if calls.send(ApiCall { request, reply: tx }).await.is_err() {
-                    Err(Refusal::ShuttingDown)
+                let limit = if request.is_long() {
+                    LONG_REQUEST_TIMEOUT
                 } else {
-                    rx.await.unwrap_or(Err(Refusal::ShuttingDown))
+                    REQUEST_TIMEOUT
+                };
+                let (tx, rx) = oneshot::channel();
+                let asked = async {
+                    if calls.send(ApiCall { request, reply: tx }).await.is_err() {
+                        Err(Refusal::ShuttingDown)
+                    } else {
+                        rx.await.unwrap_or(Err(Refusal::ShuttingDown))
+                    }
+                };
+                match tokio::time::timeout(limit, asked).await {
+                    Ok(answer) => answer,
+                    Err(_) => return,
                 }
             }
         },
@@ -302,7 +321,7 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<ApiCall>) {
         Err(why) => refused_line(why),
     };
     out.push('\n');
-    let _ = write.write_all(out.as_bytes()).await;
+    let _ = tokio::time::timeout(REQUEST_TIMEOUT, write.write_all(out.as_bytes())).await;
 }
 
 /// The one-line JSON of a refusal (keys sorted, as every answer's).

@@ -9,8 +9,8 @@
 //! `instance` (reconcile steps, lifecycle), `start`, `destroy`, `leftovers`, `monitor`
 //! (checks, `/proc`, disk walks), `published`, `imports` (connection parameters from
 //! other nodes), `link`, `mesh` (custody for peers, routing between the links, peers'
-//! connection parameters), `desired`, `software`, and
-//! `answers` (the local API's answers).
+//! connection parameters), `desired`, `software`, `backup` (snapshots on schedule and on
+//! request, local restores, all off the loop), and `answers` (the local API's answers).
 //!
 //! Contract: [`Daemon::boot`] opens the store and kills leftovers of an earlier run
 //! (process groups recorded in the store); [`Daemon::run`] reconciles at once — before
@@ -30,6 +30,7 @@
 
 mod answers;
 pub mod api;
+mod backup;
 mod desired;
 mod destroy;
 mod disk;
@@ -126,6 +127,8 @@ pub(crate) enum Event {
     },
     /// The credentials task wrote a new uplink certificate: restart the link with it.
     Credentials,
+    /// The backup thread finished a job (or a catalog read).
+    Backup(backup::Done),
 }
 
 /// Counters shown by `status` (their home is the local API's views).
@@ -174,6 +177,8 @@ pub struct Daemon {
     relay_shed_log: RateLimit,
     /// The mesh transport and link counters, while the mesh link runs.
     mesh: Option<mesh_start::MeshRun>,
+    /// Snapshots: the vault, the schedule, the backup thread's job.
+    backups: backup::Backups,
 }
 
 /// As root, instances run as their partition's uid and must traverse the state
@@ -235,6 +240,7 @@ impl Daemon {
             )
         });
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let backups = backup::Backups::open(&cfg, &store);
         let quota = cfg.outbox_quota();
         let now = monotonic_now();
         let mut d = Daemon {
@@ -268,6 +274,7 @@ impl Daemon {
             relay_log: RateLimit::default(),
             relay_shed_log: RateLimit::default(),
             mesh: None,
+            backups,
         };
         d.master_key = d.cfg.master_key();
         match d.outbox.store.desired() {
@@ -275,6 +282,7 @@ impl Daemon {
             Err(e) => d.store_failed(&e),
         }
         d.kill_leftovers()?;
+        d.thaw_leftovers();
         d.restore_expiry();
         d.restore_imports();
         d.restore_mesh();
@@ -423,7 +431,15 @@ impl Daemon {
             .desired()
             .and_then(|master| Ok((master, self.outbox.store.locals()?)));
         match read {
-            Ok((master, locals)) => Some(reconcile::desired_set(master, locals)),
+            Ok((master, locals)) => {
+                self.backups.set_master(
+                    master
+                        .as_ref()
+                        .map(|m| m.backups.clone())
+                        .unwrap_or_default(),
+                );
+                Some(reconcile::desired_set(master, locals))
+            }
             Err(e) => {
                 self.store_failed(&e);
                 None
@@ -443,6 +459,8 @@ impl Daemon {
         };
         // Leased copies run only while the lease is held (fence records go first).
         self.gate_by_lease(&mut desired);
+        // Instances a local restore holds stay stopped until it is done.
+        self.gate_by_restore(&mut desired);
         let steps = reconcile::diff(&desired, &self.instances.held(), &self.instances.on_disk());
         for step in steps {
             tracing::debug!(?step, "reconcile");
@@ -489,16 +507,23 @@ impl Daemon {
         published_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stop_deadline: Option<Instant> = None;
         loop {
+            self.backup_poll();
             self.end_turn();
             if self.shutting_down && self.instances.all_idle() {
                 break;
             }
+            let backup_wake = if self.shutting_down {
+                None
+            } else {
+                self.backup_deadline()
+            };
             let wake = self
                 .instances
                 .deadline()
                 .into_iter()
                 .chain(stop_deadline)
                 .chain(self.outbox.store.flush_deadline())
+                .chain(backup_wake)
                 .chain(if self.shutting_down {
                     None
                 } else {
@@ -524,9 +549,12 @@ impl Daemon {
                 (link, msg) = self.links.recv() => self.on_link(link, msg),
                 Some(call) = calls_rx.recv(), if !self.shutting_down => {
                     self.counters.api_refused = self.api_stats.refused();
-                    let answer = self.on_call(call.request);
-                    self.flush_observed();
-                    let _ = call.reply.send(answer);
+                    // Snapshots, the catalog and restores are answered when done.
+                    if let Some(call) = self.take_backup_call(call) {
+                        let answer = self.on_call(call.request);
+                        self.flush_observed();
+                        let _ = call.reply.send(answer);
+                    }
                 }
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
                     if stop_deadline.is_some_and(|t| monotonic_now() >= t) {
@@ -537,6 +565,7 @@ impl Daemon {
                     if !self.shutting_down {
                         self.monitor_tick();
                         self.lease_tick();
+                        self.backup_tick();
                     }
                 }
                 _ = published_poll.tick(), if !self.shutting_down => self.poll_connections(),
@@ -604,6 +633,7 @@ impl Daemon {
             } => self.on_check(name, index, generation, result),
             Event::Artifact { sha256, attempt } => self.on_artifact(sha256, attempt),
             Event::DiskWalked { name, usage } => self.on_disk_walked(name, usage),
+            Event::Backup(done) => self.on_backup_done(done),
             Event::Credentials => {}
         }
     }

@@ -9,6 +9,7 @@
 //! Answers are written through `serde_json::Value`, so keys come out sorted, as they
 //! always have. Pure: no I/O here.
 
+mod backup;
 mod mesh;
 mod refusal;
 mod views;
@@ -18,6 +19,7 @@ use std::path::PathBuf;
 use hedge_wire::{InstanceRequest, Record};
 use serde::{Deserialize, Serialize};
 
+pub use backup::{consistency_word, BackupList, LastSnapshot, Restored, SnapshotView, Snapshotted};
 pub use mesh::{MeshView, PeerView, RelayView};
 pub use refusal::Refusal;
 pub use views::{
@@ -38,6 +40,10 @@ pub enum ApiRequest {
     Request {
         /// The request, already checked by the client (the daemon checks again).
         request: Box<InstanceRequest>,
+        /// Its backup policy (`[backup]` in a request file); `None`: no backups (an
+        /// earlier policy of this instance is dropped).
+        #[serde(default)]
+        backup: Option<hedge_wire::BackupPolicy>,
     },
     /// Start a local instance: [`Requested`].
     Start {
@@ -62,6 +68,25 @@ pub enum ApiRequest {
         /// At most this many (capped at 1000).
         #[serde(default = "default_limit")]
         limit: usize,
+    },
+    /// Take a snapshot of an instance now: [`Snapshotted`] once it is in the catalog.
+    Backup {
+        /// Any supervised instance (its policy's paths and command, else `srv`).
+        name: String,
+    },
+    /// The node's snapshots, oldest first: [`BackupList`].
+    Backups {
+        /// Only this instance's.
+        #[serde(default)]
+        name: Option<String>,
+    },
+    /// Rebuild an instance's paths from a local snapshot, offline: stop it, restore,
+    /// start it again as requested: [`Restored`].
+    Restore {
+        /// The instance.
+        name: String,
+        /// The snapshot id (16 hex digits), one in this node's catalog.
+        snapshot: String,
     },
     /// Where an instance's log file is: [`LogPath`].
     LogPath {
@@ -116,6 +141,20 @@ pub enum Answer {
     Outbox(OutboxPage),
     /// To `log_path`.
     LogPath(LogPath),
+    /// To `backup`.
+    Snapshotted(Snapshotted),
+    /// To `backups`.
+    Backups(BackupList),
+    /// To `restore`.
+    Restored(Restored),
+}
+
+impl ApiRequest {
+    /// Whether the answer may take long (a snapshot, a restore): the API server then
+    /// waits [`crate::daemon::api::LONG_REQUEST_TIMEOUT`] for it instead of the usual.
+    pub fn is_long(&self) -> bool {
+        matches!(self, ApiRequest::Backup { .. } | ApiRequest::Restore { .. })
+    }
 }
 
 /// An accepted answer as it travels: `{"ok":true, ...answer}`.

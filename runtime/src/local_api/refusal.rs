@@ -104,6 +104,36 @@ pub enum Refusal {
     /// The kernel gave no credentials.
     #[error("peer credentials unavailable")]
     NoCredentials,
+    /// A snapshot could not be taken, or backups are unavailable on this node.
+    #[error("backup of {name:?} failed: {reason}")]
+    Backup {
+        /// The instance.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A restore failed; the instance's paths are as they were.
+    #[error("restore of {name:?} failed: {reason}")]
+    Restore {
+        /// The instance.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The snapshot is not in this node's catalog (`hedge node backups` lists them).
+    #[error("no local snapshot {snapshot} of {name:?}")]
+    NoSnapshot {
+        /// The instance.
+        name: String,
+        /// The id given.
+        snapshot: String,
+    },
+    /// A backup or a restore of this instance is already under way.
+    #[error("{name:?} is being backed up or restored; try again")]
+    BackupBusy {
+        /// The instance.
+        name: String,
+    },
     /// Too many connections at once.
     #[error("too many local API connections; try again")]
     Busy,

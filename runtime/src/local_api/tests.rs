@@ -31,6 +31,7 @@ fn instance(name: &str, state: InstanceStatus) -> InstanceView {
         usage_cpu_ms: 1234,
         fence: Some(2),
         lease_held: Some(true),
+        last_snapshot: None,
     }
 }
 
@@ -230,7 +231,7 @@ fn status_json_is_what_it_was() {
                     {"name": "fresh", "ok": null, "last_check": null, "failures_in_row": 0},
                 ],
                 "usage_cpu_ms": 1234,
-                "fence": 2, "lease_held": true,
+                "fence": 2, "lease_held": true, "last_snapshot": null,
             },
             {
                 "name": "b", "state": "backoff", "requested": "started",
@@ -238,7 +239,7 @@ fn status_json_is_what_it_was() {
                 "last_exit": "signal 9",
                 "promises": serde_json::to_value(&i.promises).unwrap(),
                 "usage_cpu_ms": 1234,
-                "fence": 2, "lease_held": true,
+                "fence": 2, "lease_held": true, "last_snapshot": null,
             },
         ],
         "outbox": {"depth": 7, "next_seq": 99, "bytes": 4096, "quota_bytes": 1 << 20},
@@ -330,6 +331,7 @@ fn status_keys_are_pinned() {
         [
             "fence",
             "last_exit",
+            "last_snapshot",
             "lease_held",
             "name",
             "pid",

@@ -75,6 +75,9 @@ pub struct InstanceView {
     /// Whether the node holds the lease this copy needs to run (`None`: it needs none
     /// and runs offline indefinitely).
     pub lease_held: Option<bool>,
+    /// Its newest snapshot in the node's catalog, if any.
+    #[serde(default)]
+    pub last_snapshot: Option<super::LastSnapshot>,
 }
 
 /// One promise of an instance.
