@@ -20,6 +20,7 @@ use hedge_wire::{InstanceRequest, Name, RecordKind};
 
 use crate::Failure;
 
+mod backups;
 mod nodes;
 
 #[derive(Args)]
@@ -160,6 +161,14 @@ pub enum MasterCommand {
     },
     /// Supplied artifacts and releases.
     Artifacts(View),
+    /// Backups: snapshots stored at the master and those still only on their node, and
+    /// each node's blob counters (chunks stored, duplicate puts, refusals).
+    Backups {
+        /// Only this instance's snapshots.
+        instance: Option<String>,
+        #[command(flatten)]
+        view: View,
+    },
     /// The fleet: nodes, their state (schedulable, draining, retiring, lost, retired),
     /// when they were last seen, what the master holds of them.
     Nodes(View),
@@ -472,6 +481,11 @@ pub fn main(cmd: MasterCommand) -> Result<(), Failure> {
             drop(store);
             request_on_master(&cfg, request, placement)
         }
+        MasterCommand::Backups { instance, view } => {
+            let instance = instance.map(|i| node_name(&i)).transpose()?;
+            let store = open_store(&load(&view.config)?)?;
+            backups::show(&store, instance.as_ref(), view.json)
+        }
         MasterCommand::Nodes(v) => {
             let cfg = load(&v.config)?;
             nodes::show(&cfg, &open_store(&cfg)?, v.json)
@@ -630,6 +644,28 @@ fn names_artifact(store: MasterStore) -> hedge_master::artifacts::Authorize {
     })
 }
 
+/// The blob service `hedge master run` serves: a master made before backups gets its
+/// recovery key now.
+fn blob_service(
+    cfg: &MasterConfig,
+    revoked: std::sync::Arc<hedge_master::revocation::Revoked>,
+) -> Result<hedge_master::blobs::Blobs, Failure> {
+    use hedge_master::blobs::{recovery, BlobDir, Blobs, RECOVERY_KEY};
+    let key = cfg.base.join(RECOVERY_KEY);
+    if recovery::ensure(&key).map_err(Failure::usage)? {
+        tracing::info!(path = %key.display(), "recovery key created");
+    }
+    let public = recovery::public(&key).map_err(Failure::usage)?;
+    let mut blobs = Blobs::new(
+        open_store(cfg)?,
+        BlobDir::new(cfg.backup.dir.clone()),
+        cfg.backup.quota_bytes_per_node,
+        public,
+    );
+    blobs.revoked = Some(revoked);
+    Ok(blobs)
+}
+
 fn run(cfg: MasterConfig) -> Result<(), Failure> {
     crate::process::init_logging();
     let store = open_store(&cfg)?;
@@ -701,6 +737,10 @@ fn run(cfg: MasterConfig) -> Result<(), Failure> {
         ),
         None => None,
     };
+    let blobs = match cfg.artifacts.listen {
+        Some(_) => Some(std::sync::Arc::new(blob_service(&cfg, revoked.clone())?)),
+        None => None,
+    };
     crate::process::runtime()?.block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         if let (Some(addr), Some(tls)) = (cfg.artifacts.listen, artifacts_tls) {
@@ -708,7 +748,7 @@ fn run(cfg: MasterConfig) -> Result<(), Failure> {
                 Ok(l) => {
                     tracing::info!(%addr, dir = %cfg.artifacts.dir.display(), "artifact endpoint listening (HTTPS, client certificates required)");
                     let mut stop = stop_rx.clone();
-                    tokio::spawn(hedge_master::artifacts::serve(
+                    tokio::spawn(hedge_master::artifacts::serve_with(
                         l,
                         tls,
                         cfg.artifacts.dir.clone(),
@@ -718,6 +758,7 @@ fn run(cfg: MasterConfig) -> Result<(), Failure> {
                         ),
                         Default::default(),
                         enroller,
+                        blobs,
                         async move {
                             let _ = stop.wait_for(|s| *s).await;
                         },

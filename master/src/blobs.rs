@@ -26,7 +26,7 @@
 //!
 //! A revoked node gets `403` for everything. Refusals (403, 409 mismatch, 507) are
 //! counted per node in the store ([`crate::store::BlobCounters`]) beside chunks stored
-//! and duplicate puts. Parts: [`request`] and [`decide`] (pure), [`disk`] (files),
+//! and duplicate puts. Parts: [`request`], [`decide`] and [`listing`] (pure), [`disk`] (files),
 //! [`recovery`] (the recovery key files), `serve` (the async answer).
 
 use std::sync::Arc;
@@ -39,6 +39,7 @@ use crate::store::{FleetStore, MasterStore, StoreError, StoredSnapshot};
 
 pub mod decide;
 pub mod disk;
+pub mod listing;
 pub mod recovery;
 pub mod request;
 pub(crate) mod serve;

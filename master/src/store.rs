@@ -355,6 +355,9 @@ pub trait FleetStore: Send + Sync {
     /// is); `false`, changing nothing, when `(node, instance, id)` is already stored.
     fn put_snapshot(&self, s: &StoredSnapshot, header: &SnapshotHeader) -> Result<bool>;
 
+    /// Every `Backup` record nodes sent, as `(node, record)`, by node, life then seq.
+    fn backup_records(&self) -> Result<Vec<(Name, Record)>>;
+
     /// Every stored snapshot, by node, instance, then time taken (oldest first) and id.
     fn snapshots(&self) -> Result<Vec<StoredSnapshot>>;
 

@@ -78,6 +78,7 @@ macro_rules! fleet_store_suite {
             backups::snapshots_are_stored_once_listed_in_order_and_forgotten,
             backups::blob_counters_count_puts_duplicates_and_refusals,
             backups::open_restores_give_their_key_to_their_target_only,
+            backups::backup_records_are_listed_by_node,
             writers::everything_survives_reopening,
             writers::concurrent_stores_on_one_file_store_each_record_once,
             writers::concurrent_placements_never_overfill_a_node,

@@ -346,6 +346,10 @@ impl FleetStore for SqliteStore {
         self.write(|tx| backups::put(tx, s, header))
     }
 
+    fn backup_records(&self) -> Result<Vec<(Name, Record)>> {
+        records::backups(&self.conn())
+    }
+
     fn snapshots(&self) -> Result<Vec<StoredSnapshot>> {
         backups::all(&self.conn())
     }

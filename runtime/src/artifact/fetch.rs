@@ -139,18 +139,23 @@ impl Source {
 
 /// The request head for `path`, asking for the bytes from `offset` on when it is not 0.
 pub fn request(host: &str, port: u16, path: &str, offset: u64) -> String {
-    let host = if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_owned()
-    };
     let range = if offset > 0 {
         format!("Range: bytes={offset}-\r\n")
     } else {
         String::new()
     };
+    request_head("GET", host, port, path, &range)
+}
+
+/// A request head: `method path`, the host, then `headers` (each line ending `\r\n`).
+pub fn request_head(method: &str, host: &str, port: u16, path: &str, headers: &str) -> String {
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
     format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: hedge-node\r\n{range}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: hedge-node\r\n{headers}Connection: close\r\n\r\n"
     )
 }
 
@@ -336,41 +341,14 @@ pub async fn download(
         offset = 0;
     }
     let path = format!("{}/artifacts/{hex}", source.prefix);
-    let server_name = rustls::pki_types::ServerName::try_from(source.host.clone())
-        .map_err(|_| FetchError::Url(source.host.clone(), "not a valid TLS server name"))?;
-    let connector = tokio_rustls::TlsConnector::from(source.tls.clone());
     let (mut tls, head, rest) = tokio::time::timeout(CONNECT_TIMEOUT, async {
-        let tcp = tokio::net::TcpStream::connect((source.host.as_str(), source.port))
-            .await
-            .map_err(net("connect"))?;
-        tcp.set_nodelay(true).map_err(net("connect"))?;
-        let mut tls = connector
-            .connect(server_name, tcp)
-            .await
-            .map_err(net("TLS handshake"))?;
+        let mut tls = connect(source).await?;
         tls.write_all(request(&source.host, source.port, &path, offset).as_bytes())
             .await
             .map_err(net("send"))?;
         tls.flush().await.map_err(net("send"))?;
-        let mut buf = Vec::with_capacity(4096);
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some(end) = find_head_end(&buf) {
-                let rest = buf.split_off(end + 4);
-                buf.truncate(end);
-                return Ok((tls, buf, rest));
-            }
-            if buf.len() > MAX_HEAD {
-                return Err(FetchError::Protocol("response head too long"));
-            }
-            let n = tls.read(&mut chunk).await.map_err(net("receive"))?;
-            if n == 0 {
-                return Err(FetchError::Net(
-                    "connection closed before the response head".into(),
-                ));
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
+        let (head, rest) = response_head(&mut tls).await?;
+        Ok((tls, head, rest))
     })
     .await
     .map_err(|_| FetchError::Net("timed out connecting or waiting for the answer".into()))??;
@@ -431,6 +409,50 @@ pub async fn download(
     file.flush().await.map_err(part_err)?;
     file.get_ref().sync_all().await.map_err(part_err)?;
     result
+}
+
+/// A TLS connection to `source` with the node's client certificate (no timeout: the
+/// caller bounds it).
+pub async fn connect(
+    source: &Source,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, FetchError> {
+    let server_name = rustls::pki_types::ServerName::try_from(source.host.clone())
+        .map_err(|_| FetchError::Url(source.host.clone(), "not a valid TLS server name"))?;
+    let connector = tokio_rustls::TlsConnector::from(source.tls.clone());
+    let tcp = tokio::net::TcpStream::connect((source.host.as_str(), source.port))
+        .await
+        .map_err(net("connect"))?;
+    tcp.set_nodelay(true).map_err(net("connect"))?;
+    connector
+        .connect(server_name, tcp)
+        .await
+        .map_err(net("TLS handshake"))
+}
+
+/// Reads a response head (at most [`MAX_HEAD`]): the head without its blank line, and
+/// what followed it (no timeout: the caller bounds it).
+pub async fn response_head<S: AsyncReadExt + Unpin>(
+    tls: &mut S,
+) -> Result<(Vec<u8>, Vec<u8>), FetchError> {
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = find_head_end(&buf) {
+            let rest = buf.split_off(end + 4);
+            buf.truncate(end);
+            return Ok((buf, rest));
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(FetchError::Protocol("response head too long"));
+        }
+        let n = tls.read(&mut chunk).await.map_err(net("receive"))?;
+        if n == 0 {
+            return Err(FetchError::Net(
+                "connection closed before the response head".into(),
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 fn find_head_end(buf: &[u8]) -> Option<usize> {

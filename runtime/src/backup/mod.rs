@@ -30,7 +30,7 @@
 //! [`store`] (the chunk files), [`manifest`] (the entry stream), [`catalog`] (catalog
 //! entries and markers), [`idsort`] (sorted id lists on disk), [`walk`] and
 //! [`snapshot`] (taking one), [`restore`], [`prune`], [`fsx`] (durable and
-//! no-follow file helpers).
+//! no-follow file helpers); [`remote`]: the client of the master's blob service.
 
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
@@ -46,6 +46,7 @@ pub mod fsx;
 pub mod idsort;
 pub mod manifest;
 pub mod prune;
+pub mod remote;
 pub mod restore;
 pub mod schedule;
 pub mod snapshot;

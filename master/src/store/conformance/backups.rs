@@ -133,3 +133,40 @@ pub(crate) fn open_restores_give_their_key_to_their_target_only<H: Harness>(h: &
         None
     );
 }
+
+pub(crate) fn backup_records_are_listed_by_node<H: Harness>(h: &H) {
+    use hedge_wire::backup::BackupEvent;
+    let s = &h.open();
+    let rec = |seq: u64, event: BackupEvent| Record {
+        seq,
+        time_ms: 100 + seq,
+        kind: RecordKind::Backup {
+            instance: n("web"),
+            snapshot: SnapshotId(seq),
+            event,
+            message: String::new(),
+        },
+    };
+    let taken = BackupEvent::Taken {
+        taken_ms: 1,
+        bytes: 2,
+        new_bytes: 3,
+        consistency: Consistency::Live,
+    };
+    let records = vec![
+        rec(1, taken.clone()),
+        state_rec(2, "web", InstanceStatus::Running, 0),
+        rec(3, BackupEvent::Uploaded),
+    ];
+    s.ingest(&n("b"), &up("b", records, Some((1, 3))), 5)
+        .unwrap();
+    s.ingest(&n("a"), &up("a", vec![rec(1, taken)], Some((1, 1))), 5)
+        .unwrap();
+    let got: Vec<(String, u64)> = s
+        .backup_records()
+        .unwrap()
+        .into_iter()
+        .map(|(node, r)| (node.to_string(), r.seq))
+        .collect();
+    assert_eq!(got, vec![("a".into(), 1), ("b".into(), 1), ("b".into(), 3)]);
+}

@@ -80,6 +80,19 @@ pub(super) fn incidents(conn: &Connection) -> Result<Vec<(Name, u32, Record)>> {
         .collect()
 }
 
+/// Every backup record as `(node, record)`, by node, life then seq.
+pub(super) fn backups(conn: &Connection) -> Result<Vec<(Name, Record)>> {
+    let rows = conn
+        .prepare_cached(
+            "SELECT r.node, r.seq, r.time_ms, r.kind FROM records r
+             JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
+             WHERE r.kind_tag = 'backup' ORDER BY r.node, e.life, r.seq",
+        )?
+        .query_map([], raw_record)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter().map(decode_record).collect()
+}
+
 /// The desired states and the latest local request and state report per instance, a
 /// stale copy's records left out (`pruned` is left empty: the caller reads it).
 pub(super) fn instance_sources(conn: &Connection) -> Result<InstanceSources> {
