@@ -172,7 +172,7 @@ fn hex(id: &[u8; 32]) -> String {
 }
 
 fn chunk(tag: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| tag ^ (i % 251) as u8).collect()
+    (0..len).map(|i| tag ^ u8::try_from(i % 251).unwrap()).collect()
 }
 
 fn header(node: &str, instance: &str, snap: u64, taken_ms: u64, chunks: u64) -> SnapshotHeader {

@@ -98,7 +98,7 @@ pub fn to_drop(
     protected: &[SnapshotId],
 ) -> Vec<SnapshotId> {
     let mut newest_first: Vec<(SnapshotId, u64)> = snapshots.to_vec();
-    newest_first.sort_by(|a, b| (b.1, b.0).cmp(&(a.1, a.0)));
+    newest_first.sort_by_key(|s| std::cmp::Reverse((s.1, s.0)));
     newest_first
         .into_iter()
         .skip(usize::from(retain.max(1)))
