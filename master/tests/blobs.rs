@@ -18,7 +18,7 @@ use hedge_master::pki::{self, InitOptions};
 use hedge_master::sign::{sign, MasterKey};
 use hedge_master::store::{FleetStore, MasterStore, OpenRestore};
 use hedge_wire::backup::{BackupPolicy, Consistency, RestoreGrant, SnapshotHeader, SnapshotId};
-use hedge_wire::{InstanceRequest, Limits, Name, RequestedState, RestartPolicy, SoftwareRelease};
+use hedge_wire::{InstanceRequest, Limits, Name, RestartPolicy};
 use rustls::pki_types::ServerName;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -172,7 +172,9 @@ fn hex(id: &[u8; 32]) -> String {
 }
 
 fn chunk(tag: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| tag ^ u8::try_from(i % 251).unwrap()).collect()
+    (0..len)
+        .map(|i| tag ^ u8::try_from(i % 251).unwrap())
+        .collect()
 }
 
 fn header(node: &str, instance: &str, snap: u64, taken_ms: u64, chunks: u64) -> SnapshotHeader {
@@ -358,17 +360,15 @@ fn policy(store: &MasterStore, node: &str, retain: u16) {
         .update_desired(
             &n(node),
             |mut v| {
-                v.push(InstanceRequest {
-                    name: n("web"),
-                    software: SoftwareRelease::Exec("/bin/sleep".into()),
-                    args: vec!["1000".into()],
-                    parameters: BTreeMap::new(),
-                    config_files: Vec::new(),
-                    promises: Vec::new(),
-                    limits: Limits::default(),
-                    restart: RestartPolicy::default(),
-                    state: RequestedState::Started,
+                // `web`, started, as a request's JSON spells it.
+                let web = serde_json::json!({
+                    "name": "web", "software": { "Exec": "/bin/sleep" }, "args": ["1000"],
+                    "parameters": {}, "config_files": [], "promises": [],
+                    "limits": serde_json::to_value(Limits::default()).unwrap(),
+                    "restart": serde_json::to_value(RestartPolicy::default()).unwrap(),
+                    "state": "Started",
                 });
+                v.push(serde_json::from_value::<InstanceRequest>(web).unwrap());
                 v
             },
             |d| {
