@@ -12,6 +12,10 @@
 //! - [`act`]: what the master moves for the fleet and why (and its driver).
 //! - [`failover`]: lost nodes' instances: the `move`/`wait` policy, leases, defaults.
 //! - [`node_state`]: a node's state (schedulable, draining, retiring, retired; lost).
+//! - [`epoch`]: the master's epoch, the high 32 bits of every generation, raised when
+//!   the store is recovered from a backup (`hedge master backup --out`, `recover
+//!   --from`) so nodes that applied later generations accept the recovered master's.
+//! - [`restore`]: `hedge master restore`, an instance rebuilt on a node from a snapshot.
 //!
 //! Storage and keys:
 //! - [`store`]: the [`store::FleetStore`] trait (its doc is the contract), the SQLite
@@ -45,6 +49,7 @@ pub mod blobs;
 pub mod config;
 pub mod coverage;
 pub mod enrollment;
+pub mod epoch;
 pub mod failover;
 pub mod imports;
 pub mod log_limit;
@@ -55,6 +60,7 @@ pub mod origin;
 pub mod pki;
 pub mod placement;
 pub mod relay;
+pub mod restore;
 pub mod revocation;
 pub mod run;
 pub mod sign;

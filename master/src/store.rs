@@ -10,11 +10,12 @@
 //! Parts: [`views`] (the view types and the pure folds of decoded records into them),
 //! [`ingest`] (the pure checks and index columns of an `Up` batch), `blob` (postcard
 //! blobs as every backend stores them), `error` ([`StoreError`]) and the SQLite backend
-//! `sqlite` (schema, ingest, fleet, desired states, placement, artifacts).
+//! `sqlite` (schema, ingest, fleet, desired states, placement, artifacts, backups,
+//! backup policies, restores and the master's epoch).
 
 use std::collections::BTreeMap;
 
-use hedge_wire::backup::{Consistency, SnapshotHeader, SnapshotId};
+use hedge_wire::backup::{BackupPolicy, Consistency, SnapshotHeader, SnapshotId};
 use hedge_wire::{DesiredState, InstanceRequest, Name, Record, Up};
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +23,7 @@ use crate::alloc::Placement;
 use crate::coverage::Coverage;
 use crate::moves::{Decision, Handover, InstancePlacement, MoveRequest, Moved};
 use crate::node_state::{NodeOp, NodeState};
+use crate::restore::{RestoreRequest, Restoring};
 
 mod blob;
 mod error;
@@ -34,7 +36,7 @@ pub mod views;
 pub(crate) mod conformance;
 
 pub use error::StoreError;
-pub use sqlite::{SqliteStore, BUSY_TIMEOUT, SCHEMA_VERSION};
+pub use sqlite::{Recovered, SqliteStore, BUSY_TIMEOUT, SCHEMA_VERSION};
 pub use views::{
     Health, IncidentTransition, IncidentView, InstanceSources, InstanceView, NodeSummary, Owner,
 };
@@ -403,6 +405,61 @@ pub trait FleetStore: Send + Sync {
 
     /// Closes the open restore of `target`'s `instance`, if any (its key is erased).
     fn close_restore(&self, target: &Name, instance: &Name) -> Result<()>;
+
+    // Backup policies, restores placed by `hedge master restore`, the master's epoch.
+
+    /// [`FleetStore::place`] that also sets `request.name`'s backup policy (`Some`) or
+    /// removes it (`None`), in the same transaction: `hedge master request` gives the
+    /// whole request, so a request without `[backup]` removes the policy. Every state
+    /// written carries the policy of each instance it holds live
+    /// ([`DesiredState::backups`]); the policy follows the instance when it moves.
+    /// A policy breaking a wire rule is refused ([`StoreError::Invalid`]).
+    fn place_with_backup<S>(
+        &self,
+        request: InstanceRequest,
+        backup: Option<&BackupPolicy>,
+        placement: &Placement,
+        now_ms: u64,
+        stale_after_ms: u64,
+        sign: S,
+    ) -> Result<Placed>
+    where
+        S: Fn(&mut DesiredState);
+
+    /// `instance`'s backup policy, as its last request gave it.
+    fn backup_policy(&self, instance: &Name) -> Result<Option<BackupPolicy>>;
+
+    /// Every backup policy, by instance.
+    fn backup_policies(&self) -> Result<Vec<BackupPolicy>>;
+
+    /// In one transaction ([`crate::restore`]): opens the restore (closing any open
+    /// restore of the same instance, onto any node), places `r.instance` on `r.target`
+    /// (a fenced move from its owner's node if it lives elsewhere, under the next fence;
+    /// kept where it is when it is on the target) and writes the target's state carrying
+    /// the restore directive, signed with `sign`. An instance no state holds live is
+    /// [`StoreError::NotPlaced`]; a move breaking a rule of [`crate::moves`]
+    /// [`StoreError::Move`] or [`StoreError::Alloc`]; nothing is stored then. Every
+    /// state written carries the directive of each open restore whose target it is and
+    /// whose instance it holds live ([`DesiredState::restores`]); one whose instance the
+    /// target's state no longer holds live is closed by that write. The restore also
+    /// closes (row and key deleted) when the target's `Backup { event: Restored {
+    /// source } }` record for `r.snapshot` is ingested.
+    fn place_restore<S>(
+        &self,
+        r: &RestoreRequest,
+        now_ms: u64,
+        stale_after_ms: u64,
+        sign: S,
+    ) -> Result<Restoring>
+    where
+        S: Fn(&mut DesiredState);
+
+    /// Every open restore, by target then instance (without keys).
+    fn open_restores(&self) -> Result<Vec<OpenRestore>>;
+
+    /// The master's epoch ([`crate::epoch`]): the high 32 bits of every generation it
+    /// hands out from now on; 0 until the store is first recovered from a backup.
+    fn epoch(&self) -> Result<u32>;
 }
 
 /// A snapshot stored at the master ([`FleetStore::put_snapshot`]).

@@ -29,6 +29,7 @@ pub(crate) mod ingest;
 pub(crate) mod moves;
 pub(crate) mod node_states;
 pub(crate) mod place;
+pub(crate) mod restores;
 pub(crate) mod stale;
 pub(crate) mod views;
 pub(crate) mod writers;
@@ -82,6 +83,10 @@ macro_rules! fleet_store_suite {
             writers::everything_survives_reopening,
             writers::concurrent_stores_on_one_file_store_each_record_once,
             writers::concurrent_placements_never_overfill_a_node,
+            restores::backup_policies_reach_the_signed_state_follow_moves_and_go_when_removed,
+            restores::a_restore_moves_the_instance_with_its_directive_until_the_target_reports_it_restored,
+            restores::a_restore_onto_a_node_that_does_not_fit_stores_nothing,
+            restores::a_new_store_is_in_epoch_0,
         );
     };
     (@each $open:expr; $($group:ident::$test:ident,)*) => {

@@ -34,6 +34,12 @@ pub enum StoreError {
     /// A SQLite operation failed.
     #[error("master store: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// `hedge master recover` refuses: a master process has the store open.
+    #[error("{}: a master has the store open (stop every `hedge master` using it first)", .0.display())]
+    InUse(std::path::PathBuf),
+    /// The store is being replaced by `hedge master recover`.
+    #[error("{}: `hedge master recover` is replacing the store", .0.display())]
+    Recovering(std::path::PathBuf),
     /// A stored blob does not decode.
     #[error("master store: stored {what} of node {node} does not decode: {source}")]
     Corrupt {

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use hedge_wire::backup::BackupPolicy;
 use hedge_wire::{DesiredState, InstanceRequest, Name, Record, Up};
 use rusqlite::{Connection, TransactionBehavior};
 
@@ -29,6 +30,7 @@ use crate::alloc::Placement;
 use crate::coverage::Coverage;
 use crate::moves::{Decision, Handover, InstancePlacement, MoveRequest, Moved};
 use crate::node_state::{NodeOp, NodeState};
+use crate::restore::{RestoreRequest, Restoring};
 
 mod artifacts;
 mod backups;
@@ -38,14 +40,19 @@ mod fleet;
 mod imports;
 mod ingest;
 mod leases;
+mod meta;
 mod moves;
 mod node_states;
 mod place;
+mod policies;
 mod records;
+mod recover;
+mod restores;
 mod schema;
 mod sql;
 mod stale;
 
+pub use recover::Recovered;
 pub use schema::SCHEMA_VERSION;
 
 /// How long a writer waits for another process's transaction before giving up.
@@ -55,6 +62,8 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     path: PathBuf,
+    /// The shared lock an open store holds (`recover`): released on drop, after `conn`.
+    _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -73,6 +82,7 @@ impl SqliteStore {
             path: path.to_owned(),
             source,
         };
+        let lock = recover::lock_shared(path)?;
         schema::create_private(path).map_err(|e| StoreError::Create {
             path: path.to_owned(),
             source: e,
@@ -98,10 +108,27 @@ impl SqliteStore {
         if version > SCHEMA_VERSION {
             return Err(StoreError::SchemaTooNew(version));
         }
+        // Deletes overwrite what they delete: a closed restore's key leaves the pages.
+        conn.pragma_update(None, "secure_delete", true)
+            .map_err(open_err)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
             path: path.to_owned(),
+            _lock: lock,
         })
+    }
+
+    /// Writes a consistent copy of the store to `out`, while other connections and
+    /// processes write to it (SQLite's online backup API; see `recover`).
+    pub fn backup_to(&self, out: &Path) -> Result<()> {
+        recover::backup_to(&self.conn(), out)
+    }
+
+    /// Installs the backup `from` as the store at `path` and raises the master's epoch
+    /// ([`crate::epoch`]); refuses while a process has the store open
+    /// ([`StoreError::InUse`]). `now_s`: the wall clock, seconds since the Unix epoch.
+    pub fn recover(path: &Path, from: &Path, now_s: u32) -> Result<Recovered> {
+        recover::recover(path, from, now_s)
     }
 
     /// The file this store lives in.
@@ -284,7 +311,61 @@ impl FleetStore for SqliteStore {
     where
         S: Fn(&mut DesiredState),
     {
-        self.write(|tx| place::place(tx, request, placement, now_ms, stale_after_ms, &sign))
+        self.write(|tx| place::place(tx, request, None, placement, now_ms, stale_after_ms, &sign))
+    }
+
+    fn place_with_backup<S>(
+        &self,
+        request: InstanceRequest,
+        backup: Option<&BackupPolicy>,
+        placement: &Placement,
+        now_ms: u64,
+        stale_after_ms: u64,
+        sign: S,
+    ) -> Result<Placed>
+    where
+        S: Fn(&mut DesiredState),
+    {
+        self.write(|tx| {
+            place::place(
+                tx,
+                request,
+                Some(backup),
+                placement,
+                now_ms,
+                stale_after_ms,
+                &sign,
+            )
+        })
+    }
+
+    fn backup_policy(&self, instance: &Name) -> Result<Option<BackupPolicy>> {
+        policies::of(&self.conn(), instance)
+    }
+
+    fn backup_policies(&self) -> Result<Vec<BackupPolicy>> {
+        policies::all(&self.conn())
+    }
+
+    fn place_restore<S>(
+        &self,
+        r: &RestoreRequest,
+        now_ms: u64,
+        stale_after_ms: u64,
+        sign: S,
+    ) -> Result<Restoring>
+    where
+        S: Fn(&mut DesiredState),
+    {
+        self.write(|tx| restores::place(tx, r, now_ms, stale_after_ms, &sign))
+    }
+
+    fn open_restores(&self) -> Result<Vec<OpenRestore>> {
+        restores::all(&self.conn())
+    }
+
+    fn epoch(&self) -> Result<u32> {
+        meta::epoch(&self.conn())
     }
 
     fn pruned(&self) -> Result<Vec<(Name, Name)>> {

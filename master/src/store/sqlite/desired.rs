@@ -3,7 +3,8 @@
 //! Contract: a desired state is stored only with a generation above the stored one and
 //! only if it is deliverable ([`store_desired`]); table `generations` holds, per node,
 //! the highest generation ever handed out, so [`next_after`] never hands one out twice,
-//! across processes (the caller holds an immediate transaction).
+//! across processes (the caller holds an immediate transaction). Every generation handed
+//! out is in the master's epoch ([`crate::epoch`]): at least `epoch << 32 | 1`.
 
 use hedge_wire::limits::DEFAULT_MAX_FRAME;
 use hedge_wire::{DesiredState, Name, Validate, WireError};
@@ -93,11 +94,10 @@ pub(super) fn store_desired(tx: &Transaction<'_>, d: &DesiredState) -> Result<()
     set_high_water(tx, &d.node, generation)
 }
 
-/// The generation after the high-water mark, within SQLite's range.
+/// The generation after the high-water mark in the master's epoch
+/// ([`crate::epoch::next_generation`]), within SQLite's range.
 pub(super) fn next_after(tx: &Transaction<'_>, node: &Name) -> Result<u64> {
-    high_water(tx, node)?
-        .checked_add(1)
-        .filter(|g| i64::try_from(*g).is_ok())
+    crate::epoch::next_generation(high_water(tx, node)?, super::meta::epoch(tx)?)
         .ok_or_else(|| StoreError::GenerationExhausted(node.clone()))
 }
 

@@ -112,6 +112,7 @@ pub(super) fn ingest_in(tx: &Connection, batch: &Batch) -> Result<Ingested> {
             }
             new_bytes += u64::try_from(blob.len()).unwrap_or(u64::MAX);
             last_seq = last_seq.max(*seq);
+            super::restores::note_record(tx, node, &record.kind)?;
             let newest = match record.kind {
                 RecordKind::NodeHealth { .. } => &mut health,
                 RecordKind::NodeInfo { .. } => &mut info,

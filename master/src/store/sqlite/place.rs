@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 
+use hedge_wire::backup::BackupPolicy;
 use hedge_wire::{DesiredState, InstanceRequest, InstanceStatus, Name, RecordKind, RequestedState};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
@@ -22,10 +23,13 @@ use super::sql::{from_sql, seq_sql};
 use crate::alloc::{self, Placement};
 use crate::placement::{self as rules, Target};
 
-/// The body of [`super::super::FleetStore::place`], inside the caller's transaction.
+/// The body of [`super::super::FleetStore::place`] (`backup: None`: the instance's
+/// policy is kept) and [`super::super::FleetStore::place_with_backup`] (`Some`: set or
+/// removed), inside the caller's transaction.
 pub(super) fn place(
     tx: &Transaction<'_>,
     request: InstanceRequest,
+    backup: Option<Option<&BackupPolicy>>,
     placement: &Placement,
     now_ms: u64,
     stale_after_ms: u64,
@@ -50,6 +54,9 @@ pub(super) fn place(
         if let Some(lease_ms) = placement.lease_ms {
             super::leases::set(tx, &name, lease_ms)?;
         }
+    }
+    if let Some(policy) = backup {
+        super::policies::set(tx, &name, policy)?;
     }
     let mut pruned = Vec::new();
     let (state, p) = write_desired(
@@ -111,8 +118,9 @@ pub(super) fn destroy_on(
 }
 
 /// The shared write path: prunes what `node` reported destroyed, maps the instances
-/// with `f`, fills the imports (`sqlite::imports`), takes a new generation, signs, stores (refusing what cannot be delivered)
-/// and tracks destroyed instances. Returns the state and the names pruned.
+/// with `f`, fills the imports (`sqlite::imports`), the terms (`moves`), the backup
+/// policies (`policies`) and restore directives (`restores`), takes a new generation, signs, stores
+/// (refusing what cannot be delivered) and tracks destroyed instances. Returns the state and the names pruned.
 pub(super) fn write_desired<F, S>(
     tx: &Transaction<'_>,
     node: &Name,
@@ -144,32 +152,22 @@ where
         .unwrap_or_default();
     let carries = |n: &Name| instances.iter().any(|i| &i.name == n);
     let terms = terms.into_iter().filter(|t| carries(&t.instance)).collect();
-    // Backup policies and restore directives carry over the same way.
-    let (backups, restores) = current
-        .as_ref()
-        .map(|d| (d.backups.clone(), d.restores.clone()))
-        .unwrap_or_default();
-    let backups = backups
-        .into_iter()
-        .filter(|b| carries(&b.instance))
-        .collect();
-    let restores = restores
-        .into_iter()
-        .filter(|r| carries(&r.instance))
-        .collect();
     let imports = super::imports::imports_for(tx, node, &instances)?;
     let mut d = DesiredState {
         node: node.clone(),
         generation,
         terms,
         imports,
-        backups,
-        restores,
+        backups: Vec::new(),
+        restores: Vec::new(),
         instances,
         signature: heapless::Vec::new(),
         expires_ms: 0,
     };
     moves::fill_terms(tx, &mut d)?;
+    // Backup policies and restore directives come from their tables.
+    d.backups = super::policies::of_live(tx, &d.instances)?;
+    super::restores::directives(tx, &mut d)?;
     sign(&mut d);
     if &d.node != node || d.generation != generation {
         return Err(StoreError::SignerChangedState(node.clone()));

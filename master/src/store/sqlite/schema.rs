@@ -20,7 +20,7 @@
 //! the tables of moves are in `moves`, the instances' leases in `leases`,
 //! the records of stale copies in `stale`, the path of each node's last batch and its
 //! refused relayed batches in `carry`, the blob service's snapshots, counters and open
-//! restores in `backups`.
+//! restores in `backups`, backup policies in `policies`, the master's epoch in `meta`.
 //! New tables are created by `CREATE ... IF NOT EXISTS` at every open, so adding one
 //! keeps [`SCHEMA_VERSION`] (an older master simply ignores it). Version 2 keyed
 //! records and coverage by epoch: a version 1 file is migrated in place at open (its
@@ -203,6 +203,8 @@ pub(super) fn set_up(conn: &mut Connection) -> rusqlite::Result<i64> {
     tx.execute_batch(super::stale::SCHEMA)?;
     tx.execute_batch(super::carry::SCHEMA)?;
     tx.execute_batch(super::backups::SCHEMA)?;
+    tx.execute_batch(super::policies::SCHEMA)?;
+    tx.execute_batch(super::meta::SCHEMA)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(version)

@@ -44,7 +44,12 @@ fn the_store_and_its_journal_files_are_private() {
     use std::os::unix::fs::PermissionsExt;
     let (dir, store) = open();
     store.ingest(&n("a"), &batch("a", 1, 3), 1).unwrap();
-    for f in ["master.db", "master.db-wal", "master.db-shm"] {
+    for f in [
+        "master.db",
+        "master.db-wal",
+        "master.db-shm",
+        "master.db.lock",
+    ] {
         let mode = std::fs::metadata(dir.path().join(f))
             .unwrap()
             .permissions()
@@ -148,4 +153,100 @@ fn a_desired_state_stored_before_wire_version_2_still_reads() {
     let d = s.desired(&pi).unwrap().unwrap();
     assert_eq!((d.generation, d.expires_ms), (3, 0));
     assert_eq!(d.instances, v1.instances);
+}
+
+#[test]
+fn a_backup_is_a_consistent_store_taken_while_another_handle_writes() {
+    let (dir, store) = open();
+    let out = dir.path().join("backup.db");
+    let writer = SqliteStore::open(store.path()).unwrap();
+    std::thread::scope(|t| {
+        t.spawn(|| {
+            for i in 0..200u64 {
+                writer
+                    .ingest(&n("a"), &batch("a", i + 1, i + 1), i)
+                    .unwrap();
+            }
+        });
+        for _ in 0..5 {
+            store.backup_to(&out).unwrap();
+            // Every copy is a whole store whose coverage matches its records.
+            let copy = dir.path().join("copy.db");
+            std::fs::copy(&out, &copy).unwrap();
+            let c = SqliteStore::open(&copy).unwrap();
+            let count = c.count(&n("a")).unwrap();
+            assert_eq!(
+                c.coverage(&n("a"), crate::store::conformance::E1)
+                    .unwrap()
+                    .acked,
+                count
+            );
+            drop(c);
+            for f in ["copy.db", "copy.db-wal", "copy.db-shm", "copy.db.lock"] {
+                let _ = std::fs::remove_file(dir.path().join(f));
+            }
+        }
+    });
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn recover_refuses_a_store_in_use_and_raises_the_epoch_past_the_old_life() {
+    use crate::sign::{sign, MasterKey};
+    let (dir, store) = open();
+    let path = store.path().to_owned();
+    let key = MasterKey::generate();
+    let write = |s: &SqliteStore| {
+        s.update_desired(&n("a"), |v| v, |d| sign(&key, d, 0))
+            .unwrap()
+            .generation
+    };
+    assert_eq!(write(&store), 1);
+    let backup = dir.path().join("backup.db");
+    store.backup_to(&backup).unwrap();
+    // The old life goes on past the backup: the node applied generation 3.
+    write(&store);
+    let applied = write(&store);
+    assert_eq!(applied, 3);
+    assert!(matches!(
+        SqliteStore::recover(&path, &backup, 1_764_000_000),
+        Err(StoreError::InUse(_))
+    ));
+    drop(store);
+    let r = SqliteStore::recover(&path, &backup, 1_764_000_000).unwrap();
+    assert_eq!((r.previous_epoch, r.epoch), (0, 1_764_000_000));
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.epoch().unwrap(), 1_764_000_000);
+    // The backup's state: generation 1 stored; without the epoch the next would be 2,
+    // below what the node applied; with it, above.
+    assert_eq!(store.desired_generation(&n("a")).unwrap(), Some(1));
+    let next = write(&store);
+    assert_eq!(next, crate::epoch::first_of(1_764_000_000));
+    assert!(next > applied && 2 <= applied);
+    assert_eq!(write(&store), next + 1);
+    // A new node starts in the epoch too.
+    let b = store
+        .update_desired(&n("b"), |v| v, |d| sign(&key, d, 0))
+        .unwrap();
+    assert_eq!(b.generation, crate::epoch::first_of(1_764_000_000));
+    // Recovering the same old backup again, with a clock set back: one epoch more.
+    drop(store);
+    let r = SqliteStore::recover(&path, &backup, 5).unwrap();
+    assert_eq!((r.previous_epoch, r.epoch), (1_764_000_000, 1_764_000_001));
+    let store = SqliteStore::open(&path).unwrap();
+    assert!(write(&store) > next + 1);
+    // A store cannot be opened while a recover holds it (the lock is shared by opens).
+    let lock = std::fs::File::open(dir.path().join("master.db.lock")).unwrap();
+    drop(store);
+    let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    assert!(matches!(
+        SqliteStore::open(&path),
+        Err(StoreError::Recovering(_))
+    ));
+    drop(held);
+    SqliteStore::open(&path).unwrap();
 }
