@@ -22,6 +22,7 @@ use crate::Failure;
 
 mod backups;
 mod nodes;
+mod recovery;
 
 #[derive(Args)]
 pub struct ConfigArg {
@@ -113,6 +114,43 @@ pub enum MasterCommand {
     Retire {
         /// The node id.
         node: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Restore an instance on a node from a snapshot in the master's blob store: place
+    /// it there (moved, fenced, if it runs elsewhere) with a restore directive; the node
+    /// rebuilds its paths, then starts it.
+    Restore {
+        /// The instance.
+        instance: String,
+        /// The node to restore it on.
+        #[arg(long)]
+        to: String,
+        /// The snapshot (16 hex digits; default: the newest the master stores).
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// The fleet's recovery secret (default: DIR/recovery.key; it may live offline).
+        #[arg(long)]
+        recovery_key: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Write a consistent copy of the master's store (SQLite's online backup API; masters
+    /// may run meanwhile). It holds the open restores' keys: keep it private.
+    Backup {
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Install a backup (`hedge master backup --out`) as the master's store, with a new
+    /// epoch, so nodes that applied later generations accept the states it signs. Stop
+    /// every master using the store first.
+    Recover {
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -373,6 +411,33 @@ pub fn main(cmd: MasterCommand) -> Result<(), Failure> {
             Ok(())
         }
         MasterCommand::Run { config } => run(load(&config)?),
+        MasterCommand::Restore {
+            instance,
+            to,
+            snapshot,
+            recovery_key,
+            config,
+        } => {
+            let cfg = load(&config)?;
+            let snapshot = snapshot
+                .map(|s| {
+                    s.parse::<hedge_wire::backup::SnapshotId>()
+                        .map_err(|e| Failure::usage(anyhow::anyhow!("--snapshot {s:?}: {e}")))
+                })
+                .transpose()?;
+            recovery::restore(
+                &cfg,
+                &open_store(&cfg)?,
+                &node_name(&instance)?,
+                &node_name(&to)?,
+                snapshot,
+                recovery_key.as_deref(),
+            )
+        }
+        MasterCommand::Backup { out, config } => {
+            recovery::backup(&open_store(&load(&config)?)?, &out)
+        }
+        MasterCommand::Recover { from, config } => recovery::recover(&load(&config)?, &from),
         MasterCommand::Label {
             node,
             pairs,
@@ -460,7 +525,7 @@ pub fn main(cmd: MasterCommand) -> Result<(), Failure> {
                     Err(e) => Err(e.to_string()),
                 }
             };
-            let request = request.build(&releases)?;
+            let (request, backup) = request.build_with_backup(&releases)?;
             let mut placement = Placement {
                 node: node
                     .map(|n| {
@@ -479,7 +544,7 @@ pub fn main(cmd: MasterCommand) -> Result<(), Failure> {
             };
             placement.labels = parse_labels(&labels, "--label")?;
             drop(store);
-            request_on_master(&cfg, request, placement)
+            request_on_master(&cfg, request, backup, placement)
         }
         MasterCommand::Backups { instance, view } => {
             let instance = instance.map(|i| node_name(&i)).transpose()?;
@@ -597,6 +662,7 @@ fn print_list<T: serde::Serialize>(v: &View, list: &[T]) -> Result<(), Failure> 
 fn request_on_master(
     cfg: &MasterConfig,
     request: InstanceRequest,
+    backup: Option<hedge_wire::backup::BackupPolicy>,
     placement: Placement,
 ) -> Result<(), Failure> {
     let store = open_store(cfg)?;
@@ -606,6 +672,7 @@ fn request_on_master(
         &store,
         &key,
         request,
+        backup.as_ref(),
         &placement,
         cfg.allocation.stale_after_ms,
         now_ms,

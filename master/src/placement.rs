@@ -31,6 +31,7 @@
 //! signing, and tells refusals ([`PlaceError::Refused`]: the operator's request cannot
 //! be met, nothing stored) from failures of the store. [`report`] is what it prints.
 
+use hedge_wire::backup::BackupPolicy;
 use hedge_wire::{DesiredState, InstanceRequest, Name};
 
 use crate::alloc::Placement;
@@ -120,18 +121,21 @@ impl From<StoreError> for PlaceError {
     }
 }
 
-/// Places `request` in `store` ([`FleetStore::place`]), signing every state written
-/// with `key` at `now_ms()` when it is signed.
+/// Places `request` in `store` with its backup policy (`None` removes it:
+/// [`FleetStore::place_with_backup`]), signing every state written with `key` at
+/// `now_ms()` when it is signed.
 pub fn request<S: FleetStore>(
     store: &S,
     key: &MasterKey,
     request: InstanceRequest,
+    backup: Option<&BackupPolicy>,
     placement: &Placement,
     stale_after_ms: u64,
     now_ms: impl Fn() -> u64,
 ) -> Result<Placed, PlaceError> {
-    Ok(store.place(
+    Ok(store.place_with_backup(
         request,
+        backup,
         placement,
         now_ms(),
         stale_after_ms,

@@ -21,7 +21,7 @@ use hedge_wire::{DesiredState, Name};
 use zeroize::Zeroizing;
 
 use crate::sign::{sign, MasterKey};
-use crate::store::{FleetStore, OpenRestore, StoreError};
+use crate::store::{FleetStore, OpenRestore, StoreError, StoredSnapshot};
 
 /// A restore to open ([`FleetStore::place_restore`]).
 #[derive(Clone)]
@@ -85,10 +85,36 @@ pub enum RestoreError {
         /// Why.
         source: SealError,
     },
+    /// The master stores no such snapshot of the instance.
+    #[error("the master stores no snapshot{} of {instance} (hedge master backups {instance})", .id.map(|i| format!(" {i}")).unwrap_or_default())]
+    NoSnapshot {
+        /// The instance.
+        instance: Name,
+        /// The snapshot asked for, if one was.
+        id: Option<SnapshotId>,
+    },
     /// The store refused (the instance is not placed anywhere, the target does not fit)
     /// or failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// The snapshot of `instance` to restore among those the master stores: `id` if given
+/// (taken on any node), else the newest (by time taken, then id).
+pub fn pick<'a>(
+    stored: &'a [StoredSnapshot],
+    instance: &Name,
+    id: Option<SnapshotId>,
+) -> Result<&'a StoredSnapshot, RestoreError> {
+    let mut of = stored.iter().filter(|s| &s.instance == instance);
+    let found = match id {
+        Some(id) => of.find(|s| s.id == id),
+        None => of.max_by_key(|s| (s.taken_ms, s.id)),
+    };
+    found.ok_or_else(|| RestoreError::NoSnapshot {
+        instance: instance.clone(),
+        id,
+    })
 }
 
 /// Unseals `header`'s key with `recovery` and opens the restore of `header.instance`
@@ -121,4 +147,50 @@ pub fn restore<S: FleetStore>(
         stale_after_ms,
         |d: &mut DesiredState| sign(key, d, now_ms()),
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use hedge_wire::backup::Consistency;
+
+    use super::*;
+
+    fn stored(node: &str, instance: &str, id: u64, taken_ms: u64) -> StoredSnapshot {
+        StoredSnapshot {
+            node: Name::new(node).unwrap(),
+            instance: Name::new(instance).unwrap(),
+            id: SnapshotId(id),
+            taken_ms,
+            consistency: Consistency::Frozen,
+            bytes: 1,
+            new_bytes: 1,
+            chunks: 1,
+            stored_ms: taken_ms,
+            ids: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_newest_snapshot_of_the_instance_or_the_one_named() {
+        let web = Name::new("web").unwrap();
+        let all = [
+            stored("a", "web", 9, 100),
+            stored("b", "web", 2, 300),
+            stored("a", "db", 7, 900),
+            stored("a", "web", 1, 300),
+        ];
+        let p = pick(&all, &web, None).unwrap();
+        assert_eq!((p.node.as_str(), p.id), ("b", SnapshotId(2)));
+        let p = pick(&all, &web, Some(SnapshotId(9))).unwrap();
+        assert_eq!((p.node.as_str(), p.taken_ms), ("a", 100));
+        assert!(matches!(
+            pick(&all, &web, Some(SnapshotId(7))),
+            Err(RestoreError::NoSnapshot { .. })
+        ));
+        let none = Name::new("none").unwrap();
+        let e = pick(&all, &none, None).unwrap_err().to_string();
+        assert!(e.contains("no snapshot of none"), "{e}");
+    }
 }

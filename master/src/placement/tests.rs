@@ -134,6 +134,7 @@ fn a_request_is_signed_at_signing_time_and_reported_line_by_line() {
         &s,
         &key,
         req("x", RequestedState::Started),
+        None,
         &on("a"),
         60_000,
         now,
@@ -146,6 +147,7 @@ fn a_request_is_signed_at_signing_time_and_reported_line_by_line() {
         &s,
         &key,
         req("x", RequestedState::Started),
+        None,
         &on("b"),
         60_000,
         now,
@@ -171,6 +173,7 @@ fn a_request_is_signed_at_signing_time_and_reported_line_by_line() {
             &s,
             &key,
             req("w", RequestedState::Started),
+            None,
             &on("nope"),
             1,
             now
