@@ -172,6 +172,79 @@ mod tests {
         }
     }
 
+    fn header(recovery: &RecoveryKey, key: &[u8; 32]) -> SnapshotHeader {
+        SnapshotHeader {
+            node: Name::new("a").unwrap(),
+            instance: Name::new("web").unwrap(),
+            id: SnapshotId(0x5eed),
+            taken_ms: 1,
+            consistency: Consistency::Frozen,
+            bytes: 1,
+            new_bytes: 1,
+            chunks: 1,
+            root: Vec::new(),
+            sealed_key: heapless::Vec::from_slice(&hedge_common::seal::seal(
+                key,
+                &recovery.public(),
+            ))
+            .unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_snapshot_key_is_unsealed_with_the_recovery_key_and_kept_with_the_restore() {
+        use crate::store::conformance::{n, open, request};
+        let (_dir, store) = open();
+        for node in ["a", "b"] {
+            store
+                .register_node(&crate::store::NodeInfo {
+                    node: n(node),
+                    board: None,
+                    arch: Some("aarch64".into()),
+                    labels: Default::default(),
+                    region: None,
+                    cpus: None,
+                    mem_bytes: None,
+                    capacity_instances: 4,
+                })
+                .unwrap();
+        }
+        let signing = MasterKey::generate();
+        store
+            .place(
+                request("web", hedge_wire::RequestedState::Started),
+                &crate::alloc::Placement {
+                    node: Some(n("a")),
+                    ..Default::default()
+                },
+                0,
+                0,
+                |d| sign(&signing, d, 0),
+            )
+            .unwrap();
+        let recovery = RecoveryKey::generate();
+        let h = header(&recovery, &[42; 32]);
+        // Another recovery key opens nothing, and nothing is stored.
+        let wrong = RecoveryKey::generate();
+        assert!(matches!(
+            restore(&store, &signing, &wrong, &h, &n("b"), 0, || 7),
+            Err(RestoreError::Unseal { .. })
+        ));
+        assert!(store.open_restores().unwrap().is_empty());
+        let done = restore(&store, &signing, &recovery, &h, &n("b"), 0, || 7).unwrap();
+        crate::sign::verify(&signing.public(), &done.state).unwrap();
+        assert_eq!(done.state.node, n("b"));
+        assert_eq!(
+            done.state.restore_of(&n("web")).map(|r| r.snapshot),
+            Some(h.id)
+        );
+        let (source, key) = store
+            .open_restore_for(&n("b"), &n("web"), h.id)
+            .unwrap()
+            .unwrap();
+        assert_eq!((source, key), (n("a"), [42; 32]));
+    }
+
     #[test]
     fn the_newest_snapshot_of_the_instance_or_the_one_named() {
         let web = Name::new("web").unwrap();
