@@ -31,6 +31,8 @@
 mod answers;
 pub mod api;
 mod backup;
+mod backup_upload;
+mod blob_ports;
 mod desired;
 mod destroy;
 mod disk;
@@ -50,6 +52,7 @@ mod monitoring;
 mod outbox;
 mod published;
 mod rate_limit;
+mod restore;
 mod software;
 mod start;
 #[cfg(test)]
@@ -129,6 +132,10 @@ pub(crate) enum Event {
     Credentials,
     /// The backup thread finished a job (or a catalog read).
     Backup(backup::Done),
+    /// The backup uploader reported (`backup_upload`).
+    Upload(backup_upload::Report),
+    /// A remote restore task reported (`restore`).
+    Restore(restore::Report),
 }
 
 /// Counters shown by `status` (their home is the local API's views).
@@ -179,6 +186,10 @@ pub struct Daemon {
     mesh: Option<mesh_start::MeshRun>,
     /// Snapshots: the vault, the schedule, the backup thread's job.
     backups: backup::Backups,
+    /// The backup uploader (`backup_upload`).
+    uploads: backup_upload::Uploads,
+    /// Remote restores waiting or running (`restore`).
+    restores: restore::Restores,
 }
 
 /// As root, instances run as their partition's uid and must traverse the state
@@ -275,6 +286,8 @@ impl Daemon {
             relay_shed_log: RateLimit::default(),
             mesh: None,
             backups,
+            uploads: backup_upload::Uploads::default(),
+            restores: restore::Restores::default(),
         };
         d.master_key = d.cfg.master_key();
         match d.outbox.store.desired() {
@@ -460,12 +473,14 @@ impl Daemon {
         // Leased copies run only while the lease is held (fence records go first).
         self.gate_by_lease(&mut desired);
         // Instances a local restore holds stay stopped until it is done.
+        // Instances waiting for a remote restore are created, never started.
         self.gate_by_restore(&mut desired);
         let steps = reconcile::diff(&desired, &self.instances.held(), &self.instances.on_disk());
         for step in steps {
             tracing::debug!(?step, "reconcile");
             self.apply(step);
         }
+        self.drive_restores();
     }
 
     /// Runs until `shutdown` resolves, serving the local API on `listener`.
@@ -590,6 +605,8 @@ impl Daemon {
         self.stop_mesh();
         self.links.stop_all();
         self.stop_downloads();
+        self.uploads.stop();
+        self.restores.stop_all();
         if let Some(m) = metrics_server {
             m.abort();
         }
@@ -634,6 +651,8 @@ impl Daemon {
             Event::Artifact { sha256, attempt } => self.on_artifact(sha256, attempt),
             Event::DiskWalked { name, usage } => self.on_disk_walked(name, usage),
             Event::Backup(done) => self.on_backup_done(done),
+            Event::Upload(r) => self.on_upload(r),
+            Event::Restore(r) => self.on_restore(r),
             Event::Credentials => {}
         }
     }

@@ -49,6 +49,7 @@ mod frame;
 mod migrate;
 mod outbox;
 pub mod pending;
+mod restored;
 mod segments;
 
 use std::collections::BTreeMap;
