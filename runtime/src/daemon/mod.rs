@@ -32,6 +32,7 @@ mod answers;
 pub mod api;
 mod backup;
 mod backup_upload;
+mod blob_impls;
 mod blob_ports;
 mod desired;
 mod destroy;
