@@ -177,6 +177,10 @@ impl Daemon {
                 }
                 if link == LinkId::Uplink {
                     self.tell_direct();
+                    if up {
+                        // Pending snapshots leave now rather than at the next poll.
+                        self.upload_wake();
+                    }
                     let mut down = self
                         .links
                         .uplink_down_since

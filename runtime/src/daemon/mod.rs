@@ -512,6 +512,7 @@ impl Daemon {
         ));
         self.start_uplink();
         self.start_mesh();
+        self.start_backup_sync();
         let credentials = self.start_credentials();
         self.record_node_info();
         let wanted = self.desired().map_or(0, |d| d.len());
@@ -558,6 +559,8 @@ impl Daemon {
                         // The mesh's sessions present the same certificate.
                         self.start_mesh();
                         self.software.source = None;
+                        // Uploads and restores present the same certificate.
+                        self.start_backup_sync();
                     } else {
                         self.on_event(ev);
                     }

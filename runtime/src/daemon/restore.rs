@@ -24,7 +24,7 @@
 //! starts over (the chunks already fetched stay in the vault). A directive that leaves
 //! the desired state, or changes, stops its task.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -242,11 +242,6 @@ impl Restores {
         for (_, (_, t)) in std::mem::take(&mut self.tasks) {
             t.abort();
         }
-    }
-
-    /// Instances kept stopped for a restore.
-    pub(crate) fn gated(&self) -> BTreeSet<Name> {
-        self.pending.keys().cloned().collect()
     }
 }
 

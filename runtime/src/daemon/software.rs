@@ -175,7 +175,7 @@ impl Daemon {
         self.software.tasks.insert(*sha, task);
     }
 
-    fn artifact_source(&mut self) -> Result<Source, String> {
+    pub(super) fn artifact_source(&mut self) -> Result<Source, String> {
         if let Some(s) = &self.software.source {
             return Ok(s.clone());
         }
