@@ -3,6 +3,7 @@
 //! No sleeps as synchronisation: [`wait_for`] polls a condition until a deadline.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod backup;
 pub mod broker;
 pub mod fleet;
 pub mod netns;
