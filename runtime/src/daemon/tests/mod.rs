@@ -7,6 +7,7 @@ mod imports;
 mod lease;
 mod limits;
 mod mesh;
+mod restore;
 
 use std::time::Duration;
 
