@@ -20,7 +20,7 @@
 //! Errors back off (1 s doubling to 5 min, ±20 %, reset by a success); a network error
 //! is only logged, an error the master answered (quota, refusal) is also reported once
 //! per snapshot as `Backup { Failed }`. New snapshots wake it at once
-//! ([`Daemon::upload_wake`]); otherwise it looks every 30 s.
+//! ([`Daemon::upload_wake`]); otherwise it looks every 10 s.
 
 mod bucket;
 
@@ -44,7 +44,7 @@ const RETRY_MAX: Duration = Duration::from_secs(300);
 /// How often the uplink is looked at while it is down.
 const UP_POLL: Duration = Duration::from_secs(1);
 /// How often the vault is looked at when nothing woke the uploader.
-const IDLE_POLL: Duration = Duration::from_secs(30);
+const IDLE_POLL: Duration = Duration::from_secs(10);
 
 /// What one snapshot's upload sent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -475,7 +475,7 @@ impl Daemon {
         self.gate_by_lease(&mut desired);
         // Instances a local restore holds stay stopped until it is done.
         // Instances waiting for a remote restore are created, never started.
-        self.gate_by_restore(&mut desired);
+        self.gate_by_remote_restore(&mut desired);
         let steps = reconcile::diff(&desired, &self.instances.held(), &self.instances.on_disk());
         for step in steps {
             tracing::debug!(?step, "reconcile");

@@ -4,7 +4,7 @@
 //! Contract: a directive of the applied desired state is *pending* while its instance
 //! is desired (not `destroyed`) and the store's marker (`store::restored`) does not
 //! name the directive's `(source, snapshot)` ([`pending`], pure). Reconcile gates every
-//! pending instance to `stopped` ([`Daemon::gate_by_restore`]; it is created, so its
+//! pending instance to `stopped` ([`Daemon::gate_by_remote_restore`]; it is created, so its
 //! partition exists, but never started), and one task per pending instance
 //! ([`run`]) does, off the loop: the grant (`RestoreGrant`: header and key, given only
 //! to this node while the master's restore is open), the import into the vault, then
@@ -248,7 +248,7 @@ impl Restores {
 impl Daemon {
     /// Keeps every instance with a pending restore directive from starting; stops the
     /// tasks of directives no longer pending.
-    pub(super) fn gate_by_restore(&mut self, desired: &mut BTreeMap<Name, InstanceRequest>) {
+    pub(super) fn gate_by_remote_restore(&mut self, desired: &mut BTreeMap<Name, InstanceRequest>) {
         let directives = match self.outbox.store.desired() {
             Ok(d) => d.map(|d| d.restores).unwrap_or_default(),
             Err(e) => {
