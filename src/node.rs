@@ -17,6 +17,8 @@ use serde::de::DeserializeOwned;
 
 use crate::Failure;
 
+mod backup_probe;
+
 /// Where client commands look for the config unless told.
 const DEFAULT_CONFIG: &str = "/var/lib/hedge/node.toml";
 
@@ -125,6 +127,9 @@ pub enum NodeCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Measure the backup engine on a directory (for scripts/bench; prints JSON).
+    #[command(hide = true)]
+    BackupProbe(backup_probe::ProbeArgs),
     /// Print an instance's log.
     Logs {
         /// Instance name.
@@ -240,6 +245,7 @@ pub fn main(cmd: NodeCommand) -> Result<(), Failure> {
             );
             Ok(())
         }
+        NodeCommand::BackupProbe(args) => backup_probe::main(args),
         NodeCommand::Logs {
             name,
             follow,

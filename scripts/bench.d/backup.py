@@ -169,7 +169,7 @@ class Restic:
 
     def backup(self, part):
         # From inside the partition, so both tools see the same relative paths.
-        return run_measured([self.b, "backup", "--repo", self.repo, "--no-scan", "-q", "srv"],
+        return run_measured([self.b, "backup", "--repo", self.repo, "-q", "srv"],
                             self.log, 1800, env=self.env, cwd=part)
 
     def restore(self, to):
