@@ -41,14 +41,10 @@ pub struct RequestArgs {
 }
 
 impl RequestArgs {
-    /// Reads the file or builds from the flags, with every check of the request format;
-    /// `releases` resolves `release:NAME` (the master's), or refuses it (the node's).
-    pub fn build(self, releases: Releases<'_>) -> Result<InstanceRequest, Failure> {
-        Ok(self.build_with_backup(releases)?.0)
-    }
-
-    /// [`RequestArgs::build`] and the file's backup policy (`[backup]`; flags give none:
-    /// a request without one removes the instance's policy).
+    /// Reads the file or builds from the flags, with every check of the request format,
+    /// and the file's backup policy (`[backup]`; flags give none: a request without one
+    /// removes the instance's policy). `releases` resolves `release:NAME` (the
+    /// master's), or refuses it (the node's).
     pub fn build_with_backup(
         self,
         releases: Releases<'_>,

@@ -474,6 +474,7 @@ impl Daemon {
         // Leased copies run only while the lease is held (fence records go first).
         self.gate_by_lease(&mut desired);
         // Instances a local restore holds stay stopped until it is done.
+        self.gate_by_restore(&mut desired);
         // Instances waiting for a remote restore are created, never started.
         self.gate_by_remote_restore(&mut desired);
         let steps = reconcile::diff(&desired, &self.instances.held(), &self.instances.on_disk());
