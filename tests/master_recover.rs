@@ -98,4 +98,26 @@ fn a_master_recovered_from_an_older_backup_still_moves_its_nodes_forward() {
     let again = request(&fleet, "f", "n1");
     assert_eq!(again, g + 1);
     applied(&node, again, "f");
+
+    // A request file's [backup] reaches the signed state (what `request` reports is
+    // read from it); the same request without it removes the policy.
+    let file = fleet.dir.path().join("g.toml");
+    let text = "name = \"g\"\nsoftware = \"exec:/bin/sleep\"\nargs = [\"1000\"]\n";
+    std::fs::write(
+        &file,
+        format!("{text}[backup]\ninterval = \"5m\"\nretain = 3\n"),
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let out = fleet.master_ok(&["request", "--file", f, "--node", "n1"]);
+    assert!(
+        out.contains("g backed up every 300 s, 3 kept, paths srv"),
+        "{out}"
+    );
+    std::fs::write(&file, text).unwrap();
+    let out = fleet.master_ok(&["request", "--file", f]);
+    assert!(
+        out.contains("g requested on n1") && !out.contains("backed up"),
+        "{out}"
+    );
 }

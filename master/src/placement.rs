@@ -169,6 +169,19 @@ pub fn report(name: &Name, placed: &Placed) -> Vec<Line> {
         "{name} requested on {} (generation {}); `hedge master run` publishes it",
         placed.state.node, placed.state.generation
     )));
+    if let Some(b) = placed.state.backup_of(name) {
+        out.push(Line::Out(format!(
+            "{name} backed up every {} s, {} kept, paths {}{}",
+            b.interval_s,
+            b.retain,
+            b.paths.join(" "),
+            if b.command.is_empty() {
+                String::new()
+            } else {
+                format!(", after `{}`", b.command.join(" "))
+            }
+        )));
+    }
     out
 }
 
