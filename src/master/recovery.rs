@@ -111,5 +111,10 @@ pub fn recover(cfg: &MasterConfig, from: &Path) -> Result<(), Failure> {
         r.previous_epoch,
         r.first_generation
     );
+    eprintln!(
+        "instances requested after the backup was taken are not in it: the next state the \
+         master writes for their node (a request, the re-signing before expiry) leaves them \
+         out; request them again first (`hedge master instances` lists what nodes report)"
+    );
     Ok(())
 }
