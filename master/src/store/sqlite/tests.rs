@@ -250,3 +250,74 @@ fn recover_refuses_a_store_in_use_and_raises_the_epoch_past_the_old_life() {
     drop(held);
     SqliteStore::open(&path).unwrap();
 }
+
+#[test]
+fn a_closed_restores_key_leaves_the_file() {
+    use crate::restore::RestoreRequest;
+    use crate::sign::{sign, MasterKey};
+    use hedge_wire::backup::{BackupEvent, SnapshotId};
+    use hedge_wire::{Record, RecordKind};
+    let (dir, store) = open();
+    let key = MasterKey::generate();
+    crate::store::conformance::place::register(&store, "a", 4);
+    store
+        .place(
+            request("x", RequestedState::Started),
+            &crate::store::conformance::place::on("a"),
+            0,
+            0,
+            |d| sign(&key, d, 0),
+        )
+        .unwrap();
+    let secret = [0xa5u8; 32];
+    let contains = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map(|b| b.windows(32).any(|w| w == secret))
+            .unwrap_or(false)
+    };
+    let checkpoint = |s: &SqliteStore| {
+        s.conn()
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+    };
+    store
+        .place_restore(
+            &RestoreRequest {
+                instance: n("x"),
+                target: n("a"),
+                source: n("a"),
+                snapshot: SnapshotId(1),
+                key: zeroize::Zeroizing::new(secret),
+            },
+            1,
+            0,
+            |d| sign(&key, d, 0),
+        )
+        .unwrap();
+    checkpoint(&store);
+    let db = dir.path().join("master.db");
+    assert!(contains(&db), "the open restore's key is stored");
+    let done = Up {
+        node: n("a"),
+        records: vec![Record {
+            seq: 1,
+            time_ms: 5,
+            kind: RecordKind::Backup {
+                instance: n("x"),
+                snapshot: SnapshotId(1),
+                event: BackupEvent::Restored { source: n("a") },
+                message: String::new(),
+            },
+        }],
+        covers: Some((1, 1)),
+        epoch: 1,
+    };
+    store.ingest(&n("a"), &done, 5).unwrap();
+    assert!(store.open_restores().unwrap().is_empty());
+    checkpoint(&store);
+    assert!(
+        !contains(&db),
+        "the closed restore's key is wiped from the file"
+    );
+    assert!(!contains(&dir.path().join("master.db-wal")));
+}
