@@ -118,7 +118,10 @@ impl Batch {
 /// - **Generation high-water mark.** A desired state is stored only with a generation
 ///   above the stored one ([`StoreError::StaleGeneration`]), and a generation handed
 ///   out by [`FleetStore::next_generation`], [`FleetStore::update_desired`] or
-///   [`FleetStore::place`] is never handed out again, across processes.
+///   [`FleetStore::place`] is never handed out again, across processes. Every
+///   generation handed out is in the master's epoch ([`FleetStore::epoch`],
+///   [`crate::epoch::next_generation`]): at least `epoch << 32 | 1`; a store starts in
+///   epoch 0 and only a recovery from a backup raises it ([`SqliteStore::recover`]).
 /// - **Deliverable states.** A desired state is stored only if it passes the wire's
 ///   validation and, signed and framed, fits the frame limit a node decodes with
 ///   ([`StoreError::TooLarge`]): what is stored can be delivered.

@@ -27,7 +27,7 @@ use rusqlite::{Connection, OpenFlags};
 use super::super::{Result, StoreError};
 use super::{meta, schema, SCHEMA_VERSION};
 
-/// What [`recover`] did.
+/// What [`super::SqliteStore::recover`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recovered {
     /// The highest epoch the backup or the replaced store held.
