@@ -365,3 +365,12 @@ impl Vault {
         prune::run(&self.dir, instance, retain, keep)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_vault_can_be_shared_between_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<super::Vault>();
+    }
+}

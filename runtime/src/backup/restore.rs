@@ -14,7 +14,9 @@
 //! 3. The staging directory (with the old trees) is removed, on success or failure.
 //!
 //! A parent on the way to a policy path that is a symlink or a file is an error
-//! ([`BackupError::NotADirectory`]): a restore never follows one. A crash between the
+//! ([`BackupError::NotADirectory`]): a restore never follows one. For a path the
+//! snapshot holds as absent, such a parent (or a missing one) means it is absent
+//! already: nothing is made or removed. A crash between the
 //! swaps of two paths leaves some paths restored and the old trees in the staging
 //! directory; the next restore of that snapshot removes the leftover and starts over.
 //! Memory: one chunk at a time, a handle per directory level being staged.
@@ -308,10 +310,14 @@ fn swap_each(
             return Err(BackupError::BadPath(path));
         };
         let mut parent = part.try_clone().map_err(ioe)?;
+        let mut reached = 0;
         for (k, c) in parents.iter().enumerate() {
             let c = OsStr::new(c);
             let d = match at::open_dir_at(&parent, c) {
                 Ok(d) => d,
+                // An absent root whose parent is missing, or not a directory, is
+                // absent already: nothing to make, nothing to remove.
+                Err(_) if !root.present => break,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     at::mkdir_at(&parent, c, 0o755).map_err(ioe)?;
                     done.push(Undo::Made(parent.try_clone().map_err(ioe)?, c.to_owned()));
@@ -326,6 +332,10 @@ fn swap_each(
                 Err(e) => return Err(ioe(e)),
             };
             parent = d;
+            reached += 1;
+        }
+        if reached < parents.len() {
+            continue;
         }
         let name = OsStr::new(last);
         match at::lstat_at(&parent, name) {
