@@ -346,6 +346,8 @@ impl Vault {
         partition: &Path,
         uid: Option<(u32, u32)>,
     ) -> Result<RestoreSummary, BackupError> {
+        // Shared: a prune waits until the chunks being read are no longer needed.
+        let _shared = self.lock.read().unwrap_or_else(|p| p.into_inner());
         restore::run(self, instance, id, partition, uid)
     }
 
