@@ -680,6 +680,10 @@ fn another_node_restores_from_a_grant_and_uploads_survive_a_restart() {
         assert_eq!(a.pending_uploads().unwrap(), vec![(inst.clone(), snap.id)]);
         (inst, snap, header)
     };
+    // The secret is the node's alone, and kept across restarts (same chunk ids).
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir_a.join("secret")), 0o600);
+    assert_eq!(mode(&dir_a), 0o700);
     // After a restart: the name, the key and the pending upload are still there.
     let a = Vault::open(&dir_a).unwrap();
     assert_eq!(
@@ -691,6 +695,8 @@ fn another_node_restores_from_a_grant_and_uploads_survive_a_restart() {
     let a = Vault::open(&dir_a).unwrap();
     assert!(a.pending_uploads().unwrap().is_empty());
     assert!(a.snapshots(None).unwrap()[0].uploaded);
+    let again = take(&a, "web", &part, &["srv"]);
+    assert_eq!(again.new_bytes, 0, "same secret, same chunks: {again:?}");
 
     // The master unseals the key with the recovery key; node b imports and fetches.
     let key = hedge_common::seal::unseal(&header.sealed_key, &recovery).unwrap();

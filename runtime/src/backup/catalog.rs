@@ -10,12 +10,13 @@
 //!
 //! Contract: every file here is written whole ([`super::fsx::write_durable`]); an
 //! entry is written only after everything it needs is durable, so a listed snapshot
-//! is complete (an imported one once [`missing`] returns nothing). Entries are read
+//! is complete (an imported one once [`super::Vault::missing_chunks`] returns nothing). Entries are read
 //! with a bound and a malformed one is an error, never skipped silently. Markers and
 //! the id list of a snapshot are removed after its entry ([`super::prune`]).
 
 use std::ffi::OsStr;
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use hedge_common::keyfile;
@@ -89,11 +90,23 @@ pub(crate) fn open_dir(dir: &Path) -> Result<(crypto::Secret, Option<Name>), Bac
         let d = dir.join(sub);
         fsx::make_dir(&d, 0o700).map_err(io_err(&d))?;
     }
+    // Whatever made it, BACKUPDIR is the node's alone.
+    let meta = std::fs::metadata(dir).map_err(io_err(dir))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err(dir))?;
+    }
     let path = dir.join("secret");
     if !path.exists() {
+        // Written whole under a temporary name, then linked in (never over another): a
+        // crash leaves no secret or the whole one, never a torn file.
         let mut s = zeroize::Zeroizing::new([0u8; 32]);
         OsRng.fill_bytes(&mut s[..]);
-        match keyfile::write_new(&path, &s[..], 0o600) {
+        let tmp = dir.join("tmp").join(fsx::tmp_name("secret"));
+        keyfile::write_new(&tmp, &s[..], 0o600).map_err(io_err(&tmp))?;
+        let linked = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
             Ok(()) => fsx::sync_dir(dir).map_err(io_err(dir))?,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io_err(&path)(e)),

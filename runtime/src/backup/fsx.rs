@@ -1,12 +1,12 @@
 //! File helpers of the backup engine: durable writes in `BACKUPDIR`, and no-follow
-//! operations inside a partition that extend [`crate::partition::at`].
+//! operations inside a partition that extend `partition::at`.
 //!
 //! Contract:
 //! - [`write_durable`] replaces a file whole: a uniquely named temporary beside it,
 //!   written, fsynced, renamed over, then the directory fsynced. A crash leaves the old
 //!   file or the new one, never a mix (a stray temporary at worst).
 //! - The `*_at` functions take an open directory and one path component, like
-//!   [`crate::partition::at`], and never follow a symlink at that component.
+//!   `partition::at`, and never follow a symlink at that component.
 //! - [`remove_tree_at`] removes a whole tree holding one directory handle at a time
 //!   (the way back up is the physical `..`), so neither its depth nor its width costs
 //!   memory or descriptors beyond a stack of names.

@@ -2,7 +2,7 @@
 //!
 //! Contract: [`walk_root`] visits the path's tree depth first, each directory before
 //! what it holds, in directory order. Every step goes through a directory handle with
-//! `O_NOFOLLOW` ([`crate::partition::at`]): a symlink is reported as a symlink with its
+//! `O_NOFOLLOW` (`partition::at`): a symlink is reported as a symlink with its
 //! target and never followed, even one an instance swaps in for a directory or a file
 //! between the `lstat` and the `open` (the open then fails, and the entry is skipped as
 //! changed). Only regular files, directories and symlinks are visited; FIFOs, devices
