@@ -304,7 +304,8 @@ impl Vault {
 
     /// Enters another node's snapshot (a restore grant) in the catalog, source
     /// `grant.header.node`; its chunks come next ([`Vault::missing_chunks`]). Importing
-    /// the same grant again is a no-op.
+    /// the same grant again, or a grant of a snapshot this vault took and still holds,
+    /// is a no-op.
     ///
     /// # Errors
     ///
