@@ -11,6 +11,10 @@
 //! A path that does not exist, or goes through something that is not a directory, is
 //! absent (`Ok(false)`), not an error.
 //!
+//! Not kept (by design): owners (a restore gives everything to the instance's uid),
+//! timestamps, extended attributes, and hard links (each name is its own file; their
+//! content deduplicates, so the store holds it once).
+//!
 //! Bounds: the walk holds one handle and one directory stream per level, at most
 //! [`MAX_DEPTH`] levels (deeper is [`BackupError::TooDeep`]), and the current path.
 
