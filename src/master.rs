@@ -711,18 +711,13 @@ fn names_artifact(store: MasterStore) -> hedge_master::artifacts::Authorize {
     })
 }
 
-/// The blob service `hedge master run` serves: a master made before backups gets its
-/// recovery key now.
+/// The blob service `hedge master run` serves (with the recovery key's public half).
 fn blob_service(
     cfg: &MasterConfig,
     revoked: std::sync::Arc<hedge_master::revocation::Revoked>,
 ) -> Result<hedge_master::blobs::Blobs, Failure> {
     use hedge_master::blobs::{recovery, BlobDir, Blobs, RECOVERY_KEY};
-    let key = cfg.base.join(RECOVERY_KEY);
-    if recovery::ensure(&key).map_err(Failure::usage)? {
-        tracing::info!(path = %key.display(), "recovery key created");
-    }
-    let public = recovery::public(&key).map_err(Failure::usage)?;
+    let public = recovery::public(&cfg.base.join(RECOVERY_KEY)).map_err(Failure::usage)?;
     let mut blobs = Blobs::new(
         open_store(cfg)?,
         BlobDir::new(cfg.backup.dir.clone()),
@@ -804,6 +799,11 @@ fn run(cfg: MasterConfig) -> Result<(), Failure> {
         ),
         None => None,
     };
+    // A master made before backups gets its recovery key now.
+    let recovery_key = cfg.base.join(hedge_master::blobs::RECOVERY_KEY);
+    if hedge_master::blobs::recovery::ensure(&recovery_key).map_err(Failure::usage)? {
+        tracing::info!(path = %recovery_key.display(), "recovery key created");
+    }
     let blobs = match cfg.artifacts.listen {
         Some(_) => Some(std::sync::Arc::new(blob_service(&cfg, revoked.clone())?)),
         None => None,

@@ -51,3 +51,24 @@ fn the_act_section_has_defaults_and_is_checked() {
     let err = MasterConfig::load(&path).unwrap_err().to_string();
     assert!(err.contains("act.interval_ms"), "{err}");
 }
+
+#[test]
+fn the_backup_section_has_defaults_and_is_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    init(dir, &InitOptions::default()).unwrap();
+    let path = dir.join("master.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let cfg = MasterConfig::load(&path).unwrap();
+    assert_eq!(cfg.backup.quota_bytes_per_node, 4 << 30);
+    assert_eq!(cfg.backup.dir, cfg.base.join("blobs"));
+    assert!(dir.join(crate::blobs::RECOVERY_KEY).is_file());
+    let bad = text.replace(
+        "quota_bytes_per_node = 4294967296",
+        "quota_bytes_per_node = 0",
+    );
+    assert_ne!(bad, text);
+    std::fs::write(&path, bad).unwrap();
+    let err = MasterConfig::load(&path).unwrap_err().to_string();
+    assert!(err.contains("quota_bytes_per_node"), "{err}");
+}
