@@ -147,6 +147,12 @@ impl Batch {
 ///   is final) and shows in [`NodeSummary::state`]; allocation never places on a node
 ///   that is not schedulable ([`crate::alloc`]). Lost is derived from `last_seen_ms`,
 ///   never stored ([`crate::node_state::lost`]).
+/// - **Backups** (the blob service, [`crate::blobs`]). A snapshot is stored once per
+///   `(node, instance, id)` ([`FleetStore::put_snapshot`]: a second put changes
+///   nothing) with its header; its chunk ids stay a file of the blob directory, which
+///   [`StoredSnapshot::ids`] names. Blob counters per node only grow, except the stored
+///   bytes a sweep sets. One open restore per `(target, instance)`, with its unsealed
+///   key, which only [`FleetStore::open_restore_for`] gives out; closing it erases it.
 /// - A store is `Send + Sync`: one value is shared by the threads of one process.
 ///
 /// The methods that take closures (the signing step, the edit of an assignment or of a
