@@ -349,6 +349,10 @@ pub fn main(cmd: MasterCommand) -> Result<(), Failure> {
             );
             println!("  signing    {}", report.signing_public);
             println!(
+                "  recovery   {} (opens every backup: keep a copy offline)",
+                dir.join(hedge_master::blobs::RECOVERY_KEY).display()
+            );
+            println!(
                 "enroll a node: hedge master enroll NODE --out NODE.bundle --config {}",
                 report.master_toml.display()
             );
