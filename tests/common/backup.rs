@@ -72,15 +72,20 @@ pub fn request_file(dir: &Path, name: &str, program: &str, backup: &str) -> Path
 /// Sets `[backup] upload_bytes_per_s` in a node's config.
 pub fn set_upload_rate(node: &Node, bytes_per_s: u64) {
     node.edit_config(|c| {
-        assert!(
-            c.contains("\n[backup]\n"),
-            "node.toml has no [backup] section"
-        );
-        c.replacen(
-            "\n[backup]\n",
-            &format!("\n[backup]\nupload_bytes_per_s = {bytes_per_s}\n"),
-            1,
-        )
+        let mut found = false;
+        let text: Vec<String> = c
+            .lines()
+            .map(|l| {
+                if l.starts_with("upload_bytes_per_s") {
+                    found = true;
+                    format!("upload_bytes_per_s = {bytes_per_s}")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect();
+        assert!(found, "node.toml has no [backup] upload_bytes_per_s");
+        text.join("\n") + "\n"
     });
 }
 

@@ -43,14 +43,17 @@ pub(crate) enum PortError {
 }
 
 fn damaged_text(snapshot: Option<SnapshotId>, chunk: Option<&ChunkId>) -> String {
-    let mut s = String::from("damaged");
-    if let Some(id) = snapshot {
-        s.push_str(&format!(": snapshot {id}"));
+    let what = match snapshot {
+        Some(id) => format!("snapshot {id} is damaged"),
+        None => "damaged".to_owned(),
+    };
+    match chunk {
+        Some(c) => format!(
+            "{what}: chunk {} does not match its id or key",
+            hedge_common::hex::encode(c)
+        ),
+        None => what,
     }
-    if let Some(c) = chunk {
-        s.push_str(&format!(", chunk {}", hedge_common::hex::encode(c)));
-    }
-    s
 }
 
 impl PortError {
