@@ -88,7 +88,7 @@ struct Waiting {
 pub(super) struct Backups {
     vault: Option<Arc<Vault>>,
     /// Why there is no vault.
-    unavailable: String,
+    pub(super) unavailable: String,
     schedule: Schedule,
     /// The applied desired state's policies.
     master: Vec<BackupPolicy>,
@@ -158,7 +158,6 @@ impl Backups {
     }
 
     /// The vault, for the uploader and remote restores (`None`: unavailable).
-    #[allow(dead_code)] // the uploader's and remote restore's way to the one vault
     pub(super) fn vault(&self) -> Option<Arc<Vault>> {
         self.vault.clone()
     }
@@ -720,6 +719,8 @@ impl Daemon {
                     },
                     message: t.note.clone(),
                 });
+                // The uploader takes it now rather than at its next look.
+                self.upload_wake();
                 let answer = Answer::Snapshotted(local_api::Snapshotted { snapshot: view(s) });
                 self.backups
                     .ids

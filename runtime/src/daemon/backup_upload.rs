@@ -281,8 +281,6 @@ pub(crate) async fn run<B: BlobPort, V: VaultPort>(u: Uploader<B, V>) {
 pub(crate) struct Uploads {
     task: Option<tokio::task::JoinHandle<()>>,
     wake: Arc<Notify>,
-    /// The node's vault, once opened (`Daemon::backup_vault`).
-    pub(crate) vault: Option<Arc<crate::backup::Vault>>,
 }
 
 impl Uploads {

@@ -1,7 +1,7 @@
 //! The real sides of `daemon::blob_ports`: the node's [`Vault`] as a [`VaultPort`], the
-//! blob service client ([`Remote`]) as a [`BlobPort`], the daemon's accessor that opens
-//! the vault once (shared by snapshots, uploads and restores: its lock keeps a prune
-//! off chunks being written), and the start of the uploader and of the restores.
+//! blob service client ([`Remote`]) as a [`BlobPort`], the daemon's accessor to the one vault
+//! (`daemon::backup`'s, shared by snapshots, uploads and restores: its lock keeps a
+//! prune off chunks being written), and the start of the uploader and of the restores.
 //!
 //! Contract: errors keep the engine's and the client's text (which names the snapshot
 //! and chunk); a damaged chunk stays [`PortError::Damaged`]; a transport failure or a
@@ -139,17 +139,12 @@ impl VaultPort for Vault {
 }
 
 impl Daemon {
-    /// The node's vault (`[backup] dir`), opened on first use and kept.
-    pub(crate) fn backup_vault(&mut self) -> Result<Arc<Vault>, String> {
-        if let Some(v) = &self.uploads.vault {
-            return Ok(v.clone());
-        }
-        let dir = self.cfg.backup_dir();
-        let v = Vault::open_as(&dir, self.cfg.node_id())
-            .map(Arc::new)
-            .map_err(|e| format!("backup directory {}: {e}", dir.display()))?;
-        self.uploads.vault = Some(v.clone());
-        Ok(v)
+    /// The node's vault: the one `daemon::backup` opened (its lock keeps a prune off
+    /// chunks being written, so there is one per node).
+    pub(crate) fn backup_vault(&self) -> Result<Arc<Vault>, String> {
+        self.backups
+            .vault()
+            .ok_or_else(|| format!("backups unavailable: {}", self.backups.unavailable))
     }
 }
 
