@@ -161,8 +161,15 @@ pub struct Get {
     pub from: Option<u64>,
 }
 
-/// Parses a request head (up to, without, the blank line); `Err(status)` to answer.
-pub fn parse_request(head: &[u8]) -> Result<Get, u16> {
+/// A request head's method, target and header fields (name, value), as [`split_head`]
+/// reads them.
+pub(crate) type Head<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>);
+
+/// A request head split into its method, target and header fields: the one parser of
+/// request lines for every route of this endpoint (`/artifacts`, `/enroll`, the blob
+/// service). `Err(400)` for a head that is not UTF-8, a request line that is not
+/// `METHOD TARGET HTTP/1.x`, or a header line without a colon.
+pub(crate) fn split_head(head: &[u8]) -> Result<Head<'_>, u16> {
     let text = std::str::from_utf8(head).map_err(|_| 400u16)?;
     let mut lines = text.split("\r\n");
     let line = lines.next().unwrap_or_default();
@@ -175,12 +182,18 @@ pub fn parse_request(head: &[u8]) -> Result<Get, u16> {
     if version != "HTTP/1.1" && version != "HTTP/1.0" {
         return Err(400);
     }
+    let headers = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split_once(':').ok_or(400u16))
+        .collect::<Result<Vec<_>, u16>>()?;
+    Ok((method, target, headers))
+}
+
+/// Parses a request head (up to, without, the blank line); `Err(status)` to answer.
+pub fn parse_request(head: &[u8]) -> Result<Get, u16> {
+    let (method, target, headers) = split_head(head)?;
     let mut from = None;
-    for l in lines {
-        if l.is_empty() {
-            continue;
-        }
-        let (k, v) = l.split_once(':').ok_or(400u16)?;
+    for (k, v) in headers {
         if k.eq_ignore_ascii_case("range") {
             // Only `bytes=N-` (what nodes send); other forms are ignored: a full answer.
             from = v

@@ -84,24 +84,9 @@ pub fn chunk_id(hex: &str) -> Option<[u8; 32]> {
 
 /// Parses a request head (without its blank line); `Err(status)` to answer.
 pub fn parse(head: &[u8]) -> Result<Route, u16> {
-    let text = std::str::from_utf8(head).map_err(|_| 400u16)?;
-    let mut lines = text.split("\r\n");
-    let line = lines.next().unwrap_or_default();
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(400);
-    };
-    if version != "HTTP/1.1" && version != "HTTP/1.0" {
-        return Err(400);
-    }
+    let (method, target, headers) = crate::artifacts::split_head(head)?;
     let mut length: Option<u64> = None;
-    for l in lines {
-        if l.is_empty() {
-            continue;
-        }
-        let (k, v) = l.split_once(':').ok_or(400u16)?;
+    for (k, v) in headers {
         if k.eq_ignore_ascii_case("content-length") {
             let n = v.trim().parse::<u64>().map_err(|_| 400u16)?;
             if length.is_some_and(|m| m != n) {
