@@ -97,7 +97,11 @@ impl Schedule {
 
     /// The instance of `policies` due soonest, and when; `None` while a backup runs or
     /// when there is no policy. Clamps last snapshot times that lie after `now_ms`.
-    pub fn next(&mut self, policies: &[BackupPolicy], now_ms: u64) -> Option<Due> {
+    pub fn next<'a>(
+        &mut self,
+        policies: impl IntoIterator<Item = &'a BackupPolicy>,
+        now_ms: u64,
+    ) -> Option<Due> {
         for t in self.last.values_mut() {
             *t = (*t).min(now_ms);
         }
@@ -105,7 +109,7 @@ impl Schedule {
             return None;
         }
         policies
-            .iter()
+            .into_iter()
             .map(|p| Due {
                 instance: p.instance.clone(),
                 at_ms: self.due_at(p, now_ms),

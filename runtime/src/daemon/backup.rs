@@ -404,13 +404,21 @@ impl Daemon {
     }
 
     /// The policies in force: those of instances the node holds and wants.
-    fn policies(&self) -> Vec<BackupPolicy> {
+    fn policies(&self) -> impl Iterator<Item = &BackupPolicy> {
         self.instances
             .slots
             .iter()
             .filter(|(_, s)| !s.destroying && s.request.state != RequestedState::Destroyed)
-            .filter_map(|(n, _)| self.backups.policy_of(n).cloned())
-            .collect()
+            .filter_map(|(n, _)| self.backups.policy_of(n))
+    }
+
+    /// The instance due next and when, as of wall time `now` (the schedule clamps its
+    /// times as it looks).
+    fn due_now(&mut self, now: u64) -> Option<(Name, u64)> {
+        let mut schedule = std::mem::take(&mut self.backups.schedule);
+        let due = schedule.next(self.policies(), now);
+        self.backups.schedule = schedule;
+        due.map(|d| (d.instance, d.at_ms))
     }
 
     /// When the loop must wake for backups.
@@ -418,11 +426,10 @@ impl Daemon {
         let now = super::monotonic_now();
         let refresh = self.backups.refresh_at;
         self.backups.vault.as_ref()?;
-        let policies = self.policies();
-        let due =
-            self.backups.schedule.next(&policies, now_ms()).map(|d| {
-                now + Duration::from_millis(d.at_ms.saturating_sub(now_ms())).min(RECHECK)
-            });
+        let wall = now_ms();
+        let due = self
+            .due_now(wall)
+            .map(|(_, at_ms)| now + Duration::from_millis(at_ms.saturating_sub(wall)).min(RECHECK));
         due.into_iter().chain(refresh).min()
     }
 
@@ -456,13 +463,21 @@ impl Daemon {
         if let Some((name, replies)) = self.backups.asked.pop_front() {
             return self.start_snapshot(vault, name, replies);
         }
-        let policies = self.policies();
         let now = now_ms();
-        if let Some(due) = self.backups.schedule.next(&policies, now) {
-            if due.at_ms <= now && !self.backups.holds(&due.instance) {
-                self.start_snapshot(vault, due.instance, Vec::new());
-            }
+        let Some((name, at_ms)) = self.due_now(now) else {
+            return;
+        };
+        if at_ms > now || self.backups.holds(&name) {
+            return;
         }
+        if !self.instances.partitions.exists(&name) {
+            // Not set up yet (its software is still coming): try again later, quietly.
+            tracing::debug!(instance = %name, "backup due before the partition exists; later");
+            self.backups.schedule.started(&name);
+            self.backups.schedule.failed(&name, now);
+            return;
+        }
+        self.start_snapshot(vault, name, Vec::new());
     }
 
     /// Whether `name`'s processes are all gone (a restore may begin).
