@@ -157,9 +157,23 @@ impl Backups {
         b
     }
 
-    /// The vault, for the uploader and remote restores (`None`: unavailable).
+    /// The vault, for the uploader and remote restores (`None`: unavailable). One
+    /// instance for the whole daemon: its lock keeps a prune from sweeping chunks that
+    /// another job is writing.
     pub(super) fn vault(&self) -> Option<Arc<Vault>> {
         self.vault.clone()
+    }
+
+    /// The uploader sent `id` of `instance` to the master.
+    pub(super) fn uploaded(&mut self, instance: &Name, id: SnapshotId) {
+        if let Some(s) = self.newest.get_mut(instance).filter(|s| s.id == id) {
+            s.uploaded = true;
+        }
+    }
+
+    /// Why there is no vault.
+    pub(super) fn unavailable(&self) -> &str {
+        &self.unavailable
     }
 
     /// The applied desired state's policies.

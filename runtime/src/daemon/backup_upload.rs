@@ -318,6 +318,8 @@ impl Daemon {
                 sent,
                 recorded,
             } => {
+                // `status` shows it uploaded at once.
+                self.backups.uploaded(&instance, snapshot);
                 self.record(RecordKind::Backup {
                     instance,
                     snapshot,
