@@ -27,6 +27,31 @@ fn request(node: &Node, name: &str, script: &str, backup: &str) {
     node.ok(&["request", "--file", file.to_str().unwrap()]);
 }
 
+/// Runs `hedge node ARGS` (a snapshot or a restore, whose answer may take long) and
+/// waits for it at most [`WAIT`]: a daemon that never answers fails the test, not hangs it.
+fn cli_within(node: &Node, args: &[&str]) -> std::process::Output {
+    let mut child = common::hedge()
+        .arg("node")
+        .args(args)
+        .arg("--config")
+        .arg(node.config())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&format!("hedge node {args:?}"), WAIT, || {
+        child.try_wait().unwrap()
+    });
+    child.wait_with_output().unwrap()
+}
+
+/// [`cli_within`], which must succeed; its stdout.
+fn ok_within(node: &Node, args: &[&str]) -> String {
+    let out = cli_within(node, args);
+    common::assert_success(&out, &format!("hedge node {args:?} failed: "));
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn backups(node: &Node, name: Option<&str>) -> Vec<SnapshotView> {
     let mut args = vec!["backups", "--json"];
     args.extend(name);
@@ -102,7 +127,7 @@ fn snapshots_on_schedule_and_on_request_consistent_as_the_node_can() {
         "{expected:?} expected: {listed:?}"
     );
     // On request: prints the id, which the list then holds.
-    let id = node.ok(&["backup", "app"]).trim().to_owned();
+    let id = ok_within(&node, &["backup", "app"]).trim().to_owned();
     assert_eq!(id.len(), 16, "{id:?}");
     let all = backups(&node, None);
     let s = all.iter().find(|s| s.id == id).expect("the new snapshot");
@@ -138,7 +163,7 @@ fn a_policy_command_runs_first_and_makes_the_snapshot_command_consistent() {
     wait_for("the first snapshot", WAIT, || {
         (!backup_records(&node, "db", "Taken").is_empty()).then_some(())
     });
-    let id = node.ok(&["backup", "db"]).trim().to_owned();
+    let id = ok_within(&node, &["backup", "db"]).trim().to_owned();
     let s = backups(&node, Some("db"))
         .into_iter()
         .find(|s| s.id == id)
@@ -155,7 +180,7 @@ fn a_policy_command_runs_first_and_makes_the_snapshot_command_consistent() {
         "[backup]\ninterval = \"1h\"\ncommand = [\"sh\", \"-c\", \"exit 7\"]\n",
     );
     node.running_pid("bad", None);
-    let out = node.cli(&["backup", "bad"]);
+    let out = cli_within(&node, &["backup", "bad"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("exit status: 7"), "{err}");
@@ -189,7 +214,7 @@ fn offline_local_restore_is_byte_for_byte_and_survives_a_sigkilled_daemon() {
     wait_for("the first snapshot", WAIT, || {
         (!backup_records(&node, "data", "Taken").is_empty()).then_some(())
     });
-    let id = node.ok(&["backup", "data"]).trim().to_owned();
+    let id = ok_within(&node, &["backup", "data"]).trim().to_owned();
     let original = sha(&blob);
 
     // The daemon dies right after: the snapshot is still in the catalog.
@@ -206,7 +231,10 @@ fn offline_local_restore_is_byte_for_byte_and_survives_a_sigkilled_daemon() {
     assert_ne!(sha(&blob), original);
 
     // A snapshot that is not in this node's catalog is refused, nothing stopped.
-    let out = node.cli(&["restore", "data", "--snapshot", "0123456789abcdef"]);
+    let out = cli_within(
+        &node,
+        &["restore", "data", "--snapshot", "0123456789abcdef"],
+    );
     assert_eq!(out.status.code(), Some(65));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("no local snapshot"),
@@ -216,7 +244,7 @@ fn offline_local_restore_is_byte_for_byte_and_survives_a_sigkilled_daemon() {
     assert_eq!(node.instance("data").unwrap().pid, Some(before));
 
     // The restore: stopped, rebuilt, started again; the other instance never stopped.
-    let out = node.ok(&["restore", "data", "--snapshot", &id]);
+    let out = ok_within(&node, &["restore", "data", "--snapshot", &id]);
     assert!(out.contains(&format!("restored data from {id}")), "{out}");
     assert_eq!(sha(&blob), original);
     assert_eq!(
