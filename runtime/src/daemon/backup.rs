@@ -727,6 +727,7 @@ impl Daemon {
                     bytes = s.bytes,
                     new_bytes = s.new_bytes,
                     consistency = local_api::consistency_word(s.consistency),
+                    frozen_ms = t.frozen_ms,
                     note = %t.note,
                     "snapshot taken"
                 );

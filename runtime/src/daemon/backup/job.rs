@@ -41,6 +41,8 @@ pub(crate) struct Taken {
     pub snapshot: LocalSnapshot,
     /// Why the consistency is weaker than it could have been (empty otherwise).
     pub note: String,
+    /// How long the instance was frozen, ms (a `Frozen` snapshot).
+    pub frozen_ms: Option<u64>,
     pub pruned: Option<Result<PruneSummary, String>>,
 }
 
@@ -65,6 +67,7 @@ pub(crate) fn keep(snapshots: &[LocalSnapshot], retain: u16, uploads: bool) -> V
 pub(crate) fn snapshot(vault: &Vault, job: &SnapshotJob) -> Result<Taken, String> {
     let started = super::super::monotonic_now();
     let mut note = String::new();
+    let mut frozen_ms = None;
     let take = |consistency| {
         vault
             .snapshot(&SnapshotRequest {
@@ -85,6 +88,8 @@ pub(crate) fn snapshot(vault: &Vault, job: &SnapshotJob) -> Result<Taken, String
                 let taken = take(Consistency::Frozen);
                 let held = frozen.held();
                 drop(frozen);
+                let ms = super::super::monotonic_now().saturating_duration_since(started);
+                frozen_ms = Some(u64::try_from(ms.as_millis()).unwrap_or(u64::MAX));
                 let mut s = taken?;
                 if !held {
                     s.consistency = Consistency::Live;
@@ -115,6 +120,7 @@ pub(crate) fn snapshot(vault: &Vault, job: &SnapshotJob) -> Result<Taken, String
     Ok(Taken {
         snapshot,
         note,
+        frozen_ms,
         pruned,
     })
 }
