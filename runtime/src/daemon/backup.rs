@@ -10,19 +10,24 @@
 //! - One job at a time — a snapshot or a local restore — on its own thread (`job.rs`),
 //!   never on the loop: the loop gathers what the job needs, the thread reports back as
 //!   [`super::Event::Backup`]. A failed backup is retried after the schedule's bounded
-//!   backoff, recorded (`RecordKind::Backup` with `Failed` and the reason) and logged at
-//!   most every ten seconds. A snapshot is recorded as `Taken` with its sizes and
+//!   backoff, recorded (`RecordKind::Backup` with `Failed`, snapshot id 0 — there is no
+//!   snapshot — and the reason) and logged at most every ten seconds. A snapshot is recorded as `Taken` with its sizes and
 //!   consistency, then the instance's snapshots are pruned to the policy's `retain`,
 //!   sparing not-uploaded ones as `job::keep` says.
 //! - `hedge node backup NAME` queues a snapshot of any supervised instance (its policy's
 //!   paths and command, else `srv`) and answers once it is in the catalog.
 //!   `hedge node backups` lists the catalog (read off the loop).
 //!   `hedge node restore NAME --snapshot ID` refuses a snapshot not in this node's
-//!   catalog; else it holds the instance stopped (reconciliation sees it `stopped`),
+//!   catalog (as read at boot and after each job, plus every snapshot taken); else it holds the instance stopped (reconciliation sees it `stopped`),
 //!   waits for its processes to end, restores off the loop, then lets it start again
 //!   as requested. Other instances are supervised throughout.
-//! - At boot, every instance cgroup of an earlier run is thawed: a daemon killed
-//!   mid-snapshot leaves none frozen.
+//! - At boot (before the loop) the vault is opened, its catalog read and every instance
+//!   cgroup of an earlier run thawed: a daemon killed mid-snapshot leaves none frozen.
+//!   The daemon has one `Vault`; the uploader and remote restores use it too.
+//! - Pruning keeps the newest `retain`, and, on a node that uploads (an uplink with the
+//!   master's HTTPS endpoint), the not-uploaded ones among the newest `2 × retain`: an
+//!   unsent snapshot is never pruned before the uploader had a chance, yet a node cut
+//!   off for long holds at most twice its retain (`job::keep`).
 
 mod command;
 mod freeze;
