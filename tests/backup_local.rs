@@ -261,3 +261,30 @@ fn offline_local_restore_is_byte_for_byte_and_survives_a_sigkilled_daemon() {
     let restored = backup_records(&node, "data", "Restored");
     assert_eq!(restored.len(), 1, "{restored:?}");
 }
+
+#[test]
+fn without_cgroups_a_snapshot_is_live_and_says_so() {
+    let mut node = Node::init();
+    node.edit_config(|c| c.replace("cgroups = true", "cgroups = false"));
+    node.start();
+    request(
+        &node,
+        "plain",
+        "mkdir -p srv && echo x > srv/x && exec sleep 1000",
+        "[backup]\ninterval = \"1h\"\n",
+    );
+    node.running_pid("plain", None);
+    let id = ok_within(&node, &["backup", "plain"]).trim().to_owned();
+    let s = backups(&node, Some("plain"))
+        .into_iter()
+        .find(|s| s.id == id)
+        .unwrap();
+    assert_eq!(s.consistency, Consistency::Live);
+    let taken = backup_records(&node, "plain", "Taken");
+    assert!(
+        taken
+            .iter()
+            .all(|t| t["event"]["Taken"]["consistency"] == "Live"),
+        "{taken:?}"
+    );
+}
