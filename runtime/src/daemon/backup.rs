@@ -93,7 +93,7 @@ struct Waiting {
 pub(super) struct Backups {
     vault: Option<Arc<Vault>>,
     /// Why there is no vault.
-    pub(super) unavailable: String,
+    unavailable: String,
     schedule: Schedule,
     /// The applied desired state's policies.
     master: Vec<BackupPolicy>,
@@ -277,7 +277,7 @@ impl Daemon {
             return self.answer(reply, Err(Refusal::NotFound { name: name.into() }));
         }
         if self.backups.vault.is_none() {
-            let reason = format!("backups unavailable: {}", self.backups.unavailable);
+            let reason = format!("backups unavailable: {}", self.backups.unavailable());
             return self.answer(
                 reply,
                 Err(Refusal::Backup {
@@ -327,7 +327,7 @@ impl Daemon {
         // Only a snapshot in this node's catalog (as last read, and every snapshot taken
         // since): one pruned meanwhile fails in the vault, and says so.
         if self.backups.vault.is_none() {
-            let reason = format!("backups unavailable: {}", self.backups.unavailable);
+            let reason = format!("backups unavailable: {}", self.backups.unavailable());
             return self.answer(
                 reply,
                 Err(Refusal::Restore {
@@ -625,7 +625,7 @@ impl Daemon {
             return;
         }
         let Some(vault) = self.backups.vault.clone() else {
-            let reason = format!("backups unavailable: {}", self.backups.unavailable);
+            let reason = format!("backups unavailable: {}", self.backups.unavailable());
             for (n, reply) in std::mem::take(&mut self.backups.lists) {
                 let name = n.map(|n| n.to_string()).unwrap_or_default();
                 let _ = reply.send(Err(Refusal::Backup {

@@ -144,7 +144,7 @@ impl Daemon {
     pub(crate) fn backup_vault(&self) -> Result<Arc<Vault>, String> {
         self.backups
             .vault()
-            .ok_or_else(|| format!("backups unavailable: {}", self.backups.unavailable))
+            .ok_or_else(|| format!("backups unavailable: {}", self.backups.unavailable()))
     }
 }
 
