@@ -66,31 +66,8 @@ fn result(started: Instant, ok: bool, message: impl Into<String>) -> CheckResult
     }
 }
 
-/// Why a command check may not run as asked: `Some` when the daemon is root
-/// (`as_root`) and the command has no partition uid, or uid 0. Pure.
-pub fn command_refusal(as_root: bool, owner: Option<(u32, u32)>) -> Option<&'static str> {
-    match owner {
-        _ if !as_root => None,
-        None => Some("refused: no partition uid to run the command as, and it never runs as root"),
-        Some((0, _)) | Some((_, 0)) => Some("refused: the command never runs as root"),
-        Some(_) => None,
-    }
-}
-
-/// Kills a check command's whole process group when dropped (the check ended or timed
-/// out), so no helper it forked outlives it.
-struct GroupGuard(Option<i32>);
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0.filter(|p| *p > 1) {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pgid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-}
+/// Why a command check may not run as asked (see [`crate::partition::command::refusal`]).
+pub use crate::partition::command::refusal as command_refusal;
 
 async fn run_command(
     argv: &[String],
@@ -104,42 +81,20 @@ async fn run_command(
     if let Some(why) = command_refusal(nix::unistd::geteuid().is_root(), owner) {
         return result(started, false, why);
     }
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", dir)
-        .env("HEDGE_PARTITION", dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .process_group(0)
-        .kill_on_drop(true);
-    if let Some((uid, gid)) = owner {
-        cmd.uid(uid).gid(gid);
-    }
-    let parent = nix::unistd::getpid();
-    // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (prctl, getppid) on a value captured by copy; it
-    // neither allocates nor takes locks.
-    #[allow(unsafe_code)]
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
-            // The daemon may have died between fork and prctl: then we must not run.
-            if nix::unistd::getppid() != parent {
-                return Err(std::io::Error::other("daemon is gone"));
-            }
-            nix::sys::prctl::set_no_new_privs()?;
-            Ok(())
-        });
-    }
+    let mut cmd = tokio::process::Command::from(crate::partition::command::in_partition(
+        program,
+        args,
+        dir,
+        owner,
+        &[],
+    ));
+    cmd.kill_on_drop(true);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return result(started, false, format!("{program}: {e}")),
     };
-    let _group = GroupGuard(child.id().and_then(|p| i32::try_from(p).ok()));
+    let _group =
+        crate::partition::command::GroupGuard(child.id().and_then(|p| i32::try_from(p).ok()));
     match child.wait().await {
         Ok(s) if s.success() => result(started, true, ""),
         Ok(s) => result(started, false, format!("{program}: {s}")),

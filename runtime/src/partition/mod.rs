@@ -28,6 +28,7 @@
 
 pub(crate) mod at;
 pub mod cgroup;
+pub mod command;
 pub mod limits;
 pub mod quarantine;
 

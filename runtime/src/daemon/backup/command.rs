@@ -1,33 +1,16 @@
 //! A backup policy's `command` (e.g. a database dump), run before the snapshot.
 //!
-//! Contract: [`run`] runs the command in the partition as the partition's uid (never
-//! as root: refused when the daemon is root and the partition has no uid of its own),
-//! with the instance's environment (its parameters, `HEDGE_INSTANCE`) plus `PATH`,
-//! `HOME` and `HEDGE_PARTITION`, no stdin, output discarded, in its own process group
-//! with `no_new_privs` and a parent-death signal. It must exit 0 within `timeout`;
+//! Contract: [`run`] runs the command as every partition command runs
+//! (`crate::partition::command`: the partition's uid, never root, its own process group,
+//! `no_new_privs`, a parent-death signal), with the instance's environment (its
+//! parameters, `HEDGE_INSTANCE`). It must exit 0 within `timeout`;
 //! otherwise its whole group is killed and the reason is returned. Blocking: called on
 //! the backup thread.
 
-use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// How often the command's exit is polled.
 const POLL: Duration = Duration::from_millis(10);
-
-/// Kills the command's process group when dropped, so no helper it forked outlives it.
-struct GroupGuard(i32);
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if self.0 > 1 {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(self.0),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-}
 
 /// What the command runs with.
 #[derive(Debug, Clone)]
@@ -50,42 +33,13 @@ pub(crate) fn run(spec: &CommandSpec, started: Instant) -> Result<(), String> {
         return Err("empty command".into());
     };
     let as_root = nix::unistd::geteuid().is_root();
-    if let Some(why) = crate::monitor::checks::command_refusal(as_root, spec.owner) {
+    if let Some(why) = crate::partition::command::refusal(as_root, spec.owner) {
         return Err(why.into());
     }
-    let dir: &Path = &spec.dir;
-    let mut cmd = std::process::Command::new(program);
-    cmd.args(args)
-        .current_dir(dir)
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", dir)
-        .env("HEDGE_PARTITION", dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .process_group(0);
-    if let Some((uid, gid)) = spec.owner {
-        cmd.uid(uid).gid(gid);
-    }
-    let parent = nix::unistd::getpid();
-    // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (prctl, getppid) on a value captured by copy; it
-    // neither allocates nor takes locks.
-    #[allow(unsafe_code)]
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
-            if nix::unistd::getppid() != parent {
-                return Err(std::io::Error::other("daemon is gone"));
-            }
-            nix::sys::prctl::set_no_new_privs()?;
-            Ok(())
-        });
-    }
+    let mut cmd =
+        crate::partition::command::in_partition(program, args, &spec.dir, spec.owner, &spec.env);
     let mut child = cmd.spawn().map_err(|e| format!("{program}: {e}"))?;
-    let _group = GroupGuard(i32::try_from(child.id()).unwrap_or(0));
+    let _group = crate::partition::command::GroupGuard(i32::try_from(child.id()).ok());
     let deadline = started + spec.timeout;
     loop {
         match child.try_wait() {
@@ -112,7 +66,7 @@ mod tests {
 
     use super::*;
 
-    fn spec(dir: &Path, script: &str, timeout: Duration) -> CommandSpec {
+    fn spec(dir: &std::path::Path, script: &str, timeout: Duration) -> CommandSpec {
         CommandSpec {
             argv: vec!["sh".into(), "-c".into(), script.into()],
             dir: dir.to_owned(),
