@@ -326,3 +326,172 @@ pub fn wall_ms() -> u64 {
     )
     .unwrap()
 }
+
+// ---- tests/backup_dedup.rs and tests/backup_memory.rs (bench) ----
+
+/// A fast, seeded pseudo-random byte stream (xorshift64*): data that neither compresses
+/// nor dedupes within itself, written at disk speed.
+pub struct Prng(u64);
+
+impl Prng {
+    pub fn new(seed: u64) -> Prng {
+        Prng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let mut x = self.0;
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            self.0 = x;
+            let v = x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+/// Writes `files` files of `each` pseudo-random bytes (`data<i>.bin`, seeded) into `dir`
+/// (created); returns the bytes written.
+pub fn fill_random(dir: &std::path::Path, files: u64, each: u64, seed: u64) -> u64 {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    for i in 0..files {
+        let mut rng = Prng::new(seed * 1000 + i);
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(dir.join(format!("data{i}.bin"))).unwrap(),
+        );
+        let mut left = each;
+        while left > 0 {
+            let n = usize::try_from(left.min(1 << 20)).unwrap();
+            rng.fill(&mut buf[..n]);
+            f.write_all(&buf[..n]).unwrap();
+            left -= n as u64;
+        }
+        f.into_inner().unwrap().sync_all().unwrap();
+    }
+    files * each
+}
+
+/// Overwrites `bytes` bytes of the files in `dir` with new pseudo-random data, in
+/// `places` runs at seeded offsets spread over the files; returns the bytes changed.
+pub fn scatter_changes(dir: &std::path::Path, bytes: u64, places: u64, seed: u64) -> u64 {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let run = bytes / places;
+    let mut rng = Prng::new(seed);
+    let mut buf = vec![0u8; usize::try_from(run).unwrap()];
+    for k in 0..places {
+        let f = &files[usize::try_from(k).unwrap() % files.len()];
+        let len = std::fs::metadata(f).unwrap().len();
+        let mut r = [0u8; 8];
+        rng.fill(&mut r);
+        let at = u64::from_le_bytes(r) % (len - run);
+        rng.fill(&mut buf);
+        let mut fh = std::fs::OpenOptions::new().write(true).open(f).unwrap();
+        fh.seek(SeekFrom::Start(at)).unwrap();
+        fh.write_all(&buf).unwrap();
+        fh.sync_all().unwrap();
+    }
+    run * places
+}
+
+/// `hedge node backup NAME`: the new snapshot's id (the 16-hex word it prints).
+pub fn take_backup(node: &super::Node, name: &str) -> String {
+    let out = node.ok(&["backup", name]);
+    out.split(|c: char| !c.is_ascii_hexdigit())
+        .find(|w| w.len() == 16)
+        .unwrap_or_else(|| panic!("no snapshot id in {out:?}"))
+        .to_string()
+}
+
+/// `hedge node backups NAME --json`: the node's snapshots of `name`.
+pub fn local_snapshots(node: &super::Node, name: &str) -> Vec<serde_json::Value> {
+    let out = node.ok(&["backups", name, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    match v {
+        serde_json::Value::Array(a) => a,
+        serde_json::Value::Object(mut o) => match o.remove("snapshots") {
+            Some(serde_json::Value::Array(a)) => a,
+            _ => panic!("no snapshot list in {out}"),
+        },
+        _ => panic!("no snapshot list in {out}"),
+    }
+}
+
+/// The entry of snapshot `id` in a `backups --json` list.
+pub fn snapshot_in<'a>(list: &'a [serde_json::Value], id: &str) -> &'a serde_json::Value {
+    list.iter()
+        .find(|s| s["id"].as_str() == Some(id) || s["snapshot"].as_str() == Some(id))
+        .unwrap_or_else(|| panic!("snapshot {id} not in {list:?}"))
+}
+
+/// A number field of a JSON object.
+pub fn field(v: &serde_json::Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no number {key:?} in {v}"))
+}
+
+/// VmRSS of a live process, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Samples a process's VmRSS on a thread until dropped: the highest reading.
+pub struct RssSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(u64, u64)>>,
+}
+
+impl RssSampler {
+    /// Starts sampling `pid` every `every`.
+    pub fn start(pid: u32, every: std::time::Duration) -> RssSampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut peak, mut samples) = (0, 0);
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(kib) = rss_kib(pid) {
+                    peak = peak.max(kib);
+                    samples += 1;
+                }
+                // A sampling period, not a synchronisation: the caller stops us.
+                std::thread::sleep(every);
+            }
+            (peak, samples)
+        });
+        RssSampler {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops sampling: (peak VmRSS KiB, samples taken).
+    pub fn finish(mut self) -> (u64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+/// Waits until the node lists snapshot `id` of `name` as uploaded; returns its entry.
+pub fn wait_uploaded(
+    node: &super::Node,
+    name: &str,
+    id: &str,
+    timeout: std::time::Duration,
+) -> serde_json::Value {
+    super::wait_for(&format!("snapshot {id} uploaded"), timeout, || {
+        let list = local_snapshots(node, name);
+        let s = snapshot_in(&list, id).clone();
+        (s["uploaded"].as_bool() == Some(true)).then_some(s)
+    })
+}
