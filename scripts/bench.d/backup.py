@@ -287,7 +287,7 @@ def qemu_figures(d, P):
     b = cross_binary()
     qemu = shutil.which("qemu-aarch64")
     if not os.path.isfile(b):
-        return {"skipped": f"no {b} (run cross/setup and cross/build {AARCH64})"}
+        return {"skipped": f"no cross/out/{AARCH64}/hedge-node: run cross/setup, cross/build"}
     if not qemu:
         return {"skipped": "no qemu-aarch64 (cross/setup installs qemu-user)"}
     probe = Probe(b, d, runner=(qemu, "-L", "/usr/aarch64-linux-gnu"))
@@ -320,7 +320,7 @@ def backup_rows(b):
                  rtp and 1000 * rtp["proc_cpu_s"] / n, rn))
     q = b["qemu"]
     if "skipped" in q:
-        rows.append((f"backup throughput, aarch64 under qemu-user: not measured ({q['skipped']})",
+        rows.append(("backup throughput, aarch64 under qemu-user: not measured (see below)",
                      "MB/s", "higher", None, None, "-"))
     else:
         qn = mb(q["bytes_in"])
@@ -364,7 +364,7 @@ def print_backup_params(b, p):
           f"(hedge {tp['chunks']} chunks, engine-only {tp['wall_s']:.2f} s of "
           f"{tp['proc_wall_s']:.2f} s). 1% changed: 64 MiB, then {b['dedup']['changed']:,} B "
           f"overwritten in 10 scattered places; stored = growth on disk of the vault (chunks, id list, catalog entry; hedge: "
-          f"{dd['second']['chunks']} chunks in the manifest, {dd['second']['new_bytes']:,} B of new "
+          f"{dd['second']['chunks']} chunks referenced, {dd['second']['new_bytes']:,} B of new "
           f"chunks by its own count) / of the restic repository, on disk. RTO: "
           f"a {b['rto_bytes'] >> 20} MiB partition restored from the local vault into an "
           f"empty directory (staged, every chunk checked, swapped in), checked byte for byte "
