@@ -98,12 +98,7 @@ fn uploaded() {
     fleet.start_master();
     let mut node = fleet.node("n1");
     // No upload budget to wait on: the figure is bytes, not time.
-    node.edit_config(|c| {
-        c.replace(
-            "upload_bytes_per_s = 1048576",
-            "upload_bytes_per_s = 1073741824",
-        )
-    });
+    bk::set_upload_rate(&node, 1 << 30);
     node.start();
     node.request_sleep("db", "100000", &[]);
     node.running_pid("db", None);
