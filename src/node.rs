@@ -419,6 +419,14 @@ fn print_status(v: &NodeStatus) {
         );
     }
     for i in &v.instances {
+        if i.held_over {
+            println!(
+                "  held over {}: a new master epoch left it out; kept as last requested until the master names it",
+                i.name
+            );
+        }
+    }
+    for i in &v.instances {
         if let Some(b) = &i.last_snapshot {
             println!(
                 "  backup {}: last snapshot {} at {} ms, {}",

@@ -38,6 +38,7 @@ pub mod config;
 pub mod credentials;
 pub mod daemon;
 pub mod desired;
+pub mod holdover;
 pub mod identity;
 pub mod lease;
 pub mod local_api;

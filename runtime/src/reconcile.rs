@@ -5,8 +5,10 @@
 //! whether it is meant to run), and the partitions on disk, and returns the steps
 //! that make the view match. Applying the steps and diffing again yields nothing
 //! (idempotent). An instance present on the node but absent from the desired set is
-//! destroyed, like one requested `destroyed`. A partition on disk that no request names
-//! is left alone: data is never removed without a request saying so.
+//! destroyed, like one requested `destroyed`. The desired set ([`desired_set`]) holds
+//! the instances a new master epoch left out (`crate::holdover`), so a master recovered
+//! from an older backup never destroys by omission. A partition on disk that no request
+//! names is left alone: data is never removed without a request saying so.
 //!
 //! The daemon calls it at boot, before any network is tried, and after every change.
 
@@ -38,12 +40,14 @@ pub enum Step {
     Destroy(Name),
 }
 
-/// The desired set: the master's desired state plus local requests. A name the master
+/// The desired set: the master's desired state, the instances held over from an
+/// earlier master epoch (`crate::holdover`), then local requests. A name the master
 /// owns is the master's; local requests for it are refused at the API, so this only
 /// skips a stale conflict. The caller passes what it could read: an unreadable store
 /// is never an empty desired set.
 pub fn desired_set(
     master: Option<DesiredState>,
+    held_over: Vec<InstanceRequest>,
     locals: Vec<InstanceRequest>,
 ) -> BTreeMap<Name, InstanceRequest> {
     let mut out: BTreeMap<Name, InstanceRequest> = master
@@ -51,7 +55,7 @@ pub fn desired_set(
         .flat_map(|d| d.instances)
         .map(|r| (r.name.clone(), r))
         .collect();
-    for r in locals {
+    for r in held_over.into_iter().chain(locals) {
         out.entry(r.name.clone()).or_insert(r);
     }
     out

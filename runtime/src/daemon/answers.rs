@@ -5,7 +5,8 @@
 //! `status`, the metrics text, an outbox page, an instance's log path, or a local
 //! request. A local request is checked (bounds, a name the master owns, a full node),
 //! stored durably, reported as a record, then reconciled; a refusal says why in a
-//! typed [`Refusal`].
+//! typed [`Refusal`]. `start`/`stop`/`destroy` of an instance held over from an
+//! earlier master epoch (`crate::holdover`) takes it over as a local request.
 
 use hedge_wire::{InstanceRequest, Name, RecordKind};
 
@@ -15,6 +16,7 @@ use crate::local_api::{self, Answer, ApiRequest, Refusal};
 impl Daemon {
     pub(super) fn status(&self) -> local_api::NodeStatus {
         let now = super::monotonic_now();
+        let held = self.outbox.store.held_over().unwrap_or_default();
         let instances = self
             .instances
             .slots
@@ -32,6 +34,7 @@ impl Daemon {
                 fence: self.leases.terms.get(n).map(|t| t.fence),
                 lease_held: self.leases.held(n, now),
                 last_snapshot: self.backups.last_snapshot(n),
+                held_over: held.iter().any(|r| &r.name == n),
             })
             .collect();
         local_api::NodeStatus {
@@ -167,16 +170,36 @@ impl Daemon {
         if self.master_owns(&n)? {
             return Err(Refusal::OwnedByMaster { name: name.into() });
         }
-        let mut request = self
-            .outbox
-            .store
-            .local(&n)
-            .map_err(|e| Refusal::Store {
-                reason: e.to_string(),
-            })?
-            .ok_or_else(|| Refusal::NoLocalInstance { name: name.into() })?;
+        let store_refusal = |e: crate::store::StoreError| Refusal::Store {
+            reason: e.to_string(),
+        };
+        let mut request = match self.outbox.store.local(&n).map_err(store_refusal)? {
+            Some(r) => r,
+            None => self
+                .take_over_held(&n)?
+                .ok_or_else(|| Refusal::NoLocalInstance { name: name.into() })?,
+        };
         request.state = state;
         self.local_request(request)
+    }
+
+    /// A held-over instance (`crate::holdover`) taken over by a local request: its
+    /// request, removed from the held-over set (the caller stores it as local).
+    fn take_over_held(&mut self, name: &Name) -> Result<Option<InstanceRequest>, Refusal> {
+        let store_refusal = |e: crate::store::StoreError| Refusal::Store {
+            reason: e.to_string(),
+        };
+        let mut held = self.outbox.store.held_over().map_err(store_refusal)?;
+        let Some(at) = held.iter().position(|r| &r.name == name) else {
+            return Ok(None);
+        };
+        let request = held.remove(at);
+        self.outbox
+            .store
+            .put_held_over(&held)
+            .map_err(store_refusal)?;
+        tracing::info!(instance = %name, "held-over instance taken over by a local request");
+        Ok(Some(request))
     }
 }
 

@@ -5,6 +5,9 @@
 //! outcome is a `Desired` record; a refusal is also counted and logged (rate-limited),
 //! and changes nothing else. Local requests whose names the master now owns are
 //! superseded: the master's request wins, and the local one is removed and reported.
+//! A state of a higher master epoch never destroys by omission: the instances the
+//! previous state named and it leaves out are held over (`crate::holdover`), stored
+//! with it in one atomic write, and named once in its `Desired` record's reason.
 //!
 //! Fails closed: when the store cannot say which generation is applied, every state is
 //! refused (`StoreUnreadable`). [`Daemon::check_expiry`] judges the applied state's
@@ -14,10 +17,11 @@
 //! `status` shows it under `desired`.
 
 use hedge_wire::codec::decode;
-use hedge_wire::{Message, RecordKind};
+use hedge_wire::{DesiredState, Message, RecordKind};
 
 use super::{now_ms, Daemon};
 use crate::desired::{applied_generation, check, floor_to_persist, trusted_now_ms, DesiredError};
+use crate::holdover;
 
 impl Daemon {
     /// The generation the node runs (0 before the first desired state); an error when
@@ -89,6 +93,24 @@ impl Daemon {
         })
     }
 
+    /// The held-over set once `d` is applied (`crate::holdover`); an unreadable
+    /// store refuses the state, never takes the set for empty.
+    fn held_over_after(&self, d: &DesiredState) -> Result<holdover::Change, DesiredError> {
+        let unreadable = |e: crate::store::StoreError| {
+            DesiredError::StoreUnreadable(format!("applied state or held-over set: {e}"))
+        };
+        let previous = self.outbox.store.desired().map_err(unreadable)?;
+        let current: holdover::HeldOver = self
+            .outbox
+            .store
+            .held_over()
+            .map_err(unreadable)?
+            .into_iter()
+            .map(|r| (r.name.clone(), r))
+            .collect();
+        Ok(holdover::next(previous.as_ref(), d, &current))
+    }
+
     /// Handles one frame from the master's `desired` topic.
     pub(crate) fn on_desired_frame(&mut self, frame: &[u8]) -> Result<u64, DesiredError> {
         // The master republishes its current state on every connect: the very state
@@ -102,18 +124,29 @@ impl Daemon {
             }
         }
         let result = match decode(frame, hedge_wire::limits::DEFAULT_MAX_FRAME) {
-            Ok(Message::Desired(d)) => self.applied_generation().and_then(|applied| {
-                check(&d, self.cfg.node_id(), applied, self.master_key.as_ref()).map(|()| d)
-            }),
+            Ok(Message::Desired(d)) => self
+                .applied_generation()
+                .and_then(|applied| {
+                    check(&d, self.cfg.node_id(), applied, self.master_key.as_ref())
+                })
+                .and_then(|()| self.held_over_after(&d))
+                .map(|change| (d, change)),
             Ok(_) => Err(DesiredError::Malformed("not a desired state".into())),
             Err(e) => Err(DesiredError::Malformed(e.to_string())),
         };
         match result {
-            Ok(d) => {
+            Ok((d, change)) => {
                 let generation = d.generation;
-                if let Err(e) = self.outbox.store.put_desired(&d) {
+                let held: Vec<_> = change.held.values().cloned().collect();
+                if let Err(e) = self.outbox.store.put_desired_holding(&d, &held) {
                     self.store_failed(&e);
                     return Err(DesiredError::Malformed(format!("cannot store: {e}")));
+                }
+                for name in &change.added {
+                    tracing::warn!(instance = %name, generation, "instance held over: a new master epoch left it out; kept until the master names it");
+                }
+                for name in &change.released {
+                    tracing::info!(instance = %name, generation, "held-over instance named by the master again: its request wins");
                 }
                 // The master's names win over local requests of the same name.
                 for r in &d.instances {
@@ -133,7 +166,7 @@ impl Daemon {
                 self.record(RecordKind::Desired {
                     generation,
                     accepted: true,
-                    reason: String::new(),
+                    reason: holdover::reason(&change),
                 });
                 self.expiry.applied(&d);
                 self.check_expiry();
@@ -197,10 +230,18 @@ pub(super) mod tests {
     }
 
     fn frame(generation: u64, expires_ms: u64) -> Vec<u8> {
+        frame_with(generation, expires_ms, vec![])
+    }
+
+    fn frame_with(
+        generation: u64,
+        expires_ms: u64,
+        instances: Vec<hedge_wire::InstanceRequest>,
+    ) -> Vec<u8> {
         let mut d = DesiredState {
             node: Name::new("n1").unwrap(),
             generation,
-            instances: vec![],
+            instances,
             signature: heapless::Vec::new(),
             expires_ms,
             terms: vec![],
@@ -319,5 +360,81 @@ pub(super) mod tests {
         assert_eq!(d.on_desired_frame(&frame(5, now_ms() + DAY_MS)), Ok(5));
         assert_eq!(d.counters.desired_expired, 1);
         assert_eq!(d.status().desired.map(|x| x.trusted_now_ms), Some(known));
+    }
+
+    #[test]
+    fn a_new_epoch_holds_over_what_it_omits_across_a_reboot_until_named() {
+        use crate::reconcile::tests::req;
+        use hedge_wire::RequestedState::{Destroyed, Stopped};
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let fresh = now_ms() + DAY_MS;
+        let names = |d: &Daemon| -> Vec<String> {
+            d.instances.slots.keys().map(|n| n.to_string()).collect()
+        };
+        let e2 = 2u64 << 32;
+        {
+            let mut d = Daemon::boot(cfg.clone()).unwrap();
+            let old = vec![req("a", Stopped), req("b", Stopped)];
+            assert_eq!(d.on_desired_frame(&frame_with(7, fresh, old)), Ok(7));
+            assert_eq!(names(&d), ["a", "b"]);
+            // The recovered master's first state names a and c only.
+            let new = vec![req("a", Stopped), req("c", Stopped)];
+            assert_eq!(
+                d.on_desired_frame(&frame_with(e2 | 1, fresh, new)),
+                Ok(e2 | 1)
+            );
+            assert_eq!(names(&d), ["a", "b", "c"], "b is held over, not destroyed");
+            assert!(d.status().instance("b").unwrap().held_over);
+            assert!(!d.status().instance("a").unwrap().held_over);
+            assert!(desired_records(&d).iter().any(|k| matches!(
+                k,
+                RecordKind::Desired { generation, accepted: true, reason }
+                    if *generation == (e2 | 1) && reason.contains("held over") && reason.ends_with(": b")
+            )));
+        }
+        // A reboot keeps it; a later state of the same epoch that omits it keeps it.
+        let mut d = Daemon::boot(cfg).unwrap();
+        d.reconcile();
+        assert_eq!(names(&d), ["a", "b", "c"]);
+        let later = vec![req("c", Stopped)];
+        assert_eq!(
+            d.on_desired_frame(&frame_with(e2 | 2, fresh, later)),
+            Ok(e2 | 2)
+        );
+        assert_eq!(
+            names(&d),
+            ["b", "c"],
+            "a, omitted within the epoch, is destroyed"
+        );
+        assert!(d.status().instance("b").unwrap().held_over);
+        // The master names it destroyed: its request wins.
+        let gone = vec![req("b", Destroyed), req("c", Stopped)];
+        assert_eq!(
+            d.on_desired_frame(&frame_with(e2 | 3, fresh, gone)),
+            Ok(e2 | 3)
+        );
+        assert_eq!(names(&d), ["c"]);
+        assert!(d.outbox.store.held_over().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_local_destroy_removes_a_held_over_instance() {
+        use crate::reconcile::tests::req;
+        use hedge_wire::RequestedState::Stopped;
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = Daemon::boot(config(dir.path())).unwrap();
+        let fresh = now_ms() + DAY_MS;
+        assert_eq!(
+            d.on_desired_frame(&frame_with(7, fresh, vec![req("b", Stopped)])),
+            Ok(7)
+        );
+        let g = (3u64 << 32) | 1;
+        assert_eq!(d.on_desired_frame(&frame_with(g, fresh, vec![])), Ok(g));
+        assert!(d.instances.slots.contains_key(&Name::new("b").unwrap()));
+        let answer = d.on_call(crate::local_api::ApiRequest::Destroy { name: "b".into() });
+        assert!(answer.is_ok(), "{answer:?}");
+        assert!(d.instances.slots.is_empty());
+        assert!(d.outbox.store.held_over().unwrap().is_empty());
     }
 }

@@ -435,24 +435,24 @@ impl Daemon {
         }
     }
 
-    /// The desired instances: the master's desired state plus local requests, or `None`
+    /// The desired instances: the master's desired state, the instances held over from
+    /// an earlier master epoch (`crate::holdover`), and local requests, or `None`
     /// when the store cannot say. An unreadable desired set is never an empty one:
     /// reconciling against it would destroy every instance and its partition.
     fn desired(&mut self) -> Option<BTreeMap<Name, InstanceRequest>> {
-        let read = self
-            .outbox
-            .store
-            .desired()
-            .and_then(|master| Ok((master, self.outbox.store.locals()?)));
+        let read = self.outbox.store.desired().and_then(|master| {
+            let held = self.outbox.store.held_over()?;
+            Ok((master, held, self.outbox.store.locals()?))
+        });
         match read {
-            Ok((master, locals)) => {
+            Ok((master, held, locals)) => {
                 self.backups.set_master(
                     master
                         .as_ref()
                         .map(|m| m.backups.clone())
                         .unwrap_or_default(),
                 );
-                Some(reconcile::desired_set(master, locals))
+                Some(reconcile::desired_set(master, held, locals))
             }
             Err(e) => {
                 self.store_failed(&e);

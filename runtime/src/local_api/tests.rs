@@ -32,6 +32,7 @@ fn instance(name: &str, state: InstanceStatus) -> InstanceView {
         fence: Some(2),
         lease_held: Some(true),
         last_snapshot: None,
+        held_over: false,
     }
 }
 
@@ -231,7 +232,7 @@ fn status_json_is_what_it_was() {
                     {"name": "fresh", "ok": null, "last_check": null, "failures_in_row": 0},
                 ],
                 "usage_cpu_ms": 1234,
-                "fence": 2, "lease_held": true, "last_snapshot": null,
+                "fence": 2, "lease_held": true, "last_snapshot": null, "held_over": false,
             },
             {
                 "name": "b", "state": "backoff", "requested": "started",
@@ -239,7 +240,7 @@ fn status_json_is_what_it_was() {
                 "last_exit": "signal 9",
                 "promises": serde_json::to_value(&i.promises).unwrap(),
                 "usage_cpu_ms": 1234,
-                "fence": 2, "lease_held": true, "last_snapshot": null,
+                "fence": 2, "lease_held": true, "last_snapshot": null, "held_over": false,
             },
         ],
         "outbox": {"depth": 7, "next_seq": 99, "bytes": 4096, "quota_bytes": 1 << 20},
@@ -330,6 +331,7 @@ fn status_keys_are_pinned() {
         keys(&v["instances"][0]),
         [
             "fence",
+            "held_over",
             "last_exit",
             "last_snapshot",
             "lease_held",

@@ -78,6 +78,11 @@ pub struct InstanceView {
     /// Its newest snapshot in the node's catalog, if any.
     #[serde(default)]
     pub last_snapshot: Option<super::LastSnapshot>,
+    /// Held over from an earlier master epoch: a state of a recovered master left it
+    /// out, and the node keeps it as the previous state requested it until the master
+    /// names it (`crate::holdover`).
+    #[serde(default)]
+    pub held_over: bool,
 }
 
 /// One promise of an instance.

@@ -3,7 +3,9 @@
 //! Contract:
 //! - Trees: `meta` (schema version, the outbox sequence floor, the acknowledged floor,
 //!   the clock floor: the newest wall-clock time the node persisted, see
-//!   `crate::desired`), `desired` (the master's last accepted [`DesiredState`]), `local`
+//!   `crate::desired`), `desired` (the master's last accepted [`DesiredState`] under
+//!   `current`, and the instances it holds over, see `crate::holdover`, under
+//!   `held_over`: both written in one batch), `local`
 //!   (requests made on the node, by name), `observed` (what the supervisor last ran per
 //!   instance: process group, start time, restarts), `conn` (connection parameters
 //!   published per instance), `peer_conn` (connection parameters of peers' instances,
@@ -866,6 +868,45 @@ impl Store {
                 key: "current".to_owned(),
                 source,
             })
+    }
+
+    /// Stores the master's desired state (already verified by the caller) and the
+    /// held-over set that goes with it (`crate::holdover`) in one atomic batch: a crash
+    /// leaves both old or both new.
+    pub fn put_desired_holding(
+        &self,
+        d: &DesiredState,
+        held: &[InstanceRequest],
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        batch.insert(&b"current"[..], enc(d)?);
+        if held.is_empty() {
+            batch.remove(&b"held_over"[..]);
+        } else {
+            batch.insert(&b"held_over"[..], enc(&held)?);
+        }
+        self.t()?.desired.apply_batch(batch)?;
+        self.flush()
+    }
+
+    /// Replaces the held-over set (a local request took one over).
+    pub fn put_held_over(&self, held: &[InstanceRequest]) -> Result<(), StoreError> {
+        let t = self.t()?;
+        if held.is_empty() {
+            t.desired.remove(b"held_over")?;
+        } else {
+            t.desired.insert(b"held_over", enc(&held)?)?;
+        }
+        self.flush()
+    }
+
+    /// The instances held over from an earlier master epoch (`crate::holdover`);
+    /// empty when none. A value that does not decode is an error, never "none".
+    pub fn held_over(&self) -> Result<Vec<InstanceRequest>, StoreError> {
+        match self.t()?.desired.get(b"held_over")? {
+            Some(v) => dec("desired", b"held_over", &v),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Writes raw bytes as the stored desired state (tests of what a corrupt store does).
