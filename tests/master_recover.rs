@@ -1,7 +1,9 @@
 //! The master's own recovery, end to end (real master, mosquitto over TLS, a node): a
 //! master restored from an older backup of its store still delivers new desired states
 //! to a node that applied later generations of its previous life, thanks to the epoch
-//! `hedge master recover` raises (the high 32 bits of every generation).
+//! `hedge master recover` raises (the high 32 bits of every generation); and the node
+//! holds over the instances requested after the backup, which the recovered master's
+//! states leave out (`hedge_runtime::holdover`), until a request names them.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -56,16 +58,32 @@ fn a_master_recovered_from_an_older_backup_still_moves_its_nodes_forward() {
     let g1 = request(&fleet, "a", "n1");
     applied(&node, g1, "a");
 
-    // Back up while the master runs; then the old life goes on past the backup.
+    // Back up while the master runs; then the old life goes on past the backup: b
+    // keeps data in its partition.
     let backup = fleet.dir.path().join("master-backup.db");
     let out = fleet.master_ok(&["backup", "--out", backup.to_str().unwrap()]);
     assert!(out.contains("epoch 0"), "{out}");
+    fleet.master_ok(&[
+        "request",
+        "b",
+        "--software",
+        "exec:/bin/sh",
+        "--arg=-c",
+        "--arg=mkdir -p srv && echo kept > srv/data && exec sleep 1000",
+        "--node",
+        "n1",
+    ]);
     let mut later = g1;
-    for name in ["b", "c", "d"] {
+    for name in ["c", "d"] {
         later = request(&fleet, name, "n1");
     }
     let seen = applied(&node, later, "d");
     assert_eq!(seen, later);
+    let b_pid = node.running_pid_within("b", Duration::from_secs(30));
+    let data = node.partition("b").join("srv/data");
+    wait_for("b's data", Duration::from_secs(30), || {
+        data.is_file().then_some(())
+    });
 
     // The store is in use: recover refuses (69) and changes nothing.
     let refused = fleet.master(&["recover", "--from", backup.to_str().unwrap()]);
@@ -76,8 +94,12 @@ fn a_master_recovered_from_an_older_backup_still_moves_its_nodes_forward() {
         m.kill().unwrap();
         m.wait().unwrap();
     }
-    let out = fleet.master_ok(&["recover", "--from", backup.to_str().unwrap()]);
+    let recovered = fleet.master(&["recover", "--from", backup.to_str().unwrap()]);
+    assert!(recovered.status.success(), "{recovered:?}");
+    let out = String::from_utf8_lossy(&recovered.stdout);
     assert!(out.contains("recovered"), "{out}");
+    let notice = String::from_utf8_lossy(&recovered.stderr);
+    assert!(notice.contains("holds them over"), "{notice}");
     fleet.start_master();
 
     // The recovered store holds the backup's state: without the epoch its next
@@ -93,11 +115,52 @@ fn a_master_recovered_from_an_older_backup_still_moves_its_nodes_forward() {
     // The node accepts it: the instance appears and runs.
     assert_eq!(applied(&node, g, "e"), g);
     // The recovered master's state is the backup's plus e: b, c, d, requested after
-    // the backup, are gone from it, and a still runs.
+    // the backup, are not in it, and the node holds them over: b still runs, the same
+    // process, its data intact.
     node.running_pid_within("a", Duration::from_secs(30));
+    let held = |name: &str| node.instance(name).is_some_and(|i| i.held_over);
+    for name in ["b", "c", "d"] {
+        assert!(held(name), "{name} is held over: {:?}", node.instance(name));
+    }
+    assert!(!held("a") && !held("e"));
+    assert_eq!(node.running_pid("b", None), b_pid, "b was not restarted");
+    assert_eq!(std::fs::read_to_string(&data).unwrap(), "kept\n");
+    let log = node.daemon_log();
+    assert!(
+        log.contains("instance held over") && log.contains("instance=b"),
+        "the node reports b held over: {log}"
+    );
+    let status = node.ok(&["status"]);
+    assert!(status.contains("held over b"), "{status}");
+
+    // A later state of the same epoch still leaves b out: still held over.
     let again = request(&fleet, "f", "n1");
     assert_eq!(again, g + 1);
     applied(&node, again, "f");
+    assert!(held("b"));
+    assert_eq!(node.running_pid("b", None), b_pid);
+
+    // Requested again, c is the master's once more (no longer held over).
+    let gc = request(&fleet, "c", "n1");
+    applied(&node, gc, "c");
+    assert!(!held("c"));
+
+    // The master's explicit destroy removes b, partition and all.
+    let out = fleet.master_ok(&[
+        "request",
+        "b",
+        "--software",
+        "exec:/bin/sh",
+        "--state",
+        "destroyed",
+        "--node",
+        "n1",
+    ]);
+    assert!(out.contains("b requested on n1"), "{out}");
+    wait_for("b destroyed", Duration::from_secs(60), || {
+        (node.instance("b").is_none() && !node.partition("b").exists()).then_some(())
+    });
+    assert!(held("d"), "d is still held over");
 
     // A request file's [backup] reaches the signed state (what `request` reports is
     // read from it); the same request without it removes the policy.

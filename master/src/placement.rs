@@ -16,7 +16,10 @@
 //!   bills, and two live copies are worse than a gap; the master cannot tell whether B
 //!   will ever run it. Make-before-break is for the operator to do with a second name.
 //! - A `destroyed` request must name the node the instance is on, or none; else
-//!   [`StoreError::NotPlaced`].
+//!   [`StoreError::NotPlaced`]. A name no node's state holds may be destroyed on the
+//!   node it names: after `hedge master recover`, nodes hold over instances the
+//!   restored store forgot (`hedge_runtime::holdover`), and only a request naming them
+//!   removes them.
 //! - Pruning: before each write, an instance requested `destroyed` is pruned from the
 //!   node's state once the node has reported it destroyed (an `InstanceState` record
 //!   with status `Destroyed`) *after* accepting a generation at or above the one that
@@ -57,6 +60,7 @@ pub fn target(
     destroy: bool,
 ) -> Result<Target, StoreError> {
     match &placement.node {
+        Some(n) if destroy && holders.is_empty() => Ok(Target::On(n.clone())),
         Some(n) if destroy && !holders.iter().any(|(h, _)| h == n) => Err(StoreError::NotPlaced {
             instance: instance.clone(),
             node: Some(Box::new(n.clone())),

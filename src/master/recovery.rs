@@ -113,8 +113,11 @@ pub fn recover(cfg: &MasterConfig, from: &Path) -> Result<(), Failure> {
     );
     eprintln!(
         "instances requested after the backup was taken are not in it: the next state the \
-         master writes for their node (a request, the re-signing before expiry) leaves them \
-         out; request them again first (`hedge master instances` lists what nodes report)"
+         master writes for their node leaves them out, and the node holds them over (keeps \
+         them as last requested, stopped if they ran under a lease; `hedge node status` \
+         marks them) until a request names them: request them again to adopt them, or \
+         `--state destroyed --node NODE` to remove them (`hedge master instances` lists \
+         what nodes report)"
     );
     Ok(())
 }

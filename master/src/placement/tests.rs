@@ -55,6 +55,8 @@ fn a_destroy_must_name_where_the_instance_is_or_nothing() {
         target(&x, &[], &Placement::default(), true),
         Err(StoreError::NotPlaced { node: None, .. })
     ));
+    // A name no state holds (a recovered master forgot it): destroyed where it says.
+    assert_eq!(target(&x, &[], &on("b"), true).unwrap(), Target::On(n("b")));
 }
 
 #[test]
