@@ -27,10 +27,11 @@
 //!   predecessor named destroys it, as the reconcile contract says.
 //!
 //! The daemon (`daemon::desired`) stores the set with the applied state in one atomic
-//! write, merges it into the desired set after the master's instances and before
-//! local requests, and reports newly held-over instances once (the `Desired` record's
-//! reason); `hedge node status` marks them. A local `hedge node destroy NAME` (or
-//! `stop`/`start`) takes a held-over instance over as a local request.
+//! write, merges it into the desired set after the master's instances and local
+//! requests, and reports newly held-over instances once (the `Desired` record's
+//! reason); `hedge node status` marks them. A local request for the name (`hedge node
+//! request`, or `destroy`/`stop`/`start NAME`) takes a held-over instance over as a
+//! local one.
 
 use std::collections::BTreeMap;
 

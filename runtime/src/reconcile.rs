@@ -40,10 +40,11 @@ pub enum Step {
     Destroy(Name),
 }
 
-/// The desired set: the master's desired state, the instances held over from an
-/// earlier master epoch (`crate::holdover`), then local requests. A name the master
-/// owns is the master's; local requests for it are refused at the API, so this only
-/// skips a stale conflict. The caller passes what it could read: an unreadable store
+/// The desired set: the master's desired state, local requests, then the instances
+/// held over from an earlier master epoch (`crate::holdover`). A name the master owns
+/// is the master's; local requests for it are refused at the API, so this only skips a
+/// stale conflict. A local request takes a held-over name over (the API also removes
+/// it from the held-over set). The caller passes what it could read: an unreadable store
 /// is never an empty desired set.
 pub fn desired_set(
     master: Option<DesiredState>,
@@ -55,7 +56,7 @@ pub fn desired_set(
         .flat_map(|d| d.instances)
         .map(|r| (r.name.clone(), r))
         .collect();
-    for r in held_over.into_iter().chain(locals) {
+    for r in locals.into_iter().chain(held_over) {
         out.entry(r.name.clone()).or_insert(r);
     }
     out
@@ -259,6 +260,40 @@ pub(crate) mod tests {
             &parts,
         );
         assert_eq!(acts, vec![Step::Destroy(n("gone"))]);
+    }
+
+    #[test]
+    fn the_master_wins_then_local_requests_then_held_over_instances() {
+        let master = DesiredState {
+            node: n("n1"),
+            generation: 1,
+            instances: vec![req("m", RequestedState::Started)],
+            signature: heapless::Vec::new(),
+            expires_ms: 0,
+            terms: vec![],
+            imports: vec![],
+            backups: Vec::new(),
+            restores: Vec::new(),
+        };
+        let held = vec![
+            req("m", RequestedState::Stopped),
+            req("l", RequestedState::Stopped),
+            req("h", RequestedState::Started),
+        ];
+        let locals = vec![
+            req("m", RequestedState::Destroyed),
+            req("l", RequestedState::Started),
+        ];
+        let set = desired_set(Some(master), held, locals);
+        let states: Vec<_> = set.values().map(|r| (r.name.as_str(), r.state)).collect();
+        assert_eq!(
+            states,
+            [
+                ("h", RequestedState::Started),
+                ("l", RequestedState::Started),
+                ("m", RequestedState::Started),
+            ]
+        );
     }
 
     #[test]

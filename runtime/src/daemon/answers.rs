@@ -5,8 +5,9 @@
 //! `status`, the metrics text, an outbox page, an instance's log path, or a local
 //! request. A local request is checked (bounds, a name the master owns, a full node),
 //! stored durably, reported as a record, then reconciled; a refusal says why in a
-//! typed [`Refusal`]. `start`/`stop`/`destroy` of an instance held over from an
-//! earlier master epoch (`crate::holdover`) takes it over as a local request.
+//! typed [`Refusal`]. A local request for an instance held over from an earlier
+//! master epoch (`crate::holdover`), or its `start`/`stop`/`destroy`, takes it over as
+//! a local request.
 
 use hedge_wire::{InstanceRequest, Name, RecordKind};
 
@@ -151,6 +152,8 @@ impl Daemon {
             .map_err(|e| Refusal::Store {
                 reason: e.to_string(),
             })?;
+        // A held-over name is the node's own from now on.
+        self.take_over_held(&request.name)?;
         self.record(RecordKind::LocalRequest {
             request: Box::new(request.clone()),
         });

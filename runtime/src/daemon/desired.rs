@@ -437,4 +437,29 @@ pub(super) mod tests {
         assert!(d.instances.slots.is_empty());
         assert!(d.outbox.store.held_over().unwrap().is_empty());
     }
+
+    #[test]
+    fn a_local_request_takes_a_held_over_name_over() {
+        use crate::reconcile::tests::req;
+        use hedge_wire::RequestedState::Stopped;
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = Daemon::boot(config(dir.path())).unwrap();
+        let fresh = now_ms() + DAY_MS;
+        assert_eq!(
+            d.on_desired_frame(&frame_with(7, fresh, vec![req("b", Stopped)])),
+            Ok(7)
+        );
+        let g = (3u64 << 32) | 1;
+        assert_eq!(d.on_desired_frame(&frame_with(g, fresh, vec![])), Ok(g));
+        let mut mine = req("b", Stopped);
+        mine.args = vec!["5".into()];
+        assert!(d.local_request(mine.clone()).is_ok());
+        assert!(d.outbox.store.held_over().unwrap().is_empty());
+        assert_eq!(
+            d.outbox.store.local(&mine.name).unwrap(),
+            Some(mine.clone())
+        );
+        assert_eq!(d.instances.slots[&mine.name].request, mine);
+        assert!(!d.status().instance("b").unwrap().held_over);
+    }
 }
