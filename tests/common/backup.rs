@@ -374,6 +374,37 @@ pub fn fill_random(dir: &std::path::Path, files: u64, each: u64, seed: u64) -> u
     files * each
 }
 
+/// Writes `files` files of `each` bytes into `dir` (created): one seeded pseudo-random
+/// block of `period` bytes repeated. Every byte is still read, chunked, keyed, encrypted
+/// and hashed by a backup, but the content-defined cut points repeat with the block, so
+/// only about `period` bytes of distinct chunks are written: a big partition at the cost
+/// of a small one's disk writes. Returns the bytes written.
+pub fn fill_periodic(
+    dir: &std::path::Path,
+    files: u64,
+    each: u64,
+    period: usize,
+    seed: u64,
+) -> u64 {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).unwrap();
+    let mut block = vec![0u8; period];
+    Prng::new(seed).fill(&mut block);
+    for i in 0..files {
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(dir.join(format!("data{i}.bin"))).unwrap(),
+        );
+        let mut left = each;
+        while left > 0 {
+            let n = usize::try_from(left.min(period as u64)).unwrap();
+            f.write_all(&block[..n]).unwrap();
+            left -= n as u64;
+        }
+        f.into_inner().unwrap().sync_all().unwrap();
+    }
+    files * each
+}
+
 /// Overwrites `bytes` bytes of the files in `dir` with new pseudo-random data, in
 /// `places` runs at seeded offsets spread over the files; returns the bytes changed.
 pub fn scatter_changes(dir: &std::path::Path, bytes: u64, places: u64, seed: u64) -> u64 {
