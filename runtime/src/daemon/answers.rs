@@ -207,7 +207,7 @@ impl Daemon {
 }
 
 /// `name` as an instance name, or the refusal that says why not.
-fn valid_name(name: &str) -> Result<Name, Refusal> {
+pub(super) fn valid_name(name: &str) -> Result<Name, Refusal> {
     Name::new(name).map_err(|e| Refusal::BadName {
         name: name.into(),
         reason: e.to_string(),

@@ -238,13 +238,6 @@ fn view(s: &LocalSnapshot) -> local_api::SnapshotView {
     }
 }
 
-fn valid_name(name: &str) -> Result<Name, Refusal> {
-    Name::new(name).map_err(|e| Refusal::BadName {
-        name: name.into(),
-        reason: e.to_string(),
-    })
-}
-
 impl Daemon {
     /// Takes the calls the backup driver answers later (`backup`, `backups`,
     /// `restore`); returns the others.
@@ -268,14 +261,20 @@ impl Daemon {
         let _ = reply.send(answer);
     }
 
+    /// The instance `name` names, if it is valid and this node has it.
+    fn known_instance(&self, name: &str) -> Result<Name, Refusal> {
+        let n = super::answers::valid_name(name)?;
+        if !self.instances.slots.contains_key(&n) {
+            return Err(Refusal::NotFound { name: name.into() });
+        }
+        Ok(n)
+    }
+
     fn ask_backup(&mut self, name: &str, reply: Reply) {
-        let n = match valid_name(name) {
+        let n = match self.known_instance(name) {
             Ok(n) => n,
             Err(r) => return self.answer(reply, Err(r)),
         };
-        if !self.instances.slots.contains_key(&n) {
-            return self.answer(reply, Err(Refusal::NotFound { name: name.into() }));
-        }
         if self.backups.vault.is_none() {
             let reason = format!("backups unavailable: {}", self.backups.unavailable());
             return self.answer(
@@ -296,7 +295,7 @@ impl Daemon {
     }
 
     fn ask_list(&mut self, name: Option<&str>, reply: Reply) {
-        let n = match name.map(valid_name).transpose() {
+        let n = match name.map(super::answers::valid_name).transpose() {
             Ok(n) => n,
             Err(r) => return self.answer(reply, Err(r)),
         };
@@ -305,13 +304,10 @@ impl Daemon {
     }
 
     fn ask_restore(&mut self, name: &str, snapshot: &str, reply: Reply) {
-        let n = match valid_name(name) {
+        let n = match self.known_instance(name) {
             Ok(n) => n,
             Err(r) => return self.answer(reply, Err(r)),
         };
-        if !self.instances.slots.contains_key(&n) {
-            return self.answer(reply, Err(Refusal::NotFound { name: name.into() }));
-        }
         let no_snapshot = || Refusal::NoSnapshot {
             name: name.into(),
             snapshot: snapshot.into(),
