@@ -1,5 +1,5 @@
 //! An interrupted upload completes later without sending again what the master holds
-//! (#14): a snapshot of 8 MiB of random data leaves under a 256 KiB/s budget; midway
+//! (#14): a snapshot of 8 MiB of random data leaves under a 768 KiB/s budget; midway
 //! the node is SIGKILLed, its links to the master (broker and HTTPS) are cut with
 //! nftables and the node started again behind the cut; its uplink returns first (the
 //! uploader tries and fails), then the blob service's port: the snapshot completes, and the master's counters show no chunk put twice beyond the
@@ -32,7 +32,7 @@ fn a_cut_and_killed_upload_resumes_without_resending_what_is_stored() {
     let mut fleet = Fleet::new();
     fleet.start_master();
     let mut a = fleet.node("a");
-    set_upload_rate(&a, 256 * 1024);
+    set_upload_rate(&a, 768 * 1024);
     a.start();
     wait_for("a registered", Duration::from_secs(30), || {
         (fleet.held("a").0 > 0).then_some(())
