@@ -418,12 +418,12 @@ pub(super) mod tests {
         assert!(d.outbox.store.held_over().unwrap().is_empty());
     }
 
-    #[test]
-    fn a_local_destroy_removes_a_held_over_instance() {
+    /// A daemon whose master named `b` (stopped) and then, in a new epoch, left it out:
+    /// `b` is held over.
+    fn holding_b_over(dir: &std::path::Path) -> Daemon {
         use crate::reconcile::tests::req;
         use hedge_wire::RequestedState::Stopped;
-        let dir = tempfile::tempdir().unwrap();
-        let mut d = Daemon::boot(config(dir.path())).unwrap();
+        let mut d = Daemon::boot(config(dir)).unwrap();
         let fresh = now_ms() + DAY_MS;
         assert_eq!(
             d.on_desired_frame(&frame_with(7, fresh, vec![req("b", Stopped)])),
@@ -431,6 +431,13 @@ pub(super) mod tests {
         );
         let g = (3u64 << 32) | 1;
         assert_eq!(d.on_desired_frame(&frame_with(g, fresh, vec![])), Ok(g));
+        d
+    }
+
+    #[test]
+    fn a_local_destroy_removes_a_held_over_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = holding_b_over(dir.path());
         assert!(d.instances.slots.contains_key(&Name::new("b").unwrap()));
         let answer = d.on_call(crate::local_api::ApiRequest::Destroy { name: "b".into() });
         assert!(answer.is_ok(), "{answer:?}");
@@ -443,14 +450,7 @@ pub(super) mod tests {
         use crate::reconcile::tests::req;
         use hedge_wire::RequestedState::Stopped;
         let dir = tempfile::tempdir().unwrap();
-        let mut d = Daemon::boot(config(dir.path())).unwrap();
-        let fresh = now_ms() + DAY_MS;
-        assert_eq!(
-            d.on_desired_frame(&frame_with(7, fresh, vec![req("b", Stopped)])),
-            Ok(7)
-        );
-        let g = (3u64 << 32) | 1;
-        assert_eq!(d.on_desired_frame(&frame_with(g, fresh, vec![])), Ok(g));
+        let mut d = holding_b_over(dir.path());
         let mut mine = req("b", Stopped);
         mine.args = vec!["5".into()];
         assert!(d.local_request(mine.clone()).is_ok());
