@@ -115,6 +115,46 @@ pub struct Node {
     pub daemon: Option<Child>,
     /// Prefix for the daemon command (e.g. `unshare -n`), empty for none.
     pub wrapper: Vec<String>,
+    /// The partition uids this node alone may use, held while it lives.
+    uids: UidRange,
+}
+
+/// 50 partition uids held by one test node, exclusive across every test process on the
+/// host (test binaries and tests run in parallel, each test in a process of its own
+/// under nextest), so one node's "kill every process of this uid" never reaches another
+/// node's instance. Held by an advisory lock on a file named for the range; the kernel
+/// drops it when the process ends, however it ends.
+struct UidRange {
+    lo: u32,
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl UidRange {
+    const FIRST: u32 = 30_000;
+    const SIZE: u32 = 50;
+    const COUNT: u32 = 600;
+
+    /// The first free range, starting from a point that differs between processes.
+    fn take() -> UidRange {
+        use nix::fcntl::{Flock, FlockArg};
+        let dir = std::env::temp_dir().join("hedge-test-uids");
+        std::fs::create_dir_all(&dir).unwrap();
+        let start = std::process::id() % Self::COUNT;
+        for k in 0..Self::COUNT {
+            let n = (start + k) % Self::COUNT;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join(n.to_string()))
+                .unwrap();
+            if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                let lo = Self::FIRST + n * Self::SIZE;
+                return UidRange { lo, _lock: lock };
+            }
+        }
+        panic!("all {} test uid ranges are held", Self::COUNT);
+    }
 }
 
 impl Node {
@@ -145,15 +185,15 @@ impl Node {
             dir,
             daemon: None,
             wrapper: vec![],
+            uids: UidRange::take(),
         };
-        // Each node of a test binary gets its own 50 partition uids, so one node's
-        // "kill every process of this uid" never reaches another node's instance.
-        static NODES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NODES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 600;
-        let lo = 30_000 + n * 50;
+        let lo = node.uids.lo;
         node.edit_config(|c| {
             c.replace("uid_min = 20000", &format!("uid_min = {lo}"))
-                .replace("uid_max = 20999", &format!("uid_max = {}", lo + 49))
+                .replace(
+                    "uid_max = 20999",
+                    &format!("uid_max = {}", lo + UidRange::SIZE - 1),
+                )
                 .replace("backoff_base_ms = 100", "backoff_base_ms = 50")
                 .replace("backoff_max_ms = 30000", "backoff_max_ms = 800")
                 .replace("grace_ms = 5000", "grace_ms = 1000")
