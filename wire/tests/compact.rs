@@ -109,7 +109,7 @@ fn roundtrip(up: &Up) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(common::cases(512))]
 
     #[test]
     fn any_batch_roundtrips(up in common::up()) {

@@ -63,7 +63,7 @@ fn software_specs() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(common::cases(256))]
 
     #[test]
     fn codec_roundtrip(msg in message_strategy()) {

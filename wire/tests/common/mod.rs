@@ -10,6 +10,17 @@ use proptest::collection::{btree_map, vec};
 use proptest::option::of;
 use proptest::prelude::*;
 
+/// `n` cases, or fewer when `PROPTEST_CASES` asks for fewer: cross/test sets it under
+/// qemu, where a case costs about 15 times what it does natively and the properties are
+/// the same; scripts/test runs the full counts.
+pub fn cases(n: u32) -> ProptestConfig {
+    let cap = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(n);
+    ProptestConfig::with_cases(n.min(cap))
+}
+
 /// A valid name: any length 1..=64 of the allowed bytes, filtered through `Name::new`.
 pub fn name() -> impl Strategy<Value = Name> {
     prop_oneof![
