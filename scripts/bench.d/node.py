@@ -4,6 +4,7 @@
 run stops it whatever happens. `configure` edits node.toml as data (tomlw.edit), never as
 text.
 """
+import contextlib
 import json
 import os
 import subprocess
@@ -28,6 +29,11 @@ def build(binary):
 
 class Hedge:
     """A hedge node in `home`, driven through the CLI."""
+
+    # What runs the daemon when it is not the CLI's binary: a command prefix and another
+    # build (see `daemons_run_by`). The CLI always runs natively.
+    runner = ()
+    daemon_binary = None
 
     def __init__(self, binary, procs, home):
         self.b, self.procs, self.home = binary, procs, home
@@ -62,7 +68,8 @@ class Hedge:
 
     def spawn(self):
         """`hedge node run`, without waiting for its API."""
-        self.daemon = self.procs.spawn("node", [self.b, "node", "run", "--config", self.cfg],
+        cmd = [*self.runner, self.daemon_binary or self.b, "node", "run", "--config", self.cfg]
+        self.daemon = self.procs.spawn("node", cmd,
                                        log_name=f"node-{os.path.basename(self.home)}.log")
         return self.daemon
 
@@ -78,3 +85,14 @@ class Hedge:
         """How many instances the node reports running (0 while its API is down)."""
         s = self.status()
         return sum(1 for i in s["instances"] if i["state"] == "running") if s else 0
+
+
+@contextlib.contextmanager
+def daemons_run_by(runner, binary):
+    """Within it, every node daemon the bench spawns is `binary` run by `runner` (e.g. the
+    aarch64 node-only build under qemu-user); the nodes' CLI stays the native build."""
+    Hedge.runner, Hedge.daemon_binary = tuple(runner), binary
+    try:
+        yield
+    finally:
+        Hedge.runner, Hedge.daemon_binary = (), None
