@@ -11,6 +11,7 @@ from alternatives import PY_PACKAGES
 from backup import backup_rows, print_backup_params
 from mesh import mesh_rows
 from qemu_drain import print_qemu_drain_params, qemu_drain_rows
+from qemu_rss import print_qemu_rss_params, qemu_rss_rows
 from stats import pct, slope
 from supervision import STABLE_AFTER_MS, curve_points
 
@@ -38,6 +39,8 @@ def summarise(res):
         rows += mesh_rows(res["mesh"])
     if res.get("backup"):
         rows += backup_rows(res["backup"])
+    if res.get("qemu_rss"):
+        rows += qemu_rss_rows(res["qemu_rss"])
     if res.get("qemu_drain"):
         rows += qemu_drain_rows(res["qemu_drain"])
     for target, size in sorted(res.get("cross_sizes", {}).items()):
@@ -187,6 +190,8 @@ def print_params(res):
         _print_mesh_params(res["mesh"], p)
     if res.get("backup"):
         print_backup_params(res["backup"], p)
+    if res.get("qemu_rss"):
+        print_qemu_rss_params(res["qemu_rss"])
     if res.get("qemu_drain"):
         print_qemu_drain_params(res["qemu_drain"])
     print("- ratio = hedge / alternative; `better` says which direction wins.")
