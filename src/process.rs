@@ -46,14 +46,27 @@ pub fn die_quietly_on_sigpipe() {
 
 /// Structured logs on stderr (systemd-friendly, no colours); `HEDGE_LOG` sets the filter.
 pub fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HEDGE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = log_filter(std::env::var("HEDGE_LOG").ok().as_deref());
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
+        .with(filter)
         .init();
+}
+
+/// The log filter `HEDGE_LOG` asks for: a default level and/or `target=level`
+/// directives, comma-separated (`debug`, `info,hedge_runtime::daemon=trace`); `info`
+/// when unset or not understood. `Targets` rather than `EnvFilter`: the same directives
+/// without span and field filters, and without a regex engine in every binary.
+fn log_filter(spec: Option<&str>) -> tracing_subscriber::filter::Targets {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    spec.and_then(|s| s.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO))
 }
 
 /// Resolves on SIGTERM or SIGINT (never, if the handlers cannot be installed).
@@ -70,5 +83,31 @@ pub async fn shutdown_signal() {
             }
         }
         _ => std::future::pending::<()>().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+    use tracing::Level;
+
+    #[test]
+    fn hedge_log_sets_a_default_level_and_per_target_levels() {
+        let f = log_filter(Some("warn,hedge_runtime::daemon=trace"));
+        assert!(f.would_enable("hedge_runtime::daemon::link", &Level::TRACE));
+        assert!(f.would_enable("hedge_master::run", &Level::WARN));
+        assert!(!f.would_enable("hedge_master::run", &Level::INFO));
+        let debug = log_filter(Some("debug"));
+        assert!(debug.would_enable("anything", &Level::DEBUG));
+        assert!(!debug.would_enable("anything", &Level::TRACE));
+    }
+
+    #[test]
+    fn unset_or_not_understood_is_info() {
+        for spec in [None, Some("a=b=c"), Some("hedge=loud")] {
+            let f = log_filter(spec);
+            assert!(f.would_enable("hedge", &Level::INFO), "{spec:?}");
+            assert!(!f.would_enable("hedge", &Level::DEBUG), "{spec:?}");
+        }
     }
 }
