@@ -45,7 +45,13 @@ fn a_veth_link_carries_tcp_until_it_is_set_down_and_again_once_up() {
         }
     });
     let far = SocketAddr::from((veth.a.addr, port));
-    assert!(reachable(far), "not reachable over the veth link");
+    // A new veth pair carries traffic once both ends have carrier, which the kernel
+    // reports a moment after `ip link set up` returns (longer on a loaded host).
+    wait_for(
+        "reachable over the new veth link",
+        Duration::from_secs(10),
+        || reachable(far).then_some(()),
+    );
     assert!(
         !reachable(SocketAddr::from(([127, 0, 0, 1], port))),
         "the namespace's listener is on the test's loopback"
