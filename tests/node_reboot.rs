@@ -155,3 +155,53 @@ fn leftover_process_group_of_a_dead_daemon_is_cleaned_at_boot() {
     assert!(node.status().counters.leftovers_killed >= 1);
     node.running_pid("forker", None);
 }
+
+/// The NSS modules mapped into process `pid` (`libnss_systemd.so.2`, …).
+fn nss_modules(pid: u32) -> Vec<String> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut libs: Vec<String> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|path| path.contains("/libnss_"))
+        .map(str::to_string)
+        .collect();
+    libs.dedup();
+    libs
+}
+
+/// Partition uids are checked against the host's users and groups (as root) by `getent`
+/// in child processes: no NSS module is ever loaded into the daemon, neither when new
+/// partitions get their uids nor when a boot checks the uids of existing ones. (Where
+/// `nsswitch.conf` names a source other than `files` for passwd or group, such as
+/// `systemd`, checking in-process loaded its module, which this test then saw.)
+#[test]
+fn the_daemon_never_loads_an_nss_module_booting_with_instances() {
+    if !common::can_run_as_root("root (partition uids are checked only as root)") {
+        return;
+    }
+    let mut node = Node::init();
+    node.start();
+    for n in ["a", "b"] {
+        node.request_sleep(n, "1000", &[]);
+    }
+    for n in ["a", "b"] {
+        node.running_pid(n, None);
+    }
+    let pid = node.daemon.as_ref().unwrap().id();
+    assert_eq!(
+        nss_modules(pid),
+        Vec::<String>::new(),
+        "after new partitions"
+    );
+
+    node.kill9();
+    node.start();
+    for n in ["a", "b"] {
+        node.running_pid(n, None);
+    }
+    let pid = node.daemon.as_ref().unwrap().id();
+    assert_eq!(nss_modules(pid), Vec::<String>::new(), "after a boot");
+    // `getent` answered (no fallback to the files).
+    let log = node.daemon_log();
+    assert!(!log.contains("read from the file instead"), "{log}");
+}

@@ -223,11 +223,13 @@ impl Daemon {
             source,
         })?;
         warn_if_untraversable(&state);
-        let store =
-            Store::open_tuned(&cfg.store_dir(), cfg.cache_bytes(), cfg.flush_interval_ms())?;
         let partitions = Partitions::new(&state, (cfg.partitions.uid_min, cfg.partitions.uid_max))
             .with_quarantine(Duration::from_secs(cfg.partitions.uid_quarantine_s));
-        partitions.check_range();
+        // Whether the existing partitions' uids are host ids is asked now (of `getent`,
+        // in child processes) and answered while the store opens.
+        partitions.prefetch_host_ids();
+        let store =
+            Store::open_tuned(&cfg.store_dir(), cfg.cache_bytes(), cfg.flush_interval_ms())?;
         let cgroups = if cfg.partitions.cgroups {
             let home = std::fs::canonicalize(&state).unwrap_or_else(|_| state.clone());
             crate::partition::cgroup::Cgroups::detect(&crate::partition::cgroup::node_tag(
@@ -520,6 +522,13 @@ impl Daemon {
         tracing::info!(node = %self.cfg.node_id(), instances = wanted, "node up; reconciling offline");
         self.reconcile();
         self.flush_observed();
+        // The boot's first starts are done: later ones ask about host ids afresh. The
+        // range check only warns; it enumerates the host's users off the loop.
+        self.instances.partitions.forget_prefetched();
+        let range_check = self.instances.partitions.range_check();
+        let _ = std::thread::Builder::new()
+            .name("hedge-uid-range".into())
+            .spawn(range_check);
         tokio::pin!(shutdown);
         let mut published_poll = tokio::time::interval(published::POLL);
         published_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -12,10 +12,17 @@
 //! A uid is free when no other partition owns it, it is not in [`quarantine`] (a uid
 //! freed by [`Partitions::remove`] waits there, [`quarantine::DEFAULT_HOLD`] unless
 //! configured, across daemon restarts), no live process has it, and no user or group
-//! of the host has it as id (`getpwuid`/`getgrgid`): such ids are skipped, never
-//! handed out, and [`Partitions::check_range`] logs them once at start. The caller
-//! kills the instance's processes (its cgroup, or [`crate::supervisor::reap`]) before
-//! calling [`Partitions::remove`].
+//! of the host has it as id: such ids are skipped, never handed out, and
+//! [`Partitions::check_range`] logs them. Host ids are asked of NSS by key through
+//! `getent` in a child process ([`host_ids`]), never in the daemon, which therefore
+//! never loads an NSS module: for a new uid when it is allocated, and for an existing
+//! partition's uid at its first start in this process. [`Partitions::prefetch_host_ids`]
+//! asks about every existing partition's uid at once and without waiting (a boot
+//! overlaps it with opening the store); its answers serve those first starts until
+//! [`Partitions::forget_prefetched`] (the daemon calls it once the boot's reconcile is
+//! done, so a later first start asks afresh). The caller kills the instance's
+//! processes (its cgroup, or [`crate::supervisor::reap`]) before calling
+//! [`Partitions::remove`].
 //!
 //! The partition tree is writable by the instance, so it may hold symlinks planted to
 //! point anywhere (`etc -> /`). The node never follows one: directories are walked by
@@ -29,6 +36,7 @@
 pub(crate) mod at;
 pub mod cgroup;
 pub mod command;
+pub mod host_ids;
 pub mod limits;
 pub mod quarantine;
 
@@ -137,6 +145,22 @@ pub struct Partitions {
     /// (scanned again when next needed). A boot that checks every partition's uid scans
     /// the partitions once, not once per partition. Locked only under `alloc`.
     owners: Mutex<Option<BTreeMap<std::ffi::OsString, u32>>>,
+    /// Host ids asked about ahead ([`Partitions::prefetch_host_ids`]): the question
+    /// while its answer is not needed yet, then the answer (each uid asked about, and
+    /// whether it is a host id) until [`Partitions::forget_prefetched`].
+    prefetched: Mutex<Prefetched>,
+}
+
+/// [`Partitions::prefetch_host_ids`]'s question, then its answer.
+#[derive(Debug, Default)]
+enum Prefetched {
+    /// Nothing asked ahead (or forgotten): every first start asks.
+    #[default]
+    None,
+    /// Asked about these uids; the answer is not collected yet.
+    Asked(BTreeSet<u32>, host_ids::Pending),
+    /// The uids asked about, and those of them that are host ids.
+    Answered(BTreeSet<u32>, BTreeSet<u32>),
 }
 
 impl Partitions {
@@ -155,6 +179,7 @@ impl Partitions {
             hold: quarantine::DEFAULT_HOLD,
             alloc: Mutex::new(BTreeMap::new()),
             owners: Mutex::new(None),
+            prefetched: Mutex::new(Prefetched::None),
         }
     }
 
@@ -164,23 +189,71 @@ impl Partitions {
         self
     }
 
-    /// Logs, once at start, the uids of the range that belong to host users or groups
-    /// (they are skipped); returns how many there are.
+    /// Logs the uids of the range that belong to host users or groups (they are
+    /// skipped); returns how many there are. Enumerates both databases through
+    /// `getent`: a boot runs it off its path ([`Partitions::range_check`]).
     pub fn check_range(&self) -> usize {
+        self.range_check()()
+    }
+
+    /// [`Partitions::check_range`] as a job for another thread.
+    pub fn range_check(&self) -> impl FnOnce() -> usize + Send + 'static {
+        let (as_root, lo, hi) = (self.as_root, self.uid_range.0.max(1), self.uid_range.1);
+        move || {
+            if !as_root {
+                return 0;
+            }
+            let taken: Vec<u32> = host_ids::Pending::enumerate()
+                .wait()
+                .range(lo..=hi)
+                .copied()
+                .collect();
+            if let (Some(first), Some(last)) = (taken.first(), taken.last()) {
+                tracing::warn!(
+                    count = taken.len(),
+                    first,
+                    last,
+                    "partition uid range overlaps host users or groups; those ids are never handed out"
+                );
+            }
+            taken.len()
+        }
+    }
+
+    /// Starts asking whether the uids owning the existing partitions (those of the
+    /// range) are host ids, without waiting: the first start of each of them in this
+    /// process takes its answer. Nothing to do without root.
+    pub fn prefetch_host_ids(&self) {
         if !self.as_root {
-            return 0;
+            return;
         }
-        let (lo, hi) = (self.uid_range.0.max(1), self.uid_range.1);
-        let taken: Vec<u32> = host_ids().range(lo..=hi).copied().collect();
-        if let (Some(first), Some(last)) = (taken.first(), taken.last()) {
-            tracing::warn!(
-                count = taken.len(),
-                first,
-                last,
-                "partition uid range overlaps host users or groups; those ids are never handed out"
-            );
+        let _alloc = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
+        let uids: BTreeSet<u32> = match self.scan_owners() {
+            Ok(owners) => {
+                let uids = owners
+                    .values()
+                    .copied()
+                    .filter(|u| self.in_range(*u))
+                    .collect();
+                *self.owners() = Some(owners);
+                uids
+            }
+            Err(_) => return, // `ensure` reports it
+        };
+        if uids.is_empty() {
+            return;
         }
-        taken.len()
+        let pending = host_ids::Pending::lookup(&uids);
+        *self.prefetch() = Prefetched::Asked(uids, pending);
+    }
+
+    /// Drops what [`Partitions::prefetch_host_ids`] learnt (collecting its processes if
+    /// it is still out): from now on a first start asks afresh.
+    pub fn forget_prefetched(&self) {
+        let old = std::mem::take(&mut *self.prefetch());
+        if let Prefetched::Asked(_, pending) = old {
+            let _ = pending.wait();
+        }
     }
 
     /// Where the partition of `name` lives (whether or not it exists).
@@ -209,7 +282,7 @@ impl Partitions {
                 current
             } else {
                 let used = self.uids_in_use(name)?;
-                if self.in_range(current) && !used.contains(&current) && !host_id(current) {
+                if self.in_range(current) && !used.contains(&current) && !self.host_id(current) {
                     current
                 } else {
                     self.free_uid(&used)?
@@ -349,6 +422,30 @@ impl Partitions {
         self.owners.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn prefetch(&self) -> std::sync::MutexGuard<'_, Prefetched> {
+        self.prefetched.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `uid` is the id of a host user or group: from the prefetched answer when
+    /// it covers `uid`, else asked now.
+    fn host_id(&self, uid: u32) -> bool {
+        let mut prefetched = self.prefetch();
+        if let Prefetched::Asked(..) = &*prefetched {
+            if let Prefetched::Asked(asked, pending) = std::mem::take(&mut *prefetched) {
+                *prefetched = Prefetched::Answered(asked, pending.wait());
+            }
+        }
+        if let Prefetched::Answered(asked, host) = &*prefetched {
+            if asked.contains(&uid) {
+                return host.contains(&uid);
+            }
+        }
+        drop(prefetched);
+        !host_ids::Pending::lookup(&BTreeSet::from([uid]))
+            .wait()
+            .is_empty()
+    }
+
     /// Uids owning the directories of partitions other than `except` (from the scan
     /// kept in `owners`, made now if there is none).
     fn uids_in_use(&self, except: &Name) -> Result<BTreeSet<u32>, PartitionError> {
@@ -396,59 +493,24 @@ impl Partitions {
             None => BTreeSet::new(),
         };
         let live = crate::supervisor::process_identity::live_uids();
-        // Each step skips one taken id: at most the number of taken ids + 1 steps.
-        (lo..=hi)
-            .find(|u| !used.contains(u) && !held.contains(u) && !live.contains(u) && !host_id(*u))
-            .ok_or(PartitionError::UidsExhausted { lo, hi })
+        let mut candidates = (lo..=hi)
+            .filter(|u| !used.contains(u) && !held.contains(u) && !live.contains(u))
+            .peekable();
+        // Host ids are asked about a batch of candidates at a time: one `getent` pair
+        // answers for the usual case (the first candidate is free).
+        while candidates.peek().is_some() {
+            let batch: BTreeSet<u32> = candidates.by_ref().take(HOST_ID_BATCH).collect();
+            let host = host_ids::Pending::lookup(&batch).wait();
+            if let Some(u) = batch.iter().find(|u| !host.contains(u)) {
+                return Ok(*u);
+            }
+        }
+        Err(PartitionError::UidsExhausted { lo, hi })
     }
 }
 
-/// The uids of host users and gids of host groups, as NSS enumerates them: one pass
-/// over each database rather than two lookups per id of the range (2,000 lookups for
-/// the default range, most of a boot's time). For [`Partitions::check_range`], which
-/// only logs; allocation asks about each candidate ([`host_id`]).
-fn host_ids() -> BTreeSet<u32> {
-    use nix::libc;
-    static ENUMERATING: Mutex<()> = Mutex::new(());
-    let _one = ENUMERATING.lock().unwrap_or_else(|e| e.into_inner());
-    let mut ids = BTreeSet::new();
-    // SAFETY: getpwent/getgrent return NULL or a pointer into libc's static storage,
-    // valid until the next call; the id is copied out before it. The enumeration state
-    // is shared process-wide, so only this function enumerates, under the lock above.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::setpwent();
-        loop {
-            let p = libc::getpwent();
-            if p.is_null() {
-                break;
-            }
-            ids.insert((*p).pw_uid);
-        }
-        libc::endpwent();
-        libc::setgrent();
-        loop {
-            let g = libc::getgrent();
-            if g.is_null() {
-                break;
-            }
-            ids.insert((*g).gr_gid);
-        }
-        libc::endgrent();
-    }
-    ids
-}
-
-/// Whether `id` is the uid of a host user or the gid of a host group.
-fn host_id(id: u32) -> bool {
-    matches!(
-        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(id)),
-        Ok(Some(_))
-    ) || matches!(
-        nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(id)),
-        Ok(Some(_))
-    )
-}
+/// Candidate uids asked about at once when allocating.
+const HOST_ID_BATCH: usize = 32;
 
 /// Checks that `rel` is a plain relative path: 1..=1024 bytes, no NUL, not absolute,
 /// every `/`-separated component non-empty, not `.` or `..`, at most 255 bytes.
@@ -721,6 +783,17 @@ mod tests {
         );
     }
 
+    /// Whether the test process (which may load NSS) knows `id` as a user or group.
+    fn host_id(id: u32) -> bool {
+        matches!(
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(id)),
+            Ok(Some(_))
+        ) || matches!(
+            nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(id)),
+            Ok(Some(_))
+        )
+    }
+
     #[test]
     fn ids_of_host_users_groups_and_live_processes_are_never_allocated() {
         if !is_root() {
@@ -733,7 +806,8 @@ mod tests {
         let parts = Partitions::new(tmp.path(), (host, host));
         assert_eq!(parts.check_range(), 1);
         // The enumeration finds what the lookups find.
-        assert!(host_ids().contains(&host) && !host_ids().contains(&64_321));
+        let all = host_ids::Pending::enumerate().wait();
+        assert!(all.contains(&host) && !all.contains(&64_321));
         assert!(matches!(
             parts.ensure(&name("a")),
             Err(PartitionError::UidsExhausted { .. })
@@ -754,6 +828,45 @@ mod tests {
         );
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn an_existing_partition_owned_by_a_host_id_is_refused_prefetched_or_not() {
+        if !is_root() {
+            return;
+        }
+        let host = (1..1000).find(|u| host_id(*u)).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        // A partition left owned by `host` (made while the range was another, or before
+        // the host user existed): its first start must not keep that uid, and with
+        // only that uid in the range there is none to give it.
+        let dir = tmp.path().join("partitions/p");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(host), Some(host)).unwrap();
+        let fresh = Partitions::new(tmp.path(), (host, host));
+        assert!(matches!(
+            fresh.ensure(&name("p")),
+            Err(PartitionError::UidsExhausted { .. })
+        ));
+        let prefetched = Partitions::new(tmp.path(), (host, host));
+        prefetched.prefetch_host_ids();
+        assert!(matches!(
+            prefetched.ensure(&name("p")),
+            Err(PartitionError::UidsExhausted { .. })
+        ));
+        prefetched.forget_prefetched();
+        assert!(matches!(
+            prefetched.ensure(&name("p")),
+            Err(PartitionError::UidsExhausted { .. })
+        ));
+        // A uid of the range that no host user or group has is kept, prefetched too.
+        let free = 64_331;
+        assert!(!host_id(free));
+        std::os::unix::fs::chown(&dir, Some(free), Some(free)).unwrap();
+        let parts = Partitions::new(tmp.path(), (free, free));
+        parts.prefetch_host_ids();
+        assert_eq!(parts.ensure(&name("p")).unwrap().owner, Some((free, free)));
+        parts.forget_prefetched();
     }
 
     #[test]
