@@ -52,9 +52,9 @@ impl Daemon {
                 let earlier = self
                     .outbox
                     .store
-                    .observed()
+                    .observed_of(&name)
                     .ok()
-                    .and_then(|mut m| m.remove(name.as_str()))
+                    .flatten()
                     .unwrap_or_default();
                 let lifecycle = Lifecycle::new(
                     policy_for(self.cfg.policy(), &request),

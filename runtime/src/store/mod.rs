@@ -1005,6 +1005,16 @@ impl Store {
         self.flush()
     }
 
+    /// The observed state of `name`, if any (one lookup, where [`Store::observed`]
+    /// reads them all).
+    pub fn observed_of(&self, name: &Name) -> Result<Option<ObservedInstance>, StoreError> {
+        let key = name.as_str().as_bytes();
+        match self.t()?.observed.get(key)? {
+            Some(v) => Ok(Some(dec_observed(key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Every observed instance.
     pub fn observed(&self) -> Result<BTreeMap<String, ObservedInstance>, StoreError> {
         self.t()?

@@ -51,11 +51,19 @@ pub fn parse_start_ticks(stat: &str) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Start time of `pid`, or `None` when it does not exist.
+/// Start time of `pid`, or `None` when it does not exist. Read by one `read` into a
+/// stack buffer (the file is far shorter; it is read on every start).
 pub fn start_ticks(pid: u32) -> Option<u64> {
-    let text =
-        std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")).ok()?;
-    parse_start_ticks(&text)
+    use std::io::Read;
+    let path = Path::new("/proc").join(pid.to_string()).join("stat");
+    let mut buf = [0u8; 2048];
+    let n = std::fs::File::open(&path).ok()?.read(&mut buf).ok()?;
+    if n == buf.len() {
+        // Not the whole file (never seen): read it all.
+        return parse_start_ticks(&String::from_utf8_lossy(&std::fs::read(&path).ok()?));
+    }
+    // Lossy: a command name need not be UTF-8; the fields counted come after it.
+    parse_start_ticks(&String::from_utf8_lossy(&buf[..n]))
 }
 
 /// From a `/proc/PID/status` text: the process's uids (real, effective, saved,
@@ -161,6 +169,29 @@ mod tests {
         assert_eq!(parse_start_ticks(stat), Some(987654));
         assert_eq!(parse_start_ticks("garbage"), None);
         assert_eq!(parse_start_ticks("1 (x) S 1"), None);
+    }
+
+    #[test]
+    fn a_command_name_that_is_not_utf8_still_gives_a_start_time() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let prog = dir
+            .path()
+            .join(std::ffi::OsStr::from_bytes(b"\xff\xfe-sleep"));
+        // A symlink: the command name is the name exec was given.
+        std::os::unix::fs::symlink("/bin/sleep", &prog).unwrap();
+        let mut child = std::process::Command::new(&prog)
+            .arg("100")
+            .spawn()
+            .unwrap();
+        let stat = std::fs::read(format!("/proc/{}/stat", child.id())).unwrap();
+        assert!(
+            std::str::from_utf8(&stat).is_err(),
+            "the name reached /proc"
+        );
+        assert!(start_ticks(child.id()).is_some());
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]
