@@ -4,9 +4,10 @@
 //! [`open_dir`] or [`open_dir_at`]) and a single path component `name` (no `/`, not
 //! `.` or `..`, else `InvalidInput`). The directory is named by its descriptor, so an
 //! instance that swaps one of its directories for a symlink between a check and a use
-//! cannot redirect the operation out of its partition. Files are opened through
-//! `/proc/self/fd/<fd>/<name>` (the safe way to `openat(2)` into a `std::fs::File`
-//! without `unsafe`); a node always has `/proc` mounted.
+//! cannot redirect the operation out of its partition. Directories (and files read by
+//! [`open_regular_at`]) are opened by `openat(2)` on the descriptor; files opened with
+//! caller-given [`OpenOptions`] through `/proc/self/fd/<fd>/<name>` (the safe way to
+//! `openat(2)` into a `std::fs::File` with them); a node always has `/proc` mounted.
 //!
 //! [`open_dir_walk`] opens a whole path one component at a time and follows a symlink
 //! only where nobody but root (or the daemon's own user) could have planted it; and
@@ -59,9 +60,31 @@ pub(crate) fn open_dir(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// Opens the directory `name` inside `dir`, never following a symlink.
+/// `openat(2)` of the single component `name` inside `dir`, close-on-exec.
+fn openat(dir: &File, name: &OsStr, flags: OFlag) -> io::Result<File> {
+    use std::os::unix::io::FromRawFd;
+    check_name(name)?;
+    let fd = nix::fcntl::openat(
+        Some(dir.as_raw_fd()),
+        name,
+        flags | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io::Error::from)?;
+    // SAFETY: `openat` returned a fresh descriptor that nothing else owns.
+    #[allow(unsafe_code)]
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Opens the directory `name` inside `dir`, never following a symlink. By `openat(2)`
+/// on the descriptor: a partition's start opens a dozen directories, and a path
+/// through `/proc/self/fd` costs a procfs lookup each.
 pub(crate) fn open_dir_at(dir: &File, name: &OsStr) -> io::Result<File> {
-    open_dir(&proc_path(dir, name)?)
+    openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+    )
 }
 
 /// `lstat(2)` of `name` inside `dir`.
@@ -119,10 +142,11 @@ pub(crate) fn read_dir(dir: &File) -> io::Result<std::fs::ReadDir> {
 /// (`O_NONBLOCK`: a FIFO opens at once), and returns it only if the opened file is a
 /// regular file (checked on the descriptor, so it cannot be swapped after the check).
 pub(crate) fn open_regular_at(dir: &File, name: &OsStr) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK).bits())
-        .open(proc_path(dir, name)?)?;
+    let file = openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK,
+    )?;
     if !file.metadata()?.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
