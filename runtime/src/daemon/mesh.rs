@@ -63,6 +63,10 @@ impl Daemon {
     /// Rebuilds the custody index from the outbox (at boot) and reads the stored peer
     /// parameters back.
     pub(super) fn restore_mesh(&mut self) {
+        // An outbox with no relayed batch (known from its open) is not read through.
+        if !self.outbox.store.may_hold_relayed() {
+            return self.restore_peer_params();
+        }
         let held = self.outbox.store.outbox_entries().and_then(|entries| {
             let mut held = Vec::new();
             for e in entries
@@ -93,6 +97,11 @@ impl Daemon {
             }
             Err(e) => self.store_failed(&e),
         }
+        self.restore_peer_params();
+    }
+
+    /// Reads the stored peer parameters back.
+    fn restore_peer_params(&mut self) {
         match self.outbox.store.peer_params() {
             Ok(all) => {
                 self.instances.peers = all.into_iter().map(|(k, (_, p))| (k, p)).collect();

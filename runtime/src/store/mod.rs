@@ -680,6 +680,12 @@ impl Store {
         self.log().map_or(0, |l| l.bytes())
     }
 
+    /// False only when the outbox holds no relayed batch (known without reading it:
+    /// its open replayed every entry, and puts since are watched).
+    pub fn may_hold_relayed(&self) -> bool {
+        self.log().map_or(true, |l| l.may_hold_relayed())
+    }
+
     /// What the shedding policy needs to know of every outbox record (read in steps,
     /// so a large outbox is never all in memory at once).
     pub fn outbox_entries(&self) -> Result<Vec<OutboxEntry>, StoreError> {

@@ -71,6 +71,9 @@ struct Index {
     usage_from: Pos,
     /// States written since the last checkpoint (`None`: forgotten).
     usage: BTreeMap<String, Option<AccountantState>>,
+    /// Whether any entry replayed or put since the open held a relayed batch (the
+    /// daemon's custody index is rebuilt at boot by reading the outbox only then).
+    relayed: bool,
 }
 
 fn corrupt(pos: Pos, e: postcard::Error) -> StoreError {
@@ -90,6 +93,10 @@ enum Entry {
     },
     Shed(Vec<Record>, Vec<u64>),
     Usage(Name, Option<AccountantState>),
+}
+
+fn is_relayed(r: &Record) -> bool {
+    matches!(r.kind, hedge_wire::RecordKind::Relayed(_))
 }
 
 fn decode(pos: Pos, payload: &[u8]) -> Result<Entry, StoreError> {
@@ -149,6 +156,7 @@ impl OutboxLog {
             acked,
             usage_from,
             usage: BTreeMap::new(),
+            relayed: false,
         };
         let segs = Segments::open(dir, |pos, payload| ix.replay(pos, payload))?;
         Ok(OutboxLog { segs, ix })
@@ -164,6 +172,7 @@ impl Index {
                 rec_len,
                 state,
             } => {
+                self.relayed |= is_relayed(&record);
                 let slot = Slot {
                     pos,
                     frame_len,
@@ -178,6 +187,7 @@ impl Index {
                 }
             }
             Entry::Shed(records, dropped) => {
+                self.relayed |= records.iter().any(is_relayed);
                 self.put_shed(pos, frame_len, records.iter(), &dropped)?;
             }
             Entry::Usage(name, state) => {
@@ -293,6 +303,12 @@ impl OutboxLog {
         self.ix.acked
     }
 
+    /// False only when no entry replayed at the open or put since held a relayed
+    /// batch: then the log holds none, and nobody needs to read it to find them.
+    pub fn may_hold_relayed(&self) -> bool {
+        self.ix.relayed
+    }
+
     /// Whether the record `seq` is held.
     pub fn has(&self, seq: u64) -> bool {
         self.ix.slot(seq).is_some()
@@ -307,6 +323,7 @@ impl OutboxLog {
     ) -> Result<u64, StoreError> {
         let (payload, rec_len) = record_payload(record, state)?;
         let (pos, frame_len) = self.segs.push(&payload)?;
+        self.ix.relayed |= is_relayed(record);
         let rec_len = len32(rec_len)?;
         self.ix.put_slot(
             record.seq,
@@ -337,6 +354,7 @@ impl OutboxLog {
         for (i, (record, drops)) in units.iter().enumerate() {
             if let Some(r) = record {
                 size += enc(r)?.len();
+                self.ix.relayed |= is_relayed(r);
                 records.push(r);
             }
             size += 10 * drops.len();

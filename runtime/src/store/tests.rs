@@ -1062,3 +1062,26 @@ fn local_backup_policies_survive_a_reopen_and_can_be_forgotten() {
     s.remove_local_backup(&Name::new("a").unwrap()).unwrap();
     assert_eq!(s.local_backups().unwrap(), vec![policy("b", 10)]);
 }
+
+#[test]
+fn whether_the_outbox_may_hold_a_relayed_batch_is_known_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        assert!(!s.may_hold_relayed());
+        s.append(1, state("a")).unwrap();
+        assert!(!s.may_hold_relayed());
+    }
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        assert!(!s.may_hold_relayed(), "nothing relayed was replayed");
+        let batch = hedge_wire::mesh::SignedBatch {
+            bytes: vec![1, 2, 3],
+            signature: vec![4; 64],
+        };
+        s.append(2, RecordKind::Relayed(batch)).unwrap();
+        assert!(s.may_hold_relayed(), "a relayed batch was put");
+    }
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert!(s.may_hold_relayed(), "a relayed batch was replayed");
+}
