@@ -16,6 +16,13 @@ use super::fleet;
 use super::sql::{clamp_sql, epoch_sql, from_sql, seq_sql, time_sql};
 use crate::coverage::Coverage;
 
+/// Whether the node has stored the same event (`?2`, its digest; `?5`, its time: the
+/// digest covers the time) under another key (`?3`, `?4`): a repeat. It walks the index
+/// `records_by_event`, ordered by time, so that a batch's inserts into that index land
+/// together on a few pages instead of one page per record.
+pub(super) const SAME_EVENT: &str = "SELECT 1 FROM records
+    WHERE node = ?1 AND time_ms = ?5 AND digest = ?2 AND NOT (epoch = ?3 AND seq = ?4) LIMIT 1";
+
 /// The body of [`super::FleetStore::ingest_within`], inside the caller's transaction or
 /// savepoint, which commits.
 pub(super) fn ingest_in(tx: &Connection, batch: &Batch) -> Result<Ingested> {
@@ -70,10 +77,7 @@ pub(super) fn ingest_in(tx: &Connection, batch: &Batch) -> Result<Ingested> {
         let mut same_key = tx.prepare_cached(
             "SELECT time_ms, kind FROM records WHERE node = ?1 AND epoch = ?2 AND seq = ?3",
         )?;
-        let mut same_event = tx.prepare_cached(
-            "SELECT 1 FROM records WHERE node = ?1 AND digest = ?2
-             AND NOT (epoch = ?3 AND seq = ?4) LIMIT 1",
-        )?;
+        let mut same_event = tx.prepare_cached(SAME_EVENT)?;
         for row in &checked.rows {
             let (seq, record, blob, digest) = (&row.seq, row.record, &row.blob, &row.digest);
             let span = row.index.span;
@@ -103,7 +107,13 @@ pub(super) fn ingest_in(tx: &Connection, batch: &Batch) -> Result<Ingested> {
             if batch.refused_relayed.contains(&record.seq) {
                 forged += 1;
             }
-            if same_event.exists(params![node.as_str(), digest, epoch, seq])? {
+            if same_event.exists(params![
+                node.as_str(),
+                digest,
+                epoch,
+                seq,
+                time_sql(record.time_ms)
+            ])? {
                 repeats += 1;
             }
             stored += 1;

@@ -30,6 +30,10 @@ use std::path::Path;
 
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 
+/// The page cache of a connection, KiB (SQLite's `cache_size`, negative for KiB): the
+/// indexes an ingest walks stay in memory instead of being read back from the file.
+const CACHE_KIB: i64 = -16 * 1024;
+
 /// The schema version this code writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 2;
 
@@ -93,7 +97,8 @@ DROP TABLE coverage_v1;
 const SCHEMA: &str = "
 CREATE INDEX IF NOT EXISTS records_by_tag ON records (kind_tag, node, instance, seq);
 CREATE INDEX IF NOT EXISTS records_by_span ON records (kind_tag, span_from);
-CREATE INDEX IF NOT EXISTS records_by_digest ON records (node, digest);
+DROP INDEX IF EXISTS records_by_digest;
+CREATE INDEX IF NOT EXISTS records_by_event ON records (node, time_ms, digest);
 CREATE TABLE IF NOT EXISTS nodes (
     node               TEXT PRIMARY KEY,
     first_seen_ms      INTEGER,
@@ -181,6 +186,7 @@ pub(super) fn set_up(conn: &mut Connection) -> rusqlite::Result<i64> {
     // the ack is published) survive a power cut, not only a crash.
     conn.pragma_update_and_check(None, "journal_mode", "wal", |r| r.get::<_, String>(0))?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "cache_size", CACHE_KIB)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > SCHEMA_VERSION {

@@ -321,3 +321,43 @@ fn a_closed_restores_key_leaves_the_file() {
     );
     assert!(!contains(&dir.path().join("master.db-wal")));
 }
+
+#[test]
+fn repeats_are_looked_up_by_time_and_the_digest_only_index_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("master.db");
+    drop(SqliteStore::open(&path).unwrap());
+    // A file written before: the index by digest alone.
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE INDEX records_by_digest ON records (node, digest)")
+        .unwrap();
+    drop(SqliteStore::open(&path).unwrap());
+    let conn = Connection::open(&path).unwrap();
+    let indexes: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'records'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert!(
+        indexes.iter().any(|i| i == "records_by_event"),
+        "{indexes:?}"
+    );
+    assert!(
+        !indexes.iter().any(|i| i == "records_by_digest"),
+        "{indexes:?}"
+    );
+    let plan: Vec<String> = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {}", ingest::SAME_EVENT))
+        .unwrap()
+        .query_map(params!["a", vec![0u8; 16], 1, 1, 5], |r| r.get(3))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert!(
+        plan.iter().any(|p| p.contains("records_by_event")),
+        "{plan:?}"
+    );
+}
