@@ -361,3 +361,19 @@ fn repeats_are_looked_up_by_time_and_the_digest_only_index_is_dropped() {
         "{plan:?}"
     );
 }
+
+#[test]
+fn a_connection_keeps_group_commits_off_temporary_files_and_checkpoints_seldom() {
+    let (_dir, store) = open();
+    let conn = store.conn();
+    let pragma = |name: &str| -> i64 {
+        conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    // 2 = MEMORY: the savepoint journals of a group commit are not written to a file.
+    assert_eq!(pragma("temp_store"), 2);
+    assert_eq!(pragma("wal_autocheckpoint"), 8 * 1024);
+    assert_eq!(pragma("cache_size"), -16 * 1024);
+    // Commits stay synced: 2 = FULL.
+    assert_eq!(pragma("synchronous"), 2);
+}
