@@ -453,8 +453,13 @@ async fn connections_that_never_handshake_do_not_lock_peers_out() {
         s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
         idle.push(s.connect(a.local_addr()).await.unwrap());
     }
+    // Every idle connection past the two handshakes one address may hold is refused; on
+    // a host slow enough that those two time out first, their successors take their
+    // slots, so a timed-out handshake counts as dealt with too.
     wait_for("the extra connections refused", || {
-        a.stats().refused_full >= u64::try_from(idle.len() - 2).unwrap()
+        let s = a.stats();
+        s.refused_full + s.handshake_failed
+            >= u64::try_from(idle.len() - hedge_mesh::net::HANDSHAKES_PER_IP).unwrap()
     })
     .await;
     // A real peer from another address still gets in, long before the idle ones' 10 s
