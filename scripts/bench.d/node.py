@@ -7,6 +7,7 @@ text.
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import tomllib
 
@@ -96,3 +97,15 @@ def daemons_run_by(runner, binary):
         yield
     finally:
         Hedge.runner, Hedge.daemon_binary = (), None
+
+
+def emulated(target, qemu_name):
+    """(binary, qemu, None) for cross/out/<target>/hedge-node (cross/build) run by
+    `qemu_name`, or (None, None, why) when one of them is missing."""
+    b = os.path.join(ROOT, "cross", "out", target, "hedge-node")
+    qemu = shutil.which(qemu_name)
+    if not qemu:
+        return None, None, f"no {qemu_name} (cross/setup installs qemu-user)"
+    if not os.path.isfile(b):
+        return None, None, f"no {b} (cross/build)"
+    return b, qemu, None

@@ -9,10 +9,9 @@ master, its broker and the node's CLI are native both times. No reconnect cuts. 
 CPU and RSS under qemu are qemu's (its translator included), so they are not rows.
 """
 import os
-import shutil
 
 from harness import Procs, log
-from node import ROOT, daemons_run_by
+from node import daemons_run_by, emulated
 from store_forward import hedge_store_and_forward
 
 TARGET = "aarch64-unknown-linux-gnu"
@@ -21,12 +20,10 @@ SYSROOT = "/usr/aarch64-linux-gnu"
 
 def qemu_drain(binary, procs, tmp, P, out):
     """Fills `out` with {native, qemu} store-and-forward results, or {skipped: why}."""
-    b = os.path.join(ROOT, "cross", "out", TARGET, "hedge-node")
-    qemu = shutil.which("qemu-aarch64")
-    if not qemu or not os.path.isfile(b):
-        out["skipped"] = (f"no {b} (cross/build)" if qemu else
-                          "no qemu-aarch64 (cross/setup installs qemu-user)")
-        log(f"qemu drain: not measured: {out['skipped']}")
+    b, qemu, why = emulated(TARGET, "qemu-aarch64")
+    if why:
+        out["skipped"] = why
+        log(f"qemu drain: not measured: {why}")
         return
     sizes = dict(P, records=P["qemu_records"], producers=P["qemu_producers"], cuts=0)
     for name, runner in (("native", None), ("qemu", (qemu, "-L", SYSROOT))):

@@ -9,11 +9,10 @@ touches the code pages a native run would execute).
 """
 import os
 import re
-import shutil
 import time
 
 from harness import log, wait
-from node import ROOT, Hedge, daemons_run_by
+from node import Hedge, daemons_run_by, emulated
 
 TARGET = "armv7-unknown-linux-gnueabihf"
 SYSROOT = "/usr/arm-linux-gnueabihf"
@@ -42,12 +41,10 @@ def guest_rss_kib(smaps_text, base=GUEST_BASE, size=1 << 32):
 
 def qemu_rss(binary, procs, tmp, P, out):
     """Fills `out` with the guest's idle RSS at INSTANCES instances, or {skipped: why}."""
-    b = os.path.join(ROOT, "cross", "out", TARGET, "hedge-node")
-    qemu = shutil.which("qemu-arm")
-    if not qemu or not os.path.isfile(b):
-        out["skipped"] = (f"no {b} (cross/build)" if qemu else
-                          "no qemu-arm (cross/setup installs qemu-user)")
-        log(f"qemu rss: not measured: {out['skipped']}")
+    b, qemu, why = emulated(TARGET, "qemu-arm")
+    if why:
+        out["skipped"] = why
+        log(f"qemu rss: not measured: {why}")
         return
     node = Hedge(binary, procs, os.path.join(tmp, "qemu-rss-node"))
     node.init("--id", "bench")
