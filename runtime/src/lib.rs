@@ -51,3 +51,5 @@ pub mod render;
 pub mod request_file;
 pub mod store;
 pub mod supervisor;
+#[cfg(test)]
+mod test_host;
