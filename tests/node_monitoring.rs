@@ -7,6 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::ports::free_port;
 use common::{wait_for, Node};
 use hedge_runtime::local_api::IncidentStatus;
 use hedge_wire::InstanceStatus;
@@ -24,14 +25,6 @@ fn fast_node(extra: &str) -> Node {
             + &extra
     });
     node
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn kinds<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {

@@ -9,9 +9,11 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
+#[path = "../../tests/common/ports.rs"]
+mod ports;
 
 use std::collections::VecDeque;
-use std::net::{TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -34,15 +36,6 @@ use rustls::{ClientConfig, RootCertStore};
 use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// A free loopback TCP port (bound then released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn mosquitto_bin() -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -80,10 +73,7 @@ impl Broker {
                     std::fs::read_to_string(&log).unwrap_or_default()
                 );
             }
-            if ports
-                .iter()
-                .all(|&p| TcpStream::connect(("127.0.0.1", p)).is_ok())
-            {
+            if ports.iter().all(|&p| listens(p)) {
                 return Broker { child, log };
             }
             assert!(
@@ -124,7 +114,7 @@ impl Fleet {
     fn new() -> Fleet {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("master");
-        let (port, node_port) = (free_port(), free_port());
+        let (port, node_port) = (ports::free_port(), ports::free_port());
         let opts = InitOptions {
             broker_port: node_port,
             master_port: Some(port),
@@ -1034,4 +1024,11 @@ async fn a_relay_gets_signed_acks_for_the_nested_batches_it_carries() {
     );
     assert!(counters.carried_acks >= 4, "{counters:?}");
     assert_eq!(counters.fetches, 1, "{counters:?}");
+}
+
+/// Whether something accepts connections on loopback `port` (asked with a short timeout:
+/// a SYN dropped by some firewall rule must not stall the caller for minutes).
+fn listens(port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
 }

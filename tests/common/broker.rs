@@ -19,7 +19,7 @@
 //! or `/usr/sbin` (scripts/setup installs it).
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::net::{TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -28,14 +28,7 @@ use std::time::{Duration, Instant};
 /// How long the broker may take to listen or to exit.
 const DEADLINE: Duration = Duration::from_secs(10);
 
-/// A free loopback TCP port (bound, then released for the broker to take).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use super::ports::free_port;
 
 /// The mosquitto binary: `PATH`, then `/usr/sbin` (Debian's place, not in every `PATH`).
 pub fn mosquitto_bin() -> PathBuf {
@@ -172,11 +165,7 @@ impl Broker {
                     .lines()
                     .any(|l| l.contains("mosquitto version") && l.ends_with(" running"))
             });
-            if running
-                && [self.port, self.node_port]
-                    .iter()
-                    .all(|&p| TcpStream::connect(("127.0.0.1", p)).is_ok())
-            {
+            if running && [self.port, self.node_port].iter().all(|&p| listens(p)) {
                 self.child = Some(child);
                 return;
             }
@@ -246,4 +235,11 @@ fn test_config(generated: &str, port: u16, node_port: u16) -> String {
         out.push_str("user root\n");
     }
     out
+}
+
+/// Whether something accepts connections on loopback `port` (asked with a short timeout:
+/// a SYN dropped by some firewall rule must not stall the caller for minutes).
+fn listens(port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
 }

@@ -8,6 +8,7 @@ pub mod broker;
 pub mod fleet;
 pub mod netns;
 pub mod params;
+pub mod ports;
 pub mod sandbox_run;
 pub mod slow_link;
 pub mod swarm;

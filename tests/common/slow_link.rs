@@ -18,7 +18,8 @@ pub struct SlowLink {
 impl SlowLink {
     /// Forwards `127.0.0.1:<port>` to `127.0.0.1:to`, each way `delay` late.
     pub fn start(to: u16, delay: Duration) -> SlowLink {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        // A pool port: tests cut this one with nftables (see `ports`).
+        let listener = TcpListener::bind(("127.0.0.1", super::ports::free_port())).unwrap();
         let port = listener.local_addr().unwrap().port();
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
