@@ -11,14 +11,18 @@
 //! [`Unsupported`] says the kernel (before 5.7, or a seccomp filter) refuses `clone3`
 //! or the flag; the caller then falls back to joining by `cgroup.procs`.
 //!
-//! The child runs in a copy of a multi-threaded process without glibc's `fork`
-//! bookkeeping: it makes only raw system calls (credentials through `syscall`, so that
-//! glibc's all-threads `setxid` broadcast is never attempted on threads that are not
-//! there), on data prepared before the clone, and never returns into Rust code. A
-//! failure before `exec` is sent back as an errno through a close-on-exec pipe.
-//! [`spawn_into`] returns as soon as the child exists, without waiting for its `exec`:
-//! the caller learns the outcome from [`ExecReport::wait`] (EOF: the program runs; an
-//! errno: it never ran, and the child is reaped), so many children can be started
+//! The child runs, until its `exec`, either on the daemon's own memory (x86_64:
+//! `CLONE_VM | CLONE_VFORK`, [`super::clone_shared`], nothing copied, the caller
+//! suspended meanwhile) or in a copy of it (elsewhere, like `fork`). Either way it is a
+//! multi-threaded process without glibc's `fork` bookkeeping: it makes only raw system
+//! calls (credentials through `syscall`, so that glibc's all-threads `setxid` broadcast
+//! is never attempted on threads that are not there), on data prepared before the
+//! clone, resets every caught signal to its default before unblocking signals, and
+//! never returns into Rust code. A failure before `exec` is sent back as an errno
+//! through a close-on-exec pipe: the caller learns the outcome from
+//! [`ExecReport::wait`] (EOF: the program runs; an errno: it never ran, and the child
+//! is reaped). With shared memory [`spawn_into`] returns once the child has exec'd (or
+//! failed); in a copy, as soon as the child exists, so many children can be started
 //! before the first one has reached `exec`. The exit is learnt through the pidfd
 //! `clone3` returns ([`Exit::wait`]), to be awaited only once the exec is confirmed.
 
@@ -34,7 +38,7 @@ use nix::sys::resource::Resource;
 use tokio::io::unix::AsyncFd;
 
 /// `clone3` (the same number on x86_64, aarch64 and 32-bit ARM EABI).
-const SYS_CLONE3: libc::c_long = 435;
+pub(super) const SYS_CLONE3: libc::c_long = 435;
 /// The credential calls with 32-bit ids: on 32-bit ARM (and x86) the plain numbers are
 /// the old 16-bit ones, which would truncate a uid above 65535.
 #[cfg(any(target_arch = "arm", target_arch = "x86"))]
@@ -58,18 +62,18 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// `struct clone_args` as of Linux 5.7 (`CLONE_ARGS_SIZE_VER2`).
 #[repr(C)]
 #[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
+pub(super) struct CloneArgs {
+    pub(super) flags: u64,
+    pub(super) pidfd: u64,
+    pub(super) child_tid: u64,
+    pub(super) parent_tid: u64,
+    pub(super) exit_signal: u64,
+    pub(super) stack: u64,
+    pub(super) stack_size: u64,
+    pub(super) tls: u64,
+    pub(super) set_tid: u64,
+    pub(super) set_tid_size: u64,
+    pub(super) cgroup: u64,
 }
 
 /// `clone3(CLONE_INTO_CGROUP)` cannot be used: join by `cgroup.procs` instead.
@@ -290,32 +294,31 @@ pub fn spawn_into(
         stderr: err_w.as_raw_fd(),
         report: report_w.as_raw_fd(),
     };
+    let child = ChildCtx {
+        plan,
+        argv: &argv,
+        envp: &envp,
+        rlimits: &rlimits,
+        fds: &fds,
+        parent,
+    };
     // Signals stay blocked across the clone, so no handler of the daemon runs in the
     // child before it resets them; the parent's mask is restored at once.
     let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: clone3 with a NULL stack behaves like fork: the child runs `child_main`,
-    // which makes only raw system calls on the data above (kept alive by this frame,
-    // whose copy the child owns) and ends in execve or _exit; it never returns here.
-    // The sigset calls get valid pointers.
+    // SAFETY: the sigset calls get valid pointers; `clone` runs `child_main` in the
+    // child on data this frame keeps alive until it returns.
     #[allow(unsafe_code)]
     let pid = unsafe {
         let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
         libc::sigfillset(all.as_mut_ptr());
         libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), old.as_mut_ptr());
-        let pid = libc::syscall(
-            SYS_CLONE3,
-            std::ptr::addr_of_mut!(args),
-            std::mem::size_of::<CloneArgs>(),
-        );
-        if pid == 0 {
-            child_main(plan, &argv, &envp, &rlimits, &fds, parent);
-        }
-        let errno = std::io::Error::last_os_error();
+        let pid = clone(&mut args, &child);
         libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), std::ptr::null_mut());
-        if pid < 0 {
-            return Err(classify(errno.raw_os_error().unwrap_or(libc::EINVAL)));
-        }
         pid
+    };
+    let pid = match pid {
+        Ok(pid) => pid,
+        Err(errno) => return Err(classify(errno)),
     };
     #[allow(clippy::cast_possible_truncation)] // a pid fits its type
     let pid = pid as libc::pid_t;
@@ -334,6 +337,63 @@ pub fn spawn_into(
             from: report_r,
         },
     })
+}
+
+/// `clone3(args)`: with shared memory where [`super::clone_shared`] is built (returning
+/// once the child has exec'd or exited), else like `fork` (returning at once). The
+/// child's pid, or the errno.
+///
+/// SAFETY (caller): all signals blocked; `child` outlives the call.
+#[allow(unsafe_code)]
+unsafe fn clone(args: &mut CloneArgs, child: &ChildCtx<'_>) -> Result<libc::c_long, i32> {
+    #[cfg(target_arch = "x86_64")]
+    let ret = {
+        let stack = super::clone_shared::Stack::new()
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::ENOMEM))?;
+        let arg = std::ptr::from_ref(child).cast_mut().cast::<libc::c_void>();
+        super::clone_shared::clone3(args, &stack, child_entry, arg)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let ret = {
+        // A NULL stack: the child gets a copy of the address space, as with fork, and
+        // returns here in it.
+        let pid = libc::syscall(
+            SYS_CLONE3,
+            std::ptr::from_mut(args),
+            std::mem::size_of::<CloneArgs>(),
+        );
+        if pid == 0 {
+            child_entry(std::ptr::from_ref(child).cast_mut().cast());
+        }
+        if pid < 0 {
+            -libc::c_long::from(*libc::__errno_location())
+        } else {
+            pid
+        }
+    };
+    if ret < 0 {
+        return Err(i32::try_from(-ret).unwrap_or(libc::EINVAL));
+    }
+    Ok(ret)
+}
+
+/// What [`child_main`] gets, through one pointer.
+struct ChildCtx<'a> {
+    plan: &'a Plan,
+    argv: &'a [*const libc::c_char],
+    envp: &'a [*const libc::c_char],
+    rlimits: &'a [(libc::c_int, libc::rlim_t)],
+    fds: &'a ChildFds,
+    parent: libc::pid_t,
+}
+
+/// The child's entry: [`child_main`] on the [`ChildCtx`] `arg` points to.
+///
+/// SAFETY (caller): `arg` points to a live `ChildCtx`; see [`child_main`].
+#[allow(unsafe_code)]
+unsafe extern "C" fn child_entry(arg: *mut libc::c_void) -> ! {
+    let c = &*arg.cast::<ChildCtx<'_>>();
+    child_main(c.plan, c.argv, c.envp, c.rlimits, c.fds, c.parent)
 }
 
 struct ChildFds {
@@ -400,7 +460,19 @@ unsafe fn child_main(
         *libc::__errno_location() = libc::ESRCH;
         fail(fds.report);
     }
-    // The daemon ignores SIGPIPE; the program gets the default, and no blocked signal.
+    // No handler of the daemon may run here once signals are unblocked (the child's
+    // copy of the handler table still names them, and may share the daemon's memory):
+    // every caught signal goes back to its default, as exec would do. The daemon
+    // ignores SIGPIPE; the program gets the default, and no blocked signal.
+    for sig in 1..libc::SIGRTMAX() + 1 {
+        let mut now = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+        if libc::sigaction(sig, std::ptr::null(), now.as_mut_ptr()) == 0 {
+            let handler = now.assume_init().sa_sigaction;
+            if handler != libc::SIG_DFL && handler != libc::SIG_IGN {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+    }
     libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     let mut none = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     libc::sigemptyset(none.as_mut_ptr());
@@ -489,10 +561,10 @@ mod tests {
     }
 
     /// Without a cgroup (any user): twenty children are started before any exec is
-    /// confirmed; the one whose program is missing reports ENOENT (and is reaped), every
-    /// other one ran, and its exit comes through its pidfd.
+    /// waited for; the one whose program is missing reports ENOENT (and is reaped),
+    /// every other one ran, and its exit comes through its pidfd.
     #[tokio::test]
-    async fn many_children_start_before_their_execs_are_confirmed_and_a_failure_is_reported() {
+    async fn many_children_start_and_a_failure_before_exec_is_reported() {
         let missing = 7;
         let children: Vec<_> = (0..20)
             .map(|i| {
@@ -529,6 +601,38 @@ mod tests {
             confirmed.unwrap();
             let status = child.exit.wait().await.unwrap();
             assert_eq!(status.code(), Some(i32::try_from(i).unwrap()));
+        }
+    }
+
+    /// With shared memory the caller is suspended until the child's exec: each of
+    /// twenty children is already the program when `spawn_into` returns (a fork-like
+    /// clone returns before the child has made its first system call, and some of them
+    /// would still be a copy of this test).
+    #[cfg(target_arch = "x86_64")]
+    #[tokio::test]
+    async fn with_shared_memory_spawn_returns_once_the_child_is_the_program() {
+        let sleep = std::fs::canonicalize(resolve("sleep", OsStr::new("/bin:/usr/bin"))).unwrap();
+        let p = plan(
+            "sleep",
+            &["30".into()],
+            &[],
+            Path::new("/"),
+            OsStr::new("/bin:/usr/bin"),
+            None,
+            vec![],
+        )
+        .unwrap();
+        for _ in 0..20 {
+            let child = spawn_into(&p, None).unwrap();
+            let exe = std::fs::read_link(format!("/proc/{}/exe", child.pid)).unwrap();
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(child.pid).unwrap()),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+            child.exec.wait().unwrap();
+            child.exit.wait().await.unwrap();
+            assert_eq!(exe, sleep, "spawn_into returned before the exec");
         }
     }
 

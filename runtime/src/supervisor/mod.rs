@@ -9,6 +9,8 @@
 //! cgroup to kill.
 
 pub mod clone_into;
+#[cfg(target_arch = "x86_64")]
+mod clone_shared;
 pub mod lifecycle;
 pub mod process_identity;
 pub mod reap;
