@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -328,10 +329,13 @@ fn forged_and_replayed_desired_states_are_refused_and_a_node_cannot_publish_as_a
         node.status().uplink.progress.and_then(|p| p.generation),
         Some(2)
     );
-    // Both refusals are reported as records: in the outbox, or at the master once
-    // acknowledged.
+    // Both refusals are reported as records: in the outbox, or at a master once
+    // acknowledged. The rogue and the replaying master hold the broker's credentials
+    // and copies of the store: each may have stored (and acknowledged) what the node
+    // sent while it ran.
+    let stores = [fleet.master_dir(), rogue.clone(), old.clone()];
     let reasons = wait_for("both refusals reported", Duration::from_secs(30), || {
-        let reasons = desired_refusals(&fleet, &node, "alpha");
+        let reasons = desired_refusals(&stores, &node, "alpha");
         (reasons.iter().any(|r| r.contains("signature"))
             && reasons.iter().any(|r| r.contains("is not newer")))
         .then_some(reasons)
@@ -614,7 +618,9 @@ fn shedding_never_touches_what_the_uplink_holds_when_the_link_dies_unnoticed() {
 
 /// Reasons of the desired states `node` (id `id`) refused: from its outbox, and from
 /// the master's store for the ones already acknowledged.
-fn desired_refusals(fleet: &Fleet, node: &Node, id: &str) -> Vec<String> {
+/// The reasons of the refused desired states `node` reported as `id`: those still in its
+/// outbox, and those stored by the masters whose directories are `masters`.
+fn desired_refusals(masters: &[PathBuf], node: &Node, id: &str) -> Vec<String> {
     let mut out: Vec<String> = node
         .outbox()
         .into_iter()
@@ -622,17 +628,18 @@ fn desired_refusals(fleet: &Fleet, node: &Node, id: &str) -> Vec<String> {
         .filter_map(|r| Some(r["kind"]["Desired"]["reason"].as_str()?.to_string()))
         .collect();
     use hedge_master::store::FleetStore;
-    let store =
-        hedge_master::store::MasterStore::open(&fleet.master_dir().join("master.db")).unwrap();
     let id = hedge_wire::Name::new(id).unwrap();
-    for r in store.records(&id, 0, u32::MAX).unwrap() {
-        if let hedge_wire::RecordKind::Desired {
-            accepted: false,
-            reason,
-            ..
-        } = r.kind
-        {
-            out.push(reason);
+    for dir in masters {
+        let store = hedge_master::store::MasterStore::open(&dir.join("master.db")).unwrap();
+        for r in store.records(&id, 0, u32::MAX).unwrap() {
+            if let hedge_wire::RecordKind::Desired {
+                accepted: false,
+                reason,
+                ..
+            } = r.kind
+            {
+                out.push(reason);
+            }
         }
     }
     out
