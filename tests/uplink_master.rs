@@ -79,8 +79,10 @@ fn ten_thousand_records_reach_the_master_exactly_once_through_cuts_and_kills() {
     });
     // Every record the node made, exactly once: as many rows as sequence numbers.
     assert_eq!(
-        records, last_seq,
-        "master holds {records} records for seqs 1..={last_seq}"
+        records,
+        last_seq,
+        "master holds {records} records for seqs 1..={last_seq}; seqs missing there: {:?}",
+        missing_seqs(&fleet, "chaos", last_seq)
     );
     assert!(last_seq >= produced);
     // Nothing stored twice where it could be: the same event under two seqs or lives
@@ -618,6 +620,28 @@ fn shedding_never_touches_what_the_uplink_holds_when_the_link_dies_unnoticed() {
 
 /// Reasons of the desired states `node` (id `id`) refused: from its outbox, and from
 /// the master's store for the ones already acknowledged.
+/// The seqs in `1..=last` the master's store holds no record of `id` for, as ranges.
+fn missing_seqs(fleet: &Fleet, id: &str, last: u64) -> Vec<(u64, u64)> {
+    use hedge_master::store::FleetStore;
+    let store =
+        hedge_master::store::MasterStore::open(&fleet.master_dir().join("master.db")).unwrap();
+    let id = hedge_wire::Name::new(id).unwrap();
+    let held: std::collections::BTreeSet<u64> = store
+        .records(&id, 0, u32::MAX)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for seq in (1..=last).filter(|s| !held.contains(s)) {
+        match ranges.last_mut() {
+            Some((_, to)) if *to + 1 == seq => *to = seq,
+            _ => ranges.push((seq, seq)),
+        }
+    }
+    ranges
+}
+
 /// The reasons of the refused desired states `node` reported as `id`: those still in its
 /// outbox, and those stored by the masters whose directories are `masters`.
 fn desired_refusals(masters: &[PathBuf], node: &Node, id: &str) -> Vec<String> {

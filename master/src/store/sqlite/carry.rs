@@ -34,17 +34,17 @@ pub(super) fn note(
     now_ms: u64,
 ) -> Result<()> {
     let via: Vec<&str> = via.iter().map(Name::as_str).collect();
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO carry (node, via, via_ms, forged) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (node) DO UPDATE SET via = excluded.via, via_ms = excluded.via_ms,
              forged = forged + excluded.forged",
-        params![
-            node.as_str(),
-            via.join(","),
-            clamp_sql(now_ms),
-            clamp_sql(forged)
-        ],
-    )?;
+    )?
+    .execute(params![
+        node.as_str(),
+        via.join(","),
+        clamp_sql(now_ms),
+        clamp_sql(forged)
+    ])?;
     Ok(())
 }
 

@@ -210,17 +210,17 @@ pub(super) fn newest_health(
     record: &Record,
 ) -> Result<()> {
     if let RecordKind::NodeHealth { mem_total, .. } = record.kind {
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE nodes SET health_life = ?5, health_seq = ?2, health = ?3, mem_bytes = ?4
              WHERE node = ?1 AND (health_seq IS NULL OR (health_life, health_seq) < (?5, ?2))",
-            params![
-                node.as_str(),
-                seq,
-                encode("health", record)?,
-                clamp_sql(mem_total),
-                life
-            ],
-        )?;
+        )?
+        .execute(params![
+            node.as_str(),
+            seq,
+            encode("health", record)?,
+            clamp_sql(mem_total),
+            life
+        ])?;
     }
     Ok(())
 }
@@ -245,24 +245,24 @@ pub(super) fn newest_info(
     } = &record.kind
     {
         let region = (!region.is_empty()).then_some(region);
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE nodes SET info_life = ?10, info_seq = ?2, board = ?3, arch = ?4,
                  cpus = ?5, mem_bytes = ?6, capacity_instances = ?7, labels = ?8,
                  region = ?9
              WHERE node = ?1 AND (info_seq IS NULL OR (info_life, info_seq) < (?10, ?2))",
-            params![
-                node.as_str(),
-                seq,
-                board,
-                arch,
-                cores,
-                clamp_sql(*mem_total),
-                max_instances,
-                serde_json::to_string(labels)?,
-                region,
-                life
-            ],
-        )?;
+        )?
+        .execute(params![
+            node.as_str(),
+            seq,
+            board,
+            arch,
+            cores,
+            clamp_sql(*mem_total),
+            max_instances,
+            serde_json::to_string(labels)?,
+            region,
+            life
+        ])?;
     }
     Ok(())
 }

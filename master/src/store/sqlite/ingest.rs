@@ -44,22 +44,22 @@ pub(super) fn ingest_in(tx: &Connection, batch: &Batch) -> Result<Ingested> {
             limit: max_bytes,
         });
     }
-    tx.execute(
-        "INSERT OR IGNORE INTO nodes (node) VALUES (?1)",
-        [node.as_str()],
-    )?;
+    tx.prepare_cached("INSERT OR IGNORE INTO nodes (node) VALUES (?1)")?
+        .execute([node.as_str()])?;
     // A life not seen before gets the next number.
-    tx.execute(
+    tx.prepare_cached(
         "INSERT OR IGNORE INTO epochs (node, epoch, life, first_seen_ms)
          VALUES (?1, ?2, (SELECT COALESCE(MAX(life), 0) + 1 FROM epochs WHERE node = ?1), ?3)",
-        params![node.as_str(), epoch, clamp_sql(now_ms)],
-    )?;
-    let (life, newest_life): (i64, i64) = tx.query_row(
-        "SELECT e.life, (SELECT MAX(life) FROM epochs WHERE node = ?1)
+    )?
+    .execute(params![node.as_str(), epoch, clamp_sql(now_ms)])?;
+    let (life, newest_life): (i64, i64) = tx
+        .prepare_cached(
+            "SELECT e.life, (SELECT MAX(life) FROM epochs WHERE node = ?1)
          FROM epochs e WHERE e.node = ?1 AND e.epoch = ?2",
-        params![node.as_str(), epoch],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+        )?
+        .query_row(params![node.as_str(), epoch], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
     let (mut stored, mut duplicates, mut last_seq) = (0usize, 0usize, 0i64);
     let mut new_bytes = 0u64;
     let (mut repeats, mut conflicts) = (0usize, 0usize);
@@ -139,32 +139,30 @@ pub(super) fn ingest_in(tx: &Connection, batch: &Batch) -> Result<Ingested> {
     }
 
     if new_bytes > 0 {
-        tx.execute(
-            "UPDATE node_bytes SET bytes = ?2 WHERE node = ?1",
-            params![
+        tx.prepare_cached("UPDATE node_bytes SET bytes = ?2 WHERE node = ?1")?
+            .execute(params![
                 node.as_str(),
                 clamp_sql(bytes_before.saturating_add(new_bytes))
-            ],
-        )?;
+            ])?;
     }
     let mut coverage = load_coverage(tx, node, up.epoch)?;
     if let Some((from, to)) = checked.covers {
         coverage.add(from_sql(from), from_sql(to));
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO coverage (node, epoch, acked, pending) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (node, epoch) DO UPDATE SET acked = excluded.acked,
                  pending = excluded.pending",
-            params![
-                node.as_str(),
-                epoch,
-                seq_sql(coverage.acked)?,
-                encode("coverage", &coverage.pending)?
-            ],
-        )?;
+        )?
+        .execute(params![
+            node.as_str(),
+            epoch,
+            seq_sql(coverage.acked)?,
+            encode("coverage", &coverage.pending)?
+        ])?;
     }
 
     // `last_seq` and `epoch` follow the latest life; a new life starts them afresh.
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE nodes SET first_seen_ms = COALESCE(first_seen_ms, ?2),
              last_seen_ms = MAX(COALESCE(last_seen_ms, ?2), ?2),
              records = records + ?3,
@@ -174,18 +172,18 @@ pub(super) fn ingest_in(tx: &Connection, batch: &Batch) -> Result<Ingested> {
              repeats = repeats + ?8,
              conflicts = conflicts + ?9
          WHERE node = ?1",
-        params![
-            node.as_str(),
-            clamp_sql(now_ms),
-            i64::try_from(stored).unwrap_or(i64::MAX),
-            last_seq,
-            epoch,
-            life,
-            newest_life,
-            i64::try_from(repeats).unwrap_or(i64::MAX),
-            i64::try_from(conflicts).unwrap_or(i64::MAX),
-        ],
-    )?;
+    )?
+    .execute(params![
+        node.as_str(),
+        clamp_sql(now_ms),
+        i64::try_from(stored).unwrap_or(i64::MAX),
+        last_seq,
+        epoch,
+        life,
+        newest_life,
+        i64::try_from(repeats).unwrap_or(i64::MAX),
+        i64::try_from(conflicts).unwrap_or(i64::MAX),
+    ])?;
     super::carry::note(tx, node, &batch.via, forged, now_ms)?;
     if let Some((seq, record)) = health {
         fleet::newest_health(tx, node, life, seq, record)?;
@@ -208,35 +206,27 @@ pub(super) fn ingest_in(tx: &Connection, batch: &Batch) -> Result<Ingested> {
 /// for stores written before the table existed) when missing.
 pub(super) fn stored_bytes(tx: &Connection, node: &Name) -> Result<u64> {
     let row: Option<i64> = tx
-        .query_row(
-            "SELECT bytes FROM node_bytes WHERE node = ?1",
-            [node.as_str()],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT bytes FROM node_bytes WHERE node = ?1")?
+        .query_row([node.as_str()], |r| r.get(0))
         .optional()?;
     if let Some(b) = row {
         return Ok(from_sql(b));
     }
-    let sum: i64 = tx.query_row(
-        "SELECT COALESCE(SUM(length(kind)), 0) FROM records WHERE node = ?1",
-        [node.as_str()],
-        |r| r.get(0),
-    )?;
-    tx.execute(
-        "INSERT INTO node_bytes (node, bytes) VALUES (?1, ?2)",
-        params![node.as_str(), sum],
-    )?;
+    let sum: i64 = tx
+        .prepare_cached("SELECT COALESCE(SUM(length(kind)), 0) FROM records WHERE node = ?1")?
+        .query_row([node.as_str()], |r| r.get(0))?;
+    tx.prepare_cached("INSERT INTO node_bytes (node, bytes) VALUES (?1, ?2)")?
+        .execute(params![node.as_str(), sum])?;
     Ok(from_sql(sum))
 }
 
 /// The coverage of `node`'s life `epoch` (empty when none is stored).
 pub(super) fn load_coverage(conn: &Connection, node: &Name, epoch: u64) -> Result<Coverage> {
     let row: Option<(i64, Vec<u8>)> = conn
-        .query_row(
-            "SELECT acked, pending FROM coverage WHERE node = ?1 AND epoch = ?2",
-            params![node.as_str(), epoch_sql(epoch)],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .prepare_cached("SELECT acked, pending FROM coverage WHERE node = ?1 AND epoch = ?2")?
+        .query_row(params![node.as_str(), epoch_sql(epoch)], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .optional()?;
     match row {
         None => Ok(Coverage::new()),

@@ -58,12 +58,11 @@ impl<'a> Judge<'a> {
             return Ok(o.clone());
         }
         let row: Option<(String, i64)> = tx
-            .query_row(
+            .prepare_cached(
                 "SELECT node, fence FROM fences WHERE instance = ?1
                  ORDER BY fence DESC, node LIMIT 1",
-                [instance.as_str()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            )?
+            .query_row([instance.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         let owner = match row {
             Some((node, fence)) => Name::new(&node).ok().map(|n| (n, from_sql(fence))),
@@ -79,9 +78,11 @@ impl<'a> Judge<'a> {
             return Ok(*f);
         }
         let blob: Option<Vec<u8>> = tx
-            .query_row(
+            .prepare_cached(
                 "SELECT kind FROM records WHERE kind_tag = 'fence' AND node = ?1
                  AND instance = ?2 AND epoch = ?3 AND seq < ?4 ORDER BY seq DESC LIMIT 1",
+            )?
+            .query_row(
                 params![self.node.as_str(), instance.as_str(), self.epoch, seq],
                 |r| r.get(0),
             )
@@ -105,11 +106,16 @@ impl<'a> Judge<'a> {
         {
             let owner = self.owner(tx, instance)?;
             if clears(self.node, owner.as_ref().map(|(n, f)| (n, *f)), *fence) {
-                tx.execute(
+                tx.prepare_cached(
                     "DELETE FROM stale_records WHERE node = ?1 AND instance = ?2
                      AND epoch = ?3 AND seq > ?4",
-                    params![self.node.as_str(), instance.as_str(), self.epoch, seq],
-                )?;
+                )?
+                .execute(params![
+                    self.node.as_str(),
+                    instance.as_str(),
+                    self.epoch,
+                    seq
+                ])?;
             }
             self.fences.insert(instance.clone(), Some(*fence));
             return Ok(false);
@@ -126,11 +132,16 @@ impl<'a> Judge<'a> {
         if !stale(self.node, owner.as_ref().map(|(n, f)| (n, *f)), node_fence) {
             return Ok(false);
         }
-        tx.execute(
+        tx.prepare_cached(
             "INSERT OR IGNORE INTO stale_records (node, epoch, seq, instance)
              VALUES (?1, ?2, ?3, ?4)",
-            params![self.node.as_str(), self.epoch, seq, instance.as_str()],
-        )?;
+        )?
+        .execute(params![
+            self.node.as_str(),
+            self.epoch,
+            seq,
+            instance.as_str()
+        ])?;
         Ok(true)
     }
 }
