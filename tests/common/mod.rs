@@ -137,24 +137,11 @@ impl UidRange {
 
     /// The first free range, starting from a point that differs between processes.
     fn take() -> UidRange {
-        use nix::fcntl::{Flock, FlockArg};
-        let dir = std::env::temp_dir().join("hedge-test-uids");
-        std::fs::create_dir_all(&dir).unwrap();
-        let start = std::process::id() % Self::COUNT;
-        for k in 0..Self::COUNT {
-            let n = (start + k) % Self::COUNT;
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(dir.join(n.to_string()))
-                .unwrap();
-            if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                let lo = Self::FIRST + n * Self::SIZE;
-                return UidRange { lo, _lock: lock };
-            }
+        let (n, lock) = ports::lock_first_free("hedge-test-uids", Self::COUNT, std::process::id());
+        UidRange {
+            lo: Self::FIRST + n * Self::SIZE,
+            _lock: lock,
         }
-        panic!("all {} test uid ranges are held", Self::COUNT);
     }
 }
 

@@ -57,10 +57,18 @@ pub fn free_port() -> u16 {
 
 /// The first free block, starting from a point that differs between processes.
 fn take_block(taken: u32) -> (u16, Flock<std::fs::File>) {
-    let dir = std::env::temp_dir().join("hedge-test-ports");
-    std::fs::create_dir_all(&dir).unwrap();
     let count = u32::from(COUNT);
-    let start = (std::process::id() + taken) % count;
+    let (n, lock) = lock_first_free("hedge-test-ports", count, std::process::id() + taken);
+    (FIRST + u16::try_from(n).unwrap() * SIZE, lock)
+}
+
+/// The first of `count` numbered slots (files in the temp dir's `dir`) that no process
+/// holds, from `start` on (modulo `count`), and the lock that holds it for this
+/// process: an advisory lock the kernel drops when the process ends, however it ends.
+/// Also holds the partition uid ranges of test nodes (`super::Node`).
+pub fn lock_first_free(dir: &str, count: u32, start: u32) -> (u32, Flock<std::fs::File>) {
+    let dir = std::env::temp_dir().join(dir);
+    std::fs::create_dir_all(&dir).unwrap();
     for k in 0..count {
         let n = (start + k) % count;
         let file = std::fs::OpenOptions::new()
@@ -70,9 +78,8 @@ fn take_block(taken: u32) -> (u16, Flock<std::fs::File>) {
             .open(dir.join(n.to_string()))
             .unwrap();
         if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            let n = u16::try_from(n).unwrap();
-            return (FIRST + n * SIZE, lock);
+            return (n, lock);
         }
     }
-    panic!("all {COUNT} test port blocks are held");
+    panic!("all {count} slots of {} are held", dir.display());
 }
