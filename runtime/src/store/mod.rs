@@ -586,9 +586,16 @@ impl Store {
 
     /// Raises the persisted floor below which no sequence number is issued again, to
     /// cover every record that exists now (before records are deleted), and flushes.
+    ///
+    /// The log is synced first: a floor past a record a crash can still lose would make
+    /// its seq skipped, a gap the master could not tell from a lost record.
     fn raise_floor(&self) -> Result<(), StoreError> {
         let t = self.t()?;
-        let next = self.next_seq.load(Ordering::Relaxed);
+        let next = {
+            let mut log = self.log()?;
+            log.sync()?;
+            self.next_seq.load(Ordering::Relaxed)
+        };
         let floor = t.meta.get(META_NEXT_SEQ)?.map(|v| be_u64(&v)).unwrap_or(1);
         if next > floor {
             t.meta.insert(META_NEXT_SEQ, &next.to_be_bytes())?;
@@ -631,7 +638,8 @@ impl Store {
     }
 
     /// Deletes every record with `seq <= upto` (the master has stored them): the
-    /// sequence floor and the acknowledged floor are raised in one flush of sled (the
+    /// sequence floor (to `upto + 1`, never past a record not on disk yet: a crash must
+    /// not skip a seq) and the acknowledged floor are raised in one flush of sled (the
     /// floor first: sled recovers a prefix of its writes, so a store that forgot the
     /// records also keeps their seqs from being issued again); then the segments of the
     /// outbox log that hold nothing else are deleted, after the accountant states they
@@ -639,8 +647,11 @@ impl Store {
     pub fn ack(&self, upto: u64) -> Result<usize, StoreError> {
         let t = self.t()?;
         let mut log = self.log()?;
-        // The deleted seqs must never be issued again, even if the outbox empties.
-        let next = self.next_seq.load(Ordering::Relaxed);
+        // The deleted seqs must never be issued again, even if the outbox empties; the
+        // ones after them are covered by the log itself once they are on disk.
+        let next = upto
+            .saturating_add(1)
+            .min(self.next_seq.load(Ordering::Relaxed));
         let floor = t.meta.get(META_NEXT_SEQ)?.map(|v| be_u64(&v)).unwrap_or(1);
         if next > floor {
             t.meta.insert(META_NEXT_SEQ, &next.to_be_bytes())?;
