@@ -287,7 +287,9 @@ pub(crate) fn peer_rows(
             });
         row.custody_batches = o.batches;
         row.custody_bytes = o.bytes;
+        row.taken_bytes = o.stored_bytes;
         row.shed = o.shed;
+        row.shed_bytes = o.shed_bytes;
         row.refused = o.refused;
     }
     rows.into_values().collect()
@@ -428,6 +430,18 @@ impl Daemon {
             "Batches of an origin held in custody now.",
             "gauge",
             per(&|o| o.batches),
+        );
+        metric(
+            "hedge_custody_taken_bytes_total",
+            "Bytes of an origin's batches taken in custody (this run).",
+            "counter",
+            per(&|o| o.stored_bytes),
+        );
+        metric(
+            "hedge_custody_shed_bytes_total",
+            "Bytes of an origin's batches shed under custody_bytes_per_origin (this run).",
+            "counter",
+            per(&|o| o.shed_bytes),
         );
     }
 

@@ -118,7 +118,9 @@ fn full() -> NodeStatus {
                 hops: Some(1),
                 custody_batches: 3,
                 custody_bytes: 9000,
+                taken_bytes: 12_000,
                 shed: 1,
+                shed_bytes: 3000,
                 refused: 0,
             }],
             relay: RelayView {
@@ -262,7 +264,8 @@ fn status_json_is_what_it_was() {
         "counters": serde_json::to_value(Counters { repairs: 2, api_refused: 1, ..Counters::default() }).unwrap(),
         "mesh": {"enabled": true, "connected": true, "hops": 2,
                  "peers": [{"node": "n2", "address": "10.0.0.2:7441", "link": "up", "hops": 1,
-                            "custody_batches": 3, "custody_bytes": 9000, "shed": 1, "refused": 0}],
+                            "custody_batches": 3, "custody_bytes": 9000, "taken_bytes": 12_000,
+                            "shed": 1, "shed_bytes": 3000, "refused": 0}],
                  "relay": {"batches": 4, "records": 400, "bytes": 12_000, "refused": 1, "shed": 1,
                            "peer_params": 2}},
     });
@@ -313,7 +316,9 @@ fn status_keys_are_pinned() {
             "link",
             "node",
             "refused",
-            "shed"
+            "shed",
+            "shed_bytes",
+            "taken_bytes"
         ]
     );
     assert_eq!(

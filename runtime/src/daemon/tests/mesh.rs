@@ -387,6 +387,18 @@ async fn status_and_metrics_show_custody_per_origin() {
         )),
         "{text}"
     );
+    assert_eq!(p.taken_bytes, p.custody_bytes, "nothing shed yet");
+    assert!(
+        text.contains(&format!(
+            "hedge_custody_taken_bytes_total{{origin=\"peer-a\"}} {}\n",
+            p.taken_bytes
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("hedge_custody_shed_bytes_total{origin=\"peer-a\"} 0\n"),
+        "{text}"
+    );
     kill_all(&mut d);
 }
 
@@ -397,6 +409,8 @@ fn peer_rows_merge_sessions_and_origins() {
         let mut h = crate::relay::Held::new();
         h.stored(&n("b"), 1, 100, false, true);
         h.stored(&n("c"), 2, 50, true, true);
+        h.stored(&n("b"), 3, 70, false, true);
+        h.shed(&[1]);
         h.view()
     };
     let seen = [
@@ -420,11 +434,15 @@ fn peer_rows_merge_sessions_and_origins() {
         brief,
         vec![
             ("a", "up", None, 0),
-            ("b", "up", Some(1), 100),
+            ("b", "up", Some(1), 70),
             ("c", "down", None, 50)
         ]
     );
     assert_eq!(rows[1].address.as_deref(), Some("10.0.0.2:7441"));
+    // What was taken and shed this run, beside what is held now.
+    let b = &rows[1];
+    assert_eq!((b.taken_bytes, b.shed, b.shed_bytes), (170, 1, 100));
+    assert_eq!(b.taken_bytes - b.shed_bytes, b.custody_bytes);
 }
 
 #[tokio::test]
