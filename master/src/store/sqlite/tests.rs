@@ -377,3 +377,31 @@ fn a_connection_keeps_group_commits_off_temporary_files_and_checkpoints_seldom()
     // Commits stay synced: 2 = FULL.
     assert_eq!(pragma("synchronous"), 2);
 }
+
+/// A batch that fails after its records were written (its coverage row does not
+/// decode) fails alone in a group: the group runs again with a savepoint per batch, so
+/// none of its records stay and the others' are all stored.
+#[test]
+fn a_batch_failing_after_its_writes_leaves_nothing_and_the_group_stores_the_rest() {
+    let (dir, store) = open();
+    store.ingest(&n("a"), &batch("a", 1, 3), 1).unwrap();
+    Connection::open(dir.path().join("master.db"))
+        .unwrap()
+        .execute("UPDATE coverage SET pending = x'ff' WHERE node = 'a'", [])
+        .unwrap();
+    let batches = [
+        Batch::direct(n("b"), batch("b", 1, 3), 2, u64::MAX),
+        Batch::direct(n("a"), batch("a", 4, 6), 2, u64::MAX),
+        Batch::direct(n("c"), batch("c", 1, 2), 2, u64::MAX),
+    ];
+    let results = store.ingest_many(&batches);
+    assert_eq!(results.len(), 3);
+    assert!(results[1].is_err(), "{:?}", results[1]);
+    assert_eq!(results[0].as_ref().unwrap().ack_upto, 3);
+    assert_eq!(results[2].as_ref().unwrap().ack_upto, 2);
+    let counts: Vec<u64> = ["a", "b", "c"]
+        .iter()
+        .map(|x| store.count(&n(x)).unwrap())
+        .collect();
+    assert_eq!(counts, [3, 3, 2]);
+}
