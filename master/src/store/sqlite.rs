@@ -159,61 +159,38 @@ impl SqliteStore {
     }
 }
 
-/// Ingests `batches` in one transaction, each in a savepoint of its own when
-/// `isolated`; commits unless a batch failed and they were not isolated (that
-/// transaction rolls back whole).
-fn group(
-    conn: &mut Connection,
-    batches: &[Batch],
-    isolated: bool,
-) -> std::result::Result<Vec<Result<Ingested>>, rusqlite::Error> {
-    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut results = Vec::with_capacity(batches.len());
-    for batch in batches {
-        let one = if isolated {
-            tx.savepoint().map_err(StoreError::from).and_then(|sp| {
-                let ingested = ingest::ingest_in(&sp, batch)?;
-                sp.commit()?;
-                Ok(ingested)
-            })
-        } else {
-            ingest::ingest_in(&tx, batch)
-        };
-        let bad = one.is_err();
-        results.push(one);
-        if bad && !isolated {
-            return Ok(results); // dropped: rolled back
-        }
-    }
-    tx.commit()?;
-    Ok(results)
-}
-
-/// Every batch of a group whose transaction failed.
-fn failed(batches: &[Batch], e: &rusqlite::Error) -> Vec<Result<Ingested>> {
-    batches
-        .iter()
-        .map(|_| Err(StoreError::Batch(e.to_string())))
-        .collect()
-}
-
 impl FleetStore for SqliteStore {
     fn ingest_within(&self, node: &Name, up: &Up, now_ms: u64, max_bytes: u64) -> Result<Ingested> {
         let batch = Batch::direct(node.clone(), up.clone(), now_ms, max_bytes);
         self.write(|tx| ingest::ingest_in(tx, &batch))
     }
 
-    // All batches in one transaction and one commit (one `fsync` under `synchronous =
-    // FULL`). First without a savepoint per batch (their statements and sub-journal
-    // cost a drain about a seventh of its time); if any batch fails, the whole
-    // transaction rolls back and the group runs again with each batch in a savepoint of
-    // its own, so a refused batch leaves the others stored.
+    // Each batch in a savepoint of its own, all in one transaction and one commit (one
+    // `fsync` under `synchronous = FULL`).
     fn ingest_many(&self, batches: &[Batch]) -> Vec<Result<Ingested>> {
+        let failed = |e: &rusqlite::Error| -> Vec<Result<Ingested>> {
+            batches
+                .iter()
+                .map(|_| Err(StoreError::Batch(e.to_string())))
+                .collect()
+        };
         let mut conn = self.conn();
-        match group(&mut conn, batches, false) {
-            Ok(results) if results.iter().all(Result::is_ok) => results,
-            Ok(_) => group(&mut conn, batches, true).unwrap_or_else(|e| failed(batches, &e)),
-            Err(e) => failed(batches, &e),
+        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => return failed(&e),
+        };
+        let mut results = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let one = tx.savepoint().map_err(StoreError::from).and_then(|sp| {
+                let ingested = ingest::ingest_in(&sp, batch)?;
+                sp.commit()?;
+                Ok(ingested)
+            });
+            results.push(one);
+        }
+        match tx.commit() {
+            Ok(()) => results,
+            Err(e) => failed(&e),
         }
     }
 
