@@ -419,30 +419,36 @@ impl Daemon {
                 })
                 .collect()
         };
-        metric(
-            "hedge_custody_held_bytes",
-            "Bytes of an origin's batches held in custody now.",
-            "gauge",
-            per(&|o| o.bytes),
-        );
-        metric(
-            "hedge_custody_held_batches",
-            "Batches of an origin held in custody now.",
-            "gauge",
-            per(&|o| o.batches),
-        );
-        metric(
-            "hedge_custody_taken_bytes_total",
-            "Bytes of an origin's batches taken in custody (this run).",
-            "counter",
-            per(&|o| o.stored_bytes),
-        );
-        metric(
-            "hedge_custody_shed_bytes_total",
-            "Bytes of an origin's batches shed under custody_bytes_per_origin (this run).",
-            "counter",
-            per(&|o| o.shed_bytes),
-        );
+        type Field = fn(&crate::relay::OriginView) -> u64;
+        let rows: [(&str, &str, &str, Field); 4] = [
+            (
+                "hedge_custody_held_bytes",
+                "Bytes of an origin's batches held in custody now.",
+                "gauge",
+                |o| o.bytes,
+            ),
+            (
+                "hedge_custody_held_batches",
+                "Batches of an origin held in custody now.",
+                "gauge",
+                |o| o.batches,
+            ),
+            (
+                "hedge_custody_taken_bytes_total",
+                "Bytes of an origin's batches taken in custody (this run).",
+                "counter",
+                |o| o.stored_bytes,
+            ),
+            (
+                "hedge_custody_shed_bytes_total",
+                "Bytes of an origin's batches shed under custody_bytes_per_origin (this run).",
+                "counter",
+                |o| o.shed_bytes,
+            ),
+        ];
+        for (name, help, kind, field) in rows {
+            metric(name, help, kind, per(&field));
+        }
     }
 
     /// The peers with a session up (none while the mesh link does not run).
