@@ -4,12 +4,13 @@
 //! everything past `r`'s window waits in its outbox). Twelve instances on `o` publish
 //! ~16 KiB of connection parameters about three times a second each (sheddable), and a
 //! flapping instance makes a few instance states (kept). Past
-//! `[mesh] custody_bytes_per_origin` (1 MiB here), `r` sheds `o`'s sheddable batches, oldest first, never one carrying an
-//! instance state, and reports it (`hedge node status`: `mesh.peers`, shed per origin;
-//! no record: the origin still holds every record until the master's ack); then `o` goes
-//! silent. What `r` holds for `o` stays within the bound, and `r`'s resident memory does
-//! not grow with what passed through its custody (4 bounds' worth since it was first full,
-//! twice the growth allowed).
+//! `[mesh] custody_bytes_per_origin` (1 MiB here), `r` sheds `o`'s sheddable batches,
+//! oldest first, never one carrying an instance state, and reports it (`hedge node
+//! status`: `mesh.peers`, batches and bytes shed per origin; no record: the origin still
+//! holds every record until the master's ack); then `o` goes silent. What `r` holds for
+//! `o` stays within the bound and equals what it took less what it shed, and `r`'s
+//! resident memory does not grow with what passed through its custody (4 bounds' worth
+//! since it was first full, twice the growth allowed).
 #![allow(clippy::unwrap_used)]
 
 mod common;
