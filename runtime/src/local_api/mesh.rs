@@ -34,11 +34,13 @@ pub struct PeerView {
     pub custody_batches: u64,
     /// Bytes of them.
     pub custody_bytes: u64,
-    /// Bytes of its batches taken in custody here (this run).
+    /// Bytes of its batches taken in custody here (this run; absent from older daemons).
+    #[serde(default)]
     pub taken_bytes: u64,
     /// Its batches shed here to keep it under `custody_bytes_per_origin` (this run).
     pub shed: u64,
-    /// Bytes of them.
+    /// Bytes of them (absent from older daemons).
+    #[serde(default)]
     pub shed_bytes: u64,
     /// Its batches refused for want of room (this run).
     pub refused: u64,

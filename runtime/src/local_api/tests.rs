@@ -171,6 +171,13 @@ fn every_view_round_trips() {
     old.as_object_mut().unwrap().remove("mesh");
     let back: NodeStatus = serde_json::from_value(old).unwrap();
     assert_eq!(back.mesh, MeshView::default());
+    // A daemon from before the per-origin bytes: its PEERS rows read with zeros.
+    let mut old = serde_json::to_value(full()).unwrap();
+    let row = old["mesh"]["peers"][0].as_object_mut().unwrap();
+    assert!(row.remove("taken_bytes").is_some() && row.remove("shed_bytes").is_some());
+    let back: NodeStatus = serde_json::from_value(old).unwrap();
+    let p = &back.mesh.peers[0];
+    assert_eq!((p.custody_bytes, p.taken_bytes, p.shed_bytes), (9000, 0, 0));
     // A running link without a readable generation keeps its progress.
     let mut s = full();
     s.uplink.progress = s.uplink.progress.map(|p| LinkProgress {
