@@ -73,6 +73,13 @@ def _supervision_rows(h, s, P, sd):
     rows.append((f"daemon start -> {h['boot_instances']} instances running, offline (median)",
                  "ms", "lower", statistics.median(h["boot_all_ms"]),
                  statistics.median(s["boot_all_ms"]), sd))
+    if h.get("startup_all_ms"):  # older results lack it
+        all_up = statistics.median(h["startup_all_ms"])
+        rows.append(("  the same, net of the instances' own start-up", "ms", "lower",
+                     statistics.median(h["boot_all_ms"]) - all_up,
+                     statistics.median(s["boot_all_ms"]) - all_up, sd))
+        rows.append((f"  {h['boot_instances']} victims started at once by the bench alone, median",
+                     "ms", "lower", all_up, None, "-"))
     return rows
 
 
@@ -177,6 +184,15 @@ def print_table(res, table):
     print_params(res)
 
 
+def drain_cpu(hs):
+    """Who was busy during hedge's drain, as % of one core (older results lack it)."""
+    c = hs.get("drain_cpu_percent")
+    if not c:
+        return ""
+    return (" CPU during the drain, % of one core: "
+            + ", ".join(f"{name} {pct:.0f}" for name, pct in c.items()) + ".")
+
+
 def print_params(res):
     hs, ms, h = res["hedge_sf"], res["mosquitto"], res["hedge"]
     p = res["params"]
@@ -218,7 +234,11 @@ def _print_supervision_params(res, h, p):
     print(f"- boot: {h['boot_instances']} stored instances; hedge daemon SIGKILLed then spawned "
           f"(offline, kills leftovers first); supervisord SIGTERMed then spawned; "
           f"{p['boot_reps']} runs: hedge {', '.join(f'{x:.0f}' for x in h['boot_all_ms'])} ms, "
-          f"supervisord {', '.join(f'{x:.0f}' for x in s['boot_all_ms'])} ms.")
+          f"supervisord {', '.join(f'{x:.0f}' for x in s['boot_all_ms'])} ms."
+          + (f" Net = gross - the median of the same {h['boot_instances']} victim lines "
+             f"started at once by the bench alone (one /bin/sh forking them all: "
+             f"{', '.join(f'{x:.0f}' for x in h['startup_all_ms'])} ms); times from the "
+             f"victims' own timestamps." if h.get("startup_all_ms") else ""))
 
 
 def _print_store_params(res, hs, ms, p):
@@ -248,14 +268,16 @@ def _print_store_params(res, hs, ms, p):
     print(f"- hedge link: mosquitto with hedge master init's config (node listener on its own "
           f"port) and `hedge master run`. The node was offline for the whole production "
           f"({how}); then the link came back ({hs['link_back_by']}) and the running daemon "
-          f"redialed when its backoff (1 s doubling to 60 s, +-20 %) was due: "
+          f"redialed when its backoff (1 s doubling to 15 s, +-20 %) was due or its probe found the "
+          f"path back (then within 400 ms): "
           f"{hs['reconnect_s']:.1f} s. Drain = the node's connection in the broker log -> the "
-          f"master's SQLite store holds every seq <= {hs['records']} (polled every 50 ms); the "
+          f"master's SQLite store holds every seq <= {hs['records']} (max(seq) polled every 20 ms, "
+          f"then a count); the "
           f"acks reached the node (outbox depth 0) {hs['acked_at_node_s']:.2f} s after "
           f"reconnecting. Uplink defaults {hs['uplink_defaults']}. Lost = node seqs missing at "
           f"the master; duplicated = rows - distinct (node, seq). CPU and RSS (sampled every "
           f"50 ms) of the node daemon over the drain; its peak over the whole run, with "
-          f"{p['producers']} instances: {hs['peak_rss_kib'] / 1024:.1f} MiB.")
+          f"{p['producers']} instances: {hs['peak_rss_kib'] / 1024:.1f} MiB.{drain_cpu(hs)}")
     print(f"- mosquitto {res['mosquitto_version']}: local broker (persistence true, "
           f"autosave_interval 5 = hedge's 5 s flush, max_queued_messages 0) bridged to a central "
           f"broker over TLS (hedge's CA and certificates; cleansession false, topic out QoS 1, "
