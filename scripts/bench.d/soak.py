@@ -6,7 +6,7 @@ after the first five minutes (the target: within 1 MiB over an hour).
 import os
 import time
 
-from harness import log, rss_kib, wait
+from harness import log, rss_kib, rss_parts_kib, wait
 from linkcut import cut
 from store_forward import Fleet
 
@@ -33,13 +33,17 @@ def soak(binary, procs, tmp, minutes, out, flap_s=30):
     wait(f"{INSTANCES} instances running", lambda: node.running() == INSTANCES, 60, 0.05)
     pid = node.daemon.pid
     t0 = time.monotonic()
-    curve, flaps, link, next_flap, next_sample = [], 0, None, t0 + flap_s, t0
+    curve, parts, flaps, link, next_flap, next_sample = [], [], 0, None, t0 + flap_s, t0
     while True:
         now = time.monotonic()
         if now >= next_sample:
             m = round((now - t0) / 60)
             curve.append((m, rss_kib(pid)))
-            log(f"soak: minute {m}: VmRSS {curve[-1][1]} KiB")
+            # Anon and file apart: a creep of file pages is code first run late (the
+            # kernel maps 64 KiB around each page it faults in), a creep of anon a leak.
+            parts.append((m, *rss_parts_kib(pid)))
+            log(f"soak: minute {m}: VmRSS {curve[-1][1]} KiB "
+                f"(anon {parts[-1][1]}, file {parts[-1][2]})")
             next_sample += 60
             if m >= minutes:
                 break
@@ -57,5 +61,8 @@ def soak(binary, procs, tmp, minutes, out, flap_s=30):
     st = node.status(required=True)
     out.update(minutes=minutes, flap_s=flap_s, instances=INSTANCES, flaps=flaps,
                rss_curve_kib=curve, growth_after_5min_kib=growth_after(curve),
+               anon_curve_kib=[(m, a) for m, a, _ in parts],
+               file_curve_kib=[(m, f) for m, _, f in parts],
+               anon_growth_after_5min_kib=growth_after([(m, a) for m, a, _ in parts]),
                records=st["outbox"]["next_seq"] - 1, outbox_depth=st["outbox"]["depth"])
     procs.stop(node.daemon)
