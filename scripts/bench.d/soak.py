@@ -59,10 +59,10 @@ def soak(binary, procs, tmp, minutes, out, flap_s=30):
     if link:
         link.close()
     st = node.status(required=True)
+    anon = [(m, a) for m, a, _ in parts]
     out.update(minutes=minutes, flap_s=flap_s, instances=INSTANCES, flaps=flaps,
                rss_curve_kib=curve, growth_after_5min_kib=growth_after(curve),
-               anon_curve_kib=[(m, a) for m, a, _ in parts],
-               file_curve_kib=[(m, f) for m, _, f in parts],
-               anon_growth_after_5min_kib=growth_after([(m, a) for m, a, _ in parts]),
+               anon_curve_kib=anon, file_curve_kib=[(m, f) for m, _, f in parts],
+               anon_growth_after_5min_kib=growth_after(anon),
                records=st["outbox"]["next_seq"] - 1, outbox_depth=st["outbox"]["depth"])
     procs.stop(node.daemon)

@@ -219,6 +219,28 @@ pub type PeerParams = (u64, BTreeMap<String, String>);
 /// How long opening waits for a lock still held by a handle being dropped.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Opens sled as `cfg` says, retrying for up to `wait` while its directory's lock is
+/// held: after a handle in this process is dropped (a reopen), sled's flusher thread may
+/// hold it a moment longer.
+#[allow(clippy::disallowed_methods)] // I/O: a real deadline for sled's file lock
+pub(crate) fn open_waiting(
+    cfg: &sled::Config,
+    wait: std::time::Duration,
+) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match cfg.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The node's store.
 pub struct Store {
     /// `None` only between the two halves of [`Store::reopen`].
@@ -384,28 +406,14 @@ impl Store {
         Ok(())
     }
 
-    /// Opens sled, waiting up to [`LOCK_WAIT`] for its file lock: after a handle in this
-    /// process is dropped (a reopen), sled's flusher thread may hold it a moment longer.
-    #[allow(clippy::disallowed_methods)] // I/O: a real deadline for sled's file lock
+    /// Opens sled, waiting up to [`LOCK_WAIT`] for its file lock ([`open_waiting`]).
     fn open_db(&self) -> Result<sled::Db, StoreError> {
-        let deadline = std::time::Instant::now() + LOCK_WAIT;
-        loop {
-            let opened = sled::Config::new()
-                .path(&self.dir)
-                .cache_capacity(self.cache_bytes)
-                .flush_every_ms(Some(self.flush_every_ms))
-                .mode(sled::Mode::LowSpace)
-                .open();
-            match opened {
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock")
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                other => return Ok(other?),
-            }
-        }
+        let cfg = sled::Config::new()
+            .path(&self.dir)
+            .cache_capacity(self.cache_bytes)
+            .flush_every_ms(Some(self.flush_every_ms))
+            .mode(sled::Mode::LowSpace);
+        Ok(open_waiting(&cfg, LOCK_WAIT)?)
     }
 
     /// Closes and reopens the database. sled refuses every write after an I/O error

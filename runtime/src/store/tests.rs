@@ -282,21 +282,13 @@ fn a_store_from_before_the_outbox_log_migrates_with_nothing_lost_or_doubled() {
 
 /// sled at `dir` right after a `Store` on it was dropped: its flusher thread may hold the
 /// directory's lock a moment longer (seconds under qemu-user), so wait for it as
-/// `Store::open` does.
-#[allow(clippy::disallowed_methods)] // a real deadline for sled's file lock
+/// `Store::open` does, longer.
 fn sled_open_after_drop(dir: &std::path::Path) -> sled::Db {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        match sled::open(dir) {
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => return other.unwrap(),
-        }
-    }
+    open_waiting(
+        &sled::Config::new().path(dir),
+        std::time::Duration::from_secs(30),
+    )
+    .unwrap()
 }
 
 /// A crash after the records reached the log but before the sled tree was emptied: the
