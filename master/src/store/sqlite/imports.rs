@@ -119,15 +119,17 @@ fn all_states(conn: &Connection) -> Result<Vec<DesiredState>> {
     Ok(out)
 }
 
+/// The newest `ConnectionParameters` record of node `?1` for instance `?2`.
+pub(super) const LATEST_PUBLISHED: &str = "SELECT e.life, r.seq, r.kind
+    FROM records r INDEXED BY records_by_tag
+    JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
+    WHERE r.kind_tag = 'connection_parameters' AND r.node = ?1 AND r.instance = ?2
+    AND r.kind_tag <> 'usage' ORDER BY e.life DESC, r.seq DESC LIMIT 1";
+
 /// What `owner` last published for `instance` (highest (life, seq) of its records).
 fn latest_published(tx: &Connection, instance: &Name, owner: &Name) -> Result<Option<Parameters>> {
     let row: Option<(i64, i64, Vec<u8>)> = tx
-        .prepare_cached(
-            "SELECT e.life, r.seq, r.kind FROM records r
-             JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
-             WHERE r.kind_tag = 'connection_parameters' AND r.node = ?1 AND r.instance = ?2
-             ORDER BY e.life DESC, r.seq DESC LIMIT 1",
-        )?
+        .prepare_cached(LATEST_PUBLISHED)?
         .query_row(params![owner.as_str(), instance.as_str()], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })

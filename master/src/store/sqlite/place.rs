@@ -224,16 +224,25 @@ pub(super) fn prunable(tx: &Transaction<'_>, d: &DesiredState) -> Result<BTreeSe
     Ok(out)
 }
 
+/// The `Desired` records of node `?1`, with their life.
+pub(super) const ACCEPTED: &str = "SELECT e.life, r.seq, r.kind
+    FROM records r INDEXED BY records_by_tag
+    JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
+    WHERE r.kind_tag = 'desired' AND r.node = ?1 AND r.kind_tag <> 'usage'";
+
+/// The state reports of node `?1` for instance `?2` after `(life, seq)` `(?3, ?4)`.
+pub(super) const REPORTED_AFTER: &str = "SELECT r.kind
+    FROM records r INDEXED BY records_by_tag
+    JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
+    WHERE r.kind_tag = 'instance_state' AND r.node = ?1
+    AND r.instance = ?2 AND (e.life, r.seq) > (?3, ?4) AND r.kind_tag <> 'usage'";
+
 /// `((life, seq), generation)` of every generation `node` accepted (its `Desired`
 /// records, ordered by the node's life, then by seq within it).
 pub(super) fn accepted(tx: &Transaction<'_>, node: &Name) -> Result<Vec<((i64, i64), u64)>> {
     let node = node.as_str();
     let rows = tx
-        .prepare_cached(
-            "SELECT e.life, r.seq, r.kind FROM records r
-             JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
-             WHERE r.kind_tag = 'desired' AND r.node = ?1",
-        )?
+        .prepare_cached(ACCEPTED)?
         .query_map([node], |r| {
             Ok((
                 (r.get::<_, i64>(0)?, r.get::<_, i64>(1)?),
@@ -266,12 +275,7 @@ pub(super) fn reported_after(
 ) -> Result<bool> {
     let node = node.as_str();
     let reports = tx
-        .prepare_cached(
-            "SELECT r.kind FROM records r
-             JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
-             WHERE r.kind_tag = 'instance_state' AND r.node = ?1
-             AND r.instance = ?2 AND (e.life, r.seq) > (?3, ?4)",
-        )?
+        .prepare_cached(REPORTED_AFTER)?
         .query_map(params![node, instance.as_str(), at.0, at.1], |r| {
             r.get::<_, Vec<u8>>(0)
         })?

@@ -44,15 +44,38 @@ pub(super) fn count(conn: &Connection, node: &Name) -> Result<u64> {
     Ok(from_sql(n))
 }
 
+/// Usage records overlapping `[?1, ?2)`, by node, life then seq.
+pub(super) const USAGE: &str = "SELECT r.node, r.seq, r.time_ms, r.kind
+    FROM records r INDEXED BY records_by_span
+    JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
+    WHERE r.kind_tag = 'usage' AND r.span_from < ?2
+      AND (r.span_to > ?1 OR (r.span_to = r.span_from AND r.span_from >= ?1))
+    ORDER BY r.node, e.life, r.seq";
+
+/// Every record of kind `?1` (not usage), with its life, by node, life then seq.
+pub(super) const BY_TAG: &str = "SELECT r.node, r.seq, r.time_ms, r.kind, e.life
+    FROM records r INDEXED BY records_by_tag
+    JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
+    WHERE r.kind_tag = ?1 AND r.kind_tag <> 'usage' ORDER BY r.node, e.life, r.seq";
+
+/// The latest record of kind `?1` (not usage) per (node, instance): highest (life, seq),
+/// a stale copy's left out.
+pub(super) fn latest_sql() -> String {
+    format!(
+        "SELECT node, seq, time_ms, kind FROM (
+             SELECT r.node, r.seq, r.time_ms, r.kind, ROW_NUMBER() OVER (
+                 PARTITION BY r.node, r.instance
+                 ORDER BY e.life DESC, r.seq DESC) AS nth
+             FROM records r INDEXED BY records_by_tag
+             JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
+             WHERE r.kind_tag = ?1 AND r.kind_tag <> 'usage' AND {NOT_STALE})
+         WHERE nth = 1"
+    )
+}
+
 /// Usage records overlapping `[start, end)` (`start < end`), by node, life then seq.
 pub(super) fn usage(conn: &Connection, start: u64, end: u64) -> Result<Vec<(Name, Record)>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT r.node, r.seq, r.time_ms, r.kind FROM records r
-         JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
-         WHERE r.kind_tag = 'usage' AND r.span_from < ?2
-           AND (r.span_to > ?1 OR (r.span_to = r.span_from AND r.span_from >= ?1))
-         ORDER BY r.node, e.life, r.seq",
-    )?;
+    let mut stmt = conn.prepare_cached(USAGE)?;
     let rows = stmt
         .query_map(params![clamp_sql(start), clamp_sql(end)], raw_record)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -62,13 +85,9 @@ pub(super) fn usage(conn: &Connection, start: u64, end: u64) -> Result<Vec<(Name
 /// Every incident record as `(node, life, record)`, by node, life then seq.
 pub(super) fn incidents(conn: &Connection) -> Result<Vec<(Name, u32, Record)>> {
     let rows = {
-        let mut stmt = conn.prepare_cached(
-            "SELECT r.node, r.seq, r.time_ms, r.kind, e.life FROM records r
-             JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
-             WHERE r.kind_tag = 'incident' ORDER BY r.node, e.life, r.seq",
-        )?;
+        let mut stmt = conn.prepare_cached(BY_TAG)?;
         let rows = stmt
-            .query_map([], |r| Ok((raw_record(r)?, r.get::<_, u32>(4)?)))?
+            .query_map(["incident"], |r| Ok((raw_record(r)?, r.get::<_, u32>(4)?)))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         rows
     };
@@ -83,12 +102,8 @@ pub(super) fn incidents(conn: &Connection) -> Result<Vec<(Name, u32, Record)>> {
 /// Every backup record as `(node, record)`, by node, life then seq.
 pub(super) fn backups(conn: &Connection) -> Result<Vec<(Name, Record)>> {
     let rows = conn
-        .prepare_cached(
-            "SELECT r.node, r.seq, r.time_ms, r.kind FROM records r
-             JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
-             WHERE r.kind_tag = 'backup' ORDER BY r.node, e.life, r.seq",
-        )?
-        .query_map([], raw_record)?
+        .prepare_cached(BY_TAG)?
+        .query_map(["backup"], raw_record)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     rows.into_iter().map(decode_record).collect()
 }
@@ -102,19 +117,9 @@ pub(super) fn instance_sources(conn: &Connection) -> Result<InstanceSources> {
             Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    // The latest record per (node, instance): highest (life, seq).
     let latest = |tag: &str| -> Result<Vec<(Name, Record)>> {
         let rows: Vec<RawRecord> = conn
-            .prepare_cached(&format!(
-                "SELECT node, seq, time_ms, kind FROM (
-                     SELECT r.node, r.seq, r.time_ms, r.kind, ROW_NUMBER() OVER (
-                         PARTITION BY r.node, r.instance
-                         ORDER BY e.life DESC, r.seq DESC) AS nth
-                     FROM records r
-                     JOIN epochs e ON e.node = r.node AND e.epoch = r.epoch
-                     WHERE r.kind_tag = ?1 AND {NOT_STALE})
-                 WHERE nth = 1"
-            ))?
+            .prepare_cached(&latest_sql())?
             .query_map([tag], raw_record)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         rows.into_iter().map(decode_record).collect()

@@ -25,6 +25,16 @@
 //! keeps [`SCHEMA_VERSION`] (an older master simply ignores it). Version 2 keyed
 //! records and coverage by epoch: a version 1 file is migrated in place at open (its
 //! rows become life 0, epoch 0), in the same transaction that sets the version.
+//! Version 3 stores `records` clustered on its key (`WITHOUT ROWID`: one b-tree for the
+//! row and its key instead of two) and splits its two lookup indexes by kind: usage
+//! records, nearly all of a drain, are only in `records_by_span`, every other kind only
+//! in `records_by_tag` (both partial). A query uses a partial index only when its WHERE
+//! clause holds the index's condition as one of its terms, and without statistics the
+//! planner prefers the clustered key (`node = ?`) to any index: so each query by kind
+//! names its index (`INDEXED BY`, an error at prepare if it cannot be used) and holds
+//! the condition (`r.kind_tag <> 'usage'`, `r.kind_tag = 'usage'`); the tests check
+//! their plans. A version 2 file's records are copied over at open, in that same
+//! transaction; a version 1 file goes straight to version 3.
 
 use std::path::Path;
 
@@ -42,9 +52,10 @@ const CACHE_KIB: i64 = -16 * 1024;
 const CHECKPOINT_PAGES: i64 = 8 * 1024;
 
 /// The schema version this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
-/// The tables keyed by epoch (version 2), created fresh or by the migration.
+/// The tables keyed by epoch (version 2; `records` clustered on its key since version
+/// 3), created fresh or by a migration.
 const EPOCH_TABLES: &str = "
 CREATE TABLE IF NOT EXISTS records (
     node      TEXT    NOT NULL,
@@ -58,7 +69,7 @@ CREATE TABLE IF NOT EXISTS records (
     kind      BLOB    NOT NULL,
     digest    BLOB,
     PRIMARY KEY (node, epoch, seq)
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS coverage (
     node    TEXT    NOT NULL,
     epoch   INTEGER NOT NULL,
@@ -101,9 +112,30 @@ DROP TABLE records_v1;
 DROP TABLE coverage_v1;
 ";
 
+/// Version 2 → 3, before [`EPOCH_TABLES`]: set the rowid table aside. Its indexes go
+/// first: renamed with it, they would keep their names and [`SCHEMA`] would not create
+/// them on the new table.
+const MIGRATE_V2: &str = "
+DROP INDEX IF EXISTS records_by_tag;
+DROP INDEX IF EXISTS records_by_span;
+DROP INDEX IF EXISTS records_by_event;
+DROP INDEX IF EXISTS records_by_digest;
+ALTER TABLE records RENAME TO records_v2;
+";
+
+/// Version 2 → 3, after [`MIGRATE_V2`] and [`EPOCH_TABLES`]: copy the rows over, in key
+/// order (each page of the new table is filled once).
+const MIGRATE_V2_ROWS: &str = "
+INSERT INTO records (node, epoch, seq, time_ms, kind_tag, instance, span_from, span_to, kind, digest)
+    SELECT node, epoch, seq, time_ms, kind_tag, instance, span_from, span_to, kind, digest
+    FROM records_v2 ORDER BY node, epoch, seq;
+DROP TABLE records_v2;
+";
+
 const SCHEMA: &str = "
-CREATE INDEX IF NOT EXISTS records_by_tag ON records (kind_tag, node, instance, seq);
-CREATE INDEX IF NOT EXISTS records_by_span ON records (kind_tag, span_from);
+CREATE INDEX IF NOT EXISTS records_by_tag ON records (kind_tag, node, instance, seq)
+    WHERE kind_tag <> 'usage';
+CREATE INDEX IF NOT EXISTS records_by_span ON records (span_from) WHERE kind_tag = 'usage';
 DROP INDEX IF EXISTS records_by_digest;
 CREATE INDEX IF NOT EXISTS records_by_event ON records (node, time_ms, digest);
 CREATE TABLE IF NOT EXISTS nodes (
@@ -203,12 +235,17 @@ pub(super) fn set_up(conn: &mut Connection) -> rusqlite::Result<i64> {
     if version > SCHEMA_VERSION {
         return Ok(version);
     }
-    if version == 1 {
-        tx.execute_batch(MIGRATE_V1)?;
+    let migration = match version {
+        1 => Some((MIGRATE_V1, MIGRATE_V1_ROWS)),
+        2 => Some((MIGRATE_V2, MIGRATE_V2_ROWS)),
+        _ => None,
+    };
+    if let Some((before, rows)) = migration {
+        tx.execute_batch(before)?;
         tx.execute_batch(EPOCH_TABLES)?;
-        tx.execute_batch(MIGRATE_V1_ROWS)?;
+        tx.execute_batch(rows)?;
         tracing::info!(
-            from = 1,
+            from = version,
             to = SCHEMA_VERSION,
             "master store schema upgraded"
         );

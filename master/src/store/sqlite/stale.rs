@@ -31,6 +31,12 @@ CREATE TABLE IF NOT EXISTS stale_records (
 CREATE INDEX IF NOT EXISTS stale_by_instance ON stale_records (node, instance, epoch, seq);
 ";
 
+/// The newest fence record of node `?1` for instance `?2` in life `?3` before seq `?4`.
+pub(super) const FENCE_BEFORE: &str = "SELECT r.kind
+    FROM records r INDEXED BY records_by_tag
+    WHERE r.kind_tag = 'fence' AND r.node = ?1 AND r.instance = ?2 AND r.epoch = ?3
+    AND r.seq < ?4 AND r.kind_tag <> 'usage' ORDER BY r.seq DESC LIMIT 1";
+
 /// A condition on a `records r` row: it is not marked stale.
 pub(super) const NOT_STALE: &str = "NOT EXISTS (SELECT 1 FROM stale_records s
     WHERE s.node = r.node AND s.epoch = r.epoch AND s.seq = r.seq)";
@@ -78,10 +84,7 @@ impl<'a> Judge<'a> {
             return Ok(*f);
         }
         let blob: Option<Vec<u8>> = tx
-            .prepare_cached(
-                "SELECT kind FROM records WHERE kind_tag = 'fence' AND node = ?1
-                 AND instance = ?2 AND epoch = ?3 AND seq < ?4 ORDER BY seq DESC LIMIT 1",
-            )?
+            .prepare_cached(FENCE_BEFORE)?
             .query_row(
                 params![self.node.as_str(), instance.as_str(), self.epoch, seq],
                 |r| r.get(0),

@@ -134,6 +134,117 @@ fn a_version_1_store_is_migrated_and_keeps_its_records_as_life_0() {
     assert_eq!(s.count(&pi).unwrap(), 4);
 }
 
+/// The records of version 2: a rowid table beside its key, as an older master wrote it.
+const SCHEMA_V2_RECORDS: &str = "
+CREATE TABLE records (node TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL,
+    time_ms INTEGER NOT NULL, kind_tag TEXT NOT NULL, instance TEXT, span_from INTEGER,
+    span_to INTEGER, kind BLOB NOT NULL, digest BLOB, PRIMARY KEY (node, epoch, seq));
+CREATE INDEX records_by_tag ON records (kind_tag, node, instance, seq);
+CREATE INDEX records_by_span ON records (kind_tag, span_from);
+CREATE INDEX records_by_event ON records (node, time_ms, digest);
+CREATE TABLE coverage (node TEXT NOT NULL, epoch INTEGER NOT NULL, acked INTEGER NOT NULL,
+    pending BLOB NOT NULL, PRIMARY KEY (node, epoch));
+CREATE TABLE epochs (node TEXT NOT NULL, epoch INTEGER NOT NULL, life INTEGER NOT NULL,
+    first_seen_ms INTEGER, PRIMARY KEY (node, epoch));
+PRAGMA user_version = 2;
+";
+
+#[test]
+fn a_version_2_store_gets_clustered_records_and_keeps_them_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("master.db");
+    let e1 = i64::try_from(crate::store::conformance::E1).unwrap();
+    let recs: Vec<Record> = (1..=3)
+        .map(|q| usage_rec(q, "web", q * 1000, q * 1000 + 1000))
+        .collect();
+    {
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(SCHEMA_V2_RECORDS).unwrap();
+        for r in &recs {
+            let (from, to) = (r.time_ms - 1000, r.time_ms);
+            c.execute(
+                "INSERT INTO records VALUES ('pi-1', ?1, ?2, ?3, 'usage', 'web', ?4, ?5, ?6, ?7)",
+                params![
+                    e1,
+                    i64::try_from(r.seq).unwrap(),
+                    i64::try_from(r.time_ms).unwrap(),
+                    i64::try_from(from).unwrap(),
+                    i64::try_from(to).unwrap(),
+                    postcard::to_allocvec(&r.kind).unwrap(),
+                    vec![r.seq.to_le_bytes()[0]; 32],
+                ],
+            )
+            .unwrap();
+        }
+        c.execute("INSERT INTO epochs VALUES ('pi-1', ?1, 1, 1)", [e1])
+            .unwrap();
+        c.execute(
+            "INSERT INTO coverage VALUES ('pi-1', ?1, 3, ?2)",
+            params![
+                e1,
+                postcard::to_allocvec(&BTreeMap::<u64, u64>::new()).unwrap()
+            ],
+        )
+        .unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    let pi = n("pi-1");
+    assert_eq!(s.count(&pi).unwrap(), 3);
+    assert_eq!(s.usage(0, 10_000).unwrap().len(), 3);
+    {
+        let conn = s.conn();
+        let (sql, version): (String, i64) = conn
+            .query_row(
+                "SELECT sql, (SELECT user_version FROM pragma_user_version)
+                 FROM sqlite_master WHERE name = 'records'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert!(sql.ends_with("WITHOUT ROWID"), "{sql}");
+        assert_eq!(version, SCHEMA_VERSION);
+        let mut indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'records'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        indexes.sort();
+        assert_eq!(
+            indexes,
+            ["records_by_event", "records_by_span", "records_by_tag"],
+            "the indexes are on the new table, not dropped with the old one"
+        );
+        let old: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'records_v2'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(old, 0);
+    }
+    // The migrated rows keep their keys: the same batch again is all duplicates.
+    let again = s
+        .ingest(&pi, &up("pi-1", recs.clone(), Some((1, 3))), 2)
+        .unwrap();
+    assert_eq!((again.stored, again.duplicates, again.conflicts), (0, 3, 0));
+    let next = s
+        .ingest(
+            &pi,
+            &up("pi-1", vec![usage_rec(4, "web", 4000, 5000)], Some((4, 4))),
+            3,
+        )
+        .unwrap();
+    assert_eq!((next.stored, next.ack_upto), (1, 4));
+    drop(s);
+    // Reopening a migrated store is a no-op.
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.count(&pi).unwrap(), 4);
+    assert_eq!(s.usage(0, 10_000).unwrap().len(), 4);
+}
+
 #[test]
 fn a_desired_state_stored_before_wire_version_2_still_reads() {
     let (_d, s) = open();
@@ -359,6 +470,62 @@ fn repeats_are_looked_up_by_time_and_the_digest_only_index_is_dropped() {
     assert!(
         plan.iter().any(|p| p.contains("records_by_event")),
         "{plan:?}"
+    );
+}
+
+/// `EXPLAIN QUERY PLAN` of `sql`, its parameters bound to NULL.
+fn plan(conn: &Connection, sql: &str) -> Vec<String> {
+    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+    let nulls = vec![rusqlite::types::Value::Null; stmt.parameter_count()];
+    stmt.query_map(rusqlite::params_from_iter(nulls), |r| r.get(3))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+}
+
+#[test]
+fn usage_records_are_indexed_by_span_and_the_other_kinds_by_tag() {
+    let (_dir, store) = open();
+    let conn = store.conn();
+    let by_tag = [
+        ("accepted", place::ACCEPTED.to_owned()),
+        ("reported_after", place::REPORTED_AFTER.to_owned()),
+        ("fence_before", stale::FENCE_BEFORE.to_owned()),
+        ("latest_published", imports::LATEST_PUBLISHED.to_owned()),
+        ("by_tag", records::BY_TAG.to_owned()),
+        ("latest", records::latest_sql()),
+    ];
+    for (name, sql) in &by_tag {
+        assert!(sql.contains("r.kind_tag <> 'usage'"), "{name}: {sql}");
+        let p = plan(&conn, sql);
+        assert!(
+            p.iter().any(|l| l.contains("USING INDEX records_by_tag")),
+            "{name}: {p:?}"
+        );
+    }
+    let p = plan(&conn, records::USAGE);
+    assert!(
+        p.iter().any(|l| l.contains("USING INDEX records_by_span")),
+        "{p:?}"
+    );
+    // Both are partial: a usage record has no entry in records_by_tag, the others none
+    // in records_by_span.
+    let partial: Vec<(String, bool)> = conn
+        .prepare("SELECT name, partial FROM pragma_index_list('records') ORDER BY name")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    let partial: Vec<(&str, bool)> = partial.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+    assert_eq!(
+        partial,
+        [
+            ("records_by_event", false),
+            ("records_by_span", true),
+            ("records_by_tag", true),
+            ("sqlite_autoindex_records_1", false),
+        ]
     );
 }
 
