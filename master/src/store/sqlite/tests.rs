@@ -203,16 +203,8 @@ fn a_version_2_store_gets_clustered_records_and_keeps_them_once() {
             .unwrap();
         assert!(sql.ends_with("WITHOUT ROWID"), "{sql}");
         assert_eq!(version, SCHEMA_VERSION);
-        let mut indexes: Vec<String> = conn
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'records'")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
-        indexes.sort();
         assert_eq!(
-            indexes,
+            record_indexes(&conn),
             ["records_by_event", "records_by_span", "records_by_tag"],
             "the indexes are on the new table, not dropped with the old one"
         );
@@ -445,13 +437,7 @@ fn repeats_are_looked_up_by_time_and_the_digest_only_index_is_dropped() {
         .unwrap();
     drop(SqliteStore::open(&path).unwrap());
     let conn = Connection::open(&path).unwrap();
-    let indexes: Vec<String> = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'records'")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<rusqlite::Result<_>>()
-        .unwrap();
+    let indexes = record_indexes(&conn);
     assert!(
         indexes.iter().any(|i| i == "records_by_event"),
         "{indexes:?}"
@@ -460,17 +446,21 @@ fn repeats_are_looked_up_by_time_and_the_digest_only_index_is_dropped() {
         !indexes.iter().any(|i| i == "records_by_digest"),
         "{indexes:?}"
     );
-    let plan: Vec<String> = conn
-        .prepare(&format!("EXPLAIN QUERY PLAN {}", ingest::SAME_EVENT))
-        .unwrap()
-        .query_map(params!["a", vec![0u8; 16], 1, 1, 5], |r| r.get(3))
-        .unwrap()
-        .collect::<rusqlite::Result<_>>()
-        .unwrap();
-    assert!(
-        plan.iter().any(|p| p.contains("records_by_event")),
-        "{plan:?}"
-    );
+    let p = plan(&conn, ingest::SAME_EVENT);
+    assert!(p.iter().any(|l| l.contains("records_by_event")), "{p:?}");
+}
+
+/// The names of the indexes on `records`, sorted.
+fn record_indexes(conn: &Connection) -> Vec<String> {
+    conn.prepare(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'records'
+         ORDER BY name",
+    )
+    .unwrap()
+    .query_map([], |r| r.get(0))
+    .unwrap()
+    .collect::<rusqlite::Result<_>>()
+    .unwrap()
 }
 
 /// `EXPLAIN QUERY PLAN` of `sql`, its parameters bound to NULL.
