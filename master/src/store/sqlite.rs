@@ -34,6 +34,7 @@ use crate::restore::{RestoreRequest, Restoring};
 
 mod artifacts;
 mod backups;
+mod bulk;
 mod carry;
 mod desired;
 mod fleet;
@@ -56,7 +57,7 @@ pub use recover::Recovered;
 pub use schema::SCHEMA_VERSION;
 
 /// Prepared statements kept per connection (see [`SqliteStore::open`]).
-const STATEMENT_CACHE: usize = 64;
+const STATEMENT_CACHE: usize = 96;
 
 /// How long a writer waits for another process's transaction before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -93,8 +94,9 @@ impl SqliteStore {
         let mut conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         // An ingest alone runs about twenty distinct statements (per batch, and per
-        // instance for the stale judge): they stay prepared rather than being parsed
-        // again for every batch (rusqlite keeps 16 by default).
+        // instance for the stale judge), and up to sixteen multi-row inserts of
+        // different lengths (`bulk`): they stay prepared rather than being parsed again
+        // for every batch (rusqlite keeps 16 by default).
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         // Switching a fresh file to WAL while another process does the same can fail
         // with SQLITE_BUSY without waiting on the busy handler: retry until the timeout.

@@ -10,18 +10,11 @@ use hedge_wire::{Name, Record, RecordKind};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::super::blob::{decode, encode};
-use super::super::ingest::check;
+use super::super::ingest::{check, Row};
 use super::super::{Batch, Ingested, Result, StoreError};
 use super::fleet;
 use super::sql::{clamp_sql, epoch_sql, from_sql, seq_sql, time_sql};
 use crate::coverage::Coverage;
-
-/// Whether the node has stored the same event (`?2`, its digest; `?5`, its time: the
-/// digest covers the time) under another key (`?3`, `?4`): a repeat. It walks the index
-/// `records_by_event`, ordered by time, so that a batch's inserts into that index land
-/// together on a few pages instead of one page per record.
-pub(super) const SAME_EVENT: &str = "SELECT 1 FROM records
-    WHERE node = ?1 AND time_ms = ?5 AND digest = ?2 AND NOT (epoch = ?3 AND seq = ?4) LIMIT 1";
 
 /// The body of [`super::FleetStore::ingest_within`], inside the caller's transaction or
 /// savepoint, which commits.
@@ -62,38 +55,20 @@ pub(super) fn ingest_in(tx: &Connection, batch: &Batch) -> Result<Ingested> {
         })?;
     let (mut stored, mut duplicates, mut last_seq) = (0usize, 0usize, 0i64);
     let mut new_bytes = 0u64;
-    let (mut repeats, mut conflicts) = (0usize, 0usize);
+    let mut conflicts = 0usize;
     let mut forged = 0u64;
     let mut stale = 0usize;
     let mut judge = super::stale::Judge::new(node, epoch);
     let mut health: Option<(i64, &Record)> = None;
     let mut info: Option<(i64, &Record)> = None;
+    let fresh = super::bulk::insert_records(tx, node.as_str(), epoch, &checked.rows)?;
     {
-        let mut insert = tx.prepare_cached(
-            "INSERT OR IGNORE INTO records
-             (node, epoch, seq, time_ms, kind_tag, instance, span_from, span_to, kind, digest)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )?;
         let mut same_key = tx.prepare_cached(
             "SELECT time_ms, kind FROM records WHERE node = ?1 AND epoch = ?2 AND seq = ?3",
         )?;
-        let mut same_event = tx.prepare_cached(SAME_EVENT)?;
-        for row in &checked.rows {
-            let (seq, record, blob, digest) = (&row.seq, row.record, &row.blob, &row.digest);
-            let span = row.index.span;
-            let n = insert.execute(params![
-                node.as_str(),
-                epoch,
-                seq,
-                time_sql(record.time_ms),
-                row.index.tag,
-                row.index.instance,
-                span.map(|(f, _)| clamp_sql(f)),
-                span.map(|(_, t)| clamp_sql(t)),
-                blob,
-                digest,
-            ])?;
-            if n == 0 {
+        for (row, &fresh) in checked.rows.iter().zip(&fresh) {
+            let (seq, record, blob) = (&row.seq, row.record, &row.blob);
+            if !fresh {
                 duplicates += 1;
                 let (time_ms, kind): (i64, Vec<u8>) = same_key
                     .query_row(params![node.as_str(), epoch, seq], |r| {
@@ -106,15 +81,6 @@ pub(super) fn ingest_in(tx: &Connection, batch: &Batch) -> Result<Ingested> {
             }
             if batch.refused_relayed.contains(&record.seq) {
                 forged += 1;
-            }
-            if same_event.exists(params![
-                node.as_str(),
-                digest,
-                epoch,
-                seq,
-                time_sql(record.time_ms)
-            ])? {
-                repeats += 1;
             }
             stored += 1;
             if judge.judge(tx, *seq, record)? {
@@ -133,6 +99,10 @@ pub(super) fn ingest_in(tx: &Connection, batch: &Batch) -> Result<Ingested> {
             }
         }
     }
+    let stored_rows: Vec<&Row<'_>> = (checked.rows.iter().zip(&fresh))
+        .filter_map(|(row, &fresh)| fresh.then_some(row))
+        .collect();
+    let repeats = stored.saturating_sub(super::bulk::new_events(tx, node.as_str(), &stored_rows)?);
     if conflicts > 0 {
         tracing::warn!(node = %node, epoch = up.epoch, conflicts,
             "records delivered again with other content: two copies of one node life?");

@@ -6,6 +6,7 @@
 //!
 //! Tables: `records` (postcard `RecordKind` plus the denormalised index columns
 //! `kind_tag`, `instance`, `span_from`/`span_to` for usage intervals, and `digest`),
+//! `events` (each distinct event of a node: time and digest),
 //! `coverage` (per node and epoch), `epochs` (each life of a node: `life` numbered
 //! from 1 per node in the order first seen, 0 for records older than epochs), `nodes`,
 //! `desired`, `generations` (high-water mark of handed-out generations), `artifacts`
@@ -34,7 +35,10 @@
 //! names its index (`INDEXED BY`, an error at prepare if it cannot be used) and holds
 //! the condition (`r.kind_tag <> 'usage'`, `r.kind_tag = 'usage'`); the tests check
 //! their plans. A version 2 file's records are copied over at open, in that same
-//! transaction; a version 1 file goes straight to version 3.
+//! transaction. Version 4 adds `events (node, time_ms, digest)`, one row per distinct
+//! event of a node, filled from the stored digests at open, and drops the index
+//! `records_by_event` it replaces: a record stored now whose event is already there is
+//! a repeat (`bulk`). Older files go straight to version 4.
 
 use std::path::Path;
 
@@ -52,7 +56,7 @@ const CACHE_KIB: i64 = -16 * 1024;
 const CHECKPOINT_PAGES: i64 = 8 * 1024;
 
 /// The schema version this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The tables keyed by epoch (version 2; `records` clustered on its key since version
 /// 3), created fresh or by a migration.
@@ -69,6 +73,12 @@ CREATE TABLE IF NOT EXISTS records (
     kind      BLOB    NOT NULL,
     digest    BLOB,
     PRIMARY KEY (node, epoch, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    node    TEXT    NOT NULL,
+    time_ms INTEGER NOT NULL,
+    digest  BLOB    NOT NULL,
+    PRIMARY KEY (node, time_ms, digest)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS coverage (
     node    TEXT    NOT NULL,
@@ -132,12 +142,21 @@ INSERT INTO records (node, epoch, seq, time_ms, kind_tag, instance, span_from, s
 DROP TABLE records_v2;
 ";
 
+/// Version 3 → 4, after [`EPOCH_TABLES`] (which creates `events`): the events of the
+/// records stored so far, in key order. Records of a version 1 file have no digest
+/// and no event: a repeat of one cannot be told, as before.
+const MIGRATE_V3_ROWS: &str = "
+INSERT OR IGNORE INTO events (node, time_ms, digest)
+    SELECT node, time_ms, digest FROM records WHERE digest IS NOT NULL
+    ORDER BY node, time_ms, digest;
+";
+
 const SCHEMA: &str = "
 CREATE INDEX IF NOT EXISTS records_by_tag ON records (kind_tag, node, instance, seq)
     WHERE kind_tag <> 'usage';
 CREATE INDEX IF NOT EXISTS records_by_span ON records (span_from) WHERE kind_tag = 'usage';
 DROP INDEX IF EXISTS records_by_digest;
-CREATE INDEX IF NOT EXISTS records_by_event ON records (node, time_ms, digest);
+DROP INDEX IF EXISTS records_by_event;
 CREATE TABLE IF NOT EXISTS nodes (
     node               TEXT PRIMARY KEY,
     first_seen_ms      INTEGER,
@@ -238,12 +257,14 @@ pub(super) fn set_up(conn: &mut Connection) -> rusqlite::Result<i64> {
     let migration = match version {
         1 => Some((MIGRATE_V1, MIGRATE_V1_ROWS)),
         2 => Some((MIGRATE_V2, MIGRATE_V2_ROWS)),
+        3 => Some(("", "")),
         _ => None,
     };
     if let Some((before, rows)) = migration {
         tx.execute_batch(before)?;
         tx.execute_batch(EPOCH_TABLES)?;
         tx.execute_batch(rows)?;
+        tx.execute_batch(MIGRATE_V3_ROWS)?;
         tracing::info!(
             from = version,
             to = SCHEMA_VERSION,

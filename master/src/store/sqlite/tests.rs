@@ -6,7 +6,7 @@ use hedge_wire::RequestedState;
 use rusqlite::{params, Connection};
 
 use super::*;
-use crate::store::conformance::{batch, n, open, request, up, usage_rec, Harness};
+use crate::store::conformance::{batch, n, open, request, up, up_in, usage_rec, Harness};
 
 /// A fresh SQLite store in a temp dir; each handle opens the same file.
 struct Sqlite(tempfile::TempDir);
@@ -205,7 +205,7 @@ fn a_version_2_store_gets_clustered_records_and_keeps_them_once() {
         assert_eq!(version, SCHEMA_VERSION);
         assert_eq!(
             record_indexes(&conn),
-            ["records_by_event", "records_by_span", "records_by_tag"],
+            ["records_by_span", "records_by_tag"],
             "the indexes are on the new table, not dropped with the old one"
         );
         let old: i64 = conn
@@ -426,28 +426,87 @@ fn a_closed_restores_key_leaves_the_file() {
 }
 
 #[test]
-fn repeats_are_looked_up_by_time_and_the_digest_only_index_is_dropped() {
+fn a_version_3_store_gets_its_events_and_still_counts_repeats() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("master.db");
-    drop(SqliteStore::open(&path).unwrap());
-    // A file written before: the index by digest alone.
+    let pi = n("pi-1");
+    let first = crate::store::conformance::batch("pi-1", 1, 5);
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        s.ingest(&pi, &first, 1).unwrap();
+    }
+    // The same file as a version 3 master left it: no `events`, the event index, and the
+    // older index by digest alone.
     Connection::open(&path)
         .unwrap()
-        .execute_batch("CREATE INDEX records_by_digest ON records (node, digest)")
+        .execute_batch(
+            "DROP TABLE events;
+             CREATE INDEX records_by_event ON records (node, time_ms, digest);
+             CREATE INDEX records_by_digest ON records (node, digest);
+             PRAGMA user_version = 3;",
+        )
         .unwrap();
-    drop(SqliteStore::open(&path).unwrap());
-    let conn = Connection::open(&path).unwrap();
-    let indexes = record_indexes(&conn);
-    assert!(
-        indexes.iter().any(|i| i == "records_by_event"),
-        "{indexes:?}"
+    let s = SqliteStore::open(&path).unwrap();
+    {
+        let conn = s.conn();
+        assert_eq!(record_indexes(&conn), ["records_by_span", "records_by_tag"]);
+        let (events, version): (i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM events), (SELECT user_version FROM pragma_user_version)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((events, version), (5, SCHEMA_VERSION));
+    }
+    // Records stored before the migration are still known as events: the same two
+    // events under a new life are repeats, and a new one is not.
+    let mut again = first.records[3..].to_vec();
+    again.push(usage_rec(6, "web", 5000, 6000));
+    let r = s
+        .ingest(&pi, &up_in("pi-1", 0xe2, again, Some((1, 6))), 2)
+        .unwrap();
+    assert_eq!((r.stored, r.repeats, r.duplicates), (3, 2, 0));
+    drop(s);
+    // Reopening changes nothing.
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.count(&pi).unwrap(), 8);
+    assert_eq!(s.nodes().unwrap()[0].repeats, 2);
+}
+
+/// A batch longer than one multi-row insert, its records partly stored already: each
+/// record is stored or counted as a duplicate once, a changed one is a conflict, and an
+/// event sent twice within the batch is one repeat.
+#[test]
+fn a_long_batch_is_stored_in_chunks_and_counted_per_record() {
+    let (_dir, s) = open();
+    let pi = n("pi-1");
+    let rec = |q: u64| usage_rec(q, "web", q * 1000, q * 1000 + 1000);
+    let stored_before: Vec<Record> = (100..=199).map(rec).collect();
+    s.ingest(&pi, &up("pi-1", stored_before, Some((100, 199))), 1)
+        .unwrap();
+    let mut records: Vec<Record> = (1..=300).map(rec).collect();
+    // Seq 150 again with other content; seq 250 carries the same event as seq 249.
+    records[149] = usage_rec(150, "web", 0, 1);
+    records[249] = Record {
+        seq: 250,
+        ..records[248].clone()
+    };
+    let r = s
+        .ingest(&pi, &up("pi-1", records, Some((1, 300))), 2)
+        .unwrap();
+    assert_eq!(
+        (r.stored, r.duplicates, r.conflicts, r.repeats, r.ack_upto),
+        (200, 100, 1, 1, 300)
     );
-    assert!(
-        !indexes.iter().any(|i| i == "records_by_digest"),
-        "{indexes:?}"
+    assert_eq!(s.count(&pi).unwrap(), 300);
+    assert_eq!(
+        s.records(&pi, 150, 1).unwrap()[0],
+        rec(150),
+        "kept as first stored"
     );
-    let p = plan(&conn, ingest::SAME_EVENT);
-    assert!(p.iter().any(|l| l.contains("records_by_event")), "{p:?}");
+    let node = &s.nodes().unwrap()[0];
+    assert_eq!((node.records, node.repeats, node.conflicts), (300, 1, 1));
 }
 
 /// The names of the indexes on `records`, sorted.
@@ -511,7 +570,6 @@ fn usage_records_are_indexed_by_span_and_the_other_kinds_by_tag() {
     assert_eq!(
         partial,
         [
-            ("records_by_event", false),
             ("records_by_span", true),
             ("records_by_tag", true),
             ("sqlite_autoindex_records_1", false),
