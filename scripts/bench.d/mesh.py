@@ -34,7 +34,7 @@ import subprocess
 import time
 
 import tomlw
-from harness import Failed, cpu_s, free_port, log, rss_kib, wait
+from harness import LAST_SEQ_SQL, Failed, cpu_s, free_port, log, rss_kib, wait
 from nft import Tables
 from node import Hedge
 from store_forward import broker_conf, start_mosquitto
@@ -135,8 +135,7 @@ class Swarm:
     def max_seq(self, node):
         db = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30)
         try:
-            return db.execute("SELECT coalesce(max(seq), 0) FROM records WHERE node=?",
-                              (node,)).fetchone()[0]
+            return db.execute(LAST_SEQ_SQL, (node,)).fetchone()[0]
         finally:
             db.close()
 

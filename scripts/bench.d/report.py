@@ -271,7 +271,7 @@ def _print_store_params(res, hs, ms, p):
           f"redialed when its backoff (1 s doubling to 15 s, +-20 %) was due or its probe found the "
           f"path back (then within 400 ms): "
           f"{hs['reconnect_s']:.1f} s. Drain = the node's connection in the broker log -> the "
-          f"master's SQLite store holds every seq <= {hs['records']} (max(seq) polled every 20 ms, "
+          f"master's SQLite store holds every seq <= {hs['records']} (its last seq polled every 5 ms, "
           f"then a count); the "
           f"acks reached the node (outbox depth 0) {hs['acked_at_node_s']:.2f} s after "
           f"reconnecting. Uplink defaults {hs['uplink_defaults']}. Lost = node seqs missing at "

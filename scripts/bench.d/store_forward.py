@@ -16,7 +16,8 @@ import time
 
 import tomlw
 from alternatives import mosquitto_bin
-from harness import Failed, RssPeak, cpu_s, free_port, hwm_kib, log, wait, write_bytes
+from harness import (LAST_SEQ_SQL, Failed, RssPeak, cpu_s, free_port, hwm_kib, log, wait,
+                     write_bytes)
 from linkcut import reconnect_times
 from nft import Tables
 from node import Hedge
@@ -201,14 +202,9 @@ def hedge_store_and_forward(binary, procs, tmp, P, out):
     db = sqlite3.connect(f"file:{os.path.join(mdir, 'master.db')}?mode=ro", uri=True, timeout=30)
 
     def stored():
-        # The highest seq of each life is one seek down the key (node, epoch, seq):
-        # `max(seq)` alone would scan every row of the node, ~10 ms at 100k rows, and
-        # polled every few ms it took a quarter of a core from the master it measures.
-        # The count (a scan) runs only once the last seq is there.
+        # The count (a scan of the node's rows) runs only once the last seq is there.
         peak.sample()
-        hi = db.execute(
-            "SELECT max((SELECT seq FROM records r WHERE r.node = e.node AND r.epoch = e.epoch"
-            " ORDER BY r.seq DESC LIMIT 1)) FROM epochs e WHERE e.node = 'bench'").fetchone()[0]
+        hi = db.execute(LAST_SEQ_SQL, ("bench",)).fetchone()[0]
         return (hi or 0) >= total and db.execute(
             "SELECT count(*) FROM records WHERE node='bench' AND seq <= ?",
             (total,)).fetchone()[0] >= total

@@ -1,0 +1,38 @@
+"""Unit tests of harness.py's query of the master's last seq (no binary needed)."""
+import sqlite3
+import unittest
+
+from harness import LAST_SEQ_SQL
+
+# The columns LAST_SEQ_SQL reads, keyed as the master's SQLite store keys them.
+SCHEMA = """
+CREATE TABLE records (node TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (node, epoch, seq)) WITHOUT ROWID;
+CREATE TABLE epochs (node TEXT NOT NULL, epoch INTEGER NOT NULL, life INTEGER NOT NULL,
+    PRIMARY KEY (node, epoch));
+"""
+
+
+class LastSeq(unittest.TestCase):
+    def setUp(self):
+        self.db = sqlite3.connect(":memory:")
+        self.db.executescript(SCHEMA)
+
+    def test_the_highest_seq_of_any_life_and_zero_for_an_unknown_node(self):
+        # Two lives of one node (the second with a lower epoch), and another node.
+        for node, epoch, seqs in (("a", 7, range(1, 50)), ("a", -3, range(1, 80)),
+                                  ("b", 1, range(1, 500))):
+            self.db.execute("INSERT INTO epochs VALUES (?, ?, 0)", (node, epoch))
+            self.db.executemany("INSERT INTO records VALUES (?, ?, ?)",
+                                [(node, epoch, s) for s in seqs])
+        last = lambda n: self.db.execute(LAST_SEQ_SQL, (n,)).fetchone()[0]
+        self.assertEqual((last("a"), last("b"), last("nobody")), (79, 499, 0))
+
+    def test_it_seeks_down_the_key_instead_of_scanning_the_node(self):
+        plan = [r[3] for r in self.db.execute("EXPLAIN QUERY PLAN " + LAST_SEQ_SQL, ("a",))]
+        self.assertTrue(any("PRIMARY KEY (node=? AND epoch=?)" in p for p in plan), plan)
+        self.assertFalse(any(p.startswith("SCAN") for p in plan), plan)
+
+
+if __name__ == "__main__":
+    unittest.main()
