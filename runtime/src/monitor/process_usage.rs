@@ -48,15 +48,39 @@ pub fn scan() -> Vec<Stat> {
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
+    let mut text = Vec::with_capacity(STAT_READ);
     rd.filter_map(Result::ok)
         .filter(|e| {
             e.file_name()
                 .to_str()
                 .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
         })
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .filter_map(|t| parse_stat(&t))
+        .filter_map(|e| {
+            read_small(&e.path().join("stat"), &mut text).ok()?;
+            parse_stat(std::str::from_utf8(&text).ok()?)
+        })
         .collect()
+}
+
+/// Bytes asked of each `read` of a stat file: a whole line at once (a stat line is
+/// about 300 bytes, at most ~1 KiB).
+const STAT_READ: usize = 1024;
+
+/// Reads `path` into `buf` (cleared first) with [`STAT_READ`]-byte reads until end of
+/// file: open, one read, the read that sees the end, close. `fs::read_to_string` would
+/// `statx` the file, find its size 0 (as every `/proc` file says) and grow from a
+/// 32-byte read, five reads per stat line: for each process, at every sample.
+fn read_small(path: &std::path::Path, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::io::Read;
+    buf.clear();
+    let mut f = std::fs::File::open(path)?;
+    let mut chunk = [0u8; STAT_READ];
+    loop {
+        match f.read(&mut chunk)? {
+            0 => return Ok(()),
+            n => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+        }
+    }
 }
 
 /// What one process group uses.
@@ -127,6 +151,25 @@ mod tests {
     }
 
     #[test]
+    fn a_file_longer_than_one_read_is_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("long");
+        let long: Vec<u8> = b"abcdefghijklmnopqrstuvwxyz"
+            .iter()
+            .copied()
+            .cycle()
+            .take(STAT_READ * 3 + 7)
+            .collect();
+        std::fs::write(&path, &long).unwrap();
+        let mut buf = b"left over".to_vec();
+        read_small(&path, &mut buf).unwrap();
+        assert_eq!(buf, long);
+        std::fs::write(&path, b"short").unwrap();
+        read_small(&path, &mut buf).unwrap();
+        assert_eq!(buf, b"short");
+    }
+
+    #[test]
     fn sums_per_group_with_the_leaders_reaped_children() {
         let leader = parse_stat(LINE).unwrap();
         let child = Stat {
@@ -155,7 +198,9 @@ mod tests {
     #[test]
     fn this_process_is_scanned() {
         let me = std::process::id();
-        assert!(scan().iter().any(|s| s.pid == me));
+        let found = scan().into_iter().find(|s| s.pid == me).unwrap();
+        let own = parse_stat(&std::fs::read_to_string("/proc/self/stat").unwrap()).unwrap();
+        assert_eq!((found.pgrp, found.start_ticks), (own.pgrp, own.start_ticks));
         let (tck, page) = system_units();
         assert!(tck >= 1 && page >= 1024);
     }
