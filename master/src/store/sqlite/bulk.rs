@@ -26,7 +26,8 @@ const RECORD_COLUMNS: &str =
     "node, epoch, seq, time_ms, kind_tag, instance, span_from, span_to, kind, digest";
 
 /// Stores the rows of `rows` that `node`'s life `epoch` has not stored yet; per row,
-/// whether it was stored now (the others were there: duplicates).
+/// whether it was stored now (the others were there: duplicates). A row is told by its
+/// seq, which is unique within a checked batch (strictly increasing: `Up::validate`).
 pub(super) fn insert_records(
     tx: &Connection,
     node: &str,
