@@ -10,12 +10,13 @@
 //! table, each prepared once per connection.
 
 use std::collections::HashSet;
+use std::sync::OnceLock;
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params_from_iter, Connection};
 
 use super::super::ingest::Row;
-use super::super::Result;
+use super::super::{Result, StoreError};
 use super::sql::{clamp_sql, time_sql};
 
 /// Rows per statement, at most (ten parameters each: 1,280 of SQLite's 32,766).
@@ -36,17 +37,11 @@ pub(super) fn insert_records(
 ) -> Result<Vec<bool>> {
     let mut stored = HashSet::with_capacity(rows.len());
     for chunk in chunks(rows) {
-        let sql = values_sql(
-            &format!("INSERT OR IGNORE INTO records ({RECORD_COLUMNS})"),
-            10,
-            chunk.len(),
-            " RETURNING seq",
-        );
         let mut values = Vec::with_capacity(chunk.len() * 10);
         for row in chunk {
             record_values(&mut values, node, epoch, row);
         }
-        let mut stmt = tx.prepare_cached(&sql)?;
+        let mut stmt = tx.prepare_cached(records_sql(chunk.len())?)?;
         let mut seqs = stmt.query(params_from_iter(values.iter()))?;
         while let Some(r) = seqs.next()? {
             stored.insert(r.get::<_, i64>(0)?);
@@ -56,19 +51,9 @@ pub(super) fn insert_records(
 }
 
 /// Adds the events of `rows` (those stored now) to `events`; returns how many were new.
-pub(super) fn new_events<'r, 'a: 'r>(
-    tx: &Connection,
-    node: &str,
-    rows: &[&'r Row<'a>],
-) -> Result<usize> {
+pub(super) fn new_events(tx: &Connection, node: &str, rows: &[&Row<'_>]) -> Result<usize> {
     let mut added = 0;
     for chunk in chunks(rows) {
-        let sql = values_sql(
-            "INSERT OR IGNORE INTO events (node, time_ms, digest)",
-            3,
-            chunk.len(),
-            "",
-        );
         let mut values = Vec::with_capacity(chunk.len() * 3);
         for row in chunk {
             values.push(text(node));
@@ -76,7 +61,7 @@ pub(super) fn new_events<'r, 'a: 'r>(
             values.push(ToSqlOutput::Borrowed(ValueRef::Blob(&row.digest)));
         }
         added += tx
-            .prepare_cached(&sql)?
+            .prepare_cached(events_sql(chunk.len())?)?
             .execute(params_from_iter(values.iter()))?;
     }
     Ok(added)
@@ -93,6 +78,44 @@ fn chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
         rows = tail;
         Some(head)
     })
+}
+
+/// The insert of `n` records (`n` a chunk's length: a power of two up to [`CHUNK`]),
+/// built once per process rather than for every chunk of every batch.
+fn records_sql(n: usize) -> Result<&'static str> {
+    static SQL: OnceLock<Vec<String>> = OnceLock::new();
+    by_size(&SQL, n, |n| {
+        let head = format!("INSERT OR IGNORE INTO records ({RECORD_COLUMNS})");
+        values_sql(&head, 10, n, " RETURNING seq")
+    })
+}
+
+/// The insert of `n` events, as [`records_sql`].
+fn events_sql(n: usize) -> Result<&'static str> {
+    static SQL: OnceLock<Vec<String>> = OnceLock::new();
+    by_size(&SQL, n, |n| {
+        values_sql(
+            "INSERT OR IGNORE INTO events (node, time_ms, digest)",
+            3,
+            n,
+            "",
+        )
+    })
+}
+
+/// The statement for chunk length `n` from `cache`, which `build` fills for every chunk
+/// length (1, 2, 4, … [`CHUNK`]) on first use.
+fn by_size(
+    cache: &'static OnceLock<Vec<String>>,
+    n: usize,
+    build: impl Fn(usize) -> String,
+) -> Result<&'static str> {
+    let all = cache.get_or_init(|| (0..=CHUNK.ilog2()).map(|k| build(1 << k)).collect());
+    (n.is_power_of_two()
+        .then(|| all.get(n.ilog2() as usize))
+        .flatten())
+    .map(String::as_str)
+    .ok_or_else(|| StoreError::Batch(format!("no insert for a chunk of {n} rows")))
 }
 
 /// `head VALUES (?, …), … tail` with `rows` groups of `columns` parameters.
@@ -138,6 +161,8 @@ fn int<'a>(v: i64) -> ToSqlOutput<'a> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
@@ -155,6 +180,15 @@ mod tests {
             }
             assert_eq!(seen, rows, "{len}");
         }
+    }
+
+    #[test]
+    fn each_chunk_length_has_its_statement() {
+        for n in (0..=CHUNK.ilog2()).map(|k| 1usize << k) {
+            assert_eq!(records_sql(n).unwrap().matches("(?,").count(), n, "{n}");
+            assert_eq!(events_sql(n).unwrap().matches("(?,").count(), n, "{n}");
+        }
+        assert!(records_sql(3).is_err() && events_sql(2 * CHUNK).is_err());
     }
 
     #[test]
