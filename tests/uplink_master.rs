@@ -1,7 +1,8 @@
 //! Node ↔ master sync over a real mosquitto with mutual TLS and the generated ACL:
 //! exactly-once records through link cuts and SIGKILLs of node, master and broker;
 //! requests made while a node is offline; forged and replayed desired states; a node
-//! that tries to publish as another; two masters sharing the subscription.
+//! that tries to publish as another; two masters sharing the subscription; Nagle's
+//! algorithm off on every MQTT connection.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -11,6 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::fleet::{can_cut, Fleet};
+use common::sockets::nodelay_on_port;
 use common::{hedge, wait_for, Node};
 use hedge_wire::InstanceStatus;
 use serde_json::Value;
@@ -441,6 +443,34 @@ fn two_masters_share_the_subscription_and_store_each_record_once() {
         assert!(
             !line.contains("batches: 0,"),
             "master {i} stored nothing: {line}"
+        );
+    }
+}
+
+/// With Nagle's algorithm on, a small packet (an ack, a PUBACK) waits for the peer's
+/// delayed acknowledgement of the previous segment, up to 40 ms: the drain after an
+/// outage stalled with every process idle. Each end of both connections (node ↔ broker,
+/// master ↔ broker) must have `TCP_NODELAY`, read from the live sockets.
+#[test]
+fn every_mqtt_connection_sends_without_nagle_delays() {
+    let mut fleet = Fleet::new();
+    fleet.start_master();
+    let node = fleet.started_node("swift");
+    let node_pid = node.daemon.as_ref().unwrap().id();
+    let master_pid = fleet.masters[0].id();
+    let broker_pid = fleet.broker.pid().unwrap();
+    let (nodes_port, masters_port) = (fleet.node_port, fleet.broker.port);
+    for (who, pid, port) in [
+        ("node", node_pid, nodes_port),
+        ("broker, nodes' side", broker_pid, nodes_port),
+        ("master", master_pid, masters_port),
+        ("broker, masters' side", broker_pid, masters_port),
+    ] {
+        let seen = nodelay_on_port(pid, port);
+        assert!(!seen.is_empty(), "{who}: no connection on port {port}");
+        assert!(
+            seen.iter().all(|on| *on),
+            "{who}: TCP_NODELAY off on a connection of port {port}: {seen:?}"
         );
     }
 }

@@ -139,6 +139,9 @@ crlfile {crl}
 
 # Settings below apply to both listeners (one ACL for nodes and masters).
 per_listener_settings false
+# Nagle's algorithm off on client sockets: a small packet (an ack, a PUBACK) must not
+# wait up to 40 ms for the peer's delayed acknowledgement of the previous one.
+set_tcp_nodelay true
 # Only clients with a certificate from the fleet CA; the CN is the username.
 allow_anonymous false
 acl_file {acl}

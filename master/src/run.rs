@@ -186,6 +186,18 @@ pub struct Acting {
 /// How often `run` looks for desired states to re-sign.
 pub const RENEW_EVERY: Duration = Duration::from_secs(60);
 
+/// A client and its event loop for one connection to the broker, with `TCP_NODELAY`
+/// set: with Nagle's algorithm on, an ack published after a commit can wait up to 40 ms
+/// for the broker's delayed acknowledgement of the previous segment, and the node's
+/// window with it.
+fn connection(s: &Settings) -> (AsyncClient, rumqttc::EventLoop) {
+    let (client, mut eventloop) = AsyncClient::new(options(s), 256);
+    let mut net = eventloop.network_options();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
+    (client, eventloop)
+}
+
 fn options(s: &Settings) -> MqttOptions {
     // Several master processes share the certificate; client ids must differ.
     let id = format!("hedge-master-{}-{}", std::process::id(), fastrand::u32(..));
@@ -256,7 +268,7 @@ pub async fn run<S: FleetStore + 'static>(
             e.every.max(Duration::from_millis(10))
         });
     loop {
-        let (client, mut eventloop) = AsyncClient::new(options(&settings), 256);
+        let (client, mut eventloop) = connection(&settings);
         let mut published: BTreeMap<Name, u64> = BTreeMap::new();
         let mut subscribed = false;
         let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -11,6 +11,7 @@ pub mod params;
 pub mod ports;
 pub mod sandbox_run;
 pub mod slow_link;
+pub mod sockets;
 pub mod swarm;
 
 use std::path::{Path, PathBuf};

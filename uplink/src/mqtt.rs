@@ -26,6 +26,9 @@
 //! [`Input::PathBack`]: a link that returns is used within a fraction of a second, not
 //! at the end of a backoff of up to 15 s.
 //!
+//! Nagle's algorithm is off on the connection (`TCP_NODELAY`, `connection`); rumqttc
+//! writes whole packets, so nothing is sent in pieces.
+//!
 //! Topics ([`crate::topic`]): publishes `hedge/v1/<node>/up` (QoS 1); subscribes
 //! `hedge/v1/<node>/ack`, `hedge/v1/<node>/desired` (retained by the master) and
 //! `hedge/v1/<node>/carry`.
@@ -117,6 +120,20 @@ async fn drive(id: u64, mut el: EventLoop, tx: mpsc::Sender<Polled>) {
     }
 }
 
+/// A client and its event loop for one connection attempt, with `TCP_NODELAY` set.
+///
+/// With Nagle's algorithm on, a small write (a PUBACK, the tail of a batch) waits until
+/// the broker acknowledges the previous segment, and the broker may delay that
+/// acknowledgement by up to 40 ms. A drain after an outage stalled that long every few
+/// batches, with both ends idle.
+fn connection(s: &LinkSettings) -> (AsyncClient, EventLoop) {
+    let (client, mut eventloop) = AsyncClient::new(options(s), 64);
+    let mut net = eventloop.network_options();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
+    (client, eventloop)
+}
+
 fn options(s: &LinkSettings) -> MqttOptions {
     let mut o = MqttOptions::new(s.node.as_str(), &s.host, s.port);
     o.set_keep_alive(s.keepalive.max(Duration::from_secs(1)))
@@ -183,7 +200,7 @@ pub async fn run(
         for out in std::mem::take(&mut pending) {
             match out {
                 Output::Connect => {
-                    let (client, eventloop) = AsyncClient::new(options(&settings), 64);
+                    let (client, eventloop) = connection(&settings);
                     conn_id += 1;
                     let task = tokio::spawn(drive(conn_id, eventloop, events_tx.clone()));
                     state = State::Connecting(Conn {
