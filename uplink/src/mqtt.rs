@@ -20,11 +20,13 @@
 //! restart a slow connect over and over.
 //!
 //! While the core [wants a probe](SyncMachine::wants_probe) (the link is waiting out a
-//! backoff), the driver opens a plain TCP connection to the broker's port every
+//! backoff, or an attempt has stalled), the driver opens a plain TCP connection to the broker's port every
 //! [`PROBE_EVERY`] (±25 %, closed at once, no TLS; the broker's name is looked up at
 //! most once at a time, [`resolve`]) and reports a success as
 //! [`Input::PathBack`]: a link that returns is used within a fraction of a second, not
-//! at the end of a backoff of up to 15 s.
+//! at the end of a backoff of up to 15 s, nor at the next SYN retransmission of an
+//! attempt made while it was cut. A second `Connect` while one connects replaces it
+//! (its task is aborted).
 //!
 //! Nagle's algorithm is off on the connection (`TCP_NODELAY`, `connection`); rumqttc
 //! writes whole packets, so nothing is sent in pieces.

@@ -10,7 +10,9 @@
 //! What the driver promises:
 //! - The first input is [`Input::Start`]. Every [`Output::Connect`] is answered by
 //!   [`Input::LinkUp`] (connected *and* subscribed to the ack topic) or
-//!   [`Input::ConnectFailed`]; a lost link is reported by [`Input::LinkDown`].
+//!   [`Input::ConnectFailed`]; a lost link is reported by [`Input::LinkDown`]. A
+//!   `Connect` while an attempt is in progress replaces it: the driver drops the old
+//!   one and reports only the new one's outcome.
 //! - Every [`Output::Load`] is answered by one [`Input::Loaded`] with the same `from`:
 //!   *all* outbox records with `seq >= from` in increasing order, at most `limit` of
 //!   them, and `end` when none exists beyond the last one returned. Stale or malformed
@@ -31,6 +33,12 @@
 //!   at once). One early attempt per backoff period: after a `PathBack`, probing stops
 //!   until a regular attempt has failed, so a broker that accepts TCP but refuses the
 //!   node sees at most twice the backoff's rate.
+//! - An attempt made while the path was cut can hang in TCP's own SYN retransmissions
+//!   (a second or more apart) after the path returns. So an attempt still connecting
+//!   after [`STALLED_AFTER`] asks for a probe too (at its [`SyncMachine::deadline`]); a
+//!   `PathBack` then restarts it (a new `Connect`, the driver drops the old attempt)
+//!   within a random `path_back_spread`. Once per attempt: a restarted attempt runs to
+//!   its end.
 //! - Range batches (`covers: Some((from, to))`) cover consecutive ranges: the first
 //!   after an ack starts at `acked_upto + 1` (even if that seq was shed: the range
 //!   vouches for missing seqs), batch k+1 starts at batch k's `to + 1`, and `to` is the
@@ -191,6 +199,8 @@ pub struct Stats {
     pub in_flight_batches: usize,
     /// `LinkUp`s seen.
     pub link_ups: u64,
+    /// Attempts restarted because they stalled while a probe reached the broker.
+    pub restarted_attempts: u64,
     /// `LinkDown`s seen while up.
     pub link_downs: u64,
     /// Bytes of all frames sent.
@@ -212,13 +222,34 @@ pub struct Stats {
 enum Link {
     /// Before `Start`.
     Idle,
-    /// `Connect` emitted, waiting for `LinkUp` or `ConnectFailed`.
-    Connecting,
+    /// `Connect` emitted at `since`, waiting for `LinkUp` or `ConnectFailed`.
+    Connecting {
+        since: Instant,
+        restart: Restart,
+    },
     /// Waiting to reconnect at `until`.
     Backoff {
         until: Instant,
     },
     Up,
+}
+
+/// How long an attempt may connect before a probe that reaches the broker restarts it:
+/// TCP retransmits an unanswered SYN after one second, and on a link where a probe
+/// connects (within 200 ms in the MQTT driver) a healthy attempt takes a few round trips.
+pub const STALLED_AFTER: Duration = Duration::from_secs(1);
+
+/// Where a connecting attempt is on its way to a restart ([`STALLED_AFTER`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Restart {
+    /// Younger than [`STALLED_AFTER`].
+    NotYet,
+    /// Stalled: a `PathBack` restarts it.
+    Probing,
+    /// A `PathBack` came: restart at this time.
+    At(Instant),
+    /// Restarted once already.
+    Done,
 }
 
 /// One loaded record not yet sent in a range batch.
@@ -341,7 +372,7 @@ impl SyncMachine {
         match input {
             Input::Start => {
                 if self.link == Link::Idle {
-                    self.connect(&mut out);
+                    self.connect(now, &mut out);
                 }
             }
             Input::LinkUp => self.on_link_up(),
@@ -352,11 +383,11 @@ impl SyncMachine {
                     tracing::info!(node = %self.node, "uplink down");
                     self.back_off(now);
                 }
-                Link::Connecting => self.back_off(now),
+                Link::Connecting { .. } => self.back_off(now),
                 Link::Idle | Link::Backoff { .. } => {}
             },
             Input::ConnectFailed => {
-                if self.link == Link::Connecting {
+                if matches!(self.link, Link::Connecting { .. }) {
                     self.back_off(now);
                 }
             }
@@ -372,13 +403,13 @@ impl SyncMachine {
                 self.stats.foreign_acks += 1;
                 tracing::debug!(node = %self.node, epoch, upto, mine = self.epoch, "ignoring an ack for another life");
             }
-            Input::Tick => {
-                if let Link::Backoff { until } = self.link {
-                    if now >= until {
-                        self.connect(&mut out);
-                    }
+            Input::Tick => match self.link {
+                Link::Backoff { until } if now >= until => self.connect(now, &mut out),
+                Link::Connecting { since, restart } => {
+                    self.on_connecting(now, since, restart, &mut out)
                 }
-            }
+                _ => {}
+            },
             Input::PathBack => self.on_path_back(now),
             Input::Custody { upto } if self.link == Link::Up => self.on_custody(upto),
             Input::Custody { upto } => {
@@ -410,15 +441,25 @@ impl SyncMachine {
                     (a, b) => a.or(b),
                 }
             }
-            Link::Idle | Link::Connecting => None,
+            Link::Connecting { since, restart } => match restart {
+                Restart::NotYet => since.checked_add(STALLED_AFTER),
+                Restart::At(at) => Some(at),
+                Restart::Probing | Restart::Done => None,
+            },
+            Link::Idle => None,
         }
     }
 
     /// Whether the driver should probe the broker (and report a success as
     /// [`Input::PathBack`]): the link is waiting to reconnect and no early attempt has
-    /// been granted in this backoff period.
+    /// been granted in this backoff period, or an attempt has been connecting for
+    /// [`STALLED_AFTER`] and was not restarted yet.
     pub fn wants_probe(&self) -> bool {
-        self.probe_armed && matches!(self.link, Link::Backoff { .. })
+        match self.link {
+            Link::Backoff { .. } => self.probe_armed,
+            Link::Connecting { restart, .. } => restart == Restart::Probing,
+            Link::Idle | Link::Up => false,
+        }
     }
 
     /// Whether the link is up (sends may happen).
@@ -438,34 +479,80 @@ impl SyncMachine {
 
     // ----- link -----
 
-    fn connect(&mut self, out: &mut Vec<Output>) {
-        self.link = Link::Connecting;
+    fn connect(&mut self, now: Instant, out: &mut Vec<Output>) {
+        self.link = Link::Connecting {
+            since: now,
+            restart: Restart::NotYet,
+        };
         self.early = std::mem::take(&mut self.pulled);
         out.push(Output::Connect);
     }
 
-    /// Brings the pending attempt forward to within `path_back_spread`, once.
-    fn on_path_back(&mut self, now: Instant) {
-        let Link::Backoff { until } = self.link else {
-            return;
-        };
-        if !self.probe_armed {
-            return;
+    /// A `Tick` while an attempt connects: it has stalled, or its restart is due.
+    fn on_connecting(
+        &mut self,
+        now: Instant,
+        since: Instant,
+        restart: Restart,
+        out: &mut Vec<Output>,
+    ) {
+        match restart {
+            Restart::NotYet if since.checked_add(STALLED_AFTER).is_some_and(|t| now >= t) => {
+                self.link = Link::Connecting {
+                    since,
+                    restart: Restart::Probing,
+                };
+            }
+            Restart::At(at) if now >= at => {
+                tracing::debug!(node = %self.node, "uplink attempt stalled while the path is back: restarting it");
+                self.stats.restarted_attempts += 1;
+                self.link = Link::Connecting {
+                    since: now,
+                    restart: Restart::Done,
+                };
+                out.push(Output::Connect);
+            }
+            _ => {}
         }
-        self.probe_armed = false;
-        self.pulled = true;
+    }
+
+    /// A random delay up to `path_back_spread`.
+    fn spread(&mut self) -> Duration {
         let spread = self.cfg.path_back_spread.as_nanos();
-        let offset = if spread == 0 {
+        if spread == 0 {
             Duration::ZERO
         } else {
             let n = u64::try_from(spread).unwrap_or(u64::MAX);
             Duration::from_nanos(self.rng.u64(0..n))
-        };
-        let early = now.checked_add(offset).unwrap_or(now);
-        tracing::debug!(node = %self.node, in_ms = u64::try_from(offset.as_millis()).unwrap_or(u64::MAX), "uplink path back: reconnecting early");
-        self.link = Link::Backoff {
-            until: until.min(early),
-        };
+        }
+    }
+
+    /// Brings the pending attempt forward to within `path_back_spread`, once; or
+    /// schedules the restart of a stalled attempt within it.
+    fn on_path_back(&mut self, now: Instant) {
+        match self.link {
+            Link::Backoff { until } if self.probe_armed => {
+                self.probe_armed = false;
+                self.pulled = true;
+                let offset = self.spread();
+                let early = now.checked_add(offset).unwrap_or(now);
+                tracing::debug!(node = %self.node, in_ms = u64::try_from(offset.as_millis()).unwrap_or(u64::MAX), "uplink path back: reconnecting early");
+                self.link = Link::Backoff {
+                    until: until.min(early),
+                };
+            }
+            Link::Connecting {
+                since,
+                restart: Restart::Probing,
+            } => {
+                let at = now.checked_add(self.spread()).unwrap_or(now);
+                self.link = Link::Connecting {
+                    since,
+                    restart: Restart::At(at),
+                };
+            }
+            _ => {}
+        }
     }
 
     fn back_off(&mut self, now: Instant) {

@@ -234,7 +234,8 @@ fn backoff_grows_with_jitter_is_capped_and_resets_after_link_up() {
     let mut s = SyncMachine::new(node(), EPOCH, cfg.clone(), 42);
     let mut now = Instant::now();
     assert_eq!(s.handle(now, Input::Start), vec![Output::Connect]);
-    assert_eq!(s.deadline(), None);
+    // Connecting: the only deadline is the one at which the attempt counts as stalled.
+    assert_eq!(s.deadline(), Some(now + STALLED_AFTER));
     let mut delays = Vec::new();
     for k in 0..12u32 {
         assert!(s.handle(now, Input::ConnectFailed).is_empty());

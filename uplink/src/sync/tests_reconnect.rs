@@ -1,5 +1,6 @@
-//! Reconnecting when a probe finds the path back, and what a fleet's reconnects look
-//! like after an outage (with and without probes).
+//! Reconnecting when a probe finds the path back (also restarting an attempt stalled in
+//! TCP's SYN retransmissions), and what a fleet's reconnects look like after an outage
+//! (with and without probes).
 #![allow(clippy::unwrap_used)]
 // Tests take `Instant::now()` as an arbitrary origin; the machine only compares instants.
 #![allow(clippy::disallowed_methods)]
@@ -92,6 +93,77 @@ fn path_back_is_ignored_unless_waiting_and_never_delays() {
     s.handle(t0, Input::PathBack);
     assert!(s.deadline().unwrap() <= d);
     assert!(s.deadline().unwrap() <= t0 + Config::default().path_back_spread);
+}
+
+#[test]
+fn an_attempt_stalled_past_the_path_back_is_restarted_once() {
+    let cfg = Config {
+        path_back_spread: Duration::ZERO,
+        ..Config::default()
+    };
+    let t0 = Instant::now();
+    let mut s = SyncMachine::new(node(), EPOCH, cfg, 5);
+    assert_eq!(s.handle(t0, Input::Start), vec![Output::Connect]);
+    // A young attempt: no probe, and a PathBack or an early Tick changes nothing.
+    assert!(!s.wants_probe());
+    let stalled = t0 + STALLED_AFTER;
+    assert_eq!(s.deadline(), Some(stalled));
+    assert!(s.handle(t0 + ms(500), Input::PathBack).is_empty());
+    assert!(s.handle(t0 + ms(999), Input::Tick).is_empty());
+    assert_eq!(s.deadline(), Some(stalled));
+    // Stalled: it asks for a probe, and waits for it (no deadline of its own).
+    assert!(s.handle(stalled, Input::Tick).is_empty());
+    assert!(s.wants_probe());
+    assert_eq!(s.deadline(), None);
+    // The probe reaches the broker: the attempt starts again.
+    let back = stalled + ms(200);
+    assert!(s.handle(back, Input::PathBack).is_empty());
+    assert_eq!(s.deadline(), Some(back));
+    assert_eq!(s.handle(back, Input::Tick), vec![Output::Connect]);
+    assert_eq!(s.stats().restarted_attempts, 1);
+    // Once per attempt: the new one is neither probed for nor restarted.
+    assert!(!s.wants_probe());
+    assert_eq!(s.deadline(), None);
+    assert!(s
+        .handle(back + Duration::from_secs(5), Input::Tick)
+        .is_empty());
+    assert!(s
+        .handle(back + Duration::from_secs(5), Input::PathBack)
+        .is_empty());
+    assert_eq!(s.stats().restarted_attempts, 1);
+    s.handle(back + ms(30), Input::LinkUp);
+    assert!(s.is_connected());
+    // The next attempt (after a loss) may be restarted again.
+    s.handle(back + ms(40), Input::LinkDown);
+    let at = s.deadline().unwrap();
+    assert_eq!(s.handle(at, Input::Tick), vec![Output::Connect]);
+    assert_eq!(s.deadline(), Some(at + STALLED_AFTER));
+}
+
+#[test]
+fn a_stalled_attempt_restarts_within_the_spread_and_a_failure_still_backs_off() {
+    let cfg = Config::default();
+    let spread = cfg.path_back_spread;
+    let t0 = Instant::now();
+    for seed in 0..50 {
+        let mut s = SyncMachine::new(node(), EPOCH, cfg.clone(), seed);
+        s.handle(t0, Input::Start);
+        let stalled = t0 + STALLED_AFTER;
+        s.handle(stalled, Input::Tick);
+        s.handle(stalled, Input::PathBack);
+        let at = s.deadline().unwrap();
+        assert!(at >= stalled && at < stalled + spread, "{:?}", at - stalled);
+        // The stalled attempt fails before its restart: a normal backoff, probed for.
+        let mut f = SyncMachine::new(node(), EPOCH, cfg.clone(), seed);
+        f.handle(t0, Input::Start);
+        f.handle(stalled, Input::Tick);
+        f.handle(stalled, Input::PathBack);
+        assert!(f.handle(stalled + ms(1), Input::ConnectFailed).is_empty());
+        assert!(f.wants_probe());
+        let d = f.deadline().unwrap();
+        assert!(d >= stalled + cfg.backoff_base.mul_f64(0.8), "{d:?}");
+        assert_eq!(f.stats().restarted_attempts, 0);
+    }
 }
 
 /// 1,000 nodes lose the broker at the same moment and fail every attempt for ten
