@@ -53,7 +53,9 @@ pub(super) fn ingest_in(tx: &Connection, batch: &Batch) -> Result<Ingested> {
         .query_row(params![node.as_str(), epoch], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })?;
-    let (mut stored, mut duplicates, mut last_seq) = (0usize, 0usize, 0i64);
+    let (mut duplicates, mut last_seq) = (0usize, 0i64);
+    // The rows stored now, in the batch's order.
+    let mut stored_rows: Vec<&Row<'_>> = Vec::with_capacity(checked.rows.len());
     let mut new_bytes = 0u64;
     let mut conflicts = 0usize;
     let mut forged = 0u64;
@@ -82,7 +84,7 @@ pub(super) fn ingest_in(tx: &Connection, batch: &Batch) -> Result<Ingested> {
             if batch.refused_relayed.contains(&record.seq) {
                 forged += 1;
             }
-            stored += 1;
+            stored_rows.push(row);
             if judge.judge(tx, *seq, record)? {
                 stale += 1;
             }
@@ -99,9 +101,7 @@ pub(super) fn ingest_in(tx: &Connection, batch: &Batch) -> Result<Ingested> {
             }
         }
     }
-    let stored_rows: Vec<&Row<'_>> = (checked.rows.iter().zip(&fresh))
-        .filter_map(|(row, &fresh)| fresh.then_some(row))
-        .collect();
+    let stored = stored_rows.len();
     let repeats = stored.saturating_sub(super::bulk::new_events(tx, node.as_str(), &stored_rows)?);
     if conflicts > 0 {
         tracing::warn!(node = %node, epoch = up.epoch, conflicts,
