@@ -17,6 +17,7 @@
 mod escape;
 #[cfg(feature = "master")]
 mod master;
+mod memory;
 mod node;
 mod process;
 mod request_args;

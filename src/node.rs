@@ -386,6 +386,7 @@ fn run(cfg: NodeConfig) -> Result<(), Failure> {
         let daemon = Daemon::boot(cfg.clone())?;
         let listener = bind(&cfg)?;
         let shutdown = crate::process::shutdown_signal();
+        tokio::spawn(crate::memory::keep_near_working_set());
         daemon.run(listener, shutdown).await?;
         Ok::<(), Failure>(())
     })

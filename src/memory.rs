@@ -1,0 +1,546 @@
+//! Keeping a long-running daemon's resident memory near what it uses.
+//!
+//! A burst of work (the boot, a run of requests, a drain after an outage) maps pages of
+//! the binary and its libraries that the idle daemon never touches again, and leaves
+//! free memory in the heap. They stay resident until the kernel reclaims them under
+//! pressure. [`Release`] decides when to give them back early; [`keep_near_working_set`]
+//! drives it: every [`TICK`] it reads how many file-backed pages the process has mapped
+//! and, once a burst has added more than [`MARGIN_KIB`] to the working set and a tick
+//! has then passed without a new page mapped, it releases
+//! - the pages of the loaded objects' read-only segments (code and constants: what
+//!   `dl_iterate_phdr` reports as loadable and not writable, in objects without text
+//!   relocations). Such a page can hold nothing but the file's bytes, so releasing it
+//!   loses nothing: it stays in the page cache and comes back at the daemon's next
+//!   touch, from memory. Relocated data (RELRO) sits in writable segments and is never
+//!   touched. This is what the kernel's reclaim does to the same pages, done when the
+//!   daemon knows they went cold.
+//! - free memory at the top and in the middle of glibc's heap (`malloc_trim`).
+//!
+//! The working set is the fewest pages mapped since the last release. Code that runs
+//! every few seconds or minutes is mapped again after each release and released again at
+//! about the same level: each such repeat doubles the least time before the same level
+//! is released again (from [`MIN_GAP_TICKS`] up to [`MAX_GAP_TICKS`]), so a daemon does
+//! not release the same pages again and again, while a burst at another level is still
+//! released within [`MIN_GAP_TICKS`].
+//!
+//! Contract: nothing is released while pages are still being mapped, and nothing
+//! written by the process is ever released.
+
+use std::ops::Range;
+use std::time::Duration;
+
+/// How long between two readings of the mapped pages.
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// How much a burst must add to the working set before it is released (KiB). Below it a
+/// release is not worth the page faults that map the working set again.
+pub const MARGIN_KIB: u64 = 512;
+
+/// The least time (ticks) between two releases.
+pub const MIN_GAP_TICKS: u32 = 10;
+
+/// The most the least time between two releases of the same pages grows to (ticks): an
+/// hour.
+pub const MAX_GAP_TICKS: u32 = 3600;
+
+/// When to release. A pure core: fed one reading of the mapped file pages (KiB) per tick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    /// The previous reading, the baseline for "quiet".
+    previous: Option<u64>,
+    /// The fewest mapped since the last release: the working set at its smallest.
+    low: Option<u64>,
+    /// The level of the last release (KiB), and the ticks since.
+    last: Option<(u64, u32)>,
+    /// The least time between two releases of the same pages (ticks).
+    gap: u32,
+}
+
+impl Default for Release {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Release {
+    /// At start-up: everything mapped so far is a burst (the boot).
+    pub fn new() -> Self {
+        Release {
+            previous: None,
+            low: Some(0),
+            last: None,
+            gap: MIN_GAP_TICKS,
+        }
+    }
+
+    /// One reading of the mapped file pages (KiB); true when the driver should release
+    /// now.
+    pub fn tick(&mut self, mapped_kib: u64) -> bool {
+        let quiet = self.previous.is_some_and(|p| mapped_kib <= p);
+        self.previous = Some(mapped_kib);
+        if let Some((_, since)) = self.last.as_mut() {
+            *since = since.saturating_add(1);
+        }
+        let low = self.low.map_or(mapped_kib, |l| l.min(mapped_kib));
+        self.low = Some(low);
+        if !quiet || mapped_kib <= low + MARGIN_KIB {
+            return false;
+        }
+        let (repeat, since) = match self.last {
+            None => (false, u32::MAX),
+            Some((level, since)) => (level.abs_diff(mapped_kib) <= MARGIN_KIB, since),
+        };
+        let wait = if repeat { self.gap } else { MIN_GAP_TICKS };
+        if since < wait {
+            return false;
+        }
+        if repeat {
+            // The same pages again: code that runs now and then, not a burst.
+            self.gap = self.gap.saturating_mul(2).min(MAX_GAP_TICKS);
+        }
+        self.last = Some((mapped_kib, 0));
+        // The release unmaps pages: the next reading is lower and starts the new low.
+        self.previous = None;
+        self.low = None;
+        true
+    }
+
+    /// The least time between two releases of the same pages now (ticks).
+    pub fn gap(&self) -> u32 {
+        self.gap
+    }
+}
+
+/// One loadable segment of a loaded object, as its program header gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// Where it starts in memory (load bias + `p_vaddr`).
+    pub start: usize,
+    /// `p_memsz`.
+    pub len: usize,
+    /// `PF_W`.
+    pub writable: bool,
+}
+
+/// One loaded object (the binary, a library), as `dl_iterate_phdr` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Object {
+    /// Its `PT_LOAD` segments.
+    pub segments: Vec<Segment>,
+    /// It has text relocations: its read-only segments were written at load time.
+    pub text_relocations: bool,
+    /// It is the kernel's vDSO, not a file.
+    pub vdso: bool,
+}
+
+/// The whole pages that may be released: those of the read-only segments of objects
+/// that are files without text relocations, never a page that also belongs to a
+/// writable segment. Pure.
+pub fn releasable(objects: &[Object], page: usize) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    for o in objects.iter().filter(|o| !o.vdso && !o.text_relocations) {
+        let written: Vec<Range<usize>> = o
+            .segments
+            .iter()
+            .filter(|s| s.writable)
+            .map(|s| s.start / page * page..(s.start + s.len).div_ceil(page) * page)
+            .collect();
+        for s in o.segments.iter().filter(|s| !s.writable) {
+            // Inward to whole pages: a partial page may be shared with a neighbour.
+            let (start, end) = (
+                s.start.div_ceil(page) * page,
+                (s.start + s.len) / page * page,
+            );
+            let clash = written.iter().any(|w| w.start < end && start < w.end);
+            if start < end && !clash {
+                out.push(start..end);
+            }
+        }
+    }
+    out
+}
+
+/// Runs [`Release`] every [`TICK`] for as long as the task lives. Off Linux, or if
+/// `/proc` cannot be read, it does nothing.
+pub async fn keep_near_working_set() {
+    let mut release = Release::new();
+    let mut every = tokio::time::interval(TICK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(mapped) = os::mapped_file_kib() else {
+            return;
+        };
+        if release.tick(mapped) {
+            let released = os::release();
+            tracing::debug!(
+                mapped_kib = mapped,
+                range_kib = released / 1024,
+                next_gap_s = release.gap(),
+                "released cold pages"
+            );
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod os {
+    use std::ffi::c_void;
+
+    use nix::libc;
+
+    use super::{Object, Segment};
+
+    /// The file-backed (and shared) pages mapped by this process, in KiB: the third
+    /// field of `/proc/self/statm`.
+    pub fn mapped_file_kib() -> Option<u64> {
+        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+        let pages: u64 = statm.split_whitespace().nth(2)?.parse().ok()?;
+        Some(pages * (page_size() / 1024) as u64)
+    }
+
+    fn page_size() -> usize {
+        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .and_then(|b| usize::try_from(b).ok())
+            .unwrap_or(4096)
+    }
+
+    /// Releases what the module describes; returns the bytes of the ranges released
+    /// (resident or not).
+    pub fn release() -> usize {
+        let mut released = 0;
+        for range in super::releasable(&loaded_objects(), page_size()) {
+            let Some(addr) = std::ptr::NonNull::new(range.start as *mut c_void) else {
+                continue;
+            };
+            #[allow(unsafe_code)]
+            // SAFETY: the range is whole pages of a read-only loadable segment of an
+            // object without text relocations (`releasable`): no byte in it was written
+            // by this process, so MADV_DONTNEED only unmaps the file's own pages, and
+            // the next access maps the same bytes again. Code running in it meanwhile
+            // (other threads) takes a minor fault.
+            let done = unsafe {
+                nix::sys::mman::madvise(
+                    addr,
+                    range.len(),
+                    nix::sys::mman::MmapAdvise::MADV_DONTNEED,
+                )
+            };
+            if done.is_ok() {
+                released += range.len();
+            }
+        }
+        #[allow(unsafe_code)]
+        // SAFETY: malloc_trim takes the allocator's locks itself and only returns free
+        // memory to the kernel.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        released
+    }
+
+    const DT_NULL: usize = 0;
+    const DT_TEXTREL: usize = 22;
+    const DT_FLAGS: usize = 30;
+    const DF_TEXTREL: usize = 4;
+    const AT_SYSINFO_EHDR: libc::c_ulong = 33;
+
+    /// Every object loaded in the process, from `dl_iterate_phdr`.
+    pub(super) fn loaded_objects() -> Vec<Object> {
+        let mut objects: Vec<Object> = Vec::new();
+        #[allow(unsafe_code)]
+        // SAFETY: `collect` is called synchronously, once per object, with the loader's
+        // lock held, and gets back the `Vec` passed here as `data`.
+        unsafe {
+            libc::dl_iterate_phdr(Some(collect), (&mut objects as *mut Vec<Object>).cast());
+        }
+        #[allow(unsafe_code)]
+        // SAFETY: getauxval only reads the auxiliary vector.
+        let vdso = usize::try_from(unsafe { libc::getauxval(AT_SYSINFO_EHDR) }).unwrap_or(0);
+        for o in &mut objects {
+            o.vdso = vdso != 0
+                && o.segments
+                    .iter()
+                    .any(|s| (s.start..s.start + s.len).contains(&vdso));
+        }
+        objects
+    }
+
+    #[allow(unsafe_code)]
+    unsafe extern "C" fn collect(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut c_void,
+    ) -> libc::c_int {
+        // SAFETY: dl_iterate_phdr passes a valid `info` for this call, whose program
+        // headers are `dlpi_phnum` entries at `dlpi_phdr`, and `data` is the `Vec` that
+        // `loaded_objects` passed.
+        let (info, objects) = unsafe { (&*info, &mut *data.cast::<Vec<Object>>()) };
+        let headers = if info.dlpi_phdr.is_null() {
+            &[][..]
+        } else {
+            // SAFETY: as above.
+            unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) }
+        };
+        // Addresses of this process: native words, which the conversions never truncate.
+        let Ok(base) = usize::try_from(info.dlpi_addr) else {
+            return 0;
+        };
+        let mut object = Object::default();
+        for h in headers {
+            let (Ok(vaddr), Ok(len)) = (usize::try_from(h.p_vaddr), usize::try_from(h.p_memsz))
+            else {
+                continue;
+            };
+            let start = base.wrapping_add(vaddr);
+            if h.p_type == libc::PT_LOAD {
+                object.segments.push(Segment {
+                    start,
+                    len,
+                    writable: h.p_flags & libc::PF_W != 0,
+                });
+            } else if h.p_type == libc::PT_DYNAMIC {
+                // SAFETY: PT_DYNAMIC is the object's dynamic section, mapped while the
+                // object is loaded: pairs of (tag, value) words ending with DT_NULL.
+                object.text_relocations =
+                    unsafe { has_text_relocations(start as *const [usize; 2]) };
+            }
+        }
+        objects.push(object);
+        0
+    }
+
+    /// # Safety
+    /// `dynamic` points at a dynamic section: `[tag, value]` pairs ending with DT_NULL.
+    #[allow(unsafe_code)]
+    unsafe fn has_text_relocations(mut dynamic: *const [usize; 2]) -> bool {
+        loop {
+            // SAFETY: the caller's contract; the walk stops at DT_NULL.
+            let [tag, value] = unsafe { dynamic.read() };
+            match tag {
+                DT_NULL => return false,
+                DT_TEXTREL => return true,
+                DT_FLAGS if value & DF_TEXTREL != 0 => return true,
+                _ => {}
+            }
+            // SAFETY: not the last entry (that is DT_NULL).
+            dynamic = unsafe { dynamic.add(1) };
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+mod os {
+    pub fn mapped_file_kib() -> Option<u64> {
+        None
+    }
+    pub fn release() -> usize {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(readings: &[u64]) -> Vec<bool> {
+        let mut r = Release::new();
+        readings.iter().map(|&k| r.tick(k)).collect()
+    }
+
+    #[test]
+    fn the_boot_is_released_at_its_first_quiet_tick() {
+        assert_eq!(run(&[4000, 6000, 7000, 7000]), [false, false, false, true]);
+    }
+
+    #[test]
+    fn nothing_is_released_while_pages_are_still_being_mapped() {
+        assert_eq!(run(&[1000, 2000, 3000, 4000, 5000]), [false; 5]);
+    }
+
+    #[test]
+    fn after_a_release_only_a_burst_above_the_working_set_is_released() {
+        let mut r = Release::new();
+        assert!(!r.tick(6000));
+        assert!(r.tick(6000));
+        // The working set: 1,500 KiB.
+        for _ in 0..3 {
+            assert!(!r.tick(1500));
+        }
+        // A small growth is not worth a release, quiet or not.
+        for _ in 0..30 {
+            assert!(!r.tick(1500 + MARGIN_KIB));
+        }
+        // A burst above the margin: released once it is over.
+        assert!(!r.tick(3000));
+        assert!(!r.tick(3500));
+        assert!(r.tick(3500));
+        assert_eq!(r.gap(), MIN_GAP_TICKS, "a burst is not a repeat");
+    }
+
+    #[test]
+    fn two_releases_are_at_least_the_least_gap_apart() {
+        let mut r = Release::new();
+        assert!(!r.tick(6000));
+        assert!(r.tick(6000));
+        assert!(!r.tick(1000));
+        assert_eq!(1 + ticks_until_released(&mut r, 4000), MIN_GAP_TICKS);
+    }
+
+    /// Ticks with `kib` until `r` releases, the releasing tick included.
+    fn ticks_until_released(r: &mut Release, kib: u64) -> u32 {
+        let mut ticks = 1;
+        while !r.tick(kib) {
+            ticks += 1;
+            assert!(ticks <= 2 * MAX_GAP_TICKS, "never released");
+        }
+        ticks
+    }
+
+    /// Ticks of a process whose idle working set is 1,000 KiB and which maps 2,000 KiB
+    /// more every `period` ticks until they are released: how many releases.
+    fn periodic(r: &mut Release, period: u32, ticks: u32) -> u32 {
+        let (mut extra, mut releases) = (false, 0);
+        for t in 0..ticks {
+            extra |= t % period == period - 1;
+            if r.tick(if extra { 3000 } else { 1000 }) {
+                extra = false;
+                releases += 1;
+            }
+        }
+        releases
+    }
+
+    #[test]
+    fn code_that_comes_back_now_and_then_is_released_ever_more_rarely() {
+        let mut r = Release::new();
+        assert!(!r.tick(6000));
+        assert!(r.tick(6000));
+        // Every 15 s: a release every 15 s would be 240 an hour.
+        let releases = periodic(&mut r, 15, 3600);
+        assert!(releases <= 9, "{releases} releases in an hour");
+        // And from then on at most once an hour.
+        let later = periodic(&mut r, 15, 4 * 3600);
+        assert!(later <= 4, "{later} releases in four hours");
+        assert_eq!(r.gap(), MAX_GAP_TICKS);
+    }
+
+    #[test]
+    fn a_burst_is_released_soon_even_when_the_gap_for_repeats_is_long() {
+        let mut r = Release::new();
+        assert!(!r.tick(6000));
+        assert!(r.tick(6000));
+        periodic(&mut r, 15, 3 * 3600);
+        assert_eq!(r.gap(), MAX_GAP_TICKS);
+        // A drain maps 3,500 KiB more than the periodic peak, then ends.
+        let ticks = ticks_until_released(&mut r, 6500);
+        assert!(ticks <= MIN_GAP_TICKS, "a burst waited {ticks} ticks");
+    }
+
+    #[test]
+    fn repeats_double_the_gap_up_to_an_hour() {
+        let mut r = Release::new();
+        assert!(!r.tick(6000));
+        assert!(r.tick(6000));
+        for release in 1..=12 {
+            // Back to 1,000, then the same 3,000 again once allowed.
+            assert!(!r.tick(1000));
+            let ticks = 1 + ticks_until_released(&mut r, 3000);
+            if release == 1 {
+                // A new level: the least gap.
+                assert_eq!(ticks, MIN_GAP_TICKS);
+            } else {
+                // A repeat: the gap as it was, which then doubles.
+                let gap = (MIN_GAP_TICKS << (release - 2)).min(MAX_GAP_TICKS);
+                assert_eq!(ticks, gap, "release {release}");
+                assert_eq!(r.gap(), (gap * 2).min(MAX_GAP_TICKS));
+            }
+        }
+        assert_eq!(r.gap(), MAX_GAP_TICKS);
+    }
+
+    const PAGE: usize = 4096;
+
+    /// `releasable` as (start, end) pairs.
+    fn spans(objects: &[Object]) -> Vec<(usize, usize)> {
+        releasable(objects, PAGE)
+            .into_iter()
+            .map(|r| (r.start, r.end))
+            .collect()
+    }
+
+    fn seg(start: usize, len: usize, writable: bool) -> Segment {
+        Segment {
+            start,
+            len,
+            writable,
+        }
+    }
+
+    #[test]
+    fn read_only_segments_are_released_whole_pages_inward() {
+        let binary = Object {
+            segments: vec![
+                seg(0x1000, 0x30_000, false),    // headers, rodata
+                seg(0x31_800, 0x3a_0000, false), // text, starts mid-page
+                seg(0x3d2_000, 0x20_000, true),  // RELRO, data
+            ],
+            ..Object::default()
+        };
+        assert_eq!(
+            releasable(&[binary], PAGE),
+            [0x1000..0x31_000, 0x32_000..0x3d1_000]
+        );
+    }
+
+    #[test]
+    fn a_page_shared_with_a_writable_segment_is_never_released() {
+        let o = Object {
+            segments: vec![seg(0x1000, 0x2800, false), seg(0x3800, 0x1000, true)],
+            ..Object::default()
+        };
+        // The read-only segment's whole pages are 0x1000..0x3000, the writable one's
+        // pages start at 0x3000.
+        assert_eq!(spans(&[o]), [(0x1000, 0x3000)]);
+        let clash = Object {
+            segments: vec![seg(0x1000, 0x3000, false), seg(0x3000, 0x1000, true)],
+            ..Object::default()
+        };
+        assert!(releasable(&[clash], PAGE).is_empty());
+    }
+
+    #[test]
+    fn objects_with_text_relocations_and_the_vdso_are_left_alone() {
+        let code = vec![seg(0x10_000, 0x10_000, false)];
+        let textrel = Object {
+            segments: code.clone(),
+            text_relocations: true,
+            vdso: false,
+        };
+        let vdso = Object {
+            segments: code.clone(),
+            text_relocations: false,
+            vdso: true,
+        };
+        assert!(releasable(&[textrel, vdso], PAGE).is_empty());
+        let plain = Object {
+            segments: code,
+            ..Object::default()
+        };
+        assert_eq!(spans(&[plain]), [(0x10_000, 0x20_000)]);
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn this_process_has_releasable_code_and_its_data_is_not_in_it() {
+        static WRITTEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        WRITTEN.store(1, std::sync::atomic::Ordering::Relaxed);
+        let ranges = releasable(&os::loaded_objects(), 4096);
+        let code = this_process_has_releasable_code_and_its_data_is_not_in_it as fn() as usize;
+        let data = &WRITTEN as *const _ as usize;
+        assert!(ranges.iter().any(|r| r.contains(&code)), "{ranges:x?}");
+        assert!(!ranges.iter().any(|r| r.contains(&data)), "{ranges:x?}");
+    }
+}
