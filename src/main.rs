@@ -15,6 +15,8 @@
 //! - `escape`: printing text an instance wrote to an operator's terminal safely.
 
 mod escape;
+#[cfg(test)]
+mod linker_script;
 #[cfg(feature = "master")]
 mod master;
 mod memory;
