@@ -16,12 +16,10 @@
 //!   daemon knows they went cold.
 //! - free memory at the top and in the middle of glibc's heap (`malloc_trim`).
 //!
-//! The working set is the fewest pages mapped since the last release. Code that runs
-//! every few seconds or minutes is mapped again after each release and released again at
-//! about the same level: each such repeat doubles the least time before the same level
-//! is released again (from [`MIN_GAP_TICKS`] up to [`MAX_GAP_TICKS`]), so a daemon does
-//! not release the same pages again and again, while a burst at another level is still
-//! released within [`MIN_GAP_TICKS`].
+//! The working set is the fewest pages mapped since the last release. Two releases are
+//! at least [`MIN_GAP_TICKS`] apart: code that runs every few seconds maps part of what
+//! was released again, and is released again at most that often (a release costs a few
+//! dozen system calls and the page faults that map the working set back).
 //!
 //! Contract: nothing is released while pages are still being mapped, and nothing
 //! written by the process is ever released.
@@ -39,10 +37,6 @@ pub const MARGIN_KIB: u64 = 512;
 /// The least time (ticks) between two releases.
 pub const MIN_GAP_TICKS: u32 = 10;
 
-/// The most the least time between two releases of the same pages grows to (ticks): an
-/// hour.
-pub const MAX_GAP_TICKS: u32 = 3600;
-
 /// When to release. A pure core: fed one reading of the mapped file pages (KiB) per tick.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Release {
@@ -50,10 +44,8 @@ pub struct Release {
     previous: Option<u64>,
     /// The fewest mapped since the last release: the working set at its smallest.
     low: Option<u64>,
-    /// The level of the last release (KiB), and the ticks since.
-    last: Option<(u64, u32)>,
-    /// The least time between two releases of the same pages (ticks).
-    gap: u32,
+    /// Ticks since the last release, if any.
+    since: Option<u32>,
 }
 
 impl Default for Release {
@@ -68,8 +60,7 @@ impl Release {
         Release {
             previous: None,
             low: Some(0),
-            last: None,
-            gap: MIN_GAP_TICKS,
+            since: None,
         }
     }
 
@@ -78,36 +69,20 @@ impl Release {
     pub fn tick(&mut self, mapped_kib: u64) -> bool {
         let quiet = self.previous.is_some_and(|p| mapped_kib <= p);
         self.previous = Some(mapped_kib);
-        if let Some((_, since)) = self.last.as_mut() {
+        if let Some(since) = self.since.as_mut() {
             *since = since.saturating_add(1);
         }
         let low = self.low.map_or(mapped_kib, |l| l.min(mapped_kib));
         self.low = Some(low);
-        if !quiet || mapped_kib <= low + MARGIN_KIB {
+        let gap_over = self.since.is_none_or(|s| s >= MIN_GAP_TICKS);
+        if !(quiet && gap_over && mapped_kib > low + MARGIN_KIB) {
             return false;
         }
-        let (repeat, since) = match self.last {
-            None => (false, u32::MAX),
-            Some((level, since)) => (level.abs_diff(mapped_kib) <= MARGIN_KIB, since),
-        };
-        let wait = if repeat { self.gap } else { MIN_GAP_TICKS };
-        if since < wait {
-            return false;
-        }
-        if repeat {
-            // The same pages again: code that runs now and then, not a burst.
-            self.gap = self.gap.saturating_mul(2).min(MAX_GAP_TICKS);
-        }
-        self.last = Some((mapped_kib, 0));
+        self.since = Some(0);
         // The release unmaps pages: the next reading is lower and starts the new low.
         self.previous = None;
         self.low = None;
         true
-    }
-
-    /// The least time between two releases of the same pages now (ticks).
-    pub fn gap(&self) -> u32 {
-        self.gap
     }
 }
 
@@ -176,7 +151,6 @@ pub async fn keep_near_working_set() {
             tracing::debug!(
                 mapped_kib = mapped,
                 range_kib = released / 1024,
-                next_gap_s = release.gap(),
                 "released cold pages"
             );
         }
@@ -377,7 +351,6 @@ mod tests {
         assert!(!r.tick(3000));
         assert!(!r.tick(3500));
         assert!(r.tick(3500));
-        assert_eq!(r.gap(), MIN_GAP_TICKS, "a burst is not a repeat");
     }
 
     #[test]
@@ -394,9 +367,38 @@ mod tests {
         let mut ticks = 1;
         while !r.tick(kib) {
             ticks += 1;
-            assert!(ticks <= 2 * MAX_GAP_TICKS, "never released");
+            assert!(ticks <= 10 * MIN_GAP_TICKS, "never released");
         }
         ticks
+    }
+
+    #[test]
+    fn code_that_comes_back_every_few_seconds_is_released_at_most_every_gap() {
+        let mut r = Release::new();
+        assert!(!r.tick(6000));
+        assert!(r.tick(6000));
+        // Every 4 s: released at most once a gap, not every time it comes back (or
+        // never again, once a reading right after a release counts it in the working
+        // set).
+        let releases = periodic(&mut r, 4, 3600);
+        assert!(
+            releases <= 3600 / MIN_GAP_TICKS,
+            "{releases} releases in an hour"
+        );
+    }
+
+    #[test]
+    fn the_same_level_is_released_again_after_a_gap_whatever_the_earlier_level() {
+        // The boot and a later burst of requests map about as much.
+        let mut r = Release::new();
+        assert!(!r.tick(6000));
+        assert!(r.tick(6000));
+        assert!(!r.tick(1500));
+        for _ in 0..20 {
+            assert!(!r.tick(1500));
+        }
+        assert!(!r.tick(6100));
+        assert!(r.tick(6100), "a burst is released once it is over");
     }
 
     /// Ticks of a process whose idle working set is 1,000 KiB and which maps 2,000 KiB
@@ -411,54 +413,6 @@ mod tests {
             }
         }
         releases
-    }
-
-    #[test]
-    fn code_that_comes_back_now_and_then_is_released_ever_more_rarely() {
-        let mut r = Release::new();
-        assert!(!r.tick(6000));
-        assert!(r.tick(6000));
-        // Every 15 s: a release every 15 s would be 240 an hour.
-        let releases = periodic(&mut r, 15, 3600);
-        assert!(releases <= 9, "{releases} releases in an hour");
-        // And from then on at most once an hour.
-        let later = periodic(&mut r, 15, 4 * 3600);
-        assert!(later <= 4, "{later} releases in four hours");
-        assert_eq!(r.gap(), MAX_GAP_TICKS);
-    }
-
-    #[test]
-    fn a_burst_is_released_soon_even_when_the_gap_for_repeats_is_long() {
-        let mut r = Release::new();
-        assert!(!r.tick(6000));
-        assert!(r.tick(6000));
-        periodic(&mut r, 15, 3 * 3600);
-        assert_eq!(r.gap(), MAX_GAP_TICKS);
-        // A drain maps 3,500 KiB more than the periodic peak, then ends.
-        let ticks = ticks_until_released(&mut r, 6500);
-        assert!(ticks <= MIN_GAP_TICKS, "a burst waited {ticks} ticks");
-    }
-
-    #[test]
-    fn repeats_double_the_gap_up_to_an_hour() {
-        let mut r = Release::new();
-        assert!(!r.tick(6000));
-        assert!(r.tick(6000));
-        for release in 1..=12 {
-            // Back to 1,000, then the same 3,000 again once allowed.
-            assert!(!r.tick(1000));
-            let ticks = 1 + ticks_until_released(&mut r, 3000);
-            if release == 1 {
-                // A new level: the least gap.
-                assert_eq!(ticks, MIN_GAP_TICKS);
-            } else {
-                // A repeat: the gap as it was, which then doubles.
-                let gap = (MIN_GAP_TICKS << (release - 2)).min(MAX_GAP_TICKS);
-                assert_eq!(ticks, gap, "release {release}");
-                assert_eq!(r.gap(), (gap * 2).min(MAX_GAP_TICKS));
-            }
-        }
-        assert_eq!(r.gap(), MAX_GAP_TICKS);
     }
 
     const PAGE: usize = 4096;
