@@ -6,7 +6,7 @@
 //! pressure. [`Release`] decides when to give them back early; [`keep_near_working_set`]
 //! drives it: every [`TICK`] it reads how many file-backed pages the process has mapped
 //! and, once a burst has added more than [`MARGIN_KIB`] to the working set and a tick
-//! has then passed without a new page mapped, it releases
+//! has then passed with at most [`QUIET_KIB`] more mapped, it releases
 //! - the pages of the loaded objects' read-only segments (code and constants: what
 //!   `dl_iterate_phdr` reports as loadable and not writable, in objects without text
 //!   relocations). Such a page can hold nothing but the file's bytes, so releasing it
@@ -21,7 +21,7 @@
 //! was released again, and is released again at most that often (a release costs a few
 //! dozen system calls and the page faults that map the working set back).
 //!
-//! Contract: nothing is released while pages are still being mapped, and nothing
+//! Contract: nothing is released while a burst is still mapping pages, and nothing
 //! written by the process is ever released.
 
 use std::ops::Range;
@@ -36,6 +36,10 @@ pub const MARGIN_KIB: u64 = 512;
 
 /// The least time (ticks) between two releases.
 pub const MIN_GAP_TICKS: u32 = 10;
+
+/// A tick that maps at most this much more (KiB) is quiet: new instances' first checks
+/// and walks map a few pages each second for a while after a burst.
+pub const QUIET_KIB: u64 = 128;
 
 /// When to release. A pure core: fed one reading of the mapped file pages (KiB) per tick.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +71,7 @@ impl Release {
     /// One reading of the mapped file pages (KiB); true when the driver should release
     /// now.
     pub fn tick(&mut self, mapped_kib: u64) -> bool {
-        let quiet = self.previous.is_some_and(|p| mapped_kib <= p);
+        let quiet = self.previous.is_some_and(|p| mapped_kib <= p + QUIET_KIB);
         self.previous = Some(mapped_kib);
         if let Some(since) = self.since.as_mut() {
             *since = since.saturating_add(1);
@@ -332,6 +336,16 @@ mod tests {
     #[test]
     fn nothing_is_released_while_pages_are_still_being_mapped() {
         assert_eq!(run(&[1000, 2000, 3000, 4000, 5000]), [false; 5]);
+    }
+
+    #[test]
+    fn a_trickle_of_pages_after_a_burst_is_quiet() {
+        let step = QUIET_KIB;
+        assert_eq!(
+            run(&[4000, 6000, 6000 + step, 6000 + 2 * step]),
+            [false, false, true, false]
+        );
+        assert_eq!(run(&[4000, 6000, 6000 + step + 4]), [false, false, false]);
     }
 
     #[test]
