@@ -350,9 +350,7 @@ mod tests {
 
     #[test]
     fn after_a_release_only_a_burst_above_the_working_set_is_released() {
-        let mut r = Release::new();
-        assert!(!r.tick(6000));
-        assert!(r.tick(6000));
+        let mut r = released_at_boot();
         // The working set: 1,500 KiB.
         for _ in 0..3 {
             assert!(!r.tick(1500));
@@ -369,11 +367,17 @@ mod tests {
 
     #[test]
     fn two_releases_are_at_least_the_least_gap_apart() {
+        let mut r = released_at_boot();
+        assert!(!r.tick(1000));
+        assert_eq!(1 + ticks_until_released(&mut r, 4000), MIN_GAP_TICKS);
+    }
+
+    /// A core that has released its boot (6,000 KiB).
+    fn released_at_boot() -> Release {
         let mut r = Release::new();
         assert!(!r.tick(6000));
         assert!(r.tick(6000));
-        assert!(!r.tick(1000));
-        assert_eq!(1 + ticks_until_released(&mut r, 4000), MIN_GAP_TICKS);
+        r
     }
 
     /// Ticks with `kib` until `r` releases, the releasing tick included.
@@ -388,9 +392,7 @@ mod tests {
 
     #[test]
     fn code_that_comes_back_every_few_seconds_is_released_at_most_every_gap() {
-        let mut r = Release::new();
-        assert!(!r.tick(6000));
-        assert!(r.tick(6000));
+        let mut r = released_at_boot();
         // Every 4 s: released at most once a gap, not every time it comes back (or
         // never again, once a reading right after a release counts it in the working
         // set).
@@ -399,14 +401,19 @@ mod tests {
             releases <= 3600 / MIN_GAP_TICKS,
             "{releases} releases in an hour"
         );
+        // Every 15 s, longer than the gap: released each time it comes back.
+        let mut r = released_at_boot();
+        let releases = periodic(&mut r, 15, 3600);
+        assert!(
+            (200..=240).contains(&releases),
+            "{releases} releases in an hour"
+        );
     }
 
     #[test]
     fn the_same_level_is_released_again_after_a_gap_whatever_the_earlier_level() {
         // The boot and a later burst of requests map about as much.
-        let mut r = Release::new();
-        assert!(!r.tick(6000));
-        assert!(r.tick(6000));
+        let mut r = released_at_boot();
         assert!(!r.tick(1500));
         for _ in 0..20 {
             assert!(!r.tick(1500));
