@@ -69,11 +69,7 @@ fn size(b: &SignedBatch) -> u64 {
 
 /// Resident memory of a process, KiB.
 fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    common::status_kib(pid, "VmRSS").unwrap()
 }
 
 /// A publisher of ~16 KiB connection parameters (four values just under the wire's

@@ -10,11 +10,9 @@ use std::time::Duration;
 
 use common::{wait_for, Node};
 
-/// The file-backed pages the process maps, in KiB (`/proc/PID/statm`, third field).
+/// The file-backed pages the process maps, in KiB.
 fn mapped_file_kib(pid: u32) -> u64 {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap();
-    let pages: u64 = statm.split_whitespace().nth(2).unwrap().parse().unwrap();
-    pages * 4
+    common::status_kib(pid, "RssFile").unwrap()
 }
 
 #[test]

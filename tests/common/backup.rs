@@ -471,10 +471,7 @@ pub fn field(v: &serde_json::Value, key: &str) -> u64 {
 
 /// VmRSS of a live process, in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+    super::status_kib(pid, "VmRSS")
 }
 
 /// Samples a process's VmRSS on a thread until dropped: the highest reading.

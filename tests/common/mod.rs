@@ -93,6 +93,14 @@ pub fn can_run_as_root(what: &str) -> bool {
     can_run(nix::unistd::geteuid().is_root(), what)
 }
 
+/// A `KiB` field of a live process's `/proc/PID/status` (`VmRSS`, `RssFile`, ...).
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
 /// `pid` as nix takes it (Linux pids are below 2^22, so they fit an i32).
 pub fn nix_pid(pid: u32) -> nix::unistd::Pid {
     nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid fits an i32"))
