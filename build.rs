@@ -7,8 +7,7 @@
 //! a page or more in every part of the binary. Nothing else about the link changes.
 //!
 //! Debug builds, other systems, `HEDGE_HOT_CODE=off`, and a checkout without the order
-//! link as usual: the
-//! order is a matter of memory, not of correctness.
+//! link as usual: the order is a matter of memory, not of correctness.
 
 use std::path::Path;
 
