@@ -121,8 +121,7 @@ def matches(glob, symbols):
 
 def binary_functions(binary):
     """The names of the functions in `binary`'s symbol table (`nm`)."""
-    out = subprocess.run(["nm", binary], capture_output=True, text=True, check=True).stdout
-    return [p[2] for p in (l.split() for l in out.splitlines()) if len(p) == 3 and p[1] in "tT"]
+    return [name for _, name in text_symbols(binary)]
 
 
 def text_symbols(binary):
