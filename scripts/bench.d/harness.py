@@ -74,6 +74,42 @@ def rss_parts_kib(pid):
     return proc_field(pid, "RssAnon"), proc_field(pid, "RssFile")
 
 
+# An idle RSS reading: IDLE_S of idle after the last start, then the mean of readings
+# taken every second for WINDOW_S. An idle node's RSS is not one number: its periodic work
+# (usage samples and disk walks every 10 s) maps pages, and it releases what went cold
+# (src/memory.rs), so a single reading lands anywhere in that cycle. The window spans two
+# cycles; its highest reading is reported beside the mean.
+IDLE_S = 12
+WINDOW_S = 20
+
+
+def window_summary(samples):
+    """Mean VmRSS, RssAnon and RssFile (KiB, rounded) and the highest VmRSS of
+    (vm, anon, file) readings. Pure."""
+    if not samples:
+        raise Failed("no RSS reading in the window")
+    mean = [round(sum(s[i] for s in samples) / len(samples)) for i in range(3)]
+    return dict(kib=mean[0], anon_kib=mean[1], file_kib=mean[2],
+                max_kib=max(s[0] for s in samples), readings=len(samples))
+
+
+def idle_rss(read, idle_s=IDLE_S, window_s=WINDOW_S, every=1.0):
+    """`window_summary` of `read()` -> (vm, anon, file) KiB, called every `every` s for
+    `window_s` s after `idle_s` s of idle."""
+    time.sleep(idle_s)
+    samples, end = [], time.monotonic() + window_s
+    while True:
+        samples.append(read())
+        if time.monotonic() >= end:
+            return window_summary(samples)
+        time.sleep(every)
+
+
+def rss_triple_kib(pid):
+    """(VmRSS, RssAnon, RssFile) of a live process, in KiB."""
+    return (rss_kib(pid),) + rss_parts_kib(pid)
+
+
 def hwm_kib(pid):
     return proc_field(pid, "VmHWM")
 

@@ -13,7 +13,8 @@ from mesh import mesh_rows
 from qemu_drain import print_qemu_drain_params, qemu_drain_rows
 from qemu_rss import print_qemu_rss_params, qemu_rss_rows
 from stats import pct, slope
-from supervision import IDLE_S, SETTLED_S, STABLE_AFTER_MS, curve_points
+from harness import IDLE_S, WINDOW_S
+from supervision import STABLE_AFTER_MS, curve_points
 
 
 def _get(d, *keys):
@@ -58,12 +59,9 @@ def _supervision_rows(h, s, P, sd):
                  h[f"rss_anon_kib_{n}"] / 1024, s[f"rss_anon_kib_{n}"] / 1024, sd))
     rows.append((f"  RssFile, {n} instances", "MiB", "lower",
                  h[f"rss_file_kib_{n}"] / 1024, s[f"rss_file_kib_{n}"] / 1024, sd))
-    if f"rss_kib_{n}_settled" in h:
-        rows.append((f"idle RSS, {n} instances, {SETTLED_S} s later", "MiB", "lower",
-                     h[f"rss_kib_{n}_settled"] / 1024, s[f"rss_kib_{n}_settled"] / 1024, sd))
-        rows.append((f"  RssFile, {n} instances, {SETTLED_S} s later", "MiB", "lower",
-                     h[f"rss_file_kib_{n}_settled"] / 1024,
-                     s[f"rss_file_kib_{n}_settled"] / 1024, sd))
+    if f"rss_max_kib_{n}" in h:  # older results lack it
+        rows.append((f"  highest VmRSS in the idle window, {n} instances", "MiB", "lower",
+                     h[f"rss_max_kib_{n}"] / 1024, s[f"rss_max_kib_{n}"] / 1024, sd))
     pts = curve_points(P)
     rows.append((f"idle RSS per added instance (slope {pts[0]}..{pts[-1]})", "KiB", "lower",
                  slope(pts, [h[f"rss_kib_{x}"] for x in pts]),
@@ -224,8 +222,10 @@ def _print_supervision_params(res, h, p):
     print(f"- supervision: {res['supervisord']['version'] and 'supervisord ' + res['supervisord']['version']} "
           f"({', '.join(PY_PACKAGES)} in {res['venv']}); hedge's node not enrolled (uplink off), default config but stable_after_ms; every instance is "
           f"/bin/sh -c 'echo $$ $(date +%s%N) > FILE; exec /bin/sleep 100000'. RSS = VmRSS of "
-          f"`hedge node run` / of the supervisord process, {IDLE_S} s idle after all started "
-          f"(the '{SETTLED_S} s later' rows: {SETTLED_S} s more, at {p['sizes'][0]} instances).")
+          f"`hedge node run` / of the supervisord process: after all started, {IDLE_S} s idle, "
+          f"then the mean of readings every second for {WINDOW_S} s (an idle node's periodic "
+          f"work maps pages and its release unmaps them: one reading lands anywhere in that "
+          f"cycle); the window's highest reading has its own row.")
     pts = curve_points(p)
     print(f"- idle RSS curve (KiB, VmRSS; anon/file apart in --json) at {pts} instances: hedge "
           f"{', '.join(str(h[f'rss_kib_{x}']) for x in pts)}; supervisord "

@@ -11,19 +11,10 @@ import statistics
 import subprocess
 import time
 
-from harness import Procs, log, rss_kib, rss_parts_kib, wait
+from harness import Procs, idle_rss, log, rss_triple_kib, wait
 from node import Hedge
 
 STABLE_AFTER_MS = 200
-# Idle before each RSS reading, for both supervisors: longer than the node takes to
-# release what the requests mapped (src/memory.rs: a quiet second, at least 10 s after
-# its previous release), so the curve compares settled daemons, not the timing of a
-# release.
-IDLE_S = 12
-# The idle RSS at the smallest size is read a second time after this much more idle:
-# code that runs every few seconds maps some of what was released again; this reading
-# shows where it settles.
-SETTLED_S = 30
 
 
 def stamp_cmd(path):
@@ -77,9 +68,12 @@ def curve_points(P):
     return sorted(set(P["curve"]) | set(P["sizes"]))
 
 
-def read_rss(out, n, pid, suffix=""):
-    out[f"rss_kib_{n}{suffix}"] = rss_kib(pid)
-    out[f"rss_anon_kib_{n}{suffix}"], out[f"rss_file_kib_{n}{suffix}"] = rss_parts_kib(pid)
+def read_rss(out, n, pid):
+    """The idle RSS at `n` instances (harness.idle_rss): rss_kib_N and its anon, file and
+    max parts."""
+    w = idle_rss(lambda: rss_triple_kib(pid))
+    for k in ("kib", "anon_kib", "file_kib", "max_kib"):
+        out[f"rss_{k}_{n}"] = w[k]
 
 
 def all_started_after(files, t0):
@@ -134,15 +128,11 @@ def hedge_supervision(binary, procs, tmp, P, out):
                      "--arg", stamp_cmd("srv/t"))
         have = n
         wait(f"{n} hedge instances running", lambda: node.running() == n, 120, 0.05)
-        time.sleep(IDLE_S)
         read_rss(out, n, node.daemon.pid)
         log(f"hedge: {n} instances, idle VmRSS {out[f'rss_kib_{n}']} KiB "
-            f"(anon {out[f'rss_anon_kib_{n}']}, file {out[f'rss_file_kib_{n}']})")
+            f"(anon {out[f'rss_anon_kib_{n}']}, file {out[f'rss_file_kib_{n}']}, "
+            f"highest {out[f'rss_max_kib_{n}']})")
         if n == P["sizes"][0]:
-            time.sleep(SETTLED_S)
-            read_rss(out, n, node.daemon.pid, "_settled")
-            log(f"hedge: {n} instances, VmRSS {out[f'rss_kib_{n}_settled']} KiB "
-                f"after {SETTLED_S} s more")
             node.cli("request", "victim", "--software", "exec:/bin/sh", "--arg", "-c",
                      "--arg", stamp_cmd("srv/started"))
             lat = kill_latencies(P["kills"], os.path.join(part, "victim/srv/started"), "hedge")
@@ -204,12 +194,9 @@ def supervisord_supervision(py, procs, tmp, P, out):
         p = procs.spawn("supervisord", [sd, "-c", conf])
         if files:
             wait(f"{n} supervisord programs started", all_started_after(files, t0), 120, 0.01)
-        time.sleep(IDLE_S)
         read_rss(out, n, p.pid)
-        log(f"supervisord: {n} programs, idle VmRSS {out[f'rss_kib_{n}']} KiB")
-        if n == P["sizes"][0]:
-            time.sleep(SETTLED_S)
-            read_rss(out, n, p.pid, "_settled")
+        log(f"supervisord: {n} programs, idle VmRSS {out[f'rss_kib_{n}']} KiB "
+            f"(highest {out[f'rss_max_kib_{n}']})")
         procs.stop(p)
     # Crashes: the victim next to the smallest set, as for hedge.
     conf, files = supervisord_conf(d, P["sizes"][0], victim=True)

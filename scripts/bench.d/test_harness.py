@@ -1,8 +1,9 @@
-"""Unit tests of harness.py's query of the master's last seq (no binary needed)."""
+"""Unit tests of harness.py: the query of the master's last seq, the idle RSS window (no
+binary needed)."""
 import sqlite3
 import unittest
 
-from harness import LAST_SEQ_SQL
+from harness import LAST_SEQ_SQL, Failed, idle_rss, window_summary
 
 # The columns LAST_SEQ_SQL reads, keyed as the master's SQLite store keys them.
 SCHEMA = """
@@ -32,6 +33,25 @@ class LastSeq(unittest.TestCase):
         plan = [r[3] for r in self.db.execute("EXPLAIN QUERY PLAN " + LAST_SEQ_SQL, ("a",))]
         self.assertTrue(any("PRIMARY KEY (node=? AND epoch=?)" in p for p in plan), plan)
         self.assertFalse(any(p.startswith("SCAN") for p in plan), plan)
+
+
+class IdleWindow(unittest.TestCase):
+    def test_means_of_each_part_and_the_highest_total(self):
+        # A release cycle: mapped, released, mapped again.
+        w = window_summary([(4000, 1000, 3000), (2000, 1000, 1000), (3001, 1001, 2000)])
+        self.assertEqual(w, dict(kib=3000, anon_kib=1000, file_kib=2000, max_kib=4000,
+                                 readings=3))
+
+    def test_no_reading_is_a_failure_not_a_zero(self):
+        with self.assertRaises(Failed):
+            window_summary([])
+
+    def test_reads_through_the_whole_window(self):
+        readings = iter([(10, 5, 5), (30, 5, 25), (20, 5, 15), (99, 0, 0)])
+        w = idle_rss(lambda: next(readings), idle_s=0, window_s=0.05, every=0.02)
+        self.assertGreaterEqual(w["readings"], 3)
+        self.assertLessEqual(w["readings"], 4)
+        self.assertEqual(w["max_kib"], 30 if w["readings"] == 3 else 99)
 
 
 if __name__ == "__main__":

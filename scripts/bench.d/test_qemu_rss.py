@@ -28,6 +28,11 @@ class QemuRssTest(unittest.TestCase):
         self.assertEqual([r[3] for r in rows], [3.0, 1.0, 2.0])
         self.assertTrue(all(r[4] is None for r in rows))
 
+    def test_the_windows_highest_reading_has_its_own_row(self):
+        rows = qemu_rss_rows(dict(anon_kib=1024, file_kib=2048, max_kib=4096, instances=10))
+        self.assertEqual([r[3] for r in rows], [3.0, 1.0, 2.0, 4.0])
+        self.assertIn("highest", rows[3][0])
+
 
 if __name__ == "__main__":
     unittest.main()
