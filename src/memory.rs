@@ -16,14 +16,19 @@
 //!   daemon knows they went cold.
 //! - free memory at the top and in the middle of glibc's heap (`malloc_trim`).
 //!
-//! The working set is the fewest pages mapped since the last release. Two releases are
-//! at least [`MIN_GAP_TICKS`] apart: code that runs every few seconds maps part of what
-//! was released again, and is released again at most that often (a release costs a few
-//! dozen system calls and the page faults that map the working set back).
+//! The working set is the fewest pages mapped in the last [`HORIZON_TICKS`] readings,
+//! across releases: a burst that maps its pages again right after a release (or is read
+//! in the middle of doing so) does not raise it, and a working set that grew for good is
+//! its new level once the horizon has passed. Until the first release, everything
+//! mapped is the boot's burst. Two releases are at least [`MIN_GAP_TICKS`] apart: code
+//! that runs every few seconds maps part of what was released again, and is released
+//! again at most that often (a release costs a few dozen system calls and the page
+//! faults that map the working set back).
 //!
 //! Contract: nothing is released while a burst is still mapping pages, and nothing
 //! written by the process is ever released.
 
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::time::Duration;
 
@@ -37,6 +42,10 @@ pub const MARGIN_KIB: u64 = 512;
 /// The least time (ticks) between two releases.
 pub const MIN_GAP_TICKS: u32 = 10;
 
+/// How many readings (ticks) the working set is the least of: a minute, the period of
+/// the node's longest idle duty (usage and health records).
+pub const HORIZON_TICKS: usize = 60;
+
 /// A tick that maps at most this much more (KiB) is quiet: new instances' first checks
 /// and walks map a few pages each second for a while after a burst.
 pub const QUIET_KIB: u64 = 128;
@@ -46,9 +55,9 @@ pub const QUIET_KIB: u64 = 128;
 pub struct Release {
     /// The previous reading, the baseline for "quiet".
     previous: Option<u64>,
-    /// The fewest mapped since the last release: the working set at its smallest.
-    low: Option<u64>,
-    /// Ticks since the last release, if any.
+    /// The last [`HORIZON_TICKS`] readings, oldest first: the working set is their least.
+    recent: VecDeque<u64>,
+    /// Ticks since the last release; `None` before the first (the boot's burst).
     since: Option<u32>,
 }
 
@@ -63,7 +72,7 @@ impl Release {
     pub fn new() -> Self {
         Release {
             previous: None,
-            low: Some(0),
+            recent: VecDeque::with_capacity(HORIZON_TICKS),
             since: None,
         }
     }
@@ -73,19 +82,24 @@ impl Release {
     pub fn tick(&mut self, mapped_kib: u64) -> bool {
         let quiet = self.previous.is_some_and(|p| mapped_kib <= p + QUIET_KIB);
         self.previous = Some(mapped_kib);
-        if let Some(since) = self.since.as_mut() {
-            *since = since.saturating_add(1);
+        if self.recent.len() == HORIZON_TICKS {
+            self.recent.pop_front();
         }
-        let low = self.low.map_or(mapped_kib, |l| l.min(mapped_kib));
-        self.low = Some(low);
+        self.recent.push_back(mapped_kib);
+        let low = match self.since.as_mut() {
+            None => 0,
+            Some(since) => {
+                *since = since.saturating_add(1);
+                self.recent.iter().copied().min().unwrap_or(mapped_kib)
+            }
+        };
         let gap_over = self.since.is_none_or(|s| s >= MIN_GAP_TICKS);
         if !(quiet && gap_over && mapped_kib > low + MARGIN_KIB) {
             return false;
         }
         self.since = Some(0);
-        // The release unmaps pages: the next reading is lower and starts the new low.
+        // The release unmaps pages: the next reading is lower, no baseline for "quiet".
         self.previous = None;
-        self.low = None;
         true
     }
 }
@@ -391,11 +405,35 @@ mod tests {
     }
 
     #[test]
+    fn a_burst_that_maps_its_pages_again_through_a_release_is_released_again() {
+        let mut r = released_at_boot();
+        for _ in 0..20 {
+            assert!(!r.tick(2600));
+        }
+        assert!(!r.tick(5000));
+        assert!(r.tick(5000));
+        // The burst went on: it mapped its pages again before the next reading, then
+        // stopped. Its level is not the working set.
+        assert_eq!(ticks_until_released(&mut r, 4900), MIN_GAP_TICKS);
+    }
+
+    #[test]
+    fn a_working_set_that_grew_for_good_is_left_alone_once_the_horizon_has_passed() {
+        let mut r = released_at_boot();
+        for _ in 0..HORIZON_TICKS {
+            assert!(!r.tick(1000));
+        }
+        // From now on 3,000 KiB are in use: each release gives nothing back for long.
+        let released: Vec<bool> = (0..3 * HORIZON_TICKS).map(|_| r.tick(3000)).collect();
+        let count = |ticks: &[bool]| ticks.iter().filter(|&&b| b).count();
+        assert!(count(&released[..HORIZON_TICKS]) >= 1);
+        assert_eq!(count(&released[HORIZON_TICKS..]), 0);
+    }
+
+    #[test]
     fn code_that_comes_back_every_few_seconds_is_released_at_most_every_gap() {
         let mut r = released_at_boot();
-        // Every 4 s: released at most once a gap, not every time it comes back (or
-        // never again, once a reading right after a release counts it in the working
-        // set).
+        // Every 4 s: released at most once a gap, not every time it comes back.
         let releases = periodic(&mut r, 4, 3600);
         assert!(
             releases <= 3600 / MIN_GAP_TICKS,
