@@ -432,7 +432,7 @@ mod tests {
     }
 
     #[test]
-    fn a_working_set_that_grew_for_good_is_left_alone_once_the_horizon_has_passed() {
+    fn a_working_set_that_grew_for_good_is_only_probed_once_the_horizon_has_passed() {
         let mut r = released_at_boot();
         // A minute at 1,000 KiB (only probes release).
         let probes = (0..HORIZON_TICKS).filter(|_| r.tick(1000)).count();
