@@ -57,12 +57,22 @@ def read_json(path):
         return None
 
 
-def proc_field(pid, name, file="status"):
+def proc_fields(pid, names, file="status"):
+    """The integer fields `names` of one read of /proc/PID/`file`, in that order."""
+    found = {}
     with open(f"/proc/{pid}/{file}") as f:
         for line in f:
-            if line.startswith(name + ":"):
-                return int(line.split()[1])
-    raise Failed(f"no {name} in /proc/{pid}/{file}")
+            key, _, rest = line.partition(":")
+            if key in names:
+                found[key] = int(rest.split()[0])
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise Failed(f"no {', '.join(missing)} in /proc/{pid}/{file}")
+    return tuple(found[n] for n in names)
+
+
+def proc_field(pid, name, file="status"):
+    return proc_fields(pid, (name,), file)[0]
 
 
 def rss_kib(pid):
@@ -71,7 +81,7 @@ def rss_kib(pid):
 
 def rss_parts_kib(pid):
     """(RssAnon, RssFile) of a live process, in KiB."""
-    return proc_field(pid, "RssAnon"), proc_field(pid, "RssFile")
+    return proc_fields(pid, ("RssAnon", "RssFile"))
 
 
 # An idle RSS reading: IDLE_S of idle after the last start, then the mean of readings
@@ -106,8 +116,8 @@ def idle_rss(read, idle_s=IDLE_S, window_s=WINDOW_S, every=1.0):
 
 
 def rss_triple_kib(pid):
-    """(VmRSS, RssAnon, RssFile) of a live process, in KiB."""
-    return (rss_kib(pid),) + rss_parts_kib(pid)
+    """(VmRSS, RssAnon, RssFile) of a live process, in KiB, from one read of its status."""
+    return proc_fields(pid, ("VmRSS", "RssAnon", "RssFile"))
 
 
 def hwm_kib(pid):

@@ -9,11 +9,11 @@ import statistics
 
 from alternatives import PY_PACKAGES
 from backup import backup_rows, print_backup_params
+from harness import IDLE_S, WINDOW_S
 from mesh import mesh_rows
 from qemu_drain import print_qemu_drain_params, qemu_drain_rows
 from qemu_rss import print_qemu_rss_params, qemu_rss_rows
 from stats import pct, slope
-from harness import IDLE_S, WINDOW_S
 from supervision import STABLE_AFTER_MS, curve_points
 
 

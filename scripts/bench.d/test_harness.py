@@ -3,7 +3,9 @@ binary needed)."""
 import sqlite3
 import unittest
 
-from harness import LAST_SEQ_SQL, Failed, idle_rss, window_summary
+import os
+
+from harness import LAST_SEQ_SQL, Failed, idle_rss, proc_fields, window_summary
 
 # The columns LAST_SEQ_SQL reads, keyed as the master's SQLite store keys them.
 SCHEMA = """
@@ -52,6 +54,21 @@ class IdleWindow(unittest.TestCase):
         self.assertGreaterEqual(w["readings"], 3)
         self.assertLessEqual(w["readings"], 4)
         self.assertEqual(w["max_kib"], 30 if w["readings"] == 3 else 99)
+
+
+class ProcFields(unittest.TestCase):
+    def test_the_fields_asked_for_in_that_order_from_one_read(self):
+        vm, anon, file = proc_fields(os.getpid(), ("VmRSS", "RssAnon", "RssFile"))
+        self.assertGreater(anon, 0)
+        self.assertGreater(file, 0)
+        self.assertGreaterEqual(vm, anon + file)
+        pid, ppid = os.getpid(), os.getppid()
+        self.assertEqual(proc_fields(pid, ("Pid", "PPid")), (pid, ppid))
+        self.assertEqual(proc_fields(pid, ("PPid", "Pid")), (ppid, pid))
+
+    def test_a_missing_field_is_a_failure(self):
+        with self.assertRaises(Failed):
+            proc_fields(os.getpid(), ("VmRSS", "NoSuchField"))
 
 
 if __name__ == "__main__":
