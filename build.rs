@@ -8,6 +8,11 @@
 //!
 //! Debug builds, other systems, `HEDGE_HOT_CODE=off`, and a checkout without the order
 //! link as usual: the order is a matter of memory, not of correctness.
+//!
+//! Release builds on Linux are stripped here, by the linker (`--strip-all`), not by the
+//! profile: `scripts/hot-code` needs the symbols of a build whose functions carry the
+//! shipped build's names, and a profile setting changes every crate's metadata, so the
+//! hashes in those names. `HEDGE_KEEP_SYMBOLS=1` keeps them; nothing else differs.
 
 use std::path::Path;
 
@@ -19,12 +24,16 @@ fn main() {
     println!("cargo:rerun-if-changed=hot-code.order");
     println!("cargo:rerun-if-changed=src/linker_script.rs");
     println!("cargo:rerun-if-env-changed=HEDGE_HOT_CODE");
+    println!("cargo:rerun-if-env-changed=HEDGE_KEEP_SYMBOLS");
     let var = |k: &str| std::env::var(k).unwrap_or_default();
+    if var("PROFILE") != "release" || var("CARGO_CFG_TARGET_OS") != "linux" {
+        return;
+    }
+    if var("HEDGE_KEEP_SYMBOLS") != "1" {
+        println!("cargo:rustc-link-arg-bins=-Wl,--strip-all");
+    }
     // `HEDGE_HOT_CODE=off`: the default layout (scripts/hot-code profiles such a build).
-    if var("PROFILE") != "release"
-        || var("CARGO_CFG_TARGET_OS") != "linux"
-        || var("HEDGE_HOT_CODE") == "off"
-    {
+    if var("HEDGE_HOT_CODE") == "off" {
         return;
     }
     let order = Path::new(&var("CARGO_MANIFEST_DIR")).join("hot-code.order");
