@@ -1,9 +1,8 @@
 """Unit tests of harness.py: the query of the master's last seq, the idle RSS window (no
 binary needed)."""
+import os
 import sqlite3
 import unittest
-
-import os
 
 from harness import LAST_SEQ_SQL, Failed, idle_rss, proc_fields, window_summary
 

@@ -67,13 +67,13 @@ pub fn can_run() -> bool {
 /// `node.toml` with its `[mesh]` section (if any) replaced by `body`.
 pub fn with_mesh_section(text: &str, body: &str) -> String {
     let mut out = String::new();
-    let mut skipping = false;
+    let mut in_mesh = false;
     for line in text.lines() {
         let t = line.trim_start();
         if t.starts_with('[') {
-            skipping = t.starts_with("[mesh]");
+            in_mesh = t.starts_with("[mesh]");
         }
-        if !skipping {
+        if !in_mesh {
             out.push_str(line);
             out.push('\n');
         }
